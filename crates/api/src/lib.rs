@@ -1,0 +1,57 @@
+//! Generated protobuf and gRPC code for every Kappa API, plus the encoded file descriptor set
+//! that each server registers with gRPC reflection. Only generated code and the few conversions
+//! that every crate needs live here; domain logic stays in the crates that own it.
+
+#![expect(
+    clippy::all,
+    unused_qualifications,
+    reason = "generated code follows prost's and pbjson's style, not ours"
+)]
+
+pub mod kappa {
+    pub mod model {
+        pub mod v1 {
+            tonic::include_proto!("kappa.model.v1");
+            include!(concat!(env!("OUT_DIR"), "/kappa.model.v1.serde.rs"));
+        }
+    }
+    pub mod registry {
+        pub mod v1 {
+            tonic::include_proto!("kappa.registry.v1");
+            include!(concat!(env!("OUT_DIR"), "/kappa.registry.v1.serde.rs"));
+        }
+    }
+    pub mod trainer {
+        pub mod v1 {
+            tonic::include_proto!("kappa.trainer.v1");
+            include!(concat!(env!("OUT_DIR"), "/kappa.trainer.v1.serde.rs"));
+        }
+    }
+    pub mod predictor {
+        pub mod v1 {
+            tonic::include_proto!("kappa.predictor.v1");
+            include!(concat!(env!("OUT_DIR"), "/kappa.predictor.v1.serde.rs"));
+        }
+    }
+    pub mod telemetry {
+        pub mod v1 {
+            tonic::include_proto!("kappa.telemetry.v1");
+            include!(concat!(env!("OUT_DIR"), "/kappa.telemetry.v1.serde.rs"));
+        }
+    }
+}
+
+/// The Open Inference Protocol (KServe v2), package `inference`.
+pub mod inference {
+    tonic::include_proto!("inference");
+}
+
+pub use kappa::model::v1 as model;
+pub use kappa::predictor::v1 as predictor;
+pub use kappa::registry::v1 as registry;
+pub use kappa::telemetry::v1 as telemetry;
+pub use kappa::trainer::v1 as trainer;
+
+/// Encoded `FileDescriptorSet` of every Kappa proto, for `tonic-reflection`.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/kappa_descriptor.bin"));
