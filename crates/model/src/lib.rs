@@ -1,1 +1,23 @@
-//! placeholder
+//! Kappa's model format: a sequential MLP declared by a [`ModelManifest`] with its weights in a
+//! safetensors file. This crate decides what a valid model is (the registry refuses anything
+//! else before it writes a byte to Kafka) and, for the predictor, how a model computes its score.
+
+mod error;
+pub mod example;
+mod manifest;
+mod weights;
+
+pub use error::ModelError;
+pub use kappa_api::model::{Activation, Feature, Layer, ModelManifest, OutputKind};
+pub use manifest::{validate_alias, validate_manifest, validate_name};
+pub use weights::{ValidatedWeights, sha256_hex, validate_weights};
+
+/// Tensor name of layer `index`'s weight matrix, `[out, in]` as in PyTorch's `nn.Linear`.
+pub fn weight_tensor_name(index: usize) -> String {
+    format!("layers.{index}.weight")
+}
+
+/// Tensor name of layer `index`'s bias vector, `[out]`.
+pub fn bias_tensor_name(index: usize) -> String {
+    format!("layers.{index}.bias")
+}

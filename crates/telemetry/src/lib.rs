@@ -1,1 +1,10 @@
-//! placeholder
+//! What every Kappa service does the same way: logs through `tracing` (human-readable or JSON),
+//! a Prometheus `/metrics` endpoint, and the shutdown signal.
+
+mod logging;
+mod metrics_server;
+mod shutdown;
+
+pub use logging::{LogArgs, LogFormat, init_logging};
+pub use metrics_server::serve_metrics;
+pub use shutdown::shutdown_signal;

@@ -1,1 +1,36 @@
-fn main() {}
+//! `kappa`: the command line for Kappa's services.
+
+mod models;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Command line for Kappa, the Kafka-native model-serving mesh.
+#[derive(Debug, Parser)]
+#[command(name = "kappa", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Publish, list, fetch, alias, delete and watch models in kappa-registry.
+    Models(models::ModelsArgs),
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Models(args) => models::run(args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kappa: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

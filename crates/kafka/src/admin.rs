@@ -1,0 +1,94 @@
+use std::time::Duration;
+
+use rdkafka::{
+    ClientConfig,
+    admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication},
+    client::DefaultClientContext,
+    error::{KafkaError, RDKafkaErrorCode},
+};
+use thiserror::Error;
+
+/// How the models topic is created when it does not exist yet.
+#[derive(Debug, Clone)]
+pub struct ModelsTopicSettings {
+    pub topic: String,
+    pub replication_factor: i32,
+    /// Must hold one weight chunk plus record overhead.
+    pub max_message_bytes: usize,
+    /// Extra topic configs, e.g. a small `segment.ms` so compaction runs quickly in development.
+    pub extra_configs: Vec<(String, String)>,
+}
+
+#[derive(Debug, Error)]
+pub enum TopicError {
+    #[error(
+        "topic {topic:?} has cleanup.policy={policy}, so Kafka would delete models when retention expires. \
+         Make it compacted (kafka-configs.sh --alter --entity-type topics --entity-name {topic} \
+         --add-config cleanup.policy=compact) or point --models-topic at another topic"
+    )]
+    NotCompacted { topic: String, policy: String },
+    #[error(
+        "topic {topic:?} has {partitions} partitions; the models topic must have exactly 1 so that \
+         every reader sees versions and aliases in one order. Use a new single-partition topic"
+    )]
+    WrongPartitionCount { topic: String, partitions: usize },
+    #[error("Kafka admin request for topic {topic:?} failed: {source}")]
+    Kafka { topic: String, source: KafkaError },
+}
+
+/// Creates the models topic with the compaction config when it is absent, and refuses an existing
+/// one that is not compacted or has more than one partition.
+pub async fn ensure_models_topic(config: &ClientConfig, settings: &ModelsTopicSettings) -> Result<(), TopicError> {
+    let topic = settings.topic.as_str();
+    let kafka = |source| TopicError::Kafka { topic: topic.to_owned(), source };
+    let admin: AdminClient<DefaultClientContext> = config.create().map_err(kafka)?;
+    let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(30)));
+
+    let max_bytes = settings.max_message_bytes.to_string();
+    let mut new_topic = NewTopic::new(topic, 1, TopicReplication::Fixed(settings.replication_factor))
+        .set("cleanup.policy", "compact")
+        .set("max.message.bytes", &max_bytes);
+    for (k, v) in &settings.extra_configs {
+        new_topic = new_topic.set(k, v);
+    }
+    let created = admin.create_topics([&new_topic], &options).await.map_err(kafka)?;
+    for result in created {
+        match result {
+            Ok(_) => tracing::info!(topic, "created the compacted models topic"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((_, code)) => return Err(kafka(KafkaError::AdminOp(code))),
+        }
+    }
+
+    let described = admin
+        .describe_configs([&ResourceSpecifier::Topic(topic)], &options)
+        .await
+        .map_err(kafka)?;
+    for resource in described {
+        let resource = resource.map_err(|code| kafka(KafkaError::AdminOp(code)))?;
+        let policy = resource
+            .get("cleanup.policy")
+            .and_then(|entry| entry.value.clone())
+            .unwrap_or_else(|| "delete".to_owned());
+        let policies: Vec<&str> = policy.split(',').map(str::trim).collect();
+        if !policies.contains(&"compact") || policies.contains(&"delete") {
+            return Err(TopicError::NotCompacted { topic: topic.to_owned(), policy });
+        }
+    }
+
+    // Metadata is a blocking call in librdkafka; keep it off the async workers.
+    let config = config.clone();
+    let name = topic.to_owned();
+    let partitions = tokio::task::spawn_blocking(move || -> Result<usize, KafkaError> {
+        let consumer: rdkafka::consumer::BaseConsumer = config.create()?;
+        let metadata = rdkafka::consumer::Consumer::fetch_metadata(&consumer, Some(&name), Duration::from_secs(30))?;
+        Ok(metadata.topics().first().map_or(0, |t| t.partitions().len()))
+    })
+    .await
+    .expect("metadata task does not panic")
+    .map_err(kafka)?;
+    if partitions != 1 {
+        return Err(TopicError::WrongPartitionCount { topic: topic.to_owned(), partitions });
+    }
+    Ok(())
+}

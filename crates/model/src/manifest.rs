@@ -1,0 +1,182 @@
+use std::collections::HashSet;
+
+use crate::{Activation, ModelError, ModelManifest, OutputKind};
+
+const MAX_NAME_LEN: usize = 64;
+/// Bounds the work a single forward pass can demand; far above any anomaly detector we serve.
+const MAX_LAYER_WIDTH: u32 = 65_536;
+const MAX_LAYERS: usize = 64;
+
+/// Model and alias names end up in Kafka keys (`model/<name>/<version>`), so they must not
+/// contain `/` and are kept to a conservative, URL- and shell-safe alphabet.
+pub fn validate_name(name: &str) -> Result<(), ModelError> {
+    check_identifier(name).map_err(|reason| ModelError::InvalidName {
+        name: name.to_owned(),
+        reason,
+    })
+}
+
+/// Same alphabet as model names; `latest` is reserved because predictors use it to mean
+/// "the highest version".
+pub fn validate_alias(alias: &str) -> Result<(), ModelError> {
+    if alias == "latest" {
+        return Err(ModelError::InvalidName {
+            name: alias.to_owned(),
+            reason: "'latest' is reserved for the highest version and cannot be an alias",
+        });
+    }
+    validate_name(alias)
+}
+
+fn check_identifier(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("must not be empty");
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err("must be at most 64 characters");
+    }
+    let first = name.as_bytes()[0];
+    if !(first.is_ascii_lowercase() || first.is_ascii_digit()) {
+        return Err("must start with a lower-case letter or a digit");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err("may contain only lower-case letters, digits, '.', '_' and '-'");
+    }
+    Ok(())
+}
+
+/// Checks everything about a manifest that does not need the weights: name, features and their
+/// scaling, the layer chain, the output kind and the threshold.
+pub fn validate_manifest(manifest: &ModelManifest) -> Result<(), ModelError> {
+    validate_name(&manifest.name)?;
+    let invalid = |msg: String| Err(ModelError::InvalidManifest(msg));
+
+    if manifest.features.is_empty() {
+        return invalid("it declares no input features".into());
+    }
+    let mut seen = HashSet::with_capacity(manifest.features.len());
+    for feature in &manifest.features {
+        if feature.name.is_empty() {
+            return invalid("a feature has an empty name".into());
+        }
+        if !seen.insert(feature.name.as_str()) {
+            return invalid(format!("feature {:?} is declared twice", feature.name));
+        }
+        if !feature.offset.is_finite() {
+            return invalid(format!("feature {:?} has a non-finite offset", feature.name));
+        }
+        if !(feature.scale.is_finite() && feature.scale > 0.0) {
+            return invalid(format!(
+                "feature {:?} has scale {}; it must be finite and greater than zero",
+                feature.name, feature.scale
+            ));
+        }
+    }
+
+    if manifest.layers.is_empty() {
+        return invalid("it declares no layers".into());
+    }
+    if manifest.layers.len() > MAX_LAYERS {
+        return invalid(format!("it declares {} layers; at most {MAX_LAYERS} are allowed", manifest.layers.len()));
+    }
+    let mut expected_in = manifest.features.len() as u64;
+    for (i, layer) in manifest.layers.iter().enumerate() {
+        if u64::from(layer.in_features) != expected_in {
+            let source = if i == 0 {
+                format!("the {} declared features", manifest.features.len())
+            } else {
+                format!("layer {} outputs", i - 1)
+            };
+            return invalid(format!(
+                "layer {i} takes {} inputs but {source} give {expected_in}",
+                layer.in_features
+            ));
+        }
+        if layer.out_features == 0 || layer.out_features > MAX_LAYER_WIDTH {
+            return invalid(format!(
+                "layer {i} has {} outputs; it must have between 1 and {MAX_LAYER_WIDTH}",
+                layer.out_features
+            ));
+        }
+        match Activation::try_from(layer.activation) {
+            Ok(Activation::Unspecified) | Err(_) => {
+                return invalid(format!(
+                    "layer {i} has activation {}; use linear, relu, tanh or sigmoid",
+                    layer.activation
+                ));
+            }
+            Ok(_) => {}
+        }
+        expected_in = u64::from(layer.out_features);
+    }
+
+    match OutputKind::try_from(manifest.output) {
+        Ok(OutputKind::ReconstructionError) => {
+            if expected_in != manifest.features.len() as u64 {
+                return invalid(format!(
+                    "an autoencoder (reconstruction_error) must output its {} features, but the last layer outputs {expected_in}",
+                    manifest.features.len()
+                ));
+            }
+        }
+        Ok(OutputKind::Raw) => {
+            if expected_in != 1 {
+                return invalid(format!(
+                    "a raw-score model must end in a single output, but the last layer outputs {expected_in}"
+                ));
+            }
+        }
+        Ok(OutputKind::Unspecified) | Err(_) => {
+            return invalid("the output kind must be reconstruction_error or raw".into());
+        }
+    }
+
+    if !manifest.anomaly_threshold.is_finite() {
+        return invalid("the anomaly threshold is not a finite number".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::example::sensor_autoencoder_manifest;
+
+    #[test]
+    fn names_follow_the_key_safe_alphabet() {
+        assert!(validate_name("car-engine_v2.1").is_ok());
+        for bad in ["", "Car", "-lead", "a/b", "spa ce", &"x".repeat(65)] {
+            assert!(validate_name(bad).is_err(), "{bad:?} should be refused");
+        }
+        assert!(validate_alias("latest").is_err());
+        assert!(validate_alias("production").is_ok());
+    }
+
+    #[test]
+    fn example_manifest_is_valid() {
+        validate_manifest(&sensor_autoencoder_manifest("fleet", 4)).unwrap();
+    }
+
+    #[test]
+    fn broken_layer_chains_are_refused_with_the_layer_named() {
+        let mut m = sensor_autoencoder_manifest("fleet", 4);
+        m.layers[1].in_features += 1;
+        let err = validate_manifest(&m).unwrap_err().to_string();
+        assert!(err.contains("layer 1 takes 5 inputs but layer 0 outputs give 4"), "{err}");
+
+        let mut m = sensor_autoencoder_manifest("fleet", 4);
+        m.features.pop();
+        assert!(validate_manifest(&m).unwrap_err().to_string().contains("declared features"));
+
+        let mut m = sensor_autoencoder_manifest("fleet", 4);
+        m.features[0].scale = 0.0;
+        assert!(validate_manifest(&m).is_err());
+
+        let mut m = sensor_autoencoder_manifest("fleet", 4);
+        m.output = OutputKind::Raw as i32;
+        assert!(validate_manifest(&m).unwrap_err().to_string().contains("single output"));
+    }
+}

@@ -1,0 +1,357 @@
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use kappa_api::{
+    model::ModelManifest,
+    registry::{self as pb, registry_client::RegistryClient},
+};
+use tokio_stream::StreamExt as _;
+use tonic::transport::{Channel, Endpoint};
+
+/// Publish chunks: comfortably under gRPC's 4 MiB default message limit.
+const UPLOAD_CHUNK_BYTES: usize = 1024 * 1024;
+
+#[derive(Debug, Args)]
+pub struct ModelsArgs {
+    /// Where kappa-registry listens.
+    #[arg(long, env = "KAPPA_REGISTRY", default_value = "http://127.0.0.1:50051", global = true)]
+    registry: String,
+
+    /// Output format: readable text, or JSON (proto3 JSON mapping) for scripts.
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    output: Output,
+
+    #[command(subcommand)]
+    command: ModelsCommand,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum ModelsCommand {
+    /// Publish a safetensors file with its manifest (proto3 JSON of ModelManifest); prints the
+    /// assigned version and SHA-256.
+    Publish {
+        /// The safetensors weights.
+        weights: PathBuf,
+        /// The manifest JSON file.
+        manifest: PathBuf,
+        /// Publish under this name instead of the manifest's.
+        #[arg(long)]
+        name: Option<String>,
+        /// Retrying with the same key returns the version already stored instead of a new one.
+        /// Defaults to a key derived from the name and the weights' SHA-256.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+    /// List every model with its latest version and aliases.
+    List,
+    /// List the versions of one model.
+    Versions { name: String },
+    /// Fetch a model version (by default the latest); writes the weights to --out.
+    Get {
+        name: String,
+        #[arg(long, conflicts_with = "alias")]
+        version: Option<u64>,
+        #[arg(long)]
+        alias: Option<String>,
+        /// Where to write the safetensors bytes; without it only the manifest is fetched.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Point an alias at a version, or delete it with --delete.
+    Alias {
+        name: String,
+        alias: String,
+        /// The version to point at; required unless --delete.
+        #[arg(required_unless_present = "delete")]
+        version: Option<u64>,
+        #[arg(long)]
+        delete: bool,
+    },
+    /// Delete a version (refused while an alias points at it, unless --force).
+    Delete {
+        name: String,
+        version: u64,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print version and alias events in log order as they happen.
+    Watch {
+        /// Only this model's events.
+        #[arg(long)]
+        name: Option<String>,
+        /// Models-topic position to start from (0 replays everything still in the log).
+        #[arg(long, default_value_t = 0)]
+        from: i64,
+        /// Stop after this many events.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Write an untrained example autoencoder (weights.safetensors + manifest.json) to a folder,
+    /// to try the registry without a training run.
+    Example {
+        #[arg(long, default_value = "example")]
+        out: PathBuf,
+        #[arg(long, default_value = "car-anomaly")]
+        name: String,
+        /// Widths of the hidden layers.
+        #[arg(long, value_delimiter = ',', default_value = "8")]
+        hidden: Vec<u32>,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+}
+
+async fn connect(url: &str) -> anyhow::Result<RegistryClient<Channel>> {
+    let channel = Endpoint::from_shared(url.to_owned())
+        .with_context(|| format!("{url:?} is not a valid registry URL (expected e.g. http://127.0.0.1:50051)"))?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach kappa-registry at {url}; is it running? (set --registry or KAPPA_REGISTRY)"))?;
+    Ok(RegistryClient::new(channel).max_decoding_message_size(8 * 1024 * 1024))
+}
+
+fn status_error(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{:?}: {}", status.code(), status.message())
+}
+
+pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
+    let output = args.output;
+    match args.command {
+        ModelsCommand::Example { out, name, hidden, seed } => write_example(&out, &name, &hidden, seed),
+        ModelsCommand::Publish { weights, manifest, name, idempotency_key } => {
+            let mut client = connect(&args.registry).await?;
+            let bytes = std::fs::read(&weights).with_context(|| format!("cannot read {}", weights.display()))?;
+            let mut manifest = read_manifest(&manifest)?;
+            if let Some(name) = name {
+                manifest.name = name;
+            }
+            let key = idempotency_key
+                .unwrap_or_else(|| format!("{}:{}", manifest.name, kappa_model::sha256_hex(&bytes)));
+            let response = publish(&mut client, manifest, &bytes, &key).await?;
+            let version = response.version.unwrap_or_default();
+            match output {
+                Output::Json => println!("{}", serde_json::to_string(&version)?),
+                Output::Text => println!(
+                    "{} {} version {} sha256 {} ({} bytes)",
+                    if response.deduplicated { "already published:" } else { "published" },
+                    version.name,
+                    version.version,
+                    version.weights_sha256,
+                    version.weights_size
+                ),
+            }
+            Ok(())
+        }
+        ModelsCommand::List => {
+            let mut client = connect(&args.registry).await?;
+            let models = client.list_models(pb::ListModelsRequest {}).await.map_err(status_error)?.into_inner();
+            match output {
+                Output::Json => println!("{}", serde_json::to_string(&models)?),
+                Output::Text => {
+                    if models.models.is_empty() {
+                        println!("no models yet: publish one with `kappa models publish`");
+                    }
+                    for m in models.models {
+                        let mut aliases: Vec<_> = m.aliases.iter().map(|(a, v)| format!("{a}={v}")).collect();
+                        aliases.sort();
+                        println!("{}  latest {}  versions {}  aliases [{}]", m.name, m.latest_version, m.version_count, aliases.join(", "));
+                    }
+                }
+            }
+            Ok(())
+        }
+        ModelsCommand::Versions { name } => {
+            let mut client = connect(&args.registry).await?;
+            let versions = client
+                .list_versions(pb::ListVersionsRequest { name })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            match output {
+                Output::Json => println!("{}", serde_json::to_string(&versions)?),
+                Output::Text => {
+                    for v in versions.versions {
+                        println!(
+                            "{} v{}  sha256 {}  {} bytes  aliases [{}]",
+                            v.name,
+                            v.version,
+                            v.weights_sha256,
+                            v.weights_size,
+                            v.aliases.join(", ")
+                        );
+                    }
+                }
+            }
+            Ok(())
+        }
+        ModelsCommand::Get { name, version, alias, out } => {
+            use pb::get_model_request::Selector;
+            let mut client = connect(&args.registry).await?;
+            let selector = match (version, alias) {
+                (Some(v), _) => Some(Selector::Version(v)),
+                (None, Some(a)) => Some(Selector::Alias(a)),
+                (None, None) => None,
+            };
+            let (header, weights) = get(&mut client, &name, selector, out.is_none()).await?;
+            if let Some(path) = &out {
+                std::fs::write(path, &weights).with_context(|| format!("cannot write {}", path.display()))?;
+                let digest = kappa_model::sha256_hex(&weights);
+                if digest != header.weights_sha256 {
+                    bail!("downloaded weights hash to {digest}, not {}; the copy is corrupt", header.weights_sha256);
+                }
+            }
+            match output {
+                Output::Json => println!("{}", serde_json::to_string(&header)?),
+                Output::Text => {
+                    println!("{} v{} sha256 {} ({} bytes)", header.name, header.version, header.weights_sha256, header.weights_size);
+                    if let Some(path) = out {
+                        println!("weights written to {} (digest verified)", path.display());
+                    }
+                }
+            }
+            Ok(())
+        }
+        ModelsCommand::Alias { name, alias, version, delete } => {
+            let mut client = connect(&args.registry).await?;
+            if delete {
+                let r = client
+                    .delete_alias(pb::DeleteAliasRequest { name: name.clone(), alias: alias.clone() })
+                    .await
+                    .map_err(status_error)?
+                    .into_inner();
+                println!("deleted alias {name}@{alias} (was version {})", r.previous_version);
+            } else {
+                let version = version.context("give the version the alias should point at")?;
+                let r = client
+                    .set_alias(pb::SetAliasRequest { name: name.clone(), alias: alias.clone(), version })
+                    .await
+                    .map_err(status_error)?
+                    .into_inner();
+                match r.previous_version {
+                    0 => println!("alias {name}@{alias} -> version {version} (new)"),
+                    p => println!("alias {name}@{alias} -> version {version} (was {p})"),
+                }
+            }
+            Ok(())
+        }
+        ModelsCommand::Delete { name, version, force } => {
+            let mut client = connect(&args.registry).await?;
+            let r = client
+                .delete_version(pb::DeleteVersionRequest { name: name.clone(), version, force })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            println!("deleted {name} v{version}; removed aliases [{}]", r.removed_aliases.join(", "));
+            Ok(())
+        }
+        ModelsCommand::Watch { name, from, limit } => {
+            let mut client = connect(&args.registry).await?;
+            let mut stream = client
+                .watch_models(pb::WatchModelsRequest { from_position: from, name: name.unwrap_or_default() })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let mut seen = 0;
+            while let Some(event) = stream.next().await {
+                let event = event.map_err(status_error)?;
+                match output {
+                    Output::Json => println!("{}", serde_json::to_string(&event)?),
+                    Output::Text => println!("{}", describe_event(&event)),
+                }
+                seen += 1;
+                if limit.is_some_and(|l| seen >= l) {
+                    break;
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn describe_event(event: &pb::WatchModelsResponse) -> String {
+    use pb::watch_models_response::Event;
+    let what = match &event.event {
+        Some(Event::Published(p)) => {
+            let v = p.version.clone().unwrap_or_default();
+            format!("published {} v{} sha256 {}", v.name, v.version, v.weights_sha256)
+        }
+        Some(Event::Deleted(d)) => format!("deleted {} v{}", d.name, d.version),
+        Some(Event::AliasSet(a)) => format!("alias {}@{} -> v{}", a.name, a.alias, a.version),
+        Some(Event::AliasDeleted(a)) => format!("alias {}@{} deleted", a.name, a.alias),
+        None => "unknown event".to_owned(),
+    };
+    format!("@{} {what}", event.position)
+}
+
+fn read_manifest(path: &Path) -> anyhow::Result<ModelManifest> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a ModelManifest in proto3 JSON (see `kappa models example`)", path.display()))
+}
+
+async fn publish(
+    client: &mut RegistryClient<Channel>,
+    manifest: ModelManifest,
+    weights: &[u8],
+    key: &str,
+) -> anyhow::Result<pb::PublishResponse> {
+    use pb::publish_request::Part;
+    let mut messages = vec![pb::PublishRequest {
+        part: Some(Part::Header(pb::PublishHeader { manifest: Some(manifest), idempotency_key: key.to_owned() })),
+    }];
+    messages.extend(weights.chunks(UPLOAD_CHUNK_BYTES).map(|c| pb::PublishRequest { part: Some(Part::Chunk(c.to_vec())) }));
+    Ok(client
+        .publish(tokio_stream::iter(messages))
+        .await
+        .map_err(status_error)?
+        .into_inner())
+}
+
+async fn get(
+    client: &mut RegistryClient<Channel>,
+    name: &str,
+    selector: Option<pb::get_model_request::Selector>,
+    manifest_only: bool,
+) -> anyhow::Result<(pb::ModelVersion, Vec<u8>)> {
+    use pb::get_model_response::Part;
+    let mut stream = client
+        .get_model(pb::GetModelRequest { name: name.to_owned(), selector, manifest_only })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let mut header = None;
+    let mut weights = Vec::new();
+    while let Some(message) = stream.next().await {
+        match message.map_err(status_error)?.part {
+            Some(Part::Header(h)) => header = Some(h),
+            Some(Part::Chunk(c)) => weights.extend_from_slice(&c),
+            None => {}
+        }
+    }
+    let header = header.context("the registry answered without a header")?;
+    Ok((header, weights))
+}
+
+fn write_example(out: &Path, name: &str, hidden: &[u32], seed: u64) -> anyhow::Result<()> {
+    let manifest = kappa_model::example::autoencoder_manifest(name, hidden);
+    kappa_model::validate_manifest(&manifest)?;
+    let weights = kappa_model::example::random_weights(&manifest, seed);
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let weights_path = out.join("weights.safetensors");
+    let manifest_path = out.join("manifest.json");
+    std::fs::write(&weights_path, &weights)?;
+    std::fs::write(&manifest_path, serde_json::to_string_pretty(&manifest)? + "\n")?;
+    println!("wrote {} and {}", weights_path.display(), manifest_path.display());
+    Ok(())
+}

@@ -1,0 +1,95 @@
+use std::net::SocketAddr;
+
+use clap::Parser;
+use kappa_kafka::KafkaArgs;
+use kappa_telemetry::LogArgs;
+
+/// kappa-registry stores versioned models with aliases in a compacted Kafka topic and serves
+/// them over gRPC (kappa.registry.v1.Registry, grpc.health.v1 and server reflection on one port).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "kappa-registry", version, about, long_about = None)]
+pub struct RegistryConfig {
+    /// gRPC listen address. Port 0 picks a free port; the chosen address is logged.
+    #[arg(long, env = "KAPPA_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+
+    /// Prometheus metrics listen address (GET /metrics); port 0 picks a free port.
+    #[arg(long, env = "KAPPA_METRICS_LISTEN", default_value = "127.0.0.1:9101")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    /// The compacted topic holding every model version, weight chunk and alias.
+    #[arg(long, env = "KAPPA_MODELS_TOPIC", default_value = "kappa.models")]
+    pub models_topic: String,
+
+    /// Transactional id of the registry's producer. A new registry with the same id fences the
+    /// old one, which then refuses writes. Keep it fixed per models topic.
+    #[arg(long, env = "KAPPA_TRANSACTIONAL_ID", default_value = "kappa-registry")]
+    pub transactional_id: String,
+
+    /// Size of the weight chunks written to Kafka, in bytes. Must fit the topic's max.message.bytes.
+    #[arg(long, env = "KAPPA_CHUNK_BYTES", default_value_t = 1024 * 1024,
+          value_parser = clap::value_parser!(u32).range(1024..=8 * 1024 * 1024))]
+    pub chunk_bytes: u32,
+
+    /// Largest safetensors file accepted by Publish, in bytes; larger ones get RESOURCE_EXHAUSTED.
+    #[arg(long, env = "KAPPA_MAX_MODEL_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub max_model_bytes: u64,
+
+    /// Replication factor used when the registry creates the models topic.
+    #[arg(long, env = "KAPPA_REPLICATION_FACTOR", default_value_t = 1)]
+    pub replication_factor: i32,
+
+    /// Extra topic config used when the registry creates the models topic, KEY=VALUE, repeatable
+    /// (e.g. segment.ms=10000 min.cleanable.dirty.ratio=0.01 so compaction runs soon in development).
+    #[arg(long = "topic-config", env = "KAPPA_TOPIC_CONFIGS", value_delimiter = ',', value_name = "KEY=VALUE",
+          value_parser = parse_key_value)]
+    pub topic_configs: Vec<(String, String)>,
+
+    /// Seconds in-flight requests get to finish after SIGTERM before the server stops.
+    #[arg(long, env = "KAPPA_SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
+    pub shutdown_grace_seconds: u64,
+
+    /// Validate the configuration, print it and exit without connecting to anything.
+    #[arg(long)]
+    pub check_config: bool,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+fn parse_key_value(raw: &str) -> Result<(String, String), String> {
+    match raw.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.trim().to_owned())),
+        _ => Err(format!("{raw:?} is not KEY=VALUE")),
+    }
+}
+
+impl RegistryConfig {
+    /// Checks what clap cannot: relations between flags.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.models_topic.trim().is_empty() {
+            return Err("--models-topic must not be empty".into());
+        }
+        if self.transactional_id.trim().is_empty() {
+            return Err("--transactional-id must not be empty".into());
+        }
+        if self.max_model_bytes < u64::from(self.chunk_bytes) {
+            return Err(format!(
+                "--max-model-bytes ({}) is smaller than --chunk-bytes ({}); no model could be published",
+                self.max_model_bytes, self.chunk_bytes
+            ));
+        }
+        if self.replication_factor < 1 {
+            return Err("--replication-factor must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The topic's max.message.bytes: one chunk plus generous room for key and record overhead.
+    pub fn topic_max_message_bytes(&self) -> usize {
+        self.chunk_bytes as usize + 64 * 1024
+    }
+}

@@ -1,0 +1,55 @@
+use kappa_model::ModelError;
+use thiserror::Error;
+use tonic::Status;
+
+/// Every way a registry request can fail. The `From<RegistryError> for Status` below is
+/// exhaustive on purpose: a new variant must decide its gRPC code.
+#[derive(Debug, Error)]
+pub enum RegistryError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("model {0:?} does not exist")]
+    UnknownModel(String),
+    #[error("model {name:?} has no version {version}")]
+    UnknownVersion { name: String, version: u64 },
+    #[error("version {version} of model {name:?} was deleted")]
+    DeletedVersion { name: String, version: u64 },
+    #[error("model {name:?} has no alias {alias:?}")]
+    UnknownAlias { name: String, alias: String },
+    #[error(
+        "version {version} of model {name:?} is still the target of aliases {aliases:?}; move or delete them first, or delete with force"
+    )]
+    VersionInUse { name: String, version: u64, aliases: Vec<String> },
+    #[error("the model is {size} bytes, over this registry's limit of {limit} bytes (--max-model-bytes)")]
+    TooLarge { size: u64, limit: u64 },
+    #[error("the registry is still replaying the models topic; retry in a moment")]
+    NotReady,
+    #[error(
+        "this registry was fenced by a newer registry using the same transactional id and no longer accepts writes; send writes to the new instance"
+    )]
+    Fenced,
+    #[error("Kafka is unavailable: {0}; the write was not stored, retry")]
+    KafkaUnavailable(String),
+    #[error("the models topic is missing data it should hold: {0}")]
+    DataLoss(String),
+}
+
+impl From<RegistryError> for Status {
+    fn from(err: RegistryError) -> Self {
+        let message = err.to_string();
+        match err {
+            RegistryError::Model(_) | RegistryError::BadRequest(_) => Status::invalid_argument(message),
+            RegistryError::UnknownModel(_)
+            | RegistryError::UnknownVersion { .. }
+            | RegistryError::UnknownAlias { .. } => Status::not_found(message),
+            RegistryError::DeletedVersion { .. } | RegistryError::VersionInUse { .. } | RegistryError::Fenced => {
+                Status::failed_precondition(message)
+            }
+            RegistryError::TooLarge { .. } => Status::resource_exhausted(message),
+            RegistryError::NotReady | RegistryError::KafkaUnavailable(_) => Status::unavailable(message),
+            RegistryError::DataLoss(_) => Status::data_loss(message),
+        }
+    }
+}

@@ -1,0 +1,73 @@
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use std::sync::atomic::AtomicU64;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RpcLabels {
+    pub rpc: &'static str,
+    pub code: &'static str,
+}
+
+/// The registry's Prometheus series; names are documented in the README.
+#[derive(Debug, Default)]
+pub struct RegistryMetrics {
+    pub publishes: Family<OutcomeLabels, Counter>,
+    pub published_bytes: Counter,
+    pub requests: Family<RpcLabels, Counter>,
+    pub replay_seconds: Gauge<f64, AtomicU64>,
+    pub log_position: Gauge,
+    pub fenced: Gauge,
+    pub undecodable_records: Counter,
+}
+
+impl RegistryMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("kappa_registry");
+        r.register("publishes", "Publish calls by outcome (created, deduplicated, rejected, failed)", self.publishes.clone());
+        r.register("published_bytes", "Weight bytes written to Kafka by successful publishes", self.published_bytes.clone());
+        r.register("requests", "gRPC requests by method and status code", self.requests.clone());
+        r.register("replay_seconds", "Time the start-up replay of the models topic took", self.replay_seconds.clone());
+        r.register("log_position", "Next models-topic offset the registry will apply", self.log_position.clone());
+        r.register("fenced", "1 when a newer registry fenced this one and writes are refused", self.fenced.clone());
+        r.register("undecodable_records", "Models-topic records skipped because they could not be decoded", self.undecodable_records.clone());
+    }
+
+    pub fn observe<T>(&self, rpc: &'static str, result: &Result<T, tonic::Status>) {
+        let code = match result {
+            Ok(_) => "OK",
+            Err(status) => code_name(status.code()),
+        };
+        self.requests.get_or_create(&RpcLabels { rpc, code }).inc();
+    }
+}
+
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}

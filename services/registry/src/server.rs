@@ -1,0 +1,135 @@
+use std::{
+    future::Future,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use kappa_api::registry::registry_server::RegistryServer;
+use kappa_kafka::{ModelsTopicSettings, ensure_models_topic};
+use prometheus_client::registry::Registry as MetricsRegistry;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+
+use crate::{
+    RegistryConfig,
+    catalog::Catalog,
+    follower,
+    metrics::RegistryMetrics,
+    service::RegistryService,
+    writer::Writer,
+};
+
+const REGISTRY_SERVICE: &str = "kappa.registry.v1.Registry";
+
+/// Runs the registry on `listener` until `shutdown` resolves: prepares the topic, fences older
+/// writers, replays the log (NOT_SERVING until done), then serves; on shutdown it reports
+/// NOT_SERVING and gives in-flight requests the configured grace period.
+pub async fn run(
+    config: RegistryConfig,
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let kafka = config.kafka.client_config();
+    let topic = config.models_topic.clone();
+    ensure_models_topic(
+        &kafka,
+        &ModelsTopicSettings {
+            topic: topic.clone(),
+            replication_factor: config.replication_factor,
+            max_message_bytes: config.topic_max_message_bytes(),
+            extra_configs: config.topic_configs.clone(),
+        },
+    )
+    .await?;
+
+    let writer = {
+        let (kafka, id, topic) = (kafka.clone(), config.transactional_id.clone(), topic.clone());
+        let max_bytes = config.topic_max_message_bytes();
+        tokio::task::spawn_blocking(move || Writer::connect(&kafka, &id, max_bytes, &topic))
+            .await?
+            .with_context(|| {
+                format!("cannot initialise the transactional producer {:?}; is Kafka reachable and does it allow transactions?", config.transactional_id)
+            })?
+    };
+    tracing::info!(transactional_id = config.transactional_id, "transactional producer ready; older registries are fenced");
+
+    let metrics = Arc::new(RegistryMetrics::default());
+    let mut metrics_registry = MetricsRegistry::default();
+    metrics.register(&mut metrics_registry);
+
+    let stop = CancellationToken::new();
+    let catalog = Arc::new(RwLock::new(Catalog::default()));
+    let progress = follower::spawn(&kafka, &topic, Arc::clone(&catalog), Arc::clone(&metrics), stop.clone())?;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_service_status("", ServingStatus::NotServing).await;
+    health.set_service_status(REGISTRY_SERVICE, ServingStatus::NotServing).await;
+    {
+        let health = health.clone();
+        let mut caught_up = progress.caught_up.clone();
+        tokio::spawn(async move {
+            if caught_up.wait_for(|done| *done).await.is_ok() {
+                health.set_service_status("", ServingStatus::Serving).await;
+                health.set_service_status(REGISTRY_SERVICE, ServingStatus::Serving).await;
+            }
+        });
+    }
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(kappa_api::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(kappa_api::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let service = RegistryService {
+        catalog,
+        writer: Arc::new(writer),
+        progress,
+        consumer_config: kafka,
+        topic,
+        chunk_bytes: config.chunk_bytes as usize,
+        max_model_bytes: config.max_model_bytes,
+        metrics: Arc::clone(&metrics),
+    };
+    // Publish chunks may be up to 4 MiB each (plus framing); everything else is small.
+    let registry = RegistryServer::new(service).max_decoding_message_size(8 * 1024 * 1024);
+
+    if let Some(listener) = metrics_listener {
+        tracing::info!(address = %listener.local_addr()?, "serving Prometheus metrics at /metrics");
+        tokio::spawn(kappa_telemetry::serve_metrics(listener, Arc::new(metrics_registry), stop.clone().cancelled_owned()));
+    }
+
+    tracing::info!(address = %listener.local_addr()?, "kappa-registry listening for gRPC");
+    let drain = CancellationToken::new();
+    let serve = Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(registry)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain.clone().cancelled_owned());
+    tokio::pin!(serve);
+    tokio::select! {
+        result = &mut serve => result?,
+        () = shutdown => {
+            health.set_service_status("", ServingStatus::NotServing).await;
+            health.set_service_status(REGISTRY_SERVICE, ServingStatus::NotServing).await;
+            drain.cancel();
+            let grace = Duration::from_secs(config.shutdown_grace_seconds);
+            match tokio::time::timeout(grace, &mut serve).await {
+                Ok(result) => result?,
+                Err(_) => tracing::warn!(?grace, "requests still running after the grace period were dropped"),
+            }
+        }
+    }
+    stop.cancel();
+    tracing::info!("kappa-registry stopped");
+    Ok(())
+}

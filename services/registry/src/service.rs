@@ -1,0 +1,381 @@
+//! The `kappa.registry.v1.Registry` gRPC service.
+
+use std::{
+    sync::{Arc, RwLock},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use kappa_api::{
+    model::{AliasRecord, ModelManifest, VersionRecord, WeightChunk},
+    registry::{self as pb, registry_server::Registry},
+};
+use kappa_kafka::ModelKey;
+use kappa_model::{validate_alias, validate_manifest, validate_name, validate_weights};
+use prost::Message as _;
+use rdkafka::ClientConfig;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::{
+    RegistryError,
+    catalog::Catalog,
+    follower::FollowerProgress,
+    metrics::{OutcomeLabels, RegistryMetrics},
+    reader,
+    writer::{Put, Writer},
+};
+
+const MAX_IDEMPOTENCY_KEY_LEN: usize = 256;
+
+pub struct RegistryService {
+    pub catalog: Arc<RwLock<Catalog>>,
+    pub writer: Arc<Writer>,
+    pub progress: FollowerProgress,
+    pub consumer_config: ClientConfig,
+    pub topic: String,
+    pub chunk_bytes: usize,
+    pub max_model_bytes: u64,
+    pub metrics: Arc<RegistryMetrics>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+fn invalid(message: impl Into<String>) -> Status {
+    Status::invalid_argument(message.into())
+}
+
+impl RegistryService {
+    fn catalog(&self) -> std::sync::RwLockReadGuard<'_, Catalog> {
+        self.catalog.read().expect("catalog lock poisoned")
+    }
+
+    fn ready(&self) -> Result<(), RegistryError> {
+        if *self.progress.caught_up.borrow() { Ok(()) } else { Err(RegistryError::NotReady) }
+    }
+
+    /// Writes `records` in one transaction and waits until the follower has applied them.
+    async fn write(&self, records: Vec<Put>) -> Result<i64, RegistryError> {
+        let result = self.writer.commit(records).await;
+        if self.writer.is_fenced() {
+            self.metrics.fenced.set(1);
+        }
+        let offset = result?;
+        if !self.progress.wait_applied(offset).await {
+            return Err(RegistryError::KafkaUnavailable("the models-topic follower stopped".into()));
+        }
+        Ok(offset)
+    }
+
+    async fn publish_inner(&self, mut stream: Streaming<pb::PublishRequest>) -> Result<pb::PublishResponse, Status> {
+        use pb::publish_request::Part;
+        self.ready()?;
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| invalid("the publish stream was empty: send a header, then the weights in chunks"))?;
+        let Some(Part::Header(header)) = first.part else {
+            return Err(invalid("the first Publish message must be the header with the manifest"));
+        };
+        let mut manifest = header
+            .manifest
+            .ok_or_else(|| invalid("the Publish header carries no manifest"))?;
+        if manifest.version != 0 {
+            return Err(invalid("leave manifest.version at 0: the registry assigns versions"));
+        }
+        validate_manifest(&manifest).map_err(RegistryError::from)?;
+        let key = header.idempotency_key;
+        if key.len() > MAX_IDEMPOTENCY_KEY_LEN {
+            return Err(invalid(format!("the idempotency key is longer than {MAX_IDEMPOTENCY_KEY_LEN} bytes")));
+        }
+        if let Some(existing) = self.deduplicate(&manifest.name, &key)? {
+            return Ok(existing);
+        }
+
+        let mut weights = Vec::new();
+        while let Some(message) = stream.message().await? {
+            match message.part {
+                Some(Part::Chunk(bytes)) => {
+                    let size = (weights.len() + bytes.len()) as u64;
+                    if size > self.max_model_bytes {
+                        return Err(RegistryError::TooLarge { size, limit: self.max_model_bytes }.into());
+                    }
+                    weights.extend_from_slice(&bytes);
+                }
+                Some(Part::Header(_)) => {
+                    return Err(invalid("a second header arrived; send one header, then only chunks"));
+                }
+                None => return Err(invalid("a Publish message carried neither header nor chunk")),
+            }
+        }
+        if weights.is_empty() {
+            return Err(invalid("no weights arrived after the header"));
+        }
+
+        // Parsing and hashing a large model takes long enough to keep it off the async workers.
+        let (manifest_back, weights, validated) = tokio::task::spawn_blocking(move || {
+            let validated = validate_weights(&manifest, &weights);
+            (manifest, weights, validated)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("validation task failed: {e}")))?;
+        manifest = manifest_back;
+        let validated = validated.map_err(RegistryError::from)?;
+        manifest.weights_sha256 = validated.sha256;
+        manifest.weights_size = validated.size;
+
+        let _guard = self.writer.lock().await;
+        // A concurrent retry with the same key may have won the lock first.
+        if let Some(existing) = self.deduplicate(&manifest.name, &key)? {
+            return Ok(existing);
+        }
+        let name = manifest.name.clone();
+        let version = self.catalog().next_version(&name);
+        manifest.version = version;
+        manifest.created_at_ms = now_ms();
+        let records = version_records(manifest, &weights, self.chunk_bytes, key);
+        self.write(records).await?;
+        self.metrics.published_bytes.inc_by(weights.len() as u64);
+        self.metrics.publishes.get_or_create(&OutcomeLabels { outcome: "created" }).inc();
+        tracing::info!(model = name, version, bytes = weights.len(), "published a new model version");
+        Ok(pb::PublishResponse {
+            version: Some(self.catalog().model_version(&name, version)?),
+            deduplicated: false,
+        })
+    }
+
+    fn deduplicate(&self, name: &str, key: &str) -> Result<Option<pb::PublishResponse>, RegistryError> {
+        if key.is_empty() {
+            return Ok(None);
+        }
+        let catalog = self.catalog();
+        let Some(version) = catalog.version_for_idempotency_key(name, key) else {
+            return Ok(None);
+        };
+        self.metrics.publishes.get_or_create(&OutcomeLabels { outcome: "deduplicated" }).inc();
+        Ok(Some(pb::PublishResponse {
+            version: Some(catalog.model_version(name, version)?),
+            deduplicated: true,
+        }))
+    }
+
+    fn resolve(&self, request: &pb::GetModelRequest) -> Result<pb::ModelVersion, RegistryError> {
+        use pb::get_model_request::Selector;
+        validate_name(&request.name)?;
+        let catalog = self.catalog();
+        let version = match &request.selector {
+            Some(Selector::Version(v)) => *v,
+            Some(Selector::Alias(alias)) => catalog.alias(&request.name, alias)?,
+            None => catalog.latest_version(&request.name)?,
+        };
+        catalog.model_version(&request.name, version)
+    }
+
+    async fn set_alias_inner(&self, request: pb::SetAliasRequest) -> Result<pb::SetAliasResponse, RegistryError> {
+        self.ready()?;
+        validate_name(&request.name)?;
+        validate_alias(&request.alias)?;
+        let _guard = self.writer.lock().await;
+        let previous = {
+            let catalog = self.catalog();
+            catalog.version(&request.name, request.version)?;
+            catalog.alias(&request.name, &request.alias).unwrap_or(0)
+        };
+        let record = AliasRecord {
+            name: request.name.clone(),
+            alias: request.alias.clone(),
+            version: request.version,
+            updated_at_ms: now_ms(),
+        };
+        let key = ModelKey::Alias { name: request.name.clone(), alias: request.alias.clone() };
+        let position = self.write(vec![Put { key: key.to_string(), value: Some(record.encode_to_vec()) }]).await?;
+        tracing::info!(model = request.name, alias = request.alias, version = request.version, previous, "moved an alias");
+        Ok(pb::SetAliasResponse { previous_version: previous, position })
+    }
+
+    async fn delete_alias_inner(&self, request: pb::DeleteAliasRequest) -> Result<pb::DeleteAliasResponse, RegistryError> {
+        self.ready()?;
+        validate_name(&request.name)?;
+        validate_alias(&request.alias)?;
+        let _guard = self.writer.lock().await;
+        let previous = self.catalog().alias(&request.name, &request.alias)?;
+        let key = ModelKey::Alias { name: request.name.clone(), alias: request.alias.clone() };
+        self.write(vec![Put { key: key.to_string(), value: None }]).await?;
+        tracing::info!(model = request.name, alias = request.alias, "deleted an alias");
+        Ok(pb::DeleteAliasResponse { previous_version: previous })
+    }
+
+    async fn delete_version_inner(&self, request: pb::DeleteVersionRequest) -> Result<pb::DeleteVersionResponse, RegistryError> {
+        self.ready()?;
+        validate_name(&request.name)?;
+        let _guard = self.writer.lock().await;
+        let (aliases, chunks) = {
+            let catalog = self.catalog();
+            catalog.version(&request.name, request.version)?;
+            (catalog.aliases_of(&request.name, request.version), catalog.chunk_indices(&request.name, request.version))
+        };
+        if !aliases.is_empty() && !request.force {
+            return Err(RegistryError::VersionInUse { name: request.name, version: request.version, aliases });
+        }
+        let (name, version) = (request.name.clone(), request.version);
+        let mut records: Vec<Put> = chunks
+            .into_iter()
+            .map(|index| Put { key: ModelKey::Chunk { name: name.clone(), version, index }.to_string(), value: None })
+            .collect();
+        records.extend(aliases.iter().map(|alias| Put {
+            key: ModelKey::Alias { name: name.clone(), alias: alias.clone() }.to_string(),
+            value: None,
+        }));
+        // Not a tombstone: the small `deleted` record keeps the version number taken after compaction.
+        let marker = VersionRecord { deleted: true, ..VersionRecord::default() };
+        records.push(Put { key: ModelKey::Version { name: name.clone(), version }.to_string(), value: Some(marker.encode_to_vec()) });
+        self.write(records).await?;
+        tracing::info!(model = name, version, removed_aliases = ?aliases, "deleted a model version");
+        Ok(pb::DeleteVersionResponse { removed_aliases: aliases })
+    }
+}
+
+/// The records of one version: its chunks, then the version record, which readers take as the
+/// sign that every chunk before it is there.
+fn version_records(manifest: ModelManifest, weights: &[u8], chunk_bytes: usize, idempotency_key: String) -> Vec<Put> {
+    let (name, version) = (manifest.name.clone(), manifest.version);
+    let mut records: Vec<Put> = weights
+        .chunks(chunk_bytes)
+        .enumerate()
+        .map(|(index, data)| {
+            let index = index as u32;
+            Put {
+                key: ModelKey::Chunk { name: name.clone(), version, index }.to_string(),
+                value: Some(WeightChunk { index, data: data.to_vec() }.encode_to_vec()),
+            }
+        })
+        .collect();
+    let record = VersionRecord {
+        chunk_count: records.len() as u32,
+        manifest: Some(manifest),
+        idempotency_key,
+        deleted: false,
+        trace_context: Default::default(),
+    };
+    records.push(Put { key: ModelKey::Version { name, version }.to_string(), value: Some(record.encode_to_vec()) });
+    records
+}
+
+type ResponseStream<T> = ReceiverStream<Result<T, Status>>;
+
+#[tonic::async_trait]
+impl Registry for RegistryService {
+    async fn publish(&self, request: Request<Streaming<pb::PublishRequest>>) -> Result<Response<pb::PublishResponse>, Status> {
+        let result = self.publish_inner(request.into_inner()).await;
+        if let Err(status) = &result {
+            let outcome = match status.code() {
+                tonic::Code::InvalidArgument | tonic::Code::ResourceExhausted => "rejected",
+                _ => "failed",
+            };
+            self.metrics.publishes.get_or_create(&OutcomeLabels { outcome }).inc();
+            tracing::warn!(code = ?status.code(), message = status.message(), "publish refused");
+        }
+        self.metrics.observe("Publish", &result);
+        result.map(Response::new)
+    }
+
+    type GetModelStream = ResponseStream<pb::GetModelResponse>;
+
+    async fn get_model(&self, request: Request<pb::GetModelRequest>) -> Result<Response<Self::GetModelStream>, Status> {
+        let request = request.into_inner();
+        let result = (|| {
+            self.ready()?;
+            let header = self.resolve(&request)?;
+            let offsets = if request.manifest_only {
+                Vec::new()
+            } else {
+                self.catalog().chunk_locations(&header.name, header.version)?.offsets
+            };
+            Ok::<_, RegistryError>((header, offsets))
+        })()
+        .map_err(Status::from);
+        self.metrics.observe("GetModel", &result);
+        let (header, offsets) = result?;
+
+        let (tx, rx) = mpsc::channel(4);
+        let sha256 = header.weights_sha256.clone();
+        tx.try_send(Ok(pb::GetModelResponse { part: Some(pb::get_model_response::Part::Header(header)) }))
+            .expect("a new channel has room for the header");
+        let config = self.consumer_config.clone();
+        let topic = self.topic.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(status) = reader::stream_chunks(&config, &topic, &offsets, &sha256, &tx) {
+                tracing::error!(code = ?status.code(), message = status.message(), "GetModel could not stream the weights");
+                let _ = tx.blocking_send(Err(status));
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn list_models(&self, _request: Request<pb::ListModelsRequest>) -> Result<Response<pb::ListModelsResponse>, Status> {
+        let result = self
+            .ready()
+            .map(|()| pb::ListModelsResponse { models: self.catalog().list_models() })
+            .map_err(Status::from);
+        self.metrics.observe("ListModels", &result);
+        result.map(Response::new)
+    }
+
+    async fn list_versions(&self, request: Request<pb::ListVersionsRequest>) -> Result<Response<pb::ListVersionsResponse>, Status> {
+        let name = request.into_inner().name;
+        let result = (|| {
+            self.ready()?;
+            validate_name(&name)?;
+            Ok::<_, RegistryError>(pb::ListVersionsResponse { versions: self.catalog().list_versions(&name)? })
+        })()
+        .map_err(Status::from);
+        self.metrics.observe("ListVersions", &result);
+        result.map(Response::new)
+    }
+
+    async fn set_alias(&self, request: Request<pb::SetAliasRequest>) -> Result<Response<pb::SetAliasResponse>, Status> {
+        let result = self.set_alias_inner(request.into_inner()).await.map_err(Status::from);
+        self.metrics.observe("SetAlias", &result);
+        result.map(Response::new)
+    }
+
+    async fn delete_alias(&self, request: Request<pb::DeleteAliasRequest>) -> Result<Response<pb::DeleteAliasResponse>, Status> {
+        let result = self.delete_alias_inner(request.into_inner()).await.map_err(Status::from);
+        self.metrics.observe("DeleteAlias", &result);
+        result.map(Response::new)
+    }
+
+    async fn delete_version(&self, request: Request<pb::DeleteVersionRequest>) -> Result<Response<pb::DeleteVersionResponse>, Status> {
+        let result = self.delete_version_inner(request.into_inner()).await.map_err(Status::from);
+        self.metrics.observe("DeleteVersion", &result);
+        result.map(Response::new)
+    }
+
+    type WatchModelsStream = ResponseStream<pb::WatchModelsResponse>;
+
+    async fn watch_models(&self, request: Request<pb::WatchModelsRequest>) -> Result<Response<Self::WatchModelsStream>, Status> {
+        let request = request.into_inner();
+        let result = (|| {
+            if request.from_position < 0 {
+                return Err(invalid("from_position must be 0 or a models-topic offset"));
+            }
+            if !request.name.is_empty() {
+                validate_name(&request.name).map_err(RegistryError::from)?;
+            }
+            Ok(())
+        })();
+        self.metrics.observe("WatchModels", &result);
+        result?;
+        let (tx, rx) = mpsc::channel(64);
+        let config = self.consumer_config.clone();
+        let topic = self.topic.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(status) = reader::stream_events(&config, &topic, request.from_position, &request.name, &tx) {
+                let _ = tx.blocking_send(Err(status));
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}

@@ -1,0 +1,143 @@
+//! The registry's only way to change the log: a transactional producer with a fixed
+//! transactional id. Creating it fences any older registry with the same id and aborts that
+//! registry's unfinished transaction, so readers never see half a write.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use rdkafka::{
+    ClientConfig,
+    error::{KafkaError, RDKafkaErrorCode},
+    producer::{FutureProducer, FutureRecord, Producer},
+    util::Timeout,
+};
+use tokio::sync::{Mutex, MutexGuard};
+
+use crate::RegistryError;
+
+const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One record to write: a value, or `None` for a tombstone.
+#[derive(Debug)]
+pub struct Put {
+    pub key: String,
+    pub value: Option<Vec<u8>>,
+}
+
+pub struct Writer {
+    producer: FutureProducer,
+    topic: String,
+    fenced: AtomicBool,
+    /// Serialises writes: one transaction at a time, and version numbers assigned under it.
+    lock: Mutex<()>,
+}
+
+impl Writer {
+    /// Creates the producer and initialises transactions. Blocking: call from a blocking thread.
+    pub fn connect(config: &ClientConfig, transactional_id: &str, max_message_bytes: usize, topic: &str) -> Result<Self, KafkaError> {
+        let mut config = config.clone();
+        config
+            .set("transactional.id", transactional_id)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("message.max.bytes", max_message_bytes.to_string())
+            .set("transaction.timeout.ms", TRANSACTION_TIMEOUT.as_millis().to_string())
+            .set("linger.ms", "2");
+        let producer: FutureProducer = config.create()?;
+        producer.init_transactions(Timeout::After(Duration::from_secs(60)))?;
+        Ok(Self {
+            producer,
+            topic: topic.to_owned(),
+            fenced: AtomicBool::new(false),
+            lock: Mutex::new(()),
+        })
+    }
+
+    /// Held by a request from reading the catalog until its write is applied, so decisions
+    /// made from the catalog (the next version, whether an alias exists) stay true.
+    pub async fn lock(&self) -> MutexGuard<'_, ()> {
+        self.lock.lock().await
+    }
+
+    pub fn is_fenced(&self) -> bool {
+        self.fenced.load(Ordering::Relaxed)
+    }
+
+    /// Writes `records` in one transaction and returns the offset of the last one once the
+    /// transaction has committed. Must be called with the lock held.
+    pub async fn commit(self: &Arc<Self>, records: Vec<Put>) -> Result<i64, RegistryError> {
+        if self.is_fenced() {
+            return Err(RegistryError::Fenced);
+        }
+        let this = Arc::clone(self);
+        tokio::task::spawn_blocking(move || this.commit_blocking(records))
+            .await
+            .map_err(|e| RegistryError::KafkaUnavailable(format!("write task failed: {e}")))?
+    }
+
+    fn commit_blocking(&self, records: Vec<Put>) -> Result<i64, RegistryError> {
+        let result = self.try_transaction(&records);
+        match result {
+            Ok(offset) => Ok(offset),
+            Err(e) => Err(self.recover(e)),
+        }
+    }
+
+    fn try_transaction(&self, records: &[Put]) -> Result<i64, KafkaError> {
+        self.producer.begin_transaction()?;
+        let mut deliveries = Vec::with_capacity(records.len());
+        for put in records {
+            loop {
+                let mut record = FutureRecord::<str, [u8]>::to(&self.topic).key(&put.key).partition(0);
+                if let Some(value) = &put.value {
+                    record = record.payload(value);
+                }
+                match self.producer.send_result(record) {
+                    Ok(delivery) => {
+                        deliveries.push(delivery);
+                        break;
+                    }
+                    // The local queue is full: let librdkafka drain it, then try again.
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                        self.producer.poll(Duration::from_millis(50));
+                    }
+                    Err((e, _)) => return Err(e),
+                }
+            }
+        }
+        self.producer.commit_transaction(Timeout::After(TRANSACTION_TIMEOUT))?;
+        let mut last = -1;
+        for delivery in deliveries {
+            match futures::executor::block_on(delivery) {
+                Ok(Ok(delivered)) => last = last.max(delivered.offset),
+                Ok(Err((e, _))) => return Err(e),
+                Err(_) => return Err(KafkaError::Canceled),
+            }
+        }
+        Ok(last)
+    }
+
+    /// Turns a failed transaction into the caller's error and leaves the producer usable, unless
+    /// the failure is fatal (fenced by a newer registry), which stops all further writes.
+    fn recover(&self, error: KafkaError) -> RegistryError {
+        if let Some((code, reason)) = self.producer.client().fatal_error() {
+            self.fenced.store(true, Ordering::Relaxed);
+            tracing::error!(?code, reason, "the registry's producer hit a fatal error; refusing all further writes");
+            return if matches!(code, RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch) {
+                RegistryError::Fenced
+            } else {
+                RegistryError::KafkaUnavailable(format!("fatal producer error {code:?}: {reason}"))
+            };
+        }
+        if let Err(abort) = self.producer.abort_transaction(Timeout::After(TRANSACTION_TIMEOUT)) {
+            tracing::warn!(error = %abort, "aborting the failed transaction failed too");
+        }
+        tracing::warn!(error = %error, "a registry write failed and was rolled back");
+        RegistryError::KafkaUnavailable(error.to_string())
+    }
+}
