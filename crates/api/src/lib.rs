@@ -53,5 +53,4 @@ pub use kappa::telemetry::v1 as telemetry;
 pub use kappa::trainer::v1 as trainer;
 
 /// Encoded `FileDescriptorSet` of every Kappa proto, for `tonic-reflection`.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/kappa_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kappa_descriptor.bin"));

@@ -40,7 +40,10 @@ pub enum TopicError {
 /// one that is not compacted or has more than one partition.
 pub async fn ensure_models_topic(config: &ClientConfig, settings: &ModelsTopicSettings) -> Result<(), TopicError> {
     let topic = settings.topic.as_str();
-    let kafka = |source| TopicError::Kafka { topic: topic.to_owned(), source };
+    let kafka = |source| TopicError::Kafka {
+        topic: topic.to_owned(),
+        source,
+    };
     let admin: AdminClient<DefaultClientContext> = config.create().map_err(kafka)?;
     let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(30)));
 
@@ -54,7 +57,12 @@ pub async fn ensure_models_topic(config: &ClientConfig, settings: &ModelsTopicSe
     let created = admin.create_topics([&new_topic], &options).await.map_err(kafka)?;
     for result in created {
         match result {
-            Ok(_) => tracing::info!(topic, "created the compacted models topic"),
+            // Just created with the right settings. Checking them now could read the broker's
+            // metadata before the new topic's config has propagated, so there is nothing to check.
+            Ok(_) => {
+                tracing::info!(topic, "created the compacted models topic");
+                return Ok(());
+            }
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((_, code)) => return Err(kafka(KafkaError::AdminOp(code))),
         }
@@ -72,7 +80,10 @@ pub async fn ensure_models_topic(config: &ClientConfig, settings: &ModelsTopicSe
             .unwrap_or_else(|| "delete".to_owned());
         let policies: Vec<&str> = policy.split(',').map(str::trim).collect();
         if !policies.contains(&"compact") || policies.contains(&"delete") {
-            return Err(TopicError::NotCompacted { topic: topic.to_owned(), policy });
+            return Err(TopicError::NotCompacted {
+                topic: topic.to_owned(),
+                policy,
+            });
         }
     }
 
@@ -88,7 +99,10 @@ pub async fn ensure_models_topic(config: &ClientConfig, settings: &ModelsTopicSe
     .expect("metadata task does not panic")
     .map_err(kafka)?;
     if partitions != 1 {
-        return Err(TopicError::WrongPartitionCount { topic: topic.to_owned(), partitions });
+        return Err(TopicError::WrongPartitionCount {
+            topic: topic.to_owned(),
+            partitions,
+        });
     }
     Ok(())
 }

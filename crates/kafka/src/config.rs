@@ -5,7 +5,11 @@ use rdkafka::ClientConfig;
 #[derive(Debug, Clone, Args)]
 pub struct KafkaArgs {
     /// Kafka bootstrap servers, comma-separated host:port pairs.
-    #[arg(long = "kafka-bootstrap", env = "KAPPA_KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+    #[arg(
+        long = "kafka-bootstrap",
+        env = "KAPPA_KAFKA_BOOTSTRAP",
+        default_value = "127.0.0.1:9092"
+    )]
     pub bootstrap: String,
 
     /// Any librdkafka property as KEY=VALUE, e.g. security.protocol=SASL_SSL or

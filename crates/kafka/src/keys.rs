@@ -60,9 +60,19 @@ mod tests {
     #[test]
     fn keys_round_trip_and_foreign_keys_are_skipped() {
         for key in [
-            ModelKey::Version { name: "fleet".into(), version: 3 },
-            ModelKey::Chunk { name: "fleet".into(), version: 3, index: 12 },
-            ModelKey::Alias { name: "fleet".into(), alias: "production".into() },
+            ModelKey::Version {
+                name: "fleet".into(),
+                version: 3,
+            },
+            ModelKey::Chunk {
+                name: "fleet".into(),
+                version: 3,
+                index: 12,
+            },
+            ModelKey::Alias {
+                name: "fleet".into(),
+                alias: "production".into(),
+            },
         ] {
             assert_eq!(ModelKey::parse(key.to_string().as_bytes()), Some(key));
         }

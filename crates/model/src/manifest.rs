@@ -80,7 +80,10 @@ pub fn validate_manifest(manifest: &ModelManifest) -> Result<(), ModelError> {
         return invalid("it declares no layers".into());
     }
     if manifest.layers.len() > MAX_LAYERS {
-        return invalid(format!("it declares {} layers; at most {MAX_LAYERS} are allowed", manifest.layers.len()));
+        return invalid(format!(
+            "it declares {} layers; at most {MAX_LAYERS} are allowed",
+            manifest.layers.len()
+        ));
     }
     let mut expected_in = manifest.features.len() as u64;
     for (i, layer) in manifest.layers.iter().enumerate() {
@@ -165,11 +168,19 @@ mod tests {
         let mut m = sensor_autoencoder_manifest("fleet", 4);
         m.layers[1].in_features += 1;
         let err = validate_manifest(&m).unwrap_err().to_string();
-        assert!(err.contains("layer 1 takes 5 inputs but layer 0 outputs give 4"), "{err}");
+        assert!(
+            err.contains("layer 1 takes 5 inputs but layer 0 outputs give 4"),
+            "{err}"
+        );
 
         let mut m = sensor_autoencoder_manifest("fleet", 4);
         m.features.pop();
-        assert!(validate_manifest(&m).unwrap_err().to_string().contains("declared features"));
+        assert!(
+            validate_manifest(&m)
+                .unwrap_err()
+                .to_string()
+                .contains("declared features")
+        );
 
         let mut m = sensor_autoencoder_manifest("fleet", 4);
         m.features[0].scale = 0.0;

@@ -20,8 +20,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// or size the manifest already declares. The manifest itself must already be valid.
 pub fn validate_weights(manifest: &ModelManifest, bytes: &[u8]) -> Result<ValidatedWeights, ModelError> {
     let invalid = |msg: String| ModelError::InvalidWeights(msg);
-    let tensors = SafeTensors::deserialize(bytes)
-        .map_err(|e| invalid(format!("not a safetensors file ({e})")))?;
+    let tensors = SafeTensors::deserialize(bytes).map_err(|e| invalid(format!("not a safetensors file ({e})")))?;
 
     // Checked in layer order so the first error names the first tensor a reader would look at.
     let mut expected = Vec::with_capacity(manifest.layers.len() * 2);
@@ -35,7 +34,10 @@ pub fn validate_weights(manifest: &ModelManifest, bytes: &[u8]) -> Result<Valida
             .tensor(name)
             .map_err(|_| invalid(format!("tensor {name:?} is missing")))?;
         if view.dtype() != Dtype::F32 {
-            return Err(invalid(format!("tensor {name:?} is {:?}; Kappa serves F32 weights", view.dtype())));
+            return Err(invalid(format!(
+                "tensor {name:?} is {:?}; Kappa serves F32 weights",
+                view.dtype()
+            )));
         }
         if view.shape() != shape.as_slice() {
             return Err(invalid(format!(
@@ -48,7 +50,9 @@ pub fn validate_weights(manifest: &ModelManifest, bytes: &[u8]) -> Result<Valida
             .chunks_exact(4)
             .position(|b| !f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite())
         {
-            return Err(invalid(format!("tensor {name:?} holds a non-finite value at element {pos}")));
+            return Err(invalid(format!(
+                "tensor {name:?} holds a non-finite value at element {pos}"
+            )));
         }
     }
     if tensors.len() != expected.len() {
@@ -95,7 +99,10 @@ mod tests {
         let v = validate_weights(&m, &bytes).unwrap();
         assert_eq!(v.size, bytes.len() as u64);
         // Digest of the empty input, as printed by `sha256sum /dev/null`.
-        assert_eq!(sha256_hex(b""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+        assert_eq!(
+            sha256_hex(b""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
     }
 
     #[test]
@@ -104,15 +111,27 @@ mod tests {
         let mut other = m.clone();
         other.layers[0].out_features = 5;
         other.layers[1].in_features = 5;
-        let err = validate_weights(&m, &random_weights(&other, 1)).unwrap_err().to_string();
-        assert!(err.contains("has shape [5, 18] but the manifest's layers need [4, 18]"), "{err}");
+        let err = validate_weights(&m, &random_weights(&other, 1))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("has shape [5, 18] but the manifest's layers need [4, 18]"),
+            "{err}"
+        );
 
         let mut tensors = crate::example::random_tensors(&m, 1);
         tensors[0].2[3] = f32::NAN;
-        let err = validate_weights(&m, &serialize_tensors(&tensors)).unwrap_err().to_string();
+        let err = validate_weights(&m, &serialize_tensors(&tensors))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("non-finite value at element 3"), "{err}");
 
-        assert!(validate_weights(&m, b"not safetensors").unwrap_err().to_string().contains("not a safetensors"));
+        assert!(
+            validate_weights(&m, b"not safetensors")
+                .unwrap_err()
+                .to_string()
+                .contains("not a safetensors")
+        );
     }
 
     #[test]
@@ -120,6 +139,9 @@ mod tests {
         let mut m = sensor_autoencoder_manifest("fleet", 4);
         let bytes = random_weights(&m, 7);
         m.weights_sha256 = "00".repeat(32);
-        assert!(matches!(validate_weights(&m, &bytes), Err(ModelError::DigestMismatch { .. })));
+        assert!(matches!(
+            validate_weights(&m, &bytes),
+            Err(ModelError::DigestMismatch { .. })
+        ));
     }
 }

@@ -35,7 +35,10 @@ pub async fn serve_metrics(listener: TcpListener, registry: Arc<Registry>, shutd
                 let registry = Arc::clone(&registry);
                 async move { Ok::<_, Infallible>(respond(&req, &registry)) }
             });
-            if let Err(e) = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await {
+            if let Err(e) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
                 tracing::debug!(%peer, error = %e, "metrics connection ended with an error");
             }
         });
@@ -51,11 +54,19 @@ fn respond(req: &Request<Incoming>, registry: &Registry) -> Response<Full<Bytes>
             .expect("static response parts are valid")
     };
     if req.uri().path() != "/metrics" {
-        return reply(StatusCode::NOT_FOUND, "text/plain", "metrics are served at /metrics\n".into());
+        return reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "metrics are served at /metrics\n".into(),
+        );
     }
     let mut body = String::with_capacity(8 * 1024);
     match encode(&mut body, registry) {
         Ok(()) => reply(StatusCode::OK, OPENMETRICS, body),
-        Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("encoding failed: {e}\n")),
+        Err(e) => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            format!("encoding failed: {e}\n"),
+        ),
     }
 }

@@ -18,7 +18,12 @@ const UPLOAD_CHUNK_BYTES: usize = 1024 * 1024;
 #[derive(Debug, Args)]
 pub struct ModelsArgs {
     /// Where kappa-registry listens.
-    #[arg(long, env = "KAPPA_REGISTRY", default_value = "http://127.0.0.1:50051", global = true)]
+    #[arg(
+        long,
+        env = "KAPPA_REGISTRY",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
     registry: String,
 
     /// Output format: readable text, or JSON (proto3 JSON mapping) for scripts.
@@ -117,7 +122,9 @@ async fn connect(url: &str) -> anyhow::Result<RegistryClient<Channel>> {
         .connect_timeout(Duration::from_secs(5))
         .connect()
         .await
-        .with_context(|| format!("cannot reach kappa-registry at {url}; is it running? (set --registry or KAPPA_REGISTRY)"))?;
+        .with_context(|| {
+            format!("cannot reach kappa-registry at {url}; is it running? (set --registry or KAPPA_REGISTRY)")
+        })?;
     Ok(RegistryClient::new(channel).max_decoding_message_size(8 * 1024 * 1024))
 }
 
@@ -128,23 +135,37 @@ fn status_error(status: tonic::Status) -> anyhow::Error {
 pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
     let output = args.output;
     match args.command {
-        ModelsCommand::Example { out, name, hidden, seed } => write_example(&out, &name, &hidden, seed),
-        ModelsCommand::Publish { weights, manifest, name, idempotency_key } => {
+        ModelsCommand::Example {
+            out,
+            name,
+            hidden,
+            seed,
+        } => write_example(&out, &name, &hidden, seed),
+        ModelsCommand::Publish {
+            weights,
+            manifest,
+            name,
+            idempotency_key,
+        } => {
             let mut client = connect(&args.registry).await?;
             let bytes = std::fs::read(&weights).with_context(|| format!("cannot read {}", weights.display()))?;
             let mut manifest = read_manifest(&manifest)?;
             if let Some(name) = name {
                 manifest.name = name;
             }
-            let key = idempotency_key
-                .unwrap_or_else(|| format!("{}:{}", manifest.name, kappa_model::sha256_hex(&bytes)));
+            let key =
+                idempotency_key.unwrap_or_else(|| format!("{}:{}", manifest.name, kappa_model::sha256_hex(&bytes)));
             let response = publish(&mut client, manifest, &bytes, &key).await?;
             let version = response.version.unwrap_or_default();
             match output {
                 Output::Json => println!("{}", serde_json::to_string(&version)?),
                 Output::Text => println!(
                     "{} {} version {} sha256 {} ({} bytes)",
-                    if response.deduplicated { "already published:" } else { "published" },
+                    if response.deduplicated {
+                        "already published:"
+                    } else {
+                        "published"
+                    },
                     version.name,
                     version.version,
                     version.weights_sha256,
@@ -155,7 +176,11 @@ pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
         }
         ModelsCommand::List => {
             let mut client = connect(&args.registry).await?;
-            let models = client.list_models(pb::ListModelsRequest {}).await.map_err(status_error)?.into_inner();
+            let models = client
+                .list_models(pb::ListModelsRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner();
             match output {
                 Output::Json => println!("{}", serde_json::to_string(&models)?),
                 Output::Text => {
@@ -165,7 +190,13 @@ pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
                     for m in models.models {
                         let mut aliases: Vec<_> = m.aliases.iter().map(|(a, v)| format!("{a}={v}")).collect();
                         aliases.sort();
-                        println!("{}  latest {}  versions {}  aliases [{}]", m.name, m.latest_version, m.version_count, aliases.join(", "));
+                        println!(
+                            "{}  latest {}  versions {}  aliases [{}]",
+                            m.name,
+                            m.latest_version,
+                            m.version_count,
+                            aliases.join(", ")
+                        );
                     }
                 }
             }
@@ -195,7 +226,12 @@ pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        ModelsCommand::Get { name, version, alias, out } => {
+        ModelsCommand::Get {
+            name,
+            version,
+            alias,
+            out,
+        } => {
             use pb::get_model_request::Selector;
             let mut client = connect(&args.registry).await?;
             let selector = match (version, alias) {
@@ -208,13 +244,19 @@ pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
                 std::fs::write(path, &weights).with_context(|| format!("cannot write {}", path.display()))?;
                 let digest = kappa_model::sha256_hex(&weights);
                 if digest != header.weights_sha256 {
-                    bail!("downloaded weights hash to {digest}, not {}; the copy is corrupt", header.weights_sha256);
+                    bail!(
+                        "downloaded weights hash to {digest}, not {}; the copy is corrupt",
+                        header.weights_sha256
+                    );
                 }
             }
             match output {
                 Output::Json => println!("{}", serde_json::to_string(&header)?),
                 Output::Text => {
-                    println!("{} v{} sha256 {} ({} bytes)", header.name, header.version, header.weights_sha256, header.weights_size);
+                    println!(
+                        "{} v{} sha256 {} ({} bytes)",
+                        header.name, header.version, header.weights_sha256, header.weights_size
+                    );
                     if let Some(path) = out {
                         println!("weights written to {} (digest verified)", path.display());
                     }
@@ -222,11 +264,19 @@ pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        ModelsCommand::Alias { name, alias, version, delete } => {
+        ModelsCommand::Alias {
+            name,
+            alias,
+            version,
+            delete,
+        } => {
             let mut client = connect(&args.registry).await?;
             if delete {
                 let r = client
-                    .delete_alias(pb::DeleteAliasRequest { name: name.clone(), alias: alias.clone() })
+                    .delete_alias(pb::DeleteAliasRequest {
+                        name: name.clone(),
+                        alias: alias.clone(),
+                    })
                     .await
                     .map_err(status_error)?
                     .into_inner();
@@ -234,7 +284,11 @@ pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
             } else {
                 let version = version.context("give the version the alias should point at")?;
                 let r = client
-                    .set_alias(pb::SetAliasRequest { name: name.clone(), alias: alias.clone(), version })
+                    .set_alias(pb::SetAliasRequest {
+                        name: name.clone(),
+                        alias: alias.clone(),
+                        version,
+                    })
                     .await
                     .map_err(status_error)?
                     .into_inner();
@@ -248,17 +302,27 @@ pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
         ModelsCommand::Delete { name, version, force } => {
             let mut client = connect(&args.registry).await?;
             let r = client
-                .delete_version(pb::DeleteVersionRequest { name: name.clone(), version, force })
+                .delete_version(pb::DeleteVersionRequest {
+                    name: name.clone(),
+                    version,
+                    force,
+                })
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            println!("deleted {name} v{version}; removed aliases [{}]", r.removed_aliases.join(", "));
+            println!(
+                "deleted {name} v{version}; removed aliases [{}]",
+                r.removed_aliases.join(", ")
+            );
             Ok(())
         }
         ModelsCommand::Watch { name, from, limit } => {
             let mut client = connect(&args.registry).await?;
             let mut stream = client
-                .watch_models(pb::WatchModelsRequest { from_position: from, name: name.unwrap_or_default() })
+                .watch_models(pb::WatchModelsRequest {
+                    from_position: from,
+                    name: name.unwrap_or_default(),
+                })
                 .await
                 .map_err(status_error)?
                 .into_inner();
@@ -296,8 +360,12 @@ fn describe_event(event: &pb::WatchModelsResponse) -> String {
 
 fn read_manifest(path: &Path) -> anyhow::Result<ModelManifest> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    serde_json::from_str(&text)
-        .with_context(|| format!("{} is not a ModelManifest in proto3 JSON (see `kappa models example`)", path.display()))
+    serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{} is not a ModelManifest in proto3 JSON (see `kappa models example`)",
+            path.display()
+        )
+    })
 }
 
 async fn publish(
@@ -308,9 +376,14 @@ async fn publish(
 ) -> anyhow::Result<pb::PublishResponse> {
     use pb::publish_request::Part;
     let mut messages = vec![pb::PublishRequest {
-        part: Some(Part::Header(pb::PublishHeader { manifest: Some(manifest), idempotency_key: key.to_owned() })),
+        part: Some(Part::Header(pb::PublishHeader {
+            manifest: Some(manifest),
+            idempotency_key: key.to_owned(),
+        })),
     }];
-    messages.extend(weights.chunks(UPLOAD_CHUNK_BYTES).map(|c| pb::PublishRequest { part: Some(Part::Chunk(c.to_vec())) }));
+    messages.extend(weights.chunks(UPLOAD_CHUNK_BYTES).map(|c| pb::PublishRequest {
+        part: Some(Part::Chunk(c.to_vec())),
+    }));
     Ok(client
         .publish(tokio_stream::iter(messages))
         .await
@@ -326,7 +399,11 @@ async fn get(
 ) -> anyhow::Result<(pb::ModelVersion, Vec<u8>)> {
     use pb::get_model_response::Part;
     let mut stream = client
-        .get_model(pb::GetModelRequest { name: name.to_owned(), selector, manifest_only })
+        .get_model(pb::GetModelRequest {
+            name: name.to_owned(),
+            selector,
+            manifest_only,
+        })
         .await
         .map_err(status_error)?
         .into_inner();

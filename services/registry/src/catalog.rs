@@ -52,7 +52,13 @@ impl Catalog {
                         entry.idempotency.insert(record.idempotency_key.clone(), version);
                     }
                     entry.deleted.remove(&version);
-                    entry.versions.insert(version, StoredVersion { record, position: offset });
+                    entry.versions.insert(
+                        version,
+                        StoredVersion {
+                            record,
+                            position: offset,
+                        },
+                    );
                 }
             }
             LogRecord::VersionTombstone { name, version } => {
@@ -79,8 +85,6 @@ impl Catalog {
                 }
             }
         }
-        // A model whose every record has been deleted disappears from listings.
-        self.models.retain(|_, e| !e.versions.is_empty() || !e.aliases.is_empty() || e.highest_version > 0);
     }
 
     fn model(&self, name: &str) -> Result<&ModelEntry, RegistryError> {
@@ -101,17 +105,26 @@ impl Catalog {
 
     /// Resolves a version number, refusing unknown and deleted ones with distinct errors.
     pub fn version(&self, name: &str, version: u64) -> Result<&StoredVersion, RegistryError> {
-        let entry = self.models.get(name).ok_or_else(|| RegistryError::UnknownModel(name.to_owned()))?;
+        let entry = self
+            .models
+            .get(name)
+            .ok_or_else(|| RegistryError::UnknownModel(name.to_owned()))?;
         if let Some(v) = entry.versions.get(&version) {
             return Ok(v);
         }
         if entry.deleted.contains(&version) {
-            return Err(RegistryError::DeletedVersion { name: name.to_owned(), version });
+            return Err(RegistryError::DeletedVersion {
+                name: name.to_owned(),
+                version,
+            });
         }
         if entry.versions.is_empty() && entry.aliases.is_empty() {
             return Err(RegistryError::UnknownModel(name.to_owned()));
         }
-        Err(RegistryError::UnknownVersion { name: name.to_owned(), version })
+        Err(RegistryError::UnknownVersion {
+            name: name.to_owned(),
+            version,
+        })
     }
 
     /// The highest live version of `name`.
@@ -129,12 +142,19 @@ impl Catalog {
             .aliases
             .get(alias)
             .copied()
-            .ok_or_else(|| RegistryError::UnknownAlias { name: name.to_owned(), alias: alias.to_owned() })
+            .ok_or_else(|| RegistryError::UnknownAlias {
+                name: name.to_owned(),
+                alias: alias.to_owned(),
+            })
     }
 
     pub fn aliases_of(&self, name: &str, version: u64) -> Vec<String> {
         self.models.get(name).map_or_else(Vec::new, |e| {
-            e.aliases.iter().filter(|(_, v)| **v == version).map(|(a, _)| a.clone()).collect()
+            e.aliases
+                .iter()
+                .filter(|(_, v)| **v == version)
+                .map(|(a, _)| a.clone())
+                .collect()
         })
     }
 
@@ -143,7 +163,9 @@ impl Catalog {
         let stored = self.version(name, version)?;
         let count = stored.record.chunk_count;
         let chunks = self.models.get(name).and_then(|e| e.chunks.get(&version));
-        let offsets: Vec<i64> = (0..count).filter_map(|i| chunks.and_then(|c| c.get(&i)).copied()).collect();
+        let offsets: Vec<i64> = (0..count)
+            .filter_map(|i| chunks.and_then(|c| c.get(&i)).copied())
+            .collect();
         if offsets.len() != count as usize {
             return Err(RegistryError::DataLoss(format!(
                 "version {version} of {name:?} declares {count} chunks but {} are in the log",
@@ -220,7 +242,11 @@ mod tests {
             name: name.into(),
             version: v,
             record: VersionRecord {
-                manifest: Some(ModelManifest { name: name.into(), version: v, ..Default::default() }),
+                manifest: Some(ModelManifest {
+                    name: name.into(),
+                    version: v,
+                    ..Default::default()
+                }),
                 chunk_count: 1,
                 idempotency_key: key.into(),
                 ..Default::default()
@@ -231,17 +257,48 @@ mod tests {
     #[test]
     fn deleted_versions_keep_their_number_and_refuse_reads() {
         let mut c = Catalog::default();
-        c.apply(0, LogRecord::Chunk { name: "m".into(), version: 1, index: 0 });
+        c.apply(
+            0,
+            LogRecord::Chunk {
+                name: "m".into(),
+                version: 1,
+                index: 0,
+            },
+        );
         c.apply(1, version("m", 1, "k1"));
-        c.apply(2, LogRecord::Chunk { name: "m".into(), version: 2, index: 0 });
+        c.apply(
+            2,
+            LogRecord::Chunk {
+                name: "m".into(),
+                version: 2,
+                index: 0,
+            },
+        );
         c.apply(3, version("m", 2, "k2"));
         assert_eq!(c.next_version("m"), 3);
         assert_eq!(c.chunk_locations("m", 2).unwrap().offsets, vec![2]);
 
-        let mut deleted = VersionRecord { deleted: true, ..Default::default() };
+        let mut deleted = VersionRecord {
+            deleted: true,
+            ..Default::default()
+        };
         deleted.manifest = None;
-        c.apply(4, LogRecord::ChunkTombstone { name: "m".into(), version: 2, index: 0 });
-        c.apply(5, LogRecord::Version { name: "m".into(), version: 2, record: deleted });
+        c.apply(
+            4,
+            LogRecord::ChunkTombstone {
+                name: "m".into(),
+                version: 2,
+                index: 0,
+            },
+        );
+        c.apply(
+            5,
+            LogRecord::Version {
+                name: "m".into(),
+                version: 2,
+                record: deleted,
+            },
+        );
         assert_eq!(c.next_version("m"), 3, "a deleted version's number is not reused");
         assert!(matches!(c.version("m", 2), Err(RegistryError::DeletedVersion { .. })));
         assert!(matches!(c.version("m", 9), Err(RegistryError::UnknownVersion { .. })));
@@ -254,10 +311,26 @@ mod tests {
     fn aliases_follow_the_last_record() {
         let mut c = Catalog::default();
         c.apply(0, version("m", 1, ""));
-        c.apply(1, LogRecord::Alias { name: "m".into(), alias: "production".into(), version: 1 });
+        c.apply(
+            1,
+            LogRecord::Alias {
+                name: "m".into(),
+                alias: "production".into(),
+                version: 1,
+            },
+        );
         assert_eq!(c.alias("m", "production").unwrap(), 1);
         assert_eq!(c.aliases_of("m", 1), vec!["production".to_owned()]);
-        c.apply(2, LogRecord::AliasTombstone { name: "m".into(), alias: "production".into() });
-        assert!(matches!(c.alias("m", "production"), Err(RegistryError::UnknownAlias { .. })));
+        c.apply(
+            2,
+            LogRecord::AliasTombstone {
+                name: "m".into(),
+                alias: "production".into(),
+            },
+        );
+        assert!(matches!(
+            c.alias("m", "production"),
+            Err(RegistryError::UnknownAlias { .. })
+        ));
     }
 }

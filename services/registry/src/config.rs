@@ -52,6 +52,11 @@ pub struct RegistryConfig {
     #[arg(long, env = "KAPPA_SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
     pub shutdown_grace_seconds: u64,
 
+    /// Fault injection for tests: after a write's records reach the broker, wait this long before
+    /// committing, so a test can kill the registry with a transaction open.
+    #[arg(long, env = "KAPPA_FAULT_DELAY_BEFORE_COMMIT_MS", hide = true, default_value_t = 0)]
+    pub fault_delay_before_commit_ms: u64,
+
     /// Validate the configuration, print it and exit without connecting to anything.
     #[arg(long)]
     pub check_config: bool,

@@ -21,7 +21,11 @@ pub enum RegistryError {
     #[error(
         "version {version} of model {name:?} is still the target of aliases {aliases:?}; move or delete them first, or delete with force"
     )]
-    VersionInUse { name: String, version: u64, aliases: Vec<String> },
+    VersionInUse {
+        name: String,
+        version: u64,
+        aliases: Vec<String>,
+    },
     #[error("the model is {size} bytes, over this registry's limit of {limit} bytes (--max-model-bytes)")]
     TooLarge { size: u64, limit: u64 },
     #[error("the registry is still replaying the models topic; retry in a moment")]

@@ -6,12 +6,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+use kappa_kafka::ReaderContext;
 use rdkafka::{
     ClientConfig, Message, Offset, TopicPartitionList,
     consumer::{Consumer, StreamConsumer},
     error::KafkaError,
 };
-use kappa_kafka::ReaderContext;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 

@@ -31,13 +31,41 @@ pub struct RegistryMetrics {
 impl RegistryMetrics {
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("kappa_registry");
-        r.register("publishes", "Publish calls by outcome (created, deduplicated, rejected, failed)", self.publishes.clone());
-        r.register("published_bytes", "Weight bytes written to Kafka by successful publishes", self.published_bytes.clone());
-        r.register("requests", "gRPC requests by method and status code", self.requests.clone());
-        r.register("replay_seconds", "Time the start-up replay of the models topic took", self.replay_seconds.clone());
-        r.register("log_position", "Next models-topic offset the registry will apply", self.log_position.clone());
-        r.register("fenced", "1 when a newer registry fenced this one and writes are refused", self.fenced.clone());
-        r.register("undecodable_records", "Models-topic records skipped because they could not be decoded", self.undecodable_records.clone());
+        r.register(
+            "publishes",
+            "Publish calls by outcome (created, deduplicated, rejected, failed)",
+            self.publishes.clone(),
+        );
+        r.register(
+            "published_bytes",
+            "Weight bytes written to Kafka by successful publishes",
+            self.published_bytes.clone(),
+        );
+        r.register(
+            "requests",
+            "gRPC requests by method and status code",
+            self.requests.clone(),
+        );
+        r.register(
+            "replay_seconds",
+            "Time the start-up replay of the models topic took",
+            self.replay_seconds.clone(),
+        );
+        r.register(
+            "log_position",
+            "Next models-topic offset the registry will apply",
+            self.log_position.clone(),
+        );
+        r.register(
+            "fenced",
+            "1 when a newer registry fenced this one and writes are refused",
+            self.fenced.clone(),
+        );
+        r.register(
+            "undecodable_records",
+            "Models-topic records skipped because they could not be decoded",
+            self.undecodable_records.clone(),
+        );
     }
 
     pub fn observe<T>(&self, rpc: &'static str, result: &Result<T, tonic::Status>) {

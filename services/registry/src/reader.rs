@@ -56,7 +56,9 @@ pub fn stream_chunks(
             Some(Ok(m)) => m,
             Some(Err(KafkaError::PartitionEOF(_))) | None => {
                 if last_progress.elapsed() > STALL_LIMIT {
-                    return Err(Status::unavailable("reading the model's chunks from Kafka stalled; retry"));
+                    return Err(Status::unavailable(
+                        "reading the model's chunks from Kafka stalled; retry",
+                    ));
                 }
                 continue;
             }
@@ -75,7 +77,10 @@ pub fn stream_chunks(
         let chunk = WeightChunk::decode(message.payload().unwrap_or_default())
             .map_err(|e| Status::data_loss(format!("chunk at offset {offset} is corrupt: {e}")))?;
         if chunk.index as usize != next {
-            return Err(Status::data_loss(format!("offset {offset} holds chunk {} where chunk {next} belongs", chunk.index)));
+            return Err(Status::data_loss(format!(
+                "offset {offset} holds chunk {} where chunk {next} belongs",
+                chunk.index
+            )));
         }
         hasher.update(&chunk.data);
         let response = pb::GetModelResponse {
@@ -123,7 +128,9 @@ pub fn stream_events(
                 continue;
             }
         };
-        let Some(event) = to_event(record, offset, name_filter) else { continue };
+        let Some(event) = to_event(record, offset, name_filter) else {
+            continue;
+        };
         let response = pb::WatchModelsResponse {
             position: offset,
             event: Some(event),

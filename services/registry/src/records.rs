@@ -8,13 +8,35 @@ use prost::Message;
 /// One record of the models topic, decoded.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LogRecord {
-    Version { name: String, version: u64, record: VersionRecord },
+    Version {
+        name: String,
+        version: u64,
+        record: VersionRecord,
+    },
     /// A null value on a version key; the registry itself writes a `deleted` record instead.
-    VersionTombstone { name: String, version: u64 },
-    Chunk { name: String, version: u64, index: u32 },
-    ChunkTombstone { name: String, version: u64, index: u32 },
-    Alias { name: String, alias: String, version: u64 },
-    AliasTombstone { name: String, alias: String },
+    VersionTombstone {
+        name: String,
+        version: u64,
+    },
+    Chunk {
+        name: String,
+        version: u64,
+        index: u32,
+    },
+    ChunkTombstone {
+        name: String,
+        version: u64,
+        index: u32,
+    },
+    Alias {
+        name: String,
+        alias: String,
+        version: u64,
+    },
+    AliasTombstone {
+        name: String,
+        alias: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -15,12 +15,7 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 use crate::{
-    RegistryConfig,
-    catalog::Catalog,
-    follower,
-    metrics::RegistryMetrics,
-    service::RegistryService,
-    writer::Writer,
+    RegistryConfig, catalog::Catalog, follower, metrics::RegistryMetrics, service::RegistryService, writer::Writer,
 };
 
 const REGISTRY_SERVICE: &str = "kappa.registry.v1.Registry";
@@ -50,13 +45,17 @@ pub async fn run(
     let writer = {
         let (kafka, id, topic) = (kafka.clone(), config.transactional_id.clone(), topic.clone());
         let max_bytes = config.topic_max_message_bytes();
-        tokio::task::spawn_blocking(move || Writer::connect(&kafka, &id, max_bytes, &topic))
+        let delay = Duration::from_millis(config.fault_delay_before_commit_ms);
+        tokio::task::spawn_blocking(move || Writer::connect(&kafka, &id, max_bytes, &topic, delay))
             .await?
             .with_context(|| {
                 format!("cannot initialise the transactional producer {:?}; is Kafka reachable and does it allow transactions?", config.transactional_id)
             })?
     };
-    tracing::info!(transactional_id = config.transactional_id, "transactional producer ready; older registries are fenced");
+    tracing::info!(
+        transactional_id = config.transactional_id,
+        "transactional producer ready; older registries are fenced"
+    );
 
     let metrics = Arc::new(RegistryMetrics::default());
     let mut metrics_registry = MetricsRegistry::default();
@@ -68,14 +67,18 @@ pub async fn run(
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", ServingStatus::NotServing).await;
-    health.set_service_status(REGISTRY_SERVICE, ServingStatus::NotServing).await;
+    health
+        .set_service_status(REGISTRY_SERVICE, ServingStatus::NotServing)
+        .await;
     {
         let health = health.clone();
         let mut caught_up = progress.caught_up.clone();
         tokio::spawn(async move {
             if caught_up.wait_for(|done| *done).await.is_ok() {
                 health.set_service_status("", ServingStatus::Serving).await;
-                health.set_service_status(REGISTRY_SERVICE, ServingStatus::Serving).await;
+                health
+                    .set_service_status(REGISTRY_SERVICE, ServingStatus::Serving)
+                    .await;
             }
         });
     }
@@ -104,7 +107,11 @@ pub async fn run(
 
     if let Some(listener) = metrics_listener {
         tracing::info!(address = %listener.local_addr()?, "serving Prometheus metrics at /metrics");
-        tokio::spawn(kappa_telemetry::serve_metrics(listener, Arc::new(metrics_registry), stop.clone().cancelled_owned()));
+        tokio::spawn(kappa_telemetry::serve_metrics(
+            listener,
+            Arc::new(metrics_registry),
+            stop.clone().cancelled_owned(),
+        ));
     }
 
     tracing::info!(address = %listener.local_addr()?, "kappa-registry listening for gRPC");

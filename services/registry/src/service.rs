@@ -40,7 +40,9 @@ pub struct RegistryService {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 fn invalid(message: impl Into<String>) -> Status {
@@ -53,7 +55,11 @@ impl RegistryService {
     }
 
     fn ready(&self) -> Result<(), RegistryError> {
-        if *self.progress.caught_up.borrow() { Ok(()) } else { Err(RegistryError::NotReady) }
+        if *self.progress.caught_up.borrow() {
+            Ok(())
+        } else {
+            Err(RegistryError::NotReady)
+        }
     }
 
     /// Writes `records` in one transaction and waits until the follower has applied them.
@@ -64,7 +70,9 @@ impl RegistryService {
         }
         let offset = result?;
         if !self.progress.wait_applied(offset).await {
-            return Err(RegistryError::KafkaUnavailable("the models-topic follower stopped".into()));
+            return Err(RegistryError::KafkaUnavailable(
+                "the models-topic follower stopped".into(),
+            ));
         }
         Ok(offset)
     }
@@ -77,7 +85,9 @@ impl RegistryService {
             .await?
             .ok_or_else(|| invalid("the publish stream was empty: send a header, then the weights in chunks"))?;
         let Some(Part::Header(header)) = first.part else {
-            return Err(invalid("the first Publish message must be the header with the manifest"));
+            return Err(invalid(
+                "the first Publish message must be the header with the manifest",
+            ));
         };
         let mut manifest = header
             .manifest
@@ -88,7 +98,9 @@ impl RegistryService {
         validate_manifest(&manifest).map_err(RegistryError::from)?;
         let key = header.idempotency_key;
         if key.len() > MAX_IDEMPOTENCY_KEY_LEN {
-            return Err(invalid(format!("the idempotency key is longer than {MAX_IDEMPOTENCY_KEY_LEN} bytes")));
+            return Err(invalid(format!(
+                "the idempotency key is longer than {MAX_IDEMPOTENCY_KEY_LEN} bytes"
+            )));
         }
         if let Some(existing) = self.deduplicate(&manifest.name, &key)? {
             return Ok(existing);
@@ -100,7 +112,11 @@ impl RegistryService {
                 Some(Part::Chunk(bytes)) => {
                     let size = (weights.len() + bytes.len()) as u64;
                     if size > self.max_model_bytes {
-                        return Err(RegistryError::TooLarge { size, limit: self.max_model_bytes }.into());
+                        return Err(RegistryError::TooLarge {
+                            size,
+                            limit: self.max_model_bytes,
+                        }
+                        .into());
                     }
                     weights.extend_from_slice(&bytes);
                 }
@@ -138,8 +154,16 @@ impl RegistryService {
         let records = version_records(manifest, &weights, self.chunk_bytes, key);
         self.write(records).await?;
         self.metrics.published_bytes.inc_by(weights.len() as u64);
-        self.metrics.publishes.get_or_create(&OutcomeLabels { outcome: "created" }).inc();
-        tracing::info!(model = name, version, bytes = weights.len(), "published a new model version");
+        self.metrics
+            .publishes
+            .get_or_create(&OutcomeLabels { outcome: "created" })
+            .inc();
+        tracing::info!(
+            model = name,
+            version,
+            bytes = weights.len(),
+            "published a new model version"
+        );
         Ok(pb::PublishResponse {
             version: Some(self.catalog().model_version(&name, version)?),
             deduplicated: false,
@@ -154,7 +178,12 @@ impl RegistryService {
         let Some(version) = catalog.version_for_idempotency_key(name, key) else {
             return Ok(None);
         };
-        self.metrics.publishes.get_or_create(&OutcomeLabels { outcome: "deduplicated" }).inc();
+        self.metrics
+            .publishes
+            .get_or_create(&OutcomeLabels {
+                outcome: "deduplicated",
+            })
+            .inc();
         Ok(Some(pb::PublishResponse {
             version: Some(catalog.model_version(name, version)?),
             deduplicated: true,
@@ -189,51 +218,116 @@ impl RegistryService {
             version: request.version,
             updated_at_ms: now_ms(),
         };
-        let key = ModelKey::Alias { name: request.name.clone(), alias: request.alias.clone() };
-        let position = self.write(vec![Put { key: key.to_string(), value: Some(record.encode_to_vec()) }]).await?;
-        tracing::info!(model = request.name, alias = request.alias, version = request.version, previous, "moved an alias");
-        Ok(pb::SetAliasResponse { previous_version: previous, position })
+        let key = ModelKey::Alias {
+            name: request.name.clone(),
+            alias: request.alias.clone(),
+        };
+        let position = self
+            .write(vec![Put {
+                key: key.to_string(),
+                value: Some(record.encode_to_vec()),
+            }])
+            .await?;
+        tracing::info!(
+            model = request.name,
+            alias = request.alias,
+            version = request.version,
+            previous,
+            "moved an alias"
+        );
+        Ok(pb::SetAliasResponse {
+            previous_version: previous,
+            position,
+        })
     }
 
-    async fn delete_alias_inner(&self, request: pb::DeleteAliasRequest) -> Result<pb::DeleteAliasResponse, RegistryError> {
+    async fn delete_alias_inner(
+        &self,
+        request: pb::DeleteAliasRequest,
+    ) -> Result<pb::DeleteAliasResponse, RegistryError> {
         self.ready()?;
         validate_name(&request.name)?;
         validate_alias(&request.alias)?;
         let _guard = self.writer.lock().await;
         let previous = self.catalog().alias(&request.name, &request.alias)?;
-        let key = ModelKey::Alias { name: request.name.clone(), alias: request.alias.clone() };
-        self.write(vec![Put { key: key.to_string(), value: None }]).await?;
+        let key = ModelKey::Alias {
+            name: request.name.clone(),
+            alias: request.alias.clone(),
+        };
+        self.write(vec![Put {
+            key: key.to_string(),
+            value: None,
+        }])
+        .await?;
         tracing::info!(model = request.name, alias = request.alias, "deleted an alias");
-        Ok(pb::DeleteAliasResponse { previous_version: previous })
+        Ok(pb::DeleteAliasResponse {
+            previous_version: previous,
+        })
     }
 
-    async fn delete_version_inner(&self, request: pb::DeleteVersionRequest) -> Result<pb::DeleteVersionResponse, RegistryError> {
+    async fn delete_version_inner(
+        &self,
+        request: pb::DeleteVersionRequest,
+    ) -> Result<pb::DeleteVersionResponse, RegistryError> {
         self.ready()?;
         validate_name(&request.name)?;
         let _guard = self.writer.lock().await;
         let (aliases, chunks) = {
             let catalog = self.catalog();
             catalog.version(&request.name, request.version)?;
-            (catalog.aliases_of(&request.name, request.version), catalog.chunk_indices(&request.name, request.version))
+            (
+                catalog.aliases_of(&request.name, request.version),
+                catalog.chunk_indices(&request.name, request.version),
+            )
         };
         if !aliases.is_empty() && !request.force {
-            return Err(RegistryError::VersionInUse { name: request.name, version: request.version, aliases });
+            return Err(RegistryError::VersionInUse {
+                name: request.name,
+                version: request.version,
+                aliases,
+            });
         }
         let (name, version) = (request.name.clone(), request.version);
         let mut records: Vec<Put> = chunks
             .into_iter()
-            .map(|index| Put { key: ModelKey::Chunk { name: name.clone(), version, index }.to_string(), value: None })
+            .map(|index| Put {
+                key: ModelKey::Chunk {
+                    name: name.clone(),
+                    version,
+                    index,
+                }
+                .to_string(),
+                value: None,
+            })
             .collect();
-        records.extend(aliases.iter().map(|alias| Put {
-            key: ModelKey::Alias { name: name.clone(), alias: alias.clone() }.to_string(),
-            value: None,
+        records.extend(aliases.iter().map(|alias| {
+            Put {
+                key: ModelKey::Alias {
+                    name: name.clone(),
+                    alias: alias.clone(),
+                }
+                .to_string(),
+                value: None,
+            }
         }));
         // Not a tombstone: the small `deleted` record keeps the version number taken after compaction.
-        let marker = VersionRecord { deleted: true, ..VersionRecord::default() };
-        records.push(Put { key: ModelKey::Version { name: name.clone(), version }.to_string(), value: Some(marker.encode_to_vec()) });
+        let marker = VersionRecord {
+            deleted: true,
+            ..VersionRecord::default()
+        };
+        records.push(Put {
+            key: ModelKey::Version {
+                name: name.clone(),
+                version,
+            }
+            .to_string(),
+            value: Some(marker.encode_to_vec()),
+        });
         self.write(records).await?;
         tracing::info!(model = name, version, removed_aliases = ?aliases, "deleted a model version");
-        Ok(pb::DeleteVersionResponse { removed_aliases: aliases })
+        Ok(pb::DeleteVersionResponse {
+            removed_aliases: aliases,
+        })
     }
 }
 
@@ -247,8 +341,19 @@ fn version_records(manifest: ModelManifest, weights: &[u8], chunk_bytes: usize, 
         .map(|(index, data)| {
             let index = index as u32;
             Put {
-                key: ModelKey::Chunk { name: name.clone(), version, index }.to_string(),
-                value: Some(WeightChunk { index, data: data.to_vec() }.encode_to_vec()),
+                key: ModelKey::Chunk {
+                    name: name.clone(),
+                    version,
+                    index,
+                }
+                .to_string(),
+                value: Some(
+                    WeightChunk {
+                        index,
+                        data: data.to_vec(),
+                    }
+                    .encode_to_vec(),
+                ),
             }
         })
         .collect();
@@ -259,7 +364,10 @@ fn version_records(manifest: ModelManifest, weights: &[u8], chunk_bytes: usize, 
         deleted: false,
         trace_context: Default::default(),
     };
-    records.push(Put { key: ModelKey::Version { name, version }.to_string(), value: Some(record.encode_to_vec()) });
+    records.push(Put {
+        key: ModelKey::Version { name, version }.to_string(),
+        value: Some(record.encode_to_vec()),
+    });
     records
 }
 
@@ -267,7 +375,10 @@ type ResponseStream<T> = ReceiverStream<Result<T, Status>>;
 
 #[tonic::async_trait]
 impl Registry for RegistryService {
-    async fn publish(&self, request: Request<Streaming<pb::PublishRequest>>) -> Result<Response<pb::PublishResponse>, Status> {
+    async fn publish(
+        &self,
+        request: Request<Streaming<pb::PublishRequest>>,
+    ) -> Result<Response<pb::PublishResponse>, Status> {
         let result = self.publish_inner(request.into_inner()).await;
         if let Err(status) = &result {
             let outcome = match status.code() {
@@ -301,8 +412,10 @@ impl Registry for RegistryService {
 
         let (tx, rx) = mpsc::channel(4);
         let sha256 = header.weights_sha256.clone();
-        tx.try_send(Ok(pb::GetModelResponse { part: Some(pb::get_model_response::Part::Header(header)) }))
-            .expect("a new channel has room for the header");
+        tx.try_send(Ok(pb::GetModelResponse {
+            part: Some(pb::get_model_response::Part::Header(header)),
+        }))
+        .expect("a new channel has room for the header");
         let config = self.consumer_config.clone();
         let topic = self.topic.clone();
         tokio::task::spawn_blocking(move || {
@@ -314,21 +427,31 @@ impl Registry for RegistryService {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
-    async fn list_models(&self, _request: Request<pb::ListModelsRequest>) -> Result<Response<pb::ListModelsResponse>, Status> {
+    async fn list_models(
+        &self,
+        _request: Request<pb::ListModelsRequest>,
+    ) -> Result<Response<pb::ListModelsResponse>, Status> {
         let result = self
             .ready()
-            .map(|()| pb::ListModelsResponse { models: self.catalog().list_models() })
+            .map(|()| pb::ListModelsResponse {
+                models: self.catalog().list_models(),
+            })
             .map_err(Status::from);
         self.metrics.observe("ListModels", &result);
         result.map(Response::new)
     }
 
-    async fn list_versions(&self, request: Request<pb::ListVersionsRequest>) -> Result<Response<pb::ListVersionsResponse>, Status> {
+    async fn list_versions(
+        &self,
+        request: Request<pb::ListVersionsRequest>,
+    ) -> Result<Response<pb::ListVersionsResponse>, Status> {
         let name = request.into_inner().name;
         let result = (|| {
             self.ready()?;
             validate_name(&name)?;
-            Ok::<_, RegistryError>(pb::ListVersionsResponse { versions: self.catalog().list_versions(&name)? })
+            Ok::<_, RegistryError>(pb::ListVersionsResponse {
+                versions: self.catalog().list_versions(&name)?,
+            })
         })()
         .map_err(Status::from);
         self.metrics.observe("ListVersions", &result);
@@ -341,21 +464,36 @@ impl Registry for RegistryService {
         result.map(Response::new)
     }
 
-    async fn delete_alias(&self, request: Request<pb::DeleteAliasRequest>) -> Result<Response<pb::DeleteAliasResponse>, Status> {
-        let result = self.delete_alias_inner(request.into_inner()).await.map_err(Status::from);
+    async fn delete_alias(
+        &self,
+        request: Request<pb::DeleteAliasRequest>,
+    ) -> Result<Response<pb::DeleteAliasResponse>, Status> {
+        let result = self
+            .delete_alias_inner(request.into_inner())
+            .await
+            .map_err(Status::from);
         self.metrics.observe("DeleteAlias", &result);
         result.map(Response::new)
     }
 
-    async fn delete_version(&self, request: Request<pb::DeleteVersionRequest>) -> Result<Response<pb::DeleteVersionResponse>, Status> {
-        let result = self.delete_version_inner(request.into_inner()).await.map_err(Status::from);
+    async fn delete_version(
+        &self,
+        request: Request<pb::DeleteVersionRequest>,
+    ) -> Result<Response<pb::DeleteVersionResponse>, Status> {
+        let result = self
+            .delete_version_inner(request.into_inner())
+            .await
+            .map_err(Status::from);
         self.metrics.observe("DeleteVersion", &result);
         result.map(Response::new)
     }
 
     type WatchModelsStream = ResponseStream<pb::WatchModelsResponse>;
 
-    async fn watch_models(&self, request: Request<pb::WatchModelsRequest>) -> Result<Response<Self::WatchModelsStream>, Status> {
+    async fn watch_models(
+        &self,
+        request: Request<pb::WatchModelsRequest>,
+    ) -> Result<Response<Self::WatchModelsStream>, Status> {
         let request = request.into_inner();
         let result = (|| {
             if request.from_position < 0 {

@@ -33,13 +33,20 @@ pub struct Writer {
     producer: FutureProducer,
     topic: String,
     fenced: AtomicBool,
+    delay_before_commit: Duration,
     /// Serialises writes: one transaction at a time, and version numbers assigned under it.
     lock: Mutex<()>,
 }
 
 impl Writer {
     /// Creates the producer and initialises transactions. Blocking: call from a blocking thread.
-    pub fn connect(config: &ClientConfig, transactional_id: &str, max_message_bytes: usize, topic: &str) -> Result<Self, KafkaError> {
+    pub fn connect(
+        config: &ClientConfig,
+        transactional_id: &str,
+        max_message_bytes: usize,
+        topic: &str,
+        delay_before_commit: Duration,
+    ) -> Result<Self, KafkaError> {
         let mut config = config.clone();
         config
             .set("transactional.id", transactional_id)
@@ -54,6 +61,7 @@ impl Writer {
             producer,
             topic: topic.to_owned(),
             fenced: AtomicBool::new(false),
+            delay_before_commit,
             lock: Mutex::new(()),
         })
     }
@@ -110,6 +118,11 @@ impl Writer {
                 }
             }
         }
+        if !self.delay_before_commit.is_zero() {
+            self.producer.flush(Timeout::After(TRANSACTION_TIMEOUT))?;
+            tracing::warn!(delay = ?self.delay_before_commit, "fault injection: holding the transaction open");
+            std::thread::sleep(self.delay_before_commit);
+        }
         self.producer.commit_transaction(Timeout::After(TRANSACTION_TIMEOUT))?;
         let mut last = -1;
         for delivery in deliveries {
@@ -127,8 +140,15 @@ impl Writer {
     fn recover(&self, error: KafkaError) -> RegistryError {
         if let Some((code, reason)) = self.producer.client().fatal_error() {
             self.fenced.store(true, Ordering::Relaxed);
-            tracing::error!(?code, reason, "the registry's producer hit a fatal error; refusing all further writes");
-            return if matches!(code, RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch) {
+            tracing::error!(
+                ?code,
+                reason,
+                "the registry's producer hit a fatal error; refusing all further writes"
+            );
+            return if matches!(
+                code,
+                RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch
+            ) {
                 RegistryError::Fenced
             } else {
                 RegistryError::KafkaUnavailable(format!("fatal producer error {code:?}: {reason}"))

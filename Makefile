@@ -1,0 +1,52 @@
+# Kappa: the two commands a newcomer needs are `make demo` and `make test`.
+SHELL := /usr/bin/env bash
+.DEFAULT_GOAL := help
+
+# Builds are cached outside the clone so a fresh clone reuses them; nothing depends on the cache.
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/kappa/target
+export CARGO_TERM_COLOR ?= never
+KAFKA := deploy/kafka/kafka.sh
+WITH_KAFKA := scripts/with-kafka.sh
+
+.PHONY: help prerequisites build test lint fmt demo bench kafka-up kafka-down kafka-logs kafka-reset clean
+
+help: ## Show the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+prerequisites: ## Check the tools the build needs are installed
+	@command -v cargo >/dev/null || { echo "Rust is required: install it with rustup (https://rustup.rs) and retry." >&2; exit 1; }
+	@command -v java >/dev/null || { echo "Java 17+ is required to run the local Kafka: install a JDK and retry." >&2; exit 1; }
+	@command -v mvn >/dev/null || { echo "Maven is required to fetch Kafka from Maven Central: install it and retry." >&2; exit 1; }
+	@command -v cc >/dev/null && command -v make >/dev/null || { echo "A C compiler and make are required to build librdkafka." >&2; exit 1; }
+
+build: prerequisites ## Build every binary (kappa, kappa-registry, ...)
+	cargo build --workspace --bins
+
+test: prerequisites ## Run all tests against a real Kafka broker (started and stopped here if needed)
+	cargo build --workspace --bins --tests
+	$(WITH_KAFKA) cargo test --workspace -- --test-threads 4
+
+lint: ## cargo fmt --check and clippy with warnings as errors
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+fmt: ## Format the code
+	cargo fmt --all
+
+demo: build ## Start Kafka and the registry, publish, list, alias and read back a model
+	$(WITH_KAFKA) scripts/demo.sh
+
+kafka-up: ## Fetch (once) and start the local single-node Kafka on 127.0.0.1:9092
+	$(KAFKA) up
+
+kafka-down: ## Stop the local Kafka started by kafka-up
+	$(KAFKA) down
+
+kafka-logs: ## Follow the local Kafka's log
+	$(KAFKA) logs
+
+kafka-reset: ## Stop the local Kafka and delete its data
+	$(KAFKA) reset
+
+clean: ## Remove build output
+	cargo clean

@@ -1,0 +1,6 @@
+//! End-to-end tests: the real Kafka broker (`make kafka-up`, or `make test` which starts it), the
+//! real binaries started as processes, and real gRPC clients. Every test uses its own topics and
+//! transactional ids, so tests run in parallel and leave nothing behind that another test reads.
+
+mod registry;
+mod support;

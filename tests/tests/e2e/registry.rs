@@ -1,0 +1,686 @@
+//! kappa-registry against the real broker: the registry contract of DESIGN.md.
+
+use std::time::{Duration, Instant};
+
+use kappa_api::{
+    model::{Lineage, Metrics, ModelManifest, PartitionRange, SampleCounts},
+    registry::{self as pb, watch_models_response::Event},
+};
+use kappa_model::example::{
+    autoencoder_manifest, random_tensors, random_weights, sensor_autoencoder_manifest, serialize_tensors,
+};
+use tokio_stream::StreamExt as _;
+use tonic::Code;
+
+use crate::support::*;
+
+fn manifest(name: &str) -> ModelManifest {
+    sensor_autoencoder_manifest(name, 6)
+}
+
+/// A manifest with lineage filled in, as the trainer will publish it.
+fn manifest_with_lineage(name: &str, job: &str) -> ModelManifest {
+    let mut m = manifest(name);
+    m.lineage = Some(Lineage {
+        training_job_id: job.to_owned(),
+        source_topic: "sensor-data".to_owned(),
+        partitions: vec![PartitionRange {
+            partition: 0,
+            start_offset: 10,
+            end_offset: 2010,
+        }],
+        time_from_ms: 1_700_000_000_000,
+        time_to_ms: 1_700_000_600_000,
+        samples: Some(SampleCounts {
+            train: 1600,
+            validation: 200,
+            holdout: 200,
+            skipped: [("nan".to_owned(), 3)].into(),
+        }),
+        hyperparameters: [("epochs".to_owned(), "20".to_owned())].into(),
+        metrics: Some(Metrics {
+            loss_curve: vec![0.9, 0.5, 0.2],
+            roc_auc: Some(0.97),
+            ..Default::default()
+        }),
+        parent_version: 0,
+        trace_context: Default::default(),
+    });
+    m
+}
+
+#[tokio::test]
+async fn publish_then_get_returns_identical_bytes_and_versions_count_up() {
+    let registry = RegistrySetup::new().start().await;
+    let mut client = registry_client(&registry).await;
+    let m = manifest("roundtrip");
+    for (seed, expected_version) in [(1, 1), (2, 2), (3, 3)] {
+        let weights = random_weights(&m, seed);
+        let published = publish(&mut client, &m, &weights, "").await.unwrap();
+        let version = published.version.unwrap();
+        assert_eq!(version.version, expected_version);
+        assert_eq!(version.weights_sha256, sha256(&weights));
+        assert_eq!(version.weights_size, weights.len() as u64);
+        assert!(!published.deduplicated);
+
+        let (header, back) = get_model(&mut client, "roundtrip", by_version(expected_version))
+            .await
+            .unwrap();
+        assert_eq!(back, weights, "GetModel must return the published bytes");
+        assert_eq!(header.weights_sha256, sha256(&back));
+        assert_eq!(header.manifest.unwrap().features, m.features);
+    }
+    // No selector means the latest version.
+    let (latest, _) = get_model(&mut client, "roundtrip", None).await.unwrap();
+    assert_eq!(latest.version, 3);
+}
+
+#[tokio::test]
+async fn a_50_mib_model_round_trips_and_an_oversized_one_is_refused_without_writing() {
+    // 18 -> 2048 -> 2048 -> 2048 -> 2560 -> 18: 13.7 M FP32 parameters, about 52 MiB.
+    let big = autoencoder_manifest("big", &[2048, 2048, 2048, 2560]);
+    let weights = random_weights(&big, 5);
+    assert!(
+        weights.len() >= 50 * 1024 * 1024,
+        "the test model is {} bytes",
+        weights.len()
+    );
+
+    let registry = RegistrySetup::new().start().await;
+    let mut client = registry_client(&registry).await;
+    let version = publish(&mut client, &big, &weights, "").await.unwrap().version.unwrap();
+    assert_eq!(version.weights_sha256, sha256(&weights));
+    let (_, back) = get_model(&mut client, "big", by_version(version.version))
+        .await
+        .unwrap();
+    assert!(back == weights, "the 50 MiB model came back different");
+
+    let small_limit = RegistrySetup::new()
+        .arg("--max-model-bytes")
+        .arg((16 * 1024 * 1024).to_string());
+    let limited = small_limit.start().await;
+    let mut client = registry_client(&limited).await;
+    let before = watermarks(&small_limit.topic).await;
+    let err = publish(&mut client, &big, &weights, "").await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message().contains("--max-model-bytes"),
+        "the message names the limit: {}",
+        err.message()
+    );
+    assert_eq!(
+        watermarks(&small_limit.topic).await,
+        before,
+        "a refused publish must write nothing"
+    );
+    assert_eq!(
+        client
+            .list_versions(pb::ListVersionsRequest { name: "big".into() })
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+}
+
+async fn snapshot(client: &mut pb::registry_client::RegistryClient<tonic::transport::Channel>) -> String {
+    let models = client.list_models(pb::ListModelsRequest {}).await.unwrap().into_inner();
+    let mut text = format!("{models:?}\n");
+    for m in &models.models {
+        let versions = client
+            .list_versions(pb::ListVersionsRequest { name: m.name.clone() })
+            .await
+            .unwrap();
+        text.push_str(&format!("{:?}\n", versions.into_inner()));
+    }
+    text
+}
+
+#[tokio::test]
+async fn a_restarted_registry_rebuilds_the_same_state_from_kafka_alone() {
+    let setup = RegistrySetup::new();
+    let first = setup.start().await;
+    let mut client = registry_client(&first).await;
+    for (name, n) in [("engine", 3), ("tires", 2)] {
+        for seed in 0..n {
+            let m = manifest_with_lineage(name, &format!("job-{name}-{seed}"));
+            publish(&mut client, &m, &random_weights(&m, seed), &format!("key-{seed}"))
+                .await
+                .unwrap();
+        }
+    }
+    client
+        .set_alias(pb::SetAliasRequest {
+            name: "engine".into(),
+            alias: "production".into(),
+            version: 2,
+        })
+        .await
+        .unwrap();
+    client
+        .set_alias(pb::SetAliasRequest {
+            name: "engine".into(),
+            alias: "staging".into(),
+            version: 3,
+        })
+        .await
+        .unwrap();
+    client
+        .set_alias(pb::SetAliasRequest {
+            name: "tires".into(),
+            alias: "production".into(),
+            version: 1,
+        })
+        .await
+        .unwrap();
+    client
+        .delete_version(pb::DeleteVersionRequest {
+            name: "engine".into(),
+            version: 1,
+            force: false,
+        })
+        .await
+        .unwrap();
+    let before = snapshot(&mut client).await;
+    assert!(
+        before.contains("job-engine-2") && before.contains("roc_auc: Some(0.97)"),
+        "lineage is listed: {before}"
+    );
+    assert!(first.terminate().success(), "the registry exits cleanly on SIGTERM");
+
+    let second = setup.start().await;
+    let mut client = registry_client(&second).await;
+    assert_eq!(snapshot(&mut client).await, before);
+    // Version numbers continue after the highest ever assigned.
+    let m = manifest("engine");
+    let v = publish(&mut client, &m, &random_weights(&m, 99), "")
+        .await
+        .unwrap()
+        .version
+        .unwrap();
+    assert_eq!(v.version, 4);
+}
+
+#[tokio::test]
+async fn eight_concurrent_publishes_get_eight_consecutive_versions() {
+    let registry = RegistrySetup::new().start().await;
+    let m = manifest("concurrent");
+    let mut tasks = Vec::new();
+    for seed in 0..8 {
+        let mut client = registry_client(&registry).await;
+        let m = m.clone();
+        tasks.push(tokio::spawn(async move {
+            publish(&mut client, &m, &random_weights(&m, seed), &format!("writer-{seed}"))
+                .await
+                .unwrap()
+                .version
+                .unwrap()
+        }));
+    }
+    let mut versions = Vec::new();
+    for task in tasks {
+        versions.push(task.await.unwrap().version);
+    }
+    versions.sort_unstable();
+    assert_eq!(versions, (1..=8).collect::<Vec<u64>>());
+}
+
+#[tokio::test]
+async fn kill_9_during_a_publish_leaves_no_partial_version_and_the_retry_yields_one_version() {
+    let setup = RegistrySetup::new().arg("--fault-delay-before-commit-ms").arg("30000");
+    let doomed = setup.start().await;
+    // Several chunks, so the open transaction holds chunk records as well as the version record.
+    let m_big = autoencoder_manifest("crash", &[512, 512]);
+    let weights = random_weights(&m_big, 1);
+    let mut client = registry_client(&doomed).await;
+    let in_flight = {
+        let (m_big, weights) = (m_big.clone(), weights.clone());
+        tokio::spawn(async move { publish(&mut client, &m_big, &weights, "retry-me").await })
+    };
+    // Wait until the transaction's records, the version record included, are on the broker.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let uncommitted = read_topic(&setup.topic, "read_uncommitted").await;
+        if uncommitted.iter().any(|r| r.key == "model/crash/1") {
+            assert!(uncommitted.iter().any(|r| r.key.starts_with("model/crash/1/chunk/")));
+            break;
+        }
+        assert!(Instant::now() < deadline, "the publish never reached the broker");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    doomed.kill9();
+    assert!(
+        in_flight.await.unwrap().is_err(),
+        "the client of the killed registry gets an error"
+    );
+
+    let restarted = RegistrySetup {
+        extra_args: Vec::new(),
+        ..setup.clone()
+    }
+    .start()
+    .await;
+    let mut client = registry_client(&restarted).await;
+    assert_eq!(
+        client
+            .list_versions(pb::ListVersionsRequest { name: "crash".into() })
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound,
+        "no partial version is visible through the registry"
+    );
+    let committed = read_topic(&setup.topic, "read_committed").await;
+    assert!(
+        committed.iter().all(|r| !r.key.starts_with("model/crash")),
+        "a read_committed consumer sees none of the aborted records: {committed:?}"
+    );
+
+    let retry = publish(&mut client, &m_big, &weights, "retry-me").await.unwrap();
+    assert_eq!(retry.version.as_ref().unwrap().version, 1);
+    let again = publish(&mut client, &m_big, &weights, "retry-me").await.unwrap();
+    assert!(again.deduplicated);
+    assert_eq!(again.version.unwrap().version, 1);
+    let versions = client
+        .list_versions(pb::ListVersionsRequest { name: "crash".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(versions.versions.len(), 1, "exactly one version after the retries");
+}
+
+#[tokio::test]
+async fn after_compaction_live_versions_and_latest_aliases_survive_and_deleted_versions_are_gone() {
+    let setup = RegistrySetup::new()
+        .arg("--topic-config")
+        .arg("segment.ms=200,min.cleanable.dirty.ratio=0.01,delete.retention.ms=100,min.compaction.lag.ms=0");
+    let registry = setup.start().await;
+    let mut client = registry_client(&registry).await;
+    let m = manifest("compact");
+    let mut digests = Vec::new();
+    for seed in 0..3 {
+        let w = random_weights(&m, seed);
+        digests.push(sha256(&w));
+        publish(&mut client, &m, &w, "").await.unwrap();
+    }
+    for v in [1, 2, 3, 1] {
+        client
+            .set_alias(pb::SetAliasRequest {
+                name: "compact".into(),
+                alias: "production".into(),
+                version: v,
+            })
+            .await
+            .unwrap();
+    }
+    client
+        .set_alias(pb::SetAliasRequest {
+            name: "compact".into(),
+            alias: "canary".into(),
+            version: 2,
+        })
+        .await
+        .unwrap();
+    client
+        .delete_version(pb::DeleteVersionRequest {
+            name: "compact".into(),
+            version: 2,
+            force: true,
+        })
+        .await
+        .unwrap();
+    let records_before = read_topic(&setup.topic, "read_committed").await.len();
+
+    // The cleaner only compacts closed segments: keep writing so segments roll, until the
+    // superseded alias records and the deleted version's chunks are gone.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        client
+            .set_alias(pb::SetAliasRequest {
+                name: "compact".into(),
+                alias: "tick".into(),
+                version: 3,
+            })
+            .await
+            .unwrap();
+        let records = read_topic(&setup.topic, "read_committed").await;
+        let production = records.iter().filter(|r| r.key == "alias/compact/production").count();
+        let deleted_chunks = records
+            .iter()
+            .filter(|r| r.key.starts_with("model/compact/2/chunk/") && r.value.is_some())
+            .count();
+        if production == 1 && deleted_chunks == 0 {
+            assert!(records.len() < records_before, "compaction removed records");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the log cleaner did not compact the topic within 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+    }
+    drop(client);
+    assert!(registry.terminate().success());
+
+    let fresh = RegistrySetup {
+        extra_args: Vec::new(),
+        ..setup.clone()
+    }
+    .start()
+    .await;
+    let mut client = registry_client(&fresh).await;
+    for (v, digest) in [(1, &digests[0]), (3, &digests[2])] {
+        let (_, w) = get_model(&mut client, "compact", by_version(v)).await.unwrap();
+        assert_eq!(&sha256(&w), digest, "version {v} survives compaction intact");
+    }
+    let (prod, _) = get_model(&mut client, "compact", by_alias("production")).await.unwrap();
+    assert_eq!(prod.version, 1, "the alias keeps its latest value");
+    let err = get_model(&mut client, "compact", by_version(2)).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert_eq!(
+        get_model(&mut client, "compact", by_alias("canary"))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    let next = publish(&mut client, &m, &random_weights(&m, 9), "")
+        .await
+        .unwrap()
+        .version
+        .unwrap();
+    assert_eq!(next.version, 4, "a deleted version's number is never reused");
+}
+
+#[tokio::test]
+async fn bad_input_gets_precise_codes_and_writes_nothing() {
+    let setup = RegistrySetup::new();
+    let registry = setup.start().await;
+    let mut client = registry_client(&registry).await;
+    let m = manifest("valid");
+    publish(&mut client, &m, &random_weights(&m, 1), "").await.unwrap();
+    client
+        .delete_version(pb::DeleteVersionRequest {
+            name: "valid".into(),
+            version: 1,
+            force: false,
+        })
+        .await
+        .unwrap();
+    publish(&mut client, &m, &random_weights(&m, 2), "").await.unwrap();
+    let before = watermarks(&setup.topic).await;
+
+    // Weights whose shapes do not match the declared layers.
+    let mut wider = m.clone();
+    wider.layers[0].out_features = 7;
+    wider.layers[1].in_features = 7;
+    let err = publish(&mut client, &m, &random_weights(&wider, 1), "")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("shape [7, 18]"), "{}", err.message());
+
+    // Non-finite weights.
+    let mut tensors = random_tensors(&m, 1);
+    tensors[2].2[5] = f32::INFINITY;
+    let err = publish(&mut client, &m, &serialize_tensors(&tensors), "")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("non-finite"), "{}", err.message());
+
+    // Not safetensors at all.
+    let err = publish(&mut client, &m, b"definitely not safetensors", "")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    // Empty and invalid names.
+    for name in ["", "Upper/Case"] {
+        let mut bad = m.clone();
+        bad.name = name.to_owned();
+        let err = publish(&mut client, &bad, &random_weights(&m, 1), "")
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "name {name:?}");
+        assert!(err.message().contains("invalid name"), "{}", err.message());
+    }
+
+    // A manifest that claims a version, and a chunk before the header.
+    let mut versioned = m.clone();
+    versioned.version = 5;
+    assert_eq!(
+        publish(&mut client, &versioned, &random_weights(&m, 1), "")
+            .await
+            .unwrap_err()
+            .code(),
+        Code::InvalidArgument
+    );
+    let chunk_first = vec![pb::PublishRequest {
+        part: Some(pb::publish_request::Part::Chunk(vec![1, 2, 3])),
+    }];
+    assert_eq!(
+        client
+            .publish(tokio_stream::iter(chunk_first))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::InvalidArgument
+    );
+
+    // Unknown model, version and alias.
+    assert_eq!(
+        get_model(&mut client, "nope", None).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    assert_eq!(
+        get_model(&mut client, "valid", by_version(42))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    assert_eq!(
+        get_model(&mut client, "valid", by_alias("ghost"))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    let err = client
+        .delete_alias(pb::DeleteAliasRequest {
+            name: "valid".into(),
+            alias: "ghost".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+
+    // An alias on a deleted version, and on a version that never existed.
+    let err = client
+        .set_alias(pb::SetAliasRequest {
+            name: "valid".into(),
+            alias: "production".into(),
+            version: 1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("deleted"), "{}", err.message());
+    let err = client
+        .set_alias(pb::SetAliasRequest {
+            name: "valid".into(),
+            alias: "production".into(),
+            version: 9,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+
+    assert_eq!(
+        watermarks(&setup.topic).await,
+        before,
+        "refused requests must not write to the topic"
+    );
+    // ... and the service is still serving.
+    let (v, _) = get_model(&mut client, "valid", None).await.unwrap();
+    assert_eq!(v.version, 2);
+}
+
+#[tokio::test]
+async fn watch_delivers_events_in_log_order_and_resumes_from_a_position() {
+    let registry = RegistrySetup::new().start().await;
+    let mut client = registry_client(&registry).await;
+    let m = manifest("watched");
+    publish(&mut client, &m, &random_weights(&m, 1), "").await.unwrap();
+    publish(&mut client, &m, &random_weights(&m, 2), "").await.unwrap();
+    client
+        .set_alias(pb::SetAliasRequest {
+            name: "watched".into(),
+            alias: "production".into(),
+            version: 1,
+        })
+        .await
+        .unwrap();
+    client
+        .set_alias(pb::SetAliasRequest {
+            name: "watched".into(),
+            alias: "production".into(),
+            version: 2,
+        })
+        .await
+        .unwrap();
+    client
+        .delete_alias(pb::DeleteAliasRequest {
+            name: "watched".into(),
+            alias: "production".into(),
+        })
+        .await
+        .unwrap();
+    client
+        .delete_version(pb::DeleteVersionRequest {
+            name: "watched".into(),
+            version: 1,
+            force: false,
+        })
+        .await
+        .unwrap();
+
+    let mut stream = client
+        .watch_models(pb::WatchModelsRequest {
+            from_position: 0,
+            name: "watched".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut events = Vec::new();
+    while events.len() < 6 {
+        let next = tokio::time::timeout(Duration::from_secs(20), stream.next())
+            .await
+            .expect("watch stalled");
+        events.push(next.unwrap().unwrap());
+    }
+    let described: Vec<String> = events
+        .iter()
+        .map(|e| match e.event.as_ref().unwrap() {
+            Event::Published(p) => format!("published {}", p.version.as_ref().unwrap().version),
+            Event::Deleted(d) => format!("deleted {}", d.version),
+            Event::AliasSet(a) => format!("alias {}={}", a.alias, a.version),
+            Event::AliasDeleted(a) => format!("alias {} deleted", a.alias),
+        })
+        .collect();
+    assert_eq!(
+        described,
+        [
+            "published 1",
+            "published 2",
+            "alias production=1",
+            "alias production=2",
+            "alias production deleted",
+            "deleted 1"
+        ]
+    );
+    assert!(
+        events.windows(2).all(|w| w[0].position < w[1].position),
+        "positions increase"
+    );
+
+    // Live: an event written after the watch started arrives on it.
+    publish(&mut client, &m, &random_weights(&m, 3), "").await.unwrap();
+    let live = tokio::time::timeout(Duration::from_secs(20), stream.next())
+        .await
+        .expect("live event")
+        .unwrap()
+        .unwrap();
+    assert!(matches!(live.event, Some(Event::Published(ref p)) if p.version.as_ref().unwrap().version == 3));
+    drop(stream);
+
+    // Resume after the third event: exactly the events that followed it.
+    let resume_from = events[2].position + 1;
+    let mut resumed = client
+        .watch_models(pb::WatchModelsRequest {
+            from_position: resume_from,
+            name: "watched".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut positions = Vec::new();
+    while positions.len() < 4 {
+        let e = tokio::time::timeout(Duration::from_secs(20), resumed.next())
+            .await
+            .expect("resume stalled");
+        positions.push(e.unwrap().unwrap().position);
+    }
+    let expected: Vec<i64> = events[3..].iter().map(|e| e.position).chain([live.position]).collect();
+    assert_eq!(positions, expected);
+}
+
+#[tokio::test]
+async fn the_registry_refuses_a_models_topic_with_delete_policy() {
+    let setup = RegistrySetup::new();
+    create_topic(&setup.topic, &[("cleanup.policy", "delete")]).await;
+    let mut service = setup.spawn();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = service.try_wait() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the registry kept running on a delete-policy topic"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(!status.success());
+    let log = service.log_text();
+    assert!(
+        log.contains("cleanup.policy=delete") && log.contains("cleanup.policy=compact"),
+        "the error tells the operator what to do:\n{log}"
+    );
+}
+
+#[tokio::test]
+async fn a_second_registry_fences_the_first_which_then_refuses_writes() {
+    let setup = RegistrySetup::new();
+    let old = setup.start().await;
+    let mut old_client = registry_client(&old).await;
+    let m = manifest("fenced");
+    publish(&mut old_client, &m, &random_weights(&m, 1), "").await.unwrap();
+
+    let new = setup.start().await;
+    let err = publish(&mut old_client, &m, &random_weights(&m, 2), "")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("fenced"), "{}", err.message());
+
+    let mut new_client = registry_client(&new).await;
+    let v = publish(&mut new_client, &m, &random_weights(&m, 2), "")
+        .await
+        .unwrap()
+        .version
+        .unwrap();
+    assert_eq!(v.version, 2);
+}

@@ -1,0 +1,338 @@
+//! Harness: broker access, service processes, and gRPC helpers.
+
+use std::{
+    net::TcpListener,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use kappa_api::{
+    model::ModelManifest,
+    registry::{self as pb, registry_client::RegistryClient},
+};
+use rdkafka::{
+    ClientConfig, Message,
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::DefaultClientContext,
+    consumer::{BaseConsumer, Consumer},
+    error::KafkaError,
+};
+use tokio_stream::StreamExt as _;
+use tonic::{Status, transport::Channel};
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+
+pub fn bootstrap() -> String {
+    std::env::var("KAPPA_TEST_KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
+}
+
+/// A name no other test run uses.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Binaries are built next to the test executable's `deps/` folder (`make test` builds them).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (`cargo build --workspace --bins`, which `make test` does)",
+        path.display()
+    );
+    path
+}
+
+fn log_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap().join("e2e-logs");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A service process; killed when dropped so a failing test leaves nothing running.
+pub struct Service {
+    child: Child,
+    pub address: String,
+    pub log: PathBuf,
+}
+
+impl Service {
+    /// SIGTERM, then wait (bounded) for a clean exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "service did not stop within 30 s of SIGTERM; log: {}",
+                self.log.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL: no clean-up of any kind, as in a crash.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Registry settings for one test: its own topic and transactional id.
+#[derive(Clone)]
+pub struct RegistrySetup {
+    pub topic: String,
+    pub transactional_id: String,
+    pub extra_args: Vec<String>,
+}
+
+impl RegistrySetup {
+    pub fn new() -> Self {
+        Self {
+            topic: unique("test.models"),
+            transactional_id: unique("test-registry"),
+            extra_args: Vec::new(),
+        }
+    }
+
+    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+        self.extra_args.push(arg.into());
+        self
+    }
+
+    /// Starts the registry process without waiting for it.
+    pub fn spawn(&self) -> Service {
+        let port = free_port();
+        let log = log_dir().join(format!("{}-{port}.log", self.topic));
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(binary("kappa-registry"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--metrics-listen", "127.0.0.1:0"])
+            .args(["--kafka-bootstrap", &bootstrap()])
+            .args(["--models-topic", &self.topic])
+            .args(["--transactional-id", &self.transactional_id])
+            .args(["--log", "info,librdkafka=warn"])
+            .args(&self.extra_args)
+            .env_remove("KAPPA_LISTEN")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        Service {
+            child,
+            address: format!("http://127.0.0.1:{port}"),
+            log,
+        }
+    }
+
+    /// Starts the registry and waits until its health check reports SERVING.
+    pub async fn start(&self) -> Service {
+        let service = self.spawn();
+        wait_serving(&service, "kappa.registry.v1.Registry").await;
+        service
+    }
+}
+
+/// Polls grpc.health.v1 until `service_name` is SERVING (bounded: 60 s).
+pub async fn wait_serving(service: &Service, service_name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(channel) = Channel::from_shared(service.address.clone()).unwrap().connect().await {
+            let mut health = HealthClient::new(channel);
+            if let Ok(r) = health
+                .check(HealthCheckRequest {
+                    service: service_name.to_owned(),
+                })
+                .await
+                && r.into_inner().status == ServingStatus::Serving as i32
+            {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{service_name} at {} not SERVING within 60 s; log:\n{}",
+            service.address,
+            service.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub async fn registry_client(service: &Service) -> RegistryClient<Channel> {
+    let channel = Channel::from_shared(service.address.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    RegistryClient::new(channel).max_decoding_message_size(16 * 1024 * 1024)
+}
+
+/// Publishes through the client stream in 1 MiB chunks.
+pub async fn publish(
+    client: &mut RegistryClient<Channel>,
+    manifest: &ModelManifest,
+    weights: &[u8],
+    key: &str,
+) -> Result<pb::PublishResponse, Status> {
+    use pb::publish_request::Part;
+    let mut messages = vec![pb::PublishRequest {
+        part: Some(Part::Header(pb::PublishHeader {
+            manifest: Some(manifest.clone()),
+            idempotency_key: key.to_owned(),
+        })),
+    }];
+    messages.extend(weights.chunks(1024 * 1024).map(|c| pb::PublishRequest {
+        part: Some(Part::Chunk(c.to_vec())),
+    }));
+    client
+        .publish(tokio_stream::iter(messages))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+pub async fn get_model(
+    client: &mut RegistryClient<Channel>,
+    name: &str,
+    selector: Option<pb::get_model_request::Selector>,
+) -> Result<(pb::ModelVersion, Vec<u8>), Status> {
+    use pb::get_model_response::Part;
+    let mut stream = client
+        .get_model(pb::GetModelRequest {
+            name: name.to_owned(),
+            selector,
+            manifest_only: false,
+        })
+        .await?
+        .into_inner();
+    let mut header = None;
+    let mut weights = Vec::new();
+    while let Some(message) = stream.next().await {
+        match message?.part {
+            Some(Part::Header(h)) => header = Some(h),
+            Some(Part::Chunk(c)) => weights.extend_from_slice(&c),
+            None => {}
+        }
+    }
+    Ok((header.expect("GetModel answered without a header"), weights))
+}
+
+pub fn by_version(v: u64) -> Option<pb::get_model_request::Selector> {
+    Some(pb::get_model_request::Selector::Version(v))
+}
+
+pub fn by_alias(a: &str) -> Option<pb::get_model_request::Selector> {
+    Some(pb::get_model_request::Selector::Alias(a.to_owned()))
+}
+
+/// SHA-256 computed here, independently of the code under test.
+pub fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+fn kafka_config() -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", bootstrap());
+    config
+}
+
+/// Creates a topic directly with the admin API, bypassing Kappa.
+pub async fn create_topic(topic: &str, configs: &[(&str, &str)]) {
+    let admin: AdminClient<DefaultClientContext> = kafka_config().create().unwrap();
+    let mut new_topic = NewTopic::new(topic, 1, TopicReplication::Fixed(1));
+    for (k, v) in configs {
+        new_topic = new_topic.set(k, v);
+    }
+    let results = admin.create_topics([&new_topic], &AdminOptions::new()).await.unwrap();
+    for r in results {
+        r.unwrap();
+    }
+}
+
+/// (low, high) watermarks of partition 0: high counts every record ever written, aborted ones
+/// and transaction markers included.
+pub async fn watermarks(topic: &str) -> (i64, i64) {
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = kafka_config().set("group.id", "kappa-e2e").create().unwrap();
+        consumer.fetch_watermarks(&topic, 0, Duration::from_secs(10)).unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// A raw record as any Kafka consumer sees it.
+#[derive(Debug, Clone)]
+pub struct RawRecord {
+    pub key: String,
+    pub value: Option<Vec<u8>>,
+}
+
+/// Reads the whole partition with a plain librdkafka consumer at the given isolation level.
+pub async fn read_topic(topic: &str, isolation: &str) -> Vec<RawRecord> {
+    let (topic, isolation) = (topic.to_owned(), isolation.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = kafka_config()
+            .set("group.id", unique("kappa-e2e-reader"))
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "true")
+            .set("isolation.level", isolation)
+            .create()
+            .unwrap();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition_offset(&topic, 0, rdkafka::Offset::Beginning).unwrap();
+        consumer.assign(&tpl).unwrap();
+        let mut records = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "reading {topic} did not reach its end within 30 s"
+            );
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => records.push(RawRecord {
+                    key: m
+                        .key()
+                        .map(|k| String::from_utf8_lossy(k).into_owned())
+                        .unwrap_or_default(),
+                    value: m.payload().map(<[u8]>::to_vec),
+                }),
+                Some(Err(KafkaError::PartitionEOF(_))) => return records,
+                Some(Err(e)) => panic!("reading {topic}: {e}"),
+                None => {}
+            }
+        }
+    })
+    .await
+    .unwrap()
+}
