@@ -55,7 +55,7 @@ impl Catalog {
                     entry.versions.insert(
                         version,
                         StoredVersion {
-                            record,
+                            record: *record,
                             position: offset,
                         },
                     );
@@ -241,7 +241,7 @@ mod tests {
         LogRecord::Version {
             name: name.into(),
             version: v,
-            record: VersionRecord {
+            record: Box::new(VersionRecord {
                 manifest: Some(ModelManifest {
                     name: name.into(),
                     version: v,
@@ -250,7 +250,7 @@ mod tests {
                 chunk_count: 1,
                 idempotency_key: key.into(),
                 ..Default::default()
-            },
+            }),
         }
     }
 
@@ -296,7 +296,7 @@ mod tests {
             LogRecord::Version {
                 name: "m".into(),
                 version: 2,
-                record: deleted,
+                record: Box::new(deleted),
             },
         );
         assert_eq!(c.next_version("m"), 3, "a deleted version's number is not reused");
