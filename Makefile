@@ -50,3 +50,7 @@ kafka-reset: ## Stop the local Kafka and delete its data
 
 clean: ## Remove build output
 	cargo clean
+
+bench: prerequisites ## Benchmarks with same-run baselines (release build; prints markdown tables)
+	cargo build --release --workspace --bins
+	$(WITH_KAFKA) scripts/bench.sh

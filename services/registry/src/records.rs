@@ -60,7 +60,11 @@ pub fn decode(offset: i64, key: Option<&[u8]>, value: Option<&[u8]>) -> Result<O
     let record = match (parsed.clone(), value) {
         (ModelKey::Version { name, version }, Some(bytes)) => {
             let record = VersionRecord::decode(bytes).map_err(|e| fail(e.to_string()))?;
-            LogRecord::Version { name, version, record: Box::new(record) }
+            LogRecord::Version {
+                name,
+                version,
+                record: Box::new(record),
+            }
         }
         (ModelKey::Version { name, version }, None) => LogRecord::VersionTombstone { name, version },
         (ModelKey::Chunk { name, version, index }, Some(_)) => LogRecord::Chunk { name, version, index },

@@ -1,0 +1,229 @@
+//! Registry benchmarks. `throughput`: publish and get a large model through kappa-registry,
+//! against a baseline of the same bytes produced (transactionally, in the same chunk size) and
+//! consumed straight through librdkafka in the same run. `fill`: publish many small versions, to
+//! measure the registry's start-up replay afterwards (see scripts/bench.sh).
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use kappa_api::registry::{self as pb, registry_client::RegistryClient};
+use rdkafka::{
+    ClientConfig, Message, Offset, TopicPartitionList,
+    consumer::{BaseConsumer, Consumer},
+    producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer},
+    util::Timeout,
+};
+use tokio_stream::StreamExt as _;
+use tonic::transport::Channel;
+
+const CHUNK: usize = 1024 * 1024;
+
+#[derive(Debug, Parser)]
+struct Args {
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    registry: String,
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    kafka_bootstrap: String,
+    #[command(subcommand)]
+    command: Mode,
+}
+
+#[derive(Debug, Subcommand)]
+enum Mode {
+    /// Publish and get a ~52 MiB model `iterations` times; compare with raw Kafka.
+    Throughput {
+        #[arg(long, default_value_t = 3)]
+        iterations: u32,
+    },
+    /// Publish `versions` small versions of one model.
+    Fill {
+        #[arg(long, default_value_t = 1000)]
+        versions: u32,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let channel = Channel::from_shared(args.registry.clone())?
+        .connect()
+        .await
+        .context("connect to the registry")?;
+    let mut client = RegistryClient::new(channel).max_decoding_message_size(16 * 1024 * 1024);
+    match args.command {
+        Mode::Throughput { iterations } => throughput(&mut client, &args.kafka_bootstrap, iterations).await,
+        Mode::Fill { versions } => fill(&mut client, versions).await,
+    }
+}
+
+async fn publish(
+    client: &mut RegistryClient<Channel>,
+    manifest: &kappa_api::model::ModelManifest,
+    weights: &[u8],
+    key: &str,
+) -> anyhow::Result<u64> {
+    use pb::publish_request::Part;
+    let mut messages = vec![pb::PublishRequest {
+        part: Some(Part::Header(pb::PublishHeader {
+            manifest: Some(manifest.clone()),
+            idempotency_key: key.to_owned(),
+        })),
+    }];
+    messages.extend(weights.chunks(CHUNK).map(|c| pb::PublishRequest {
+        part: Some(Part::Chunk(c.to_vec())),
+    }));
+    Ok(client
+        .publish(tokio_stream::iter(messages))
+        .await?
+        .into_inner()
+        .version
+        .unwrap_or_default()
+        .version)
+}
+
+async fn get(client: &mut RegistryClient<Channel>, name: &str, version: u64) -> anyhow::Result<usize> {
+    let mut stream = client
+        .get_model(pb::GetModelRequest {
+            name: name.to_owned(),
+            selector: Some(pb::get_model_request::Selector::Version(version)),
+            manifest_only: false,
+        })
+        .await?
+        .into_inner();
+    let mut bytes = 0;
+    while let Some(m) = stream.next().await {
+        if let Some(pb::get_model_response::Part::Chunk(c)) = m?.part {
+            bytes += c.len();
+        }
+    }
+    Ok(bytes)
+}
+
+fn mib_per_s(bytes: usize, elapsed: Duration) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0) / elapsed.as_secs_f64()
+}
+
+async fn throughput(client: &mut RegistryClient<Channel>, bootstrap: &str, iterations: u32) -> anyhow::Result<()> {
+    let name = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let manifest = kappa_model::example::autoencoder_manifest(&name, &[2048, 2048, 2048, 2560]);
+    let weights = kappa_model::example::random_weights(&manifest, 1);
+    let size = weights.len();
+    println!(
+        "model: {:.1} MiB, {iterations} iterations each",
+        size as f64 / 1048576.0
+    );
+
+    let (mut publish_time, mut get_time) = (Duration::ZERO, Duration::ZERO);
+    for i in 0..iterations {
+        let started = Instant::now();
+        let version = publish(client, &manifest, &weights, &format!("bench-{i}")).await?;
+        publish_time += started.elapsed();
+        let started = Instant::now();
+        let read = get(client, &name, version).await?;
+        get_time += started.elapsed();
+        anyhow::ensure!(read == size, "GetModel returned {read} bytes, expected {size}");
+    }
+
+    let topic = format!("bench.raw-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let bootstrap = bootstrap.to_owned();
+    let (raw_produce, raw_consume) =
+        tokio::task::spawn_blocking(move || raw_kafka(&bootstrap, &topic, &weights, iterations)).await??;
+
+    let total = size * iterations as usize;
+    let rows = [
+        (
+            "publish (registry)",
+            mib_per_s(total, publish_time),
+            mib_per_s(total, raw_produce),
+            "raw transactional produce",
+        ),
+        (
+            "get (registry)",
+            mib_per_s(total, get_time),
+            mib_per_s(total, raw_consume),
+            "raw read_committed consume",
+        ),
+    ];
+    println!("| operation | Kappa MiB/s | baseline | baseline MiB/s | ratio |");
+    println!("|---|---|---|---|---|");
+    for (op, kappa, base, base_name) in rows {
+        println!("| {op} | {kappa:.1} | {base_name} | {base:.1} | {:.2}x |", kappa / base);
+    }
+    Ok(())
+}
+
+/// The same bytes in the same 1 MiB records, produced in one transaction and consumed back,
+/// with librdkafka alone: the ceiling the registry's Kafka path can reach on this machine.
+fn raw_kafka(bootstrap: &str, topic: &str, weights: &[u8], iterations: u32) -> anyhow::Result<(Duration, Duration)> {
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("transactional.id", format!("{topic}-producer"))
+        .set("message.max.bytes", (CHUNK + 64 * 1024).to_string())
+        .set("linger.ms", "2")
+        .create()?;
+    producer.init_transactions(Timeout::After(Duration::from_secs(30)))?;
+    let mut produce = Duration::ZERO;
+    for _ in 0..iterations {
+        let started = Instant::now();
+        producer.begin_transaction()?;
+        for (i, chunk) in weights.chunks(CHUNK).enumerate() {
+            let key = format!("chunk/{i}");
+            let mut record = BaseRecord::<str, [u8]>::to(topic).key(&key).payload(chunk);
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((_, r)) => {
+                        record = r;
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+            }
+        }
+        producer.commit_transaction(Timeout::After(Duration::from_secs(60)))?;
+        produce += started.elapsed();
+    }
+
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("{topic}-reader"))
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let chunks_per_model = weights.len().div_ceil(CHUNK);
+    let mut consume = Duration::ZERO;
+    for i in 0..iterations as usize {
+        let started = Instant::now();
+        let mut tpl = TopicPartitionList::new();
+        // Each transaction adds its chunks plus one commit marker.
+        tpl.add_partition_offset(topic, 0, Offset::Offset((i * (chunks_per_model + 1)) as i64))?;
+        consumer.assign(&tpl)?;
+        let mut bytes = 0;
+        let mut seen = 0;
+        while seen < chunks_per_model {
+            if let Some(m) = consumer.poll(Duration::from_secs(10)) {
+                bytes += m?.payload().map_or(0, <[u8]>::len);
+                seen += 1;
+            }
+        }
+        consume += started.elapsed();
+        anyhow::ensure!(bytes == weights.len(), "consumed {bytes} bytes");
+    }
+    Ok((produce, consume))
+}
+
+async fn fill(client: &mut RegistryClient<Channel>, versions: u32) -> anyhow::Result<()> {
+    let manifest = kappa_model::example::sensor_autoencoder_manifest("replay-bench", 8);
+    let started = Instant::now();
+    for seed in 0..versions {
+        let weights = kappa_model::example::random_weights(&manifest, u64::from(seed));
+        publish(client, &manifest, &weights, "").await?;
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "published {versions} versions in {:.1} s ({:.0} publishes/s, one transaction each)",
+        elapsed.as_secs_f64(),
+        f64::from(versions) / elapsed.as_secs_f64()
+    );
+    Ok(())
+}
