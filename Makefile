@@ -17,12 +17,14 @@ prerequisites: ## Check the tools the build needs are installed
 	@command -v cargo >/dev/null || { echo "Rust is required: install it with rustup (https://rustup.rs) and retry." >&2; exit 1; }
 	@command -v java >/dev/null || { echo "Java 17+ is required to run the local Kafka: install a JDK and retry." >&2; exit 1; }
 	@command -v mvn >/dev/null || { echo "Maven is required to fetch Kafka from Maven Central: install it and retry." >&2; exit 1; }
+	@command -v go >/dev/null || { echo "Go is required to build grpcurl for the tests: install Go and retry." >&2; exit 1; }
 	@command -v cc >/dev/null && command -v make >/dev/null || { echo "A C compiler and make are required to build librdkafka." >&2; exit 1; }
 
 build: prerequisites ## Build every binary (kappa, kappa-registry, ...)
 	cargo build --workspace --bins
 
 test: prerequisites ## Run all tests against a real Kafka broker (started and stopped here if needed)
+	scripts/tools.sh >/dev/null
 	cargo build --workspace --bins --tests
 	$(WITH_KAFKA) cargo test --workspace -- --test-threads 4
 

@@ -55,3 +55,35 @@ pub use kappa::trainer::v1 as trainer;
 
 /// Encoded `FileDescriptorSet` of every Kappa proto, for `tonic-reflection`.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kappa_descriptor.bin"));
+
+/// Server reflection for one Kappa server.
+pub mod reflection {
+    use tonic_reflection::server::{
+        Error, v1::ServerReflectionServer as V1, v1alpha::ServerReflectionServer as V1Alpha,
+    };
+
+    /// Reflection services (v1, and v1alpha for older grpcurl and Postman) that advertise exactly
+    /// `services` plus grpc.health.v1 and reflection itself, not every service in Kappa's protos.
+    pub fn for_services(
+        services: &[&str],
+    ) -> Result<
+        (
+            V1<impl tonic_reflection::server::v1::ServerReflection>,
+            V1Alpha<impl tonic_reflection::server::v1alpha::ServerReflection>,
+        ),
+        Error,
+    > {
+        let builder = || {
+            let mut b = tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(crate::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .with_service_name("grpc.health.v1.Health")
+                .with_service_name("grpc.reflection.v1.ServerReflection");
+            for s in services {
+                b = b.with_service_name(*s);
+            }
+            b
+        };
+        Ok((builder().build_v1()?, builder().build_v1alpha()?))
+    }
+}

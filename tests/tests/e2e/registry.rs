@@ -684,3 +684,48 @@ async fn a_second_registry_fences_the_first_which_then_refuses_writes() {
         .unwrap();
     assert_eq!(v.version, 2);
 }
+
+#[tokio::test]
+async fn grpcurl_discovers_the_registry_through_reflection_and_calls_it() {
+    let registry = RegistrySetup::new().start().await;
+    let mut client = registry_client(&registry).await;
+    let m = manifest("reflected");
+    publish(&mut client, &m, &random_weights(&m, 1), "").await.unwrap();
+
+    let services: Vec<String> = run_grpcurl(&registry, None, "list")
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        services,
+        [
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "kappa.registry.v1.Registry"
+        ],
+        "reflection advertises exactly what this server serves"
+    );
+    let listed = run_grpcurl(
+        &registry,
+        &[
+            "-d",
+            r#"{"name":"reflected"}"#,
+            "kappa.registry.v1.Registry/ListVersions",
+        ],
+    );
+    let json: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(json["versions"][0]["version"], "1");
+    assert_eq!(
+        json["versions"][0]["manifest"]["features"].as_array().unwrap().len(),
+        18
+    );
+    let health = run_grpcurl(
+        &registry,
+        &[
+            "-d",
+            r#"{"service":"kappa.registry.v1.Registry"}"#,
+            "grpc.health.v1.Health/Check",
+        ],
+    );
+    assert!(health.contains("SERVING"), "{health}");
+}

@@ -336,3 +336,37 @@ pub async fn read_topic(topic: &str, isolation: &str) -> Vec<RawRecord> {
     .await
     .unwrap()
 }
+
+/// grpcurl, installed by `scripts/tools.sh` (which `make test` runs).
+pub fn grpcurl() -> PathBuf {
+    let path = std::env::var_os("KAPPA_GRPCURL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/kappa/bin/grpcurl"));
+    assert!(
+        path.exists(),
+        "grpcurl is missing at {}: run scripts/tools.sh (make test does)",
+        path.display()
+    );
+    path
+}
+
+/// Runs `grpcurl -plaintext [-d DATA] ADDRESS COMMAND` against `service` and returns stdout;
+/// panics with grpcurl's stderr when it fails.
+pub fn run_grpcurl(service: &Service, data: Option<&str>, command: &str) -> String {
+    let mut cmd = Command::new(grpcurl());
+    cmd.arg("-plaintext");
+    if let Some(data) = data {
+        cmd.args(["-d", data]);
+    }
+    let out = cmd
+        .arg(service.address.trim_start_matches("http://"))
+        .arg(command)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "grpcurl {command} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}

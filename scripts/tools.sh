@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Installs the pinned Go-built tools the tests and docs use into ~/.cache/kappa/bin (outside the
+# clone, so fresh clones reuse them). Prints the bin folder.
+set -euo pipefail
+bin=${KAPPA_TOOLS_BIN:-$HOME/.cache/kappa/bin}
+mkdir -p "$bin"
+install_go_tool() { # name module@version
+  if [ -x "$bin/$1" ]; then return; fi
+  command -v go >/dev/null || { echo "Go is required to build $1: install Go 1.22+ and retry." >&2; exit 1; }
+  echo "Building $1 ($2) into $bin..." >&2
+  (cd /tmp && GOBIN="$bin" GOFLAGS=-mod=mod go install "$2") >&2
+}
+install_go_tool grpcurl github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.3
+echo "$bin"
