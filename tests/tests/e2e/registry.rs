@@ -707,11 +707,8 @@ async fn grpcurl_discovers_the_registry_through_reflection_and_calls_it() {
     );
     let listed = run_grpcurl(
         &registry,
-        &[
-            "-d",
-            r#"{"name":"reflected"}"#,
-            "kappa.registry.v1.Registry/ListVersions",
-        ],
+        Some(r#"{"name":"reflected"}"#),
+        "kappa.registry.v1.Registry/ListVersions",
     );
     let json: serde_json::Value = serde_json::from_str(&listed).unwrap();
     assert_eq!(json["versions"][0]["version"], "1");
@@ -721,11 +718,8 @@ async fn grpcurl_discovers_the_registry_through_reflection_and_calls_it() {
     );
     let health = run_grpcurl(
         &registry,
-        &[
-            "-d",
-            r#"{"service":"kappa.registry.v1.Registry"}"#,
-            "grpc.health.v1.Health/Check",
-        ],
+        Some(r#"{"service":"kappa.registry.v1.Registry"}"#),
+        "grpc.health.v1.Health/Check",
     );
     assert!(health.contains("SERVING"), "{health}");
 }
