@@ -29,13 +29,16 @@ fn main() -> Result<(), Box<dyn Error>> {
     }
 
     let files: Vec<PathBuf> = PROTOS.iter().map(|p| root.join(p)).collect();
+    // BTreeMap for map fields: listings, JSON and Debug output come out in a stable order.
     tonic_prost_build::configure()
+        .btree_map(".")
         .file_descriptor_set_path(&descriptor_path)
         .compile_protos(&files, &[root])?;
 
     let descriptors = std::fs::read(&descriptor_path)?;
     pbjson_build::Builder::new()
         .register_descriptors(&descriptors)?
+        .btree_map(["."])
         .build(&[".kappa"])?;
     Ok(())
 }

@@ -1,10 +1,13 @@
 //! Kafka plumbing shared by the Kappa services: client configuration from the common flags,
-//! topic administration (the compacted models topic), and the key scheme of that topic.
+//! topic administration (the compacted models topic), and the key scheme, record decoding and
+//! chunk reading of that topic.
 
 mod admin;
+pub mod chunks;
 mod config;
 mod context;
 pub mod keys;
+pub mod records;
 
 pub use admin::{ModelsTopicSettings, TopicError, ensure_models_topic};
 pub use config::KafkaArgs;

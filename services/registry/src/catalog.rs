@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use kappa_api::{model::VersionRecord, registry as pb};
 
-use crate::{RegistryError, records::LogRecord};
+use kappa_kafka::records::LogRecord;
+
+use crate::RegistryError;
 
 #[derive(Debug, Default)]
 pub struct Catalog {

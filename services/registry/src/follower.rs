@@ -15,7 +15,8 @@ use rdkafka::{
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::{catalog::Catalog, metrics::RegistryMetrics, records};
+use crate::{catalog::Catalog, metrics::RegistryMetrics};
+use kappa_kafka::{chunks::reader_config, records};
 
 /// Progress of the follower, observed by writers waiting for their records and by the health
 /// service waiting for the replay.
@@ -33,20 +34,6 @@ impl FollowerProgress {
         let mut applied = self.applied.clone();
         applied.wait_for(|next| *next > offset).await.is_ok()
     }
-}
-
-/// Consumer settings every reader of the models topic uses: only committed records, no offsets
-/// committed to a group (each reader positions itself), and end-of-partition events.
-pub fn reader_config(base: &ClientConfig, group: &str) -> ClientConfig {
-    let mut config = base.clone();
-    config
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "true")
-        .set("auto.offset.reset", "earliest");
-    config
 }
 
 pub fn spawn(

@@ -11,7 +11,6 @@ mod error;
 mod follower;
 mod metrics;
 mod reader;
-pub mod records;
 mod server;
 mod service;
 mod writer;

@@ -3,37 +3,20 @@
 //! thread (librdkafka's poll blocks) and hands results over a bounded channel, so a slow client
 //! slows its own read and nothing else.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use kappa_api::{model::WeightChunk, registry as pb};
-use kappa_kafka::ReaderContext;
-use prost::Message as _;
-use rdkafka::{
-    ClientConfig, Message, Offset, TopicPartitionList,
-    consumer::{BaseConsumer, Consumer},
-    error::KafkaError,
+use kappa_api::registry as pb;
+use kappa_kafka::{
+    chunks::{self, ChunkReadError},
+    records::{self, LogRecord},
 };
+use rdkafka::{ClientConfig, Message, error::KafkaError};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tonic::Status;
 
-use crate::{
-    follower::reader_config,
-    records::{self, LogRecord},
-};
-
 const POLL: Duration = Duration::from_millis(200);
-/// A chunk read that makes no progress for this long fails instead of hanging the client.
-const STALL_LIMIT: Duration = Duration::from_secs(30);
-
-fn assigned_consumer(config: &ClientConfig, topic: &str, from: i64) -> Result<BaseConsumer<ReaderContext>, KafkaError> {
-    let consumer: BaseConsumer<ReaderContext> =
-        reader_config(config, "kappa-registry-reader").create_with_context(ReaderContext)?;
-    let mut assignment = TopicPartitionList::new();
-    assignment.add_partition_offset(topic, 0, Offset::Offset(from))?;
-    consumer.assign(&assignment)?;
-    Ok(consumer)
-}
+const READER_GROUP: &str = "kappa-registry-reader";
 
 /// Sends the chunks found at `offsets` in order, then checks the bytes against `sha256`.
 pub fn stream_chunks(
@@ -43,57 +26,22 @@ pub fn stream_chunks(
     sha256: &str,
     tx: &mpsc::Sender<Result<pb::GetModelResponse, Status>>,
 ) -> Result<(), Status> {
-    let Some(&first) = offsets.first() else { return Ok(()) };
-    let consumer = assigned_consumer(config, topic, first).map_err(|e| Status::unavailable(e.to_string()))?;
     let mut hasher = Sha256::new();
-    let mut next = 0;
-    let mut last_progress = Instant::now();
-    while next < offsets.len() {
-        if tx.is_closed() {
-            return Ok(());
-        }
-        let message = match consumer.poll(POLL) {
-            Some(Ok(m)) => m,
-            Some(Err(KafkaError::PartitionEOF(_))) | None => {
-                if last_progress.elapsed() > STALL_LIMIT {
-                    return Err(Status::unavailable(
-                        "reading the model's chunks from Kafka stalled; retry",
-                    ));
-                }
-                continue;
-            }
-            Some(Err(e)) => return Err(Status::unavailable(format!("reading the model from Kafka failed: {e}"))),
-        };
-        let offset = message.offset();
-        if offset < offsets[next] {
-            continue;
-        }
-        if offset > offsets[next] {
-            return Err(Status::data_loss(format!(
-                "chunk {next} expected at offset {} is gone from the models topic",
-                offsets[next]
-            )));
-        }
-        let chunk = WeightChunk::decode(message.payload().unwrap_or_default())
-            .map_err(|e| Status::data_loss(format!("chunk at offset {offset} is corrupt: {e}")))?;
-        if chunk.index as usize != next {
-            return Err(Status::data_loss(format!(
-                "offset {offset} holds chunk {} where chunk {next} belongs",
-                chunk.index
-            )));
-        }
-        hasher.update(&chunk.data);
+    let mut complete = true;
+    chunks::read_chunks(config, READER_GROUP, topic, offsets, |data| {
+        hasher.update(&data);
         let response = pb::GetModelResponse {
-            part: Some(pb::get_model_response::Part::Chunk(chunk.data)),
+            part: Some(pb::get_model_response::Part::Chunk(data)),
         };
-        if tx.blocking_send(Ok(response)).is_err() {
-            return Ok(());
-        }
-        next += 1;
-        last_progress = Instant::now();
-    }
+        complete = tx.blocking_send(Ok(response)).is_ok();
+        complete
+    })
+    .map_err(|e| match e {
+        ChunkReadError::Unavailable(m) => Status::unavailable(m),
+        ChunkReadError::DataLoss(m) => Status::data_loss(m),
+    })?;
     let actual = hex::encode(hasher.finalize());
-    if actual != sha256 {
+    if complete && actual != sha256 {
         return Err(Status::data_loss(format!(
             "the weights read from Kafka hash to {actual}, not the recorded {sha256}"
         )));
@@ -109,7 +57,8 @@ pub fn stream_events(
     name_filter: &str,
     tx: &mpsc::Sender<Result<pb::WatchModelsResponse, Status>>,
 ) -> Result<(), Status> {
-    let consumer = assigned_consumer(config, topic, from).map_err(|e| Status::unavailable(e.to_string()))?;
+    let consumer =
+        chunks::consumer_at(config, READER_GROUP, topic, from).map_err(|e| Status::unavailable(e.to_string()))?;
     while !tx.is_closed() {
         let message = match consumer.poll(POLL) {
             Some(Ok(m)) => m,

@@ -1,8 +1,8 @@
-//! Decoding of models-topic records. The follower, the watch streams and the tests all read the
+//! Decoding of models-topic records. The registry, its watch streams and the predictors all read the
 //! log through this one function, so they agree on what a record means.
 
+use crate::ModelKey;
 use kappa_api::model::{AliasRecord, VersionRecord};
-use kappa_kafka::ModelKey;
 use prost::Message;
 
 /// One record of the models topic, decoded.
