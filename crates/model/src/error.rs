@@ -10,6 +10,8 @@ pub enum ModelError {
     InvalidManifest(String),
     #[error("invalid weights: {0}")]
     InvalidWeights(String),
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
     #[error("weights digest mismatch: the manifest declares sha256 {declared}, the bytes hash to {actual}")]
     DigestMismatch { declared: String, actual: String },
 }

@@ -5,11 +5,13 @@
 mod error;
 pub mod example;
 mod manifest;
+mod mlp;
 mod weights;
 
 pub use error::ModelError;
 pub use kappa_api::model::{Activation, Feature, Layer, ModelManifest, OutputKind};
 pub use manifest::{validate_alias, validate_manifest, validate_name};
+pub use mlp::{Backend, Mlp};
 pub use weights::{ValidatedWeights, sha256_hex, validate_weights};
 
 /// Tensor name of layer `index`'s weight matrix, `[out, in]` as in PyTorch's `nn.Linear`.
