@@ -116,7 +116,7 @@ impl Mlp {
     /// Scores `inputs`, `rows × n_features` row-major raw (unscaled) values, into `scores`.
     pub fn score_into(&self, inputs: &[f32], scores: &mut Vec<f32>) -> Result<(), ModelError> {
         let f = self.n_features();
-        if inputs.is_empty() || inputs.len() % f != 0 {
+        if inputs.is_empty() || !inputs.len().is_multiple_of(f) {
             return Err(ModelError::InvalidInput(format!(
                 "{} values do not form rows of {f} features",
                 inputs.len()

@@ -370,3 +370,158 @@ pub fn run_grpcurl(service: &Service, data: Option<&str>, command: &str) -> Stri
     );
     String::from_utf8(out.stdout).unwrap()
 }
+
+/// Predictor settings for one test.
+#[derive(Clone)]
+pub struct PredictorSetup {
+    pub topic: String,
+    pub model: String,
+    pub follow: String,
+    pub extra_args: Vec<String>,
+}
+
+impl PredictorSetup {
+    pub fn new(topic: &str, model: &str, follow: &str) -> Self {
+        Self {
+            topic: topic.to_owned(),
+            model: model.to_owned(),
+            follow: follow.to_owned(),
+            extra_args: Vec::new(),
+        }
+    }
+
+    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+        self.extra_args.push(arg.into());
+        self
+    }
+
+    pub fn spawn(&self) -> Predictor {
+        let (port, metrics_port) = (free_port(), free_port());
+        let log = log_dir().join(format!("{}-predictor-{port}.log", self.topic));
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(binary("kappa-predictor"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+            .args(["--kafka-bootstrap", &bootstrap()])
+            .args(["--models-topic", &self.topic])
+            .args(["--model", &self.model, "--follow", &self.follow])
+            .args(["--log", "info,librdkafka=warn"])
+            .args(&self.extra_args)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        Predictor {
+            service: Service {
+                child,
+                address: format!("http://127.0.0.1:{port}"),
+                log,
+            },
+            metrics_url: format!("http://127.0.0.1:{metrics_port}/metrics"),
+        }
+    }
+
+    /// Starts the predictor and waits until it serves a model.
+    pub async fn start(&self) -> Predictor {
+        let predictor = self.spawn();
+        wait_serving(&predictor.service, "kappa.predictor.v1.Predictor").await;
+        predictor
+    }
+}
+
+pub struct Predictor {
+    pub service: Service,
+    pub metrics_url: String,
+}
+
+impl Predictor {
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.service.address.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    /// The Prometheus text of the metrics endpoint, fetched with a plain HTTP/1.1 request.
+    pub async fn metrics(&self) -> String {
+        let addr = self
+            .metrics_url
+            .trim_start_matches("http://")
+            .trim_end_matches("/metrics")
+            .to_owned();
+        tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Write};
+            let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+            write!(
+                stream,
+                "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+            )
+            .unwrap();
+            let mut text = String::new();
+            stream.read_to_string(&mut text).unwrap();
+            text.split_once("\r\n\r\n")
+                .map(|(_, body)| body.to_owned())
+                .unwrap_or_default()
+        })
+        .await
+        .unwrap()
+    }
+
+    /// Value of one metric line (exact series text before the value), if present.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let text = self.metrics().await;
+        text.lines()
+            .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+    }
+}
+
+/// Produces records straight into a topic with a plain producer, bypassing Kappa entirely.
+pub async fn produce_raw(topic: &str, records: Vec<(String, Vec<u8>)>) {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = kafka_config().create().unwrap();
+    for (key, value) in records {
+        producer
+            .send(
+                FutureRecord::to(topic).key(&key).payload(&value).partition(0),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+    }
+}
+
+/// A fixture model produced by PyTorch (crates/model/tests/fixtures).
+pub struct Fixture {
+    pub manifest: ModelManifest,
+    pub weights: Vec<u8>,
+    pub inputs: Vec<Vec<f32>>,
+    pub scores: Vec<f32>,
+}
+
+pub fn fixture(name: &str) -> Fixture {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../crates/model/tests/fixtures");
+    let manifest =
+        serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{name}.manifest.json"))).unwrap()).unwrap();
+    let io: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{name}.io.json"))).unwrap()).unwrap();
+    let floats = |v: &serde_json::Value| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect::<Vec<_>>()
+    };
+    Fixture {
+        manifest,
+        weights: std::fs::read(dir.join(format!("{name}.safetensors"))).unwrap(),
+        inputs: io["inputs"].as_array().unwrap().iter().map(floats).collect(),
+        scores: floats(&io["scores"]),
+    }
+}
+
+pub fn fixture_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../crates/model/tests/fixtures")
+}

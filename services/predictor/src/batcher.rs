@@ -1,0 +1,172 @@
+//! Dynamic batching on dedicated threads. Requests wait in a bounded queue; an inference thread
+//! takes what is queued (up to the batch limit, optionally waiting `max_queue_delay` for more),
+//! runs one forward pass per model, and answers each request with its own slice of the scores.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use tokio::sync::oneshot;
+
+use crate::{error::PredictError, metrics::PredictorMetrics, slot::LoadedModel};
+
+/// One admitted request: rows of raw feature values for the model it was pinned to.
+pub struct Job {
+    pub model: Arc<LoadedModel>,
+    pub inputs: Vec<f32>,
+    pub rows: usize,
+    pub reply: oneshot::Sender<Result<Scored, PredictError>>,
+}
+
+/// What a request gets back: its scores, and the model that produced them.
+#[derive(Debug)]
+pub struct Scored {
+    pub model: Arc<LoadedModel>,
+    pub scores: Vec<f32>,
+}
+
+#[derive(Clone)]
+pub struct Batcher {
+    tx: Sender<Job>,
+    depth: Arc<AtomicUsize>,
+    capacity: usize,
+    pub max_batch_rows: usize,
+    metrics: Arc<PredictorMetrics>,
+}
+
+impl Batcher {
+    pub fn start(
+        threads: usize,
+        capacity: usize,
+        max_batch_rows: usize,
+        max_queue_delay: Duration,
+        metrics: Arc<PredictorMetrics>,
+    ) -> Self {
+        let (tx, rx) = crossbeam_channel::bounded::<Job>(capacity);
+        let depth = Arc::new(AtomicUsize::new(0));
+        for i in 0..threads {
+            let worker = Worker {
+                rx: rx.clone(),
+                depth: Arc::clone(&depth),
+                max_batch_rows,
+                max_queue_delay,
+                metrics: Arc::clone(&metrics),
+            };
+            std::thread::Builder::new()
+                .name(format!("inference-{i}"))
+                .spawn(move || worker.run())
+                .expect("spawning an inference thread");
+        }
+        Self {
+            tx,
+            depth,
+            capacity,
+            max_batch_rows,
+            metrics,
+        }
+    }
+
+    /// Queues a job and waits for its scores. Refuses at once when the queue is full.
+    pub async fn score(&self, model: Arc<LoadedModel>, inputs: Vec<f32>, rows: usize) -> Result<Scored, PredictError> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            model,
+            inputs,
+            rows,
+            reply,
+        };
+        // Counted before the send so the worker's decrement can never run first and underflow.
+        let depth = self.depth.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Err(e) = self.tx.try_send(job) {
+            self.depth.fetch_sub(1, Ordering::Relaxed);
+            return Err(match e {
+                TrySendError::Full(_) => PredictError::Overloaded(self.capacity),
+                TrySendError::Disconnected(_) => PredictError::ShuttingDown,
+            });
+        }
+        self.metrics.queue_depth.set(depth as i64);
+        answer.await.map_err(|_| PredictError::ShuttingDown)?
+    }
+}
+
+struct Worker {
+    rx: Receiver<Job>,
+    depth: Arc<AtomicUsize>,
+    max_batch_rows: usize,
+    max_queue_delay: Duration,
+    metrics: Arc<PredictorMetrics>,
+}
+
+impl Worker {
+    fn run(self) {
+        let mut inputs: Vec<f32> = Vec::new();
+        let mut scores: Vec<f32> = Vec::new();
+        let mut batch: Vec<Job> = Vec::new();
+        // A job that belongs to another model than the batch being built waits for the next one.
+        let mut carry: Option<Job> = None;
+        loop {
+            let first = match carry.take() {
+                Some(job) => job,
+                None => match self.rx.recv() {
+                    Ok(job) => self.taken(job),
+                    Err(_) => return,
+                },
+            };
+            let mut rows = first.rows;
+            batch.push(first);
+            let deadline = Instant::now() + self.max_queue_delay;
+            while rows < self.max_batch_rows {
+                let next = match self.rx.try_recv() {
+                    Ok(job) => job,
+                    Err(_) if self.max_queue_delay.is_zero() => break,
+                    Err(_) => match self.rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                        Ok(job) => job,
+                        Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+                    },
+                };
+                let next = self.taken(next);
+                if !Arc::ptr_eq(&next.model, &batch[0].model) || rows + next.rows > self.max_batch_rows {
+                    carry = Some(next);
+                    break;
+                }
+                rows += next.rows;
+                batch.push(next);
+            }
+            self.run_batch(&mut batch, rows, &mut inputs, &mut scores);
+        }
+    }
+
+    fn taken(&self, job: Job) -> Job {
+        let depth = self.depth.fetch_sub(1, Ordering::Relaxed) - 1;
+        self.metrics.queue_depth.set(depth as i64);
+        job
+    }
+
+    fn run_batch(&self, batch: &mut Vec<Job>, rows: usize, inputs: &mut Vec<f32>, scores: &mut Vec<f32>) {
+        let model = Arc::clone(&batch[0].model);
+        inputs.clear();
+        for job in batch.iter() {
+            inputs.extend_from_slice(&job.inputs);
+        }
+        self.metrics.batch_size.observe(rows as f64);
+        let result = model.mlp.score_into(inputs, scores);
+        let mut start = 0;
+        for job in batch.drain(..) {
+            let answer = match &result {
+                Ok(()) => Ok(Scored {
+                    model: Arc::clone(&model),
+                    scores: scores[start..start + job.rows].to_vec(),
+                }),
+                Err(e) => Err(PredictError::Inference(e.to_string())),
+            };
+            start += job.rows;
+            // The caller may have gone away (deadline, cancellation); nothing to do then.
+            let _ = job.reply.send(answer);
+        }
+    }
+}

@@ -1,0 +1,85 @@
+use std::net::SocketAddr;
+
+use clap::Parser;
+use kappa_kafka::KafkaArgs;
+use kappa_model::Backend;
+use kappa_telemetry::LogArgs;
+
+/// kappa-predictor serves a model from the Kafka models topic over gRPC: the Open Inference
+/// Protocol (inference.GRPCInferenceService), the typed kappa.predictor.v1.Predictor API,
+/// grpc.health.v1 and server reflection on one port. New versions are swapped in as they land.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "kappa-predictor", version, about, long_about = None)]
+pub struct PredictorConfig {
+    /// gRPC listen address. Port 0 picks a free port; the chosen address is logged.
+    #[arg(long, env = "KAPPA_LISTEN", default_value = "127.0.0.1:50052")]
+    pub listen: SocketAddr,
+
+    /// Prometheus metrics listen address (GET /metrics).
+    #[arg(long, env = "KAPPA_METRICS_LISTEN", default_value = "127.0.0.1:9102")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    /// The registry's compacted models topic, read directly (the registry need not be running).
+    #[arg(long, env = "KAPPA_MODELS_TOPIC", default_value = "kappa.models")]
+    pub models_topic: String,
+
+    /// Name of the model to serve.
+    #[arg(long, env = "KAPPA_MODEL")]
+    pub model: String,
+
+    /// Which version to serve: an alias (e.g. production) or `latest` for the highest version.
+    #[arg(long, env = "KAPPA_FOLLOW", default_value = "latest")]
+    pub follow: String,
+
+    /// Most rows scored in one forward pass; a request with more rows is refused.
+    #[arg(long, env = "KAPPA_MAX_BATCH_SIZE", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub max_batch_size: u32,
+
+    /// How long a batch may wait for more requests, in microseconds. 0 (the default) sends what
+    /// is queued at once, so a lone request never waits.
+    #[arg(long, env = "KAPPA_MAX_QUEUE_DELAY_US", default_value_t = 0)]
+    pub max_queue_delay_us: u64,
+
+    /// Requests that may wait for an inference thread; beyond that, RESOURCE_EXHAUSTED.
+    #[arg(long, env = "KAPPA_QUEUE_CAPACITY", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub queue_capacity: u32,
+
+    /// Dedicated inference threads (never the async workers).
+    #[arg(long, env = "KAPPA_INFERENCE_THREADS", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub inference_threads: u32,
+
+    /// Forward-pass implementation: `native` (hand-written, fastest for small MLPs) or `candle`.
+    /// Both match PyTorch within 1e-5.
+    #[arg(long, env = "KAPPA_BACKEND", default_value = "native")]
+    pub backend: Backend,
+
+    /// Seconds in-flight requests get to finish after SIGTERM before the server stops.
+    #[arg(long, env = "KAPPA_SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
+    pub shutdown_grace_seconds: u64,
+
+    /// Validate the configuration, print it and exit without connecting to anything.
+    #[arg(long)]
+    pub check_config: bool,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+impl PredictorConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        kappa_model::validate_name(&self.model).map_err(|e| format!("--model: {e}"))?;
+        if self.follow != "latest" {
+            kappa_model::validate_alias(&self.follow).map_err(|e| format!("--follow: {e}"))?;
+        }
+        if self.models_topic.trim().is_empty() {
+            return Err("--models-topic must not be empty".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,38 @@
+use thiserror::Error;
+use tonic::Status;
+
+/// Why a prediction was refused. The `From` below is exhaustive: a new variant picks its code.
+#[derive(Debug, Error)]
+pub enum PredictError {
+    #[error("{0}")]
+    InvalidInput(String),
+    #[error("model {requested:?} is not served here; this predictor serves {served:?}")]
+    UnknownModel { requested: String, served: String },
+    #[error("version {requested} of {name:?} is not loaded; loaded: {loaded}")]
+    UnknownVersion {
+        name: String,
+        requested: String,
+        loaded: String,
+    },
+    #[error("no version of {0:?} is loaded yet; retry when health reports SERVING")]
+    NotLoaded(String),
+    #[error("the inference queue is full ({0} waiting); retry with backoff")]
+    Overloaded(usize),
+    #[error("inference failed: {0}")]
+    Inference(String),
+    #[error("the predictor is shutting down")]
+    ShuttingDown,
+}
+
+impl From<PredictError> for Status {
+    fn from(err: PredictError) -> Self {
+        let message = err.to_string();
+        match err {
+            PredictError::InvalidInput(_) => Status::invalid_argument(message),
+            PredictError::UnknownModel { .. } | PredictError::UnknownVersion { .. } => Status::not_found(message),
+            PredictError::NotLoaded(_) | PredictError::ShuttingDown => Status::unavailable(message),
+            PredictError::Overloaded(_) => Status::resource_exhausted(message),
+            PredictError::Inference(_) => Status::internal(message),
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! Turns announced targets into served models: fetch the weights if the follower no longer holds
+//! them, verify the SHA-256, build, warm up on a probe batch, check the outputs are finite, swap.
+//! A version that fails any step is never served; the previous model keeps serving.
+
+use std::{
+    sync::Arc,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use kappa_kafka::chunks;
+use kappa_model::{Backend, Mlp, sha256_hex};
+use rdkafka::ClientConfig;
+use tokio::sync::watch;
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+use crate::{
+    follower::Target,
+    metrics::{PredictorMetrics, ReasonLabels},
+    slot::{LoadedModel, ModelSlot},
+};
+
+pub struct Loader {
+    pub slot: Arc<ModelSlot>,
+    pub metrics: Arc<PredictorMetrics>,
+    pub health: HealthReporter,
+    pub consumer_config: ClientConfig,
+    pub topic: String,
+    pub backend: Backend,
+    pub served_services: Vec<&'static str>,
+}
+
+struct LoadFailure {
+    reason: &'static str,
+    message: String,
+}
+
+impl Loader {
+    pub async fn run(self, mut targets: watch::Receiver<Option<Target>>) {
+        while targets.changed().await.is_ok() {
+            let Some(target) = targets.borrow_and_update().clone() else {
+                continue;
+            };
+            self.serve(target).await;
+        }
+    }
+
+    async fn serve(&self, target: Target) {
+        let version = target.version;
+        let published_ms = target.record.manifest.as_ref().map_or(0, |m| m.created_at_ms);
+        if self.slot.current().is_some_and(|m| m.version == version) {
+            return;
+        }
+        let model = match self.slot.warm(version) {
+            Some(warm) => {
+                tracing::info!(version, "swapping back to the warm previous version");
+                warm
+            }
+            None => match self.load(target).await {
+                Ok(model) => model,
+                Err(failure) => {
+                    self.metrics
+                        .load_failures
+                        .get_or_create(&ReasonLabels { reason: failure.reason })
+                        .inc();
+                    let message = format!("version {version} refused: {}", failure.message);
+                    tracing::error!(
+                        version,
+                        reason = failure.reason,
+                        "{message}; the previous model keeps serving"
+                    );
+                    self.slot.set_error(Some(message));
+                    return;
+                }
+            },
+        };
+        self.slot.swap(model);
+        self.slot.set_error(None);
+        self.metrics.swaps.inc();
+        self.metrics.loaded_version.set(version as i64);
+        self.metrics.model_ready.set(1.0);
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        if published_ms > 0 {
+            self.metrics
+                .swap_latency
+                .observe((now_ms - published_ms).max(0) as f64 / 1000.0);
+        }
+        for service in &self.served_services {
+            self.health.set_service_status(*service, ServingStatus::Serving).await;
+        }
+        tracing::info!(version, publish_to_serving_ms = now_ms - published_ms, "now serving");
+    }
+
+    async fn load(&self, target: Target) -> Result<Arc<LoadedModel>, LoadFailure> {
+        let manifest = target.record.manifest.clone().ok_or_else(|| LoadFailure {
+            reason: "no_manifest",
+            message: "the version record carries no manifest".into(),
+        })?;
+        let bytes = match target.bytes {
+            Some(bytes) => bytes,
+            None => {
+                let (config, topic, offsets) = (
+                    self.consumer_config.clone(),
+                    self.topic.clone(),
+                    target.chunk_offsets.clone(),
+                );
+                let expected = target.record.chunk_count as usize;
+                if offsets.len() != expected {
+                    return Err(LoadFailure {
+                        reason: "missing_chunks",
+                        message: format!("{} of {expected} chunks are in the log", offsets.len()),
+                    });
+                }
+                tokio::task::spawn_blocking(move || {
+                    let mut bytes = Vec::new();
+                    chunks::read_chunks(&config, "kappa-predictor-loader", &topic, &offsets, |data| {
+                        bytes.extend_from_slice(&data);
+                        true
+                    })
+                    .map(|()| Arc::new(bytes))
+                })
+                .await
+                .expect("chunk reader does not panic")
+                .map_err(|e| LoadFailure {
+                    reason: "read_failed",
+                    message: e.to_string(),
+                })?
+            }
+        };
+        let backend = self.backend;
+        tokio::task::spawn_blocking(move || build(manifest, &bytes, backend))
+            .await
+            .expect("model build does not panic")
+    }
+}
+
+/// Verification and warm-up, on a blocking thread: hashing and building are CPU work.
+fn build(
+    manifest: kappa_model::ModelManifest,
+    bytes: &[u8],
+    backend: Backend,
+) -> Result<Arc<LoadedModel>, LoadFailure> {
+    let actual = sha256_hex(bytes);
+    if !actual.eq_ignore_ascii_case(&manifest.weights_sha256) {
+        return Err(LoadFailure {
+            reason: "digest_mismatch",
+            message: format!(
+                "weights hash to {actual}, the manifest says {}",
+                manifest.weights_sha256
+            ),
+        });
+    }
+    let mlp = Mlp::load(&manifest, bytes, backend).map_err(|e| LoadFailure {
+        reason: "invalid_model",
+        message: e.to_string(),
+    })?;
+    // Probe batch: the feature means, and a row one standard deviation off in every feature.
+    let mut probe: Vec<f32> = manifest.features.iter().map(|f| f.offset as f32).collect();
+    probe.extend(manifest.features.iter().map(|f| (f.offset + f.scale) as f32));
+    let scores = mlp.score(&probe).map_err(|e| LoadFailure {
+        reason: "warmup_failed",
+        message: e.to_string(),
+    })?;
+    if let Some(bad) = scores.iter().find(|s| !s.is_finite()) {
+        return Err(LoadFailure {
+            reason: "non_finite_output",
+            message: format!("the warm-up batch scored {bad}"),
+        });
+    }
+    Ok(Arc::new(LoadedModel::new(manifest, mlp)))
+}

@@ -1,0 +1,105 @@
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RpcLabels {
+    pub rpc: &'static str,
+    pub code: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RpcOnly {
+    pub rpc: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+/// The predictor's Prometheus series; names are documented in the README.
+#[derive(Debug)]
+pub struct PredictorMetrics {
+    pub requests: Family<RpcLabels, Counter>,
+    pub latency: Family<RpcOnly, Histogram>,
+    pub batch_size: Histogram,
+    pub queue_depth: Gauge,
+    pub loaded_version: Gauge,
+    pub swaps: Counter,
+    pub swap_latency: Histogram,
+    pub load_failures: Family<ReasonLabels, Counter>,
+    pub model_ready: Gauge<f64, AtomicU64>,
+}
+
+impl Default for PredictorMetrics {
+    fn default() -> Self {
+        Self {
+            requests: Family::default(),
+            latency: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.000_05, 2.0, 18))),
+            batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 17)),
+            queue_depth: Gauge::default(),
+            loaded_version: Gauge::default(),
+            swaps: Counter::default(),
+            swap_latency: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            load_failures: Family::default(),
+            model_ready: Gauge::default(),
+        }
+    }
+}
+
+impl PredictorMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("kappa_predictor");
+        r.register(
+            "requests",
+            "gRPC requests by method and status code",
+            self.requests.clone(),
+        );
+        r.register(
+            "request_duration_seconds",
+            "Time to answer a request, by method",
+            self.latency.clone(),
+        );
+        r.register("batch_size", "Rows per forward pass", self.batch_size.clone());
+        r.register(
+            "queue_depth",
+            "Requests waiting for an inference thread",
+            self.queue_depth.clone(),
+        );
+        r.register(
+            "loaded_version",
+            "Version of the model being served (0 before the first load)",
+            self.loaded_version.clone(),
+        );
+        r.register(
+            "swaps",
+            "Model swaps, rollbacks to the warm previous version included",
+            self.swaps.clone(),
+        );
+        r.register(
+            "swap_latency_seconds",
+            "From the registry's publish time of a version to this predictor serving it",
+            self.swap_latency.clone(),
+        );
+        r.register(
+            "load_failures",
+            "Versions refused as broken, by reason",
+            self.load_failures.clone(),
+        );
+        r.register(
+            "model_ready",
+            "1 while a model is loaded and serving",
+            self.model_ready.clone(),
+        );
+    }
+}

@@ -1,0 +1,114 @@
+use std::{future::Future, sync::Arc, time::Duration};
+
+use kappa_api::{
+    inference::grpc_inference_service_server::GrpcInferenceServiceServer, predictor::predictor_server::PredictorServer,
+};
+use prometheus_client::registry::Registry as MetricsRegistry;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+
+use crate::{
+    PredictorConfig, batcher::Batcher, follower, loader::Loader, metrics::PredictorMetrics, oip::Oip, serving::Serving,
+    slot::ModelSlot, typed::Typed,
+};
+
+const PREDICTOR_SERVICE: &str = "kappa.predictor.v1.Predictor";
+const OIP_SERVICE: &str = "inference.GRPCInferenceService";
+
+/// Runs the predictor on `listener` until `shutdown` resolves. Health reports NOT_SERVING until
+/// the first model is loaded, and again from the moment shutdown starts.
+pub async fn run(
+    config: PredictorConfig,
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let kafka = config.kafka.client_config();
+    let metrics = Arc::new(PredictorMetrics::default());
+    let mut metrics_registry = MetricsRegistry::default();
+    metrics.register(&mut metrics_registry);
+    let stop = CancellationToken::new();
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let served = vec!["", PREDICTOR_SERVICE, OIP_SERVICE];
+    for service in &served {
+        health.set_service_status(*service, ServingStatus::NotServing).await;
+    }
+
+    let slot = Arc::new(ModelSlot::default());
+    let targets = follower::spawn(
+        &kafka,
+        &config.models_topic,
+        &config.model,
+        &config.follow,
+        stop.clone(),
+    )?;
+    let loader = Loader {
+        slot: Arc::clone(&slot),
+        metrics: Arc::clone(&metrics),
+        health: health.clone(),
+        consumer_config: kafka.clone(),
+        topic: config.models_topic.clone(),
+        backend: config.backend,
+        served_services: served.clone(),
+    };
+    tokio::spawn(loader.run(targets));
+
+    let batcher = Batcher::start(
+        config.inference_threads as usize,
+        config.queue_capacity as usize,
+        config.max_batch_size as usize,
+        Duration::from_micros(config.max_queue_delay_us),
+        Arc::clone(&metrics),
+    );
+    let serving = Arc::new(Serving {
+        model_name: config.model.clone(),
+        slot,
+        batcher,
+        metrics: Arc::clone(&metrics),
+    });
+    let (reflection_v1, reflection_v1alpha) = kappa_api::reflection::for_services(&[PREDICTOR_SERVICE, OIP_SERVICE])?;
+
+    if let Some(listener) = metrics_listener {
+        tracing::info!(address = %listener.local_addr()?, "serving Prometheus metrics at /metrics");
+        tokio::spawn(kappa_telemetry::serve_metrics(
+            listener,
+            Arc::new(metrics_registry),
+            stop.clone().cancelled_owned(),
+        ));
+    }
+    tracing::info!(
+        address = %listener.local_addr()?,
+        model = config.model,
+        follow = config.follow,
+        "kappa-predictor listening for gRPC"
+    );
+    let drain = CancellationToken::new();
+    let serve = Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(GrpcInferenceServiceServer::new(Oip(Arc::clone(&serving))))
+        .add_service(PredictorServer::new(Typed(serving)))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain.clone().cancelled_owned());
+    tokio::pin!(serve);
+    tokio::select! {
+        result = &mut serve => result?,
+        () = shutdown => {
+            for service in &served {
+                health.set_service_status(*service, ServingStatus::NotServing).await;
+            }
+            drain.cancel();
+            let grace = Duration::from_secs(config.shutdown_grace_seconds);
+            if tokio::time::timeout(grace, &mut serve).await.is_err() {
+                tracing::warn!(?grace, "requests still running after the grace period were dropped");
+            }
+        }
+    }
+    stop.cancel();
+    tracing::info!("kappa-predictor stopped");
+    Ok(())
+}

@@ -1,0 +1,87 @@
+//! What both gRPC APIs share: admission (which model a request runs on), input checks, the
+//! batcher, and request metrics.
+
+use std::{sync::Arc, time::Instant};
+
+use tonic::Status;
+
+use crate::{
+    batcher::{Batcher, Scored},
+    error::PredictError,
+    metrics::{PredictorMetrics, RpcLabels, RpcOnly},
+    slot::{LoadedModel, ModelSlot},
+};
+
+pub struct Serving {
+    pub model_name: String,
+    pub slot: Arc<ModelSlot>,
+    pub batcher: Batcher,
+    pub metrics: Arc<PredictorMetrics>,
+}
+
+impl Serving {
+    /// The model a request will run on: the current one, or a requested version that is warm.
+    pub fn admit(&self, name: &str, version: &str) -> Result<Arc<LoadedModel>, PredictError> {
+        if !name.is_empty() && name != self.model_name {
+            return Err(PredictError::UnknownModel {
+                requested: name.to_owned(),
+                served: self.model_name.clone(),
+            });
+        }
+        let current = self
+            .slot
+            .current()
+            .ok_or_else(|| PredictError::NotLoaded(self.model_name.clone()))?;
+        if version.is_empty() || version == current.version_string {
+            return Ok(current);
+        }
+        version
+            .parse::<u64>()
+            .ok()
+            .and_then(|v| self.slot.warm(v))
+            .ok_or_else(|| PredictError::UnknownVersion {
+                name: self.model_name.clone(),
+                requested: version.to_owned(),
+                loaded: current.version_string.clone(),
+            })
+    }
+
+    /// Checks rows and values, then scores on the inference threads.
+    pub async fn score(&self, model: Arc<LoadedModel>, values: Vec<f32>, rows: usize) -> Result<Scored, PredictError> {
+        if rows == 0 {
+            return Err(PredictError::InvalidInput(
+                "the batch is empty: send at least one row".into(),
+            ));
+        }
+        if rows > self.batcher.max_batch_rows {
+            return Err(PredictError::InvalidInput(format!(
+                "the batch has {rows} rows; this predictor accepts at most {} (--max-batch-size)",
+                self.batcher.max_batch_rows
+            )));
+        }
+        let f = model.n_features();
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            let feature = &model.manifest.features[i % f].name;
+            return Err(PredictError::InvalidInput(format!(
+                "row {} feature {feature:?} is {}; every value must be a finite number",
+                i / f,
+                values[i]
+            )));
+        }
+        self.batcher.score(model, values, rows).await
+    }
+
+    pub fn observe<T>(&self, rpc: &'static str, result: &Result<T, Status>, started: Option<Instant>) {
+        let code = match result {
+            Ok(_) => "OK",
+            Err(status) => kappa_telemetry::grpc_code_name(status.code()),
+        };
+        self.metrics.requests.get_or_create(&RpcLabels { rpc, code }).inc();
+        if let Some(started) = started {
+            self.metrics
+                .latency
+                .get_or_create(&RpcOnly { rpc })
+                .observe(started.elapsed().as_secs_f64());
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! The model being served, swapped atomically. Readers take an `Arc` to the current model at
+//! admission and keep it for the life of their request, so a swap never changes a request's model.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use arc_swap::ArcSwapOption;
+use kappa_model::{Mlp, ModelManifest};
+
+#[derive(Debug)]
+pub struct LoadedModel {
+    pub name: String,
+    pub version: u64,
+    pub version_string: String,
+    pub manifest: ModelManifest,
+    pub mlp: Mlp,
+    pub threshold: f32,
+    /// Column of each feature name in the model's input rows.
+    pub feature_index: HashMap<String, usize>,
+    pub feature_names: String,
+}
+
+impl LoadedModel {
+    pub fn new(manifest: ModelManifest, mlp: Mlp) -> Self {
+        let feature_index = manifest
+            .features
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.name.clone(), i))
+            .collect();
+        let feature_names = manifest
+            .features
+            .iter()
+            .map(|f| f.name.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
+        Self {
+            name: manifest.name.clone(),
+            version: manifest.version,
+            version_string: manifest.version.to_string(),
+            threshold: manifest.anomaly_threshold as f32,
+            manifest,
+            mlp,
+            feature_index,
+            feature_names,
+        }
+    }
+
+    pub fn n_features(&self) -> usize {
+        self.mlp.n_features()
+    }
+}
+
+/// Current model, plus the one before it kept warm so an alias moved back swaps back at once.
+#[derive(Debug, Default)]
+pub struct ModelSlot {
+    current: ArcSwapOption<LoadedModel>,
+    previous: Mutex<Option<Arc<LoadedModel>>>,
+    last_error: Mutex<Option<String>>,
+}
+
+impl ModelSlot {
+    pub fn current(&self) -> Option<Arc<LoadedModel>> {
+        self.current.load_full()
+    }
+
+    /// The current or the warm previous model with this version.
+    pub fn warm(&self, version: u64) -> Option<Arc<LoadedModel>> {
+        if let Some(current) = self.current().filter(|m| m.version == version) {
+            return Some(current);
+        }
+        self.previous
+            .lock()
+            .expect("slot lock poisoned")
+            .clone()
+            .filter(|m| m.version == version)
+    }
+
+    /// Makes `model` current; the model it replaces becomes the warm previous one.
+    pub fn swap(&self, model: Arc<LoadedModel>) {
+        let old = self.current.swap(Some(model));
+        let mut previous = self.previous.lock().expect("slot lock poisoned");
+        if let Some(old) = old {
+            *previous = Some(old);
+        }
+    }
+
+    pub fn set_error(&self, error: Option<String>) {
+        *self.last_error.lock().expect("slot lock poisoned") = error;
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().expect("slot lock poisoned").clone()
+    }
+}

@@ -1,0 +1,610 @@
+//! kappa-predictor against the real broker and registry: the predictor contract of DESIGN.md.
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use kappa_api::{
+    inference::{
+        InferTensorContents, ModelInferRequest, ModelMetadataRequest, ServerLiveRequest, ServerReadyRequest,
+        grpc_inference_service_client::GrpcInferenceServiceClient, model_infer_request::InferInputTensor,
+    },
+    model::{VersionRecord, WeightChunk},
+    predictor::{PredictRequest, predictor_client::PredictorClient},
+    registry as pb,
+};
+use kappa_model::example::{SENSOR_FIELDS, random_weights, sensor_autoencoder_manifest};
+use prost::Message as _;
+use tonic::{Code, transport::Channel};
+
+use crate::support::*;
+
+const TOLERANCE: f32 = 1e-5;
+
+fn infer_request(model: &str, rows: &[Vec<f32>]) -> ModelInferRequest {
+    let cols = rows.first().map_or(18, Vec::len);
+    ModelInferRequest {
+        model_name: model.to_owned(),
+        inputs: vec![InferInputTensor {
+            name: "input".into(),
+            datatype: "FP32".into(),
+            shape: vec![rows.len() as i64, cols as i64],
+            parameters: Default::default(),
+            contents: Some(InferTensorContents {
+                fp32_contents: rows.iter().flatten().copied().collect(),
+                ..Default::default()
+            }),
+        }],
+        ..Default::default()
+    }
+}
+
+fn sensor_request(value: f64) -> PredictRequest {
+    PredictRequest {
+        features: SENSOR_FIELDS
+            .iter()
+            .map(|f| ((*f).to_owned(), value))
+            .collect::<BTreeMap<_, _>>(),
+        ..Default::default()
+    }
+}
+
+/// Registry + a published fixture, then a predictor following `latest`.
+async fn serve_fixture(name: &str) -> (Service, Predictor, Fixture, RegistrySetup) {
+    let setup = RegistrySetup::new();
+    let registry = setup.start().await;
+    let mut client = registry_client(&registry).await;
+    let f = fixture(name);
+    publish(&mut client, &f.manifest, &f.weights, "").await.unwrap();
+    let predictor = PredictorSetup::new(&setup.topic, name, "latest").start().await;
+    (registry, predictor, f, setup)
+}
+
+#[tokio::test]
+async fn served_scores_equal_pytorch_at_batch_1_and_64_over_both_apis() {
+    for name in ["autoencoder", "classifier"] {
+        let (_registry, predictor, f, _) = serve_fixture(name).await;
+        let mut oip = GrpcInferenceServiceClient::new(predictor.channel().await);
+        let response = oip
+            .model_infer(infer_request(name, &f.inputs))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(response.model_version, "1");
+        let scores = &response
+            .outputs
+            .iter()
+            .find(|o| o.name == "score")
+            .unwrap()
+            .contents
+            .as_ref()
+            .unwrap()
+            .fp32_contents;
+        assert_eq!(scores.len(), 64);
+        for (i, (a, e)) in scores.iter().zip(&f.scores).enumerate() {
+            assert!(
+                (a - e).abs() <= TOLERANCE,
+                "{name} batch 64 row {i}: {a} vs PyTorch {e}"
+            );
+        }
+        let flags = &response
+            .outputs
+            .iter()
+            .find(|o| o.name == "is_anomaly")
+            .unwrap()
+            .contents
+            .as_ref()
+            .unwrap()
+            .bool_contents;
+        let threshold = f.manifest.anomaly_threshold as f32;
+        assert_eq!(flags, &f.scores.iter().map(|s| *s > threshold).collect::<Vec<_>>());
+
+        let mut typed = PredictorClient::new(predictor.channel().await);
+        for (i, row) in f.inputs.iter().enumerate().take(8) {
+            let request = PredictRequest {
+                features: f
+                    .manifest
+                    .features
+                    .iter()
+                    .zip(row)
+                    .map(|(feat, v)| (feat.name.clone(), f64::from(*v)))
+                    .collect(),
+                request_id: format!("row-{i}"),
+                ..Default::default()
+            };
+            let answer = typed.predict(request).await.unwrap().into_inner();
+            assert_eq!(answer.request_id, format!("row-{i}"));
+            assert_eq!(answer.model_version, 1);
+            assert!(
+                (answer.score as f32 - f.scores[i]).abs() <= TOLERANCE,
+                "{name} batch 1 row {i}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn metadata_names_features_and_version_and_health_follows_loading() {
+    let (_registry, predictor, f, setup) = serve_fixture("autoencoder").await;
+    let mut oip = GrpcInferenceServiceClient::new(predictor.channel().await);
+    assert!(oip.server_live(ServerLiveRequest {}).await.unwrap().into_inner().live);
+    assert!(
+        oip.server_ready(ServerReadyRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .ready
+    );
+    let meta = oip
+        .model_metadata(ModelMetadataRequest {
+            name: "autoencoder".into(),
+            version: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(meta.versions, ["1"]);
+    assert_eq!(meta.inputs[0].shape, [-1, 18]);
+    let names = match meta.parameters["feature_names"].parameter_choice.clone().unwrap() {
+        kappa_api::inference::infer_parameter::ParameterChoice::StringParam(s) => s,
+        other => panic!("feature_names is {other:?}"),
+    };
+    let expected: Vec<&str> = f.manifest.features.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, expected.join(","));
+
+    // A predictor for a model that does not exist yet stays NOT_SERVING and says why on requests.
+    let waiting = PredictorSetup::new(&setup.topic, "not-yet", "latest").spawn();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut typed = PredictorClient::new(
+        Channel::from_shared(waiting.service.address.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let err = typed.predict(sensor_request(1.0)).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+}
+
+#[tokio::test]
+async fn hot_swap_under_load_fails_no_request_and_serves_each_version_within_a_second() {
+    let setup = RegistrySetup::new();
+    let registry = setup.start().await;
+    let mut client = registry_client(&registry).await;
+    let m = sensor_autoencoder_manifest("fleet", 8);
+    publish(&mut client, &m, &random_weights(&m, 0), "").await.unwrap();
+    client
+        .set_alias(pb::SetAliasRequest {
+            name: "fleet".into(),
+            alias: "production".into(),
+            version: 1,
+        })
+        .await
+        .unwrap();
+    let predictor = PredictorSetup::new(&setup.topic, "fleet", "production")
+        .arg("--inference-threads")
+        .arg("2")
+        .start()
+        .await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let latest_seen = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for w in 0..40 {
+        let channel = predictor.channel().await;
+        let (stop, latest_seen) = (Arc::clone(&stop), Arc::clone(&latest_seen));
+        workers.push(tokio::spawn(async move {
+            let mut typed = PredictorClient::new(channel);
+            let (mut ok, mut highest) = (0_u64, 0_u64);
+            while !stop.load(Ordering::Relaxed) {
+                let answer = typed
+                    .predict(sensor_request(f64::from(w)))
+                    .await
+                    .unwrap_or_else(|e| panic!("request failed during swaps: {e:?}"))
+                    .into_inner();
+                assert!(
+                    answer.model_version >= highest,
+                    "version went backwards on one connection: {highest} -> {}",
+                    answer.model_version
+                );
+                highest = answer.model_version;
+                latest_seen.fetch_max(highest, Ordering::Relaxed);
+                ok += 1;
+            }
+            ok
+        }));
+    }
+
+    let started = Instant::now();
+    let mut swap_times = Vec::new();
+    for version in 2..=21_u64 {
+        publish(&mut client, &m, &random_weights(&m, version), "")
+            .await
+            .unwrap();
+        client
+            .set_alias(pb::SetAliasRequest {
+                name: "fleet".into(),
+                alias: "production".into(),
+                version,
+            })
+            .await
+            .unwrap();
+        let moved = Instant::now();
+        while latest_seen.load(Ordering::Relaxed) < version {
+            assert!(
+                moved.elapsed() < Duration::from_secs(5),
+                "version {version} not served 5 s after the alias moved"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        swap_times.push(moved.elapsed());
+        // Spread the 20 swaps over about 20 s of load.
+        let next = Duration::from_millis(1000 * (version - 1));
+        if let Some(wait) = next.checked_sub(started.elapsed()) {
+            tokio::time::sleep(wait).await;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    for worker in workers {
+        total += worker
+            .await
+            .expect("a client saw a failed request or a version going backwards");
+    }
+    let slowest = swap_times.iter().max().unwrap();
+    assert!(
+        *slowest < Duration::from_secs(1),
+        "slowest alias-move-to-serving took {slowest:?}: {swap_times:?}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(19),
+        "the load ran for {:?}",
+        started.elapsed()
+    );
+    assert!(total > 1000, "only {total} requests completed");
+    assert_eq!(predictor.metric("kappa_predictor_loaded_version").await, Some(21.0));
+    assert!(predictor.metric("kappa_predictor_swaps_total").await.unwrap() >= 21.0);
+}
+
+#[tokio::test]
+async fn moving_the_alias_back_swaps_back_to_the_previous_version() {
+    let setup = RegistrySetup::new();
+    let registry = setup.start().await;
+    let mut client = registry_client(&registry).await;
+    let m = sensor_autoencoder_manifest("rollback", 8);
+    for seed in 1..=2 {
+        publish(&mut client, &m, &random_weights(&m, seed), "").await.unwrap();
+    }
+    let set = |version| pb::SetAliasRequest {
+        name: "rollback".into(),
+        alias: "production".into(),
+        version,
+    };
+    client.set_alias(set(1)).await.unwrap();
+    let predictor = PredictorSetup::new(&setup.topic, "rollback", "production")
+        .start()
+        .await;
+    let mut typed = PredictorClient::new(predictor.channel().await);
+    let v1_score = typed.predict(sensor_request(3.0)).await.unwrap().into_inner();
+    assert_eq!(v1_score.model_version, 1);
+
+    client.set_alias(set(2)).await.unwrap();
+    wait_for_version(&mut typed, 2).await;
+    client.set_alias(set(1)).await.unwrap();
+    let back = wait_for_version(&mut typed, 1).await;
+    assert_eq!(
+        back.score, v1_score.score,
+        "the rolled-back version scores exactly as before"
+    );
+}
+
+async fn wait_for_version(typed: &mut PredictorClient<Channel>, version: u64) -> kappa_api::predictor::PredictResponse {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = typed.predict(sensor_request(3.0)).await.unwrap().into_inner();
+        if answer.model_version == version {
+            return answer;
+        }
+        assert!(Instant::now() < deadline, "version {version} not served within 10 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Writes a version straight into the models topic, as a buggy or hostile writer could.
+async fn write_raw_version(topic: &str, manifest: kappa_api::model::ModelManifest, weights: &[u8]) {
+    let (name, version) = (manifest.name.clone(), manifest.version);
+    let chunk = WeightChunk {
+        index: 0,
+        data: weights.to_vec(),
+    };
+    let record = VersionRecord {
+        manifest: Some(manifest),
+        chunk_count: 1,
+        ..Default::default()
+    };
+    produce_raw(
+        topic,
+        vec![
+            (format!("model/{name}/{version}/chunk/0"), chunk.encode_to_vec()),
+            (format!("model/{name}/{version}"), record.encode_to_vec()),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_corrupt_version_is_never_served_and_the_failure_shows_in_metrics() {
+    let setup = RegistrySetup::new();
+    let registry = setup.start().await;
+    let mut client = registry_client(&registry).await;
+    let m = sensor_autoencoder_manifest("guarded", 8);
+    publish(&mut client, &m, &random_weights(&m, 1), "").await.unwrap();
+    let predictor = PredictorSetup::new(&setup.topic, "guarded", "latest").start().await;
+    let mut typed = PredictorClient::new(predictor.channel().await);
+    assert_eq!(
+        typed
+            .predict(sensor_request(1.0))
+            .await
+            .unwrap()
+            .into_inner()
+            .model_version,
+        1
+    );
+
+    // Version 2: the digest in the manifest does not match the bytes.
+    let weights = random_weights(&m, 2);
+    let mut bad_digest = m.clone();
+    bad_digest.version = 2;
+    bad_digest.weights_sha256 = "00".repeat(32);
+    write_raw_version(&setup.topic, bad_digest, &weights).await;
+    // Version 3: the digest is right but the tensors do not fit the declared layers.
+    let wider = sensor_autoencoder_manifest("guarded", 9);
+    let wrong_shapes = random_weights(&wider, 3);
+    let mut bad_shapes = m.clone();
+    bad_shapes.version = 3;
+    bad_shapes.weights_sha256 = sha256(&wrong_shapes);
+    write_raw_version(&setup.topic, bad_shapes, &wrong_shapes).await;
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let digest = predictor
+            .metric(r#"kappa_predictor_load_failures_total{reason="digest_mismatch"}"#)
+            .await;
+        let shapes = predictor
+            .metric(r#"kappa_predictor_load_failures_total{reason="invalid_model"}"#)
+            .await;
+        if digest == Some(1.0) && shapes == Some(1.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "load failures not reported: {}",
+            predictor.metrics().await
+        );
+        assert_eq!(
+            typed
+                .predict(sensor_request(1.0))
+                .await
+                .unwrap()
+                .into_inner()
+                .model_version,
+            1
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for _ in 0..20 {
+        assert_eq!(
+            typed
+                .predict(sensor_request(1.0))
+                .await
+                .unwrap()
+                .into_inner()
+                .model_version,
+            1
+        );
+    }
+    assert_eq!(predictor.metric("kappa_predictor_loaded_version").await, Some(1.0));
+    let mut oip = GrpcInferenceServiceClient::new(predictor.channel().await);
+    let meta = oip
+        .model_metadata(ModelMetadataRequest {
+            name: "guarded".into(),
+            version: String::new(),
+        })
+        .await
+        .unwrap();
+    assert!(
+        meta.into_inner().parameters.contains_key("last_load_error"),
+        "the failure is visible in model metadata"
+    );
+    assert!(predictor.service.log_text().contains("version 3 refused"));
+    drop(registry);
+}
+
+#[tokio::test]
+async fn with_the_registry_stopped_a_fresh_predictor_loads_from_kafka_alone() {
+    let setup = RegistrySetup::new();
+    let registry = setup.start().await;
+    let mut client = registry_client(&registry).await;
+    let m = sensor_autoencoder_manifest("standalone", 8);
+    for seed in 1..=3 {
+        publish(&mut client, &m, &random_weights(&m, seed), "").await.unwrap();
+    }
+    // Alias an older version, so the predictor must read chunks it no longer holds in memory.
+    client
+        .set_alias(pb::SetAliasRequest {
+            name: "standalone".into(),
+            alias: "production".into(),
+            version: 1,
+        })
+        .await
+        .unwrap();
+    drop(client);
+    assert!(registry.terminate().success());
+
+    for (follow, expected) in [("latest", 3), ("production", 1)] {
+        let predictor = PredictorSetup::new(&setup.topic, "standalone", follow).start().await;
+        let mut typed = PredictorClient::new(predictor.channel().await);
+        assert_eq!(
+            typed
+                .predict(sensor_request(2.0))
+                .await
+                .unwrap()
+                .into_inner()
+                .model_version,
+            expected,
+            "{follow}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn bad_input_gets_precise_codes_and_the_service_keeps_serving() {
+    let setup = RegistrySetup::new();
+    let registry = setup.start().await;
+    let mut client = registry_client(&registry).await;
+    let m = sensor_autoencoder_manifest("strict", 8);
+    publish(&mut client, &m, &random_weights(&m, 1), "").await.unwrap();
+    let predictor = PredictorSetup::new(&setup.topic, "strict", "latest")
+        .arg("--max-batch-size")
+        .arg("8")
+        .start()
+        .await;
+    let mut oip = GrpcInferenceServiceClient::new(predictor.channel().await);
+    let mut typed = PredictorClient::new(predictor.channel().await);
+    let good = vec![vec![1.0_f32; 18]];
+
+    let expect = |result: Result<tonic::Response<_>, tonic::Status>, code: Code, needle: &str| {
+        let err = result
+            .map(|_: tonic::Response<kappa_api::inference::ModelInferResponse>| ())
+            .unwrap_err();
+        assert_eq!(err.code(), code, "{err:?}");
+        assert!(
+            err.message().contains(needle),
+            "{:?} should mention {needle:?}",
+            err.message()
+        );
+    };
+    expect(
+        oip.model_infer(infer_request("strict", &[vec![1.0; 17]])).await,
+        Code::InvalidArgument,
+        "[N, 18]",
+    );
+    expect(
+        oip.model_infer(infer_request("strict", &[vec![f32::NAN; 18]])).await,
+        Code::InvalidArgument,
+        "finite",
+    );
+    let mut empty = infer_request("strict", &good);
+    empty.inputs[0].shape = vec![0, 18];
+    empty.inputs[0].contents = Some(InferTensorContents::default());
+    expect(oip.model_infer(empty).await, Code::InvalidArgument, "empty");
+    expect(
+        oip.model_infer(infer_request("strict", &vec![vec![1.0; 18]; 9])).await,
+        Code::InvalidArgument,
+        "at most 8",
+    );
+    expect(
+        oip.model_infer(infer_request("nope", &good)).await,
+        Code::NotFound,
+        "not served here",
+    );
+    let mut old = infer_request("strict", &good);
+    old.model_version = "7".into();
+    expect(oip.model_infer(old).await, Code::NotFound, "not loaded");
+    let mut ints = infer_request("strict", &good);
+    ints.inputs[0].datatype = "INT32".into();
+    expect(oip.model_infer(ints).await, Code::InvalidArgument, "FP32");
+    let mut raw_short = infer_request("strict", &good);
+    raw_short.inputs[0].contents = None;
+    raw_short.raw_input_contents = vec![vec![0; 10]];
+    expect(oip.model_infer(raw_short).await, Code::InvalidArgument, "bytes");
+
+    let mut missing = sensor_request(1.0);
+    missing.features.remove("speed");
+    let err = typed.predict(missing).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("\"speed\" is missing"), "{}", err.message());
+    let mut nan = sensor_request(1.0);
+    nan.features.insert("speed".into(), f64::NAN);
+    assert_eq!(typed.predict(nan).await.unwrap_err().code(), Code::InvalidArgument);
+    let mut other = sensor_request(1.0);
+    other.model = "other".into();
+    assert_eq!(typed.predict(other).await.unwrap_err().code(), Code::NotFound);
+
+    // Still serving, and raw_input_contents works as standard clients send it.
+    let mut raw = infer_request("strict", &good);
+    raw.inputs[0].contents = None;
+    raw.raw_input_contents = vec![good[0].iter().flat_map(|v| v.to_le_bytes()).collect()];
+    let answer = oip.model_infer(raw).await.unwrap().into_inner();
+    assert_eq!(answer.raw_output_contents.len(), 2);
+    assert_eq!(answer.raw_output_contents[0].len(), 4);
+    assert_eq!(
+        typed
+            .predict(sensor_request(1.0))
+            .await
+            .unwrap()
+            .into_inner()
+            .model_version,
+        1
+    );
+}
+
+#[tokio::test]
+async fn grpcurl_lists_every_predictor_service_through_reflection() {
+    let (_registry, predictor, _, _) = serve_fixture("autoencoder").await;
+    let services: Vec<String> = run_grpcurl(&predictor.service, None, "list")
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        services,
+        [
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "inference.GRPCInferenceService",
+            "kappa.predictor.v1.Predictor"
+        ]
+    );
+    let body = format!(
+        "{{\"features\":{{{}}}}}",
+        SENSOR_FIELDS
+            .iter()
+            .map(|f| format!("\"{f}\":1.5"))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let answer = run_grpcurl(&predictor.service, Some(&body), "kappa.predictor.v1.Predictor/Predict");
+    let json: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(json["modelVersion"], "1");
+    assert_eq!(json["modelName"], "autoencoder");
+}
+
+#[tokio::test]
+async fn the_tritonclient_from_pypi_gets_metadata_and_correct_results() {
+    let (_registry, predictor, _f, _) = serve_fixture("autoencoder").await;
+    let python = std::env::var("KAPPA_PYTHON")
+        .unwrap_or_else(|_| format!("{}/.cache/kappa/py/bin/python", std::env::var("HOME").unwrap()));
+    assert!(
+        std::path::Path::new(&python).exists(),
+        "{python} is missing: scripts/tools.sh installs tritonclient into that venv (make test runs it)"
+    );
+    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("oip/tritonclient_check.py");
+    let out = std::process::Command::new(python)
+        .arg(script)
+        .arg(predictor.service.address.trim_start_matches("http://"))
+        .arg(fixture_dir().join("autoencoder.io.json"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "tritonclient check failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("64 scores match"), "{stdout}");
+}
