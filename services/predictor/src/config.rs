@@ -59,6 +59,29 @@ pub struct PredictorConfig {
     #[arg(long, env = "KAPPA_BACKEND", default_value = "native")]
     pub backend: Backend,
 
+    /// Also score the sensor topic: consume it in a consumer group, produce one prediction per
+    /// event to the predictions topic, and store offsets only after the prediction is acknowledged.
+    #[arg(long, env = "KAPPA_STREAM")]
+    pub stream: bool,
+
+    /// Topic of sensor events (JSON objects with the sensor fields, or protobuf SensorReading with
+    /// header content-type: application/x-protobuf), keyed by car id.
+    #[arg(long, env = "KAPPA_SENSOR_TOPIC", default_value = "sensor-data")]
+    pub sensor_topic: String,
+
+    /// Topic the predictions are produced to, keyed by car id (JSON).
+    #[arg(long, env = "KAPPA_PREDICTIONS_TOPIC", default_value = "model-predictions")]
+    pub predictions_topic: String,
+
+    /// Consumer group for stream mode; replicas in one group share the partitions.
+    #[arg(long, env = "KAPPA_CONSUMER_GROUP", default_value = "kappa-predictor")]
+    pub consumer_group: String,
+
+    /// Events being scored and produced at once in stream mode.
+    #[arg(long, env = "KAPPA_STREAM_MAX_IN_FLIGHT", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub stream_max_in_flight: u32,
+
     /// Seconds in-flight requests get to finish after SIGTERM before the server stops.
     #[arg(long, env = "KAPPA_SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
     pub shutdown_grace_seconds: u64,

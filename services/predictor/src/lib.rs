@@ -16,6 +16,7 @@ mod oip;
 mod server;
 mod serving;
 mod slot;
+mod stream;
 mod typed;
 
 pub use config::PredictorConfig;

@@ -72,6 +72,32 @@ pub async fn run(
     });
     let (reflection_v1, reflection_v1alpha) = kappa_api::reflection::for_services(&[PREDICTOR_SERVICE, OIP_SERVICE])?;
 
+    let stream_task = config.stream.then(|| {
+        let events = crate::stream::EventCounter::default();
+        metrics_registry.register(
+            "kappa_predictor_stream_events",
+            "Sensor events handled in stream mode, by outcome (scored, or why not)",
+            events.clone(),
+        );
+        let settings = crate::stream::StreamSettings {
+            sensor_topic: config.sensor_topic.clone(),
+            predictions_topic: config.predictions_topic.clone(),
+            group: config.consumer_group.clone(),
+            max_in_flight: config.stream_max_in_flight as usize,
+        };
+        let (kafka, serving, stop) = (kafka.clone(), Arc::clone(&serving), stop.clone());
+        tokio::spawn(async move {
+            // Consume only once a model serves, so no event is answered with "no model loaded".
+            while serving.slot.current().is_none() {
+                tokio::select! {
+                    () = stop.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                }
+            }
+            crate::stream::run(kafka, settings, serving, events, stop).await
+        })
+    });
+
     if let Some(listener) = metrics_listener {
         tracing::info!(address = %listener.local_addr()?, "serving Prometheus metrics at /metrics");
         tokio::spawn(kappa_telemetry::serve_metrics(
@@ -109,6 +135,15 @@ pub async fn run(
         }
     }
     stop.cancel();
+    if let Some(task) = stream_task {
+        let grace = Duration::from_secs(config.shutdown_grace_seconds);
+        match tokio::time::timeout(grace, task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::error!("stream scoring failed: {e:#}"),
+            Ok(Err(e)) => tracing::error!("stream scoring task failed: {e}"),
+            Err(_) => tracing::warn!("stream scoring did not drain within the grace period"),
+        }
+    }
     tracing::info!("kappa-predictor stopped");
     Ok(())
 }

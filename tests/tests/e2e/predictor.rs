@@ -608,3 +608,114 @@ async fn the_tritonclient_from_pypi_gets_metadata_and_correct_results() {
     );
     assert!(stdout.contains("64 scores match"), "{stdout}");
 }
+
+fn sensor_events(range: std::ops::Range<usize>) -> Vec<(String, Vec<u8>)> {
+    range
+        .map(|i| {
+            let car = format!("car{}", i % 25);
+            let mut event: serde_json::Map<String, serde_json::Value> = SENSOR_FIELDS
+                .iter()
+                .map(|f| ((*f).to_owned(), serde_json::json!((i % 7) as f64 + 0.5)))
+                .collect();
+            event.insert("car".into(), serde_json::json!(car));
+            event.insert("time".into(), serde_json::json!(1_700_000_000 + i));
+            (car, serde_json::to_vec(&event).unwrap())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn stream_mode_answers_every_event_and_loses_none_across_a_kill_9() {
+    let setup = RegistrySetup::new();
+    let registry = setup.start().await;
+    let mut client = registry_client(&registry).await;
+    let m = sensor_autoencoder_manifest("streamed", 8);
+    publish(&mut client, &m, &random_weights(&m, 1), "").await.unwrap();
+    let (sensors, predictions) = (unique("test.sensors"), unique("test.predictions"));
+    create_topic_with_partitions(&sensors, 3).await;
+    create_topic_with_partitions(&predictions, 1).await;
+    let streaming = PredictorSetup::new(&setup.topic, "streamed", "latest")
+        .arg("--stream")
+        .arg(format!("--sensor-topic={sensors}"))
+        .arg(format!("--predictions-topic={predictions}"))
+        .arg(format!("--consumer-group={}", unique("group")))
+        // The restarted member should not wait out the default 45 s session of the killed one.
+        .arg("--kafka-property=session.timeout.ms=6000");
+
+    let mut sent = produce_keyed(&sensors, &sensor_events(0..1500)).await;
+    let malformed = vec![
+        ("car1".to_owned(), b"{not json".to_vec()),
+        ("car2".to_owned(), b"{\"speed\": 3}".to_vec()),
+    ];
+    sent.extend(produce_keyed(&sensors, &malformed).await);
+
+    let first = streaming.start().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while read_topic(&predictions, "read_committed").await.len() < 300 {
+        assert!(
+            Instant::now() < deadline,
+            "stream mode produced no predictions:\n{}",
+            first.service.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    first.service.kill9();
+    sent.extend(produce_keyed(&sensors, &sensor_events(1500..3000)).await);
+    let _second = streaming.start().await;
+
+    let wanted: std::collections::HashSet<(i32, i64)> = sent.iter().copied().collect();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let (answers, answered) = loop {
+        let records = read_topic(&predictions, "read_committed").await;
+        let answers: Vec<serde_json::Value> = records
+            .iter()
+            .map(|r| serde_json::from_slice(r.value.as_deref().unwrap()).unwrap())
+            .collect();
+        let answered: std::collections::HashSet<(i32, i64)> = answers
+            .iter()
+            .map(|a| {
+                let partition = a["sourcePartition"].as_i64().unwrap_or(0) as i32;
+                let offset = a["sourceOffset"].as_str().map_or(0, |s| s.parse().unwrap());
+                (partition, offset)
+            })
+            .collect();
+        if wanted.is_subset(&answered) {
+            break (answers, answered);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} events still unanswered after the restart",
+            wanted.difference(&answered).count(),
+            wanted.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let duplicates = answers.len() - answered.len();
+    println!(
+        "{} events, {} predictions, {duplicates} duplicates after kill -9",
+        wanted.len(),
+        answers.len()
+    );
+    let records = read_topic(&predictions, "read_committed").await;
+    for (record, answer) in records.iter().zip(&answers) {
+        if answer["error"].as_str().is_some_and(|e| !e.is_empty()) {
+            continue;
+        }
+        assert_eq!(
+            answer["car"].as_str().unwrap(),
+            record.key,
+            "the record key is the car id"
+        );
+        assert!(answer["car"].as_str().unwrap().starts_with("car"));
+        assert_eq!(answer["modelVersion"], "1");
+        assert_eq!(answer["modelName"], "streamed");
+        assert!(answer["eventTimeMs"].as_str().unwrap().parse::<i64>().unwrap() >= 1_700_000_000_000);
+    }
+    let errors: Vec<&str> = answers
+        .iter()
+        .filter_map(|a| a["error"].as_str())
+        .filter(|e| !e.is_empty())
+        .collect();
+    assert!(errors.iter().any(|e| e.contains("not JSON")), "{errors:?}");
+    assert!(errors.iter().any(|e| e.contains("is missing")), "{errors:?}");
+}

@@ -525,3 +525,28 @@ pub fn fixture(name: &str) -> Fixture {
 pub fn fixture_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../crates/model/tests/fixtures")
 }
+
+/// Produces keyed records with the default partitioner; returns (partition, offset) of each.
+pub async fn produce_keyed(topic: &str, records: &[(String, Vec<u8>)]) -> Vec<(i32, i64)> {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = kafka_config().set("linger.ms", "5").create().unwrap();
+    let sends = records
+        .iter()
+        .map(|(key, value)| producer.send(FutureRecord::to(topic).key(key).payload(value), Duration::from_secs(10)));
+    futures::future::join_all(sends)
+        .await
+        .into_iter()
+        .map(|r| {
+            let delivered = r.unwrap();
+            (delivered.partition, delivered.offset)
+        })
+        .collect()
+}
+
+pub async fn create_topic_with_partitions(topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = kafka_config().create().unwrap();
+    let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    for r in admin.create_topics([&new_topic], &AdminOptions::new()).await.unwrap() {
+        r.unwrap();
+    }
+}

@@ -1,0 +1,303 @@
+//! Stream mode: score every event of the sensor topic and produce one prediction record per event.
+//!
+//! At-least-once: an event's offset is stored only after its prediction has been acknowledged by
+//! the broker (acks=all), and offsets are stored in consumption order, so a crash replays at most
+//! the events whose predictions were not yet acknowledged. Scoring goes through the same batcher
+//! as gRPC requests, so events batch together and never run on the async workers.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use futures::{StreamExt as _, stream::FuturesOrdered};
+use kappa_api::telemetry::{Prediction, SensorReading};
+use prometheus_client::metrics::{counter::Counter, family::Family};
+use prost::Message as _;
+use rdkafka::{
+    ClientConfig, Message,
+    consumer::{CommitMode, Consumer, StreamConsumer},
+    message::{BorrowedMessage, Headers},
+    producer::{FutureProducer, FutureRecord},
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{metrics::ReasonLabels, serving::Serving};
+
+pub struct StreamSettings {
+    pub sensor_topic: String,
+    pub predictions_topic: String,
+    pub group: String,
+    pub max_in_flight: usize,
+}
+
+/// Events by outcome: `scored`, or the reason an event could not be scored.
+pub type EventCounter = Family<ReasonLabels, Counter>;
+
+type Pending = Pin<Box<dyn Future<Output = (String, i32, i64)> + Send>>;
+
+pub async fn run(
+    kafka: ClientConfig,
+    settings: StreamSettings,
+    serving: Arc<Serving>,
+    events: EventCounter,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut consumer_config = kafka.clone();
+    consumer_config
+        .set("group.id", &settings.group)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest");
+    let consumer: StreamConsumer = consumer_config.create()?;
+    consumer.subscribe(&[&settings.sensor_topic])?;
+    let mut producer_config = kafka;
+    producer_config
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "2");
+    let producer: FutureProducer = producer_config.create()?;
+    tracing::info!(
+        topic = settings.sensor_topic,
+        group = settings.group,
+        "stream scoring started"
+    );
+
+    let mut pending: FuturesOrdered<Pending> = FuturesOrdered::new();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            Some((topic, partition, offset)) = pending.next(), if !pending.is_empty() => {
+                if let Err(e) = consumer.store_offset(&topic, partition, offset) {
+                    tracing::warn!(error = %e, partition, offset, "could not store an offset; the event may be scored again");
+                }
+            }
+            received = consumer.recv(), if pending.len() < settings.max_in_flight => {
+                let message = match received {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "sensor consumer error; retrying");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
+                };
+                pending.push_back(Box::pin(score_and_produce(
+                    &message,
+                    Arc::clone(&serving),
+                    producer.clone(),
+                    settings.predictions_topic.clone(),
+                    events.clone(),
+                )));
+            }
+        }
+    }
+    // Finish what was started, then commit what is done, so a clean stop replays nothing.
+    while let Some((topic, partition, offset)) = pending.next().await {
+        let _ = consumer.store_offset(&topic, partition, offset);
+    }
+    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+        tracing::warn!(error = %e, "final offset commit failed; some events will be scored again");
+    }
+    tracing::info!("stream scoring stopped");
+    Ok(())
+}
+
+/// Reads what the future needs from the borrowed message, then scores and produces.
+fn score_and_produce(
+    message: &BorrowedMessage<'_>,
+    serving: Arc<Serving>,
+    producer: FutureProducer,
+    predictions_topic: String,
+    events: EventCounter,
+) -> impl Future<Output = (String, i32, i64)> + Send + use<> {
+    let received = Instant::now();
+    let (topic, partition, offset) = (message.topic().to_owned(), message.partition(), message.offset());
+    let key = message.key().map(<[u8]>::to_vec).unwrap_or_default();
+    let timestamp = message.timestamp().to_millis().unwrap_or(0);
+    let protobuf = message.headers().is_some_and(|h| {
+        h.iter().any(|header| {
+            header.key.eq_ignore_ascii_case("content-type")
+                && header
+                    .value
+                    .is_some_and(|v| v.eq_ignore_ascii_case(b"application/x-protobuf"))
+        })
+    });
+    let decoded = message.payload().map(|p| decode_event(p, protobuf));
+    async move {
+        let mut car = String::from_utf8_lossy(&key).into_owned();
+        let mut prediction = Prediction {
+            source_partition: partition,
+            source_offset: offset,
+            event_time_ms: timestamp,
+            ..Default::default()
+        };
+        let outcome = match decoded {
+            None => Err(("empty", "the event has no value".to_owned())),
+            Some(Err(e)) => Err(("malformed", e)),
+            Some(Ok(event)) => {
+                if car.is_empty() {
+                    car = event.car.clone();
+                }
+                if event.time_ms > 0 {
+                    prediction.event_time_ms = event.time_ms;
+                }
+                score(&serving, &event).await
+            }
+        };
+        match outcome {
+            Ok((score, is_anomaly, name, version)) => {
+                prediction.score = score;
+                prediction.is_anomaly = is_anomaly;
+                prediction.model_name = name;
+                prediction.model_version = version;
+                events.get_or_create(&ReasonLabels { reason: "scored" }).inc();
+            }
+            Err((reason, message)) => {
+                prediction.error = message;
+                prediction.model_name = serving.model_name.clone();
+                events.get_or_create(&ReasonLabels { reason }).inc();
+            }
+        }
+        prediction.car = car.clone();
+        prediction.latency_ms = received.elapsed().as_secs_f64() * 1000.0;
+        let value = serde_json::to_vec(&prediction).expect("a prediction always serialises");
+        // Retry until acknowledged: the offset must not be stored for an event without a record.
+        loop {
+            let record = FutureRecord::to(&predictions_topic).key(&car).payload(&value);
+            match producer.send(record, Duration::from_secs(30)).await {
+                Ok(_) => break,
+                Err((e, _)) => {
+                    tracing::warn!(error = %e, "producing a prediction failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+        (topic, partition, offset)
+    }
+}
+
+struct Event {
+    car: String,
+    time_ms: i64,
+    values: serde_json::Map<String, serde_json::Value>,
+}
+
+fn decode_event(payload: &[u8], protobuf: bool) -> Result<Event, String> {
+    let object = if protobuf {
+        let reading = SensorReading::decode(payload).map_err(|e| format!("not a SensorReading: {e}"))?;
+        match serde_json::to_value(&reading).map_err(|e| e.to_string())? {
+            serde_json::Value::Object(map) => map,
+            _ => return Err("SensorReading did not map to an object".into()),
+        }
+    } else {
+        match serde_json::from_slice::<serde_json::Value>(payload) {
+            Ok(serde_json::Value::Object(map)) => map,
+            Ok(_) => return Err("the event is JSON but not an object".into()),
+            Err(e) => return Err(format!("the event is not JSON: {e}")),
+        }
+    };
+    let car = object
+        .get("car")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default()
+        .to_owned();
+    let time_ms = match (
+        object.get("timeMs").or_else(|| object.get("time_ms")),
+        object.get("time"),
+    ) {
+        (Some(ms), _) => number(ms).map_or(0, |v| v as i64),
+        (None, Some(seconds)) => number(seconds).map_or(0, |v| (v * 1000.0) as i64),
+        (None, None) => 0,
+    };
+    Ok(Event {
+        car,
+        time_ms,
+        values: object,
+    })
+}
+
+/// A JSON number, or a string holding one (CSV-born JSON often quotes numbers).
+fn number(value: &serde_json::Value) -> Option<f64> {
+    match value {
+        serde_json::Value::Number(n) => n.as_f64(),
+        serde_json::Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+async fn score(serving: &Serving, event: &Event) -> Result<(f64, bool, String, u64), (&'static str, String)> {
+    let model = serving.admit("", "").map_err(|e| ("no_model", e.to_string()))?;
+    let mut row = Vec::with_capacity(model.n_features());
+    for feature in &model.manifest.features {
+        // protobuf readings arrive in proto3 JSON (camelCase); JSON events use the field names.
+        let value = event
+            .values
+            .get(&feature.name)
+            .or_else(|| event.values.get(&camel_case(&feature.name)));
+        match value.and_then(number) {
+            Some(v) if v.is_finite() => row.push(v as f32),
+            Some(_) => {
+                return Err((
+                    "not_finite",
+                    format!("feature {:?} is not a finite number", feature.name),
+                ));
+            }
+            None => {
+                return Err((
+                    "missing_feature",
+                    format!("feature {:?} is missing or not a number", feature.name),
+                ));
+            }
+        }
+    }
+    let scored = serving
+        .score(model, row, 1)
+        .await
+        .map_err(|e| ("rejected", e.to_string()))?;
+    let score = scored.scores[0];
+    Ok((
+        f64::from(score),
+        score > scored.model.threshold,
+        scored.model.name.clone(),
+        scored.model.version,
+    ))
+}
+
+fn camel_case(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut upper = false;
+    for c in name.chars() {
+        if c == '_' {
+            upper = true;
+        } else if upper {
+            out.extend(c.to_uppercase());
+            upper = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_decode_from_json_with_numbers_or_numeric_strings() {
+        let e = decode_event(
+            br#"{"car":"car7","time":1567606196,"speed":"24.9","coolant_temp":39.4}"#,
+            false,
+        )
+        .unwrap();
+        assert_eq!(e.car, "car7");
+        assert_eq!(e.time_ms, 1_567_606_196_000);
+        assert_eq!(number(&e.values["speed"]), Some(24.9));
+        assert!(decode_event(b"[1,2]", false).is_err());
+        assert!(decode_event(b"{not json", false).is_err());
+        assert_eq!(camel_case("accelerometer_1_1_value"), "accelerometer11Value");
+    }
+}
