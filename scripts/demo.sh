@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The demo behind `make demo` (Kafka is already up: see scripts/with-kafka.sh). Starts
-# kappa-registry, publishes two versions of an example model, lists them, moves an alias,
-# reads the model back through the alias, replays the log, and stops what it started.
+# kappa-registry, publishes two versions of an example model, lists them, moves an alias, reads
+# the model back, starts kappa-predictor following the alias, scores the demo's CSV, moves the
+# alias again and shows the predictor swap under load, then stops what it started.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 bin=${CARGO_TARGET_DIR:-$here/target}/debug
@@ -10,7 +11,11 @@ mkdir -p "$run"
 
 registry_port=${DEMO_REGISTRY_PORT:-50051}
 metrics_port=${DEMO_REGISTRY_METRICS_PORT:-9101}
+predictor_port=${DEMO_PREDICTOR_PORT:-50052}
+predictor_metrics=${DEMO_PREDICTOR_METRICS_PORT:-9102}
+data=${DEMO_DATA:-$here/../shared/data/car-sensor-data.csv}
 export KAPPA_REGISTRY=http://127.0.0.1:$registry_port
+export KAPPA_PREDICTOR=http://127.0.0.1:$predictor_port
 kappa() { "$bin/kappa" "$@"; }
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
@@ -35,8 +40,10 @@ done
 grep -E "replayed|listening" "$run/registry.log" | sed -E 's/\x1b\[[0-9;]*m//g' | sed 's/^/   /'
 
 step "Writing an example autoencoder over the 18 car sensor fields"
-kappa models example --out "$run/v1" --name car-anomaly --seed 1
-kappa models example --out "$run/v2" --name car-anomaly --seed 2 >/dev/null
+scale=()
+[ -f "$data" ] && scale=(--scale-from "$data") && echo "   (feature scaling fitted on $(basename "$data"))"
+kappa models example --out "$run/v1" --name car-anomaly --seed 1 "${scale[@]}"
+kappa models example --out "$run/v2" --name car-anomaly --seed 2 "${scale[@]}" >/dev/null
 
 step "Publishing two versions (the registry validates, hashes and writes each in one Kafka transaction)"
 kappa models publish "$run/v1/weights.safetensors" "$run/v1/manifest.json"
@@ -69,14 +76,50 @@ watch_pid=$!
 sleep 3; kill "$watch_pid" 2>/dev/null || true; wait "$watch_pid" 2>/dev/null || true
 tail -n 6 "$run/events.txt"
 
+step "Starting kappa-predictor following car-anomaly@production (reads the model from Kafka)"
+"$bin/kappa-predictor" --listen "127.0.0.1:$predictor_port" --metrics-listen "127.0.0.1:$predictor_metrics" \
+  --model car-anomaly --follow production >"$run/predictor.log" 2>&1 &
+pids+=($!)
+for i in $(seq 1 60); do
+  curl -sf "http://127.0.0.1:$predictor_metrics/metrics" | grep -q '^kappa_predictor_model_ready 1' && break
+  [ "$i" = 60 ] && { tail -20 "$run/predictor.log"; echo "kappa-predictor did not load a model in 60 s" >&2; exit 1; }
+  sleep 0.5
+done
+grep -E "now serving" "$run/predictor.log" | sed -E 's/\x1b\[[0-9;]*m//g' | sed 's/^/   /'
+
+if [ -f "$data" ]; then
+  step "Scoring the first 500 rows of $(basename "$data") (real, messy data) through the typed gRPC API"
+  head -n 501 "$data" > "$run/sample.csv"
+  "$bin/kappa" predict "$run/sample.csv" 2>"$run/predict-summary.txt" | head -n 5
+  echo "   ..."
+  sed 's/^/   /' "$run/predict-summary.txt"
+fi
+
+step "Moving production back to v$previous while a client keeps calling: the predictor swaps without a failed request"
+"$bin/kappa" predict "$run/sample.csv" >"$run/under-swap.txt" 2>"$run/under-swap-summary.txt" &
+load_pid=$!
+sleep 0.2
+kappa models alias car-anomaly production "$previous"
+wait "$load_pid" || true
+sed 's/^/   load during the swap: /' "$run/under-swap-summary.txt"
+for _ in $(seq 1 40); do
+  served=$(curl -s "http://127.0.0.1:$predictor_metrics/metrics" | awk '/^kappa_predictor_loaded_version/ {print $2}')
+  [ "$served" = "$previous" ] && break
+  sleep 0.05
+done
+echo "   predictor now serves version $served; versions seen by the client: $(awk '{print $NF}' "$run/under-swap.txt" | sort | uniq -c | tr -s ' ' | tr '\n' ' ')"
+curl -s "http://127.0.0.1:$predictor_metrics/metrics" | grep -E '^kappa_predictor_(swaps_total|loaded_version|load_failures)' | sed 's/^/   /'
+
 step "Where to look next"
 cat <<TXT
    grpcurl -plaintext 127.0.0.1:$registry_port list
    grpcurl -plaintext -d '{"name":"car-anomaly","alias":"production","manifestOnly":true}' \\
      127.0.0.1:$registry_port kappa.registry.v1.Registry/GetModel
+   grpcurl -plaintext 127.0.0.1:$predictor_port list
+   grpcurl -plaintext -d '{"model_name":"car-anomaly"}' 127.0.0.1:$predictor_port inference.GRPCInferenceService/ModelMetadata
    curl -s http://127.0.0.1:$metrics_port/metrics | grep kappa_registry
-   (the registry stops when this demo ends; start it yourself with $bin/kappa-registry)
+   curl -s http://127.0.0.1:$predictor_metrics/metrics | grep kappa_predictor
+   (the services stop when this demo ends)
 TXT
-curl -s "http://127.0.0.1:$metrics_port/metrics" | grep -E '^kappa_registry_(publishes_total|log_position|replay_seconds)' | sed 's/^/   /' || true
 echo
-echo "Demo finished: model published, listed, aliased and read back from Kafka."
+echo "Demo finished: model published, aliased, read back, served from Kafka and hot-swapped."

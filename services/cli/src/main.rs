@@ -1,6 +1,7 @@
 //! `kappa`: the command line for Kappa's services.
 
 mod models;
+mod predict;
 
 use std::process::ExitCode;
 
@@ -18,6 +19,8 @@ struct Cli {
 enum Command {
     /// Publish, list, fetch, alias, delete and watch models in kappa-registry.
     Models(models::ModelsArgs),
+    /// Score a CSV file or JSON lines through kappa-predictor.
+    Predict(predict::PredictArgs),
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -25,6 +28,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Models(args) => models::run(args).await,
+        Command::Predict(args) => predict::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

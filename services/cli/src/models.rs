@@ -113,6 +113,13 @@ enum ModelsCommand {
         hidden: Vec<u32>,
         #[arg(long, default_value_t = 42)]
         seed: u64,
+        /// Fit the feature scaling (mean and standard deviation) on a CSV file with the sensor
+        /// columns, such as the demo's car-sensor-data.csv.
+        #[arg(long)]
+        scale_from: Option<PathBuf>,
+        /// Anomaly threshold written into the manifest.
+        #[arg(long, default_value_t = 3.0)]
+        threshold: f64,
     },
 }
 
@@ -140,7 +147,9 @@ pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
             name,
             hidden,
             seed,
-        } => write_example(&out, &name, &hidden, seed),
+            scale_from,
+            threshold,
+        } => write_example(&out, &name, &hidden, seed, scale_from.as_deref(), threshold),
         ModelsCommand::Publish {
             weights,
             manifest,
@@ -153,8 +162,7 @@ pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
             if let Some(name) = name {
                 manifest.name = name;
             }
-            let key =
-                idempotency_key.unwrap_or_else(|| format!("{}:{}", manifest.name, kappa_model::sha256_hex(&bytes)));
+            let key = idempotency_key.unwrap_or_else(|| default_idempotency_key(&manifest, &bytes));
             let response = publish(&mut client, manifest, &bytes, &key).await?;
             let version = response.version.unwrap_or_default();
             match output {
@@ -420,8 +428,19 @@ async fn get(
     Ok((header, weights))
 }
 
-fn write_example(out: &Path, name: &str, hidden: &[u32], seed: u64) -> anyhow::Result<()> {
-    let manifest = kappa_model::example::autoencoder_manifest(name, hidden);
+fn write_example(
+    out: &Path,
+    name: &str,
+    hidden: &[u32],
+    seed: u64,
+    scale_from: Option<&Path>,
+    threshold: f64,
+) -> anyhow::Result<()> {
+    let mut manifest = kappa_model::example::autoencoder_manifest(name, hidden);
+    manifest.anomaly_threshold = threshold;
+    if let Some(csv) = scale_from {
+        fit_scaling(&mut manifest, csv)?;
+    }
     kappa_model::validate_manifest(&manifest)?;
     let weights = kappa_model::example::random_weights(&manifest, seed);
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
@@ -431,4 +450,62 @@ fn write_example(out: &Path, name: &str, hidden: &[u32], seed: u64) -> anyhow::R
     std::fs::write(&manifest_path, serde_json::to_string_pretty(&manifest)? + "\n")?;
     println!("wrote {} and {}", weights_path.display(), manifest_path.display());
     Ok(())
+}
+
+/// Sets each feature's offset and scale to the mean and standard deviation of its CSV column.
+fn fit_scaling(manifest: &mut ModelManifest, csv: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(csv).with_context(|| format!("cannot read {}", csv.display()))?;
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .context("the CSV file is empty")?
+        .split(',')
+        .map(str::trim)
+        .collect();
+    let columns: Vec<usize> = manifest
+        .features
+        .iter()
+        .map(|f| {
+            header
+                .iter()
+                .position(|h| *h == f.name)
+                .with_context(|| format!("{} has no column {:?}", csv.display(), f.name))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let mut sums = vec![(0.0_f64, 0.0_f64, 0_u64); columns.len()];
+    for line in lines {
+        let cells: Vec<&str> = line.split(',').collect();
+        for (sum, &col) in sums.iter_mut().zip(&columns) {
+            if let Some(v) = cells
+                .get(col)
+                .and_then(|c| c.trim().parse::<f64>().ok())
+                .filter(|v| v.is_finite())
+            {
+                sum.0 += v;
+                sum.1 += v * v;
+                sum.2 += 1;
+            }
+        }
+    }
+    for (feature, (sum, sq, n)) in manifest.features.iter_mut().zip(sums) {
+        anyhow::ensure!(n > 1, "column {:?} has no numeric values", feature.name);
+        let mean = sum / n as f64;
+        let var = (sq / n as f64 - mean * mean).max(0.0);
+        feature.offset = mean;
+        // A constant column would divide by zero; any positive scale keeps it at zero.
+        feature.scale = if var.sqrt() > 1e-9 { var.sqrt() } else { 1.0 };
+    }
+    Ok(())
+}
+
+/// Same weights and same manifest make the same model, so a retried publish must not create a
+/// second version; a changed manifest (new scaling, threshold) is a new version.
+fn default_idempotency_key(manifest: &ModelManifest, weights: &[u8]) -> String {
+    let manifest_json = serde_json::to_vec(manifest).unwrap_or_default();
+    format!(
+        "{}:{}:{}",
+        manifest.name,
+        kappa_model::sha256_hex(weights),
+        &kappa_model::sha256_hex(&manifest_json)[..16]
+    )
 }
