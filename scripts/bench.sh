@@ -36,3 +36,26 @@ start_registry
 replay=$(curl -s "http://127.0.0.1:$metrics/metrics" | awk '/^kappa_registry_replay_seconds/ {print $2}')
 records=$(curl -s "http://127.0.0.1:$metrics/metrics" | awk '/^kappa_registry_log_position/ {print $2}')
 echo "replayed $records records (1,000+ versions with chunks and markers) in ${replay} s"
+
+echo
+echo "## Predictor: forward pass, hand-written vs candle"
+"$bin/predictor-bench" forward
+
+echo
+echo "## Predictor: unary Predict against a bare tonic server of the same API"
+"$bin/kappa" models --registry "http://127.0.0.1:$port" example --out "$run/model" --name bench-model >/dev/null
+"$bin/kappa" models --registry "http://127.0.0.1:$port" publish "$run/model/weights.safetensors" "$run/model/manifest.json" >/dev/null
+pport=${BENCH_PREDICTOR_PORT:-50152}; eport=${BENCH_ECHO_PORT:-50153}; pmetrics=${BENCH_PREDICTOR_METRICS_PORT:-9152}
+"$bin/kappa-predictor" --listen "127.0.0.1:$pport" --metrics-listen "127.0.0.1:$pmetrics" --models-topic "$topic" \
+  --model bench-model --log warn >>"$run/predictor.log" 2>&1 &
+pids+=($!)
+"$bin/predictor-bench" echo-server --listen "127.0.0.1:$eport" &
+pids+=($!)
+for _ in $(seq 1 120); do
+  curl -sf "http://127.0.0.1:$pmetrics/metrics" | grep -q '^kappa_predictor_model_ready 1' && break
+  sleep 0.5
+done
+"$bin/predictor-bench" serve --predictor "http://127.0.0.1:$pport" --echo "http://127.0.0.1:$eport" --seconds "${BENCH_SECONDS:-5}"
+rss=$(awk '/VmRSS/ {print $2}' "/proc/${pids[-2]}/status")
+echo
+echo "predictor RSS with the model loaded, after the load: $((rss / 1024)) MiB (budget 64 MiB)"
