@@ -28,7 +28,10 @@ pub fn reader_config(base: &ClientConfig, group: &str) -> ClientConfig {
         .set("enable.auto.offset.store", "false")
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true")
-        .set("auto.offset.reset", "earliest");
+        .set("auto.offset.reset", "earliest")
+        // The broker holds an empty fetch this long; it bounds how late a reader learns it has
+        // reached the end of the log (start-up replay), not how late it sees new records.
+        .set("fetch.wait.max.ms", "50");
     config
 }
 

@@ -79,6 +79,12 @@ pub async fn run(
             "Sensor events handled in stream mode, by outcome (scored, or why not)",
             events.clone(),
         );
+        let lag = prometheus_client::metrics::gauge::Gauge::default();
+        metrics_registry.register(
+            "kappa_predictor_stream_lag",
+            "Sensor events not yet consumed, summed over this replica's partitions",
+            lag.clone(),
+        );
         let settings = crate::stream::StreamSettings {
             sensor_topic: config.sensor_topic.clone(),
             predictions_topic: config.predictions_topic.clone(),
@@ -94,7 +100,7 @@ pub async fn run(
                     () = tokio::time::sleep(Duration::from_millis(50)) => {}
                 }
             }
-            crate::stream::run(kafka, settings, serving, events, stop).await
+            crate::stream::run(kafka, settings, serving, events, lag, stop).await
         })
     });
 

@@ -14,7 +14,7 @@ use std::{
 
 use futures::{StreamExt as _, stream::FuturesOrdered};
 use kappa_api::telemetry::{Prediction, SensorReading};
-use prometheus_client::metrics::{counter::Counter, family::Family};
+use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
 use prost::Message as _;
 use rdkafka::{
     ClientConfig, Message,
@@ -43,6 +43,7 @@ pub async fn run(
     settings: StreamSettings,
     serving: Arc<Serving>,
     events: EventCounter,
+    lag: Gauge,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut consumer_config = kafka.clone();
@@ -52,8 +53,9 @@ pub async fn run(
         .set("auto.commit.interval.ms", "1000")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest");
-    let consumer: StreamConsumer = consumer_config.create()?;
+    let consumer: Arc<StreamConsumer> = Arc::new(consumer_config.create()?);
     consumer.subscribe(&[&settings.sensor_topic])?;
+    tokio::spawn(report_lag(Arc::clone(&consumer), lag, shutdown.clone()));
     let mut producer_config = kafka;
     producer_config
         .set("acks", "all")
@@ -103,6 +105,34 @@ pub async fn run(
     }
     tracing::info!("stream scoring stopped");
     Ok(())
+}
+
+/// Publishes the consumer lag (high watermark minus position, summed over the assigned
+/// partitions) every few seconds. Watermark look-ups block, so they run on a blocking thread.
+async fn report_lag(consumer: Arc<StreamConsumer>, lag: Gauge, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+        let consumer = Arc::clone(&consumer);
+        let total = tokio::task::spawn_blocking(move || -> Option<i64> {
+            let positions = consumer.position().ok()?;
+            let mut total = 0;
+            for element in positions.elements() {
+                let (_, high) = consumer
+                    .fetch_watermarks(element.topic(), element.partition(), Duration::from_secs(1))
+                    .ok()?;
+                let position = element.offset().to_raw().filter(|p| *p >= 0).unwrap_or(0);
+                total += (high - position).max(0);
+            }
+            Some(total)
+        })
+        .await;
+        if let Ok(Some(total)) = total {
+            lag.set(total);
+        }
+    }
 }
 
 /// Reads what the future needs from the borrowed message, then scores and produces.

@@ -661,7 +661,7 @@ async fn stream_mode_answers_every_event_and_loses_none_across_a_kill_9() {
     }
     first.service.kill9();
     sent.extend(produce_keyed(&sensors, &sensor_events(1500..3000)).await);
-    let _second = streaming.start().await;
+    let second = streaming.start().await;
 
     let wanted: std::collections::HashSet<(i32, i64)> = sent.iter().copied().collect();
     let deadline = Instant::now() + Duration::from_secs(90);
@@ -718,4 +718,20 @@ async fn stream_mode_answers_every_event_and_loses_none_across_a_kill_9() {
         .collect();
     assert!(errors.iter().any(|e| e.contains("not JSON")), "{errors:?}");
     assert!(errors.iter().any(|e| e.contains("is missing")), "{errors:?}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while second.metric("kappa_predictor_stream_lag").await != Some(0.0) {
+        assert!(
+            Instant::now() < deadline,
+            "stream lag never reached 0: {}",
+            second.metrics().await
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        second
+            .metric(r#"kappa_predictor_stream_events_total{reason="scored"}"#)
+            .await
+            .unwrap()
+            >= 1.0
+    );
 }
