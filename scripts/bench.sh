@@ -59,3 +59,20 @@ done
 rss=$(awk '/VmRSS/ {print $2}' "/proc/${pids[-2]}/status")
 echo
 echo "predictor RSS with the model loaded, after the load: $((rss / 1024)) MiB (budget 64 MiB)"
+
+echo
+echo "## Predictor: publish -> first served response, and p99 with and without swaps"
+"$bin/predictor-bench" swaps --predictor "http://127.0.0.1:$pport" --registry "http://127.0.0.1:$port" \
+  --model bench-model --swaps "${BENCH_SWAPS:-50}"
+
+echo
+echo "## Predictor: stream scoring against a plain consume -> produce pipe"
+st="bench.sensors-$(date +%s)"
+events=${BENCH_STREAM_EVENTS:-50000}
+"$bin/predictor-bench" stream-fill --topics "$st" --topics "$st.pipe-in" --events "$events"
+pipe_rate=$("$bin/predictor-bench" stream-pipe --from "$st.pipe-in" --to "$st.pipe-out" --events "$events")
+"$bin/kappa-predictor" --listen "127.0.0.1:$((pport + 10))" --metrics-listen "127.0.0.1:$((pmetrics + 10))" \
+  --models-topic "$topic" --model bench-model --stream --sensor-topic "$st" --predictions-topic "$st.predictions" \
+  --consumer-group "bench-$st" --log warn >>"$run/stream-predictor.log" 2>&1 &
+pids+=($!)
+"$bin/predictor-bench" stream-wait --topic "$st.predictions" --events "$events" --baseline "$pipe_rate"

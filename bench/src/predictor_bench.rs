@@ -41,6 +41,50 @@ enum Mode {
         #[arg(long, default_value_t = 5)]
         seconds: u64,
     },
+    /// Publish-to-first-served latency over `swaps` publishes, and p99 with and without swaps,
+    /// under a steady load of 16 in flight. The predictor must follow `latest` of `model`.
+    Swaps {
+        #[arg(long)]
+        predictor: String,
+        #[arg(long)]
+        registry: String,
+        #[arg(long)]
+        model: String,
+        #[arg(long, default_value_t = 50)]
+        swaps: u64,
+    },
+    /// Fill topics with sensor events.
+    StreamFill {
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        kafka_bootstrap: String,
+        #[arg(long, required = true)]
+        topics: Vec<String>,
+        #[arg(long, default_value_t = 100_000)]
+        events: usize,
+    },
+    /// Baseline: a plain consume -> produce pipe with no model; prints events/s.
+    StreamPipe {
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        kafka_bootstrap: String,
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+        #[arg(long, default_value_t = 100_000)]
+        events: usize,
+    },
+    /// Wait until a predictor in stream mode has produced `events` predictions; compare rates.
+    StreamWait {
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        kafka_bootstrap: String,
+        #[arg(long)]
+        topic: String,
+        #[arg(long, default_value_t = 100_000)]
+        events: usize,
+        /// The pipe's events/s, from stream-pipe.
+        #[arg(long)]
+        baseline: f64,
+    },
     /// Compare the native and candle forward passes.
     Forward {
         #[arg(long, default_value_t = 200_000)]
@@ -188,6 +232,18 @@ async fn main() -> anyhow::Result<()> {
                 ms(k99) / ms(e99)
             );
         }
+        Mode::Swaps { predictor, registry, model, swaps } => swap_bench(&predictor, &registry, &model, swaps).await?,
+        Mode::StreamFill { kafka_bootstrap, topics, events } => stream_fill(&kafka_bootstrap, &topics, events).await?,
+        Mode::StreamPipe { kafka_bootstrap, from, to, events } => {
+            let rate = stream_pipe(&kafka_bootstrap, &from, &to, events).await?;
+            println!("{rate:.0}");
+        }
+        Mode::StreamWait { kafka_bootstrap, topic, events, baseline } => {
+            let rate = tokio::task::spawn_blocking(move || wait_for_records(&kafka_bootstrap, &topic, events)).await??;
+            println!("| measurement | kappa-predictor --stream | plain consume -> produce pipe | ratio | budget |");
+            println!("|---|---|---|---|---|");
+            println!("| stream scoring, {events} events | {rate:.0} events/s | {baseline:.0} events/s | {:.2}x | >= 0.5x |", rate / baseline);
+        }
         Mode::Forward { rows } => {
             let manifest = kappa_model::example::sensor_autoencoder_manifest("bench", 8);
             let weights = kappa_model::example::random_weights(&manifest, 1);
@@ -216,4 +272,210 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Load with `in_flight` workers until `stop`; records latencies and when each version was first seen.
+async fn load_until(
+    url: &str,
+    in_flight: usize,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    first_seen: Arc<std::sync::Mutex<std::collections::HashMap<u64, Instant>>>,
+) -> anyhow::Result<Vec<Duration>> {
+    use std::sync::atomic::Ordering;
+    let channel = Channel::from_shared(url.to_owned())?.connect().await?;
+    let mut workers = Vec::new();
+    for _ in 0..in_flight {
+        let mut client = PredictorClient::new(channel.clone());
+        let (stop, first_seen) = (Arc::clone(&stop), Arc::clone(&first_seen));
+        workers.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut highest = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                let answer = client.predict(request()).await.expect("request failed during swaps").into_inner();
+                latencies.push(t.elapsed());
+                if answer.model_version > highest {
+                    highest = answer.model_version;
+                    first_seen.lock().unwrap().entry(highest).or_insert_with(Instant::now);
+                }
+            }
+            latencies
+        }));
+    }
+    let mut all = Vec::new();
+    for w in workers {
+        all.extend(w.await?);
+    }
+    Ok(all)
+}
+
+fn p99(latencies: &mut [Duration]) -> Duration {
+    latencies.sort_unstable();
+    latencies[(latencies.len() - 1) * 99 / 100]
+}
+
+async fn swap_bench(predictor: &str, registry: &str, model: &str, swaps: u64) -> anyhow::Result<()> {
+    use kappa_api::registry::{self as pb, registry_client::RegistryClient};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let first_seen = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+
+    // Baseline: the same load, no swaps.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(load_until_owned(predictor.to_owned(), Arc::clone(&stop), Arc::clone(&first_seen)));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut quiet = load.await??;
+
+    let mut registry = RegistryClient::new(Channel::from_shared(registry.to_owned())?.connect().await?);
+    let manifest = kappa_model::example::sensor_autoencoder_manifest(model, 8);
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(load_until_owned(predictor.to_owned(), Arc::clone(&stop), Arc::clone(&first_seen)));
+    let mut published = Vec::new();
+    for seed in 0..swaps {
+        let weights = kappa_model::example::random_weights(&manifest, 1000 + seed);
+        let mut messages = vec![pb::PublishRequest {
+            part: Some(pb::publish_request::Part::Header(pb::PublishHeader {
+                manifest: Some(manifest.clone()),
+                idempotency_key: String::new(),
+            })),
+        }];
+        messages.push(pb::PublishRequest { part: Some(pb::publish_request::Part::Chunk(weights)) });
+        let version = registry.publish(tokio_stream::iter(messages)).await?.into_inner().version.unwrap_or_default().version;
+        published.push((version, Instant::now()));
+        // Wait until served before the next publish, so every version is measured.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !first_seen.lock().unwrap().contains_key(&version) {
+            anyhow::ensure!(Instant::now() < deadline, "version {version} not served within 10 s");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut swapping = load.await??;
+    let seen = first_seen.lock().unwrap();
+    let mut delays: Vec<Duration> =
+        published.iter().map(|(v, at)| seen[v].saturating_duration_since(*at)).collect();
+    delays.sort_unstable();
+    let (q, s) = (p99(&mut quiet), p99(&mut swapping));
+    println!("| measurement | value | baseline | ratio | budget |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| publish returned -> first response on the new version, {swaps} swaps | p50 {:.1} ms, p99 {:.1} ms | | | p99 <= 50 ms |",
+        ms(delays[delays.len() / 2]),
+        ms(delays[(delays.len() - 1) * 99 / 100])
+    );
+    println!("| p99 latency, 16 in flight, during swaps vs none | {:.3} ms | {:.3} ms | {:.2}x | <= 1.2x |", ms(s), ms(q), ms(s) / ms(q));
+    println!("| failed requests during swaps | 0 of {} | | | 0 |", swapping.len());
+    Ok(())
+}
+
+async fn load_until_owned(
+    url: String,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    first_seen: Arc<std::sync::Mutex<std::collections::HashMap<u64, Instant>>>,
+) -> anyhow::Result<Vec<Duration>> {
+    load_until(&url, 16, stop, first_seen).await
+}
+
+fn kafka(bootstrap: &str) -> rdkafka::ClientConfig {
+    let mut config = rdkafka::ClientConfig::new();
+    config.set("bootstrap.servers", bootstrap);
+    config
+}
+
+/// Writes `events` sensor events (JSON, keyed by car) to each topic.
+async fn stream_fill(bootstrap: &str, topics: &[String], events: usize) -> anyhow::Result<()> {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = kafka(bootstrap).set("linger.ms", "5").create()?;
+    for topic in topics {
+        for start in (0..events).step_by(10_000) {
+            let batch = (start..(start + 10_000).min(events)).map(|i| {
+                let mut fields: serde_json::Map<String, serde_json::Value> =
+                    SENSOR_FIELDS.iter().map(|f| ((*f).to_owned(), serde_json::json!((i % 13) as f64))).collect();
+                fields.insert("car".into(), serde_json::json!(format!("car{}", i % 100)));
+                let (key, value) = (format!("car{}", i % 100), serde_json::to_vec(&fields).expect("json"));
+                let producer = producer.clone();
+                async move {
+                    producer.send(FutureRecord::to(topic).key(&key).payload(&value), Duration::from_secs(30)).await
+                }
+            });
+            for result in futures::future::join_all(batch).await {
+                result.map_err(|(e, _)| e)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The baseline: consume -> produce with the predictor's settings (acks=all, idempotent, offsets
+/// stored after the ack, 1024 in flight) but no decoding and no model. Returns events/s.
+async fn stream_pipe(bootstrap: &str, from: &str, to: &str, events: usize) -> anyhow::Result<f64> {
+    use futures::{StreamExt as _, stream::FuturesOrdered};
+    use rdkafka::{
+        Message,
+        consumer::{Consumer, StreamConsumer},
+        producer::{FutureProducer, FutureRecord},
+    };
+    let consumer: StreamConsumer = kafka(bootstrap)
+        .set("group.id", format!("pipe-{}", uuid::Uuid::new_v4().simple()))
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    consumer.subscribe(&[from])?;
+    let producer: FutureProducer =
+        kafka(bootstrap).set("acks", "all").set("enable.idempotence", "true").set("linger.ms", "2").create()?;
+    let mut pending = FuturesOrdered::new();
+    let (mut done, mut started) = (0, None);
+    while done < events {
+        tokio::select! {
+            Some(result) = pending.next(), if !pending.is_empty() => {
+                let (partition, offset): (i32, i64) = result;
+                consumer.store_offset(from, partition, offset)?;
+                done += 1;
+            }
+            message = consumer.recv(), if pending.len() < 1024 => {
+                let message = message?;
+                started.get_or_insert_with(Instant::now);
+                let key = message.key().map(<[u8]>::to_vec).unwrap_or_default();
+                let (partition, offset) = (message.partition(), message.offset());
+                let producer = producer.clone();
+                let to = to.to_owned();
+                pending.push_back(async move {
+                    let value = format!("{{\"source_offset\":{offset}}}");
+                    producer.send(FutureRecord::to(&to).key(&key).payload(&value), Duration::from_secs(30)).await.expect("pipe produce");
+                    (partition, offset)
+                });
+            }
+        }
+    }
+    Ok(events as f64 / started.map_or(f64::NAN, |s| s.elapsed().as_secs_f64()))
+}
+
+/// Waits until `topic` holds `events` records; the clock starts at the first one.
+fn wait_for_records(bootstrap: &str, topic: &str, events: usize) -> anyhow::Result<f64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = kafka(bootstrap).set("group.id", "bench-watermarks").create()?;
+    let count = || -> anyhow::Result<i64> {
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))?;
+        let mut total = 0;
+        for p in metadata.topics().first().map(|t| t.partitions()).unwrap_or_default() {
+            let (low, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(5))?;
+            total += high - low;
+        }
+        Ok(total)
+    };
+    let mut started = None;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let n = count()?;
+        if n > 0 {
+            started.get_or_insert_with(Instant::now);
+        }
+        if n >= events as i64 {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "only {n} of {events} records after 600 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(events as f64 / started.map_or(f64::NAN, |s: Instant| s.elapsed().as_secs_f64()))
 }
