@@ -232,17 +232,40 @@ async fn main() -> anyhow::Result<()> {
                 ms(k99) / ms(e99)
             );
         }
-        Mode::Swaps { predictor, registry, model, swaps } => swap_bench(&predictor, &registry, &model, swaps).await?,
-        Mode::StreamFill { kafka_bootstrap, topics, events } => stream_fill(&kafka_bootstrap, &topics, events).await?,
-        Mode::StreamPipe { kafka_bootstrap, from, to, events } => {
+        Mode::Swaps {
+            predictor,
+            registry,
+            model,
+            swaps,
+        } => swap_bench(&predictor, &registry, &model, swaps).await?,
+        Mode::StreamFill {
+            kafka_bootstrap,
+            topics,
+            events,
+        } => stream_fill(&kafka_bootstrap, &topics, events).await?,
+        Mode::StreamPipe {
+            kafka_bootstrap,
+            from,
+            to,
+            events,
+        } => {
             let rate = stream_pipe(&kafka_bootstrap, &from, &to, events).await?;
             println!("{rate:.0}");
         }
-        Mode::StreamWait { kafka_bootstrap, topic, events, baseline } => {
-            let rate = tokio::task::spawn_blocking(move || wait_for_records(&kafka_bootstrap, &topic, events)).await??;
+        Mode::StreamWait {
+            kafka_bootstrap,
+            topic,
+            events,
+            baseline,
+        } => {
+            let rate =
+                tokio::task::spawn_blocking(move || wait_for_records(&kafka_bootstrap, &topic, events)).await??;
             println!("| measurement | kappa-predictor --stream | plain consume -> produce pipe | ratio | budget |");
             println!("|---|---|---|---|---|");
-            println!("| stream scoring, {events} events | {rate:.0} events/s | {baseline:.0} events/s | {:.2}x | >= 0.5x |", rate / baseline);
+            println!(
+                "| stream scoring, {events} events | {rate:.0} events/s | {baseline:.0} events/s | {:.2}x | >= 0.5x |",
+                rate / baseline
+            );
         }
         Mode::Forward { rows } => {
             let manifest = kappa_model::example::sensor_autoencoder_manifest("bench", 8);
@@ -292,7 +315,11 @@ async fn load_until(
             let mut highest = 0;
             while !stop.load(Ordering::Relaxed) {
                 let t = Instant::now();
-                let answer = client.predict(request()).await.expect("request failed during swaps").into_inner();
+                let answer = client
+                    .predict(request())
+                    .await
+                    .expect("request failed during swaps")
+                    .into_inner();
                 latencies.push(t.elapsed());
                 if answer.model_version > highest {
                     highest = answer.model_version;
@@ -321,7 +348,11 @@ async fn swap_bench(predictor: &str, registry: &str, model: &str, swaps: u64) ->
 
     // Baseline: the same load, no swaps.
     let stop = Arc::new(AtomicBool::new(false));
-    let load = tokio::spawn(load_until_owned(predictor.to_owned(), Arc::clone(&stop), Arc::clone(&first_seen)));
+    let load = tokio::spawn(load_until_owned(
+        predictor.to_owned(),
+        Arc::clone(&stop),
+        Arc::clone(&first_seen),
+    ));
     tokio::time::sleep(Duration::from_secs(5)).await;
     stop.store(true, Ordering::Relaxed);
     let mut quiet = load.await??;
@@ -329,7 +360,11 @@ async fn swap_bench(predictor: &str, registry: &str, model: &str, swaps: u64) ->
     let mut registry = RegistryClient::new(Channel::from_shared(registry.to_owned())?.connect().await?);
     let manifest = kappa_model::example::sensor_autoencoder_manifest(model, 8);
     let stop = Arc::new(AtomicBool::new(false));
-    let load = tokio::spawn(load_until_owned(predictor.to_owned(), Arc::clone(&stop), Arc::clone(&first_seen)));
+    let load = tokio::spawn(load_until_owned(
+        predictor.to_owned(),
+        Arc::clone(&stop),
+        Arc::clone(&first_seen),
+    ));
     let mut published = Vec::new();
     for seed in 0..swaps {
         let weights = kappa_model::example::random_weights(&manifest, 1000 + seed);
@@ -339,8 +374,16 @@ async fn swap_bench(predictor: &str, registry: &str, model: &str, swaps: u64) ->
                 idempotency_key: String::new(),
             })),
         }];
-        messages.push(pb::PublishRequest { part: Some(pb::publish_request::Part::Chunk(weights)) });
-        let version = registry.publish(tokio_stream::iter(messages)).await?.into_inner().version.unwrap_or_default().version;
+        messages.push(pb::PublishRequest {
+            part: Some(pb::publish_request::Part::Chunk(weights)),
+        });
+        let version = registry
+            .publish(tokio_stream::iter(messages))
+            .await?
+            .into_inner()
+            .version
+            .unwrap_or_default()
+            .version;
         published.push((version, Instant::now()));
         // Wait until served before the next publish, so every version is measured.
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -353,8 +396,10 @@ async fn swap_bench(predictor: &str, registry: &str, model: &str, swaps: u64) ->
     stop.store(true, Ordering::Relaxed);
     let mut swapping = load.await??;
     let seen = first_seen.lock().unwrap();
-    let mut delays: Vec<Duration> =
-        published.iter().map(|(v, at)| seen[v].saturating_duration_since(*at)).collect();
+    let mut delays: Vec<Duration> = published
+        .iter()
+        .map(|(v, at)| seen[v].saturating_duration_since(*at))
+        .collect();
     delays.sort_unstable();
     let (q, s) = (p99(&mut quiet), p99(&mut swapping));
     println!("| measurement | value | baseline | ratio | budget |");
@@ -364,7 +409,12 @@ async fn swap_bench(predictor: &str, registry: &str, model: &str, swaps: u64) ->
         ms(delays[delays.len() / 2]),
         ms(delays[(delays.len() - 1) * 99 / 100])
     );
-    println!("| p99 latency, 16 in flight, during swaps vs none | {:.3} ms | {:.3} ms | {:.2}x | <= 1.2x |", ms(s), ms(q), ms(s) / ms(q));
+    println!(
+        "| p99 latency, 16 in flight, during swaps vs none | {:.3} ms | {:.3} ms | {:.2}x | <= 1.2x |",
+        ms(s),
+        ms(q),
+        ms(s) / ms(q)
+    );
     println!("| failed requests during swaps | 0 of {} | | | 0 |", swapping.len());
     Ok(())
 }
@@ -390,13 +440,20 @@ async fn stream_fill(bootstrap: &str, topics: &[String], events: usize) -> anyho
     for topic in topics {
         for start in (0..events).step_by(10_000) {
             let batch = (start..(start + 10_000).min(events)).map(|i| {
-                let mut fields: serde_json::Map<String, serde_json::Value> =
-                    SENSOR_FIELDS.iter().map(|f| ((*f).to_owned(), serde_json::json!((i % 13) as f64))).collect();
+                let mut fields: serde_json::Map<String, serde_json::Value> = SENSOR_FIELDS
+                    .iter()
+                    .map(|f| ((*f).to_owned(), serde_json::json!((i % 13) as f64)))
+                    .collect();
                 fields.insert("car".into(), serde_json::json!(format!("car{}", i % 100)));
                 let (key, value) = (format!("car{}", i % 100), serde_json::to_vec(&fields).expect("json"));
                 let producer = producer.clone();
                 async move {
-                    producer.send(FutureRecord::to(topic).key(&key).payload(&value), Duration::from_secs(30)).await
+                    producer
+                        .send(
+                            FutureRecord::to(topic).key(&key).payload(&value),
+                            Duration::from_secs(30),
+                        )
+                        .await
                 }
             });
             for result in futures::future::join_all(batch).await {
@@ -422,8 +479,11 @@ async fn stream_pipe(bootstrap: &str, from: &str, to: &str, events: usize) -> an
         .set("auto.offset.reset", "earliest")
         .create()?;
     consumer.subscribe(&[from])?;
-    let producer: FutureProducer =
-        kafka(bootstrap).set("acks", "all").set("enable.idempotence", "true").set("linger.ms", "2").create()?;
+    let producer: FutureProducer = kafka(bootstrap)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "2")
+        .create()?;
     let mut pending = FuturesOrdered::new();
     let (mut done, mut started) = (0, None);
     while done < events {

@@ -1,5 +1,6 @@
 //! `kappa`: the command line for Kappa's services.
 
+mod fleet;
 mod models;
 mod predict;
 
@@ -21,6 +22,8 @@ enum Command {
     Models(models::ModelsArgs),
     /// Score a CSV file or JSON lines through kappa-predictor.
     Predict(predict::PredictArgs),
+    /// Simulate a connected-car fleet producing telemetry (with failures) to Kafka.
+    Fleet(fleet::FleetArgs),
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -29,6 +32,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Models(args) => models::run(args).await,
         Command::Predict(args) => predict::run(args).await,
+        Command::Fleet(args) => fleet::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -9,6 +9,7 @@
 mod batcher;
 pub mod config;
 mod error;
+mod event;
 mod follower;
 mod loader;
 mod metrics;

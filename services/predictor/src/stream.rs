@@ -13,9 +13,8 @@ use std::{
 };
 
 use futures::{StreamExt as _, stream::FuturesOrdered};
-use kappa_api::telemetry::{Prediction, SensorReading};
+use kappa_api::telemetry::Prediction;
 use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
-use prost::Message as _;
 use rdkafka::{
     ClientConfig, Message,
     consumer::{CommitMode, Consumer, StreamConsumer},
@@ -24,7 +23,7 @@ use rdkafka::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{metrics::ReasonLabels, serving::Serving};
+use crate::{event::Event, metrics::ReasonLabels, serving::Serving};
 
 pub struct StreamSettings {
     pub sensor_topic: String,
@@ -155,7 +154,7 @@ fn score_and_produce(
                     .is_some_and(|v| v.eq_ignore_ascii_case(b"application/x-protobuf"))
         })
     });
-    let decoded = message.payload().map(|p| decode_event(p, protobuf));
+    let decoded = message.payload().map(|p| Event::decode(p, protobuf));
     async move {
         let mut car = String::from_utf8_lossy(&key).into_owned();
         let mut prediction = Prediction {
@@ -169,10 +168,10 @@ fn score_and_produce(
             Some(Err(e)) => Err(("malformed", e)),
             Some(Ok(event)) => {
                 if car.is_empty() {
-                    car = event.car.clone();
+                    car.clone_from(&event.car);
                 }
-                if event.time_ms > 0 {
-                    prediction.event_time_ms = event.time_ms;
+                if event.time_ms() > 0 {
+                    prediction.event_time_ms = event.time_ms();
                 }
                 score(&serving, &event).await
             }
@@ -209,76 +208,28 @@ fn score_and_produce(
     }
 }
 
-struct Event {
-    car: String,
-    time_ms: i64,
-    values: serde_json::Map<String, serde_json::Value>,
-}
-
-fn decode_event(payload: &[u8], protobuf: bool) -> Result<Event, String> {
-    let object = if protobuf {
-        let reading = SensorReading::decode(payload).map_err(|e| format!("not a SensorReading: {e}"))?;
-        match serde_json::to_value(&reading).map_err(|e| e.to_string())? {
-            serde_json::Value::Object(map) => map,
-            _ => return Err("SensorReading did not map to an object".into()),
-        }
-    } else {
-        match serde_json::from_slice::<serde_json::Value>(payload) {
-            Ok(serde_json::Value::Object(map)) => map,
-            Ok(_) => return Err("the event is JSON but not an object".into()),
-            Err(e) => return Err(format!("the event is not JSON: {e}")),
-        }
-    };
-    let car = object
-        .get("car")
-        .and_then(|v| v.as_str())
-        .unwrap_or_default()
-        .to_owned();
-    let time_ms = match (
-        object.get("timeMs").or_else(|| object.get("time_ms")),
-        object.get("time"),
-    ) {
-        (Some(ms), _) => number(ms).map_or(0, |v| v as i64),
-        (None, Some(seconds)) => number(seconds).map_or(0, |v| (v * 1000.0) as i64),
-        (None, None) => 0,
-    };
-    Ok(Event {
-        car,
-        time_ms,
-        values: object,
-    })
-}
-
-/// A JSON number, or a string holding one (CSV-born JSON often quotes numbers).
-fn number(value: &serde_json::Value) -> Option<f64> {
-    match value {
-        serde_json::Value::Number(n) => n.as_f64(),
-        serde_json::Value::String(s) => s.trim().parse().ok(),
-        _ => None,
-    }
-}
-
 async fn score(serving: &Serving, event: &Event) -> Result<(f64, bool, String, u64), (&'static str, String)> {
     let model = serving.admit("", "").map_err(|e| ("no_model", e.to_string()))?;
     let mut row = Vec::with_capacity(model.n_features());
     for feature in &model.manifest.features {
-        // protobuf readings arrive in proto3 JSON (camelCase); JSON events use the field names.
-        let value = event
-            .values
-            .get(&feature.name)
-            .or_else(|| event.values.get(&camel_case(&feature.name)));
-        match value.and_then(number) {
-            Some(v) if v.is_finite() => row.push(v as f32),
-            Some(_) => {
+        match event.fields.get(&feature.name) {
+            Some(Some(v)) if v.is_finite() => row.push(v as f32),
+            Some(Some(_)) => {
                 return Err((
                     "not_finite",
                     format!("feature {:?} is not a finite number", feature.name),
                 ));
             }
-            None => {
+            Some(None) => {
                 return Err((
                     "missing_feature",
                     format!("feature {:?} is missing or not a number", feature.name),
+                ));
+            }
+            None => {
+                return Err((
+                    "unknown_feature",
+                    format!("the model's feature {:?} is not a sensor field", feature.name),
                 ));
             }
         }
@@ -294,40 +245,4 @@ async fn score(serving: &Serving, event: &Event) -> Result<(f64, bool, String, u
         scored.model.name.clone(),
         scored.model.version,
     ))
-}
-
-fn camel_case(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    let mut upper = false;
-    for c in name.chars() {
-        if c == '_' {
-            upper = true;
-        } else if upper {
-            out.extend(c.to_uppercase());
-            upper = false;
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn events_decode_from_json_with_numbers_or_numeric_strings() {
-        let e = decode_event(
-            br#"{"car":"car7","time":1567606196,"speed":"24.9","coolant_temp":39.4}"#,
-            false,
-        )
-        .unwrap();
-        assert_eq!(e.car, "car7");
-        assert_eq!(e.time_ms, 1_567_606_196_000);
-        assert_eq!(number(&e.values["speed"]), Some(24.9));
-        assert!(decode_event(b"[1,2]", false).is_err());
-        assert!(decode_event(b"{not json", false).is_err());
-        assert_eq!(camel_case("accelerometer_1_1_value"), "accelerometer11Value");
-    }
 }

@@ -735,3 +735,34 @@ async fn stream_mode_answers_every_event_and_loses_none_across_a_kill_9() {
             >= 1.0
     );
 }
+
+#[tokio::test]
+async fn kappa_predict_scores_every_row_of_the_demo_csv() {
+    let csv = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/car-sensor-data.csv");
+    assert!(csv.exists(), "the demo data is expected at {}", csv.display());
+    let setup = RegistrySetup::new();
+    let registry = setup.start().await;
+    let mut client = registry_client(&registry).await;
+    let m = sensor_autoencoder_manifest("csv", 8);
+    publish(&mut client, &m, &random_weights(&m, 1), "").await.unwrap();
+    let predictor = PredictorSetup::new(&setup.topic, "csv", "latest").start().await;
+    let out = tokio::process::Command::new(binary("kappa"))
+        .args(["predict", "--predictor", &predictor.service.address])
+        .arg(&csv)
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let summary = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        summary.contains("10000 rows:") && summary.contains("0 refused"),
+        "{summary}"
+    );
+    assert_eq!(stdout.lines().count(), 10_000);
+    assert!(
+        stdout.lines().next().unwrap().starts_with("car1@1567606196  score "),
+        "{stdout:.200}"
+    );
+    assert!(stdout.lines().all(|l| l.ends_with("csv v1")));
+}

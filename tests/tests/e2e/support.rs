@@ -550,3 +550,40 @@ pub async fn create_topic_with_partitions(topic: &str, partitions: i32) {
         r.unwrap();
     }
 }
+
+/// (key, value, timestamp ms) of every record in partition 0.
+pub async fn read_topic_with_timestamps(topic: &str) -> Vec<(String, Vec<u8>, i64)> {
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = kafka_config()
+            .set("group.id", unique("kappa-e2e-reader"))
+            .set("enable.partition.eof", "true")
+            .create()
+            .unwrap();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition_offset(&topic, 0, rdkafka::Offset::Beginning).unwrap();
+        consumer.assign(&tpl).unwrap();
+        let mut records = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "reading {topic} did not reach its end within 30 s"
+            );
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => records.push((
+                    m.key()
+                        .map(|k| String::from_utf8_lossy(k).into_owned())
+                        .unwrap_or_default(),
+                    m.payload().unwrap_or_default().to_vec(),
+                    m.timestamp().to_millis().unwrap_or(0),
+                )),
+                Some(Err(KafkaError::PartitionEOF(_))) => return records,
+                Some(Err(e)) => panic!("reading {topic}: {e}"),
+                None => {}
+            }
+        }
+    })
+    .await
+    .unwrap()
+}

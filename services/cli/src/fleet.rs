@@ -1,0 +1,286 @@
+//! `kappa fleet`: a connected-car fleet simulator producing telemetry to Kafka.
+//!
+//! Each car drives with plausible physics (speed, throttle and engine vibration move together,
+//! coolant warms up towards its operating range, the 12 V battery stays between 11.5 and 14.8 V),
+//! and cars in the failing share develop the failure modes of the reference demo: tire pressure
+//! loss, shock failure, drive-shaft wear, overheating and outdated firmware. A mode starts with a
+//! small chance per sample and then persists. Records are JSON, keyed by car id, with the Kafka
+//! timestamp set to the event time (which may start in the past, to make history quickly).
+
+use std::{
+    collections::VecDeque,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::Context;
+use clap::Args;
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use rdkafka::{
+    ClientConfig,
+    producer::{FutureProducer, FutureRecord},
+};
+use serde_json::{Map, Value, json};
+
+#[derive(Debug, Args)]
+pub struct FleetArgs {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "KAPPA_KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+    kafka_bootstrap: String,
+    /// Topic the telemetry goes to.
+    #[arg(long, default_value = "sensor-data")]
+    topic: String,
+    /// Number of cars.
+    #[arg(long, default_value_t = 100)]
+    cars: u32,
+    /// Target rate in events per second across the fleet; 0 produces as fast as Kafka accepts.
+    #[arg(long, default_value_t = 100.0)]
+    rate: f64,
+    /// Stop after this many events.
+    #[arg(long, conflicts_with = "duration_seconds")]
+    events: Option<u64>,
+    /// Stop after this many seconds of wall-clock time.
+    #[arg(long)]
+    duration_seconds: Option<f64>,
+    /// Random seed: the same seed and settings produce the same telemetry.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Share of cars that may develop failures (0 to 1).
+    #[arg(long, default_value_t = 0.2)]
+    failing_share: f64,
+    /// Chance per sample that a failure mode starts on a failing car.
+    #[arg(long, default_value_t = 0.01)]
+    failure_chance: f64,
+    /// Event time of the first sample, in seconds before now; event time then advances by one
+    /// sampling interval per fleet round (the interval is --sample-interval-ms).
+    #[arg(long, default_value_t = 0.0)]
+    backdate_seconds: f64,
+    /// Event-time spacing between two samples of one car.
+    #[arg(long, default_value_t = 1000)]
+    sample_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Failures {
+    tires: bool,
+    shock: bool,
+    drive_shaft: bool,
+    overheating: bool,
+    firmware: bool,
+}
+
+impl Failures {
+    fn any(self) -> bool {
+        self.tires || self.shock || self.drive_shaft || self.overheating || self.firmware
+    }
+}
+
+struct Car {
+    id: String,
+    prone: bool,
+    failures: Failures,
+    speed: f64,
+    coolant: f64,
+    battery: f64,
+    tires: [f64; 4],
+}
+
+impl Car {
+    fn new(i: u32, prone: bool, rng: &mut StdRng) -> Self {
+        Self {
+            id: format!("car{i}"),
+            prone,
+            failures: Failures::default(),
+            speed: rng.random_range(0.0..80.0),
+            coolant: rng.random_range(20.0..60.0),
+            battery: rng.random_range(0.5..1.0),
+            tires: [0; 4].map(|_| rng.random_range(30.0..34.0)),
+        }
+    }
+
+    /// Advances the car by one sample and returns the reading.
+    fn sample(&mut self, rng: &mut StdRng, failure_chance: f64) -> Map<String, Value> {
+        if self.prone {
+            let mut start = || rng.random_bool(failure_chance);
+            let f = &mut self.failures;
+            f.tires |= start();
+            f.shock |= start();
+            f.drive_shaft |= start();
+            f.overheating |= start();
+            f.firmware |= start();
+        }
+        let f = self.failures;
+        self.speed = (self.speed + rng.random_range(-6.0..6.0)).clamp(0.0, 140.0);
+        let throttle = (self.speed / 140.0 * 0.8 + rng.random_range(0.0..0.2)).clamp(0.0, 1.0);
+        // Coolant approaches 90 °C; an overheating engine creeps past it.
+        let target = if f.overheating { 125.0 } else { 90.0 };
+        self.coolant += (target - self.coolant) * if f.overheating { 0.08 } else { 0.05 } + rng.random_range(-0.5..0.5);
+        let charging = self.speed > 10.0;
+        self.battery = (self.battery + if charging { 0.002 } else { -0.003 }).clamp(0.05, 1.0);
+        let voltage = 11.8 + 0.9 * self.battery + if charging { 1.2 } else { 0.0 } + rng.random_range(-0.1..0.1);
+        let current = if charging {
+            rng.random_range(5.0..30.0)
+        } else {
+            rng.random_range(0.5..8.0)
+        };
+        let vibration = self.speed * 100.0 * if f.drive_shaft { 1.5 } else { 1.0 } + rng.random_range(0.0..50.0);
+        for tire in &mut self.tires {
+            *tire = if f.tires {
+                rng.random_range(20.0..24.0)
+            } else {
+                (*tire + rng.random_range(-0.2..0.2)).clamp(30.0, 34.0)
+            };
+        }
+        let bump = rng.random_bool(0.05);
+        let mut accel = || {
+            let base = if f.shock {
+                rng.random_range(3.0..4.0)
+            } else {
+                rng.random_range(0.0..1.0)
+            };
+            if bump { base * 1.5 } else { base }
+        };
+        let accelerometers = [accel(), accel(), accel(), accel()];
+        let mut m = Map::new();
+        m.insert("car".into(), json!(self.id));
+        m.insert("coolant_temp".into(), json!(self.coolant));
+        m.insert("intake_air_temp".into(), json!(rng.random_range(15.0..40.0)));
+        m.insert(
+            "intake_air_flow_speed".into(),
+            json!(20.0 + throttle * 200.0 + rng.random_range(-5.0..5.0)),
+        );
+        m.insert("battery_percentage".into(), json!(self.battery));
+        m.insert("battery_voltage".into(), json!(voltage));
+        m.insert("current_draw".into(), json!(current));
+        m.insert("speed".into(), json!(self.speed));
+        m.insert("engine_vibration_amplitude".into(), json!(vibration));
+        m.insert("throttle_pos".into(), json!(throttle));
+        for (name, value) in [
+            "tire_pressure_1_1",
+            "tire_pressure_1_2",
+            "tire_pressure_2_1",
+            "tire_pressure_2_2",
+        ]
+        .iter()
+        .zip(self.tires)
+        {
+            m.insert((*name).into(), json!(value.round()));
+        }
+        for (name, value) in [
+            "accelerometer_1_1_value",
+            "accelerometer_1_2_value",
+            "accelerometer_2_1_value",
+            "accelerometer_2_2_value",
+        ]
+        .iter()
+        .zip(accelerometers)
+        {
+            m.insert((*name).into(), json!(value));
+        }
+        m.insert(
+            "control_unit_firmware".into(),
+            json!(if f.firmware { 1000 } else { 2000 }),
+        );
+        m.insert("failure_occurred".into(), json!(if f.any() { "true" } else { "false" }));
+        m
+    }
+}
+
+/// Deliveries awaited at once; bounds memory when the broker is slow or away.
+const MAX_IN_FLIGHT: usize = 10_000;
+
+pub async fn run(args: FleetArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.cars > 0, "--cars must be at least 1");
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.failing_share),
+        "--failing-share must be between 0 and 1"
+    );
+    anyhow::ensure!(args.rate >= 0.0, "--rate must be 0 (unpaced) or positive");
+    anyhow::ensure!(
+        args.events.is_some() || args.duration_seconds.is_some(),
+        "give --events N or --duration-seconds S so the simulator knows when to stop"
+    );
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &args.kafka_bootstrap)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "60000")
+        .create()
+        .context("cannot create the Kafka producer")?;
+    let mut rng = StdRng::seed_from_u64(args.seed);
+    let mut cars: Vec<Car> = (0..args.cars)
+        .map(|i| Car::new(i, rng.random_bool(args.failing_share), &mut rng))
+        .collect();
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as i64;
+    let mut event_time = now_ms - (args.backdate_seconds * 1000.0) as i64;
+
+    let started = Instant::now();
+    let deadline = args.duration_seconds.map(|s| started + Duration::from_secs_f64(s));
+    let mut in_flight = VecDeque::new();
+    let (mut sent, mut acked, mut failed, mut failing_events) = (0_u64, 0_u64, 0_u64, 0_u64);
+    'produce: loop {
+        for car in &mut cars {
+            if args.events.is_some_and(|n| sent >= n) || deadline.is_some_and(|d| Instant::now() >= d) {
+                break 'produce;
+            }
+            if args.rate > 0.0 {
+                let due = started + Duration::from_secs_f64(sent as f64 / args.rate);
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    tokio::time::sleep(wait).await;
+                }
+            }
+            let reading = car.sample(&mut rng, args.failure_chance);
+            if car.failures.any() {
+                failing_events += 1;
+            }
+            let payload = serde_json::to_vec(&reading)?;
+            let record = FutureRecord::to(&args.topic)
+                .key(&car.id)
+                .payload(&payload)
+                .timestamp(event_time);
+            match producer.send_result(record) {
+                Ok(delivery) => in_flight.push_back(delivery),
+                Err((e, _)) => {
+                    failed += 1;
+                    eprintln!("could not queue an event: {e}");
+                }
+            }
+            sent += 1;
+            while in_flight.len() >= MAX_IN_FLIGHT {
+                settle(in_flight.pop_front(), &mut acked, &mut failed).await;
+            }
+        }
+        event_time += args.sample_interval_ms as i64;
+    }
+    while let Some(delivery) = in_flight.pop_front() {
+        settle(Some(delivery), &mut acked, &mut failed).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "fleet of {} cars: {sent} events sent, {acked} acknowledged by Kafka, {failed} failed; {failing_events} from cars with a failure; achieved {:.0} events/s{}",
+        args.cars,
+        acked as f64 / elapsed,
+        if args.rate > 0.0 {
+            format!(" (target {:.0})", args.rate)
+        } else {
+            String::new()
+        }
+    );
+    anyhow::ensure!(
+        failed == 0,
+        "{failed} events were not acknowledged (is the broker reachable?)"
+    );
+    Ok(())
+}
+
+async fn settle(delivery: Option<rdkafka::producer::DeliveryFuture>, acked: &mut u64, failed: &mut u64) {
+    let Some(delivery) = delivery else { return };
+    match delivery.await {
+        Ok(Ok(_)) => *acked += 1,
+        Ok(Err((e, _))) => {
+            *failed += 1;
+            eprintln!("an event was not acknowledged: {e}");
+        }
+        Err(_) => *failed += 1,
+    }
+}

@@ -1,0 +1,122 @@
+//! `kappa fleet` against the real broker: what it writes is what the trainer and predictor read.
+
+use std::process::Command;
+
+use crate::support::*;
+
+fn fleet(topic: &str, seed: u64, extra: &[&str]) -> String {
+    let out = Command::new(binary("kappa"))
+        .args([
+            "fleet",
+            "--kafka-bootstrap",
+            &bootstrap(),
+            "--topic",
+            topic,
+            "--seed",
+            &seed.to_string(),
+        ])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kappa fleet failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn the_fleet_writes_keyed_plausible_labelled_telemetry_with_back_dated_timestamps() {
+    let topic = unique("test.fleet");
+    let before_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let report = fleet(
+        &topic,
+        7,
+        &[
+            "--cars",
+            "20",
+            "--events",
+            "2000",
+            "--rate",
+            "0",
+            "--failing-share",
+            "0.5",
+            "--backdate-seconds",
+            "3600",
+        ],
+    );
+    assert!(
+        report.contains("2000 events sent, 2000 acknowledged by Kafka, 0 failed"),
+        "{report}"
+    );
+
+    let records = read_topic_with_timestamps(&topic).await;
+    assert_eq!(records.len(), 2000);
+    let (mut failing, mut cars) = (0, std::collections::HashSet::new());
+    for (key, value, timestamp) in &records {
+        let event: serde_json::Value = serde_json::from_slice(value).unwrap();
+        assert_eq!(event["car"].as_str().unwrap(), key, "records are keyed by car id");
+        cars.insert(key.clone());
+        for field in kappa_model::example::SENSOR_FIELDS {
+            assert!(
+                event[field].as_f64().is_some_and(f64::is_finite),
+                "{field} missing in {event}"
+            );
+        }
+        let voltage = event["battery_voltage"].as_f64().unwrap();
+        assert!(
+            (11.0..=15.5).contains(&voltage),
+            "battery voltage {voltage} is not a 12 V system"
+        );
+        let pct = event["battery_percentage"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&pct), "battery percentage {pct}");
+        for tire in ["tire_pressure_1_1", "tire_pressure_2_2"] {
+            assert!((19.0..=35.0).contains(&event[tire].as_f64().unwrap()));
+        }
+        let label = event["failure_occurred"].as_str().unwrap();
+        if label == "true" {
+            failing += 1;
+        }
+        assert!(
+            *timestamp >= before_ms - 3_600_000 && *timestamp <= before_ms,
+            "event time {timestamp} is not in the back-dated hour"
+        );
+    }
+    assert_eq!(cars.len(), 20);
+    assert!(
+        failing > 0 && failing < 2000,
+        "{failing} of 2000 events labelled failing"
+    );
+
+    // The same seed gives the same telemetry.
+    let again = unique("test.fleet");
+    fleet(
+        &again,
+        7,
+        &[
+            "--cars",
+            "20",
+            "--events",
+            "200",
+            "--rate",
+            "0",
+            "--failing-share",
+            "0.5",
+        ],
+    );
+    let first: Vec<_> = records
+        .iter()
+        .take(200)
+        .map(|(k, v, _)| (k.clone(), v.clone()))
+        .collect();
+    let second: Vec<_> = read_topic_with_timestamps(&again)
+        .await
+        .into_iter()
+        .map(|(k, v, _)| (k, v))
+        .collect();
+    assert_eq!(first, second);
+}
