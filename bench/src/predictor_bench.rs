@@ -342,23 +342,28 @@ fn p99(latencies: &mut [Duration]) -> Duration {
 }
 
 async fn swap_bench(predictor: &str, registry: &str, model: &str, swaps: u64) -> anyhow::Result<()> {
-    use kappa_api::registry::{self as pb, registry_client::RegistryClient};
+    use kappa_api::registry::registry_client::RegistryClient;
     use std::sync::atomic::{AtomicBool, Ordering};
     let first_seen = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
 
-    // Baseline: the same load, no swaps.
+    // Both phases publish `swaps` versions at the same cadence, so the registry and the broker
+    // do the same work; in the baseline the versions belong to another model, so the predictor
+    // does not swap. The difference is the cost of swapping itself.
+    let mut registry = RegistryClient::new(Channel::from_shared(registry.to_owned())?.connect().await?);
+    let other = format!("{model}-other");
     let stop = Arc::new(AtomicBool::new(false));
     let load = tokio::spawn(load_until_owned(
         predictor.to_owned(),
         Arc::clone(&stop),
         Arc::clone(&first_seen),
     ));
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    for seed in 0..swaps {
+        publish_version(&mut registry, &other, 5000 + seed).await?;
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
     stop.store(true, Ordering::Relaxed);
     let mut quiet = load.await??;
 
-    let mut registry = RegistryClient::new(Channel::from_shared(registry.to_owned())?.connect().await?);
-    let manifest = kappa_model::example::sensor_autoencoder_manifest(model, 8);
     let stop = Arc::new(AtomicBool::new(false));
     let load = tokio::spawn(load_until_owned(
         predictor.to_owned(),
@@ -367,23 +372,7 @@ async fn swap_bench(predictor: &str, registry: &str, model: &str, swaps: u64) ->
     ));
     let mut published = Vec::new();
     for seed in 0..swaps {
-        let weights = kappa_model::example::random_weights(&manifest, 1000 + seed);
-        let mut messages = vec![pb::PublishRequest {
-            part: Some(pb::publish_request::Part::Header(pb::PublishHeader {
-                manifest: Some(manifest.clone()),
-                idempotency_key: String::new(),
-            })),
-        }];
-        messages.push(pb::PublishRequest {
-            part: Some(pb::publish_request::Part::Chunk(weights)),
-        });
-        let version = registry
-            .publish(tokio_stream::iter(messages))
-            .await?
-            .into_inner()
-            .version
-            .unwrap_or_default()
-            .version;
+        let version = publish_version(&mut registry, model, 1000 + seed).await?;
         published.push((version, Instant::now()));
         // Wait until served before the next publish, so every version is measured.
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -417,6 +406,34 @@ async fn swap_bench(predictor: &str, registry: &str, model: &str, swaps: u64) ->
     );
     println!("| failed requests during swaps | 0 of {} | | | 0 |", swapping.len());
     Ok(())
+}
+
+async fn publish_version(
+    registry: &mut kappa_api::registry::registry_client::RegistryClient<Channel>,
+    model: &str,
+    seed: u64,
+) -> anyhow::Result<u64> {
+    use kappa_api::registry as pb;
+    let manifest = kappa_model::example::sensor_autoencoder_manifest(model, 8);
+    let weights = kappa_model::example::random_weights(&manifest, seed);
+    let messages = vec![
+        pb::PublishRequest {
+            part: Some(pb::publish_request::Part::Header(pb::PublishHeader {
+                manifest: Some(manifest),
+                idempotency_key: String::new(),
+            })),
+        },
+        pb::PublishRequest {
+            part: Some(pb::publish_request::Part::Chunk(weights)),
+        },
+    ];
+    Ok(registry
+        .publish(tokio_stream::iter(messages))
+        .await?
+        .into_inner()
+        .version
+        .unwrap_or_default()
+        .version)
 }
 
 async fn load_until_owned(
