@@ -766,3 +766,117 @@ async fn kappa_predict_scores_every_row_of_the_demo_csv() {
     );
     assert!(stdout.lines().all(|l| l.ends_with("csv v1")));
 }
+
+#[tokio::test]
+async fn predict_stream_answers_in_order_and_reports_bad_messages() {
+    let (_registry, predictor, f, _) = serve_fixture("autoencoder").await;
+    let mut typed = PredictorClient::new(predictor.channel().await);
+    let requests: Vec<PredictRequest> = f
+        .inputs
+        .iter()
+        .enumerate()
+        .map(|(i, row)| PredictRequest {
+            features: f
+                .manifest
+                .features
+                .iter()
+                .zip(row)
+                .map(|(feat, v)| (feat.name.clone(), f64::from(*v)))
+                .collect(),
+            request_id: i.to_string(),
+            ..Default::default()
+        })
+        .collect();
+    let mut answers = typed
+        .predict_stream(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut n = 0;
+    while let Some(answer) = tokio_stream::StreamExt::next(&mut answers).await {
+        let answer = answer.unwrap();
+        assert_eq!(
+            answer.request_id,
+            n.to_string(),
+            "answers keep the order of the requests"
+        );
+        assert!((answer.score as f32 - f.scores[n]).abs() <= TOLERANCE);
+        assert_eq!(answer.model_version, 1);
+        n += 1;
+    }
+    assert_eq!(n, 64);
+
+    // A bad message ends the stream with a precise status; the answers before it arrive.
+    let mut bad = sensor_request(1.0);
+    bad.features.remove("coolant_temp");
+    let mut answers = typed
+        .predict_stream(tokio_stream::iter(vec![sensor_request(1.0), bad]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(tokio_stream::StreamExt::next(&mut answers).await.unwrap().is_ok());
+    let err = tokio_stream::StreamExt::next(&mut answers).await.unwrap().unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("coolant_temp"), "{}", err.message());
+}
+
+#[tokio::test]
+async fn metrics_are_prometheus_text_and_move_with_traffic() {
+    let (_registry, predictor, f, _) = serve_fixture("autoencoder").await;
+    let before = predictor
+        .metric(r#"kappa_predictor_requests_total{rpc="ModelInfer",code="OK"}"#)
+        .await
+        .unwrap_or(0.0);
+    let mut oip = GrpcInferenceServiceClient::new(predictor.channel().await);
+    for _ in 0..5 {
+        oip.model_infer(infer_request("autoencoder", &f.inputs[..4]))
+            .await
+            .unwrap();
+    }
+    let text = predictor.metrics().await;
+    assert!(text.ends_with("# EOF\n"), "OpenMetrics text ends with # EOF");
+    for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("malformed line {line:?}"));
+        assert!(series.starts_with("kappa_predictor_"), "{line}");
+        assert!(value.parse::<f64>().is_ok(), "value of {line:?} is not a number");
+    }
+    let after = predictor
+        .metric(r#"kappa_predictor_requests_total{rpc="ModelInfer",code="OK"}"#)
+        .await
+        .unwrap();
+    assert_eq!(after - before, 5.0);
+    assert!(predictor.metric("kappa_predictor_batch_size_count").await.unwrap() >= 5.0);
+    assert_eq!(predictor.metric("kappa_predictor_model_ready").await, Some(1.0));
+}
+
+#[test]
+fn check_config_validates_without_connecting_and_bad_config_exits_64() {
+    let ok = std::process::Command::new(binary("kappa-predictor"))
+        .args([
+            "--model",
+            "fleet",
+            "--follow",
+            "production",
+            "--kafka-bootstrap",
+            "nowhere:1",
+            "--check-config",
+        ])
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("configuration ok"));
+    let bad = std::process::Command::new(binary("kappa-predictor"))
+        .args(["--model", "Bad/Name", "--check-config"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--model"));
+    let registry = std::process::Command::new(binary("kappa-registry"))
+        .args(["--chunk-bytes", "4096", "--max-model-bytes", "1024", "--check-config"])
+        .output()
+        .unwrap();
+    assert_eq!(registry.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&registry.stderr).contains("--max-model-bytes"));
+}
