@@ -6,6 +6,7 @@ mod error;
 pub mod example;
 mod manifest;
 mod mlp;
+pub mod sensor;
 mod weights;
 
 pub use error::ModelError;

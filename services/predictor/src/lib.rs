@@ -9,7 +9,6 @@
 mod batcher;
 pub mod config;
 mod error;
-mod event;
 mod follower;
 mod loader;
 mod metrics;

@@ -23,7 +23,9 @@ use rdkafka::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{event::Event, metrics::ReasonLabels, serving::Serving};
+use kappa_model::sensor::Event;
+
+use crate::{metrics::ReasonLabels, serving::Serving};
 
 pub struct StreamSettings {
     pub sensor_topic: String,

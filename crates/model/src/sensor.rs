@@ -1,4 +1,5 @@
-//! Sensor events as they arrive on the sensor topic: JSON objects with the 18 sensor fields, or
+//! Sensor events as they arrive on the sensor topic (read by the predictor's stream mode and by
+//! the trainer): JSON objects with the 18 sensor fields, or
 //! protobuf `SensorReading`. Numbers may be JSON numbers or numeric strings (CSV-born JSON often
 //! quotes them). Decoding into a struct, not a generic JSON map, keeps the per-event cost to one
 //! pass without allocating a key per field.
@@ -15,6 +16,9 @@ pub struct Event {
     time: Option<f64>,
     #[serde(alias = "timeMs", deserialize_with = "flexible")]
     time_ms: Option<f64>,
+    /// Ground truth from the simulator: `true`/`false`, as a bool or a string.
+    #[serde(deserialize_with = "flexible_bool")]
+    pub failure_occurred: Option<bool>,
     #[serde(flatten)]
     pub fields: SensorFields,
 }
@@ -79,6 +83,23 @@ fn flexible<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Er
     })
 }
 
+/// A bool, or the strings "true"/"false" (any case); anything else counts as absent.
+fn flexible_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Flexible {
+        Bool(bool),
+        Text(String),
+        Other(serde::de::IgnoredAny),
+    }
+    Ok(match Flexible::deserialize(d)? {
+        Flexible::Bool(b) => Some(b),
+        Flexible::Text(s) if s.eq_ignore_ascii_case("true") => Some(true),
+        Flexible::Text(s) if s.eq_ignore_ascii_case("false") => Some(false),
+        Flexible::Text(_) | Flexible::Other(_) => None,
+    })
+}
+
 impl Event {
     pub fn decode(payload: &[u8], protobuf: bool) -> Result<Self, String> {
         if protobuf {
@@ -122,6 +143,9 @@ mod tests {
         assert_eq!(e.fields.get("coolant_temp"), Some(Some(39.4)));
         assert_eq!(e.fields.get("throttle_pos"), Some(None));
         assert_eq!(e.fields.get("no_such_field"), None);
+        assert_eq!(e.failure_occurred, None);
+        let labelled = Event::decode(br#"{"failure_occurred":"true"}"#, false).unwrap();
+        assert_eq!(labelled.failure_occurred, Some(true));
         assert!(Event::decode(b"[1,2]", false).is_err());
         assert!(Event::decode(b"{not json", false).unwrap_err().contains("not JSON"));
     }
