@@ -3,10 +3,12 @@
 //! else before it writes a byte to Kafka) and, for the predictor, how a model computes its score.
 
 mod error;
+pub mod evaluate;
 pub mod example;
 mod manifest;
 mod mlp;
 pub mod sensor;
+pub mod train;
 mod weights;
 
 pub use error::ModelError;
