@@ -1,0 +1,61 @@
+use std::net::SocketAddr;
+
+use clap::Parser;
+use kappa_kafka::KafkaArgs;
+use kappa_telemetry::LogArgs;
+
+/// kappa-trainer trains anomaly detectors from a time range of a Kafka topic and publishes them
+/// to kappa-registry (kappa.trainer.v1.Trainer, grpc.health.v1 and reflection on one port).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "kappa-trainer", version, about, long_about = None)]
+pub struct TrainerConfig {
+    /// gRPC listen address. Port 0 picks a free port; the chosen address is logged.
+    #[arg(long, env = "KAPPA_LISTEN", default_value = "127.0.0.1:50053")]
+    pub listen: SocketAddr,
+
+    /// Prometheus metrics listen address (GET /metrics).
+    #[arg(long, env = "KAPPA_METRICS_LISTEN", default_value = "127.0.0.1:9103")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    /// Where kappa-registry listens; trained models are published there.
+    #[arg(long, env = "KAPPA_REGISTRY", default_value = "http://127.0.0.1:50051")]
+    pub registry: String,
+
+    /// Training jobs that may run at once; more are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "KAPPA_MAX_CONCURRENT_JOBS", default_value_t = 2,
+          value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub max_concurrent_jobs: u32,
+
+    /// Most rows a job reads from Kafka; a range holding more is sampled down to this many.
+    #[arg(long, env = "KAPPA_MAX_ROWS", default_value_t = 2_000_000)]
+    pub max_rows: usize,
+
+    /// Seconds in-flight requests get to finish after SIGTERM before the server stops.
+    #[arg(long, env = "KAPPA_SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
+    pub shutdown_grace_seconds: u64,
+
+    /// Validate the configuration, print it and exit without connecting to anything.
+    #[arg(long)]
+    pub check_config: bool,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+impl TrainerConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.registry.starts_with("http://") || self.registry.starts_with("https://")) {
+            return Err(format!(
+                "--registry {:?} must be an http:// or https:// URL",
+                self.registry
+            ));
+        }
+        if self.max_rows == 0 {
+            return Err("--max-rows must be at least 1".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,29 @@
+use thiserror::Error;
+use tonic::Status;
+
+/// Why a training request was refused. Exhaustive `From`: a new variant picks its code.
+#[derive(Debug, Error)]
+pub enum TrainerError {
+    #[error("invalid training spec: {0}")]
+    InvalidSpec(String),
+    #[error("topic {0:?} does not exist")]
+    UnknownTopic(String),
+    #[error("job {0:?} does not exist")]
+    UnknownJob(String),
+    #[error("{0} jobs are running already; retry when one finishes")]
+    Busy(usize),
+    #[error("Kafka is unavailable: {0}")]
+    Kafka(String),
+}
+
+impl From<TrainerError> for Status {
+    fn from(err: TrainerError) -> Self {
+        let message = err.to_string();
+        match err {
+            TrainerError::InvalidSpec(_) => Status::invalid_argument(message),
+            TrainerError::UnknownTopic(_) | TrainerError::UnknownJob(_) => Status::not_found(message),
+            TrainerError::Busy(_) => Status::resource_exhausted(message),
+            TrainerError::Kafka(_) => Status::unavailable(message),
+        }
+    }
+}

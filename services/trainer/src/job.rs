@@ -1,0 +1,471 @@
+//! One training job, from reading Kafka to moving the alias.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use kappa_api::{
+    model::{Activation, Feature, Layer, Lineage, Metrics, ModelManifest, OutputKind, SampleCounts},
+    registry::{self as rpb, registry_client::RegistryClient},
+    trainer::{Job, JobPhase, JobProgress, TrainingSpec, training_spec::Range},
+};
+use kappa_model::{
+    Backend, Mlp,
+    evaluate::{Quality, percentile, quality},
+    example::serialize_tensors,
+    train::{TrainSettings, train_autoencoder},
+};
+use rdkafka::ClientConfig;
+use tokio::sync::watch;
+use tokio_stream::StreamExt as _;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+use crate::{
+    dataset::{fit_scaling, scaled, split},
+    reader::{RangeQuery, read_range},
+};
+
+/// A job as the service tracks it.
+pub struct JobHandle {
+    pub job: Mutex<Job>,
+    pub progress: watch::Sender<JobProgress>,
+    pub cancel: CancellationToken,
+}
+
+impl JobHandle {
+    pub fn snapshot(&self) -> Job {
+        let mut job = self.job.lock().expect("job lock poisoned").clone();
+        job.progress = Some(self.progress.borrow().clone());
+        job
+    }
+
+    fn set_phase(&self, phase: JobPhase, message: impl Into<String>) {
+        let message = message.into();
+        {
+            let mut job = self.job.lock().expect("job lock poisoned");
+            job.phase = phase as i32;
+            job.message.clone_from(&message);
+        }
+        self.progress.send_modify(|p| {
+            p.phase = phase as i32;
+            p.message = message;
+        });
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Job)) {
+        f(&mut self.job.lock().expect("job lock poisoned"));
+    }
+}
+
+/// What a job needs from the service.
+#[derive(Clone)]
+pub struct JobContext {
+    pub kafka: ClientConfig,
+    pub registry: String,
+    pub max_rows: usize,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The time range a spec asks for, resolved against the clock for "last N minutes".
+pub fn time_range(spec: &TrainingSpec) -> (i64, i64) {
+    match spec.range {
+        Some(Range::TimeRange(r)) => (r.from_ms, r.to_ms),
+        Some(Range::LastMinutes(m)) => {
+            let now = now_ms();
+            (now - i64::from(m) * 60_000, now)
+        }
+        None => (0, 0),
+    }
+}
+
+/// Runs the job to a terminal phase. Nothing is published unless every step succeeds.
+pub async fn run(handle: Arc<JobHandle>, ctx: JobContext) {
+    let outcome = execute(&handle, &ctx).await;
+    match outcome {
+        Ok(()) => {}
+        Err(Stop::Cancelled) => handle.set_phase(JobPhase::Cancelled, "cancelled; nothing was published"),
+        Err(Stop::Failed(message)) => {
+            tracing::warn!(job = handle.snapshot().job_id, message, "training job failed");
+            handle.set_phase(JobPhase::Failed, message);
+        }
+    }
+}
+
+enum Stop {
+    Cancelled,
+    Failed(String),
+}
+
+fn fail(message: impl std::fmt::Display) -> Stop {
+    Stop::Failed(message.to_string())
+}
+
+async fn execute(handle: &Arc<JobHandle>, ctx: &JobContext) -> Result<(), Stop> {
+    let (job_id, spec) = {
+        let job = handle.job.lock().expect("job lock poisoned");
+        (job.job_id.clone(), job.spec.clone().unwrap_or_default())
+    };
+    let (from_ms, to_ms) = time_range(&spec);
+    let query = RangeQuery {
+        topic: spec.source_topic.clone(),
+        from_ms,
+        to_ms,
+        features: spec.features.clone(),
+        labelled: !spec.label_field.is_empty(),
+        max_rows: ctx.max_rows,
+    };
+
+    handle.set_phase(
+        JobPhase::Reading,
+        format!("reading {} over [{from_ms}, {to_ms})", spec.source_topic),
+    );
+    let data = {
+        let (handle, kafka) = (Arc::clone(handle), ctx.kafka.clone());
+        tokio::task::spawn_blocking(move || {
+            read_range(&kafka, &query, &mut |read, skipped| {
+                handle.progress.send_modify(|p| {
+                    p.samples_read = read;
+                    p.samples_skipped = skipped;
+                });
+                !handle.cancel.is_cancelled()
+            })
+        })
+        .await
+        .map_err(fail)?
+        .map_err(|e| fail(format!("reading Kafka failed: {e}")))?
+    };
+    if handle.cancel.is_cancelled() {
+        return Err(Stop::Cancelled);
+    }
+    let skipped_total: u64 = data.skipped.values().sum();
+    let features = spec.features.len();
+    let splits = split(data.rows, spec.validation_split, spec.holdout_split, spec.seed);
+    if splits.train.len() < 2 || splits.validation.is_empty() {
+        return Err(fail(format!(
+            "only {} usable normal events in the range ({} read, skipped {:?}); widen the range",
+            splits.train.len() + splits.validation.len(),
+            data.read,
+            data.skipped
+        )));
+    }
+    let (offset, scale) = fit_scaling(&splits.train, features);
+    let train = scaled(&splits.train, &offset, &scale);
+    let validation = scaled(&splits.validation, &offset, &scale);
+
+    handle.set_phase(JobPhase::Training, format!("training on {} events", splits.train.len()));
+    let settings = TrainSettings {
+        hidden: spec.hidden_layers.iter().map(|h| *h as usize).collect(),
+        epochs: spec.epochs,
+        batch_size: spec.batch_size as usize,
+        learning_rate: spec.learning_rate,
+        weight_decay: 0.01,
+        seed: spec.seed,
+    };
+    let trained = {
+        let handle = Arc::clone(handle);
+        tokio::task::spawn_blocking(move || {
+            let progress = handle.progress.clone();
+            let cancel = handle.cancel.clone();
+            train_autoencoder(
+                &train,
+                &validation,
+                features,
+                &settings,
+                &mut |epoch, loss, validation_loss| {
+                    progress.send_modify(|p| {
+                        p.epoch = epoch;
+                        p.loss = loss;
+                        p.validation_loss = validation_loss;
+                    });
+                    !cancel.is_cancelled()
+                },
+                &|| cancel.is_cancelled(),
+            )
+        })
+        .await
+        .map_err(fail)?
+        .map_err(fail)?
+    };
+    if !trained.completed || handle.cancel.is_cancelled() {
+        return Err(Stop::Cancelled);
+    }
+
+    handle.set_phase(JobPhase::Evaluating, "scoring validation and hold-out data");
+    let mut widths = vec![features as u32];
+    widths.extend(&spec.hidden_layers);
+    widths.push(features as u32);
+    let layers = widths
+        .windows(2)
+        .enumerate()
+        .map(|(i, w)| Layer {
+            in_features: w[0],
+            out_features: w[1],
+            activation: if i + 2 == widths.len() {
+                Activation::Linear
+            } else {
+                Activation::Relu
+            } as i32,
+        })
+        .collect();
+    let mut manifest = ModelManifest {
+        name: spec.model_name.clone(),
+        description: format!(
+            "autoencoder trained by kappa-trainer job {job_id} on {}",
+            spec.source_topic
+        ),
+        features: spec
+            .features
+            .iter()
+            .zip(offset.iter().zip(&scale))
+            .map(|(name, (o, s))| Feature {
+                name: name.clone(),
+                offset: *o,
+                scale: *s,
+            })
+            .collect(),
+        layers,
+        output: OutputKind::ReconstructionError as i32,
+        ..ModelManifest::default()
+    };
+    let weights = serialize_tensors(&trained.tensors);
+    let model = Mlp::load(&manifest, &weights, Backend::Native)
+        .map_err(|e| fail(format!("the trained model is invalid: {e}")))?;
+    let flat = |rows: &[Vec<f32>]| rows.iter().flatten().copied().collect::<Vec<f32>>();
+    let validation_scores = model.score(&flat(&splits.validation)).map_err(fail)?;
+    manifest.anomaly_threshold = f64::from(percentile(&validation_scores, spec.threshold_percentile));
+    let holdout_rows: Vec<Vec<f32>> = splits.holdout.iter().map(|(r, _)| r.clone()).collect();
+    let holdout_labels: Vec<bool> = splits.holdout.iter().map(|(_, l)| *l).collect();
+    let has_both = holdout_labels.contains(&true) && holdout_labels.contains(&false);
+    let new_quality = if has_both {
+        let scores = model.score(&flat(&holdout_rows)).map_err(fail)?;
+        Some(quality(&scores, &holdout_labels, manifest.anomaly_threshold as f32))
+    } else {
+        None
+    };
+
+    handle.set_phase(JobPhase::Publishing, "publishing to kappa-registry");
+    if handle.cancel.is_cancelled() {
+        return Err(Stop::Cancelled);
+    }
+    let channel = Channel::from_shared(ctx.registry.clone())
+        .map_err(fail)?
+        .connect()
+        .await
+        .map_err(|e| fail(format!("cannot reach kappa-registry at {}: {e}", ctx.registry)))?;
+    let mut registry = RegistryClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
+    let holder = if spec.promote_alias.is_empty() {
+        None
+    } else {
+        current_holder(&mut registry, &spec).await
+    };
+    let lineage = Lineage {
+        training_job_id: job_id.clone(),
+        source_topic: spec.source_topic.clone(),
+        partitions: data.partitions.clone(),
+        time_from_ms: from_ms,
+        time_to_ms: to_ms,
+        samples: Some(SampleCounts {
+            train: splits.train.len() as u64,
+            validation: splits.validation.len() as u64,
+            holdout: splits.holdout.len() as u64,
+            skipped: data.skipped.clone(),
+        }),
+        hyperparameters: [
+            ("hidden_layers".to_owned(), format!("{:?}", spec.hidden_layers)),
+            ("epochs".to_owned(), spec.epochs.to_string()),
+            ("batch_size".to_owned(), spec.batch_size.to_string()),
+            ("learning_rate".to_owned(), spec.learning_rate.to_string()),
+            ("optimizer".to_owned(), "AdamW(weight_decay=0.01)".to_owned()),
+            ("threshold_percentile".to_owned(), spec.threshold_percentile.to_string()),
+            ("seed".to_owned(), spec.seed.to_string()),
+        ]
+        .into(),
+        metrics: Some(Metrics {
+            loss_curve: trained.loss_curve.clone(),
+            validation_loss_curve: trained.validation_curve.clone(),
+            precision: new_quality.map(|q| q.precision),
+            recall: new_quality.map(|q| q.recall),
+            f1: new_quality.map(|q| q.f1),
+            roc_auc: new_quality.map(|q| q.roc_auc),
+        }),
+        parent_version: holder.as_ref().map_or(0, |h| h.0.version),
+        trace_context: Default::default(),
+    };
+    manifest.lineage = Some(lineage.clone());
+    let version = publish(&mut registry, &manifest, weights, &job_id)
+        .await
+        .map_err(fail)?;
+    handle.update(|job| {
+        job.published_version = version;
+        job.lineage = Some(lineage);
+    });
+    tracing::info!(
+        job = job_id,
+        version,
+        skipped = skipped_total,
+        ?new_quality,
+        "published a trained model"
+    );
+
+    if !spec.promote_alias.is_empty() {
+        let (promote, reason) = decide(&spec, new_quality, holder.as_ref(), &holdout_rows, &holdout_labels);
+        if promote {
+            registry
+                .set_alias(rpb::SetAliasRequest {
+                    name: spec.model_name.clone(),
+                    alias: spec.promote_alias.clone(),
+                    version,
+                })
+                .await
+                .map_err(|s| fail(format!("moving the alias failed: {}", s.message())))?;
+        }
+        handle.update(|job| {
+            job.promoted = promote;
+            job.promotion_reason = reason;
+        });
+    }
+    handle.set_phase(JobPhase::Succeeded, format!("published version {version}"));
+    Ok(())
+}
+
+/// The version the alias points at now, with its model, when there is one.
+async fn current_holder(
+    registry: &mut RegistryClient<Channel>,
+    spec: &TrainingSpec,
+) -> Option<(rpb::ModelVersion, Mlp)> {
+    let request = rpb::GetModelRequest {
+        name: spec.model_name.clone(),
+        selector: Some(rpb::get_model_request::Selector::Alias(spec.promote_alias.clone())),
+        manifest_only: false,
+    };
+    let mut stream = registry.get_model(request).await.ok()?.into_inner();
+    let (mut header, mut weights) = (None, Vec::new());
+    while let Some(message) = stream.next().await {
+        match message.ok()?.part {
+            Some(rpb::get_model_response::Part::Header(h)) => header = Some(h),
+            Some(rpb::get_model_response::Part::Chunk(c)) => weights.extend_from_slice(&c),
+            None => {}
+        }
+    }
+    let header = header?;
+    let model = Mlp::load(header.manifest.as_ref()?, &weights, Backend::Native).ok()?;
+    Some((header, model))
+}
+
+/// Champion/challenger: the new model must pass the gate and score at least as well as the
+/// holder on the same hold-out rows (ROC AUC, then F1 on a tie).
+fn decide(
+    spec: &TrainingSpec,
+    new: Option<Quality>,
+    holder: Option<&(rpb::ModelVersion, Mlp)>,
+    rows: &[Vec<f32>],
+    labels: &[bool],
+) -> (bool, String) {
+    let gate = spec.gate.unwrap_or_default();
+    let Some(new) = new else {
+        return if gate.min_roc_auc.is_some() || gate.min_recall.is_some() {
+            (
+                false,
+                "not promoted: the gate needs labelled hold-out data with both classes".into(),
+            )
+        } else {
+            (true, "promoted: no labels to evaluate, no gate".into())
+        };
+    };
+    if let Some(min) = gate.min_roc_auc.filter(|m| new.roc_auc < *m) {
+        return (
+            false,
+            format!("not promoted: ROC AUC {:.4} is below the gate {min}", new.roc_auc),
+        );
+    }
+    if let Some(min) = gate.min_recall.filter(|m| new.recall < *m) {
+        return (
+            false,
+            format!("not promoted: recall {:.4} is below the gate {min}", new.recall),
+        );
+    }
+    let Some((version, model)) = holder else {
+        return (
+            true,
+            format!(
+                "promoted: passes the gate (ROC AUC {:.4}, recall {:.4}) and the alias was free",
+                new.roc_auc, new.recall
+            ),
+        );
+    };
+    let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+    let features_match = version.manifest.as_ref().is_some_and(|m| {
+        m.features
+            .iter()
+            .map(|f| f.name.as_str())
+            .eq(spec.features.iter().map(String::as_str))
+    });
+    if !features_match {
+        return (
+            true,
+            format!(
+                "promoted: passes the gate; holder v{} uses other features, so it was not compared",
+                version.version
+            ),
+        );
+    }
+    let old = match model.score(&flat) {
+        Ok(scores) => quality(
+            &scores,
+            labels,
+            version.manifest.as_ref().map_or(0.0, |m| m.anomaly_threshold as f32),
+        ),
+        Err(e) => {
+            return (
+                true,
+                format!("promoted: the holder v{} could not be scored ({e})", version.version),
+            );
+        }
+    };
+    if (new.roc_auc, new.f1) >= (old.roc_auc, old.f1) {
+        (
+            true,
+            format!(
+                "promoted: ROC AUC {:.4} >= holder v{}'s {:.4} on the same hold-out",
+                new.roc_auc, version.version, old.roc_auc
+            ),
+        )
+    } else {
+        (
+            false,
+            format!(
+                "not promoted: ROC AUC {:.4} < holder v{}'s {:.4} on the same hold-out",
+                new.roc_auc, version.version, old.roc_auc
+            ),
+        )
+    }
+}
+
+async fn publish(
+    registry: &mut RegistryClient<Channel>,
+    manifest: &ModelManifest,
+    weights: Vec<u8>,
+    key: &str,
+) -> Result<u64, String> {
+    let mut messages = vec![rpb::PublishRequest {
+        part: Some(rpb::publish_request::Part::Header(rpb::PublishHeader {
+            manifest: Some(manifest.clone()),
+            idempotency_key: format!("trainer-job:{key}"),
+        })),
+    }];
+    messages.extend(weights.chunks(1024 * 1024).map(|c| rpb::PublishRequest {
+        part: Some(rpb::publish_request::Part::Chunk(c.to_vec())),
+    }));
+    registry
+        .publish(tokio_stream::iter(messages))
+        .await
+        .map(|r| r.into_inner().version.unwrap_or_default().version)
+        .map_err(|s| format!("publishing failed: {:?}: {}", s.code(), s.message()))
+}

@@ -1,0 +1,14 @@
+//! kappa-trainer: trains autoencoder anomaly detectors on a time range of a Kafka topic (Kafka
+//! as the data lake), evaluates them on labelled hold-out data, publishes them to kappa-registry
+//! with full lineage, and moves an alias only when the new model is not worse than the holder.
+
+pub mod config;
+mod dataset;
+mod error;
+mod job;
+mod reader;
+mod server;
+mod service;
+
+pub use config::TrainerConfig;
+pub use server::run;

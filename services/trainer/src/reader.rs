@@ -1,0 +1,187 @@
+//! Reads the events of `[from, to)` from every partition of a topic. Offsets come from the
+//! broker's time index (offsets_for_times), and each record's own timestamp is checked as well,
+//! so an event outside the range is never used even when timestamps are not monotonic.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Duration,
+};
+
+use kappa_api::model::PartitionRange;
+use kappa_model::sensor::Event;
+use rdkafka::{
+    ClientConfig, Message, Offset, TopicPartitionList,
+    consumer::{BaseConsumer, Consumer},
+    error::KafkaError,
+    message::Headers,
+};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One usable event: feature values in the spec's order, and its label when there is one.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub values: Vec<f32>,
+    pub label: Option<bool>,
+}
+
+#[derive(Debug, Default)]
+pub struct RangeData {
+    pub partitions: Vec<PartitionRange>,
+    pub rows: Vec<Row>,
+    pub read: u64,
+    pub skipped: BTreeMap<String, u64>,
+}
+
+/// The `[start, end)` offsets of each partition for the time range, as the broker resolves them.
+pub fn resolve(
+    consumer: &BaseConsumer,
+    topic: &str,
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<Vec<PartitionRange>, KafkaError> {
+    let metadata = consumer.fetch_metadata(Some(topic), TIMEOUT)?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .first()
+        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+        .unwrap_or_default();
+    let at = |ms: i64| -> Result<HashMap<i32, Offset>, KafkaError> {
+        let mut tpl = TopicPartitionList::new();
+        for &p in &partitions {
+            tpl.add_partition_offset(topic, p, Offset::Offset(ms))?;
+        }
+        let found = consumer.offsets_for_times(tpl, TIMEOUT)?;
+        Ok(found.elements().iter().map(|e| (e.partition(), e.offset())).collect())
+    };
+    let (starts, ends) = (at(from_ms)?, at(to_ms)?);
+    let mut ranges = Vec::with_capacity(partitions.len());
+    for &p in &partitions {
+        let (_, high) = consumer.fetch_watermarks(topic, p, TIMEOUT)?;
+        // No record at or after the time: the range ends (or starts) at the end of the partition.
+        let offset = |o: Option<&Offset>| match o {
+            Some(Offset::Offset(o)) => *o,
+            _ => high,
+        };
+        ranges.push(PartitionRange {
+            partition: p,
+            start_offset: offset(starts.get(&p)),
+            end_offset: offset(ends.get(&p)),
+        });
+    }
+    Ok(ranges)
+}
+
+/// What to read: a topic's events in `[from_ms, to_ms)`, these features, with or without labels.
+#[derive(Debug, Clone)]
+pub struct RangeQuery {
+    pub topic: String,
+    pub from_ms: i64,
+    pub to_ms: i64,
+    pub features: Vec<String>,
+    pub labelled: bool,
+    pub max_rows: usize,
+}
+
+/// Reads every event of the range. Blocking; `keep_going` (given rows read and skipped so far) is
+/// polled so a cancel stops the read.
+pub fn read_range(
+    config: &ClientConfig,
+    query: &RangeQuery,
+    keep_going: &mut dyn FnMut(u64, u64) -> bool,
+) -> Result<RangeData, KafkaError> {
+    let RangeQuery {
+        topic,
+        from_ms,
+        to_ms,
+        features,
+        labelled,
+        max_rows,
+    } = query;
+    let (topic, from_ms, to_ms, labelled, max_rows) = (topic.as_str(), *from_ms, *to_ms, *labelled, *max_rows);
+    let consumer: BaseConsumer = config
+        .clone()
+        .set("group.id", format!("kappa-trainer-{}", uuid::Uuid::new_v4().simple()))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()?;
+    let mut data = RangeData {
+        partitions: resolve(&consumer, topic, from_ms, to_ms)?,
+        ..RangeData::default()
+    };
+    let mut assignment = TopicPartitionList::new();
+    let mut remaining: HashMap<i32, i64> = HashMap::new();
+    for range in data.partitions.iter().filter(|r| r.start_offset < r.end_offset) {
+        assignment.add_partition_offset(topic, range.partition, Offset::Offset(range.start_offset))?;
+        remaining.insert(range.partition, range.end_offset);
+    }
+    if remaining.is_empty() {
+        return Ok(data);
+    }
+    consumer.assign(&assignment)?;
+    let skip = |data: &mut RangeData, reason: &str| *data.skipped.entry(reason.to_owned()).or_default() += 1;
+    while !remaining.is_empty() {
+        let skipped: u64 = data.skipped.values().sum();
+        if !keep_going(data.read, skipped) {
+            break;
+        }
+        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let message = message?;
+        let Some(&end) = remaining.get(&message.partition()) else {
+            continue;
+        };
+        if message.offset() >= end {
+            remaining.remove(&message.partition());
+            continue;
+        }
+        if message.offset() + 1 >= end {
+            remaining.remove(&message.partition());
+        }
+        data.read += 1;
+        let timestamp = message.timestamp().to_millis().unwrap_or(i64::MIN);
+        if timestamp < from_ms || timestamp >= to_ms {
+            skip(&mut data, "outside_time_range");
+            continue;
+        }
+        let protobuf = message.headers().is_some_and(|h| {
+            h.iter().any(|x| {
+                x.key.eq_ignore_ascii_case("content-type") && x.value == Some(b"application/x-protobuf".as_slice())
+            })
+        });
+        let event = match message.payload().map(|p| Event::decode(p, protobuf)) {
+            Some(Ok(event)) => event,
+            Some(Err(_)) | None => {
+                skip(&mut data, "malformed");
+                continue;
+            }
+        };
+        let mut values = Vec::with_capacity(features.len());
+        let mut problem = None;
+        for f in features {
+            match event.fields.get(f).flatten() {
+                Some(v) if v.is_finite() => values.push(v as f32),
+                Some(_) => problem = problem.or(Some("not_finite")),
+                None => problem = problem.or(Some("missing_feature")),
+            }
+        }
+        if let Some(reason) = problem {
+            skip(&mut data, reason);
+            continue;
+        }
+        if labelled && event.failure_occurred.is_none() {
+            skip(&mut data, "missing_label");
+            continue;
+        }
+        if data.rows.len() >= max_rows {
+            skip(&mut data, "over_max_rows");
+            continue;
+        }
+        data.rows.push(Row {
+            values,
+            label: event.failure_occurred,
+        });
+    }
+    Ok(data)
+}

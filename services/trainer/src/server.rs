@@ -1,0 +1,78 @@
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use kappa_api::trainer::trainer_server::TrainerServer;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Server, server::TcpIncoming};
+use tonic_health::ServingStatus;
+
+use crate::{TrainerConfig, job::JobContext, service::TrainerService};
+
+const TRAINER_SERVICE: &str = "kappa.trainer.v1.Trainer";
+
+/// Runs the trainer on `listener` until `shutdown` resolves; running jobs are cancelled then.
+pub async fn run(
+    config: TrainerConfig,
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let service = Arc::new(TrainerService {
+        jobs: RwLock::new(BTreeMap::new()),
+        context: JobContext {
+            kafka: config.kafka.client_config(),
+            registry: config.registry.clone(),
+            max_rows: config.max_rows,
+        },
+        max_running: config.max_concurrent_jobs as usize,
+    });
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_service_status("", ServingStatus::Serving).await;
+    health.set_service_status(TRAINER_SERVICE, ServingStatus::Serving).await;
+    let (reflection_v1, reflection_v1alpha) = kappa_api::reflection::for_services(&[TRAINER_SERVICE])?;
+    let stop = CancellationToken::new();
+    if let Some(listener) = metrics_listener {
+        let registry = prometheus_client::registry::Registry::default();
+        tracing::info!(address = %listener.local_addr()?, "serving Prometheus metrics at /metrics");
+        tokio::spawn(kappa_telemetry::serve_metrics(
+            listener,
+            Arc::new(registry),
+            stop.clone().cancelled_owned(),
+        ));
+    }
+    tracing::info!(address = %listener.local_addr()?, registry = config.registry, "kappa-trainer listening for gRPC");
+    let drain = CancellationToken::new();
+    let serve = Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(TrainerServer::from_arc(Arc::clone(&service)))
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            drain.clone().cancelled_owned(),
+        );
+    tokio::pin!(serve);
+    tokio::select! {
+        result = &mut serve => result?,
+        () = shutdown => {
+            health.set_service_status("", ServingStatus::NotServing).await;
+            health.set_service_status(TRAINER_SERVICE, ServingStatus::NotServing).await;
+            for handle in service.jobs.read().expect("jobs lock poisoned").values() {
+                handle.cancel.cancel();
+            }
+            drain.cancel();
+            let grace = Duration::from_secs(config.shutdown_grace_seconds);
+            if tokio::time::timeout(grace, &mut serve).await.is_err() {
+                tracing::warn!(?grace, "requests still running after the grace period were dropped");
+            }
+        }
+    }
+    stop.cancel();
+    tracing::info!("kappa-trainer stopped");
+    Ok(())
+}

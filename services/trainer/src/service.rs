@@ -1,0 +1,243 @@
+//! The `kappa.trainer.v1.Trainer` gRPC service: validates specs up front, runs jobs in the
+//! background, and lets clients follow them.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex, RwLock},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use kappa_api::trainer::{
+    GetJobRequest, Job, JobPhase, JobProgress, ListJobsRequest, ListJobsResponse, StartTrainingRequest, TrainingSpec,
+    trainer_server::Trainer, training_spec::Range,
+};
+use kappa_model::example::SENSOR_FIELDS;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use tokio::sync::watch;
+use tokio_stream::{StreamExt as _, wrappers::WatchStream};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::{
+    error::TrainerError,
+    job::{self, JobContext, JobHandle},
+};
+
+pub struct TrainerService {
+    pub jobs: RwLock<BTreeMap<String, Arc<JobHandle>>>,
+    pub context: JobContext,
+    pub max_running: usize,
+}
+
+const LABEL_FIELD: &str = "failure_occurred";
+const MAX_WIDTH: u32 = 4096;
+
+fn invalid(message: impl Into<String>) -> TrainerError {
+    TrainerError::InvalidSpec(message.into())
+}
+
+/// Fills defaults and refuses what cannot work, so a bad spec fails here and not later.
+pub fn normalise(mut spec: TrainingSpec) -> Result<TrainingSpec, TrainerError> {
+    kappa_model::validate_name(&spec.model_name).map_err(|e| invalid(format!("model_name: {e}")))?;
+    if spec.source_topic.trim().is_empty() {
+        return Err(invalid("source_topic is empty"));
+    }
+    match spec.range {
+        None => return Err(invalid("give a time_range [from, to) or last_minutes")),
+        Some(Range::TimeRange(r)) if r.from_ms >= r.to_ms => {
+            return Err(invalid(format!(
+                "the time range [{}, {}) is empty or inverted; from must be before to",
+                r.from_ms, r.to_ms
+            )));
+        }
+        Some(Range::LastMinutes(0)) => return Err(invalid("last_minutes must be at least 1")),
+        Some(_) => {}
+    }
+    if spec.features.is_empty() {
+        spec.features = SENSOR_FIELDS.iter().map(|f| (*f).to_owned()).collect();
+    }
+    if let Some(unknown) = spec.features.iter().find(|f| !SENSOR_FIELDS.contains(&f.as_str())) {
+        return Err(invalid(format!(
+            "unknown feature {unknown:?}; known features: {}",
+            SENSOR_FIELDS.join(", ")
+        )));
+    }
+    if !spec.label_field.is_empty() && spec.label_field != LABEL_FIELD {
+        return Err(invalid(format!(
+            "unknown label field {:?}; the only label is {LABEL_FIELD:?}",
+            spec.label_field
+        )));
+    }
+    if spec.epochs == 0 {
+        return Err(invalid("epochs must be at least 1"));
+    }
+    if spec.hidden_layers.is_empty() {
+        spec.hidden_layers = vec![16, 8, 16];
+    }
+    if spec.hidden_layers.iter().any(|w| *w == 0 || *w > MAX_WIDTH) {
+        return Err(invalid(format!(
+            "hidden layer widths must be between 1 and {MAX_WIDTH}"
+        )));
+    }
+    if spec.batch_size == 0 {
+        spec.batch_size = 64;
+    }
+    if spec.learning_rate == 0.0 {
+        spec.learning_rate = 1e-3;
+    }
+    if !(spec.learning_rate.is_finite() && spec.learning_rate > 0.0 && spec.learning_rate < 1.0) {
+        return Err(invalid("learning_rate must be in (0, 1)"));
+    }
+    if spec.validation_split == 0.0 {
+        spec.validation_split = 0.1;
+    }
+    if spec.holdout_split == 0.0 {
+        spec.holdout_split = 0.2;
+    }
+    for (name, v) in [
+        ("validation_split", spec.validation_split),
+        ("holdout_split", spec.holdout_split),
+    ] {
+        if !(v > 0.0 && v < 1.0) {
+            return Err(invalid(format!("{name} must be in (0, 1)")));
+        }
+    }
+    if spec.threshold_percentile == 0.0 {
+        spec.threshold_percentile = 99.0;
+    }
+    if !(spec.threshold_percentile > 0.0 && spec.threshold_percentile <= 100.0) {
+        return Err(invalid("threshold_percentile must be in (0, 100]"));
+    }
+    if !spec.promote_alias.is_empty() {
+        kappa_model::validate_alias(&spec.promote_alias).map_err(|e| invalid(format!("promote_alias: {e}")))?;
+    }
+    if let Some(gate) = &spec.gate {
+        for v in [gate.min_roc_auc, gate.min_recall].into_iter().flatten() {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(invalid("gate thresholds must be between 0 and 1"));
+            }
+        }
+    }
+    Ok(spec)
+}
+
+impl TrainerService {
+    fn handle(&self, job_id: &str) -> Result<Arc<JobHandle>, TrainerError> {
+        self.jobs
+            .read()
+            .expect("jobs lock poisoned")
+            .get(job_id)
+            .cloned()
+            .ok_or_else(|| TrainerError::UnknownJob(job_id.to_owned()))
+    }
+
+    async fn topic_exists(&self, topic: &str) -> Result<bool, TrainerError> {
+        let (config, topic) = (self.context.kafka.clone(), topic.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let consumer: BaseConsumer = config.create().map_err(|e| TrainerError::Kafka(e.to_string()))?;
+            let metadata = consumer
+                .fetch_metadata(Some(&topic), Duration::from_secs(10))
+                .map_err(|e| TrainerError::Kafka(e.to_string()))?;
+            Ok(metadata
+                .topics()
+                .first()
+                .is_some_and(|t| t.error().is_none() && !t.partitions().is_empty()))
+        })
+        .await
+        .map_err(|e| TrainerError::Kafka(e.to_string()))?
+    }
+
+    async fn start(&self, spec: Option<TrainingSpec>) -> Result<Job, TrainerError> {
+        let spec = normalise(spec.ok_or_else(|| invalid("the request carries no spec"))?)?;
+        if !self.topic_exists(&spec.source_topic).await? {
+            return Err(TrainerError::UnknownTopic(spec.source_topic));
+        }
+        let running = self
+            .jobs
+            .read()
+            .expect("jobs lock poisoned")
+            .values()
+            .filter(|h| !is_terminal(h.snapshot().phase))
+            .count();
+        if running >= self.max_running {
+            return Err(TrainerError::Busy(running));
+        }
+        let job_id = format!("job-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let job = Job {
+            job_id: job_id.clone(),
+            spec: Some(spec),
+            phase: JobPhase::Queued as i32,
+            created_at_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64),
+            ..Job::default()
+        };
+        let (progress, _) = watch::channel(JobProgress {
+            phase: JobPhase::Queued as i32,
+            ..JobProgress::default()
+        });
+        let handle = Arc::new(JobHandle {
+            job: Mutex::new(job),
+            progress,
+            cancel: CancellationToken::new(),
+        });
+        self.jobs
+            .write()
+            .expect("jobs lock poisoned")
+            .insert(job_id.clone(), Arc::clone(&handle));
+        tracing::info!(job = job_id, "training job accepted");
+        tokio::spawn(job::run(Arc::clone(&handle), self.context.clone()));
+        Ok(handle.snapshot())
+    }
+}
+
+fn is_terminal(phase: i32) -> bool {
+    matches!(
+        JobPhase::try_from(phase),
+        Ok(JobPhase::Succeeded | JobPhase::Failed | JobPhase::Cancelled)
+    )
+}
+
+#[tonic::async_trait]
+impl Trainer for TrainerService {
+    async fn start_training(&self, request: Request<StartTrainingRequest>) -> Result<Response<Job>, Status> {
+        Ok(Response::new(self.start(request.into_inner().spec).await?))
+    }
+
+    async fn get_job(&self, request: Request<GetJobRequest>) -> Result<Response<Job>, Status> {
+        Ok(Response::new(self.handle(&request.into_inner().job_id)?.snapshot()))
+    }
+
+    async fn list_jobs(&self, _request: Request<ListJobsRequest>) -> Result<Response<ListJobsResponse>, Status> {
+        let mut jobs: Vec<Job> = self
+            .jobs
+            .read()
+            .expect("jobs lock poisoned")
+            .values()
+            .map(|h| h.snapshot())
+            .collect();
+        jobs.sort_by_key(|j| j.created_at_ms);
+        Ok(Response::new(ListJobsResponse { jobs }))
+    }
+
+    type WatchJobStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<JobProgress, Status>> + Send>>;
+
+    async fn watch_job(&self, request: Request<GetJobRequest>) -> Result<Response<Self::WatchJobStream>, Status> {
+        let handle = self.handle(&request.into_inner().job_id)?;
+        let mut finished = false;
+        // Every change, ending after the first terminal phase.
+        let stream = WatchStream::new(handle.progress.subscribe()).take_while(move |p| {
+            let keep = !finished;
+            finished = is_terminal(p.phase);
+            keep
+        });
+        Ok(Response::new(Box::pin(stream.map(Ok))))
+    }
+
+    async fn cancel_job(&self, request: Request<GetJobRequest>) -> Result<Response<Job>, Status> {
+        let handle = self.handle(&request.into_inner().job_id)?;
+        handle.cancel.cancel();
+        tracing::info!(job = handle.snapshot().job_id, "cancel requested");
+        Ok(Response::new(handle.snapshot()))
+    }
+}
