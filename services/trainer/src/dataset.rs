@@ -12,6 +12,8 @@ pub struct Splits {
     pub validation: Vec<Vec<f32>>,
     /// Labelled rows (normal and anomalous) kept out of training, for the quality metrics.
     pub holdout: Vec<(Vec<f32>, bool)>,
+    /// Anomalies outside the hold-out: an autoencoder learns only what normal looks like.
+    pub anomalies_excluded: u64,
 }
 
 /// Shuffles with `seed`; keeps `holdout_split` of labelled rows out; trains on normal rows only
@@ -29,11 +31,13 @@ pub fn split(mut rows: Vec<Row>, validation_split: f64, holdout_split: f64, seed
         .into_iter()
         .filter_map(|r| r.label.map(|l| (r.values, l)))
         .collect();
+    let pool_len = pool.len();
     let normal: Vec<Vec<f32>> = pool
         .into_iter()
         .filter(|r| r.label != Some(true))
         .map(|r| r.values)
         .collect();
+    let anomalies_excluded = (pool_len - normal.len()) as u64;
     let validation_n = ((normal.len() as f64) * validation_split).round() as usize;
     let mut train = normal;
     let validation = train.split_off(train.len() - validation_n.min(train.len()));
@@ -41,6 +45,7 @@ pub fn split(mut rows: Vec<Row>, validation_split: f64, holdout_split: f64, seed
         train,
         validation,
         holdout,
+        anomalies_excluded,
     }
 }
 

@@ -144,9 +144,13 @@ async fn execute(handle: &Arc<JobHandle>, ctx: &JobContext) -> Result<(), Stop> 
     if handle.cancel.is_cancelled() {
         return Err(Stop::Cancelled);
     }
-    let skipped_total: u64 = data.skipped.values().sum();
     let features = spec.features.len();
     let splits = split(data.rows, spec.validation_split, spec.holdout_split, spec.seed);
+    let mut skipped = data.skipped.clone();
+    if splits.anomalies_excluded > 0 {
+        skipped.insert("labelled_anomaly_not_trained_on".to_owned(), splits.anomalies_excluded);
+    }
+    let skipped_total: u64 = skipped.values().sum();
     if splits.train.len() < 2 || splits.validation.is_empty() {
         return Err(fail(format!(
             "only {} usable normal events in the range ({} read, skipped {:?}); widen the range",
@@ -275,7 +279,7 @@ async fn execute(handle: &Arc<JobHandle>, ctx: &JobContext) -> Result<(), Stop> 
             train: splits.train.len() as u64,
             validation: splits.validation.len() as u64,
             holdout: splits.holdout.len() as u64,
-            skipped: data.skipped.clone(),
+            skipped,
         }),
         hyperparameters: [
             ("hidden_layers".to_owned(), format!("{:?}", spec.hidden_layers)),

@@ -6,3 +6,4 @@ mod fleet;
 mod predictor;
 mod registry;
 mod support;
+mod trainer;

@@ -587,3 +587,64 @@ pub async fn read_topic_with_timestamps(topic: &str) -> Vec<(String, Vec<u8>, i6
     .await
     .unwrap()
 }
+
+/// Starts kappa-trainer against a registry and waits until it serves.
+pub async fn start_trainer(registry: &Service) -> Service {
+    let port = free_port();
+    let log = log_dir().join(format!("trainer-{port}.log"));
+    let out = std::fs::File::create(&log).unwrap();
+    let child = Command::new(binary("kappa-trainer"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        .args(["--kafka-bootstrap", &bootstrap()])
+        .args(["--registry", &registry.address])
+        .args(["--log", "info,librdkafka=warn"])
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let service = Service {
+        child,
+        address: format!("http://127.0.0.1:{port}"),
+        log,
+    };
+    wait_serving(&service, "kappa.trainer.v1.Trainer").await;
+    service
+}
+
+/// Runs `kappa fleet` into `topic`; panics if it fails.
+pub fn run_fleet(topic: &str, args: &[&str]) {
+    let out = Command::new(binary("kappa"))
+        .args(["fleet", "--kafka-bootstrap", &bootstrap(), "--topic", topic])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kappa fleet failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// offsets_for_times for `ms` on every partition, as any Kafka client would resolve it.
+pub async fn offsets_for_time(topic: &str, partitions: i32, ms: i64) -> Vec<i64> {
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = kafka_config().set("group.id", "kappa-e2e").create().unwrap();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition_offset(&topic, p, rdkafka::Offset::Offset(ms))
+                .unwrap();
+        }
+        let found = consumer.offsets_for_times(tpl, Duration::from_secs(10)).unwrap();
+        (0..partitions)
+            .map(|p| match found.find_partition(&topic, p).unwrap().offset() {
+                rdkafka::Offset::Offset(o) => o,
+                _ => consumer.fetch_watermarks(&topic, p, Duration::from_secs(10)).unwrap().1,
+            })
+            .collect()
+    })
+    .await
+    .unwrap()
+}

@@ -1,0 +1,426 @@
+//! kappa-trainer against the real broker, registry and predictor: the trainer contract.
+
+use std::time::{Duration, Instant};
+
+use kappa_api::{
+    inference::{
+        InferTensorContents, ModelInferRequest, grpc_inference_service_client::GrpcInferenceServiceClient,
+        model_infer_request::InferInputTensor,
+    },
+    registry as pb,
+    trainer::{
+        GetJobRequest, Job, JobPhase, PromotionGate, StartTrainingRequest, TimeRange, TrainingSpec,
+        trainer_client::TrainerClient, training_spec::Range,
+    },
+};
+use kappa_model::{evaluate::roc_auc, example::SENSOR_FIELDS};
+use tonic::{Code, transport::Channel};
+
+use crate::support::*;
+
+async fn trainer_client(trainer: &Service) -> TrainerClient<Channel> {
+    TrainerClient::new(
+        Channel::from_shared(trainer.address.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    )
+}
+
+fn spec(model: &str, topic: &str, from_ms: i64, to_ms: i64) -> TrainingSpec {
+    TrainingSpec {
+        model_name: model.to_owned(),
+        source_topic: topic.to_owned(),
+        range: Some(Range::TimeRange(TimeRange { from_ms, to_ms })),
+        label_field: "failure_occurred".to_owned(),
+        epochs: 2,
+        seed: 11,
+        ..Default::default()
+    }
+}
+
+async fn wait_done(client: &mut TrainerClient<Channel>, job_id: &str, limit: Duration) -> Job {
+    let deadline = Instant::now() + limit;
+    loop {
+        let job = client
+            .get_job(GetJobRequest {
+                job_id: job_id.to_owned(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if matches!(
+            JobPhase::try_from(job.phase),
+            Ok(JobPhase::Succeeded | JobPhase::Failed | JobPhase::Cancelled)
+        ) {
+            return job;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job {job_id} still {:?} after {limit:?}: {}",
+            job.phase,
+            job.message
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Timestamps of every record of the topic's partitions.
+async fn timestamps(topic: &str) -> Vec<i64> {
+    read_topic_with_timestamps(topic)
+        .await
+        .into_iter()
+        .map(|(_, _, t)| t)
+        .collect()
+}
+
+#[tokio::test]
+async fn bad_specs_are_refused_at_start_with_the_right_code() {
+    let registry = RegistrySetup::new().start().await;
+    let trainer = start_trainer(&registry).await;
+    let mut client = trainer_client(&trainer).await;
+    let topic = unique("test.train-specs");
+    run_fleet(&topic, &["--cars", "2", "--events", "10", "--rate", "0"]);
+    let cases: Vec<(&str, TrainingSpec, Code)> = vec![
+        ("empty range", spec("m", &topic, 1000, 1000), Code::InvalidArgument),
+        ("inverted range", spec("m", &topic, 2000, 1000), Code::InvalidArgument),
+        (
+            "no range",
+            TrainingSpec {
+                range: None,
+                ..spec("m", &topic, 0, 1)
+            },
+            Code::InvalidArgument,
+        ),
+        (
+            "unknown topic",
+            spec("m", &unique("no.such.topic"), 0, 1000),
+            Code::NotFound,
+        ),
+        (
+            "unknown feature",
+            TrainingSpec {
+                features: vec!["warp_drive".into()],
+                ..spec("m", &topic, 0, 1000)
+            },
+            Code::InvalidArgument,
+        ),
+        (
+            "zero epochs",
+            TrainingSpec {
+                epochs: 0,
+                ..spec("m", &topic, 0, 1000)
+            },
+            Code::InvalidArgument,
+        ),
+        (
+            "bad model name",
+            spec("Bad/Name", &topic, 0, 1000),
+            Code::InvalidArgument,
+        ),
+        (
+            "unknown label",
+            TrainingSpec {
+                label_field: "broken".into(),
+                ..spec("m", &topic, 0, 1000)
+            },
+            Code::InvalidArgument,
+        ),
+        (
+            "bad alias",
+            TrainingSpec {
+                promote_alias: "latest".into(),
+                ..spec("m", &topic, 0, 1000)
+            },
+            Code::InvalidArgument,
+        ),
+    ];
+    for (what, bad, code) in cases {
+        let err = client
+            .start_training(StartTrainingRequest { spec: Some(bad) })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), code, "{what}: {err:?}");
+        assert!(!err.message().is_empty());
+    }
+    let jobs = client
+        .list_jobs(kappa_api::trainer::ListJobsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(jobs.jobs.is_empty(), "refused specs create no jobs");
+}
+
+#[tokio::test]
+async fn time_ranges_are_exact_and_match_offsets_for_times() {
+    let registry = RegistrySetup::new().start().await;
+    let trainer = start_trainer(&registry).await;
+    let mut client = trainer_client(&trainer).await;
+    let topic = unique("test.train-range");
+    create_topic_with_partitions(&topic, 1).await;
+    run_fleet(
+        &topic,
+        &[
+            "--cars",
+            "10",
+            "--events",
+            "3000",
+            "--rate",
+            "0",
+            "--backdate-seconds",
+            "3000",
+            "--seed",
+            "5",
+        ],
+    );
+    let times = timestamps(&topic).await;
+    let start = *times.iter().min().unwrap();
+    let (from, to) = (start + 100_000, start + 200_000);
+    let in_range = times.iter().filter(|t| (from..to).contains(*t)).count() as u64;
+    assert!(in_range > 500 && in_range < 2000, "the window holds {in_range} events");
+
+    let job = client
+        .start_training(StartTrainingRequest {
+            spec: Some(spec("ranged", &topic, from, to)),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let done = wait_done(&mut client, &job.job_id, Duration::from_secs(120)).await;
+    assert_eq!(done.phase, JobPhase::Succeeded as i32, "{}", done.message);
+    let lineage = done.lineage.unwrap();
+    let (starts, ends) = (
+        offsets_for_time(&topic, 1, from).await,
+        offsets_for_time(&topic, 1, to).await,
+    );
+    assert_eq!(lineage.partitions.len(), 1);
+    assert_eq!(
+        (lineage.partitions[0].start_offset, lineage.partitions[0].end_offset),
+        (starts[0], ends[0])
+    );
+    assert_eq!((lineage.time_from_ms, lineage.time_to_ms), (from, to));
+    let samples = lineage.samples.unwrap();
+    let skipped: u64 = samples.skipped.values().sum();
+    // Every event of the window is accounted for exactly once, and nothing outside it was read.
+    assert_eq!(
+        samples.train + samples.validation + samples.holdout + skipped,
+        in_range,
+        "{samples:?}"
+    );
+    assert!(
+        !samples.skipped.contains_key("outside_time_range"),
+        "{:?}",
+        samples.skipped
+    );
+    assert!(samples.train > samples.validation && samples.holdout > 0, "{samples:?}");
+    assert_eq!(done.published_version, 1);
+    let versions = registry_client(&registry)
+        .await
+        .list_versions(pb::ListVersionsRequest { name: "ranged".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    let published = versions.versions[0]
+        .manifest
+        .as_ref()
+        .unwrap()
+        .lineage
+        .as_ref()
+        .unwrap();
+    assert_eq!(published.training_job_id, job.job_id, "the registry holds the lineage");
+    assert_eq!(published.partitions, lineage.partitions);
+}
+
+#[tokio::test]
+async fn cancel_during_training_stops_within_a_second_and_publishes_nothing() {
+    let registry = RegistrySetup::new().start().await;
+    let trainer = start_trainer(&registry).await;
+    let mut client = trainer_client(&trainer).await;
+    let topic = unique("test.train-cancel");
+    run_fleet(
+        &topic,
+        &[
+            "--cars",
+            "10",
+            "--events",
+            "2000",
+            "--rate",
+            "0",
+            "--backdate-seconds",
+            "3000",
+        ],
+    );
+    let long = TrainingSpec {
+        epochs: 100_000,
+        ..spec("cancelled", &topic, 0, i64::MAX / 2)
+    };
+    let job = client
+        .start_training(StartTrainingRequest { spec: Some(long) })
+        .await
+        .unwrap()
+        .into_inner();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let j = client
+            .get_job(GetJobRequest {
+                job_id: job.job_id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if j.progress.is_some_and(|p| p.epoch >= 1) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "training never started: {}", j.message);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let asked = Instant::now();
+    client
+        .cancel_job(GetJobRequest {
+            job_id: job.job_id.clone(),
+        })
+        .await
+        .unwrap();
+    let done = wait_done(&mut client, &job.job_id, Duration::from_secs(5)).await;
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "cancel took {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(done.phase, JobPhase::Cancelled as i32);
+    assert_eq!(done.published_version, 0);
+    let err = registry_client(&registry)
+        .await
+        .list_versions(pb::ListVersionsRequest {
+            name: "cancelled".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "a cancelled job publishes nothing");
+}
+
+#[tokio::test]
+async fn a_model_trained_on_one_window_detects_failures_in_a_later_one_through_the_predictor() {
+    let setup = RegistrySetup::new();
+    let registry = setup.start().await;
+    let trainer = start_trainer(&registry).await;
+    let mut client = trainer_client(&trainer).await;
+    let history = unique("test.fleet-history");
+    let later = unique("test.fleet-later");
+    let fleet_args = [
+        "--cars",
+        "50",
+        "--rate",
+        "0",
+        "--failing-share",
+        "0.3",
+        "--failure-chance",
+        "0.01",
+    ];
+    run_fleet(
+        &history,
+        &[
+            &fleet_args[..],
+            &["--events", "20000", "--backdate-seconds", "7200", "--seed", "1"],
+        ]
+        .concat(),
+    );
+    run_fleet(
+        &later,
+        &[
+            &fleet_args[..],
+            &["--events", "5000", "--backdate-seconds", "600", "--seed", "2"],
+        ]
+        .concat(),
+    );
+
+    let spec = TrainingSpec {
+        epochs: 15,
+        hidden_layers: vec![12, 6, 12],
+        promote_alias: "production".into(),
+        gate: Some(PromotionGate {
+            min_roc_auc: Some(0.9),
+            min_recall: None,
+        }),
+        ..spec("fleet-detector", &history, 0, i64::MAX / 2)
+    };
+    let job = client
+        .start_training(StartTrainingRequest { spec: Some(spec) })
+        .await
+        .unwrap()
+        .into_inner();
+    let done = wait_done(&mut client, &job.job_id, Duration::from_secs(300)).await;
+    assert_eq!(done.phase, JobPhase::Succeeded as i32, "{}", done.message);
+    assert!(done.promoted, "{}", done.promotion_reason);
+    let metrics = done.lineage.unwrap().metrics.unwrap();
+    assert!(
+        metrics.roc_auc.unwrap() >= 0.95,
+        "hold-out ROC AUC {:?}",
+        metrics.roc_auc
+    );
+
+    // Score the later, disjoint window (another seed) through the predictor following production.
+    let predictor = PredictorSetup::new(&setup.topic, "fleet-detector", "production")
+        .start()
+        .await;
+    let mut oip = GrpcInferenceServiceClient::new(predictor.channel().await);
+    let events = read_topic_with_timestamps(&later).await;
+    let (mut scores, mut flags, mut labels) = (Vec::new(), Vec::new(), Vec::new());
+    for chunk in events.chunks(64) {
+        let rows: Vec<f32> = chunk
+            .iter()
+            .flat_map(|(_, v, _)| {
+                let e: serde_json::Value = serde_json::from_slice(v).unwrap();
+                SENSOR_FIELDS
+                    .iter()
+                    .map(move |f| e[f].as_f64().unwrap() as f32)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        labels.extend(
+            chunk
+                .iter()
+                .map(|(_, v, _)| serde_json::from_slice::<serde_json::Value>(v).unwrap()["failure_occurred"] == "true"),
+        );
+        let request = ModelInferRequest {
+            model_name: "fleet-detector".into(),
+            inputs: vec![InferInputTensor {
+                name: "input".into(),
+                datatype: "FP32".into(),
+                shape: vec![chunk.len() as i64, 18],
+                parameters: Default::default(),
+                contents: Some(InferTensorContents {
+                    fp32_contents: rows,
+                    ..Default::default()
+                }),
+            }],
+            ..Default::default()
+        };
+        let answer = oip.model_infer(request).await.unwrap().into_inner();
+        let output = |name: &str| {
+            answer
+                .outputs
+                .iter()
+                .find(|o| o.name == name)
+                .unwrap()
+                .contents
+                .clone()
+                .unwrap()
+        };
+        scores.extend(output("score").fp32_contents);
+        flags.extend(output("is_anomaly").bool_contents);
+    }
+    let positives = labels.iter().filter(|l| **l).count();
+    assert!(
+        positives > 100 && positives < labels.len() - 100,
+        "{positives} failing events of {}",
+        labels.len()
+    );
+    let auc = roc_auc(&scores, &labels);
+    let caught = flags.iter().zip(&labels).filter(|(f, l)| **f && **l).count();
+    let recall = caught as f64 / positives as f64;
+    println!("later window: ROC AUC {auc:.4}, recall {recall:.4} over {positives} failing events");
+    assert!(auc >= 0.95, "ROC AUC {auc}");
+    assert!(recall >= 0.9, "recall {recall}");
+}
