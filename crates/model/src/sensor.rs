@@ -67,6 +67,28 @@ sensor_fields! {
     control_unit_firmware => "controlUnitFirmware",
 }
 
+/// Physically plausible range of each sensor field, generous on purpose: a value outside it is a
+/// broken sensor or a broken producer (the demo's CSV has battery percentages below zero and a
+/// coolant temperature of 1976 °C), not a car to learn from. Units follow the reference demo.
+pub fn plausible_range(field: &str) -> Option<(f64, f64)> {
+    Some(match field {
+        "coolant_temp" | "intake_air_temp" => (-50.0, 250.0),
+        "intake_air_flow_speed" => (0.0, 1000.0),
+        "battery_percentage" | "throttle_pos" => (0.0, 1.0),
+        "battery_voltage" => (0.0, 1000.0),
+        "current_draw" => (-1000.0, 1000.0),
+        "speed" => (0.0, 400.0),
+        "engine_vibration_amplitude" => (0.0, 100_000.0),
+        "tire_pressure_1_1" | "tire_pressure_1_2" | "tire_pressure_2_1" | "tire_pressure_2_2" => (0.0, 100.0),
+        "accelerometer_1_1_value"
+        | "accelerometer_1_2_value"
+        | "accelerometer_2_1_value"
+        | "accelerometer_2_2_value" => (-50.0, 50.0),
+        "control_unit_firmware" => (0.0, 1_000_000.0),
+        _ => return None,
+    })
+}
+
 /// A number, a numeric string, or null; any other string counts as absent.
 fn flexible<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
     #[derive(Deserialize)]

@@ -8,7 +8,7 @@ use std::{
 };
 
 use kappa_api::model::PartitionRange;
-use kappa_model::sensor::Event;
+use kappa_model::sensor::{Event, plausible_range};
 use rdkafka::{
     ClientConfig, Message, Offset, TopicPartitionList,
     consumer::{BaseConsumer, Consumer},
@@ -158,16 +158,19 @@ pub fn read_range(
             }
         };
         let mut values = Vec::with_capacity(features.len());
-        let mut problem = None;
+        let mut problem: Option<String> = None;
         for f in features {
             match event.fields.get(f).flatten() {
-                Some(v) if v.is_finite() => values.push(v as f32),
-                Some(_) => problem = problem.or(Some("not_finite")),
-                None => problem = problem.or(Some("missing_feature")),
+                Some(v) if !v.is_finite() => problem = problem.or(Some("not_finite".to_owned())),
+                Some(v) if plausible_range(f).is_some_and(|(lo, hi)| v < lo || v > hi) => {
+                    problem = problem.or_else(|| Some(format!("out_of_range:{f}")));
+                }
+                Some(v) => values.push(v as f32),
+                None => problem = problem.or_else(|| Some(format!("missing_feature:{f}"))),
             }
         }
         if let Some(reason) = problem {
-            skip(&mut data, reason);
+            skip(&mut data, &reason);
             continue;
         }
         if labelled && event.failure_occurred.is_none() {

@@ -648,3 +648,18 @@ pub async fn offsets_for_time(topic: &str, partitions: i32, ms: i64) -> Vec<i64>
     .await
     .unwrap()
 }
+
+/// Produces keyed records with explicit Kafka timestamps.
+pub async fn produce_with_timestamps(topic: &str, records: &[(String, Vec<u8>)], timestamps: &[i64]) {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = kafka_config().set("linger.ms", "5").create().unwrap();
+    let sends = records.iter().zip(timestamps).map(|((key, value), ts)| {
+        producer.send(
+            FutureRecord::to(topic).key(key).payload(value).timestamp(*ts),
+            Duration::from_secs(10),
+        )
+    });
+    for result in futures::future::join_all(sends).await {
+        result.unwrap();
+    }
+}

@@ -424,3 +424,79 @@ async fn a_model_trained_on_one_window_detects_failures_in_a_later_one_through_t
     assert!(auc >= 0.95, "ROC AUC {auc}");
     assert!(recall >= 0.9, "recall {recall}");
 }
+
+#[tokio::test]
+async fn the_demo_csv_trains_end_to_end_and_its_defective_rows_are_counted_by_reason() {
+    let csv = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/car-sensor-data.csv");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    // Each CSV row becomes a JSON event keyed by car, with the Kafka timestamp from `time`.
+    let mut records = Vec::new();
+    let mut times = Vec::new();
+    for line in lines {
+        let cells: Vec<&str> = line.split(',').collect();
+        let mut event = serde_json::Map::new();
+        for (h, c) in header.iter().zip(&cells) {
+            let value = c
+                .parse::<f64>()
+                .map_or_else(|_| serde_json::json!(c), |v| serde_json::json!(v));
+            event.insert((*h).to_owned(), value);
+        }
+        times.push(cells[0].parse::<i64>().unwrap() * 1000);
+        records.push((cells[1].to_owned(), serde_json::to_vec(&event).unwrap()));
+    }
+    let topic = unique("test.demo-csv");
+    create_topic_with_partitions(&topic, 1).await;
+    produce_with_timestamps(&topic, &records, &times).await;
+
+    let registry = RegistrySetup::new().start().await;
+    let trainer = start_trainer(&registry).await;
+    let mut client = trainer_client(&trainer).await;
+    let (from, to) = (*times.iter().min().unwrap(), *times.iter().max().unwrap() + 1);
+    let spec = TrainingSpec {
+        label_field: String::new(),
+        epochs: 3,
+        ..spec("demo-csv", &topic, from, to)
+    };
+    let job = client
+        .start_training(StartTrainingRequest { spec: Some(spec) })
+        .await
+        .unwrap()
+        .into_inner();
+    let done = wait_done(&mut client, &job.job_id, Duration::from_secs(120)).await;
+    assert_eq!(done.phase, JobPhase::Succeeded as i32, "{}", done.message);
+    let samples = done.lineage.unwrap().samples.unwrap();
+    println!("demo CSV: {samples:?}");
+    let skipped: u64 = samples.skipped.values().sum();
+    assert_eq!(samples.train + samples.validation + samples.holdout + skipped, 10_000);
+    // The data's README names its defects: about 94% of rows have a negative battery percentage,
+    // and the coolant reaches 1976 °C. A row is counted once, under its first defect.
+    let out_of_range: u64 = samples
+        .skipped
+        .iter()
+        .filter(|(k, _)| k.starts_with("out_of_range:"))
+        .map(|(_, v)| v)
+        .sum();
+    let defective = text
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let cells: Vec<f64> = line.split(',').skip(2).map(|c| c.parse().unwrap()).collect();
+            let (coolant, battery) = (cells[0], cells[3]);
+            !(0.0..=1.0).contains(&battery) || coolant > 250.0
+        })
+        .count() as u64;
+    assert_eq!(out_of_range, defective, "{:?}", samples.skipped);
+    assert!(
+        samples.skipped["out_of_range:battery_percentage"] > 5_000,
+        "{:?}",
+        samples.skipped
+    );
+    assert!(
+        samples.skipped.contains_key("out_of_range:coolant_temp"),
+        "{:?}",
+        samples.skipped
+    );
+    assert!(samples.train > 100);
+}
