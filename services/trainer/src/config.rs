@@ -24,6 +24,10 @@ pub struct TrainerConfig {
     #[arg(long, env = "KAPPA_REGISTRY", default_value = "http://127.0.0.1:50051")]
     pub registry: String,
 
+    /// Compacted topic where job states are kept, so past jobs survive a restart.
+    #[arg(long, env = "KAPPA_JOBS_TOPIC", default_value = "kappa.training-jobs")]
+    pub jobs_topic: String,
+
     /// Training jobs that may run at once; more are refused with RESOURCE_EXHAUSTED.
     #[arg(long, env = "KAPPA_MAX_CONCURRENT_JOBS", default_value_t = 2,
           value_parser = clap::value_parser!(u32).range(1..=64))]

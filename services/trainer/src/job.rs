@@ -25,6 +25,7 @@ use tonic::transport::Channel;
 use crate::{
     dataset::{fit_scaling, scaled, split},
     reader::{RangeQuery, read_range},
+    store::JobStore,
 };
 
 /// A job as the service tracks it.
@@ -32,6 +33,7 @@ pub struct JobHandle {
     pub job: Mutex<Job>,
     pub progress: watch::Sender<JobProgress>,
     pub cancel: CancellationToken,
+    pub store: Arc<JobStore>,
 }
 
 impl JobHandle {
@@ -52,10 +54,12 @@ impl JobHandle {
             p.phase = phase as i32;
             p.message = message;
         });
+        self.store.save(&self.snapshot());
     }
 
     fn update(&self, f: impl FnOnce(&mut Job)) {
         f(&mut self.job.lock().expect("job lock poisoned"));
+        self.store.save(&self.snapshot());
     }
 }
 

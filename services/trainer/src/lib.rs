@@ -9,6 +9,7 @@ mod job;
 mod reader;
 mod server;
 mod service;
+mod store;
 
 pub use config::TrainerConfig;
 pub use server::run;

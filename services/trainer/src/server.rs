@@ -1,5 +1,4 @@
 use std::{
-    collections::BTreeMap,
     future::Future,
     sync::{Arc, RwLock},
     time::Duration,
@@ -11,7 +10,12 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Server, server::TcpIncoming};
 use tonic_health::ServingStatus;
 
-use crate::{TrainerConfig, job::JobContext, service::TrainerService};
+use crate::{
+    TrainerConfig,
+    job::JobContext,
+    service::{TrainerService, restored},
+    store::JobStore,
+};
 
 const TRAINER_SERVICE: &str = "kappa.trainer.v1.Trainer";
 
@@ -22,8 +26,17 @@ pub async fn run(
     metrics_listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let kafka = config.kafka.client_config();
+    let (store, past_jobs) = JobStore::open(&kafka, &config.jobs_topic).await?;
+    let store = Arc::new(store);
+    tracing::info!(
+        jobs = past_jobs.len(),
+        topic = config.jobs_topic,
+        "restored past training jobs"
+    );
     let service = Arc::new(TrainerService {
-        jobs: RwLock::new(BTreeMap::new()),
+        jobs: RwLock::new(restored(past_jobs, &store)),
+        store,
         context: JobContext {
             kafka: config.kafka.client_config(),
             registry: config.registry.clone(),

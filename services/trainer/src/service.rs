@@ -21,10 +21,35 @@ use tonic::{Request, Response, Status};
 use crate::{
     error::TrainerError,
     job::{self, JobContext, JobHandle},
+    store::JobStore,
 };
+
+/// Handles for jobs read back from the jobs topic: finished, so nothing runs them.
+pub fn restored(jobs: Vec<Job>, store: &Arc<JobStore>) -> BTreeMap<String, Arc<JobHandle>> {
+    jobs.into_iter()
+        .map(|job| {
+            let progress = job.progress.clone().unwrap_or(JobProgress {
+                phase: job.phase,
+                ..JobProgress::default()
+            });
+            let (progress, _) = watch::channel(JobProgress {
+                phase: job.phase,
+                ..progress
+            });
+            let handle = JobHandle {
+                job: Mutex::new(job.clone()),
+                progress,
+                cancel: CancellationToken::new(),
+                store: Arc::clone(store),
+            };
+            (job.job_id, Arc::new(handle))
+        })
+        .collect()
+}
 
 pub struct TrainerService {
     pub jobs: RwLock<BTreeMap<String, Arc<JobHandle>>>,
+    pub store: Arc<JobStore>,
     pub context: JobContext,
     pub max_running: usize,
 }
@@ -180,7 +205,9 @@ impl TrainerService {
             job: Mutex::new(job),
             progress,
             cancel: CancellationToken::new(),
+            store: Arc::clone(&self.store),
         });
+        self.store.save(&handle.snapshot());
         self.jobs
             .write()
             .expect("jobs lock poisoned")

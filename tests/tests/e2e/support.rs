@@ -588,8 +588,13 @@ pub async fn read_topic_with_timestamps(topic: &str) -> Vec<(String, Vec<u8>, i6
     .unwrap()
 }
 
-/// Starts kappa-trainer against a registry and waits until it serves.
+/// Starts kappa-trainer against a registry, with a jobs topic of its own.
 pub async fn start_trainer(registry: &Service) -> Service {
+    start_trainer_with_jobs(registry, &unique("test.jobs")).await
+}
+
+/// Starts kappa-trainer keeping its jobs in `jobs_topic`, and waits until it serves.
+pub async fn start_trainer_with_jobs(registry: &Service, jobs_topic: &str) -> Service {
     let port = free_port();
     let log = log_dir().join(format!("trainer-{port}.log"));
     let out = std::fs::File::create(&log).unwrap();
@@ -598,6 +603,7 @@ pub async fn start_trainer(registry: &Service) -> Service {
         .args(["--metrics-listen", "127.0.0.1:0"])
         .args(["--kafka-bootstrap", &bootstrap()])
         .args(["--registry", &registry.address])
+        .args(["--jobs-topic", jobs_topic])
         .args(["--log", "info,librdkafka=warn"])
         .stdin(Stdio::null())
         .stdout(out.try_clone().unwrap())

@@ -509,29 +509,124 @@ async fn a_weak_challenger_is_published_but_not_promoted_and_a_better_one_is() {
     let topic = unique("test.fleet-champion");
     run_fleet(
         &topic,
-        &["--cars", "40", "--rate", "0", "--failing-share", "0.3", "--failure-chance", "0.01", "--events", "12000", "--backdate-seconds", "7200"],
+        &[
+            "--cars",
+            "40",
+            "--rate",
+            "0",
+            "--failing-share",
+            "0.3",
+            "--failure-chance",
+            "0.01",
+            "--events",
+            "12000",
+            "--backdate-seconds",
+            "7200",
+        ],
     );
-    let base = TrainingSpec { promote_alias: "production".into(), ..spec("champion", &topic, 0, i64::MAX / 2) };
+    let base = TrainingSpec {
+        promote_alias: "production".into(),
+        ..spec("champion", &topic, 0, i64::MAX / 2)
+    };
     // Barely trained: one epoch, a one-unit bottleneck, a learning rate too small to move.
-    let weak = TrainingSpec { epochs: 1, hidden_layers: vec![1], learning_rate: 1e-7, ..base.clone() };
-    let strong = TrainingSpec { epochs: 15, hidden_layers: vec![12, 6, 12], ..base.clone() };
+    let weak = TrainingSpec {
+        epochs: 1,
+        hidden_layers: vec![1],
+        learning_rate: 1e-7,
+        ..base.clone()
+    };
+    let strong = TrainingSpec {
+        epochs: 15,
+        hidden_layers: vec![12, 6, 12],
+        ..base.clone()
+    };
     let mut run = async |spec: TrainingSpec| {
-        let job = client.start_training(StartTrainingRequest { spec: Some(spec) }).await.unwrap().into_inner();
+        let job = client
+            .start_training(StartTrainingRequest { spec: Some(spec) })
+            .await
+            .unwrap()
+            .into_inner();
         let done = wait_done(&mut client, &job.job_id, Duration::from_secs(300)).await;
         assert_eq!(done.phase, JobPhase::Succeeded as i32, "{}", done.message);
         done
     };
     let first = run(weak.clone()).await;
-    assert!(first.promoted, "the free alias goes to the first model: {}", first.promotion_reason);
+    assert!(
+        first.promoted,
+        "the free alias goes to the first model: {}",
+        first.promotion_reason
+    );
     let better = run(strong).await;
     assert!(better.promoted, "{}", better.promotion_reason);
-    assert!(better.promotion_reason.contains(&format!("holder v{}", first.published_version)), "{}", better.promotion_reason);
+    assert!(
+        better
+            .promotion_reason
+            .contains(&format!("holder v{}", first.published_version)),
+        "{}",
+        better.promotion_reason
+    );
     let worse = run(weak).await;
     assert!(!worse.promoted, "{}", worse.promotion_reason);
-    assert!(worse.promotion_reason.contains("not promoted"), "{}", worse.promotion_reason);
-    assert_eq!(worse.published_version, 3, "a challenger that is not promoted is still published");
+    assert!(
+        worse.promotion_reason.contains("not promoted"),
+        "{}",
+        worse.promotion_reason
+    );
+    assert_eq!(
+        worse.published_version, 3,
+        "a challenger that is not promoted is still published"
+    );
 
     let mut registry = registry_client(&registry).await;
-    let (production, _) = get_model(&mut registry, "champion", by_alias("production")).await.unwrap();
+    let (production, _) = get_model(&mut registry, "champion", by_alias("production"))
+        .await
+        .unwrap();
     assert_eq!(production.version, better.published_version);
+}
+
+#[tokio::test]
+async fn past_jobs_are_still_listed_after_a_trainer_restart() {
+    let registry = RegistrySetup::new().start().await;
+    let jobs_topic = unique("test.jobs");
+    let trainer = start_trainer_with_jobs(&registry, &jobs_topic).await;
+    let mut client = trainer_client(&trainer).await;
+    let topic = unique("test.train-restart");
+    run_fleet(
+        &topic,
+        &[
+            "--cars",
+            "5",
+            "--events",
+            "1000",
+            "--rate",
+            "0",
+            "--backdate-seconds",
+            "3000",
+        ],
+    );
+    let job = client
+        .start_training(StartTrainingRequest {
+            spec: Some(spec("remembered", &topic, 0, i64::MAX / 2)),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let done = wait_done(&mut client, &job.job_id, Duration::from_secs(120)).await;
+    assert_eq!(done.phase, JobPhase::Succeeded as i32, "{}", done.message);
+    drop(client);
+    assert!(trainer.terminate().success());
+
+    let restarted = start_trainer_with_jobs(&registry, &jobs_topic).await;
+    let mut client = trainer_client(&restarted).await;
+    let jobs = client
+        .list_jobs(kappa_api::trainer::ListJobsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].job_id, job.job_id);
+    assert_eq!(jobs[0].phase, JobPhase::Succeeded as i32);
+    assert_eq!(jobs[0].published_version, done.published_version);
+    assert_eq!(jobs[0].lineage, done.lineage);
 }
