@@ -8,7 +8,7 @@ use std::{
 use kappa_api::{
     model::{Activation, Feature, Layer, Lineage, Metrics, ModelManifest, OutputKind, SampleCounts},
     registry::{self as rpb, registry_client::RegistryClient},
-    trainer::{Job, JobPhase, JobProgress, TrainingSpec, training_spec::Range},
+    trainer::{Continuous, Job, JobPhase, JobProgress, TrainingSpec, training_spec::Range},
 };
 use kappa_model::{
     Backend, Mlp,
@@ -89,9 +89,20 @@ pub fn time_range(spec: &TrainingSpec) -> (i64, i64) {
     }
 }
 
-/// Runs the job to a terminal phase. Nothing is published unless every step succeeds.
+/// Runs the job to a terminal phase: one round, or rounds on a sliding window for a continuous
+/// job. Nothing is published by a round unless every step of it succeeds.
 pub async fn run(handle: Arc<JobHandle>, ctx: JobContext) {
-    let outcome = execute(&handle, &ctx).await;
+    let continuous = handle
+        .job
+        .lock()
+        .expect("job lock poisoned")
+        .spec
+        .as_ref()
+        .and_then(|s| s.continuous);
+    let outcome = match continuous {
+        None => execute(&handle, &ctx).await,
+        Some(c) => continuously(&handle, &ctx, c).await,
+    };
     match outcome {
         Ok(()) => {}
         Err(Stop::Cancelled) => handle.set_phase(JobPhase::Cancelled, "cancelled; nothing was published"),
@@ -100,6 +111,67 @@ pub async fn run(handle: Arc<JobHandle>, ctx: JobContext) {
             handle.set_phase(JobPhase::Failed, message);
         }
     }
+}
+
+async fn continuously(handle: &Arc<JobHandle>, ctx: &JobContext, c: Continuous) -> Result<(), Stop> {
+    let topic = handle
+        .job
+        .lock()
+        .expect("job lock poisoned")
+        .spec
+        .as_ref()
+        .map(|s| s.source_topic.clone())
+        .unwrap_or_default();
+    loop {
+        execute(handle, ctx).await?;
+        let runs = handle.snapshot().runs;
+        if c.max_runs > 0 && runs >= c.max_runs {
+            handle.set_phase(JobPhase::Succeeded, format!("{runs} rounds done"));
+            return Ok(());
+        }
+        handle.set_phase(
+            JobPhase::Queued,
+            format!("round {runs} done; waiting for the next window"),
+        );
+        let started = std::time::Instant::now();
+        let baseline = event_count(&ctx.kafka, &topic).await;
+        loop {
+            tokio::select! {
+                () = handle.cancel.cancelled() => return Err(Stop::Cancelled),
+                () = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
+            }
+            let by_time = c.every_seconds > 0 && started.elapsed().as_secs() >= u64::from(c.every_seconds);
+            let by_events =
+                c.every_events > 0 && event_count(&ctx.kafka, &topic).await.saturating_sub(baseline) >= c.every_events;
+            if by_time || by_events {
+                break;
+            }
+        }
+    }
+}
+
+/// Events in the topic so far (sum of high watermarks), for the every-N-events trigger.
+async fn event_count(kafka: &ClientConfig, topic: &str) -> u64 {
+    let (kafka, topic) = (kafka.clone(), topic.to_owned());
+    tokio::task::spawn_blocking(move || {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let consumer: BaseConsumer = kafka.create().ok()?;
+        let metadata = consumer
+            .fetch_metadata(Some(&topic), std::time::Duration::from_secs(5))
+            .ok()?;
+        let mut total = 0;
+        for p in metadata.topics().first()?.partitions() {
+            total += consumer
+                .fetch_watermarks(&topic, p.id(), std::time::Duration::from_secs(5))
+                .ok()?
+                .1;
+        }
+        Some(total.max(0) as u64)
+    })
+    .await
+    .ok()
+    .flatten()
+    .unwrap_or(0)
 }
 
 enum Stop {
@@ -307,11 +379,17 @@ async fn execute(handle: &Arc<JobHandle>, ctx: &JobContext) -> Result<(), Stop> 
         trace_context: Default::default(),
     };
     manifest.lineage = Some(lineage.clone());
-    let version = publish(&mut registry, &manifest, weights, &job_id)
-        .await
-        .map_err(fail)?;
+    let version = publish(
+        &mut registry,
+        &manifest,
+        weights,
+        &format!("{job_id}:{}", handle.snapshot().runs),
+    )
+    .await
+    .map_err(fail)?;
     handle.update(|job| {
         job.published_version = version;
+        job.published_versions.push(version);
         job.lineage = Some(lineage);
     });
     tracing::info!(
@@ -339,7 +417,10 @@ async fn execute(handle: &Arc<JobHandle>, ctx: &JobContext) -> Result<(), Stop> 
             job.promotion_reason = reason;
         });
     }
-    handle.set_phase(JobPhase::Succeeded, format!("published version {version}"));
+    handle.update(|job| job.runs += 1);
+    if spec.continuous.is_none() {
+        handle.set_phase(JobPhase::Succeeded, format!("published version {version}"));
+    }
     Ok(())
 }
 

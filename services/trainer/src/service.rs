@@ -67,6 +67,20 @@ pub fn normalise(mut spec: TrainingSpec) -> Result<TrainingSpec, TrainerError> {
     if spec.source_topic.trim().is_empty() {
         return Err(invalid("source_topic is empty"));
     }
+    if let Some(c) = spec.continuous {
+        if c.window_minutes == 0 {
+            return Err(invalid("continuous.window_minutes must be at least 1"));
+        }
+        if c.every_seconds == 0 && c.every_events == 0 {
+            return Err(invalid("continuous needs every_seconds or every_events"));
+        }
+        if matches!(spec.range, Some(Range::TimeRange(_))) {
+            return Err(invalid(
+                "a continuous job trains on a sliding window; leave time_range unset",
+            ));
+        }
+        spec.range = Some(Range::LastMinutes(c.window_minutes));
+    }
     match spec.range {
         None => return Err(invalid("give a time_range [from, to) or last_minutes")),
         Some(Range::TimeRange(r)) if r.from_ms >= r.to_ms => {

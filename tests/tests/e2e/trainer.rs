@@ -630,3 +630,81 @@ async fn past_jobs_are_still_listed_after_a_trainer_restart() {
     assert_eq!(jobs[0].published_version, done.published_version);
     assert_eq!(jobs[0].lineage, done.lineage);
 }
+
+#[tokio::test]
+async fn continuous_mode_publishes_a_version_per_window_and_predictors_serve_them() {
+    let setup = RegistrySetup::new();
+    let registry = setup.start().await;
+    let trainer = start_trainer(&registry).await;
+    let mut client = trainer_client(&trainer).await;
+    let topic = unique("test.fleet-live");
+    let fleet = [
+        "--cars",
+        "20",
+        "--rate",
+        "0",
+        "--failing-share",
+        "0.3",
+        "--failure-chance",
+        "0.01",
+    ];
+    run_fleet(
+        &topic,
+        &[
+            &fleet[..],
+            &["--events", "4000", "--backdate-seconds", "400", "--seed", "1"],
+        ]
+        .concat(),
+    );
+    let latest = PredictorSetup::new(&setup.topic, "live", "latest").spawn();
+    let production = PredictorSetup::new(&setup.topic, "live", "production").spawn();
+
+    let spec = TrainingSpec {
+        range: None,
+        continuous: Some(kappa_api::trainer::Continuous {
+            window_minutes: 15,
+            every_seconds: 2,
+            every_events: 0,
+            max_runs: 3,
+        }),
+        promote_alias: "production".into(),
+        ..spec("live", &topic, 0, 1)
+    };
+    let job = client
+        .start_training(StartTrainingRequest { spec: Some(spec) })
+        .await
+        .unwrap()
+        .into_inner();
+    // New events keep arriving between rounds, as from a live fleet.
+    for seed in 2..4 {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        run_fleet(
+            &topic,
+            &[&fleet[..], &["--events", "500", "--seed", &seed.to_string()]].concat(),
+        );
+    }
+    let done = wait_done(&mut client, &job.job_id, Duration::from_secs(180)).await;
+    assert_eq!(done.phase, JobPhase::Succeeded as i32, "{}", done.message);
+    assert_eq!(done.runs, 3);
+    assert_eq!(done.published_versions, [1, 2, 3], "one new version per window");
+
+    // Each version reaches the predictors: `latest` ends on the last one, `production` on the
+    // last one the champion/challenger gate let through.
+    let (production_version, _) = get_model(&mut registry_client(&registry).await, "live", by_alias("production"))
+        .await
+        .unwrap();
+    for (predictor, expected) in [(&latest, 3.0), (&production, production_version.version as f64)] {
+        wait_serving(&predictor.service, "kappa.predictor.v1.Predictor").await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while predictor.metric("kappa_predictor_loaded_version").await != Some(expected) {
+            assert!(
+                Instant::now() < deadline,
+                "predictor did not reach version {expected}: {}",
+                predictor.metrics().await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // The latest-following predictor swapped to every version as it landed.
+    assert!(latest.metric("kappa_predictor_swaps_total").await.unwrap() >= 3.0);
+}
