@@ -57,6 +57,9 @@ pub struct FleetArgs {
     /// Event-time spacing between two samples of one car.
     #[arg(long, default_value_t = 1000)]
     sample_interval_ms: u64,
+    /// Also write every event as a JSON line to this file (for `kappa predict`, or inspection).
+    #[arg(long)]
+    jsonl: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -214,6 +217,12 @@ pub async fn run(args: FleetArgs) -> anyhow::Result<()> {
     let now_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as i64;
     let mut event_time = now_ms - (args.backdate_seconds * 1000.0) as i64;
 
+    let mut jsonl = match &args.jsonl {
+        Some(path) => Some(std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
+        )),
+        None => None,
+    };
     let started = Instant::now();
     let deadline = args.duration_seconds.map(|s| started + Duration::from_secs_f64(s));
     let mut in_flight = VecDeque::new();
@@ -234,6 +243,11 @@ pub async fn run(args: FleetArgs) -> anyhow::Result<()> {
                 failing_events += 1;
             }
             let payload = serde_json::to_vec(&reading)?;
+            if let Some(out) = jsonl.as_mut() {
+                use std::io::Write as _;
+                out.write_all(&payload)?;
+                out.write_all(b"\n")?;
+            }
             let record = FutureRecord::to(&args.topic)
                 .key(&car.id)
                 .payload(&payload)
@@ -254,6 +268,10 @@ pub async fn run(args: FleetArgs) -> anyhow::Result<()> {
     }
     while let Some(delivery) = in_flight.pop_front() {
         settle(Some(delivery), &mut acked, &mut failed).await;
+    }
+    if let Some(mut out) = jsonl {
+        use std::io::Write as _;
+        out.flush()?;
     }
     let elapsed = started.elapsed().as_secs_f64();
     println!(

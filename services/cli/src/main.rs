@@ -3,6 +3,7 @@
 mod fleet;
 mod models;
 mod predict;
+mod train;
 
 use std::process::ExitCode;
 
@@ -22,6 +23,8 @@ enum Command {
     Models(models::ModelsArgs),
     /// Score a CSV file or JSON lines through kappa-predictor.
     Predict(predict::PredictArgs),
+    /// Start, follow, list and cancel training jobs on kappa-trainer.
+    Train(train::TrainArgs),
     /// Simulate a connected-car fleet producing telemetry (with failures) to Kafka.
     Fleet(fleet::FleetArgs),
 }
@@ -33,6 +36,7 @@ async fn main() -> ExitCode {
         Command::Models(args) => models::run(args).await,
         Command::Predict(args) => predict::run(args).await,
         Command::Fleet(args) => fleet::run(args).await,
+        Command::Train(args) => train::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
