@@ -14,7 +14,6 @@ use kappa_api::trainer::{
 use kappa_model::example::SENSOR_FIELDS;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use tokio::sync::watch;
-use tokio_stream::{StreamExt as _, wrappers::WatchStream};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
@@ -265,14 +264,20 @@ impl Trainer for TrainerService {
 
     async fn watch_job(&self, request: Request<GetJobRequest>) -> Result<Response<Self::WatchJobStream>, Status> {
         let handle = self.handle(&request.into_inner().job_id)?;
-        let mut finished = false;
-        // Every change, ending after the first terminal phase.
-        let stream = WatchStream::new(handle.progress.subscribe()).take_while(move |p| {
-            let keep = !finished;
-            finished = is_terminal(p.phase);
-            keep
+        // Every change, the current state first, ending right after the first terminal phase.
+        let updates = handle.progress.subscribe();
+        let stream = futures::stream::unfold((updates, true, false), |(mut rx, first, done)| async move {
+            if done {
+                return None;
+            }
+            if !first && rx.changed().await.is_err() {
+                return None;
+            }
+            let progress = rx.borrow_and_update().clone();
+            let done = is_terminal(progress.phase);
+            Some((Ok(progress), (rx, false, done)))
         });
-        Ok(Response::new(Box::pin(stream.map(Ok))))
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn cancel_job(&self, request: Request<GetJobRequest>) -> Result<Response<Job>, Status> {

@@ -611,6 +611,27 @@ async fn past_jobs_are_still_listed_after_a_trainer_restart() {
         .await
         .unwrap()
         .into_inner();
+    // WatchJob streams progress and ends with the terminal phase.
+    let mut updates = client
+        .watch_job(GetJobRequest {
+            job_id: job.job_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seen = Vec::new();
+    while let Some(p) = tokio::time::timeout(Duration::from_secs(120), tokio_stream::StreamExt::next(&mut updates))
+        .await
+        .expect("WatchJob stalled")
+    {
+        seen.push(p.unwrap());
+    }
+    assert_eq!(seen.last().unwrap().phase, JobPhase::Succeeded as i32);
+    assert!(
+        seen.iter()
+            .any(|p| p.phase == JobPhase::Training as i32 && p.epoch >= 1),
+        "{seen:?}"
+    );
     let done = wait_done(&mut client, &job.job_id, Duration::from_secs(120)).await;
     assert_eq!(done.phase, JobPhase::Succeeded as i32, "{}", done.message);
     drop(client);
