@@ -416,6 +416,9 @@ impl Registry for RegistryService {
             part: Some(pb::get_model_response::Part::Header(header)),
         }))
         .expect("a new channel has room for the header");
+        if request.manifest_only {
+            return Ok(Response::new(ReceiverStream::new(rx)));
+        }
         let config = self.consumer_config.clone();
         let topic = self.topic.clone();
         tokio::task::spawn_blocking(move || {

@@ -73,6 +73,24 @@ async fn publish_then_get_returns_identical_bytes_and_versions_count_up() {
     // No selector means the latest version.
     let (latest, _) = get_model(&mut client, "roundtrip", None).await.unwrap();
     assert_eq!(latest.version, 3);
+    // manifest_only answers with the header alone.
+    let mut stream = client
+        .get_model(pb::GetModelRequest {
+            name: "roundtrip".into(),
+            selector: by_version(2),
+            manifest_only: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut parts = Vec::new();
+    while let Some(part) = tokio_stream::StreamExt::next(&mut stream).await {
+        parts.push(part.unwrap().part.unwrap());
+    }
+    assert!(
+        matches!(parts.as_slice(), [pb::get_model_response::Part::Header(h)] if h.version == 2),
+        "{parts:?}"
+    );
 }
 
 #[tokio::test]
