@@ -106,9 +106,10 @@ print(f"   failing events caught: {hits} of {positives}; false alarms: {false_al
 PY
 
 step "4. Moving production back to v$first while a client keeps calling: the predictor swaps, no request fails"
-kappa predict "$run/live.jsonl" >"$run/under-swap.txt" 2>"$run/under-swap-summary.txt" &
+for _ in $(seq 1 8); do cat "$run/live.jsonl"; done >"$run/load.jsonl"
+kappa predict "$run/load.jsonl" >"$run/under-swap.txt" 2>"$run/under-swap-summary.txt" &
 load_pid=$!
-sleep 0.3
+sleep 1
 kappa models alias car-anomaly production "$first" | sed 's/^/   /'
 wait "$load_pid"
 echo "   load during the swap: $(cat "$run/under-swap-summary.txt")"
