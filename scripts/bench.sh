@@ -76,3 +76,23 @@ pipe_rate=$("$bin/predictor-bench" stream-pipe --from "$st.pipe-in" --to "$st.pi
   --consumer-group "bench-$st" --log warn >>"$run/stream-predictor.log" 2>&1 &
 pids+=($!)
 "$bin/predictor-bench" stream-wait --topic "$st.predictions" --events "$events" --baseline "$pipe_rate"
+
+echo
+echo "## Trainer: training samples/s against PyTorch (same MLP, AdamW, batch 64, 1 thread)"
+rows=${BENCH_TRAIN_ROWS:-50000}; epochs=${BENCH_TRAIN_EPOCHS:-3}
+kappa_rate=$(RAYON_NUM_THREADS=1 "$bin/train-bench" train --rows "$rows" --epochs "$epochs")
+torch_python=${KAPPA_TORCH_PYTHON:-$HOME/.cache/kappa/torch-venv/bin/python}
+if ! "$torch_python" -c "import torch" 2>/dev/null; then
+  echo "(installing PyTorch from PyPI into $(dirname "$(dirname "$torch_python")") for the baseline)"
+  python3 -m venv "$(dirname "$(dirname "$torch_python")")" && "$torch_python" -m pip install -q torch
+fi
+torch_rate=$("$torch_python" "$here/bench/torch_train.py" "$rows" "$epochs" 1)
+echo "| measurement | kappa-trainer (candle) | PyTorch | ratio | budget |"
+echo "|---|---|---|---|---|"
+echo "| training samples/s, $rows rows x $epochs epochs | $kappa_rate | $torch_rate | $(python3 -c "print(f'{$kappa_rate/$torch_rate:.2f}x')") | >= 0.5x |"
+
+echo
+echo "## Trainer: Kafka read rate"
+ft="bench.fleet-$(date +%s)"
+"$bin/kappa" fleet --topic "$ft" --cars 100 --events 200000 --rate 0 --backdate-seconds 7200 >/dev/null
+"$bin/train-bench" read --topic "$ft"

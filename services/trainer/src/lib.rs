@@ -6,7 +6,7 @@ pub mod config;
 mod dataset;
 mod error;
 mod job;
-mod reader;
+pub mod reader;
 mod server;
 mod service;
 mod store;
