@@ -72,7 +72,12 @@ fn main() -> anyhow::Result<()> {
                 .set("auto.offset.reset", "earliest")
                 .set("enable.partition.eof", "true")
                 .create()?;
-            consumer.subscribe(&[&topic])?;
+            let metadata = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
+            let mut tpl = rdkafka::TopicPartitionList::new();
+            for p in metadata.topics().first().map(|t| t.partitions()).unwrap_or_default() {
+                tpl.add_partition_offset(&topic, p.id(), rdkafka::Offset::Beginning)?;
+            }
+            consumer.assign(&tpl)?;
             let started = Instant::now();
             let mut read = 0_u64;
             while read < data.read {
