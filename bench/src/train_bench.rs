@@ -44,12 +44,21 @@ fn main() -> anyhow::Result<()> {
         Mode::Train { rows, epochs } => {
             let mut rng = StdRng::seed_from_u64(1);
             let data: Vec<f32> = (0..rows * 18).map(|_| rng.random_range(-2.0..2.0)).collect();
-            let settings =
-                TrainSettings { hidden: vec![16, 8, 16], epochs, batch_size: 64, learning_rate: 1e-3, weight_decay: 0.01, seed: 1 };
+            let settings = TrainSettings {
+                hidden: vec![16, 8, 16],
+                epochs,
+                batch_size: 64,
+                learning_rate: 1e-3,
+                weight_decay: 0.01,
+                seed: 1,
+            };
             let started = Instant::now();
             let trained = train_autoencoder(&data, &data[..18 * 1000], 18, &settings, &mut |_, _, _| true, &|| false)?;
             anyhow::ensure!(trained.completed);
-            println!("{:.0}", (rows * epochs as usize) as f64 / started.elapsed().as_secs_f64());
+            println!(
+                "{:.0}",
+                (rows * epochs as usize) as f64 / started.elapsed().as_secs_f64()
+            );
         }
         Mode::Read { kafka_bootstrap, topic } => {
             let mut config = ClientConfig::new();
@@ -58,7 +67,10 @@ fn main() -> anyhow::Result<()> {
                 topic: topic.clone(),
                 from_ms: 0,
                 to_ms: i64::MAX / 2,
-                features: kappa_model::example::SENSOR_FIELDS.iter().map(|f| (*f).to_owned()).collect(),
+                features: kappa_model::example::SENSOR_FIELDS
+                    .iter()
+                    .map(|f| (*f).to_owned())
+                    .collect(),
                 labelled: true,
                 max_rows: usize::MAX,
             };

@@ -4,9 +4,11 @@
 mod grpc_code;
 mod logging;
 mod metrics_server;
+mod service_main;
 mod shutdown;
 
 pub use grpc_code::grpc_code_name;
 pub use logging::{LogArgs, LogFormat, init_logging};
 pub use metrics_server::serve_metrics;
+pub use service_main::{ServiceStart, service_main};
 pub use shutdown::shutdown_signal;

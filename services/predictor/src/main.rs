@@ -2,21 +2,17 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use kappa_predictor::{PredictorConfig, run};
-use tokio::net::TcpListener;
-
-/// sysexits.h EX_USAGE: the configuration is wrong, retrying will not help.
-const EXIT_BAD_CONFIG: u8 = 64;
+use kappa_telemetry::{ServiceStart, service_main};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = PredictorConfig::parse();
-    if let Err(problem) = config.validate() {
-        eprintln!("kappa-predictor: invalid configuration: {problem}");
-        return ExitCode::from(EXIT_BAD_CONFIG);
-    }
-    if config.check_config {
-        println!(
-            "configuration ok: listen={} metrics={:?} kafka={} properties={:?} topic={} model={} follow={} max_batch_size={} backend={:?}",
+    let start = ServiceStart {
+        name: "kappa-predictor",
+        validation: config.validate(),
+        check_config: config.check_config,
+        summary: format!(
+            "listen={} metrics={:?} kafka={} properties={:?} topic={} model={} follow={} max_batch_size={} backend={:?} stream={}",
             config.listen,
             config.metrics_listen,
             config.kafka.bootstrap,
@@ -25,35 +21,15 @@ async fn main() -> ExitCode {
             config.model,
             config.follow,
             config.max_batch_size,
-            config.backend
-        );
-        return ExitCode::SUCCESS;
-    }
-    kappa_telemetry::init_logging(&config.log);
-
-    let listener = match TcpListener::bind(config.listen).await {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(address = %config.listen, error = %e, "cannot bind the gRPC address; is another process using it?");
-            return ExitCode::FAILURE;
-        }
+            config.backend,
+            config.stream
+        ),
+        log: &config.log.clone(),
+        listen: config.listen,
+        metrics_listen: config.metrics_listen,
     };
-    let metrics_listener = match config.metrics_listen {
-        Some(address) => match TcpListener::bind(address).await {
-            Ok(l) => Some(l),
-            Err(e) => {
-                tracing::error!(%address, error = %e, "cannot bind the metrics address; set --metrics-listen to a free one");
-                return ExitCode::FAILURE;
-            }
-        },
-        None => None,
-    };
-    match run(config, listener, metrics_listener, kappa_telemetry::shutdown_signal()).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("kappa-predictor failed: {e:#}");
-            eprintln!("kappa-predictor: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    service_main(start, |listener, metrics, shutdown| {
+        run(config, listener, metrics, shutdown)
+    })
+    .await
 }
