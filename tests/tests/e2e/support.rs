@@ -297,8 +297,9 @@ pub struct RawRecord {
     pub value: Option<Vec<u8>>,
 }
 
-/// Reads the whole partition with a plain librdkafka consumer at the given isolation level.
-pub async fn read_topic(topic: &str, isolation: &str) -> Vec<RawRecord> {
+/// Reads the whole partition 0 with a plain librdkafka consumer at the given isolation level:
+/// (key, value or None for a tombstone, timestamp in ms) of every record.
+pub async fn read_partition(topic: &str, isolation: &str) -> Vec<(String, Option<Vec<u8>>, i64)> {
     let (topic, isolation) = (topic.to_owned(), isolation.to_owned());
     tokio::task::spawn_blocking(move || {
         let consumer: BaseConsumer = kafka_config()
@@ -320,13 +321,13 @@ pub async fn read_topic(topic: &str, isolation: &str) -> Vec<RawRecord> {
                 "reading {topic} did not reach its end within 30 s"
             );
             match consumer.poll(Duration::from_millis(200)) {
-                Some(Ok(m)) => records.push(RawRecord {
-                    key: m
-                        .key()
+                Some(Ok(m)) => records.push((
+                    m.key()
                         .map(|k| String::from_utf8_lossy(k).into_owned())
                         .unwrap_or_default(),
-                    value: m.payload().map(<[u8]>::to_vec),
-                }),
+                    m.payload().map(<[u8]>::to_vec),
+                    m.timestamp().to_millis().unwrap_or(0),
+                )),
                 Some(Err(KafkaError::PartitionEOF(_))) => return records,
                 Some(Err(e)) => panic!("reading {topic}: {e}"),
                 None => {}
@@ -335,6 +336,15 @@ pub async fn read_topic(topic: &str, isolation: &str) -> Vec<RawRecord> {
     })
     .await
     .unwrap()
+}
+
+/// Every record of partition 0 as any `isolation` consumer sees it.
+pub async fn read_topic(topic: &str, isolation: &str) -> Vec<RawRecord> {
+    read_partition(topic, isolation)
+        .await
+        .into_iter()
+        .map(|(key, value, _)| RawRecord { key, value })
+        .collect()
 }
 
 /// grpcurl, installed by `scripts/tools.sh` (which `make test` runs).
@@ -551,41 +561,13 @@ pub async fn create_topic_with_partitions(topic: &str, partitions: i32) {
     }
 }
 
-/// (key, value, timestamp ms) of every record in partition 0.
+/// (key, value, timestamp ms) of every committed record in partition 0.
 pub async fn read_topic_with_timestamps(topic: &str) -> Vec<(String, Vec<u8>, i64)> {
-    let topic = topic.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = kafka_config()
-            .set("group.id", unique("kappa-e2e-reader"))
-            .set("enable.partition.eof", "true")
-            .create()
-            .unwrap();
-        let mut tpl = rdkafka::TopicPartitionList::new();
-        tpl.add_partition_offset(&topic, 0, rdkafka::Offset::Beginning).unwrap();
-        consumer.assign(&tpl).unwrap();
-        let mut records = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            assert!(
-                Instant::now() < deadline,
-                "reading {topic} did not reach its end within 30 s"
-            );
-            match consumer.poll(Duration::from_millis(200)) {
-                Some(Ok(m)) => records.push((
-                    m.key()
-                        .map(|k| String::from_utf8_lossy(k).into_owned())
-                        .unwrap_or_default(),
-                    m.payload().unwrap_or_default().to_vec(),
-                    m.timestamp().to_millis().unwrap_or(0),
-                )),
-                Some(Err(KafkaError::PartitionEOF(_))) => return records,
-                Some(Err(e)) => panic!("reading {topic}: {e}"),
-                None => {}
-            }
-        }
-    })
-    .await
-    .unwrap()
+    read_partition(topic, "read_committed")
+        .await
+        .into_iter()
+        .map(|(key, value, ts)| (key, value.unwrap_or_default(), ts))
+        .collect()
 }
 
 /// Starts kappa-trainer against a registry, with a jobs topic of its own.
