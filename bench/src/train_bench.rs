@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use kappa_model::train::{TrainSettings, train_autoencoder};
+use kappa_model::train::{TrainData, TrainSettings, train_autoencoder};
 use kappa_trainer::reader::{RangeQuery, read_range};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use rdkafka::{
@@ -53,7 +53,14 @@ fn main() -> anyhow::Result<()> {
                 seed: 1,
             };
             let started = Instant::now();
-            let trained = train_autoencoder(&data, &data[..18 * 1000], 18, &settings, &mut |_, _, _| true, &|| false)?;
+            let trained = train_autoencoder(
+                TrainData::InMemory(&data),
+                &data[..18 * 1000],
+                18,
+                &settings,
+                &mut |_, _, _| true,
+                &|| false,
+            )?;
             anyhow::ensure!(trained.completed);
             println!(
                 "{:.0}",

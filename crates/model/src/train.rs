@@ -47,8 +47,17 @@ const EPS: f64 = 1e-8;
 
 /// Trains on `train` (`rows × features`, already scaled) and reports validation loss on `val`.
 /// `cancelled` is polled between mini-batches so a cancel stops within one batch.
+/// Where the training rows of each epoch come from.
+pub enum TrainData<'a> {
+    /// Rows held in memory (`rows × features`, scaled), shuffled every epoch.
+    InMemory(&'a [f32]),
+    /// Rows streamed anew every epoch, for data larger than memory: each call delivers one epoch
+    /// as shuffled blocks of scaled rows to the given sink, which returns false to stop.
+    Streamed(&'a mut dyn FnMut(&mut dyn FnMut(&[f32]) -> bool) -> Result<(), String>),
+}
+
 pub fn train_autoencoder(
-    train: &[f32],
+    data: TrainData<'_>,
     val: &[f32],
     features: usize,
     settings: &TrainSettings,
@@ -56,8 +65,10 @@ pub fn train_autoencoder(
     cancelled: &dyn Fn() -> bool,
 ) -> Result<Trained, ModelError> {
     let device = Device::Cpu;
-    let rows = train.len() / features;
-    if rows == 0 {
+    let mut data = data;
+    if let TrainData::InMemory(train) = data
+        && train.len() < features
+    {
         return Err(ModelError::InvalidInput("no training rows".into()));
     }
     let mut rng = StdRng::seed_from_u64(settings.seed);
@@ -102,42 +113,79 @@ pub fn train_autoencoder(
         .then(|| Tensor::from_slice(val, (val_rows, features), &device))
         .transpose()
         .map_err(err)?;
-    let mut order: Vec<usize> = (0..rows).collect();
     let mut batch = Vec::with_capacity(settings.batch_size * features);
     let (mut loss_curve, mut validation_curve) = (Vec::new(), Vec::new());
+    let stopped = |loss_curve, validation_curve| Trained {
+        tensors: Vec::new(),
+        loss_curve,
+        validation_curve,
+        completed: false,
+    };
+    let step = |x: &[f32], adam: &mut Adam| -> Result<f64, ModelError> {
+        let x = Tensor::from_slice(x, (x.len() / features, features), &device).map_err(err)?;
+        let loss = mse(&x, &params).map_err(err)?;
+        let value = f64::from(loss.to_scalar::<f32>().map_err(err)?);
+        let grads = loss.backward().map_err(err)?;
+        adam.step += 1;
+        let (c1, c2) = (1.0 - BETA1.powi(adam.step), 1.0 - BETA2.powi(adam.step));
+        for (i, p) in params.iter().enumerate() {
+            let Some(g) = grads.get(p.as_tensor()) else { continue };
+            let mut update = || -> candle_core::Result<()> {
+                adam.m[i] = ((&adam.m[i] * BETA1)? + (g * (1.0 - BETA1))?)?;
+                adam.v[i] = ((&adam.v[i] * BETA2)? + (g.sqr()? * (1.0 - BETA2))?)?;
+                let step = ((&adam.m[i] / c1)? / ((&adam.v[i] / c2)?.sqrt()? + EPS)?)?;
+                let decayed = (p.as_tensor() * (1.0 - settings.learning_rate * settings.weight_decay))?;
+                p.set(&(decayed - (step * settings.learning_rate)?)?)
+            };
+            update().map_err(err)?;
+        }
+        Ok(value)
+    };
     for epoch in 1..=settings.epochs {
-        order.shuffle(&mut rng);
-        let (mut total, mut batches) = (0.0, 0);
-        for chunk in order.chunks(settings.batch_size) {
-            if cancelled() {
-                return Ok(Trained {
-                    tensors: Vec::new(),
-                    loss_curve,
-                    validation_curve,
-                    completed: false,
-                });
+        let (mut total, mut batches) = (0.0, 0_u32);
+        match &mut data {
+            TrainData::InMemory(train) => {
+                let mut order: Vec<usize> = (0..train.len() / features).collect();
+                order.shuffle(&mut rng);
+                for chunk in order.chunks(settings.batch_size) {
+                    if cancelled() {
+                        return Ok(stopped(loss_curve, validation_curve));
+                    }
+                    batch.clear();
+                    for &r in chunk {
+                        batch.extend_from_slice(&train[r * features..(r + 1) * features]);
+                    }
+                    total += step(&batch, &mut adam)?;
+                    batches += 1;
+                }
             }
-            batch.clear();
-            for &r in chunk {
-                batch.extend_from_slice(&train[r * features..(r + 1) * features]);
-            }
-            let x = Tensor::from_slice(&batch, (chunk.len(), features), &device).map_err(err)?;
-            let loss = mse(&x, &params).map_err(err)?;
-            total += f64::from(loss.to_scalar::<f32>().map_err(err)?);
-            batches += 1;
-            let grads = loss.backward().map_err(err)?;
-            adam.step += 1;
-            let (c1, c2) = (1.0 - BETA1.powi(adam.step), 1.0 - BETA2.powi(adam.step));
-            for (i, p) in params.iter().enumerate() {
-                let Some(g) = grads.get(p.as_tensor()) else { continue };
-                let mut update = || -> candle_core::Result<()> {
-                    adam.m[i] = ((&adam.m[i] * BETA1)? + (g * (1.0 - BETA1))?)?;
-                    adam.v[i] = ((&adam.v[i] * BETA2)? + (g.sqr()? * (1.0 - BETA2))?)?;
-                    let step = ((&adam.m[i] / c1)? / ((&adam.v[i] / c2)?.sqrt()? + EPS)?)?;
-                    let decayed = (p.as_tensor() * (1.0 - settings.learning_rate * settings.weight_decay))?;
-                    p.set(&(decayed - (step * settings.learning_rate)?)?)
-                };
-                update().map_err(err)?;
+            TrainData::Streamed(source) => {
+                let mut failure = None;
+                source(&mut |block: &[f32]| {
+                    for chunk in block.chunks(settings.batch_size * features) {
+                        if cancelled() {
+                            return false;
+                        }
+                        match step(chunk, &mut adam) {
+                            Ok(loss) => {
+                                total += loss;
+                                batches += 1;
+                            }
+                            Err(e) => {
+                                failure = Some(e);
+                                return false;
+                            }
+                        }
+                    }
+                    true
+                })
+                .map_err(ModelError::InvalidInput)?;
+                if let Some(e) = failure {
+                    return Err(e);
+                }
+                if cancelled() {
+                    return Ok(stopped(loss_curve, validation_curve));
+                }
             }
         }
         let train_loss = total / f64::from(batches.max(1));
@@ -148,12 +196,7 @@ pub fn train_autoencoder(
         loss_curve.push(train_loss);
         validation_curve.push(val_loss);
         if !on_epoch(epoch, train_loss, val_loss) {
-            return Ok(Trained {
-                tensors: Vec::new(),
-                loss_curve,
-                validation_curve,
-                completed: false,
-            });
+            return Ok(stopped(loss_curve, validation_curve));
         }
     }
     let mut tensors = Vec::with_capacity(params.len());
@@ -197,7 +240,15 @@ mod tests {
             weight_decay: 0.0,
             seed: 1,
         };
-        let trained = train_autoencoder(&data, &data[..600], 6, &settings, &mut |_, _, _| true, &|| false).unwrap();
+        let trained = train_autoencoder(
+            TrainData::InMemory(&data),
+            &data[..600],
+            6,
+            &settings,
+            &mut |_, _, _| true,
+            &|| false,
+        )
+        .unwrap();
         assert!(trained.completed);
         let (first, last) = (trained.loss_curve[0], *trained.loss_curve.last().unwrap());
         assert!(last < first * 0.2, "loss went from {first} to {last}");

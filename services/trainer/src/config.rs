@@ -33,7 +33,9 @@ pub struct TrainerConfig {
           value_parser = clap::value_parser!(u32).range(1..=64))]
     pub max_concurrent_jobs: u32,
 
-    /// Most rows a job reads from Kafka; a range holding more is sampled down to this many.
+    /// Most events a job holds in memory. A range holding more is not held: validation, hold-out
+    /// and scaling come from a uniform sample of this size, and every training epoch re-reads the
+    /// range from Kafka in blocks of this size (Kafka as the data lake).
     #[arg(long, env = "KAPPA_MAX_ROWS", default_value_t = 2_000_000)]
     pub max_rows: usize,
 

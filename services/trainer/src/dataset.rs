@@ -14,6 +14,8 @@ pub struct Splits {
     pub holdout: Vec<(Vec<f32>, bool)>,
     /// Anomalies outside the hold-out: an autoencoder learns only what normal looks like.
     pub anomalies_excluded: u64,
+    /// Events in validation or hold-out, which a re-read of the range must not train on.
+    pub held_out: std::collections::HashSet<(i32, i64)>,
 }
 
 /// Shuffles with `seed`; keeps `holdout_split` of labelled rows out; trains on normal rows only
@@ -27,25 +29,24 @@ pub fn split(mut rows: Vec<Row>, validation_split: f64, holdout_split: f64, seed
         0
     };
     let pool = rows.split_off(holdout_n.min(rows.len()));
+    let mut held_out: std::collections::HashSet<(i32, i64)> = rows.iter().map(|r| r.id).collect();
     let holdout = rows
         .into_iter()
         .filter_map(|r| r.label.map(|l| (r.values, l)))
         .collect();
     let pool_len = pool.len();
-    let normal: Vec<Vec<f32>> = pool
-        .into_iter()
-        .filter(|r| r.label != Some(true))
-        .map(|r| r.values)
-        .collect();
+    let normal: Vec<Row> = pool.into_iter().filter(|r| r.label != Some(true)).collect();
     let anomalies_excluded = (pool_len - normal.len()) as u64;
     let validation_n = ((normal.len() as f64) * validation_split).round() as usize;
     let mut train = normal;
-    let validation = train.split_off(train.len() - validation_n.min(train.len()));
+    let validation: Vec<Row> = train.split_off(train.len() - validation_n.min(train.len()));
+    held_out.extend(validation.iter().map(|r| r.id));
     Splits {
-        train,
-        validation,
+        train: train.into_iter().map(|r| r.values).collect(),
+        validation: validation.into_iter().map(|r| r.values).collect(),
         holdout,
         anomalies_excluded,
+        held_out,
     }
 }
 
@@ -93,10 +94,12 @@ mod tests {
             .map(|i| Row {
                 values: vec![i as f32],
                 label: Some(i.is_multiple_of(10)),
+                id: (0, i64::from(i)),
             })
             .collect();
         let s = split(rows, 0.2, 0.2, 7);
         assert_eq!(s.holdout.len(), 200);
+        assert_eq!(s.held_out.len(), s.holdout.len() + s.validation.len());
         assert!(
             s.train
                 .iter()

@@ -14,8 +14,9 @@ use kappa_model::{
     Backend, Mlp,
     evaluate::{Quality, percentile, quality},
     example::serialize_tensors,
-    train::{TrainSettings, train_autoencoder},
+    train::{TrainData, TrainSettings, train_autoencoder},
 };
+use rand::{SeedableRng, seq::SliceRandom};
 use rdkafka::ClientConfig;
 use tokio::sync::watch;
 use tokio_stream::StreamExt as _;
@@ -24,7 +25,7 @@ use tonic::transport::Channel;
 
 use crate::{
     dataset::{fit_scaling, scaled, split},
-    reader::{RangeQuery, read_range},
+    reader::{RangeQuery, read_range, scan_range},
     store::JobStore,
 };
 
@@ -203,7 +204,7 @@ async fn execute(handle: &Arc<JobHandle>, ctx: &JobContext) -> Result<(), Stop> 
         format!("reading {} over [{from_ms}, {to_ms})", spec.source_topic),
     );
     let data = {
-        let (handle, kafka) = (Arc::clone(handle), ctx.kafka.clone());
+        let (handle, kafka, query) = (Arc::clone(handle), ctx.kafka.clone(), query.clone());
         tokio::task::spawn_blocking(move || {
             read_range(&kafka, &query, &mut |read, skipped| {
                 handle.progress.send_modify(|p| {
@@ -248,13 +249,65 @@ async fn execute(handle: &Arc<JobHandle>, ctx: &JobContext) -> Result<(), Stop> 
         weight_decay: 0.01,
         seed: spec.seed,
     };
+    // Past the memory cap, `splits` came from a uniform sample of the range; training then reads
+    // the range from Kafka again every epoch, a block of at most `max_rows` rows at a time.
+    let streamed = data.usable
+        > (splits.train.len() + splits.validation.len() + splits.holdout.len()) as u64 + splits.anomalies_excluded;
+    let streamed_rows = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let streamed_anomalies = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let trained = {
         let handle = Arc::clone(handle);
+        let (kafka, held_out, cap) = (ctx.kafka.clone(), splits.held_out.clone(), ctx.max_rows);
+        let (offset, scale) = (offset.clone(), scale.clone());
+        let (streamed_rows, streamed_anomalies) = (Arc::clone(&streamed_rows), Arc::clone(&streamed_anomalies));
         tokio::task::spawn_blocking(move || {
             let progress = handle.progress.clone();
             let cancel = handle.cancel.clone();
+            let mut rng = rand::rngs::StdRng::seed_from_u64(spec.seed);
+            let mut stream_epoch = |sink: &mut dyn FnMut(&[f32]) -> bool| -> Result<(), String> {
+                let mut block: Vec<Vec<f32>> = Vec::with_capacity(cap.min(1 << 20));
+                // The sink says when to stop (cancelled); the reader polls it between records.
+                let open = std::cell::Cell::new(true);
+                let (mut rows, mut anomalies) = (0_u64, 0_u64);
+                let mut flush = |block: &mut Vec<Vec<f32>>| {
+                    block.shuffle(&mut rng);
+                    open.set(open.get() && sink(&scaled(block, &offset, &scale)));
+                    block.clear();
+                };
+                scan_range(
+                    &kafka,
+                    &query,
+                    &mut |_, _| open.get() && !cancel.is_cancelled(),
+                    &mut |row| {
+                        if held_out.contains(&row.id) {
+                            return;
+                        }
+                        if row.label == Some(true) {
+                            anomalies += 1;
+                            return;
+                        }
+                        rows += 1;
+                        block.push(row.values);
+                        if block.len() >= cap {
+                            flush(&mut block);
+                        }
+                    },
+                )
+                .map_err(|e| format!("re-reading the range from Kafka failed: {e}"))?;
+                if !block.is_empty() && open.get() {
+                    flush(&mut block);
+                }
+                streamed_rows.store(rows, std::sync::atomic::Ordering::Relaxed);
+                streamed_anomalies.store(anomalies, std::sync::atomic::Ordering::Relaxed);
+                Ok(())
+            };
+            let source = if streamed {
+                TrainData::Streamed(&mut stream_epoch)
+            } else {
+                TrainData::InMemory(&train)
+            };
             train_autoencoder(
-                &train,
+                source,
                 &validation,
                 features,
                 &settings,
@@ -273,6 +326,14 @@ async fn execute(handle: &Arc<JobHandle>, ctx: &JobContext) -> Result<(), Stop> 
         .map_err(fail)?
         .map_err(fail)?
     };
+    if streamed {
+        // The streamed epochs saw every anomaly of the range, not just the sample's.
+        skipped.remove("labelled_anomaly_not_trained_on");
+        let anomalies = streamed_anomalies.load(std::sync::atomic::Ordering::Relaxed);
+        if anomalies > 0 {
+            skipped.insert("labelled_anomaly_not_trained_on".to_owned(), anomalies);
+        }
+    }
     if !trained.completed || handle.cancel.is_cancelled() {
         return Err(Stop::Cancelled);
     }
@@ -352,7 +413,11 @@ async fn execute(handle: &Arc<JobHandle>, ctx: &JobContext) -> Result<(), Stop> 
         time_from_ms: from_ms,
         time_to_ms: to_ms,
         samples: Some(SampleCounts {
-            train: splits.train.len() as u64,
+            train: if streamed {
+                streamed_rows.load(std::sync::atomic::Ordering::Relaxed)
+            } else {
+                splits.train.len() as u64
+            },
             validation: splits.validation.len() as u64,
             holdout: splits.holdout.len() as u64,
             skipped,
@@ -365,6 +430,17 @@ async fn execute(handle: &Arc<JobHandle>, ctx: &JobContext) -> Result<(), Stop> 
             ("optimizer".to_owned(), "AdamW(weight_decay=0.01)".to_owned()),
             ("threshold_percentile".to_owned(), spec.threshold_percentile.to_string()),
             ("seed".to_owned(), spec.seed.to_string()),
+            (
+                "data".to_owned(),
+                if streamed {
+                    format!(
+                        "re-read from Kafka every epoch: {} usable events exceed --max-rows {}; validation, hold-out and scaling from a uniform sample",
+                        data.usable, ctx.max_rows
+                    )
+                } else {
+                    "held in memory".to_owned()
+                },
+            ),
         ]
         .into(),
         metrics: Some(Metrics {

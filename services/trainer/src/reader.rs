@@ -23,6 +23,8 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Row {
     pub values: Vec<f32>,
     pub label: Option<bool>,
+    /// (partition, offset): identifies the event across re-reads of the range.
+    pub id: (i32, i64),
 }
 
 #[derive(Debug, Default)]
@@ -31,6 +33,9 @@ pub struct RangeData {
     pub rows: Vec<Row>,
     pub read: u64,
     pub skipped: BTreeMap<String, u64>,
+    /// Usable events in the range; more than `rows.len()` when the memory cap was reached and
+    /// `rows` holds a uniform sample of them.
+    pub usable: u64,
 }
 
 /// The `[start, end)` offsets of each partition for the time range, as the broker resolves them.
@@ -83,12 +88,40 @@ pub struct RangeQuery {
     pub max_rows: usize,
 }
 
-/// Reads every event of the range. Blocking; `keep_going` (given rows read and skipped so far) is
-/// polled so a cancel stops the read.
+/// Reads the range and holds its usable rows; past `max_rows`, a uniform sample of that many
+/// (reservoir sampling, seeded), so memory stays bounded whatever the range holds.
 pub fn read_range(
     config: &ClientConfig,
     query: &RangeQuery,
     keep_going: &mut dyn FnMut(u64, u64) -> bool,
+) -> Result<RangeData, KafkaError> {
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+    let mut rng = StdRng::seed_from_u64(0x6b61_7070_61);
+    let mut rows = Vec::new();
+    let mut seen = 0_u64;
+    let mut data = scan_range(config, query, keep_going, &mut |row| {
+        seen += 1;
+        if rows.len() < query.max_rows {
+            rows.push(row);
+        } else {
+            let j = rng.random_range(0..seen) as usize;
+            if j < query.max_rows {
+                rows[j] = row;
+            }
+        }
+    })?;
+    data.rows = rows;
+    data.usable = seen;
+    Ok(data)
+}
+
+/// Reads every event of the range and hands each usable one to `on_row`; counts the others by
+/// reason. Blocking; `keep_going` (rows read and skipped so far) is polled so a cancel stops it.
+pub fn scan_range(
+    config: &ClientConfig,
+    query: &RangeQuery,
+    keep_going: &mut dyn FnMut(u64, u64) -> bool,
+    on_row: &mut dyn FnMut(Row),
 ) -> Result<RangeData, KafkaError> {
     let RangeQuery {
         topic,
@@ -96,9 +129,9 @@ pub fn read_range(
         to_ms,
         features,
         labelled,
-        max_rows,
+        ..
     } = query;
-    let (topic, from_ms, to_ms, labelled, max_rows) = (topic.as_str(), *from_ms, *to_ms, *labelled, *max_rows);
+    let (topic, from_ms, to_ms, labelled) = (topic.as_str(), *from_ms, *to_ms, *labelled);
     let consumer: BaseConsumer = config
         .clone()
         .set("group.id", format!("kappa-trainer-{}", uuid::Uuid::new_v4().simple()))
@@ -177,13 +210,10 @@ pub fn read_range(
             skip(&mut data, "missing_label");
             continue;
         }
-        if data.rows.len() >= max_rows {
-            skip(&mut data, "over_max_rows");
-            continue;
-        }
-        data.rows.push(Row {
+        on_row(Row {
             values,
             label: event.failure_occurred,
+            id: (message.partition(), message.offset()),
         });
     }
     Ok(data)

@@ -577,6 +577,11 @@ pub async fn start_trainer(registry: &Service) -> Service {
 
 /// Starts kappa-trainer keeping its jobs in `jobs_topic`, and waits until it serves.
 pub async fn start_trainer_with_jobs(registry: &Service, jobs_topic: &str) -> Service {
+    start_trainer_with_args(registry, jobs_topic, &[]).await
+}
+
+/// Starts kappa-trainer with extra flags.
+pub async fn start_trainer_with_args(registry: &Service, jobs_topic: &str, extra: &[&str]) -> Service {
     let port = free_port();
     let log = log_dir().join(format!("trainer-{port}.log"));
     let out = std::fs::File::create(&log).unwrap();
@@ -587,6 +592,7 @@ pub async fn start_trainer_with_jobs(registry: &Service, jobs_topic: &str) -> Se
         .args(["--registry", &registry.address])
         .args(["--jobs-topic", jobs_topic])
         .args(["--log", "info,librdkafka=warn"])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(out.try_clone().unwrap())
         .stderr(out)
