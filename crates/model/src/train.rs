@@ -53,6 +53,10 @@ pub enum TrainData<'a> {
     InMemory(&'a [f32]),
     /// Rows streamed anew every epoch, for data larger than memory: each call delivers one epoch
     /// as shuffled blocks of scaled rows to the given sink, which returns false to stop.
+    #[expect(
+        clippy::type_complexity,
+        reason = "a callback taking a callback; an alias hides the higher-ranked lifetimes it needs"
+    )]
     Streamed(&'a mut dyn FnMut(&mut dyn FnMut(&[f32]) -> bool) -> Result<(), String>),
 }
 

@@ -96,7 +96,7 @@ pub fn read_range(
     keep_going: &mut dyn FnMut(u64, u64) -> bool,
 ) -> Result<RangeData, KafkaError> {
     use rand::{Rng, SeedableRng, rngs::StdRng};
-    let mut rng = StdRng::seed_from_u64(0x6b61_7070_61);
+    let mut rng = StdRng::seed_from_u64(0x006b_6170_7061);
     let mut rows = Vec::new();
     let mut seen = 0_u64;
     let mut data = scan_range(config, query, keep_going, &mut |row| {
