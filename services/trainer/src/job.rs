@@ -67,6 +67,7 @@ impl JobHandle {
 /// What a job needs from the service.
 #[derive(Clone)]
 pub struct JobContext {
+    pub metrics: Arc<crate::metrics::TrainerMetrics>,
     pub kafka: ClientConfig,
     pub registry: String,
     pub max_rows: usize,
@@ -100,10 +101,21 @@ pub async fn run(handle: Arc<JobHandle>, ctx: JobContext) {
         .spec
         .as_ref()
         .and_then(|s| s.continuous);
+    ctx.metrics.running.inc();
     let outcome = match continuous {
         None => execute(&handle, &ctx).await,
         Some(c) => continuously(&handle, &ctx, c).await,
     };
+    ctx.metrics.running.dec();
+    let label = match &outcome {
+        Ok(()) => "succeeded",
+        Err(Stop::Cancelled) => "cancelled",
+        Err(Stop::Failed(_)) => "failed",
+    };
+    ctx.metrics
+        .jobs
+        .get_or_create(&crate::metrics::OutcomeLabels { outcome: label })
+        .inc();
     match outcome {
         Ok(()) => {}
         Err(Stop::Cancelled) => handle.set_phase(JobPhase::Cancelled, "cancelled; nothing was published"),
@@ -218,6 +230,7 @@ async fn execute(handle: &Arc<JobHandle>, ctx: &JobContext) -> Result<(), Stop> 
         .map_err(fail)?
         .map_err(|e| fail(format!("reading Kafka failed: {e}")))?
     };
+    ctx.metrics.samples_read.inc_by(data.read);
     if handle.cancel.is_cancelled() {
         return Err(Stop::Cancelled);
     }
@@ -257,6 +270,8 @@ async fn execute(handle: &Arc<JobHandle>, ctx: &JobContext) -> Result<(), Stop> 
     let streamed_anomalies = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let trained = {
         let handle = Arc::clone(handle);
+        let metrics = Arc::clone(&ctx.metrics);
+        let rows_per_epoch = splits.train.len();
         let (kafka, held_out, cap) = (ctx.kafka.clone(), splits.held_out.clone(), ctx.max_rows);
         let (offset, scale) = (offset.clone(), scale.clone());
         let (streamed_rows, streamed_anomalies) = (Arc::clone(&streamed_rows), Arc::clone(&streamed_anomalies));
@@ -301,6 +316,7 @@ async fn execute(handle: &Arc<JobHandle>, ctx: &JobContext) -> Result<(), Stop> 
                 streamed_anomalies.store(anomalies, std::sync::atomic::Ordering::Relaxed);
                 Ok(())
             };
+            let mut epoch_started = std::time::Instant::now();
             let source = if streamed {
                 TrainData::Streamed(&mut stream_epoch)
             } else {
@@ -317,6 +333,17 @@ async fn execute(handle: &Arc<JobHandle>, ctx: &JobContext) -> Result<(), Stop> 
                         p.loss = loss;
                         p.validation_loss = validation_loss;
                     });
+                    metrics.loss.set(loss);
+                    // Streamed epochs include their Kafka re-read, which is part of their cost.
+                    let rows = if streamed {
+                        streamed_rows.load(std::sync::atomic::Ordering::Relaxed) as usize
+                    } else {
+                        rows_per_epoch
+                    };
+                    metrics
+                        .samples_per_second
+                        .set(rows as f64 / epoch_started.elapsed().as_secs_f64().max(1e-9));
+                    epoch_started = std::time::Instant::now();
                     !cancel.is_cancelled()
                 },
                 &|| cancel.is_cancelled(),
@@ -455,6 +482,7 @@ async fn execute(handle: &Arc<JobHandle>, ctx: &JobContext) -> Result<(), Stop> 
         trace_context: Default::default(),
     };
     manifest.lineage = Some(lineage.clone());
+    ctx.metrics.published.inc();
     let version = publish(
         &mut registry,
         &manifest,
@@ -479,6 +507,7 @@ async fn execute(handle: &Arc<JobHandle>, ctx: &JobContext) -> Result<(), Stop> 
     if !spec.promote_alias.is_empty() {
         let (promote, reason) = decide(&spec, new_quality, holder.as_ref(), &holdout_rows, &holdout_labels);
         if promote {
+            ctx.metrics.promoted.inc();
             registry
                 .set_alias(rpb::SetAliasRequest {
                     name: spec.model_name.clone(),

@@ -6,6 +6,7 @@ pub mod config;
 mod dataset;
 mod error;
 mod job;
+mod metrics;
 pub mod reader;
 mod server;
 mod service;

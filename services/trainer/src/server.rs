@@ -27,6 +27,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let kafka = config.kafka.client_config();
+    let metrics = Arc::new(crate::metrics::TrainerMetrics::default());
+    let mut metrics_registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut metrics_registry);
     let (store, past_jobs) = JobStore::open(&kafka, &config.jobs_topic).await?;
     let store = Arc::new(store);
     tracing::info!(
@@ -38,6 +41,7 @@ pub async fn run(
         jobs: RwLock::new(restored(past_jobs, &store)),
         store,
         context: JobContext {
+            metrics: Arc::clone(&metrics),
             kafka: config.kafka.client_config(),
             registry: config.registry.clone(),
             max_rows: config.max_rows,
