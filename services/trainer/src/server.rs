@@ -54,11 +54,10 @@ pub async fn run(
     let (reflection_v1, reflection_v1alpha) = kappa_api::reflection::for_services(&[TRAINER_SERVICE])?;
     let stop = CancellationToken::new();
     if let Some(listener) = metrics_listener {
-        let registry = prometheus_client::registry::Registry::default();
         tracing::info!(address = %listener.local_addr()?, "serving Prometheus metrics at /metrics");
         tokio::spawn(kappa_telemetry::serve_metrics(
             listener,
-            Arc::new(registry),
+            Arc::new(metrics_registry),
             stop.clone().cancelled_owned(),
         ));
     }

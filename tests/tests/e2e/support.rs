@@ -60,6 +60,8 @@ pub struct Service {
     child: Child,
     pub address: String,
     pub log: PathBuf,
+    /// `http://host:port/metrics`, when the test chose the metrics port.
+    pub metrics_url: Option<String>,
 }
 
 impl Service {
@@ -150,6 +152,7 @@ impl RegistrySetup {
             child,
             address: format!("http://127.0.0.1:{port}"),
             log,
+            metrics_url: None,
         }
     }
 
@@ -427,6 +430,7 @@ impl PredictorSetup {
                 child,
                 address: format!("http://127.0.0.1:{port}"),
                 log,
+                metrics_url: None,
             },
             metrics_url: format!("http://127.0.0.1:{metrics_port}/metrics"),
         }
@@ -456,27 +460,7 @@ impl Predictor {
 
     /// The Prometheus text of the metrics endpoint, fetched with a plain HTTP/1.1 request.
     pub async fn metrics(&self) -> String {
-        let addr = self
-            .metrics_url
-            .trim_start_matches("http://")
-            .trim_end_matches("/metrics")
-            .to_owned();
-        tokio::task::spawn_blocking(move || {
-            use std::io::{Read, Write};
-            let mut stream = std::net::TcpStream::connect(&addr).unwrap();
-            write!(
-                stream,
-                "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-            )
-            .unwrap();
-            let mut text = String::new();
-            stream.read_to_string(&mut text).unwrap();
-            text.split_once("\r\n\r\n")
-                .map(|(_, body)| body.to_owned())
-                .unwrap_or_default()
-        })
-        .await
-        .unwrap()
+        scrape(&self.metrics_url).await
     }
 
     /// Value of one metric line (exact series text before the value), if present.
@@ -582,12 +566,12 @@ pub async fn start_trainer_with_jobs(registry: &Service, jobs_topic: &str) -> Se
 
 /// Starts kappa-trainer with extra flags.
 pub async fn start_trainer_with_args(registry: &Service, jobs_topic: &str, extra: &[&str]) -> Service {
-    let port = free_port();
+    let (port, metrics_port) = (free_port(), free_port());
     let log = log_dir().join(format!("trainer-{port}.log"));
     let out = std::fs::File::create(&log).unwrap();
     let child = Command::new(binary("kappa-trainer"))
         .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--metrics-listen", "127.0.0.1:0"])
+        .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
         .args(["--kafka-bootstrap", &bootstrap()])
         .args(["--registry", &registry.address])
         .args(["--jobs-topic", jobs_topic])
@@ -602,6 +586,7 @@ pub async fn start_trainer_with_args(registry: &Service, jobs_topic: &str, extra
         child,
         address: format!("http://127.0.0.1:{port}"),
         log,
+        metrics_url: Some(format!("http://127.0.0.1:{metrics_port}/metrics")),
     };
     wait_serving(&service, "kappa.trainer.v1.Trainer").await;
     service
@@ -656,4 +641,35 @@ pub async fn produce_with_timestamps(topic: &str, records: &[(String, Vec<u8>)],
     for result in futures::future::join_all(sends).await {
         result.unwrap();
     }
+}
+
+/// The body of `GET /metrics` at `url`, fetched with a plain HTTP/1.1 request.
+pub async fn scrape(url: &str) -> String {
+    let addr = url
+        .trim_start_matches("http://")
+        .trim_end_matches("/metrics")
+        .to_owned();
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        write!(
+            stream,
+            "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        text.split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_owned())
+            .unwrap_or_default()
+    })
+    .await
+    .unwrap()
+}
+
+/// Value of the series `series` (exact text before the value) in a metrics body.
+pub fn series_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
 }

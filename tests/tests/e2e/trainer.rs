@@ -634,6 +634,15 @@ async fn past_jobs_are_still_listed_after_a_trainer_restart() {
     );
     let done = wait_done(&mut client, &job.job_id, Duration::from_secs(120)).await;
     assert_eq!(done.phase, JobPhase::Succeeded as i32, "{}", done.message);
+    let metrics = scrape(trainer.metrics_url.as_deref().unwrap()).await;
+    assert_eq!(
+        series_value(&metrics, r#"kappa_trainer_jobs_total{outcome="succeeded"}"#),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(series_value(&metrics, "kappa_trainer_published_total"), Some(1.0));
+    assert_eq!(series_value(&metrics, "kappa_trainer_samples_read_total"), Some(1000.0));
+    assert!(series_value(&metrics, "kappa_trainer_training_samples_per_second").unwrap() > 0.0);
     drop(client);
     assert!(trainer.terminate().success());
 
