@@ -6,7 +6,7 @@ use kappa_api::{
 use prometheus_client::registry::Registry as MetricsRegistry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Server, server::TcpIncoming};
+use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 use crate::{
@@ -117,35 +117,16 @@ pub async fn run(
         follow = config.follow,
         "kappa-predictor listening for gRPC"
     );
-    let drain = CancellationToken::new();
-    let serve = Server::builder()
+    let router = Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(GrpcInferenceServiceServer::new(Oip(Arc::clone(&serving))))
-        .add_service(PredictorServer::new(Typed(serving)))
-        .serve_with_incoming_shutdown(
-            // Small unary answers must not wait for Nagle's algorithm (a 40 ms stall per reply).
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            drain.clone().cancelled_owned(),
-        );
-    tokio::pin!(serve);
-    tokio::select! {
-        result = &mut serve => result?,
-        () = shutdown => {
-            for service in &served {
-                health.set_service_status(*service, ServingStatus::NotServing).await;
-            }
-            drain.cancel();
-            let grace = Duration::from_secs(config.shutdown_grace_seconds);
-            if tokio::time::timeout(grace, &mut serve).await.is_err() {
-                tracing::warn!(?grace, "requests still running after the grace period were dropped");
-            }
-        }
-    }
+        .add_service(PredictorServer::new(Typed(serving)));
+    let grace = Duration::from_secs(config.shutdown_grace_seconds);
+    kappa_telemetry::serve_gracefully(router, listener, shutdown, &health, &served, grace, || {}).await?;
     stop.cancel();
     if let Some(task) = stream_task {
-        let grace = Duration::from_secs(config.shutdown_grace_seconds);
         match tokio::time::timeout(grace, task).await {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(e))) => tracing::error!("stream scoring failed: {e:#}"),

@@ -10,7 +10,7 @@ use kappa_kafka::{ModelsTopicSettings, ensure_models_topic};
 use prometheus_client::registry::Registry as MetricsRegistry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Server, server::TcpIncoming};
+use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 use crate::{
@@ -107,31 +107,22 @@ pub async fn run(
     }
 
     tracing::info!(address = %listener.local_addr()?, "kappa-registry listening for gRPC");
-    let drain = CancellationToken::new();
-    let serve = Server::builder()
+    let router = Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(registry)
-        .serve_with_incoming_shutdown(
-            // Small unary answers must not wait for Nagle's algorithm (a 40 ms stall per reply).
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            drain.clone().cancelled_owned(),
-        );
-    tokio::pin!(serve);
-    tokio::select! {
-        result = &mut serve => result?,
-        () = shutdown => {
-            health.set_service_status("", ServingStatus::NotServing).await;
-            health.set_service_status(REGISTRY_SERVICE, ServingStatus::NotServing).await;
-            drain.cancel();
-            let grace = Duration::from_secs(config.shutdown_grace_seconds);
-            match tokio::time::timeout(grace, &mut serve).await {
-                Ok(result) => result?,
-                Err(_) => tracing::warn!(?grace, "requests still running after the grace period were dropped"),
-            }
-        }
-    }
+        .add_service(registry);
+    let grace = Duration::from_secs(config.shutdown_grace_seconds);
+    kappa_telemetry::serve_gracefully(
+        router,
+        listener,
+        shutdown,
+        &health,
+        &["", REGISTRY_SERVICE],
+        grace,
+        || {},
+    )
+    .await?;
     stop.cancel();
     tracing::info!("kappa-registry stopped");
     Ok(())

@@ -7,7 +7,7 @@ use std::{
 use kappa_api::trainer::trainer_server::TrainerServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Server, server::TcpIncoming};
+use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 use crate::{
@@ -62,32 +62,26 @@ pub async fn run(
         ));
     }
     tracing::info!(address = %listener.local_addr()?, registry = config.registry, "kappa-trainer listening for gRPC");
-    let drain = CancellationToken::new();
-    let serve = Server::builder()
+    let router = Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(TrainerServer::from_arc(Arc::clone(&service)))
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            drain.clone().cancelled_owned(),
-        );
-    tokio::pin!(serve);
-    tokio::select! {
-        result = &mut serve => result?,
-        () = shutdown => {
-            health.set_service_status("", ServingStatus::NotServing).await;
-            health.set_service_status(TRAINER_SERVICE, ServingStatus::NotServing).await;
+        .add_service(TrainerServer::from_arc(Arc::clone(&service)));
+    let grace = Duration::from_secs(config.shutdown_grace_seconds);
+    kappa_telemetry::serve_gracefully(
+        router,
+        listener,
+        shutdown,
+        &health,
+        &["", TRAINER_SERVICE],
+        grace,
+        || {
             for handle in service.jobs.read().expect("jobs lock poisoned").values() {
                 handle.cancel.cancel();
             }
-            drain.cancel();
-            let grace = Duration::from_secs(config.shutdown_grace_seconds);
-            if tokio::time::timeout(grace, &mut serve).await.is_err() {
-                tracing::warn!(?grace, "requests still running after the grace period were dropped");
-            }
-        }
-    }
+        },
+    )
+    .await?;
     stop.cancel();
     tracing::info!("kappa-trainer stopped");
     Ok(())
