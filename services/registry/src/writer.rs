@@ -54,11 +54,7 @@ impl Writer {
             .set("acks", "all")
             .set("message.max.bytes", max_message_bytes.to_string())
             .set("transaction.timeout.ms", TRANSACTION_TIMEOUT.as_millis().to_string())
-            .set("linger.ms", "2")
-            // Right after a commit the coordinator answers the next transaction's first request
-            // with CONCURRENT_TRANSACTIONS until its markers are written; librdkafka's default
-            // 100 ms back-off then dominates the publish time.
-            .set("retry.backoff.ms", "5");
+            .set("linger.ms", "2");
         let producer: FutureProducer = config.create()?;
         producer.init_transactions(Timeout::After(Duration::from_secs(60)))?;
         Ok(Self {

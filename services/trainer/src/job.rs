@@ -135,6 +135,17 @@ async fn continuously(handle: &Arc<JobHandle>, ctx: &JobContext, c: Continuous) 
         .as_ref()
         .map(|s| s.source_topic.clone())
         .unwrap_or_default();
+    // One client for the whole job, and only when the every-N-events trigger needs it.
+    let counter = if c.every_events > 0 {
+        let kafka = ctx.kafka.clone();
+        let consumer = tokio::task::spawn_blocking(move || kafka.create::<rdkafka::consumer::BaseConsumer>())
+            .await
+            .map_err(fail)?
+            .map_err(|e| fail(format!("cannot create a Kafka client: {e}")))?;
+        Some(Arc::new(consumer))
+    } else {
+        None
+    };
     loop {
         execute(handle, ctx).await?;
         let runs = handle.snapshot().runs;
@@ -147,15 +158,20 @@ async fn continuously(handle: &Arc<JobHandle>, ctx: &JobContext, c: Continuous) 
             format!("round {runs} done; waiting for the next window"),
         );
         let started = std::time::Instant::now();
-        let baseline = event_count(&ctx.kafka, &topic).await;
+        let baseline = match &counter {
+            Some(consumer) => event_count(consumer, &topic).await,
+            None => 0,
+        };
         loop {
             tokio::select! {
                 () = handle.cancel.cancelled() => return Err(Stop::Cancelled),
                 () = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
             }
             let by_time = c.every_seconds > 0 && started.elapsed().as_secs() >= u64::from(c.every_seconds);
-            let by_events =
-                c.every_events > 0 && event_count(&ctx.kafka, &topic).await.saturating_sub(baseline) >= c.every_events;
+            let by_events = match &counter {
+                Some(consumer) => event_count(consumer, &topic).await.saturating_sub(baseline) >= c.every_events,
+                None => false,
+            };
             if by_time || by_events {
                 break;
             }
@@ -164,11 +180,10 @@ async fn continuously(handle: &Arc<JobHandle>, ctx: &JobContext, c: Continuous) 
 }
 
 /// Events in the topic so far (sum of high watermarks), for the every-N-events trigger.
-async fn event_count(kafka: &ClientConfig, topic: &str) -> u64 {
-    let (kafka, topic) = (kafka.clone(), topic.to_owned());
+async fn event_count(consumer: &Arc<rdkafka::consumer::BaseConsumer>, topic: &str) -> u64 {
+    let (consumer, topic) = (Arc::clone(consumer), topic.to_owned());
     tokio::task::spawn_blocking(move || {
-        use rdkafka::consumer::{BaseConsumer, Consumer};
-        let consumer: BaseConsumer = kafka.create().ok()?;
+        use rdkafka::consumer::Consumer;
         let metadata = consumer
             .fetch_metadata(Some(&topic), std::time::Duration::from_secs(5))
             .ok()?;

@@ -33,6 +33,8 @@ pub struct RangeData {
     pub rows: Vec<Row>,
     pub read: u64,
     pub skipped: BTreeMap<String, u64>,
+    /// Sum of `skipped`, kept as it grows so progress reports need not re-sum the reasons.
+    pub skipped_total: u64,
     /// Usable events in the range; more than `rows.len()` when the memory cap was reached and
     /// `rows` holds a uniform sample of them.
     pub usable: u64,
@@ -152,10 +154,12 @@ pub fn scan_range(
         return Ok(data);
     }
     consumer.assign(&assignment)?;
-    let skip = |data: &mut RangeData, reason: &str| *data.skipped.entry(reason.to_owned()).or_default() += 1;
+    let skip = |data: &mut RangeData, reason: &str| {
+        data.skipped_total += 1;
+        *data.skipped.entry(reason.to_owned()).or_default() += 1;
+    };
     while !remaining.is_empty() {
-        let skipped: u64 = data.skipped.values().sum();
-        if !keep_going(data.read, skipped) {
+        if !keep_going(data.read, data.skipped_total) {
             break;
         }
         let Some(message) = consumer.poll(Duration::from_millis(200)) else {

@@ -40,6 +40,14 @@ fn spec(model: &str, topic: &str, from_ms: i64, to_ms: i64) -> TrainingSpec {
     }
 }
 
+async fn start_job(client: &mut TrainerClient<Channel>, spec: TrainingSpec) -> Job {
+    client
+        .start_training(StartTrainingRequest { spec: Some(spec) })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 async fn wait_done(client: &mut TrainerClient<Channel>, job_id: &str, limit: Duration) -> Job {
     let deadline = Instant::now() + limit;
     loop {
@@ -255,11 +263,7 @@ async fn cancel_during_training_stops_within_a_second_and_publishes_nothing() {
         epochs: 100_000,
         ..spec("cancelled", &topic, 0, i64::MAX / 2)
     };
-    let job = client
-        .start_training(StartTrainingRequest { spec: Some(long) })
-        .await
-        .unwrap()
-        .into_inner();
+    let job = start_job(&mut client, long).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let j = client
@@ -345,11 +349,7 @@ async fn a_model_trained_on_one_window_detects_failures_in_a_later_one_through_t
         }),
         ..spec("fleet-detector", &history, 0, i64::MAX / 2)
     };
-    let job = client
-        .start_training(StartTrainingRequest { spec: Some(spec) })
-        .await
-        .unwrap()
-        .into_inner();
+    let job = start_job(&mut client, spec).await;
     let done = wait_done(&mut client, &job.job_id, Duration::from_secs(300)).await;
     assert_eq!(done.phase, JobPhase::Succeeded as i32, "{}", done.message);
     assert!(done.promoted, "{}", done.promotion_reason);
@@ -461,11 +461,7 @@ async fn the_demo_csv_trains_end_to_end_and_its_defective_rows_are_counted_by_re
         epochs: 3,
         ..spec("demo-csv", &topic, from, to)
     };
-    let job = client
-        .start_training(StartTrainingRequest { spec: Some(spec) })
-        .await
-        .unwrap()
-        .into_inner();
+    let job = start_job(&mut client, spec).await;
     let done = wait_done(&mut client, &job.job_id, Duration::from_secs(120)).await;
     assert_eq!(done.phase, JobPhase::Succeeded as i32, "{}", done.message);
     let samples = done.lineage.unwrap().samples.unwrap();
@@ -543,11 +539,7 @@ async fn a_weak_challenger_is_published_but_not_promoted_and_a_better_one_is() {
         ..base.clone()
     };
     let mut run = async |spec: TrainingSpec| {
-        let job = client
-            .start_training(StartTrainingRequest { spec: Some(spec) })
-            .await
-            .unwrap()
-            .into_inner();
+        let job = start_job(&mut client, spec).await;
         let done = wait_done(&mut client, &job.job_id, Duration::from_secs(300)).await;
         assert_eq!(done.phase, JobPhase::Succeeded as i32, "{}", done.message);
         done
@@ -702,11 +694,7 @@ async fn continuous_mode_publishes_a_version_per_window_and_predictors_serve_the
         promote_alias: "production".into(),
         ..spec("live", &topic, 0, 1)
     };
-    let job = client
-        .start_training(StartTrainingRequest { spec: Some(spec) })
-        .await
-        .unwrap()
-        .into_inner();
+    let job = start_job(&mut client, spec).await;
     // New events keep arriving between rounds, as from a live fleet.
     for seed in 2..4 {
         tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -768,11 +756,7 @@ async fn past_the_memory_cap_each_epoch_re_reads_the_range_from_kafka() {
         epochs: 4,
         ..spec("capped", &topic, 0, i64::MAX / 2)
     };
-    let job = client
-        .start_training(StartTrainingRequest { spec: Some(spec) })
-        .await
-        .unwrap()
-        .into_inner();
+    let job = start_job(&mut client, spec).await;
     let done = wait_done(&mut client, &job.job_id, Duration::from_secs(180)).await;
     assert_eq!(done.phase, JobPhase::Succeeded as i32, "{}", done.message);
     let lineage = done.lineage.unwrap();
