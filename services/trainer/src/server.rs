@@ -82,6 +82,11 @@ pub async fn run(
         },
     )
     .await?;
+    // Cancelled jobs record their final state as they unwind; give them a moment, then make
+    // sure every state reached the topic before the process exits.
+    service.wait_idle(Duration::from_secs(5)).await;
+    let store = Arc::clone(&service.store);
+    tokio::task::spawn_blocking(move || store.flush(Duration::from_secs(10))).await?;
     stop.cancel();
     tracing::info!("kappa-trainer stopped");
     Ok(())

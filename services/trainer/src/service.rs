@@ -190,13 +190,7 @@ impl TrainerService {
         if !self.topic_exists(&spec.source_topic).await? {
             return Err(TrainerError::UnknownTopic(spec.source_topic));
         }
-        let running = self
-            .jobs
-            .read()
-            .expect("jobs lock poisoned")
-            .values()
-            .filter(|h| !is_terminal(h.snapshot().phase))
-            .count();
+        let running = self.running();
         if running >= self.max_running {
             return Err(TrainerError::Busy(running));
         }
@@ -228,6 +222,25 @@ impl TrainerService {
         tracing::info!(job = job_id, "training job accepted");
         tokio::spawn(job::run(Arc::clone(&handle), self.context.clone()));
         Ok(handle.snapshot())
+    }
+}
+
+impl TrainerService {
+    /// Waits, at most `timeout`, until no job is running (cancelled jobs unwind and record it).
+    pub async fn wait_idle(&self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.running() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn running(&self) -> usize {
+        self.jobs
+            .read()
+            .expect("jobs lock poisoned")
+            .values()
+            .filter(|h| !is_terminal(h.snapshot().phase))
+            .count()
     }
 }
 

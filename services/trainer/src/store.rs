@@ -11,7 +11,7 @@ use rdkafka::{
     ClientConfig, Message, Offset, TopicPartitionList,
     consumer::{BaseConsumer, Consumer},
     error::KafkaError,
-    producer::{FutureProducer, FutureRecord},
+    producer::{FutureProducer, FutureRecord, Producer},
 };
 
 pub struct JobStore {
@@ -49,19 +49,33 @@ impl JobStore {
     }
 
     /// Writes the job's current state; failures are logged, the job itself carries on.
+    ///
+    /// The record is enqueued here, synchronously, so the log keeps the order in which the
+    /// states happened (the last record of a job is its latest state); only the delivery report
+    /// is awaited in the background.
     pub fn save(&self, job: &Job) {
-        let (producer, topic, key, value) = (
-            self.producer.clone(),
-            self.topic.clone(),
-            job.job_id.clone(),
-            job.encode_to_vec(),
-        );
-        tokio::spawn(async move {
-            let record = FutureRecord::to(&topic).key(&key).payload(&value);
-            if let Err((e, _)) = producer.send(record, Duration::from_secs(30)).await {
-                tracing::warn!(job = key, error = %e, "could not persist the job's state");
+        let key = job.job_id.clone();
+        let value = job.encode_to_vec();
+        let record = FutureRecord::to(&self.topic).key(&key).payload(&value);
+        match self.producer.send_result(record) {
+            Ok(delivery) => {
+                tokio::spawn(async move {
+                    match delivery.await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err((e, _))) => tracing::warn!(job = key, error = %e, "could not persist the job's state"),
+                        Err(_) => tracing::warn!(job = key, "the job's state was dropped before delivery"),
+                    }
+                });
             }
-        });
+            Err((e, _)) => tracing::warn!(job = key, error = %e, "could not enqueue the job's state"),
+        }
+    }
+
+    /// Waits (bounded) until every saved state is acknowledged, so a clean stop loses none.
+    pub fn flush(&self, timeout: Duration) {
+        if let Err(e) = self.producer.flush(timeout) {
+            tracing::warn!(error = %e, "job states not yet acknowledged at shutdown may be lost");
+        }
     }
 }
 
