@@ -8,7 +8,7 @@ export CARGO_TERM_COLOR ?= never
 KAFKA := deploy/kafka/kafka.sh
 WITH_KAFKA := scripts/with-kafka.sh
 
-.PHONY: help prerequisites build test lint fmt demo bench kafka-up kafka-down kafka-logs kafka-reset clean
+.PHONY: help prerequisites build test lint fmt demo bench kafka-up kafka-down kafka-logs kafka-reset jaeger-up jaeger-down clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -17,7 +17,7 @@ prerequisites: ## Check the tools the build needs are installed
 	@command -v cargo >/dev/null || { echo "Rust is required: install it with rustup (https://rustup.rs) and retry." >&2; exit 1; }
 	@command -v java >/dev/null || { echo "Java 17+ is required to run the local Kafka: install a JDK and retry." >&2; exit 1; }
 	@command -v mvn >/dev/null || { echo "Maven is required to fetch Kafka from Maven Central: install it and retry." >&2; exit 1; }
-	@command -v go >/dev/null || { echo "Go is required to build grpcurl for the tests: install Go and retry." >&2; exit 1; }
+	@command -v go >/dev/null || { echo "Go is required to build grpcurl and Jaeger for the tests: install Go and retry." >&2; exit 1; }
 	@command -v cc >/dev/null && command -v make >/dev/null || { echo "A C compiler and make are required to build librdkafka." >&2; exit 1; }
 
 build: prerequisites ## Build every binary (kappa, kappa-registry, ...)
@@ -26,7 +26,8 @@ build: prerequisites ## Build every binary (kappa, kappa-registry, ...)
 test: prerequisites ## Run all tests against a real Kafka broker (started and stopped here if needed)
 	scripts/tools.sh >/dev/null
 	cargo build --workspace --bins --tests
-	$(WITH_KAFKA) cargo test --workspace -- --test-threads 4
+	deploy/jaeger/jaeger.sh build >/dev/null
+	$(WITH_KAFKA) --jaeger cargo test --workspace -- --test-threads 4
 
 lint: ## cargo fmt --check and clippy with warnings as errors
 	cargo fmt --all -- --check
@@ -37,6 +38,12 @@ fmt: ## Format the code
 
 demo: build ## Start Kafka and the registry, publish, list, alias and read back a model
 	$(WITH_KAFKA) scripts/demo.sh
+
+jaeger-up: ## Build (once) and start a local Jaeger all-in-one: UI/API :16686, OTLP gRPC :4317
+	deploy/jaeger/jaeger.sh up
+
+jaeger-down: ## Stop the local Jaeger started by jaeger-up
+	deploy/jaeger/jaeger.sh down
 
 kafka-up: ## Fetch (once) and start the local single-node Kafka on 127.0.0.1:9092
 	$(KAFKA) up

@@ -8,8 +8,10 @@ mod config;
 mod context;
 pub mod keys;
 pub mod records;
+pub mod trace_headers;
 
 pub use admin::{ModelsTopicSettings, TopicError, ensure_models_topic};
 pub use config::KafkaArgs;
 pub use context::ReaderContext;
 pub use keys::ModelKey;
+pub use trace_headers::trace_headers;

@@ -1,15 +1,29 @@
 use std::{future::Future, time::Duration};
 
 use tokio::net::TcpListener;
+
+use crate::GrpcServerTracing;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::{Router, TcpIncoming};
+use tonic::transport::{
+    Server,
+    server::{Router, TcpIncoming},
+};
 use tonic_health::{ServingStatus, server::HealthReporter};
+use tower::layer::util::{Identity, Stack};
+
+/// A server whose calls are traced (see [`GrpcServerTracing`]).
+pub type TracedRouter = Router<Stack<GrpcServerTracing, Identity>>;
+
+/// `Server::builder()` with the tracing layer every Kappa server uses.
+pub fn traced_server() -> Server<Stack<GrpcServerTracing, Identity>> {
+    Server::builder().layer(GrpcServerTracing)
+}
 
 /// Serves `router` on `listener` until `shutdown` resolves; then reports NOT_SERVING for
 /// `services` (so load balancers stop sending), runs `on_shutdown`, stops accepting, and gives the
 /// calls still running `grace` to finish before they are dropped.
 pub async fn serve_gracefully(
-    router: Router,
+    router: TracedRouter,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
     health: &HealthReporter,

@@ -1,16 +1,35 @@
-//! What every Kappa service does the same way: logs through `tracing` (human-readable or JSON),
-//! a Prometheus `/metrics` endpoint, and the shutdown signal.
+//! What every Kappa service does the same way: logs through `tracing` (human-readable or JSON,
+//! with trace ids), OpenTelemetry spans over OTLP and W3C context propagation, a Prometheus
+//! `/metrics` endpoint, and the shutdown signal.
 
 mod graceful;
 mod grpc_code;
+mod grpc_trace;
 mod logging;
 mod metrics_server;
+mod otel;
+pub mod propagation;
 mod service_main;
 mod shutdown;
 
-pub use graceful::serve_gracefully;
+pub use graceful::{TracedRouter, serve_gracefully, traced_server};
 pub use grpc_code::grpc_code_name;
-pub use logging::{LogArgs, LogFormat, init_logging};
+pub use grpc_trace::{GrpcClientTracing, GrpcServerTracing, TracedChannel, TracedClient, TracedServer, traced};
+pub use logging::{LogArgs, LogFormat, Telemetry, init_logging, init_telemetry};
 pub use metrics_server::serve_metrics;
+pub use otel::OtelSettings;
 pub use service_main::{ServiceStart, service_main};
 pub use shutdown::shutdown_signal;
+
+/// This machine's (or pod's) host name, to tell replicas apart.
+pub fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown-host".to_owned())
+}

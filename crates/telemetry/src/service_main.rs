@@ -5,7 +5,7 @@ use std::{future::Future, net::SocketAddr, process::ExitCode};
 
 use tokio::net::TcpListener;
 
-use crate::{LogArgs, init_logging, shutdown_signal};
+use crate::{LogArgs, OtelSettings, init_telemetry, shutdown_signal};
 
 /// sysexits.h EX_USAGE: the configuration is wrong, retrying will not help.
 const EXIT_BAD_CONFIG: u8 = 64;
@@ -29,7 +29,8 @@ where
     Fut: Future<Output = anyhow::Result<()>>,
 {
     let name = start.name;
-    if let Err(problem) = start.validation {
+    let validation = start.validation.and_then(|()| OtelSettings::from_env().map(|_| ()));
+    if let Err(problem) = validation {
         eprintln!("{name}: invalid configuration: {problem}");
         return ExitCode::from(EXIT_BAD_CONFIG);
     }
@@ -37,7 +38,13 @@ where
         println!("configuration ok: {}", start.summary);
         return ExitCode::SUCCESS;
     }
-    init_logging(start.log);
+    let _telemetry = match init_telemetry(name, start.log) {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("{name}: cannot set up tracing: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let listener = match TcpListener::bind(start.listen).await {
         Ok(l) => l,
         Err(e) => {

@@ -13,12 +13,14 @@ use kappa_kafka::{
     ReaderContext,
     chunks::reader_config,
     records::{self, LogRecord},
+    trace_headers,
 };
 use prost::Message as _;
 use rdkafka::{
     ClientConfig, Message, Offset, TopicPartitionList,
     consumer::{Consumer, StreamConsumer},
     error::KafkaError,
+    message::Headers,
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -34,6 +36,9 @@ pub struct Target {
     pub chunk_offsets: Vec<i64>,
     /// The weights, when the follower still holds them.
     pub bytes: Option<Arc<Vec<u8>>>,
+    /// Trace context of the change that made this the target (the publish or the alias move),
+    /// which the load continues.
+    pub trace: BTreeMap<String, String>,
 }
 
 #[derive(Debug)]
@@ -45,10 +50,11 @@ struct FollowState {
     pending: HashMap<u64, BTreeMap<u32, Vec<u8>>>,
     assembled: BTreeMap<u64, Arc<Vec<u8>>>,
     aliases: HashMap<String, u64>,
+    last_change_trace: BTreeMap<String, String>,
 }
 
 impl FollowState {
-    fn apply(&mut self, offset: i64, key: Option<&[u8]>, value: Option<&[u8]>) {
+    fn apply(&mut self, offset: i64, key: Option<&[u8]>, value: Option<&[u8]>, headers: Option<&impl Headers>) {
         let record = match records::decode(offset, key, value) {
             Ok(Some(record)) => record,
             Ok(None) => return,
@@ -84,6 +90,11 @@ impl FollowState {
                         self.assembled.pop_first();
                     }
                 }
+                self.last_change_trace = if record.trace_context.is_empty() {
+                    trace_headers::trace_map(headers)
+                } else {
+                    record.trace_context.clone()
+                };
                 self.versions.insert(version, Arc::from(record));
             }
             LogRecord::VersionTombstone { name, version } if name == self.name => {
@@ -91,6 +102,9 @@ impl FollowState {
                 self.assembled.remove(&version);
             }
             LogRecord::Alias { name, alias, version } if name == self.name => {
+                if alias == self.follow {
+                    self.last_change_trace = trace_headers::trace_map(headers);
+                }
                 self.aliases.insert(alias, version);
             }
             LogRecord::AliasTombstone { name, alias } if name == self.name => {
@@ -119,6 +133,7 @@ impl FollowState {
                 .filter_map(|i| offsets.and_then(|o| o.get(&i)).copied())
                 .collect(),
             bytes: self.assembled.get(&version).cloned(),
+            trace: self.last_change_trace.clone(),
         })
     }
 }
@@ -144,6 +159,7 @@ pub fn spawn(
         pending: HashMap::new(),
         assembled: BTreeMap::new(),
         aliases: HashMap::new(),
+        last_change_trace: BTreeMap::new(),
     };
     let (tx, rx) = watch::channel(None);
     let started = Instant::now();
@@ -157,7 +173,7 @@ pub fn spawn(
             };
             match received {
                 Ok(message) => {
-                    state.apply(message.offset(), message.key(), message.payload());
+                    state.apply(message.offset(), message.key(), message.payload(), message.headers());
                     if !caught_up {
                         continue;
                     }
@@ -210,6 +226,9 @@ mod tests {
     use super::*;
     use kappa_api::model::ModelManifest;
     use kappa_kafka::ModelKey;
+    use rdkafka::message::OwnedHeaders;
+
+    const NO_HEADERS: Option<&OwnedHeaders> = None;
 
     fn state(follow: &str) -> FollowState {
         FollowState {
@@ -220,6 +239,7 @@ mod tests {
             pending: HashMap::new(),
             assembled: BTreeMap::new(),
             aliases: HashMap::new(),
+            last_change_trace: BTreeMap::new(),
         }
     }
 
@@ -235,7 +255,7 @@ mod tests {
             index: 0,
         }
         .to_string();
-        s.apply(*offset, Some(key.as_bytes()), Some(&chunk));
+        s.apply(*offset, Some(key.as_bytes()), Some(&chunk), NO_HEADERS);
         *offset += 1;
         let record = VersionRecord {
             manifest: Some(ModelManifest {
@@ -252,7 +272,7 @@ mod tests {
             version,
         }
         .to_string();
-        s.apply(*offset, Some(key.as_bytes()), Some(&record));
+        s.apply(*offset, Some(key.as_bytes()), Some(&record), NO_HEADERS);
         *offset += 1;
     }
 
@@ -279,7 +299,12 @@ mod tests {
             version: 1,
             updated_at_ms: 0,
         };
-        s.apply(offset, Some(b"alias/m/production"), Some(&alias.encode_to_vec()));
+        s.apply(
+            offset,
+            Some(b"alias/m/production"),
+            Some(&alias.encode_to_vec()),
+            NO_HEADERS,
+        );
         let t = s.target().unwrap();
         assert_eq!((t.version, t.chunk_offsets.clone()), (1, vec![offset - 2]));
     }

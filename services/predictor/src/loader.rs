@@ -9,9 +9,12 @@ use std::{
 
 use kappa_kafka::chunks;
 use kappa_model::{Backend, Mlp, sha256_hex};
+use kappa_telemetry::propagation::context_from_map;
 use rdkafka::ClientConfig;
 use tokio::sync::watch;
 use tonic_health::{ServingStatus, server::HealthReporter};
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::{
     follower::Target,
@@ -27,6 +30,8 @@ pub struct Loader {
     pub topic: String,
     pub backend: Backend,
     pub served_services: Vec<&'static str>,
+    /// This replica's gRPC address, to tell replicas apart in a trace.
+    pub instance: String,
 }
 
 struct LoadFailure {
@@ -44,15 +49,34 @@ impl Loader {
         }
     }
 
+    /// Serves `target` inside a `model.load` span that continues the trace of the change behind
+    /// it, so the publish (or alias move) and every predictor's load, verification, warm-up and
+    /// swap read as one trace.
     async fn serve(&self, target: Target) {
+        let span = tracing::info_span!(
+            "model.load",
+            model = target.record.manifest.as_ref().map_or("", |m| m.name.as_str()),
+            version = target.version,
+            instance = %self.instance,
+            outcome = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        let _ = span.set_parent(context_from_map(&target.trace));
+        self.serve_in_span(target).instrument(span).await;
+    }
+
+    async fn serve_in_span(&self, target: Target) {
         let version = target.version;
         let published_ms = target.record.manifest.as_ref().map_or(0, |m| m.created_at_ms);
+        let span = tracing::Span::current();
         if self.slot.current().is_some_and(|m| m.version == version) {
+            span.record("outcome", "already_serving");
             return;
         }
         let model = match self.slot.warm(version) {
             Some(warm) => {
                 tracing::info!(version, "swapping back to the warm previous version");
+                span.record("outcome", "warm_swap_back");
                 warm
             }
             None => match self.load(target).await {
@@ -69,11 +93,14 @@ impl Loader {
                         "{message}; the previous model keeps serving"
                     );
                     self.slot.set_error(Some(message));
+                    span.record("outcome", failure.reason);
+                    span.record("otel.status_code", "ERROR");
                     return;
                 }
             },
         };
-        self.slot.swap(model);
+        tracing::info_span!("swap").in_scope(|| self.slot.swap(model));
+        span.record("outcome", "swapped");
         self.slot.set_error(None);
         self.metrics.swaps.inc();
         self.metrics.loaded_version.set(version as i64);
@@ -112,7 +139,9 @@ impl Loader {
                         message: format!("{} of {expected} chunks are in the log", offsets.len()),
                     });
                 }
+                let fetch = tracing::info_span!("fetch_weights", chunks = expected);
                 tokio::task::spawn_blocking(move || {
+                    let _entered = fetch.enter();
                     let mut bytes = Vec::new();
                     chunks::read_chunks(&config, "kappa-predictor-loader", &topic, &offsets, |data| {
                         bytes.extend_from_slice(&data);
@@ -129,7 +158,8 @@ impl Loader {
             }
         };
         let backend = self.backend;
-        tokio::task::spawn_blocking(move || build(manifest, &bytes, backend))
+        let parent = tracing::Span::current();
+        tokio::task::spawn_blocking(move || parent.in_scope(|| build(manifest, &bytes, backend)))
             .await
             .expect("model build does not panic")
     }
@@ -141,7 +171,7 @@ fn build(
     bytes: &[u8],
     backend: Backend,
 ) -> Result<Arc<LoadedModel>, LoadFailure> {
-    let actual = sha256_hex(bytes);
+    let actual = tracing::info_span!("verify", bytes = bytes.len()).in_scope(|| sha256_hex(bytes));
     if !actual.eq_ignore_ascii_case(&manifest.weights_sha256) {
         return Err(LoadFailure {
             reason: "digest_mismatch",
@@ -151,17 +181,21 @@ fn build(
             ),
         });
     }
-    let mlp = Mlp::load(&manifest, bytes, backend).map_err(|e| LoadFailure {
-        reason: "invalid_model",
-        message: e.to_string(),
-    })?;
+    let mlp = tracing::info_span!("build", ?backend)
+        .in_scope(|| Mlp::load(&manifest, bytes, backend))
+        .map_err(|e| LoadFailure {
+            reason: "invalid_model",
+            message: e.to_string(),
+        })?;
     // Probe batch: the feature means, and a row one standard deviation off in every feature.
     let mut probe: Vec<f32> = manifest.features.iter().map(|f| f.offset as f32).collect();
     probe.extend(manifest.features.iter().map(|f| (f.offset + f.scale) as f32));
-    let scores = mlp.score(&probe).map_err(|e| LoadFailure {
-        reason: "warmup_failed",
-        message: e.to_string(),
-    })?;
+    let scores = tracing::info_span!("warm_up", rows = 2)
+        .in_scope(|| mlp.score(&probe))
+        .map_err(|e| LoadFailure {
+            reason: "warmup_failed",
+            message: e.to_string(),
+        })?;
     if let Some(bad) = scores.iter().find(|s| !s.is_finite()) {
         return Err(LoadFailure {
             reason: "non_finite_output",

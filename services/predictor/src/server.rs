@@ -6,7 +6,6 @@ use kappa_api::{
 use prometheus_client::registry::Registry as MetricsRegistry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 use crate::{
@@ -53,6 +52,7 @@ pub async fn run(
         topic: config.models_topic.clone(),
         backend: config.backend,
         served_services: served.clone(),
+        instance: format!("{}:{}", kappa_telemetry::hostname(), listener.local_addr()?.port()),
     };
     tokio::spawn(loader.run(targets));
 
@@ -117,7 +117,7 @@ pub async fn run(
         follow = config.follow,
         "kappa-predictor listening for gRPC"
     );
-    let router = Server::builder()
+    let router = kappa_telemetry::traced_server()
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -14,14 +14,18 @@ use std::{
 
 use futures::{StreamExt as _, stream::FuturesOrdered};
 use kappa_api::telemetry::Prediction;
+use kappa_kafka::trace_headers;
+use opentelemetry::trace::TraceContextExt as _;
 use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
 use rdkafka::{
     ClientConfig, Message,
     consumer::{CommitMode, Consumer, StreamConsumer},
-    message::{BorrowedMessage, Headers},
+    message::{BorrowedMessage, Headers, OwnedHeaders},
     producer::{FutureProducer, FutureRecord},
 };
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use kappa_model::sensor::Event;
 
@@ -157,7 +161,26 @@ fn score_and_produce(
         })
     });
     let decoded = message.payload().map(|p| Event::decode(p, protobuf));
-    async move {
+    // An event that carries a trace gets a span in it, and its prediction carries the trace on.
+    // Untraced events get none: one trace per sensor reading would bury everything else.
+    let parent = trace_headers::extract(message.headers());
+    let span = if parent.span().span_context().is_valid() {
+        let span = tracing::info_span!(
+            "score_event",
+            otel.kind = "consumer",
+            messaging.system = "kafka",
+            messaging.destination.name = %topic,
+            messaging.kafka.partition = partition,
+            messaging.kafka.offset = offset,
+            model_version = tracing::field::Empty,
+        );
+        let _ = span.set_parent(parent);
+        span
+    } else {
+        tracing::Span::none()
+    };
+    let headers = (!span.is_none()).then(|| trace_headers::inject(&span.context(), OwnedHeaders::new()));
+    let body = async move {
         let mut car = String::from_utf8_lossy(&key).into_owned();
         let mut prediction = Prediction {
             source_partition: partition,
@@ -184,6 +207,7 @@ fn score_and_produce(
                 prediction.is_anomaly = is_anomaly;
                 prediction.model_name = name;
                 prediction.model_version = version;
+                tracing::Span::current().record("model_version", version);
                 events.get_or_create(&ReasonLabels { reason: "scored" }).inc();
             }
             Err((reason, message)) => {
@@ -197,7 +221,10 @@ fn score_and_produce(
         let value = serde_json::to_vec(&prediction).expect("a prediction always serialises");
         // Retry until acknowledged: the offset must not be stored for an event without a record.
         loop {
-            let record = FutureRecord::to(&predictions_topic).key(&car).payload(&value);
+            let mut record = FutureRecord::to(&predictions_topic).key(&car).payload(&value);
+            if let Some(headers) = &headers {
+                record = record.headers(headers.clone());
+            }
             match producer.send(record, Duration::from_secs(30)).await {
                 Ok(_) => break,
                 Err((e, _)) => {
@@ -207,7 +234,8 @@ fn score_and_produce(
             }
         }
         (topic, partition, offset)
-    }
+    };
+    body.instrument(span)
 }
 
 async fn score(serving: &Serving, event: &Event) -> Result<(f64, bool, String, u64), (&'static str, String)> {

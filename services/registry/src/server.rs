@@ -10,7 +10,6 @@ use kappa_kafka::{ModelsTopicSettings, ensure_models_topic};
 use prometheus_client::registry::Registry as MetricsRegistry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 use crate::{
@@ -107,7 +106,7 @@ pub async fn run(
     }
 
     tracing::info!(address = %listener.local_addr()?, "kappa-registry listening for gRPC");
-    let router = Server::builder()
+    let router = kappa_telemetry::traced_server()
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -1,6 +1,7 @@
 //! The `kappa.registry.v1.Registry` gRPC service.
 
 use std::{
+    collections::BTreeMap,
     sync::{Arc, RwLock},
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -11,11 +12,13 @@ use kappa_api::{
 };
 use kappa_kafka::ModelKey;
 use kappa_model::{validate_alias, validate_manifest, validate_name, validate_weights};
+use kappa_telemetry::propagation::span_context_map;
 use prost::Message as _;
 use rdkafka::ClientConfig;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument as _;
 
 use crate::{
     RegistryError,
@@ -64,6 +67,21 @@ impl RegistryService {
 
     /// Writes `records` in one transaction and waits until the follower has applied them.
     async fn write(&self, records: Vec<Put>) -> Result<i64, RegistryError> {
+        self.write_in(transaction_span(), records).await
+    }
+
+    /// `write` inside `span`, whose context the records carry.
+    async fn write_in(&self, span: tracing::Span, records: Vec<Put>) -> Result<i64, RegistryError> {
+        span.record("records", records.len());
+        let written = self.write_now(records).instrument(span.clone()).await;
+        match &written {
+            Ok(offset) => span.record("offset", offset),
+            Err(_) => span.record("otel.status_code", "ERROR"),
+        };
+        written
+    }
+
+    async fn write_now(&self, records: Vec<Put>) -> Result<i64, RegistryError> {
         let result = self.writer.commit(records).await;
         if self.writer.is_fenced() {
             self.metrics.fenced.set(1);
@@ -151,8 +169,16 @@ impl RegistryService {
         let version = self.catalog().next_version(&name);
         manifest.version = version;
         manifest.created_at_ms = now_ms();
-        let records = version_records(manifest, &weights, self.chunk_bytes, key);
-        self.write(records).await?;
+        // The version record names the transaction's span: predictors loading it continue there.
+        let transaction = transaction_span();
+        let records = version_records(
+            manifest,
+            &weights,
+            self.chunk_bytes,
+            key,
+            span_context_map(&transaction),
+        );
+        self.write_in(transaction, records).await?;
         self.metrics.published_bytes.inc_by(weights.len() as u64);
         self.metrics
             .publishes
@@ -333,7 +359,13 @@ impl RegistryService {
 
 /// The records of one version: its chunks, then the version record, which readers take as the
 /// sign that every chunk before it is there.
-fn version_records(manifest: ModelManifest, weights: &[u8], chunk_bytes: usize, idempotency_key: String) -> Vec<Put> {
+fn version_records(
+    manifest: ModelManifest,
+    weights: &[u8],
+    chunk_bytes: usize,
+    idempotency_key: String,
+    trace_context: BTreeMap<String, String>,
+) -> Vec<Put> {
     let (name, version) = (manifest.name.clone(), manifest.version);
     let mut records: Vec<Put> = weights
         .chunks(chunk_bytes)
@@ -362,13 +394,24 @@ fn version_records(manifest: ModelManifest, weights: &[u8], chunk_bytes: usize, 
         manifest: Some(manifest),
         idempotency_key,
         deleted: false,
-        trace_context: Default::default(),
+        trace_context,
     };
     records.push(Put {
         key: ModelKey::Version { name, version }.to_string(),
         value: Some(record.encode_to_vec()),
     });
     records
+}
+
+fn transaction_span() -> tracing::Span {
+    tracing::info_span!(
+        "kafka.transaction",
+        otel.kind = "producer",
+        otel.status_code = tracing::field::Empty,
+        messaging.system = "kafka",
+        records = tracing::field::Empty,
+        offset = tracing::field::Empty,
+    )
 }
 
 type ResponseStream<T> = ReceiverStream<Result<T, Status>>;

@@ -3,6 +3,7 @@
 //! registry's unfinished transaction, so readers never see half a write.
 
 use std::{
+    collections::BTreeMap,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -10,9 +11,12 @@ use std::{
     time::Duration,
 };
 
+use kappa_kafka::trace_headers;
+use kappa_telemetry::propagation::span_context_map;
 use rdkafka::{
     ClientConfig,
     error::{KafkaError, RDKafkaErrorCode},
+    message::OwnedHeaders,
     producer::{FutureProducer, FutureRecord, Producer},
     util::Timeout,
 };
@@ -78,30 +82,37 @@ impl Writer {
 
     /// Writes `records` in one transaction and returns the offset of the last one once the
     /// transaction has committed. Must be called with the lock held.
+    ///
+    /// Every record carries the caller's trace context in its Kafka headers, so whoever acts on
+    /// it (a predictor swapping models) continues the trace of the change.
     pub async fn commit(self: &Arc<Self>, records: Vec<Put>) -> Result<i64, RegistryError> {
         if self.is_fenced() {
             return Err(RegistryError::Fenced);
         }
         let this = Arc::clone(self);
-        tokio::task::spawn_blocking(move || this.commit_blocking(records))
+        let trace = span_context_map(&tracing::Span::current());
+        tokio::task::spawn_blocking(move || this.commit_blocking(records, &trace))
             .await
             .map_err(|e| RegistryError::KafkaUnavailable(format!("write task failed: {e}")))?
     }
 
-    fn commit_blocking(&self, records: Vec<Put>) -> Result<i64, RegistryError> {
-        let result = self.try_transaction(&records);
+    fn commit_blocking(&self, records: Vec<Put>, trace: &BTreeMap<String, String>) -> Result<i64, RegistryError> {
+        let result = self.try_transaction(&records, &trace_headers(trace));
         match result {
             Ok(offset) => Ok(offset),
             Err(e) => Err(self.recover(e)),
         }
     }
 
-    fn try_transaction(&self, records: &[Put]) -> Result<i64, KafkaError> {
+    fn try_transaction(&self, records: &[Put], headers: &OwnedHeaders) -> Result<i64, KafkaError> {
         self.producer.begin_transaction()?;
         let mut deliveries = Vec::with_capacity(records.len());
         for put in records {
             loop {
-                let mut record = FutureRecord::<str, [u8]>::to(&self.topic).key(&put.key).partition(0);
+                let mut record = FutureRecord::<str, [u8]>::to(&self.topic)
+                    .key(&put.key)
+                    .partition(0)
+                    .headers(headers.clone());
                 if let Some(value) = &put.value {
                     record = record.payload(value);
                 }

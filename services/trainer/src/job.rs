@@ -16,12 +16,16 @@ use kappa_model::{
     example::serialize_tensors,
     train::{TrainData, TrainSettings, train_autoencoder},
 };
+use kappa_telemetry::{TracedChannel, propagation::span_context_map, traced};
+use opentelemetry::trace::TraceContextExt as _;
 use rand::{SeedableRng, seq::SliceRandom};
 use rdkafka::ClientConfig;
 use tokio::sync::watch;
 use tokio_stream::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
+use tracing::{Instrument as _, field::Empty};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::{
     dataset::{fit_scaling, scaled, split},
@@ -103,7 +107,7 @@ pub async fn run(handle: Arc<JobHandle>, ctx: JobContext) {
         .and_then(|s| s.continuous);
     ctx.metrics.running.inc();
     let outcome = match continuous {
-        None => execute(&handle, &ctx).await,
+        None => execute(&handle, &ctx, false).await,
         Some(c) => continuously(&handle, &ctx, c).await,
     };
     ctx.metrics.running.dec();
@@ -147,7 +151,7 @@ async fn continuously(handle: &Arc<JobHandle>, ctx: &JobContext, c: Continuous) 
         None
     };
     loop {
-        execute(handle, ctx).await?;
+        execute(handle, ctx, true).await?;
         let runs = handle.snapshot().runs;
         if c.max_runs > 0 && runs >= c.max_runs {
             handle.set_phase(JobPhase::Succeeded, format!("{runs} rounds done"));
@@ -211,7 +215,30 @@ fn fail(message: impl std::fmt::Display) -> Stop {
     Stop::Failed(message.to_string())
 }
 
-async fn execute(handle: &Arc<JobHandle>, ctx: &JobContext) -> Result<(), Stop> {
+/// One round in a span of its own: the root of the trace that follows the model it publishes
+/// through the registry into every predictor. A continuous job's rounds each start a new trace
+/// (linked to the job's), so one model's journey is one readable trace.
+async fn execute(handle: &Arc<JobHandle>, ctx: &JobContext, continuous: bool) -> Result<(), Stop> {
+    let job = handle.snapshot();
+    let span = tracing::info_span!(
+        "training_round",
+        job_id = %job.job_id,
+        model = job.spec.as_ref().map_or("", |s| s.model_name.as_str()),
+        round = job.runs + 1,
+        published_version = Empty,
+        promoted = Empty,
+    );
+    if continuous {
+        let job_span = tracing::Span::current().context().span().span_context().clone();
+        let _ = span.set_parent(opentelemetry::Context::new());
+        if job_span.is_valid() {
+            span.add_link(job_span);
+        }
+    }
+    execute_round(handle, ctx, &span).instrument(span.clone()).await
+}
+
+async fn execute_round(handle: &Arc<JobHandle>, ctx: &JobContext, round: &tracing::Span) -> Result<(), Stop> {
     let (job_id, spec) = {
         let job = handle.job.lock().expect("job lock poisoned");
         (job.job_id.clone(), job.spec.clone().unwrap_or_default())
@@ -232,14 +259,20 @@ async fn execute(handle: &Arc<JobHandle>, ctx: &JobContext) -> Result<(), Stop> 
     );
     let data = {
         let (handle, kafka, query) = (Arc::clone(handle), ctx.kafka.clone(), query.clone());
+        let span = tracing::info_span!("read_kafka", topic = %query.topic, from_ms, to_ms, events = Empty);
         tokio::task::spawn_blocking(move || {
-            read_range(&kafka, &query, &mut |read, skipped| {
+            let _entered = span.enter();
+            let data = read_range(&kafka, &query, &mut |read, skipped| {
                 handle.progress.send_modify(|p| {
                     p.samples_read = read;
                     p.samples_skipped = skipped;
                 });
                 !handle.cancel.is_cancelled()
-            })
+            });
+            if let Ok(data) = &data {
+                span.record("events", data.read);
+            }
+            data
         })
         .await
         .map_err(fail)?
@@ -290,7 +323,9 @@ async fn execute(handle: &Arc<JobHandle>, ctx: &JobContext) -> Result<(), Stop> 
         let (kafka, held_out, cap) = (ctx.kafka.clone(), splits.held_out.clone(), ctx.max_rows);
         let (offset, scale) = (offset.clone(), scale.clone());
         let (streamed_rows, streamed_anomalies) = (Arc::clone(&streamed_rows), Arc::clone(&streamed_anomalies));
+        let span = tracing::info_span!("train", epochs = spec.epochs, rows = rows_per_epoch, streamed);
         tokio::task::spawn_blocking(move || {
+            let _entered = span.enter();
             let progress = handle.progress.clone();
             let cancel = handle.cancel.clone();
             let mut rng = rand::rngs::StdRng::seed_from_u64(spec.seed);
@@ -381,6 +416,7 @@ async fn execute(handle: &Arc<JobHandle>, ctx: &JobContext) -> Result<(), Stop> 
     }
 
     handle.set_phase(JobPhase::Evaluating, "scoring validation and hold-out data");
+    let evaluating = tracing::info_span!("evaluate", holdout = splits.holdout.len()).entered();
     let mut widths = vec![features as u32];
     widths.extend(&spec.hidden_layers);
     widths.push(features as u32);
@@ -433,6 +469,7 @@ async fn execute(handle: &Arc<JobHandle>, ctx: &JobContext) -> Result<(), Stop> 
         None
     };
 
+    drop(evaluating);
     handle.set_phase(JobPhase::Publishing, "publishing to kappa-registry");
     if handle.cancel.is_cancelled() {
         return Err(Stop::Cancelled);
@@ -442,7 +479,7 @@ async fn execute(handle: &Arc<JobHandle>, ctx: &JobContext) -> Result<(), Stop> 
         .connect()
         .await
         .map_err(|e| fail(format!("cannot reach kappa-registry at {}: {e}", ctx.registry)))?;
-    let mut registry = RegistryClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
+    let mut registry = RegistryClient::new(traced(channel)).max_decoding_message_size(64 * 1024 * 1024);
     let holder = if spec.promote_alias.is_empty() {
         None
     } else {
@@ -494,7 +531,7 @@ async fn execute(handle: &Arc<JobHandle>, ctx: &JobContext) -> Result<(), Stop> 
             roc_auc: new_quality.map(|q| q.roc_auc),
         }),
         parent_version: holder.as_ref().map_or(0, |h| h.0.version),
-        trace_context: Default::default(),
+        trace_context: span_context_map(round),
     };
     manifest.lineage = Some(lineage.clone());
     ctx.metrics.published.inc();
@@ -504,8 +541,10 @@ async fn execute(handle: &Arc<JobHandle>, ctx: &JobContext) -> Result<(), Stop> 
         weights,
         &format!("{job_id}:{}", handle.snapshot().runs),
     )
+    .instrument(tracing::info_span!("publish", model = %spec.model_name))
     .await
     .map_err(fail)?;
+    round.record("published_version", version);
     handle.update(|job| {
         job.published_version = version;
         job.published_versions.push(version);
@@ -521,6 +560,8 @@ async fn execute(handle: &Arc<JobHandle>, ctx: &JobContext) -> Result<(), Stop> 
 
     if !spec.promote_alias.is_empty() {
         let (promote, reason) = decide(&spec, new_quality, holder.as_ref(), &holdout_rows, &holdout_labels);
+        round.record("promoted", promote);
+        tracing::info!(promote, reason, "champion/challenger decision");
         if promote {
             ctx.metrics.promoted.inc();
             registry
@@ -546,7 +587,7 @@ async fn execute(handle: &Arc<JobHandle>, ctx: &JobContext) -> Result<(), Stop> 
 
 /// The version the alias points at now, with its model, when there is one.
 async fn current_holder(
-    registry: &mut RegistryClient<Channel>,
+    registry: &mut RegistryClient<TracedChannel>,
     spec: &TrainingSpec,
 ) -> Option<(rpb::ModelVersion, Mlp)> {
     let request = rpb::GetModelRequest {
@@ -658,7 +699,7 @@ fn decide(
 }
 
 async fn publish(
-    registry: &mut RegistryClient<Channel>,
+    registry: &mut RegistryClient<TracedChannel>,
     manifest: &ModelManifest,
     weights: Vec<u8>,
     key: &str,

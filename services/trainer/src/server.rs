@@ -7,7 +7,6 @@ use std::{
 use kappa_api::trainer::trainer_server::TrainerServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 use crate::{
@@ -62,7 +61,7 @@ pub async fn run(
         ));
     }
     tracing::info!(address = %listener.local_addr()?, registry = config.registry, "kappa-trainer listening for gRPC");
-    let router = Server::builder()
+    let router = kappa_telemetry::traced_server()
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -16,6 +16,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
 
 use crate::{
     error::TrainerError,
@@ -220,7 +221,9 @@ impl TrainerService {
             .expect("jobs lock poisoned")
             .insert(job_id.clone(), Arc::clone(&handle));
         tracing::info!(job = job_id, "training job accepted");
-        tokio::spawn(job::run(Arc::clone(&handle), self.context.clone()));
+        // The job's span is a child of the StartTraining call, so the caller's trace holds it.
+        let span = tracing::info_span!("training_job", job_id = %job_id);
+        tokio::spawn(job::run(Arc::clone(&handle), self.context.clone()).instrument(span));
         Ok(handle.snapshot())
     }
 }

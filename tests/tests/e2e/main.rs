@@ -6,4 +6,5 @@ mod fleet;
 mod predictor;
 mod registry;
 mod support;
+mod tracing;
 mod trainer;

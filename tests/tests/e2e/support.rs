@@ -113,6 +113,7 @@ pub struct RegistrySetup {
     pub topic: String,
     pub transactional_id: String,
     pub extra_args: Vec<String>,
+    pub envs: Vec<(String, String)>,
 }
 
 impl RegistrySetup {
@@ -121,11 +122,18 @@ impl RegistrySetup {
             topic: unique("test.models"),
             transactional_id: unique("test-registry"),
             extra_args: Vec::new(),
+            envs: Vec::new(),
         }
     }
 
     pub fn arg(mut self, arg: impl Into<String>) -> Self {
         self.extra_args.push(arg.into());
+        self
+    }
+
+    /// Exports spans to the test Jaeger.
+    pub fn traced(mut self) -> Self {
+        self.envs = tracing_env();
         self
     }
 
@@ -142,6 +150,7 @@ impl RegistrySetup {
             .args(["--transactional-id", &self.transactional_id])
             .args(["--log", "info,librdkafka=warn"])
             .args(&self.extra_args)
+            .envs(self.envs.iter().cloned())
             .env_remove("KAPPA_LISTEN")
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
@@ -391,6 +400,7 @@ pub struct PredictorSetup {
     pub model: String,
     pub follow: String,
     pub extra_args: Vec<String>,
+    pub envs: Vec<(String, String)>,
 }
 
 impl PredictorSetup {
@@ -400,11 +410,18 @@ impl PredictorSetup {
             model: model.to_owned(),
             follow: follow.to_owned(),
             extra_args: Vec::new(),
+            envs: Vec::new(),
         }
     }
 
     pub fn arg(mut self, arg: impl Into<String>) -> Self {
         self.extra_args.push(arg.into());
+        self
+    }
+
+    /// Exports spans to the test Jaeger.
+    pub fn traced(mut self) -> Self {
+        self.envs = tracing_env();
         self
     }
 
@@ -420,6 +437,7 @@ impl PredictorSetup {
             .args(["--model", &self.model, "--follow", &self.follow])
             .args(["--log", "info,librdkafka=warn"])
             .args(&self.extra_args)
+            .envs(self.envs.iter().cloned())
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
@@ -566,6 +584,16 @@ pub async fn start_trainer_with_jobs(registry: &Service, jobs_topic: &str) -> Se
 
 /// Starts kappa-trainer with extra flags.
 pub async fn start_trainer_with_args(registry: &Service, jobs_topic: &str, extra: &[&str]) -> Service {
+    start_trainer_with_env(registry, jobs_topic, extra, &[]).await
+}
+
+/// Starts kappa-trainer with extra flags and environment.
+pub async fn start_trainer_with_env(
+    registry: &Service,
+    jobs_topic: &str,
+    extra: &[&str],
+    envs: &[(String, String)],
+) -> Service {
     let (port, metrics_port) = (free_port(), free_port());
     let log = log_dir().join(format!("trainer-{port}.log"));
     let out = std::fs::File::create(&log).unwrap();
@@ -577,6 +605,7 @@ pub async fn start_trainer_with_args(registry: &Service, jobs_topic: &str, extra
         .args(["--jobs-topic", jobs_topic])
         .args(["--log", "info,librdkafka=warn"])
         .args(extra)
+        .envs(envs.iter().cloned())
         .stdin(Stdio::null())
         .stdout(out.try_clone().unwrap())
         .stderr(out)
@@ -672,4 +701,43 @@ pub fn series_value(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
         .and_then(|v| v.trim().parse().ok())
+}
+
+/// The local Jaeger's query API (host:port) that `make test` starts.
+pub fn jaeger_api() -> String {
+    std::env::var("KAPPA_TEST_JAEGER_API").unwrap_or_else(|_| "127.0.0.1:16686".to_owned())
+}
+
+/// Environment that makes a service export its spans to the test Jaeger, promptly.
+pub fn tracing_env() -> Vec<(String, String)> {
+    let otlp = std::env::var("KAPPA_TEST_OTLP_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:4317".to_owned());
+    vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(), otlp),
+        ("OTEL_BSP_SCHEDULE_DELAY".to_owned(), "100".to_owned()),
+    ]
+}
+
+/// `GET path` over HTTP/1.0 (so the body is never chunked): status code and body.
+pub async fn http_get(host_port: &str, path: &str) -> (u16, String) {
+    let (addr, path) = (host_port.to_owned(), path.to_owned());
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&addr)
+            .unwrap_or_else(|e| panic!("cannot reach {addr} ({e}); is it running? `make test` starts it"));
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        (status, body.to_owned())
+    })
+    .await
+    .unwrap()
+}
+
+/// A fresh W3C `traceparent` (sampled) and its trace and span ids, as a client would send.
+pub fn new_traceparent() -> (String, String, String) {
+    let trace_id = uuid::Uuid::new_v4().simple().to_string();
+    let span_id = uuid::Uuid::new_v4().simple().to_string()[..16].to_owned();
+    (format!("00-{trace_id}-{span_id}-01"), trace_id, span_id)
 }

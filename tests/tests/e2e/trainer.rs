@@ -28,7 +28,7 @@ async fn trainer_client(trainer: &Service) -> TrainerClient<Channel> {
     )
 }
 
-fn spec(model: &str, topic: &str, from_ms: i64, to_ms: i64) -> TrainingSpec {
+pub(crate) fn spec(model: &str, topic: &str, from_ms: i64, to_ms: i64) -> TrainingSpec {
     TrainingSpec {
         model_name: model.to_owned(),
         source_topic: topic.to_owned(),
@@ -48,7 +48,7 @@ async fn start_job(client: &mut TrainerClient<Channel>, spec: TrainingSpec) -> J
         .into_inner()
 }
 
-async fn wait_done(client: &mut TrainerClient<Channel>, job_id: &str, limit: Duration) -> Job {
+pub(crate) async fn wait_done(client: &mut TrainerClient<Channel>, job_id: &str, limit: Duration) -> Job {
     let deadline = Instant::now() + limit;
     loop {
         let job = client
