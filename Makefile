@@ -36,8 +36,9 @@ lint: ## cargo fmt --check and clippy with warnings as errors
 fmt: ## Format the code
 	cargo fmt --all
 
-demo: build ## Start Kafka and the registry, publish, list, alias and read back a model
-	$(WITH_KAFKA) scripts/demo.sh
+demo: build ## The whole loop: Kafka + Jaeger, registry, 2 predictors, trainer, fleet, train, promote, retrain, swap
+	deploy/jaeger/jaeger.sh build >/dev/null
+	$(WITH_KAFKA) --jaeger scripts/demo.sh
 
 jaeger-up: ## Build (once) and start a local Jaeger all-in-one: UI/API :16686, OTLP gRPC :4317
 	deploy/jaeger/jaeger.sh up

@@ -1,132 +1,190 @@
 #!/usr/bin/env bash
-# The demo behind `make demo` (Kafka is already up: see scripts/with-kafka.sh).
-#  1. registry: publish an example model twice, list, alias, read it back from Kafka;
-#  2. predictor: serve the model behind `production`, score the demo's CSV;
-#  3. trainer: simulate a fleet's history into Kafka, train a detector on it, publish it with
-#     lineage and promote it; the predictor swaps to it and flags the failing cars of live data;
-#  4. move the alias back and forth while a client keeps calling: no failed request.
-# It stops everything it started on exit, Ctrl-C included, and fails if any step fails.
+# The demo behind `make demo`: the whole Kappa loop on one machine, traced in Jaeger. Kafka and
+# Jaeger are already up (scripts/with-kafka.sh --jaeger).
+#   1. the mesh: kappa-registry, two kappa-predictor replicas scoring the sensor stream and
+#      following `production`, kappa-trainer; every service exports its spans to Jaeger;
+#   2. fleet history into Kafka, a continuous training job: round 1 trains, publishes and
+#      promotes, both predictors swap to it and score the live stream;
+#   3. round 2 retrains on the sliding window and publishes the next version; both predictors
+#      move to it while a gRPC client keeps calling them, and not one call fails.
+# Then the mesh keeps running for DEMO_SECONDS (default 30) to be explored, and everything this
+# script started is stopped, on Ctrl-C too. Any failed step makes it exit non-zero.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
-bin=${CARGO_TARGET_DIR:-$here/target}/debug
-run=$here/.run/demo
+bin=${CARGO_TARGET_DIR:-$HOME/.cache/kappa/target}/debug
+for b in kappa kappa-registry kappa-predictor kappa-trainer; do
+  [ -x "$bin/$b" ] || { echo "$bin/$b is missing: run \`make demo\`, which builds first" >&2; exit 1; }
+done
+run=${KAPPA_DEMO_RUN_DIR:-$here/.run/demo}
 rm -rf "$run"; mkdir -p "$run"
 
-registry_port=${DEMO_REGISTRY_PORT:-50051}
-metrics_port=${DEMO_REGISTRY_METRICS_PORT:-9101}
-predictor_port=${DEMO_PREDICTOR_PORT:-50052}
-predictor_metrics=${DEMO_PREDICTOR_METRICS_PORT:-9102}
-trainer_port=${DEMO_TRAINER_PORT:-50053}
-data=${DEMO_DATA:-$here/../shared/data/car-sensor-data.csv}
+demo_seconds=${DEMO_SECONDS:-30}
+retrain_seconds=${DEMO_RETRAIN_SECONDS:-30}
+registry_port=${DEMO_REGISTRY_PORT:-50051} predictor_a=${DEMO_PREDICTOR_PORT:-50052}
+predictor_b=${DEMO_PREDICTOR_B_PORT:-50054} trainer_port=${DEMO_TRAINER_PORT:-50053}
+registry_metrics=${DEMO_REGISTRY_METRICS_PORT:-9101} predictor_a_metrics=${DEMO_PREDICTOR_METRICS_PORT:-9102}
+predictor_b_metrics=${DEMO_PREDICTOR_B_METRICS_PORT:-9104} trainer_metrics=${DEMO_TRAINER_METRICS_PORT:-9103}
+models_topic=${DEMO_MODELS_TOPIC:-kappa.models}
 sensors=${DEMO_SENSOR_TOPIC:-sensor-data}
+predictions=${DEMO_PREDICTIONS_TOPIC:-model-predictions}
+model=car-anomaly
+jaeger_ui=http://127.0.0.1:${JAEGER_UI_PORT:-16686}
+export OTEL_EXPORTER_OTLP_ENDPOINT=${OTEL_EXPORTER_OTLP_ENDPOINT:-http://127.0.0.1:${JAEGER_OTLP_GRPC_PORT:-4317}}
+export OTEL_BSP_SCHEDULE_DELAY=${OTEL_BSP_SCHEDULE_DELAY:-500}
 export KAPPA_REGISTRY=http://127.0.0.1:$registry_port
-export KAPPA_PREDICTOR=http://127.0.0.1:$predictor_port
 export KAPPA_TRAINER=http://127.0.0.1:$trainer_port
+export KAPPA_MODELS_TOPIC=$models_topic
+
 kappa() { "$bin/kappa" "$@"; }
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-metric() { curl -s "http://127.0.0.1:$predictor_metrics/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
+say() { echo "   $*"; }
+indent() { sed 's/^/   /'; }
+metric() { # port, series: its value
+  curl -s "http://127.0.0.1:$1/metrics" | awk -v m="$2" '$1 == m {print $2}'
+}
+metric_sum() { # port, name: the sum over all its labelled series
+  curl -s "http://127.0.0.1:$1/metrics" | awk -v m="$2" 'index($1, m) == 1 && ($1 == m || substr($1, length(m) + 1, 1) == "{") {s += $2} END {print s + 0}'
+}
+json_field() { python3 -c 'import json,sys; d=json.load(sys.stdin); print(eval(sys.argv[1], {}, {"d": d}))' "$1"; }
 
 pids=()
 cleanup() {
+  local status=$?
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  if [ "$status" != 0 ]; then echo "demo FAILED (exit $status); the services' logs are in $run/" >&2; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-wait_for() { # description, command...
-  local what=$1; shift
-  for _ in $(seq 1 120); do "$@" >/dev/null 2>&1 && return 0; sleep 0.5; done
-  echo "$what did not happen within 60 s; logs are in .run/demo/" >&2; exit 1
+# Services started here: their pids and logs, so a service that dies is reported at once.
+services=() service_logs=()
+start_service() { # log name, command...
+  local log=$run/$1.log; shift
+  "$@" >"$log" 2>&1 &
+  pids+=($!) services+=($!) service_logs+=("$log")
 }
+check_services() {
+  for i in "${!services[@]}"; do
+    if ! kill -0 "${services[$i]}" 2>/dev/null; then
+      echo "a service exited: ${service_logs[$i]} ends with:" >&2
+      tail -n 5 "${service_logs[$i]}" >&2
+      exit 1
+    fi
+  done
+}
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+for port in $registry_port $predictor_a $predictor_b $trainer_port $registry_metrics $predictor_a_metrics \
+  $predictor_b_metrics $trainer_metrics; do
+  port_free "$port" || { echo "port $port is in use: stop what listens there (a previous demo?) and retry" >&2; exit 1; }
+done
 
-step "1. Registry: starting kappa-registry on 127.0.0.1:$registry_port (log: .run/demo/registry.log)"
-"$bin/kappa-registry" --listen "127.0.0.1:$registry_port" --metrics-listen "127.0.0.1:$metrics_port" >"$run/registry.log" 2>&1 &
+wait_for() { # description, seconds, command...
+  local what=$1 limit=$2; shift 2
+  for _ in $(seq 1 $((limit * 4))); do "$@" >/dev/null 2>&1 && return 0; check_services; sleep 0.25; done
+  echo "$what did not happen within $limit s; logs are in $run/" >&2; exit 1
+}
+failed_requests() { # port: requests answered with any code but OK
+  curl -s "http://127.0.0.1:$1/metrics" | awk '/^kappa_predictor_requests_total\{/ && !/code="OK"/ {s += $2} END {print s + 0}'
+}
+last_swap() { # predictor: how long its last swap took from the publish
+  grep 'now serving' "$run/predictor-$1.log" | tail -n 1 | sed -E 's/.*publish_to_serving_ms=([0-9]+).*/\1 ms from publish to serving/'
+}
+serves() { [ "$(metric "$1" kappa_predictor_loaded_version)" = "$2" ]; }
+
+step "1. The mesh (logs in ${run#$here/}/, spans to Jaeger at $OTEL_EXPORTER_OTLP_ENDPOINT)"
+start_service registry "$bin/kappa-registry" --listen "127.0.0.1:$registry_port" \
+  --metrics-listen "127.0.0.1:$registry_metrics"
+for p in a b; do
+  port_var=predictor_$p metrics_var=predictor_${p}_metrics
+  start_service "predictor-$p" "$bin/kappa-predictor" --listen "127.0.0.1:${!port_var}" \
+    --metrics-listen "127.0.0.1:${!metrics_var}" --model "$model" --follow production --stream \
+    --sensor-topic "$sensors" --predictions-topic "$predictions" --consumer-group "${DEMO_CONSUMER_GROUP:-kappa-demo-predictors}"
+done
+start_service trainer "$bin/kappa-trainer" --listen "127.0.0.1:$trainer_port" \
+  --metrics-listen "127.0.0.1:$trainer_metrics"
+wait_for "the registry's replay of $models_topic" 60 kappa models list
+wait_for "the trainer" 60 kappa train list
+wait_for "the predictors' metrics endpoints" 60 sh -c \
+  "curl -sf http://127.0.0.1:$predictor_a_metrics/metrics && curl -sf http://127.0.0.1:$predictor_b_metrics/metrics"
+say "kappa-registry   grpc 127.0.0.1:$registry_port   metrics :$registry_metrics   models topic $models_topic"
+say "kappa-predictor  grpc 127.0.0.1:$predictor_a   metrics :$predictor_a_metrics   follows $model@production, scores $sensors -> $predictions"
+say "kappa-predictor  grpc 127.0.0.1:$predictor_b   metrics :$predictor_b_metrics   (second replica, same consumer group)"
+say "kappa-trainer    grpc 127.0.0.1:$trainer_port   metrics :$trainer_metrics"
+say "Jaeger UI/API    $jaeger_ui"
+
+step "2. Fleet history into Kafka topic $sensors: 50 cars, 30% may develop one of five failures"
+kappa fleet --topic "$sensors" --cars 50 --events 20000 --rate 0 --backdate-seconds 1500 --failing-share 0.3 \
+  --failure-chance 0.01 --seed 1 --jsonl "$run/history.jsonl" | indent
+
+step "3. Continuous training: the last 30 minutes, every ${retrain_seconds} s, two rounds; promote to production past the gate"
+job=$(kappa train start --model "$model" --topic "$sensors" --last-minutes 30 --every-seconds "$retrain_seconds" \
+  --max-runs 2 --epochs 15 --hidden 12,6,12 --promote production --min-roc-auc 0.9 --max-regression 0.02 \
+  | awk '/^started / {print $2; exit}')
+[ -n "$job" ] || { echo "the trainer did not accept the job" >&2; exit 1; }
+say "job $job accepted"
+status() { kappa train status "$job" --json; }
+last=""
+for _ in $(seq 1 480); do
+  line=$(status | json_field '"%s epoch %s loss %s read %s" % (d.get("progress",{}).get("phase","").replace("JOB_PHASE_","").lower(), d.get("progress",{}).get("epoch",0), round(float(d.get("progress",{}).get("loss",0)),4), d.get("progress",{}).get("samplesRead","0"))')
+  [ "$line" != "$last" ] && say "round 1: $line"
+  last=$line
+  [ "$(status | json_field 'd.get("publishedVersion","0")')" != "0" ] && break
+  case "$line" in failed*|cancelled*) kappa train status "$job" | indent; exit 1 ;; esac
+  sleep 0.5
+done
+first=$(status | json_field 'd.get("publishedVersion","0")')
+[ "$first" != "0" ] || { echo "round 1 published nothing within 4 minutes" >&2; exit 1; }
+wait_for "the promotion of v$first" 30 sh -c "'$bin/kappa' train status $job --json | grep -q promotionReason"
+kappa train status "$job" | indent
+
+step "4. Both predictors swap to v$first and score the live stream"
+wait_for "predictor A serving v$first" 60 serves "$predictor_a_metrics" "$first"
+wait_for "predictor B serving v$first" 60 serves "$predictor_b_metrics" "$first"
+for p in a b; do
+  metrics_var=predictor_${p}_metrics
+  say "predictor $p: serving v$(metric "${!metrics_var}" kappa_predictor_loaded_version), $(last_swap "$p")"
+done
+kappa fleet --topic "$sensors" --cars 50 --rate 250 --duration-seconds 600 --failing-share 0.3 --failure-chance 0.01 \
+  --seed 2 >"$run/live-fleet.txt" 2>&1 &
 pids+=($!)
-wait_for "the registry's replay" kappa models list
-grep -E "replayed" "$run/registry.log" | sed -E 's/\x1b\[[0-9;]*m//g' | sed 's/^/   /'
+say "live fleet: 50 cars at 250 events/s (another seed) -> $sensors"
+sleep 8
+kappa predictions --topic "$predictions" --last-seconds 8 | indent
 
-step "Publishing two versions of an untrained example model (validated, hashed, one Kafka transaction each)"
-scale=()
-[ -f "$data" ] && scale=(--scale-from "$data")
-kappa models example --out "$run/v1" --name car-anomaly --seed 1 "${scale[@]}" >/dev/null
-kappa models example --out "$run/v2" --name car-anomaly --seed 2 "${scale[@]}" >/dev/null
-first=$(kappa models publish "$run/v1/weights.safetensors" "$run/v1/manifest.json" --output json | python3 -c 'import json,sys; print(json.load(sys.stdin)["version"])')
-second=$(kappa models publish "$run/v2/weights.safetensors" "$run/v2/manifest.json" --output json | python3 -c 'import json,sys; print(json.load(sys.stdin)["version"])')
-echo "   published car-anomaly v$first and v$second; publishing v$first's files again is idempotent:"
-kappa models publish "$run/v1/weights.safetensors" "$run/v1/manifest.json" | sed 's/^/   /'
-kappa models list | sed 's/^/   /'
-kappa models alias car-anomaly production "$first" | sed 's/^/   /'
-kappa models get car-anomaly --alias production --out "$run/production.safetensors" | sed 's/^/   /'
-cmp -s "$run/production.safetensors" "$run/v1/weights.safetensors" && echo "   the bytes read back from Kafka are identical to the published file"
+step "5. Round 2 retrains on the sliding window; a client keeps calling both predictors until they serve it"
+next=$((first + 1))
+load_status=0
+kappa load --predictor "http://127.0.0.1:$predictor_a,http://127.0.0.1:$predictor_b" "$run/history.jsonl" \
+  --seconds 240 --until-version "$next" --concurrency 8 --progress-seconds 5 2>&1 | tee "$run/load.txt" | indent \
+  || load_status=$?
+kappa train status "$job" | indent
+[ "$load_status" = 0 ] || { echo "the client saw failures, or the predictors did not reach v$next" >&2; exit 1; }
+for p in a b; do
+  metrics_var=predictor_${p}_metrics
+  m=${!metrics_var}
+  say "predictor $p: swapped to version $(metric "$m" kappa_predictor_loaded_version), $(last_swap "$p"), swaps $(metric "$m" kappa_predictor_swaps_total), refused versions $(metric_sum "$m" kappa_predictor_load_failures_total), failed requests $(failed_requests "$m")"
+done
+say "the swap to version $next under load: $(grep -o '[0-9]* calls in [0-9.]* s' "$run/load.txt"), $(grep -o '[0-9]* failed;' "$run/load.txt" | tr -d ';') (as the client saw it)"
+sleep 3
+kappa predictions --topic "$predictions" --last-seconds 10 | indent
 
-step "2. Predictor: kappa-predictor follows car-anomaly@production, reading the model from Kafka"
-"$bin/kappa-predictor" --listen "127.0.0.1:$predictor_port" --metrics-listen "127.0.0.1:$predictor_metrics" \
-  --model car-anomaly --follow production >"$run/predictor.log" 2>&1 &
-pids+=($!)
-wait_for "the predictor's first load" sh -c "curl -s http://127.0.0.1:$predictor_metrics/metrics | grep -q '^kappa_predictor_model_ready 1'"
-echo "   serving version $(metric kappa_predictor_loaded_version)"
-if [ -f "$data" ]; then
-  head -n 501 "$data" >"$run/sample.csv"
-  kappa predict "$run/sample.csv" 2>"$run/csv-summary.txt" | head -n 3 | sed 's/^/   /'
-  echo "   ... $(cat "$run/csv-summary.txt")  (first 500 rows of the demo's CSV)"
-fi
-
-step "3. Trainer: 2 hours of fleet history into Kafka topic $sensors (50 cars, 30% may fail)"
-kappa fleet --topic "$sensors" --cars 50 --events 20000 --rate 0 --backdate-seconds 7200 --failing-share 0.3 \
-  --failure-chance 0.01 --seed 1 | sed 's/^/   /'
-"$bin/kappa-trainer" --listen "127.0.0.1:$trainer_port" --metrics-listen 127.0.0.1:0 >"$run/trainer.log" 2>&1 &
-pids+=($!)
-wait_for "the trainer" kappa train list
-echo "   training on the last 130 minutes, promoting to production if ROC AUC >= 0.9 and not worse than v$first:"
-kappa train start --model car-anomaly --topic "$sensors" --last-minutes 130 --epochs 15 --hidden 12,6,12 \
-  --promote production --min-roc-auc 0.9 --watch 2>"$run/train-progress.txt" | sed 's/^/   /'
-grep -E "training|succeeded" "$run/train-progress.txt" | tail -n 3 | sed 's/^/   /'
-trained=$(kappa models get car-anomaly --alias production --output json | python3 -c 'import json,sys; print(json.load(sys.stdin)["version"])')
-for _ in $(seq 1 100); do [ "$(metric kappa_predictor_loaded_version)" = "$trained" ] && break; sleep 0.1; done
-echo "   the predictor swapped to the trained version $(metric kappa_predictor_loaded_version)"
-
-step "Live data from the fleet (another seed), scored by the predictor"
-kappa fleet --topic "$sensors" --cars 50 --events 2500 --rate 0 --failing-share 0.3 --failure-chance 0.01 --seed 2 \
-  --jsonl "$run/live.jsonl" | sed 's/^/   /'
-kappa predict "$run/live.jsonl" >"$run/live-predictions.txt" 2>"$run/live-summary.txt"
-echo "   $(cat "$run/live-summary.txt")"
-python3 - "$run/live.jsonl" "$run/live-predictions.txt" <<'PY'
-import json, sys
-events = [json.loads(l) for l in open(sys.argv[1])]
-preds = [l.split() for l in open(sys.argv[2])]
-failing = {e["car"] for e in events if e["failure_occurred"] == "true"}
-flagged = {p[0] for p, e in zip(preds, events) if "ANOMALY" in p}
-hits = sum(1 for p, e in zip(preds, events) if "ANOMALY" in p and e["failure_occurred"] == "true")
-positives = sum(1 for e in events if e["failure_occurred"] == "true")
-false_alarms = sum(1 for p, e in zip(preds, events) if "ANOMALY" in p and e["failure_occurred"] == "false")
-print(f"   cars with a failure (ground truth): {len(failing)}: {' '.join(sorted(failing, key=lambda c: int(c[3:])))}")
-print(f"   cars flagged by the predictor:      {len(flagged & failing)} of them, plus {len(flagged - failing)} other(s)")
-print(f"   failing events caught: {hits} of {positives}; false alarms: {false_alarms} of {len(events) - positives} normal events")
-PY
-
-step "4. Moving production back to v$first while a client keeps calling: the predictor swaps, no request fails"
-for _ in $(seq 1 8); do cat "$run/live.jsonl"; done >"$run/load.jsonl"
-kappa predict "$run/load.jsonl" >"$run/under-swap.txt" 2>"$run/under-swap-summary.txt" &
-load_pid=$!
-sleep 1
-kappa models alias car-anomaly production "$first" | sed 's/^/   /'
-wait "$load_pid"
-echo "   load during the swap: $(cat "$run/under-swap-summary.txt")"
-echo "   versions seen by that client: $(awk '{print $NF}' "$run/under-swap.txt" | sort | uniq -c | tr -s ' ' | tr '\n' ' ')"
-kappa models alias car-anomaly production "$trained" | sed 's/^/   /'
-for _ in $(seq 1 100); do [ "$(metric kappa_predictor_loaded_version)" = "$trained" ] && break; sleep 0.1; done
-echo "   predictor back on v$(metric kappa_predictor_loaded_version) (the previous version was kept warm); swaps so far: $(metric kappa_predictor_swaps_total)"
-
-step "Where to look next"
+step "Where to look"
+trace=$(status | json_field '(d.get("lineage",{}).get("traceContext",{}).get("traceparent","--").split("-")[1])')
 cat <<TXT
-   grpcurl -plaintext 127.0.0.1:$registry_port list
-   grpcurl -plaintext -d '{"name":"car-anomaly"}' 127.0.0.1:$registry_port kappa.registry.v1.Registry/ListVersions
-   grpcurl -plaintext -d '{"name":"car-anomaly"}' 127.0.0.1:$predictor_port inference.GRPCInferenceService/ModelMetadata
-   grpcurl -plaintext 127.0.0.1:$trainer_port kappa.trainer.v1.Trainer/ListJobs
-   curl -s http://127.0.0.1:$metrics_port/metrics      # registry
-   curl -s http://127.0.0.1:$predictor_metrics/metrics      # predictor
-   logs: .run/demo/*.log   (the services stop when this demo ends)
+   Jaeger UI:            $jaeger_ui/trace/$trace   (v$next's journey: training round -> publish -> registry transaction -> both predictors' load and swap)
+   Jaeger API:           curl -s '$jaeger_ui/api/traces?service=kappa-predictor&operation=model.load&limit=5'
+   metrics:              curl -s http://127.0.0.1:$predictor_a_metrics/metrics   (registry :$registry_metrics, trainer :$trainer_metrics, predictor B :$predictor_b_metrics)
+   grpcurl -plaintext 127.0.0.1:$predictor_a list
+   grpcurl -plaintext -d '{"name":"$model"}' 127.0.0.1:$registry_port kappa.registry.v1.Registry/ListVersions
+   grpcurl -plaintext -d '{"name":"$model"}' 127.0.0.1:$predictor_a inference.GRPCInferenceService/ModelMetadata
+   grpcurl -plaintext -d '{"job_id":"$job"}' 127.0.0.1:$trainer_port kappa.trainer.v1.Trainer/GetJob
+   $bin/kappa predictions --topic $predictions --last-seconds 30
 TXT
 echo
-echo "Demo finished: history in Kafka -> trained -> published with lineage -> promoted -> served and hot-swapped."
+echo "Demo complete: history in Kafka -> trained -> published with lineage -> promoted -> both replicas swapped,"
+echo "then retrained on the live window -> v$next -> swapped again under load with zero failed calls."
+if [ "$demo_seconds" -gt 0 ]; then
+  echo "The mesh keeps running for $demo_seconds s (DEMO_SECONDS) for you to explore; Ctrl-C stops it now."
+  sleep "$demo_seconds"
+fi

@@ -60,6 +60,11 @@ pub struct FleetArgs {
     /// Also write every event as a JSON line to this file (for `kappa predict`, or inspection).
     #[arg(long)]
     jsonl: Option<std::path::PathBuf>,
+    /// Create the topic with this many partitions when it does not exist yet (several
+    /// predictor replicas in one consumer group share the partitions). An existing topic is
+    /// used as it is.
+    #[arg(long, default_value_t = 4)]
+    partitions: i32,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -202,6 +207,8 @@ pub async fn run(args: FleetArgs) -> anyhow::Result<()> {
         args.events.is_some() || args.duration_seconds.is_some(),
         "give --events N or --duration-seconds S so the simulator knows when to stop"
     );
+    anyhow::ensure!(args.partitions >= 1, "--partitions must be at least 1");
+    ensure_topic(&args.kafka_bootstrap, &args.topic, args.partitions).await?;
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &args.kafka_bootstrap)
         .set("acks", "all")
@@ -301,4 +308,32 @@ async fn settle(delivery: Option<rdkafka::producer::DeliveryFuture>, acked: &mut
         }
         Err(_) => *failed += 1,
     }
+}
+
+/// Creates `topic` with `partitions` partitions unless it exists.
+async fn ensure_topic(bootstrap: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
+    use rdkafka::{
+        admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+        client::DefaultClientContext,
+        types::RDKafkaErrorCode,
+    };
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .context("cannot create the Kafka admin client")?;
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = admin
+        .create_topics(
+            [&NewTopic::new(topic, partitions, TopicReplication::Fixed(-1))],
+            &options,
+        )
+        .await
+        .with_context(|| format!("cannot reach Kafka at {bootstrap} to create {topic} (--kafka-bootstrap)"))?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((_, code)) => anyhow::bail!("cannot create topic {topic}: {code}"),
+        }
+    }
+    Ok(())
 }

@@ -1,8 +1,10 @@
 //! `kappa`: the command line for Kappa's services.
 
 mod fleet;
+mod load;
 mod models;
 mod predict;
+mod predictions;
 mod train;
 
 use std::process::ExitCode;
@@ -23,6 +25,10 @@ enum Command {
     Models(models::ModelsArgs),
     /// Score a CSV file or JSON lines through kappa-predictor.
     Predict(predict::PredictArgs),
+    /// Keep calling predictors for a while and report failures, latency and versions seen.
+    Load(load::LoadArgs),
+    /// Summarise recent stream predictions: anomaly rate, cars flagged, versions that answered.
+    Predictions(predictions::PredictionsArgs),
     /// Start, follow, list and cancel training jobs on kappa-trainer.
     Train(train::TrainArgs),
     /// Simulate a connected-car fleet producing telemetry (with failures) to Kafka.
@@ -36,6 +42,8 @@ async fn main() -> ExitCode {
         Command::Models(args) => models::run(args).await,
         Command::Predict(args) => predict::run(args).await,
         Command::Fleet(args) => fleet::run(args).await,
+        Command::Load(args) => load::run(args).await,
+        Command::Predictions(args) => predictions::run(args).await,
         Command::Train(args) => train::run(args).await,
     };
     match result {

@@ -38,7 +38,7 @@ pub struct PredictArgs {
 /// Non-feature columns that identify a row.
 const ID_COLUMNS: [&str; 2] = ["car", "time"];
 
-fn rows(text: &str) -> anyhow::Result<Vec<(String, PredictRequest)>> {
+pub fn rows(text: &str) -> anyhow::Result<Vec<(String, PredictRequest)>> {
     let mut lines = text.lines().filter(|l| !l.trim().is_empty()).peekable();
     let json = lines.peek().is_some_and(|l| l.trim_start().starts_with('{'));
     let mut out = Vec::new();

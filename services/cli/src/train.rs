@@ -25,7 +25,12 @@ enum TrainCommand {
     /// Start a training job; with --watch, follow it to the end and print the result.
     Start(Box<StartArgs>),
     /// Show one job: phase, progress, published version, promotion decision, lineage metrics.
-    Status { job_id: String },
+    Status {
+        job_id: String,
+        /// Print the job as proto3 JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Follow a job's progress until it ends.
     Watch { job_id: String },
     /// List jobs, oldest first.
@@ -78,6 +83,9 @@ struct StartArgs {
     /// Gate: minimum hold-out recall for promotion.
     #[arg(long)]
     min_recall: Option<f64>,
+    /// Gate: promote even when the hold-out ROC AUC is up to this much below the holder's.
+    #[arg(long)]
+    max_regression: Option<f64>,
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Retrain every N seconds on the last --last-minutes (continuous mode).
@@ -139,6 +147,13 @@ fn describe(job: &Job) -> String {
                 "\n  samples: train {}  validation {}  hold-out {}  skipped {:?}",
                 s.train, s.validation, s.holdout, s.skipped
             ));
+        }
+        if let Some(trace_id) = lineage
+            .trace_context
+            .get("traceparent")
+            .and_then(|t| t.split('-').nth(1))
+        {
+            text.push_str(&format!("\n  trace {trace_id} (its journey in Jaeger)"));
         }
         for p in &lineage.partitions {
             text.push_str(&format!(
@@ -204,6 +219,7 @@ pub async fn run(args: TrainArgs) -> anyhow::Result<()> {
                 gate: Some(PromotionGate {
                     min_roc_auc: s.min_roc_auc,
                     min_recall: s.min_recall,
+                    max_regression: s.max_regression,
                 }),
                 seed: s.seed,
                 continuous: s.every_seconds.map(|every| Continuous {
@@ -226,13 +242,17 @@ pub async fn run(args: TrainArgs) -> anyhow::Result<()> {
                 anyhow::ensure!(job.phase == JobPhase::Succeeded as i32, "the job did not succeed");
             }
         }
-        TrainCommand::Status { job_id } => {
+        TrainCommand::Status { job_id, json } => {
             let job = client
                 .get_job(GetJobRequest { job_id })
                 .await
                 .map_err(status)?
                 .into_inner();
-            println!("{}", describe(&job));
+            if json {
+                println!("{}", serde_json::to_string(&job)?);
+            } else {
+                println!("{}", describe(&job));
+            }
         }
         TrainCommand::Watch { job_id } => println!("{}", describe(&watch(&mut client, &job_id).await?)),
         TrainCommand::List => {

@@ -679,11 +679,22 @@ fn decide(
             );
         }
     };
-    if (new.roc_auc, new.f1) >= (old.roc_auc, old.f1) {
+    let allowance = gate.max_regression.unwrap_or(0.0);
+    let better = if allowance > 0.0 {
+        new.roc_auc >= old.roc_auc - allowance
+    } else {
+        (new.roc_auc, new.f1) >= (old.roc_auc, old.f1)
+    };
+    let allowed = if allowance > 0.0 {
+        format!(" - {allowance}")
+    } else {
+        String::new()
+    };
+    if better {
         (
             true,
             format!(
-                "promoted: ROC AUC {:.4} >= holder v{}'s {:.4} on the same hold-out",
+                "promoted: ROC AUC {:.4} >= holder v{}'s {:.4}{allowed} on the same hold-out",
                 new.roc_auc, version.version, old.roc_auc
             ),
         )
@@ -691,7 +702,7 @@ fn decide(
         (
             false,
             format!(
-                "not promoted: ROC AUC {:.4} < holder v{}'s {:.4} on the same hold-out",
+                "not promoted: ROC AUC {:.4} < holder v{}'s {:.4}{allowed} on the same hold-out",
                 new.roc_auc, version.version, old.roc_auc
             ),
         )

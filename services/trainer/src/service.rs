@@ -151,7 +151,10 @@ pub fn normalise(mut spec: TrainingSpec) -> Result<TrainingSpec, TrainerError> {
         kappa_model::validate_alias(&spec.promote_alias).map_err(|e| invalid(format!("promote_alias: {e}")))?;
     }
     if let Some(gate) = &spec.gate {
-        for v in [gate.min_roc_auc, gate.min_recall].into_iter().flatten() {
+        for v in [gate.min_roc_auc, gate.min_recall, gate.max_regression]
+            .into_iter()
+            .flatten()
+        {
             if !(0.0..=1.0).contains(&v) {
                 return Err(invalid("gate thresholds must be between 0 and 1"));
             }

@@ -346,6 +346,7 @@ async fn a_model_trained_on_one_window_detects_failures_in_a_later_one_through_t
         gate: Some(PromotionGate {
             min_roc_auc: Some(0.9),
             min_recall: None,
+            max_regression: None,
         }),
         ..spec("fleet-detector", &history, 0, i64::MAX / 2)
     };

@@ -1,0 +1,172 @@
+//! `kappa predictions`: what stream scoring produced over a recent window of the predictions
+//! topic: how many events, the anomaly rate, the cars flagged, and which model versions answered.
+
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::Context as _;
+use clap::Args;
+use kappa_api::telemetry::Prediction;
+use rdkafka::{
+    ClientConfig, Message as _, Offset, TopicPartitionList,
+    consumer::{BaseConsumer, Consumer},
+};
+
+#[derive(Debug, Args)]
+pub struct PredictionsArgs {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "KAPPA_KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+    kafka_bootstrap: String,
+
+    /// Topic the predictors write predictions to.
+    #[arg(long, default_value = "model-predictions")]
+    topic: String,
+
+    /// Summarise the predictions of events that happened in the last N seconds (event time:
+    /// a replayed backlog of older events is left out).
+    #[arg(long, default_value_t = 60)]
+    last_seconds: u64,
+
+    /// A car is flagged when at least this share of its scored events are anomalies.
+    #[arg(long, default_value_t = 0.2)]
+    flag_share: f64,
+}
+
+#[derive(Default)]
+struct PerCar {
+    scored: u64,
+    anomalies: u64,
+}
+
+pub async fn run(args: PredictionsArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.flag_share),
+        "--flag-share is a share: between 0 and 1"
+    );
+    tokio::task::spawn_blocking(move || summarise(&args)).await?
+}
+
+fn summarise(args: &PredictionsArgs) -> anyhow::Result<()> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &args.kafka_bootstrap)
+        .set("group.id", "kappa-cli-predictions")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()?;
+    let timeout = Duration::from_secs(10);
+    let metadata = consumer
+        .fetch_metadata(Some(&args.topic), timeout)
+        .with_context(|| format!("cannot reach Kafka at {} (--kafka-bootstrap)", args.kafka_bootstrap))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .first()
+        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+        .unwrap_or_default();
+    anyhow::ensure!(
+        !partitions.is_empty(),
+        "topic {} has no partitions: has a predictor run in stream mode yet?",
+        args.topic
+    );
+    let since_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as i64 - args.last_seconds as i64 * 1000;
+    let mut query = TopicPartitionList::new();
+    for p in &partitions {
+        query.add_partition_offset(&args.topic, *p, Offset::Offset(since_ms))?;
+    }
+    let starts = consumer.offsets_for_times(query, timeout)?;
+    // Read each partition up to the end it had when we started.
+    let mut ends = BTreeMap::new();
+    let mut assignment = TopicPartitionList::new();
+    for element in starts.elements() {
+        let (low, high) = consumer.fetch_watermarks(&args.topic, element.partition(), timeout)?;
+        let start = match element.offset() {
+            Offset::Offset(o) => o,
+            _ => high,
+        }
+        .max(low);
+        if start < high {
+            ends.insert(element.partition(), high);
+            assignment.add_partition_offset(&args.topic, element.partition(), Offset::Offset(start))?;
+        }
+    }
+    consumer.assign(&assignment)?;
+
+    let (mut scored, mut anomalies, mut errors) = (0_u64, 0_u64, BTreeMap::<String, u64>::new());
+    let mut versions = BTreeMap::<(String, u64), u64>::new();
+    let mut cars = BTreeMap::<String, PerCar>::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ends.is_empty() && Instant::now() < deadline {
+        let Some(message) = consumer.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        let message = message?;
+        if let Some(end) = ends.get(&message.partition())
+            && message.offset() + 1 >= *end
+        {
+            ends.remove(&message.partition());
+        }
+        let Some(prediction) = message
+            .payload()
+            .and_then(|p| serde_json::from_slice::<Prediction>(p).ok())
+        else {
+            *errors.entry("not a prediction record".into()).or_default() += 1;
+            continue;
+        };
+        if prediction.event_time_ms > 0 && prediction.event_time_ms < since_ms {
+            continue;
+        }
+        if !prediction.error.is_empty() {
+            *errors.entry(prediction.error).or_default() += 1;
+            continue;
+        }
+        scored += 1;
+        *versions
+            .entry((prediction.model_name, prediction.model_version))
+            .or_default() += 1;
+        let car = cars.entry(prediction.car).or_default();
+        car.scored += 1;
+        if prediction.is_anomaly {
+            anomalies += 1;
+            car.anomalies += 1;
+        }
+    }
+
+    println!(
+        "{} predictions in the last {} s of {}: {scored} scored, {} refused",
+        scored + errors.values().sum::<u64>(),
+        args.last_seconds,
+        args.topic,
+        errors.values().sum::<u64>()
+    );
+    if scored > 0 {
+        println!(
+            "anomaly rate {:.1} % ({anomalies} of {scored} events)",
+            100.0 * anomalies as f64 / scored as f64
+        );
+    }
+    let answered: Vec<String> = versions.iter().map(|((m, v), n)| format!("{m} v{v} x{n}")).collect();
+    println!("answered by: {}", answered.join(", "));
+    let mut flagged: Vec<(&String, &PerCar)> = cars
+        .iter()
+        .filter(|(_, c)| c.scored > 0 && c.anomalies as f64 >= args.flag_share * c.scored as f64)
+        .collect();
+    flagged.sort_by(|a, b| (b.1.anomalies * a.1.scored).cmp(&(a.1.anomalies * b.1.scored)));
+    println!(
+        "cars flagged (>= {:.0} % of their events anomalous): {} of {}",
+        args.flag_share * 100.0,
+        flagged.len(),
+        cars.len()
+    );
+    const SHOWN: usize = 10;
+    for (car, c) in flagged.iter().take(SHOWN) {
+        println!("  {car:<8} {:>4} of {:>4} events anomalous", c.anomalies, c.scored);
+    }
+    if flagged.len() > SHOWN {
+        println!("  ... and {} more", flagged.len() - SHOWN);
+    }
+    for (reason, n) in &errors {
+        println!("refused x{n}: {reason}");
+    }
+    Ok(())
+}

@@ -1,0 +1,66 @@
+//! `make demo`'s script, run as a newcomer would (Kafka and Jaeger already up, as `make test`
+//! leaves them), on topics and ports of its own so it cannot disturb the other tests.
+
+use std::{path::Path, process::Command, time::Instant};
+
+use crate::support::*;
+
+#[test]
+fn the_demo_retrains_to_version_2_and_both_predictors_swap_without_a_failed_call() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let target = binary("kappa").parent().unwrap().parent().unwrap().to_owned();
+    let port = |_| free_port().to_string();
+    let ports: Vec<String> = (0..8).map(port).collect();
+    let started = Instant::now();
+    let output = Command::new(root.join("scripts/demo.sh"))
+        .current_dir(root)
+        .env("CARGO_TARGET_DIR", &target)
+        .env("DEMO_SECONDS", "1")
+        .env("DEMO_RETRAIN_SECONDS", "20")
+        .env("DEMO_MODELS_TOPIC", unique("test.demo-models"))
+        .env("DEMO_SENSOR_TOPIC", unique("test.demo-sensors"))
+        .env("DEMO_PREDICTIONS_TOPIC", unique("test.demo-predictions"))
+        .env("DEMO_CONSUMER_GROUP", unique("test-demo"))
+        .env("DEMO_REGISTRY_PORT", &ports[0])
+        .env("DEMO_PREDICTOR_PORT", &ports[1])
+        .env("DEMO_PREDICTOR_B_PORT", &ports[2])
+        .env("DEMO_TRAINER_PORT", &ports[3])
+        .env("DEMO_REGISTRY_METRICS_PORT", &ports[4])
+        .env("DEMO_PREDICTOR_METRICS_PORT", &ports[5])
+        .env("DEMO_PREDICTOR_B_METRICS_PORT", &ports[6])
+        .env("DEMO_TRAINER_METRICS_PORT", &ports[7])
+        .env("KAPPA_KAFKA_BOOTSTRAP", bootstrap())
+        .env("KAPPA_DEMO_RUN_DIR", std::env::temp_dir().join(unique("kappa-demo")))
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "the demo failed:\n{text}");
+    for replica in ["a", "b"] {
+        assert!(
+            text.contains(&format!("predictor {replica}: serving v1,")),
+            "replica {replica} first served version 1:\n{text}"
+        );
+        assert!(
+            text.contains(&format!("predictor {replica}: swapped to version 2,"))
+                && text.contains("refused versions 0, failed requests 0"),
+            "replica {replica} swapped to version 2 without a failed request:\n{text}"
+        );
+    }
+    assert!(
+        text.contains("the swap to version 2 under load:") && text.contains(", 0 failed (as the client saw it)"),
+        "the client kept calling through the swap and saw no failure:\n{text}"
+    );
+    // The client saw both versions answer on each replica: the swap happened under its load.
+    let answered_by_both = text
+        .lines()
+        .filter(|l| l.contains(&format!("127.0.0.1:{}:", ports[1])) || l.contains(&format!("127.0.0.1:{}:", ports[2])))
+        .filter(|l| l.contains(" v1 x") && l.contains(" v2 x"))
+        .count();
+    assert_eq!(answered_by_both, 2, "each replica answered with v1, then v2:\n{text}");
+    assert!(text.contains("Demo complete"), "{text}");
+    println!("the demo took {:.0} s", started.elapsed().as_secs_f64());
+}
