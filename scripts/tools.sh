@@ -12,12 +12,12 @@ install_go_tool() { # name module@version
 }
 install_go_tool grpcurl github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.3
 
-# A Python venv with NVIDIA's tritonclient: the standard Open Inference Protocol client the
-# predictor tests talk to.
+# A Python venv with NVIDIA's tritonclient (the standard Open Inference Protocol client the
+# predictor tests talk to) and prometheus_client (whose OpenMetrics parser checks /metrics).
 venv=${KAPPA_PY_VENV:-$HOME/.cache/kappa/py}
-if ! "$venv/bin/python" -c "import tritonclient.grpc, numpy" 2>/dev/null; then
-  echo "Installing tritonclient[grpc] into $venv..." >&2
+if ! "$venv/bin/python" -c "import tritonclient.grpc, numpy, prometheus_client" 2>/dev/null; then
+  echo "Installing tritonclient[grpc] and prometheus-client into $venv..." >&2
   python3 -m venv "$venv" >&2
-  "$venv/bin/pip" install -q "tritonclient[grpc]==2.73.0" >&2
+  "$venv/bin/pip" install -q "tritonclient[grpc]==2.73.0" "prometheus-client==0.26.0" >&2
 fi
 echo "$bin"

@@ -41,6 +41,17 @@ pub struct PredictorMetrics {
     pub model_ready: Gauge<f64, AtomicU64>,
 }
 
+/// Why a version can be refused (the `reason` label of `load_failures`).
+pub const LOAD_FAILURE_REASONS: [&str; 7] = [
+    "no_manifest",
+    "missing_chunks",
+    "read_failed",
+    "digest_mismatch",
+    "invalid_model",
+    "warmup_failed",
+    "non_finite_output",
+];
+
 impl Default for PredictorMetrics {
     fn default() -> Self {
         Self {
@@ -59,6 +70,10 @@ impl Default for PredictorMetrics {
 
 impl PredictorMetrics {
     pub fn register(&self, registry: &mut Registry) {
+        // Every reason exists from the start at 0, so an alert on its rate works from the start.
+        for reason in LOAD_FAILURE_REASONS {
+            let _ = self.load_failures.get_or_create(&ReasonLabels { reason });
+        }
         let r = registry.sub_registry_with_prefix("kappa_predictor");
         r.register(
             "requests",

@@ -73,6 +73,9 @@ pub async fn run(
 
     let stream_task = config.stream.then(|| {
         let events = crate::stream::EventCounter::default();
+        for reason in crate::stream::OUTCOMES {
+            let _ = events.get_or_create(&crate::metrics::ReasonLabels { reason });
+        }
         metrics_registry.register(
             "kappa_predictor_stream_events",
             "Sensor events handled in stream mode, by outcome (scored, or why not)",

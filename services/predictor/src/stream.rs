@@ -38,6 +38,18 @@ pub struct StreamSettings {
     pub max_in_flight: usize,
 }
 
+/// What can become of an event (the `reason` label of the events counter).
+pub const OUTCOMES: [&str; 8] = [
+    "scored",
+    "empty",
+    "malformed",
+    "no_model",
+    "not_finite",
+    "missing_feature",
+    "unknown_feature",
+    "rejected",
+];
+
 /// Events by outcome: `scored`, or the reason an event could not be scored.
 pub type EventCounter = Family<ReasonLabels, Counter>;
 

@@ -30,6 +30,10 @@ pub struct RegistryMetrics {
 
 impl RegistryMetrics {
     pub fn register(&self, registry: &mut Registry) {
+        // Every outcome exists from the start at 0, so rates and alerts work before the first one.
+        for outcome in ["created", "deduplicated", "rejected", "failed"] {
+            let _ = self.publishes.get_or_create(&OutcomeLabels { outcome });
+        }
         let r = registry.sub_registry_with_prefix("kappa_registry");
         r.register(
             "publishes",

@@ -25,6 +25,10 @@ pub struct TrainerMetrics {
 
 impl TrainerMetrics {
     pub fn register(&self, registry: &mut Registry) {
+        // Every outcome exists from the start at 0, so rates and alerts work before the first one.
+        for outcome in ["succeeded", "failed", "cancelled"] {
+            let _ = self.jobs.get_or_create(&OutcomeLabels { outcome });
+        }
         let r = registry.sub_registry_with_prefix("kappa_trainer");
         r.register(
             "jobs",

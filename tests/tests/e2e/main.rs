@@ -4,6 +4,7 @@
 
 mod demo;
 mod fleet;
+mod metrics;
 mod predictor;
 mod registry;
 mod support;

@@ -139,12 +139,12 @@ impl RegistrySetup {
 
     /// Starts the registry process without waiting for it.
     pub fn spawn(&self) -> Service {
-        let port = free_port();
+        let (port, metrics_port) = (free_port(), free_port());
         let log = log_dir().join(format!("{}-{port}.log", self.topic));
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(binary("kappa-registry"))
             .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--metrics-listen", "127.0.0.1:0"])
+            .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
             .args(["--kafka-bootstrap", &bootstrap()])
             .args(["--models-topic", &self.topic])
             .args(["--transactional-id", &self.transactional_id])
@@ -161,7 +161,7 @@ impl RegistrySetup {
             child,
             address: format!("http://127.0.0.1:{port}"),
             log,
-            metrics_url: None,
+            metrics_url: Some(format!("http://127.0.0.1:{metrics_port}/metrics")),
         }
     }
 
@@ -309,8 +309,9 @@ pub struct RawRecord {
     pub value: Option<Vec<u8>>,
 }
 
-/// Reads the whole partition 0 with a plain librdkafka consumer at the given isolation level:
-/// (key, value or None for a tombstone, timestamp in ms) of every record.
+/// Reads every partition of `topic` with a plain librdkafka consumer at the given isolation
+/// level: (key, value or None for a tombstone, timestamp in ms) of every record, in offset order
+/// within a partition.
 pub async fn read_partition(topic: &str, isolation: &str) -> Vec<(String, Option<Vec<u8>>, i64)> {
     let (topic, isolation) = (topic.to_owned(), isolation.to_owned());
     tokio::task::spawn_blocking(move || {
@@ -322,9 +323,15 @@ pub async fn read_partition(topic: &str, isolation: &str) -> Vec<(String, Option
             .set("isolation.level", isolation)
             .create()
             .unwrap();
+        let metadata = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10)).unwrap();
+        let partitions: Vec<i32> = metadata.topics()[0].partitions().iter().map(|p| p.id()).collect();
         let mut tpl = rdkafka::TopicPartitionList::new();
-        tpl.add_partition_offset(&topic, 0, rdkafka::Offset::Beginning).unwrap();
+        for p in &partitions {
+            tpl.add_partition_offset(&topic, *p, rdkafka::Offset::Beginning)
+                .unwrap();
+        }
         consumer.assign(&tpl).unwrap();
+        let mut at_end = std::collections::BTreeSet::new();
         let mut records = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -340,7 +347,12 @@ pub async fn read_partition(topic: &str, isolation: &str) -> Vec<(String, Option
                     m.payload().map(<[u8]>::to_vec),
                     m.timestamp().to_millis().unwrap_or(0),
                 )),
-                Some(Err(KafkaError::PartitionEOF(_))) => return records,
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    at_end.insert(p);
+                    if at_end.len() == partitions.len() {
+                        return records;
+                    }
+                }
                 Some(Err(e)) => panic!("reading {topic}: {e}"),
                 None => {}
             }
