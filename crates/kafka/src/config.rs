@@ -22,6 +22,29 @@ pub struct KafkaArgs {
         value_parser = parse_property
     )]
     pub properties: Vec<(String, String)>,
+
+    /// A file of librdkafka properties, one KEY=VALUE per line (`#` starts a comment), e.g. a
+    /// mounted Kubernetes Secret with credentials. --kafka-property wins over the file.
+    #[arg(
+        long = "kafka-properties-file",
+        env = "KAPPA_KAFKA_PROPERTIES_FILE",
+        value_name = "PATH"
+    )]
+    pub properties_file: Option<std::path::PathBuf>,
+
+    /// SASL user name (sets sasl.username); pair it with a security.protocol of SASL_SSL or
+    /// SASL_PLAINTEXT and a sasl.mechanism.
+    #[arg(long = "kafka-sasl-username", env = "KAPPA_KAFKA_SASL_USERNAME")]
+    pub sasl_username: Option<String>,
+
+    /// SASL password (sets sasl.password). Prefer the environment variable, filled from a
+    /// secret, to the flag, which other users of the machine can see.
+    #[arg(
+        long = "kafka-sasl-password",
+        env = "KAPPA_KAFKA_SASL_PASSWORD",
+        hide_env_values = true
+    )]
+    pub sasl_password: Option<String>,
 }
 
 fn parse_property(raw: &str) -> Result<(String, String), String> {
@@ -36,18 +59,49 @@ impl KafkaArgs {
         Self {
             bootstrap: bootstrap.into(),
             properties: Vec::new(),
+            properties_file: None,
+            sasl_username: None,
+            sasl_password: None,
         }
+    }
+
+    /// Checks what can be checked before connecting: the properties file reads and parses.
+    pub fn validate(&self) -> Result<(), String> {
+        self.file_properties().map(|_| ())
+    }
+
+    fn file_properties(&self) -> Result<Vec<(String, String)>, String> {
+        let Some(path) = &self.properties_file else {
+            return Ok(Vec::new());
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read --kafka-properties-file {}: {e}", path.display()))?;
+        text.lines()
+            .map(str::trim)
+            .enumerate()
+            .filter(|(_, line)| !line.is_empty() && !line.starts_with('#'))
+            .map(|(i, line)| parse_property(line).map_err(|e| format!("{}:{}: {e}", path.display(), i + 1)))
+            .collect()
+    }
+
+    /// Every passthrough property, in the order they apply: the file, the SASL credentials,
+    /// then --kafka-property.
+    fn all_properties(&self) -> Vec<(String, String)> {
+        let mut all = self.file_properties().unwrap_or_default();
+        if let Some(user) = &self.sasl_username {
+            all.push(("sasl.username".into(), user.clone()));
+        }
+        if let Some(password) = &self.sasl_password {
+            all.push(("sasl.password".into(), password.clone()));
+        }
+        all.extend(self.properties.iter().cloned());
+        all
     }
 
     /// A client configuration with the bootstrap servers and every passthrough property.
     /// Passthrough properties come last so an operator can override any default Kappa sets.
     pub fn client_config(&self) -> ClientConfig {
-        let mut config = ClientConfig::new();
-        config.set("bootstrap.servers", &self.bootstrap);
-        for (k, v) in &self.properties {
-            config.set(k, v);
-        }
-        config
+        self.client_config_with(&[])
     }
 
     /// Like [`Self::client_config`], with Kappa's defaults applied first.
@@ -57,15 +111,17 @@ impl KafkaArgs {
         for (k, v) in defaults {
             config.set(*k, *v);
         }
-        for (k, v) in &self.properties {
+        for (k, v) in self.all_properties() {
             config.set(k, v);
         }
         config
     }
 
     /// Property names only: values may hold secrets (sasl.password) and must never be logged.
-    pub fn property_names(&self) -> Vec<&str> {
-        self.properties.iter().map(|(k, _)| k.as_str()).collect()
+    pub fn property_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.all_properties().into_iter().map(|(k, _)| k).collect();
+        names.dedup();
+        names
     }
 }
 
@@ -78,12 +134,49 @@ mod tests {
         assert_eq!(parse_property("a.b = c").unwrap(), ("a.b".into(), "c".into()));
         assert!(parse_property("novalue").is_err());
         let args = KafkaArgs {
-            bootstrap: "k:9092".into(),
             properties: vec![("acks".into(), "1".into())],
+            ..KafkaArgs::for_bootstrap("k:9092")
         };
         let config = args.client_config_with(&[("acks", "all"), ("linger.ms", "5")]);
         assert_eq!(config.get("acks"), Some("1"));
         assert_eq!(config.get("linger.ms"), Some("5"));
         assert_eq!(config.get("bootstrap.servers"), Some("k:9092"));
+    }
+
+    #[test]
+    fn a_properties_file_and_sasl_credentials_apply_under_the_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("client.properties");
+        std::fs::write(&path, "# from a secret\nsecurity.protocol=SASL_SSL\n\nacks = 0\n").unwrap();
+        let args = KafkaArgs {
+            properties: vec![("acks".into(), "1".into())],
+            properties_file: Some(path.clone()),
+            sasl_username: Some("svc".into()),
+            sasl_password: Some("s3cret".into()),
+            ..KafkaArgs::for_bootstrap("k:9092")
+        };
+        assert_eq!(args.validate(), Ok(()));
+        let config = args.client_config();
+        assert_eq!(config.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(config.get("sasl.username"), Some("svc"));
+        assert_eq!(config.get("sasl.password"), Some("s3cret"));
+        assert_eq!(config.get("acks"), Some("1"), "the flag wins over the file");
+        let names = args.property_names();
+        assert!(names.contains(&"sasl.password".to_owned()));
+        assert!(!format!("{names:?}").contains("s3cret"), "values are never listed");
+
+        std::fs::write(&path, "security.protocol=SSL\nnot a property\n").unwrap();
+        let e = args.validate().unwrap_err();
+        assert!(e.contains("client.properties:2"), "{e}");
+        let missing = KafkaArgs {
+            properties_file: Some(dir.path().join("absent")),
+            ..KafkaArgs::for_bootstrap("k:9092")
+        };
+        assert!(
+            missing
+                .validate()
+                .unwrap_err()
+                .contains("cannot read --kafka-properties-file")
+        );
     }
 }

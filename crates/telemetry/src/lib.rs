@@ -21,6 +21,11 @@ pub use otel::OtelSettings;
 pub use service_main::{ServiceStart, service_main};
 pub use shutdown::shutdown_signal;
 
+/// grpc.health.v1 name that reports SERVING for as long as the process runs and serves gRPC:
+/// what a liveness probe asks, while readiness asks the service's own name (NOT_SERVING during
+/// a replay, before the first model, or while draining).
+pub const LIVENESS_SERVICE: &str = "liveness";
+
 /// This machine's (or pod's) host name, to tell replicas apart.
 pub fn hostname() -> String {
     std::env::var("HOSTNAME")

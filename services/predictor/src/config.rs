@@ -96,6 +96,7 @@ pub struct PredictorConfig {
 
 impl PredictorConfig {
     pub fn validate(&self) -> Result<(), String> {
+        self.kafka.validate()?;
         kappa_model::validate_name(&self.model).map_err(|e| format!("--model: {e}"))?;
         if self.follow != "latest" {
             kappa_model::validate_alias(&self.follow).map_err(|e| format!("--follow: {e}"))?;

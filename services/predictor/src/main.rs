@@ -12,9 +12,11 @@ async fn main() -> ExitCode {
         validation: config.validate(),
         check_config: config.check_config,
         summary: format!(
-            "listen={} metrics={:?} kafka={} properties={:?} topic={} model={} follow={} max_batch_size={} backend={:?} stream={}",
+            "listen={} metrics={} kafka={} properties={:?} topic={} model={} follow={} max_batch_size={} backend={:?} stream={}",
             config.listen,
-            config.metrics_listen,
+            config
+                .metrics_listen
+                .map_or_else(|| "off".to_owned(), |a| a.to_string()),
             config.kafka.bootstrap,
             config.kafka.property_names(),
             config.models_topic,

@@ -35,6 +35,9 @@ pub async fn run(
     for service in &served {
         health.set_service_status(*service, ServingStatus::NotServing).await;
     }
+    health
+        .set_service_status(kappa_telemetry::LIVENESS_SERVICE, ServingStatus::Serving)
+        .await;
 
     let slot = Arc::new(ModelSlot::default());
     let targets = follower::spawn(

@@ -75,6 +75,7 @@ fn parse_key_value(raw: &str) -> Result<(String, String), String> {
 impl RegistryConfig {
     /// Checks what clap cannot: relations between flags.
     pub fn validate(&self) -> Result<(), String> {
+        self.kafka.validate()?;
         if self.models_topic.trim().is_empty() {
             return Err("--models-topic must not be empty".into());
         }

@@ -12,9 +12,11 @@ async fn main() -> ExitCode {
         validation: config.validate(),
         check_config: config.check_config,
         summary: format!(
-            "listen={} metrics={:?} kafka={} properties={:?} topic={} transactional_id={}",
+            "listen={} metrics={} kafka={} properties={:?} topic={} transactional_id={}",
             config.listen,
-            config.metrics_listen,
+            config
+                .metrics_listen
+                .map_or_else(|| "off".to_owned(), |a| a.to_string()),
             config.kafka.bootstrap,
             config.kafka.property_names(),
             config.models_topic,

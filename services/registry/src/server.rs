@@ -66,6 +66,9 @@ pub async fn run(
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", ServingStatus::NotServing).await;
     health
+        .set_service_status(kappa_telemetry::LIVENESS_SERVICE, ServingStatus::Serving)
+        .await;
+    health
         .set_service_status(REGISTRY_SERVICE, ServingStatus::NotServing)
         .await;
     {

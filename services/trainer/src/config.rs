@@ -53,6 +53,7 @@ pub struct TrainerConfig {
 
 impl TrainerConfig {
     pub fn validate(&self) -> Result<(), String> {
+        self.kafka.validate()?;
         if !(self.registry.starts_with("http://") || self.registry.starts_with("https://")) {
             return Err(format!(
                 "--registry {:?} must be an http:// or https:// URL",

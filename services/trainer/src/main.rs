@@ -12,9 +12,11 @@ async fn main() -> ExitCode {
         validation: config.validate(),
         check_config: config.check_config,
         summary: format!(
-            "listen={} metrics={:?} kafka={} properties={:?} registry={} jobs_topic={} max_concurrent_jobs={}",
+            "listen={} metrics={} kafka={} properties={:?} registry={} jobs_topic={} max_concurrent_jobs={}",
             config.listen,
-            config.metrics_listen,
+            config
+                .metrics_listen
+                .map_or_else(|| "off".to_owned(), |a| a.to_string()),
             config.kafka.bootstrap,
             config.kafka.property_names(),
             config.registry,

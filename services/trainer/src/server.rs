@@ -49,6 +49,9 @@ pub async fn run(
     });
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", ServingStatus::Serving).await;
+    health
+        .set_service_status(kappa_telemetry::LIVENESS_SERVICE, ServingStatus::Serving)
+        .await;
     health.set_service_status(TRAINER_SERVICE, ServingStatus::Serving).await;
     let (reflection_v1, reflection_v1alpha) = kappa_api::reflection::for_services(&[TRAINER_SERVICE])?;
     let stop = CancellationToken::new();
