@@ -6,9 +6,11 @@ SHELL := /usr/bin/env bash
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/kappa/target
 export CARGO_TERM_COLOR ?= never
 KAFKA := deploy/kafka/kafka.sh
+TOOLS_BIN := $(HOME)/.cache/kappa/bin
+PY := $(HOME)/.cache/kappa/py/bin/python
 WITH_KAFKA := scripts/with-kafka.sh
 
-.PHONY: help prerequisites build test lint fmt demo bench kafka-up kafka-down kafka-logs kafka-reset jaeger-up jaeger-down clean
+.PHONY: helm-test help prerequisites build test lint fmt demo bench kafka-up kafka-down kafka-logs kafka-reset jaeger-up jaeger-down clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -28,6 +30,12 @@ test: prerequisites ## Run all tests against a real Kafka broker (started and st
 	cargo build --workspace --bins --tests
 	deploy/jaeger/jaeger.sh build >/dev/null
 	$(WITH_KAFKA) --jaeger cargo test --workspace -- --test-threads 4
+	$(MAKE) --no-print-directory helm-test
+
+helm-test: ## Helm chart: lint --strict, offline Kubernetes schema validation, --check-config of the rendered pods
+	scripts/tools.sh >/dev/null
+	cargo build --workspace --bins
+	KAPPA_BIN_DIR=$(CARGO_TARGET_DIR)/debug KAPPA_HELM=$(TOOLS_BIN)/helm $(PY) -m pytest -q tests/helm
 
 lint: ## cargo fmt --check and clippy with warnings as errors
 	cargo fmt --all -- --check

@@ -11,13 +11,16 @@ install_go_tool() { # name module@version
   (cd /tmp && GOBIN="$bin" GOFLAGS=-mod=mod go install "$2") >&2
 }
 install_go_tool grpcurl github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.3
+install_go_tool helm helm.sh/helm/v3/cmd/helm@v3.22.0
 
 # A Python venv with NVIDIA's tritonclient (the standard Open Inference Protocol client the
-# predictor tests talk to) and prometheus_client (whose OpenMetrics parser checks /metrics).
+# predictor tests talk to), prometheus_client (whose OpenMetrics parser checks /metrics), and
+# kubernetes-validate with pytest for the Helm chart's tests.
 venv=${KAPPA_PY_VENV:-$HOME/.cache/kappa/py}
-if ! "$venv/bin/python" -c "import tritonclient.grpc, numpy, prometheus_client" 2>/dev/null; then
-  echo "Installing tritonclient[grpc] and prometheus-client into $venv..." >&2
+if ! "$venv/bin/python" -c "import tritonclient.grpc, numpy, prometheus_client, kubernetes_validate, pytest, yaml" 2>/dev/null; then
+  echo "Installing tritonclient[grpc], prometheus-client, kubernetes-validate and pytest into $venv..." >&2
   python3 -m venv "$venv" >&2
-  "$venv/bin/pip" install -q "tritonclient[grpc]==2.73.0" "prometheus-client==0.26.0" >&2
+  "$venv/bin/pip" install -q "tritonclient[grpc]==2.73.0" "prometheus-client==0.26.0" \
+    "kubernetes-validate==1.37.0" "pytest==8.4.2" >&2
 fi
 echo "$bin"

@@ -28,6 +28,10 @@ pub struct TrainerConfig {
     #[arg(long, env = "KAPPA_JOBS_TOPIC", default_value = "kappa.training-jobs")]
     pub jobs_topic: String,
 
+    /// Replication factor of the jobs topic when the trainer creates it (3 on a production cluster).
+    #[arg(long, env = "KAPPA_REPLICATION_FACTOR", default_value_t = 1)]
+    pub replication_factor: i32,
+
     /// Training jobs that may run at once; more are refused with RESOURCE_EXHAUSTED.
     #[arg(long, env = "KAPPA_MAX_CONCURRENT_JOBS", default_value_t = 2,
           value_parser = clap::value_parser!(u32).range(1..=64))]
@@ -62,6 +66,9 @@ impl TrainerConfig {
         }
         if self.max_rows == 0 {
             return Err("--max-rows must be at least 1".into());
+        }
+        if self.replication_factor < 1 {
+            return Err("--replication-factor must be at least 1".into());
         }
         Ok(())
     }

@@ -29,7 +29,7 @@ pub async fn run(
     let metrics = Arc::new(crate::metrics::TrainerMetrics::default());
     let mut metrics_registry = prometheus_client::registry::Registry::default();
     metrics.register(&mut metrics_registry);
-    let (store, past_jobs) = JobStore::open(&kafka, &config.jobs_topic).await?;
+    let (store, past_jobs) = JobStore::open(&kafka, &config.jobs_topic, config.replication_factor).await?;
     let store = Arc::new(store);
     tracing::info!(
         jobs = past_jobs.len(),

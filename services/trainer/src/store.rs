@@ -21,12 +21,12 @@ pub struct JobStore {
 
 impl JobStore {
     /// Creates the jobs topic when absent and returns the store with the jobs it holds.
-    pub async fn open(config: &ClientConfig, topic: &str) -> anyhow::Result<(Self, Vec<Job>)> {
+    pub async fn open(config: &ClientConfig, topic: &str, replication_factor: i32) -> anyhow::Result<(Self, Vec<Job>)> {
         ensure_models_topic(
             config,
             &ModelsTopicSettings {
                 topic: topic.to_owned(),
-                replication_factor: 1,
+                replication_factor,
                 max_message_bytes: 1024 * 1024,
                 extra_configs: Vec::new(),
             },

@@ -1,0 +1,214 @@
+"""The Helm chart, checked without a cluster: `helm lint --strict`, offline validation of the
+rendered manifests against Kubernetes' schemas (kubernetes-validate), the schema's refusal of wrong
+values, and the rendered containers against the real binaries (`--check-config` with the rendered
+args and env: the ports the probes and Services use are the ports the binary listens on).
+
+Run by `make test`; needs helm (KAPPA_HELM), the built binaries (KAPPA_BIN_DIR) and the venv's
+kubernetes-validate."""
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm" / "kappa"
+HELM = os.environ.get("KAPPA_HELM", str(pathlib.Path.home() / ".cache/kappa/bin/helm"))
+BIN_DIR = pathlib.Path(os.environ.get("KAPPA_BIN_DIR", ROOT / "target" / "debug"))
+KUBE_VERSION = "1.33.0"
+VALUES = {
+    "default": CHART / "ci" / "default-values.yaml",
+    "production": CHART / "ci" / "production-values.yaml",
+}
+BINARIES = {"registry": "kappa-registry", "predictor": "kappa-predictor", "trainer": "kappa-trainer"}
+HEALTH_NAMES = {
+    "registry": "kappa.registry.v1.Registry",
+    "predictor": "kappa.predictor.v1.Predictor",
+    "trainer": "kappa.trainer.v1.Trainer",
+}
+
+
+def helm(*args, check=True):
+    result = subprocess.run([HELM, *args], capture_output=True, text=True)
+    if check and result.returncode != 0:
+        pytest.fail(f"helm {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def render(values):
+    out = helm("template", "kappa", str(CHART), "-f", str(values), "--kube-version", KUBE_VERSION).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+@pytest.mark.parametrize("name", VALUES)
+def test_helm_lint_strict_passes(name):
+    result = helm("lint", "--strict", str(CHART), "-f", str(VALUES[name]), "--kube-version", KUBE_VERSION)
+    assert "0 chart(s) failed" in result.stdout
+
+
+@pytest.mark.parametrize("name", VALUES)
+def test_rendered_manifests_validate_against_kubernetes_schemas(name, tmp_path):
+    out = helm("template", "kappa", str(CHART), "-f", str(VALUES[name]), "--kube-version", KUBE_VERSION).stdout
+    manifest = tmp_path / "rendered.yaml"
+    manifest.write_text(out)
+    validator = pathlib.Path(sys.executable).with_name("kubernetes-validate")
+    result = subprocess.run(
+        [str(validator), "--strict", "-k", KUBE_VERSION, str(manifest)], capture_output=True, text=True
+    )
+    report = result.stdout + result.stderr
+    assert result.returncode == 0, report
+    kinds = {d["kind"] for d in yaml.safe_load_all(out) if d}
+    # Everything but the Prometheus Operator's CRD is checked against a bundled schema.
+    for kind in kinds - {"ServiceMonitor"}:
+        assert f"passed for resource {kind.lower()}/" in report, f"{kind} was not validated:\n{report}"
+
+
+def test_production_values_render_what_operators_expect():
+    docs = render(VALUES["production"])
+    by_kind = {}
+    for d in docs:
+        by_kind.setdefault(d["kind"], {})[d["metadata"]["name"]] = d
+    registry = by_kind["Deployment"]["kappa-registry"]
+    assert registry["spec"]["replicas"] == 1 and registry["spec"]["strategy"]["type"] == "Recreate"
+    assert "startupProbe" in registry["spec"]["template"]["spec"]["containers"][0]
+    predictor = by_kind["Deployment"]["kappa-predictor"]
+    assert "replicas" not in predictor["spec"], "the autoscaler owns the predictor's replica count"
+    assert by_kind["HorizontalPodAutoscaler"]["kappa-predictor"]["spec"]["minReplicas"] == 3
+    assert by_kind["PodDisruptionBudget"]["kappa-predictor"]["spec"]["minAvailable"] == 2
+    assert set(by_kind["ServiceMonitor"]) == {"kappa-registry", "kappa-predictor", "kappa-trainer"}
+    for name, deployment in by_kind["Deployment"].items():
+        pod = deployment["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        for label in ["app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/component",
+                      "app.kubernetes.io/version", "app.kubernetes.io/managed-by", "app.kubernetes.io/part-of"]:
+            assert label in labels, f"{name}: {label}"
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        sc = container["securityContext"]
+        assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+        assert sc["capabilities"]["drop"] == ["ALL"]
+        assert container["resources"]["requests"] and container["resources"]["limits"]
+        env = {e["name"]: e for e in container["env"]}
+        assert env["KAPPA_KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "kappa-kafka-sasl"
+        assert "s3cret" not in yaml.safe_dump(deployment), "no secret value is rendered"
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"] == "http://otel-collector.observability:4317"
+        assert env["KAPPA_MODELS_TOPIC"]["value"] == "ml.kappa.models", "one topic name for all three"
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        assert mounts["kafka-tls"] == "/etc/kappa/kafka-tls"
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert volumes["kafka-tls"]["secret"]["secretName"] == "kappa-kafka-tls"
+        props = env["KAPPA_KAFKA_PROPERTIES"]["value"]
+        assert "security.protocol=SASL_SSL" in props and "ssl.ca.location=/etc/kappa/kafka-tls/ca.crt" in props
+    stream_args = by_kind["Deployment"]["kappa-predictor"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--stream" in stream_args and "--sensor-topic=fleet.sensor-data" in stream_args
+
+
+def check_config(container, tmp_path):
+    """Runs the container's binary as the kubelet would (args, env, mounted files), with --check-config."""
+    binary = BIN_DIR / pathlib.Path(container["command"][0]).name
+    assert binary.exists(), f"{binary} is missing: build the binaries first (make test does)"
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path)}
+    mounts = {m["mountPath"]: tmp_path / m["name"] for m in container.get("volumeMounts", [])}
+    for target in mounts.values():
+        target.mkdir(parents=True, exist_ok=True)
+    for e in container["env"]:
+        if "value" in e:
+            value = e["value"]
+            for mount_path, local in mounts.items():
+                value = value.replace(mount_path, str(local))
+            env[e["name"]] = value
+        elif "secretKeyRef" in e.get("valueFrom", {}):
+            env[e["name"]] = "secret-from-" + e["valueFrom"]["secretKeyRef"]["name"]
+        else:
+            env[e["name"]] = "kappa-0"
+    if "KAPPA_KAFKA_PROPERTIES_FILE" in env:
+        # What the mounted Secret would hold.
+        pathlib.Path(env["KAPPA_KAFKA_PROPERTIES_FILE"]).write_text("# from the Secret\nsocket.timeout.ms=30000\n")
+    result = subprocess.run(
+        [str(binary), *container.get("args", []), "--check-config"], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, f"{binary.name} refused its rendered configuration:\n{result.stderr}"
+    summary = result.stdout
+    assert "secret-from-" not in summary, "--check-config must not print secrets"
+    listen = int(re.search(r"listen=[^ ]*:(\d+)", summary).group(1))
+    metrics = int(re.search(r"metrics=[^ ]*:(\d+)", summary).group(1))
+    assert re.search(r"listen=0\.0\.0\.0:", summary), "in a pod it must listen on all interfaces"
+    return listen, metrics, summary
+
+
+@pytest.mark.parametrize("name", VALUES)
+def test_rendered_containers_match_the_binaries_ports_and_health_names(name, tmp_path):
+    docs = render(VALUES[name])
+    services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+    monitors = [d for d in docs if d["kind"] == "ServiceMonitor"]
+    deployments = [d for d in docs if d["kind"] == "Deployment"]
+    assert {d["metadata"]["labels"]["app.kubernetes.io/component"] for d in deployments} == set(BINARIES)
+    for deployment in deployments:
+        component = deployment["metadata"]["labels"]["app.kubernetes.io/component"]
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        assert container["command"] == [f"/usr/local/bin/{BINARIES[component]}"]
+        listen, metrics, summary = check_config(container, tmp_path / component)
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert ports == {"grpc": listen, "metrics": metrics}, summary
+        for probe in ["livenessProbe", "readinessProbe", "startupProbe"]:
+            if probe in container:
+                assert container[probe]["grpc"]["port"] == listen, probe
+        assert container["livenessProbe"]["grpc"]["service"] == "liveness"
+        assert container["readinessProbe"]["grpc"]["service"] == HEALTH_NAMES[component]
+        service = services[deployment["metadata"]["name"]]
+        assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+        targets = {p["name"]: p["targetPort"] for p in service["spec"]["ports"]}
+        assert targets == {"grpc": "grpc", "metrics": "metrics"}, "Service ports name the container's ports"
+        for monitor in monitors:
+            if monitor["metadata"]["name"] == deployment["metadata"]["name"]:
+                assert monitor["spec"]["endpoints"][0]["port"] in targets
+                assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+
+
+@pytest.mark.parametrize(
+    "override, complaint",
+    [
+        ("predictor.maxBatchSize=lots", "/predictor/maxBatchSize"),
+        ("predictor.modle=car-anomaly", "additional properties 'modle' not allowed"),
+        ("registry.replicas=2", "/registry/replicas"),
+        ("kafka.sasl.mechanism=GSSAPI-ish", "/kafka/sasl/mechanism"),
+        ("tracing.otlpEndpoint=collector:4317", "/tracing/otlpEndpoint"),
+        ("logs.format=xml", "/logs/format"),
+    ],
+)
+def test_wrong_values_are_refused_by_the_schema(override, complaint):
+    result = helm(
+        "template", "kappa", str(CHART), "-f", str(VALUES["default"]), "--set", override,
+        "--kube-version", KUBE_VERSION, check=False,
+    )
+    assert result.returncode != 0, f"{override} was accepted"
+    assert complaint in result.stderr, result.stderr
+
+
+def test_a_missing_bootstrap_server_is_refused_with_what_to_set():
+    result = helm("template", "kappa", str(CHART), "--kube-version", KUBE_VERSION, check=False)
+    assert result.returncode != 0
+    assert "kafka.bootstrapServers is required" in result.stderr
+
+
+def test_the_dockerfile_builds_the_binaries_and_exposes_the_ports_the_chart_uses():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    for component, binary in BINARIES.items():
+        assert f"--bin {binary}" in dockerfile and f"target/release/{binary}" in dockerfile
+        assert (BIN_DIR / binary).exists()
+        # The binary's own default ports are the chart's and the image's.
+        default = subprocess.run([str(BIN_DIR / binary), "--check-config", *(
+            ["--model", "m"] if component == "predictor" else [])], capture_output=True, text=True)
+        assert default.returncode == 0, default.stderr
+        listen = int(re.search(r"listen=[^ ]*:(\d+)", default.stdout).group(1))
+        metrics = int(re.search(r"metrics=[^ ]*:(\d+)", default.stdout).group(1))
+        assert values[component]["grpcPort"] == listen and values[component]["metricsPort"] == metrics
+        expose = re.search(r"^EXPOSE (.+)$", dockerfile, re.M).group(1).split()
+        assert str(listen) in expose and str(metrics) in expose
+    assert re.search(r"^USER 10001", dockerfile, re.M), "the image runs as the chart's non-root user"
+    assert values["podSecurityContext"]["runAsUser"] == 10001
