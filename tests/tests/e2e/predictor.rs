@@ -169,6 +169,18 @@ async fn metadata_names_features_and_version_and_health_follows_loading() {
     );
     let err = typed.predict(sensor_request(1.0)).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    // Kubernetes' probes: not ready (no model), yet alive, so it is not restarted while it waits.
+    for (name, expected) in [
+        ("kappa.predictor.v1.Predictor", HealthStatus::NotServing),
+        ("", HealthStatus::NotServing),
+        ("liveness", HealthStatus::Serving),
+    ] {
+        assert_eq!(health_status(&waiting.service, name).await, Some(expected), "{name:?}");
+    }
+    assert_eq!(
+        health_status(&predictor.service, "liveness").await,
+        Some(HealthStatus::Serving)
+    );
 }
 
 #[tokio::test]

@@ -173,6 +173,24 @@ impl RegistrySetup {
     }
 }
 
+pub use tonic_health::pb::health_check_response::ServingStatus as HealthStatus;
+
+/// One grpc.health.v1 check of `service_name`; None when the call fails.
+pub async fn health_status(service: &Service, service_name: &str) -> Option<HealthStatus> {
+    let channel = Channel::from_shared(service.address.clone())
+        .unwrap()
+        .connect()
+        .await
+        .ok()?;
+    let response = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: service_name.to_owned(),
+        })
+        .await
+        .ok()?;
+    HealthStatus::try_from(response.into_inner().status).ok()
+}
+
 /// Polls grpc.health.v1 until `service_name` is SERVING (bounded: 60 s).
 pub async fn wait_serving(service: &Service, service_name: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
