@@ -71,4 +71,5 @@ clean: ## Remove build output
 
 bench: prerequisites ## Benchmarks with same-run baselines (release build; prints markdown tables)
 	cargo build --release --workspace --bins
-	$(WITH_KAFKA) scripts/bench.sh
+	deploy/jaeger/jaeger.sh build >/dev/null
+	$(WITH_KAFKA) --jaeger scripts/bench.sh

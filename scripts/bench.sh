@@ -61,6 +61,26 @@ echo
 echo "predictor RSS with the model loaded, after the load: $((rss / 1024)) MiB (budget 64 MiB)"
 
 echo
+echo "## Predictor: the cost of tracing (spans exported to the local Jaeger on the same cores)"
+# The same predictor, three ways, each against the echo baseline in the same invocation.
+for cfg in "off:OTEL_SDK_DISABLED=true" "default (1% of untraced requests):OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4317" \
+  "every request:OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4317 OTEL_TRACES_SAMPLER=parentbased_always_on"; do
+  label=${cfg%%:*}; vars=${cfg#*:}
+  tport=$((pport + 20)); tmetrics=$((pmetrics + 20))
+  env $vars "$bin/kappa-predictor" --listen "127.0.0.1:$tport" --metrics-listen "127.0.0.1:$tmetrics" \
+    --models-topic "$topic" --model bench-model --log warn >>"$run/traced-predictor.log" 2>&1 &
+  tpid=$!
+  for _ in $(seq 1 120); do
+    curl -sf "http://127.0.0.1:$tmetrics/metrics" | grep -q '^kappa_predictor_model_ready 1' && break
+    sleep 0.5
+  done
+  echo "tracing $label:"
+  "$bin/predictor-bench" serve --predictor "http://127.0.0.1:$tport" --echo "http://127.0.0.1:$eport" \
+    --seconds "${BENCH_SECONDS:-5}" | grep -E "throughput|p99 latency, 1 in flight"
+  kill "$tpid"; wait "$tpid" 2>/dev/null || true
+done
+
+echo
 echo "## Predictor: publish -> first served response, and p99 with and without swaps"
 "$bin/predictor-bench" swaps --predictor "http://127.0.0.1:$pport" --registry "http://127.0.0.1:$port" \
   --model bench-model --swaps "${BENCH_SWAPS:-50}"

@@ -178,6 +178,7 @@ def test_rendered_containers_match_the_binaries_ports_and_health_names(name, tmp
         ("kafka.sasl.mechanism=GSSAPI-ish", "/kafka/sasl/mechanism"),
         ("tracing.otlpEndpoint=collector:4317", "/tracing/otlpEndpoint"),
         ("logs.format=xml", "/logs/format"),
+        ("tracing.requestRatio=1.5", "/tracing/requestRatio"),
     ],
 )
 def test_wrong_values_are_refused_by_the_schema(override, complaint):

@@ -9,17 +9,20 @@
 
 use std::{sync::Arc, time::Duration};
 
-use opentelemetry::{KeyValue, trace::TracerProvider as _};
+use opentelemetry::{
+    KeyValue,
+    trace::{Link, SpanKind, TraceId, TracerProvider as _},
+};
 use opentelemetry_otlp::{SpanExporter as OtlpExporter, WithExportConfig as _};
 use opentelemetry_sdk::{
     Resource,
     error::OTelSdkResult,
     propagation::TraceContextPropagator,
-    trace::{SdkTracerProvider, SpanData, SpanExporter},
+    trace::{Sampler, SamplingResult, SdkTracerProvider, ShouldSample, SpanData, SpanExporter},
 };
 
 /// What the `OTEL_*` environment asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct OtelSettings {
     pub disabled: bool,
     /// The OTLP/gRPC endpoint spans go to, when exporting.
@@ -28,6 +31,9 @@ pub struct OtelSettings {
     pub service_name_override: Option<String>,
     /// `OTEL_RESOURCE_ATTRIBUTES` as given (the SDK parses it).
     pub resource_attributes: String,
+    /// Kappa's sampling, unless `OTEL_TRACES_SAMPLER` takes over: the share of inference
+    /// requests that arrive untraced and start a trace (`KAPPA_TRACE_REQUEST_RATIO`).
+    pub request_ratio: Option<f64>,
 }
 
 impl OtelSettings {
@@ -63,13 +69,66 @@ impl OtelSettings {
                 "the OTLP endpoint {endpoint:?} needs a scheme, e.g. http://127.0.0.1:4317 (from OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT)"
             ));
         }
+        let request_ratio = match lookup("OTEL_TRACES_SAMPLER") {
+            Some(_) => None,
+            None => Some(match lookup("KAPPA_TRACE_REQUEST_RATIO") {
+                Some(raw) => raw
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|r| (0.0..=1.0).contains(r))
+                    .ok_or_else(|| format!("KAPPA_TRACE_REQUEST_RATIO={raw} is not a share between 0 and 1"))?,
+                None => DEFAULT_REQUEST_RATIO,
+            }),
+        };
         Ok(Self {
+            request_ratio,
             disabled,
             endpoint: endpoint.filter(|_| !disabled && !exporter_off),
             service_name_override: lookup("OTEL_SERVICE_NAME"),
             resource_attributes: lookup("OTEL_RESOURCE_ATTRIBUTES").unwrap_or_default(),
         })
     }
+}
+
+/// Untraced inference requests that start a trace, by default: every request would cost the
+/// predictor about half its throughput once exported (see the README's benchmarks), while model
+/// journeys and administrative calls are rare and always traced.
+pub const DEFAULT_REQUEST_RATIO: f64 = 0.01;
+
+/// Spans that are inference requests: the hot path, sampled by ratio when they start a trace.
+const INFERENCE_PREFIXES: [&str; 2] = ["kappa.predictor.v1.Predictor/", "inference.GRPCInferenceService/"];
+
+/// Kappa's default sampler: follow the parent's decision when there is one (a caller's sampled
+/// `traceparent` is always honoured); otherwise trace every operation except inference requests,
+/// of which `ratio` start a trace.
+#[derive(Debug, Clone)]
+struct RequestRatio {
+    ratio: Sampler,
+}
+
+impl ShouldSample for RequestRatio {
+    fn should_sample(
+        &self,
+        parent_context: Option<&opentelemetry::Context>,
+        trace_id: TraceId,
+        name: &str,
+        span_kind: &SpanKind,
+        attributes: &[KeyValue],
+        links: &[Link],
+    ) -> SamplingResult {
+        if INFERENCE_PREFIXES.iter().any(|p| name.starts_with(p)) {
+            self.ratio
+                .should_sample(parent_context, trace_id, name, span_kind, attributes, links)
+        } else {
+            Sampler::AlwaysOn.should_sample(parent_context, trace_id, name, span_kind, attributes, links)
+        }
+    }
+}
+
+fn kappa_sampler(ratio: f64) -> Sampler {
+    Sampler::ParentBased(Box::new(RequestRatio {
+        ratio: Sampler::TraceIdRatioBased(ratio),
+    }))
 }
 
 /// Keeps the tracer provider (and the exporter's runtime) alive; flushes spans when dropped.
@@ -105,6 +164,9 @@ pub fn tracer_provider(service: &'static str, settings: &OtelSettings) -> anyhow
     }
     let resource = resource.build();
     let mut builder = SdkTracerProvider::builder().with_resource(resource);
+    if let Some(ratio) = settings.request_ratio {
+        builder = builder.with_sampler(kappa_sampler(ratio));
+    }
     let mut runtime = None;
     if let Some(endpoint) = &settings.endpoint {
         // The SDK's batch processor exports from its own OS thread, where the tonic transport
@@ -168,6 +230,8 @@ impl SpanExporter for OnRuntime {
 
 #[cfg(test)]
 mod tests {
+    use opentelemetry_sdk::trace::SamplingDecision;
+
     use super::*;
 
     fn settings(vars: &[(&str, &str)]) -> Result<OtelSettings, String> {
@@ -189,6 +253,48 @@ mod tests {
             let s = settings(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://a:4317"), off]).unwrap();
             assert_eq!(s.endpoint, None, "{off:?}");
         }
+    }
+
+    #[test]
+    fn kappa_samples_untraced_inference_by_ratio_and_everything_else_always() {
+        assert_eq!(settings(&[]).unwrap().request_ratio, Some(DEFAULT_REQUEST_RATIO));
+        assert_eq!(
+            settings(&[("KAPPA_TRACE_REQUEST_RATIO", "0.5")]).unwrap().request_ratio,
+            Some(0.5)
+        );
+        assert!(settings(&[("KAPPA_TRACE_REQUEST_RATIO", "2")]).is_err());
+        let explicit = settings(&[("OTEL_TRACES_SAMPLER", "always_on")]).unwrap();
+        assert_eq!(explicit.request_ratio, None, "OTEL_TRACES_SAMPLER takes over");
+
+        let decide = |sampler: &Sampler, name: &str, parent: Option<&opentelemetry::Context>, id: u128| {
+            sampler
+                .should_sample(parent, TraceId::from(id), name, &SpanKind::Server, &[], &[])
+                .decision
+        };
+        let none = kappa_sampler(0.0);
+        let predict = "kappa.predictor.v1.Predictor/Predict";
+        assert_eq!(decide(&none, predict, None, 7), SamplingDecision::Drop);
+        assert_eq!(
+            decide(&none, "inference.GRPCInferenceService/ModelInfer", None, 7),
+            SamplingDecision::Drop
+        );
+        for name in ["model.load", "training_round", "kappa.registry.v1.Registry/Publish"] {
+            assert_eq!(
+                decide(&none, name, None, 7),
+                SamplingDecision::RecordAndSample,
+                "{name}"
+            );
+        }
+        // A caller's sampled context is followed whatever the ratio.
+        let parent = crate::propagation::extract(|k| {
+            (k == "traceparent").then(|| "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned())
+        });
+        assert_eq!(
+            decide(&none, predict, Some(&parent), 7),
+            SamplingDecision::RecordAndSample
+        );
+        let all = kappa_sampler(1.0);
+        assert_eq!(decide(&all, predict, None, 7), SamplingDecision::RecordAndSample);
     }
 
     #[test]

@@ -104,8 +104,13 @@ app.kubernetes.io/component: {{ .component }}
 - name: OTEL_EXPORTER_OTLP_ENDPOINT
   value: {{ $v.tracing.otlpEndpoint | quote }}
 {{- end }}
+{{- if $v.tracing.sampler }}
 - name: OTEL_TRACES_SAMPLER
   value: {{ $v.tracing.sampler | quote }}
+{{- else }}
+- name: KAPPA_TRACE_REQUEST_RATIO
+  value: {{ $v.tracing.requestRatio | toString | quote }}
+{{- end }}
 {{- if $v.tracing.samplerArg }}
 - name: OTEL_TRACES_SAMPLER_ARG
   value: {{ $v.tracing.samplerArg | quote }}
