@@ -11,14 +11,13 @@ use std::{
 
 use kappa_api::{
     predictor::{PredictRequest, predictor_client::PredictorClient},
-    trainer::{JobPhase, StartTrainingRequest, trainer_client::TrainerClient},
+    trainer::JobPhase,
 };
 use kappa_model::example::{SENSOR_FIELDS, random_weights, sensor_autoencoder_manifest};
-use tonic::transport::Channel;
 
 use crate::{
     support::*,
-    trainer::{spec, wait_done},
+    trainer::{spec, start_job, trainer_client, wait_done},
 };
 
 /// Metric family names the README's Observability section documents, by service prefix.
@@ -194,20 +193,8 @@ async fn every_services_metrics_are_valid_documented_and_move_with_traffic() {
             "600",
         ],
     );
-    let mut client = TrainerClient::new(
-        Channel::from_shared(trainer.address.clone())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap(),
-    );
-    let job = client
-        .start_training(StartTrainingRequest {
-            spec: Some(spec("metered-trained", &topic, 0, i64::MAX / 2)),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut client = trainer_client(&trainer).await;
+    let job = start_job(&mut client, spec("metered-trained", &topic, 0, i64::MAX / 2)).await;
     let done = wait_done(&mut client, &job.job_id, Duration::from_secs(120)).await;
     assert_eq!(done.phase, JobPhase::Succeeded as i32, "{}", done.message);
     let after = checked_scrape(&trainer_metrics, "kappa_trainer", &documented, true).await;

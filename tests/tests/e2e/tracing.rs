@@ -8,7 +8,7 @@ use std::{
 
 use kappa_api::{
     predictor::{PredictRequest, predictor_client::PredictorClient},
-    trainer::{JobPhase, StartTrainingRequest, trainer_client::TrainerClient},
+    trainer::{JobPhase, StartTrainingRequest},
 };
 use kappa_model::example::{SENSOR_FIELDS, random_weights, sensor_autoencoder_manifest};
 use rdkafka::{
@@ -18,11 +18,10 @@ use rdkafka::{
     producer::{FutureProducer, FutureRecord},
 };
 use serde_json::Value;
-use tonic::transport::Channel;
 
 use crate::{
     support::*,
-    trainer::{spec, wait_done},
+    trainer::{spec, trainer_client, wait_done},
 };
 
 #[derive(Debug, Clone)]
@@ -148,13 +147,7 @@ async fn a_models_journey_is_one_trace_from_the_training_call_to_every_predictor
     );
 
     let (traceparent, trace_id, client_span) = new_traceparent();
-    let mut client = TrainerClient::new(
-        Channel::from_shared(trainer.address.clone())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap(),
-    );
+    let mut client = trainer_client(&trainer).await;
     let job = client
         .start_training(with_traceparent(
             StartTrainingRequest {
@@ -174,11 +167,17 @@ async fn a_models_journey_is_one_trace_from_the_training_call_to_every_predictor
         "{lineage_trace:?} should continue trace {trace_id}"
     );
 
+    // Services export on their own schedules (a predictor may swap before the registry's
+    // Publish span has even ended), so wait until every expected span has arrived.
     let trace = jaeger_trace(&trace_id, |t| {
         t.0.iter()
             .filter(|s| s.service == "kappa-predictor" && s.operation == "swap")
             .count()
             == predictors.len()
+            && t.has("kappa-registry", "kafka.transaction")
+            && t.has("kappa-registry", "kappa.registry.v1.Registry/Publish")
+            && t.has("kappa-trainer", "training_job")
+            && t.has("kappa-trainer", "kappa.trainer.v1.Trainer/StartTraining")
     })
     .await;
     let services: BTreeSet<&str> = trace.0.iter().map(|s| s.service.as_str()).collect();

@@ -18,7 +18,7 @@ use tonic::{Code, transport::Channel};
 
 use crate::support::*;
 
-async fn trainer_client(trainer: &Service) -> TrainerClient<Channel> {
+pub(crate) async fn trainer_client(trainer: &Service) -> TrainerClient<Channel> {
     TrainerClient::new(
         Channel::from_shared(trainer.address.clone())
             .unwrap()
@@ -40,7 +40,7 @@ pub(crate) fn spec(model: &str, topic: &str, from_ms: i64, to_ms: i64) -> Traini
     }
 }
 
-async fn start_job(client: &mut TrainerClient<Channel>, spec: TrainingSpec) -> Job {
+pub(crate) async fn start_job(client: &mut TrainerClient<Channel>, spec: TrainingSpec) -> Job {
     client
         .start_training(StartTrainingRequest { spec: Some(spec) })
         .await
