@@ -125,7 +125,7 @@ fn with_traceparent<T>(message: T, traceparent: &str) -> tonic::Request<T> {
 
 #[tokio::test]
 async fn a_models_journey_is_one_trace_from_the_training_call_to_every_predictors_swap() {
-    let setup = RegistrySetup::new().traced();
+    let setup = RegistrySetup::new().traced().arg("--log-format=json");
     let registry = setup.start().await;
     let predictors: Vec<Predictor> = (0..2)
         .map(|_| PredictorSetup::new(&setup.topic, "journey", "latest").traced().spawn())
@@ -223,6 +223,21 @@ async fn a_models_journey_is_one_trace_from_the_training_call_to_every_predictor
             assert_eq!(steps.len(), 1, "{step} under load {}: {:#?}", load.id, trace.0);
         }
     }
+    // Log lines name their trace: the registry logs JSON, the trainer text.
+    let publish_line = registry
+        .log_text()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| l["message"] == "published a new model version")
+        .expect("the registry logged the publish as a JSON line");
+    assert_eq!(publish_line["trace_id"], trace_id.as_str(), "{publish_line}");
+    let trainer_log = trainer.log_text();
+    let published = trainer_log
+        .lines()
+        .find(|l| l.contains("published a trained model"))
+        .expect("the trainer logged the publish");
+    assert!(published.ends_with(&format!("trace_id={trace_id}")), "{published}");
+
     // Both replicas serve what they loaded.
     for predictor in &predictors {
         wait_serving(&predictor.service, "kappa.predictor.v1.Predictor").await;
