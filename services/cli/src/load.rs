@@ -15,7 +15,8 @@ use std::{
 use anyhow::Context as _;
 use clap::Args;
 use kappa_api::predictor::{PredictRequest, predictor_client::PredictorClient};
-use tonic::transport::{Channel, Endpoint};
+use kappa_telemetry::{TracedChannel, traced};
+use tonic::transport::Endpoint;
 
 use crate::predict::rows;
 
@@ -107,7 +108,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
             .connect()
             .await
             .with_context(|| format!("cannot reach kappa-predictor at {url}; is it running? (--predictor)"))?;
-        clients.push(PredictorClient::new(channel));
+        clients.push(PredictorClient::new(traced(channel)));
     }
     let tally = Arc::new(Mutex::new(Tally {
         latencies: Latencies::new(),
@@ -191,7 +192,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
 }
 
 async fn worker(
-    mut clients: Vec<PredictorClient<Channel>>,
+    mut clients: Vec<PredictorClient<TracedChannel>>,
     requests: Arc<Vec<PredictRequest>>,
     tally: Arc<Mutex<Tally>>,
     sent: Arc<AtomicU64>,

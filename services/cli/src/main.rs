@@ -10,6 +10,7 @@ mod train;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tracing::Instrument as _;
 
 /// Command line for Kappa, the Kafka-native model-serving mesh.
 #[derive(Debug, Parser)]
@@ -35,17 +36,65 @@ enum Command {
     Fleet(fleet::FleetArgs),
 }
 
+impl Command {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Models(_) => "kappa models",
+            Self::Predict(_) => "kappa predict",
+            Self::Load(_) => "kappa load",
+            Self::Predictions(_) => "kappa predictions",
+            Self::Train(_) => "kappa train",
+            Self::Fleet(_) => "kappa fleet",
+        }
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Models(args) => models::run(args).await,
-        Command::Predict(args) => predict::run(args).await,
-        Command::Fleet(args) => fleet::run(args).await,
-        Command::Load(args) => load::run(args).await,
-        Command::Predictions(args) => predictions::run(args).await,
-        Command::Train(args) => train::run(args).await,
+    // With OTEL_EXPORTER_OTLP_ENDPOINT set, a command is a trace of its own: its gRPC calls
+    // carry the context, so e.g. `kappa train start` roots the model's whole journey.
+    let telemetry = match kappa_telemetry::OtelSettings::from_env() {
+        Ok(settings) if settings.endpoint.is_some() => {
+            let quiet = kappa_telemetry::LogArgs {
+                log_format: kappa_telemetry::LogFormat::Text,
+                log: "warn".into(),
+            };
+            match kappa_telemetry::init_telemetry("kappa-cli", &quiet) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    eprintln!("kappa: tracing is off: {e:#}");
+                    None
+                }
+            }
+        }
+        Ok(_) => None,
+        // The variables may be meant for other programs: the command still runs, untraced.
+        Err(e) => {
+            eprintln!("kappa: tracing is off: {e}");
+            None
+        }
     };
+    // Commands that send many requests leave each one a root of its own, sampled like any
+    // inference request; the others are one trace.
+    let span = if matches!(cli.command, Command::Load(_) | Command::Predict(_)) {
+        tracing::Span::none()
+    } else {
+        tracing::info_span!("kappa", otel.name = cli.command.name(), otel.kind = "client")
+    };
+    let result = async {
+        match cli.command {
+            Command::Models(args) => models::run(args).await,
+            Command::Predict(args) => predict::run(args).await,
+            Command::Fleet(args) => fleet::run(args).await,
+            Command::Load(args) => load::run(args).await,
+            Command::Predictions(args) => predictions::run(args).await,
+            Command::Train(args) => train::run(args).await,
+        }
+    }
+    .instrument(span)
+    .await;
+    drop(telemetry);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

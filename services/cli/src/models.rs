@@ -9,8 +9,9 @@ use kappa_api::{
     model::ModelManifest,
     registry::{self as pb, registry_client::RegistryClient},
 };
+use kappa_telemetry::{TracedChannel, traced};
 use tokio_stream::StreamExt as _;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
 /// Publish chunks: comfortably under gRPC's 4 MiB default message limit.
 const UPLOAD_CHUNK_BYTES: usize = 1024 * 1024;
@@ -123,7 +124,7 @@ enum ModelsCommand {
     },
 }
 
-async fn connect(url: &str) -> anyhow::Result<RegistryClient<Channel>> {
+async fn connect(url: &str) -> anyhow::Result<RegistryClient<TracedChannel>> {
     let channel = Endpoint::from_shared(url.to_owned())
         .with_context(|| format!("{url:?} is not a valid registry URL (expected e.g. http://127.0.0.1:50051)"))?
         .connect_timeout(Duration::from_secs(5))
@@ -132,7 +133,7 @@ async fn connect(url: &str) -> anyhow::Result<RegistryClient<Channel>> {
         .with_context(|| {
             format!("cannot reach kappa-registry at {url}; is it running? (set --registry or KAPPA_REGISTRY)")
         })?;
-    Ok(RegistryClient::new(channel).max_decoding_message_size(8 * 1024 * 1024))
+    Ok(RegistryClient::new(traced(channel)).max_decoding_message_size(8 * 1024 * 1024))
 }
 
 fn status_error(status: tonic::Status) -> anyhow::Error {
@@ -377,7 +378,7 @@ fn read_manifest(path: &Path) -> anyhow::Result<ModelManifest> {
 }
 
 async fn publish(
-    client: &mut RegistryClient<Channel>,
+    client: &mut RegistryClient<TracedChannel>,
     manifest: ModelManifest,
     weights: &[u8],
     key: &str,
@@ -400,7 +401,7 @@ async fn publish(
 }
 
 async fn get(
-    client: &mut RegistryClient<Channel>,
+    client: &mut RegistryClient<TracedChannel>,
     name: &str,
     selector: Option<pb::get_model_request::Selector>,
     manifest_only: bool,

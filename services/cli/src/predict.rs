@@ -123,7 +123,7 @@ pub async fn run(mut args: PredictArgs) -> anyhow::Result<()> {
                 args.predictor
             )
         })?;
-    let client = PredictorClient::new(channel);
+    let client = PredictorClient::new(kappa_telemetry::traced(channel));
     let model = args.model.clone();
     let mut answers = futures::stream::iter(rows(&text)?)
         .map(|(id, mut request)| {

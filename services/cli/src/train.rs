@@ -8,8 +8,9 @@ use kappa_api::trainer::{
     Continuous, GetJobRequest, Job, JobPhase, ListJobsRequest, PromotionGate, StartTrainingRequest, TimeRange,
     TrainingSpec, trainer_client::TrainerClient, training_spec::Range,
 };
+use kappa_telemetry::{TracedChannel, traced};
 use tokio_stream::StreamExt as _;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
@@ -99,13 +100,13 @@ struct StartArgs {
     watch: bool,
 }
 
-async fn connect(url: &str) -> anyhow::Result<TrainerClient<Channel>> {
+async fn connect(url: &str) -> anyhow::Result<TrainerClient<TracedChannel>> {
     let channel = Endpoint::from_shared(url.to_owned())?
         .connect_timeout(Duration::from_secs(5))
         .connect()
         .await
         .with_context(|| format!("cannot reach kappa-trainer at {url}; is it running? (--trainer or KAPPA_TRAINER)"))?;
-    Ok(TrainerClient::new(channel))
+    Ok(TrainerClient::new(traced(channel)))
 }
 
 fn status(s: tonic::Status) -> anyhow::Error {
@@ -165,7 +166,7 @@ fn describe(job: &Job) -> String {
     text
 }
 
-async fn watch(client: &mut TrainerClient<Channel>, job_id: &str) -> anyhow::Result<Job> {
+async fn watch(client: &mut TrainerClient<TracedChannel>, job_id: &str) -> anyhow::Result<Job> {
     let mut stream = client
         .watch_job(GetJobRequest {
             job_id: job_id.to_owned(),

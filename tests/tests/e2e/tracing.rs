@@ -369,3 +369,59 @@ async fn a_predict_call_and_a_sensor_event_continue_their_callers_traces() {
     assert_eq!(scored.id, parts[2], "the header names the scoring span");
     assert_eq!(scored.parent.as_deref(), Some(producer_span.as_str()));
 }
+
+#[tokio::test]
+async fn a_cli_command_is_one_trace_through_the_service_it_calls() {
+    let registry = RegistrySetup::new().traced().start().await;
+    let marker = unique("traced-cli");
+    // Jaeger may hold traces of earlier runs: only this run's count.
+    let since_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    let out = std::process::Command::new(binary("kappa"))
+        .args(["models", "--registry", &registry.address, "versions", &marker])
+        .envs(tracing_env())
+        .output()
+        .unwrap();
+    // The model does not exist; the call is traced whatever it answers.
+    assert!(out.status.code().is_some(), "{out:?}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = http_get(
+            &jaeger_api(),
+            "/api/traces?service=kappa-cli&operation=kappa%20models&limit=50&lookback=1h",
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let json: Value = serde_json::from_str(&body).unwrap();
+        let found = json["data"].as_array().unwrap().iter().find_map(|t| {
+            let recent = t["spans"]
+                .as_array()?
+                .iter()
+                .all(|s| s["startTime"].as_u64() >= Some(since_us));
+            if !recent {
+                return None;
+            }
+            let trace = Trace::parse(&format!("{{\"data\":[{t}]}}"))?;
+            let server = trace
+                .0
+                .iter()
+                .find(|s| s.service == "kappa-registry" && s.operation == "kappa.registry.v1.Registry/ListVersions")?
+                .clone();
+            Some((trace, server))
+        });
+        if let Some((trace, server)) = found {
+            let command = trace.one("kappa-cli", "kappa models");
+            let client = trace.one("kappa-cli", "kappa.registry.v1.Registry/ListVersions");
+            trace.assert_child(client, command);
+            trace.assert_child(&server, client);
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no kappa-cli trace reached the registry: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
