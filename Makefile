@@ -19,7 +19,8 @@ prerequisites: ## Check the tools the build needs are installed
 	@command -v cargo >/dev/null || { echo "Rust is required: install it with rustup (https://rustup.rs) and retry." >&2; exit 1; }
 	@command -v java >/dev/null || { echo "Java 17+ is required to run the local Kafka: install a JDK and retry." >&2; exit 1; }
 	@command -v mvn >/dev/null || { echo "Maven is required to fetch Kafka from Maven Central: install it and retry." >&2; exit 1; }
-	@command -v go >/dev/null || { echo "Go is required to build grpcurl and Jaeger for the tests: install Go and retry." >&2; exit 1; }
+	@command -v go >/dev/null || { echo "Go is required to build Jaeger, grpcurl and helm: install Go and retry." >&2; exit 1; }
+	@command -v python3 >/dev/null || { echo "Python 3 is required for the tests' venv (scripts/tools.sh): install it and retry." >&2; exit 1; }
 	@command -v cc >/dev/null && command -v make >/dev/null || { echo "A C compiler and make are required to build librdkafka." >&2; exit 1; }
 
 build: prerequisites ## Build every binary (kappa, kappa-registry, ...)
