@@ -180,6 +180,15 @@ async fn a_models_journey_is_one_trace_from_the_training_call_to_every_predictor
             && t.has("kappa-trainer", "kappa.trainer.v1.Trainer/StartTraining")
     })
     .await;
+    // The search API finds the same trace from any of the three services.
+    for service in ["kappa-trainer", "kappa-registry", "kappa-predictor"] {
+        let (_, body) = http_get(
+            &jaeger_api(),
+            &format!("/api/traces?service={service}&lookback=1h&limit=1000"),
+        )
+        .await;
+        assert!(body.contains(&trace_id), "{service}'s traces lack {trace_id}");
+    }
     let services: BTreeSet<&str> = trace.0.iter().map(|s| s.service.as_str()).collect();
     assert_eq!(
         services,
