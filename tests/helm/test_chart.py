@@ -213,3 +213,17 @@ def test_the_dockerfile_builds_the_binaries_and_exposes_the_ports_the_chart_uses
         assert str(listen) in expose and str(metrics) in expose
     assert re.search(r"^USER 10001", dockerfile, re.M), "the image runs as the chart's non-root user"
     assert values["podSecurityContext"]["runAsUser"] == 10001
+
+
+def test_helm_test_pod_runs_a_real_cli_command_against_the_registry_service():
+    docs = render(VALUES["default"])
+    pods = [d for d in docs if d["kind"] == "Pod"]
+    assert len(pods) == 1 and pods[0]["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    container = pods[0]["spec"]["containers"][0]
+    service = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "kappa-registry")
+    grpc_port = next(p["port"] for p in service["spec"]["ports"] if p["name"] == "grpc")
+    assert f"--registry=http://kappa-registry:{grpc_port}" in container["args"]
+    # The command parses and reaches for the registry (nothing listens here, so it says so).
+    args = [a.replace(f"kappa-registry:{grpc_port}", "127.0.0.1:9") for a in container["args"]]
+    result = subprocess.run([str(BIN_DIR / "kappa"), *args], capture_output=True, text=True)
+    assert result.returncode == 1 and "cannot reach kappa-registry" in result.stderr, result.stderr
