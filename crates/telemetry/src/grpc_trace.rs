@@ -1,18 +1,30 @@
 //! Tower layers that carry W3C trace context through gRPC calls: the server layer continues the
 //! caller's trace in a `grpc.server` span, the client layer opens a `grpc.client` span and sends
-//! its context in the request metadata. Health checks and reflection are left untraced: probes
-//! call them every few seconds and would bury the traces that matter.
+//! its context in the request metadata. A span lasts until the response body has ended, so a
+//! streaming call is timed whole and its final `grpc-status` (in the trailers) is recorded.
+//! Health checks and reflection are left untraced: probes call them every few seconds and would
+//! bury the traces that matter.
 
-use std::task::{Context, Poll};
+use std::{
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+};
 
-use futures::future::{Either, FutureExt as _, Inspect};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
 use tower::{Layer, Service};
-use tracing::{Instrument as _, Span, field::Empty, instrument::Instrumented};
+use tracing::{Span, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::propagation::{context_from_http, inject_http};
 
-type Recorded<F, RB, E> = Instrumented<Inspect<F, fn(&Result<http::Response<RB>, E>)>>;
+/// Which side of the call a span stands for: it decides which codes are errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Server,
+    Client,
+}
 
 /// Server side: `Server::builder().layer(GrpcServerTracing)`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -35,9 +47,9 @@ impl<S, B, RB> Service<http::Request<B>> for TracedServer<S>
 where
     S: Service<http::Request<B>, Response = http::Response<RB>>,
 {
-    type Response = S::Response;
+    type Response = http::Response<TracedBody<RB>>;
     type Error = S::Error;
-    type Future = Either<S::Future, Recorded<S::Future, RB, S::Error>>;
+    type Future = TracedFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -46,7 +58,7 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let path = request.uri().path();
         if !is_traced(path) {
-            return Either::Left(self.inner.call(request));
+            return TracedFuture::new(self.inner.call(request), Span::none(), Side::Server);
         }
         let (service, method) = split_path(path);
         let span = tracing::info_span!(
@@ -62,7 +74,7 @@ where
         // Must precede the span's first use: the parent is fixed when the span starts.
         let _ = span.set_parent(context_from_http(request.headers()));
         let future = span.in_scope(|| self.inner.call(request));
-        Either::Right(future.inspect(record_server_status as fn(&_)).instrument(span))
+        TracedFuture::new(future, span, Side::Server)
     }
 }
 
@@ -95,9 +107,9 @@ impl<S, B, RB> Service<http::Request<B>> for TracedClient<S>
 where
     S: Service<http::Request<B>, Response = http::Response<RB>>,
 {
-    type Response = S::Response;
+    type Response = http::Response<TracedBody<RB>>;
     type Error = S::Error;
-    type Future = Recorded<S::Future, RB, S::Error>;
+    type Future = TracedFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -118,7 +130,112 @@ where
         );
         inject_http(&span.context(), request.headers_mut());
         let future = span.in_scope(|| self.inner.call(request));
-        future.inspect(record_client_status as fn(&_)).instrument(span)
+        TracedFuture::new(future, span, Side::Client)
+    }
+}
+
+pin_project! {
+    /// The call, polled inside its span; hands the span on to the response body.
+    pub struct TracedFuture<F> {
+        #[pin]
+        inner: F,
+        span: Option<Span>,
+        side: Side,
+    }
+}
+
+impl<F> TracedFuture<F> {
+    fn new(inner: F, span: Span, side: Side) -> Self {
+        Self {
+            inner,
+            span: Some(span),
+            side,
+        }
+    }
+}
+
+impl<F, RB, E> Future for TracedFuture<F>
+where
+    F: Future<Output = Result<http::Response<RB>, E>>,
+{
+    type Output = Result<http::Response<TracedBody<RB>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let span = this.span.as_ref().expect("polled after completion");
+        let result = {
+            let _entered = span.enter();
+            std::task::ready!(this.inner.poll(cx))
+        };
+        let span = this.span.take().expect("polled after completion");
+        let side = *this.side;
+        Poll::Ready(match result {
+            Ok(response) => {
+                // A call that failed before any message has its status in the headers
+                // (trailers-only); otherwise it comes with the trailers, at the body's end.
+                let status = grpc_status(response.headers());
+                if let Some(code) = status {
+                    record(&span, side, code);
+                }
+                Ok(response.map(|inner| TracedBody {
+                    inner,
+                    span,
+                    side,
+                    recorded: status.is_some(),
+                }))
+            }
+            Err(e) => {
+                span.record("otel.status_code", "ERROR");
+                Err(e)
+            }
+        })
+    }
+}
+
+pin_project! {
+    /// The response body, which keeps the call's span open until the last frame.
+    pub struct TracedBody<B> {
+        #[pin]
+        inner: B,
+        span: Span,
+        side: Side,
+        recorded: bool,
+    }
+}
+
+impl<B: Body> Body for TracedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let _entered = this.span.enter();
+        let frame = std::task::ready!(this.inner.poll_frame(cx));
+        match &frame {
+            Some(Ok(frame)) => {
+                if let Some(code) = frame.trailers_ref().and_then(grpc_status) {
+                    record(this.span, *this.side, code);
+                    *this.recorded = true;
+                }
+            }
+            Some(Err(_)) => {
+                this.span.record("otel.status_code", "ERROR");
+            }
+            // A body that ends without trailers (an HTTP-level answer) is not a gRPC status.
+            None if !*this.recorded => {
+                *this.recorded = true;
+            }
+            None => {}
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -130,52 +247,27 @@ fn split_path(path: &str) -> (&str, &str) {
     path.trim_start_matches('/').split_once('/').unwrap_or((path, ""))
 }
 
-/// The status of a response at its headers: `grpc-status` is there when the call failed before
-/// any message (trailers-only); otherwise the call has started well (OK so far).
-fn status_of<RB, E>(result: &Result<http::Response<RB>, E>) -> Option<i32> {
-    match result {
-        Ok(response) => Some(
-            response
-                .headers()
-                .get("grpc-status")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0),
-        ),
-        Err(_) => None,
+fn grpc_status(headers: &http::HeaderMap) -> Option<i32> {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// OpenTelemetry's gRPC conventions: on the server only codes that mean a server fault are
+/// errors (UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS); on the
+/// client every non-OK code is.
+fn is_error(side: Side, code: i32) -> bool {
+    match side {
+        Side::Server => matches!(code, 2 | 4 | 12 | 13 | 14 | 15),
+        Side::Client => code != 0,
     }
 }
 
-// OpenTelemetry's gRPC conventions: on the server only codes that mean a server fault are
-// errors; on the client every non-OK code is.
-fn record_server_status<RB, E>(result: &Result<http::Response<RB>, E>) {
-    let span = Span::current();
-    match status_of(result) {
-        Some(code) => {
-            span.record("rpc.grpc.status_code", code);
-            if matches!(code, 2 | 4 | 12 | 13 | 14 | 15) {
-                span.record("otel.status_code", "ERROR");
-            }
-        }
-        None => {
-            span.record("otel.status_code", "ERROR");
-        }
-    }
-}
-
-fn record_client_status<RB, E>(result: &Result<http::Response<RB>, E>) {
-    let span = Span::current();
-    match status_of(result) {
-        Some(0) => {
-            span.record("rpc.grpc.status_code", 0);
-        }
-        Some(code) => {
-            span.record("rpc.grpc.status_code", code);
-            span.record("otel.status_code", "ERROR");
-        }
-        None => {
-            span.record("otel.status_code", "ERROR");
-        }
+fn record(span: &Span, side: Side, code: i32) {
+    span.record("rpc.grpc.status_code", code);
+    if is_error(side, code) {
+        span.record("otel.status_code", "ERROR");
     }
 }
 
@@ -195,12 +287,14 @@ mod tests {
     }
 
     #[test]
-    fn the_status_is_read_from_a_trailers_only_response() {
-        let ok: Result<http::Response<()>, ()> = Ok(http::Response::new(()));
-        assert_eq!(status_of(&ok), Some(0));
-        let failed: Result<http::Response<()>, ()> =
-            Ok(http::Response::builder().header("grpc-status", "5").body(()).unwrap());
-        assert_eq!(status_of(&failed), Some(5));
-        assert_eq!(status_of::<(), ()>(&Err(())), None);
+    fn statuses_are_read_from_headers_or_trailers_and_judged_per_side() {
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(grpc_status(&headers), None);
+        headers.insert("grpc-status", "5".parse().unwrap());
+        assert_eq!(grpc_status(&headers), Some(5));
+        assert!(!is_error(Side::Server, 5), "NOT_FOUND is the caller's problem");
+        assert!(is_error(Side::Client, 5));
+        assert!(is_error(Side::Server, 13));
+        assert!(!is_error(Side::Client, 0));
     }
 }

@@ -30,6 +30,7 @@ struct SpanInfo {
     parent: Option<String>,
     operation: String,
     service: String,
+    tags: BTreeMap<String, Value>,
 }
 
 #[derive(Debug)]
@@ -55,6 +56,14 @@ impl Trace {
                         .and_then(|r| r["spanID"].as_str().map(str::to_owned))
                 }),
                 operation: s["operationName"].as_str().unwrap_or_default().to_owned(),
+                tags: s["tags"]
+                    .as_array()
+                    .map(|tags| {
+                        tags.iter()
+                            .filter_map(|t| Some((t["key"].as_str()?.to_owned(), t["value"].clone())))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
                 service: s["processID"]
                     .as_str()
                     .and_then(|p| services.get(p))
@@ -425,6 +434,11 @@ async fn a_cli_command_is_one_trace_through_the_service_it_calls() {
             let client = trace.one("kappa-cli", "kappa.registry.v1.Registry/ListVersions");
             trace.assert_child(client, command);
             trace.assert_child(&server, client);
+            // Both ends record the call's final gRPC status (from the trailers of a complete
+            // response, or the headers of a trailers-only error), and agree on it.
+            let code = &server.tags["rpc.grpc.status_code"];
+            assert!(code.is_i64(), "{:?}", server.tags);
+            assert_eq!(&client.tags["rpc.grpc.status_code"], code);
             return;
         }
         assert!(
