@@ -57,7 +57,7 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let path = request.uri().path();
-        if !is_traced(path) {
+        if !is_traced(path) || !crate::sampling::starts_span(path, request.headers()) {
             return TracedFuture::new(self.inner.call(request), Span::none(), Side::Server);
         }
         let (service, method) = split_path(path);

@@ -9,6 +9,7 @@ mod logging;
 mod metrics_server;
 mod otel;
 pub mod propagation;
+mod sampling;
 mod service_main;
 mod shutdown;
 

@@ -95,12 +95,9 @@ impl OtelSettings {
 /// journeys and administrative calls are rare and always traced.
 pub const DEFAULT_REQUEST_RATIO: f64 = 0.01;
 
-/// Spans that are inference requests: the hot path, sampled by ratio when they start a trace.
-const INFERENCE_PREFIXES: [&str; 2] = ["kappa.predictor.v1.Predictor/", "inference.GRPCInferenceService/"];
-
 /// Kappa's default sampler: follow the parent's decision when there is one (a caller's sampled
 /// `traceparent` is always honoured); otherwise trace every operation except inference requests,
-/// of which `ratio` start a trace.
+/// of which `ratio` start a trace (chosen at the server's edge, or here for a client's requests).
 #[derive(Debug, Clone)]
 struct RequestRatio {
     ratio: Sampler,
@@ -116,7 +113,11 @@ impl ShouldSample for RequestRatio {
         attributes: &[KeyValue],
         links: &[Link],
     ) -> SamplingResult {
-        if INFERENCE_PREFIXES.iter().any(|p| name.starts_with(p)) {
+        // Servers sample untraced inference at their edge (see `sampling`), before any span
+        // exists; what reaches here on the server side is already chosen. Clients (the CLI's
+        // `kappa load`) sample their own root requests here.
+        let client = *span_kind == SpanKind::Client;
+        if client && crate::sampling::INFERENCE_PREFIXES.iter().any(|p| name.starts_with(p)) {
             self.ratio
                 .should_sample(parent_context, trace_id, name, span_kind, attributes, links)
         } else {
@@ -167,6 +168,8 @@ pub fn tracer_provider(service: &'static str, settings: &OtelSettings) -> anyhow
     if let Some(ratio) = settings.request_ratio {
         builder = builder.with_sampler(kappa_sampler(ratio));
     }
+    // The server's edge skips spans the sampler would drop; with OTEL_TRACES_SAMPLER it keeps all.
+    crate::sampling::set_request_ratio(settings.request_ratio.unwrap_or(1.0));
     let mut runtime = None;
     if let Some(endpoint) = &settings.endpoint {
         // The SDK's batch processor exports from its own OS thread, where the tonic transport
@@ -268,7 +271,7 @@ mod tests {
 
         let decide = |sampler: &Sampler, name: &str, parent: Option<&opentelemetry::Context>, id: u128| {
             sampler
-                .should_sample(parent, TraceId::from(id), name, &SpanKind::Server, &[], &[])
+                .should_sample(parent, TraceId::from(id), name, &SpanKind::Client, &[], &[])
                 .decision
         };
         let none = kappa_sampler(0.0);
@@ -293,6 +296,11 @@ mod tests {
             decide(&none, predict, Some(&parent), 7),
             SamplingDecision::RecordAndSample
         );
+        // A server's inference span exists only if its edge chose it: the SDK keeps it.
+        let server = none
+            .should_sample(None, TraceId::from(7), predict, &SpanKind::Server, &[], &[])
+            .decision;
+        assert_eq!(server, SamplingDecision::RecordAndSample);
         let all = kappa_sampler(1.0);
         assert_eq!(decide(&all, predict, None, 7), SamplingDecision::RecordAndSample);
     }
