@@ -125,15 +125,16 @@ job=$(kappa train start --model "$model" --topic "$sensors" --last-minutes 30 --
 say "job $job accepted"
 status() { kappa train status "$job" --json; }
 last=""
+first=0
 for _ in $(seq 1 480); do
-  line=$(status | json_field '"%s epoch %s loss %s read %s" % (d.get("progress",{}).get("phase","").replace("JOB_PHASE_","").lower(), d.get("progress",{}).get("epoch",0), round(float(d.get("progress",{}).get("loss",0)),4), d.get("progress",{}).get("samplesRead","0"))')
+  # One call per poll: the published version, then the progress line.
+  read -r first line < <(status | json_field '"%s %s epoch %s loss %s read %s" % (d.get("publishedVersion","0"), d.get("progress",{}).get("phase","").replace("JOB_PHASE_","").lower(), d.get("progress",{}).get("epoch",0), round(float(d.get("progress",{}).get("loss",0)),4), d.get("progress",{}).get("samplesRead","0"))')
   [ "$line" != "$last" ] && say "round 1: $line"
   last=$line
-  [ "$(status | json_field 'd.get("publishedVersion","0")')" != "0" ] && break
+  [ "$first" != "0" ] && break
   case "$line" in failed*|cancelled*) kappa train status "$job" | indent; exit 1 ;; esac
   sleep 0.5
 done
-first=$(status | json_field 'd.get("publishedVersion","0")')
 [ "$first" != "0" ] || { echo "round 1 published nothing within 4 minutes" >&2; exit 1; }
 wait_for "the promotion of v$first" 30 sh -c "'$bin/kappa' train status $job --json | grep -q promotionReason"
 kappa train status "$job" | indent

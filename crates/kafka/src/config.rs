@@ -117,6 +117,11 @@ impl KafkaArgs {
         config
     }
 
+    /// `kafka=… properties=[…]` for `--check-config`: property names only, never values.
+    pub fn summary(&self) -> String {
+        format!("kafka={} properties={:?}", self.bootstrap, self.property_names())
+    }
+
     /// Property names only: values may hold secrets (sasl.password) and must never be logged.
     pub fn property_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.all_properties().into_iter().map(|(k, _)| k).collect();

@@ -16,7 +16,7 @@ mod shutdown;
 pub use graceful::{TracedRouter, serve_gracefully, traced_server};
 pub use grpc_code::grpc_code_name;
 pub use grpc_trace::{GrpcClientTracing, GrpcServerTracing, TracedChannel, TracedClient, TracedServer, traced};
-pub use logging::{LogArgs, LogFormat, Telemetry, init_logging, init_telemetry};
+pub use logging::{LogArgs, LogFormat, Telemetry, init_telemetry};
 pub use metrics_server::serve_metrics;
 pub use otel::OtelSettings;
 pub use service_main::{ServiceStart, service_main};

@@ -89,18 +89,6 @@ pub fn init_telemetry(service: &'static str, args: &LogArgs) -> anyhow::Result<T
     Ok(Telemetry { _otel: guard })
 }
 
-/// Logging only, for command-line tools.
-pub fn init_logging(args: &LogArgs) {
-    let filter = EnvFilter::try_new(&args.log).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match args.log_format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-    };
-}
-
 /// Adds the trace id of the operation a line was logged in: ` trace_id=…` at the end of a text
 /// line, a `"trace_id"` member in JSON, so a log line leads straight to its trace in Jaeger.
 struct WithTraceId<F> {

@@ -20,7 +20,9 @@ pub fn extract(get: impl Fn(&str) -> Option<String>) -> Context {
             .filter_map(|key| get(key).map(|v| (key, v)))
             .collect(),
     );
-    TraceContextPropagator::new().extract(&found)
+    // From an empty context, not the thread's current one: a carrier without trace context
+    // means a new root wherever it is read (e.g. inside another operation's span).
+    TraceContextPropagator::new().extract_with_context(&Context::new(), &found)
 }
 
 struct Found(Vec<(&'static str, String)>);

@@ -15,7 +15,7 @@ pub struct ServiceStart<'a> {
     pub name: &'static str,
     pub validation: Result<(), String>,
     pub check_config: bool,
-    /// Printed by `--check-config`, secrets excluded.
+    /// Printed by `--check-config` after the addresses, secrets excluded.
     pub summary: String,
     pub log: &'a LogArgs,
     pub listen: SocketAddr,
@@ -35,7 +35,11 @@ where
         return ExitCode::from(EXIT_BAD_CONFIG);
     }
     if start.check_config {
-        println!("configuration ok: {}", start.summary);
+        let metrics = start.metrics_listen.map_or_else(|| "off".to_owned(), |a| a.to_string());
+        println!(
+            "configuration ok: listen={} metrics={metrics} {}",
+            start.listen, start.summary
+        );
         return ExitCode::SUCCESS;
     }
     let _telemetry = match init_telemetry(name, start.log) {

@@ -12,13 +12,8 @@ async fn main() -> ExitCode {
         validation: config.validate(),
         check_config: config.check_config,
         summary: format!(
-            "listen={} metrics={} kafka={} properties={:?} topic={} model={} follow={} max_batch_size={} backend={:?} stream={}",
-            config.listen,
-            config
-                .metrics_listen
-                .map_or_else(|| "off".to_owned(), |a| a.to_string()),
-            config.kafka.bootstrap,
-            config.kafka.property_names(),
+            "{} topic={} model={} follow={} max_batch_size={} backend={:?} stream={}",
+            config.kafka.summary(),
             config.models_topic,
             config.model,
             config.follow,

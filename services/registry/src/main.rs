@@ -12,13 +12,8 @@ async fn main() -> ExitCode {
         validation: config.validate(),
         check_config: config.check_config,
         summary: format!(
-            "listen={} metrics={} kafka={} properties={:?} topic={} transactional_id={}",
-            config.listen,
-            config
-                .metrics_listen
-                .map_or_else(|| "off".to_owned(), |a| a.to_string()),
-            config.kafka.bootstrap,
-            config.kafka.property_names(),
+            "{} topic={} transactional_id={}",
+            config.kafka.summary(),
             config.models_topic,
             config.transactional_id
         ),

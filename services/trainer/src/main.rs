@@ -12,13 +12,8 @@ async fn main() -> ExitCode {
         validation: config.validate(),
         check_config: config.check_config,
         summary: format!(
-            "listen={} metrics={} kafka={} properties={:?} registry={} jobs_topic={} max_concurrent_jobs={}",
-            config.listen,
-            config
-                .metrics_listen
-                .map_or_else(|| "off".to_owned(), |a| a.to_string()),
-            config.kafka.bootstrap,
-            config.kafka.property_names(),
+            "{} registry={} jobs_topic={} max_concurrent_jobs={}",
+            config.kafka.summary(),
             config.registry,
             config.jobs_topic,
             config.max_concurrent_jobs
