@@ -118,7 +118,7 @@ kappa fleet --topic "$sensors" --cars 50 --events 20000 --rate 0 --backdate-seco
   --failure-chance 0.01 --seed 1 --jsonl "$run/history.jsonl" | indent
 
 step "3. Continuous training: the last 30 minutes, every ${retrain_seconds} s, two rounds; promote to production past the gate"
-job=$(kappa train start --model "$model" --topic "$sensors" --last-minutes 30 --every-seconds "$retrain_seconds" \
+job=$(kappa train start --model "$model" --topic "$sensors" --label failure_occurred --last-minutes 30 --every-seconds "$retrain_seconds" \
   --max-runs 2 --epochs 15 --hidden 12,6,12 --promote production --min-roc-auc 0.9 --max-regression 0.02 \
   | awk '/^started / {print $2; exit}')
 [ -n "$job" ] || { echo "the trainer did not accept the job" >&2; exit 1; }

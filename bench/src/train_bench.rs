@@ -74,11 +74,22 @@ fn main() -> anyhow::Result<()> {
                 topic: topic.clone(),
                 from_ms: 0,
                 to_ms: i64::MAX / 2,
-                features: kappa_model::example::SENSOR_FIELDS
-                    .iter()
-                    .map(|f| (*f).to_owned())
-                    .collect(),
-                labelled: true,
+                decoder: std::sync::Arc::new(
+                    kappa_model::schema::EventDecoder::new(
+                        kappa_model::example::SENSOR_FIELDS
+                            .iter()
+                            .map(|f| kappa_model::schema::FeatureRule {
+                                path: (*f).to_owned(),
+                                min: None,
+                                max: None,
+                            })
+                            .collect(),
+                        Some(kappa_model::schema::LabelRule::new("failure_occurred", &[])),
+                        None,
+                    )
+                    .map_err(|e| anyhow::anyhow!("the car schema: {e}"))?,
+                ),
+                lateness_ms: 0,
                 max_rows: usize::MAX,
             };
             let started = Instant::now();

@@ -7,6 +7,7 @@ pub mod chunks;
 mod config;
 mod context;
 pub mod keys;
+pub mod range;
 pub mod records;
 pub mod trace_headers;
 

@@ -62,6 +62,7 @@ pub fn autoencoder_manifest(name: &str, hidden: &[u32]) -> ModelManifest {
                 name: f.to_owned(),
                 offset: 0.0,
                 scale: 1.0,
+                ..Feature::default()
             })
             .collect(),
         layers,

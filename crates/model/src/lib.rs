@@ -7,12 +7,12 @@ pub mod evaluate;
 pub mod example;
 mod manifest;
 mod mlp;
-pub mod sensor;
+pub mod schema;
 pub mod train;
 mod weights;
 
 pub use error::ModelError;
-pub use kappa_api::model::{Activation, Feature, Layer, ModelManifest, OutputKind};
+pub use kappa_api::model::{Activation, EventSchema, EventTime, Feature, Layer, ModelManifest, OutputKind, TimeFormat};
 pub use manifest::{validate_alias, validate_manifest, validate_name};
 pub use mlp::{Backend, Mlp};
 pub use weights::{ValidatedWeights, sha256_hex, validate_weights};

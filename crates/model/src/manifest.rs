@@ -76,6 +76,10 @@ pub fn validate_manifest(manifest: &ModelManifest) -> Result<(), ModelError> {
         }
     }
 
+    // Paths, rules, label and time fields: the schema every reader of this version decodes with.
+    crate::schema::EventDecoder::for_manifest(manifest)
+        .map_err(|e| ModelError::InvalidManifest(format!("its schema: {e}")))?;
+
     if manifest.layers.is_empty() {
         return invalid("it declares no layers".into());
     }
@@ -185,6 +189,19 @@ mod tests {
         let mut m = sensor_autoencoder_manifest("fleet", 4);
         m.features[0].scale = 0.0;
         assert!(validate_manifest(&m).is_err());
+
+        let mut m = sensor_autoencoder_manifest("fleet", 4);
+        (m.features[2].min, m.features[2].max) = (Some(5.0), Some(1.0));
+        assert!(
+            validate_manifest(&m)
+                .unwrap_err()
+                .to_string()
+                .contains("min 5 above max 1")
+        );
+
+        let mut m = sensor_autoencoder_manifest("fleet", 4);
+        m.features[3].name = "engine..rpm".into();
+        assert!(validate_manifest(&m).unwrap_err().to_string().contains("empty segment"));
 
         let mut m = sensor_autoencoder_manifest("fleet", 4);
         m.output = OutputKind::Raw as i32;

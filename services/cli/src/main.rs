@@ -1,5 +1,6 @@
 //! `kappa`: the command line for Kappa's services.
 
+mod data;
 mod fleet;
 mod load;
 mod models;
@@ -34,6 +35,8 @@ enum Command {
     Train(train::TrainArgs),
     /// Simulate a connected-car fleet producing telemetry (with failures) to Kafka.
     Fleet(fleet::FleetArgs),
+    /// Look at a topic's events before training on them: fields, types, spread, label balance.
+    Data(data::DataArgs),
 }
 
 impl Command {
@@ -45,6 +48,7 @@ impl Command {
             Self::Predictions(_) => "kappa predictions",
             Self::Train(_) => "kappa train",
             Self::Fleet(_) => "kappa fleet",
+            Self::Data(_) => "kappa data",
         }
     }
 }
@@ -87,6 +91,7 @@ async fn main() -> ExitCode {
             Command::Models(args) => models::run(args).await,
             Command::Predict(args) => predict::run(args).await,
             Command::Fleet(args) => fleet::run(args).await,
+            Command::Data(args) => data::run(args).await,
             Command::Load(args) => load::run(args).await,
             Command::Predictions(args) => predictions::run(args).await,
             Command::Train(args) => train::run(args).await,

@@ -4,9 +4,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use kappa_api::trainer::{
-    Continuous, GetJobRequest, Job, JobPhase, ListJobsRequest, PromotionGate, StartTrainingRequest, TimeRange,
-    TrainingSpec, trainer_client::TrainerClient, training_spec::Range,
+use kappa_api::{
+    model::{EventTime, TimeFormat},
+    trainer::{
+        Continuous, FeatureSpec, GetJobRequest, Job, JobPhase, ListJobsRequest, PromotionGate, Screening,
+        StartTrainingRequest, TimeRange, TrainingSpec, trainer_client::TrainerClient, training_spec::Range,
+    },
 };
 use kappa_telemetry::{TracedChannel, traced};
 use tokio_stream::StreamExt as _;
@@ -57,12 +60,8 @@ struct StartArgs {
     /// Train on the last N minutes instead of a fixed range.
     #[arg(long)]
     last_minutes: Option<u32>,
-    /// Features, comma-separated; all 18 sensor fields when omitted.
-    #[arg(long, value_delimiter = ',')]
-    features: Vec<String>,
-    /// Label field; when set, only normal events are trained on and labelled hold-out data is scored.
-    #[arg(long, default_value = "failure_occurred")]
-    label: String,
+    #[command(flatten)]
+    schema: SchemaArgs,
     /// Hidden layer widths, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "16,8,16")]
     hidden: Vec<u32>,
@@ -100,6 +99,106 @@ struct StartArgs {
     watch: bool,
 }
 
+/// How the events are read: the flags `kappa train start` and `kappa data inspect` share.
+#[derive(Debug, Clone, Args)]
+pub struct SchemaArgs {
+    /// Feature paths in column order, comma-separated: top-level names or dot-separated paths
+    /// into nested objects (`engine.coolant_temp`, `tires.0`). When omitted, every numeric field
+    /// of the range is used (label, time and --exclude left out).
+    #[arg(long, value_delimiter = ',')]
+    pub features: Vec<String>,
+    /// A validity rule, PATH=MIN..MAX (either bound may be left out: `speed=0..`, `rpm=..9000`).
+    /// Rows outside are dropped from training (counted) and refused when scored. Repeatable.
+    #[arg(long = "valid-range", value_name = "PATH=MIN..MAX", value_parser = parse_valid_range)]
+    pub valid_ranges: Vec<(String, Option<f64>, Option<f64>)>,
+    /// Paths never inferred as features (ids, counters), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub exclude: Vec<String>,
+    /// Label field path; when set, only normal events are trained on and labelled hold-out
+    /// data is scored for precision, recall, F1 and ROC AUC.
+    #[arg(long, default_value = "")]
+    pub label: String,
+    /// Label values meaning "anomalous", comma-separated (default: true, 1).
+    #[arg(long, value_delimiter = ',')]
+    pub positive: Vec<String>,
+    /// Path of the event-time field (default: the Kafka record timestamp).
+    #[arg(long)]
+    pub time_field: Option<String>,
+    /// Format of --time-field: auto, ms (epoch milliseconds), s (epoch seconds) or rfc3339.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "ms", "s", "rfc3339"])]
+    pub time_format: String,
+    /// How long after its event time a record may reach Kafka (with --time-field).
+    #[arg(long, default_value_t = 0)]
+    pub lateness_ms: u64,
+    /// Keep gross outliers in the training rows (by default a value more than
+    /// --max-robust-z robust deviations from the median drops its row).
+    #[arg(long)]
+    pub no_screening: bool,
+    /// Robust distance of the gross-outlier screen (0: the trainer's default, 12).
+    #[arg(long, default_value_t = 0.0)]
+    pub max_robust_z: f64,
+}
+
+fn parse_valid_range(raw: &str) -> Result<(String, Option<f64>, Option<f64>), String> {
+    let usage = || format!("{raw:?} is not PATH=MIN..MAX (for example speed=0..250 or rpm=..9000)");
+    let (path, range) = raw.split_once('=').ok_or_else(usage)?;
+    let (min, max) = range.split_once("..").ok_or_else(usage)?;
+    let bound = |b: &str| -> Result<Option<f64>, String> {
+        let b = b.trim();
+        if b.is_empty() {
+            Ok(None)
+        } else {
+            b.parse().map(Some).map_err(|_| usage())
+        }
+    };
+    Ok((path.trim().to_owned(), bound(min)?, bound(max)?))
+}
+
+impl SchemaArgs {
+    /// The features with their rules; a rule for a path not among --features is an error.
+    pub fn features(&self) -> anyhow::Result<Vec<FeatureSpec>> {
+        let mut features: Vec<FeatureSpec> = self
+            .features
+            .iter()
+            .map(|path| FeatureSpec {
+                path: path.trim().to_owned(),
+                min: None,
+                max: None,
+            })
+            .collect();
+        for (path, min, max) in &self.valid_ranges {
+            match features.iter_mut().find(|f| &f.path == path) {
+                Some(f) => (f.min, f.max) = (*min, *max),
+                None => anyhow::bail!(
+                    "--valid-range {path}: {path} is not among --features; name the features the rule applies to"
+                ),
+            }
+        }
+        Ok(features)
+    }
+
+    pub fn time(&self) -> Option<EventTime> {
+        let field = self.time_field.clone()?;
+        Some(EventTime {
+            field,
+            format: match self.time_format.as_str() {
+                "ms" => TimeFormat::EpochMillis,
+                "s" => TimeFormat::EpochSeconds,
+                "rfc3339" => TimeFormat::Rfc3339,
+                _ => TimeFormat::Unspecified,
+            } as i32,
+            lateness_ms: self.lateness_ms,
+        })
+    }
+
+    pub fn screening(&self) -> Screening {
+        Screening {
+            disabled: self.no_screening,
+            max_robust_z: self.max_robust_z,
+        }
+    }
+}
+
 async fn connect(url: &str) -> anyhow::Result<TrainerClient<TracedChannel>> {
     let channel = Endpoint::from_shared(url.to_owned())?
         .connect_timeout(Duration::from_secs(5))
@@ -122,6 +221,10 @@ fn phase(p: i32) -> String {
 
 fn describe(job: &Job) -> String {
     let mut text = format!("{}  {}  {}", job.job_id, phase(job.phase), job.message);
+    if let Some(spec) = &job.spec {
+        let paths: Vec<&str> = spec.features.iter().map(|f| f.path.as_str()).collect();
+        text.push_str(&format!("\n  features ({}): {}", paths.len(), paths.join(", ")));
+    }
     if job.published_version > 0 {
         text.push_str(&format!(
             "\n  published version {} (all: {:?})",
@@ -209,8 +312,12 @@ pub async fn run(args: TrainArgs) -> anyhow::Result<()> {
                 model_name: s.model,
                 source_topic: s.topic,
                 range,
-                features: s.features,
-                label_field: s.label,
+                features: s.schema.features()?,
+                exclude: s.schema.exclude.clone(),
+                label_field: s.schema.label.clone(),
+                positive_labels: s.schema.positive.clone(),
+                time: s.schema.time(),
+                screening: Some(s.schema.screening()),
                 hidden_layers: s.hidden,
                 epochs: s.epochs,
                 batch_size: s.batch_size,
@@ -237,6 +344,9 @@ pub async fn run(args: TrainArgs) -> anyhow::Result<()> {
                 .map_err(status)?
                 .into_inner();
             println!("started {}", job.job_id);
+            for note in &job.schema_notes {
+                println!("  {note}");
+            }
             if s.watch {
                 let job = watch(&mut client, &job.job_id).await?;
                 println!("{}", describe(&job));

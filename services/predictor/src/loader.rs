@@ -202,5 +202,9 @@ fn build(
             message: format!("the warm-up batch scored {bad}"),
         });
     }
-    Ok(Arc::new(LoadedModel::new(manifest, mlp)))
+    let model = LoadedModel::new(manifest, mlp).map_err(|message| LoadFailure {
+        reason: "invalid_model",
+        message: format!("its schema: {message}"),
+    })?;
+    Ok(Arc::new(model))
 }

@@ -135,7 +135,14 @@ impl Oip {
 
     fn metadata(&self, model: &LoadedModel) -> pb::ModelMetadataResponse {
         let mut parameters = std::collections::BTreeMap::new();
+        // Column order of the input tensor: comma-separated, and as a JSON array for paths that
+        // hold commas.
         parameters.insert("feature_names".to_owned(), string_param(model.feature_names.clone()));
+        let paths: Vec<&str> = model.manifest.features.iter().map(|f| f.name.as_str()).collect();
+        parameters.insert(
+            "features_json".to_owned(),
+            string_param(serde_json::to_string(&paths).expect("strings serialise")),
+        );
         parameters.insert(
             "anomaly_threshold".to_owned(),
             pb::InferParameter {

@@ -68,6 +68,18 @@ impl Serving {
                 values[i]
             )));
         }
+        for (column, min, max) in &model.rules {
+            if let Some(row) = (0..rows).find(|r| {
+                let v = f64::from(values[r * f + column]);
+                v < *min || v > *max
+            }) {
+                let feature = &model.manifest.features[*column].name;
+                return Err(PredictError::InvalidInput(format!(
+                    "row {row} feature {feature:?} is {}, outside its valid range [{min}, {max}] declared in the model's schema",
+                    values[row * f + column]
+                )));
+            }
+        }
         self.batcher.score(model, values, rows).await
     }
 

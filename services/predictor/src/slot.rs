@@ -7,7 +7,7 @@ use std::{
 };
 
 use arc_swap::ArcSwapOption;
-use kappa_model::{Mlp, ModelManifest};
+use kappa_model::{Mlp, ModelManifest, schema::EventDecoder};
 
 #[derive(Debug)]
 pub struct LoadedModel {
@@ -17,13 +17,27 @@ pub struct LoadedModel {
     pub manifest: ModelManifest,
     pub mlp: Mlp,
     pub threshold: f32,
-    /// Column of each feature name in the model's input rows.
+    /// Column of each feature path in the model's input rows.
     pub feature_index: HashMap<String, usize>,
     pub feature_names: String,
+    /// How this version reads an event (stream mode, typed `Predict` with a JSON event).
+    pub decoder: EventDecoder,
+    /// Columns with a declared validity rule, as `(column, min, max)`; usually none.
+    pub rules: Vec<(usize, f64, f64)>,
 }
 
 impl LoadedModel {
-    pub fn new(manifest: ModelManifest, mlp: Mlp) -> Self {
+    /// Fails when the manifest's schema cannot be compiled (the registry refuses such a
+    /// manifest, so only a forged record gets here).
+    pub fn new(manifest: ModelManifest, mlp: Mlp) -> Result<Self, String> {
+        let decoder = EventDecoder::for_manifest(&manifest)?;
+        let rules = manifest
+            .features
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| f.min.is_some() || f.max.is_some())
+            .map(|(i, f)| (i, f.min.unwrap_or(f64::NEG_INFINITY), f.max.unwrap_or(f64::INFINITY)))
+            .collect();
         let feature_index = manifest
             .features
             .iter()
@@ -36,7 +50,7 @@ impl LoadedModel {
             .map(|f| f.name.as_str())
             .collect::<Vec<_>>()
             .join(",");
-        Self {
+        Ok(Self {
             name: manifest.name.clone(),
             version: manifest.version,
             version_string: manifest.version.to_string(),
@@ -45,7 +59,9 @@ impl LoadedModel {
             mlp,
             feature_index,
             feature_names,
-        }
+            decoder,
+            rules,
+        })
     }
 
     pub fn n_features(&self) -> usize {

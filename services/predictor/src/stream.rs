@@ -20,16 +20,48 @@ use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge}
 use rdkafka::{
     ClientConfig, Message,
     consumer::{CommitMode, Consumer, StreamConsumer},
-    message::{BorrowedMessage, Headers, OwnedHeaders},
+    message::{BorrowedMessage, OwnedHeaders},
     producer::{FutureProducer, FutureRecord},
 };
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-use kappa_model::sensor::Event;
+use kappa_kafka::range::payload_format;
+use kappa_model::schema::{DecodedEvent, ProblemKind};
 
-use crate::{metrics::ReasonLabels, serving::Serving};
+use crate::{metrics::ReasonLabels, serving::Serving, slot::LoadedModel};
+
+/// An event read through the current version's schema: the row to score and its event time.
+type Prepared = Result<(Arc<LoadedModel>, Vec<f32>, Option<i64>), (&'static str, String)>;
+
+/// Admits the event to the current version and reads it with that version's schema, so the
+/// row is exactly what the version was trained on even while a new schema swaps in.
+fn prepare(serving: &Serving, payload: Option<&[u8]>, format: kappa_model::schema::PayloadFormat) -> Prepared {
+    let model = serving.admit("", "").map_err(|e| ("no_model", e.to_string()))?;
+    let payload = payload.ok_or(("empty", "the event has no value".to_owned()))?;
+    let mut event = DecodedEvent::default();
+    model
+        .decoder
+        .decode_into(payload, format, &mut event)
+        .map_err(|e| ("malformed", e))?;
+    let mut row = Vec::with_capacity(model.n_features());
+    if let Err(problems) = model.decoder.extend_row(&event, &mut row) {
+        let reason = match problems[0].kind {
+            ProblemKind::Missing => "missing_feature",
+            ProblemKind::NotNumeric => "not_numeric",
+            ProblemKind::NotFinite => "not_finite",
+            ProblemKind::BelowMin { .. } | ProblemKind::AboveMax { .. } => "out_of_range",
+        };
+        return Err((reason, model.decoder.describe(&problems)));
+    }
+    let time = if model.decoder.time().is_some() {
+        event.time_ms
+    } else {
+        None
+    };
+    Ok((model, row, time))
+}
 
 pub struct StreamSettings {
     pub sensor_topic: String,
@@ -39,14 +71,15 @@ pub struct StreamSettings {
 }
 
 /// What can become of an event (the `reason` label of the events counter).
-pub const OUTCOMES: [&str; 8] = [
+pub const OUTCOMES: [&str; 9] = [
     "scored",
     "empty",
     "malformed",
     "no_model",
-    "not_finite",
     "missing_feature",
-    "unknown_feature",
+    "not_numeric",
+    "not_finite",
+    "out_of_range",
     "rejected",
 ];
 
@@ -164,15 +197,7 @@ fn score_and_produce(
     let (topic, partition, offset) = (message.topic().to_owned(), message.partition(), message.offset());
     let key = message.key().map(<[u8]>::to_vec).unwrap_or_default();
     let timestamp = message.timestamp().to_millis().unwrap_or(0);
-    let protobuf = message.headers().is_some_and(|h| {
-        h.iter().any(|header| {
-            header.key.eq_ignore_ascii_case("content-type")
-                && header
-                    .value
-                    .is_some_and(|v| v.eq_ignore_ascii_case(b"application/x-protobuf"))
-        })
-    });
-    let decoded = message.payload().map(|p| Event::decode(p, protobuf));
+    let prepared = prepare(&serving, message.payload(), payload_format(message.headers()));
     // An event that carries a trace gets a span in it, and its prediction carries the trace on.
     // Untraced events get none: one trace per sensor reading would bury everything else.
     let parent = trace_headers::extract(message.headers());
@@ -193,24 +218,20 @@ fn score_and_produce(
     };
     let headers = (!span.is_none()).then(|| trace_headers::inject(&span.context(), OwnedHeaders::new()));
     let body = async move {
-        let mut car = String::from_utf8_lossy(&key).into_owned();
+        let car = String::from_utf8_lossy(&key).into_owned();
         let mut prediction = Prediction {
             source_partition: partition,
             source_offset: offset,
             event_time_ms: timestamp,
             ..Default::default()
         };
-        let outcome = match decoded {
-            None => Err(("empty", "the event has no value".to_owned())),
-            Some(Err(e)) => Err(("malformed", e)),
-            Some(Ok(event)) => {
-                if car.is_empty() {
-                    car.clone_from(&event.car);
+        let outcome = match prepared {
+            Err(e) => Err(e),
+            Ok((model, row, time)) => {
+                if let Some(time) = time {
+                    prediction.event_time_ms = time;
                 }
-                if event.time_ms() > 0 {
-                    prediction.event_time_ms = event.time_ms();
-                }
-                score(&serving, &event).await
+                score(&serving, model, row).await
             }
         };
         match outcome {
@@ -250,32 +271,11 @@ fn score_and_produce(
     body.instrument(span)
 }
 
-async fn score(serving: &Serving, event: &Event) -> Result<(f64, bool, String, u64), (&'static str, String)> {
-    let model = serving.admit("", "").map_err(|e| ("no_model", e.to_string()))?;
-    let mut row = Vec::with_capacity(model.n_features());
-    for feature in &model.manifest.features {
-        match event.fields.get(&feature.name) {
-            Some(Some(v)) if v.is_finite() => row.push(v as f32),
-            Some(Some(_)) => {
-                return Err((
-                    "not_finite",
-                    format!("feature {:?} is not a finite number", feature.name),
-                ));
-            }
-            Some(None) => {
-                return Err((
-                    "missing_feature",
-                    format!("feature {:?} is missing or not a number", feature.name),
-                ));
-            }
-            None => {
-                return Err((
-                    "unknown_feature",
-                    format!("the model's feature {:?} is not a sensor field", feature.name),
-                ));
-            }
-        }
-    }
+async fn score(
+    serving: &Serving,
+    model: Arc<LoadedModel>,
+    row: Vec<f32>,
+) -> Result<(f64, bool, String, u64), (&'static str, String)> {
     let scored = serving
         .score(model, row, 1)
         .await

@@ -1,12 +1,12 @@
-//! `kappa.predictor.v1.Predictor`: named sensor fields in, score and verdict out.
+//! `kappa.predictor.v1.Predictor`: an event (named values, JSON, or a car reading) in, score and
+//! verdict out, read through the schema of the version that scores it.
 
 use std::{pin::Pin, sync::Arc, time::Instant};
 
 use futures::{Stream, StreamExt as _};
-use kappa_api::{
-    predictor::{PredictRequest, PredictResponse, predictor_server::Predictor},
-    telemetry::SensorReading,
-};
+use kappa_api::predictor::{PredictRequest, PredictResponse, predictor_server::Predictor};
+use kappa_model::schema::{DecodedEvent, FieldValue, PayloadFormat};
+use prost::Message as _;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{error::PredictError, serving::Serving, slot::LoadedModel};
@@ -16,57 +16,40 @@ const STREAM_CONCURRENCY: usize = 64;
 
 pub struct Typed(pub Arc<Serving>);
 
-/// The reading's fields by name, in the same names the JSON events use.
-fn reading_field(reading: &SensorReading, name: &str) -> Option<f64> {
-    Some(match name {
-        "coolant_temp" => reading.coolant_temp,
-        "intake_air_temp" => reading.intake_air_temp,
-        "intake_air_flow_speed" => reading.intake_air_flow_speed,
-        "battery_percentage" => reading.battery_percentage,
-        "battery_voltage" => reading.battery_voltage,
-        "current_draw" => reading.current_draw,
-        "speed" => reading.speed,
-        "engine_vibration_amplitude" => reading.engine_vibration_amplitude,
-        "throttle_pos" => reading.throttle_pos,
-        "tire_pressure_1_1" => reading.tire_pressure_1_1,
-        "tire_pressure_1_2" => reading.tire_pressure_1_2,
-        "tire_pressure_2_1" => reading.tire_pressure_2_1,
-        "tire_pressure_2_2" => reading.tire_pressure_2_2,
-        "accelerometer_1_1_value" => reading.accelerometer_1_1_value,
-        "accelerometer_1_2_value" => reading.accelerometer_1_2_value,
-        "accelerometer_2_1_value" => reading.accelerometer_2_1_value,
-        "accelerometer_2_2_value" => reading.accelerometer_2_2_value,
-        "control_unit_firmware" => reading.control_unit_firmware,
-        _ => return None,
-    })
-}
-
-/// One input row in the model's feature order, from named features or a whole reading.
+/// One input row in the version's feature order, read through its schema from the JSON event,
+/// the car reading and the named values (which win), or every problem with it in one error.
 fn row(model: &LoadedModel, request: &PredictRequest) -> Result<Vec<f32>, PredictError> {
-    if let Some(unknown) = request.features.keys().find(|k| !model.feature_index.contains_key(*k)) {
-        return Err(PredictError::InvalidInput(format!(
-            "unknown feature {unknown:?}; this model takes {}",
-            model.feature_names
-        )));
+    let invalid = |e: String| PredictError::InvalidInput(e);
+    let mut event = DecodedEvent::default();
+    if !request.event_json.is_empty() {
+        model
+            .decoder
+            .decode_into(request.event_json.as_bytes(), PayloadFormat::Json, &mut event)
+            .map_err(|e| invalid(format!("event_json: {e}")))?;
+    } else if let Some(reading) = &request.reading {
+        model
+            .decoder
+            .decode_into(&reading.encode_to_vec(), PayloadFormat::Protobuf, &mut event)
+            .map_err(invalid)?;
+    } else {
+        event.values.resize(model.n_features(), FieldValue::Missing);
     }
-    model
-        .manifest
-        .features
-        .iter()
-        .map(|f| {
-            let value = match (&request.reading, request.features.get(&f.name)) {
-                (_, Some(v)) => Some(*v),
-                (Some(reading), None) => reading_field(reading, &f.name),
-                (None, None) => None,
-            };
-            value.map(|v| v as f32).ok_or_else(|| {
-                PredictError::InvalidInput(format!(
-                    "feature {:?} is missing; this model takes {}",
-                    f.name, model.feature_names
-                ))
-            })
-        })
-        .collect()
+    for (name, value) in &request.features {
+        if let Some(&column) = model.feature_index.get(name) {
+            event.values[column] = FieldValue::Number(*value);
+        }
+    }
+    let mut values = Vec::with_capacity(model.n_features());
+    model.decoder.extend_row(&event, &mut values).map_err(|problems| {
+        invalid(format!(
+            "{}; version {} of {:?} takes {}",
+            model.decoder.describe(&problems),
+            model.version,
+            model.name,
+            model.feature_names
+        ))
+    })?;
+    Ok(values)
 }
 
 async fn predict_one(serving: &Serving, request: PredictRequest) -> Result<PredictResponse, PredictError> {

@@ -50,26 +50,110 @@ pub fn split(mut rows: Vec<Row>, validation_split: f64, holdout_split: f64, seed
     }
 }
 
-/// Mean and standard deviation per feature (population); a constant feature gets scale 1.
-pub fn fit_scaling(rows: &[Vec<f32>], features: usize) -> (Vec<f64>, Vec<f64>) {
-    let n = rows.len().max(1) as f64;
-    let mut mean = vec![0.0; features];
-    for row in rows {
-        for (m, v) in mean.iter_mut().zip(row) {
-            *m += f64::from(*v) / n;
+/// Robust location and spread of one feature over the rows a model is fitted on.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FeatureStats {
+    pub median: f64,
+    /// 1.4826 × the median absolute deviation: σ for normal data, blind to up to half the rows.
+    pub mad_sigma: f64,
+    /// (q99 − q1) / 4.653: σ for normal data, blind to the extreme 1% on each side, and not
+    /// zero when most rows share one value (a floor, an idle state).
+    pub spread_sigma: f64,
+    pub std: f64,
+}
+
+impl FeatureStats {
+    /// Scale for `(x - median) / scale`: the quantile spread, then the MAD, then the standard
+    /// deviation, then 1 for a constant feature. A few gross values cannot inflate it, so they
+    /// cannot squash the normal variation of the feature to nothing.
+    pub fn scale(&self) -> f64 {
+        [self.spread_sigma, self.mad_sigma, self.std]
+            .into_iter()
+            .find(|s| *s > 1e-9)
+            .unwrap_or(1.0)
+    }
+
+    /// How far from the median a value must be to be a gross outlier, or `None` for a
+    /// constant feature (nothing to compare a spread with).
+    pub fn outlier_distance(&self, max_z: f64) -> Option<f64> {
+        let sigma = self.mad_sigma.max(self.spread_sigma);
+        (sigma > 1e-9).then_some(max_z * sigma)
+    }
+}
+
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let pos = (sorted.len() - 1) as f64 * q;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
+}
+
+/// Per-feature robust statistics of `rows`.
+pub fn fit_stats(rows: &[Vec<f32>], features: usize) -> Vec<FeatureStats> {
+    let mut column = Vec::with_capacity(rows.len());
+    (0..features)
+        .map(|i| {
+            column.clear();
+            column.extend(rows.iter().map(|r| f64::from(r[i])));
+            column.sort_unstable_by(f64::total_cmp);
+            let median = quantile(&column, 0.5);
+            let n = column.len().max(1) as f64;
+            let mean = column.iter().sum::<f64>() / n;
+            let std = (column.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n).sqrt();
+            let spread_sigma = (quantile(&column, 0.99) - quantile(&column, 0.01)) / 4.653;
+            let mut deviations: Vec<f64> = column.iter().map(|v| (v - median).abs()).collect();
+            deviations.sort_unstable_by(f64::total_cmp);
+            FeatureStats {
+                median,
+                mad_sigma: 1.4826 * quantile(&deviations, 0.5),
+                spread_sigma,
+                std,
+            }
+        })
+        .collect()
+}
+
+/// Gross-outlier bounds per feature; `None` when screening is off.
+#[derive(Debug, Clone, Default)]
+pub struct Screen {
+    bounds: Vec<Option<(f64, f64)>>,
+}
+
+impl Screen {
+    pub fn fit(stats: &[FeatureStats], max_z: Option<f64>) -> Self {
+        let Some(z) = max_z else {
+            return Self::default();
+        };
+        Self {
+            bounds: stats
+                .iter()
+                .map(|s| s.outlier_distance(z).map(|d| (s.median - d, s.median + d)))
+                .collect(),
         }
     }
-    let mut scale = vec![0.0; features];
-    for row in rows {
-        for ((s, v), m) in scale.iter_mut().zip(row).zip(&mean) {
-            *s += (f64::from(*v) - m).powi(2) / n;
-        }
+
+    /// The first feature of `row` that is a gross outlier.
+    pub fn outlier(&self, row: &[f32]) -> Option<usize> {
+        self.bounds.iter().zip(row).position(|(b, v)| {
+            b.is_some_and(|(lo, hi)| {
+                let v = f64::from(*v);
+                v < lo || v > hi
+            })
+        })
     }
-    let scale = scale
-        .into_iter()
-        .map(|v: f64| if v.sqrt() > 1e-9 { v.sqrt() } else { 1.0 })
-        .collect();
-    (mean, scale)
+
+    /// Keeps the rows inside the bounds; counts the others by their first outlying feature.
+    pub fn retain(&self, rows: &mut Vec<Vec<f32>>, dropped: &mut [u64]) {
+        rows.retain(|row| match self.outlier(row) {
+            Some(i) => {
+                dropped[i] += 1;
+                false
+            }
+            None => true,
+        });
+    }
 }
 
 /// Rows scaled with `(x - offset) / scale`, flattened.
@@ -112,7 +196,31 @@ mod tests {
         all.dedup();
         let anomalies_in_pool = 100 - s.holdout.iter().filter(|(_, l)| *l).count();
         assert_eq!(all.len(), 1000 - anomalies_in_pool, "every row is used once");
-        let (m, sd) = fit_scaling(&[vec![1.0, 5.0], vec![3.0, 5.0]], 2);
-        assert_eq!((m, sd), (vec![2.0, 5.0], vec![1.0, 1.0]));
+    }
+
+    #[test]
+    fn robust_scaling_and_screening_ignore_gross_values() {
+        // 1000 rows of a feature spread uniformly over [0, 10), plus a constant and one feature
+        // with five absurd readings, as a broken sensor produces.
+        let mut rows: Vec<Vec<f32>> = (0..1000)
+            .map(|i| vec![(i % 100) as f32 / 10.0, 7.0, 50.0 + (i % 10) as f32])
+            .collect();
+        for row in rows.iter_mut().take(5) {
+            row[2] = 1976.0;
+        }
+        let stats = fit_stats(&rows, 3);
+        // Uniform on [0, 9.9]: median 4.95, q99 - q1 = 9.702 (interpolated), σ-equivalent 2.085.
+        assert!((stats[0].median - 4.95).abs() < 1e-6, "{stats:?}");
+        assert!((stats[0].scale() - 9.702 / 4.653).abs() < 1e-3, "{stats:?}");
+        assert_eq!(stats[1].scale(), 1.0, "a constant feature keeps scale 1");
+        // The absurd readings move neither the centre nor the scale of the third feature much.
+        assert!(stats[2].scale() < 3.0, "{stats:?}");
+        let screen = Screen::fit(&stats, Some(12.0));
+        let mut dropped = [0_u64; 3];
+        screen.retain(&mut rows, &mut dropped);
+        assert_eq!(dropped, [0, 0, 5]);
+        assert_eq!(rows.len(), 995);
+        // Off means off.
+        assert_eq!(Screen::fit(&stats, None).outlier(&[1e9, 1e9, 1e9]), None);
     }
 }

@@ -6,7 +6,7 @@ use std::{
 };
 
 use kappa_api::{
-    model::{Activation, Feature, Layer, Lineage, Metrics, ModelManifest, OutputKind, SampleCounts},
+    model::{Activation, Layer, Lineage, Metrics, ModelManifest, OutputKind, SampleCounts},
     registry::{self as rpb, registry_client::RegistryClient},
     trainer::{Continuous, Job, JobPhase, JobProgress, TrainingSpec, training_spec::Range},
 };
@@ -28,7 +28,7 @@ use tracing::{Instrument as _, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::{
-    dataset::{fit_scaling, scaled, split},
+    dataset::{Screen, fit_stats, scaled, split},
     reader::{RangeQuery, read_range, scan_range},
     store::JobStore,
 };
@@ -244,12 +244,16 @@ async fn execute_round(handle: &Arc<JobHandle>, ctx: &JobContext, round: &tracin
         (job.job_id.clone(), job.spec.clone().unwrap_or_default())
     };
     let (from_ms, to_ms) = time_range(&spec);
+    let decoder = Arc::new(crate::schema::decoder(&spec).map_err(fail)?);
     let query = RangeQuery {
         topic: spec.source_topic.clone(),
         from_ms,
         to_ms,
-        features: spec.features.clone(),
-        labelled: !spec.label_field.is_empty(),
+        decoder,
+        lateness_ms: spec
+            .time
+            .as_ref()
+            .map_or(0, |t| t.lateness_ms.min(i64::MAX as u64) as i64),
         max_rows: ctx.max_rows,
     };
 
@@ -283,21 +287,34 @@ async fn execute_round(handle: &Arc<JobHandle>, ctx: &JobContext, round: &tracin
         return Err(Stop::Cancelled);
     }
     let features = spec.features.len();
-    let splits = split(data.rows, spec.validation_split, spec.holdout_split, spec.seed);
+    let mut splits = split(data.rows, spec.validation_split, spec.holdout_split, spec.seed);
     let mut skipped = data.skipped.clone();
     if splits.anomalies_excluded > 0 {
         skipped.insert("labelled_anomaly_not_trained_on".to_owned(), splits.anomalies_excluded);
     }
+    // Gross outliers are screened from the rows the model is fitted on (never from the hold-out,
+    // where catching them is the model's job), with statistics of those same rows.
+    let fitting: Vec<Vec<f32>> = splits.train.iter().chain(&splits.validation).cloned().collect();
+    let screen = Screen::fit(&fit_stats(&fitting, features), crate::schema::screening_z(&spec));
+    drop(fitting);
+    let mut outliers = vec![0_u64; features];
+    screen.retain(&mut splits.train, &mut outliers);
+    screen.retain(&mut splits.validation, &mut outliers);
+    for (feature, count) in spec.features.iter().zip(&outliers).filter(|(_, c)| **c > 0) {
+        skipped.insert(format!("outlier:{}", feature.path), *count);
+    }
     let skipped_total: u64 = skipped.values().sum();
     if splits.train.len() < 2 || splits.validation.is_empty() {
         return Err(fail(format!(
-            "only {} usable normal events in the range ({} read, skipped {:?}); widen the range",
+            "only {} usable normal events in the range ({} read, skipped {:?}); widen the range or check the schema",
             splits.train.len() + splits.validation.len(),
             data.read,
-            data.skipped
+            skipped
         )));
     }
-    let (offset, scale) = fit_scaling(&splits.train, features);
+    let stats = fit_stats(&splits.train, features);
+    let offset: Vec<f64> = stats.iter().map(|s| s.median).collect();
+    let scale: Vec<f64> = stats.iter().map(|s| s.scale()).collect();
     let train = scaled(&splits.train, &offset, &scale);
     let validation = scaled(&splits.validation, &offset, &scale);
 
@@ -321,7 +338,7 @@ async fn execute_round(handle: &Arc<JobHandle>, ctx: &JobContext, round: &tracin
         let metrics = Arc::clone(&ctx.metrics);
         let rows_per_epoch = splits.train.len();
         let (kafka, held_out, cap) = (ctx.kafka.clone(), splits.held_out.clone(), ctx.max_rows);
-        let (offset, scale) = (offset.clone(), scale.clone());
+        let (offset, scale, screen) = (offset.clone(), scale.clone(), screen.clone());
         let (streamed_rows, streamed_anomalies) = (Arc::clone(&streamed_rows), Arc::clone(&streamed_anomalies));
         let span = tracing::info_span!("train", epochs = spec.epochs, rows = rows_per_epoch, streamed);
         tokio::task::spawn_blocking(move || {
@@ -349,6 +366,9 @@ async fn execute_round(handle: &Arc<JobHandle>, ctx: &JobContext, round: &tracin
                         }
                         if row.label == Some(true) {
                             anomalies += 1;
+                            return;
+                        }
+                        if screen.outlier(&row.values).is_some() {
                             return;
                         }
                         rows += 1;
@@ -439,16 +459,8 @@ async fn execute_round(handle: &Arc<JobHandle>, ctx: &JobContext, round: &tracin
             "autoencoder trained by kappa-trainer job {job_id} on {}",
             spec.source_topic
         ),
-        features: spec
-            .features
-            .iter()
-            .zip(offset.iter().zip(&scale))
-            .map(|(name, (o, s))| Feature {
-                name: name.clone(),
-                offset: *o,
-                scale: *s,
-            })
-            .collect(),
+        features: crate::schema::manifest_features(&spec, &offset, &scale),
+        schema: Some(crate::schema::event_schema(&spec)),
         layers,
         output: OutputKind::ReconstructionError as i32,
         ..ModelManifest::default()
@@ -509,6 +521,19 @@ async fn execute_round(handle: &Arc<JobHandle>, ctx: &JobContext, round: &tracin
             ("optimizer".to_owned(), "AdamW(weight_decay=0.01)".to_owned()),
             ("threshold_percentile".to_owned(), spec.threshold_percentile.to_string()),
             ("seed".to_owned(), spec.seed.to_string()),
+            (
+                "scaling".to_owned(),
+                "robust: offset = median, scale = (q99 - q1) / 4.653 (then 1.4826 MAD, then std, then 1)".to_owned(),
+            ),
+            (
+                "screening".to_owned(),
+                match crate::schema::screening_z(&spec) {
+                    Some(z) => format!(
+                        "gross outliers dropped from training and validation rows: |x - median| > {z} x max(1.4826 MAD, (q99 - q1) / 4.653)"
+                    ),
+                    None => "off".to_owned(),
+                },
+            ),
             (
                 "data".to_owned(),
                 if streamed {
@@ -655,7 +680,7 @@ fn decide(
         m.features
             .iter()
             .map(|f| f.name.as_str())
-            .eq(spec.features.iter().map(String::as_str))
+            .eq(spec.features.iter().map(|f| f.path.as_str()))
     });
     if !features_match {
         return (

@@ -8,6 +8,7 @@ mod error;
 mod job;
 mod metrics;
 pub mod reader;
+mod schema;
 mod server;
 mod service;
 mod store;

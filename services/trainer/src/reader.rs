@@ -4,19 +4,18 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
+    sync::Arc,
     time::Duration,
 };
 
 use kappa_api::model::PartitionRange;
-use kappa_model::sensor::{Event, plausible_range};
+use kappa_kafka::range::{payload_format, position, range_consumer, resolve};
+use kappa_model::schema::{DecodedEvent, EventDecoder};
 use rdkafka::{
     ClientConfig, Message, Offset, TopicPartitionList,
     consumer::{BaseConsumer, Consumer},
     error::KafkaError,
-    message::Headers,
 };
-
-const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One usable event: feature values in the spec's order, and its label when there is one.
 #[derive(Debug, Clone)]
@@ -40,53 +39,15 @@ pub struct RangeData {
     pub usable: u64,
 }
 
-/// The `[start, end)` offsets of each partition for the time range, as the broker resolves them.
-pub fn resolve(
-    consumer: &BaseConsumer,
-    topic: &str,
-    from_ms: i64,
-    to_ms: i64,
-) -> Result<Vec<PartitionRange>, KafkaError> {
-    let metadata = consumer.fetch_metadata(Some(topic), TIMEOUT)?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .first()
-        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
-        .unwrap_or_default();
-    let at = |ms: i64| -> Result<HashMap<i32, Offset>, KafkaError> {
-        let mut tpl = TopicPartitionList::new();
-        for &p in &partitions {
-            tpl.add_partition_offset(topic, p, Offset::Offset(ms))?;
-        }
-        let found = consumer.offsets_for_times(tpl, TIMEOUT)?;
-        Ok(found.elements().iter().map(|e| (e.partition(), e.offset())).collect())
-    };
-    let (starts, ends) = (at(from_ms)?, at(to_ms)?);
-    let mut ranges = Vec::with_capacity(partitions.len());
-    for &p in &partitions {
-        let (_, high) = consumer.fetch_watermarks(topic, p, TIMEOUT)?;
-        // No record at or after the time: the range ends (or starts) at the end of the partition.
-        let offset = |o: Option<&Offset>| match o {
-            Some(Offset::Offset(o)) => *o,
-            _ => high,
-        };
-        ranges.push(PartitionRange {
-            partition: p,
-            start_offset: offset(starts.get(&p)),
-            end_offset: offset(ends.get(&p)),
-        });
-    }
-    Ok(ranges)
-}
-
-/// What to read: a topic's events in `[from_ms, to_ms)`, these features, with or without labels.
+/// What to read: a topic's events in `[from_ms, to_ms)` of event time, through a schema.
 #[derive(Debug, Clone)]
 pub struct RangeQuery {
     pub topic: String,
     pub from_ms: i64,
     pub to_ms: i64,
-    pub features: Vec<String>,
-    pub labelled: bool,
+    pub decoder: Arc<EventDecoder>,
+    /// How far past `to_ms` (by Kafka timestamp) late events are looked for.
+    pub lateness_ms: i64,
     pub max_rows: usize,
 }
 
@@ -129,19 +90,14 @@ pub fn scan_range(
         topic,
         from_ms,
         to_ms,
-        features,
-        labelled,
+        decoder,
+        lateness_ms,
         ..
     } = query;
-    let (topic, from_ms, to_ms, labelled) = (topic.as_str(), *from_ms, *to_ms, *labelled);
-    let consumer: BaseConsumer = config
-        .clone()
-        .set("group.id", format!("kappa-trainer-{}", uuid::Uuid::new_v4().simple()))
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .create()?;
+    let (topic, from_ms, to_ms) = (topic.as_str(), *from_ms, *to_ms);
+    let consumer: BaseConsumer = range_consumer(config, "trainer")?;
     let mut data = RangeData {
-        partitions: resolve(&consumer, topic, from_ms, to_ms)?,
+        partitions: resolve(&consumer, topic, from_ms, to_ms.saturating_add(*lateness_ms))?,
         ..RangeData::default()
     };
     let mut assignment = TopicPartitionList::new();
@@ -156,13 +112,22 @@ pub fn scan_range(
     consumer.assign(&assignment)?;
     let skip = |data: &mut RangeData, reason: &str| {
         data.skipped_total += 1;
-        *data.skipped.entry(reason.to_owned()).or_default() += 1;
+        match data.skipped.get_mut(reason) {
+            Some(count) => *count += 1,
+            None => {
+                data.skipped.insert(reason.to_owned(), 1);
+            }
+        }
     };
+    let labelled = decoder.label().is_some();
+    let mut event = DecodedEvent::default();
     while !remaining.is_empty() {
         if !keep_going(data.read, data.skipped_total) {
             break;
         }
         let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+            // A transaction marker can be a partition's last offset: no record ever reaches it.
+            remaining.retain(|&p, end| position(&consumer, topic, p).is_none_or(|at| at < *end));
             continue;
         };
         let message = message?;
@@ -177,46 +142,50 @@ pub fn scan_range(
             remaining.remove(&message.partition());
         }
         data.read += 1;
-        let timestamp = message.timestamp().to_millis().unwrap_or(i64::MIN);
-        if timestamp < from_ms || timestamp >= to_ms {
-            skip(&mut data, "outside_time_range");
+        let Some(payload) = message.payload() else {
+            skip(&mut data, "empty");
+            continue;
+        };
+        if decoder
+            .decode_into(payload, payload_format(message.headers()), &mut event)
+            .is_err()
+        {
+            skip(&mut data, "malformed");
             continue;
         }
-        let protobuf = message.headers().is_some_and(|h| {
-            h.iter().any(|x| {
-                x.key.eq_ignore_ascii_case("content-type") && x.value == Some(b"application/x-protobuf".as_slice())
-            })
-        });
-        let event = match message.payload().map(|p| Event::decode(p, protobuf)) {
-            Some(Ok(event)) => event,
-            Some(Err(_)) | None => {
-                skip(&mut data, "malformed");
+        let time = if decoder.time().is_some() {
+            if event.time_invalid {
+                skip(&mut data, "invalid_time");
                 continue;
             }
+            event.time_ms
+        } else {
+            message.timestamp().to_millis()
         };
-        let mut values = Vec::with_capacity(features.len());
-        let mut problem: Option<String> = None;
-        for f in features {
-            match event.fields.get(f).flatten() {
-                Some(v) if !v.is_finite() => problem = problem.or(Some("not_finite".to_owned())),
-                Some(v) if plausible_range(f).is_some_and(|(lo, hi)| v < lo || v > hi) => {
-                    problem = problem.or_else(|| Some(format!("out_of_range:{f}")));
-                }
-                Some(v) => values.push(v as f32),
-                None => problem = problem.or_else(|| Some(format!("missing_feature:{f}"))),
+        match time {
+            None => {
+                skip(&mut data, "missing_time");
+                continue;
             }
+            Some(t) if t < from_ms || t >= to_ms => {
+                skip(&mut data, "outside_time_range");
+                continue;
+            }
+            Some(_) => {}
         }
-        if let Some(reason) = problem {
-            skip(&mut data, &reason);
+        let mut values = Vec::with_capacity(decoder.features().len());
+        if let Err(problems) = decoder.extend_row(&event, &mut values) {
+            // Counted once, by its first problem, so the counts add up to the rows dropped.
+            skip(&mut data, &decoder.reason_key(&problems[0]));
             continue;
         }
-        if labelled && event.failure_occurred.is_none() {
+        if labelled && event.label.is_none() {
             skip(&mut data, "missing_label");
             continue;
         }
         on_row(Row {
             values,
-            label: event.failure_occurred,
+            label: event.label,
             id: (message.partition(), message.offset()),
         });
     }

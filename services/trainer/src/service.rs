@@ -11,7 +11,6 @@ use kappa_api::trainer::{
     GetJobRequest, Job, JobPhase, JobProgress, ListJobsRequest, ListJobsResponse, StartTrainingRequest, TrainingSpec,
     trainer_server::Trainer, training_spec::Range,
 };
-use kappa_model::example::SENSOR_FIELDS;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -54,7 +53,6 @@ pub struct TrainerService {
     pub max_running: usize,
 }
 
-const LABEL_FIELD: &str = "failure_occurred";
 const MAX_WIDTH: u32 = 4096;
 
 fn invalid(message: impl Into<String>) -> TrainerError {
@@ -92,21 +90,7 @@ pub fn normalise(mut spec: TrainingSpec) -> Result<TrainingSpec, TrainerError> {
         Some(Range::LastMinutes(0)) => return Err(invalid("last_minutes must be at least 1")),
         Some(_) => {}
     }
-    if spec.features.is_empty() {
-        spec.features = SENSOR_FIELDS.iter().map(|f| (*f).to_owned()).collect();
-    }
-    if let Some(unknown) = spec.features.iter().find(|f| !SENSOR_FIELDS.contains(&f.as_str())) {
-        return Err(invalid(format!(
-            "unknown feature {unknown:?}; known features: {}",
-            SENSOR_FIELDS.join(", ")
-        )));
-    }
-    if !spec.label_field.is_empty() && spec.label_field != LABEL_FIELD {
-        return Err(invalid(format!(
-            "unknown label field {:?}; the only label is {LABEL_FIELD:?}",
-            spec.label_field
-        )));
-    }
+    crate::schema::check_structure(&spec)?;
     if spec.epochs == 0 {
         return Err(invalid("epochs must be at least 1"));
     }
@@ -194,6 +178,16 @@ impl TrainerService {
         if !self.topic_exists(&spec.source_topic).await? {
             return Err(TrainerError::UnknownTopic(spec.source_topic));
         }
+        // The paths are checked against (or inferred from) the data before the job exists.
+        let (spec, schema_notes) = {
+            let (config, mut spec) = (self.context.kafka.clone(), spec);
+            tokio::task::spawn_blocking(move || {
+                let (from_ms, to_ms) = job::time_range(&spec);
+                crate::schema::resolve(&config, &mut spec, from_ms, to_ms).map(|notes| (spec, notes))
+            })
+            .await
+            .map_err(|e| TrainerError::Kafka(e.to_string()))??
+        };
         let running = self.running();
         if running >= self.max_running {
             return Err(TrainerError::Busy(running));
@@ -203,6 +197,7 @@ impl TrainerService {
             job_id: job_id.clone(),
             spec: Some(spec),
             phase: JobPhase::Queued as i32,
+            schema_notes,
             created_at_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as i64),

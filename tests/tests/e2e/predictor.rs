@@ -750,7 +750,7 @@ async fn stream_mode_answers_every_event_and_loses_none_across_a_kill_9() {
 
 #[tokio::test]
 async fn kappa_predict_scores_every_row_of_the_demo_csv() {
-    let csv = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/car-sensor-data.csv");
+    let csv = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/car-sensor-data.csv");
     assert!(csv.exists(), "the demo data is expected at {}", csv.display());
     let setup = RegistrySetup::new();
     let registry = setup.start().await;

@@ -771,3 +771,27 @@ pub fn new_traceparent() -> (String, String, String) {
     let span_id = uuid::Uuid::new_v4().simple().to_string()[..16].to_owned();
     (format!("00-{trace_id}-{span_id}-01"), trace_id, span_id)
 }
+
+/// The version's feature paths in input-column order, as ModelMetadata gives them to OIP clients.
+pub async fn oip_feature_columns(
+    oip: &mut kappa_api::inference::grpc_inference_service_client::GrpcInferenceServiceClient<Channel>,
+    model: &str,
+) -> Vec<String> {
+    use kappa_api::inference::{ModelMetadataRequest, infer_parameter::ParameterChoice};
+    let metadata = oip
+        .model_metadata(ModelMetadataRequest {
+            name: model.to_owned(),
+            version: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    match metadata
+        .parameters
+        .get("features_json")
+        .and_then(|p| p.parameter_choice.clone())
+    {
+        Some(ParameterChoice::StringParam(json)) => serde_json::from_str(&json).unwrap(),
+        other => panic!("ModelMetadata has no features_json parameter: {other:?}"),
+    }
+}

@@ -9,7 +9,7 @@ use kappa_api::{
     },
     registry as pb,
     trainer::{
-        GetJobRequest, Job, JobPhase, PromotionGate, StartTrainingRequest, TimeRange, TrainingSpec,
+        FeatureSpec, GetJobRequest, Job, JobPhase, PromotionGate, StartTrainingRequest, TimeRange, TrainingSpec,
         trainer_client::TrainerClient, training_spec::Range,
     },
 };
@@ -89,10 +89,34 @@ async fn bad_specs_are_refused_at_start_with_the_right_code() {
     let trainer = start_trainer(&registry).await;
     let mut client = trainer_client(&trainer).await;
     let topic = unique("test.train-specs");
-    run_fleet(&topic, &["--cars", "2", "--events", "10", "--rate", "0"]);
-    let cases: Vec<(&str, TrainingSpec, Code)> = vec![
-        ("empty range", spec("m", &topic, 1000, 1000), Code::InvalidArgument),
-        ("inverted range", spec("m", &topic, 2000, 1000), Code::InvalidArgument),
+    run_fleet(&topic, &["--cars", "2", "--events", "40", "--rate", "0"]);
+    let texts = unique("test.train-specs-text");
+    produce_raw(&texts, vec![("k".into(), br#"{"id":"a","state":"ok"}"#.to_vec()); 5]).await;
+    let all = i64::MAX / 2;
+    let named = |paths: &[&str]| -> Vec<FeatureSpec> {
+        paths
+            .iter()
+            .map(|p| FeatureSpec {
+                path: (*p).to_owned(),
+                min: None,
+                max: None,
+            })
+            .collect()
+    };
+    // (what, spec, code, what the message must name)
+    let cases: Vec<(&str, TrainingSpec, Code, &str)> = vec![
+        (
+            "empty range",
+            spec("m", &topic, 1000, 1000),
+            Code::InvalidArgument,
+            "empty",
+        ),
+        (
+            "inverted range",
+            spec("m", &topic, 2000, 1000),
+            Code::InvalidArgument,
+            "inverted",
+        ),
         (
             "no range",
             TrainingSpec {
@@ -100,57 +124,124 @@ async fn bad_specs_are_refused_at_start_with_the_right_code() {
                 ..spec("m", &topic, 0, 1)
             },
             Code::InvalidArgument,
+            "time_range",
+        ),
+        (
+            "a range with no events",
+            spec("m", &topic, 0, 1000),
+            Code::InvalidArgument,
+            "holds no events",
         ),
         (
             "unknown topic",
-            spec("m", &unique("no.such.topic"), 0, 1000),
+            spec("m", &unique("no.such.topic"), 0, all),
             Code::NotFound,
+            "no.such.topic",
         ),
         (
-            "unknown feature",
+            "unknown path",
             TrainingSpec {
-                features: vec!["warp_drive".into()],
-                ..spec("m", &topic, 0, 1000)
+                features: named(&["speed", "warp_drive"]),
+                ..spec("m", &topic, 0, all)
             },
             Code::InvalidArgument,
+            "\"warp_drive\" never occurs",
+        ),
+        (
+            "non-numeric path",
+            TrainingSpec {
+                features: named(&["speed", "failure_occurred"]),
+                label_field: String::new(),
+                ..spec("m", &topic, 0, all)
+            },
+            Code::InvalidArgument,
+            "\"failure_occurred\" is not numeric",
+        ),
+        (
+            "duplicate feature",
+            TrainingSpec {
+                features: named(&["speed", "coolant_temp", "speed"]),
+                ..spec("m", &topic, 0, all)
+            },
+            Code::InvalidArgument,
+            "\"speed\" is declared twice",
+        ),
+        (
+            "rule with min above max",
+            TrainingSpec {
+                features: vec![FeatureSpec {
+                    path: "speed".into(),
+                    min: Some(200.0),
+                    max: Some(10.0),
+                }],
+                ..spec("m", &topic, 0, all)
+            },
+            Code::InvalidArgument,
+            "\"speed\": its rule has min 200 above max 10",
+        ),
+        (
+            "malformed path",
+            TrainingSpec {
+                features: named(&["engine..rpm"]),
+                ..spec("m", &topic, 0, all)
+            },
+            Code::InvalidArgument,
+            "engine..rpm",
+        ),
+        (
+            "label that never occurs",
+            TrainingSpec {
+                label_field: "broken".into(),
+                ..spec("m", &topic, 0, all)
+            },
+            Code::InvalidArgument,
+            "label_field \"broken\" never occurs",
+        ),
+        (
+            "nothing numeric to infer",
+            TrainingSpec {
+                label_field: String::new(),
+                ..spec("m", &texts, 0, all)
+            },
+            Code::InvalidArgument,
+            "no numeric field",
         ),
         (
             "zero epochs",
             TrainingSpec {
                 epochs: 0,
-                ..spec("m", &topic, 0, 1000)
+                ..spec("m", &topic, 0, all)
             },
             Code::InvalidArgument,
+            "epochs",
         ),
         (
             "bad model name",
-            spec("Bad/Name", &topic, 0, 1000),
+            spec("Bad/Name", &topic, 0, all),
             Code::InvalidArgument,
-        ),
-        (
-            "unknown label",
-            TrainingSpec {
-                label_field: "broken".into(),
-                ..spec("m", &topic, 0, 1000)
-            },
-            Code::InvalidArgument,
+            "model_name",
         ),
         (
             "bad alias",
             TrainingSpec {
                 promote_alias: "latest".into(),
-                ..spec("m", &topic, 0, 1000)
+                ..spec("m", &topic, 0, all)
             },
             Code::InvalidArgument,
+            "latest",
         ),
     ];
-    for (what, bad, code) in cases {
+    for (what, bad, code, named) in cases {
         let err = client
             .start_training(StartTrainingRequest { spec: Some(bad) })
             .await
             .unwrap_err();
         assert_eq!(err.code(), code, "{what}: {err:?}");
-        assert!(!err.message().is_empty());
+        assert!(
+            err.message().contains(named),
+            "{what}: {:?} should name {named:?}",
+            err.message()
+        );
     }
     let jobs = client
         .list_jobs(kappa_api::trainer::ListJobsRequest {})
@@ -366,6 +457,8 @@ async fn a_model_trained_on_one_window_detects_failures_in_a_later_one_through_t
         .start()
         .await;
     let mut oip = GrpcInferenceServiceClient::new(predictor.channel().await);
+    let columns = oip_feature_columns(&mut oip, "fleet-detector").await;
+    assert_eq!(columns.len(), SENSOR_FIELDS.len(), "{columns:?}");
     let events = read_topic_with_timestamps(&later).await;
     let (mut scores, mut flags, mut labels) = (Vec::new(), Vec::new(), Vec::new());
     for chunk in events.chunks(64) {
@@ -373,9 +466,9 @@ async fn a_model_trained_on_one_window_detects_failures_in_a_later_one_through_t
             .iter()
             .flat_map(|(_, v, _)| {
                 let e: serde_json::Value = serde_json::from_slice(v).unwrap();
-                SENSOR_FIELDS
+                columns
                     .iter()
-                    .map(move |f| e[f].as_f64().unwrap() as f32)
+                    .map(|f| e[f.as_str()].as_f64().unwrap() as f32)
                     .collect::<Vec<_>>()
             })
             .collect();
@@ -428,7 +521,7 @@ async fn a_model_trained_on_one_window_detects_failures_in_a_later_one_through_t
 
 #[tokio::test]
 async fn the_demo_csv_trains_end_to_end_and_its_defective_rows_are_counted_by_reason() {
-    let csv = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/car-sensor-data.csv");
+    let csv = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/car-sensor-data.csv");
     let text = std::fs::read_to_string(&csv).unwrap();
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().unwrap().split(',').collect();
@@ -457,47 +550,101 @@ async fn the_demo_csv_trains_end_to_end_and_its_defective_rows_are_counted_by_re
     let trainer = start_trainer(&registry).await;
     let mut client = trainer_client(&trainer).await;
     let (from, to) = (*times.iter().min().unwrap(), *times.iter().max().unwrap() + 1);
-    let spec = TrainingSpec {
+
+    // Default flags: the schema is inferred from the data, and nothing is dropped for physics
+    // the code would have to assume.
+    let spec_default = TrainingSpec {
         label_field: String::new(),
         epochs: 3,
         ..spec("demo-csv", &topic, from, to)
     };
-    let job = start_job(&mut client, spec).await;
+    let job = start_job(&mut client, spec_default).await;
+    let features: Vec<&str> = job
+        .spec
+        .as_ref()
+        .unwrap()
+        .features
+        .iter()
+        .map(|f| f.path.as_str())
+        .collect();
+    let mut expected: Vec<&str> = header
+        .iter()
+        .copied()
+        .filter(|h| !["time", "car"].contains(h))
+        .collect();
+    expected.sort_unstable();
+    assert_eq!(
+        features, expected,
+        "every sensor column, in path order; `time` and `car` left out"
+    );
+    let notes = job.schema_notes.join("\n");
+    assert!(notes.contains("time: looks like a timestamp"), "{notes}");
+    assert!(notes.contains("car: not numeric"), "{notes}");
     let done = wait_done(&mut client, &job.job_id, Duration::from_secs(120)).await;
     assert_eq!(done.phase, JobPhase::Succeeded as i32, "{}", done.message);
     let samples = done.lineage.unwrap().samples.unwrap();
-    println!("demo CSV: {samples:?}");
+    println!("demo CSV, default flags: {samples:?}");
     let skipped: u64 = samples.skipped.values().sum();
     assert_eq!(samples.train + samples.validation + samples.holdout + skipped, 10_000);
-    // The data's README names its defects: about 94% of rows have a negative battery percentage,
-    // and the coolant reaches 1976 °C. A row is counted once, under its first defect.
-    let out_of_range: u64 = samples
-        .skipped
-        .iter()
-        .filter(|(k, _)| k.starts_with("out_of_range:"))
-        .map(|(_, v)| v)
-        .sum();
-    let defective = text
+    assert!(samples.train > 5_000, "{samples:?}");
+
+    // The data's README names its defects: about 94% of rows have a negative battery
+    // percentage, and the coolant reaches 1976 °C. A user who knows their units says so with
+    // validity rules, and every row they rule out is counted under its first broken rule (in
+    // column order: battery_percentage comes before coolant_temp).
+    let with_rules = TrainingSpec {
+        label_field: String::new(),
+        epochs: 3,
+        features: expected
+            .iter()
+            .map(|path| FeatureSpec {
+                path: (*path).to_owned(),
+                min: (*path == "battery_percentage").then_some(0.0),
+                max: match *path {
+                    "battery_percentage" => Some(1.0),
+                    "coolant_temp" => Some(250.0),
+                    _ => None,
+                },
+            })
+            .collect(),
+        ..spec("demo-csv-rules", &topic, from, to)
+    };
+    let job = start_job(&mut client, with_rules).await;
+    let done = wait_done(&mut client, &job.job_id, Duration::from_secs(120)).await;
+    assert_eq!(done.phase, JobPhase::Succeeded as i32, "{}", done.message);
+    let samples = done.lineage.unwrap().samples.unwrap();
+    println!("demo CSV, with rules: {samples:?}");
+    let cells = |line: &str| -> Vec<f64> { line.split(',').skip(2).map(|c| c.parse().unwrap()).collect() };
+    let battery_broken = text
+        .lines()
+        .skip(1)
+        .filter(|line| !(0.0..=1.0).contains(&cells(line)[3]))
+        .count() as u64;
+    let coolant_broken_only = text
         .lines()
         .skip(1)
         .filter(|line| {
-            let cells: Vec<f64> = line.split(',').skip(2).map(|c| c.parse().unwrap()).collect();
-            let (coolant, battery) = (cells[0], cells[3]);
-            !(0.0..=1.0).contains(&battery) || coolant > 250.0
+            let c = cells(line);
+            (0.0..=1.0).contains(&c[3]) && c[0] > 250.0
         })
         .count() as u64;
-    assert_eq!(out_of_range, defective, "{:?}", samples.skipped);
-    assert!(
-        samples.skipped["out_of_range:battery_percentage"] > 5_000,
+    assert!(battery_broken > 9_000, "the README's 94%: {battery_broken}");
+    let count = |key: &str| samples.skipped.get(key).copied().unwrap_or(0);
+    assert_eq!(
+        count("below_min:battery_percentage") + count("above_max:battery_percentage"),
+        battery_broken,
         "{:?}",
         samples.skipped
     );
-    assert!(
-        samples.skipped.contains_key("out_of_range:coolant_temp"),
+    assert_eq!(
+        count("above_max:coolant_temp"),
+        coolant_broken_only,
         "{:?}",
         samples.skipped
     );
-    assert!(samples.train > 100);
+    let skipped: u64 = samples.skipped.values().sum();
+    assert_eq!(samples.train + samples.validation + samples.holdout + skipped, 10_000);
+    assert!(samples.train > 100, "{samples:?}");
 }
 
 #[tokio::test]

@@ -1,0 +1,159 @@
+//! Time ranges of a topic: the broker resolves `[from, to)` to per-partition offsets with its
+//! time index (offsets_for_times), and a sample of the range is read from evenly spaced points
+//! of every partition, so it covers the whole range and not just its first minutes.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use kappa_api::model::PartitionRange;
+use kappa_model::schema::{PayloadFormat, Sample};
+use rdkafka::{
+    ClientConfig, Message, Offset, TopicPartitionList,
+    consumer::{BaseConsumer, Consumer},
+    error::KafkaError,
+    message::Headers,
+};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The payload format a record's `content-type` header declares (JSON when it has none).
+pub fn payload_format<H: Headers>(headers: Option<&H>) -> PayloadFormat {
+    let value = headers.and_then(|h| {
+        h.iter()
+            .find(|x| x.key.eq_ignore_ascii_case("content-type"))
+            .and_then(|x| x.value)
+    });
+    PayloadFormat::from_content_type(value)
+}
+
+/// The `[start, end)` offsets of each partition for the time range, as the broker resolves them.
+pub fn resolve(
+    consumer: &BaseConsumer,
+    topic: &str,
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<Vec<PartitionRange>, KafkaError> {
+    let metadata = consumer.fetch_metadata(Some(topic), TIMEOUT)?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .first()
+        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+        .unwrap_or_default();
+    let at = |ms: i64| -> Result<HashMap<i32, Offset>, KafkaError> {
+        let mut tpl = TopicPartitionList::new();
+        for &p in &partitions {
+            tpl.add_partition_offset(topic, p, Offset::Offset(ms))?;
+        }
+        let found = consumer.offsets_for_times(tpl, TIMEOUT)?;
+        Ok(found.elements().iter().map(|e| (e.partition(), e.offset())).collect())
+    };
+    let (starts, ends) = (at(from_ms)?, at(to_ms)?);
+    let mut ranges = Vec::with_capacity(partitions.len());
+    for &p in &partitions {
+        let (_, high) = consumer.fetch_watermarks(topic, p, TIMEOUT)?;
+        // No record at or after the time: the range ends (or starts) at the end of the partition.
+        let offset = |o: Option<&Offset>| match o {
+            Some(Offset::Offset(o)) => *o,
+            _ => high,
+        };
+        ranges.push(PartitionRange {
+            partition: p,
+            start_offset: offset(starts.get(&p)),
+            end_offset: offset(ends.get(&p)),
+        });
+    }
+    Ok(ranges)
+}
+
+/// A consumer for reading ranges: its own throw-away group, no commits, committed data only.
+pub fn range_consumer(config: &ClientConfig, purpose: &str) -> Result<BaseConsumer, KafkaError> {
+    config
+        .clone()
+        .set("group.id", format!("kappa-{purpose}-{}", uuid_like()))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+}
+
+fn uuid_like() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{:x}{:x}", nanos, std::process::id())
+}
+
+/// Seek points per partition: enough to cover the range, few enough to stay quick.
+const POINTS: i64 = 8;
+
+/// Up to `max` records of `[from_ms, to_ms)` (by record timestamp), read from evenly spaced
+/// offsets of every partition, within `budget` of wall-clock time.
+pub fn sample(
+    config: &ClientConfig,
+    topic: &str,
+    ranges: &[PartitionRange],
+    from_ms: i64,
+    to_ms: i64,
+    max: usize,
+    budget: Duration,
+) -> Result<Vec<Sample>, KafkaError> {
+    let consumer = range_consumer(config, "sample")?;
+    let deadline = Instant::now() + budget;
+    let live: Vec<&PartitionRange> = ranges.iter().filter(|r| r.start_offset < r.end_offset).collect();
+    if live.is_empty() || max == 0 {
+        return Ok(Vec::new());
+    }
+    let per_point = (max as i64 / (live.len() as i64 * POINTS)).max(1);
+    let mut samples = Vec::with_capacity(max);
+    for range in live {
+        let span = range.end_offset - range.start_offset;
+        let points = POINTS.min((span + per_point - 1) / per_point).max(1);
+        for i in 0..points {
+            if samples.len() >= max || Instant::now() >= deadline {
+                return Ok(samples);
+            }
+            let start = range.start_offset + span * i / points;
+            let end = (start + per_point).min(range.end_offset);
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(topic, range.partition, Offset::Offset(start))?;
+            consumer.assign(&tpl)?;
+            while samples.len() < max && Instant::now() < deadline {
+                let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+                    // A transaction marker can be the last offset: no record ever reaches it.
+                    if position(&consumer, topic, range.partition).is_some_and(|p| p >= end) {
+                        break;
+                    }
+                    continue;
+                };
+                let message = message?;
+                if message.offset() >= end {
+                    break;
+                }
+                let timestamp = message.timestamp().to_millis();
+                let inside = timestamp.is_none_or(|t| t >= from_ms && t < to_ms);
+                if let (true, Some(payload)) = (inside, message.payload()) {
+                    samples.push(Sample {
+                        payload: payload.to_vec(),
+                        format: payload_format(message.headers()),
+                        timestamp_ms: timestamp,
+                    });
+                }
+                if message.offset() + 1 >= end {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(samples)
+}
+
+/// The consumer's next offset on one partition, when it has one.
+pub fn position(consumer: &BaseConsumer, topic: &str, partition: i32) -> Option<i64> {
+    let positions = consumer.position().ok()?;
+    let element = positions.find_partition(topic, partition)?;
+    match element.offset() {
+        Offset::Offset(o) => Some(o),
+        _ => None,
+    }
+}

@@ -1,0 +1,695 @@
+//! Decoding one event with a schema. The paths are compiled into a tree once per model version;
+//! an event is then walked in a single serde pass that descends only into the objects the
+//! schema names and skips everything else unread, without allocating a key per field.
+
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+use super::{MAX_FEATURES, PayloadFormat, parse_rfc3339_ms, protobuf, validate_path};
+use crate::{EventSchema, ModelManifest, TimeFormat};
+
+/// A feature path and its validity rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeatureRule {
+    pub path: String,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+}
+
+/// The label path and the values that mean "anomalous".
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabelRule {
+    pub path: String,
+    /// Lower-case, trimmed.
+    texts: Vec<String>,
+    numbers: Vec<f64>,
+}
+
+impl LabelRule {
+    /// `positive` empty means `true` and `1`.
+    pub fn new(path: &str, positive: &[String]) -> Self {
+        let defaults = ["true".to_owned(), "1".to_owned()];
+        let positive = if positive.is_empty() { &defaults[..] } else { positive };
+        let texts: Vec<String> = positive.iter().map(|p| p.trim().to_lowercase()).collect();
+        let numbers = texts.iter().filter_map(|t| t.parse::<f64>().ok()).collect();
+        Self {
+            path: path.to_owned(),
+            texts,
+            numbers,
+        }
+    }
+
+    /// Whether a label value, as text (`true`, `1`, `failed`), means "anomalous".
+    pub fn is_positive(&self, s: &str) -> bool {
+        self.text(s)
+    }
+
+    fn text(&self, s: &str) -> bool {
+        let s = s.trim();
+        self.texts.iter().any(|t| t.eq_ignore_ascii_case(s)) || s.parse::<f64>().is_ok_and(|n| self.number(n))
+    }
+
+    fn number(&self, n: f64) -> bool {
+        self.numbers.contains(&n)
+    }
+}
+
+/// Where event time is read from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimeRule {
+    pub path: String,
+    pub format: TimeFormat,
+}
+
+impl TimeRule {
+    fn number(&self, n: f64) -> Option<i64> {
+        let ms = match self.format {
+            TimeFormat::EpochMillis => n,
+            TimeFormat::EpochSeconds => n * 1000.0,
+            TimeFormat::Rfc3339 => return None,
+            // 1e11 ms is March 1973; 1e11 s is the year 5138.
+            TimeFormat::Unspecified if n.abs() >= 1e11 => n,
+            TimeFormat::Unspecified => n * 1000.0,
+        };
+        ms.is_finite().then_some(ms as i64)
+    }
+
+    fn text(&self, s: &str) -> Option<i64> {
+        match self.format {
+            TimeFormat::Rfc3339 => parse_rfc3339_ms(s),
+            TimeFormat::EpochMillis | TimeFormat::EpochSeconds => self.number(s.trim().parse().ok()?),
+            TimeFormat::Unspecified => parse_rfc3339_ms(s).or_else(|| self.number(s.trim().parse().ok()?)),
+        }
+    }
+}
+
+/// What an event holds at a feature's path.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum FieldValue {
+    #[default]
+    Missing,
+    Number(f64),
+    /// Present but not a number or a numeric string (text, bool, object, array).
+    NotNumeric,
+}
+
+/// One event read through a schema. Reusable: [`EventDecoder::decode_into`] resets it.
+#[derive(Debug, Clone, Default)]
+pub struct DecodedEvent {
+    pub values: Vec<FieldValue>,
+    /// `None` when the event has no (non-null) label.
+    pub label: Option<bool>,
+    /// `None` when the schema takes time from Kafka, or the event lacks the field.
+    pub time_ms: Option<i64>,
+    /// The time field is present but is not a time in the schema's format.
+    pub time_invalid: bool,
+}
+
+/// Why a feature of an event cannot be used.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ProblemKind {
+    Missing,
+    NotNumeric,
+    NotFinite,
+    BelowMin { value: f64, min: f64 },
+    AboveMax { value: f64, max: f64 },
+}
+
+impl ProblemKind {
+    /// The reason as counted in skip maps and metrics: `missing`, `not_numeric`, …
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::NotNumeric => "not_numeric",
+            Self::NotFinite => "not_finite",
+            Self::BelowMin { .. } => "below_min",
+            Self::AboveMax { .. } => "above_max",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    pub feature: usize,
+    pub kind: ProblemKind,
+}
+
+/// A compiled schema: the tree of paths, the features' rules, the label and time rules.
+#[derive(Debug, Clone)]
+pub struct EventDecoder {
+    root: Node,
+    features: Vec<FeatureRule>,
+    label: Option<LabelRule>,
+    time: Option<TimeRule>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Target {
+    Feature(usize),
+    Label,
+    Time,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Node {
+    target: Option<Target>,
+    children: Vec<(Box<str>, Option<usize>, Node)>,
+}
+
+impl Node {
+    fn insert(&mut self, path: &str, target: Target) -> Result<(), String> {
+        let mut node = self;
+        for segment in path.split('.') {
+            let at = match node.children.iter().position(|(k, _, _)| &**k == segment) {
+                Some(at) => at,
+                None => {
+                    node.children
+                        .push((segment.into(), segment.parse().ok(), Node::default()));
+                    node.children.len() - 1
+                }
+            };
+            node = &mut node.children[at].2;
+        }
+        if node.target.is_some() {
+            return Err(format!("the path {path:?} is used twice"));
+        }
+        node.target = Some(target);
+        Ok(())
+    }
+
+    /// The child for an object key. A key holding dots (`{"engine.rpm": 1}`) also matches the
+    /// nested path it spells, so flattened and nested producers read the same.
+    fn key(&self, key: &str) -> Option<&Node> {
+        if let Some((_, _, n)) = self.children.iter().find(|(k, _, _)| &**k == key) {
+            return Some(n);
+        }
+        if !key.contains('.') {
+            return None;
+        }
+        key.split('.').try_fold(self, |node, segment| {
+            node.children
+                .iter()
+                .find(|(k, _, _)| &**k == segment)
+                .map(|(_, _, n)| n)
+        })
+    }
+
+    fn index(&self, i: usize) -> Option<&Node> {
+        self.children
+            .iter()
+            .find(|(_, idx, _)| *idx == Some(i))
+            .map(|(_, _, n)| n)
+    }
+}
+
+impl EventDecoder {
+    pub fn new(features: Vec<FeatureRule>, label: Option<LabelRule>, time: Option<TimeRule>) -> Result<Self, String> {
+        if features.is_empty() {
+            return Err("there are no features".into());
+        }
+        if features.len() > MAX_FEATURES {
+            return Err(format!(
+                "{} features; at most {MAX_FEATURES} are allowed",
+                features.len()
+            ));
+        }
+        let mut root = Node::default();
+        for (i, f) in features.iter().enumerate() {
+            validate_path(&f.path).map_err(|e| format!("feature {i}: {e}"))?;
+            if let (Some(min), Some(max)) = (f.min, f.max)
+                && min > max
+            {
+                return Err(format!("feature {:?}: its rule has min {min} above max {max}", f.path));
+            }
+            if f.min.is_some_and(f64::is_nan) || f.max.is_some_and(f64::is_nan) {
+                return Err(format!("feature {:?}: its rule bound is NaN", f.path));
+            }
+            root.insert(&f.path, Target::Feature(i))
+                .map_err(|e| format!("feature {:?} is declared twice ({e})", f.path))?;
+        }
+        if let Some(label) = &label {
+            validate_path(&label.path).map_err(|e| format!("label field: {e}"))?;
+            root.insert(&label.path, Target::Label)
+                .map_err(|_| format!("the label field {:?} is also a feature", label.path))?;
+        }
+        if let Some(time) = &time {
+            validate_path(&time.path).map_err(|e| format!("time field: {e}"))?;
+            root.insert(&time.path, Target::Time)
+                .map_err(|_| format!("the time field {:?} is also a feature or the label", time.path))?;
+        }
+        Ok(Self {
+            root,
+            features,
+            label,
+            time,
+        })
+    }
+
+    /// The decoder for a version: its features' paths and rules, its label and time fields.
+    pub fn for_manifest(manifest: &ModelManifest) -> Result<Self, String> {
+        let features = manifest
+            .features
+            .iter()
+            .map(|f| FeatureRule {
+                path: f.name.clone(),
+                min: f.min,
+                max: f.max,
+            })
+            .collect();
+        let schema = manifest.schema.clone().unwrap_or_default();
+        Self::new(features, label_rule(&schema), time_rule(&schema))
+    }
+
+    pub fn features(&self) -> &[FeatureRule] {
+        &self.features
+    }
+
+    pub fn label(&self) -> Option<&LabelRule> {
+        self.label.as_ref()
+    }
+
+    pub fn time(&self) -> Option<&TimeRule> {
+        self.time.as_ref()
+    }
+
+    pub fn decode(&self, payload: &[u8], format: PayloadFormat) -> Result<DecodedEvent, String> {
+        let mut event = DecodedEvent::default();
+        self.decode_into(payload, format, &mut event)?;
+        Ok(event)
+    }
+
+    /// Reads `payload` into `event`; an error says why the payload is not an event at all.
+    pub fn decode_into(&self, payload: &[u8], format: PayloadFormat, event: &mut DecodedEvent) -> Result<(), String> {
+        event.values.clear();
+        event.values.resize(self.features.len(), FieldValue::Missing);
+        event.label = None;
+        event.time_ms = None;
+        event.time_invalid = false;
+        match format {
+            PayloadFormat::Json => {
+                let mut de = serde_json::Deserializer::from_slice(payload);
+                self.seed(event).deserialize(&mut de).map_err(|e| {
+                    if e.is_syntax() || e.is_eof() {
+                        format!("the event is not JSON: {e}")
+                    } else {
+                        format!("the event is not a JSON object: {e}")
+                    }
+                })?;
+                de.end().map_err(|e| format!("the event is not JSON: {e}"))
+            }
+            PayloadFormat::Protobuf => {
+                let value = protobuf::sensor_reading_to_json(payload)?;
+                self.decode_value(&value, event)
+            }
+        }
+    }
+
+    /// Reads an already parsed JSON value (protobuf events, or events from other sources).
+    pub fn decode_value(&self, value: &serde_json::Value, event: &mut DecodedEvent) -> Result<(), String> {
+        if event.values.len() != self.features.len() {
+            event.values.clear();
+            event.values.resize(self.features.len(), FieldValue::Missing);
+        }
+        self.seed(event)
+            .deserialize(value)
+            .map_err(|e| format!("the event is not a JSON object: {e}"))
+    }
+
+    fn seed<'n, 'o>(&'n self, out: &'o mut DecodedEvent) -> Seed<'n, 'o> {
+        Seed {
+            decoder: self,
+            node: &self.root,
+            out,
+            root: true,
+        }
+    }
+
+    /// Appends the event's feature values in column order to `row`, or says what is wrong with
+    /// each feature that cannot be used (every one, not just the first).
+    pub fn extend_row(&self, event: &DecodedEvent, row: &mut Vec<f32>) -> Result<(), Vec<Problem>> {
+        let start = row.len();
+        let mut problems = Vec::new();
+        for (i, (value, rule)) in event.values.iter().zip(&self.features).enumerate() {
+            let kind = match *value {
+                FieldValue::Missing => ProblemKind::Missing,
+                FieldValue::NotNumeric => ProblemKind::NotNumeric,
+                // Finite as f64 but too large for f32 is not finite for the network either.
+                FieldValue::Number(v) if !v.is_finite() || !(v as f32).is_finite() => ProblemKind::NotFinite,
+                FieldValue::Number(v) if rule.min.is_some_and(|min| v < min) => ProblemKind::BelowMin {
+                    value: v,
+                    min: rule.min.unwrap_or_default(),
+                },
+                FieldValue::Number(v) if rule.max.is_some_and(|max| v > max) => ProblemKind::AboveMax {
+                    value: v,
+                    max: rule.max.unwrap_or_default(),
+                },
+                FieldValue::Number(v) => {
+                    row.push(v as f32);
+                    continue;
+                }
+            };
+            problems.push(Problem { feature: i, kind });
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            row.truncate(start);
+            Err(problems)
+        }
+    }
+
+    /// One sentence naming every problem, for errors returned to callers.
+    pub fn describe(&self, problems: &[Problem]) -> String {
+        let parts: Vec<String> = problems
+            .iter()
+            .map(|p| {
+                let name = &self.features[p.feature].path;
+                match p.kind {
+                    ProblemKind::Missing => format!("feature {name:?} is missing"),
+                    ProblemKind::NotNumeric => format!("feature {name:?} is not a number"),
+                    ProblemKind::NotFinite => format!("feature {name:?} is not a finite number"),
+                    ProblemKind::BelowMin { value, min } => {
+                        format!("feature {name:?} = {value} is below its valid minimum {min}")
+                    }
+                    ProblemKind::AboveMax { value, max } => {
+                        format!("feature {name:?} = {value} is above its valid maximum {max}")
+                    }
+                }
+            })
+            .collect();
+        parts.join("; ")
+    }
+
+    /// The skip-map key of a problem: `reason:feature-path`.
+    pub fn reason_key(&self, problem: &Problem) -> String {
+        format!("{}:{}", problem.kind.reason(), self.features[problem.feature].path)
+    }
+}
+
+/// The label rule of a schema, when it names a label field.
+pub fn label_rule(schema: &EventSchema) -> Option<LabelRule> {
+    (!schema.label_field.is_empty()).then(|| LabelRule::new(&schema.label_field, &schema.positive_labels))
+}
+
+/// The time rule of a schema, when event time comes from a field.
+pub fn time_rule(schema: &EventSchema) -> Option<TimeRule> {
+    let time = schema.time.as_ref()?;
+    (!time.field.is_empty()).then(|| TimeRule {
+        path: time.field.clone(),
+        format: TimeFormat::try_from(time.format).unwrap_or(TimeFormat::Unspecified),
+    })
+}
+
+struct Seed<'n, 'o> {
+    decoder: &'n EventDecoder,
+    node: &'n Node,
+    out: &'o mut DecodedEvent,
+    root: bool,
+}
+
+enum Scalar<'a> {
+    Number(f64),
+    Text(&'a str),
+    Bool(bool),
+    Composite,
+}
+
+impl<'n> Seed<'n, '_> {
+    fn child<'p>(&'p mut self, node: &'n Node) -> Seed<'n, 'p> {
+        Seed {
+            decoder: self.decoder,
+            node,
+            out: self.out,
+            root: false,
+        }
+    }
+
+    fn set(&mut self, value: Scalar<'_>) {
+        let Some(target) = self.node.target else { return };
+        match target {
+            Target::Feature(i) => {
+                self.out.values[i] = match value {
+                    Scalar::Number(n) => FieldValue::Number(n),
+                    Scalar::Text(s) => s.trim().parse().map_or(FieldValue::NotNumeric, FieldValue::Number),
+                    Scalar::Bool(_) | Scalar::Composite => FieldValue::NotNumeric,
+                };
+            }
+            Target::Label => {
+                let Some(rule) = &self.decoder.label else { return };
+                self.out.label = match value {
+                    Scalar::Number(n) => Some(rule.number(n)),
+                    Scalar::Text(s) => Some(rule.text(s)),
+                    Scalar::Bool(b) => Some(rule.text(if b { "true" } else { "false" })),
+                    Scalar::Composite => None,
+                };
+            }
+            Target::Time => {
+                let Some(rule) = &self.decoder.time else { return };
+                let ms = match value {
+                    Scalar::Number(n) => rule.number(n),
+                    Scalar::Text(s) => rule.text(s),
+                    Scalar::Bool(_) | Scalar::Composite => None,
+                };
+                self.out.time_ms = ms;
+                self.out.time_invalid = ms.is_none();
+            }
+        }
+    }
+
+    fn scalar<E: de::Error>(mut self, value: Scalar<'_>) -> Result<(), E> {
+        if self.root {
+            return Err(E::custom("expected an object"));
+        }
+        self.set(value);
+        Ok(())
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Seed<'_, '_> {
+    type Value = ();
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Seed<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON event")
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
+        self.scalar(Scalar::Bool(v))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
+        self.scalar(Scalar::Number(v as f64))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
+        self.scalar(Scalar::Number(v as f64))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
+        self.scalar(Scalar::Number(v))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+        self.scalar(Scalar::Text(v))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        // null is absent: the value stays Missing.
+        if self.root {
+            return Err(E::custom("expected an object"));
+        }
+        Ok(())
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<(), E> {
+        self.visit_unit()
+    }
+
+    fn visit_some<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
+        self.set(Scalar::Composite);
+        let node = self.node;
+        while let Some(child) = map.next_key_seed(KeySeed(node))? {
+            match child {
+                Some(child) => map.next_value_seed(self.child(child))?,
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
+        if self.root {
+            return Err(de::Error::custom("expected an object, found an array"));
+        }
+        self.set(Scalar::Composite);
+        let node = self.node;
+        for i in 0.. {
+            let more = match node.index(i) {
+                Some(child) => seq.next_element_seed(self.child(child))?.is_some(),
+                None => seq.next_element::<IgnoredAny>()?.is_some(),
+            };
+            if !more {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Looks a key up among a node's children without allocating it.
+struct KeySeed<'n>(&'n Node);
+
+impl<'de, 'n> DeserializeSeed<'de> for KeySeed<'n> {
+    type Value = Option<&'n Node>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'n> Visitor<'_> for KeySeed<'n> {
+    type Value = Option<&'n Node>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object key")
+    }
+
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<Self::Value, E> {
+        Ok(self.0.key(key))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(path: &str) -> FeatureRule {
+        FeatureRule {
+            path: path.to_owned(),
+            min: None,
+            max: None,
+        }
+    }
+
+    fn decoder(paths: &[&str]) -> EventDecoder {
+        EventDecoder::new(paths.iter().map(|p| rule(p)).collect(), None, None).unwrap()
+    }
+
+    #[test]
+    fn nested_paths_numeric_strings_and_array_indices() {
+        let d = decoder(&["speed", "engine.coolant_temp", "tires.1", "flat.key", "deep.a.b"]);
+        let e = d
+            .decode(
+                br#"{"speed":"24.9","engine":{"coolant_temp":39.4,"rpm":900},"tires":[30,31.5,29],
+                    "flat.key":7,"deep":{"a":{"b":-1e3}},"ignored":{"x":[1,{"y":2}]}}"#,
+                PayloadFormat::Json,
+            )
+            .unwrap();
+        let mut row = Vec::new();
+        d.extend_row(&e, &mut row).unwrap();
+        assert_eq!(row, vec![24.9, 39.4, 31.5, 7.0, -1000.0]);
+    }
+
+    #[test]
+    fn every_problem_is_named() {
+        let mut rules = vec![rule("a"), rule("b"), rule("c"), rule("d"), rule("e"), rule("f")];
+        rules[4].max = Some(10.0);
+        rules[5].min = Some(0.0);
+        let d = EventDecoder::new(rules, None, None).unwrap();
+        let e = d
+            .decode(
+                br#"{"b":"hot","c":"NaN","d":{"x":1},"e":11,"f":-1,"a":null}"#,
+                PayloadFormat::Json,
+            )
+            .unwrap();
+        let problems = d.extend_row(&e, &mut Vec::new()).unwrap_err();
+        let reasons: Vec<String> = problems.iter().map(|p| d.reason_key(p)).collect();
+        assert_eq!(
+            reasons,
+            [
+                "missing:a",
+                "not_numeric:b",
+                "not_finite:c",
+                "not_numeric:d",
+                "above_max:e",
+                "below_min:f"
+            ]
+        );
+        let text = d.describe(&problems);
+        assert!(
+            text.contains(r#"feature "e" = 11 is above its valid maximum 10"#),
+            "{text}"
+        );
+        // A value too large for f32 is not finite for the network.
+        let e = d
+            .decode(br#"{"a":1e300,"b":1,"c":1,"d":1,"e":1,"f":1}"#, PayloadFormat::Json)
+            .unwrap();
+        assert_eq!(
+            d.extend_row(&e, &mut Vec::new()).unwrap_err()[0].kind,
+            ProblemKind::NotFinite
+        );
+    }
+
+    #[test]
+    fn labels_and_time_follow_the_schema() {
+        let d = EventDecoder::new(
+            vec![rule("x")],
+            Some(LabelRule::new("status.state", &["failed".into(), "broken".into()])),
+            Some(TimeRule {
+                path: "ts".into(),
+                format: TimeFormat::Unspecified,
+            }),
+        )
+        .unwrap();
+        let read = |json: &str| d.decode(json.as_bytes(), PayloadFormat::Json).unwrap();
+        let e = read(r#"{"x":1,"status":{"state":"Failed"},"ts":"2019-09-04T14:09:56Z"}"#);
+        assert_eq!((e.label, e.time_ms), (Some(true), Some(1_567_606_196_000)));
+        let e = read(r#"{"x":1,"status":{"state":"ok"},"ts":1567606196}"#);
+        assert_eq!((e.label, e.time_ms), (Some(false), Some(1_567_606_196_000)));
+        let e = read(r#"{"x":1,"ts":1567606196123}"#);
+        assert_eq!((e.label, e.time_ms), (None, Some(1_567_606_196_123)));
+        let e = read(r#"{"x":1,"ts":"last tuesday"}"#);
+        assert!(e.time_invalid);
+
+        let default = LabelRule::new("l", &[]);
+        assert!(default.text("TRUE") && default.text("1") && default.number(1.0) && default.text("1.0"));
+        assert!(!default.text("false") && !default.number(0.0));
+    }
+
+    #[test]
+    fn events_that_are_not_objects_are_refused() {
+        let d = decoder(&["x"]);
+        for bad in ["[1,2]", "3", "\"x\"", "null", "{not json", "{\"x\":1} trailing"] {
+            assert!(d.decode(bad.as_bytes(), PayloadFormat::Json).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn schemas_that_cannot_work_are_refused() {
+        assert!(EventDecoder::new(vec![], None, None).is_err());
+        assert!(EventDecoder::new(vec![rule("a"), rule("a")], None, None).is_err());
+        let mut r = rule("a");
+        (r.min, r.max) = (Some(2.0), Some(1.0));
+        assert!(
+            EventDecoder::new(vec![r], None, None)
+                .unwrap_err()
+                .contains("min 2 above max 1")
+        );
+        assert!(EventDecoder::new(vec![rule("a")], Some(LabelRule::new("a", &[])), None).is_err());
+        assert!(EventDecoder::new(vec![rule("a..b")], None, None).is_err());
+    }
+}

@@ -1,0 +1,253 @@
+//! `kappa data inspect`: what a topic's events hold, field by field, and the training spec the
+//! trainer would use on them. It runs the trainer's own sampling and inference code, so what it
+//! prints is what a job started with the same flags would train on.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use kappa_api::trainer::{FeatureSpec, TimeRange, TrainingSpec, training_spec::Range};
+use kappa_kafka::KafkaArgs;
+use kappa_model::schema::{Profile, infer_features};
+use serde_json::json;
+
+use crate::train::SchemaArgs;
+
+#[derive(Debug, Args)]
+pub struct DataArgs {
+    #[command(subcommand)]
+    command: DataCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum DataCommand {
+    /// Sample a time range of a topic and print each field's path, type, presence and
+    /// min/median/max, the label's balance, and the training spec the trainer would use.
+    Inspect(Box<InspectArgs>),
+}
+
+#[derive(Debug, Args)]
+struct InspectArgs {
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    /// Topic of events to inspect.
+    #[arg(long)]
+    topic: String,
+    /// Start of the range, in milliseconds since the Unix epoch (inclusive; Kafka timestamps).
+    #[arg(long, requires = "to_ms", conflicts_with = "last_minutes")]
+    from_ms: Option<i64>,
+    /// End of the range, in milliseconds since the Unix epoch (exclusive).
+    #[arg(long)]
+    to_ms: Option<i64>,
+    /// Inspect the last N minutes instead (default: the whole topic).
+    #[arg(long)]
+    last_minutes: Option<u32>,
+    /// Events to sample, spread over every partition of the range.
+    #[arg(long, default_value_t = 2000)]
+    sample: usize,
+    #[command(flatten)]
+    schema: SchemaArgs,
+    /// text, or json for scripts.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    output: String,
+}
+
+pub async fn run(args: DataArgs) -> anyhow::Result<()> {
+    match args.command {
+        DataCommand::Inspect(args) => tokio::task::spawn_blocking(move || inspect(&args)).await?,
+    }
+}
+
+fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
+    args.kafka.validate().map_err(anyhow::Error::msg)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
+    let (from_ms, to_ms, range) = match (args.from_ms, args.to_ms, args.last_minutes) {
+        (Some(from), Some(to), _) => (
+            from,
+            to,
+            Some(Range::TimeRange(TimeRange {
+                from_ms: from,
+                to_ms: to,
+            })),
+        ),
+        (_, _, Some(m)) => (now - i64::from(m) * 60_000, now, Some(Range::LastMinutes(m))),
+        _ => (0, now + 3_600_000, None),
+    };
+    anyhow::ensure!(
+        from_ms < to_ms,
+        "the range [{from_ms}, {to_ms}) is empty; --from-ms must be before --to-ms"
+    );
+    let config = args.kafka.client_config();
+    let consumer = kappa_kafka::range::range_consumer(&config, "cli-inspect")?;
+    let ranges = kappa_kafka::range::resolve(&consumer, &args.topic, from_ms, to_ms).with_context(|| {
+        format!(
+            "cannot read topic {} from Kafka at {} (--kafka-bootstrap)",
+            args.topic, args.kafka.bootstrap
+        )
+    })?;
+    anyhow::ensure!(
+        !ranges.is_empty(),
+        "topic {} does not exist or has no partitions",
+        args.topic
+    );
+    let in_range: i64 = ranges.iter().map(|r| r.end_offset - r.start_offset).sum();
+    let samples = kappa_kafka::range::sample(
+        &config,
+        &args.topic,
+        &ranges,
+        from_ms,
+        to_ms,
+        args.sample,
+        Duration::from_secs(30),
+    )?;
+    let profile = Profile::of(&samples);
+    let time_field = args.schema.time_field.clone().unwrap_or_default();
+    let named = args.schema.features()?;
+    let (features, notes) = if named.is_empty() {
+        let inferred = infer_features(&profile, &args.schema.label, &time_field, &args.schema.exclude);
+        let features = inferred
+            .features
+            .into_iter()
+            .map(|path| FeatureSpec {
+                path,
+                min: None,
+                max: None,
+            })
+            .collect();
+        (features, inferred.notes)
+    } else {
+        (named, Vec::new())
+    };
+    let spec = TrainingSpec {
+        source_topic: args.topic.clone(),
+        range,
+        features,
+        exclude: args.schema.exclude.clone(),
+        label_field: args.schema.label.clone(),
+        positive_labels: args.schema.positive.clone(),
+        time: args.schema.time(),
+        screening: Some(args.schema.screening()),
+        ..TrainingSpec::default()
+    };
+    let label = (!args.schema.label.is_empty()).then(|| {
+        let rule = kappa_model::schema::LabelRule::new(&args.schema.label, &args.schema.positive);
+        label_balance(&profile, &rule)
+    });
+    if args.output == "json" {
+        let fields: Vec<serde_json::Value> = profile
+            .fields
+            .values()
+            .map(|f| {
+                json!({
+                    "path": f.path,
+                    "type": f.kind(),
+                    "present": f.present,
+                    "presence": f.present as f64 / profile.events.max(1) as f64,
+                    "numeric": f.numeric,
+                    "min": f.min(),
+                    "median": f.median(),
+                    "max": f.max(),
+                    "values": f.distinct,
+                })
+            })
+            .collect();
+        let out = json!({
+            "topic": args.topic,
+            "from_ms": from_ms,
+            "to_ms": to_ms,
+            "records_in_range": in_range,
+            "sampled": samples.len(),
+            "events": profile.events,
+            "malformed": profile.malformed,
+            "fields": fields,
+            "label": label.as_ref().map(|(positive, normal, missing)| json!({
+                "field": args.schema.label, "positive": positive, "normal": normal, "missing": missing,
+            })),
+            "notes": notes,
+            "spec": serde_json::to_value(&spec)?,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!(
+        "{}: {in_range} records in [{from_ms}, {to_ms}); sampled {} ({} JSON/protobuf events, {} malformed)",
+        args.topic,
+        samples.len(),
+        profile.events,
+        profile.malformed
+    );
+    println!();
+    println!(
+        "{:<40} {:<15} {:>8} {:>14} {:>14} {:>14}",
+        "field", "type", "present", "min", "median", "max"
+    );
+    let number = |v: Option<f64>| {
+        v.map_or_else(
+            || "-".to_owned(),
+            |v| format!("{v:.6}").trim_end_matches('0').trim_end_matches('.').to_owned(),
+        )
+    };
+    for f in profile.fields.values() {
+        println!(
+            "{:<40} {:<15} {:>7.1}% {:>14} {:>14} {:>14}",
+            f.path,
+            f.kind(),
+            100.0 * f.present as f64 / profile.events.max(1) as f64,
+            number(f.min()),
+            number(f.median()),
+            number(f.max())
+        );
+        if f.numeric == 0 && !f.distinct.is_empty() && f.distinct.len() <= 8 {
+            let values: Vec<String> = f.distinct.iter().map(|(v, n)| format!("{v:?} ×{n}")).collect();
+            println!("{:<40} values: {}", "", values.join(", "));
+        }
+    }
+    println!();
+    match &label {
+        Some((positive, normal, missing)) => println!(
+            "label {}: {positive} anomalous, {normal} normal, {missing} without a label ({:.1}% anomalous)",
+            args.schema.label,
+            100.0 * *positive as f64 / (*positive + *normal).max(1) as f64
+        ),
+        None => {
+            let candidates: Vec<&str> = profile
+                .fields
+                .values()
+                .filter(|f| f.numeric == 0 && (1..=4).contains(&f.distinct.len()) && (f.bools > 0 || f.texts > 0))
+                .map(|f| f.path.as_str())
+                .collect();
+            println!(
+                "no label named (--label); fields that could be one: {}",
+                if candidates.is_empty() {
+                    "none".to_owned()
+                } else {
+                    candidates.join(", ")
+                }
+            );
+        }
+    }
+    for note in &notes {
+        println!("left out {note}");
+    }
+    println!();
+    println!("the trainer would use this spec (proto3 JSON; add a model name, layers and epochs):");
+    println!("{}", serde_json::to_string_pretty(&spec)?);
+    Ok(())
+}
+
+/// Sampled events whose label is positive, normal, and missing.
+fn label_balance(profile: &Profile, rule: &kappa_model::schema::LabelRule) -> (u64, u64, u64) {
+    let Some(field) = profile.fields.get(&rule.path) else {
+        return (0, 0, profile.events);
+    };
+    let positive: u64 = field
+        .distinct
+        .iter()
+        .filter(|(v, _)| rule.is_positive(v))
+        .map(|(_, n)| *n)
+        .sum();
+    let normal = field.present - positive;
+    (positive, normal, profile.events - field.present)
+}
