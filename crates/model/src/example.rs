@@ -37,7 +37,13 @@ pub fn sensor_autoencoder_manifest(name: &str, hidden: u32) -> ModelManifest {
 /// An autoencoder over [`SENSOR_FIELDS`]: relu hidden layers of the given widths, then a linear
 /// layer back to the 18 features.
 pub fn autoencoder_manifest(name: &str, hidden: &[u32]) -> ModelManifest {
-    let features = SENSOR_FIELDS.len() as u32;
+    autoencoder_over(name, &SENSOR_FIELDS, hidden)
+}
+
+/// An untrained autoencoder over any feature paths: relu hidden layers of the given widths,
+/// then a linear layer back to the features.
+pub fn autoencoder_over(name: &str, paths: &[&str], hidden: &[u32]) -> ModelManifest {
+    let features = paths.len() as u32;
     let mut layers = Vec::with_capacity(hidden.len() + 1);
     let mut inputs = features;
     for &width in hidden {
@@ -55,8 +61,8 @@ pub fn autoencoder_manifest(name: &str, hidden: &[u32]) -> ModelManifest {
     });
     ModelManifest {
         name: name.to_owned(),
-        description: "untrained example autoencoder over the car sensor fields".to_owned(),
-        features: SENSOR_FIELDS
+        description: "untrained example autoencoder".to_owned(),
+        features: paths
             .iter()
             .map(|&f| Feature {
                 name: f.to_owned(),

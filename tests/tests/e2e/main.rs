@@ -7,6 +7,7 @@ mod fleet;
 mod metrics;
 mod predictor;
 mod registry;
+mod schema;
 mod support;
 mod tracing;
 mod trainer;

@@ -327,10 +327,29 @@ pub struct RawRecord {
     pub value: Option<Vec<u8>>,
 }
 
+/// A record with its position, as any Kafka consumer sees it.
+#[derive(Debug, Clone)]
+pub struct Positioned {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: String,
+    pub value: Option<Vec<u8>>,
+    pub timestamp_ms: i64,
+}
+
 /// Reads every partition of `topic` with a plain librdkafka consumer at the given isolation
 /// level: (key, value or None for a tombstone, timestamp in ms) of every record, in offset order
 /// within a partition.
 pub async fn read_partition(topic: &str, isolation: &str) -> Vec<(String, Option<Vec<u8>>, i64)> {
+    read_positioned(topic, isolation)
+        .await
+        .into_iter()
+        .map(|r| (r.key, r.value, r.timestamp_ms))
+        .collect()
+}
+
+/// Every record of every partition of `topic`, with its partition and offset.
+pub async fn read_positioned(topic: &str, isolation: &str) -> Vec<Positioned> {
     let (topic, isolation) = (topic.to_owned(), isolation.to_owned());
     tokio::task::spawn_blocking(move || {
         let consumer: BaseConsumer = kafka_config()
@@ -358,13 +377,16 @@ pub async fn read_partition(topic: &str, isolation: &str) -> Vec<(String, Option
                 "reading {topic} did not reach its end within 30 s"
             );
             match consumer.poll(Duration::from_millis(200)) {
-                Some(Ok(m)) => records.push((
-                    m.key()
+                Some(Ok(m)) => records.push(Positioned {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m
+                        .key()
                         .map(|k| String::from_utf8_lossy(k).into_owned())
                         .unwrap_or_default(),
-                    m.payload().map(<[u8]>::to_vec),
-                    m.timestamp().to_millis().unwrap_or(0),
-                )),
+                    value: m.payload().map(<[u8]>::to_vec),
+                    timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
+                }),
                 Some(Err(KafkaError::PartitionEOF(p))) => {
                     at_end.insert(p);
                     if at_end.len() == partitions.len() {
