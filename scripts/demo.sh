@@ -6,7 +6,9 @@
 #   2. fleet history into Kafka, a continuous training job: round 1 trains, publishes and
 #      promotes, both predictors swap to it and score the live stream;
 #   3. round 2 retrains on the sliding window and publishes the next version; both predictors
-#      move to it while a gRPC client keeps calling them, and not one call fails.
+#      move to it while a gRPC client keeps calling them, and not one call fails;
+#   4. a wind-turbine fleet the code has never seen: inspected, trained with inferred features,
+#      served, its events scored through their own schema.
 # Then the mesh keeps running for DEMO_SECONDS (default 30) to be explored, and everything this
 # script started is stopped, on Ctrl-C too. Any failed step makes it exit non-zero.
 set -euo pipefail
@@ -170,6 +172,25 @@ say "the swap to version $next under load: $(grep -o '[0-9]* calls in [0-9.]* s'
 sleep 3
 kappa predictions --topic "$predictions" --last-seconds 10 | indent
 
+step "6. Any telemetry: a wind-turbine fleet with other sensors, nested JSON, RFC 3339 time and a text label"
+turbines=${DEMO_TURBINE_TOPIC:-$sensors-turbines}
+kappa fleet --profile turbine --topic "$turbines" --cars 20 --events 6000 --rate 0 --backdate-seconds 3600 \
+  --failing-share 0.3 --failure-chance 0.005 --seed 3 --jsonl "$run/turbines.jsonl" | indent
+say "what a data scientist runs first: kappa data inspect --topic $turbines --label status.state --positive failed --time-field ts"
+kappa data inspect --topic "$turbines" --label status.state --positive failed --time-field ts \
+  | sed '/^the trainer would use/q' | indent
+say "training with no --features: the trainer infers them from the data"
+kappa train start --model turbine --topic "$turbines" --last-minutes 120 --label status.state --positive failed \
+  --time-field ts --epochs 15 --watch 2>/dev/null | grep -E 'started|features|hold-out|samples' | indent
+start_service predictor-turbine "$bin/kappa-predictor" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 \
+  --model turbine --follow latest
+wait_for "the turbine predictor to listen" 60 grep -q "listening for gRPC" "$run/predictor-turbine.log"
+turbine_addr=$(grep "listening for gRPC" "$run/predictor-turbine.log" | grep -oE '[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+:[0-9]+' | head -n 1)
+wait_for "the turbine predictor to serve v1" 60 sh -c "head -n 1 '$run/turbines.jsonl' | '$bin/kappa' predict --predictor http://$turbine_addr -"
+say "the last 200 turbine events, each sent whole as JSON and read through the version's schema (anomalies only):"
+tail -n 200 "$run/turbines.jsonl" | kappa predict --predictor "http://$turbine_addr" --id-field turbine --anomalies-only - 2>&1 \
+  | tail -n 4 | indent
+
 step "Where to look"
 trace=$(status | json_field '(d.get("lineage",{}).get("traceContext",{}).get("traceparent","--").split("-")[1])')
 cat <<TXT
@@ -184,7 +205,8 @@ cat <<TXT
 TXT
 echo
 echo "Demo complete: history in Kafka -> trained -> published with lineage -> promoted -> both replicas swapped,"
-echo "then retrained on the live window -> v$next -> swapped again under load with zero failed calls."
+echo "then retrained on the live window -> v$next -> swapped again under load with zero failed calls;"
+echo "and a turbine fleet with a schema of its own was inspected, trained on inferred features and served."
 if [ "$demo_seconds" -gt 0 ]; then
   echo "The mesh keeps running for $demo_seconds s (DEMO_SECONDS) for you to explore; Ctrl-C stops it now."
   sleep "$demo_seconds"

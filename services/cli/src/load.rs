@@ -99,7 +99,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     anyhow::ensure!(!args.predictors.is_empty(), "name at least one --predictor");
     anyhow::ensure!(args.concurrency > 0, "--concurrency must be at least 1");
     let text = std::fs::read_to_string(&args.input).with_context(|| format!("cannot read {}", args.input.display()))?;
-    let requests: Arc<Vec<PredictRequest>> = Arc::new(rows(&text)?.into_iter().map(|(_, r)| r).collect());
+    let requests: Arc<Vec<PredictRequest>> = Arc::new(rows(&text, None)?.into_iter().map(|(_, r)| r).collect());
     anyhow::ensure!(!requests.is_empty(), "{} holds no rows", args.input.display());
     let mut clients = Vec::new();
     for url in &args.predictors {

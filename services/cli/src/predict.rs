@@ -26,19 +26,24 @@ pub struct PredictArgs {
     #[arg(long, default_value = "")]
     model: String,
 
-    /// A CSV file with a header row (e.g. the demo's car-sensor-data.csv), or JSON lines (one
-    /// object of sensor fields per line); `-` reads standard input.
+    /// A CSV file with a header row (e.g. data/car-sensor-data.csv), or JSON lines (one event
+    /// per line, nested objects fine); `-` reads standard input.
     input: PathBuf,
+
+    /// Field (CSV column or top-level JSON key) that names each row in the output, e.g. `car`;
+    /// rows are numbered when unset.
+    #[arg(long)]
+    id_field: Option<String>,
 
     /// Print only rows flagged as anomalies (errors are always printed).
     #[arg(long)]
     anomalies_only: bool,
 }
 
-/// Non-feature columns that identify a row.
-const ID_COLUMNS: [&str; 2] = ["car", "time"];
-
-pub fn rows(text: &str) -> anyhow::Result<Vec<(String, PredictRequest)>> {
+/// Each row as a request: a JSON line is sent whole as the event (nested objects fine) and read
+/// through the served version's schema; a CSV row sends its numeric cells by column name (the
+/// predictor ignores columns the version does not take). Rows are named by `id_field` when set.
+pub fn rows(text: &str, id_field: Option<&str>) -> anyhow::Result<Vec<(String, PredictRequest)>> {
     let mut lines = text.lines().filter(|l| !l.trim().is_empty()).peekable();
     let json = lines.peek().is_some_and(|l| l.trim_start().starts_with('{'));
     let mut out = Vec::new();
@@ -46,19 +51,14 @@ pub fn rows(text: &str) -> anyhow::Result<Vec<(String, PredictRequest)>> {
         for (i, line) in lines.enumerate() {
             let object: serde_json::Map<String, serde_json::Value> =
                 serde_json::from_str(line).with_context(|| format!("line {} is not a JSON object", i + 1))?;
-            let id = object
-                .get("car")
-                .and_then(|v| v.as_str())
-                .map_or_else(|| format!("line {}", i + 1), str::to_owned);
-            let features = object
-                .iter()
-                .filter(|(k, _)| !ID_COLUMNS.contains(&k.as_str()) && k.as_str() != "failure_occurred")
-                .filter_map(|(k, v)| v.as_f64().or_else(|| v.as_str()?.parse().ok()).map(|v| (k.clone(), v)))
-                .collect();
+            let id = id_field.and_then(|f| object.get(f)).map_or_else(
+                || format!("line {}", i + 1),
+                |v| v.as_str().map_or_else(|| v.to_string(), str::to_owned),
+            );
             out.push((
                 id,
                 PredictRequest {
-                    features,
+                    event_json: line.to_owned(),
                     request_id: (i + 1).to_string(),
                     ..Default::default()
                 },
@@ -73,21 +73,13 @@ pub fn rows(text: &str) -> anyhow::Result<Vec<(String, PredictRequest)>> {
             .collect();
         for (i, line) in lines.enumerate() {
             let cells: Vec<&str> = line.split(',').map(str::trim).collect();
-            let cell = |name: &str| {
-                header
-                    .iter()
-                    .position(|h| *h == name)
-                    .and_then(|p| cells.get(p).copied())
-            };
-            let id = match (cell("car"), cell("time")) {
-                (Some(car), Some(time)) => format!("{car}@{time}"),
-                (Some(car), None) => car.to_owned(),
-                _ => format!("row {}", i + 1),
-            };
+            let id = id_field
+                .and_then(|f| header.iter().position(|h| *h == f))
+                .and_then(|p| cells.get(p))
+                .map_or_else(|| format!("row {}", i + 1), |c| (*c).to_owned());
             let features = header
                 .iter()
                 .zip(&cells)
-                .filter(|(h, _)| !ID_COLUMNS.contains(h) && **h != "failure_occurred")
                 .filter_map(|(h, c)| c.parse::<f64>().ok().map(|v| ((*h).to_owned(), v)))
                 .collect();
             out.push((
@@ -125,7 +117,7 @@ pub async fn run(mut args: PredictArgs) -> anyhow::Result<()> {
         })?;
     let client = PredictorClient::new(kappa_telemetry::traced(channel));
     let model = args.model.clone();
-    let mut answers = futures::stream::iter(rows(&text)?)
+    let mut answers = futures::stream::iter(rows(&text, args.id_field.as_deref())?)
         .map(|(id, mut request)| {
             let mut client = client.clone();
             request.model.clone_from(&model);

@@ -20,6 +20,7 @@ fn the_demo_retrains_to_version_2_and_both_predictors_swap_without_a_failed_call
         .env("DEMO_MODELS_TOPIC", unique("test.demo-models"))
         .env("DEMO_SENSOR_TOPIC", unique("test.demo-sensors"))
         .env("DEMO_PREDICTIONS_TOPIC", unique("test.demo-predictions"))
+        .env("DEMO_TURBINE_TOPIC", unique("test.demo-turbines"))
         .env("DEMO_CONSUMER_GROUP", unique("test-demo"))
         .env("DEMO_REGISTRY_PORT", &ports[0])
         .env("DEMO_PREDICTOR_PORT", &ports[1])
@@ -61,6 +62,19 @@ fn the_demo_retrains_to_version_2_and_both_predictors_swap_without_a_failed_call
         .filter(|l| l.contains(" v1 x") && l.contains(" v2 x"))
         .count();
     assert_eq!(answered_by_both, 2, "each replica answered with v1, then v2:\n{text}");
+    // The turbine fleet: its schema inferred from its own nested fields, then served.
+    assert!(
+        text.contains("features (7): gearbox.oil_temp_c, gearbox.vibration_mm_s, generator.power_kw"),
+        "the turbine features were inferred:\n{text}"
+    );
+    assert!(
+        text.contains("label status.state:"),
+        "the inspection shows the label balance:\n{text}"
+    );
+    assert!(
+        text.contains("200 rows:") && text.contains(", 0 refused"),
+        "the turbine events were scored:\n{text}"
+    );
     assert!(text.contains("Demo complete"), "{text}");
     println!("the demo took {:.0} s", started.elapsed().as_secs_f64());
 }

@@ -759,7 +759,13 @@ async fn kappa_predict_scores_every_row_of_the_demo_csv() {
     publish(&mut client, &m, &random_weights(&m, 1), "").await.unwrap();
     let predictor = PredictorSetup::new(&setup.topic, "csv", "latest").start().await;
     let out = tokio::process::Command::new(binary("kappa"))
-        .args(["predict", "--predictor", &predictor.service.address])
+        .args([
+            "predict",
+            "--predictor",
+            &predictor.service.address,
+            "--id-field",
+            "car",
+        ])
         .arg(&csv)
         .output()
         .await
@@ -773,7 +779,7 @@ async fn kappa_predict_scores_every_row_of_the_demo_csv() {
     );
     assert_eq!(stdout.lines().count(), 10_000);
     assert!(
-        stdout.lines().next().unwrap().starts_with("car1@1567606196  score "),
+        stdout.lines().next().unwrap().starts_with("car1  score "),
         "{stdout:.200}"
     );
     assert!(stdout.lines().all(|l| l.ends_with("csv v1")));

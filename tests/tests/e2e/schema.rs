@@ -539,3 +539,97 @@ async fn a_version_with_another_schema_swaps_in_under_load_and_each_answer_uses_
         "{seen:?}"
     );
 }
+
+#[tokio::test]
+async fn a_protobuf_reading_and_its_json_twin_score_the_same_in_stream_mode_and_typed() {
+    use kappa_api::telemetry::SensorReading;
+    use kappa_model::example::{SENSOR_FIELDS, sensor_autoencoder_manifest};
+    use prost::Message as _;
+    use rdkafka::{
+        message::{Header, OwnedHeaders},
+        producer::{FutureProducer, FutureRecord},
+    };
+
+    let setup = RegistrySetup::new();
+    let registry = setup.start().await;
+    let mut client = registry_client(&registry).await;
+    let m = sensor_autoencoder_manifest("car-pb", 6);
+    publish(&mut client, &m, &random_weights(&m, 5), "").await.unwrap();
+    let (sensors, predictions) = (unique("test.pb-sensors"), unique("test.pb-predictions"));
+    create_topic_with_partitions(&sensors, 1).await;
+    let predictor = PredictorSetup::new(&setup.topic, "car-pb", "latest")
+        .arg("--stream")
+        .arg(format!("--sensor-topic={sensors}"))
+        .arg(format!("--predictions-topic={predictions}"))
+        .arg(format!("--consumer-group={}", unique("pb-group")))
+        .start()
+        .await;
+
+    let reading = SensorReading {
+        car: "car9".into(),
+        time_ms: 1_700_000_000_000,
+        coolant_temp: 91.5,
+        speed: 0.0, // proto3 cannot tell 0 from unset: it reads as 0, not as missing
+        tire_pressure_1_1: 31.0,
+        control_unit_firmware: 2000.0,
+        ..Default::default()
+    };
+    let mut json = serde_json::Map::new();
+    for field in SENSOR_FIELDS {
+        let value = match field {
+            "coolant_temp" => 91.5,
+            "tire_pressure_1_1" => 31.0,
+            "control_unit_firmware" => 2000.0,
+            _ => 0.0,
+        };
+        json.insert(field.to_owned(), serde_json::json!(value));
+    }
+    let json = serde_json::to_vec(&json).unwrap();
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .unwrap();
+    let protobuf = reading.encode_to_vec();
+    let headers = OwnedHeaders::new().insert(Header {
+        key: "content-type",
+        value: Some("application/x-protobuf"),
+    });
+    producer
+        .send(
+            FutureRecord::to(&sensors)
+                .key("car9")
+                .payload(&protobuf)
+                .headers(headers),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    producer
+        .send(
+            FutureRecord::to(&sensors).key("car9").payload(&json),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let scored = wait_for_records(&predictions, 2, Duration::from_secs(60)).await;
+    let scores: Vec<Prediction> = scored
+        .iter()
+        .map(|r| serde_json::from_slice(r.value.as_ref().unwrap()).unwrap())
+        .collect();
+    assert!(scores.iter().all(|p| p.error.is_empty()), "{scores:?}");
+    assert!((scores[0].score - scores[1].score).abs() < 1e-6, "{scores:?}");
+
+    let mut typed = PredictorClient::new(predictor.channel().await);
+    let answer = typed
+        .predict(PredictRequest {
+            reading: Some(reading),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        (answer.score - scores[0].score).abs() < 1e-6,
+        "{answer:?} vs {scores:?}"
+    );
+}
