@@ -114,7 +114,8 @@ pub fn sample(
                 return Ok(samples);
             }
             let start = range.start_offset + span * i / points;
-            let end = (start + per_point).min(range.end_offset);
+            // Never past the next point, so no record is sampled twice.
+            let end = (start + per_point).min(range.start_offset + span * (i + 1) / points);
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition_offset(topic, range.partition, Offset::Offset(start))?;
             consumer.assign(&tpl)?;
@@ -127,6 +128,10 @@ pub fn sample(
                     continue;
                 };
                 let message = message?;
+                // A fetch of the previous assignment can still deliver: nothing before `start`.
+                if message.partition() != range.partition || message.offset() < start {
+                    continue;
+                }
                 if message.offset() >= end {
                     break;
                 }

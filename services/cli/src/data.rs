@@ -149,7 +149,7 @@ fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
                     "min": f.min(),
                     "median": f.median(),
                     "max": f.max(),
-                    "values": f.distinct,
+                    "values": f.low_cardinality().then_some(&f.distinct),
                 })
             })
             .collect();
@@ -199,7 +199,7 @@ fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
             number(f.median()),
             number(f.max())
         );
-        if f.numeric == 0 && !f.distinct.is_empty() && f.distinct.len() <= 8 {
+        if f.low_cardinality() && !f.distinct.is_empty() && f.distinct.len() <= 8 {
             let values: Vec<String> = f.distinct.iter().map(|(v, n)| format!("{v:?} ×{n}")).collect();
             println!("{:<40} values: {}", "", values.join(", "));
         }

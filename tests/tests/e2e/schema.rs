@@ -633,3 +633,99 @@ async fn a_protobuf_reading_and_its_json_twin_score_the_same_in_stream_mode_and_
         "{answer:?} vs {scores:?}"
     );
 }
+
+#[tokio::test]
+async fn kappa_data_inspect_profiles_every_field_and_prints_the_spec_the_trainer_would_use() {
+    let topic = unique("test.inspect-turbines");
+    run_fleet(
+        &topic,
+        &[
+            "--profile",
+            "turbine",
+            "--cars",
+            "20",
+            "--events",
+            "1000",
+            "--rate",
+            "0",
+            "--failing-share",
+            "0.5",
+        ],
+    );
+    let events = read_topic_with_timestamps(&topic).await;
+    let failed = events
+        .iter()
+        .filter(|(_, v, _)| serde_json::from_slice::<Value>(v).unwrap()["status"]["state"] == "failed")
+        .count() as u64;
+    let out = Command::new(binary("kappa"))
+        .args([
+            "data",
+            "inspect",
+            "--kafka-bootstrap",
+            &bootstrap(),
+            "--topic",
+            &topic,
+            "--sample",
+            "5000",
+        ])
+        .args([
+            "--label",
+            "status.state",
+            "--positive",
+            "failed",
+            "--time-field",
+            "ts",
+            "--output",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // A sample larger than the topic holds every event exactly once.
+    assert_eq!(report["events"], 1000, "{report}");
+    let rpm = report["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == "rotor.rpm")
+        .unwrap();
+    assert_eq!(rpm["type"], "number");
+    assert_eq!(rpm["present"], 1000);
+    let values: Vec<f64> = events
+        .iter()
+        .map(|(_, v, _)| {
+            serde_json::from_slice::<Value>(v).unwrap()["rotor"]["rpm"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect();
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    assert_eq!(rpm["min"].as_f64().unwrap(), min);
+    assert_eq!(report["label"]["positive"], failed, "{}", report["label"]);
+    assert_eq!(report["label"]["normal"], 1000 - failed);
+    let spec: Vec<&str> = report["spec"]["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    let expected: Vec<String> = leaves(&serde_json::from_slice(&events[0].1).unwrap())
+        .into_keys()
+        .collect();
+    assert_eq!(spec, expected);
+    assert_eq!(report["spec"]["labelField"], "status.state");
+    assert_eq!(report["spec"]["time"]["field"], "ts");
+    // Text output names the same things for a person.
+    let out = Command::new(binary("kappa"))
+        .args(["data", "inspect", "--kafka-bootstrap", &bootstrap(), "--topic", &topic])
+        .args(["--label", "status.state", "--positive", "failed"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("gearbox.vibration_mm_s") && text.contains(&format!("label status.state: {failed} anomalous")),
+        "{text}"
+    );
+    assert!(text.contains("left out turbine: not numeric (text)"), "{text}");
+}

@@ -61,6 +61,12 @@ impl FieldProfile {
         self.values.last().copied()
     }
 
+    /// Fewer than 16 distinct values in the sample: a category, a flag or a label, whose
+    /// counts are worth showing.
+    pub fn low_cardinality(&self) -> bool {
+        self.distinct.len() < MAX_DISTINCT
+    }
+
     /// The kind of values the field holds, for display.
     pub fn kind(&self) -> &'static str {
         match (self.numeric > 0, self.bools > 0, self.texts > 0) {
