@@ -93,7 +93,11 @@ fn main() -> anyhow::Result<()> {
                 max_rows: usize::MAX,
             };
             let started = Instant::now();
-            let data = read_range(&config, &query, &mut |_, _| true)?;
+            let data = read_range(
+                &kappa_kafka::KafkaClients::plain(kafka_bootstrap.clone()),
+                &query,
+                &mut |_, _| true,
+            )?;
             let kappa_rate = data.read as f64 / started.elapsed().as_secs_f64();
 
             let consumer: BaseConsumer = config

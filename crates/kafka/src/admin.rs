@@ -1,12 +1,13 @@
 use std::time::Duration;
 
 use rdkafka::{
-    ClientConfig,
     admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication},
     client::DefaultClientContext,
     error::{KafkaError, RDKafkaErrorCode},
 };
 use thiserror::Error;
+
+use crate::KafkaClients;
 
 /// How the models topic is created when it does not exist yet.
 #[derive(Debug, Clone)]
@@ -38,13 +39,13 @@ pub enum TopicError {
 
 /// Creates the models topic with the compaction config when it is absent, and refuses an existing
 /// one that is not compacted or has more than one partition.
-pub async fn ensure_models_topic(config: &ClientConfig, settings: &ModelsTopicSettings) -> Result<(), TopicError> {
+pub async fn ensure_models_topic(clients: &KafkaClients, settings: &ModelsTopicSettings) -> Result<(), TopicError> {
     let topic = settings.topic.as_str();
     let kafka = |source| TopicError::Kafka {
         topic: topic.to_owned(),
         source,
     };
-    let admin: AdminClient<DefaultClientContext> = config.create().map_err(kafka)?;
+    let admin: AdminClient<DefaultClientContext> = clients.config(&[]).create().map_err(kafka)?;
     let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(30)));
 
     let max_bytes = settings.max_message_bytes.to_string();
@@ -88,7 +89,7 @@ pub async fn ensure_models_topic(config: &ClientConfig, settings: &ModelsTopicSe
     }
 
     // Metadata is a blocking call in librdkafka; keep it off the async workers.
-    let config = config.clone();
+    let config = clients.config(&[]);
     let name = topic.to_owned();
     let partitions = tokio::task::spawn_blocking(move || -> Result<usize, KafkaError> {
         let consumer: rdkafka::consumer::BaseConsumer = config.create()?;

@@ -12,32 +12,36 @@ use rdkafka::{
 };
 use thiserror::Error;
 
-use crate::ReaderContext;
+use crate::{KafkaClients, ReaderContext};
 
 const POLL: Duration = Duration::from_millis(200);
 /// A chunk read that makes no progress for this long fails instead of hanging its caller.
 const STALL_LIMIT: Duration = Duration::from_secs(30);
 
 /// Consumer settings every reader of the models topic uses: only committed records, no offsets
-/// committed to a group (each reader positions itself), and end-of-partition events.
-pub fn reader_config(base: &ClientConfig, group: &str) -> ClientConfig {
-    let mut config = base.clone();
-    config
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "true")
-        .set("auto.offset.reset", "earliest")
-        // The broker holds an empty fetch this long; it bounds how late a reader learns it has
-        // reached the end of the log (start-up replay), not how late it sees new records.
-        .set("fetch.wait.max.ms", "50");
-    config
+/// committed to a group (each reader positions itself), and end-of-partition events; those are
+/// what the readers rely on, so an operator's properties cannot turn them off.
+pub fn reader_config(clients: &KafkaClients, group: &str) -> ClientConfig {
+    clients.config_with(
+        &[
+            ("auto.offset.reset", "earliest"),
+            // The broker holds an empty fetch this long; it bounds how late a reader learns it
+            // has reached the end of the log (start-up replay), not how late it sees new records.
+            ("fetch.wait.max.ms", "50"),
+        ],
+        &[
+            ("group.id", group),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("isolation.level", "read_committed"),
+            ("enable.partition.eof", "true"),
+        ],
+    )
 }
 
 /// A blocking consumer positioned at `from` on partition 0 of `topic`.
 pub fn consumer_at(
-    config: &ClientConfig,
+    config: &KafkaClients,
     group: &str,
     topic: &str,
     from: i64,
@@ -60,7 +64,7 @@ pub enum ChunkReadError {
 /// Reads the chunks at `offsets` (in index order) and hands each one's bytes to `on_chunk`,
 /// which returns false to stop early. Blocking: call from a blocking thread.
 pub fn read_chunks(
-    config: &ClientConfig,
+    config: &KafkaClients,
     group: &str,
     topic: &str,
     offsets: &[i64],

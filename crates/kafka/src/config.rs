@@ -98,23 +98,14 @@ impl KafkaArgs {
         all
     }
 
-    /// A client configuration with the bootstrap servers and every passthrough property.
-    /// Passthrough properties come last so an operator can override any default Kappa sets.
-    pub fn client_config(&self) -> ClientConfig {
-        self.client_config_with(&[])
-    }
-
-    /// Like [`Self::client_config`], with Kappa's defaults applied first.
-    pub fn client_config_with(&self, defaults: &[(&str, &str)]) -> ClientConfig {
-        let mut config = ClientConfig::new();
-        config.set("bootstrap.servers", &self.bootstrap);
-        for (k, v) in defaults {
-            config.set(*k, *v);
-        }
-        for (k, v) in self.all_properties() {
-            config.set(k, v);
-        }
-        config
+    /// The connection settings, parsed once: the bootstrap servers and the operator's
+    /// properties (the file, the SASL credentials, then --kafka-property).
+    pub fn clients(&self) -> Result<KafkaClients, String> {
+        self.validate()?;
+        Ok(KafkaClients {
+            bootstrap: self.bootstrap.clone(),
+            properties: self.all_properties(),
+        })
     }
 
     /// `kafka=… properties=[…]` for `--check-config`: property names only, never values.
@@ -130,6 +121,52 @@ impl KafkaArgs {
     }
 }
 
+/// How every Kappa client reaches Kafka. Each client is configured in three layers: Kappa's
+/// defaults for that client (`acks=all`, `linger.ms`, fetch sizes…), then the operator's
+/// properties, which override any default, then the few settings the client's correctness rests
+/// on (its group id, `isolation.level=read_committed` for a models reader, a transactional id),
+/// which nothing overrides.
+#[derive(Debug, Clone)]
+pub struct KafkaClients {
+    bootstrap: String,
+    properties: Vec<(String, String)>,
+}
+
+impl KafkaClients {
+    /// Settings for a plain client at `bootstrap` with no operator properties (tests, tools).
+    pub fn plain(bootstrap: impl Into<String>) -> Self {
+        Self {
+            bootstrap: bootstrap.into(),
+            properties: Vec::new(),
+        }
+    }
+
+    pub fn bootstrap(&self) -> &str {
+        &self.bootstrap
+    }
+
+    /// A client with Kappa's `defaults`, overridden by the operator's properties.
+    pub fn config(&self, defaults: &[(&str, &str)]) -> ClientConfig {
+        self.config_with(defaults, &[])
+    }
+
+    /// Like [`Self::config`], then `required` on top: what the client cannot work without.
+    pub fn config_with(&self, defaults: &[(&str, &str)], required: &[(&str, &str)]) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.bootstrap);
+        for (k, v) in defaults {
+            config.set(*k, *v);
+        }
+        for (k, v) in &self.properties {
+            config.set(k, v);
+        }
+        for (k, v) in required {
+            config.set(*k, *v);
+        }
+        config
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,10 +179,25 @@ mod tests {
             properties: vec![("acks".into(), "1".into())],
             ..KafkaArgs::for_bootstrap("k:9092")
         };
-        let config = args.client_config_with(&[("acks", "all"), ("linger.ms", "5")]);
-        assert_eq!(config.get("acks"), Some("1"));
-        assert_eq!(config.get("linger.ms"), Some("5"));
+        let clients = args.clients().unwrap();
+        let config = clients.config_with(&[("acks", "all"), ("linger.ms", "5")], &[("group.id", "mine")]);
+        assert_eq!(
+            config.get("acks"),
+            Some("1"),
+            "the operator's property overrides Kappa's default"
+        );
+        assert_eq!(config.get("linger.ms"), Some("5"), "a default nobody overrides stays");
         assert_eq!(config.get("bootstrap.servers"), Some("k:9092"));
+        let pinned = KafkaArgs {
+            properties: vec![("group.id".into(), "theirs".into())],
+            ..KafkaArgs::for_bootstrap("k:9092")
+        };
+        let config = pinned.clients().unwrap().config_with(&[], &[("group.id", "mine")]);
+        assert_eq!(
+            config.get("group.id"),
+            Some("mine"),
+            "what correctness needs is not overridable"
+        );
     }
 
     #[test]
@@ -161,7 +213,7 @@ mod tests {
             ..KafkaArgs::for_bootstrap("k:9092")
         };
         assert_eq!(args.validate(), Ok(()));
-        let config = args.client_config();
+        let config = args.clients().unwrap().config(&[]);
         assert_eq!(config.get("security.protocol"), Some("SASL_SSL"));
         assert_eq!(config.get("sasl.username"), Some("svc"));
         assert_eq!(config.get("sasl.password"), Some("s3cret"));

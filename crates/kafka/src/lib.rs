@@ -12,7 +12,7 @@ pub mod records;
 pub mod trace_headers;
 
 pub use admin::{ModelsTopicSettings, TopicError, ensure_models_topic};
-pub use config::KafkaArgs;
+pub use config::{KafkaArgs, KafkaClients};
 pub use context::ReaderContext;
 pub use keys::ModelKey;
 pub use trace_headers::trace_headers;

@@ -9,8 +9,10 @@ use std::{
 
 use kappa_api::model::PartitionRange;
 use kappa_model::schema::{PayloadFormat, Sample};
+
+use crate::KafkaClients;
 use rdkafka::{
-    ClientConfig, Message, Offset, TopicPartitionList,
+    Message, Offset, TopicPartitionList,
     consumer::{BaseConsumer, Consumer},
     error::KafkaError,
     message::Headers,
@@ -68,12 +70,17 @@ pub fn resolve(
 }
 
 /// A consumer for reading ranges: its own throw-away group, no commits, committed data only.
-pub fn range_consumer(config: &ClientConfig, purpose: &str) -> Result<BaseConsumer, KafkaError> {
-    config
-        .clone()
-        .set("group.id", format!("kappa-{purpose}-{}", uuid_like()))
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
+pub fn range_consumer(clients: &KafkaClients, purpose: &str) -> Result<BaseConsumer, KafkaError> {
+    let group = format!("kappa-{purpose}-{}", uuid_like());
+    clients
+        .config_with(
+            &[],
+            &[
+                ("group.id", &group),
+                ("enable.auto.commit", "false"),
+                ("isolation.level", "read_committed"),
+            ],
+        )
         .create()
 }
 
@@ -90,7 +97,7 @@ const POINTS: i64 = 8;
 /// Up to `max` records of `[from_ms, to_ms)` (by record timestamp), read from evenly spaced
 /// offsets of every partition, within `budget` of wall-clock time.
 pub fn sample(
-    config: &ClientConfig,
+    config: &KafkaClients,
     topic: &str,
     ranges: &[PartitionRange],
     from_ms: i64,

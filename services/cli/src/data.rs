@@ -59,7 +59,6 @@ pub async fn run(args: DataArgs) -> anyhow::Result<()> {
 }
 
 fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
-    args.kafka.validate().map_err(anyhow::Error::msg)?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis() as i64;
@@ -79,7 +78,7 @@ fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
         from_ms < to_ms,
         "the range [{from_ms}, {to_ms}) is empty; --from-ms must be before --to-ms"
     );
-    let config = args.kafka.client_config();
+    let config = args.kafka.clients().map_err(anyhow::Error::msg)?;
     let consumer = kappa_kafka::range::range_consumer(&config, "cli-inspect")?;
     let ranges = kappa_kafka::range::resolve(&consumer, &args.topic, from_ms, to_ms).with_context(|| {
         format!(

@@ -24,17 +24,13 @@ use std::{
 use anyhow::Context;
 use clap::Args;
 use rand::{Rng, SeedableRng, rngs::StdRng};
-use rdkafka::{
-    ClientConfig,
-    producer::{FutureProducer, FutureRecord},
-};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Map, Value, json};
 
 #[derive(Debug, Args)]
 pub struct FleetArgs {
-    /// Kafka bootstrap servers.
-    #[arg(long, env = "KAPPA_KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
-    kafka_bootstrap: String,
+    #[command(flatten)]
+    kafka: kappa_kafka::KafkaArgs,
     /// Topic the telemetry goes to.
     #[arg(long, default_value = "sensor-data")]
     topic: String,
@@ -357,15 +353,17 @@ pub async fn run(args: FleetArgs) -> anyhow::Result<()> {
         "give --events N or --duration-seconds S so the simulator knows when to stop"
     );
     anyhow::ensure!(args.partitions >= 1, "--partitions must be at least 1");
-    ensure_topic(&args.kafka_bootstrap, &args.topic, args.partitions).await?;
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &args.kafka_bootstrap)
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .set("message.timeout.ms", "60000")
+    let kafka = args.kafka.clients().map_err(anyhow::Error::msg)?;
+    ensure_topic(&kafka, &args.topic, args.partitions).await?;
+    let producer: FutureProducer = kafka
+        .config(&[
+            ("acks", "all"),
+            ("enable.idempotence", "true"),
+            ("linger.ms", "5"),
+            ("message.timeout.ms", "60000"),
+        ])
         .create()
-        .context("cannot create the Kafka producer")?;
+        .context("cannot create the Kafka producer (check --kafka-property)")?;
     let mut rng = StdRng::seed_from_u64(args.seed);
     let mut cars: Vec<Unit> = (0..args.cars)
         .map(|i| {
@@ -470,16 +468,17 @@ async fn settle(delivery: Option<rdkafka::producer::DeliveryFuture>, acked: &mut
 }
 
 /// Creates `topic` with `partitions` partitions unless it exists.
-async fn ensure_topic(bootstrap: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
+async fn ensure_topic(kafka: &kappa_kafka::KafkaClients, topic: &str, partitions: i32) -> anyhow::Result<()> {
     use rdkafka::{
         admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
         client::DefaultClientContext,
         types::RDKafkaErrorCode,
     };
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    let bootstrap = kafka.bootstrap();
+    let admin: AdminClient<DefaultClientContext> = kafka
+        .config(&[])
         .create()
-        .context("cannot create the Kafka admin client")?;
+        .context("cannot create the Kafka admin client (check --kafka-property and --kafka-properties-file)")?;
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let results = admin
         .create_topics(

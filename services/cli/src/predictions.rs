@@ -10,15 +10,14 @@ use anyhow::Context as _;
 use clap::Args;
 use kappa_api::telemetry::Prediction;
 use rdkafka::{
-    ClientConfig, Message as _, Offset, TopicPartitionList,
+    Message as _, Offset, TopicPartitionList,
     consumer::{BaseConsumer, Consumer},
 };
 
 #[derive(Debug, Args)]
 pub struct PredictionsArgs {
-    /// Kafka bootstrap servers.
-    #[arg(long, env = "KAPPA_KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
-    kafka_bootstrap: String,
+    #[command(flatten)]
+    kafka: kappa_kafka::KafkaArgs,
 
     /// Topic the predictors write predictions to.
     #[arg(long, default_value = "model-predictions")]
@@ -49,16 +48,12 @@ pub async fn run(args: PredictionsArgs) -> anyhow::Result<()> {
 }
 
 fn summarise(args: &PredictionsArgs) -> anyhow::Result<()> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &args.kafka_bootstrap)
-        .set("group.id", "kappa-cli-predictions")
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .create()?;
+    let kafka = args.kafka.clients().map_err(anyhow::Error::msg)?;
+    let consumer: BaseConsumer = kappa_kafka::range::range_consumer(&kafka, "cli-predictions")?;
     let timeout = Duration::from_secs(10);
     let metadata = consumer
         .fetch_metadata(Some(&args.topic), timeout)
-        .with_context(|| format!("cannot reach Kafka at {} (--kafka-bootstrap)", args.kafka_bootstrap))?;
+        .with_context(|| format!("cannot reach Kafka at {} (--kafka-bootstrap)", kafka.bootstrap()))?;
     let partitions: Vec<i32> = metadata
         .topics()
         .first()

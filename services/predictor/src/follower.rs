@@ -17,7 +17,7 @@ use kappa_kafka::{
 };
 use prost::Message as _;
 use rdkafka::{
-    ClientConfig, Message, Offset, TopicPartitionList,
+    Message, Offset, TopicPartitionList,
     consumer::{Consumer, StreamConsumer},
     error::KafkaError,
     message::Headers,
@@ -140,7 +140,7 @@ impl FollowState {
 
 /// Starts following; the receiver yields targets once the topic has been replayed.
 pub fn spawn(
-    config: &ClientConfig,
+    config: &kappa_kafka::KafkaClients,
     topic: &str,
     name: &str,
     follow: &str,

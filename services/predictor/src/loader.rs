@@ -7,10 +7,10 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
+use kappa_kafka::KafkaClients;
 use kappa_kafka::chunks;
 use kappa_model::{Backend, Mlp, sha256_hex};
 use kappa_telemetry::propagation::context_from_map;
-use rdkafka::ClientConfig;
 use tokio::sync::watch;
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tracing::Instrument as _;
@@ -26,7 +26,7 @@ pub struct Loader {
     pub slot: Arc<ModelSlot>,
     pub metrics: Arc<PredictorMetrics>,
     pub health: HealthReporter,
-    pub consumer_config: ClientConfig,
+    pub consumer_config: KafkaClients,
     pub topic: String,
     pub backend: Backend,
     pub served_services: Vec<&'static str>,

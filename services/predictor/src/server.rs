@@ -24,7 +24,7 @@ pub async fn run(
     metrics_listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let kafka = config.kafka.client_config();
+    let kafka = config.kafka.clients().map_err(anyhow::Error::msg)?;
     let metrics = Arc::new(PredictorMetrics::default());
     let mut metrics_registry = MetricsRegistry::default();
     metrics.register(&mut metrics_registry);

@@ -14,7 +14,7 @@ use std::{
 
 use futures::{StreamExt as _, stream::FuturesOrdered};
 use kappa_api::telemetry::Prediction;
-use kappa_kafka::trace_headers;
+use kappa_kafka::{KafkaClients, trace_headers};
 use opentelemetry::trace::TraceContextExt as _;
 use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
 use rdkafka::{
@@ -88,30 +88,36 @@ pub type EventCounter = Family<ReasonLabels, Counter>;
 
 type Pending = Pin<Box<dyn Future<Output = (String, i32, i64)> + Send>>;
 
+/// The sensor consumer: commits on a timer, but only offsets stored after their prediction was
+/// acknowledged (so `enable.auto.offset.store` is not the operator's to turn on).
+fn consumer_config(kafka: &KafkaClients, group: &str) -> ClientConfig {
+    kafka.config_with(
+        &[
+            ("enable.auto.commit", "true"),
+            ("auto.commit.interval.ms", "1000"),
+            ("auto.offset.reset", "earliest"),
+        ],
+        &[("group.id", group), ("enable.auto.offset.store", "false")],
+    )
+}
+
+/// The predictions producer: Kappa's defaults, all of which an operator may tune.
+fn producer_config(kafka: &KafkaClients) -> ClientConfig {
+    kafka.config(&[("acks", "all"), ("enable.idempotence", "true"), ("linger.ms", "2")])
+}
+
 pub async fn run(
-    kafka: ClientConfig,
+    kafka: KafkaClients,
     settings: StreamSettings,
     serving: Arc<Serving>,
     events: EventCounter,
     lag: Gauge,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut consumer_config = kafka.clone();
-    consumer_config
-        .set("group.id", &settings.group)
-        .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", "1000")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest");
-    let consumer: Arc<StreamConsumer> = Arc::new(consumer_config.create()?);
+    let consumer: Arc<StreamConsumer> = Arc::new(consumer_config(&kafka, &settings.group).create()?);
     consumer.subscribe(&[&settings.sensor_topic])?;
     tokio::spawn(report_lag(Arc::clone(&consumer), lag, shutdown.clone()));
-    let mut producer_config = kafka;
-    producer_config
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "2");
-    let producer: FutureProducer = producer_config.create()?;
+    let producer: FutureProducer = producer_config(&kafka).create()?;
     tracing::info!(
         topic = settings.sensor_topic,
         group = settings.group,
@@ -287,4 +293,37 @@ async fn score(
         scored.model.name.clone(),
         scored.model.version,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use kappa_kafka::KafkaArgs;
+
+    use super::*;
+
+    #[test]
+    fn an_operator_tunes_the_defaults_but_not_the_delivery_guarantee() {
+        let args = KafkaArgs {
+            properties: vec![
+                ("acks".into(), "1".into()),
+                ("linger.ms".into(), "20".into()),
+                ("enable.auto.offset.store".into(), "true".into()),
+                ("auto.commit.interval.ms".into(), "250".into()),
+            ],
+            ..KafkaArgs::for_bootstrap("k:9092")
+        };
+        let kafka = args.clients().unwrap();
+        let producer = producer_config(&kafka);
+        assert_eq!(producer.get("acks"), Some("1"));
+        assert_eq!(producer.get("linger.ms"), Some("20"));
+        assert_eq!(producer.get("enable.idempotence"), Some("true"));
+        let consumer = consumer_config(&kafka, "scorers");
+        assert_eq!(consumer.get("auto.commit.interval.ms"), Some("250"));
+        assert_eq!(consumer.get("group.id"), Some("scorers"));
+        assert_eq!(
+            consumer.get("enable.auto.offset.store"),
+            Some("false"),
+            "offsets are stored only after the prediction is acknowledged"
+        );
+    }
 }

@@ -8,7 +8,7 @@ use std::{
 
 use kappa_kafka::ReaderContext;
 use rdkafka::{
-    ClientConfig, Message, Offset, TopicPartitionList,
+    Message, Offset, TopicPartitionList,
     consumer::{Consumer, StreamConsumer},
     error::KafkaError,
 };
@@ -37,7 +37,7 @@ impl FollowerProgress {
 }
 
 pub fn spawn(
-    consumer_config: &ClientConfig,
+    consumer_config: &kappa_kafka::KafkaClients,
     topic: &str,
     catalog: Arc<RwLock<Catalog>>,
     metrics: Arc<RegistryMetrics>,

@@ -6,11 +6,12 @@
 use std::time::Duration;
 
 use kappa_api::registry as pb;
+use kappa_kafka::KafkaClients;
 use kappa_kafka::{
     chunks::{self, ChunkReadError},
     records::{self, LogRecord},
 };
-use rdkafka::{ClientConfig, Message, error::KafkaError};
+use rdkafka::{Message, error::KafkaError};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tonic::Status;
@@ -20,7 +21,7 @@ const READER_GROUP: &str = "kappa-registry-reader";
 
 /// Sends the chunks found at `offsets` in order, then checks the bytes against `sha256`.
 pub fn stream_chunks(
-    config: &ClientConfig,
+    config: &KafkaClients,
     topic: &str,
     offsets: &[i64],
     sha256: &str,
@@ -51,7 +52,7 @@ pub fn stream_chunks(
 
 /// Streams version and alias events from `from` onwards until the client goes away.
 pub fn stream_events(
-    config: &ClientConfig,
+    config: &KafkaClients,
     topic: &str,
     from: i64,
     name_filter: &str,

@@ -27,7 +27,7 @@ pub async fn run(
     metrics_listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let kafka = config.kafka.client_config();
+    let kafka = config.kafka.clients().map_err(anyhow::Error::msg)?;
     let topic = config.models_topic.clone();
     ensure_models_topic(
         &kafka,

@@ -10,11 +10,11 @@ use kappa_api::{
     model::{AliasRecord, ModelManifest, VersionRecord, WeightChunk},
     registry::{self as pb, registry_server::Registry},
 };
+use kappa_kafka::KafkaClients;
 use kappa_kafka::ModelKey;
 use kappa_model::{validate_alias, validate_manifest, validate_name, validate_weights};
 use kappa_telemetry::propagation::span_context_map;
 use prost::Message as _;
-use rdkafka::ClientConfig;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -35,7 +35,7 @@ pub struct RegistryService {
     pub catalog: Arc<RwLock<Catalog>>,
     pub writer: Arc<Writer>,
     pub progress: FollowerProgress,
-    pub consumer_config: ClientConfig,
+    pub consumer_config: KafkaClients,
     pub topic: String,
     pub chunk_bytes: usize,
     pub max_model_bytes: u64,

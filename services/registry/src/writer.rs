@@ -11,10 +11,10 @@ use std::{
     time::Duration,
 };
 
+use kappa_kafka::KafkaClients;
 use kappa_kafka::trace_headers;
 use kappa_telemetry::propagation::span_context_map;
 use rdkafka::{
-    ClientConfig,
     error::{KafkaError, RDKafkaErrorCode},
     message::OwnedHeaders,
     producer::{FutureProducer, FutureRecord, Producer},
@@ -45,20 +45,30 @@ pub struct Writer {
 impl Writer {
     /// Creates the producer and initialises transactions. Blocking: call from a blocking thread.
     pub fn connect(
-        config: &ClientConfig,
+        clients: &KafkaClients,
         transactional_id: &str,
         max_message_bytes: usize,
         topic: &str,
         delay_before_commit: Duration,
     ) -> Result<Self, KafkaError> {
-        let mut config = config.clone();
-        config
-            .set("transactional.id", transactional_id)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("message.max.bytes", max_message_bytes.to_string())
-            .set("transaction.timeout.ms", TRANSACTION_TIMEOUT.as_millis().to_string())
-            .set("linger.ms", "2");
+        let (max_bytes, timeout) = (
+            max_message_bytes.to_string(),
+            TRANSACTION_TIMEOUT.as_millis().to_string(),
+        );
+        // Tunable: batching, record size, transaction timeout. Not: the fencing id and the
+        // idempotent, fully acknowledged writes a transaction needs.
+        let config = clients.config_with(
+            &[
+                ("message.max.bytes", &max_bytes),
+                ("transaction.timeout.ms", &timeout),
+                ("linger.ms", "2"),
+            ],
+            &[
+                ("transactional.id", transactional_id),
+                ("enable.idempotence", "true"),
+                ("acks", "all"),
+            ],
+        );
         let producer: FutureProducer = config.create()?;
         producer.init_transactions(Timeout::After(Duration::from_secs(60)))?;
         Ok(Self {

@@ -10,6 +10,7 @@ use kappa_api::{
     registry::{self as rpb, registry_client::RegistryClient},
     trainer::{Continuous, Job, JobPhase, JobProgress, TrainingSpec, training_spec::Range},
 };
+use kappa_kafka::KafkaClients;
 use kappa_model::{
     Backend, Mlp,
     evaluate::{Quality, percentile, quality},
@@ -19,7 +20,6 @@ use kappa_model::{
 use kappa_telemetry::{TracedChannel, propagation::span_context_map, traced};
 use opentelemetry::trace::TraceContextExt as _;
 use rand::{SeedableRng, seq::SliceRandom};
-use rdkafka::ClientConfig;
 use tokio::sync::watch;
 use tokio_stream::StreamExt as _;
 use tokio_util::sync::CancellationToken;
@@ -72,7 +72,7 @@ impl JobHandle {
 #[derive(Clone)]
 pub struct JobContext {
     pub metrics: Arc<crate::metrics::TrainerMetrics>,
-    pub kafka: ClientConfig,
+    pub kafka: KafkaClients,
     pub registry: String,
     pub max_rows: usize,
 }
@@ -142,10 +142,11 @@ async fn continuously(handle: &Arc<JobHandle>, ctx: &JobContext, c: Continuous) 
     // One client for the whole job, and only when the every-N-events trigger needs it.
     let counter = if c.every_events > 0 {
         let kafka = ctx.kafka.clone();
-        let consumer = tokio::task::spawn_blocking(move || kafka.create::<rdkafka::consumer::BaseConsumer>())
-            .await
-            .map_err(fail)?
-            .map_err(|e| fail(format!("cannot create a Kafka client: {e}")))?;
+        let consumer =
+            tokio::task::spawn_blocking(move || kafka.config(&[]).create::<rdkafka::consumer::BaseConsumer>())
+                .await
+                .map_err(fail)?
+                .map_err(|e| fail(format!("cannot create a Kafka client: {e}")))?;
         Some(Arc::new(consumer))
     } else {
         None

@@ -9,10 +9,13 @@ use std::{
 };
 
 use kappa_api::model::PartitionRange;
-use kappa_kafka::range::{payload_format, position, range_consumer, resolve};
+use kappa_kafka::{
+    KafkaClients,
+    range::{payload_format, position, range_consumer, resolve},
+};
 use kappa_model::schema::{DecodedEvent, EventDecoder};
 use rdkafka::{
-    ClientConfig, Message, Offset, TopicPartitionList,
+    Message, Offset, TopicPartitionList,
     consumer::{BaseConsumer, Consumer},
     error::KafkaError,
 };
@@ -54,7 +57,7 @@ pub struct RangeQuery {
 /// Reads the range and holds its usable rows; past `max_rows`, a uniform sample of that many
 /// (reservoir sampling, seeded), so memory stays bounded whatever the range holds.
 pub fn read_range(
-    config: &ClientConfig,
+    config: &KafkaClients,
     query: &RangeQuery,
     keep_going: &mut dyn FnMut(u64, u64) -> bool,
 ) -> Result<RangeData, KafkaError> {
@@ -81,7 +84,7 @@ pub fn read_range(
 /// Reads every event of the range and hands each usable one to `on_row`; counts the others by
 /// reason. Blocking; `keep_going` (rows read and skipped so far) is polled so a cancel stops it.
 pub fn scan_range(
-    config: &ClientConfig,
+    config: &KafkaClients,
     query: &RangeQuery,
     keep_going: &mut dyn FnMut(u64, u64) -> bool,
     on_row: &mut dyn FnMut(Row),

@@ -8,8 +8,8 @@ use kappa_api::{
     model::{EventSchema, Feature},
     trainer::{FeatureSpec, TrainingSpec},
 };
+use kappa_kafka::KafkaClients;
 use kappa_model::schema::{EventDecoder, FeatureRule, Profile, infer_features, label_rule, time_rule, validate_path};
-use rdkafka::ClientConfig;
 
 use crate::error::TrainerError;
 
@@ -110,7 +110,7 @@ pub fn check_structure(spec: &TrainingSpec) -> Result<(), TrainerError> {
 /// Samples `[from, to)` of the spec's topic; checks every named path against the sample, or
 /// infers the features when none are named. Returns notes on how the schema was chosen.
 pub fn resolve(
-    config: &ClientConfig,
+    config: &KafkaClients,
     spec: &mut TrainingSpec,
     from_ms: i64,
     to_ms: i64,

@@ -25,7 +25,7 @@ pub async fn run(
     metrics_listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let kafka = config.kafka.client_config();
+    let kafka = config.kafka.clients().map_err(anyhow::Error::msg)?;
     let metrics = Arc::new(crate::metrics::TrainerMetrics::default());
     let mut metrics_registry = prometheus_client::registry::Registry::default();
     metrics.register(&mut metrics_registry);
@@ -41,7 +41,7 @@ pub async fn run(
         store,
         context: JobContext {
             metrics: Arc::clone(&metrics),
-            kafka: config.kafka.client_config(),
+            kafka: kafka.clone(),
             registry: config.registry.clone(),
             max_rows: config.max_rows,
         },

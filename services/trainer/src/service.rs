@@ -160,7 +160,10 @@ impl TrainerService {
     async fn topic_exists(&self, topic: &str) -> Result<bool, TrainerError> {
         let (config, topic) = (self.context.kafka.clone(), topic.to_owned());
         tokio::task::spawn_blocking(move || {
-            let consumer: BaseConsumer = config.create().map_err(|e| TrainerError::Kafka(e.to_string()))?;
+            let consumer: BaseConsumer = config
+                .config(&[])
+                .create()
+                .map_err(|e| TrainerError::Kafka(e.to_string()))?;
             let metadata = consumer
                 .fetch_metadata(Some(&topic), Duration::from_secs(10))
                 .map_err(|e| TrainerError::Kafka(e.to_string()))?;

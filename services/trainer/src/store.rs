@@ -5,10 +5,10 @@
 use std::time::Duration;
 
 use kappa_api::trainer::{Job, JobPhase};
-use kappa_kafka::{ModelsTopicSettings, ReaderContext, chunks::reader_config, ensure_models_topic};
+use kappa_kafka::{KafkaClients, ModelsTopicSettings, ReaderContext, chunks::reader_config, ensure_models_topic};
 use prost::Message as _;
 use rdkafka::{
-    ClientConfig, Message, Offset, TopicPartitionList,
+    Message, Offset, TopicPartitionList,
     consumer::{BaseConsumer, Consumer},
     error::KafkaError,
     producer::{FutureProducer, FutureRecord, Producer},
@@ -21,7 +21,7 @@ pub struct JobStore {
 
 impl JobStore {
     /// Creates the jobs topic when absent and returns the store with the jobs it holds.
-    pub async fn open(config: &ClientConfig, topic: &str, replication_factor: i32) -> anyhow::Result<(Self, Vec<Job>)> {
+    pub async fn open(config: &KafkaClients, topic: &str, replication_factor: i32) -> anyhow::Result<(Self, Vec<Job>)> {
         ensure_models_topic(
             config,
             &ModelsTopicSettings {
@@ -35,9 +35,7 @@ impl JobStore {
         let (config_clone, topic_name) = (config.clone(), topic.to_owned());
         let jobs = tokio::task::spawn_blocking(move || load(&config_clone, &topic_name)).await??;
         let producer: FutureProducer = config
-            .clone()
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
+            .config(&[("acks", "all"), ("enable.idempotence", "true")])
             .create()?;
         Ok((
             Self {
@@ -79,7 +77,7 @@ impl JobStore {
     }
 }
 
-fn load(config: &ClientConfig, topic: &str) -> Result<Vec<Job>, KafkaError> {
+fn load(config: &KafkaClients, topic: &str) -> Result<Vec<Job>, KafkaError> {
     let consumer: BaseConsumer<ReaderContext> =
         reader_config(config, "kappa-trainer-jobs").create_with_context(ReaderContext)?;
     let mut tpl = TopicPartitionList::new();

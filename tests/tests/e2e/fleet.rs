@@ -124,3 +124,49 @@ async fn the_fleet_writes_keyed_plausible_labelled_telemetry_with_back_dated_tim
         assert_eq!(&first[car][..events.len()], &events[..], "{car}");
     }
 }
+
+#[tokio::test]
+async fn the_fleet_takes_the_services_kafka_flags_and_the_operator_overrides_its_defaults() {
+    // The fleet's producer defaults to acks=all; an operator's value replaces it, and librdkafka
+    // refuses this one by name, so the override is seen to reach the client.
+    let topic = unique("test.fleet-props");
+    let out = Command::new(binary("kappa"))
+        .args(["fleet", "--kafka-bootstrap", &bootstrap(), "--topic", &topic])
+        .args(["--events", "5", "--rate", "0", "--kafka-property", "acks=bogus"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("acks") && stderr.contains("--kafka-property"),
+        "{stderr}"
+    );
+
+    // Properties from a file (a mounted Secret), as the services read them: these are applied
+    // and the fleet delivers.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("client.properties");
+    std::fs::write(
+        &file,
+        "# as a Secret would hold it\nclient.id=kappa-fleet-e2e\nenable.idempotence=false\nacks=1\n",
+    )
+    .unwrap();
+    let out = Command::new(binary("kappa"))
+        .args([
+            "fleet",
+            "--kafka-bootstrap",
+            &bootstrap(),
+            "--topic",
+            &topic,
+            "--events",
+            "5",
+            "--rate",
+            "0",
+        ])
+        .arg("--kafka-properties-file")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(read_topic_with_timestamps(&topic).await.len(), 5);
+}
