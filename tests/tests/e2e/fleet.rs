@@ -4,17 +4,16 @@ use std::process::Command;
 
 use crate::support::*;
 
+/// `kappa fleet` against the test broker, writing to `topic`.
+fn fleet_command(topic: &str) -> Command {
+    let mut command = Command::new(binary("kappa"));
+    command.args(["fleet", "--kafka-bootstrap", &bootstrap(), "--topic", topic]);
+    command
+}
+
 fn fleet(topic: &str, seed: u64, extra: &[&str]) -> String {
-    let out = Command::new(binary("kappa"))
-        .args([
-            "fleet",
-            "--kafka-bootstrap",
-            &bootstrap(),
-            "--topic",
-            topic,
-            "--seed",
-            &seed.to_string(),
-        ])
+    let out = fleet_command(topic)
+        .args(["--seed", &seed.to_string()])
         .args(extra)
         .output()
         .unwrap();
@@ -130,8 +129,7 @@ async fn the_fleet_takes_the_services_kafka_flags_and_the_operator_overrides_its
     // The fleet's producer defaults to acks=all; an operator's value replaces it, and librdkafka
     // refuses this one by name, so the override is seen to reach the client.
     let topic = unique("test.fleet-props");
-    let out = Command::new(binary("kappa"))
-        .args(["fleet", "--kafka-bootstrap", &bootstrap(), "--topic", &topic])
+    let out = fleet_command(&topic)
         .args(["--events", "5", "--rate", "0", "--kafka-property", "acks=bogus"])
         .output()
         .unwrap();
