@@ -342,14 +342,13 @@ fn p99(latencies: &mut [Duration]) -> Duration {
 }
 
 async fn swap_bench(predictor: &str, registry: &str, model: &str, swaps: u64) -> anyhow::Result<()> {
-    use kappa_api::registry::registry_client::RegistryClient;
     use std::sync::atomic::{AtomicBool, Ordering};
     let first_seen = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
 
     // Both phases publish `swaps` versions at the same cadence, so the registry and the broker
     // do the same work; in the baseline the versions belong to another model, so the predictor
     // does not swap. The difference is the cost of swapping itself.
-    let mut registry = RegistryClient::new(Channel::from_shared(registry.to_owned())?.connect().await?);
+    let mut registry = kappa_client::Registry::connect(registry).await?;
     let other = format!("{model}-other");
     let stop = Arc::new(AtomicBool::new(false));
     let load = tokio::spawn(load_until_owned(
@@ -408,29 +407,12 @@ async fn swap_bench(predictor: &str, registry: &str, model: &str, swaps: u64) ->
     Ok(())
 }
 
-async fn publish_version(
-    registry: &mut kappa_api::registry::registry_client::RegistryClient<Channel>,
-    model: &str,
-    seed: u64,
-) -> anyhow::Result<u64> {
-    use kappa_api::registry as pb;
+async fn publish_version(registry: &mut kappa_client::Registry, model: &str, seed: u64) -> anyhow::Result<u64> {
     let manifest = kappa_model::example::sensor_autoencoder_manifest(model, 8);
     let weights = kappa_model::example::random_weights(&manifest, seed);
-    let messages = vec![
-        pb::PublishRequest {
-            part: Some(pb::publish_request::Part::Header(pb::PublishHeader {
-                manifest: Some(manifest),
-                idempotency_key: String::new(),
-            })),
-        },
-        pb::PublishRequest {
-            part: Some(pb::publish_request::Part::Chunk(weights)),
-        },
-    ];
     Ok(registry
-        .publish(tokio_stream::iter(messages))
+        .publish(&manifest, &weights, "")
         .await?
-        .into_inner()
         .version
         .unwrap_or_default()
         .version)

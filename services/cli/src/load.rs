@@ -15,8 +15,7 @@ use std::{
 use anyhow::Context as _;
 use clap::Args;
 use kappa_api::predictor::{PredictRequest, predictor_client::PredictorClient};
-use kappa_telemetry::{TracedChannel, traced};
-use tonic::transport::Endpoint;
+use kappa_client::TracedChannel;
 
 use crate::predict::rows;
 
@@ -103,12 +102,10 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     anyhow::ensure!(!requests.is_empty(), "{} holds no rows", args.input.display());
     let mut clients = Vec::new();
     for url in &args.predictors {
-        let channel = Endpoint::from_shared(url.clone())?
-            .connect_timeout(Duration::from_secs(5))
-            .connect()
+        let channel = kappa_client::connect("kappa-predictor", url)
             .await
-            .with_context(|| format!("cannot reach kappa-predictor at {url}; is it running? (--predictor)"))?;
-        clients.push(PredictorClient::new(traced(channel)));
+            .map_err(|e| anyhow::anyhow!("{e} (--predictor)"))?;
+        clients.push(PredictorClient::new(channel));
     }
     let tally = Arc::new(Mutex::new(Tally {
         latencies: Latencies::new(),

@@ -1,20 +1,10 @@
-use std::{
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
-use kappa_api::{
-    model::ModelManifest,
-    registry::{self as pb, registry_client::RegistryClient},
-};
-use kappa_telemetry::{TracedChannel, traced};
+use kappa_api::{model::ModelManifest, registry as pb};
+use kappa_client::Registry;
 use tokio_stream::StreamExt as _;
-use tonic::transport::Endpoint;
-
-/// Publish chunks: comfortably under gRPC's 4 MiB default message limit.
-const UPLOAD_CHUNK_BYTES: usize = 1024 * 1024;
 
 #[derive(Debug, Args)]
 pub struct ModelsArgs {
@@ -124,16 +114,10 @@ enum ModelsCommand {
     },
 }
 
-async fn connect(url: &str) -> anyhow::Result<RegistryClient<TracedChannel>> {
-    let channel = Endpoint::from_shared(url.to_owned())
-        .with_context(|| format!("{url:?} is not a valid registry URL (expected e.g. http://127.0.0.1:50051)"))?
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
+async fn connect(url: &str) -> anyhow::Result<Registry> {
+    Registry::connect(url)
         .await
-        .with_context(|| {
-            format!("cannot reach kappa-registry at {url}; is it running? (set --registry or KAPPA_REGISTRY)")
-        })?;
-    Ok(RegistryClient::new(traced(channel)).max_decoding_message_size(8 * 1024 * 1024))
+        .map_err(|e| anyhow::anyhow!("{e} (set --registry or KAPPA_REGISTRY)"))
 }
 
 fn status_error(status: tonic::Status) -> anyhow::Error {
@@ -157,14 +141,14 @@ pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
             name,
             idempotency_key,
         } => {
-            let mut client = connect(&args.registry).await?;
+            let mut registry = connect(&args.registry).await?;
             let bytes = std::fs::read(&weights).with_context(|| format!("cannot read {}", weights.display()))?;
             let mut manifest = read_manifest(&manifest)?;
             if let Some(name) = name {
                 manifest.name = name;
             }
             let key = idempotency_key.unwrap_or_else(|| default_idempotency_key(&manifest, &bytes));
-            let response = publish(&mut client, manifest, &bytes, &key).await?;
+            let response = registry.publish(&manifest, &bytes, &key).await.map_err(status_error)?;
             let version = response.version.unwrap_or_default();
             match output {
                 Output::Json => println!("{}", serde_json::to_string(&version)?),
@@ -184,7 +168,8 @@ pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
             Ok(())
         }
         ModelsCommand::List => {
-            let mut client = connect(&args.registry).await?;
+            let mut registry = connect(&args.registry).await?;
+            let client = registry.rpc();
             let models = client
                 .list_models(pb::ListModelsRequest {})
                 .await
@@ -212,7 +197,8 @@ pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
             Ok(())
         }
         ModelsCommand::Versions { name } => {
-            let mut client = connect(&args.registry).await?;
+            let mut registry = connect(&args.registry).await?;
+            let client = registry.rpc();
             let versions = client
                 .list_versions(pb::ListVersionsRequest { name })
                 .await
@@ -241,24 +227,22 @@ pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
             alias,
             out,
         } => {
-            use pb::get_model_request::Selector;
-            let mut client = connect(&args.registry).await?;
+            use kappa_client::Selector;
+            let mut registry = connect(&args.registry).await?;
             let selector = match (version, alias) {
-                (Some(v), _) => Some(Selector::Version(v)),
-                (None, Some(a)) => Some(Selector::Alias(a)),
-                (None, None) => None,
+                (Some(v), _) => Selector::Version(v),
+                (None, Some(a)) => Selector::Alias(a),
+                (None, None) => Selector::Latest,
             };
-            let (header, weights) = get(&mut client, &name, selector, out.is_none()).await?;
-            if let Some(path) = &out {
-                std::fs::write(path, &weights).with_context(|| format!("cannot write {}", path.display()))?;
-                let digest = kappa_model::sha256_hex(&weights);
-                if digest != header.weights_sha256 {
-                    bail!(
-                        "downloaded weights hash to {digest}, not {}; the copy is corrupt",
-                        header.weights_sha256
-                    );
+            // The digest is checked before anything is written: a corrupt copy never lands.
+            let header = match &out {
+                Some(path) => {
+                    let (header, weights) = registry.get(&name, selector).await?;
+                    std::fs::write(path, &weights).with_context(|| format!("cannot write {}", path.display()))?;
+                    header
                 }
-            }
+                None => registry.get_manifest(&name, selector).await?,
+            };
             match output {
                 Output::Json => println!("{}", serde_json::to_string(&header)?),
                 Output::Text => {
@@ -279,7 +263,8 @@ pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
             version,
             delete,
         } => {
-            let mut client = connect(&args.registry).await?;
+            let mut registry = connect(&args.registry).await?;
+            let client = registry.rpc();
             if delete {
                 let r = client
                     .delete_alias(pb::DeleteAliasRequest {
@@ -309,7 +294,8 @@ pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
             Ok(())
         }
         ModelsCommand::Delete { name, version, force } => {
-            let mut client = connect(&args.registry).await?;
+            let mut registry = connect(&args.registry).await?;
+            let client = registry.rpc();
             let r = client
                 .delete_version(pb::DeleteVersionRequest {
                     name: name.clone(),
@@ -326,7 +312,8 @@ pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
             Ok(())
         }
         ModelsCommand::Watch { name, from, limit } => {
-            let mut client = connect(&args.registry).await?;
+            let mut registry = connect(&args.registry).await?;
+            let client = registry.rpc();
             let mut stream = client
                 .watch_models(pb::WatchModelsRequest {
                     from_position: from,
@@ -375,58 +362,6 @@ fn read_manifest(path: &Path) -> anyhow::Result<ModelManifest> {
             path.display()
         )
     })
-}
-
-async fn publish(
-    client: &mut RegistryClient<TracedChannel>,
-    manifest: ModelManifest,
-    weights: &[u8],
-    key: &str,
-) -> anyhow::Result<pb::PublishResponse> {
-    use pb::publish_request::Part;
-    let mut messages = vec![pb::PublishRequest {
-        part: Some(Part::Header(pb::PublishHeader {
-            manifest: Some(manifest),
-            idempotency_key: key.to_owned(),
-        })),
-    }];
-    messages.extend(weights.chunks(UPLOAD_CHUNK_BYTES).map(|c| pb::PublishRequest {
-        part: Some(Part::Chunk(c.to_vec())),
-    }));
-    Ok(client
-        .publish(tokio_stream::iter(messages))
-        .await
-        .map_err(status_error)?
-        .into_inner())
-}
-
-async fn get(
-    client: &mut RegistryClient<TracedChannel>,
-    name: &str,
-    selector: Option<pb::get_model_request::Selector>,
-    manifest_only: bool,
-) -> anyhow::Result<(pb::ModelVersion, Vec<u8>)> {
-    use pb::get_model_response::Part;
-    let mut stream = client
-        .get_model(pb::GetModelRequest {
-            name: name.to_owned(),
-            selector,
-            manifest_only,
-        })
-        .await
-        .map_err(status_error)?
-        .into_inner();
-    let mut header = None;
-    let mut weights = Vec::new();
-    while let Some(message) = stream.next().await {
-        match message.map_err(status_error)?.part {
-            Some(Part::Header(h)) => header = Some(h),
-            Some(Part::Chunk(c)) => weights.extend_from_slice(&c),
-            None => {}
-        }
-    }
-    let header = header.context("the registry answered without a header")?;
-    Ok((header, weights))
 }
 
 fn write_example(

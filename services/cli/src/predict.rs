@@ -4,14 +4,12 @@
 use std::{
     io::{BufRead, Write},
     path::PathBuf,
-    time::Duration,
 };
 
 use anyhow::Context;
 use clap::Args;
 use futures::StreamExt as _;
 use kappa_api::predictor::{PredictRequest, predictor_client::PredictorClient};
-use tonic::transport::Endpoint;
 
 /// Requests in flight at once.
 const CONCURRENCY: usize = 32;
@@ -105,17 +103,10 @@ pub async fn run(mut args: PredictArgs) -> anyhow::Result<()> {
     } else {
         std::fs::read_to_string(&args.input).with_context(|| format!("cannot read {}", args.input.display()))?
     };
-    let channel = Endpoint::from_shared(args.predictor.clone())?
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
+    let channel = kappa_client::connect("kappa-predictor", &args.predictor)
         .await
-        .with_context(|| {
-            format!(
-                "cannot reach kappa-predictor at {}; is it running? (--predictor)",
-                args.predictor
-            )
-        })?;
-    let client = PredictorClient::new(kappa_telemetry::traced(channel));
+        .map_err(|e| anyhow::anyhow!("{e} (--predictor)"))?;
+    let client = PredictorClient::new(channel);
     let model = args.model.clone();
     let mut answers = futures::stream::iter(rows(&text, args.id_field.as_deref())?)
         .map(|(id, mut request)| {

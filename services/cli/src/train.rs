@@ -1,8 +1,5 @@
 //! `kappa train`: start, follow, list and cancel training jobs on kappa-trainer.
 
-use std::time::Duration;
-
-use anyhow::Context;
 use clap::{Args, Subcommand};
 use kappa_api::{
     model::{EventTime, TimeFormat},
@@ -11,9 +8,8 @@ use kappa_api::{
         StartTrainingRequest, TimeRange, TrainingSpec, trainer_client::TrainerClient, training_spec::Range,
     },
 };
-use kappa_telemetry::{TracedChannel, traced};
+use kappa_client::TracedChannel;
 use tokio_stream::StreamExt as _;
-use tonic::transport::Endpoint;
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
@@ -200,12 +196,10 @@ impl SchemaArgs {
 }
 
 async fn connect(url: &str) -> anyhow::Result<TrainerClient<TracedChannel>> {
-    let channel = Endpoint::from_shared(url.to_owned())?
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
+    let channel = kappa_client::connect("kappa-trainer", url)
         .await
-        .with_context(|| format!("cannot reach kappa-trainer at {url}; is it running? (--trainer or KAPPA_TRAINER)"))?;
-    Ok(TrainerClient::new(traced(channel)))
+        .map_err(|e| anyhow::anyhow!("{e} (--trainer or KAPPA_TRAINER)"))?;
+    Ok(TrainerClient::new(channel))
 }
 
 fn status(s: tonic::Status) -> anyhow::Error {

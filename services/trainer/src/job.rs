@@ -7,9 +7,10 @@ use std::{
 
 use kappa_api::{
     model::{Activation, Layer, Lineage, Metrics, ModelManifest, OutputKind, SampleCounts},
-    registry::{self as rpb, registry_client::RegistryClient},
+    registry as rpb,
     trainer::{Continuous, Job, JobPhase, JobProgress, TrainingSpec, training_spec::Range},
 };
+use kappa_client::{Registry, Selector};
 use kappa_kafka::KafkaClients;
 use kappa_model::{
     Backend, Mlp,
@@ -17,13 +18,11 @@ use kappa_model::{
     example::serialize_tensors,
     train::{TrainData, TrainSettings, train_autoencoder},
 };
-use kappa_telemetry::{TracedChannel, propagation::span_context_map, traced};
+use kappa_telemetry::propagation::span_context_map;
 use opentelemetry::trace::TraceContextExt as _;
 use rand::{SeedableRng, seq::SliceRandom};
 use tokio::sync::watch;
-use tokio_stream::StreamExt as _;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 use tracing::{Instrument as _, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
@@ -487,12 +486,7 @@ async fn execute_round(handle: &Arc<JobHandle>, ctx: &JobContext, round: &tracin
     if handle.cancel.is_cancelled() {
         return Err(Stop::Cancelled);
     }
-    let channel = Channel::from_shared(ctx.registry.clone())
-        .map_err(fail)?
-        .connect()
-        .await
-        .map_err(|e| fail(format!("cannot reach kappa-registry at {}: {e}", ctx.registry)))?;
-    let mut registry = RegistryClient::new(traced(channel)).max_decoding_message_size(64 * 1024 * 1024);
+    let mut registry = Registry::connect(&ctx.registry).await.map_err(fail)?;
     let holder = if spec.promote_alias.is_empty() {
         None
     } else {
@@ -591,6 +585,7 @@ async fn execute_round(handle: &Arc<JobHandle>, ctx: &JobContext, round: &tracin
         if promote {
             ctx.metrics.promoted.inc();
             registry
+                .rpc()
                 .set_alias(rpb::SetAliasRequest {
                     name: spec.model_name.clone(),
                     alias: spec.promote_alias.clone(),
@@ -612,25 +607,9 @@ async fn execute_round(handle: &Arc<JobHandle>, ctx: &JobContext, round: &tracin
 }
 
 /// The version the alias points at now, with its model, when there is one.
-async fn current_holder(
-    registry: &mut RegistryClient<TracedChannel>,
-    spec: &TrainingSpec,
-) -> Option<(rpb::ModelVersion, Mlp)> {
-    let request = rpb::GetModelRequest {
-        name: spec.model_name.clone(),
-        selector: Some(rpb::get_model_request::Selector::Alias(spec.promote_alias.clone())),
-        manifest_only: false,
-    };
-    let mut stream = registry.get_model(request).await.ok()?.into_inner();
-    let (mut header, mut weights) = (None, Vec::new());
-    while let Some(message) = stream.next().await {
-        match message.ok()?.part {
-            Some(rpb::get_model_response::Part::Header(h)) => header = Some(h),
-            Some(rpb::get_model_response::Part::Chunk(c)) => weights.extend_from_slice(&c),
-            None => {}
-        }
-    }
-    let header = header?;
+async fn current_holder(registry: &mut Registry, spec: &TrainingSpec) -> Option<(rpb::ModelVersion, Mlp)> {
+    let selector = Selector::Alias(spec.promote_alias.clone());
+    let (header, weights) = registry.get(&spec.model_name, selector).await.ok()?;
     let model = Mlp::load(header.manifest.as_ref()?, &weights, Backend::Native).ok()?;
     Some((header, model))
 }
@@ -736,23 +715,14 @@ fn decide(
 }
 
 async fn publish(
-    registry: &mut RegistryClient<TracedChannel>,
+    registry: &mut Registry,
     manifest: &ModelManifest,
     weights: Vec<u8>,
     key: &str,
 ) -> Result<u64, String> {
-    let mut messages = vec![rpb::PublishRequest {
-        part: Some(rpb::publish_request::Part::Header(rpb::PublishHeader {
-            manifest: Some(manifest.clone()),
-            idempotency_key: format!("trainer-job:{key}"),
-        })),
-    }];
-    messages.extend(weights.chunks(1024 * 1024).map(|c| rpb::PublishRequest {
-        part: Some(rpb::publish_request::Part::Chunk(c.to_vec())),
-    }));
     registry
-        .publish(tokio_stream::iter(messages))
+        .publish(manifest, &weights, &format!("trainer-job:{key}"))
         .await
-        .map(|r| r.into_inner().version.unwrap_or_default().version)
+        .map(|r| r.version.unwrap_or_default().version)
         .map_err(|s| format!("publishing failed: {:?}: {}", s.code(), s.message()))
 }

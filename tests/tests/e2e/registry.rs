@@ -141,7 +141,7 @@ async fn a_50_mib_model_round_trips_and_an_oversized_one_is_refused_without_writ
     );
 }
 
-async fn snapshot(client: &mut pb::registry_client::RegistryClient<tonic::transport::Channel>) -> String {
+async fn snapshot(client: &mut pb::registry_client::RegistryClient<kappa_client::TracedChannel>) -> String {
     let models = client.list_models(pb::ListModelsRequest {}).await.unwrap().into_inner();
     let mut text = format!("{models:?}\n");
     for m in &models.models {

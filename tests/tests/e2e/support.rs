@@ -11,6 +11,7 @@ use kappa_api::{
     model::ModelManifest,
     registry::{self as pb, registry_client::RegistryClient},
 };
+use kappa_client::TracedChannel;
 use rdkafka::{
     ClientConfig, Message,
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
@@ -18,7 +19,6 @@ use rdkafka::{
     consumer::{BaseConsumer, Consumer},
     error::KafkaError,
 };
-use tokio_stream::StreamExt as _;
 use tonic::{Status, transport::Channel};
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
@@ -217,62 +217,44 @@ pub async fn wait_serving(service: &Service, service_name: &str) {
     }
 }
 
-pub async fn registry_client(service: &Service) -> RegistryClient<Channel> {
-    let channel = Channel::from_shared(service.address.clone())
-        .unwrap()
-        .connect()
+pub async fn registry_client(service: &Service) -> RegistryClient<TracedChannel> {
+    kappa_client::Registry::connect(&service.address)
         .await
-        .unwrap();
-    RegistryClient::new(channel).max_decoding_message_size(16 * 1024 * 1024)
+        .unwrap()
+        .rpc()
+        .clone()
 }
 
-/// Publishes through the client stream in 1 MiB chunks.
+/// Publishes with the project's one registry client (a streamed header, then 1 MiB chunks).
 pub async fn publish(
-    client: &mut RegistryClient<Channel>,
+    client: &mut RegistryClient<TracedChannel>,
     manifest: &ModelManifest,
     weights: &[u8],
     key: &str,
 ) -> Result<pb::PublishResponse, Status> {
-    use pb::publish_request::Part;
-    let mut messages = vec![pb::PublishRequest {
-        part: Some(Part::Header(pb::PublishHeader {
-            manifest: Some(manifest.clone()),
-            idempotency_key: key.to_owned(),
-        })),
-    }];
-    messages.extend(weights.chunks(1024 * 1024).map(|c| pb::PublishRequest {
-        part: Some(Part::Chunk(c.to_vec())),
-    }));
-    client
-        .publish(tokio_stream::iter(messages))
+    kappa_client::Registry::from(client.clone())
+        .publish(manifest, weights, key)
         .await
-        .map(tonic::Response::into_inner)
 }
 
+/// A version and its weights through the project's registry client; a digest mismatch fails
+/// the test, any other error is the registry's status.
 pub async fn get_model(
-    client: &mut RegistryClient<Channel>,
+    client: &mut RegistryClient<TracedChannel>,
     name: &str,
     selector: Option<pb::get_model_request::Selector>,
 ) -> Result<(pb::ModelVersion, Vec<u8>), Status> {
-    use pb::get_model_response::Part;
-    let mut stream = client
-        .get_model(pb::GetModelRequest {
-            name: name.to_owned(),
-            selector,
-            manifest_only: false,
-        })
-        .await?
-        .into_inner();
-    let mut header = None;
-    let mut weights = Vec::new();
-    while let Some(message) = stream.next().await {
-        match message?.part {
-            Some(Part::Header(h)) => header = Some(h),
-            Some(Part::Chunk(c)) => weights.extend_from_slice(&c),
-            None => {}
-        }
+    use kappa_client::{GetError, Selector};
+    let selector = match selector {
+        None => Selector::Latest,
+        Some(pb::get_model_request::Selector::Version(v)) => Selector::Version(v),
+        Some(pb::get_model_request::Selector::Alias(a)) => Selector::Alias(a),
+    };
+    match kappa_client::Registry::from(client.clone()).get(name, selector).await {
+        Ok(got) => Ok(got),
+        Err(GetError::Status(status)) => Err(status),
+        Err(other) => panic!("GetModel {name}: {other}"),
     }
-    Ok((header.expect("GetModel answered without a header"), weights))
 }
 
 pub fn by_version(v: u64) -> Option<pb::get_model_request::Selector> {

@@ -1,0 +1,12 @@
+//! How every Kappa client reaches a Kappa service: one channel builder (address check, connect
+//! timeout, the tracing layer that carries W3C context in gRPC metadata) and one registry client
+//! (streamed publish with an idempotency key, get with the digest checked). The trainer, the
+//! CLI, the benches and the tests all go through it, so what a connection needs (TLS, tokens,
+//! limits) is added here once.
+
+mod channel;
+mod registry;
+
+pub use channel::{ClientError, connect};
+pub use kappa_telemetry::TracedChannel;
+pub use registry::{GetError, Registry, Selector, UPLOAD_CHUNK_BYTES};

@@ -1,0 +1,141 @@
+use kappa_api::{
+    model::ModelManifest,
+    registry::{self as pb, get_model_request, get_model_response, publish_request, registry_client::RegistryClient},
+};
+use kappa_telemetry::TracedChannel;
+use thiserror::Error;
+use tokio_stream::StreamExt as _;
+use tonic::Status;
+
+use crate::{ClientError, connect};
+
+/// Size of the chunks a publish streams: far below gRPC's 4 MiB message limit.
+pub const UPLOAD_CHUNK_BYTES: usize = 1024 * 1024;
+/// Largest message a registry answer may hold (a chunk of a model written by another client).
+const MAX_DECODING_BYTES: usize = 64 * 1024 * 1024;
+
+/// Which version of a model to get.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selector {
+    Latest,
+    Version(u64),
+    Alias(String),
+}
+
+impl From<Selector> for Option<get_model_request::Selector> {
+    fn from(selector: Selector) -> Self {
+        match selector {
+            Selector::Latest => None,
+            Selector::Version(v) => Some(get_model_request::Selector::Version(v)),
+            Selector::Alias(a) => Some(get_model_request::Selector::Alias(a)),
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum GetError {
+    #[error("{0}")]
+    Status(#[from] Status),
+    #[error("the registry answered without a header")]
+    NoHeader,
+    #[error("the downloaded weights hash to {actual}, not {expected}; the copy is corrupt")]
+    DigestMismatch { actual: String, expected: String },
+}
+
+/// The registry client every Kappa caller uses.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    inner: RegistryClient<TracedChannel>,
+}
+
+impl From<RegistryClient<TracedChannel>> for Registry {
+    fn from(inner: RegistryClient<TracedChannel>) -> Self {
+        Self {
+            inner: inner.max_decoding_message_size(MAX_DECODING_BYTES),
+        }
+    }
+}
+
+impl Registry {
+    pub async fn connect(url: &str) -> Result<Self, ClientError> {
+        Ok(Self::new(connect("kappa-registry", url).await?))
+    }
+
+    pub fn new(channel: TracedChannel) -> Self {
+        Self {
+            inner: RegistryClient::new(channel).max_decoding_message_size(MAX_DECODING_BYTES),
+        }
+    }
+
+    /// The generated client, for the calls that need no help (list, aliases, delete, watch).
+    pub fn rpc(&mut self) -> &mut RegistryClient<TracedChannel> {
+        &mut self.inner
+    }
+
+    /// Publishes as one client stream: the header, then the weights in 1 MiB chunks. A retry
+    /// with the same non-empty `idempotency_key` returns the version the first attempt wrote.
+    pub async fn publish(
+        &mut self,
+        manifest: &ModelManifest,
+        weights: &[u8],
+        idempotency_key: &str,
+    ) -> Result<pb::PublishResponse, Status> {
+        let header = pb::PublishRequest {
+            part: Some(publish_request::Part::Header(pb::PublishHeader {
+                manifest: Some(manifest.clone()),
+                idempotency_key: idempotency_key.to_owned(),
+            })),
+        };
+        let chunks = weights.chunks(UPLOAD_CHUNK_BYTES).map(|c| pb::PublishRequest {
+            part: Some(publish_request::Part::Chunk(c.to_vec())),
+        });
+        let messages: Vec<pb::PublishRequest> = std::iter::once(header).chain(chunks).collect();
+        Ok(self.inner.publish(tokio_stream::iter(messages)).await?.into_inner())
+    }
+
+    /// A version's header and weights, the weights checked against the manifest's SHA-256.
+    pub async fn get(&mut self, name: &str, selector: Selector) -> Result<(pb::ModelVersion, Vec<u8>), GetError> {
+        let (header, weights) = self.fetch(name, selector, false).await?;
+        let expected = header.weights_sha256.clone();
+        let actual = kappa_model::sha256_hex(&weights);
+        if !actual.eq_ignore_ascii_case(&expected) {
+            return Err(GetError::DigestMismatch { actual, expected });
+        }
+        Ok((header, weights))
+    }
+
+    /// A version's header alone (manifest, aliases), without its weights.
+    pub async fn get_manifest(&mut self, name: &str, selector: Selector) -> Result<pb::ModelVersion, GetError> {
+        Ok(self.fetch(name, selector, true).await?.0)
+    }
+
+    async fn fetch(
+        &mut self,
+        name: &str,
+        selector: Selector,
+        manifest_only: bool,
+    ) -> Result<(pb::ModelVersion, Vec<u8>), GetError> {
+        let mut stream = self
+            .inner
+            .get_model(pb::GetModelRequest {
+                name: name.to_owned(),
+                selector: selector.into(),
+                manifest_only,
+            })
+            .await?
+            .into_inner();
+        let (mut header, mut weights) = (None, Vec::new());
+        while let Some(message) = stream.next().await {
+            match message?.part {
+                Some(get_model_response::Part::Header(h)) => {
+                    // The size is the registry's word: bounded, so a wrong one costs no more.
+                    weights.reserve(usize::try_from(h.weights_size).unwrap_or(0).min(256 << 20));
+                    header = Some(h);
+                }
+                Some(get_model_response::Part::Chunk(c)) => weights.extend_from_slice(&c),
+                None => {}
+            }
+        }
+        Ok((header.ok_or(GetError::NoHeader)?, weights))
+    }
+}
