@@ -150,6 +150,28 @@ impl KafkaClients {
         self.config_with(defaults, &[])
     }
 
+    /// A reader of a compacted log (the models topic, the jobs topic): only committed records,
+    /// no offsets committed to a group (each reader positions itself), end-of-partition events.
+    /// The readers rely on those, so an operator's properties cannot turn them off.
+    pub fn log_reader(&self, group: &str) -> ClientConfig {
+        self.config_with(
+            &[
+                ("auto.offset.reset", "earliest"),
+                // The broker holds an empty fetch this long; it bounds how late a reader learns
+                // it has reached the end of the log (start-up replay), not how late it sees new
+                // records.
+                ("fetch.wait.max.ms", "50"),
+            ],
+            &[
+                ("group.id", group),
+                ("enable.auto.commit", "false"),
+                ("enable.auto.offset.store", "false"),
+                ("isolation.level", "read_committed"),
+                ("enable.partition.eof", "true"),
+            ],
+        )
+    }
+
     /// Like [`Self::config`], then `required` on top: what the client cannot work without.
     pub fn config_with(&self, defaults: &[(&str, &str)], required: &[(&str, &str)]) -> ClientConfig {
         let mut config = ClientConfig::new();

@@ -1,18 +1,15 @@
-//! Kafka plumbing shared by the Kappa services: client configuration from the common flags,
-//! topic administration (the compacted models topic), and the key scheme, record decoding and
-//! chunk reading of that topic.
+//! Kafka plumbing shared by the Kappa services: client configuration from the common flags
+//! (Kappa's defaults, then the operator's properties), topic administration, time ranges and
+//! samples of a topic, and W3C trace context in record headers. What the models topic means
+//! lives in `kappa-modellog`.
 
 mod admin;
-pub mod chunks;
 mod config;
 mod context;
-pub mod keys;
 pub mod range;
-pub mod records;
 pub mod trace_headers;
 
 pub use admin::{ModelsTopicSettings, TopicError, ensure_models_topic};
 pub use config::{KafkaArgs, KafkaClients};
 pub use context::ReaderContext;
-pub use keys::ModelKey;
 pub use trace_headers::trace_headers;

@@ -8,8 +8,8 @@ use std::{
 };
 
 use kappa_kafka::KafkaClients;
-use kappa_kafka::chunks;
 use kappa_model::{Backend, Mlp, sha256_hex};
+use kappa_modellog::chunks;
 use kappa_telemetry::propagation::context_from_map;
 use tokio::sync::watch;
 use tonic_health::{ServingStatus, server::HealthReporter};
@@ -127,18 +127,11 @@ impl Loader {
         let bytes = match target.bytes {
             Some(bytes) => bytes,
             None => {
-                let (config, topic, offsets) = (
-                    self.consumer_config.clone(),
-                    self.topic.clone(),
-                    target.chunk_offsets.clone(),
-                );
-                let expected = target.record.chunk_count as usize;
-                if offsets.len() != expected {
-                    return Err(LoadFailure {
-                        reason: "missing_chunks",
-                        message: format!("{} of {expected} chunks are in the log", offsets.len()),
-                    });
-                }
+                let offsets = target.chunk_offsets.map_err(|e| LoadFailure {
+                    reason: "missing_chunks",
+                    message: e.to_string(),
+                })?;
+                let (config, topic, expected) = (self.consumer_config.clone(), self.topic.clone(), offsets.len());
                 let fetch = tracing::info_span!("fetch_weights", chunks = expected);
                 tokio::task::spawn_blocking(move || {
                     let _entered = fetch.enter();

@@ -44,7 +44,7 @@ pub async fn run(
         &kafka,
         &config.models_topic,
         &config.model,
-        &config.follow,
+        &kappa_modellog::Follow::parse(&config.follow),
         stop.clone(),
     )?;
     let loader = Loader {

@@ -1,222 +1,122 @@
-//! The registry's in-memory view of the models topic: versions, aliases, idempotency keys and
-//! where each weight chunk sits in the log. Weights themselves stay in Kafka and are streamed
-//! from there on `GetModel`, so memory does not grow with model sizes.
+//! The registry's view of the models log: versions, aliases, idempotency keys and where each
+//! weight chunk sits, read from the one fold ([`ModelLog`]) with the registry's errors. Weights
+//! stay in Kafka and are streamed from there on `GetModel`, so memory does not grow with model
+//! sizes.
 
-use std::collections::{BTreeMap, HashMap};
-
-use kappa_api::{model::VersionRecord, registry as pb};
-
-use kappa_kafka::records::LogRecord;
+use kappa_api::registry as pb;
+use kappa_modellog::{Lookup, ModelLog, ModelState, StoredVersion};
 
 use crate::RegistryError;
 
-#[derive(Debug, Default)]
-pub struct Catalog {
-    models: BTreeMap<String, ModelEntry>,
-}
-
-#[derive(Debug, Default)]
-struct ModelEntry {
-    versions: BTreeMap<u64, StoredVersion>,
-    /// Highest version ever written, deleted ones included, so numbers are never reused.
-    highest_version: u64,
-    deleted: std::collections::BTreeSet<u64>,
-    aliases: BTreeMap<String, u64>,
-    idempotency: HashMap<String, u64>,
-    /// Log offset of every chunk record, by version and chunk index.
-    chunks: HashMap<u64, BTreeMap<u32, i64>>,
-}
-
-#[derive(Debug, Clone)]
-pub struct StoredVersion {
-    pub record: VersionRecord,
-    pub position: i64,
-}
-
-/// Where a version's weights are in the log.
-#[derive(Debug, Clone)]
-pub struct ChunkLocations {
-    pub offsets: Vec<i64>,
-}
-
-impl Catalog {
-    /// Applies one committed record at `offset`.
-    pub fn apply(&mut self, offset: i64, record: LogRecord) {
-        match record {
-            LogRecord::Version { name, version, record } => {
-                let entry = self.models.entry(name).or_default();
-                entry.highest_version = entry.highest_version.max(version);
-                if record.deleted {
-                    entry.remove_version(version);
-                    entry.deleted.insert(version);
-                } else {
-                    if !record.idempotency_key.is_empty() {
-                        entry.idempotency.insert(record.idempotency_key.clone(), version);
-                    }
-                    entry.deleted.remove(&version);
-                    entry.versions.insert(
-                        version,
-                        StoredVersion {
-                            record: *record,
-                            position: offset,
-                        },
-                    );
-                }
-            }
-            LogRecord::VersionTombstone { name, version } => {
-                if let Some(entry) = self.models.get_mut(&name) {
-                    entry.remove_version(version);
-                    entry.deleted.insert(version);
-                }
-            }
-            LogRecord::Chunk { name, version, index } => {
-                let entry = self.models.entry(name).or_default();
-                entry.chunks.entry(version).or_default().insert(index, offset);
-            }
-            LogRecord::ChunkTombstone { name, version, index } => {
-                if let Some(chunks) = self.models.get_mut(&name).and_then(|e| e.chunks.get_mut(&version)) {
-                    chunks.remove(&index);
-                }
-            }
-            LogRecord::Alias { name, alias, version } => {
-                self.models.entry(name).or_default().aliases.insert(alias, version);
-            }
-            LogRecord::AliasTombstone { name, alias } => {
-                if let Some(entry) = self.models.get_mut(&name) {
-                    entry.aliases.remove(&alias);
-                }
-            }
-        }
-    }
-
-    fn model(&self, name: &str) -> Result<&ModelEntry, RegistryError> {
-        self.models
-            .get(name)
-            .filter(|e| !e.versions.is_empty() || !e.aliases.is_empty())
-            .ok_or_else(|| RegistryError::UnknownModel(name.to_owned()))
-    }
-
+/// Registry reads over the fold; implemented for [`ModelLog`] so a read guard answers them.
+pub trait Catalog {
     /// The version the next publish of `name` gets.
-    pub fn next_version(&self, name: &str) -> u64 {
-        self.models.get(name).map_or(0, |e| e.highest_version) + 1
-    }
-
-    pub fn version_for_idempotency_key(&self, name: &str, key: &str) -> Option<u64> {
-        self.models.get(name)?.idempotency.get(key).copied()
-    }
-
+    fn next_version(&self, name: &str) -> u64;
+    fn version_for_idempotency_key(&self, name: &str, key: &str) -> Option<u64>;
     /// Resolves a version number, refusing unknown and deleted ones with distinct errors.
-    pub fn version(&self, name: &str, version: u64) -> Result<&StoredVersion, RegistryError> {
-        let entry = self
-            .models
-            .get(name)
+    fn version(&self, name: &str, version: u64) -> Result<&StoredVersion, RegistryError>;
+    /// The highest live version of `name`.
+    fn latest_version(&self, name: &str) -> Result<u64, RegistryError>;
+    fn alias(&self, name: &str, alias: &str) -> Result<u64, RegistryError>;
+    fn aliases_of(&self, name: &str, version: u64) -> Vec<String>;
+    /// Log offsets of a version's chunks, in index order; `DATA_LOSS` when any is missing.
+    fn chunk_locations(&self, name: &str, version: u64) -> Result<Vec<i64>, RegistryError>;
+    fn chunk_indices(&self, name: &str, version: u64) -> Vec<u32>;
+    fn model_version(&self, name: &str, version: u64) -> Result<pb::ModelVersion, RegistryError>;
+    fn list_models(&self) -> Vec<pb::ModelSummary>;
+    fn list_versions(&self, name: &str) -> Result<Vec<pb::ModelVersion>, RegistryError>;
+}
+
+/// A model readers know: one with a live version or an alias.
+fn known<'a>(log: &'a ModelLog, name: &str) -> Result<&'a ModelState, RegistryError> {
+    log.model(name)
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| RegistryError::UnknownModel(name.to_owned()))
+}
+
+impl Catalog for ModelLog {
+    fn next_version(&self, name: &str) -> u64 {
+        self.model(name).map_or(1, ModelState::next_version)
+    }
+
+    fn version_for_idempotency_key(&self, name: &str, key: &str) -> Option<u64> {
+        self.model(name)?.version_for_idempotency_key(key)
+    }
+
+    fn version(&self, name: &str, version: u64) -> Result<&StoredVersion, RegistryError> {
+        let model = self
+            .model(name)
             .ok_or_else(|| RegistryError::UnknownModel(name.to_owned()))?;
-        if let Some(v) = entry.versions.get(&version) {
-            return Ok(v);
-        }
-        if entry.deleted.contains(&version) {
-            return Err(RegistryError::DeletedVersion {
+        match model.lookup(version) {
+            Lookup::Live(v) => Ok(v),
+            Lookup::Deleted => Err(RegistryError::DeletedVersion {
                 name: name.to_owned(),
                 version,
-            });
+            }),
+            Lookup::Unknown if model.is_empty() => Err(RegistryError::UnknownModel(name.to_owned())),
+            Lookup::Unknown => Err(RegistryError::UnknownVersion {
+                name: name.to_owned(),
+                version,
+            }),
         }
-        if entry.versions.is_empty() && entry.aliases.is_empty() {
-            return Err(RegistryError::UnknownModel(name.to_owned()));
-        }
-        Err(RegistryError::UnknownVersion {
-            name: name.to_owned(),
-            version,
-        })
     }
 
-    /// The highest live version of `name`.
-    pub fn latest_version(&self, name: &str) -> Result<u64, RegistryError> {
-        self.model(name)?
-            .versions
-            .keys()
-            .next_back()
-            .copied()
+    fn latest_version(&self, name: &str) -> Result<u64, RegistryError> {
+        known(self, name)?
+            .latest()
             .ok_or_else(|| RegistryError::UnknownModel(name.to_owned()))
     }
 
-    pub fn alias(&self, name: &str, alias: &str) -> Result<u64, RegistryError> {
-        self.model(name)?
-            .aliases
-            .get(alias)
-            .copied()
+    fn alias(&self, name: &str, alias: &str) -> Result<u64, RegistryError> {
+        known(self, name)?
+            .alias(alias)
             .ok_or_else(|| RegistryError::UnknownAlias {
                 name: name.to_owned(),
                 alias: alias.to_owned(),
             })
     }
 
-    pub fn aliases_of(&self, name: &str, version: u64) -> Vec<String> {
-        self.models.get(name).map_or_else(Vec::new, |e| {
-            e.aliases
-                .iter()
-                .filter(|(_, v)| **v == version)
-                .map(|(a, _)| a.clone())
-                .collect()
+    fn aliases_of(&self, name: &str, version: u64) -> Vec<String> {
+        self.model(name).map_or_else(Vec::new, |m| m.aliases_of(version))
+    }
+
+    fn chunk_locations(&self, name: &str, version: u64) -> Result<Vec<i64>, RegistryError> {
+        self.version(name, version)?;
+        known(self, name)?.chunk_offsets(version).map_err(|e| {
+            RegistryError::DataLoss(format!(
+                "version {version} of {name:?} declares {} chunks but {} are in the log",
+                e.declared, e.found
+            ))
         })
     }
 
-    /// Log offsets of a version's chunks, in index order; an error when any is missing.
-    pub fn chunk_locations(&self, name: &str, version: u64) -> Result<ChunkLocations, RegistryError> {
-        let stored = self.version(name, version)?;
-        let count = stored.record.chunk_count;
-        let chunks = self.models.get(name).and_then(|e| e.chunks.get(&version));
-        let offsets: Vec<i64> = (0..count)
-            .filter_map(|i| chunks.and_then(|c| c.get(&i)).copied())
-            .collect();
-        if offsets.len() != count as usize {
-            return Err(RegistryError::DataLoss(format!(
-                "version {version} of {name:?} declares {count} chunks but {} are in the log",
-                offsets.len()
-            )));
-        }
-        Ok(ChunkLocations { offsets })
+    fn chunk_indices(&self, name: &str, version: u64) -> Vec<u32> {
+        self.model(name).map_or_else(Vec::new, |m| m.chunk_indices(version))
     }
 
-    pub fn chunk_indices(&self, name: &str, version: u64) -> Vec<u32> {
-        self.models
-            .get(name)
-            .and_then(|e| e.chunks.get(&version))
-            .map_or_else(Vec::new, |c| c.keys().copied().collect())
-    }
-
-    pub fn model_version(&self, name: &str, version: u64) -> Result<pb::ModelVersion, RegistryError> {
+    fn model_version(&self, name: &str, version: u64) -> Result<pb::ModelVersion, RegistryError> {
         let stored = self.version(name, version)?;
         Ok(to_model_version(stored, self.aliases_of(name, version)))
     }
 
-    pub fn list_models(&self) -> Vec<pb::ModelSummary> {
-        self.models
-            .iter()
-            .filter(|(_, e)| !e.versions.is_empty() || !e.aliases.is_empty())
-            .map(|(name, e)| pb::ModelSummary {
-                name: name.clone(),
-                latest_version: e.versions.keys().next_back().copied().unwrap_or(0),
-                version_count: e.versions.len() as u32,
-                aliases: e.aliases.clone().into_iter().collect(),
+    fn list_models(&self) -> Vec<pb::ModelSummary> {
+        self.models()
+            .filter(|(_, m)| !m.is_empty())
+            .map(|(name, m)| pb::ModelSummary {
+                name: name.to_owned(),
+                latest_version: m.latest().unwrap_or(0),
+                version_count: m.versions().count() as u32,
+                aliases: m.aliases().clone().into_iter().collect(),
             })
             .collect()
     }
 
-    pub fn list_versions(&self, name: &str) -> Result<Vec<pb::ModelVersion>, RegistryError> {
-        let entry = self.model(name)?;
-        Ok(entry
-            .versions
-            .iter()
-            .map(|(v, stored)| to_model_version(stored, self.aliases_of(name, *v)))
+    fn list_versions(&self, name: &str) -> Result<Vec<pb::ModelVersion>, RegistryError> {
+        let model = known(self, name)?;
+        Ok(model
+            .versions()
+            .map(|(v, stored)| to_model_version(stored, model.aliases_of(v)))
             .collect())
-    }
-}
-
-impl ModelEntry {
-    fn remove_version(&mut self, version: u64) {
-        if self.versions.remove(&version).is_some() {
-            self.idempotency.retain(|_, v| *v != version);
-        }
     }
 }
 
@@ -236,8 +136,16 @@ fn to_model_version(stored: &StoredVersion, aliases: Vec<String>) -> pb::ModelVe
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
+    use kappa_api::model::{ModelManifest, VersionRecord};
+    use kappa_modellog::records::LogRecord;
+
     use super::*;
-    use kappa_api::model::ModelManifest;
+
+    fn apply(log: &mut ModelLog, offset: i64, record: LogRecord) {
+        log.apply_record(offset, record, None, BTreeMap::new);
+    }
 
     fn version(name: &str, v: u64, key: &str) -> LogRecord {
         LogRecord::Version {
@@ -256,36 +164,25 @@ mod tests {
         }
     }
 
+    fn chunk(name: &str, version: u64) -> LogRecord {
+        LogRecord::Chunk {
+            name: name.into(),
+            version,
+            index: 0,
+        }
+    }
+
     #[test]
     fn deleted_versions_keep_their_number_and_refuse_reads() {
-        let mut c = Catalog::default();
-        c.apply(
-            0,
-            LogRecord::Chunk {
-                name: "m".into(),
-                version: 1,
-                index: 0,
-            },
-        );
-        c.apply(1, version("m", 1, "k1"));
-        c.apply(
-            2,
-            LogRecord::Chunk {
-                name: "m".into(),
-                version: 2,
-                index: 0,
-            },
-        );
-        c.apply(3, version("m", 2, "k2"));
+        let mut c = ModelLog::new();
+        apply(&mut c, 0, chunk("m", 1));
+        apply(&mut c, 1, version("m", 1, "k1"));
+        apply(&mut c, 2, chunk("m", 2));
+        apply(&mut c, 3, version("m", 2, "k2"));
         assert_eq!(c.next_version("m"), 3);
-        assert_eq!(c.chunk_locations("m", 2).unwrap().offsets, vec![2]);
-
-        let mut deleted = VersionRecord {
-            deleted: true,
-            ..Default::default()
-        };
-        deleted.manifest = None;
-        c.apply(
+        assert_eq!(c.chunk_locations("m", 2).unwrap(), vec![2]);
+        apply(
+            &mut c,
             4,
             LogRecord::ChunkTombstone {
                 name: "m".into(),
@@ -293,12 +190,16 @@ mod tests {
                 index: 0,
             },
         );
-        c.apply(
+        apply(
+            &mut c,
             5,
             LogRecord::Version {
                 name: "m".into(),
                 version: 2,
-                record: Box::new(deleted),
+                record: Box::new(VersionRecord {
+                    deleted: true,
+                    ..Default::default()
+                }),
             },
         );
         assert_eq!(c.next_version("m"), 3, "a deleted version's number is not reused");
@@ -307,13 +208,15 @@ mod tests {
         assert!(matches!(c.version("x", 1), Err(RegistryError::UnknownModel(_))));
         assert_eq!(c.version_for_idempotency_key("m", "k2"), None);
         assert_eq!(c.version_for_idempotency_key("m", "k1"), Some(1));
+        assert_eq!(c.next_version("new"), 1);
     }
 
     #[test]
-    fn aliases_follow_the_last_record() {
-        let mut c = Catalog::default();
-        c.apply(0, version("m", 1, ""));
-        c.apply(
+    fn aliases_follow_the_last_record_and_missing_chunks_are_data_loss() {
+        let mut c = ModelLog::new();
+        apply(&mut c, 0, version("m", 1, ""));
+        apply(
+            &mut c,
             1,
             LogRecord::Alias {
                 name: "m".into(),
@@ -323,7 +226,9 @@ mod tests {
         );
         assert_eq!(c.alias("m", "production").unwrap(), 1);
         assert_eq!(c.aliases_of("m", 1), vec!["production".to_owned()]);
-        c.apply(
+        assert!(matches!(c.chunk_locations("m", 1), Err(RegistryError::DataLoss(_))));
+        apply(
+            &mut c,
             2,
             LogRecord::AliasTombstone {
                 name: "m".into(),

@@ -8,7 +8,6 @@
 pub mod catalog;
 pub mod config;
 mod error;
-mod follower;
 mod metrics;
 mod reader;
 mod server;

@@ -80,3 +80,20 @@ impl RegistryMetrics {
         self.requests.get_or_create(&RpcLabels { rpc, code }).inc();
     }
 }
+
+/// The follower reports into the registry's metrics.
+impl kappa_modellog::follower::Observer for RegistryMetrics {
+    fn applied(&self, next: i64) {
+        self.log_position.set(next);
+    }
+
+    fn undecodable(&self, error: &kappa_modellog::records::UndecodableRecord) {
+        self.undecodable_records.inc();
+        tracing::error!(error = %error, "skipping a models-topic record the registry cannot decode");
+    }
+
+    fn caught_up(&self, seconds: f64, position: i64) {
+        self.replay_seconds.set(seconds);
+        tracing::info!(seconds, position, "replayed the models topic; serving");
+    }
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use kappa_api::registry as pb;
 use kappa_kafka::KafkaClients;
-use kappa_kafka::{
+use kappa_modellog::{
     chunks::{self, ChunkReadError},
     records::{self, LogRecord},
 };

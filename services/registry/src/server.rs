@@ -7,14 +7,13 @@ use std::{
 use anyhow::Context as _;
 use kappa_api::registry::registry_server::RegistryServer;
 use kappa_kafka::{ModelsTopicSettings, ensure_models_topic};
+use kappa_modellog::{ModelLog, follower};
 use prometheus_client::registry::Registry as MetricsRegistry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 
-use crate::{
-    RegistryConfig, catalog::Catalog, follower, metrics::RegistryMetrics, service::RegistryService, writer::Writer,
-};
+use crate::{RegistryConfig, metrics::RegistryMetrics, service::RegistryService, writer::Writer};
 
 const REGISTRY_SERVICE: &str = "kappa.registry.v1.Registry";
 
@@ -60,8 +59,15 @@ pub async fn run(
     metrics.register(&mut metrics_registry);
 
     let stop = CancellationToken::new();
-    let catalog = Arc::new(RwLock::new(Catalog::default()));
-    let progress = follower::spawn(&kafka, &topic, Arc::clone(&catalog), Arc::clone(&metrics), stop.clone())?;
+    let catalog = Arc::new(RwLock::new(ModelLog::new()));
+    let progress = follower::spawn(
+        &kafka,
+        &topic,
+        "kappa-registry-follower",
+        Arc::clone(&catalog),
+        Arc::clone(&metrics) as Arc<dyn follower::Observer>,
+        stop.clone(),
+    )?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", ServingStatus::NotServing).await;

@@ -11,8 +11,8 @@ use kappa_api::{
     registry::{self as pb, registry_server::Registry},
 };
 use kappa_kafka::KafkaClients;
-use kappa_kafka::ModelKey;
 use kappa_model::{validate_alias, validate_manifest, validate_name, validate_weights};
+use kappa_modellog::{ModelKey, ModelLog, follower::Progress};
 use kappa_telemetry::propagation::span_context_map;
 use prost::Message as _;
 use tokio::sync::mpsc;
@@ -23,7 +23,6 @@ use tracing::Instrument as _;
 use crate::{
     RegistryError,
     catalog::Catalog,
-    follower::FollowerProgress,
     metrics::{OutcomeLabels, RegistryMetrics},
     reader,
     writer::{Put, Writer},
@@ -32,9 +31,9 @@ use crate::{
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 256;
 
 pub struct RegistryService {
-    pub catalog: Arc<RwLock<Catalog>>,
+    pub catalog: Arc<RwLock<ModelLog>>,
     pub writer: Arc<Writer>,
-    pub progress: FollowerProgress,
+    pub progress: Progress,
     pub consumer_config: KafkaClients,
     pub topic: String,
     pub chunk_bytes: usize,
@@ -53,7 +52,7 @@ fn invalid(message: impl Into<String>) -> Status {
 }
 
 impl RegistryService {
-    fn catalog(&self) -> std::sync::RwLockReadGuard<'_, Catalog> {
+    fn catalog(&self) -> std::sync::RwLockReadGuard<'_, ModelLog> {
         self.catalog.read().expect("catalog lock poisoned")
     }
 
@@ -445,7 +444,7 @@ impl Registry for RegistryService {
             let offsets = if request.manifest_only {
                 Vec::new()
             } else {
-                self.catalog().chunk_locations(&header.name, header.version)?.offsets
+                self.catalog().chunk_locations(&header.name, header.version)?
             };
             Ok::<_, RegistryError>((header, offsets))
         })()

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use kappa_api::trainer::{Job, JobPhase};
-use kappa_kafka::{KafkaClients, ModelsTopicSettings, ReaderContext, chunks::reader_config, ensure_models_topic};
+use kappa_kafka::{KafkaClients, ModelsTopicSettings, ReaderContext, ensure_models_topic};
 use prost::Message as _;
 use rdkafka::{
     Message, Offset, TopicPartitionList,
@@ -78,8 +78,9 @@ impl JobStore {
 }
 
 fn load(config: &KafkaClients, topic: &str) -> Result<Vec<Job>, KafkaError> {
-    let consumer: BaseConsumer<ReaderContext> =
-        reader_config(config, "kappa-trainer-jobs").create_with_context(ReaderContext)?;
+    let consumer: BaseConsumer<ReaderContext> = config
+        .log_reader("kappa-trainer-jobs")
+        .create_with_context(ReaderContext)?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, 0, Offset::Beginning)?;
     consumer.assign(&tpl)?;

@@ -1,43 +1,22 @@
-//! Reading the models topic from a position: the consumer settings every Kappa reader uses, and
-//! fetching a version's weight chunks by their offsets.
+//! Reading the models topic from a position, and fetching a version's weight chunks by their
+//! offsets.
 
 use std::time::{Duration, Instant};
 
 use kappa_api::model::WeightChunk;
 use prost::Message as _;
 use rdkafka::{
-    ClientConfig, Message, Offset, TopicPartitionList,
+    Message, Offset, TopicPartitionList,
     consumer::{BaseConsumer, Consumer},
     error::KafkaError,
 };
 use thiserror::Error;
 
-use crate::{KafkaClients, ReaderContext};
+use kappa_kafka::{KafkaClients, ReaderContext};
 
 const POLL: Duration = Duration::from_millis(200);
 /// A chunk read that makes no progress for this long fails instead of hanging its caller.
 const STALL_LIMIT: Duration = Duration::from_secs(30);
-
-/// Consumer settings every reader of the models topic uses: only committed records, no offsets
-/// committed to a group (each reader positions itself), and end-of-partition events; those are
-/// what the readers rely on, so an operator's properties cannot turn them off.
-pub fn reader_config(clients: &KafkaClients, group: &str) -> ClientConfig {
-    clients.config_with(
-        &[
-            ("auto.offset.reset", "earliest"),
-            // The broker holds an empty fetch this long; it bounds how late a reader learns it
-            // has reached the end of the log (start-up replay), not how late it sees new records.
-            ("fetch.wait.max.ms", "50"),
-        ],
-        &[
-            ("group.id", group),
-            ("enable.auto.commit", "false"),
-            ("enable.auto.offset.store", "false"),
-            ("isolation.level", "read_committed"),
-            ("enable.partition.eof", "true"),
-        ],
-    )
-}
 
 /// A blocking consumer positioned at `from` on partition 0 of `topic`.
 pub fn consumer_at(
@@ -46,7 +25,7 @@ pub fn consumer_at(
     topic: &str,
     from: i64,
 ) -> Result<BaseConsumer<ReaderContext>, KafkaError> {
-    let consumer: BaseConsumer<ReaderContext> = reader_config(config, group).create_with_context(ReaderContext)?;
+    let consumer: BaseConsumer<ReaderContext> = config.log_reader(group).create_with_context(ReaderContext)?;
     let mut assignment = TopicPartitionList::new();
     assignment.add_partition_offset(topic, 0, Offset::Offset(from))?;
     consumer.assign(&assignment)?;
