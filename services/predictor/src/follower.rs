@@ -107,7 +107,7 @@ pub fn spawn(
 #[cfg(test)]
 mod tests {
     use kappa_api::model::{AliasRecord, ModelManifest, WeightChunk};
-    use kappa_modellog::ModelKey;
+    use kappa_modellog::records::LogRecord;
     use prost::Message as _;
     use rdkafka::message::OwnedHeaders;
 
@@ -115,43 +115,35 @@ mod tests {
 
     const NO_HEADERS: Option<&OwnedHeaders> = None;
 
+    /// One chunk, then the version record, applied as decoded records.
     fn put_version(log: &mut ModelLog, offset: &mut i64, name: &str, version: u64, data: &[u8]) {
         let chunk = WeightChunk {
             index: 0,
             data: data.to_vec(),
         };
-        let key = ModelKey::Chunk {
-            name: name.into(),
+        let (name, value) = (name.to_owned(), chunk.encode_to_vec());
+        let chunk = LogRecord::Chunk {
+            name: name.clone(),
             version,
             index: 0,
         };
-        log.apply(
-            *offset,
-            Some(key.to_string().as_bytes()),
-            Some(&chunk.encode_to_vec()),
-            NO_HEADERS,
-        )
-        .unwrap();
-        let record = VersionRecord {
-            manifest: Some(ModelManifest {
-                name: name.into(),
-                version,
-                ..Default::default()
-            }),
-            chunk_count: 1,
+        log.apply_record(*offset, chunk, Some(&value), BTreeMap::new);
+        let manifest = ModelManifest {
+            name: name.clone(),
+            version,
             ..Default::default()
         };
-        let key = ModelKey::Version {
-            name: name.into(),
-            version,
-        };
-        log.apply(
+        let record = Box::new(VersionRecord {
+            manifest: Some(manifest),
+            chunk_count: 1,
+            ..Default::default()
+        });
+        log.apply_record(
             *offset + 1,
-            Some(key.to_string().as_bytes()),
-            Some(&record.encode_to_vec()),
-            NO_HEADERS,
-        )
-        .unwrap();
+            LogRecord::Version { name, version, record },
+            None,
+            BTreeMap::new,
+        );
         *offset += 2;
     }
 
