@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use kappa_telemetry::{TracedChannel, traced};
+use kappa_runtime::{TracedChannel, traced};
 use thiserror::Error;
 use tonic::transport::Endpoint;
 

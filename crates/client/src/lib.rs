@@ -8,5 +8,5 @@ mod channel;
 mod registry;
 
 pub use channel::{ClientError, connect};
-pub use kappa_telemetry::TracedChannel;
+pub use kappa_runtime::TracedChannel;
 pub use registry::{GetError, Registry, Selector, UPLOAD_CHUNK_BYTES};

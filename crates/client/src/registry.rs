@@ -2,7 +2,7 @@ use kappa_api::{
     model::ModelManifest,
     registry::{self as pb, get_model_request, get_model_response, publish_request, registry_client::RegistryClient},
 };
-use kappa_telemetry::TracedChannel;
+use kappa_runtime::TracedChannel;
 use thiserror::Error;
 use tokio_stream::StreamExt as _;
 use tonic::Status;

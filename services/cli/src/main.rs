@@ -58,13 +58,13 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     // With OTEL_EXPORTER_OTLP_ENDPOINT set, a command is a trace of its own: its gRPC calls
     // carry the context, so e.g. `kappa train start` roots the model's whole journey.
-    let telemetry = match kappa_telemetry::OtelSettings::from_env() {
+    let telemetry = match kappa_runtime::OtelSettings::from_env() {
         Ok(settings) if settings.endpoint.is_some() => {
-            let quiet = kappa_telemetry::LogArgs {
-                log_format: kappa_telemetry::LogFormat::Text,
+            let quiet = kappa_runtime::LogArgs {
+                log_format: kappa_runtime::LogFormat::Text,
                 log: "warn".into(),
             };
-            match kappa_telemetry::init_telemetry("kappa-cli", &quiet) {
+            match kappa_runtime::init_telemetry("kappa-cli", &quiet) {
                 Ok(t) => Some(t),
                 Err(e) => {
                     eprintln!("kappa: tracing is off: {e:#}");

@@ -3,7 +3,7 @@ use std::net::SocketAddr;
 use clap::Parser;
 use kappa_kafka::KafkaArgs;
 use kappa_model::Backend;
-use kappa_telemetry::LogArgs;
+use kappa_runtime::LogArgs;
 
 /// kappa-predictor serves a model from the Kafka models topic over gRPC: the Open Inference
 /// Protocol (inference.GRPCInferenceService), the typed kappa.predictor.v1.Predictor API,

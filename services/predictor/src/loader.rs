@@ -10,7 +10,7 @@ use std::{
 use kappa_kafka::KafkaClients;
 use kappa_model::{Backend, Mlp, sha256_hex};
 use kappa_modellog::chunks;
-use kappa_telemetry::propagation::context_from_map;
+use kappa_runtime::propagation::context_from_map;
 use tokio::sync::watch;
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tracing::Instrument as _;

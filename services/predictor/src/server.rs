@@ -36,7 +36,7 @@ pub async fn run(
         health.set_service_status(*service, ServingStatus::NotServing).await;
     }
     health
-        .set_service_status(kappa_telemetry::LIVENESS_SERVICE, ServingStatus::Serving)
+        .set_service_status(kappa_runtime::LIVENESS_SERVICE, ServingStatus::Serving)
         .await;
 
     let slot = Arc::new(ModelSlot::default());
@@ -55,7 +55,7 @@ pub async fn run(
         topic: config.models_topic.clone(),
         backend: config.backend,
         served_services: served.clone(),
-        instance: format!("{}:{}", kappa_telemetry::hostname(), listener.local_addr()?.port()),
+        instance: format!("{}:{}", kappa_runtime::hostname(), listener.local_addr()?.port()),
     };
     tokio::spawn(loader.run(targets));
 
@@ -111,7 +111,7 @@ pub async fn run(
 
     if let Some(listener) = metrics_listener {
         tracing::info!(address = %listener.local_addr()?, "serving Prometheus metrics at /metrics");
-        tokio::spawn(kappa_telemetry::serve_metrics(
+        tokio::spawn(kappa_runtime::serve_metrics(
             listener,
             Arc::new(metrics_registry),
             stop.clone().cancelled_owned(),
@@ -123,14 +123,14 @@ pub async fn run(
         follow = config.follow,
         "kappa-predictor listening for gRPC"
     );
-    let router = kappa_telemetry::traced_server()
+    let router = kappa_runtime::traced_server()
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(GrpcInferenceServiceServer::new(Oip(Arc::clone(&serving))))
         .add_service(PredictorServer::new(Typed(serving)));
     let grace = Duration::from_secs(config.shutdown_grace_seconds);
-    kappa_telemetry::serve_gracefully(router, listener, shutdown, &health, &served, grace, || {}).await?;
+    kappa_runtime::serve_gracefully(router, listener, shutdown, &health, &served, grace, || {}).await?;
     stop.cancel();
     if let Some(task) = stream_task {
         match tokio::time::timeout(grace, task).await {

@@ -86,7 +86,7 @@ impl Serving {
     pub fn observe<T>(&self, rpc: &'static str, result: &Result<T, Status>, started: Option<Instant>) {
         let code = match result {
             Ok(_) => "OK",
-            Err(status) => kappa_telemetry::grpc_code_name(status.code()),
+            Err(status) => kappa_runtime::grpc_code_name(status.code()),
         };
         self.metrics.requests.get_or_create(&RpcLabels { rpc, code }).inc();
         if let Some(started) = started {

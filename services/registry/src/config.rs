@@ -2,7 +2,7 @@ use std::net::SocketAddr;
 
 use clap::Parser;
 use kappa_kafka::KafkaArgs;
-use kappa_telemetry::LogArgs;
+use kappa_runtime::LogArgs;
 
 /// kappa-registry stores versioned models with aliases in a compacted Kafka topic and serves
 /// them over gRPC (kappa.registry.v1.Registry, grpc.health.v1 and server reflection on one port).

@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use kappa_registry::{RegistryConfig, run};
-use kappa_telemetry::{ServiceStart, service_main};
+use kappa_runtime::{ServiceStart, service_main};
 
 #[tokio::main]
 async fn main() -> ExitCode {

@@ -75,7 +75,7 @@ impl RegistryMetrics {
     pub fn observe<T>(&self, rpc: &'static str, result: &Result<T, tonic::Status>) {
         let code = match result {
             Ok(_) => "OK",
-            Err(status) => kappa_telemetry::grpc_code_name(status.code()),
+            Err(status) => kappa_runtime::grpc_code_name(status.code()),
         };
         self.requests.get_or_create(&RpcLabels { rpc, code }).inc();
     }

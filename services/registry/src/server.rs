@@ -72,7 +72,7 @@ pub async fn run(
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", ServingStatus::NotServing).await;
     health
-        .set_service_status(kappa_telemetry::LIVENESS_SERVICE, ServingStatus::Serving)
+        .set_service_status(kappa_runtime::LIVENESS_SERVICE, ServingStatus::Serving)
         .await;
     health
         .set_service_status(REGISTRY_SERVICE, ServingStatus::NotServing)
@@ -107,7 +107,7 @@ pub async fn run(
 
     if let Some(listener) = metrics_listener {
         tracing::info!(address = %listener.local_addr()?, "serving Prometheus metrics at /metrics");
-        tokio::spawn(kappa_telemetry::serve_metrics(
+        tokio::spawn(kappa_runtime::serve_metrics(
             listener,
             Arc::new(metrics_registry),
             stop.clone().cancelled_owned(),
@@ -115,13 +115,13 @@ pub async fn run(
     }
 
     tracing::info!(address = %listener.local_addr()?, "kappa-registry listening for gRPC");
-    let router = kappa_telemetry::traced_server()
+    let router = kappa_runtime::traced_server()
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(registry);
     let grace = Duration::from_secs(config.shutdown_grace_seconds);
-    kappa_telemetry::serve_gracefully(
+    kappa_runtime::serve_gracefully(
         router,
         listener,
         shutdown,

@@ -13,7 +13,7 @@ use kappa_api::{
 use kappa_kafka::KafkaClients;
 use kappa_model::{validate_alias, validate_manifest, validate_name, validate_weights};
 use kappa_modellog::{ModelKey, ModelLog, follower::Progress};
-use kappa_telemetry::propagation::span_context_map;
+use kappa_runtime::propagation::span_context_map;
 use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;

@@ -13,7 +13,7 @@ use std::{
 
 use kappa_kafka::KafkaClients;
 use kappa_kafka::trace_headers;
-use kappa_telemetry::propagation::span_context_map;
+use kappa_runtime::propagation::span_context_map;
 use rdkafka::{
     error::{KafkaError, RDKafkaErrorCode},
     message::OwnedHeaders,

@@ -2,7 +2,7 @@ use std::net::SocketAddr;
 
 use clap::Parser;
 use kappa_kafka::KafkaArgs;
-use kappa_telemetry::LogArgs;
+use kappa_runtime::LogArgs;
 
 /// kappa-trainer trains anomaly detectors from a time range of a Kafka topic and publishes them
 /// to kappa-registry (kappa.trainer.v1.Trainer, grpc.health.v1 and reflection on one port).

@@ -18,7 +18,7 @@ use kappa_model::{
     example::serialize_tensors,
     train::{TrainData, TrainSettings, train_autoencoder},
 };
-use kappa_telemetry::propagation::span_context_map;
+use kappa_runtime::propagation::span_context_map;
 use opentelemetry::trace::TraceContextExt as _;
 use rand::{SeedableRng, seq::SliceRandom};
 use tokio::sync::watch;

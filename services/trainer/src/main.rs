@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use kappa_telemetry::{ServiceStart, service_main};
+use kappa_runtime::{ServiceStart, service_main};
 use kappa_trainer::{TrainerConfig, run};
 
 #[tokio::main]

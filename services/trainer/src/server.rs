@@ -50,27 +50,27 @@ pub async fn run(
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", ServingStatus::Serving).await;
     health
-        .set_service_status(kappa_telemetry::LIVENESS_SERVICE, ServingStatus::Serving)
+        .set_service_status(kappa_runtime::LIVENESS_SERVICE, ServingStatus::Serving)
         .await;
     health.set_service_status(TRAINER_SERVICE, ServingStatus::Serving).await;
     let (reflection_v1, reflection_v1alpha) = kappa_api::reflection::for_services(&[TRAINER_SERVICE])?;
     let stop = CancellationToken::new();
     if let Some(listener) = metrics_listener {
         tracing::info!(address = %listener.local_addr()?, "serving Prometheus metrics at /metrics");
-        tokio::spawn(kappa_telemetry::serve_metrics(
+        tokio::spawn(kappa_runtime::serve_metrics(
             listener,
             Arc::new(metrics_registry),
             stop.clone().cancelled_owned(),
         ));
     }
     tracing::info!(address = %listener.local_addr()?, registry = config.registry, "kappa-trainer listening for gRPC");
-    let router = kappa_telemetry::traced_server()
+    let router = kappa_runtime::traced_server()
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(TrainerServer::from_arc(Arc::clone(&service)));
     let grace = Duration::from_secs(config.shutdown_grace_seconds);
-    kappa_telemetry::serve_gracefully(
+    kappa_runtime::serve_gracefully(
         router,
         listener,
         shutdown,
