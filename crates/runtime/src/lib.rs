@@ -19,7 +19,7 @@ pub use grpc_trace::{GrpcClientTracing, GrpcServerTracing, TracedChannel, Traced
 pub use logging::{LogArgs, LogFormat, Telemetry, init_telemetry};
 pub use metrics_server::serve_metrics;
 pub use otel::OtelSettings;
-pub use service_main::{ServiceStart, service_main};
+pub use service_main::{ServiceStart, parse_config, service_main};
 pub use shutdown::shutdown_signal;
 
 /// grpc.health.v1 name that reports SERVING for as long as the process runs and serves gRPC:

@@ -10,6 +10,22 @@ use crate::{LogArgs, OtelSettings, init_telemetry, shutdown_signal};
 /// sysexits.h EX_USAGE: the configuration is wrong, retrying will not help.
 const EXIT_BAD_CONFIG: u8 = 64;
 
+/// Parses a service's flags and environment into its typed configuration. A value that does not
+/// parse is a bad configuration like any other (exit 64, not clap's 2), so operators and probes
+/// see one code for "fix the configuration"; `--help` and `--version` print and exit 0.
+pub fn parse_config<C: clap::Parser>() -> Result<C, ExitCode> {
+    C::try_parse().map_err(|e| {
+        use clap::error::ErrorKind;
+        let _ = e.print();
+        match e.kind() {
+            ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => ExitCode::SUCCESS,
+            _ => ExitCode::from(EXIT_BAD_CONFIG),
+        }
+    })
+}
+
 /// What a service's configuration tells the shared `main`.
 pub struct ServiceStart<'a> {
     pub name: &'static str,

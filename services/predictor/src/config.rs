@@ -3,6 +3,7 @@ use std::net::SocketAddr;
 use clap::Parser;
 use kappa_kafka::KafkaArgs;
 use kappa_model::Backend;
+use kappa_modellog::Follow;
 use kappa_runtime::LogArgs;
 
 /// kappa-predictor serves a model from the Kafka models topic over gRPC: the Open Inference
@@ -31,8 +32,8 @@ pub struct PredictorConfig {
     pub model: String,
 
     /// Which version to serve: an alias (e.g. production) or `latest` for the highest version.
-    #[arg(long, env = "KAPPA_FOLLOW", default_value = "latest")]
-    pub follow: String,
+    #[arg(long, env = "KAPPA_FOLLOW", default_value = "latest", value_parser = parse_follow)]
+    pub follow: Follow,
 
     /// Most rows scored in one forward pass; a request with more rows is refused.
     #[arg(long, env = "KAPPA_MAX_BATCH_SIZE", default_value_t = 64,
@@ -98,12 +99,18 @@ impl PredictorConfig {
     pub fn validate(&self) -> Result<(), String> {
         self.kafka.validate()?;
         kappa_model::validate_name(&self.model).map_err(|e| format!("--model: {e}"))?;
-        if self.follow != "latest" {
-            kappa_model::validate_alias(&self.follow).map_err(|e| format!("--follow: {e}"))?;
-        }
         if self.models_topic.trim().is_empty() {
             return Err("--models-topic must not be empty".into());
         }
         Ok(())
     }
+}
+
+/// `latest`, or an alias that could exist (the registry's alias alphabet).
+fn parse_follow(text: &str) -> Result<Follow, String> {
+    let follow = Follow::parse(text);
+    if let Follow::Alias(alias) = &follow {
+        kappa_model::validate_alias(alias).map_err(|e| e.to_string())?;
+    }
+    Ok(follow)
 }

@@ -1,12 +1,14 @@
 use std::process::ExitCode;
 
-use clap::Parser;
 use kappa_predictor::{PredictorConfig, run};
 use kappa_runtime::{ServiceStart, service_main};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = PredictorConfig::parse();
+    let config = match kappa_runtime::parse_config::<PredictorConfig>() {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
     let start = ServiceStart {
         name: "kappa-predictor",
         validation: config.validate(),

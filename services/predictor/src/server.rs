@@ -44,7 +44,7 @@ pub async fn run(
         &kafka,
         &config.models_topic,
         &config.model,
-        &kappa_modellog::Follow::parse(&config.follow),
+        &config.follow,
         stop.clone(),
     )?;
     let loader = Loader {
@@ -120,7 +120,7 @@ pub async fn run(
     tracing::info!(
         address = %listener.local_addr()?,
         model = config.model,
-        follow = config.follow,
+        follow = %config.follow,
         "kappa-predictor listening for gRPC"
     );
     let router = kappa_runtime::traced_server()

@@ -1,12 +1,14 @@
 use std::process::ExitCode;
 
-use clap::Parser;
 use kappa_registry::{RegistryConfig, run};
 use kappa_runtime::{ServiceStart, service_main};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = RegistryConfig::parse();
+    let config = match kappa_runtime::parse_config::<RegistryConfig>() {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
     let start = ServiceStart {
         name: "kappa-registry",
         validation: config.validate(),

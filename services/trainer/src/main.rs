@@ -1,12 +1,14 @@
 use std::process::ExitCode;
 
-use clap::Parser;
 use kappa_runtime::{ServiceStart, service_main};
 use kappa_trainer::{TrainerConfig, run};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = TrainerConfig::parse();
+    let config = match kappa_runtime::parse_config::<TrainerConfig>() {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
     let start = ServiceStart {
         name: "kappa-trainer",
         validation: config.validate(),

@@ -891,6 +891,20 @@ fn check_config_validates_without_connecting_and_bad_config_exits_64() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--model"));
+    // A value that does not even parse is a bad configuration too: same exit code, the flag named.
+    for (flag, value) in [("--follow", "Bad/Alias"), ("--listen", "not-an-address")] {
+        let bad = std::process::Command::new(binary("kappa-predictor"))
+            .args(["--model", "fleet", flag, value, "--check-config"])
+            .output()
+            .unwrap();
+        assert_eq!(bad.status.code(), Some(64), "{flag} {value}");
+        assert!(String::from_utf8_lossy(&bad.stderr).contains(flag), "{flag}");
+    }
+    let help = std::process::Command::new(binary("kappa-predictor"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(help.status.success() && String::from_utf8_lossy(&help.stdout).contains("--follow"));
     let registry = std::process::Command::new(binary("kappa-registry"))
         .args(["--chunk-bytes", "4096", "--max-model-bytes", "1024", "--check-config"])
         .output()
