@@ -38,6 +38,8 @@ pub enum RegistryError {
     KafkaUnavailable(String),
     #[error("the models topic is missing data it should hold: {0}")]
     DataLoss(String),
+    #[error("internal error: {0}; this is a bug, please report it")]
+    Internal(String),
 }
 
 impl From<RegistryError> for Status {
@@ -54,6 +56,7 @@ impl From<RegistryError> for Status {
             RegistryError::TooLarge { .. } => Status::resource_exhausted(message),
             RegistryError::NotReady | RegistryError::KafkaUnavailable(_) => Status::unavailable(message),
             RegistryError::DataLoss(_) => Status::data_loss(message),
+            RegistryError::Internal(_) => Status::internal(message),
         }
     }
 }

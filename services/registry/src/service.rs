@@ -47,8 +47,9 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// A malformed request, through the one error map like every other refusal.
 fn invalid(message: impl Into<String>) -> Status {
-    Status::invalid_argument(message.into())
+    RegistryError::BadRequest(message.into()).into()
 }
 
 impl RegistryService {
@@ -153,7 +154,7 @@ impl RegistryService {
             (manifest, weights, validated)
         })
         .await
-        .map_err(|e| Status::internal(format!("validation task failed: {e}")))?;
+        .map_err(|e| RegistryError::Internal(format!("the validation task failed: {e}")))?;
         manifest = manifest_back;
         let validated = validated.map_err(RegistryError::from)?;
         manifest.weights_sha256 = validated.sha256;
