@@ -143,7 +143,10 @@ impl Loader {
                     .map(|()| Arc::new(bytes))
                 })
                 .await
-                .expect("chunk reader does not panic")
+                .map_err(|e| LoadFailure {
+                    reason: "read_failed",
+                    message: format!("the chunk reader stopped: {e}"),
+                })?
                 .map_err(|e| LoadFailure {
                     reason: "read_failed",
                     message: e.to_string(),
@@ -152,9 +155,15 @@ impl Loader {
         };
         let backend = self.backend;
         let parent = tracing::Span::current();
+        // A forged model that makes the build panic is a refused version, not a dead loader.
         tokio::task::spawn_blocking(move || parent.in_scope(|| build(manifest, &bytes, backend)))
             .await
-            .expect("model build does not panic")
+            .unwrap_or_else(|e| {
+                Err(LoadFailure {
+                    reason: "invalid_model",
+                    message: format!("building the model panicked: {e}"),
+                })
+            })
     }
 }
 
