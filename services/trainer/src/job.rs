@@ -726,3 +726,96 @@ async fn publish(
         .map(|r| r.version.unwrap_or_default().version)
         .map_err(|s| format!("publishing failed: {:?}: {}", s.code(), s.message()))
 }
+
+#[cfg(test)]
+mod tests {
+    use kappa_api::{
+        model::ModelManifest,
+        trainer::{FeatureSpec, PromotionGate},
+    };
+    use kappa_model::example::{autoencoder_over, random_weights};
+
+    use super::*;
+
+    fn q(roc_auc: f64, recall: f64) -> Quality {
+        Quality {
+            precision: 0.9,
+            recall,
+            f1: 0.9,
+            roc_auc,
+        }
+    }
+
+    fn spec(paths: &[&str], gate: PromotionGate) -> TrainingSpec {
+        TrainingSpec {
+            features: paths
+                .iter()
+                .map(|p| FeatureSpec {
+                    path: (*p).to_owned(),
+                    min: None,
+                    max: None,
+                })
+                .collect(),
+            gate: Some(gate),
+            ..TrainingSpec::default()
+        }
+    }
+
+    /// A holder over `paths` and labelled rows it scores: anomalies far from normal rows, so
+    /// any autoencoder ranks them (ROC AUC 1) unless it is asked about other features.
+    fn holder(paths: &[&str]) -> (rpb::ModelVersion, Mlp) {
+        let mut manifest: ModelManifest = autoencoder_over("m", paths, &[2]);
+        manifest.version = 3;
+        let mlp = Mlp::load(&manifest, &random_weights(&manifest, 9), Backend::Native).unwrap();
+        let version = rpb::ModelVersion {
+            version: 3,
+            manifest: Some(manifest),
+            ..Default::default()
+        };
+        (version, mlp)
+    }
+
+    #[test]
+    fn the_gate_and_the_holder_decide_promotion_with_the_reason_said() {
+        let paths = ["a", "b.c"];
+        let rows: Vec<Vec<f32>> = (0..40)
+            .map(|i| if i % 4 == 0 { vec![50.0, -50.0] } else { vec![0.1, 0.0] })
+            .collect();
+        let labels: Vec<bool> = (0..40).map(|i| i % 4 == 0).collect();
+        let no_gate = PromotionGate::default();
+        let gate = PromotionGate {
+            min_roc_auc: Some(0.9),
+            min_recall: Some(0.8),
+            max_regression: None,
+        };
+
+        let (promote, why) = decide(&spec(&paths, no_gate), None, None, &[], &[]);
+        assert!(promote && why.contains("no labels"), "{why}");
+        let (promote, why) = decide(&spec(&paths, gate), None, None, &[], &[]);
+        assert!(!promote && why.contains("needs labelled hold-out"), "{why}");
+        let (promote, why) = decide(&spec(&paths, gate), Some(q(0.85, 0.95)), None, &[], &[]);
+        assert!(
+            !promote && why.contains("ROC AUC 0.8500 is below the gate 0.9"),
+            "{why}"
+        );
+        let (promote, why) = decide(&spec(&paths, gate), Some(q(0.95, 0.5)), None, &[], &[]);
+        assert!(!promote && why.contains("recall 0.5000 is below the gate 0.8"), "{why}");
+        let (promote, why) = decide(&spec(&paths, gate), Some(q(0.95, 0.9)), None, &[], &[]);
+        assert!(promote && why.contains("the alias was free"), "{why}");
+
+        // The holder ranks these rows perfectly: a challenger below it is not promoted, one a
+        // hair below is with an allowance, and a holder over other features is not compared.
+        let held = holder(&paths);
+        let (promote, why) = decide(&spec(&paths, gate), Some(q(0.95, 0.9)), Some(&held), &rows, &labels);
+        assert!(!promote && why.contains("< holder v3's 1.0000"), "{why}");
+        let lenient = PromotionGate {
+            max_regression: Some(0.06),
+            ..gate
+        };
+        let (promote, why) = decide(&spec(&paths, lenient), Some(q(0.95, 0.9)), Some(&held), &rows, &labels);
+        assert!(promote && why.contains(">= holder v3's 1.0000 - 0.06"), "{why}");
+        let other = holder(&["x", "y"]);
+        let (promote, why) = decide(&spec(&paths, gate), Some(q(0.95, 0.9)), Some(&other), &rows, &labels);
+        assert!(promote && why.contains("uses other features"), "{why}");
+    }
+}
