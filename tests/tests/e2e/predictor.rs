@@ -315,7 +315,10 @@ async fn moving_the_alias_back_swaps_back_to_the_previous_version() {
     );
 }
 
-async fn wait_for_version(typed: &mut PredictorClient<Channel>, version: u64) -> kappa_api::predictor::PredictResponse {
+async fn wait_for_version(
+    typed: &mut PredictorClient<kappa_client::TracedChannel>,
+    version: u64,
+) -> kappa_api::predictor::PredictResponse {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let answer = typed.predict(sensor_request(3.0)).await.unwrap().into_inner();

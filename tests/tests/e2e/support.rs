@@ -502,10 +502,9 @@ pub struct Predictor {
 }
 
 impl Predictor {
-    pub async fn channel(&self) -> Channel {
-        Channel::from_shared(self.service.address.clone())
-            .unwrap()
-            .connect()
+    /// A channel through the project's one channel builder, as every Kappa client connects.
+    pub async fn channel(&self) -> TracedChannel {
+        kappa_client::connect("kappa-predictor", &self.service.address)
             .await
             .unwrap()
     }
@@ -778,7 +777,7 @@ pub fn new_traceparent() -> (String, String, String) {
 
 /// The version's feature paths in input-column order, as ModelMetadata gives them to OIP clients.
 pub async fn oip_feature_columns(
-    oip: &mut kappa_api::inference::grpc_inference_service_client::GrpcInferenceServiceClient<Channel>,
+    oip: &mut kappa_api::inference::grpc_inference_service_client::GrpcInferenceServiceClient<TracedChannel>,
     model: &str,
 ) -> Vec<String> {
     use kappa_api::inference::{ModelMetadataRequest, infer_parameter::ParameterChoice};

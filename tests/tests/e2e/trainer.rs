@@ -13,19 +13,14 @@ use kappa_api::{
         trainer_client::TrainerClient, training_spec::Range,
     },
 };
+use kappa_client::TracedChannel;
 use kappa_model::{evaluate::roc_auc, example::SENSOR_FIELDS};
-use tonic::{Code, transport::Channel};
+use tonic::Code;
 
 use crate::support::*;
 
-pub(crate) async fn trainer_client(trainer: &Service) -> TrainerClient<Channel> {
-    TrainerClient::new(
-        Channel::from_shared(trainer.address.clone())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap(),
-    )
+pub(crate) async fn trainer_client(trainer: &Service) -> TrainerClient<TracedChannel> {
+    TrainerClient::new(kappa_client::connect("kappa-trainer", &trainer.address).await.unwrap())
 }
 
 pub(crate) fn spec(model: &str, topic: &str, from_ms: i64, to_ms: i64) -> TrainingSpec {
@@ -40,7 +35,7 @@ pub(crate) fn spec(model: &str, topic: &str, from_ms: i64, to_ms: i64) -> Traini
     }
 }
 
-pub(crate) async fn start_job(client: &mut TrainerClient<Channel>, spec: TrainingSpec) -> Job {
+pub(crate) async fn start_job(client: &mut TrainerClient<TracedChannel>, spec: TrainingSpec) -> Job {
     client
         .start_training(StartTrainingRequest { spec: Some(spec) })
         .await
@@ -48,7 +43,7 @@ pub(crate) async fn start_job(client: &mut TrainerClient<Channel>, spec: Trainin
         .into_inner()
 }
 
-pub(crate) async fn wait_done(client: &mut TrainerClient<Channel>, job_id: &str, limit: Duration) -> Job {
+pub(crate) async fn wait_done(client: &mut TrainerClient<TracedChannel>, job_id: &str, limit: Duration) -> Job {
     let deadline = Instant::now() + limit;
     loop {
         let job = client
