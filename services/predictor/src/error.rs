@@ -36,3 +36,42 @@ impl From<PredictError> for Status {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tonic::Code;
+
+    use super::*;
+
+    #[test]
+    fn every_refusal_has_the_code_a_client_can_act_on() {
+        let cases = [
+            (PredictError::InvalidInput("x".into()), Code::InvalidArgument),
+            (
+                PredictError::UnknownModel {
+                    requested: "a".into(),
+                    served: "b".into(),
+                },
+                Code::NotFound,
+            ),
+            (
+                PredictError::UnknownVersion {
+                    name: "a".into(),
+                    requested: "9".into(),
+                    loaded: "1".into(),
+                },
+                Code::NotFound,
+            ),
+            (PredictError::NotLoaded("a".into()), Code::Unavailable),
+            (PredictError::Overloaded(5), Code::ResourceExhausted),
+            (PredictError::Inference("boom".into()), Code::Internal),
+            (PredictError::ShuttingDown, Code::Unavailable),
+        ];
+        for (error, code) in cases {
+            let message = error.to_string();
+            let status = Status::from(error);
+            assert_eq!(status.code(), code, "{message}");
+            assert_eq!(status.message(), message, "the message is the error's own words");
+        }
+    }
+}

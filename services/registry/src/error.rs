@@ -60,3 +60,63 @@ impl From<RegistryError> for Status {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tonic::Code;
+
+    use super::*;
+
+    #[test]
+    fn every_refusal_has_the_code_a_client_can_act_on() {
+        let (name, version) = ("m".to_owned(), 2);
+        let cases = [
+            (RegistryError::BadRequest("x".into()), Code::InvalidArgument),
+            (
+                RegistryError::Model(ModelError::InvalidManifest("bad".into())),
+                Code::InvalidArgument,
+            ),
+            (RegistryError::UnknownModel(name.clone()), Code::NotFound),
+            (
+                RegistryError::UnknownVersion {
+                    name: name.clone(),
+                    version,
+                },
+                Code::NotFound,
+            ),
+            (
+                RegistryError::UnknownAlias {
+                    name: name.clone(),
+                    alias: "p".into(),
+                },
+                Code::NotFound,
+            ),
+            (
+                RegistryError::DeletedVersion {
+                    name: name.clone(),
+                    version,
+                },
+                Code::FailedPrecondition,
+            ),
+            (
+                RegistryError::VersionInUse {
+                    name,
+                    version,
+                    aliases: vec!["p".into()],
+                },
+                Code::FailedPrecondition,
+            ),
+            (RegistryError::Fenced, Code::FailedPrecondition),
+            (RegistryError::TooLarge { size: 2, limit: 1 }, Code::ResourceExhausted),
+            (RegistryError::NotReady, Code::Unavailable),
+            (RegistryError::KafkaUnavailable("down".into()), Code::Unavailable),
+            (RegistryError::DataLoss("gone".into()), Code::DataLoss),
+            (RegistryError::Internal("bug".into()), Code::Internal),
+        ];
+        for (error, code) in cases {
+            let message = error.to_string();
+            let status = Status::from(error);
+            assert_eq!((status.code(), status.message()), (code, message.as_str()));
+        }
+    }
+}

@@ -27,3 +27,26 @@ impl From<TrainerError> for Status {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tonic::Code;
+
+    use super::*;
+
+    #[test]
+    fn every_refusal_has_the_code_a_client_can_act_on() {
+        let cases = [
+            (TrainerError::InvalidSpec("x".into()), Code::InvalidArgument),
+            (TrainerError::UnknownTopic("t".into()), Code::NotFound),
+            (TrainerError::UnknownJob("j".into()), Code::NotFound),
+            (TrainerError::Busy(2), Code::ResourceExhausted),
+            (TrainerError::Kafka("down".into()), Code::Unavailable),
+        ];
+        for (error, code) in cases {
+            let message = error.to_string();
+            let status = Status::from(error);
+            assert_eq!((status.code(), status.message()), (code, message.as_str()));
+        }
+    }
+}
