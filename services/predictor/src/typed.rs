@@ -16,25 +16,62 @@ const STREAM_CONCURRENCY: usize = 64;
 
 pub struct Typed(pub Arc<Serving>);
 
+/// A typed request as the predictor uses it. Built by destructuring every field, so a field added
+/// to the proto does not compile until it is given a meaning here.
+struct Ask {
+    model: String,
+    event: Event,
+    features: std::collections::BTreeMap<String, f64>,
+    request_id: String,
+}
+
+/// Where the event's values come from (named `features` are applied on top of any of them).
+enum Event {
+    Json(String),
+    Reading(kappa_api::telemetry::SensorReading),
+    Named,
+}
+
+impl From<PredictRequest> for Ask {
+    fn from(request: PredictRequest) -> Self {
+        let PredictRequest {
+            model,
+            features,
+            reading,
+            request_id,
+            event_json,
+        } = request;
+        let event = match (event_json.is_empty(), reading) {
+            (false, _) => Event::Json(event_json),
+            (true, Some(reading)) => Event::Reading(reading),
+            (true, None) => Event::Named,
+        };
+        Self {
+            model,
+            event,
+            features,
+            request_id,
+        }
+    }
+}
+
 /// One input row in the version's feature order, read through its schema from the JSON event,
 /// the car reading and the named values (which win), or every problem with it in one error.
-fn row(model: &LoadedModel, request: &PredictRequest) -> Result<Vec<f32>, PredictError> {
+fn row(model: &LoadedModel, ask: &Ask) -> Result<Vec<f32>, PredictError> {
     let invalid = |e: String| PredictError::InvalidInput(e);
     let mut event = DecodedEvent::default();
-    if !request.event_json.is_empty() {
-        model
+    match &ask.event {
+        Event::Json(json) => model
             .decoder
-            .decode_into(request.event_json.as_bytes(), PayloadFormat::Json, &mut event)
-            .map_err(|e| invalid(format!("event_json: {e}")))?;
-    } else if let Some(reading) = &request.reading {
-        model
+            .decode_into(json.as_bytes(), PayloadFormat::Json, &mut event)
+            .map_err(|e| invalid(format!("event_json: {e}")))?,
+        Event::Reading(reading) => model
             .decoder
             .decode_into(&reading.encode_to_vec(), PayloadFormat::Protobuf, &mut event)
-            .map_err(invalid)?;
-    } else {
-        event.values.resize(model.n_features(), FieldValue::Missing);
+            .map_err(invalid)?,
+        Event::Named => event.values.resize(model.n_features(), FieldValue::Missing),
     }
-    for (name, value) in &request.features {
+    for (name, value) in &ask.features {
         if let Some(&column) = model.feature_index.get(name) {
             event.values[column] = FieldValue::Number(*value);
         }
@@ -53,12 +90,13 @@ fn row(model: &LoadedModel, request: &PredictRequest) -> Result<Vec<f32>, Predic
 }
 
 async fn predict_one(serving: &Serving, request: PredictRequest) -> Result<PredictResponse, PredictError> {
-    let model = serving.admit(&request.model, "")?;
-    let values = row(&model, &request)?;
+    let ask = Ask::from(request);
+    let model = serving.admit(&ask.model, "")?;
+    let values = row(&model, &ask)?;
     let scored = serving.score(model, values, 1).await?;
     let score = scored.scores[0];
     Ok(PredictResponse {
-        request_id: request.request_id,
+        request_id: ask.request_id,
         score: f64::from(score),
         is_anomaly: score > scored.model.threshold,
         model_name: scored.model.name.clone(),

@@ -38,6 +38,8 @@ pub enum RegistryError {
     KafkaUnavailable(String),
     #[error("the models topic is missing data it should hold: {0}")]
     DataLoss(String),
+    #[error("reading the models topic from Kafka failed: {0}; retry")]
+    KafkaRead(String),
     #[error("internal error: {0}; this is a bug, please report it")]
     Internal(String),
 }
@@ -54,7 +56,9 @@ impl From<RegistryError> for Status {
                 Status::failed_precondition(message)
             }
             RegistryError::TooLarge { .. } => Status::resource_exhausted(message),
-            RegistryError::NotReady | RegistryError::KafkaUnavailable(_) => Status::unavailable(message),
+            RegistryError::NotReady | RegistryError::KafkaUnavailable(_) | RegistryError::KafkaRead(_) => {
+                Status::unavailable(message)
+            }
             RegistryError::DataLoss(_) => Status::data_loss(message),
             RegistryError::Internal(_) => Status::internal(message),
         }
@@ -110,6 +114,7 @@ mod tests {
             (RegistryError::TooLarge { size: 2, limit: 1 }, Code::ResourceExhausted),
             (RegistryError::NotReady, Code::Unavailable),
             (RegistryError::KafkaUnavailable("down".into()), Code::Unavailable),
+            (RegistryError::KafkaRead("down".into()), Code::Unavailable),
             (RegistryError::DataLoss("gone".into()), Code::DataLoss),
             (RegistryError::Internal("bug".into()), Code::Internal),
         ];

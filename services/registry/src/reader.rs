@@ -16,6 +16,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tonic::Status;
 
+use crate::RegistryError;
+
 const POLL: Duration = Duration::from_millis(200);
 const READER_GROUP: &str = "kappa-registry-reader";
 
@@ -26,7 +28,7 @@ pub fn stream_chunks(
     offsets: &[i64],
     sha256: &str,
     tx: &mpsc::Sender<Result<pb::GetModelResponse, Status>>,
-) -> Result<(), Status> {
+) -> Result<(), RegistryError> {
     let mut hasher = Sha256::new();
     let mut complete = true;
     chunks::read_chunks(config, READER_GROUP, topic, offsets, |data| {
@@ -38,12 +40,12 @@ pub fn stream_chunks(
         complete
     })
     .map_err(|e| match e {
-        ChunkReadError::Unavailable(m) => Status::unavailable(m),
-        ChunkReadError::DataLoss(m) => Status::data_loss(m),
+        ChunkReadError::Unavailable(m) => RegistryError::KafkaRead(m),
+        ChunkReadError::DataLoss(m) => RegistryError::DataLoss(m),
     })?;
     let actual = hex::encode(hasher.finalize());
     if complete && actual != sha256 {
-        return Err(Status::data_loss(format!(
+        return Err(RegistryError::DataLoss(format!(
             "the weights read from Kafka hash to {actual}, not the recorded {sha256}"
         )));
     }
@@ -57,9 +59,9 @@ pub fn stream_events(
     from: i64,
     name_filter: &str,
     tx: &mpsc::Sender<Result<pb::WatchModelsResponse, Status>>,
-) -> Result<(), Status> {
+) -> Result<(), RegistryError> {
     let consumer =
-        chunks::consumer_at(config, READER_GROUP, topic, from).map_err(|e| Status::unavailable(e.to_string()))?;
+        chunks::consumer_at(config, READER_GROUP, topic, from).map_err(|e| RegistryError::KafkaRead(e.to_string()))?;
     while !tx.is_closed() {
         let message = match consumer.poll(POLL) {
             Some(Ok(m)) => m,

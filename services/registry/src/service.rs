@@ -465,7 +465,8 @@ impl Registry for RegistryService {
         let config = self.consumer_config.clone();
         let topic = self.topic.clone();
         tokio::task::spawn_blocking(move || {
-            if let Err(status) = reader::stream_chunks(&config, &topic, &offsets, &sha256, &tx) {
+            if let Err(error) = reader::stream_chunks(&config, &topic, &offsets, &sha256, &tx) {
+                let status = Status::from(error);
                 tracing::error!(code = ?status.code(), message = status.message(), "GetModel could not stream the weights");
                 let _ = tx.blocking_send(Err(status));
             }
@@ -556,8 +557,8 @@ impl Registry for RegistryService {
         let config = self.consumer_config.clone();
         let topic = self.topic.clone();
         tokio::task::spawn_blocking(move || {
-            if let Err(status) = reader::stream_events(&config, &topic, request.from_position, &request.name, &tx) {
-                let _ = tx.blocking_send(Err(status));
+            if let Err(error) = reader::stream_events(&config, &topic, request.from_position, &request.name, &tx) {
+                let _ = tx.blocking_send(Err(Status::from(error)));
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
