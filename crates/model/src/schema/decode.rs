@@ -2,7 +2,7 @@
 //! an event is then walked in a single serde pass that descends only into the objects the
 //! schema names and skips everything else unread, without allocating a key per field.
 
-use std::fmt;
+use std::{collections::HashMap, fmt};
 
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
@@ -151,25 +151,34 @@ enum Target {
     Time,
 }
 
+/// One level of the path tree. Children are found by hash, so an event with a thousand fields
+/// costs a thousand lookups, not a thousand scans of a thousand names.
 #[derive(Debug, Clone, Default)]
 struct Node {
     target: Option<Target>,
-    children: Vec<(Box<str>, Option<usize>, Node)>,
+    children: Vec<Node>,
+    by_key: HashMap<Box<str>, usize>,
+    /// Children whose segment is an array index.
+    by_index: HashMap<usize, usize>,
 }
 
 impl Node {
     fn insert(&mut self, path: &str, target: Target) -> Result<(), String> {
         let mut node = self;
         for segment in path.split('.') {
-            let at = match node.children.iter().position(|(k, _, _)| &**k == segment) {
-                Some(at) => at,
+            let at = match node.by_key.get(segment) {
+                Some(&at) => at,
                 None => {
-                    node.children
-                        .push((segment.into(), segment.parse().ok(), Node::default()));
-                    node.children.len() - 1
+                    let at = node.children.len();
+                    node.children.push(Node::default());
+                    node.by_key.insert(segment.into(), at);
+                    if let Ok(index) = segment.parse() {
+                        node.by_index.insert(index, at);
+                    }
+                    at
                 }
             };
-            node = &mut node.children[at].2;
+            node = &mut node.children[at];
         }
         if node.target.is_some() {
             return Err(format!("the path {path:?} is used twice"));
@@ -178,28 +187,27 @@ impl Node {
         Ok(())
     }
 
+    fn child(&self, segment: &str) -> Option<&Node> {
+        self.by_key.get(segment).map(|&at| &self.children[at])
+    }
+
     /// The child for an object key. A key holding dots (`{"engine.rpm": 1}`) also matches the
     /// nested path it spells, so flattened and nested producers read the same.
     fn key(&self, key: &str) -> Option<&Node> {
-        if let Some((_, _, n)) = self.children.iter().find(|(k, _, _)| &**k == key) {
-            return Some(n);
+        if let Some(node) = self.child(key) {
+            return Some(node);
         }
         if !key.contains('.') {
             return None;
         }
-        key.split('.').try_fold(self, |node, segment| {
-            node.children
-                .iter()
-                .find(|(k, _, _)| &**k == segment)
-                .map(|(_, _, n)| n)
-        })
+        key.split('.').try_fold(self, |node, segment| node.child(segment))
     }
 
     fn index(&self, i: usize) -> Option<&Node> {
-        self.children
-            .iter()
-            .find(|(_, idx, _)| *idx == Some(i))
-            .map(|(_, _, n)| n)
+        if self.by_index.is_empty() {
+            return None;
+        }
+        self.by_index.get(&i).map(|&at| &self.children[at])
     }
 }
 
@@ -676,6 +684,33 @@ mod tests {
         for bad in ["[1,2]", "3", "\"x\"", "null", "{not json", "{\"x\":1} trailing"] {
             assert!(d.decode(bad.as_bytes(), PayloadFormat::Json).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_thousand_features_decode_in_their_columns() {
+        let paths: Vec<String> = (0..1024).map(|i| format!("group{}.sensor{i}", i % 7)).collect();
+        let d = EventDecoder::new(paths.iter().map(|p| rule(p)).collect(), None, None).unwrap();
+        let mut event = serde_json::Map::new();
+        for (i, path) in paths.iter().enumerate().rev() {
+            let (group, sensor) = path.split_once('.').unwrap();
+            let object = event
+                .entry(group.to_owned())
+                .or_insert_with(|| serde_json::json!({}))
+                .as_object_mut()
+                .unwrap();
+            object.insert(sensor.to_owned(), serde_json::json!(i));
+        }
+        let payload = serde_json::to_vec(&event).unwrap();
+        let mut row = Vec::new();
+        d.extend_row(&d.decode(&payload, PayloadFormat::Json).unwrap(), &mut row)
+            .unwrap();
+        assert_eq!(row, (0..1024).map(|i| i as f32).collect::<Vec<_>>());
+        let too_many: Vec<FeatureRule> = (0..1025).map(|i| rule(&format!("f{i}"))).collect();
+        assert!(
+            EventDecoder::new(too_many, None, None)
+                .unwrap_err()
+                .contains("at most 1024")
+        );
     }
 
     #[test]
