@@ -389,3 +389,62 @@ pub async fn run(args: TrainArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Flags {
+        #[command(flatten)]
+        schema: SchemaArgs,
+    }
+
+    #[test]
+    fn feature_paths_take_validity_rules_and_bad_ones_are_named() {
+        assert_eq!(
+            parse_valid_range("speed=0..250").unwrap(),
+            ("speed".into(), Some(0.0), Some(250.0))
+        );
+        assert_eq!(
+            parse_valid_range("engine.rpm=..9000").unwrap(),
+            ("engine.rpm".into(), None, Some(9000.0))
+        );
+        assert_eq!(parse_valid_range("t=-40..").unwrap(), ("t".into(), Some(-40.0), None));
+        for bad in ["speed", "speed=0-250", "speed=a..b"] {
+            assert!(parse_valid_range(bad).unwrap_err().contains("PATH=MIN..MAX"), "{bad}");
+        }
+        let flags = Flags::try_parse_from([
+            "t",
+            "--features",
+            "engine.rpm,wind.speed",
+            "--valid-range",
+            "engine.rpm=0..9000",
+            "--label",
+            "status.state",
+            "--positive",
+            "failed,broken",
+            "--time-field",
+            "ts",
+            "--time-format",
+            "rfc3339",
+        ])
+        .unwrap();
+        let features = flags.schema.features().unwrap();
+        assert_eq!((features[0].min, features[0].max), (Some(0.0), Some(9000.0)));
+        assert_eq!((features[1].min, features[1].max), (None, None));
+        assert_eq!(flags.schema.time().unwrap().format, TimeFormat::Rfc3339 as i32);
+        let orphan = Flags::try_parse_from(["t", "--features", "a", "--valid-range", "b=0..1"]).unwrap();
+        assert!(
+            orphan
+                .schema
+                .features()
+                .unwrap_err()
+                .to_string()
+                .contains("b is not among --features")
+        );
+        assert!(Flags::try_parse_from(["t"]).unwrap().schema.time().is_none());
+    }
+}
