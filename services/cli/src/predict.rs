@@ -147,5 +147,10 @@ pub async fn run(mut args: PredictArgs) -> anyhow::Result<()> {
         }
     }
     eprintln!("{total} rows: {flagged} anomalies, {failed} refused");
+    // A script (or the demo waiting for a model) must be able to tell that rows were refused.
+    anyhow::ensure!(
+        failed == 0,
+        "{failed} of {total} rows were refused (each is listed above)"
+    );
     Ok(())
 }

@@ -71,9 +71,23 @@ fn the_demo_retrains_to_version_2_and_both_predictors_swap_without_a_failed_call
         text.contains("label status.state:"),
         "the inspection shows the label balance:\n{text}"
     );
+    let scored = text
+        .lines()
+        .find(|l| l.contains("200 rows:"))
+        .unwrap_or_else(|| panic!("the turbine events were scored:\n{text}"));
+    let anomalies: u32 = scored
+        .split("200 rows: ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{scored}"));
     assert!(
-        text.contains("200 rows:") && text.contains(", 0 refused"),
-        "the turbine events were scored:\n{text}"
+        scored.ends_with(", 0 refused"),
+        "every turbine event was scored: {scored}\n{text}"
+    );
+    assert!(
+        anomalies > 0,
+        "failing turbines among the last 200 events are flagged: {scored}"
     );
     assert!(text.contains("Demo complete"), "{text}");
     println!("the demo took {:.0} s", started.elapsed().as_secs_f64());
