@@ -8,7 +8,7 @@ const PROTOS: &[&str] = &[
     "kappa/registry/v1/registry.proto",
     "kappa/trainer/v1/trainer.proto",
     "kappa/predictor/v1/predictor.proto",
-    "kappa/telemetry/v1/telemetry.proto",
+    "kappa/events/v1/events.proto",
     "inference/grpc_predict_v2.proto",
 ];
 

@@ -34,10 +34,10 @@ pub mod kappa {
             include!(concat!(env!("OUT_DIR"), "/kappa.predictor.v1.serde.rs"));
         }
     }
-    pub mod telemetry {
+    pub mod events {
         pub mod v1 {
-            tonic::include_proto!("kappa.telemetry.v1");
-            include!(concat!(env!("OUT_DIR"), "/kappa.telemetry.v1.serde.rs"));
+            tonic::include_proto!("kappa.events.v1");
+            include!(concat!(env!("OUT_DIR"), "/kappa.events.v1.serde.rs"));
         }
     }
 }
@@ -47,10 +47,10 @@ pub mod inference {
     tonic::include_proto!("inference");
 }
 
+pub use kappa::events::v1 as events;
 pub use kappa::model::v1 as model;
 pub use kappa::predictor::v1 as predictor;
 pub use kappa::registry::v1 as registry;
-pub use kappa::telemetry::v1 as telemetry;
 pub use kappa::trainer::v1 as trainer;
 
 /// Encoded `FileDescriptorSet` of every Kappa proto, for `tonic-reflection`.

@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::Context as _;
 use clap::Args;
-use kappa_api::telemetry::Prediction;
+use kappa_api::events::Prediction;
 use rdkafka::{
     Message as _, Offset, TopicPartitionList,
     consumer::{BaseConsumer, Consumer},

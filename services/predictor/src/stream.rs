@@ -13,7 +13,7 @@ use std::{
 };
 
 use futures::{StreamExt as _, stream::FuturesOrdered};
-use kappa_api::telemetry::Prediction;
+use kappa_api::events::Prediction;
 use kappa_kafka::{KafkaClients, trace_headers};
 use opentelemetry::trace::TraceContextExt as _;
 use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};

@@ -12,12 +12,12 @@ use std::{
 };
 
 use kappa_api::{
+    events::Prediction,
     inference::{
         InferTensorContents, ModelInferRequest, grpc_inference_service_client::GrpcInferenceServiceClient,
         model_infer_request::InferInputTensor,
     },
     predictor::{PredictRequest, predictor_client::PredictorClient},
-    telemetry::Prediction,
     trainer::{JobPhase, TrainingSpec},
 };
 use kappa_model::{Backend, Mlp, evaluate::roc_auc, example::autoencoder_over, example::random_weights};
@@ -542,7 +542,7 @@ async fn a_version_with_another_schema_swaps_in_under_load_and_each_answer_uses_
 
 #[tokio::test]
 async fn a_protobuf_reading_and_its_json_twin_score_the_same_in_stream_mode_and_typed() {
-    use kappa_api::telemetry::SensorReading;
+    use kappa_api::events::SensorReading;
     use kappa_model::example::{SENSOR_FIELDS, sensor_autoencoder_manifest};
     use prost::Message as _;
     use rdkafka::{
