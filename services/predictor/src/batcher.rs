@@ -170,3 +170,51 @@ impl Worker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use kappa_model::{
+        Backend, Mlp,
+        example::{autoencoder_over, random_weights},
+    };
+
+    use super::*;
+
+    fn model(version: u64, seed: u64) -> Arc<LoadedModel> {
+        let mut manifest = autoencoder_over("m", &["a", "b", "c"], &[2]);
+        manifest.version = version;
+        let mlp = Mlp::load(&manifest, &random_weights(&manifest, seed), Backend::Native).unwrap();
+        Arc::new(LoadedModel::new(manifest, mlp).unwrap())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_requests_batch_together_and_each_gets_its_own_models_scores() {
+        let metrics = Arc::new(PredictorMetrics::default());
+        let batcher = Batcher::start(1, 1024, 8, Duration::ZERO, Arc::clone(&metrics));
+        let (v1, v2) = (model(1, 1), model(2, 2));
+        let requests: Vec<(Arc<LoadedModel>, Vec<f32>)> = (0..200)
+            .map(|i| {
+                let m = if i % 3 == 0 { Arc::clone(&v2) } else { Arc::clone(&v1) };
+                (m, vec![i as f32, (i % 7) as f32, -(i as f32) / 10.0])
+            })
+            .collect();
+        let answers = futures::future::join_all(requests.iter().map(|(m, row)| {
+            let batcher = batcher.clone();
+            let (m, row) = (Arc::clone(m), row.clone());
+            async move { batcher.score(m, row, 1).await }
+        }))
+        .await;
+        for ((m, row), answer) in requests.iter().zip(answers) {
+            let answer = answer.unwrap();
+            assert_eq!(
+                answer.model.version, m.version,
+                "a request keeps the model it was admitted with"
+            );
+            assert_eq!(answer.scores, m.mlp.score(row).unwrap(), "its own slice of the batch");
+        }
+        // Requests with more rows than the batch limit are scored whole, in order.
+        let rows: Vec<f32> = (0..30).map(|i| i as f32).collect();
+        let whole = batcher.score(Arc::clone(&v1), rows.clone(), 10).await.unwrap();
+        assert_eq!(whole.scores, v1.mlp.score(&rows).unwrap());
+    }
+}
