@@ -71,7 +71,7 @@ pub fn resolve(
 
 /// A consumer for reading ranges: its own throw-away group, no commits, committed data only.
 pub fn range_consumer(clients: &KafkaClients, purpose: &str) -> Result<BaseConsumer, KafkaError> {
-    let group = format!("kappa-{purpose}-{}", uuid_like());
+    let group = format!("kappa-{purpose}-{}", uuid::Uuid::new_v4().simple());
     clients
         .config_with(
             &[],
@@ -84,20 +84,29 @@ pub fn range_consumer(clients: &KafkaClients, purpose: &str) -> Result<BaseConsu
         .create()
 }
 
-fn uuid_like() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!("{:x}{:x}", nanos, std::process::id())
-}
-
 /// Seek points per partition: enough to cover the range, few enough to stay quick.
 const POINTS: i64 = 8;
 
-/// Up to `max` records of `[from_ms, to_ms)` (by record timestamp), read from evenly spaced
-/// offsets of every partition, within `budget` of wall-clock time.
-pub fn sample(
+/// Resolves `[from_ms, to_ms)` of `topic` and samples it with one consumer: the per-partition
+/// ranges, and up to `max` records (by record timestamp) read from evenly spaced offsets of every
+/// partition within `budget` of wall-clock time.
+pub fn sample_range(
     config: &KafkaClients,
+    purpose: &str,
+    topic: &str,
+    from_ms: i64,
+    to_ms: i64,
+    max: usize,
+    budget: Duration,
+) -> Result<(Vec<PartitionRange>, Vec<Sample>), KafkaError> {
+    let consumer = range_consumer(config, purpose)?;
+    let ranges = resolve(&consumer, topic, from_ms, to_ms)?;
+    let samples = sample(&consumer, topic, &ranges, from_ms, to_ms, max, budget)?;
+    Ok((ranges, samples))
+}
+
+fn sample(
+    consumer: &BaseConsumer,
     topic: &str,
     ranges: &[PartitionRange],
     from_ms: i64,
@@ -105,7 +114,6 @@ pub fn sample(
     max: usize,
     budget: Duration,
 ) -> Result<Vec<Sample>, KafkaError> {
-    let consumer = range_consumer(config, "sample")?;
     let deadline = Instant::now() + budget;
     let live: Vec<&PartitionRange> = ranges.iter().filter(|r| r.start_offset < r.end_offset).collect();
     if live.is_empty() || max == 0 {
@@ -129,7 +137,7 @@ pub fn sample(
             while samples.len() < max && Instant::now() < deadline {
                 let Some(message) = consumer.poll(Duration::from_millis(200)) else {
                     // A transaction marker can be the last offset: no record ever reaches it.
-                    if position(&consumer, topic, range.partition).is_some_and(|p| p >= end) {
+                    if position(consumer, topic, range.partition).is_some_and(|p| p >= end) {
                         break;
                     }
                     continue;

@@ -79,8 +79,16 @@ fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
         "the range [{from_ms}, {to_ms}) is empty; --from-ms must be before --to-ms"
     );
     let config = args.kafka.clients().map_err(anyhow::Error::msg)?;
-    let consumer = kappa_kafka::range::range_consumer(&config, "cli-inspect")?;
-    let ranges = kappa_kafka::range::resolve(&consumer, &args.topic, from_ms, to_ms).with_context(|| {
+    let (ranges, samples) = kappa_kafka::range::sample_range(
+        &config,
+        "cli-inspect",
+        &args.topic,
+        from_ms,
+        to_ms,
+        args.sample,
+        Duration::from_secs(30),
+    )
+    .with_context(|| {
         format!(
             "cannot read topic {} from Kafka at {} (--kafka-bootstrap)",
             args.topic, args.kafka.bootstrap
@@ -92,15 +100,6 @@ fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
         args.topic
     );
     let in_range: i64 = ranges.iter().map(|r| r.end_offset - r.start_offset).sum();
-    let samples = kappa_kafka::range::sample(
-        &config,
-        &args.topic,
-        &ranges,
-        from_ms,
-        to_ms,
-        args.sample,
-        Duration::from_secs(30),
-    )?;
     let profile = Profile::of(&samples);
     let time_field = args.schema.time_field.clone().unwrap_or_default();
     let named = args.schema.features()?;
@@ -122,13 +121,7 @@ fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
     let spec = TrainingSpec {
         source_topic: args.topic.clone(),
         range,
-        features,
-        exclude: args.schema.exclude.clone(),
-        label_field: args.schema.label.clone(),
-        positive_labels: args.schema.positive.clone(),
-        time: args.schema.time(),
-        screening: Some(args.schema.screening()),
-        ..TrainingSpec::default()
+        ..args.schema.spec(features)
     };
     let label = (!args.schema.label.is_empty()).then(|| {
         let rule = kappa_model::schema::LabelRule::new(&args.schema.label, &args.schema.positive);

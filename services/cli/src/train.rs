@@ -187,6 +187,20 @@ impl SchemaArgs {
         })
     }
 
+    /// A spec with these features and this schema (label, time, exclusions, screening), the
+    /// rest default: what `train start` sends and `data inspect` prints.
+    pub fn spec(&self, features: Vec<FeatureSpec>) -> TrainingSpec {
+        TrainingSpec {
+            features,
+            exclude: self.exclude.clone(),
+            label_field: self.label.clone(),
+            positive_labels: self.positive.clone(),
+            time: self.time(),
+            screening: Some(self.screening()),
+            ..TrainingSpec::default()
+        }
+    }
+
     pub fn screening(&self) -> Screening {
         Screening {
             disabled: self.no_screening,
@@ -306,12 +320,6 @@ pub async fn run(args: TrainArgs) -> anyhow::Result<()> {
                 model_name: s.model,
                 source_topic: s.topic,
                 range,
-                features: s.schema.features()?,
-                exclude: s.schema.exclude.clone(),
-                label_field: s.schema.label.clone(),
-                positive_labels: s.schema.positive.clone(),
-                time: s.schema.time(),
-                screening: Some(s.schema.screening()),
                 hidden_layers: s.hidden,
                 epochs: s.epochs,
                 batch_size: s.batch_size,
@@ -330,7 +338,7 @@ pub async fn run(args: TrainArgs) -> anyhow::Result<()> {
                     every_events: 0,
                     max_runs: s.max_runs,
                 }),
-                ..TrainingSpec::default()
+                ..s.schema.spec(s.schema.features()?)
             };
             let job = client
                 .start_training(StartTrainingRequest { spec: Some(spec) })

@@ -55,12 +55,8 @@ fn prepare(serving: &Serving, payload: Option<&[u8]>, format: kappa_model::schem
         };
         return Err((reason, model.decoder.describe(&problems)));
     }
-    let time = if model.decoder.time().is_some() {
-        event.time_ms
-    } else {
-        None
-    };
-    Ok((model, row, time))
+    // Set only when the version's schema takes event time from a field.
+    Ok((model, row, event.time_ms))
 }
 
 pub struct StreamSettings {

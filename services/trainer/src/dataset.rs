@@ -90,13 +90,13 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
 }
 
-/// Per-feature robust statistics of `rows`.
-pub fn fit_stats(rows: &[Vec<f32>], features: usize) -> Vec<FeatureStats> {
+/// Per-feature robust statistics of `rows` (owned rows, or references to rows held elsewhere).
+pub fn fit_stats<R: AsRef<[f32]>>(rows: &[R], features: usize) -> Vec<FeatureStats> {
     let mut column = Vec::with_capacity(rows.len());
     (0..features)
         .map(|i| {
             column.clear();
-            column.extend(rows.iter().map(|r| f64::from(r[i])));
+            column.extend(rows.iter().map(|r| f64::from(r.as_ref()[i])));
             column.sort_unstable_by(f64::total_cmp);
             let median = quantile(&column, 0.5);
             let n = column.len().max(1) as f64;

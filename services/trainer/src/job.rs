@@ -250,10 +250,7 @@ async fn execute_round(handle: &Arc<JobHandle>, ctx: &JobContext, round: &tracin
         from_ms,
         to_ms,
         decoder,
-        lateness_ms: spec
-            .time
-            .as_ref()
-            .map_or(0, |t| t.lateness_ms.min(i64::MAX as u64) as i64),
+        lateness_ms: crate::schema::lateness_ms(&spec),
         max_rows: ctx.max_rows,
     };
 
@@ -294,7 +291,7 @@ async fn execute_round(handle: &Arc<JobHandle>, ctx: &JobContext, round: &tracin
     }
     // Gross outliers are screened from the rows the model is fitted on (never from the hold-out,
     // where catching them is the model's job), with statistics of those same rows.
-    let fitting: Vec<Vec<f32>> = splits.train.iter().chain(&splits.validation).cloned().collect();
+    let fitting: Vec<&Vec<f32>> = splits.train.iter().chain(&splits.validation).collect();
     let screen = Screen::fit(&fit_stats(&fitting, features), crate::schema::screening_z(&spec));
     drop(fitting);
     let mut outliers = vec![0_u64; features];

@@ -43,10 +43,17 @@ fn rules(features: &[FeatureSpec]) -> Vec<FeatureRule> {
         .collect()
 }
 
+/// How far past a range's end (by Kafka timestamp) late events are looked for.
+pub fn lateness_ms(spec: &TrainingSpec) -> i64 {
+    spec.time
+        .as_ref()
+        .map_or(0, |t| i64::try_from(t.lateness_ms).unwrap_or(i64::MAX))
+}
+
 /// The decoder a job reads its range with. The spec's features must be resolved already.
-pub fn decoder(spec: &TrainingSpec) -> Result<EventDecoder, TrainerError> {
+pub fn decoder(spec: &TrainingSpec) -> Result<EventDecoder, String> {
     let schema = event_schema(spec);
-    EventDecoder::new(rules(&spec.features), label_rule(&schema), time_rule(&schema)).map_err(invalid)
+    EventDecoder::new(rules(&spec.features), label_rule(&schema), time_rule(&schema))
 }
 
 /// The manifest's features: each path with its rule and the scaling fitted on the data.
@@ -77,9 +84,7 @@ pub fn screening_z(spec: &TrainingSpec) -> Option<f64> {
 /// Structural checks that need no data: paths, duplicates, rules, label and time fields.
 pub fn check_structure(spec: &TrainingSpec) -> Result<(), TrainerError> {
     if !spec.features.is_empty() {
-        let schema = event_schema(spec);
-        EventDecoder::new(rules(&spec.features), label_rule(&schema), time_rule(&schema))
-            .map_err(|e| invalid(format!("features: {e}")))?;
+        decoder(spec).map_err(|e| invalid(format!("features: {e}")))?;
     }
     if !spec.label_field.is_empty() {
         validate_path(&spec.label_field).map_err(|e| invalid(format!("label_field: {e}")))?;
@@ -116,18 +121,11 @@ pub fn resolve(
     to_ms: i64,
 ) -> Result<Vec<String>, TrainerError> {
     let kafka = |e: rdkafka::error::KafkaError| TrainerError::Kafka(e.to_string());
-    let lateness = spec
-        .time
-        .as_ref()
-        .map_or(0, |t| t.lateness_ms.min(i64::MAX as u64) as i64);
-    let end = to_ms.saturating_add(lateness);
-    let consumer = kappa_kafka::range::range_consumer(config, "trainer-sample").map_err(kafka)?;
-    let ranges = kappa_kafka::range::resolve(&consumer, &spec.source_topic, from_ms, end).map_err(kafka)?;
-    drop(consumer);
-    let samples = kappa_kafka::range::sample(
+    let end = to_ms.saturating_add(lateness_ms(spec));
+    let (_, samples) = kappa_kafka::range::sample_range(
         config,
+        "trainer-sample",
         &spec.source_topic,
-        &ranges,
         from_ms,
         end,
         SAMPLE_EVENTS,

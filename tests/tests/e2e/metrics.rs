@@ -136,10 +136,7 @@ async fn every_services_metrics_are_valid_documented_and_move_with_traffic() {
     let sensors = unique("test.metered-sensors");
     create_topic(&sensors, &[]).await;
     let predictor = PredictorSetup::new(&setup.topic, "metered", "latest")
-        .arg("--stream")
-        .arg(format!("--sensor-topic={sensors}"))
-        .arg(format!("--predictions-topic={}", unique("test.metered-predictions")))
-        .arg(format!("--consumer-group={}", unique("test-group")))
+        .stream(&sensors, &unique("test.metered-predictions"))
         .start()
         .await;
     let before = checked_scrape(&predictor.metrics_url, "kappa_predictor", &documented, false).await;

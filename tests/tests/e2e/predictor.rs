@@ -650,10 +650,7 @@ async fn stream_mode_answers_every_event_and_loses_none_across_a_kill_9() {
     create_topic_with_partitions(&sensors, 3).await;
     create_topic_with_partitions(&predictions, 1).await;
     let streaming = PredictorSetup::new(&setup.topic, "streamed", "latest")
-        .arg("--stream")
-        .arg(format!("--sensor-topic={sensors}"))
-        .arg(format!("--predictions-topic={predictions}"))
-        .arg(format!("--consumer-group={}", unique("group")))
+        .stream(&sensors, &predictions)
         // The restarted member should not wait out the default 45 s session of the killed one.
         .arg("--kafka-property=session.timeout.ms=6000");
 

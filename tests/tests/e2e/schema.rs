@@ -197,10 +197,7 @@ async fn turbines_train_on_inferred_nested_features_and_are_scored_the_same_over
     // Stream mode on the later window, with event time from `ts`.
     let predictions = unique("test.turbine-predictions");
     let predictor = PredictorSetup::new(&setup.topic, "turbine", "latest")
-        .arg("--stream")
-        .arg(format!("--sensor-topic={later}"))
-        .arg(format!("--predictions-topic={predictions}"))
-        .arg(format!("--consumer-group={}", unique("turbine-group")))
+        .stream(&later, &predictions)
         .start()
         .await;
     let events = read_positioned(&later, "read_committed").await;
@@ -558,10 +555,7 @@ async fn a_protobuf_reading_and_its_json_twin_score_the_same_in_stream_mode_and_
     let (sensors, predictions) = (unique("test.pb-sensors"), unique("test.pb-predictions"));
     create_topic_with_partitions(&sensors, 1).await;
     let predictor = PredictorSetup::new(&setup.topic, "car-pb", "latest")
-        .arg("--stream")
-        .arg(format!("--sensor-topic={sensors}"))
-        .arg(format!("--predictions-topic={predictions}"))
-        .arg(format!("--consumer-group={}", unique("pb-group")))
+        .stream(&sensors, &predictions)
         .start()
         .await;
 

@@ -459,6 +459,14 @@ impl PredictorSetup {
         self
     }
 
+    /// Stream mode: scores `sensors` into `predictions` in a consumer group of its own.
+    pub fn stream(self, sensors: &str, predictions: &str) -> Self {
+        self.arg("--stream")
+            .arg(format!("--sensor-topic={sensors}"))
+            .arg(format!("--predictions-topic={predictions}"))
+            .arg(format!("--consumer-group={}", unique("test-group")))
+    }
+
     pub fn spawn(&self) -> Predictor {
         let (port, metrics_port) = (free_port(), free_port());
         let log = log_dir().join(format!("{}-predictor-{port}.log", self.topic));

@@ -280,10 +280,7 @@ async fn a_predict_call_and_a_sensor_event_continue_their_callers_traces() {
     create_topic(&predictions, &[]).await;
     let predictor = PredictorSetup::new(&setup.topic, "traced", "latest")
         .traced()
-        .arg("--stream")
-        .arg(format!("--sensor-topic={sensors}"))
-        .arg(format!("--predictions-topic={predictions}"))
-        .arg(format!("--consumer-group={}", unique("test-group")))
+        .stream(&sensors, &predictions)
         .start()
         .await;
 

@@ -204,9 +204,6 @@ impl Node {
     }
 
     fn index(&self, i: usize) -> Option<&Node> {
-        if self.by_index.is_empty() {
-            return None;
-        }
         self.by_index.get(&i).map(|&at| &self.children[at])
     }
 }
