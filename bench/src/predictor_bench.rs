@@ -16,7 +16,8 @@ use kappa_api::predictor::{
     predictor_client::PredictorClient,
     predictor_server::{Predictor, PredictorServer},
 };
-use kappa_model::{Backend, Mlp, example::SENSOR_FIELDS};
+use kappa_fleet::CAR_FIELDS;
+use kappa_model::{Backend, Mlp};
 use tonic::{Request, Response, Status, Streaming, transport::Channel};
 
 #[derive(Debug, Parser)]
@@ -117,7 +118,7 @@ impl Predictor for Echo {
 
 fn request() -> PredictRequest {
     PredictRequest {
-        features: SENSOR_FIELDS
+        features: CAR_FIELDS
             .iter()
             .enumerate()
             .map(|(i, f)| ((*f).to_owned(), i as f64 * 1.5))
@@ -268,9 +269,9 @@ async fn main() -> anyhow::Result<()> {
             );
         }
         Mode::Forward { rows } => {
-            let manifest = kappa_model::example::sensor_autoencoder_manifest("bench", 8);
+            let manifest = kappa_fleet::car_autoencoder("bench", &[8]);
             let weights = kappa_model::example::random_weights(&manifest, 1);
-            let input: Vec<f32> = (0..SENSOR_FIELDS.len()).map(|i| i as f32).collect();
+            let input: Vec<f32> = (0..CAR_FIELDS.len()).map(|i| i as f32).collect();
             let batch: Vec<f32> = input.iter().copied().cycle().take(64 * input.len()).collect();
             println!("| forward pass, 18-8-18 autoencoder | native | candle | native / candle |");
             println!("|---|---|---|---|");
@@ -283,7 +284,7 @@ async fn main() -> anyhow::Result<()> {
                     for _ in 0..n {
                         model.score_into(data, &mut scores)?;
                     }
-                    rates.push((n * data.len() / SENSOR_FIELDS.len()) as f64 / t.elapsed().as_secs_f64());
+                    rates.push((n * data.len() / CAR_FIELDS.len()) as f64 / t.elapsed().as_secs_f64());
                 }
                 println!(
                     "| {label} | {:.0} rows/s | {:.0} rows/s | {:.1}x |",
@@ -408,7 +409,7 @@ async fn swap_bench(predictor: &str, registry: &str, model: &str, swaps: u64) ->
 }
 
 async fn publish_version(registry: &mut kappa_client::Registry, model: &str, seed: u64) -> anyhow::Result<u64> {
-    let manifest = kappa_model::example::sensor_autoencoder_manifest(model, 8);
+    let manifest = kappa_fleet::car_autoencoder(model, &[8]);
     let weights = kappa_model::example::random_weights(&manifest, seed);
     Ok(registry
         .publish(&manifest, &weights, "")
@@ -439,7 +440,7 @@ async fn stream_fill(bootstrap: &str, topics: &[String], events: usize) -> anyho
     for topic in topics {
         for start in (0..events).step_by(10_000) {
             let batch = (start..(start + 10_000).min(events)).map(|i| {
-                let mut fields: serde_json::Map<String, serde_json::Value> = SENSOR_FIELDS
+                let mut fields: serde_json::Map<String, serde_json::Value> = CAR_FIELDS
                     .iter()
                     .map(|f| ((*f).to_owned(), serde_json::json!((i % 13) as f64)))
                     .collect();

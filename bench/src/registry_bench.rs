@@ -93,7 +93,7 @@ fn mib_per_s(bytes: usize, elapsed: Duration) -> f64 {
 
 async fn throughput(client: &mut Registry, bootstrap: &str, iterations: u32) -> anyhow::Result<()> {
     let name = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let manifest = kappa_model::example::autoencoder_manifest(&name, &[2048, 2048, 2048, 2560]);
+    let manifest = kappa_fleet::car_autoencoder(&name, &[2048, 2048, 2048, 2560]);
     let weights = kappa_model::example::random_weights(&manifest, 1);
     let size = weights.len();
     println!(
@@ -200,7 +200,7 @@ fn raw_kafka(bootstrap: &str, topic: &str, weights: &[u8], iterations: u32) -> a
 }
 
 async fn fill(client: &mut Registry, versions: u32) -> anyhow::Result<()> {
-    let manifest = kappa_model::example::sensor_autoencoder_manifest("replay-bench", 8);
+    let manifest = kappa_fleet::car_autoencoder("replay-bench", &[8]);
     let started = Instant::now();
     for seed in 0..versions {
         let weights = kappa_model::example::random_weights(&manifest, u64::from(seed));

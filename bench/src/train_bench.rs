@@ -76,7 +76,7 @@ fn main() -> anyhow::Result<()> {
                 to_ms: i64::MAX / 2,
                 decoder: std::sync::Arc::new(
                     kappa_model::schema::EventDecoder::new(
-                        kappa_model::example::SENSOR_FIELDS
+                        kappa_fleet::CAR_FIELDS
                             .iter()
                             .map(|f| kappa_model::schema::FeatureRule {
                                 path: (*f).to_owned(),

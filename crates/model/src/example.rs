@@ -1,44 +1,12 @@
-//! Builders for example models: an untrained autoencoder over the car-fleet sensor fields, with
+//! Builders for example models: an untrained autoencoder over any feature paths, with
 //! PyTorch-style random initialisation. They give the demo, the CLI and the tests real,
-//! valid safetensors files without a training run.
+//! valid safetensors files without a training run. Which fields a simulated fleet has is the
+//! simulator's business (`kappa-fleet`), not the model crate's.
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use safetensors::{Dtype, tensor::TensorView};
 
 use crate::{Activation, Feature, Layer, ModelManifest, OutputKind, bias_tensor_name, weight_tensor_name};
-
-/// The 18 sensor fields of the connected-car telemetry, in the order models expect them.
-pub const SENSOR_FIELDS: [&str; 18] = [
-    "coolant_temp",
-    "intake_air_temp",
-    "intake_air_flow_speed",
-    "battery_percentage",
-    "battery_voltage",
-    "current_draw",
-    "speed",
-    "engine_vibration_amplitude",
-    "throttle_pos",
-    "tire_pressure_1_1",
-    "tire_pressure_1_2",
-    "tire_pressure_2_1",
-    "tire_pressure_2_2",
-    "accelerometer_1_1_value",
-    "accelerometer_1_2_value",
-    "accelerometer_2_1_value",
-    "accelerometer_2_2_value",
-    "control_unit_firmware",
-];
-
-/// An autoencoder over [`SENSOR_FIELDS`] with one hidden layer of width `hidden`.
-pub fn sensor_autoencoder_manifest(name: &str, hidden: u32) -> ModelManifest {
-    autoencoder_manifest(name, &[hidden])
-}
-
-/// An autoencoder over [`SENSOR_FIELDS`]: relu hidden layers of the given widths, then a linear
-/// layer back to the 18 features.
-pub fn autoencoder_manifest(name: &str, hidden: &[u32]) -> ModelManifest {
-    autoencoder_over(name, &SENSOR_FIELDS, hidden)
-}
 
 /// An untrained autoencoder over any feature paths: relu hidden layers of the given widths,
 /// then a linear layer back to the features.
@@ -110,4 +78,12 @@ pub fn serialize_tensors(tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Vec<u8> 
 /// A valid safetensors file for `manifest` with random weights.
 pub fn random_weights(manifest: &ModelManifest, seed: u64) -> Vec<u8> {
     serialize_tensors(&random_tensors(manifest, seed))
+}
+
+/// For the crate's own tests: an autoencoder over `features` fields named `x0`, `x1`, ….
+#[cfg(test)]
+pub(crate) fn numbered_autoencoder(name: &str, features: usize, hidden: u32) -> ModelManifest {
+    let paths: Vec<String> = (0..features).map(|i| format!("x{i}")).collect();
+    let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
+    autoencoder_over(name, &paths, &[hidden])
 }

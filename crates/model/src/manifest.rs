@@ -150,7 +150,7 @@ pub fn validate_manifest(manifest: &ModelManifest) -> Result<(), ModelError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::example::sensor_autoencoder_manifest;
+    use crate::example::numbered_autoencoder;
 
     #[test]
     fn names_follow_the_key_safe_alphabet() {
@@ -164,12 +164,12 @@ mod tests {
 
     #[test]
     fn example_manifest_is_valid() {
-        validate_manifest(&sensor_autoencoder_manifest("fleet", 4)).unwrap();
+        validate_manifest(&numbered_autoencoder("fleet", 18, 4)).unwrap();
     }
 
     #[test]
     fn broken_layer_chains_are_refused_with_the_layer_named() {
-        let mut m = sensor_autoencoder_manifest("fleet", 4);
+        let mut m = numbered_autoencoder("fleet", 18, 4);
         m.layers[1].in_features += 1;
         let err = validate_manifest(&m).unwrap_err().to_string();
         assert!(
@@ -177,7 +177,7 @@ mod tests {
             "{err}"
         );
 
-        let mut m = sensor_autoencoder_manifest("fleet", 4);
+        let mut m = numbered_autoencoder("fleet", 18, 4);
         m.features.pop();
         assert!(
             validate_manifest(&m)
@@ -186,11 +186,11 @@ mod tests {
                 .contains("declared features")
         );
 
-        let mut m = sensor_autoencoder_manifest("fleet", 4);
+        let mut m = numbered_autoencoder("fleet", 18, 4);
         m.features[0].scale = 0.0;
         assert!(validate_manifest(&m).is_err());
 
-        let mut m = sensor_autoencoder_manifest("fleet", 4);
+        let mut m = numbered_autoencoder("fleet", 18, 4);
         (m.features[2].min, m.features[2].max) = (Some(5.0), Some(1.0));
         assert!(
             validate_manifest(&m)
@@ -199,11 +199,11 @@ mod tests {
                 .contains("min 5 above max 1")
         );
 
-        let mut m = sensor_autoencoder_manifest("fleet", 4);
+        let mut m = numbered_autoencoder("fleet", 18, 4);
         m.features[3].name = "engine..rpm".into();
         assert!(validate_manifest(&m).unwrap_err().to_string().contains("empty segment"));
 
-        let mut m = sensor_autoencoder_manifest("fleet", 4);
+        let mut m = numbered_autoencoder("fleet", 18, 4);
         m.output = OutputKind::Raw as i32;
         assert!(validate_manifest(&m).unwrap_err().to_string().contains("single output"));
     }

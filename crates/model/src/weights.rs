@@ -90,11 +90,11 @@ pub fn validate_weights(manifest: &ModelManifest, bytes: &[u8]) -> Result<Valida
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::example::{random_weights, sensor_autoencoder_manifest, serialize_tensors};
+    use crate::example::{numbered_autoencoder, random_weights, serialize_tensors};
 
     #[test]
     fn generated_weights_validate_and_hash_like_sha256sum() {
-        let m = sensor_autoencoder_manifest("fleet", 4);
+        let m = numbered_autoencoder("fleet", 18, 4);
         let bytes = random_weights(&m, 7);
         let v = validate_weights(&m, &bytes).unwrap();
         assert_eq!(v.size, bytes.len() as u64);
@@ -107,7 +107,7 @@ mod tests {
 
     #[test]
     fn wrong_shapes_nan_and_garbage_are_refused() {
-        let m = sensor_autoencoder_manifest("fleet", 4);
+        let m = numbered_autoencoder("fleet", 18, 4);
         let mut other = m.clone();
         other.layers[0].out_features = 5;
         other.layers[1].in_features = 5;
@@ -136,7 +136,7 @@ mod tests {
 
     #[test]
     fn declared_digest_must_match() {
-        let mut m = sensor_autoencoder_manifest("fleet", 4);
+        let mut m = numbered_autoencoder("fleet", 18, 4);
         let bytes = random_weights(&m, 7);
         m.weights_sha256 = "00".repeat(32);
         assert!(matches!(

@@ -372,7 +372,7 @@ fn write_example(
     scale_from: Option<&Path>,
     threshold: f64,
 ) -> anyhow::Result<()> {
-    let mut manifest = kappa_model::example::autoencoder_manifest(name, hidden);
+    let mut manifest = kappa_fleet::car_autoencoder(name, hidden);
     manifest.anomaly_threshold = threshold;
     if let Some(csv) = scale_from {
         fit_scaling(&mut manifest, csv)?;

@@ -60,7 +60,7 @@ async fn the_fleet_writes_keyed_plausible_labelled_telemetry_with_back_dated_tim
         let event: serde_json::Value = serde_json::from_slice(value).unwrap();
         assert_eq!(event["car"].as_str().unwrap(), key, "records are keyed by car id");
         cars.insert(key.clone());
-        for field in kappa_model::example::SENSOR_FIELDS {
+        for field in kappa_fleet::CAR_FIELDS {
             assert!(
                 event[field].as_f64().is_some_and(f64::is_finite),
                 "{field} missing in {event}"

@@ -13,7 +13,8 @@ use kappa_api::{
     predictor::{PredictRequest, predictor_client::PredictorClient},
     trainer::JobPhase,
 };
-use kappa_model::example::{SENSOR_FIELDS, random_weights, sensor_autoencoder_manifest};
+use kappa_fleet::{CAR_FIELDS, car_autoencoder};
+use kappa_model::example::random_weights;
 
 use crate::{
     support::*,
@@ -117,7 +118,7 @@ async fn every_services_metrics_are_valid_documented_and_move_with_traffic() {
     let before = checked_scrape(&registry_metrics, "kappa_registry", &documented, false).await;
     assert!(value(&before, "kappa_registry_replay_seconds") > 0.0, "{before}");
 
-    let m = sensor_autoencoder_manifest("metered", 8);
+    let m = car_autoencoder("metered", &[8]);
     let weights = random_weights(&m, 1);
     publish(&mut registry_client(&registry).await, &m, &weights, "")
         .await
@@ -146,7 +147,7 @@ async fn every_services_metrics_are_valid_documented_and_move_with_traffic() {
     for _ in 0..5 {
         client
             .predict(PredictRequest {
-                features: SENSOR_FIELDS.iter().map(|f| ((*f).to_owned(), 1.0)).collect(),
+                features: CAR_FIELDS.iter().map(|f| ((*f).to_owned(), 1.0)).collect(),
                 ..Default::default()
             })
             .await

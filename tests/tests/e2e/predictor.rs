@@ -18,7 +18,8 @@ use kappa_api::{
     predictor::{PredictRequest, predictor_client::PredictorClient},
     registry as pb,
 };
-use kappa_model::example::{SENSOR_FIELDS, random_weights, sensor_autoencoder_manifest};
+use kappa_fleet::{CAR_FIELDS, car_autoencoder};
+use kappa_model::example::random_weights;
 use prost::Message as _;
 use tonic::{Code, transport::Channel};
 
@@ -46,7 +47,7 @@ fn infer_request(model: &str, rows: &[Vec<f32>]) -> ModelInferRequest {
 
 fn sensor_request(value: f64) -> PredictRequest {
     PredictRequest {
-        features: SENSOR_FIELDS
+        features: CAR_FIELDS
             .iter()
             .map(|f| ((*f).to_owned(), value))
             .collect::<BTreeMap<_, _>>(),
@@ -188,7 +189,7 @@ async fn hot_swap_under_load_fails_no_request_and_serves_each_version_within_a_s
     let setup = RegistrySetup::new();
     let registry = setup.start().await;
     let mut client = registry_client(&registry).await;
-    let m = sensor_autoencoder_manifest("fleet", 8);
+    let m = car_autoencoder("fleet", &[8]);
     publish(&mut client, &m, &random_weights(&m, 0), "").await.unwrap();
     client
         .set_alias(pb::SetAliasRequest {
@@ -288,7 +289,7 @@ async fn moving_the_alias_back_swaps_back_to_the_previous_version() {
     let setup = RegistrySetup::new();
     let registry = setup.start().await;
     let mut client = registry_client(&registry).await;
-    let m = sensor_autoencoder_manifest("rollback", 8);
+    let m = car_autoencoder("rollback", &[8]);
     for seed in 1..=2 {
         publish(&mut client, &m, &random_weights(&m, seed), "").await.unwrap();
     }
@@ -357,7 +358,7 @@ async fn a_corrupt_version_is_never_served_and_the_failure_shows_in_metrics() {
     let setup = RegistrySetup::new();
     let registry = setup.start().await;
     let mut client = registry_client(&registry).await;
-    let m = sensor_autoencoder_manifest("guarded", 8);
+    let m = car_autoencoder("guarded", &[8]);
     publish(&mut client, &m, &random_weights(&m, 1), "").await.unwrap();
     let predictor = PredictorSetup::new(&setup.topic, "guarded", "latest").start().await;
     let mut typed = PredictorClient::new(predictor.channel().await);
@@ -378,7 +379,7 @@ async fn a_corrupt_version_is_never_served_and_the_failure_shows_in_metrics() {
     bad_digest.weights_sha256 = "00".repeat(32);
     write_raw_version(&setup.topic, bad_digest, &weights).await;
     // Version 3: the digest is right but the tensors do not fit the declared layers.
-    let wider = sensor_autoencoder_manifest("guarded", 9);
+    let wider = car_autoencoder("guarded", &[9]);
     let wrong_shapes = random_weights(&wider, 3);
     let mut bad_shapes = m.clone();
     bad_shapes.version = 3;
@@ -445,7 +446,7 @@ async fn with_the_registry_stopped_a_fresh_predictor_loads_from_kafka_alone() {
     let setup = RegistrySetup::new();
     let registry = setup.start().await;
     let mut client = registry_client(&registry).await;
-    let m = sensor_autoencoder_manifest("standalone", 8);
+    let m = car_autoencoder("standalone", &[8]);
     for seed in 1..=3 {
         publish(&mut client, &m, &random_weights(&m, seed), "").await.unwrap();
     }
@@ -482,7 +483,7 @@ async fn bad_input_gets_precise_codes_and_the_service_keeps_serving() {
     let setup = RegistrySetup::new();
     let registry = setup.start().await;
     let mut client = registry_client(&registry).await;
-    let m = sensor_autoencoder_manifest("strict", 8);
+    let m = car_autoencoder("strict", &[8]);
     publish(&mut client, &m, &random_weights(&m, 1), "").await.unwrap();
     let predictor = PredictorSetup::new(&setup.topic, "strict", "latest")
         .arg("--max-batch-size")
@@ -587,7 +588,7 @@ async fn grpcurl_lists_every_predictor_service_through_reflection() {
     );
     let body = format!(
         "{{\"features\":{{{}}}}}",
-        SENSOR_FIELDS
+        CAR_FIELDS
             .iter()
             .map(|f| format!("\"{f}\":1.5"))
             .collect::<Vec<_>>()
@@ -628,7 +629,7 @@ fn sensor_events(range: std::ops::Range<usize>) -> Vec<(String, Vec<u8>)> {
     range
         .map(|i| {
             let car = format!("car{}", i % 25);
-            let mut event: serde_json::Map<String, serde_json::Value> = SENSOR_FIELDS
+            let mut event: serde_json::Map<String, serde_json::Value> = CAR_FIELDS
                 .iter()
                 .map(|f| ((*f).to_owned(), serde_json::json!((i % 7) as f64 + 0.5)))
                 .collect();
@@ -644,7 +645,7 @@ async fn stream_mode_answers_every_event_and_loses_none_across_a_kill_9() {
     let setup = RegistrySetup::new();
     let registry = setup.start().await;
     let mut client = registry_client(&registry).await;
-    let m = sensor_autoencoder_manifest("streamed", 8);
+    let m = car_autoencoder("streamed", &[8]);
     publish(&mut client, &m, &random_weights(&m, 1), "").await.unwrap();
     let (sensors, predictions) = (unique("test.sensors"), unique("test.predictions"));
     create_topic_with_partitions(&sensors, 3).await;
@@ -755,7 +756,7 @@ async fn kappa_predict_scores_every_row_of_the_demo_csv() {
     let setup = RegistrySetup::new();
     let registry = setup.start().await;
     let mut client = registry_client(&registry).await;
-    let m = sensor_autoencoder_manifest("csv", 8);
+    let m = car_autoencoder("csv", &[8]);
     publish(&mut client, &m, &random_weights(&m, 1), "").await.unwrap();
     let predictor = PredictorSetup::new(&setup.topic, "csv", "latest").start().await;
     let out = tokio::process::Command::new(binary("kappa"))

@@ -6,16 +6,15 @@ use kappa_api::{
     model::{Lineage, Metrics, ModelManifest, PartitionRange, SampleCounts},
     registry::{self as pb, watch_models_response::Event},
 };
-use kappa_model::example::{
-    autoencoder_manifest, random_tensors, random_weights, sensor_autoencoder_manifest, serialize_tensors,
-};
+use kappa_fleet::car_autoencoder;
+use kappa_model::example::{random_tensors, random_weights, serialize_tensors};
 use tokio_stream::StreamExt as _;
 use tonic::Code;
 
 use crate::support::*;
 
 fn manifest(name: &str) -> ModelManifest {
-    sensor_autoencoder_manifest(name, 6)
+    car_autoencoder(name, &[6])
 }
 
 /// A manifest with lineage filled in, as the trainer will publish it.
@@ -96,7 +95,7 @@ async fn publish_then_get_returns_identical_bytes_and_versions_count_up() {
 #[tokio::test]
 async fn a_50_mib_model_round_trips_and_an_oversized_one_is_refused_without_writing() {
     // 18 -> 2048 -> 2048 -> 2048 -> 2560 -> 18: 13.7 M FP32 parameters, about 52 MiB.
-    let big = autoencoder_manifest("big", &[2048, 2048, 2048, 2560]);
+    let big = car_autoencoder("big", &[2048, 2048, 2048, 2560]);
     let weights = random_weights(&big, 5);
     assert!(
         weights.len() >= 50 * 1024 * 1024,
@@ -248,7 +247,7 @@ async fn kill_9_during_a_publish_leaves_no_partial_version_and_the_retry_yields_
     let setup = RegistrySetup::new().arg("--fault-delay-before-commit-ms").arg("30000");
     let doomed = setup.start().await;
     // Several chunks, so the open transaction holds chunk records as well as the version record.
-    let m_big = autoencoder_manifest("crash", &[512, 512]);
+    let m_big = car_autoencoder("crash", &[512, 512]);
     let weights = random_weights(&m_big, 1);
     let mut client = registry_client(&doomed).await;
     let in_flight = {

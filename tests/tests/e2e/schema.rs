@@ -540,7 +540,7 @@ async fn a_version_with_another_schema_swaps_in_under_load_and_each_answer_uses_
 #[tokio::test]
 async fn a_protobuf_reading_and_its_json_twin_score_the_same_in_stream_mode_and_typed() {
     use kappa_api::events::SensorReading;
-    use kappa_model::example::{SENSOR_FIELDS, sensor_autoencoder_manifest};
+    use kappa_fleet::{CAR_FIELDS, car_autoencoder};
     use prost::Message as _;
     use rdkafka::{
         message::{Header, OwnedHeaders},
@@ -550,7 +550,7 @@ async fn a_protobuf_reading_and_its_json_twin_score_the_same_in_stream_mode_and_
     let setup = RegistrySetup::new();
     let registry = setup.start().await;
     let mut client = registry_client(&registry).await;
-    let m = sensor_autoencoder_manifest("car-pb", 6);
+    let m = car_autoencoder("car-pb", &[6]);
     publish(&mut client, &m, &random_weights(&m, 5), "").await.unwrap();
     let (sensors, predictions) = (unique("test.pb-sensors"), unique("test.pb-predictions"));
     create_topic_with_partitions(&sensors, 1).await;
@@ -569,7 +569,7 @@ async fn a_protobuf_reading_and_its_json_twin_score_the_same_in_stream_mode_and_
         ..Default::default()
     };
     let mut json = serde_json::Map::new();
-    for field in SENSOR_FIELDS {
+    for field in CAR_FIELDS {
         let value = match field {
             "coolant_temp" => 91.5,
             "tire_pressure_1_1" => 31.0,

@@ -10,7 +10,8 @@ use kappa_api::{
     predictor::{PredictRequest, predictor_client::PredictorClient},
     trainer::{JobPhase, StartTrainingRequest},
 };
-use kappa_model::example::{SENSOR_FIELDS, random_weights, sensor_autoencoder_manifest};
+use kappa_fleet::{CAR_FIELDS, car_autoencoder};
+use kappa_model::example::random_weights;
 use rdkafka::{
     ClientConfig, Message as _,
     consumer::{Consumer, StreamConsumer},
@@ -270,7 +271,7 @@ async fn a_models_journey_is_one_trace_from_the_training_call_to_every_predictor
 async fn a_predict_call_and_a_sensor_event_continue_their_callers_traces() {
     let setup = RegistrySetup::new();
     let registry = setup.start().await;
-    let m = sensor_autoencoder_manifest("traced", 8);
+    let m = car_autoencoder("traced", &[8]);
     publish(&mut registry_client(&registry).await, &m, &random_weights(&m, 1), "")
         .await
         .unwrap();
@@ -287,7 +288,7 @@ async fn a_predict_call_and_a_sensor_event_continue_their_callers_traces() {
     // gRPC: the client's span is the parent of the predictor's server span.
     let (traceparent, trace_id, client_span) = new_traceparent();
     let request = PredictRequest {
-        features: SENSOR_FIELDS.iter().map(|f| ((*f).to_owned(), 1.0)).collect(),
+        features: CAR_FIELDS.iter().map(|f| ((*f).to_owned(), 1.0)).collect(),
         ..Default::default()
     };
     let mut client = PredictorClient::new(predictor.channel().await);
@@ -318,7 +319,7 @@ async fn a_predict_call_and_a_sensor_event_continue_their_callers_traces() {
         .set("bootstrap.servers", bootstrap())
         .create()
         .unwrap();
-    let mut body: serde_json::Map<String, Value> = SENSOR_FIELDS
+    let mut body: serde_json::Map<String, Value> = CAR_FIELDS
         .iter()
         .map(|f| ((*f).to_owned(), serde_json::json!(1.5)))
         .collect();

@@ -14,7 +14,8 @@ use kappa_api::{
     },
 };
 use kappa_client::TracedChannel;
-use kappa_model::{evaluate::roc_auc, example::SENSOR_FIELDS};
+use kappa_fleet::CAR_FIELDS;
+use kappa_model::evaluate::roc_auc;
 use tonic::Code;
 
 use crate::support::*;
@@ -453,7 +454,7 @@ async fn a_model_trained_on_one_window_detects_failures_in_a_later_one_through_t
         .await;
     let mut oip = GrpcInferenceServiceClient::new(predictor.channel().await);
     let columns = oip_feature_columns(&mut oip, "fleet-detector").await;
-    assert_eq!(columns.len(), SENSOR_FIELDS.len(), "{columns:?}");
+    assert_eq!(columns.len(), CAR_FIELDS.len(), "{columns:?}");
     let events = read_topic_with_timestamps(&later).await;
     let (mut scores, mut flags, mut labels) = (Vec::new(), Vec::new(), Vec::new());
     for chunk in events.chunks(64) {
