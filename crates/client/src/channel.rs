@@ -23,21 +23,52 @@ pub enum ClientError {
     },
 }
 
+/// The address of a Kappa service, checked when it is parsed (a flag's value, a test's address):
+/// `http://` or `https://`, a host and a port tonic can connect to.
+#[derive(Debug, Clone)]
+pub struct ServiceUrl {
+    text: String,
+    endpoint: Endpoint,
+}
+
+impl ServiceUrl {
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl std::str::FromStr for ServiceUrl {
+    type Err = String;
+
+    fn from_str(url: &str) -> Result<Self, String> {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(format!(
+                "{url:?} must start with http:// or https:// (e.g. http://127.0.0.1:50051)"
+            ));
+        }
+        let endpoint = Endpoint::from_shared(url.to_owned()).map_err(|e| format!("{url:?} is not a valid URL: {e}"))?;
+        Ok(Self {
+            text: url.to_owned(),
+            endpoint,
+        })
+    }
+}
+
+impl std::fmt::Display for ServiceUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
 /// A traced channel to `service` (for messages: "kappa-registry") at `url`.
 pub async fn connect(service: &'static str, url: &str) -> Result<TracedChannel, ClientError> {
-    if !(url.starts_with("http://") || url.starts_with("https://")) {
-        return Err(ClientError::BadUrl {
-            service,
-            url: url.to_owned(),
-            reason: "it must start with http:// or https://".into(),
-        });
-    }
-    let endpoint = Endpoint::from_shared(url.to_owned()).map_err(|e| ClientError::BadUrl {
+    let parsed: ServiceUrl = url.parse().map_err(|reason| ClientError::BadUrl {
         service,
         url: url.to_owned(),
-        reason: e.to_string(),
+        reason,
     })?;
-    let channel = endpoint
+    let channel = parsed
+        .endpoint
         .connect_timeout(CONNECT_TIMEOUT)
         .connect()
         .await

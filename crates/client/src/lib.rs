@@ -7,6 +7,6 @@
 mod channel;
 mod registry;
 
-pub use channel::{ClientError, connect};
+pub use channel::{ClientError, ServiceUrl, connect};
 pub use kappa_runtime::TracedChannel;
 pub use registry::{GetError, Registry, Selector, UPLOAD_CHUNK_BYTES};

@@ -2,6 +2,7 @@
 //! with trace ids), OpenTelemetry spans over OTLP and W3C context propagation, a Prometheus
 //! `/metrics` endpoint, and the shutdown signal.
 
+pub mod args;
 mod graceful;
 mod grpc_code;
 mod grpc_trace;

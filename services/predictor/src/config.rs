@@ -1,4 +1,4 @@
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
 use clap::Parser;
 use kappa_kafka::KafkaArgs;
@@ -24,11 +24,11 @@ pub struct PredictorConfig {
     pub kafka: KafkaArgs,
 
     /// The registry's compacted models topic, read directly (the registry need not be running).
-    #[arg(long, env = "KAPPA_MODELS_TOPIC", default_value = "kappa.models")]
+    #[arg(long, env = "KAPPA_MODELS_TOPIC", default_value = "kappa.models", value_parser = kappa_runtime::args::non_empty)]
     pub models_topic: String,
 
     /// Name of the model to serve.
-    #[arg(long, env = "KAPPA_MODEL")]
+    #[arg(long, env = "KAPPA_MODEL", value_parser = parse_model_name)]
     pub model: String,
 
     /// Which version to serve: an alias (e.g. production) or `latest` for the highest version.
@@ -42,8 +42,9 @@ pub struct PredictorConfig {
 
     /// How long a batch may wait for more requests, in microseconds. 0 (the default) sends what
     /// is queued at once, so a lone request never waits.
-    #[arg(long, env = "KAPPA_MAX_QUEUE_DELAY_US", default_value_t = 0)]
-    pub max_queue_delay_us: u64,
+    #[arg(long = "max-queue-delay-us", env = "KAPPA_MAX_QUEUE_DELAY_US", default_value = "0",
+          value_name = "MICROSECONDS", value_parser = kappa_runtime::args::micros)]
+    pub max_queue_delay: Duration,
 
     /// Requests that may wait for an inference thread; beyond that, RESOURCE_EXHAUSTED.
     #[arg(long, env = "KAPPA_QUEUE_CAPACITY", default_value_t = 1024,
@@ -67,15 +68,15 @@ pub struct PredictorConfig {
 
     /// Topic of sensor events (JSON objects with the sensor fields, or protobuf SensorReading with
     /// header content-type: application/x-protobuf), keyed by car id.
-    #[arg(long, env = "KAPPA_SENSOR_TOPIC", default_value = "sensor-data")]
+    #[arg(long, env = "KAPPA_SENSOR_TOPIC", default_value = "sensor-data", value_parser = kappa_runtime::args::non_empty)]
     pub sensor_topic: String,
 
     /// Topic the predictions are produced to, keyed by car id (JSON).
-    #[arg(long, env = "KAPPA_PREDICTIONS_TOPIC", default_value = "model-predictions")]
+    #[arg(long, env = "KAPPA_PREDICTIONS_TOPIC", default_value = "model-predictions", value_parser = kappa_runtime::args::non_empty)]
     pub predictions_topic: String,
 
     /// Consumer group for stream mode; replicas in one group share the partitions.
-    #[arg(long, env = "KAPPA_CONSUMER_GROUP", default_value = "kappa-predictor")]
+    #[arg(long, env = "KAPPA_CONSUMER_GROUP", default_value = "kappa-predictor", value_parser = kappa_runtime::args::non_empty)]
     pub consumer_group: String,
 
     /// Events being scored and produced at once in stream mode.
@@ -84,8 +85,9 @@ pub struct PredictorConfig {
     pub stream_max_in_flight: u32,
 
     /// Seconds in-flight requests get to finish after SIGTERM before the server stops.
-    #[arg(long, env = "KAPPA_SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
-    pub shutdown_grace_seconds: u64,
+    #[arg(long = "shutdown-grace-seconds", env = "KAPPA_SHUTDOWN_GRACE_SECONDS", default_value = "10",
+          value_name = "SECONDS", value_parser = kappa_runtime::args::seconds)]
+    pub shutdown_grace: Duration,
 
     /// Validate the configuration, print it and exit without connecting to anything.
     #[arg(long)]
@@ -95,15 +97,10 @@ pub struct PredictorConfig {
     pub log: LogArgs,
 }
 
-impl PredictorConfig {
-    pub fn validate(&self) -> Result<(), String> {
-        self.kafka.validate()?;
-        kappa_model::validate_name(&self.model).map_err(|e| format!("--model: {e}"))?;
-        if self.models_topic.trim().is_empty() {
-            return Err("--models-topic must not be empty".into());
-        }
-        Ok(())
-    }
+/// A name the registry could hold.
+fn parse_model_name(text: &str) -> Result<String, String> {
+    kappa_model::validate_name(text).map_err(|e| e.to_string())?;
+    Ok(text.to_owned())
 }
 
 /// `latest`, or an alias that could exist (the registry's alias alphabet).

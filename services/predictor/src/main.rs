@@ -11,7 +11,7 @@ async fn main() -> ExitCode {
     };
     let start = ServiceStart {
         name: "kappa-predictor",
-        validation: config.validate(),
+        validation: config.kafka.validate(),
         check_config: config.check_config,
         summary: format!(
             "{} topic={} model={} follow={} max_batch_size={} backend={:?} stream={}",

@@ -63,7 +63,7 @@ pub async fn run(
         config.inference_threads as usize,
         config.queue_capacity as usize,
         config.max_batch_size as usize,
-        Duration::from_micros(config.max_queue_delay_us),
+        config.max_queue_delay,
         Arc::clone(&metrics),
     );
     let serving = Arc::new(Serving {
@@ -129,7 +129,7 @@ pub async fn run(
         .add_service(reflection_v1alpha)
         .add_service(GrpcInferenceServiceServer::new(Oip(Arc::clone(&serving))))
         .add_service(PredictorServer::new(Typed(serving)));
-    let grace = Duration::from_secs(config.shutdown_grace_seconds);
+    let grace = config.shutdown_grace;
     kappa_runtime::serve_gracefully(router, listener, shutdown, &health, &served, grace, || {}).await?;
     stop.cancel();
     if let Some(task) = stream_task {

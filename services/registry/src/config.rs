@@ -1,4 +1,4 @@
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
 use clap::Parser;
 use kappa_kafka::KafkaArgs;
@@ -21,12 +21,12 @@ pub struct RegistryConfig {
     pub kafka: KafkaArgs,
 
     /// The compacted topic holding every model version, weight chunk and alias.
-    #[arg(long, env = "KAPPA_MODELS_TOPIC", default_value = "kappa.models")]
+    #[arg(long, env = "KAPPA_MODELS_TOPIC", default_value = "kappa.models", value_parser = kappa_runtime::args::non_empty)]
     pub models_topic: String,
 
     /// Transactional id of the registry's producer. A new registry with the same id fences the
     /// old one, which then refuses writes. Keep it fixed per models topic.
-    #[arg(long, env = "KAPPA_TRANSACTIONAL_ID", default_value = "kappa-registry")]
+    #[arg(long, env = "KAPPA_TRANSACTIONAL_ID", default_value = "kappa-registry", value_parser = kappa_runtime::args::non_empty)]
     pub transactional_id: String,
 
     /// Size of the weight chunks written to Kafka, in bytes. Must fit the topic's max.message.bytes.
@@ -39,7 +39,8 @@ pub struct RegistryConfig {
     pub max_model_bytes: u64,
 
     /// Replication factor used when the registry creates the models topic.
-    #[arg(long, env = "KAPPA_REPLICATION_FACTOR", default_value_t = 1)]
+    #[arg(long, env = "KAPPA_REPLICATION_FACTOR", default_value_t = 1,
+          value_parser = clap::value_parser!(i32).range(1..))]
     pub replication_factor: i32,
 
     /// Extra topic config used when the registry creates the models topic, KEY=VALUE, repeatable
@@ -49,13 +50,15 @@ pub struct RegistryConfig {
     pub topic_configs: Vec<(String, String)>,
 
     /// Seconds in-flight requests get to finish after SIGTERM before the server stops.
-    #[arg(long, env = "KAPPA_SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
-    pub shutdown_grace_seconds: u64,
+    #[arg(long = "shutdown-grace-seconds", env = "KAPPA_SHUTDOWN_GRACE_SECONDS", default_value = "10",
+          value_name = "SECONDS", value_parser = kappa_runtime::args::seconds)]
+    pub shutdown_grace: Duration,
 
     /// Fault injection for tests: after a write's records reach the broker, wait this long before
     /// committing, so a test can kill the registry with a transaction open.
-    #[arg(long, env = "KAPPA_FAULT_DELAY_BEFORE_COMMIT_MS", hide = true, default_value_t = 0)]
-    pub fault_delay_before_commit_ms: u64,
+    #[arg(long = "fault-delay-before-commit-ms", env = "KAPPA_FAULT_DELAY_BEFORE_COMMIT_MS", hide = true,
+          default_value = "0", value_parser = kappa_runtime::args::millis)]
+    pub fault_delay_before_commit: Duration,
 
     /// Validate the configuration, print it and exit without connecting to anything.
     #[arg(long)]
@@ -73,23 +76,15 @@ fn parse_key_value(raw: &str) -> Result<(String, String), String> {
 }
 
 impl RegistryConfig {
-    /// Checks what clap cannot: relations between flags.
+    /// Checks what a single flag's parser cannot: relations between flags, and that the Kafka
+    /// properties file reads.
     pub fn validate(&self) -> Result<(), String> {
         self.kafka.validate()?;
-        if self.models_topic.trim().is_empty() {
-            return Err("--models-topic must not be empty".into());
-        }
-        if self.transactional_id.trim().is_empty() {
-            return Err("--transactional-id must not be empty".into());
-        }
         if self.max_model_bytes < u64::from(self.chunk_bytes) {
             return Err(format!(
                 "--max-model-bytes ({}) is smaller than --chunk-bytes ({}); no model could be published",
                 self.max_model_bytes, self.chunk_bytes
             ));
-        }
-        if self.replication_factor < 1 {
-            return Err("--replication-factor must be at least 1".into());
         }
         Ok(())
     }

@@ -1,7 +1,6 @@
 use std::{
     future::Future,
     sync::{Arc, RwLock},
-    time::Duration,
 };
 
 use anyhow::Context as _;
@@ -42,7 +41,7 @@ pub async fn run(
     let writer = {
         let (kafka, id, topic) = (kafka.clone(), config.transactional_id.clone(), topic.clone());
         let max_bytes = config.topic_max_message_bytes();
-        let delay = Duration::from_millis(config.fault_delay_before_commit_ms);
+        let delay = config.fault_delay_before_commit;
         tokio::task::spawn_blocking(move || Writer::connect(&kafka, &id, max_bytes, &topic, delay))
             .await?
             .with_context(|| {
@@ -120,14 +119,13 @@ pub async fn run(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(registry);
-    let grace = Duration::from_secs(config.shutdown_grace_seconds);
     kappa_runtime::serve_gracefully(
         router,
         listener,
         shutdown,
         &health,
         &["", REGISTRY_SERVICE],
-        grace,
+        config.shutdown_grace,
         || {},
     )
     .await?;

@@ -1,6 +1,7 @@
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
 use clap::Parser;
+use kappa_client::ServiceUrl;
 use kappa_kafka::KafkaArgs;
 use kappa_runtime::LogArgs;
 
@@ -22,14 +23,16 @@ pub struct TrainerConfig {
 
     /// Where kappa-registry listens; trained models are published there.
     #[arg(long, env = "KAPPA_REGISTRY", default_value = "http://127.0.0.1:50051")]
-    pub registry: String,
+    pub registry: ServiceUrl,
 
     /// Compacted topic where job states are kept, so past jobs survive a restart.
-    #[arg(long, env = "KAPPA_JOBS_TOPIC", default_value = "kappa.training-jobs")]
+    #[arg(long, env = "KAPPA_JOBS_TOPIC", default_value = "kappa.training-jobs",
+          value_parser = kappa_runtime::args::non_empty)]
     pub jobs_topic: String,
 
     /// Replication factor of the jobs topic when the trainer creates it (3 on a production cluster).
-    #[arg(long, env = "KAPPA_REPLICATION_FACTOR", default_value_t = 1)]
+    #[arg(long, env = "KAPPA_REPLICATION_FACTOR", default_value_t = 1,
+          value_parser = clap::value_parser!(i32).range(1..))]
     pub replication_factor: i32,
 
     /// Training jobs that may run at once; more are refused with RESOURCE_EXHAUSTED.
@@ -40,12 +43,14 @@ pub struct TrainerConfig {
     /// Most events a job holds in memory. A range holding more is not held: validation, hold-out
     /// and scaling come from a uniform sample of this size, and every training epoch re-reads the
     /// range from Kafka in blocks of this size (Kafka as the data lake).
-    #[arg(long, env = "KAPPA_MAX_ROWS", default_value_t = 2_000_000)]
+    #[arg(long, env = "KAPPA_MAX_ROWS", default_value_t = 2_000_000,
+          value_parser = kappa_runtime::args::at_least_one)]
     pub max_rows: usize,
 
     /// Seconds in-flight requests get to finish after SIGTERM before the server stops.
-    #[arg(long, env = "KAPPA_SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
-    pub shutdown_grace_seconds: u64,
+    #[arg(long = "shutdown-grace-seconds", env = "KAPPA_SHUTDOWN_GRACE_SECONDS", default_value = "10",
+          value_name = "SECONDS", value_parser = kappa_runtime::args::seconds)]
+    pub shutdown_grace: Duration,
 
     /// Validate the configuration, print it and exit without connecting to anything.
     #[arg(long)]
@@ -53,23 +58,4 @@ pub struct TrainerConfig {
 
     #[command(flatten)]
     pub log: LogArgs,
-}
-
-impl TrainerConfig {
-    pub fn validate(&self) -> Result<(), String> {
-        self.kafka.validate()?;
-        if !(self.registry.starts_with("http://") || self.registry.starts_with("https://")) {
-            return Err(format!(
-                "--registry {:?} must be an http:// or https:// URL",
-                self.registry
-            ));
-        }
-        if self.max_rows == 0 {
-            return Err("--max-rows must be at least 1".into());
-        }
-        if self.replication_factor < 1 {
-            return Err("--replication-factor must be at least 1".into());
-        }
-        Ok(())
-    }
 }

@@ -72,7 +72,7 @@ impl JobHandle {
 pub struct JobContext {
     pub metrics: Arc<crate::metrics::TrainerMetrics>,
     pub kafka: KafkaClients,
-    pub registry: String,
+    pub registry: kappa_client::ServiceUrl,
     pub max_rows: usize,
 }
 
@@ -483,7 +483,7 @@ async fn execute_round(handle: &Arc<JobHandle>, ctx: &JobContext, round: &tracin
     if handle.cancel.is_cancelled() {
         return Err(Stop::Cancelled);
     }
-    let mut registry = Registry::connect(&ctx.registry).await.map_err(fail)?;
+    let mut registry = Registry::connect(ctx.registry.as_str()).await.map_err(fail)?;
     let holder = if spec.promote_alias.is_empty() {
         None
     } else {

@@ -11,7 +11,7 @@ async fn main() -> ExitCode {
     };
     let start = ServiceStart {
         name: "kappa-trainer",
-        validation: config.validate(),
+        validation: config.kafka.validate(),
         check_config: config.check_config,
         summary: format!(
             "{} registry={} jobs_topic={} max_concurrent_jobs={}",

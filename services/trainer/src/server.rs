@@ -63,13 +63,13 @@ pub async fn run(
             stop.clone().cancelled_owned(),
         ));
     }
-    tracing::info!(address = %listener.local_addr()?, registry = config.registry, "kappa-trainer listening for gRPC");
+    tracing::info!(address = %listener.local_addr()?, registry = %config.registry, "kappa-trainer listening for gRPC");
     let router = kappa_runtime::traced_server()
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(TrainerServer::from_arc(Arc::clone(&service)));
-    let grace = Duration::from_secs(config.shutdown_grace_seconds);
+    let grace = config.shutdown_grace;
     kappa_runtime::serve_gracefully(
         router,
         listener,

@@ -912,4 +912,24 @@ fn check_config_validates_without_connecting_and_bad_config_exits_64() {
         .unwrap();
     assert_eq!(registry.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&registry.stderr).contains("--max-model-bytes"));
+    // Every value is typed when it is parsed: durations, addresses, names, counts.
+    for (binary_name, flag, value) in [
+        ("kappa-registry", "--models-topic", " "),
+        ("kappa-registry", "--shutdown-grace-seconds", "ten"),
+        ("kappa-registry", "--replication-factor", "0"),
+        ("kappa-predictor", "--max-queue-delay-us", "0.5"),
+        ("kappa-predictor", "--consumer-group", ""),
+        ("kappa-trainer", "--registry", "ftp://127.0.0.1:50051"),
+        ("kappa-trainer", "--registry", "http://"),
+        ("kappa-trainer", "--max-rows", "0"),
+    ] {
+        let mut command = std::process::Command::new(binary(binary_name));
+        if binary_name == "kappa-predictor" {
+            command.args(["--model", "fleet"]);
+        }
+        let bad = command.args([flag, value, "--check-config"]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&bad.stderr);
+        assert_eq!(bad.status.code(), Some(64), "{binary_name} {flag} {value:?}: {stderr}");
+        assert!(stderr.contains(flag), "{binary_name} {flag}: {stderr}");
+    }
 }
