@@ -10,6 +10,7 @@ pub mod config;
 mod error;
 mod metrics;
 mod reader;
+mod requests;
 mod server;
 mod service;
 mod writer;

@@ -11,7 +11,7 @@ use kappa_api::{
     registry::{self as pb, registry_server::Registry},
 };
 use kappa_kafka::KafkaClients;
-use kappa_model::{validate_alias, validate_manifest, validate_name, validate_weights};
+use kappa_model::{validate_manifest, validate_weights};
 use kappa_modellog::{ModelKey, ModelLog, follower::Progress};
 use kappa_runtime::propagation::span_context_map;
 use prost::Message as _;
@@ -25,6 +25,7 @@ use crate::{
     catalog::Catalog,
     metrics::{OutcomeLabels, RegistryMetrics},
     reader,
+    requests::{AliasMove, AliasRemoval, ModelName, ModelQuery, VersionRemoval, Wanted, WatchQuery},
     writer::{Put, Writer},
 };
 
@@ -216,37 +217,36 @@ impl RegistryService {
         }))
     }
 
-    fn resolve(&self, request: &pb::GetModelRequest) -> Result<pb::ModelVersion, RegistryError> {
-        use pb::get_model_request::Selector;
-        validate_name(&request.name)?;
+    fn resolve(&self, query: &ModelQuery) -> Result<pb::ModelVersion, RegistryError> {
+        let name = query.name.as_str();
         let catalog = self.catalog();
-        let version = match &request.selector {
-            Some(Selector::Version(v)) => *v,
-            Some(Selector::Alias(alias)) => catalog.alias(&request.name, alias)?,
-            None => catalog.latest_version(&request.name)?,
+        let version = match &query.wanted {
+            Wanted::Version(v) => *v,
+            Wanted::Alias(alias) => catalog.alias(name, alias)?,
+            Wanted::Latest => catalog.latest_version(name)?,
         };
-        catalog.model_version(&request.name, version)
+        catalog.model_version(name, version)
     }
 
     async fn set_alias_inner(&self, request: pb::SetAliasRequest) -> Result<pb::SetAliasResponse, RegistryError> {
         self.ready()?;
-        validate_name(&request.name)?;
-        validate_alias(&request.alias)?;
+        let AliasMove { name, alias, version } = request.try_into()?;
+        let (name, alias) = (name.as_str(), alias.as_str());
         let _guard = self.writer.lock().await;
         let previous = {
             let catalog = self.catalog();
-            catalog.version(&request.name, request.version)?;
-            catalog.alias(&request.name, &request.alias).unwrap_or(0)
+            catalog.version(name, version)?;
+            catalog.alias(name, alias).unwrap_or(0)
         };
         let record = AliasRecord {
-            name: request.name.clone(),
-            alias: request.alias.clone(),
-            version: request.version,
+            name: name.to_owned(),
+            alias: alias.to_owned(),
+            version,
             updated_at_ms: now_ms(),
         };
         let key = ModelKey::Alias {
-            name: request.name.clone(),
-            alias: request.alias.clone(),
+            name: name.to_owned(),
+            alias: alias.to_owned(),
         };
         let position = self
             .write(vec![Put {
@@ -254,13 +254,7 @@ impl RegistryService {
                 value: Some(record.encode_to_vec()),
             }])
             .await?;
-        tracing::info!(
-            model = request.name,
-            alias = request.alias,
-            version = request.version,
-            previous,
-            "moved an alias"
-        );
+        tracing::info!(model = name, alias, version, previous, "moved an alias");
         Ok(pb::SetAliasResponse {
             previous_version: previous,
             position,
@@ -272,20 +266,20 @@ impl RegistryService {
         request: pb::DeleteAliasRequest,
     ) -> Result<pb::DeleteAliasResponse, RegistryError> {
         self.ready()?;
-        validate_name(&request.name)?;
-        validate_alias(&request.alias)?;
+        let AliasRemoval { name, alias } = request.try_into()?;
+        let (name, alias) = (name.as_str(), alias.as_str());
         let _guard = self.writer.lock().await;
-        let previous = self.catalog().alias(&request.name, &request.alias)?;
+        let previous = self.catalog().alias(name, alias)?;
         let key = ModelKey::Alias {
-            name: request.name.clone(),
-            alias: request.alias.clone(),
+            name: name.to_owned(),
+            alias: alias.to_owned(),
         };
         self.write(vec![Put {
             key: key.to_string(),
             value: None,
         }])
         .await?;
-        tracing::info!(model = request.name, alias = request.alias, "deleted an alias");
+        tracing::info!(model = name, alias, "deleted an alias");
         Ok(pb::DeleteAliasResponse {
             previous_version: previous,
         })
@@ -296,24 +290,20 @@ impl RegistryService {
         request: pb::DeleteVersionRequest,
     ) -> Result<pb::DeleteVersionResponse, RegistryError> {
         self.ready()?;
-        validate_name(&request.name)?;
+        let VersionRemoval { name, version, force } = request.try_into()?;
+        let name = name.as_str().to_owned();
         let _guard = self.writer.lock().await;
         let (aliases, chunks) = {
             let catalog = self.catalog();
-            catalog.version(&request.name, request.version)?;
+            catalog.version(&name, version)?;
             (
-                catalog.aliases_of(&request.name, request.version),
-                catalog.chunk_indices(&request.name, request.version),
+                catalog.aliases_of(&name, version),
+                catalog.chunk_indices(&name, version),
             )
         };
-        if !aliases.is_empty() && !request.force {
-            return Err(RegistryError::VersionInUse {
-                name: request.name,
-                version: request.version,
-                aliases,
-            });
+        if !aliases.is_empty() && !force {
+            return Err(RegistryError::VersionInUse { name, version, aliases });
         }
-        let (name, version) = (request.name.clone(), request.version);
         let mut records: Vec<Put> = chunks
             .into_iter()
             .map(|index| Put {
@@ -438,20 +428,20 @@ impl Registry for RegistryService {
     type GetModelStream = ResponseStream<pb::GetModelResponse>;
 
     async fn get_model(&self, request: Request<pb::GetModelRequest>) -> Result<Response<Self::GetModelStream>, Status> {
-        let request = request.into_inner();
         let result = (|| {
             self.ready()?;
-            let header = self.resolve(&request)?;
-            let offsets = if request.manifest_only {
+            let query = ModelQuery::try_from(request.into_inner())?;
+            let header = self.resolve(&query)?;
+            let offsets = if query.manifest_only {
                 Vec::new()
             } else {
                 self.catalog().chunk_locations(&header.name, header.version)?
             };
-            Ok::<_, RegistryError>((header, offsets))
+            Ok::<_, RegistryError>((header, offsets, query.manifest_only))
         })()
         .map_err(Status::from);
         self.metrics.observe("GetModel", &result);
-        let (header, offsets) = result?;
+        let (header, offsets, manifest_only) = result?;
 
         let (tx, rx) = mpsc::channel(4);
         let sha256 = header.weights_sha256.clone();
@@ -459,7 +449,7 @@ impl Registry for RegistryService {
             part: Some(pb::get_model_response::Part::Header(header)),
         }))
         .expect("a new channel has room for the header");
-        if request.manifest_only {
+        if manifest_only {
             return Ok(Response::new(ReceiverStream::new(rx)));
         }
         let config = self.consumer_config.clone();
@@ -492,12 +482,11 @@ impl Registry for RegistryService {
         &self,
         request: Request<pb::ListVersionsRequest>,
     ) -> Result<Response<pb::ListVersionsResponse>, Status> {
-        let name = request.into_inner().name;
         let result = (|| {
             self.ready()?;
-            validate_name(&name)?;
+            let name = ModelName::try_from(request.into_inner())?;
             Ok::<_, RegistryError>(pb::ListVersionsResponse {
-                versions: self.catalog().list_versions(&name)?,
+                versions: self.catalog().list_versions(name.as_str())?,
             })
         })()
         .map_err(Status::from);
@@ -541,23 +530,15 @@ impl Registry for RegistryService {
         &self,
         request: Request<pb::WatchModelsRequest>,
     ) -> Result<Response<Self::WatchModelsStream>, Status> {
-        let request = request.into_inner();
-        let result = (|| {
-            if request.from_position < 0 {
-                return Err(invalid("from_position must be 0 or a models-topic offset"));
-            }
-            if !request.name.is_empty() {
-                validate_name(&request.name).map_err(RegistryError::from)?;
-            }
-            Ok(())
-        })();
+        let result = WatchQuery::try_from(request.into_inner()).map_err(Status::from);
         self.metrics.observe("WatchModels", &result);
-        result?;
+        let WatchQuery { from_position, name } = result?;
+        let name = name.map(|n| n.as_str().to_owned()).unwrap_or_default();
         let (tx, rx) = mpsc::channel(64);
         let config = self.consumer_config.clone();
         let topic = self.topic.clone();
         tokio::task::spawn_blocking(move || {
-            if let Err(error) = reader::stream_events(&config, &topic, request.from_position, &request.name, &tx) {
+            if let Err(error) = reader::stream_events(&config, &topic, from_position, &name, &tx) {
                 let _ = tx.blocking_send(Err(Status::from(error)));
             }
         });

@@ -11,6 +11,7 @@ pub mod reader;
 mod schema;
 mod server;
 mod service;
+mod spec;
 mod store;
 
 pub use config::TrainerConfig;

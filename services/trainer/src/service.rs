@@ -8,8 +8,8 @@ use std::{
 };
 
 use kappa_api::trainer::{
-    GetJobRequest, Job, JobPhase, JobProgress, ListJobsRequest, ListJobsResponse, StartTrainingRequest, TrainingSpec,
-    trainer_server::Trainer, training_spec::Range,
+    GetJobRequest, Job, JobPhase, JobProgress, ListJobsRequest, ListJobsResponse, StartTrainingRequest,
+    trainer_server::Trainer,
 };
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use tokio::sync::watch;
@@ -20,6 +20,7 @@ use tracing::Instrument as _;
 use crate::{
     error::TrainerError,
     job::{self, JobContext, JobHandle},
+    spec::ValidSpec,
     store::JobStore,
 };
 
@@ -53,100 +54,6 @@ pub struct TrainerService {
     pub max_running: usize,
 }
 
-const MAX_WIDTH: u32 = 4096;
-
-fn invalid(message: impl Into<String>) -> TrainerError {
-    TrainerError::InvalidSpec(message.into())
-}
-
-/// Fills defaults and refuses what cannot work, so a bad spec fails here and not later.
-pub fn normalise(mut spec: TrainingSpec) -> Result<TrainingSpec, TrainerError> {
-    kappa_model::validate_name(&spec.model_name).map_err(|e| invalid(format!("model_name: {e}")))?;
-    if spec.source_topic.trim().is_empty() {
-        return Err(invalid("source_topic is empty"));
-    }
-    if let Some(c) = spec.continuous {
-        if c.window_minutes == 0 {
-            return Err(invalid("continuous.window_minutes must be at least 1"));
-        }
-        if c.every_seconds == 0 && c.every_events == 0 {
-            return Err(invalid("continuous needs every_seconds or every_events"));
-        }
-        if matches!(spec.range, Some(Range::TimeRange(_))) {
-            return Err(invalid(
-                "a continuous job trains on a sliding window; leave time_range unset",
-            ));
-        }
-        spec.range = Some(Range::LastMinutes(c.window_minutes));
-    }
-    match spec.range {
-        None => return Err(invalid("give a time_range [from, to) or last_minutes")),
-        Some(Range::TimeRange(r)) if r.from_ms >= r.to_ms => {
-            return Err(invalid(format!(
-                "the time range [{}, {}) is empty or inverted; from must be before to",
-                r.from_ms, r.to_ms
-            )));
-        }
-        Some(Range::LastMinutes(0)) => return Err(invalid("last_minutes must be at least 1")),
-        Some(_) => {}
-    }
-    crate::schema::check_structure(&spec)?;
-    if spec.epochs == 0 {
-        return Err(invalid("epochs must be at least 1"));
-    }
-    if spec.hidden_layers.is_empty() {
-        spec.hidden_layers = vec![16, 8, 16];
-    }
-    if spec.hidden_layers.iter().any(|w| *w == 0 || *w > MAX_WIDTH) {
-        return Err(invalid(format!(
-            "hidden layer widths must be between 1 and {MAX_WIDTH}"
-        )));
-    }
-    if spec.batch_size == 0 {
-        spec.batch_size = 64;
-    }
-    if spec.learning_rate == 0.0 {
-        spec.learning_rate = 1e-3;
-    }
-    if !(spec.learning_rate.is_finite() && spec.learning_rate > 0.0 && spec.learning_rate < 1.0) {
-        return Err(invalid("learning_rate must be in (0, 1)"));
-    }
-    if spec.validation_split == 0.0 {
-        spec.validation_split = 0.1;
-    }
-    if spec.holdout_split == 0.0 {
-        spec.holdout_split = 0.2;
-    }
-    for (name, v) in [
-        ("validation_split", spec.validation_split),
-        ("holdout_split", spec.holdout_split),
-    ] {
-        if !(v > 0.0 && v < 1.0) {
-            return Err(invalid(format!("{name} must be in (0, 1)")));
-        }
-    }
-    if spec.threshold_percentile == 0.0 {
-        spec.threshold_percentile = 99.0;
-    }
-    if !(spec.threshold_percentile > 0.0 && spec.threshold_percentile <= 100.0) {
-        return Err(invalid("threshold_percentile must be in (0, 100]"));
-    }
-    if !spec.promote_alias.is_empty() {
-        kappa_model::validate_alias(&spec.promote_alias).map_err(|e| invalid(format!("promote_alias: {e}")))?;
-    }
-    if let Some(gate) = &spec.gate {
-        for v in [gate.min_roc_auc, gate.min_recall, gate.max_regression]
-            .into_iter()
-            .flatten()
-        {
-            if !(0.0..=1.0).contains(&v) {
-                return Err(invalid("gate thresholds must be between 0 and 1"));
-            }
-        }
-    }
-    Ok(spec)
-}
-
 impl TrainerService {
     fn handle(&self, job_id: &str) -> Result<Arc<JobHandle>, TrainerError> {
         self.jobs
@@ -176,8 +83,8 @@ impl TrainerService {
         .map_err(|e| TrainerError::Kafka(e.to_string()))?
     }
 
-    async fn start(&self, spec: Option<TrainingSpec>) -> Result<Job, TrainerError> {
-        let spec = normalise(spec.ok_or_else(|| invalid("the request carries no spec"))?)?;
+    async fn start(&self, request: StartTrainingRequest) -> Result<Job, TrainerError> {
+        let spec = ValidSpec::try_from(request)?.into_inner();
         if !self.topic_exists(&spec.source_topic).await? {
             return Err(TrainerError::UnknownTopic(spec.source_topic));
         }
@@ -258,7 +165,7 @@ fn is_terminal(phase: i32) -> bool {
 #[tonic::async_trait]
 impl Trainer for TrainerService {
     async fn start_training(&self, request: Request<StartTrainingRequest>) -> Result<Response<Job>, Status> {
-        Ok(Response::new(self.start(request.into_inner().spec).await?))
+        Ok(Response::new(self.start(request.into_inner()).await?))
     }
 
     async fn get_job(&self, request: Request<GetJobRequest>) -> Result<Response<Job>, Status> {

@@ -1,0 +1,323 @@
+//! A training spec as it enters: every field of the proto destructured (no `..`, so a field
+//! added to `TrainingSpec` breaks the build here instead of being ignored), defaults filled,
+//! and whatever cannot work refused with `INVALID_ARGUMENT` naming the field, before any job
+//! exists. What the sample of the data can tell (do the paths exist?) is checked next, in
+//! `schema::resolve`.
+
+use kappa_api::trainer::{Continuous, PromotionGate, StartTrainingRequest, TrainingSpec, training_spec::Range};
+
+use crate::error::TrainerError;
+
+/// Widest hidden layer a job may ask for.
+const MAX_WIDTH: u32 = 4096;
+
+fn invalid(message: impl Into<String>) -> TrainerError {
+    TrainerError::InvalidSpec(message.into())
+}
+
+/// A spec whose every field has been checked and defaulted.
+#[derive(Debug, Clone)]
+pub struct ValidSpec(TrainingSpec);
+
+impl ValidSpec {
+    pub fn into_inner(self) -> TrainingSpec {
+        self.0
+    }
+}
+
+impl TryFrom<StartTrainingRequest> for ValidSpec {
+    type Error = TrainerError;
+
+    fn try_from(request: StartTrainingRequest) -> Result<Self, TrainerError> {
+        let StartTrainingRequest { spec } = request;
+        spec.ok_or_else(|| invalid("the request carries no spec"))?.try_into()
+    }
+}
+
+impl TryFrom<TrainingSpec> for ValidSpec {
+    type Error = TrainerError;
+
+    fn try_from(spec: TrainingSpec) -> Result<Self, TrainerError> {
+        let TrainingSpec {
+            model_name,
+            source_topic,
+            range,
+            features,
+            exclude,
+            label_field,
+            positive_labels,
+            time,
+            screening,
+            hidden_layers,
+            epochs,
+            batch_size,
+            learning_rate,
+            validation_split,
+            threshold_percentile,
+            promote_alias,
+            gate,
+            seed,
+            holdout_split,
+            continuous,
+        } = spec;
+        kappa_model::validate_name(&model_name).map_err(|e| invalid(format!("model_name: {e}")))?;
+        if source_topic.trim().is_empty() {
+            return Err(invalid("source_topic is empty"));
+        }
+        let range = checked_range(range, continuous)?;
+        if epochs == 0 {
+            return Err(invalid("epochs must be at least 1"));
+        }
+        let hidden_layers = if hidden_layers.is_empty() {
+            vec![16, 8, 16]
+        } else {
+            hidden_layers
+        };
+        if hidden_layers.iter().any(|w| *w == 0 || *w > MAX_WIDTH) {
+            return Err(invalid(format!(
+                "hidden layer widths must be between 1 and {MAX_WIDTH}"
+            )));
+        }
+        let learning_rate = or_default(learning_rate, 1e-3);
+        if !(learning_rate.is_finite() && learning_rate > 0.0 && learning_rate < 1.0) {
+            return Err(invalid("learning_rate must be in (0, 1)"));
+        }
+        let validation_split = or_default(validation_split, 0.1);
+        let holdout_split = or_default(holdout_split, 0.2);
+        for (name, v) in [("validation_split", validation_split), ("holdout_split", holdout_split)] {
+            if !(v > 0.0 && v < 1.0) {
+                return Err(invalid(format!("{name} must be in (0, 1)")));
+            }
+        }
+        let threshold_percentile = or_default(threshold_percentile, 99.0);
+        if !(threshold_percentile > 0.0 && threshold_percentile <= 100.0) {
+            return Err(invalid("threshold_percentile must be in (0, 100]"));
+        }
+        if !promote_alias.is_empty() {
+            kappa_model::validate_alias(&promote_alias).map_err(|e| invalid(format!("promote_alias: {e}")))?;
+        }
+        check_gate(gate.as_ref())?;
+        let spec = TrainingSpec {
+            model_name,
+            source_topic,
+            range: Some(range),
+            features,
+            exclude,
+            label_field,
+            positive_labels,
+            time,
+            screening,
+            hidden_layers,
+            epochs,
+            batch_size: if batch_size == 0 { 64 } else { batch_size },
+            learning_rate,
+            validation_split,
+            threshold_percentile,
+            promote_alias,
+            gate,
+            seed,
+            holdout_split,
+            continuous,
+        };
+        crate::schema::check_structure(&spec)?;
+        Ok(Self(spec))
+    }
+}
+
+/// proto3 has no "unset" for a double: 0 means "the default".
+fn or_default(value: f64, default: f64) -> f64 {
+    if value == 0.0 { default } else { value }
+}
+
+/// The range a job reads: a time range, the last minutes, or a continuous job's sliding window.
+fn checked_range(range: Option<Range>, continuous: Option<Continuous>) -> Result<Range, TrainerError> {
+    let range = match continuous {
+        Some(c) => {
+            if c.window_minutes == 0 {
+                return Err(invalid("continuous.window_minutes must be at least 1"));
+            }
+            if c.every_seconds == 0 && c.every_events == 0 {
+                return Err(invalid("continuous needs every_seconds or every_events"));
+            }
+            if matches!(range, Some(Range::TimeRange(_))) {
+                return Err(invalid(
+                    "a continuous job trains on a sliding window; leave time_range unset",
+                ));
+            }
+            Range::LastMinutes(c.window_minutes)
+        }
+        None => range.ok_or_else(|| invalid("give a time_range [from, to) or last_minutes"))?,
+    };
+    match range {
+        Range::TimeRange(r) if r.from_ms >= r.to_ms => Err(invalid(format!(
+            "the time range [{}, {}) is empty or inverted; from must be before to",
+            r.from_ms, r.to_ms
+        ))),
+        Range::LastMinutes(0) => Err(invalid("last_minutes must be at least 1")),
+        range => Ok(range),
+    }
+}
+
+fn check_gate(gate: Option<&PromotionGate>) -> Result<(), TrainerError> {
+    let Some(gate) = gate else { return Ok(()) };
+    let PromotionGate {
+        min_roc_auc,
+        min_recall,
+        max_regression,
+    } = *gate;
+    for v in [min_roc_auc, min_recall, max_regression].into_iter().flatten() {
+        if !(0.0..=1.0).contains(&v) {
+            return Err(invalid("gate thresholds must be between 0 and 1"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use kappa_api::trainer::TimeRange;
+
+    use super::*;
+
+    fn spec() -> TrainingSpec {
+        TrainingSpec {
+            model_name: "fleet".into(),
+            source_topic: "sensor-data".into(),
+            range: Some(Range::TimeRange(TimeRange { from_ms: 0, to_ms: 10 })),
+            epochs: 3,
+            ..TrainingSpec::default()
+        }
+    }
+
+    fn refusal(spec: TrainingSpec) -> String {
+        match ValidSpec::try_from(spec) {
+            Err(TrainerError::InvalidSpec(message)) => message,
+            other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_filled_where_proto3_cannot_say_unset() {
+        let valid = ValidSpec::try_from(spec()).unwrap().into_inner();
+        assert_eq!(valid.hidden_layers, [16, 8, 16]);
+        assert_eq!(valid.batch_size, 64);
+        assert_eq!(valid.learning_rate, 1e-3);
+        assert_eq!((valid.validation_split, valid.holdout_split), (0.1, 0.2));
+        assert_eq!(valid.threshold_percentile, 99.0);
+        let continuous = TrainingSpec {
+            range: None,
+            continuous: Some(Continuous {
+                window_minutes: 5,
+                every_seconds: 60,
+                ..Continuous::default()
+            }),
+            ..spec()
+        };
+        let valid = ValidSpec::try_from(continuous).unwrap().into_inner();
+        assert_eq!(valid.range, Some(Range::LastMinutes(5)));
+    }
+
+    #[test]
+    fn each_unworkable_field_is_refused_by_name() {
+        let cases: Vec<(TrainingSpec, &str)> = vec![
+            (
+                TrainingSpec {
+                    model_name: "Bad/Name".into(),
+                    ..spec()
+                },
+                "model_name",
+            ),
+            (
+                TrainingSpec {
+                    source_topic: " ".into(),
+                    ..spec()
+                },
+                "source_topic",
+            ),
+            (TrainingSpec { range: None, ..spec() }, "time_range"),
+            (
+                TrainingSpec {
+                    range: Some(Range::TimeRange(TimeRange { from_ms: 10, to_ms: 10 })),
+                    ..spec()
+                },
+                "empty or inverted",
+            ),
+            (
+                TrainingSpec {
+                    range: Some(Range::LastMinutes(0)),
+                    ..spec()
+                },
+                "last_minutes",
+            ),
+            (TrainingSpec { epochs: 0, ..spec() }, "epochs"),
+            (
+                TrainingSpec {
+                    hidden_layers: vec![8, 0],
+                    ..spec()
+                },
+                "hidden layer widths",
+            ),
+            (
+                TrainingSpec {
+                    learning_rate: f64::NAN,
+                    ..spec()
+                },
+                "learning_rate",
+            ),
+            (
+                TrainingSpec {
+                    holdout_split: 1.0,
+                    ..spec()
+                },
+                "holdout_split",
+            ),
+            (
+                TrainingSpec {
+                    threshold_percentile: 101.0,
+                    ..spec()
+                },
+                "threshold_percentile",
+            ),
+            (
+                TrainingSpec {
+                    promote_alias: "no spaces".into(),
+                    ..spec()
+                },
+                "promote_alias",
+            ),
+            (
+                TrainingSpec {
+                    gate: Some(PromotionGate {
+                        min_recall: Some(1.5),
+                        ..PromotionGate::default()
+                    }),
+                    ..spec()
+                },
+                "gate thresholds",
+            ),
+            (
+                TrainingSpec {
+                    continuous: Some(Continuous {
+                        window_minutes: 5,
+                        ..Continuous::default()
+                    }),
+                    ..spec()
+                },
+                "every_seconds or every_events",
+            ),
+            (
+                TrainingSpec {
+                    label_field: "a..b".into(),
+                    ..spec()
+                },
+                "label_field",
+            ),
+        ];
+        for (spec, field) in cases {
+            let message = refusal(spec);
+            assert!(message.contains(field), "{field}: {message}");
+        }
+        let no_spec = ValidSpec::try_from(StartTrainingRequest { spec: None });
+        assert!(matches!(no_spec, Err(TrainerError::InvalidSpec(m)) if m.contains("no spec")));
+    }
+}
