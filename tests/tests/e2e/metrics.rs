@@ -114,7 +114,7 @@ async fn every_services_metrics_are_valid_documented_and_move_with_traffic() {
     );
     let setup = RegistrySetup::new();
     let registry = setup.start().await;
-    let registry_metrics = registry.metrics_url.clone().unwrap();
+    let registry_metrics = registry.metrics_url.clone();
     let before = checked_scrape(&registry_metrics, "kappa_registry", &documented, false).await;
     assert!(value(&before, "kappa_registry_replay_seconds") > 0.0, "{before}");
 
@@ -175,7 +175,7 @@ async fn every_services_metrics_are_valid_documented_and_move_with_traffic() {
     }
 
     let trainer = start_trainer(&registry).await;
-    let trainer_metrics = trainer.metrics_url.clone().unwrap();
+    let trainer_metrics = trainer.metrics_url.clone();
     let before = checked_scrape(&trainer_metrics, "kappa_trainer", &documented, false).await;
     let topic = unique("test.metered-fleet");
     run_fleet(

@@ -60,8 +60,78 @@ pub struct Service {
     child: Child,
     pub address: String,
     pub log: PathBuf,
-    /// `http://host:port/metrics`, when the test chose the metrics port.
-    pub metrics_url: Option<String>,
+    /// `http://host:port/metrics`.
+    pub metrics_url: String,
+}
+
+/// The one way the tests start a Kappa service: the binary with its own loopback gRPC and metrics
+/// ports, the test broker, a log file per process, and whatever the test adds.
+pub struct Launch {
+    binary: &'static str,
+    label: String,
+    args: Vec<String>,
+    envs: Vec<(String, String)>,
+}
+
+impl Launch {
+    /// `binary` (e.g. `kappa-registry`); `label` names its log file.
+    pub fn new(binary: &'static str, label: &str) -> Self {
+        Self {
+            binary,
+            label: label.to_owned(),
+            args: Vec::new(),
+            envs: Vec::new(),
+        }
+    }
+
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    pub fn envs(mut self, envs: &[(String, String)]) -> Self {
+        self.envs.extend(envs.iter().cloned());
+        self
+    }
+
+    /// Starts the process without waiting for it to serve.
+    pub fn spawn(self) -> Service {
+        let (port, metrics_port) = (free_port(), free_port());
+        let log = log_dir().join(format!("{}-{}-{port}.log", self.label, self.binary));
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(binary(self.binary))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+            .args(["--kafka-bootstrap", &bootstrap()])
+            .args(["--log", "info,librdkafka=warn"])
+            .args(&self.args)
+            .envs(self.envs)
+            // The test's own environment must not point the service elsewhere.
+            .env_remove("KAPPA_LISTEN")
+            .env_remove("KAPPA_METRICS_LISTEN")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        Service {
+            child,
+            address: format!("http://127.0.0.1:{port}"),
+            log,
+            metrics_url: format!("http://127.0.0.1:{metrics_port}/metrics"),
+        }
+    }
+
+    /// Starts the process and waits until grpc.health.v1 reports `service_name` SERVING.
+    pub async fn start(self, service_name: &str) -> Service {
+        let service = self.spawn();
+        wait_serving(&service, service_name).await;
+        service
+    }
 }
 
 impl Service {
@@ -137,39 +207,22 @@ impl RegistrySetup {
         self
     }
 
-    /// Starts the registry process without waiting for it.
-    pub fn spawn(&self) -> Service {
-        let (port, metrics_port) = (free_port(), free_port());
-        let log = log_dir().join(format!("{}-{port}.log", self.topic));
-        let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(binary("kappa-registry"))
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
-            .args(["--kafka-bootstrap", &bootstrap()])
+    fn launch(&self) -> Launch {
+        Launch::new("kappa-registry", &self.topic)
             .args(["--models-topic", &self.topic])
             .args(["--transactional-id", &self.transactional_id])
-            .args(["--log", "info,librdkafka=warn"])
-            .args(&self.extra_args)
-            .envs(self.envs.iter().cloned())
-            .env_remove("KAPPA_LISTEN")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap();
-        Service {
-            child,
-            address: format!("http://127.0.0.1:{port}"),
-            log,
-            metrics_url: Some(format!("http://127.0.0.1:{metrics_port}/metrics")),
-        }
+            .args(self.extra_args.iter().cloned())
+            .envs(&self.envs)
+    }
+
+    /// Starts the registry process without waiting for it.
+    pub fn spawn(&self) -> Service {
+        self.launch().spawn()
     }
 
     /// Starts the registry and waits until its health check reports SERVING.
     pub async fn start(&self) -> Service {
-        let service = self.spawn();
-        wait_serving(&service, "kappa.registry.v1.Registry").await;
-        service
+        self.launch().start("kappa.registry.v1.Registry").await
     }
 }
 
@@ -468,31 +521,15 @@ impl PredictorSetup {
     }
 
     pub fn spawn(&self) -> Predictor {
-        let (port, metrics_port) = (free_port(), free_port());
-        let log = log_dir().join(format!("{}-predictor-{port}.log", self.topic));
-        let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(binary("kappa-predictor"))
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
-            .args(["--kafka-bootstrap", &bootstrap()])
+        let service = Launch::new("kappa-predictor", &self.topic)
             .args(["--models-topic", &self.topic])
             .args(["--model", &self.model, "--follow", &self.follow])
-            .args(["--log", "info,librdkafka=warn"])
-            .args(&self.extra_args)
-            .envs(self.envs.iter().cloned())
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap();
+            .args(self.extra_args.iter().cloned())
+            .envs(&self.envs)
+            .spawn();
         Predictor {
-            service: Service {
-                child,
-                address: format!("http://127.0.0.1:{port}"),
-                log,
-                metrics_url: None,
-            },
-            metrics_url: format!("http://127.0.0.1:{metrics_port}/metrics"),
+            metrics_url: service.metrics_url.clone(),
+            service,
         }
     }
 
@@ -635,31 +672,13 @@ pub async fn start_trainer_with_env(
     extra: &[&str],
     envs: &[(String, String)],
 ) -> Service {
-    let (port, metrics_port) = (free_port(), free_port());
-    let log = log_dir().join(format!("trainer-{port}.log"));
-    let out = std::fs::File::create(&log).unwrap();
-    let child = Command::new(binary("kappa-trainer"))
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
-        .args(["--kafka-bootstrap", &bootstrap()])
+    Launch::new("kappa-trainer", jobs_topic)
         .args(["--registry", &registry.address])
         .args(["--jobs-topic", jobs_topic])
-        .args(["--log", "info,librdkafka=warn"])
-        .args(extra)
-        .envs(envs.iter().cloned())
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .spawn()
-        .unwrap();
-    let service = Service {
-        child,
-        address: format!("http://127.0.0.1:{port}"),
-        log,
-        metrics_url: Some(format!("http://127.0.0.1:{metrics_port}/metrics")),
-    };
-    wait_serving(&service, "kappa.trainer.v1.Trainer").await;
-    service
+        .args(extra.iter().copied())
+        .envs(envs)
+        .start("kappa.trainer.v1.Trainer")
+        .await
 }
 
 /// Runs `kappa fleet` into `topic`; panics if it fails.

@@ -772,7 +772,7 @@ async fn past_jobs_are_still_listed_after_a_trainer_restart() {
     );
     let done = wait_done(&mut client, &job.job_id, Duration::from_secs(120)).await;
     assert_eq!(done.phase, JobPhase::Succeeded as i32, "{}", done.message);
-    let metrics = scrape(trainer.metrics_url.as_deref().unwrap()).await;
+    let metrics = scrape(&trainer.metrics_url).await;
     assert_eq!(
         series_value(&metrics, r#"kappa_trainer_jobs_total{outcome="succeeded"}"#),
         Some(1.0),
