@@ -87,3 +87,20 @@ pub mod reflection {
         Ok((builder().build_v1()?, builder().build_v1alpha()?))
     }
 }
+
+/// The gRPC paths (`/package.Service/Method`) of every method of `service` (a full name such as
+/// `kappa.registry.v1.Registry`), read from the descriptor set: what an access policy must cover.
+pub fn method_paths(service: &str) -> Vec<String> {
+    use prost::Message as _;
+    let set =
+        prost_types::FileDescriptorSet::decode(FILE_DESCRIPTOR_SET).expect("the build wrote a valid descriptor set");
+    set.file
+        .iter()
+        .flat_map(|file| {
+            let package = file.package().to_owned();
+            file.service.iter().map(move |s| (package.clone(), s))
+        })
+        .filter(|(package, s)| format!("{package}.{}", s.name()) == service)
+        .flat_map(|(_, s)| s.method.iter().map(|m| format!("/{service}/{}", m.name())))
+        .collect()
+}

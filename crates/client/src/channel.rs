@@ -1,6 +1,8 @@
 use std::time::Duration;
 
-use kappa_runtime::{TracedChannel, traced};
+use kappa_runtime::{TracedChannel, traced, traced_with_token};
+
+use crate::ClientSecurity;
 use thiserror::Error;
 use tonic::transport::Endpoint;
 
@@ -60,22 +62,53 @@ impl std::fmt::Display for ServiceUrl {
     }
 }
 
-/// A traced channel to `service` (for messages: "kappa-registry") at `url`.
+/// A traced channel to `service` (for messages: "kappa-registry") at `url`, without TLS
+/// settings of its own (an `https://` URL trusts the system's roots) or a token.
 pub async fn connect(service: &'static str, url: &str) -> Result<TracedChannel, ClientError> {
-    let parsed: ServiceUrl = url.parse().map_err(|reason| ClientError::BadUrl {
+    connect_with(service, url, &ClientSecurity::default()).await
+}
+
+/// A traced channel to `service` at `url`: TLS for `https://` URLs with the CA and identity of
+/// `security`, and its token on every call.
+pub async fn connect_with(
+    service: &'static str,
+    url: &str,
+    security: &ClientSecurity,
+) -> Result<TracedChannel, ClientError> {
+    let bad = |reason: String| ClientError::BadUrl {
         service,
         url: url.to_owned(),
         reason,
+    };
+    let parsed: ServiceUrl = url.parse().map_err(bad)?;
+    let mut endpoint = parsed.endpoint.connect_timeout(CONNECT_TIMEOUT);
+    if url.starts_with("https://") {
+        endpoint = endpoint
+            .tls_config(security.tls())
+            .map_err(|e| bad(format!("its TLS settings do not apply: {e}")))?;
+    } else if security.identity.is_some() || security.ca.is_some() {
+        return Err(bad("TLS settings are given, so use an https:// URL".into()));
+    }
+    let channel = endpoint.connect().await.map_err(|e| ClientError::Unreachable {
+        service,
+        url: url.to_owned(),
+        reason: error_chain(&e),
     })?;
-    let channel = parsed
-        .endpoint
-        .connect_timeout(CONNECT_TIMEOUT)
-        .connect()
-        .await
-        .map_err(|e| ClientError::Unreachable {
-            service,
-            url: url.to_owned(),
-            reason: e.to_string(),
-        })?;
-    Ok(traced(channel))
+    match &security.token {
+        None => Ok(traced(channel)),
+        Some(token) => traced_with_token(channel, token).map_err(bad),
+    }
+}
+
+/// An error and its causes: tonic's transport error alone says only "transport error", while
+/// the cause says what went wrong (a certificate not trusted, a handshake refused).
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

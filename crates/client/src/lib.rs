@@ -6,7 +6,9 @@
 
 mod channel;
 mod registry;
+mod security;
 
-pub use channel::{ClientError, ServiceUrl, connect};
+pub use channel::{ClientError, ServiceUrl, connect, connect_with};
 pub use kappa_runtime::TracedChannel;
 pub use registry::{GetError, Registry, Selector, UPLOAD_CHUNK_BYTES};
+pub use security::{ClientSecurity, ClientSecurityArgs, read_token};

@@ -7,7 +7,7 @@ use thiserror::Error;
 use tokio_stream::StreamExt as _;
 use tonic::Status;
 
-use crate::{ClientError, connect};
+use crate::{ClientError, ClientSecurity, connect_with};
 
 /// Size of the chunks a publish streams: far below gRPC's 4 MiB message limit.
 pub const UPLOAD_CHUNK_BYTES: usize = 1024 * 1024;
@@ -58,7 +58,11 @@ impl From<RegistryClient<TracedChannel>> for Registry {
 
 impl Registry {
     pub async fn connect(url: &str) -> Result<Self, ClientError> {
-        Ok(Self::new(connect("kappa-registry", url).await?))
+        Self::connect_with(url, &ClientSecurity::default()).await
+    }
+
+    pub async fn connect_with(url: &str, security: &ClientSecurity) -> Result<Self, ClientError> {
+        Ok(Self::new(connect_with("kappa-registry", url, security).await?))
     }
 
     pub fn new(channel: TracedChannel) -> Self {

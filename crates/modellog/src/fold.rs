@@ -375,7 +375,7 @@ mod tests {
                 name: name.into(),
                 alias: alias.into(),
                 version,
-                updated_at_ms: 0,
+                ..AliasRecord::default()
             }
             .encode_to_vec()
         });

@@ -1,42 +1,71 @@
 use std::{future::Future, time::Duration};
 
 use tokio::net::TcpListener;
-
-use crate::GrpcServerTracing;
+use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{
     Server,
-    server::{Router, TcpIncoming},
+    server::{Connected, Router, TcpIncoming},
 };
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tower::layer::util::{Identity, Stack};
 
-/// A server whose calls are traced (see [`GrpcServerTracing`]).
-pub type TracedRouter = Router<Stack<GrpcServerTracing, Identity>>;
+use crate::{GrpcServerTracing, ServerSecurity, auth::AuthLayer};
 
-/// `Server::builder()` with the tracing layer every Kappa server uses.
-pub fn traced_server() -> Server<Stack<GrpcServerTracing, Identity>> {
-    Server::builder().layer(GrpcServerTracing)
+/// A server whose calls are traced (see [`GrpcServerTracing`]) and then authorised.
+pub type KappaRouter = Router<Stack<AuthLayer, Stack<GrpcServerTracing, Identity>>>;
+
+/// `Server::builder()` with the layers every Kappa server uses: tracing outside (refused calls
+/// are traced too), then the auth layer of `security`.
+pub fn kappa_server(security: &ServerSecurity) -> Server<Stack<AuthLayer, Stack<GrpcServerTracing, Identity>>> {
+    Server::builder().layer(GrpcServerTracing).layer(security.auth.clone())
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves; then reports NOT_SERVING for
-/// `services` (so load balancers stop sending), runs `on_shutdown`, stops accepting, and gives the
-/// calls still running `grace` to finish before they are dropped.
+/// Serves `router` on `listener` (over TLS when `security` has it) until `shutdown` resolves;
+/// then reports NOT_SERVING for `services` (so load balancers stop sending), runs
+/// `on_shutdown`, stops accepting, and gives the calls still running `grace` to finish before
+/// they are dropped.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve_gracefully(
-    router: TracedRouter,
+    router: KappaRouter,
     listener: TcpListener,
+    security: &ServerSecurity,
     shutdown: impl Future<Output = ()>,
     health: &HealthReporter,
     services: &[&str],
     grace: Duration,
     on_shutdown: impl FnOnce(),
 ) -> Result<(), tonic::transport::Error> {
-    let drain = CancellationToken::new();
-    let serve = router.serve_with_incoming_shutdown(
+    match &security.tls {
+        Some(tls) => {
+            let incoming = tls.incoming(listener);
+            drain(router, incoming, shutdown, health, services, grace, on_shutdown).await
+        }
         // Small unary answers must not wait for Nagle's algorithm (a 40 ms stall per reply).
-        TcpIncoming::from(listener).with_nodelay(Some(true)),
-        drain.clone().cancelled_owned(),
-    );
+        None => {
+            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            drain(router, incoming, shutdown, health, services, grace, on_shutdown).await
+        }
+    }
+}
+
+async fn drain<S, IO, IE>(
+    router: KappaRouter,
+    incoming: S,
+    shutdown: impl Future<Output = ()>,
+    health: &HealthReporter,
+    services: &[&str],
+    grace: Duration,
+    on_shutdown: impl FnOnce(),
+) -> Result<(), tonic::transport::Error>
+where
+    S: Stream<Item = Result<IO, IE>> + Send + 'static,
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Connected + Unpin + Send + 'static,
+    IO::ConnectInfo: Clone + Send + Sync + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let drain = CancellationToken::new();
+    let serve = router.serve_with_incoming_shutdown(incoming, drain.clone().cancelled_owned());
     tokio::pin!(serve);
     tokio::select! {
         result = &mut serve => return result,

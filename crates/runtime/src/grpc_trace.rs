@@ -70,6 +70,8 @@ where
             rpc.service = service,
             rpc.method = method,
             rpc.grpc.status_code = Empty,
+            // The authenticated principal, recorded by the auth layer inside this span.
+            enduser.id = Empty,
         );
         // Must precede the span's first use: the parent is fixed when the span starts.
         let _ = span.set_parent(context_from_http(request.headers()));
@@ -86,21 +88,39 @@ impl<S> Layer<S> for GrpcClientTracing {
     type Service = TracedClient<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        TracedClient { inner }
+        TracedClient {
+            inner,
+            authorization: None,
+        }
     }
 }
 
+/// Kappa's client-side layer: trace context on every call, and the caller's bearer token when
+/// it has one.
 #[derive(Debug, Clone)]
 pub struct TracedClient<S> {
     inner: S,
+    authorization: Option<http::HeaderValue>,
 }
 
-/// A tonic channel whose calls carry trace context.
+/// A tonic channel whose calls carry trace context (and a token, when the caller has one).
 pub type TracedChannel = TracedClient<tonic::transport::Channel>;
 
 /// Wraps `channel` with the client layer.
 pub fn traced(channel: tonic::transport::Channel) -> TracedChannel {
     GrpcClientTracing.layer(channel)
+}
+
+/// Wraps `channel` with the client layer; every call sends `authorization: Bearer TOKEN`.
+pub fn traced_with_token(channel: tonic::transport::Channel, token: &str) -> Result<TracedChannel, String> {
+    let mut value = http::HeaderValue::try_from(format!("Bearer {token}"))
+        .map_err(|_| "the token holds characters a header cannot carry".to_owned())?;
+    // Kept out of debug output and HPACK's dynamic table.
+    value.set_sensitive(true);
+    Ok(TracedClient {
+        inner: channel,
+        authorization: Some(value),
+    })
 }
 
 impl<S, B, RB> Service<http::Request<B>> for TracedClient<S>
@@ -129,6 +149,11 @@ where
             rpc.grpc.status_code = Empty,
         );
         inject_http(&span.context(), request.headers_mut());
+        if let Some(authorization) = &self.authorization {
+            request
+                .headers_mut()
+                .insert(http::header::AUTHORIZATION, authorization.clone());
+        }
         let future = span.in_scope(|| self.inner.call(request));
         TracedFuture::new(future, span, Side::Client)
     }

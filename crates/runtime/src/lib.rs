@@ -3,6 +3,7 @@
 //! `/metrics` endpoint, and the shutdown signal.
 
 pub mod args;
+pub mod auth;
 mod graceful;
 mod grpc_code;
 mod grpc_trace;
@@ -10,16 +11,22 @@ mod logging;
 mod metrics_server;
 mod otel;
 pub mod propagation;
+mod reload;
 mod sampling;
+mod security;
 mod service_main;
 mod shutdown;
+pub mod tls;
 
-pub use graceful::{TracedRouter, serve_gracefully, traced_server};
+pub use graceful::{KappaRouter, kappa_server, serve_gracefully};
 pub use grpc_code::grpc_code_name;
-pub use grpc_trace::{GrpcClientTracing, GrpcServerTracing, TracedChannel, TracedClient, TracedServer, traced};
+pub use grpc_trace::{
+    GrpcClientTracing, GrpcServerTracing, TracedChannel, TracedClient, TracedServer, traced, traced_with_token,
+};
 pub use logging::{LogArgs, LogFormat, Telemetry, init_telemetry};
 pub use metrics_server::serve_metrics;
 pub use otel::OtelSettings;
+pub use security::{ServerSecurity, ServerSecurityArgs};
 pub use service_main::{ServiceStart, parse_config, service_main};
 pub use shutdown::shutdown_signal;
 

@@ -94,7 +94,7 @@ struct Tally {
     failures: BTreeMap<String, u64>,
 }
 
-pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
+pub async fn run(args: LoadArgs, security: &kappa_client::ClientSecurity) -> anyhow::Result<()> {
     anyhow::ensure!(!args.predictors.is_empty(), "name at least one --predictor");
     anyhow::ensure!(args.concurrency > 0, "--concurrency must be at least 1");
     let text = std::fs::read_to_string(&args.input).with_context(|| format!("cannot read {}", args.input.display()))?;
@@ -102,7 +102,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     anyhow::ensure!(!requests.is_empty(), "{} holds no rows", args.input.display());
     let mut clients = Vec::new();
     for url in &args.predictors {
-        let channel = kappa_client::connect("kappa-predictor", url)
+        let channel = kappa_client::connect_with("kappa-predictor", url, security)
             .await
             .map_err(|e| anyhow::anyhow!("{e} (--predictor)"))?;
         clients.push(PredictorClient::new(channel));

@@ -6,6 +6,7 @@ mod load;
 mod models;
 mod predict;
 mod predictions;
+mod token;
 mod train;
 
 use std::process::ExitCode;
@@ -19,6 +20,10 @@ use tracing::Instrument as _;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+
+    /// How the commands that call Kappa's services reach them (TLS, token).
+    #[command(flatten)]
+    security: kappa_client::ClientSecurityArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -37,6 +42,8 @@ enum Command {
     Fleet(fleet::FleetArgs),
     /// Look at a topic's events before training on them: fields, types, spread, label balance.
     Data(data::DataArgs),
+    /// Make bearer tokens for the services' --auth-tokens files.
+    Token(token::TokenArgs),
 }
 
 impl Command {
@@ -49,6 +56,7 @@ impl Command {
             Self::Train(_) => "kappa train",
             Self::Fleet(_) => "kappa fleet",
             Self::Data(_) => "kappa data",
+            Self::Token(_) => "kappa token",
         }
     }
 }
@@ -87,14 +95,16 @@ async fn main() -> ExitCode {
         tracing::info_span!("kappa", otel.name = cli.command.name(), otel.kind = "client")
     };
     let result = async {
+        let security = || cli.security.security().map_err(anyhow::Error::msg);
         match cli.command {
-            Command::Models(args) => models::run(args).await,
-            Command::Predict(args) => predict::run(args).await,
+            Command::Models(args) => models::run(args, &security()?).await,
+            Command::Predict(args) => predict::run(args, &security()?).await,
             Command::Fleet(args) => fleet::run(args).await,
             Command::Data(args) => data::run(args).await,
-            Command::Load(args) => load::run(args).await,
+            Command::Load(args) => load::run(args, &security()?).await,
             Command::Predictions(args) => predictions::run(args).await,
-            Command::Train(args) => train::run(args).await,
+            Command::Train(args) => train::run(args, &security()?).await,
+            Command::Token(args) => token::run(args),
         }
     }
     .instrument(span)

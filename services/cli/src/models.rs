@@ -3,7 +3,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 use kappa_api::{model::ModelManifest, registry as pb};
-use kappa_client::Registry;
+use kappa_client::{ClientSecurity, Registry};
 use tokio_stream::StreamExt as _;
 
 #[derive(Debug, Args)]
@@ -114,8 +114,8 @@ enum ModelsCommand {
     },
 }
 
-async fn connect(url: &str) -> anyhow::Result<Registry> {
-    Registry::connect(url)
+async fn connect(url: &str, security: &ClientSecurity) -> anyhow::Result<Registry> {
+    Registry::connect_with(url, security)
         .await
         .map_err(|e| anyhow::anyhow!("{e} (set --registry or KAPPA_REGISTRY)"))
 }
@@ -124,7 +124,7 @@ fn status_error(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{:?}: {}", status.code(), status.message())
 }
 
-pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
+pub async fn run(args: ModelsArgs, security: &ClientSecurity) -> anyhow::Result<()> {
     let output = args.output;
     match args.command {
         ModelsCommand::Example {
@@ -141,7 +141,7 @@ pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
             name,
             idempotency_key,
         } => {
-            let mut registry = connect(&args.registry).await?;
+            let mut registry = connect(&args.registry, security).await?;
             let bytes = std::fs::read(&weights).with_context(|| format!("cannot read {}", weights.display()))?;
             let mut manifest = read_manifest(&manifest)?;
             if let Some(name) = name {
@@ -168,7 +168,7 @@ pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
             Ok(())
         }
         ModelsCommand::List => {
-            let mut registry = connect(&args.registry).await?;
+            let mut registry = connect(&args.registry, security).await?;
             let client = registry.rpc();
             let models = client
                 .list_models(pb::ListModelsRequest {})
@@ -197,7 +197,7 @@ pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
             Ok(())
         }
         ModelsCommand::Versions { name } => {
-            let mut registry = connect(&args.registry).await?;
+            let mut registry = connect(&args.registry, security).await?;
             let client = registry.rpc();
             let versions = client
                 .list_versions(pb::ListVersionsRequest { name })
@@ -228,7 +228,7 @@ pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
             out,
         } => {
             use kappa_client::Selector;
-            let mut registry = connect(&args.registry).await?;
+            let mut registry = connect(&args.registry, security).await?;
             let selector = match (version, alias) {
                 (Some(v), _) => Selector::Version(v),
                 (None, Some(a)) => Selector::Alias(a),
@@ -263,7 +263,7 @@ pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
             version,
             delete,
         } => {
-            let mut registry = connect(&args.registry).await?;
+            let mut registry = connect(&args.registry, security).await?;
             let client = registry.rpc();
             if delete {
                 let r = client
@@ -294,7 +294,7 @@ pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
             Ok(())
         }
         ModelsCommand::Delete { name, version, force } => {
-            let mut registry = connect(&args.registry).await?;
+            let mut registry = connect(&args.registry, security).await?;
             let client = registry.rpc();
             let r = client
                 .delete_version(pb::DeleteVersionRequest {
@@ -312,7 +312,7 @@ pub async fn run(args: ModelsArgs) -> anyhow::Result<()> {
             Ok(())
         }
         ModelsCommand::Watch { name, from, limit } => {
-            let mut registry = connect(&args.registry).await?;
+            let mut registry = connect(&args.registry, security).await?;
             let client = registry.rpc();
             let mut stream = client
                 .watch_models(pb::WatchModelsRequest {

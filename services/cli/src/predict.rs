@@ -93,7 +93,7 @@ pub fn rows(text: &str, id_field: Option<&str>) -> anyhow::Result<Vec<(String, P
     Ok(out)
 }
 
-pub async fn run(mut args: PredictArgs) -> anyhow::Result<()> {
+pub async fn run(mut args: PredictArgs, security: &kappa_client::ClientSecurity) -> anyhow::Result<()> {
     let text = if args.input.as_os_str() == "-" {
         std::io::stdin()
             .lock()
@@ -103,7 +103,7 @@ pub async fn run(mut args: PredictArgs) -> anyhow::Result<()> {
     } else {
         std::fs::read_to_string(&args.input).with_context(|| format!("cannot read {}", args.input.display()))?
     };
-    let channel = kappa_client::connect("kappa-predictor", &args.predictor)
+    let channel = kappa_client::connect_with("kappa-predictor", &args.predictor, security)
         .await
         .map_err(|e| anyhow::anyhow!("{e} (--predictor)"))?;
     let client = PredictorClient::new(channel);

@@ -209,8 +209,8 @@ impl SchemaArgs {
     }
 }
 
-async fn connect(url: &str) -> anyhow::Result<TrainerClient<TracedChannel>> {
-    let channel = kappa_client::connect("kappa-trainer", url)
+async fn connect(url: &str, security: &kappa_client::ClientSecurity) -> anyhow::Result<TrainerClient<TracedChannel>> {
+    let channel = kappa_client::connect_with("kappa-trainer", url, security)
         .await
         .map_err(|e| anyhow::anyhow!("{e} (--trainer or KAPPA_TRAINER)"))?;
     Ok(TrainerClient::new(channel))
@@ -307,8 +307,8 @@ async fn watch(client: &mut TrainerClient<TracedChannel>, job_id: &str) -> anyho
         .into_inner())
 }
 
-pub async fn run(args: TrainArgs) -> anyhow::Result<()> {
-    let mut client = connect(&args.trainer).await?;
+pub async fn run(args: TrainArgs, security: &kappa_client::ClientSecurity) -> anyhow::Result<()> {
+    let mut client = connect(&args.trainer, security).await?;
     match args.command {
         TrainCommand::Start(s) => {
             let range = match (s.from_ms, s.to_ms, s.last_minutes) {

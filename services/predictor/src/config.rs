@@ -23,6 +23,9 @@ pub struct PredictorConfig {
     #[command(flatten)]
     pub kafka: KafkaArgs,
 
+    #[command(flatten)]
+    pub security: kappa_runtime::ServerSecurityArgs,
+
     /// The registry's compacted models topic, read directly (the registry need not be running).
     #[arg(long, env = "KAPPA_MODELS_TOPIC", default_value = "kappa.models", value_parser = kappa_runtime::args::non_empty)]
     pub models_topic: String,

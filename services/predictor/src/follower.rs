@@ -167,7 +167,7 @@ mod tests {
             name: "m".into(),
             alias: "production".into(),
             version: 1,
-            updated_at_ms: 0,
+            ..AliasRecord::default()
         };
         log.apply(
             offset,

@@ -6,6 +6,7 @@
 //! same model and run the forward pass; answers go back on oneshot channels. The async workers
 //! never run inference.
 
+mod access;
 mod batcher;
 pub mod config;
 mod error;

@@ -11,11 +11,12 @@ async fn main() -> ExitCode {
     };
     let start = ServiceStart {
         name: "kappa-predictor",
-        validation: config.kafka.validate(),
+        validation: config.kafka.validate().and_then(|()| config.security.check()),
         check_config: config.check_config,
         summary: format!(
-            "{} topic={} model={} follow={} max_batch_size={} backend={:?} stream={}",
+            "{} {} topic={} model={} follow={} max_batch_size={} backend={:?} stream={}",
             config.kafka.summary(),
+            config.security.summary(),
             config.models_topic,
             config.model,
             config.follow,

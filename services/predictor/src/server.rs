@@ -29,6 +29,10 @@ pub async fn run(
     let mut metrics_registry = MetricsRegistry::default();
     metrics.register(&mut metrics_registry);
     let stop = CancellationToken::new();
+    let security = config
+        .security
+        .load(crate::access::access, stop.clone())
+        .map_err(anyhow::Error::msg)?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     let served = vec!["", PREDICTOR_SERVICE, OIP_SERVICE];
@@ -123,14 +127,14 @@ pub async fn run(
         follow = %config.follow,
         "kappa-predictor listening for gRPC"
     );
-    let router = kappa_runtime::traced_server()
+    let router = kappa_runtime::kappa_server(&security)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(GrpcInferenceServiceServer::new(Oip(Arc::clone(&serving))))
         .add_service(PredictorServer::new(Typed(serving)));
     let grace = config.shutdown_grace;
-    kappa_runtime::serve_gracefully(router, listener, shutdown, &health, &served, grace, || {}).await?;
+    kappa_runtime::serve_gracefully(router, listener, &security, shutdown, &health, &served, grace, || {}).await?;
     stop.cancel();
     if let Some(task) = stream_task {
         match tokio::time::timeout(grace, task).await {

@@ -131,6 +131,7 @@ fn to_model_version(stored: &StoredVersion, aliases: Vec<String>) -> pb::ModelVe
         aliases,
         manifest: Some(manifest),
         position: stored.position,
+        published_by: stored.record.published_by.clone(),
     }
 }
 

@@ -20,6 +20,9 @@ pub struct RegistryConfig {
     #[command(flatten)]
     pub kafka: KafkaArgs,
 
+    #[command(flatten)]
+    pub security: kappa_runtime::ServerSecurityArgs,
+
     /// The compacted topic holding every model version, weight chunk and alias.
     #[arg(long, env = "KAPPA_MODELS_TOPIC", default_value = "kappa.models", value_parser = kappa_runtime::args::non_empty)]
     pub models_topic: String,

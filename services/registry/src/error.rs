@@ -26,6 +26,8 @@ pub enum RegistryError {
         version: u64,
         aliases: Vec<String>,
     },
+    #[error("{0}")]
+    Forbidden(String),
     #[error("the model is {size} bytes, over this registry's limit of {limit} bytes (--max-model-bytes)")]
     TooLarge { size: u64, limit: u64 },
     #[error("the registry is still replaying the models topic; retry in a moment")]
@@ -56,6 +58,7 @@ impl From<RegistryError> for Status {
                 Status::failed_precondition(message)
             }
             RegistryError::TooLarge { .. } => Status::resource_exhausted(message),
+            RegistryError::Forbidden(_) => Status::permission_denied(message),
             RegistryError::NotReady | RegistryError::KafkaUnavailable(_) | RegistryError::KafkaRead(_) => {
                 Status::unavailable(message)
             }
@@ -112,6 +115,7 @@ mod tests {
             ),
             (RegistryError::Fenced, Code::FailedPrecondition),
             (RegistryError::TooLarge { size: 2, limit: 1 }, Code::ResourceExhausted),
+            (RegistryError::Forbidden("no".into()), Code::PermissionDenied),
             (RegistryError::NotReady, Code::Unavailable),
             (RegistryError::KafkaUnavailable("down".into()), Code::Unavailable),
             (RegistryError::KafkaRead("down".into()), Code::Unavailable),

@@ -5,6 +5,7 @@
 //! one transaction and are answered once the follower has applied them, so every answer reflects
 //! what a restarted registry, or any predictor reading the topic, would see.
 
+mod access;
 pub mod catalog;
 pub mod config;
 mod error;

@@ -11,11 +11,12 @@ async fn main() -> ExitCode {
     };
     let start = ServiceStart {
         name: "kappa-registry",
-        validation: config.validate(),
+        validation: config.validate().and_then(|()| config.security.check()),
         check_config: config.check_config,
         summary: format!(
-            "{} topic={} transactional_id={}",
+            "{} {} topic={} transactional_id={}",
             config.kafka.summary(),
+            config.security.summary(),
             config.models_topic,
             config.transactional_id
         ),

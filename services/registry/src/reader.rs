@@ -112,6 +112,7 @@ fn to_event(record: LogRecord, offset: i64, name_filter: &str) -> Option<pb::wat
                     aliases: Vec::new(),
                     manifest: Some(manifest),
                     position: offset,
+                    published_by: record.published_by,
                 }),
             })
         }

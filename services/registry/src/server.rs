@@ -58,6 +58,11 @@ pub async fn run(
     metrics.register(&mut metrics_registry);
 
     let stop = CancellationToken::new();
+
+    let security = config
+        .security
+        .load(crate::access::access, stop.clone())
+        .map_err(anyhow::Error::msg)?;
     let catalog = Arc::new(RwLock::new(ModelLog::new()));
     let progress = follower::spawn(
         &kafka,
@@ -114,7 +119,7 @@ pub async fn run(
     }
 
     tracing::info!(address = %listener.local_addr()?, "kappa-registry listening for gRPC");
-    let router = kappa_runtime::traced_server()
+    let router = kappa_runtime::kappa_server(&security)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -122,6 +127,7 @@ pub async fn run(
     kappa_runtime::serve_gracefully(
         router,
         listener,
+        &security,
         shutdown,
         &health,
         &["", REGISTRY_SERVICE],

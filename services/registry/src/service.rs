@@ -13,7 +13,10 @@ use kappa_api::{
 use kappa_kafka::KafkaClients;
 use kappa_model::{validate_manifest, validate_weights};
 use kappa_modellog::{ModelKey, ModelLog, follower::Progress};
-use kappa_runtime::propagation::span_context_map;
+use kappa_runtime::{
+    auth::{Principal, Role},
+    propagation::span_context_map,
+};
 use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -96,7 +99,11 @@ impl RegistryService {
         Ok(offset)
     }
 
-    async fn publish_inner(&self, mut stream: Streaming<pb::PublishRequest>) -> Result<pb::PublishResponse, Status> {
+    async fn publish_inner(
+        &self,
+        mut stream: Streaming<pb::PublishRequest>,
+        published_by: String,
+    ) -> Result<pb::PublishResponse, Status> {
         use pb::publish_request::Part;
         self.ready()?;
         let first = stream
@@ -178,6 +185,7 @@ impl RegistryService {
             self.chunk_bytes,
             key,
             span_context_map(&transaction),
+            published_by.clone(),
         );
         self.write_in(transaction, records).await?;
         self.metrics.published_bytes.inc_by(weights.len() as u64);
@@ -189,6 +197,7 @@ impl RegistryService {
             model = name,
             version,
             bytes = weights.len(),
+            principal = published_by,
             "published a new model version"
         );
         Ok(pb::PublishResponse {
@@ -228,7 +237,11 @@ impl RegistryService {
         catalog.model_version(name, version)
     }
 
-    async fn set_alias_inner(&self, request: pb::SetAliasRequest) -> Result<pb::SetAliasResponse, RegistryError> {
+    async fn set_alias_inner(
+        &self,
+        request: pb::SetAliasRequest,
+        updated_by: String,
+    ) -> Result<pb::SetAliasResponse, RegistryError> {
         self.ready()?;
         let AliasMove { name, alias, version } = request.try_into()?;
         let (name, alias) = (name.as_str(), alias.as_str());
@@ -243,6 +256,7 @@ impl RegistryService {
             alias: alias.to_owned(),
             version,
             updated_at_ms: now_ms(),
+            updated_by: updated_by.clone(),
         };
         let key = ModelKey::Alias {
             name: name.to_owned(),
@@ -254,7 +268,14 @@ impl RegistryService {
                 value: Some(record.encode_to_vec()),
             }])
             .await?;
-        tracing::info!(model = name, alias, version, previous, "moved an alias");
+        tracing::info!(
+            model = name,
+            alias,
+            version,
+            previous,
+            principal = updated_by,
+            "moved an alias"
+        );
         Ok(pb::SetAliasResponse {
             previous_version: previous,
             position,
@@ -264,6 +285,7 @@ impl RegistryService {
     async fn delete_alias_inner(
         &self,
         request: pb::DeleteAliasRequest,
+        principal: String,
     ) -> Result<pb::DeleteAliasResponse, RegistryError> {
         self.ready()?;
         let AliasRemoval { name, alias } = request.try_into()?;
@@ -279,7 +301,7 @@ impl RegistryService {
             value: None,
         }])
         .await?;
-        tracing::info!(model = name, alias, "deleted an alias");
+        tracing::info!(model = name, alias, principal, "deleted an alias");
         Ok(pb::DeleteAliasResponse {
             previous_version: previous,
         })
@@ -288,9 +310,17 @@ impl RegistryService {
     async fn delete_version_inner(
         &self,
         request: pb::DeleteVersionRequest,
+        principal: String,
+        may_force: bool,
     ) -> Result<pb::DeleteVersionResponse, RegistryError> {
         self.ready()?;
         let VersionRemoval { name, version, force } = request.try_into()?;
+        if force && !may_force {
+            return Err(RegistryError::Forbidden(format!(
+                "{principal} may delete versions, but a forced delete (which removes the aliases \
+                 serving it) needs the admin role"
+            )));
+        }
         let name = name.as_str().to_owned();
         let _guard = self.writer.lock().await;
         let (aliases, chunks) = {
@@ -340,7 +370,7 @@ impl RegistryService {
             value: Some(marker.encode_to_vec()),
         });
         self.write(records).await?;
-        tracing::info!(model = name, version, removed_aliases = ?aliases, "deleted a model version");
+        tracing::info!(model = name, version, removed_aliases = ?aliases, principal, "deleted a model version");
         Ok(pb::DeleteVersionResponse {
             removed_aliases: aliases,
         })
@@ -355,6 +385,7 @@ fn version_records(
     chunk_bytes: usize,
     idempotency_key: String,
     trace_context: BTreeMap<String, String>,
+    published_by: String,
 ) -> Vec<Put> {
     let (name, version) = (manifest.name.clone(), manifest.version);
     let mut records: Vec<Put> = weights
@@ -385,6 +416,7 @@ fn version_records(
         idempotency_key,
         deleted: false,
         trace_context,
+        published_by,
     };
     records.push(Put {
         key: ModelKey::Version { name, version }.to_string(),
@@ -412,7 +444,8 @@ impl Registry for RegistryService {
         &self,
         request: Request<Streaming<pb::PublishRequest>>,
     ) -> Result<Response<pb::PublishResponse>, Status> {
-        let result = self.publish_inner(request.into_inner()).await;
+        let by = Principal::name_of(&request);
+        let result = self.publish_inner(request.into_inner(), by).await;
         if let Err(status) = &result {
             let outcome = match status.code() {
                 tonic::Code::InvalidArgument | tonic::Code::ResourceExhausted => "rejected",
@@ -495,7 +528,11 @@ impl Registry for RegistryService {
     }
 
     async fn set_alias(&self, request: Request<pb::SetAliasRequest>) -> Result<Response<pb::SetAliasResponse>, Status> {
-        let result = self.set_alias_inner(request.into_inner()).await.map_err(Status::from);
+        let by = Principal::name_of(&request);
+        let result = self
+            .set_alias_inner(request.into_inner(), by)
+            .await
+            .map_err(Status::from);
         self.metrics.observe("SetAlias", &result);
         result.map(Response::new)
     }
@@ -504,8 +541,9 @@ impl Registry for RegistryService {
         &self,
         request: Request<pb::DeleteAliasRequest>,
     ) -> Result<Response<pb::DeleteAliasResponse>, Status> {
+        let by = Principal::name_of(&request);
         let result = self
-            .delete_alias_inner(request.into_inner())
+            .delete_alias_inner(request.into_inner(), by)
             .await
             .map_err(Status::from);
         self.metrics.observe("DeleteAlias", &result);
@@ -516,8 +554,9 @@ impl Registry for RegistryService {
         &self,
         request: Request<pb::DeleteVersionRequest>,
     ) -> Result<Response<pb::DeleteVersionResponse>, Status> {
+        let (by, may_force) = (Principal::name_of(&request), Principal::allows(&request, Role::Admin));
         let result = self
-            .delete_version_inner(request.into_inner())
+            .delete_version_inner(request.into_inner(), by, may_force)
             .await
             .map_err(Status::from);
         self.metrics.observe("DeleteVersion", &result);

@@ -1,4 +1,4 @@
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Parser;
 use kappa_client::ServiceUrl;
@@ -21,9 +21,40 @@ pub struct TrainerConfig {
     #[command(flatten)]
     pub kafka: KafkaArgs,
 
+    #[command(flatten)]
+    pub security: kappa_runtime::ServerSecurityArgs,
+
     /// Where kappa-registry listens; trained models are published there.
     #[arg(long, env = "KAPPA_REGISTRY", default_value = "http://127.0.0.1:50051")]
     pub registry: ServiceUrl,
+
+    /// PEM bundle of the CA that signed the registry's certificate (an https:// --registry);
+    /// the system's roots when unset.
+    #[arg(long, env = "KAPPA_REGISTRY_TLS_CA", value_name = "PEM")]
+    pub registry_tls_ca: Option<PathBuf>,
+
+    /// The trainer's own PEM certificate towards the registry, when it requires mutual TLS.
+    #[arg(
+        long,
+        env = "KAPPA_REGISTRY_TLS_CERT",
+        value_name = "PEM",
+        requires = "registry_tls_key"
+    )]
+    pub registry_tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of --registry-tls-cert.
+    #[arg(
+        long,
+        env = "KAPPA_REGISTRY_TLS_KEY",
+        value_name = "PEM",
+        requires = "registry_tls_cert"
+    )]
+    pub registry_tls_key: Option<PathBuf>,
+
+    /// File holding the trainer's bearer token for the registry (it needs the write role to
+    /// publish and move aliases, and read to compare with the holder).
+    #[arg(long, env = "KAPPA_REGISTRY_TOKEN_FILE", value_name = "FILE")]
+    pub registry_token_file: Option<PathBuf>,
 
     /// Compacted topic where job states are kept, so past jobs survive a restart.
     #[arg(long, env = "KAPPA_JOBS_TOPIC", default_value = "kappa.training-jobs",
@@ -58,4 +89,18 @@ pub struct TrainerConfig {
 
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+impl TrainerConfig {
+    /// How the trainer reaches the registry: its TLS settings and token, read now.
+    pub fn registry_security(&self) -> Result<kappa_client::ClientSecurity, String> {
+        kappa_client::ClientSecurity::from_files(
+            self.registry_tls_ca.as_deref(),
+            self.registry_tls_cert.as_deref(),
+            self.registry_tls_key.as_deref(),
+            self.registry_token_file.as_deref(),
+            None,
+        )
+        .map_err(|e| format!("--registry-tls-*/--registry-token-file: {e}"))
+    }
 }

@@ -14,6 +14,8 @@ pub enum TrainerError {
     Busy(usize),
     #[error("Kafka is unavailable: {0}")]
     Kafka(String),
+    #[error("{0}")]
+    Forbidden(String),
 }
 
 impl From<TrainerError> for Status {
@@ -24,6 +26,7 @@ impl From<TrainerError> for Status {
             TrainerError::UnknownTopic(_) | TrainerError::UnknownJob(_) => Status::not_found(message),
             TrainerError::Busy(_) => Status::resource_exhausted(message),
             TrainerError::Kafka(_) => Status::unavailable(message),
+            TrainerError::Forbidden(_) => Status::permission_denied(message),
         }
     }
 }
@@ -42,6 +45,7 @@ mod tests {
             (TrainerError::UnknownJob("j".into()), Code::NotFound),
             (TrainerError::Busy(2), Code::ResourceExhausted),
             (TrainerError::Kafka("down".into()), Code::Unavailable),
+            (TrainerError::Forbidden("no".into()), Code::PermissionDenied),
         ];
         for (error, code) in cases {
             let message = error.to_string();

@@ -73,6 +73,7 @@ pub struct JobContext {
     pub metrics: Arc<crate::metrics::TrainerMetrics>,
     pub kafka: KafkaClients,
     pub registry: kappa_client::ServiceUrl,
+    pub registry_security: kappa_client::ClientSecurity,
     pub max_rows: usize,
 }
 
@@ -483,7 +484,9 @@ async fn execute_round(handle: &Arc<JobHandle>, ctx: &JobContext, round: &tracin
     if handle.cancel.is_cancelled() {
         return Err(Stop::Cancelled);
     }
-    let mut registry = Registry::connect(ctx.registry.as_str()).await.map_err(fail)?;
+    let mut registry = Registry::connect_with(ctx.registry.as_str(), &ctx.registry_security)
+        .await
+        .map_err(fail)?;
     let holder = if spec.promote_alias.is_empty() {
         None
     } else {

@@ -2,6 +2,7 @@
 //! as the data lake), evaluates them on labelled hold-out data, publishes them to kappa-registry
 //! with full lineage, and moves an alias only when the new model is not worse than the holder.
 
+mod access;
 pub mod config;
 mod dataset;
 mod error;

@@ -11,11 +11,16 @@ async fn main() -> ExitCode {
     };
     let start = ServiceStart {
         name: "kappa-trainer",
-        validation: config.kafka.validate(),
+        validation: config
+            .kafka
+            .validate()
+            .and_then(|()| config.security.check())
+            .and_then(|()| config.registry_security().map(|_| ())),
         check_config: config.check_config,
         summary: format!(
-            "{} registry={} jobs_topic={} max_concurrent_jobs={}",
+            "{} {} registry={} jobs_topic={} max_concurrent_jobs={}",
             config.kafka.summary(),
+            config.security.summary(),
             config.registry,
             config.jobs_topic,
             config.max_concurrent_jobs

@@ -43,6 +43,7 @@ pub async fn run(
             metrics: Arc::clone(&metrics),
             kafka: kafka.clone(),
             registry: config.registry.clone(),
+            registry_security: config.registry_security().map_err(anyhow::Error::msg)?,
             max_rows: config.max_rows,
         },
         max_running: config.max_concurrent_jobs as usize,
@@ -55,6 +56,10 @@ pub async fn run(
     health.set_service_status(TRAINER_SERVICE, ServingStatus::Serving).await;
     let (reflection_v1, reflection_v1alpha) = kappa_api::reflection::for_services(&[TRAINER_SERVICE])?;
     let stop = CancellationToken::new();
+    let security = config
+        .security
+        .load(crate::access::access, stop.clone())
+        .map_err(anyhow::Error::msg)?;
     if let Some(listener) = metrics_listener {
         tracing::info!(address = %listener.local_addr()?, "serving Prometheus metrics at /metrics");
         tokio::spawn(kappa_runtime::serve_metrics(
@@ -64,7 +69,7 @@ pub async fn run(
         ));
     }
     tracing::info!(address = %listener.local_addr()?, registry = %config.registry, "kappa-trainer listening for gRPC");
-    let router = kappa_runtime::traced_server()
+    let router = kappa_runtime::kappa_server(&security)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -73,6 +78,7 @@ pub async fn run(
     kappa_runtime::serve_gracefully(
         router,
         listener,
+        &security,
         shutdown,
         &health,
         &["", TRAINER_SERVICE],

@@ -11,6 +11,7 @@ use kappa_api::trainer::{
     GetJobRequest, Job, JobPhase, JobProgress, ListJobsRequest, ListJobsResponse, StartTrainingRequest,
     trainer_server::Trainer,
 };
+use kappa_runtime::auth::{Principal, Role};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -83,8 +84,16 @@ impl TrainerService {
         .map_err(|e| TrainerError::Kafka(e.to_string()))?
     }
 
-    async fn start(&self, request: StartTrainingRequest) -> Result<Job, TrainerError> {
-        let spec = ValidSpec::try_from(request)?.into_inner();
+    async fn start(&self, request: Request<StartTrainingRequest>) -> Result<Job, TrainerError> {
+        let (started_by, may_write) = (Principal::name_of(&request), Principal::allows(&request, Role::Write));
+        let spec = ValidSpec::try_from(request.into_inner())?.into_inner();
+        if !spec.promote_alias.is_empty() && !may_write {
+            return Err(TrainerError::Forbidden(format!(
+                "{started_by} may train, but a job that moves the alias {:?} changes what is served and \
+                 needs the write role too; leave promote_alias empty to only publish",
+                spec.promote_alias
+            )));
+        }
         if !self.topic_exists(&spec.source_topic).await? {
             return Err(TrainerError::UnknownTopic(spec.source_topic));
         }
@@ -108,6 +117,7 @@ impl TrainerService {
             spec: Some(spec),
             phase: JobPhase::Queued as i32,
             schema_notes,
+            started_by: started_by.clone(),
             created_at_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as i64),
@@ -128,7 +138,7 @@ impl TrainerService {
             .write()
             .expect("jobs lock poisoned")
             .insert(job_id.clone(), Arc::clone(&handle));
-        tracing::info!(job = job_id, "training job accepted");
+        tracing::info!(job = job_id, principal = started_by, "training job accepted");
         // The job's span is a child of the StartTraining call, so the caller's trace holds it.
         let span = tracing::info_span!("training_job", job_id = %job_id);
         tokio::spawn(job::run(Arc::clone(&handle), self.context.clone()).instrument(span));
@@ -165,7 +175,7 @@ fn is_terminal(phase: i32) -> bool {
 #[tonic::async_trait]
 impl Trainer for TrainerService {
     async fn start_training(&self, request: Request<StartTrainingRequest>) -> Result<Response<Job>, Status> {
-        Ok(Response::new(self.start(request.into_inner()).await?))
+        Ok(Response::new(self.start(request).await?))
     }
 
     async fn get_job(&self, request: Request<GetJobRequest>) -> Result<Response<Job>, Status> {
@@ -205,9 +215,18 @@ impl Trainer for TrainerService {
     }
 
     async fn cancel_job(&self, request: Request<GetJobRequest>) -> Result<Response<Job>, Status> {
+        let (by, is_admin) = (Principal::name_of(&request), Principal::allows(&request, Role::Admin));
         let handle = self.handle(&request.into_inner().job_id)?;
+        let job = handle.snapshot();
+        if job.started_by != by && !is_admin {
+            return Err(TrainerError::Forbidden(format!(
+                "job {} was started by {:?}; only they or an admin may cancel it",
+                job.job_id, job.started_by
+            ))
+            .into());
+        }
         handle.cancel.cancel();
-        tracing::info!(job = handle.snapshot().job_id, "cancel requested");
+        tracing::info!(job = job.job_id, principal = by, "cancel requested");
         Ok(Response::new(handle.snapshot()))
     }
 }

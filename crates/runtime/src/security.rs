@@ -1,0 +1,118 @@
+//! The security flags every Kappa server takes, and what they become: TLS (or mutual TLS) on the
+//! gRPC port and the auth layer. Services flatten [`ServerSecurityArgs`] into their
+//! configuration and hand the loaded [`ServerSecurity`] to [`crate::serve_gracefully`], so
+//! every server gets the same defence without code of its own.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    auth::{AuthLayer, Policy, TokenTable},
+    tls::{ServerTls, TlsFiles},
+};
+
+#[derive(Debug, Clone, Args)]
+pub struct ServerSecurityArgs {
+    /// PEM certificate chain of this server: serves gRPC over TLS (with --tls-key). Re-read when
+    /// the file changes, as cert-manager rotates it. Without it the port is plaintext.
+    #[arg(long, env = "KAPPA_TLS_CERT", value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "KAPPA_TLS_KEY", value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM bundle of the CAs that sign client certificates: with it, every client must present
+    /// a certificate signed by one of them (mutual TLS). Needs --tls-cert.
+    #[arg(long, env = "KAPPA_TLS_CLIENT_CA", value_name = "PEM", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Bearer tokens and their roles: lines `NAME ROLES SHA256-OF-TOKEN` (`kappa token new`
+    /// prints one). With it, every call but health and reflection needs a token with the
+    /// method's role. Re-read when the file changes.
+    #[arg(long, env = "KAPPA_AUTH_TOKENS", value_name = "FILE")]
+    pub auth_tokens: Option<PathBuf>,
+
+    /// How often the TLS and token files are checked for changes, in seconds.
+    #[arg(long = "security-reload-seconds", env = "KAPPA_SECURITY_RELOAD_SECONDS", default_value = "5",
+          value_name = "SECONDS", value_parser = crate::args::seconds)]
+    pub reload_every: Duration,
+}
+
+impl ServerSecurityArgs {
+    fn tls_files(&self) -> Option<TlsFiles> {
+        Some(TlsFiles {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            client_ca: self.tls_client_ca.clone(),
+        })
+    }
+
+    /// Loads every file once, as `--check-config` and the start do: a missing or malformed
+    /// certificate, key, CA or token file is a configuration error.
+    pub fn check(&self) -> Result<(), String> {
+        if let Some(files) = self.tls_files() {
+            ServerTls::check(&files).map_err(|e| format!("--tls-cert/--tls-key/--tls-client-ca: {e}"))?;
+        }
+        if let Some(path) = &self.auth_tokens {
+            TokenTable::read(path)?;
+        }
+        if self.reload_every.is_zero() {
+            return Err("--security-reload-seconds must be above 0".into());
+        }
+        Ok(())
+    }
+
+    /// `tls=… auth=…` for `--check-config` and the start-up log.
+    pub fn summary(&self) -> String {
+        let tls = match (&self.tls_cert, &self.tls_client_ca) {
+            (None, _) => "off",
+            (Some(_), None) => "on",
+            (Some(_), Some(_)) => "mutual",
+        };
+        let auth = match &self.auth_tokens {
+            None => "off".to_owned(),
+            Some(path) => match TokenTable::read(path) {
+                Ok(table) => format!("{} principals", table.len()),
+                Err(_) => "unreadable".to_owned(),
+            },
+        };
+        format!("tls={tls} auth={auth}")
+    }
+
+    /// The server's security, watching its files until `stop`.
+    pub fn load(&self, policy: Policy, stop: CancellationToken) -> Result<ServerSecurity, String> {
+        let tls = self
+            .tls_files()
+            .map(|files| ServerTls::load(files, self.reload_every, stop.clone()))
+            .transpose()?;
+        let auth = match &self.auth_tokens {
+            None => AuthLayer::disabled(policy),
+            Some(path) => AuthLayer::from_file(path.clone(), policy, self.reload_every, stop)?,
+        };
+        Ok(ServerSecurity { tls, auth })
+    }
+}
+
+/// A server's loaded security.
+#[derive(Clone)]
+pub struct ServerSecurity {
+    pub(crate) tls: Option<ServerTls>,
+    pub(crate) auth: AuthLayer,
+}
+
+impl ServerSecurity {
+    /// Plaintext and no authentication (in-process tests).
+    pub fn none(policy: Policy) -> Self {
+        Self {
+            tls: None,
+            auth: AuthLayer::disabled(policy),
+        }
+    }
+
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+}

@@ -1,0 +1,158 @@
+//! TLS and mutual TLS for every Kappa server (rustls): the certificate, key and client CA are
+//! PEM files, re-read when they change (cert-manager rotates them in place), and each new
+//! connection is accepted with the configuration current at that moment. Handshakes run off the
+//! accept loop, bounded in number and time, so a client that connects and says nothing holds
+//! neither the loop nor a slot for long.
+
+use std::{io, path::PathBuf, sync::Arc, time::Duration};
+
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::{Semaphore, mpsc},
+};
+use tokio_rustls::{
+    TlsAcceptor,
+    rustls::{
+        RootCertStore, ServerConfig,
+        crypto::ring::default_provider,
+        pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+        server::WebPkiClientVerifier,
+    },
+    server::TlsStream,
+};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::reload::Reloading;
+
+/// How long a client has to finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes in progress at once; more connections wait in the kernel's backlog.
+const MAX_HANDSHAKES: usize = 256;
+
+/// Where a server's TLS material lives.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// When set, clients must present a certificate signed by one of these CAs.
+    pub client_ca: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    fn paths(&self) -> Vec<PathBuf> {
+        let mut paths = vec![self.cert.clone(), self.key.clone()];
+        paths.extend(self.client_ca.clone());
+        paths
+    }
+}
+
+/// Reads the PEM certificates in `path` (a chain, or a CA bundle).
+pub fn read_certificates(path: &PathBuf) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{} is not PEM certificates: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no certificate", path.display()));
+    }
+    Ok(certs)
+}
+
+/// Builds the rustls configuration from the files as they are now.
+pub fn server_config(files: &TlsFiles) -> Result<ServerConfig, String> {
+    let provider = Arc::new(default_provider());
+    let chain = read_certificates(&files.cert)?;
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .map_err(|e| format!("cannot read the private key {}: {e}", files.key.display()))?;
+    let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let builder = match &files.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            for cert in read_certificates(ca)? {
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("{}: not a usable CA certificate: {e}", ca.display()))?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| format!("{}: {e}", ca.display()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_single_cert(chain, key).map_err(|e| {
+        format!(
+            "{} and {} do not make a usable identity: {e}",
+            files.cert.display(),
+            files.key.display()
+        )
+    })?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// A server's TLS: the configuration, rebuilt when its files change.
+#[derive(Clone)]
+pub struct ServerTls {
+    config: Arc<Reloading<Arc<ServerConfig>>>,
+}
+
+impl ServerTls {
+    /// Loads the files now (an error here is a configuration error) and re-reads them every
+    /// `reload_every` until `stop`.
+    pub fn load(files: TlsFiles, reload_every: Duration, stop: CancellationToken) -> Result<Self, String> {
+        let paths = files.paths();
+        let config = Reloading::new("TLS certificate", paths, move || server_config(&files).map(Arc::new))?;
+        config.watch(reload_every, stop);
+        Ok(Self { config })
+    }
+
+    /// Checks that the files load, without watching them (`--check-config`).
+    pub fn check(files: &TlsFiles) -> Result<(), String> {
+        server_config(files).map(|_| ())
+    }
+
+    /// TLS connections accepted on `listener`, each with the configuration current when it
+    /// arrived. Failed handshakes are logged and dropped; they never reach the gRPC server.
+    pub fn incoming(&self, listener: TcpListener) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
+        let (tx, rx) = mpsc::channel(64);
+        let config = Arc::clone(&self.config);
+        let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+        tokio::spawn(async move {
+            loop {
+                let Ok(permit) = Arc::clone(&handshakes).acquire_owned().await else {
+                    return;
+                };
+                let (stream, peer) = tokio::select! {
+                    () = tx.closed() => return,
+                    accepted = listener.accept() => match accepted {
+                        Ok(accepted) => accepted,
+                        Err(error) => {
+                            // Out of file descriptors and the like: back off instead of spinning.
+                            tracing::warn!(%error, "could not accept a connection");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    },
+                };
+                let _ = stream.set_nodelay(true);
+                let acceptor = TlsAcceptor::from(config.current().as_ref().clone());
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = tx.send(Ok(tls)).await;
+                        }
+                        Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        ReceiverStream::new(rx)
+    }
+}

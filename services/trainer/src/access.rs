@@ -1,0 +1,28 @@
+//! Which role each trainer call needs (the auth layer's policy). Two rules need the request and
+//! are checked in the handlers: a job that moves an alias also needs `write` (it changes what is
+//! served), and cancelling another principal's job needs `admin`.
+
+use kappa_runtime::auth::{Access, Role};
+
+pub fn access(path: &str) -> Access {
+    let Some(method) = path.strip_prefix("/kappa.trainer.v1.Trainer/") else {
+        return Access::Unlisted;
+    };
+    match method {
+        "GetJob" | "ListJobs" | "WatchJob" => Access::Needs(Role::Read),
+        "StartTraining" | "CancelJob" => Access::Needs(Role::Train),
+        _ => Access::Unlisted,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_trainer_method_has_a_role() {
+        let paths = kappa_api::method_paths("kappa.trainer.v1.Trainer");
+        assert_eq!(paths.len(), 5, "{paths:?}");
+        for path in paths {
+            assert_ne!(super::access(&path), kappa_runtime::auth::Access::Unlisted, "{path}");
+        }
+    }
+}
