@@ -8,6 +8,7 @@ mod metrics;
 mod predictor;
 mod registry;
 mod schema;
+mod security;
 mod support;
 mod tracing;
 mod trainer;

@@ -1,0 +1,595 @@
+//! Security of every server, against the real binaries: TLS and mutual TLS (with certificates
+//! made here by rcgen, independently of the code under test), certificate rotation without a
+//! restart, and bearer tokens with roles on every RPC.
+
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use kappa_api::{
+    inference::{
+        ModelInferRequest, ModelMetadataRequest, ServerLiveRequest, ServerMetadataRequest,
+        grpc_inference_service_client::GrpcInferenceServiceClient,
+    },
+    predictor::{PredictRequest, predictor_client::PredictorClient},
+    registry::{self as pb, registry_client::RegistryClient},
+    trainer::{
+        GetJobRequest, ListJobsRequest, StartTrainingRequest, TrainingSpec, trainer_client::TrainerClient,
+        training_spec::Range,
+    },
+};
+use kappa_client::{ClientSecurity, TracedChannel};
+use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
+use tonic::Code;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+use crate::support::*;
+
+/// A certificate authority made for one test.
+struct Ca {
+    params: CertificateParams,
+    key: KeyPair,
+    pem: String,
+}
+
+impl Ca {
+    fn new(name: &str) -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let key = KeyPair::generate().unwrap();
+        let pem = params.self_signed(&key).unwrap().pem();
+        Self { params, key, pem }
+    }
+
+    /// A leaf certificate and its key (PEM) for `names`, for a server or a client.
+    fn issue(&self, common_name: &str, names: &[&str], client: bool) -> (String, String) {
+        let mut params = CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, common_name);
+        params.extended_key_usages = vec![if client {
+            ExtendedKeyUsagePurpose::ClientAuth
+        } else {
+            ExtendedKeyUsagePurpose::ServerAuth
+        }];
+        let key = KeyPair::generate().unwrap();
+        let issuer = Issuer::from_params(&self.params, &self.key);
+        (params.signed_by(&key, &issuer).unwrap().pem(), key.serialize_pem())
+    }
+}
+
+/// PEM files in a directory of their own.
+struct Files(tempfile::TempDir);
+
+impl Files {
+    fn new() -> Self {
+        Self(tempfile::tempdir().unwrap())
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.0.path().join(name);
+        // Write then rename, as a Secret volume swaps files: a reader never sees half a file.
+        let partial = self.0.path().join(format!(".{name}.partial"));
+        std::fs::write(&partial, text).unwrap();
+        std::fs::rename(&partial, &path).unwrap();
+        path
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.path().join(name)
+    }
+}
+
+fn server_flags(files: &Files, client_ca: bool) -> Vec<String> {
+    let mut flags = vec![
+        format!("--tls-cert={}", files.path("server.crt").display()),
+        format!("--tls-key={}", files.path("server.key").display()),
+    ];
+    if client_ca {
+        flags.push(format!("--tls-client-ca={}", files.path("ca.crt").display()));
+    }
+    flags
+}
+
+fn https(service: &Service) -> String {
+    service.address.replace("http://", "https://")
+}
+
+/// A grpc.health.v1 liveness check over `security`: Ok when the TLS session and the call work.
+async fn live(url: &str, security: &ClientSecurity) -> Result<(), String> {
+    health(url, security, "liveness").await.map(|_| ())
+}
+
+/// The grpc.health.v1 status of `service_name`, asked over `security`.
+async fn health(url: &str, security: &ClientSecurity, service_name: &str) -> Result<i32, String> {
+    let channel = kappa_client::connect_with("kappa-service", url, security)
+        .await
+        .map_err(|e| e.to_string())?;
+    HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: service_name.to_owned(),
+        })
+        .await
+        .map(|r| r.into_inner().status)
+        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+}
+
+fn trusting(ca: &str) -> ClientSecurity {
+    ClientSecurity {
+        ca: Some(ca.as_bytes().to_vec()),
+        ..ClientSecurity::default()
+    }
+}
+
+fn with_identity(mut security: ClientSecurity, (cert, key): &(String, String)) -> ClientSecurity {
+    security.identity = Some((cert.as_bytes().to_vec(), key.as_bytes().to_vec()));
+    security
+}
+
+/// Waits (bounded) until `check` holds.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what} within 20 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_mutual_tls_only_a_client_with_the_right_ca_and_certificate_gets_in_on_every_service() {
+    let (ca, other) = (Ca::new("kappa test CA"), Ca::new("someone else's CA"));
+    let files = Files::new();
+    let (cert, key) = ca.issue("kappa", &["127.0.0.1", "localhost"], false);
+    files.write("server.crt", &cert);
+    files.write("server.key", &key);
+    files.write("ca.crt", &ca.pem);
+    let client = ca.issue("trainer", &[], true);
+    let stranger = other.issue("intruder", &[], true);
+
+    let mut setup = RegistrySetup::new();
+    setup.extra_args = server_flags(&files, true);
+    let registry = setup.spawn();
+    let models = setup.topic.clone();
+    let predictor = Launch::new("kappa-predictor", &models)
+        .args(["--models-topic", &models, "--model", "absent"])
+        .args(server_flags(&files, true))
+        .spawn();
+    let trainer = Launch::new("kappa-trainer", &models)
+        .args(["--jobs-topic", &unique("test.jobs"), "--registry", &https(&registry)])
+        .args(server_flags(&files, true))
+        .spawn();
+
+    let right = with_identity(trusting(&ca.pem), &client);
+    for service in [&registry, &predictor, &trainer] {
+        let url = https(service);
+        eventually(&format!("{url} answers the right client"), || async {
+            live(&url, &right).await.is_ok()
+        })
+        .await;
+        let refusals = [
+            ("a plaintext client", service.address.clone(), right.clone()),
+            (
+                "a client not trusting the CA",
+                url.clone(),
+                with_identity(ClientSecurity::default(), &client),
+            ),
+            (
+                "a client trusting another CA",
+                url.clone(),
+                with_identity(trusting(&other.pem), &client),
+            ),
+            ("a client without a certificate", url.clone(), trusting(&ca.pem)),
+            (
+                "a client with another CA's certificate",
+                url.clone(),
+                with_identity(trusting(&ca.pem), &stranger),
+            ),
+        ];
+        for (who, url, security) in refusals {
+            // The plaintext case needs the TLS settings dropped to be tried at all.
+            let security = if url.starts_with("http://") {
+                ClientSecurity::default()
+            } else {
+                security
+            };
+            assert!(live(&url, &security).await.is_err(), "{who} got into {url}");
+        }
+    }
+
+    // The CLI goes through the same client: with the right flags it works, without its
+    // certificate it fails.
+    eventually("the registry has replayed its topic", || async {
+        health(&https(&registry), &right, "kappa.registry.v1.Registry").await == Ok(HealthStatus::Serving as i32)
+    })
+    .await;
+    let ca_file = files.write("client-ca.crt", &ca.pem);
+    let cert_file = files.write("client.crt", &client.0);
+    let key_file = files.write("client.key", &client.1);
+    let cli = |with_cert: bool| {
+        let mut command = std::process::Command::new(binary("kappa"));
+        command
+            .args(["models", "list", "--registry", &https(&registry)])
+            .arg(format!("--tls-ca={}", ca_file.display()));
+        if with_cert {
+            command
+                .arg(format!("--tls-cert={}", cert_file.display()))
+                .arg(format!("--tls-key={}", key_file.display()));
+        }
+        command.output().unwrap()
+    };
+    let ok = cli(true);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(!cli(false).status.success(), "the CLI without its certificate got in");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_certificate_is_served_to_new_connections_without_a_restart() {
+    let (first, second) = (Ca::new("first CA"), Ca::new("second CA"));
+    let files = Files::new();
+    let (cert, key) = first.issue("kappa", &["127.0.0.1"], false);
+    files.write("server.crt", &cert);
+    files.write("server.key", &key);
+    let mut setup = RegistrySetup::new().arg("--security-reload-seconds=0.2");
+    setup.extra_args.extend(server_flags(&files, false));
+    let registry = setup.spawn();
+    let url = https(&registry);
+    eventually("the registry answers over TLS", || async {
+        live(&url, &trusting(&first.pem)).await.is_ok()
+    })
+    .await;
+    assert!(live(&url, &trusting(&second.pem)).await.is_err());
+
+    // cert-manager writes the new pair in place; the key and certificate land one after the
+    // other, so for a moment they do not match: the registry must keep serving through that.
+    let (cert, key) = second.issue("kappa", &["127.0.0.1"], false);
+    files.write("server.crt", &cert);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        live(&url, &trusting(&first.pem)).await.is_ok(),
+        "a mismatched pair must not replace the good one"
+    );
+    files.write("server.key", &key);
+    eventually("new connections get the new certificate", || async {
+        live(&url, &trusting(&second.pem)).await.is_ok()
+    })
+    .await;
+    assert!(
+        live(&url, &trusting(&first.pem)).await.is_err(),
+        "the old certificate is still served"
+    );
+    assert!(registry.log_text().contains("reloaded after the files changed"));
+}
+
+/// Tokens for one principal per role, and the file that grants them.
+struct Principals {
+    file: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+const ROLES: [&str; 5] = ["read", "infer", "write", "train", "admin"];
+
+fn token(role: &str) -> String {
+    format!("test-token-for-{role}-{}", "x".repeat(20))
+}
+
+impl Principals {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let text: String = ROLES
+            .iter()
+            .map(|role| format!("{role}-bot {role} {}\n", sha256(token(role).as_bytes())))
+            .collect();
+        let file = dir.path().join("tokens");
+        std::fs::write(&file, format!("# one principal per role\n{text}")).unwrap();
+        Self { file, _dir: dir }
+    }
+
+    fn flag(&self) -> String {
+        format!("--auth-tokens={}", self.file.display())
+    }
+}
+
+fn as_role(role: Option<&str>) -> ClientSecurity {
+    ClientSecurity {
+        token: role.map(token),
+        ..ClientSecurity::default()
+    }
+}
+
+async fn channel(service: &Service, role: Option<&str>) -> TracedChannel {
+    kappa_client::connect_with("kappa-service", &service.address, &as_role(role))
+        .await
+        .unwrap()
+}
+
+/// Whether the auth layer let the call through: any answer but its two refusals.
+fn code_of<T>(result: Result<T, tonic::Status>) -> Code {
+    match result {
+        Ok(_) => Code::Ok,
+        Err(status) => status.code(),
+    }
+}
+
+/// Checks one RPC against every role and no token: the roles in `allowed` pass the auth layer,
+/// the rest are PERMISSION_DENIED, no token is UNAUTHENTICATED.
+async fn check_rpc<F, Fut>(rpc: &str, allowed: &[&str], service: &Service, call: F)
+where
+    F: Fn(TracedChannel) -> Fut,
+    Fut: Future<Output = Code>,
+{
+    assert_eq!(
+        call(channel(service, None).await).await,
+        Code::Unauthenticated,
+        "{rpc} without a token"
+    );
+    let wrong = ClientSecurity {
+        token: Some("not-a-known-token".into()),
+        ..ClientSecurity::default()
+    };
+    let unknown = kappa_client::connect_with("kappa-service", &service.address, &wrong)
+        .await
+        .unwrap();
+    assert_eq!(
+        call(unknown).await,
+        Code::Unauthenticated,
+        "{rpc} with an unknown token"
+    );
+    for role in ROLES {
+        let code = call(channel(service, Some(role)).await).await;
+        if allowed.contains(&role) || role == "admin" {
+            assert!(
+                !matches!(code, Code::Unauthenticated | Code::PermissionDenied),
+                "{rpc} as {role} was refused: {code:?}"
+            );
+        } else {
+            assert_eq!(code, Code::PermissionDenied, "{rpc} as {role}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rpc_of_every_service_checks_its_role_and_a_refused_write_changes_nothing() {
+    let principals = Principals::new();
+    let setup = RegistrySetup::new().arg(principals.flag());
+    let registry = setup.start().await;
+    let topic = setup.topic.clone();
+
+    // A model to read, published by the writer; the record names who did it.
+    let fixture = fixture("autoencoder");
+    let mut writer = kappa_client::Registry::new(channel(&registry, Some("write")).await);
+    let published = writer.publish(&fixture.manifest, &fixture.weights, "").await.unwrap();
+    let version = published.version.unwrap();
+    assert_eq!(version.published_by, "write-bot");
+    let name = fixture.manifest.name.clone();
+    let (_, end_before) = watermarks(&topic).await;
+
+    let reg = |c: TracedChannel| RegistryClient::new(c);
+    check_rpc("ListModels", &["read"], &registry, |c| async move {
+        code_of(reg(c).list_models(pb::ListModelsRequest {}).await)
+    })
+    .await;
+    check_rpc("ListVersions", &["read"], &registry, |c| {
+        let name = name.clone();
+        async move { code_of(reg(c).list_versions(pb::ListVersionsRequest { name }).await) }
+    })
+    .await;
+    check_rpc("GetModel", &["read"], &registry, |c| {
+        let name = name.clone();
+        async move {
+            code_of(
+                reg(c)
+                    .get_model(pb::GetModelRequest {
+                        name,
+                        selector: None,
+                        manifest_only: true,
+                    })
+                    .await,
+            )
+        }
+    })
+    .await;
+    check_rpc("WatchModels", &["read"], &registry, |c| async move {
+        code_of(
+            reg(c)
+                .watch_models(pb::WatchModelsRequest {
+                    from_position: 0,
+                    name: String::new(),
+                })
+                .await,
+        )
+    })
+    .await;
+    // Writes that the auth layer lets through are made to fail in the handler (an unknown
+    // version, an empty stream), so the log only changes by what is asserted.
+    check_rpc("SetAlias", &["write"], &registry, |c| {
+        let name = name.clone();
+        async move {
+            code_of(
+                reg(c)
+                    .set_alias(pb::SetAliasRequest {
+                        name,
+                        alias: "production".into(),
+                        version: 99,
+                    })
+                    .await,
+            )
+        }
+    })
+    .await;
+    check_rpc("DeleteAlias", &["write"], &registry, |c| {
+        let name = name.clone();
+        async move {
+            code_of(
+                reg(c)
+                    .delete_alias(pb::DeleteAliasRequest {
+                        name,
+                        alias: "absent".into(),
+                    })
+                    .await,
+            )
+        }
+    })
+    .await;
+    check_rpc("DeleteVersion", &["write"], &registry, |c| {
+        let name = name.clone();
+        async move {
+            code_of(
+                reg(c)
+                    .delete_version(pb::DeleteVersionRequest {
+                        name,
+                        version: 99,
+                        force: false,
+                    })
+                    .await,
+            )
+        }
+    })
+    .await;
+    check_rpc("Publish", &["write"], &registry, |c| async move {
+        code_of(reg(c).publish(tokio_stream::empty::<pb::PublishRequest>()).await)
+    })
+    .await;
+    let (_, end_after) = watermarks(&topic).await;
+    assert_eq!(
+        end_after, end_before,
+        "a refused or failed write must not touch the models topic"
+    );
+
+    // A forced delete takes the admin role, beyond write.
+    let mut admin = reg(channel(&registry, Some("admin")).await);
+    admin
+        .set_alias(pb::SetAliasRequest {
+            name: name.clone(),
+            alias: "production".into(),
+            version: version.version,
+        })
+        .await
+        .unwrap();
+    let forced = pb::DeleteVersionRequest {
+        name: name.clone(),
+        version: version.version,
+        force: true,
+    };
+    let denied = reg(channel(&registry, Some("write")).await)
+        .delete_version(forced.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    assert!(denied.message().contains("admin"), "{}", denied.message());
+
+    // The predictor: scoring needs infer, metadata read, the OIP probes stay open.
+    let predictor = PredictorSetup::new(&topic, &name, "production")
+        .arg(principals.flag())
+        .start()
+        .await;
+    let oip = |c: TracedChannel| GrpcInferenceServiceClient::new(c);
+    for role in [None, Some("read"), Some("infer")] {
+        let live = oip(channel(&predictor.service, role).await)
+            .server_live(ServerLiveRequest {})
+            .await;
+        assert!(live.is_ok(), "ServerLive is a probe: open to {role:?}");
+    }
+    check_rpc("ModelInfer", &["infer"], &predictor.service, |c| {
+        let name = name.clone();
+        async move {
+            code_of(
+                oip(c)
+                    .model_infer(ModelInferRequest {
+                        model_name: name,
+                        ..ModelInferRequest::default()
+                    })
+                    .await,
+            )
+        }
+    })
+    .await;
+    check_rpc("Predict", &["infer"], &predictor.service, |c| {
+        let name = name.clone();
+        async move {
+            code_of(
+                PredictorClient::new(c)
+                    .predict(PredictRequest {
+                        model: name,
+                        ..PredictRequest::default()
+                    })
+                    .await,
+            )
+        }
+    })
+    .await;
+    check_rpc("ModelMetadata", &["read"], &predictor.service, |c| {
+        let name = name.clone();
+        async move {
+            code_of(
+                oip(c)
+                    .model_metadata(ModelMetadataRequest {
+                        name,
+                        version: String::new(),
+                    })
+                    .await,
+            )
+        }
+    })
+    .await;
+    check_rpc("ServerMetadata", &["read"], &predictor.service, |c| async move {
+        code_of(oip(c).server_metadata(ServerMetadataRequest {}).await)
+    })
+    .await;
+
+    // The trainer: jobs take train; moving an alias takes write too; reads take read.
+    let trainer = Launch::new("kappa-trainer", &topic)
+        .args(["--jobs-topic", &unique("test.jobs"), "--registry", &registry.address])
+        .args([principals.flag()])
+        .start("kappa.trainer.v1.Trainer")
+        .await;
+    let spec = |promote: &str| TrainingSpec {
+        model_name: "secured".into(),
+        source_topic: unique("no-such-topic"),
+        range: Some(Range::LastMinutes(5)),
+        epochs: 1,
+        promote_alias: promote.into(),
+        ..TrainingSpec::default()
+    };
+    check_rpc("StartTraining", &["train"], &trainer, |c| {
+        let spec = spec("");
+        async move {
+            code_of(
+                TrainerClient::new(c)
+                    .start_training(StartTrainingRequest { spec: Some(spec) })
+                    .await,
+            )
+        }
+    })
+    .await;
+    let promoting = TrainerClient::new(channel(&trainer, Some("train")).await)
+        .start_training(StartTrainingRequest {
+            spec: Some(spec("production")),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(promoting.code(), Code::PermissionDenied, "{promoting:?}");
+    check_rpc("GetJob", &["read"], &trainer, |c| async move {
+        code_of(
+            TrainerClient::new(c)
+                .get_job(GetJobRequest { job_id: "job-x".into() })
+                .await,
+        )
+    })
+    .await;
+    check_rpc("ListJobs", &["read"], &trainer, |c| async move {
+        code_of(TrainerClient::new(c).list_jobs(ListJobsRequest {}).await)
+    })
+    .await;
+    check_rpc("CancelJob", &["train"], &trainer, |c| async move {
+        code_of(
+            TrainerClient::new(c)
+                .cancel_job(GetJobRequest { job_id: "job-x".into() })
+                .await,
+        )
+    })
+    .await;
+}
