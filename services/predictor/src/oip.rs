@@ -48,17 +48,19 @@ impl Oip {
                 )));
             }
         };
+        let needed = values_for_shape(rows, f)?;
         let values: Vec<f32> = if let Some(raw) = request.raw_input_contents.first() {
             if input.contents.is_some() {
                 return Err(PredictError::InvalidInput(
                     "send the input in contents or raw_input_contents, not both".into(),
                 ));
             }
-            if raw.len() != rows * f * 4 {
+            // `needed` fits in memory-sized arithmetic, and 4 × it did when it was checked.
+            if raw.len() / 4 != needed || raw.len() % 4 != 0 {
                 return Err(PredictError::InvalidInput(format!(
                     "raw input holds {} bytes; shape [{rows}, {f}] of FP32 needs {}",
                     raw.len(),
-                    rows * f * 4
+                    needed * 4
                 )));
             }
             raw.chunks_exact(4)
@@ -70,11 +72,10 @@ impl Oip {
                 .as_ref()
                 .map(|c| c.fp32_contents.clone())
                 .unwrap_or_default();
-            if contents.len() != rows * f {
+            if contents.len() != needed {
                 return Err(PredictError::InvalidInput(format!(
-                    "fp32_contents holds {} values; shape [{rows}, {f}] needs {}",
+                    "fp32_contents holds {} values; shape [{rows}, {f}] needs {needed}",
                     contents.len(),
-                    rows * f
                 )));
             }
             contents
@@ -239,5 +240,29 @@ impl GrpcInferenceService for Oip {
         let result = self.infer(request.into_inner()).await.map_err(Status::from);
         self.0.observe("ModelInfer", &result, Some(started));
         result.map(Response::new)
+    }
+}
+
+/// FP32 values a `[rows, features]` tensor holds, with checked arithmetic: a shape a client
+/// makes up (`[2^40, 2^40]`) is refused, never wrapped around into a small, matching size.
+fn values_for_shape(rows: usize, features: usize) -> Result<usize, PredictError> {
+    rows.checked_mul(features)
+        .filter(|values| values.checked_mul(4).is_some_and(|bytes| bytes <= isize::MAX as usize))
+        .ok_or_else(|| {
+            PredictError::InvalidInput(format!(
+                "shape [{rows}, {features}] is larger than any request this server could receive"
+            ))
+        })
+}
+
+#[cfg(test)]
+mod shape_tests {
+    #[test]
+    fn huge_shapes_are_refused_not_overflowed() {
+        assert_eq!(super::values_for_shape(64, 18).unwrap(), 1152);
+        for rows in [1_usize << 40, usize::MAX / 2, usize::MAX] {
+            let error = super::values_for_shape(rows, 1 << 40).unwrap_err();
+            assert!(error.to_string().contains("larger than any request"), "{error}");
+        }
     }
 }

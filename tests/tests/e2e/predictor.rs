@@ -539,6 +539,23 @@ async fn bad_input_gets_precise_codes_and_the_service_keeps_serving() {
     raw_short.inputs[0].contents = None;
     raw_short.raw_input_contents = vec![vec![0; 10]];
     expect(oip.model_infer(raw_short).await, Code::InvalidArgument, "bytes");
+    // A made-up shape whose size overflows 64 bits is refused, not wrapped into a small size.
+    for rows in [1_i64 << 62, i64::MAX] {
+        let mut huge = infer_request("strict", &good);
+        huge.inputs[0].shape = vec![rows, 18];
+        expect(
+            oip.model_infer(huge.clone()).await,
+            Code::InvalidArgument,
+            "larger than any request",
+        );
+        huge.inputs[0].contents = None;
+        huge.raw_input_contents = vec![vec![0; 72]];
+        expect(
+            oip.model_infer(huge).await,
+            Code::InvalidArgument,
+            "larger than any request",
+        );
+    }
 
     let mut missing = sensor_request(1.0);
     missing.features.remove("speed");
