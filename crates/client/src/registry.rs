@@ -2,6 +2,7 @@ use kappa_api::{
     model::ModelManifest,
     registry::{self as pb, get_model_request, get_model_response, publish_request, registry_client::RegistryClient},
 };
+use kappa_model::signing::ModelSigner;
 use kappa_runtime::TracedChannel;
 use thiserror::Error;
 use tokio_stream::StreamExt as _;
@@ -84,10 +85,33 @@ impl Registry {
         weights: &[u8],
         idempotency_key: &str,
     ) -> Result<pb::PublishResponse, Status> {
+        self.publish_signed(manifest, weights, idempotency_key, None).await
+    }
+
+    /// Like [`Self::publish`], signed with `signer` when given: the manifest's weights digest
+    /// and size are filled in from `weights` first, so the signature binds the weights.
+    pub async fn publish_signed(
+        &mut self,
+        manifest: &ModelManifest,
+        weights: &[u8],
+        idempotency_key: &str,
+        signer: Option<&ModelSigner>,
+    ) -> Result<pb::PublishResponse, Status> {
+        let mut manifest = manifest.clone();
+        let (signature, signing_key_id) = match signer {
+            None => (Vec::new(), String::new()),
+            Some(signer) => {
+                manifest.weights_sha256 = kappa_model::sha256_hex(weights);
+                manifest.weights_size = weights.len() as u64;
+                signer.sign(&manifest)
+            }
+        };
         let header = pb::PublishRequest {
             part: Some(publish_request::Part::Header(pb::PublishHeader {
-                manifest: Some(manifest.clone()),
+                manifest: Some(manifest),
                 idempotency_key: idempotency_key.to_owned(),
+                signature,
+                signing_key_id,
             })),
         };
         let chunks = weights.chunks(UPLOAD_CHUNK_BYTES).map(|c| pb::PublishRequest {

@@ -8,6 +8,7 @@ pub mod example;
 mod manifest;
 mod mlp;
 pub mod schema;
+pub mod signing;
 pub mod train;
 mod weights;
 

@@ -2,10 +2,12 @@
 
 mod data;
 mod fleet;
+mod keys;
 mod load;
 mod models;
 mod predict;
 mod predictions;
+mod secret_file;
 mod token;
 mod train;
 
@@ -44,6 +46,8 @@ enum Command {
     Data(data::DataArgs),
     /// Make bearer tokens for the services' --auth-tokens files.
     Token(token::TokenArgs),
+    /// Make Ed25519 keys that sign models (trainer --signing-key, predictor --trusted-keys).
+    Keys(keys::KeysArgs),
 }
 
 impl Command {
@@ -57,6 +61,7 @@ impl Command {
             Self::Fleet(_) => "kappa fleet",
             Self::Data(_) => "kappa data",
             Self::Token(_) => "kappa token",
+            Self::Keys(_) => "kappa keys",
         }
     }
 }
@@ -105,6 +110,7 @@ async fn main() -> ExitCode {
             Command::Predictions(args) => predictions::run(args).await,
             Command::Train(args) => train::run(args, &security()?).await,
             Command::Token(args) => token::run(args),
+            Command::Keys(args) => keys::run(args),
         }
     }
     .instrument(span)

@@ -47,6 +47,10 @@ enum ModelsCommand {
         /// Defaults to a key derived from the name and the weights' SHA-256.
         #[arg(long)]
         idempotency_key: Option<String>,
+        /// Sign the model with this Ed25519 private key (PKCS#8 PEM, from `kappa keys new`), so
+        /// predictors with --trusted-keys serve it.
+        #[arg(long, env = "KAPPA_SIGNING_KEY", value_parser = kappa_model::signing::ModelSigner::parse_flag)]
+        signing_key: Option<kappa_model::signing::ModelSigner>,
     },
     /// List every model with its latest version and aliases.
     List,
@@ -140,6 +144,7 @@ pub async fn run(args: ModelsArgs, security: &ClientSecurity) -> anyhow::Result<
             manifest,
             name,
             idempotency_key,
+            signing_key,
         } => {
             let mut registry = connect(&args.registry, security).await?;
             let bytes = std::fs::read(&weights).with_context(|| format!("cannot read {}", weights.display()))?;
@@ -148,7 +153,10 @@ pub async fn run(args: ModelsArgs, security: &ClientSecurity) -> anyhow::Result<
                 manifest.name = name;
             }
             let key = idempotency_key.unwrap_or_else(|| default_idempotency_key(&manifest, &bytes));
-            let response = registry.publish(&manifest, &bytes, &key).await.map_err(status_error)?;
+            let response = registry
+                .publish_signed(&manifest, &bytes, &key, signing_key.as_ref())
+                .await
+                .map_err(status_error)?;
             let version = response.version.unwrap_or_default();
             match output {
                 Output::Json => println!("{}", serde_json::to_string(&version)?),

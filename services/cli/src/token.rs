@@ -2,12 +2,13 @@
 //! `--auth-tokens` file. The file holds only the token's SHA-256, so the token itself is shown
 //! (or written) once, here.
 
-use std::{io::Write as _, path::PathBuf};
+use std::path::PathBuf;
 
-use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use kappa_runtime::auth::{Roles, token_digest};
 use rand::RngCore as _;
+
+use crate::secret_file::create_new;
 
 #[derive(Debug, Args)]
 pub struct TokenArgs {
@@ -53,8 +54,7 @@ pub fn run(args: TokenArgs) -> anyhow::Result<()> {
     let line = format!("{name} {roles} {}", token_digest(&token));
     match out {
         Some(path) => {
-            let mut file = create_private(&path)?;
-            writeln!(file, "{token}").with_context(|| format!("cannot write {}", path.display()))?;
+            create_new(&path, format!("{token}\n").as_bytes(), 0o600)?;
             println!("{line}");
         }
         None => {
@@ -65,17 +65,4 @@ pub fn run(args: TokenArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-fn create_private(path: &PathBuf) -> anyhow::Result<std::fs::File> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        options.mode(0o600);
-    }
-    options
-        .open(path)
-        .with_context(|| format!("cannot create {} (it must not exist yet)", path.display()))
 }

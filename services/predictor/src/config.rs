@@ -92,6 +92,13 @@ pub struct PredictorConfig {
           value_name = "SECONDS", value_parser = kappa_runtime::args::seconds)]
     pub shutdown_grace: Duration,
 
+    /// Serve only versions signed by one of these Ed25519 public keys: a PEM file, or a
+    /// directory of them (`*.pem`, `*.pub`, e.g. a mounted ConfigMap). An unsigned or otherwise
+    /// signed version is refused like a corrupt one, and the previous version keeps serving.
+    #[arg(long, env = "KAPPA_TRUSTED_KEYS", value_name = "PATH",
+          value_parser = kappa_model::signing::TrustedKeys::parse_flag)]
+    pub trusted_keys: Option<kappa_model::signing::TrustedKeys>,
+
     /// Validate the configuration, print it and exit without connecting to anything.
     #[arg(long)]
     pub check_config: bool,

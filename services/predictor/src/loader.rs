@@ -8,7 +8,7 @@ use std::{
 };
 
 use kappa_kafka::KafkaClients;
-use kappa_model::{Backend, Mlp, sha256_hex};
+use kappa_model::{Backend, Mlp, sha256_hex, signing::TrustedKeys};
 use kappa_modellog::chunks;
 use kappa_runtime::propagation::context_from_map;
 use tokio::sync::watch;
@@ -32,6 +32,8 @@ pub struct Loader {
     pub served_services: Vec<&'static str>,
     /// This replica's gRPC address, to tell replicas apart in a trace.
     pub instance: String,
+    /// When set, only versions signed by one of these keys are served.
+    pub trusted_keys: Option<TrustedKeys>,
 }
 
 struct LoadFailure {
@@ -124,6 +126,17 @@ impl Loader {
             reason: "no_manifest",
             message: "the version record carries no manifest".into(),
         })?;
+        // Before any weights are fetched: anyone who can write to the topic can write a version
+        // with a matching digest; only a trusted key's signature makes it servable.
+        if let Some(trusted) = &self.trusted_keys {
+            let record = &target.record;
+            tracing::info_span!("verify_signature", key = record.signing_key_id.as_str())
+                .in_scope(|| trusted.verify(&manifest, &record.signature, &record.signing_key_id))
+                .map_err(|e| LoadFailure {
+                    reason: "signature",
+                    message: e.to_string(),
+                })?;
+        }
         let bytes = match target.bytes {
             Some(bytes) => bytes,
             None => {

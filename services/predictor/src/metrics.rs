@@ -42,8 +42,9 @@ pub struct PredictorMetrics {
 }
 
 /// Why a version can be refused (the `reason` label of `load_failures`).
-pub const LOAD_FAILURE_REASONS: [&str; 7] = [
+pub const LOAD_FAILURE_REASONS: [&str; 8] = [
     "no_manifest",
+    "signature",
     "missing_chunks",
     "read_failed",
     "digest_mismatch",

@@ -60,6 +60,7 @@ pub async fn run(
         backend: config.backend,
         served_services: served.clone(),
         instance: format!("{}:{}", kappa_runtime::hostname(), listener.local_addr()?.port()),
+        trusted_keys: config.trusted_keys.clone(),
     };
     tokio::spawn(loader.run(targets));
 

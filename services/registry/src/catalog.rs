@@ -132,6 +132,7 @@ fn to_model_version(stored: &StoredVersion, aliases: Vec<String>) -> pb::ModelVe
         manifest: Some(manifest),
         position: stored.position,
         published_by: stored.record.published_by.clone(),
+        signing_key_id: stored.record.signing_key_id.clone(),
     }
 }
 

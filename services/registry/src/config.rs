@@ -63,6 +63,12 @@ pub struct RegistryConfig {
           default_value = "0", value_parser = kappa_runtime::args::millis)]
     pub fault_delay_before_commit: Duration,
 
+    /// Accept only models signed by one of these Ed25519 public keys: a PEM file, or a directory
+    /// of them (`*.pem`, `*.pub`). Unsigned or otherwise signed publishes get PERMISSION_DENIED.
+    #[arg(long, env = "KAPPA_TRUSTED_KEYS", value_name = "PATH",
+          value_parser = kappa_model::signing::TrustedKeys::parse_flag)]
+    pub trusted_keys: Option<kappa_model::signing::TrustedKeys>,
+
     /// Validate the configuration, print it and exit without connecting to anything.
     #[arg(long)]
     pub check_config: bool,

@@ -113,6 +113,7 @@ fn to_event(record: LogRecord, offset: i64, name_filter: &str) -> Option<pb::wat
                     manifest: Some(manifest),
                     position: offset,
                     published_by: record.published_by,
+                    signing_key_id: record.signing_key_id,
                 }),
             })
         }

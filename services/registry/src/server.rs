@@ -105,6 +105,7 @@ pub async fn run(
         chunk_bytes: config.chunk_bytes as usize,
         max_model_bytes: config.max_model_bytes,
         metrics: Arc::clone(&metrics),
+        trusted_keys: config.trusted_keys.clone(),
     };
     // Publish chunks may be up to 4 MiB each (plus framing); everything else is small.
     let registry = RegistryServer::new(service).max_decoding_message_size(8 * 1024 * 1024);

@@ -11,7 +11,7 @@ use kappa_api::{
     registry::{self as pb, registry_server::Registry},
 };
 use kappa_kafka::KafkaClients;
-use kappa_model::{validate_manifest, validate_weights};
+use kappa_model::{signing::TrustedKeys, validate_manifest, validate_weights};
 use kappa_modellog::{ModelKey, ModelLog, follower::Progress};
 use kappa_runtime::{
     auth::{Principal, Role},
@@ -43,6 +43,14 @@ pub struct RegistryService {
     pub chunk_bytes: usize,
     pub max_model_bytes: u64,
     pub metrics: Arc<RegistryMetrics>,
+    /// When set, only versions signed by one of these keys are accepted.
+    pub trusted_keys: Option<TrustedKeys>,
+}
+
+/// A signature as the publisher sent it.
+struct Signed {
+    signature: Vec<u8>,
+    key_id: String,
 }
 
 fn now_ms() -> i64 {
@@ -122,7 +130,22 @@ impl RegistryService {
             return Err(invalid("leave manifest.version at 0: the registry assigns versions"));
         }
         validate_manifest(&manifest).map_err(RegistryError::from)?;
-        let key = header.idempotency_key;
+        let pb::PublishHeader {
+            manifest: _,
+            idempotency_key: key,
+            signature,
+            signing_key_id,
+        } = header;
+        // An Ed25519 signature is 64 bytes; a key id 16 hex digits. Anything else is junk to keep out of the log.
+        if !(signature.is_empty() || signature.len() == 64) || signing_key_id.len() > 64 {
+            return Err(invalid(
+                "signature must be 64 bytes (Ed25519) and signing_key_id at most 64 characters",
+            ));
+        }
+        let signed = Signed {
+            signature,
+            key_id: signing_key_id,
+        };
         if key.len() > MAX_IDEMPOTENCY_KEY_LEN {
             return Err(invalid(format!(
                 "the idempotency key is longer than {MAX_IDEMPOTENCY_KEY_LEN} bytes"
@@ -167,6 +190,15 @@ impl RegistryService {
         let validated = validated.map_err(RegistryError::from)?;
         manifest.weights_sha256 = validated.sha256;
         manifest.weights_size = validated.size;
+        if let Some(trusted) = &self.trusted_keys {
+            trusted
+                .verify(&manifest, &signed.signature, &signed.key_id)
+                .map_err(|e| {
+                    RegistryError::Forbidden(format!(
+                        "this registry accepts only models signed by a trusted key: {e}"
+                    ))
+                })?;
+        }
 
         let _guard = self.writer.lock().await;
         // A concurrent retry with the same key may have won the lock first.
@@ -186,6 +218,7 @@ impl RegistryService {
             key,
             span_context_map(&transaction),
             published_by.clone(),
+            signed,
         );
         self.write_in(transaction, records).await?;
         self.metrics.published_bytes.inc_by(weights.len() as u64);
@@ -386,6 +419,7 @@ fn version_records(
     idempotency_key: String,
     trace_context: BTreeMap<String, String>,
     published_by: String,
+    signed: Signed,
 ) -> Vec<Put> {
     let (name, version) = (manifest.name.clone(), manifest.version);
     let mut records: Vec<Put> = weights
@@ -417,6 +451,8 @@ fn version_records(
         deleted: false,
         trace_context,
         published_by,
+        signature: signed.signature,
+        signing_key_id: signed.key_id,
     };
     records.push(Put {
         key: ModelKey::Version { name, version }.to_string(),

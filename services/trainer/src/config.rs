@@ -83,6 +83,13 @@ pub struct TrainerConfig {
           value_name = "SECONDS", value_parser = kappa_runtime::args::seconds)]
     pub shutdown_grace: Duration,
 
+    /// Sign every model this trainer publishes with this Ed25519 private key (PKCS#8 PEM, from
+    /// `kappa keys new` or `openssl genpkey -algorithm ed25519`), so predictors with
+    /// --trusted-keys serve them.
+    #[arg(long, env = "KAPPA_SIGNING_KEY", value_name = "PEM",
+          value_parser = kappa_model::signing::ModelSigner::parse_flag)]
+    pub signing_key: Option<kappa_model::signing::ModelSigner>,
+
     /// Validate the configuration, print it and exit without connecting to anything.
     #[arg(long)]
     pub check_config: bool,

@@ -74,6 +74,8 @@ pub struct JobContext {
     pub kafka: KafkaClients,
     pub registry: kappa_client::ServiceUrl,
     pub registry_security: kappa_client::ClientSecurity,
+    /// Signs what the trainer publishes, when configured.
+    pub signer: Option<kappa_model::signing::ModelSigner>,
     pub max_rows: usize,
 }
 
@@ -560,6 +562,7 @@ async fn execute_round(handle: &Arc<JobHandle>, ctx: &JobContext, round: &tracin
         &manifest,
         weights,
         &format!("{job_id}:{}", handle.snapshot().runs),
+        ctx.signer.as_ref(),
     )
     .instrument(tracing::info_span!("publish", model = %spec.model_name))
     .await
@@ -719,9 +722,10 @@ async fn publish(
     manifest: &ModelManifest,
     weights: Vec<u8>,
     key: &str,
+    signer: Option<&kappa_model::signing::ModelSigner>,
 ) -> Result<u64, String> {
     registry
-        .publish(manifest, &weights, &format!("trainer-job:{key}"))
+        .publish_signed(manifest, &weights, &format!("trainer-job:{key}"), signer)
         .await
         .map(|r| r.version.unwrap_or_default().version)
         .map_err(|s| format!("publishing failed: {:?}: {}", s.code(), s.message()))

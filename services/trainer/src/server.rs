@@ -44,6 +44,7 @@ pub async fn run(
             kafka: kafka.clone(),
             registry: config.registry.clone(),
             registry_security: config.registry_security().map_err(anyhow::Error::msg)?,
+            signer: config.signing_key.clone(),
             max_rows: config.max_rows,
         },
         max_running: config.max_concurrent_jobs as usize,

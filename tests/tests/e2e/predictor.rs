@@ -14,13 +14,11 @@ use kappa_api::{
         InferTensorContents, ModelInferRequest, ModelMetadataRequest, ServerLiveRequest, ServerReadyRequest,
         grpc_inference_service_client::GrpcInferenceServiceClient, model_infer_request::InferInputTensor,
     },
-    model::{VersionRecord, WeightChunk},
     predictor::{PredictRequest, predictor_client::PredictorClient},
     registry as pb,
 };
 use kappa_fleet::{CAR_FIELDS, car_autoencoder};
 use kappa_model::example::random_weights;
-use prost::Message as _;
 use tonic::{Code, transport::Channel};
 
 use crate::support::*;
@@ -329,28 +327,6 @@ async fn wait_for_version(
         assert!(Instant::now() < deadline, "version {version} not served within 10 s");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// Writes a version straight into the models topic, as a buggy or hostile writer could.
-async fn write_raw_version(topic: &str, manifest: kappa_api::model::ModelManifest, weights: &[u8]) {
-    let (name, version) = (manifest.name.clone(), manifest.version);
-    let chunk = WeightChunk {
-        index: 0,
-        data: weights.to_vec(),
-    };
-    let record = VersionRecord {
-        manifest: Some(manifest),
-        chunk_count: 1,
-        ..Default::default()
-    };
-    produce_raw(
-        topic,
-        vec![
-            (format!("model/{name}/{version}/chunk/0"), chunk.encode_to_vec()),
-            (format!("model/{name}/{version}"), record.encode_to_vec()),
-        ],
-    )
-    .await;
 }
 
 #[tokio::test]

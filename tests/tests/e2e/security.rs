@@ -593,3 +593,180 @@ async fn every_rpc_of_every_service_checks_its_role_and_a_refused_write_changes_
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_predictor_with_trusted_keys_serves_only_signed_versions_and_never_fails_a_call() {
+    // Keys and a signed publish through the CLI, as an operator would do it.
+    let dir = tempfile::tempdir().unwrap();
+    let (private, public) = signing_keys(&dir.path().join("keys"));
+    let trusted_dir = dir.path().join("trusted");
+    std::fs::create_dir(&trusted_dir).unwrap();
+    std::fs::copy(&public, trusted_dir.join("ci.pem")).unwrap();
+
+    let setup = RegistrySetup::new();
+    let registry = setup.start().await;
+    let fixtures = fixture_dir();
+    let published = std::process::Command::new(binary("kappa"))
+        .args(["models", "publish", "--registry", &registry.address, "--output", "json"])
+        .arg(fixtures.join("autoencoder.safetensors"))
+        .arg(fixtures.join("autoencoder.manifest.json"))
+        .arg(format!("--signing-key={}", private.display()))
+        .output()
+        .unwrap();
+    assert!(
+        published.status.success(),
+        "{}",
+        String::from_utf8_lossy(&published.stderr)
+    );
+    let version: serde_json::Value = serde_json::from_slice(&published.stdout).unwrap();
+    let name = version["name"].as_str().unwrap().to_owned();
+    assert!(
+        !version["signingKeyId"].as_str().unwrap_or_default().is_empty(),
+        "{version}"
+    );
+    let mut admin = registry_client(&registry).await;
+    admin
+        .set_alias(pb::SetAliasRequest {
+            name: name.clone(),
+            alias: "production".into(),
+            version: 1,
+        })
+        .await
+        .unwrap();
+
+    let predictor = PredictorSetup::new(&setup.topic, &name, "production")
+        .arg(format!("--trusted-keys={}", trusted_dir.display()))
+        .start()
+        .await;
+
+    // Callers keep scoring throughout; not one call may fail, and all are answered by v1.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let fixture = fixture("autoencoder");
+    let mut callers = Vec::new();
+    for _ in 0..4 {
+        let (channel, stop, row, name) = (
+            predictor.channel().await,
+            stop.clone(),
+            fixture.inputs[0].clone(),
+            name.clone(),
+        );
+        callers.push(tokio::spawn(async move {
+            let mut client = GrpcInferenceServiceClient::new(channel);
+            let (mut calls, mut wrong) = (0_u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let request = oip_request(&name, &row);
+                match client.model_infer(request).await {
+                    Ok(answer) if answer.get_ref().model_version == "1" => {}
+                    Ok(answer) => wrong.push(format!("served by version {}", answer.get_ref().model_version)),
+                    Err(status) => wrong.push(format!("{:?}: {}", status.code(), status.message())),
+                }
+                calls += 1;
+            }
+            (calls, wrong)
+        }));
+    }
+
+    // Anyone who can write to the topic: an unsigned version with a correct digest, then one
+    // signed by a key nobody trusts, then one with the trusted key's id and a forged signature,
+    // the alias moved to each straight in the log.
+    let forged_weights = kappa_model::example::random_weights(&fixture.manifest, 99);
+    let mut forged = fixture.manifest.clone();
+    forged.weights_sha256 = sha256(&forged_weights);
+    forged.weights_size = forged_weights.len() as u64;
+    let trusted_id = kappa_model::signing::TrustedKeys::load(&trusted_dir).unwrap().ids()[0].to_owned();
+    let stranger = kappa_model::signing::ModelSigner::generate();
+    let attempts: Vec<(Vec<u8>, String)> = vec![
+        (Vec::new(), String::new()),
+        stranger.sign(&forged),
+        (vec![7; 64], trusted_id.clone()),
+    ];
+    for (i, (signature, key_id)) in attempts.into_iter().enumerate() {
+        let version = 2 + i as u64;
+        let mut manifest = forged.clone();
+        manifest.name = name.clone();
+        manifest.version = version;
+        let record = kappa_api::model::VersionRecord {
+            manifest: Some(manifest),
+            signature,
+            signing_key_id: key_id,
+            ..Default::default()
+        };
+        write_raw_record(&setup.topic, record, &forged_weights).await;
+        write_raw_alias(&setup.topic, &name, "production", version).await;
+        let expected = (i + 1) as f64;
+        eventually(
+            &format!("forged version {version} refused for its signature"),
+            || async {
+                predictor
+                    .metric(r#"kappa_predictor_load_failures_total{reason="signature"}"#)
+                    .await
+                    == Some(expected)
+            },
+        )
+        .await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for caller in callers {
+        let (calls, wrong) = caller.await.unwrap();
+        assert!(
+            wrong.is_empty(),
+            "{} of {calls} calls went wrong: {:?}",
+            wrong.len(),
+            &wrong[..wrong.len().min(5)]
+        );
+        total += calls;
+    }
+    assert!(total > 0);
+
+    // The predictor says why, where OIP clients look.
+    let metadata = GrpcInferenceServiceClient::new(predictor.channel().await)
+        .model_metadata(ModelMetadataRequest {
+            name: name.clone(),
+            version: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let error = format!("{:?}", metadata.parameters.get("last_load_error"));
+    assert!(
+        error.contains("version 4 refused") && error.contains("does not verify"),
+        "{error}"
+    );
+    assert!(predictor.log_text_contains("not among the trusted keys"));
+    assert!(predictor.log_text_contains("is not signed"));
+
+    // A registry that requires signatures refuses the unsigned publish outright.
+    let strict = RegistrySetup::new()
+        .arg(format!("--trusted-keys={}", public.display()))
+        .start()
+        .await;
+    let mut client = registry_client(&strict).await;
+    let refused = publish(&mut client, &fixture.manifest, &fixture.weights, "")
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    let signer = kappa_model::signing::ModelSigner::read(&private).unwrap();
+    kappa_client::Registry::from(client.clone())
+        .publish_signed(&fixture.manifest, &fixture.weights, "", Some(&signer))
+        .await
+        .unwrap();
+}
+
+fn oip_request(model: &str, row: &[f32]) -> ModelInferRequest {
+    use kappa_api::inference::{InferTensorContents, model_infer_request::InferInputTensor};
+    ModelInferRequest {
+        model_name: model.to_owned(),
+        inputs: vec![InferInputTensor {
+            name: "input".into(),
+            datatype: "FP32".into(),
+            shape: vec![1, row.len() as i64],
+            contents: Some(InferTensorContents {
+                fp32_contents: row.to_vec(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}

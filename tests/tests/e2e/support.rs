@@ -559,6 +559,10 @@ impl Predictor {
         scrape(&self.metrics_url).await
     }
 
+    pub fn log_text_contains(&self, needle: &str) -> bool {
+        self.service.log_text().contains(needle)
+    }
+
     /// Value of one metric line (exact series text before the value), if present.
     pub async fn metric(&self, series: &str) -> Option<f64> {
         let text = self.metrics().await;
@@ -824,4 +828,60 @@ pub async fn oip_feature_columns(
         Some(ParameterChoice::StringParam(json)) => serde_json::from_str(&json).unwrap(),
         other => panic!("ModelMetadata has no features_json parameter: {other:?}"),
     }
+}
+
+/// A signing key pair made by `kappa keys new` in `dir`: (private key, public key) paths.
+pub fn signing_keys(dir: &std::path::Path) -> (PathBuf, PathBuf) {
+    let made = Command::new(binary("kappa"))
+        .args(["keys", "new", "--out"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    (dir.join("kappa-signing.key"), dir.join("kappa-signing.pub.pem"))
+}
+
+/// Writes a version straight into the models topic, as a buggy or hostile writer could.
+pub async fn write_raw_version(topic: &str, manifest: ModelManifest, weights: &[u8]) {
+    write_raw_record(
+        topic,
+        kappa_api::model::VersionRecord {
+            manifest: Some(manifest),
+            ..Default::default()
+        },
+        weights,
+    )
+    .await;
+}
+
+/// Writes `record` (its manifest names the version) and the weights as one chunk, bypassing Kappa.
+pub async fn write_raw_record(topic: &str, mut record: kappa_api::model::VersionRecord, weights: &[u8]) {
+    use prost::Message as _;
+    let manifest = record.manifest.clone().unwrap_or_default();
+    let (name, version) = (manifest.name, manifest.version);
+    let chunk = kappa_api::model::WeightChunk {
+        index: 0,
+        data: weights.to_vec(),
+    };
+    record.chunk_count = 1;
+    produce_raw(
+        topic,
+        vec![
+            (format!("model/{name}/{version}/chunk/0"), chunk.encode_to_vec()),
+            (format!("model/{name}/{version}"), record.encode_to_vec()),
+        ],
+    )
+    .await;
+}
+
+/// Moves `alias` of `name` to `version` by writing its record straight into the models topic.
+pub async fn write_raw_alias(topic: &str, name: &str, alias: &str, version: u64) {
+    use prost::Message as _;
+    let record = kappa_api::model::AliasRecord {
+        name: name.to_owned(),
+        alias: alias.to_owned(),
+        version,
+        ..Default::default()
+    };
+    produce_raw(topic, vec![(format!("alias/{name}/{alias}"), record.encode_to_vec())]).await;
 }

@@ -395,7 +395,16 @@ async fn cancel_during_training_stops_within_a_second_and_publishes_nothing() {
 async fn a_model_trained_on_one_window_detects_failures_in_a_later_one_through_the_predictor() {
     let setup = RegistrySetup::new();
     let registry = setup.start().await;
-    let trainer = start_trainer(&registry).await;
+    // The trainer signs what it publishes and the predictor serves only what a trusted key
+    // signed, as in a secured deployment.
+    let keys = tempfile::tempdir().unwrap();
+    let (private, public) = signing_keys(keys.path());
+    let trainer = start_trainer_with_args(
+        &registry,
+        &unique("test.jobs"),
+        &[&format!("--signing-key={}", private.display())],
+    )
+    .await;
     let mut client = trainer_client(&trainer).await;
     let history = unique("test.fleet-history");
     let later = unique("test.fleet-later");
@@ -450,6 +459,7 @@ async fn a_model_trained_on_one_window_detects_failures_in_a_later_one_through_t
 
     // Score the later, disjoint window (another seed) through the predictor following production.
     let predictor = PredictorSetup::new(&setup.topic, "fleet-detector", "production")
+        .arg(format!("--trusted-keys={}", public.display()))
         .start()
         .await;
     let mut oip = GrpcInferenceServiceClient::new(predictor.channel().await);
