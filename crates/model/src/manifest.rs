@@ -48,11 +48,22 @@ fn check_identifier(name: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Largest encoded manifest accepted.
+pub const MAX_MANIFEST_BYTES: usize = 256 * 1024;
+
 /// Checks everything about a manifest that does not need the weights: name, features and their
 /// scaling, the layer chain, the output kind and the threshold.
 pub fn validate_manifest(manifest: &ModelManifest) -> Result<(), ModelError> {
     validate_name(&manifest.name)?;
     let invalid = |msg: String| Err(ModelError::InvalidManifest(msg));
+    // The version record (this manifest and a little more) must fit one Kafka record; a
+    // manifest past the limit is the caller's error, not a broker error after the fact.
+    let size = prost::Message::encoded_len(manifest);
+    if size > MAX_MANIFEST_BYTES {
+        return invalid(format!(
+            "it encodes to {size} bytes, over the limit of {MAX_MANIFEST_BYTES} (description, tags and lineage included)"
+        ));
+    }
 
     if manifest.features.is_empty() {
         return invalid("it declares no input features".into());
@@ -202,6 +213,15 @@ mod tests {
         let mut m = numbered_autoencoder("fleet", 18, 4);
         m.features[3].name = "engine..rpm".into();
         assert!(validate_manifest(&m).unwrap_err().to_string().contains("empty segment"));
+
+        let mut m = numbered_autoencoder("fleet", 18, 4);
+        m.description = "x".repeat(MAX_MANIFEST_BYTES);
+        assert!(
+            validate_manifest(&m)
+                .unwrap_err()
+                .to_string()
+                .contains("over the limit")
+        );
 
         let mut m = numbered_autoencoder("fleet", 18, 4);
         m.output = OutputKind::Raw as i32;

@@ -15,10 +15,17 @@ use crate::{GrpcServerTracing, ServerSecurity, auth::AuthLayer};
 /// A server whose calls are traced (see [`GrpcServerTracing`]) and then authorised.
 pub type KappaRouter = Router<Stack<AuthLayer, Stack<GrpcServerTracing, Identity>>>;
 
-/// `Server::builder()` with the layers every Kappa server uses: tracing outside (refused calls
-/// are traced too), then the auth layer of `security`.
+/// `Server::builder()` with the connection limits and layers every Kappa server uses: tracing
+/// outside (refused calls are traced too), then the auth layer of `security`.
 pub fn kappa_server(security: &ServerSecurity) -> Server<Stack<AuthLayer, Stack<GrpcServerTracing, Identity>>> {
-    Server::builder().layer(GrpcServerTracing).layer(security.auth.clone())
+    let limits = security.limits;
+    Server::builder()
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .http2_keepalive_interval(Some(limits.keepalive))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .tcp_keepalive(Some(Duration::from_secs(60)))
+        .layer(GrpcServerTracing)
+        .layer(security.auth.clone())
 }
 
 /// Serves `router` on `listener` (over TLS when `security` has it) until `shutdown` resolves;

@@ -35,6 +35,23 @@ pub struct ServerSecurityArgs {
     #[arg(long, env = "KAPPA_AUTH_TOKENS", value_name = "FILE")]
     pub auth_tokens: Option<PathBuf>,
 
+    /// Largest gRPC message a client may send, in bytes; a larger one is refused with
+    /// RESOURCE_EXHAUSTED before it is buffered. (Publish streams weights in 1 MiB chunks.)
+    #[arg(long, env = "KAPPA_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024,
+          value_parser = clap::value_parser!(u32).range(64 * 1024..=(256 * 1024 * 1024)))]
+    pub max_message_bytes: u32,
+
+    /// Concurrent calls (HTTP/2 streams) one client connection may have open.
+    #[arg(long, env = "KAPPA_MAX_CONCURRENT_STREAMS", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub max_concurrent_streams: u32,
+
+    /// Seconds between HTTP/2 pings on an idle connection; a peer that does not answer within
+    /// 20 s is dropped, so vanished clients do not hold streams and memory.
+    #[arg(long = "keepalive-seconds", env = "KAPPA_KEEPALIVE_SECONDS", default_value = "30",
+          value_name = "SECONDS", value_parser = crate::args::seconds)]
+    pub keepalive: Duration,
+
     /// How often the TLS and token files are checked for changes, in seconds.
     #[arg(long = "security-reload-seconds", env = "KAPPA_SECURITY_RELOAD_SECONDS", default_value = "5",
           value_name = "SECONDS", value_parser = crate::args::seconds)]
@@ -61,6 +78,9 @@ impl ServerSecurityArgs {
         }
         if self.reload_every.is_zero() {
             return Err("--security-reload-seconds must be above 0".into());
+        }
+        if self.keepalive.is_zero() {
+            return Err("--keepalive-seconds must be above 0".into());
         }
         Ok(())
     }
@@ -92,7 +112,33 @@ impl ServerSecurityArgs {
             None => AuthLayer::disabled(policy),
             Some(path) => AuthLayer::from_file(path.clone(), policy, self.reload_every, stop)?,
         };
-        Ok(ServerSecurity { tls, auth })
+        Ok(ServerSecurity {
+            tls,
+            auth,
+            limits: ConnectionLimits {
+                max_message_bytes: self.max_message_bytes as usize,
+                max_concurrent_streams: self.max_concurrent_streams,
+                keepalive: self.keepalive,
+            },
+        })
+    }
+}
+
+/// What one client connection may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    pub max_message_bytes: usize,
+    pub max_concurrent_streams: u32,
+    pub keepalive: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 4 * 1024 * 1024,
+            max_concurrent_streams: 256,
+            keepalive: Duration::from_secs(30),
+        }
     }
 }
 
@@ -101,6 +147,7 @@ impl ServerSecurityArgs {
 pub struct ServerSecurity {
     pub(crate) tls: Option<ServerTls>,
     pub(crate) auth: AuthLayer,
+    pub limits: ConnectionLimits,
 }
 
 impl ServerSecurity {
@@ -109,6 +156,7 @@ impl ServerSecurity {
         Self {
             tls: None,
             auth: AuthLayer::disabled(policy),
+            limits: ConnectionLimits::default(),
         }
     }
 

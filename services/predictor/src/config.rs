@@ -92,6 +92,11 @@ pub struct PredictorConfig {
           value_name = "SECONDS", value_parser = kappa_runtime::args::seconds)]
     pub shutdown_grace: Duration,
 
+    /// Largest model this predictor loads, in bytes; a larger version is refused (reason
+    /// `too_large`) before its weights are fetched, and the previous one keeps serving.
+    #[arg(long, env = "KAPPA_MAX_MODEL_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub max_model_bytes: u64,
+
     /// Serve only versions signed by one of these Ed25519 public keys: a PEM file, or a
     /// directory of them (`*.pem`, `*.pub`, e.g. a mounted ConfigMap). An unsigned or otherwise
     /// signed version is refused like a corrupt one, and the previous version keeps serving.

@@ -34,6 +34,8 @@ pub struct Loader {
     pub instance: String,
     /// When set, only versions signed by one of these keys are served.
     pub trusted_keys: Option<TrustedKeys>,
+    /// Largest model this predictor loads, in bytes.
+    pub max_model_bytes: u64,
 }
 
 struct LoadFailure {
@@ -137,6 +139,17 @@ impl Loader {
                     message: e.to_string(),
                 })?;
         }
+        if manifest.weights_size > self.max_model_bytes {
+            return Err(LoadFailure {
+                reason: "too_large",
+                message: format!(
+                    "its weights are {} bytes, over this predictor's --max-model-bytes of {}",
+                    manifest.weights_size, self.max_model_bytes
+                ),
+            });
+        }
+        // Never hold more than the manifest declares: a forged record could point at far more.
+        let declared = manifest.weights_size as usize;
         let bytes = match target.bytes {
             Some(bytes) => bytes,
             None => {
@@ -151,7 +164,7 @@ impl Loader {
                     let mut bytes = Vec::new();
                     chunks::read_chunks(&config, "kappa-predictor-loader", &topic, &offsets, |data| {
                         bytes.extend_from_slice(&data);
-                        true
+                        bytes.len() <= declared
                     })
                     .map(|()| Arc::new(bytes))
                 })

@@ -42,9 +42,10 @@ pub struct PredictorMetrics {
 }
 
 /// Why a version can be refused (the `reason` label of `load_failures`).
-pub const LOAD_FAILURE_REASONS: [&str; 8] = [
+pub const LOAD_FAILURE_REASONS: [&str; 9] = [
     "no_manifest",
     "signature",
+    "too_large",
     "missing_chunks",
     "read_failed",
     "digest_mismatch",

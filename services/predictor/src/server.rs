@@ -61,6 +61,7 @@ pub async fn run(
         served_services: served.clone(),
         instance: format!("{}:{}", kappa_runtime::hostname(), listener.local_addr()?.port()),
         trusted_keys: config.trusted_keys.clone(),
+        max_model_bytes: config.max_model_bytes,
     };
     tokio::spawn(loader.run(targets));
 
@@ -132,8 +133,11 @@ pub async fn run(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(GrpcInferenceServiceServer::new(Oip(Arc::clone(&serving))))
-        .add_service(PredictorServer::new(Typed(serving)));
+        .add_service(
+            GrpcInferenceServiceServer::new(Oip(Arc::clone(&serving)))
+                .max_decoding_message_size(security.limits.max_message_bytes),
+        )
+        .add_service(PredictorServer::new(Typed(serving)).max_decoding_message_size(security.limits.max_message_bytes));
     let grace = config.shutdown_grace;
     kappa_runtime::serve_gracefully(router, listener, &security, shutdown, &health, &served, grace, || {}).await?;
     stop.cancel();

@@ -63,6 +63,24 @@ pub struct RegistryConfig {
           default_value = "0", value_parser = kappa_runtime::args::millis)]
     pub fault_delay_before_commit: Duration,
 
+    /// Bytes of weights all Publish streams in progress may hold together; a publish that would
+    /// go past it gets RESOURCE_EXHAUSTED (a small one still fits while large ones wait).
+    #[arg(long, env = "KAPPA_MAX_PUBLISH_BUFFER_BYTES", default_value_t = 1024 * 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(1024..=(1 << 40)))]
+    pub max_publish_buffer_bytes: u64,
+
+    /// Longest pause between two messages of a Publish stream, in seconds; a stalled publisher
+    /// gets DEADLINE_EXCEEDED and its buffered bytes are released.
+    #[arg(long = "publish-idle-seconds", env = "KAPPA_PUBLISH_IDLE_SECONDS", default_value = "30",
+          value_name = "SECONDS", value_parser = kappa_runtime::args::seconds)]
+    pub publish_idle: Duration,
+
+    /// GetModel (with weights) and WatchModels streams served at once; each holds a Kafka
+    /// consumer. Beyond it, RESOURCE_EXHAUSTED.
+    #[arg(long, env = "KAPPA_MAX_READ_STREAMS", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub max_read_streams: u32,
+
     /// Accept only models signed by one of these Ed25519 public keys: a PEM file, or a directory
     /// of them (`*.pem`, `*.pub`). Unsigned or otherwise signed publishes get PERMISSION_DENIED.
     #[arg(long, env = "KAPPA_TRUSTED_KEYS", value_name = "PATH",
@@ -89,6 +107,15 @@ impl RegistryConfig {
     /// properties file reads.
     pub fn validate(&self) -> Result<(), String> {
         self.kafka.validate()?;
+        if self.max_publish_buffer_bytes < self.max_model_bytes {
+            return Err(format!(
+                "--max-publish-buffer-bytes ({}) is smaller than --max-model-bytes ({}); the largest model could never be published",
+                self.max_publish_buffer_bytes, self.max_model_bytes
+            ));
+        }
+        if self.publish_idle.is_zero() {
+            return Err("--publish-idle-seconds must be above 0".into());
+        }
         if self.max_model_bytes < u64::from(self.chunk_bytes) {
             return Err(format!(
                 "--max-model-bytes ({}) is smaller than --chunk-bytes ({}); no model could be published",

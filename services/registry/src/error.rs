@@ -28,6 +28,15 @@ pub enum RegistryError {
     },
     #[error("{0}")]
     Forbidden(String),
+    #[error("{what} in flight already hold {held} of this registry's {limit} bytes (--{flag}); retry shortly")]
+    Busy {
+        what: &'static str,
+        held: u64,
+        limit: u64,
+        flag: &'static str,
+    },
+    #[error("the publish stream sent nothing for {0:?} (--publish-idle-seconds); send the weights without pausing")]
+    Idle(std::time::Duration),
     #[error("the model is {size} bytes, over this registry's limit of {limit} bytes (--max-model-bytes)")]
     TooLarge { size: u64, limit: u64 },
     #[error("the registry is still replaying the models topic; retry in a moment")]
@@ -59,6 +68,8 @@ impl From<RegistryError> for Status {
             }
             RegistryError::TooLarge { .. } => Status::resource_exhausted(message),
             RegistryError::Forbidden(_) => Status::permission_denied(message),
+            RegistryError::Busy { .. } => Status::resource_exhausted(message),
+            RegistryError::Idle(_) => Status::deadline_exceeded(message),
             RegistryError::NotReady | RegistryError::KafkaUnavailable(_) | RegistryError::KafkaRead(_) => {
                 Status::unavailable(message)
             }
@@ -116,6 +127,19 @@ mod tests {
             (RegistryError::Fenced, Code::FailedPrecondition),
             (RegistryError::TooLarge { size: 2, limit: 1 }, Code::ResourceExhausted),
             (RegistryError::Forbidden("no".into()), Code::PermissionDenied),
+            (
+                RegistryError::Busy {
+                    what: "publishes",
+                    held: 2,
+                    limit: 3,
+                    flag: "max-publish-buffer-bytes",
+                },
+                Code::ResourceExhausted,
+            ),
+            (
+                RegistryError::Idle(std::time::Duration::from_secs(1)),
+                Code::DeadlineExceeded,
+            ),
             (RegistryError::NotReady, Code::Unavailable),
             (RegistryError::KafkaUnavailable("down".into()), Code::Unavailable),
             (RegistryError::KafkaRead("down".into()), Code::Unavailable),

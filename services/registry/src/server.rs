@@ -12,7 +12,12 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 
-use crate::{RegistryConfig, metrics::RegistryMetrics, service::RegistryService, writer::Writer};
+use crate::{
+    RegistryConfig,
+    metrics::RegistryMetrics,
+    service::{Limits, RegistryService},
+    writer::Writer,
+};
 
 const REGISTRY_SERVICE: &str = "kappa.registry.v1.Registry";
 
@@ -106,9 +111,15 @@ pub async fn run(
         max_model_bytes: config.max_model_bytes,
         metrics: Arc::clone(&metrics),
         trusted_keys: config.trusted_keys.clone(),
+        limits: Limits {
+            publish_buffer: Arc::new(tokio::sync::Semaphore::new(config.max_publish_buffer_bytes as usize)),
+            publish_buffer_bytes: config.max_publish_buffer_bytes,
+            publish_idle: config.publish_idle,
+            read_streams: Arc::new(tokio::sync::Semaphore::new(config.max_read_streams as usize)),
+            max_read_streams: u64::from(config.max_read_streams),
+        },
     };
-    // Publish chunks may be up to 4 MiB each (plus framing); everything else is small.
-    let registry = RegistryServer::new(service).max_decoding_message_size(8 * 1024 * 1024);
+    let registry = RegistryServer::new(service).max_decoding_message_size(security.limits.max_message_bytes);
 
     if let Some(listener) = metrics_listener {
         tracing::info!(address = %listener.local_addr()?, "serving Prometheus metrics at /metrics");

@@ -45,6 +45,32 @@ pub struct RegistryService {
     pub metrics: Arc<RegistryMetrics>,
     /// When set, only versions signed by one of these keys are accepted.
     pub trusted_keys: Option<TrustedKeys>,
+    pub limits: Limits,
+}
+
+/// What the registry holds for callers at once, so no mix of clients can exhaust its memory.
+pub struct Limits {
+    /// Bytes of weights held across every Publish stream in progress.
+    pub publish_buffer: Arc<tokio::sync::Semaphore>,
+    pub publish_buffer_bytes: u64,
+    /// Longest pause between two messages of a Publish stream.
+    pub publish_idle: std::time::Duration,
+    /// GetModel and WatchModels streams served at once (each holds a Kafka consumer).
+    pub read_streams: Arc<tokio::sync::Semaphore>,
+    pub max_read_streams: u64,
+}
+
+impl Limits {
+    fn read_stream(&self) -> Result<tokio::sync::OwnedSemaphorePermit, RegistryError> {
+        Arc::clone(&self.read_streams)
+            .try_acquire_owned()
+            .map_err(|_| RegistryError::Busy {
+                what: "GetModel and WatchModels streams",
+                held: self.max_read_streams,
+                limit: self.max_read_streams,
+                flag: "max-read-streams",
+            })
+    }
 }
 
 /// A signature as the publisher sent it.
@@ -114,9 +140,10 @@ impl RegistryService {
     ) -> Result<pb::PublishResponse, Status> {
         use pb::publish_request::Part;
         self.ready()?;
-        let first = stream
-            .message()
-            .await?
+        let idle = self.limits.publish_idle;
+        let first = tokio::time::timeout(idle, stream.message())
+            .await
+            .map_err(|_| RegistryError::Idle(idle))??
             .ok_or_else(|| invalid("the publish stream was empty: send a header, then the weights in chunks"))?;
         let Some(Part::Header(header)) = first.part else {
             return Err(invalid(
@@ -156,7 +183,12 @@ impl RegistryService {
         }
 
         let mut weights = Vec::new();
-        while let Some(message) = stream.message().await? {
+        // Held until this publish is answered: the bytes it buffers count against the budget.
+        let mut held: Option<tokio::sync::OwnedSemaphorePermit> = None;
+        while let Some(message) = tokio::time::timeout(idle, stream.message())
+            .await
+            .map_err(|_| RegistryError::Idle(idle))??
+        {
             match message.part {
                 Some(Part::Chunk(bytes)) => {
                     let size = (weights.len() + bytes.len()) as u64;
@@ -166,6 +198,19 @@ impl RegistryService {
                             limit: self.max_model_bytes,
                         }
                         .into());
+                    }
+                    let more = Arc::clone(&self.limits.publish_buffer)
+                        .try_acquire_many_owned(u32::try_from(bytes.len()).unwrap_or(u32::MAX))
+                        .map_err(|_| RegistryError::Busy {
+                            what: "publishes",
+                            held: self.limits.publish_buffer_bytes
+                                - self.limits.publish_buffer.available_permits() as u64,
+                            limit: self.limits.publish_buffer_bytes,
+                            flag: "max-publish-buffer-bytes",
+                        })?;
+                    match held.as_mut() {
+                        Some(permit) => permit.merge(more),
+                        None => held = Some(more),
                     }
                     weights.extend_from_slice(&bytes);
                 }
@@ -500,17 +545,22 @@ impl Registry for RegistryService {
         let result = (|| {
             self.ready()?;
             let query = ModelQuery::try_from(request.into_inner())?;
+            let permit = if query.manifest_only {
+                None
+            } else {
+                Some(self.limits.read_stream()?)
+            };
             let header = self.resolve(&query)?;
             let offsets = if query.manifest_only {
                 Vec::new()
             } else {
                 self.catalog().chunk_locations(&header.name, header.version)?
             };
-            Ok::<_, RegistryError>((header, offsets, query.manifest_only))
+            Ok::<_, RegistryError>((header, offsets, query.manifest_only, permit))
         })()
         .map_err(Status::from);
         self.metrics.observe("GetModel", &result);
-        let (header, offsets, manifest_only) = result?;
+        let (header, offsets, manifest_only, permit) = result?;
 
         let (tx, rx) = mpsc::channel(4);
         let sha256 = header.weights_sha256.clone();
@@ -524,6 +574,7 @@ impl Registry for RegistryService {
         let config = self.consumer_config.clone();
         let topic = self.topic.clone();
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             if let Err(error) = reader::stream_chunks(&config, &topic, &offsets, &sha256, &tx) {
                 let status = Status::from(error);
                 tracing::error!(code = ?status.code(), message = status.message(), "GetModel could not stream the weights");
@@ -605,14 +656,17 @@ impl Registry for RegistryService {
         &self,
         request: Request<pb::WatchModelsRequest>,
     ) -> Result<Response<Self::WatchModelsStream>, Status> {
-        let result = WatchQuery::try_from(request.into_inner()).map_err(Status::from);
+        let result = WatchQuery::try_from(request.into_inner())
+            .and_then(|query| Ok((query, self.limits.read_stream()?)))
+            .map_err(Status::from);
         self.metrics.observe("WatchModels", &result);
-        let WatchQuery { from_position, name } = result?;
+        let (WatchQuery { from_position, name }, permit) = result?;
         let name = name.map(|n| n.as_str().to_owned()).unwrap_or_default();
         let (tx, rx) = mpsc::channel(64);
         let config = self.consumer_config.clone();
         let topic = self.topic.clone();
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             if let Err(error) = reader::stream_events(&config, &topic, from_position, &name, &tx) {
                 let _ = tx.blocking_send(Err(Status::from(error)));
             }

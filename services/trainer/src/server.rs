@@ -74,7 +74,9 @@ pub async fn run(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(TrainerServer::from_arc(Arc::clone(&service)));
+        .add_service(
+            TrainerServer::from_arc(Arc::clone(&service)).max_decoding_message_size(security.limits.max_message_bytes),
+        );
     let grace = config.shutdown_grace;
     kappa_runtime::serve_gracefully(
         router,

@@ -770,3 +770,118 @@ fn oip_request(model: &str, row: &[f32]) -> ModelInferRequest {
         ..Default::default()
     }
 }
+
+fn publish_messages(manifest: &kappa_api::model::ModelManifest, weights: &[u8]) -> Vec<pb::PublishRequest> {
+    use pb::publish_request::Part;
+    let header = pb::PublishRequest {
+        part: Some(Part::Header(pb::PublishHeader {
+            manifest: Some(manifest.clone()),
+            ..Default::default()
+        })),
+    };
+    std::iter::once(header)
+        .chain(weights.chunks(1024 * 1024).map(|c| pb::PublishRequest {
+            part: Some(Part::Chunk(c.to_vec())),
+        }))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_limits_hold_under_stalls_floods_and_oversized_messages_and_the_registry_keeps_serving() {
+    let budget = 48 * 1024 * 1024;
+    let setup = RegistrySetup::new()
+        .arg(format!("--max-publish-buffer-bytes={budget}"))
+        .arg("--max-model-bytes=40000000")
+        .arg("--publish-idle-seconds=1");
+    let registry = setup.start().await;
+    let mut client = registry_client(&registry).await;
+
+    // A publisher that sends its header and then nothing is cut off, not waited for forever.
+    let small = kappa_fleet::car_autoencoder("small", &[4]);
+    let small_weights = kappa_model::example::random_weights(&small, 1);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(publish_messages(&small, &small_weights).remove(0))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let stalled = client
+        .publish(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap_err();
+    assert_eq!(stalled.code(), Code::DeadlineExceeded, "{stalled:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    drop(tx);
+
+    // Twenty publishes of 17 MiB at once against a 48 MiB budget: some are refused with
+    // RESOURCE_EXHAUSTED, none fails otherwise, and a small publish still gets through.
+    let big = kappa_fleet::car_autoencoder("big", &[2048, 2048]);
+    let big_weights = kappa_model::example::random_weights(&big, 2);
+    assert!(big_weights.len() > 16 * 1024 * 1024);
+    let messages = std::sync::Arc::new(publish_messages(&big, &big_weights));
+    let mut flood = Vec::new();
+    for _ in 0..20 {
+        let (mut client, messages) = (client.clone(), std::sync::Arc::clone(&messages));
+        flood.push(tokio::spawn(async move {
+            client.publish(tokio_stream::iter(messages.to_vec())).await.map(|_| ())
+        }));
+    }
+    let mut small_answer = Err(tonic::Status::unknown("not tried"));
+    for _ in 0..5 {
+        small_answer = publish(&mut client, &small, &small_weights, "").await.map(|_| ());
+        match &small_answer {
+            Err(status) if status.code() == Code::ResourceExhausted => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            _ => break,
+        }
+    }
+    assert!(
+        small_answer.is_ok(),
+        "a small publish during the flood: {small_answer:?}"
+    );
+    let (mut created, mut refused) = (0, 0);
+    for task in flood {
+        match task.await.unwrap() {
+            Ok(()) => created += 1,
+            Err(status) if status.code() == Code::ResourceExhausted => {
+                assert!(
+                    status.message().contains("--max-publish-buffer-bytes"),
+                    "{}",
+                    status.message()
+                );
+                refused += 1;
+            }
+            Err(other) => panic!("a flooding publish failed otherwise: {other:?}"),
+        }
+    }
+    assert!(created >= 1 && refused >= 1, "{created} created, {refused} refused");
+
+    // One message past the size limit is refused by gRPC before it is buffered.
+    let mut oversized = publish_messages(&small, &small_weights);
+    oversized.truncate(1);
+    oversized.push(pb::PublishRequest {
+        part: Some(pb::publish_request::Part::Chunk(vec![0; 5 * 1024 * 1024])),
+    });
+    let status = client.publish(tokio_stream::iter(oversized)).await.unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert!(status.message().contains("too large"), "{}", status.message());
+
+    // A manifest too large for a Kafka record is the caller's error, named as such.
+    let mut wordy = small.clone();
+    wordy.description = "x".repeat(300 * 1024);
+    let status = publish(&mut client, &wordy, &small_weights, "").await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("over the limit"), "{}", status.message());
+
+    // Still serving: reads and a publish work, and the versions count up without gaps.
+    let versions = client
+        .list_versions(pb::ListVersionsRequest { name: "big".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .versions;
+    assert_eq!(versions.len(), created);
+    let numbers: Vec<u64> = versions.iter().map(|v| v.version).collect();
+    assert_eq!(numbers, (1..=created as u64).collect::<Vec<_>>());
+    publish(&mut client, &small, &small_weights, "").await.unwrap();
+}
