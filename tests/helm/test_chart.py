@@ -23,6 +23,7 @@ KUBE_VERSION = "1.33.0"
 VALUES = {
     "default": CHART / "ci" / "default-values.yaml",
     "production": CHART / "ci" / "production-values.yaml",
+    "secure": CHART / "ci" / "secure-values.yaml",
 }
 BINARIES = {"registry": "kappa-registry", "predictor": "kappa-predictor", "trainer": "kappa-trainer"}
 HEALTH_NAMES = {
@@ -107,14 +108,48 @@ def test_production_values_render_what_operators_expect():
     assert "--stream" in stream_args and "--sensor-topic=fleet.sensor-data" in stream_args
 
 
+def openssl(*args, cwd):
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def fill_mount(name, directory):
+    """What the Secret or ConfigMap mounted as `name` would hold, made by the real tools."""
+    kappa = str(BIN_DIR / "kappa")
+    if name in ("tls", "trainer-tls", "registry-tls"):
+        # A CA and a certificate for the Service name with both usages, as cert-manager issues them.
+        ext = directory / "ext.cnf"
+        ext.write_text("subjectAltName=DNS:kappa-registry,DNS:kappa-predictor,DNS:kappa-trainer\n"
+                       "extendedKeyUsage=serverAuth,clientAuth\n")
+        curve = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+        openssl("req", "-x509", *curve, "-days", "1", "-subj", "/CN=ca", "-keyout", "ca.key", "-out", "ca.crt",
+                cwd=directory)
+        openssl("req", *curve, "-subj", "/CN=kappa", "-keyout", "tls.key", "-out", "tls.csr", cwd=directory)
+        openssl("x509", "-req", "-in", "tls.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-days", "1",
+                "-out", "tls.crt", "-extfile", "ext.cnf", cwd=directory)
+    elif name == "auth-tokens":
+        line = subprocess.run([kappa, "token", "new", "ops", "--roles", "admin", "--out", str(directory / "t")],
+                              check=True, capture_output=True, text=True).stdout
+        (directory / "tokens").write_text(line)
+    elif name == "registry-token":
+        subprocess.run([kappa, "token", "new", "trainer", "--roles", "read,write", "--out", str(directory / "token")],
+                       check=True, capture_output=True)
+    elif name in ("trusted-keys", "signing-key"):
+        subprocess.run([kappa, "keys", "new", "--out", str(directory / "made")], check=True, capture_output=True)
+        made = directory / "made"
+        (directory / ("ci.pem" if name == "trusted-keys" else "signing.key")).write_bytes(
+            (made / ("kappa-signing.pub.pem" if name == "trusted-keys" else "kappa-signing.key")).read_bytes())
+        shutil.rmtree(made)
+
+
 def check_config(container, tmp_path):
     """Runs the container's binary as the kubelet would (args, env, mounted files), with --check-config."""
     binary = BIN_DIR / pathlib.Path(container["command"][0]).name
     assert binary.exists(), f"{binary} is missing: build the binaries first (make test does)"
     env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path)}
     mounts = {m["mountPath"]: tmp_path / m["name"] for m in container.get("volumeMounts", [])}
-    for target in mounts.values():
+    for name, target in ((m["name"], mounts[m["mountPath"]]) for m in container.get("volumeMounts", [])):
         target.mkdir(parents=True, exist_ok=True)
+        fill_mount(name, target)
     for e in container["env"]:
         if "value" in e:
             value = e["value"]
@@ -137,7 +172,25 @@ def check_config(container, tmp_path):
     listen = int(re.search(r"listen=[^ ]*:(\d+)", summary).group(1))
     metrics = int(re.search(r"metrics=[^ ]*:(\d+)", summary).group(1))
     assert re.search(r"listen=0\.0\.0\.0:", summary), "in a pod it must listen on all interfaces"
-    return listen, metrics, summary
+    return listen, metrics, summary, mounts
+
+
+def probe_target(container, probe, mounts):
+    """(port, grpc.health.v1 service) a probe asks. An exec probe (a TLS server) is run with its
+    mounted files: it must parse and go for the port (nothing listens here, so it says so)."""
+    action = container[probe]
+    if "grpc" in action:
+        return action["grpc"]["port"], action["grpc"].get("service", "")
+    command = action["exec"]["command"]
+    assert command[:2] == ["/usr/local/bin/kappa", "health"], command
+    local = [str(BIN_DIR / "kappa"), *command[1:]]
+    for mount_path, directory in mounts.items():
+        local = [a.replace(mount_path, str(directory)) for a in local]
+    result = subprocess.run(local, capture_output=True, text=True, env={"PATH": os.environ.get("PATH", "")})
+    assert result.returncode == 1 and "cannot reach" in result.stderr, result.stderr
+    port = int(re.search(r"https://127\.0\.0\.1:(\d+)", " ".join(command)).group(1))
+    service = next(a.split("=", 1)[1] for a in command if a.startswith("--service="))
+    return port, service
 
 
 @pytest.mark.parametrize("name", VALUES)
@@ -151,14 +204,14 @@ def test_rendered_containers_match_the_binaries_ports_and_health_names(name, tmp
         component = deployment["metadata"]["labels"]["app.kubernetes.io/component"]
         container = deployment["spec"]["template"]["spec"]["containers"][0]
         assert container["command"] == [f"/usr/local/bin/{BINARIES[component]}"]
-        listen, metrics, summary = check_config(container, tmp_path / component)
+        listen, metrics, summary, mounts = check_config(container, tmp_path / component)
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
         assert ports == {"grpc": listen, "metrics": metrics}, summary
         for probe in ["livenessProbe", "readinessProbe", "startupProbe"]:
             if probe in container:
-                assert container[probe]["grpc"]["port"] == listen, probe
-        assert container["livenessProbe"]["grpc"]["service"] == "liveness"
-        assert container["readinessProbe"]["grpc"]["service"] == HEALTH_NAMES[component]
+                assert probe_target(container, probe, mounts)[0] == listen, probe
+        assert probe_target(container, "livenessProbe", mounts)[1] == "liveness"
+        assert probe_target(container, "readinessProbe", mounts)[1] == HEALTH_NAMES[component]
         service = services[deployment["metadata"]["name"]]
         assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
         targets = {p["name"]: p["targetPort"] for p in service["spec"]["ports"]}
@@ -227,3 +280,32 @@ def test_helm_test_pod_runs_a_real_cli_command_against_the_registry_service():
     args = [a.replace(f"kappa-registry:{grpc_port}", "127.0.0.1:9") for a in container["args"]]
     result = subprocess.run([str(BIN_DIR / "kappa"), *args], capture_output=True, text=True)
     assert result.returncode == 1 and "cannot reach kappa-registry" in result.stderr, result.stderr
+
+
+def test_secure_values_turn_on_tls_tokens_signatures_and_a_network_policy_per_component(tmp_path):
+    docs = render(VALUES["secure"])
+    by_kind = {}
+    for d in docs:
+        by_kind.setdefault(d["kind"], {})[d["metadata"]["name"]] = d
+    summaries = {}
+    for name, deployment in by_kind["Deployment"].items():
+        component = deployment["metadata"]["labels"]["app.kubernetes.io/component"]
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["serviceAccountName"] == f"kappa-{component}", "one identity per component"
+        assert pod["serviceAccountName"] in by_kind["ServiceAccount"]
+        summaries[component] = check_config(pod["containers"][0], tmp_path / component)[2]
+    for component in BINARIES:
+        assert "tls=mutual" in summaries[component], summaries[component]
+        assert "auth=1 principals" in summaries[component], summaries[component]
+    trainer_args = by_kind["Deployment"]["kappa-trainer"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--registry=https://kappa-registry:50051" in trainer_args
+    policies = by_kind["NetworkPolicy"]
+    assert set(policies) == {"kappa-registry", "kappa-predictor", "kappa-trainer"}
+    registry_from = policies["kappa-registry"]["spec"]["ingress"][0]["from"]
+    assert {"app.kubernetes.io/component": "trainer"}.items() <= registry_from[1]["podSelector"]["matchLabels"].items()
+    assert policies["kappa-predictor"]["spec"]["ingress"][0]["from"] == [
+        {"podSelector": {"matchLabels": {"kappa.example.com/client": "predictor"}}}]
+    for policy in policies.values():
+        assert [r["ports"][0]["port"] for r in policy["spec"]["ingress"]] == ["grpc", "metrics"]
+    test_pod = next(iter(by_kind["Pod"].values()))["spec"]["containers"][0]
+    assert "--registry=https://kappa-registry:50051" in test_pod["args"] and "--tls-ca=/etc/kappa/registry-tls/ca.crt" in test_pod["args"]

@@ -17,6 +17,9 @@ pub struct ClientSecurity {
     pub identity: Option<(Vec<u8>, Vec<u8>)>,
     /// Sent as `authorization: Bearer …` on every call.
     pub token: Option<String>,
+    /// The name to check the server's certificate against, when it differs from the URL's host
+    /// (a probe calling its own pod at 127.0.0.1 with a certificate for the Service's name).
+    pub server_name: Option<String>,
 }
 
 /// Never prints the token or the key.
@@ -26,6 +29,7 @@ impl std::fmt::Debug for ClientSecurity {
             .field("ca", &self.ca.is_some())
             .field("identity", &self.identity.is_some())
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("server_name", &self.server_name)
             .finish()
     }
 }
@@ -68,6 +72,7 @@ impl ClientSecurity {
             ca: ca.map(|p| read(p, "the CA bundle")).transpose()?,
             identity,
             token,
+            server_name: None,
         })
     }
 
@@ -80,6 +85,9 @@ impl ClientSecurity {
         };
         if let Some((cert, key)) = &self.identity {
             tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        if let Some(name) = &self.server_name {
+            tls = tls.domain_name(name.clone());
         }
         tls
     }
@@ -127,16 +135,22 @@ pub struct ClientSecurityArgs {
         conflicts_with = "token_file"
     )]
     pub token: Option<String>,
+
+    /// Check the server's certificate against this name instead of the URL's host.
+    #[arg(long, env = "KAPPA_TLS_SERVER_NAME", value_name = "NAME", global = true)]
+    pub tls_server_name: Option<String>,
 }
 
 impl ClientSecurityArgs {
     pub fn security(&self) -> Result<ClientSecurity, String> {
-        ClientSecurity::from_files(
+        let mut security = ClientSecurity::from_files(
             self.tls_ca.as_deref(),
             self.tls_cert.as_deref(),
             self.tls_key.as_deref(),
             self.token_file.as_deref(),
             self.token.as_deref(),
-        )
+        )?;
+        security.server_name = self.tls_server_name.clone();
+        Ok(security)
     }
 }

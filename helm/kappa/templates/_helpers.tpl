@@ -29,11 +29,12 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
+{{/* The component's ServiceAccount: (dict "root" $ "component" "registry"). */}}
 {{- define "kappa.serviceAccountName" -}}
-{{- if .Values.serviceAccount.create }}
-{{- default (include "kappa.fullname" .) .Values.serviceAccount.name }}
+{{- if .root.Values.serviceAccount.create }}
+{{- printf "%s-%s" (include "kappa.fullname" .root) .component }}
 {{- else }}
-{{- default "default" .Values.serviceAccount.name }}
+{{- "default" }}
 {{- end }}
 {{- end }}
 
@@ -149,21 +150,168 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
+{{/* The TLS Secret of a component, or "": (dict "root" $ "component" "registry"). */}}
+{{- define "kappa.tlsSecret" -}}
+{{- index .root.Values.security.tls.secrets .component }}
+{{- end }}
+
+{{/* The gRPC URL of a component's Service, https when it serves TLS. */}}
+{{- define "kappa.url" -}}
+{{- $scheme := ternary "https" "http" (ne (include "kappa.tlsSecret" .) "") -}}
+{{- $port := index .root.Values .component "grpcPort" -}}
+{{ $scheme }}://{{ include "kappa.fullname" .root }}-{{ .component }}:{{ $port }}
+{{- end }}
+
+{{/* Environment for a component's TLS, tokens and signatures: (dict "root" $ "component" "registry"). */}}
+{{- define "kappa.securityEnv" -}}
+{{- $v := .root.Values.security -}}
+{{- if include "kappa.tlsSecret" . }}
+- name: KAPPA_TLS_CERT
+  value: /etc/kappa/tls/tls.crt
+- name: KAPPA_TLS_KEY
+  value: /etc/kappa/tls/tls.key
+{{- if $v.tls.clientAuth }}
+- name: KAPPA_TLS_CLIENT_CA
+  value: /etc/kappa/tls/ca.crt
+{{- end }}
+{{- end }}
+{{- if $v.auth.tokensSecret }}
+- name: KAPPA_AUTH_TOKENS
+  value: /etc/kappa/auth/tokens
+{{- end }}
+{{- if and $v.signing.trustedKeysConfigMap (or (eq .component "predictor") (and (eq .component "registry") $v.signing.registryRequiresSignatures)) }}
+- name: KAPPA_TRUSTED_KEYS
+  value: /etc/kappa/trusted-keys
+{{- end }}
+{{- if eq .component "trainer" }}
+{{- if include "kappa.tlsSecret" (dict "root" .root "component" "registry") }}
+{{- if not (include "kappa.tlsSecret" .) }}
+{{- fail "security.tls.secrets.trainer is required when the registry serves TLS: the trainer's client reads ca.crt from it" }}
+{{- end }}
+- name: KAPPA_REGISTRY_TLS_CA
+  value: /etc/kappa/tls/ca.crt
+{{- if $v.tls.clientAuth }}
+- name: KAPPA_REGISTRY_TLS_CERT
+  value: /etc/kappa/tls/tls.crt
+- name: KAPPA_REGISTRY_TLS_KEY
+  value: /etc/kappa/tls/tls.key
+{{- end }}
+{{- end }}
+{{- if $v.auth.trainerTokenSecret }}
+- name: KAPPA_REGISTRY_TOKEN_FILE
+  value: /etc/kappa/registry-token/token
+{{- end }}
+{{- if $v.signing.trainerKeySecret }}
+- name: KAPPA_SIGNING_KEY
+  value: /etc/kappa/signing/signing.key
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "kappa.securityMounts" -}}
+{{- $v := .root.Values.security -}}
+{{- if include "kappa.tlsSecret" . }}
+- name: tls
+  mountPath: /etc/kappa/tls
+  readOnly: true
+{{- end }}
+{{- if $v.auth.tokensSecret }}
+- name: auth-tokens
+  mountPath: /etc/kappa/auth
+  readOnly: true
+{{- end }}
+{{- if and $v.signing.trustedKeysConfigMap (or (eq .component "predictor") (and (eq .component "registry") $v.signing.registryRequiresSignatures)) }}
+- name: trusted-keys
+  mountPath: /etc/kappa/trusted-keys
+  readOnly: true
+{{- end }}
+{{- if and (eq .component "trainer") $v.auth.trainerTokenSecret }}
+- name: registry-token
+  mountPath: /etc/kappa/registry-token
+  readOnly: true
+{{- end }}
+{{- if and (eq .component "trainer") $v.signing.trainerKeySecret }}
+- name: signing-key
+  mountPath: /etc/kappa/signing
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "kappa.securityVolumes" -}}
+{{- $v := .root.Values.security -}}
+{{- with include "kappa.tlsSecret" . }}
+- name: tls
+  secret:
+    secretName: {{ . }}
+    items:
+      - {key: tls.crt, path: tls.crt}
+      - {key: tls.key, path: tls.key}
+      - {key: ca.crt, path: ca.crt}
+{{- end }}
+{{- with $v.auth.tokensSecret }}
+- name: auth-tokens
+  secret:
+    secretName: {{ . }}
+    items:
+      - {key: tokens, path: tokens}
+{{- end }}
+{{- if and $v.signing.trustedKeysConfigMap (or (eq .component "predictor") (and (eq .component "registry") $v.signing.registryRequiresSignatures)) }}
+- name: trusted-keys
+  configMap:
+    name: {{ $v.signing.trustedKeysConfigMap }}
+{{- end }}
+{{- if and (eq .component "trainer") $v.auth.trainerTokenSecret }}
+- name: registry-token
+  secret:
+    secretName: {{ $v.auth.trainerTokenSecret }}
+    items:
+      - {key: token, path: token}
+{{- end }}
+{{- if and (eq .component "trainer") $v.signing.trainerKeySecret }}
+- name: signing-key
+  secret:
+    secretName: {{ $v.signing.trainerKeySecret }}
+    defaultMode: 0400
+    items:
+      - {key: signing.key, path: signing.key}
+{{- end }}
+{{- end }}
+
+{{/* One probe against grpc.health.v1 `service`. The kubelet's own gRPC probe cannot speak TLS,
+so a component serving TLS is probed by `kappa health` (in the same image) over TLS instead. */}}
+{{- define "kappa.probeAction" -}}
+{{- if include "kappa.tlsSecret" .c }}
+exec:
+  command:
+    - /usr/local/bin/kappa
+    - health
+    - https://127.0.0.1:{{ .port }}
+    - --service={{ .service }}
+    - --tls-ca=/etc/kappa/tls/ca.crt
+    - --tls-server-name={{ include "kappa.fullname" .c.root }}-{{ .c.component }}
+    {{- if .c.root.Values.security.tls.clientAuth }}
+    - --tls-cert=/etc/kappa/tls/tls.crt
+    - --tls-key=/etc/kappa/tls/tls.key
+    {{- end }}
+{{- else }}
+grpc:
+  port: {{ .port }}
+  service: {{ .service }}
+{{- end }}
+{{- end }}
+
 {{/* Probes against grpc.health.v1: liveness asks "liveness" (SERVING while the process runs),
-readiness asks the service's own name. Call with (dict "port" 50051 "service" "kappa.registry.v1.Registry"). */}}
+readiness asks the service's own name. Call with
+(dict "c" (dict "root" $ "component" "registry") "port" 50051 "service" "kappa.registry.v1.Registry"). */}}
 {{- define "kappa.probes" -}}
 livenessProbe:
-  grpc:
-    port: {{ .port }}
-    service: liveness
+  {{- include "kappa.probeAction" (dict "c" .c "port" .port "service" "liveness") | nindent 2 }}
   periodSeconds: 10
-  timeoutSeconds: 2
+  timeoutSeconds: 3
   failureThreshold: 3
 readinessProbe:
-  grpc:
-    port: {{ .port }}
-    service: {{ .service }}
+  {{- include "kappa.probeAction" (dict "c" .c "port" .port "service" .service) | nindent 2 }}
   periodSeconds: 5
-  timeoutSeconds: 2
+  timeoutSeconds: 3
   failureThreshold: 2
 {{- end }}

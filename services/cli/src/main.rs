@@ -2,6 +2,7 @@
 
 mod data;
 mod fleet;
+mod health;
 mod keys;
 mod load;
 mod models;
@@ -46,6 +47,9 @@ enum Command {
     Data(data::DataArgs),
     /// Make bearer tokens for the services' --auth-tokens files.
     Token(token::TokenArgs),
+    /// Ask a service's grpc.health.v1 whether it serves (exit 0) or not (exit 1): a probe that
+    /// speaks TLS, for Kubernetes, whose gRPC probes cannot.
+    Health(health::HealthArgs),
     /// Make Ed25519 keys that sign models (trainer --signing-key, predictor --trusted-keys).
     Keys(keys::KeysArgs),
 }
@@ -62,6 +66,7 @@ impl Command {
             Self::Data(_) => "kappa data",
             Self::Token(_) => "kappa token",
             Self::Keys(_) => "kappa keys",
+            Self::Health(_) => "kappa health",
         }
     }
 }
@@ -94,7 +99,7 @@ async fn main() -> ExitCode {
     };
     // Commands that send many requests leave each one a root of its own, sampled like any
     // inference request; the others are one trace.
-    let span = if matches!(cli.command, Command::Load(_) | Command::Predict(_)) {
+    let span = if matches!(cli.command, Command::Load(_) | Command::Predict(_) | Command::Health(_)) {
         tracing::Span::none()
     } else {
         tracing::info_span!("kappa", otel.name = cli.command.name(), otel.kind = "client")
@@ -111,6 +116,7 @@ async fn main() -> ExitCode {
             Command::Train(args) => train::run(args, &security()?).await,
             Command::Token(args) => token::run(args),
             Command::Keys(args) => keys::run(args),
+            Command::Health(args) => health::run(args, &security()?).await,
         }
     }
     .instrument(span)
