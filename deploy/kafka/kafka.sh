@@ -4,13 +4,28 @@
 #   kafka.sh down   stops only the broker this script started (pid file), waits for it to exit
 #   kafka.sh logs   follows the broker log
 #   kafka.sh status exits 0 when the broker this script started is answering
+# KAFKA_MODE=secure runs a second, separate broker (127.0.0.1:9094) with SASL/SCRAM over TLS and
+# ACLs: one SCRAM user per Kappa service with least-privilege ACLs, and their client property
+# files in .state-secure/clients/ (see the README's Security section).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
-state=${KAFKA_STATE_DIR:-$here/.state}
-port=${KAFKA_PORT:-9092}
-controller_port=${KAFKA_CONTROLLER_PORT:-9093}
-lib=$state/lib
+mode=${KAFKA_MODE:-plain}
+case "$mode" in
+  plain)
+    state=${KAFKA_STATE_DIR:-$here/.state}
+    port=${KAFKA_PORT:-9092}
+    controller_port=${KAFKA_CONTROLLER_PORT:-9093}
+    template=$here/server.properties ;;
+  secure)
+    state=${KAFKA_STATE_DIR:-$here/.state-secure}
+    port=${KAFKA_PORT:-9094}
+    controller_port=${KAFKA_CONTROLLER_PORT:-9095}
+    template=$here/server-secure.properties ;;
+  *) echo "kafka.sh: KAFKA_MODE must be plain or secure, not $mode" >&2; exit 2 ;;
+esac
+# The jars are the same for both modes.
+lib=${KAFKA_LIB_DIR:-$here/.state/lib}
 pidfile=$state/kafka.pid
 logfile=$state/kafka.log
 
@@ -35,10 +50,96 @@ fetch() {
 
 running() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
 
+admin_config() {
+  if [ "$mode" = secure ]; then echo --command-config "$state/clients/admin.java.properties"; fi
+}
+
 answering() {
   # Ask the broker for its API versions; this succeeds only when the broker is serving requests.
+  # shellcheck disable=SC2046
   java -cp "$lib/*" -Dorg.slf4j.simpleLogger.defaultLogLevel=error \
-    org.apache.kafka.tools.BrokerApiVersionsCommand --bootstrap-server "127.0.0.1:$port" >/dev/null 2>&1
+    org.apache.kafka.tools.BrokerApiVersionsCommand --bootstrap-server "127.0.0.1:$port" $(admin_config) >/dev/null 2>&1
+}
+
+# The Kappa services' users and what each may do: least privilege, prefixed resources so the
+# default names and the tests' unique ones (test.models-…) are both covered.
+users="admin registry predictor trainer fleet"
+
+secret() { head -c 18 /dev/urandom | base64 | tr -d '/+=' ; }
+
+# TLS for the broker (a CA, a certificate for 127.0.0.1/localhost in a PKCS#12 keystore), a
+# password per user, their librdkafka property files, and the admin's Java client config.
+secure_material() {
+  [ -f "$state/.material" ] && return
+  command -v openssl >/dev/null || die "openssl is required for the secure broker's TLS material."
+  rm -rf "$state/tls" "$state/clients"; mkdir -p "$state/tls" "$state/clients"
+  local tls=$state/tls
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj /CN=kappa-local-kafka-ca \
+    -keyout "$tls/ca.key" -out "$tls/ca.pem" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout "$tls/broker.key" -out "$tls/broker.csr" 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' > "$tls/ext.cnf"
+  openssl x509 -req -in "$tls/broker.csr" -CA "$tls/ca.pem" -CAkey "$tls/ca.key" -CAcreateserial -days 3650 \
+    -extfile "$tls/ext.cnf" -out "$tls/broker.pem" 2>/dev/null
+  secret > "$state/keystore.password"
+  openssl pkcs12 -export -in "$tls/broker.pem" -inkey "$tls/broker.key" -name broker \
+    -passout "pass:$(cat "$state/keystore.password")" -out "$tls/broker.p12"
+  for user in $users; do
+    local password; password=$(secret)
+    printf '%s\n' "$password" > "$state/clients/$user.password"
+    cat > "$state/clients/$user.properties" <<PROPS
+# librdkafka properties for the $user principal of the local secure broker (--kafka-properties-file)
+security.protocol=SASL_SSL
+sasl.mechanism=SCRAM-SHA-512
+sasl.username=$user
+sasl.password=$password
+ssl.ca.location=$tls/ca.pem
+PROPS
+  done
+  cat > "$state/clients/admin.java.properties" <<PROPS
+security.protocol=SASL_SSL
+sasl.mechanism=SCRAM-SHA-512
+sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="admin" password="$(cat "$state/clients/admin.password")";
+ssl.truststore.type=PEM
+ssl.truststore.location=$tls/ca.pem
+PROPS
+  chmod 600 "$state"/clients/* "$state/keystore.password" "$tls"/*.key
+  touch "$state/.material"
+}
+
+acl() {
+  # shellcheck disable=SC2046
+  java -cp "$lib/*" -Dorg.slf4j.simpleLogger.defaultLogLevel=error org.apache.kafka.tools.AclCommand \
+    --bootstrap-server "127.0.0.1:$port" $(admin_config) --add --force "$@" >/dev/null
+}
+
+# What each service may do, and nothing more. The same commands (with your topic names) are in
+# the README for a real cluster.
+secure_acls() {
+  [ -f "$state/.acls" ] && return
+  local p="--resource-pattern-type prefixed"
+  # The registry: owns the models topic (create, read, write) through its transactional id.
+  acl --allow-principal User:registry $p --topic kappa.models --topic test.models \
+    --operation Create --operation Describe --operation DescribeConfigs --operation Read --operation Write
+  acl --allow-principal User:registry $p --transactional-id kappa-registry --transactional-id test-registry \
+    --operation Describe --operation Write
+  # Predictors: read the models topic and the sensor topic, write predictions.
+  acl --allow-principal User:predictor $p --topic kappa.models --topic test.models --topic sensor-data \
+    --topic test.sensors --operation Describe --operation Read
+  acl --allow-principal User:predictor $p --topic model-predictions --topic test.predictions \
+    --operation Create --operation Describe --operation Write
+  # The trainer: reads sensor data, owns its jobs topic.
+  acl --allow-principal User:trainer $p --topic sensor-data --topic test.sensors --operation Describe --operation Read
+  acl --allow-principal User:trainer $p --topic kappa.training-jobs --topic test.jobs \
+    --operation Create --operation Describe --operation DescribeConfigs --operation Read --operation Write
+  # The fleet simulator (or the MQTT bridge): writes sensor data.
+  acl --allow-principal User:fleet $p --topic sensor-data --topic test.sensors \
+    --operation Create --operation Describe --operation Write
+  # Consumer groups by service prefix; idempotent producers for those that produce.
+  acl --allow-principal User:registry --allow-principal User:predictor --allow-principal User:trainer $p \
+    --group kappa- --operation Read
+  acl --allow-principal User:registry --allow-principal User:predictor --allow-principal User:trainer \
+    --allow-principal User:fleet --cluster --operation IdempotentWrite
+  touch "$state/.acls"
 }
 
 up() {
@@ -52,13 +153,24 @@ up() {
     die "port $port is taken by another process; stop it or set KAFKA_PORT."
   fi
   mkdir -p "$state/data"
+  local scram=()
+  if [ "$mode" = secure ]; then
+    secure_material
+    for user in $users; do
+      scram+=(--add-scram "SCRAM-SHA-512=[name=$user,password=$(cat "$state/clients/$user.password")]")
+    done
+  fi
   sed -e "s#@DATA_DIR@#$state/data#" -e "s#@PORT@#$port#" -e "s#@CONTROLLER_PORT@#$controller_port#" \
-    "$here/server.properties" > "$state/server.properties"
+    -e "s#@STATE_DIR@#$state#" \
+    -e "s#@ADMIN_PASSWORD@#$(cat "$state/clients/admin.password" 2>/dev/null || true)#" \
+    -e "s#@KEYSTORE_PASSWORD@#$(cat "$state/keystore.password" 2>/dev/null || true)#" \
+    "$template" > "$state/server.properties"
+  chmod 600 "$state/server.properties"
   if [ ! -f "$state/data/logs/meta.properties" ]; then
     local cluster_id
     cluster_id=$(java -cp "$lib/*" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -1)
     java -cp "$lib/*" -Dorg.slf4j.simpleLogger.defaultLogLevel=warn kafka.tools.StorageTool format \
-      --standalone -t "$cluster_id" -c "$state/server.properties" >/dev/null
+      --standalone -t "$cluster_id" -c "$state/server.properties" "${scram[@]}" >/dev/null
   fi
   echo "Starting Kafka on 127.0.0.1:$port (log: $logfile)..."
   nohup java -Xms256m -Xmx1g -XX:+UseG1GC -Djava.awt.headless=true \
@@ -66,7 +178,11 @@ up() {
     -cp "$lib/*" kafka.Kafka "$state/server.properties" >"$logfile" 2>&1 &
   echo $! > "$pidfile"
   for _ in $(seq 1 120); do
-    if answering; then echo "Kafka is ready on 127.0.0.1:$port."; return; fi
+    if answering; then
+      if [ "$mode" = secure ]; then secure_acls; fi
+      echo "Kafka ($mode) is ready on 127.0.0.1:$port."
+      return
+    fi
     running || { tail -30 "$logfile" >&2; die "Kafka exited during start-up; see $logfile."; }
     sleep 1
   done
@@ -91,6 +207,6 @@ case "${1:-}" in
   down) down ;;
   logs) exec tail -n 100 -F "$logfile" ;;
   status) running && answering ;;
-  reset) down; rm -rf "$state/data"; echo "Kafka data removed." ;;
+  reset) down; rm -rf "$state/data" "$state/.acls" "$state/.material" "$state/tls" "$state/clients"; echo "Kafka data removed." ;;
   *) echo "usage: $0 up|down|logs|status|reset" >&2; exit 2 ;;
 esac

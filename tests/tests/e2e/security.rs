@@ -885,3 +885,92 @@ async fn publish_limits_hold_under_stalls_floods_and_oversized_messages_and_the_
     assert_eq!(numbers, (1..=created as u64).collect::<Vec<_>>());
     publish(&mut client, &small, &small_weights, "").await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn against_the_secure_broker_each_service_works_with_its_own_principal_and_no_more() {
+    use crate::trainer::{spec, start_job, trainer_client, wait_done};
+    use kappa_api::trainer::JobPhase;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let (bootstrap, clients) = secure_broker();
+    let principal = |name: &str| clients.join(format!("{name}.properties"));
+    let models = unique("test.models");
+    let registry = Launch::new("kappa-registry", &models)
+        .kafka(&bootstrap, &principal("registry"))
+        .args([
+            "--models-topic",
+            &models,
+            "--transactional-id",
+            &unique("test-registry"),
+        ])
+        .start("kappa.registry.v1.Registry")
+        .await;
+    let fixture = fixture("autoencoder");
+    let mut client = registry_client(&registry).await;
+    publish(&mut client, &fixture.manifest, &fixture.weights, "")
+        .await
+        .unwrap();
+
+    // The fleet writes sensor data as its own principal; the trainer reads it and keeps its jobs.
+    let sensors = unique("test.sensors");
+    let fleet = std::process::Command::new(binary("kappa"))
+        .args(["fleet", "--kafka-bootstrap", &bootstrap, "--topic", &sensors])
+        .arg(format!("--kafka-properties-file={}", principal("fleet").display()))
+        .args([
+            "--cars",
+            "20",
+            "--events",
+            "3000",
+            "--rate",
+            "0",
+            "--backdate-seconds",
+            "3600",
+        ])
+        .output()
+        .unwrap();
+    assert!(fleet.status.success(), "{}", String::from_utf8_lossy(&fleet.stderr));
+    let trainer = Launch::new("kappa-trainer", &models)
+        .kafka(&bootstrap, &principal("trainer"))
+        .args(["--registry", &registry.address, "--jobs-topic", &unique("test.jobs")])
+        .start("kappa.trainer.v1.Trainer")
+        .await;
+    let mut jobs = trainer_client(&trainer).await;
+    let job = start_job(&mut jobs, spec("secured-fleet", &sensors, 0, i64::MAX / 2)).await;
+    let done = wait_done(&mut jobs, &job.job_id, Duration::from_secs(180)).await;
+    assert_eq!(done.phase, JobPhase::Succeeded as i32, "{}", done.message);
+
+    // The predictor reads the models topic as its own principal and serves.
+    let predictor = Launch::new("kappa-predictor", &models)
+        .kafka(&bootstrap, &principal("predictor"))
+        .args(["--models-topic", &models, "--model", &fixture.manifest.name])
+        .start("kappa.predictor.v1.Predictor")
+        .await;
+    let answer = GrpcInferenceServiceClient::new(
+        kappa_client::connect("kappa-predictor", &predictor.address)
+            .await
+            .unwrap(),
+    )
+    .model_infer(oip_request(&fixture.manifest.name, &fixture.inputs[0]))
+    .await
+    .unwrap();
+    assert_eq!(answer.get_ref().model_version, "1");
+
+    // Neither a predictor's nor the trainer's principal may write the models topic: the broker
+    // refuses, whatever the record says.
+    for name in ["predictor", "trainer", "fleet"] {
+        let producer: FutureProducer = client_config_from(&bootstrap, &principal(name))
+            .set("message.timeout.ms", "10000")
+            .create()
+            .unwrap();
+        let sent = producer
+            .send(
+                FutureRecord::to(&models)
+                    .key("model/forged/1")
+                    .payload(b"forged".as_slice()),
+                Duration::from_secs(10),
+            )
+            .await;
+        let error = sent.expect_err("the broker accepted a write to the models topic").0;
+        assert!(error.to_string().contains("authorization"), "{name}: {error}");
+    }
+}

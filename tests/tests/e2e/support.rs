@@ -69,6 +69,7 @@ pub struct Service {
 pub struct Launch {
     binary: &'static str,
     label: String,
+    bootstrap: String,
     args: Vec<String>,
     envs: Vec<(String, String)>,
 }
@@ -79,9 +80,18 @@ impl Launch {
         Self {
             binary,
             label: label.to_owned(),
+            bootstrap: bootstrap(),
             args: Vec::new(),
             envs: Vec::new(),
         }
+    }
+
+    /// Another broker than the test broker, with the client properties of a principal.
+    pub fn kafka(mut self, bootstrap: &str, properties_file: &std::path::Path) -> Self {
+        self.bootstrap = bootstrap.to_owned();
+        self.args
+            .push(format!("--kafka-properties-file={}", properties_file.display()));
+        self
     }
 
     pub fn args<I, S>(mut self, args: I) -> Self
@@ -106,7 +116,7 @@ impl Launch {
         let child = Command::new(binary(self.binary))
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
-            .args(["--kafka-bootstrap", &bootstrap()])
+            .args(["--kafka-bootstrap", &self.bootstrap])
             .args(["--log", "info,librdkafka=warn"])
             .args(&self.args)
             .envs(self.envs)
@@ -884,4 +894,33 @@ pub async fn write_raw_alias(topic: &str, name: &str, alias: &str, version: u64)
         ..Default::default()
     };
     produce_raw(topic, vec![(format!("alias/{name}/{alias}"), record.encode_to_vec())]).await;
+}
+
+/// The secure local broker (`make kafka-secure-up`, which `make test` starts): its bootstrap and
+/// the directory of its principals' librdkafka property files.
+pub fn secure_broker() -> (String, PathBuf) {
+    let bootstrap = std::env::var("KAPPA_TEST_SECURE_KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9094".to_owned());
+    let clients = std::env::var_os("KAPPA_TEST_SECURE_KAFKA_CLIENTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/kafka/.state-secure/clients"));
+    assert!(
+        clients.join("registry.properties").exists() && std::net::TcpStream::connect(&bootstrap).is_ok(),
+        "the secure broker is not running at {bootstrap} with its clients in {}: run `make kafka-secure-up` (make test does)",
+        clients.display()
+    );
+    (bootstrap, clients)
+}
+
+/// A plain librdkafka client configuration for `bootstrap` from a properties file, read here
+/// independently of Kappa's own parsing.
+pub fn client_config_from(bootstrap: &str, properties: &std::path::Path) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", bootstrap);
+    for line in std::fs::read_to_string(properties).unwrap().lines() {
+        let line = line.trim();
+        if let Some((k, v)) = line.split_once('=').filter(|_| !line.starts_with('#')) {
+            config.set(k.trim(), v.trim());
+        }
+    }
+    config
 }
