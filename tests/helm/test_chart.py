@@ -68,6 +68,17 @@ def test_rendered_manifests_validate_against_kubernetes_schemas(name, tmp_path):
         assert f"passed for resource {kind.lower()}/" in report, f"{kind} was not validated:\n{report}"
 
 
+def test_each_service_gets_its_own_kafka_principal():
+    docs = render(VALUES["production"])
+    for d in docs:
+        if d["kind"] != "Deployment":
+            continue
+        component = d["metadata"]["labels"]["app.kubernetes.io/component"]
+        env = {e["name"]: e for e in d["spec"]["template"]["spec"]["containers"][0]["env"]}
+        for name in ["KAPPA_KAFKA_SASL_USERNAME", "KAPPA_KAFKA_SASL_PASSWORD"]:
+            assert env[name]["valueFrom"]["secretKeyRef"]["name"] == f"kappa-kafka-{component}", (component, name)
+
+
 def test_production_values_render_what_operators_expect():
     docs = render(VALUES["production"])
     by_kind = {}
@@ -94,7 +105,8 @@ def test_production_values_render_what_operators_expect():
         assert sc["capabilities"]["drop"] == ["ALL"]
         assert container["resources"]["requests"] and container["resources"]["limits"]
         env = {e["name"]: e for e in container["env"]}
-        assert env["KAPPA_KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "kappa-kafka-sasl"
+        component = deployment["metadata"]["labels"]["app.kubernetes.io/component"]
+        assert env["KAPPA_KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == f"kappa-kafka-{component}"
         assert "s3cret" not in yaml.safe_dump(deployment), "no secret value is rendered"
         assert env["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"] == "http://otel-collector.observability:4317"
         assert env["KAPPA_MODELS_TOPIC"]["value"] == "ml.kappa.models", "one topic name for all three"

@@ -82,15 +82,18 @@ app.kubernetes.io/component: {{ .component }}
   value: /etc/kappa/kafka-properties/{{ $v.kafka.propertiesSecret.key }}
 {{- end }}
 {{- if $v.kafka.sasl.enabled }}
+{{- /* Each service its own Kafka principal when kafka.sasl.secrets names one for it. */}}
+{{- $component := trimPrefix "kappa-" .service }}
+{{- $secret := default $v.kafka.sasl.existingSecret (index $v.kafka.sasl.secrets $component | default "") }}
 - name: KAPPA_KAFKA_SASL_USERNAME
   valueFrom:
     secretKeyRef:
-      name: {{ required "kafka.sasl.existingSecret is required when kafka.sasl.enabled" $v.kafka.sasl.existingSecret }}
+      name: {{ required "kafka.sasl.existingSecret (or kafka.sasl.secrets.<component>) is required when kafka.sasl.enabled" $secret }}
       key: {{ $v.kafka.sasl.usernameKey }}
 - name: KAPPA_KAFKA_SASL_PASSWORD
   valueFrom:
     secretKeyRef:
-      name: {{ $v.kafka.sasl.existingSecret }}
+      name: {{ $secret }}
       key: {{ $v.kafka.sasl.passwordKey }}
 {{- end }}
 - name: KAPPA_MODELS_TOPIC
