@@ -38,9 +38,12 @@ helm-test: ## Helm chart: lint --strict, offline Kubernetes schema validation, -
 	cargo build --workspace --bins
 	KAPPA_BIN_DIR=$(CARGO_TARGET_DIR)/debug KAPPA_HELM=$(TOOLS_BIN)/helm $(PY) -m pytest -q tests/helm
 
-lint: ## cargo fmt --check and clippy with warnings as errors
+lint: ## cargo fmt --check, clippy with warnings as errors, cargo deny (licences, duplicate majors, sources, advisories)
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	scripts/tools.sh >/dev/null
+	$(TOOLS_BIN)/cargo-deny check licenses bans sources
+	scripts/advisories.sh $(TOOLS_BIN)/cargo-deny
 
 fmt: ## Format the code
 	cargo fmt --all

@@ -13,6 +13,14 @@ install_go_tool() { # name module@version
 install_go_tool grpcurl github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.3
 install_go_tool helm helm.sh/helm/v3/cmd/helm@v3.22.0
 
+# cargo-deny (make lint), built from crates.io into the same folder.
+if ! "$bin/cargo-deny" --version 2>/dev/null | grep -q "0.20.2"; then
+  echo "Building cargo-deny 0.20.2 into $bin (a few minutes, once)..." >&2
+  CARGO_TARGET_DIR=${KAPPA_TOOLS_TARGET:-$HOME/.cache/kappa/tools-target} \
+    cargo install --locked --quiet --root "$bin/.cargo-root" cargo-deny@0.20.2 >&2
+  ln -sf "$bin/.cargo-root/bin/cargo-deny" "$bin/cargo-deny"
+fi
+
 # A Python venv with NVIDIA's tritonclient (the standard Open Inference Protocol client the
 # predictor tests talk to), prometheus_client (whose OpenMetrics parser checks /metrics), and
 # kubernetes-validate with pytest for the Helm chart's tests.
