@@ -24,6 +24,9 @@ struct Args {
     registry: String,
     #[arg(long, default_value = "127.0.0.1:9092")]
     kafka_bootstrap: String,
+    /// TLS and token for a secured registry, as the CLI takes them.
+    #[command(flatten)]
+    security: kappa_client::ClientSecurityArgs,
     #[command(subcommand)]
     command: Mode,
 }
@@ -45,7 +48,8 @@ enum Mode {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut client = Registry::connect(&args.registry).await?;
+    let security = args.security.security().map_err(anyhow::Error::msg)?;
+    let mut client = Registry::connect_with(&args.registry, &security).await?;
     match args.command {
         Mode::Throughput { iterations } => throughput(&mut client, &args.kafka_bootstrap, iterations).await,
         Mode::Fill { versions } => fill(&mut client, versions).await,

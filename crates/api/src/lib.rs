@@ -104,3 +104,23 @@ pub fn method_paths(service: &str) -> Vec<String> {
         .flat_map(|(_, s)| s.method.iter().map(|m| format!("/{service}/{}", m.name())))
         .collect()
 }
+
+/// The gRPC paths of every streaming method (client, server or both) in Kappa's protos, read
+/// from the descriptor set: what a per-call deadline must leave alone (a watch lasts as long
+/// as its caller wants; a publish has its own idle limit).
+pub fn streaming_paths() -> Vec<String> {
+    use prost::Message as _;
+    let set =
+        prost_types::FileDescriptorSet::decode(FILE_DESCRIPTOR_SET).expect("the build wrote a valid descriptor set");
+    let mut paths = Vec::new();
+    for file in &set.file {
+        for service in &file.service {
+            for method in &service.method {
+                if method.client_streaming() || method.server_streaming() {
+                    paths.push(format!("/{}.{}/{}", file.package(), service.name(), method.name()));
+                }
+            }
+        }
+    }
+    paths
+}

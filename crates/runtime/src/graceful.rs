@@ -10,14 +10,18 @@ use tonic::transport::{
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tower::layer::util::{Identity, Stack};
 
-use crate::{GrpcServerTracing, ServerSecurity, auth::AuthLayer};
+use crate::{GrpcServerTracing, ServerSecurity, auth::AuthLayer, deadline::DeadlineLayer};
 
-/// A server whose calls are traced (see [`GrpcServerTracing`]) and then authorised.
-pub type KappaRouter = Router<Stack<AuthLayer, Stack<GrpcServerTracing, Identity>>>;
+/// The layers of every Kappa server, outermost first: tracing, auth, the unary deadline.
+pub type KappaLayers = Stack<DeadlineLayer, Stack<AuthLayer, Stack<GrpcServerTracing, Identity>>>;
+
+/// A server whose calls are traced (see [`GrpcServerTracing`]), authorised and bounded in time.
+pub type KappaRouter = Router<KappaLayers>;
 
 /// `Server::builder()` with the connection limits and layers every Kappa server uses: tracing
-/// outside (refused calls are traced too), then the auth layer of `security`.
-pub fn kappa_server(security: &ServerSecurity) -> Server<Stack<AuthLayer, Stack<GrpcServerTracing, Identity>>> {
+/// outside (refused calls are traced too), then the auth layer of `security`, then the deadline
+/// on unary calls.
+pub fn kappa_server(security: &ServerSecurity) -> Server<KappaLayers> {
     let limits = security.limits;
     Server::builder()
         .max_concurrent_streams(limits.max_concurrent_streams)
@@ -26,6 +30,7 @@ pub fn kappa_server(security: &ServerSecurity) -> Server<Stack<AuthLayer, Stack<
         .tcp_keepalive(Some(Duration::from_secs(60)))
         .layer(GrpcServerTracing)
         .layer(security.auth.clone())
+        .layer(security.deadline.clone())
 }
 
 /// Serves `router` on `listener` (over TLS when `security` has it) until `shutdown` resolves;

@@ -4,6 +4,7 @@
 
 pub mod args;
 pub mod auth;
+mod deadline;
 mod graceful;
 mod grpc_code;
 mod grpc_trace;

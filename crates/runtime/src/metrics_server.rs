@@ -1,4 +1,4 @@
-use std::{convert::Infallible, future::Future, net::SocketAddr, sync::Arc};
+use std::{convert::Infallible, future::Future, sync::Arc};
 
 use http_body_util::Full;
 use hyper::{
@@ -11,22 +11,49 @@ use hyper::{
 use hyper_util::rt::TokioIo;
 use prometheus_client::{encoding::text::encode, registry::Registry};
 use tokio::net::TcpListener;
+use tokio_stream::{Stream, StreamExt as _, wrappers::TcpListenerStream};
+
+use crate::tls::ServerTls;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Serves `GET /metrics` in the OpenMetrics text format (which Prometheus scrapes natively) until
-/// `shutdown` resolves. Returns once the listener is closed.
-pub async fn serve_metrics(listener: TcpListener, registry: Arc<Registry>, shutdown: impl Future<Output = ()>) {
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer): (_, SocketAddr) = tokio::select! {
-            () = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
+/// `shutdown` resolves, over TLS when `tls` is given. Returns once the listener is closed.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    registry: Arc<Registry>,
+    shutdown: impl Future<Output = ()>,
+    tls: Option<ServerTls>,
+) {
+    match tls {
+        // Failed handshakes never reach here: the TLS acceptor logs and drops them.
+        Some(tls) => serve_connections(tls.incoming(listener).filter_map(Result::ok), registry, shutdown).await,
+        None => {
+            let accepted = TcpListenerStream::new(listener).filter_map(|accepted| match accepted {
+                Ok(stream) => Some(stream),
                 Err(e) => {
                     tracing::warn!(error = %e, "metrics listener failed to accept a connection");
-                    continue;
+                    None
                 }
+            });
+            serve_connections(accepted, registry, shutdown).await;
+        }
+    }
+}
+
+async fn serve_connections<S, IO>(connections: S, registry: Arc<Registry>, shutdown: impl Future<Output = ()>)
+where
+    S: Stream<Item = IO>,
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::pin!(shutdown);
+    tokio::pin!(connections);
+    loop {
+        let stream = tokio::select! {
+            () = &mut shutdown => return,
+            next = connections.next() => match next {
+                Some(stream) => stream,
+                None => return,
             },
         };
         let registry = Arc::clone(&registry);
@@ -39,7 +66,7 @@ pub async fn serve_metrics(listener: TcpListener, registry: Arc<Registry>, shutd
                 .serve_connection(TokioIo::new(stream), service)
                 .await
             {
-                tracing::debug!(%peer, error = %e, "metrics connection ended with an error");
+                tracing::debug!(error = %e, "metrics connection ended with an error");
             }
         });
     }

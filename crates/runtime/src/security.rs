@@ -10,7 +10,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     auth::{AuthLayer, Policy, TokenTable},
-    tls::{ServerTls, TlsFiles},
+    deadline::DeadlineLayer,
+    tls::{Protocol, ServerTls, TlsFiles},
 };
 
 #[derive(Debug, Clone, Args)]
@@ -52,6 +53,18 @@ pub struct ServerSecurityArgs {
           value_name = "SECONDS", value_parser = crate::args::seconds)]
     pub keepalive: Duration,
 
+    /// Seconds a unary call may run before it is answered DEADLINE_EXCEEDED and its work
+    /// dropped. Streaming calls (watches, publishes, streamed scoring) are exempt; a caller's
+    /// shorter grpc-timeout always applies.
+    #[arg(long = "request-timeout-seconds", env = "KAPPA_REQUEST_TIMEOUT_SECONDS", default_value = "60",
+          value_name = "SECONDS", value_parser = crate::args::seconds)]
+    pub request_timeout: Duration,
+
+    /// Serve /metrics over TLS too, with --tls-cert (no client certificate asked: Prometheus
+    /// scrapes with `scheme: https` and the CA).
+    #[arg(long, env = "KAPPA_METRICS_TLS", requires = "tls_cert")]
+    pub metrics_tls: bool,
+
     /// How often the TLS and token files are checked for changes, in seconds.
     #[arg(long = "security-reload-seconds", env = "KAPPA_SECURITY_RELOAD_SECONDS", default_value = "5",
           value_name = "SECONDS", value_parser = crate::args::seconds)]
@@ -82,6 +95,9 @@ impl ServerSecurityArgs {
         if self.keepalive.is_zero() {
             return Err("--keepalive-seconds must be above 0".into());
         }
+        if self.request_timeout.is_zero() {
+            return Err("--request-timeout-seconds must be above 0".into());
+        }
         Ok(())
     }
 
@@ -99,22 +115,43 @@ impl ServerSecurityArgs {
                 Err(_) => "unreadable".to_owned(),
             },
         };
-        format!("tls={tls} auth={auth}")
+        let metrics = if self.metrics_tls { " metrics_tls=on" } else { "" };
+        format!("tls={tls} auth={auth}{metrics}")
     }
 
-    /// The server's security, watching its files until `stop`.
-    pub fn load(&self, policy: Policy, stop: CancellationToken) -> Result<ServerSecurity, String> {
+    /// The server's security, watching its files until `stop`. `streaming` lists the paths of
+    /// the streaming methods, which the per-call deadline leaves alone.
+    pub fn load(
+        &self,
+        policy: Policy,
+        streaming: Vec<String>,
+        stop: CancellationToken,
+    ) -> Result<ServerSecurity, String> {
         let tls = self
             .tls_files()
-            .map(|files| ServerTls::load(files, self.reload_every, stop.clone()))
+            .map(|files| ServerTls::load(files, Protocol::Grpc, self.reload_every, stop.clone()))
             .transpose()?;
+        let metrics_tls = match self.tls_files().filter(|_| self.metrics_tls) {
+            Some(files) => Some(ServerTls::load(
+                TlsFiles {
+                    client_ca: None,
+                    ..files
+                },
+                Protocol::Http1,
+                self.reload_every,
+                stop.clone(),
+            )?),
+            None => None,
+        };
         let auth = match &self.auth_tokens {
             None => AuthLayer::disabled(policy),
             Some(path) => AuthLayer::from_file(path.clone(), policy, self.reload_every, stop)?,
         };
         Ok(ServerSecurity {
             tls,
+            metrics_tls,
             auth,
+            deadline: DeadlineLayer::new(self.request_timeout, streaming),
             limits: ConnectionLimits {
                 max_message_bytes: self.max_message_bytes as usize,
                 max_concurrent_streams: self.max_concurrent_streams,
@@ -146,7 +183,10 @@ impl Default for ConnectionLimits {
 #[derive(Clone)]
 pub struct ServerSecurity {
     pub(crate) tls: Option<ServerTls>,
+    /// TLS for /metrics, when --metrics-tls.
+    pub metrics_tls: Option<ServerTls>,
     pub(crate) auth: AuthLayer,
+    pub(crate) deadline: DeadlineLayer,
     pub limits: ConnectionLimits,
 }
 
@@ -155,7 +195,9 @@ impl ServerSecurity {
     pub fn none(policy: Policy) -> Self {
         Self {
             tls: None,
+            metrics_tls: None,
             auth: AuthLayer::disabled(policy),
+            deadline: DeadlineLayer::new(Duration::from_secs(60), Vec::new()),
             limits: ConnectionLimits::default(),
         }
     }

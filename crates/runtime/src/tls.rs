@@ -30,6 +30,24 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshakes in progress at once; more connections wait in the kernel's backlog.
 const MAX_HANDSHAKES: usize = 256;
 
+/// What is spoken over the TLS session, announced by ALPN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// gRPC: HTTP/2 only.
+    Grpc,
+    /// The metrics endpoint: HTTP/1.1.
+    Http1,
+}
+
+impl Protocol {
+    fn alpn(self) -> Vec<Vec<u8>> {
+        match self {
+            Protocol::Grpc => vec![b"h2".to_vec()],
+            Protocol::Http1 => vec![b"http/1.1".to_vec()],
+        }
+    }
+}
+
 /// Where a server's TLS material lives.
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
@@ -60,7 +78,7 @@ pub fn read_certificates(path: &PathBuf) -> Result<Vec<CertificateDer<'static>>,
 }
 
 /// Builds the rustls configuration from the files as they are now.
-pub fn server_config(files: &TlsFiles) -> Result<ServerConfig, String> {
+pub fn server_config(files: &TlsFiles, protocol: Protocol) -> Result<ServerConfig, String> {
     let provider = Arc::new(default_provider());
     let chain = read_certificates(&files.cert)?;
     let key = PrivateKeyDer::from_pem_file(&files.key)
@@ -90,7 +108,7 @@ pub fn server_config(files: &TlsFiles) -> Result<ServerConfig, String> {
             files.key.display()
         )
     })?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.alpn_protocols = protocol.alpn();
     Ok(config)
 }
 
@@ -103,16 +121,23 @@ pub struct ServerTls {
 impl ServerTls {
     /// Loads the files now (an error here is a configuration error) and re-reads them every
     /// `reload_every` until `stop`.
-    pub fn load(files: TlsFiles, reload_every: Duration, stop: CancellationToken) -> Result<Self, String> {
+    pub fn load(
+        files: TlsFiles,
+        protocol: Protocol,
+        reload_every: Duration,
+        stop: CancellationToken,
+    ) -> Result<Self, String> {
         let paths = files.paths();
-        let config = Reloading::new("TLS certificate", paths, move || server_config(&files).map(Arc::new))?;
+        let config = Reloading::new("TLS certificate", paths, move || {
+            server_config(&files, protocol).map(Arc::new)
+        })?;
         config.watch(reload_every, stop);
         Ok(Self { config })
     }
 
     /// Checks that the files load, without watching them (`--check-config`).
     pub fn check(files: &TlsFiles) -> Result<(), String> {
-        server_config(files).map(|_| ())
+        server_config(files, Protocol::Grpc).map(|_| ())
     }
 
     /// TLS connections accepted on `listener`, each with the configuration current when it

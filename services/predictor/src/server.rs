@@ -31,7 +31,7 @@ pub async fn run(
     let stop = CancellationToken::new();
     let security = config
         .security
-        .load(crate::access::access, stop.clone())
+        .load(crate::access::access, kappa_api::streaming_paths(), stop.clone())
         .map_err(anyhow::Error::msg)?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -121,6 +121,7 @@ pub async fn run(
             listener,
             Arc::new(metrics_registry),
             stop.clone().cancelled_owned(),
+            security.metrics_tls.clone(),
         ));
     }
     tracing::info!(

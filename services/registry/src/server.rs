@@ -66,7 +66,7 @@ pub async fn run(
 
     let security = config
         .security
-        .load(crate::access::access, stop.clone())
+        .load(crate::access::access, kappa_api::streaming_paths(), stop.clone())
         .map_err(anyhow::Error::msg)?;
     let catalog = Arc::new(RwLock::new(ModelLog::new()));
     let progress = follower::spawn(
@@ -127,6 +127,7 @@ pub async fn run(
             listener,
             Arc::new(metrics_registry),
             stop.clone().cancelled_owned(),
+            security.metrics_tls.clone(),
         ));
     }
 

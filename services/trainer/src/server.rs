@@ -59,7 +59,7 @@ pub async fn run(
     let stop = CancellationToken::new();
     let security = config
         .security
-        .load(crate::access::access, stop.clone())
+        .load(crate::access::access, kappa_api::streaming_paths(), stop.clone())
         .map_err(anyhow::Error::msg)?;
     if let Some(listener) = metrics_listener {
         tracing::info!(address = %listener.local_addr()?, "serving Prometheus metrics at /metrics");
@@ -67,6 +67,7 @@ pub async fn run(
             listener,
             Arc::new(metrics_registry),
             stop.clone().cancelled_owned(),
+            security.metrics_tls.clone(),
         ));
     }
     tracing::info!(address = %listener.local_addr()?, registry = %config.registry, "kappa-trainer listening for gRPC");

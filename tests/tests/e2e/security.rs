@@ -152,6 +152,7 @@ async fn with_mutual_tls_only_a_client_with_the_right_ca_and_certificate_gets_in
 
     let mut setup = RegistrySetup::new();
     setup.extra_args = server_flags(&files, true);
+    setup.extra_args.push("--metrics-tls".into());
     let registry = setup.spawn();
     let models = setup.topic.clone();
     let predictor = Launch::new("kappa-predictor", &models)
@@ -224,6 +225,26 @@ async fn with_mutual_tls_only_a_client_with_the_right_ca_and_certificate_gets_in
     let ok = cli(true);
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
     assert!(!cli(false).status.success(), "the CLI without its certificate got in");
+
+    // --metrics-tls: Prometheus scrapes over TLS with the CA (no client certificate asked), and
+    // a plaintext scrape gets nothing.
+    let metrics = registry.metrics_url.replace("http://", "https://");
+    let scraped = std::process::Command::new("curl")
+        .args(["-sS", "--fail", "--max-time", "10", "--cacert"])
+        .arg(&ca_file)
+        .arg(&metrics)
+        .output()
+        .expect("curl is needed for this test (Debian: apt-get install curl)");
+    assert!(scraped.status.success(), "{}", String::from_utf8_lossy(&scraped.stderr));
+    assert!(String::from_utf8_lossy(&scraped.stdout).contains("kappa_registry_"));
+    let plain = std::process::Command::new("curl")
+        .args(["-sS", "--fail", "--max-time", "5", &registry.metrics_url])
+        .output()
+        .unwrap();
+    assert!(
+        !plain.status.success(),
+        "a plaintext scrape of a TLS metrics port answered"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
