@@ -29,10 +29,12 @@ use crate::{
     metrics::{OutcomeLabels, RegistryMetrics},
     reader,
     requests::{AliasMove, AliasRemoval, ModelName, ModelQuery, VersionRemoval, Wanted, WatchQuery},
-    writer::{Put, Writer},
+    writer::{Put, WriteLock, Writer},
 };
 
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 256;
+/// How long a write waits for an earlier one still in flight before it is UNAVAILABLE.
+const WRITE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 pub struct RegistryService {
     pub catalog: Arc<RwLock<ModelLog>>,
@@ -104,14 +106,14 @@ impl RegistryService {
     }
 
     /// Writes `records` in one transaction and waits until the follower has applied them.
-    async fn write(&self, records: Vec<Put>) -> Result<i64, RegistryError> {
-        self.write_in(transaction_span(), records).await
+    async fn write(&self, records: Vec<Put>, lock: WriteLock) -> Result<i64, RegistryError> {
+        self.write_in(transaction_span(), records, lock).await
     }
 
     /// `write` inside `span`, whose context the records carry.
-    async fn write_in(&self, span: tracing::Span, records: Vec<Put>) -> Result<i64, RegistryError> {
+    async fn write_in(&self, span: tracing::Span, records: Vec<Put>, lock: WriteLock) -> Result<i64, RegistryError> {
         span.record("records", records.len());
-        let written = self.write_now(records).instrument(span.clone()).await;
+        let written = self.write_now(records, lock).instrument(span.clone()).await;
         match &written {
             Ok(offset) => span.record("offset", offset),
             Err(_) => span.record("otel.status_code", "ERROR"),
@@ -119,18 +121,37 @@ impl RegistryService {
         written
     }
 
-    async fn write_now(&self, records: Vec<Put>) -> Result<i64, RegistryError> {
-        let result = self.writer.commit(records).await;
-        if self.writer.is_fenced() {
-            self.metrics.fenced.set(1);
-        }
-        let offset = result?;
-        if !self.progress.wait_applied(offset).await {
-            return Err(RegistryError::KafkaUnavailable(
-                "the models-topic follower stopped".into(),
-            ));
-        }
-        Ok(offset)
+    /// Commits and waits until the follower applied the records, in a task of its own that holds
+    /// `lock` to the end: a caller that hangs up (a cancelled call, a `grpc-timeout`) leaves the
+    /// transaction running, and the next write must not read the catalog before it lands, or it
+    /// would reuse the version number with other weights.
+    async fn write_now(&self, records: Vec<Put>, lock: WriteLock) -> Result<i64, RegistryError> {
+        let (writer, progress, metrics) = (
+            Arc::clone(&self.writer),
+            self.progress.clone(),
+            Arc::clone(&self.metrics),
+        );
+        let task = tokio::spawn(
+            async move {
+                let result = writer.commit(records).await;
+                if writer.is_fenced() {
+                    metrics.fenced.set(1);
+                }
+                let offset = result?;
+                let applied = progress.wait_applied(offset).await;
+                drop(lock);
+                if applied {
+                    Ok(offset)
+                } else {
+                    Err(RegistryError::KafkaUnavailable(
+                        "the models-topic follower stopped".into(),
+                    ))
+                }
+            }
+            .in_current_span(),
+        );
+        task.await
+            .map_err(|e| RegistryError::Internal(format!("the write task failed: {e}")))?
     }
 
     async fn publish_inner(
@@ -245,7 +266,7 @@ impl RegistryService {
                 })?;
         }
 
-        let _guard = self.writer.lock().await;
+        let lock = self.writer.lock(WRITE_WAIT).await?;
         // A concurrent retry with the same key may have won the lock first.
         if let Some(existing) = self.deduplicate(&manifest.name, &key)? {
             return Ok(existing);
@@ -265,7 +286,7 @@ impl RegistryService {
             published_by.clone(),
             signed,
         );
-        self.write_in(transaction, records).await?;
+        self.write_in(transaction, records, lock).await?;
         self.metrics.published_bytes.inc_by(weights.len() as u64);
         self.metrics
             .publishes
@@ -323,7 +344,7 @@ impl RegistryService {
         self.ready()?;
         let AliasMove { name, alias, version } = request.try_into()?;
         let (name, alias) = (name.as_str(), alias.as_str());
-        let _guard = self.writer.lock().await;
+        let lock = self.writer.lock(WRITE_WAIT).await?;
         let previous = {
             let catalog = self.catalog();
             catalog.version(name, version)?;
@@ -341,10 +362,13 @@ impl RegistryService {
             alias: alias.to_owned(),
         };
         let position = self
-            .write(vec![Put {
-                key: key.to_string(),
-                value: Some(record.encode_to_vec()),
-            }])
+            .write(
+                vec![Put {
+                    key: key.to_string(),
+                    value: Some(record.encode_to_vec()),
+                }],
+                lock,
+            )
             .await?;
         tracing::info!(
             model = name,
@@ -368,16 +392,19 @@ impl RegistryService {
         self.ready()?;
         let AliasRemoval { name, alias } = request.try_into()?;
         let (name, alias) = (name.as_str(), alias.as_str());
-        let _guard = self.writer.lock().await;
+        let lock = self.writer.lock(WRITE_WAIT).await?;
         let previous = self.catalog().alias(name, alias)?;
         let key = ModelKey::Alias {
             name: name.to_owned(),
             alias: alias.to_owned(),
         };
-        self.write(vec![Put {
-            key: key.to_string(),
-            value: None,
-        }])
+        self.write(
+            vec![Put {
+                key: key.to_string(),
+                value: None,
+            }],
+            lock,
+        )
         .await?;
         tracing::info!(model = name, alias, principal, "deleted an alias");
         Ok(pb::DeleteAliasResponse {
@@ -400,7 +427,7 @@ impl RegistryService {
             )));
         }
         let name = name.as_str().to_owned();
-        let _guard = self.writer.lock().await;
+        let lock = self.writer.lock(WRITE_WAIT).await?;
         let (aliases, chunks) = {
             let catalog = self.catalog();
             catalog.version(&name, version)?;
@@ -447,7 +474,7 @@ impl RegistryService {
             .to_string(),
             value: Some(marker.encode_to_vec()),
         });
-        self.write(records).await?;
+        self.write(records, lock).await?;
         tracing::info!(model = name, version, removed_aliases = ?aliases, principal, "deleted a model version");
         Ok(pb::DeleteVersionResponse {
             removed_aliases: aliases,

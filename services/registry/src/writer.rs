@@ -20,7 +20,7 @@ use rdkafka::{
     producer::{FutureProducer, FutureRecord, Producer},
     util::Timeout,
 };
-use tokio::sync::{Mutex, MutexGuard};
+use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::RegistryError;
 
@@ -39,8 +39,11 @@ pub struct Writer {
     fenced: AtomicBool,
     delay_before_commit: Duration,
     /// Serialises writes: one transaction at a time, and version numbers assigned under it.
-    lock: Mutex<()>,
+    lock: Arc<Mutex<()>>,
 }
+
+/// The writer's lock, held from reading the catalog until the write is applied.
+pub struct WriteLock(#[allow(dead_code)] OwnedMutexGuard<()>);
 
 impl Writer {
     /// Creates the producer and initialises transactions. Blocking: call from a blocking thread.
@@ -76,14 +79,23 @@ impl Writer {
             topic: topic.to_owned(),
             fenced: AtomicBool::new(false),
             delay_before_commit,
-            lock: Mutex::new(()),
+            lock: Arc::new(Mutex::new(())),
         })
     }
 
     /// Held by a request from reading the catalog until its write is applied, so decisions
-    /// made from the catalog (the next version, whether an alias exists) stay true.
-    pub async fn lock(&self) -> MutexGuard<'_, ()> {
-        self.lock.lock().await
+    /// made from the catalog (the next version, whether an alias exists) stay true. Owned, so a
+    /// write keeps it after its caller hangs up (see `RegistryService::write`). A write still
+    /// in flight past `wait` (the broker away) makes the next one UNAVAILABLE, not stuck.
+    pub async fn lock(&self, wait: Duration) -> Result<WriteLock, RegistryError> {
+        tokio::time::timeout(wait, Arc::clone(&self.lock).lock_owned())
+            .await
+            .map(WriteLock)
+            .map_err(|_| {
+                RegistryError::KafkaUnavailable(format!(
+                    "an earlier write has not reached the models topic within {wait:?}; retry when the broker is back"
+                ))
+            })
     }
 
     pub fn is_fenced(&self) -> bool {

@@ -740,3 +740,84 @@ async fn grpcurl_discovers_the_registry_through_reflection_and_calls_it() {
     );
     assert!(health.contains("SERVING"), "{health}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_cancelled_mid_transaction_never_reuse_a_version_number_or_an_idempotency_key() {
+    // Every transaction stays open 1.5 s before it commits; half the callers give up after 0.3 s.
+    let setup = RegistrySetup::new().arg("--fault-delay-before-commit-ms=1500");
+    let registry = setup.start().await;
+    let client = registry_client(&registry).await;
+    let m = manifest("raced");
+    let sent: Vec<(String, Vec<u8>)> = (0..6)
+        .map(|i| (format!("key-{i}"), random_weights(&m, 100 + i)))
+        .collect();
+    let mut calls = Vec::new();
+    for (i, (key, weights)) in sent.iter().enumerate() {
+        let mut request = tonic::Request::new(tokio_stream::iter(publish_messages(&m, weights, key)));
+        let cancelled = i % 2 == 0;
+        if cancelled {
+            request.set_timeout(Duration::from_millis(300));
+        }
+        let mut client = client.clone();
+        calls.push(tokio::spawn(async move { (cancelled, client.publish(request).await) }));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for call in calls {
+        let (cancelled, result) = call.await.unwrap();
+        match result {
+            Ok(_) => assert!(!cancelled, "a call cut off after 0.3 s cannot have seen a 1.5 s commit"),
+            Err(status) => {
+                assert!(cancelled, "a normal publish failed: {status:?}");
+                assert!(
+                    matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+                    "{status:?}"
+                );
+            }
+        }
+    }
+
+    // Every key, retried with its weights, names a version holding exactly those weights; no
+    // version number holds two models, and a restarted registry says the same.
+    let mapping = |versions: Vec<pb::ModelVersion>| -> Vec<(u64, String)> {
+        versions.into_iter().map(|v| (v.version, v.weights_sha256)).collect()
+    };
+    let mut client = registry_client(&registry).await;
+    for (key, weights) in &sent {
+        let answer = publish(&mut client, &m, weights, key).await.unwrap();
+        assert_eq!(answer.version.unwrap().weights_sha256, sha256(weights), "{key}");
+    }
+    let versions = mapping(
+        client
+            .list_versions(pb::ListVersionsRequest { name: "raced".into() })
+            .await
+            .unwrap()
+            .into_inner()
+            .versions,
+    );
+    let digests: std::collections::BTreeSet<&String> = versions.iter().map(|(_, d)| d).collect();
+    assert_eq!(
+        digests.len(),
+        versions.len(),
+        "a version number holds two models: {versions:?}"
+    );
+    assert_eq!(
+        versions.len(),
+        sent.len(),
+        "one version per distinct model: {versions:?}"
+    );
+    for (_, weights) in &sent {
+        assert!(digests.contains(&sha256(weights)));
+    }
+    drop(registry);
+    let restarted = setup.start().await;
+    let replayed = mapping(
+        registry_client(&restarted)
+            .await
+            .list_versions(pb::ListVersionsRequest { name: "raced".into() })
+            .await
+            .unwrap()
+            .into_inner()
+            .versions,
+    );
+    assert_eq!(replayed, versions, "the log says the same after a replay");
+}

@@ -792,21 +792,6 @@ fn oip_request(model: &str, row: &[f32]) -> ModelInferRequest {
     }
 }
 
-fn publish_messages(manifest: &kappa_api::model::ModelManifest, weights: &[u8]) -> Vec<pb::PublishRequest> {
-    use pb::publish_request::Part;
-    let header = pb::PublishRequest {
-        part: Some(Part::Header(pb::PublishHeader {
-            manifest: Some(manifest.clone()),
-            ..Default::default()
-        })),
-    };
-    std::iter::once(header)
-        .chain(weights.chunks(1024 * 1024).map(|c| pb::PublishRequest {
-            part: Some(Part::Chunk(c.to_vec())),
-        }))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_limits_hold_under_stalls_floods_and_oversized_messages_and_the_registry_keeps_serving() {
     let budget = 48 * 1024 * 1024;
@@ -821,7 +806,7 @@ async fn publish_limits_hold_under_stalls_floods_and_oversized_messages_and_the_
     let small = kappa_fleet::car_autoencoder("small", &[4]);
     let small_weights = kappa_model::example::random_weights(&small, 1);
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(publish_messages(&small, &small_weights).remove(0))
+    tx.send(publish_messages(&small, &small_weights, "").remove(0))
         .await
         .unwrap();
     let started = Instant::now();
@@ -838,7 +823,7 @@ async fn publish_limits_hold_under_stalls_floods_and_oversized_messages_and_the_
     let big = kappa_fleet::car_autoencoder("big", &[2048, 2048]);
     let big_weights = kappa_model::example::random_weights(&big, 2);
     assert!(big_weights.len() > 16 * 1024 * 1024);
-    let messages = std::sync::Arc::new(publish_messages(&big, &big_weights));
+    let messages = std::sync::Arc::new(publish_messages(&big, &big_weights, ""));
     let mut flood = Vec::new();
     for _ in 0..20 {
         let (mut client, messages) = (client.clone(), std::sync::Arc::clone(&messages));
@@ -878,7 +863,7 @@ async fn publish_limits_hold_under_stalls_floods_and_oversized_messages_and_the_
     assert!(created >= 1 && refused >= 1, "{created} created, {refused} refused");
 
     // One message past the size limit is refused by gRPC before it is buffered.
-    let mut oversized = publish_messages(&small, &small_weights);
+    let mut oversized = publish_messages(&small, &small_weights, "");
     oversized.truncate(1);
     oversized.push(pb::PublishRequest {
         part: Some(pb::publish_request::Part::Chunk(vec![0; 5 * 1024 * 1024])),

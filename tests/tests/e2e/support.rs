@@ -924,3 +924,21 @@ pub fn client_config_from(bootstrap: &str, properties: &std::path::Path) -> Clie
     }
     config
 }
+
+/// The messages of a Publish stream (a header, then 1 MiB chunks), for tests that drive the raw
+/// RPC (stalls, floods, cancellations).
+pub fn publish_messages(manifest: &ModelManifest, weights: &[u8], key: &str) -> Vec<pb::PublishRequest> {
+    use pb::publish_request::Part;
+    let header = pb::PublishRequest {
+        part: Some(Part::Header(pb::PublishHeader {
+            manifest: Some(manifest.clone()),
+            idempotency_key: key.to_owned(),
+            ..Default::default()
+        })),
+    };
+    std::iter::once(header)
+        .chain(weights.chunks(1024 * 1024).map(|c| pb::PublishRequest {
+            part: Some(Part::Chunk(c.to_vec())),
+        }))
+        .collect()
+}
