@@ -490,7 +490,7 @@ async fn execute_round(handle: &Arc<JobHandle>, ctx: &JobContext, round: &tracin
         .await
         .map_err(fail)?;
     let holder = if spec.promote_alias.is_empty() {
-        None
+        Holder::Free
     } else {
         current_holder(&mut registry, &spec).await
     };
@@ -552,7 +552,7 @@ async fn execute_round(handle: &Arc<JobHandle>, ctx: &JobContext, round: &tracin
             f1: new_quality.map(|q| q.f1),
             roc_auc: new_quality.map(|q| q.roc_auc),
         }),
-        parent_version: holder.as_ref().map_or(0, |h| h.0.version),
+        parent_version: holder.version(),
         trace_context: span_context_map(round),
     };
     manifest.lineage = Some(lineage.clone());
@@ -582,7 +582,7 @@ async fn execute_round(handle: &Arc<JobHandle>, ctx: &JobContext, round: &tracin
     );
 
     if !spec.promote_alias.is_empty() {
-        let (promote, reason) = decide(&spec, new_quality, holder.as_ref(), &holdout_rows, &holdout_labels);
+        let (promote, reason) = decide(&spec, new_quality, &holder, &holdout_rows, &holdout_labels);
         round.record("promoted", promote);
         tracing::info!(promote, reason, "champion/challenger decision");
         if promote {
@@ -609,12 +609,41 @@ async fn execute_round(handle: &Arc<JobHandle>, ctx: &JobContext, round: &tracin
     Ok(())
 }
 
-/// The version the alias points at now, with its model, when there is one.
-async fn current_holder(registry: &mut Registry, spec: &TrainingSpec) -> Option<(rpb::ModelVersion, Mlp)> {
+/// Who holds the alias a job would move.
+enum Holder {
+    /// Nothing: the model or the alias does not exist yet.
+    Free,
+    Held(rpb::ModelVersion, Mlp),
+    /// The registry could not say, or the holder's model does not load. A challenger is then
+    /// not compared with anything, so it is not promoted: the gate fails closed.
+    Unreadable(String),
+}
+
+impl Holder {
+    fn version(&self) -> u64 {
+        match self {
+            Holder::Held(version, _) => version.version,
+            Holder::Free | Holder::Unreadable(_) => 0,
+        }
+    }
+}
+
+/// The version the alias points at now, with its model.
+async fn current_holder(registry: &mut Registry, spec: &TrainingSpec) -> Holder {
     let selector = Selector::Alias(spec.promote_alias.clone());
-    let (header, weights) = registry.get(&spec.model_name, selector).await.ok()?;
-    let model = Mlp::load(header.manifest.as_ref()?, &weights, Backend::Native).ok()?;
-    Some((header, model))
+    match registry.get(&spec.model_name, selector).await {
+        Ok((header, weights)) => {
+            let Some(manifest) = header.manifest.as_ref() else {
+                return Holder::Unreadable(format!("version {} has no manifest", header.version));
+            };
+            match Mlp::load(manifest, &weights, Backend::Native) {
+                Ok(model) => Holder::Held(header, model),
+                Err(e) => Holder::Unreadable(format!("version {} does not load: {e}", header.version)),
+            }
+        }
+        Err(kappa_client::GetError::Status(status)) if status.code() == tonic::Code::NotFound => Holder::Free,
+        Err(e) => Holder::Unreadable(e.to_string()),
+    }
 }
 
 /// Champion/challenger: the new model must pass the gate and score at least as well as the
@@ -622,7 +651,7 @@ async fn current_holder(registry: &mut Registry, spec: &TrainingSpec) -> Option<
 fn decide(
     spec: &TrainingSpec,
     new: Option<Quality>,
-    holder: Option<&(rpb::ModelVersion, Mlp)>,
+    holder: &Holder,
     rows: &[Vec<f32>],
     labels: &[bool],
 ) -> (bool, String) {
@@ -649,14 +678,27 @@ fn decide(
             format!("not promoted: recall {:.4} is below the gate {min}", new.recall),
         );
     }
-    let Some((version, model)) = holder else {
-        return (
-            true,
-            format!(
-                "promoted: passes the gate (ROC AUC {:.4}, recall {:.4}) and the alias was free",
-                new.roc_auc, new.recall
-            ),
-        );
+    let (version, model) = match holder {
+        Holder::Held(version, model) => (version, model),
+        Holder::Free => {
+            return (
+                true,
+                format!(
+                    "promoted: passes the gate (ROC AUC {:.4}, recall {:.4}) and the alias was free",
+                    new.roc_auc, new.recall
+                ),
+            );
+        }
+        Holder::Unreadable(why) => {
+            return (
+                false,
+                format!(
+                    "not promoted: the alias {:?} is held by a version that could not be read ({why}), \
+                     so the new model could not be compared with it; move the alias by hand once it can",
+                    spec.promote_alias
+                ),
+            );
+        }
     };
     let flat: Vec<f32> = rows.iter().flatten().copied().collect();
     let features_match = version.manifest.as_ref().is_some_and(|m| {
@@ -767,7 +809,7 @@ mod tests {
 
     /// A holder over `paths` and labelled rows it scores: anomalies far from normal rows, so
     /// any autoencoder ranks them (ROC AUC 1) unless it is asked about other features.
-    fn holder(paths: &[&str]) -> (rpb::ModelVersion, Mlp) {
+    fn holder(paths: &[&str]) -> Holder {
         let mut manifest: ModelManifest = autoencoder_over("m", paths, &[2]);
         manifest.version = 3;
         let mlp = Mlp::load(&manifest, &random_weights(&manifest, 9), Backend::Native).unwrap();
@@ -776,7 +818,7 @@ mod tests {
             manifest: Some(manifest),
             ..Default::default()
         };
-        (version, mlp)
+        Holder::Held(version, mlp)
     }
 
     #[test]
@@ -793,33 +835,40 @@ mod tests {
             max_regression: None,
         };
 
-        let (promote, why) = decide(&spec(&paths, no_gate), None, None, &[], &[]);
+        let (promote, why) = decide(&spec(&paths, no_gate), None, &Holder::Free, &[], &[]);
         assert!(promote && why.contains("no labels"), "{why}");
-        let (promote, why) = decide(&spec(&paths, gate), None, None, &[], &[]);
+        let (promote, why) = decide(&spec(&paths, gate), None, &Holder::Free, &[], &[]);
         assert!(!promote && why.contains("needs labelled hold-out"), "{why}");
-        let (promote, why) = decide(&spec(&paths, gate), Some(q(0.85, 0.95)), None, &[], &[]);
+        let (promote, why) = decide(&spec(&paths, gate), Some(q(0.85, 0.95)), &Holder::Free, &[], &[]);
         assert!(
             !promote && why.contains("ROC AUC 0.8500 is below the gate 0.9"),
             "{why}"
         );
-        let (promote, why) = decide(&spec(&paths, gate), Some(q(0.95, 0.5)), None, &[], &[]);
+        let (promote, why) = decide(&spec(&paths, gate), Some(q(0.95, 0.5)), &Holder::Free, &[], &[]);
         assert!(!promote && why.contains("recall 0.5000 is below the gate 0.8"), "{why}");
-        let (promote, why) = decide(&spec(&paths, gate), Some(q(0.95, 0.9)), None, &[], &[]);
+        let (promote, why) = decide(&spec(&paths, gate), Some(q(0.95, 0.9)), &Holder::Free, &[], &[]);
         assert!(promote && why.contains("the alias was free"), "{why}");
 
         // The holder ranks these rows perfectly: a challenger below it is not promoted, one a
         // hair below is with an allowance, and a holder over other features is not compared.
         let held = holder(&paths);
-        let (promote, why) = decide(&spec(&paths, gate), Some(q(0.95, 0.9)), Some(&held), &rows, &labels);
+        let (promote, why) = decide(&spec(&paths, gate), Some(q(0.95, 0.9)), &held, &rows, &labels);
         assert!(!promote && why.contains("< holder v3's 1.0000"), "{why}");
         let lenient = PromotionGate {
             max_regression: Some(0.06),
             ..gate
         };
-        let (promote, why) = decide(&spec(&paths, lenient), Some(q(0.95, 0.9)), Some(&held), &rows, &labels);
+        let (promote, why) = decide(&spec(&paths, lenient), Some(q(0.95, 0.9)), &held, &rows, &labels);
         assert!(promote && why.contains(">= holder v3's 1.0000 - 0.06"), "{why}");
         let other = holder(&["x", "y"]);
-        let (promote, why) = decide(&spec(&paths, gate), Some(q(0.95, 0.9)), Some(&other), &rows, &labels);
+        let (promote, why) = decide(&spec(&paths, gate), Some(q(0.95, 0.9)), &other, &rows, &labels);
         assert!(promote && why.contains("uses other features"), "{why}");
+        // A holder that cannot be read blocks the move: the gate fails closed.
+        let unknown = Holder::Unreadable("the registry is unavailable".into());
+        let (promote, why) = decide(&spec(&paths, gate), Some(q(0.99, 0.99)), &unknown, &rows, &labels);
+        assert!(
+            !promote && why.contains("could not be read (the registry is unavailable)"),
+            "{why}"
+        );
     }
 }

@@ -934,3 +934,92 @@ async fn past_the_memory_cap_each_epoch_re_reads_the_range_from_kafka() {
     assert_eq!(lineage.metrics.as_ref().unwrap().loss_curve.len(), 4);
     assert!(lineage.metrics.unwrap().roc_auc.unwrap() > 0.9);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_that_cannot_be_read_blocks_promotion_and_the_job_says_why() {
+    // The trainer's registry token may write but not read: it can publish, but it cannot read
+    // who holds `production`, so it must not move it (the gate fails closed).
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(
+        &tokens,
+        format!(
+            "ops admin {}\ntrainer write {}\n",
+            sha256(b"ops-token"),
+            sha256(b"trainer-token")
+        ),
+    )
+    .unwrap();
+    let trainer_token = dir.path().join("trainer.token");
+    std::fs::write(&trainer_token, "trainer-token\n").unwrap();
+    let setup = RegistrySetup::new().arg(format!("--auth-tokens={}", tokens.display()));
+    let registry = setup.start().await;
+    let ops = kappa_client::ClientSecurity {
+        token: Some("ops-token".into()),
+        ..Default::default()
+    };
+    let mut admin = kappa_client::Registry::connect_with(&registry.address, &ops)
+        .await
+        .unwrap();
+    let holder = kappa_fleet::car_autoencoder("guarded-fleet", &[4]);
+    let published = admin
+        .publish(&holder, &kappa_model::example::random_weights(&holder, 1), "")
+        .await
+        .unwrap();
+    admin
+        .rpc()
+        .set_alias(kappa_api::registry::SetAliasRequest {
+            name: "guarded-fleet".into(),
+            alias: "production".into(),
+            version: published.version.unwrap().version,
+        })
+        .await
+        .unwrap();
+
+    let sensors = unique("test.fleet-guarded");
+    run_fleet(
+        &sensors,
+        &[
+            "--cars",
+            "20",
+            "--events",
+            "3000",
+            "--rate",
+            "0",
+            "--backdate-seconds",
+            "3600",
+        ],
+    );
+    let trainer = start_trainer_with_args(
+        &registry,
+        &unique("test.jobs"),
+        &[&format!("--registry-token-file={}", trainer_token.display())],
+    )
+    .await;
+    let mut client = trainer_client(&trainer).await;
+    let spec = TrainingSpec {
+        promote_alias: "production".into(),
+        ..spec("guarded-fleet", &sensors, 0, i64::MAX / 2)
+    };
+    let job = start_job(&mut client, spec).await;
+    let done = wait_done(&mut client, &job.job_id, Duration::from_secs(180)).await;
+    assert_eq!(done.phase, JobPhase::Succeeded as i32, "{}", done.message);
+    assert!(
+        !done.promoted,
+        "promoted over a holder it could not read: {}",
+        done.promotion_reason
+    );
+    assert!(
+        done.promotion_reason.contains("could not be read"),
+        "{}",
+        done.promotion_reason
+    );
+    let mut reader = kappa_client::Registry::connect_with(&registry.address, &ops)
+        .await
+        .unwrap();
+    let production = reader
+        .get_manifest("guarded-fleet", kappa_client::Selector::Alias("production".into()))
+        .await
+        .unwrap();
+    assert_eq!(production.version, 1, "the alias stayed where it was");
+}
