@@ -613,7 +613,8 @@ async fn execute_round(handle: &Arc<JobHandle>, ctx: &JobContext, round: &tracin
 enum Holder {
     /// Nothing: the model or the alias does not exist yet.
     Free,
-    Held(rpb::ModelVersion, Mlp),
+    // Boxed: a version and its model are large beside the other two.
+    Held(Box<(rpb::ModelVersion, Mlp)>),
     /// The registry could not say, or the holder's model does not load. A challenger is then
     /// not compared with anything, so it is not promoted: the gate fails closed.
     Unreadable(String),
@@ -622,7 +623,7 @@ enum Holder {
 impl Holder {
     fn version(&self) -> u64 {
         match self {
-            Holder::Held(version, _) => version.version,
+            Holder::Held(held) => held.0.version,
             Holder::Free | Holder::Unreadable(_) => 0,
         }
     }
@@ -637,7 +638,7 @@ async fn current_holder(registry: &mut Registry, spec: &TrainingSpec) -> Holder 
                 return Holder::Unreadable(format!("version {} has no manifest", header.version));
             };
             match Mlp::load(manifest, &weights, Backend::Native) {
-                Ok(model) => Holder::Held(header, model),
+                Ok(model) => Holder::Held(Box::new((header, model))),
                 Err(e) => Holder::Unreadable(format!("version {} does not load: {e}", header.version)),
             }
         }
@@ -679,7 +680,7 @@ fn decide(
         );
     }
     let (version, model) = match holder {
-        Holder::Held(version, model) => (version, model),
+        Holder::Held(held) => (&held.0, &held.1),
         Holder::Free => {
             return (
                 true,
@@ -818,7 +819,7 @@ mod tests {
             manifest: Some(manifest),
             ..Default::default()
         };
-        Holder::Held(version, mlp)
+        Holder::Held(Box::new((version, mlp)))
     }
 
     #[test]
