@@ -87,9 +87,38 @@ pub fn range_consumer(clients: &KafkaClients, purpose: &str) -> Result<BaseConsu
 /// Seek points per partition: enough to cover the range, few enough to stay quick.
 const POINTS: i64 = 8;
 
+/// A partition whose retained log starts after the range does: retention (or a delete-records
+/// call) removed records the range asked for, so reading it gives less than it names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Truncated {
+    pub partition: i32,
+    /// The first offset still in the log.
+    pub log_start: i64,
+    /// Timestamp of the oldest retained record, later than the range's start.
+    pub oldest_ms: i64,
+}
+
+impl std::fmt::Display for Truncated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "partition {} keeps offsets from {} on (its oldest event is at {} ms); what came before was deleted by retention",
+            self.partition, self.log_start, self.oldest_ms
+        )
+    }
+}
+
+/// What a range holds: its per-partition offsets, a sample, and where its start was deleted.
+#[derive(Debug, Clone)]
+pub struct RangeSample {
+    pub ranges: Vec<PartitionRange>,
+    pub samples: Vec<Sample>,
+    pub truncated: Vec<Truncated>,
+}
+
 /// Resolves `[from_ms, to_ms)` of `topic` and samples it with one consumer: the per-partition
-/// ranges, and up to `max` records (by record timestamp) read from evenly spaced offsets of every
-/// partition within `budget` of wall-clock time.
+/// ranges, up to `max` records (by record timestamp) read from evenly spaced offsets of every
+/// partition within `budget` of wall-clock time, and the partitions whose start was deleted.
 pub fn sample_range(
     config: &KafkaClients,
     purpose: &str,
@@ -98,11 +127,56 @@ pub fn sample_range(
     to_ms: i64,
     max: usize,
     budget: Duration,
-) -> Result<(Vec<PartitionRange>, Vec<Sample>), KafkaError> {
+) -> Result<RangeSample, KafkaError> {
     let consumer = range_consumer(config, purpose)?;
     let ranges = resolve(&consumer, topic, from_ms, to_ms)?;
+    let truncated = truncated_starts(&consumer, topic, &ranges, from_ms)?;
     let samples = sample(&consumer, topic, &ranges, from_ms, to_ms, max, budget)?;
-    Ok((ranges, samples))
+    Ok(RangeSample {
+        ranges,
+        samples,
+        truncated,
+    })
+}
+
+/// Partitions whose log no longer starts at offset 0, whose range starts at the first retained
+/// record, and whose first retained record is younger than `from_ms`: records of the range may
+/// be gone. (A range that starts at offset 0, or after the first retained record, is whole.)
+pub fn truncated_starts(
+    consumer: &BaseConsumer,
+    topic: &str,
+    ranges: &[PartitionRange],
+    from_ms: i64,
+) -> Result<Vec<Truncated>, KafkaError> {
+    let mut truncated = Vec::new();
+    for range in ranges {
+        let (low, high) = consumer.fetch_watermarks(topic, range.partition, TIMEOUT)?;
+        if low == 0 || range.start_offset > low || low >= high {
+            continue;
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, range.partition, Offset::Offset(low))?;
+        consumer.assign(&tpl)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+                continue;
+            };
+            let message = message?;
+            if message.partition() != range.partition || message.offset() < low {
+                continue;
+            }
+            if let Some(oldest_ms) = message.timestamp().to_millis().filter(|t| *t > from_ms) {
+                truncated.push(Truncated {
+                    partition: range.partition,
+                    log_start: low,
+                    oldest_ms,
+                });
+            }
+            break;
+        }
+    }
+    Ok(truncated)
 }
 
 fn sample(

@@ -79,7 +79,11 @@ fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
         "the range [{from_ms}, {to_ms}) is empty; --from-ms must be before --to-ms"
     );
     let config = args.kafka.clients().map_err(anyhow::Error::msg)?;
-    let (ranges, samples) = kappa_kafka::range::sample_range(
+    let kappa_kafka::range::RangeSample {
+        ranges,
+        samples,
+        truncated,
+    } = kappa_kafka::range::sample_range(
         &config,
         "cli-inspect",
         &args.topic,
@@ -158,6 +162,9 @@ fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
                 "field": args.schema.label, "positive": positive, "normal": normal, "missing": missing,
             })),
             "notes": notes,
+            "truncated": truncated.iter().map(|t| json!({
+                "partition": t.partition, "log_start": t.log_start, "oldest_ms": t.oldest_ms,
+            })).collect::<Vec<_>>(),
             "spec": serde_json::to_value(&spec)?,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -170,6 +177,9 @@ fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
         profile.events,
         profile.malformed
     );
+    for t in &truncated {
+        println!("warning: the range's start is gone: {t}; the trainer refuses it without --allow-truncated-start");
+    }
     println!();
     println!(
         "{:<40} {:<15} {:>8} {:>14} {:>14} {:>14}",

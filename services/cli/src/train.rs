@@ -133,6 +133,9 @@ pub struct SchemaArgs {
     /// Robust distance of the gross-outlier screen (0: the trainer's default, 12).
     #[arg(long, default_value_t = 0.0)]
     pub max_robust_z: f64,
+    /// Train even when retention has already deleted the start of the range (refused otherwise).
+    #[arg(long)]
+    pub allow_truncated_start: bool,
 }
 
 fn parse_valid_range(raw: &str) -> Result<(String, Option<f64>, Option<f64>), String> {
@@ -197,6 +200,7 @@ impl SchemaArgs {
             positive_labels: self.positive.clone(),
             time: self.time(),
             screening: Some(self.screening()),
+            allow_truncated_start: self.allow_truncated_start,
             ..TrainingSpec::default()
         }
     }

@@ -16,6 +16,8 @@ pub enum TrainerError {
     Kafka(String),
     #[error("{0}")]
     Forbidden(String),
+    #[error("{0}")]
+    TruncatedRange(String),
 }
 
 impl From<TrainerError> for Status {
@@ -27,6 +29,7 @@ impl From<TrainerError> for Status {
             TrainerError::Busy(_) => Status::resource_exhausted(message),
             TrainerError::Kafka(_) => Status::unavailable(message),
             TrainerError::Forbidden(_) => Status::permission_denied(message),
+            TrainerError::TruncatedRange(_) => Status::failed_precondition(message),
         }
     }
 }
@@ -46,6 +49,7 @@ mod tests {
             (TrainerError::Busy(2), Code::ResourceExhausted),
             (TrainerError::Kafka("down".into()), Code::Unavailable),
             (TrainerError::Forbidden("no".into()), Code::PermissionDenied),
+            (TrainerError::TruncatedRange("gone".into()), Code::FailedPrecondition),
         ];
         for (error, code) in cases {
             let message = error.to_string();

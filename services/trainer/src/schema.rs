@@ -122,7 +122,7 @@ pub fn resolve(
 ) -> Result<Vec<String>, TrainerError> {
     let kafka = |e: rdkafka::error::KafkaError| TrainerError::Kafka(e.to_string());
     let end = to_ms.saturating_add(lateness_ms(spec));
-    let (_, samples) = kappa_kafka::range::sample_range(
+    let kappa_kafka::range::RangeSample { samples, truncated, .. } = kappa_kafka::range::sample_range(
         config,
         "trainer-sample",
         &spec.source_topic,
@@ -132,6 +132,19 @@ pub fn resolve(
         SAMPLE_BUDGET,
     )
     .map_err(kafka)?;
+    if !truncated.is_empty() && !spec.allow_truncated_start {
+        let which: Vec<String> = truncated.iter().map(ToString::to_string).collect();
+        return Err(TrainerError::TruncatedRange(format!(
+            "the range [{from_ms}, {to_ms}) of {} starts before what the topic still holds: {}; \
+             start the range later, or set allow_truncated_start to train on what remains",
+            spec.source_topic,
+            which.join("; ")
+        )));
+    }
+    let truncation_notes: Vec<String> = truncated
+        .iter()
+        .map(|t| format!("the range's start is incomplete (allowed): {t}"))
+        .collect();
     let profile = Profile::of(&samples);
     let continuous = spec.continuous.is_some();
     if profile.events == 0 {
@@ -160,6 +173,7 @@ pub fn resolve(
         "schema checked against {} events sampled from the range",
         profile.events
     )];
+    notes.extend(truncation_notes);
     let time_field = spec.time.as_ref().map_or("", |t| t.field.as_str()).to_owned();
     for (what, path) in [
         ("label_field", spec.label_field.clone()),

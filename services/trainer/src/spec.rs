@@ -59,6 +59,7 @@ impl TryFrom<TrainingSpec> for ValidSpec {
             seed,
             holdout_split,
             continuous,
+            allow_truncated_start,
         } = spec;
         kappa_model::validate_name(&model_name).map_err(|e| invalid(format!("model_name: {e}")))?;
         if source_topic.trim().is_empty() {
@@ -118,6 +119,7 @@ impl TryFrom<TrainingSpec> for ValidSpec {
             seed,
             holdout_split,
             continuous,
+            allow_truncated_start,
         };
         crate::schema::check_structure(&spec)?;
         Ok(Self(spec))

@@ -942,3 +942,15 @@ pub fn publish_messages(manifest: &ModelManifest, weights: &[u8], key: &str) -> 
         }))
         .collect()
 }
+
+/// Deletes the records of `partition` before `offset`, as retention would, with the admin API.
+pub async fn delete_records_before(topic: &str, partition: i32, offset: i64) {
+    let admin: AdminClient<DefaultClientContext> = kafka_config().create().unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, rdkafka::Offset::Offset(offset))
+        .unwrap();
+    let result = admin.delete_records(&tpl, &AdminOptions::new()).await.unwrap();
+    for element in result.elements() {
+        element.error().unwrap();
+    }
+}

@@ -1023,3 +1023,70 @@ async fn a_holder_that_cannot_be_read_blocks_promotion_and_the_job_says_why() {
         .unwrap();
     assert_eq!(production.version, 1, "the alias stayed where it was");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_whose_start_retention_deleted_is_refused_unless_allowed_and_then_noted() {
+    let registry = RegistrySetup::new().start().await;
+    let trainer = start_trainer(&registry).await;
+    let mut client = trainer_client(&trainer).await;
+    let topic = unique("test.retained");
+    run_fleet(
+        &topic,
+        &[
+            "--cars",
+            "10",
+            "--events",
+            "2000",
+            "--rate",
+            "0",
+            "--backdate-seconds",
+            "3600",
+            "--partitions",
+            "1",
+        ],
+    );
+    delete_records_before(&topic, 0, 1000).await;
+
+    let refused = client
+        .start_training(StartTrainingRequest {
+            spec: Some(spec("retained", &topic, 0, i64::MAX / 2)),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(
+        refused.message().contains("partition 0 keeps offsets from 1000")
+            && refused.message().contains("allow_truncated_start"),
+        "{}",
+        refused.message()
+    );
+
+    // A range that starts after the oldest retained event is whole, and is accepted as is.
+    let retained = read_topic_with_timestamps(&topic).await;
+    assert_eq!(retained.len(), 1000, "retention kept offsets 1000..2000");
+    let oldest_ms = retained[0].2;
+    let later = start_job(&mut client, spec("retained", &topic, oldest_ms + 1, i64::MAX / 2)).await;
+    assert!(
+        later.schema_notes.iter().all(|n| !n.contains("incomplete")),
+        "{:?}",
+        later.schema_notes
+    );
+
+    // Allowed: the job trains on what remains and says what it could not read.
+    let allowed = TrainingSpec {
+        allow_truncated_start: true,
+        ..spec("retained", &topic, 0, i64::MAX / 2)
+    };
+    let job = start_job(&mut client, allowed).await;
+    assert!(
+        job.schema_notes
+            .iter()
+            .any(|n| n.contains("incomplete (allowed)") && n.contains("offsets from 1000")),
+        "{:?}",
+        job.schema_notes
+    );
+    for id in [&later.job_id, &job.job_id] {
+        let done = wait_done(&mut client, id, Duration::from_secs(120)).await;
+        assert_eq!(done.phase, JobPhase::Succeeded as i32, "{}", done.message);
+    }
+}
