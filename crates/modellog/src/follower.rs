@@ -62,6 +62,9 @@ impl Progress {
     }
 }
 
+/// How often consumer errors are logged while they last (an outage produces many).
+const ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
+
 /// Starts following `topic` (partition 0, from the beginning) into `log`.
 pub fn spawn(
     clients: &KafkaClients,
@@ -80,6 +83,7 @@ pub fn spawn(
     let (caught_up_tx, caught_up) = watch::channel(false);
     let started = Instant::now();
     tokio::spawn(async move {
+        let (mut last_logged, mut suppressed) = (None, 0_u64);
         loop {
             let received = tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -106,12 +110,18 @@ pub fn spawn(
                         caught_up_tx.send_replace(true);
                     }
                 }
+                // librdkafka reconnects by itself; its errors (AllBrokersDown while the broker
+                // is away) only say so. They queue up during an outage, so waiting after each
+                // one would drain the backlog for minutes after the broker is back: log them,
+                // at most every 10 s, and go on.
                 Err(e) => {
-                    tracing::warn!(error = %e, "models-topic consumer error; retrying in 1 s");
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    suppressed += 1;
+                    if last_logged.is_none_or(|at: Instant| at.elapsed() >= ERROR_LOG_EVERY) {
+                        tracing::warn!(error = %e, errors = suppressed, "models-topic consumer errors; librdkafka keeps reconnecting");
+                        last_logged = Some(Instant::now());
+                        suppressed = 0;
                     }
+                    tokio::task::yield_now().await;
                 }
             }
         }

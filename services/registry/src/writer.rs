@@ -24,7 +24,12 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::RegistryError;
 
+/// The broker aborts a transaction left open this long (a registry that died mid-write).
 const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long one write may wait for the broker before it is answered UNAVAILABLE.
+const COMMIT_WAIT: Duration = Duration::from_secs(15);
+/// How long rolling back a failed write, or starting a new producer, may take.
+const RECOVERY_WAIT: Duration = Duration::from_secs(10);
 
 /// One record to write: a value, or `None` for a tombstone.
 #[derive(Debug)]
@@ -34,7 +39,11 @@ pub struct Put {
 }
 
 pub struct Writer {
-    producer: FutureProducer,
+    /// Replaced when a failed transaction cannot be rolled back (the broker away): a new
+    /// producer with the same transactional id aborts what the old one left open.
+    producer: std::sync::Mutex<Option<FutureProducer>>,
+    /// The producer's configuration, to make a new one.
+    config: rdkafka::ClientConfig,
     topic: String,
     fenced: AtomicBool,
     delay_before_commit: Duration,
@@ -72,10 +81,10 @@ impl Writer {
                 ("acks", "all"),
             ],
         );
-        let producer: FutureProducer = config.create()?;
-        producer.init_transactions(Timeout::After(Duration::from_secs(60)))?;
+        let producer = new_producer(&config, Duration::from_secs(60))?;
         Ok(Self {
-            producer,
+            producer: std::sync::Mutex::new(Some(producer)),
+            config,
             topic: topic.to_owned(),
             fenced: AtomicBool::new(false),
             delay_before_commit,
@@ -119,15 +128,42 @@ impl Writer {
     }
 
     fn commit_blocking(&self, records: Vec<Put>, trace: &BTreeMap<String, String>) -> Result<i64, RegistryError> {
-        let result = self.try_transaction(&records, &trace_headers(trace));
-        match result {
+        let mut slot = self.producer.lock().expect("producer lock poisoned");
+        if slot.is_none() {
+            // The last write could not be rolled back: start over with a new producer, whose
+            // initialisation aborts what the old one left open (bounded: the broker may be away).
+            match new_producer(&self.config, RECOVERY_WAIT) {
+                Ok(producer) => {
+                    tracing::info!("a new transactional producer replaced the one a failed write left behind");
+                    *slot = Some(producer);
+                }
+                Err(e) => {
+                    return Err(RegistryError::KafkaUnavailable(format!(
+                        "cannot reach the broker to start a new transactional producer: {e}"
+                    )));
+                }
+            }
+        }
+        let producer = slot.as_ref().expect("set above");
+        match self.try_transaction(producer, &records, &trace_headers(trace)) {
             Ok(offset) => Ok(offset),
-            Err(e) => Err(self.recover(e)),
+            Err(e) => {
+                let (error, usable) = self.recover(producer, e);
+                if !usable {
+                    *slot = None;
+                }
+                Err(error)
+            }
         }
     }
 
-    fn try_transaction(&self, records: &[Put], headers: &OwnedHeaders) -> Result<i64, KafkaError> {
-        self.producer.begin_transaction()?;
+    fn try_transaction(
+        &self,
+        producer: &FutureProducer,
+        records: &[Put],
+        headers: &OwnedHeaders,
+    ) -> Result<i64, KafkaError> {
+        producer.begin_transaction()?;
         let mut deliveries = Vec::with_capacity(records.len());
         for put in records {
             loop {
@@ -138,25 +174,25 @@ impl Writer {
                 if let Some(value) = &put.value {
                     record = record.payload(value);
                 }
-                match self.producer.send_result(record) {
+                match producer.send_result(record) {
                     Ok(delivery) => {
                         deliveries.push(delivery);
                         break;
                     }
                     // The local queue is full: let librdkafka drain it, then try again.
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                        self.producer.poll(Duration::from_millis(50));
+                        producer.poll(Duration::from_millis(50));
                     }
                     Err((e, _)) => return Err(e),
                 }
             }
         }
         if !self.delay_before_commit.is_zero() {
-            self.producer.flush(Timeout::After(TRANSACTION_TIMEOUT))?;
+            producer.flush(Timeout::After(TRANSACTION_TIMEOUT))?;
             tracing::warn!(delay = ?self.delay_before_commit, "fault injection: holding the transaction open");
             std::thread::sleep(self.delay_before_commit);
         }
-        self.producer.commit_transaction(Timeout::After(TRANSACTION_TIMEOUT))?;
+        producer.commit_transaction(Timeout::After(COMMIT_WAIT))?;
         let mut last = -1;
         for delivery in deliveries {
             match futures::executor::block_on(delivery) {
@@ -168,29 +204,52 @@ impl Writer {
         Ok(last)
     }
 
-    /// Turns a failed transaction into the caller's error and leaves the producer usable, unless
-    /// the failure is fatal (fenced by a newer registry), which stops all further writes.
-    fn recover(&self, error: KafkaError) -> RegistryError {
-        if let Some((code, reason)) = self.producer.client().fatal_error() {
-            self.fenced.store(true, Ordering::Relaxed);
-            tracing::error!(
-                ?code,
-                reason,
-                "the registry's producer hit a fatal error; refusing all further writes"
-            );
-            return if matches!(
+    /// Turns a failed transaction into the caller's error, and says whether the producer is still
+    /// usable: it is after a rollback; it is not when the rollback failed too (the broker away),
+    /// and the next write starts a new one. A fenced registry refuses all further writes.
+    fn recover(&self, producer: &FutureProducer, error: KafkaError) -> (RegistryError, bool) {
+        if let Some((code, reason)) = producer.client().fatal_error() {
+            if matches!(
                 code,
                 RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch
             ) {
-                RegistryError::Fenced
-            } else {
-                RegistryError::KafkaUnavailable(format!("fatal producer error {code:?}: {reason}"))
-            };
+                self.fenced.store(true, Ordering::Relaxed);
+                tracing::error!(
+                    ?code,
+                    reason,
+                    "a newer registry fenced this one; refusing all further writes"
+                );
+                return (RegistryError::Fenced, false);
+            }
+            // Any other fatal error ends this producer, not the registry: the next write starts
+            // a new one.
+            tracing::error!(
+                ?code,
+                reason,
+                "the registry's producer hit a fatal error; the next write starts a new one"
+            );
+            return (
+                RegistryError::KafkaUnavailable(format!("fatal producer error {code:?}: {reason}; retry")),
+                false,
+            );
         }
-        if let Err(abort) = self.producer.abort_transaction(Timeout::After(TRANSACTION_TIMEOUT)) {
-            tracing::warn!(error = %abort, "aborting the failed transaction failed too");
+        match producer.abort_transaction(Timeout::After(RECOVERY_WAIT)) {
+            Ok(()) => {
+                tracing::warn!(error = %error, "a registry write failed and was rolled back");
+                (RegistryError::KafkaUnavailable(error.to_string()), true)
+            }
+            Err(abort) => {
+                tracing::warn!(error = %error, abort = %abort, "a registry write failed and could not be rolled back; the next write starts a new producer");
+                (RegistryError::KafkaUnavailable(error.to_string()), false)
+            }
         }
-        tracing::warn!(error = %error, "a registry write failed and was rolled back");
-        RegistryError::KafkaUnavailable(error.to_string())
     }
+}
+
+/// A transactional producer with `config`, initialised (which aborts whatever an earlier
+/// producer with the same id left open, and fences it) within `wait`.
+fn new_producer(config: &rdkafka::ClientConfig, wait: Duration) -> Result<FutureProducer, KafkaError> {
+    let producer: FutureProducer = config.create()?;
+    producer.init_transactions(Timeout::After(wait))?;
+    Ok(producer)
 }

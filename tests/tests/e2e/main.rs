@@ -5,6 +5,7 @@
 mod demo;
 mod fleet;
 mod metrics;
+mod outage;
 mod predictor;
 mod registry;
 mod schema;

@@ -774,7 +774,7 @@ async fn a_predictor_with_trusted_keys_serves_only_signed_versions_and_never_fai
         .unwrap();
 }
 
-fn oip_request(model: &str, row: &[f32]) -> ModelInferRequest {
+pub(crate) fn oip_request(model: &str, row: &[f32]) -> ModelInferRequest {
     use kappa_api::inference::{InferTensorContents, model_infer_request::InferInputTensor};
     ModelInferRequest {
         model_name: model.to_owned(),

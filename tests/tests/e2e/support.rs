@@ -86,6 +86,12 @@ impl Launch {
         }
     }
 
+    /// Another broker than the test broker.
+    pub fn bootstrap(mut self, bootstrap: &str) -> Self {
+        self.bootstrap = bootstrap.to_owned();
+        self
+    }
+
     /// Another broker than the test broker, with the client properties of a principal.
     pub fn kafka(mut self, bootstrap: &str, properties_file: &std::path::Path) -> Self {
         self.bootstrap = bootstrap.to_owned();
