@@ -114,6 +114,8 @@ async fn through_a_broker_outage_the_predictor_serves_and_then_picks_up_what_is_
                     }
                 }
                 calls.fetch_add(1, Ordering::Relaxed);
+                // A steady stream, not a CPU-bound one: the suite runs other tests beside it.
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }));
     }

@@ -682,6 +682,7 @@ async fn a_predictor_with_trusted_keys_serves_only_signed_versions_and_never_fai
                     Err(status) => wrong.push(format!("{:?}: {}", status.code(), status.message())),
                 }
                 calls += 1;
+                tokio::time::sleep(Duration::from_millis(2)).await;
             }
             (calls, wrong)
         }));
