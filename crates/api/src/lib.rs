@@ -88,39 +88,49 @@ pub mod reflection {
     }
 }
 
-/// The gRPC paths (`/package.Service/Method`) of every method of `service` (a full name such as
-/// `kappa.registry.v1.Registry`), read from the descriptor set: what an access policy must cover.
-pub fn method_paths(service: &str) -> Vec<String> {
-    use prost::Message as _;
-    let set =
-        prost_types::FileDescriptorSet::decode(FILE_DESCRIPTOR_SET).expect("the build wrote a valid descriptor set");
-    set.file
-        .iter()
-        .flat_map(|file| {
-            let package = file.package().to_owned();
-            file.service.iter().map(move |s| (package.clone(), s))
-        })
-        .filter(|(package, s)| format!("{package}.{}", s.name()) == service)
-        .flat_map(|(_, s)| s.method.iter().map(|m| format!("/{service}/{}", m.name())))
-        .collect()
+/// One RPC of Kappa's protos, as the descriptor set declares it.
+struct Method {
+    /// `package.Service`.
+    service: String,
+    /// `/package.Service/Method`.
+    path: String,
+    streaming: bool,
 }
 
-/// The gRPC paths of every streaming method (client, server or both) in Kappa's protos, read
-/// from the descriptor set: what a per-call deadline must leave alone (a watch lasts as long
-/// as its caller wants; a publish has its own idle limit).
-pub fn streaming_paths() -> Vec<String> {
+/// Every RPC in the descriptor set.
+fn methods() -> Vec<Method> {
     use prost::Message as _;
     let set =
         prost_types::FileDescriptorSet::decode(FILE_DESCRIPTOR_SET).expect("the build wrote a valid descriptor set");
-    let mut paths = Vec::new();
+    let mut methods = Vec::new();
     for file in &set.file {
         for service in &file.service {
+            let full = format!("{}.{}", file.package(), service.name());
             for method in &service.method {
-                if method.client_streaming() || method.server_streaming() {
-                    paths.push(format!("/{}.{}/{}", file.package(), service.name(), method.name()));
-                }
+                methods.push(Method {
+                    path: format!("/{full}/{}", method.name()),
+                    service: full.clone(),
+                    streaming: method.client_streaming() || method.server_streaming(),
+                });
             }
         }
     }
-    paths
+    methods
+}
+
+/// The gRPC paths (`/package.Service/Method`) of every method of `service` (a full name such as
+/// `kappa.registry.v1.Registry`): what an access policy must cover.
+pub fn method_paths(service: &str) -> Vec<String> {
+    methods()
+        .into_iter()
+        .filter(|m| m.service == service)
+        .map(|m| m.path)
+        .collect()
+}
+
+/// The gRPC paths of every streaming method (client, server or both) in Kappa's protos: what a
+/// per-call deadline must leave alone (a watch lasts as long as its caller wants; a publish has
+/// its own idle limit).
+pub fn streaming_paths() -> Vec<String> {
+    methods().into_iter().filter(|m| m.streaming).map(|m| m.path).collect()
 }

@@ -19,7 +19,7 @@ use std::{
     time::Duration,
 };
 
-use futures::future::{BoxFuture, FutureExt as _};
+use futures::future::{Either, Ready, ready};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
@@ -321,14 +321,13 @@ pub struct Authorized<S> {
 
 impl<S, B, RB> Service<http::Request<B>> for Authorized<S>
 where
-    S: Service<http::Request<B>, Response = http::Response<RB>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    B: Send + 'static,
-    RB: Default + Send + 'static,
+    S: Service<http::Request<B>, Response = http::Response<RB>> + Clone,
+    RB: Default,
 {
     type Response = http::Response<RB>;
     type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+    // The call itself, or the refusal: no allocation per call.
+    type Future = Either<S::Future, Ready<Result<Self::Response, Self::Error>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -341,10 +340,7 @@ where
                     tracing::Span::current().record("enduser.id", principal.name.as_str());
                     request.extensions_mut().insert(principal);
                 }
-                // The service that was made ready is the one that takes the call.
-                let clone = self.inner.clone();
-                let mut ready = std::mem::replace(&mut self.inner, clone);
-                ready.call(request).boxed()
+                Either::Left(crate::layer::take_ready(&mut self.inner).call(request))
             }
             Err(status) => {
                 tracing::info!(
@@ -353,8 +349,7 @@ where
                     reason = status.message(),
                     "refused a call"
                 );
-                let response = status.into_http::<RB>();
-                async move { Ok(response) }.boxed()
+                Either::Right(ready(Ok(status.into_http::<RB>())))
             }
         }
     }

@@ -5,12 +5,14 @@
 
 use std::{
     collections::HashSet,
+    future::Future,
+    pin::Pin,
     sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
 
-use futures::future::{BoxFuture, FutureExt as _};
+use pin_project_lite::pin_project;
 use tonic::Status;
 use tower::{Layer, Service};
 
@@ -49,41 +51,66 @@ pub struct Deadline<S> {
 
 impl<S, B, RB> Service<http::Request<B>> for Deadline<S>
 where
-    S: Service<http::Request<B>, Response = http::Response<RB>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    B: Send + 'static,
-    RB: Default + Send + 'static,
+    S: Service<http::Request<B>, Response = http::Response<RB>> + Clone,
+    RB: Default,
 {
     type Response = http::Response<RB>;
     type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+    type Future = DeadlineFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut ready = std::mem::replace(&mut self.inner, clone);
-        let path = request.uri().path().to_owned();
-        if self.layer.streaming.contains(&path) {
-            return ready.call(request).boxed();
-        }
+        let streaming = self.layer.streaming.contains(request.uri().path());
+        // A refcounted copy, read only if the deadline passes: nothing allocated per call.
+        let uri = request.uri().clone();
         let limit = self.layer.limit;
-        let call = ready.call(request);
-        async move {
-            match tokio::time::timeout(limit, call).await {
-                Ok(result) => result,
-                Err(_) => {
-                    tracing::warn!(path, ?limit, "a call ran past its deadline and was dropped");
-                    Ok(Status::deadline_exceeded(format!(
-                        "{path} did not finish within this server's {limit:?} (--request-timeout-seconds)"
-                    ))
-                    .into_http::<RB>())
-                }
-            }
+        DeadlineFuture {
+            call: crate::layer::take_ready(&mut self.inner).call(request),
+            timer: (!streaming).then(|| tokio::time::sleep(limit)),
+            uri,
+            limit,
         }
-        .boxed()
+    }
+}
+
+pin_project! {
+    /// The call, or DEADLINE_EXCEEDED when its timer fires first (unary calls only).
+    pub struct DeadlineFuture<F> {
+        #[pin]
+        call: F,
+        #[pin]
+        timer: Option<tokio::time::Sleep>,
+        uri: http::Uri,
+        limit: Duration,
+    }
+}
+
+impl<F, RB, E> Future for DeadlineFuture<F>
+where
+    F: Future<Output = Result<http::Response<RB>, E>>,
+    RB: Default,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(answer) = this.call.poll(cx) {
+            return Poll::Ready(answer);
+        }
+        match this.timer.as_pin_mut().map(|timer| timer.poll(cx)) {
+            Some(Poll::Ready(())) => {
+                let (path, limit) = (this.uri.path(), *this.limit);
+                tracing::warn!(path, ?limit, "a call ran past its deadline and was dropped");
+                Poll::Ready(Ok(Status::deadline_exceeded(format!(
+                    "{path} did not finish within this server's {limit:?} (--request-timeout-seconds)"
+                ))
+                .into_http::<RB>()))
+            }
+            _ => Poll::Pending,
+        }
     }
 }
 

@@ -8,6 +8,7 @@ mod deadline;
 mod graceful;
 mod grpc_code;
 mod grpc_trace;
+mod layer;
 mod logging;
 mod metrics_server;
 mod otel;
