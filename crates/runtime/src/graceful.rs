@@ -7,10 +7,9 @@ use tonic::transport::{
     Server,
     server::{Connected, Router, TcpIncoming},
 };
-use tonic_health::{ServingStatus, server::HealthReporter};
 use tower::layer::util::{Identity, Stack};
 
-use crate::{GrpcServerTracing, ServerSecurity, auth::AuthLayer, deadline::DeadlineLayer};
+use crate::{GrpcServerTracing, Readiness, ServerSecurity, auth::AuthLayer, deadline::DeadlineLayer};
 
 /// The layers of every Kappa server, outermost first: tracing, auth, the unary deadline.
 pub type KappaLayers = Stack<DeadlineLayer, Stack<AuthLayer, Stack<GrpcServerTracing, Identity>>>;
@@ -34,29 +33,27 @@ pub fn kappa_server(security: &ServerSecurity) -> Server<KappaLayers> {
 }
 
 /// Serves `router` on `listener` (over TLS when `security` has it) until `shutdown` resolves;
-/// then reports NOT_SERVING for `services` (so load balancers stop sending), runs
+/// then reports NOT_SERVING (so load balancers stop sending), runs
 /// `on_shutdown`, stops accepting, and gives the calls still running `grace` to finish before
 /// they are dropped.
-#[allow(clippy::too_many_arguments)]
 pub async fn serve_gracefully(
     router: KappaRouter,
     listener: TcpListener,
     security: &ServerSecurity,
     shutdown: impl Future<Output = ()>,
-    health: &HealthReporter,
-    services: &[&str],
+    readiness: &Readiness,
     grace: Duration,
     on_shutdown: impl FnOnce(),
 ) -> Result<(), tonic::transport::Error> {
     match &security.tls {
         Some(tls) => {
             let incoming = tls.incoming(listener);
-            drain(router, incoming, shutdown, health, services, grace, on_shutdown).await
+            drain(router, incoming, shutdown, readiness, grace, on_shutdown).await
         }
         // Small unary answers must not wait for Nagle's algorithm (a 40 ms stall per reply).
         None => {
             let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-            drain(router, incoming, shutdown, health, services, grace, on_shutdown).await
+            drain(router, incoming, shutdown, readiness, grace, on_shutdown).await
         }
     }
 }
@@ -65,8 +62,7 @@ async fn drain<S, IO, IE>(
     router: KappaRouter,
     incoming: S,
     shutdown: impl Future<Output = ()>,
-    health: &HealthReporter,
-    services: &[&str],
+    readiness: &Readiness,
     grace: Duration,
     on_shutdown: impl FnOnce(),
 ) -> Result<(), tonic::transport::Error>
@@ -83,9 +79,7 @@ where
         result = &mut serve => return result,
         () = shutdown => {}
     }
-    for service in services {
-        health.set_service_status(*service, ServingStatus::NotServing).await;
-    }
+    readiness.drain().await;
     on_shutdown();
     drain.cancel();
     match tokio::time::timeout(grace, &mut serve).await {

@@ -13,6 +13,7 @@ mod logging;
 mod metrics_server;
 mod otel;
 pub mod propagation;
+mod readiness;
 mod reload;
 mod sampling;
 mod security;
@@ -28,6 +29,7 @@ pub use grpc_trace::{
 pub use logging::{LogArgs, LogFormat, Telemetry, init_telemetry};
 pub use metrics_server::serve_metrics;
 pub use otel::OtelSettings;
+pub use readiness::{Readiness, panic_message};
 pub use security::{ServerSecurity, ServerSecurityArgs};
 pub use service_main::{ServiceStart, parse_config, service_main};
 pub use shutdown::shutdown_signal;

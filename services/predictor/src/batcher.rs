@@ -3,6 +3,7 @@
 //! runs one forward pass per model, and answers each request with its own slice of the scores.
 
 use std::{
+    panic::AssertUnwindSafe,
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -13,7 +14,7 @@ use std::{
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use tokio::sync::oneshot;
 
-use crate::{error::PredictError, metrics::PredictorMetrics, slot::LoadedModel};
+use crate::{error::PredictError, faults::Faults, metrics::PredictorMetrics, slot::LoadedModel};
 
 /// One admitted request: rows of raw feature values for the model it was pinned to.
 pub struct Job {
@@ -46,6 +47,7 @@ impl Batcher {
         max_batch_rows: usize,
         max_queue_delay: Duration,
         metrics: Arc<PredictorMetrics>,
+        faults: Arc<Faults>,
     ) -> Self {
         let (tx, rx) = crossbeam_channel::bounded::<Job>(capacity);
         let depth = Arc::new(AtomicUsize::new(0));
@@ -56,10 +58,11 @@ impl Batcher {
                 max_batch_rows,
                 max_queue_delay,
                 metrics: Arc::clone(&metrics),
+                faults: Arc::clone(&faults),
             };
             std::thread::Builder::new()
                 .name(format!("inference-{i}"))
-                .spawn(move || worker.run())
+                .spawn(move || worker.supervise())
                 .expect("spawning an inference thread");
         }
         Self {
@@ -73,25 +76,66 @@ impl Batcher {
 
     /// Queues a job and waits for its scores. Refuses at once when the queue is full.
     pub async fn score(&self, model: Arc<LoadedModel>, inputs: Vec<f32>, rows: usize) -> Result<Scored, PredictError> {
+        self.submit(model, inputs, rows, WhenFull::Refuse).await
+    }
+
+    /// Like [`Batcher::score`], but waits for room when the queue is full: stream scoring
+    /// treats a full queue as backpressure, not as an answer.
+    pub async fn score_waiting(
+        &self,
+        model: Arc<LoadedModel>,
+        inputs: Vec<f32>,
+        rows: usize,
+    ) -> Result<Scored, PredictError> {
+        self.submit(model, inputs, rows, WhenFull::Wait).await
+    }
+
+    async fn submit(
+        &self,
+        model: Arc<LoadedModel>,
+        inputs: Vec<f32>,
+        rows: usize,
+        when_full: WhenFull,
+    ) -> Result<Scored, PredictError> {
         let (reply, answer) = oneshot::channel();
-        let job = Job {
+        let mut job = Job {
             model,
             inputs,
             rows,
             reply,
         };
-        // Counted before the send so the worker's decrement can never run first and underflow.
-        let depth = self.depth.fetch_add(1, Ordering::Relaxed) + 1;
-        if let Err(e) = self.tx.try_send(job) {
-            self.depth.fetch_sub(1, Ordering::Relaxed);
-            return Err(match e {
-                TrySendError::Full(_) => PredictError::Overloaded(self.capacity),
-                TrySendError::Disconnected(_) => PredictError::ShuttingDown,
-            });
+        let mut wait = Duration::from_millis(1);
+        loop {
+            // Counted before the send so the worker's decrement can never run first and underflow.
+            let depth = self.depth.fetch_add(1, Ordering::Relaxed) + 1;
+            match self.tx.try_send(job) {
+                Ok(()) => {
+                    self.metrics.queue_depth.set(depth as i64);
+                    break;
+                }
+                Err(TrySendError::Full(back)) if when_full == WhenFull::Wait => {
+                    self.depth.fetch_sub(1, Ordering::Relaxed);
+                    job = back;
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_millis(50));
+                }
+                Err(e) => {
+                    self.depth.fetch_sub(1, Ordering::Relaxed);
+                    return Err(match e {
+                        TrySendError::Full(_) => PredictError::Overloaded(self.capacity),
+                        TrySendError::Disconnected(_) => PredictError::ShuttingDown,
+                    });
+                }
+            }
         }
-        self.metrics.queue_depth.set(depth as i64);
         answer.await.map_err(|_| PredictError::ShuttingDown)?
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WhenFull {
+    Refuse,
+    Wait,
 }
 
 struct Worker {
@@ -100,10 +144,25 @@ struct Worker {
     max_batch_rows: usize,
     max_queue_delay: Duration,
     metrics: Arc<PredictorMetrics>,
+    faults: Arc<Faults>,
 }
 
 impl Worker {
-    fn run(self) {
+    /// Runs the batching loop for as long as the queue is open. A panic the forward pass raises
+    /// is answered in `run_batch`; one anywhere else (a bug in this loop) is counted and the
+    /// loop starts again, so the predictor never runs out of inference threads. The jobs of
+    /// the batch being built then get "shutting down" (their reply senders are dropped).
+    fn supervise(self) {
+        while let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| self.run())) {
+            self.metrics.inference_panics.inc();
+            tracing::error!(
+                "an inference thread panicked outside the forward pass ({}); it starts again",
+                kappa_runtime::panic_message(panic)
+            );
+        }
+    }
+
+    fn run(&self) {
         let mut inputs: Vec<f32> = Vec::new();
         let mut scores: Vec<f32> = Vec::new();
         let mut batch: Vec<Job> = Vec::new();
@@ -154,7 +213,19 @@ impl Worker {
             inputs.extend_from_slice(&job.inputs);
         }
         self.metrics.batch_size.observe(rows as f64);
-        let result = model.mlp.score_into(inputs, scores);
+        // A panic here (a bug, or a model that trips one) fails this batch's requests alone.
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            self.faults.before_inference(inputs);
+            model.mlp.score_into(inputs, scores).map_err(|e| e.to_string())
+        }))
+        .unwrap_or_else(|panic| {
+            self.metrics.inference_panics.inc();
+            let message = kappa_runtime::panic_message(panic);
+            tracing::error!(version = model.version, "the forward pass panicked: {message}");
+            Err(format!(
+                "the forward pass panicked ({message}); the inference thread carries on"
+            ))
+        });
         let mut start = 0;
         for job in batch.drain(..) {
             let answer = match &result {
@@ -162,7 +233,7 @@ impl Worker {
                     model: Arc::clone(&model),
                     scores: scores[start..start + job.rows].to_vec(),
                 }),
-                Err(e) => Err(PredictError::Inference(e.to_string())),
+                Err(e) => Err(PredictError::Inference(e.clone())),
             };
             start += job.rows;
             // The caller may have gone away (deadline, cancellation); nothing to do then.
@@ -190,7 +261,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_requests_batch_together_and_each_gets_its_own_models_scores() {
         let metrics = Arc::new(PredictorMetrics::default());
-        let batcher = Batcher::start(1, 1024, 8, Duration::ZERO, Arc::clone(&metrics));
+        let batcher = Batcher::start(1, 1024, 8, Duration::ZERO, Arc::clone(&metrics), Arc::default());
         let (v1, v2) = (model(1, 1), model(2, 2));
         let requests: Vec<(Arc<LoadedModel>, Vec<f32>)> = (0..200)
             .map(|i| {

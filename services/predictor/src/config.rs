@@ -87,6 +87,21 @@ pub struct PredictorConfig {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub stream_max_in_flight: u32,
 
+    /// Stream mode delivers exactly once: each batch's predictions and its consumed offsets are
+    /// written in one Kafka transaction, so readers with `isolation.level=read_committed` see
+    /// one prediction per event across crashes and rebalances. Needs a broker that allows
+    /// transactions (and, with ACLs, this principal's transactional id).
+    #[arg(long, env = "KAPPA_STREAM_EXACTLY_ONCE", requires = "stream")]
+    pub stream_exactly_once: bool,
+
+    /// Transactional id of this replica's exactly-once producer; default
+    /// `<consumer-group>-<hostname>-<gRPC port>`. Keep it stable across restarts of one replica
+    /// (a StatefulSet pod name): the restarted replica then aborts what its predecessor left
+    /// open at once, instead of readers waiting for the transaction to time out (10 s).
+    #[arg(long, env = "KAPPA_STREAM_TRANSACTIONAL_ID", requires = "stream_exactly_once",
+          value_parser = kappa_runtime::args::non_empty)]
+    pub stream_transactional_id: Option<String>,
+
     /// Seconds in-flight requests get to finish after SIGTERM before the server stops.
     #[arg(long = "shutdown-grace-seconds", env = "KAPPA_SHUTDOWN_GRACE_SECONDS", default_value = "10",
           value_name = "SECONDS", value_parser = kappa_runtime::args::seconds)]
@@ -107,6 +122,9 @@ pub struct PredictorConfig {
     /// Validate the configuration, print it and exit without connecting to anything.
     #[arg(long)]
     pub check_config: bool,
+
+    #[command(flatten)]
+    pub faults: crate::faults::FaultArgs,
 
     #[command(flatten)]
     pub log: LogArgs,

@@ -13,6 +13,7 @@ use kappa_modellog::{
     Follow, Lookup, MissingChunks, ModelLog,
     follower::{self, LogOnly},
 };
+use kappa_runtime::Readiness;
 use rdkafka::error::KafkaError;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -47,14 +48,44 @@ fn target(log: &ModelLog, name: &str, follow: &Follow) -> Option<Target> {
     })
 }
 
-/// Starts following; the receiver yields targets once the topic has been replayed.
-pub fn spawn(
+/// The readiness component of the models-log follower.
+const MODELS_LOG: &str = "models_log";
+
+/// Starts following; the receiver yields targets once the topic has been replayed. The follower
+/// runs supervised: if it stops or panics, a new one replays the topic from the beginning and
+/// announces the current target again (the loader sees it is already serving it).
+pub fn start(
     config: &KafkaClients,
     topic: &str,
     name: &str,
     follow: &Follow,
+    readiness: &Arc<Readiness>,
     shutdown: CancellationToken,
 ) -> Result<watch::Receiver<Option<Target>>, KafkaError> {
+    // The first follower starts here, so a configuration librdkafka refuses fails the start-up.
+    let mut first = Some(open(config, topic, name, shutdown.clone())?);
+    let (tx, rx) = watch::channel(None);
+    let (config, topic, name, follow) = (config.clone(), topic.to_owned(), name.to_owned(), follow.clone());
+    let stop = shutdown.clone();
+    readiness.supervise(MODELS_LOG, shutdown, move || {
+        let opened = first
+            .take()
+            .map_or_else(|| open(&config, &topic, &name, stop.clone()), Ok);
+        let (tx, name, follow, stop) = (tx.clone(), name.clone(), follow.clone(), stop.clone());
+        async move {
+            let (log, progress) = opened?;
+            announce(&log, &progress, &name, &follow, &tx, &stop).await
+        }
+    });
+    Ok(rx)
+}
+
+fn open(
+    config: &KafkaClients,
+    topic: &str,
+    name: &str,
+    shutdown: CancellationToken,
+) -> Result<(Arc<RwLock<ModelLog>>, follower::Progress), KafkaError> {
     let log = Arc::new(RwLock::new(ModelLog::retaining(name)));
     let progress = follower::spawn(
         config,
@@ -62,46 +93,61 @@ pub fn spawn(
         "kappa-predictor-follower",
         Arc::clone(&log),
         Arc::new(LogOnly),
-        shutdown.clone(),
+        shutdown,
     )?;
-    let (tx, rx) = watch::channel(None);
-    let (name, follow) = (name.to_owned(), follow.clone());
-    tokio::spawn(async move {
-        if !progress.wait_caught_up().await {
-            return;
+    Ok((log, progress))
+}
+
+/// After the replay, announces the version `follow` designates each time it changes. Returns
+/// an error when the follower under it stops before the service does.
+async fn announce(
+    log: &RwLock<ModelLog>,
+    progress: &follower::Progress,
+    name: &str,
+    follow: &Follow,
+    tx: &watch::Sender<Option<Target>>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let stopped = || {
+        if shutdown.is_cancelled() {
+            Ok(())
+        } else {
+            Err(anyhow::anyhow!("the models-topic follower stopped"))
         }
-        let mut applied = progress.applied.clone();
-        let mut announced: Option<(u64, String)> = None;
-        loop {
-            let current = target(&log.read().expect("models log lock poisoned"), &name, &follow);
-            let identity = current.as_ref().map(|t| {
-                let sha = t
-                    .record
-                    .manifest
-                    .as_ref()
-                    .map(|m| m.weights_sha256.clone())
-                    .unwrap_or_default();
-                (t.version, sha)
-            });
-            if identity != announced {
-                match &current {
-                    Some(t) => tracing::info!(version = t.version, follow = %follow, "new target version"),
-                    None => {
-                        tracing::warn!(model = %name, follow = %follow, "nothing to serve: no such version or alias yet")
-                    }
-                }
-                announced = identity;
-                if current.is_some() {
-                    tx.send_replace(current);
+    };
+    if !progress.wait_caught_up().await {
+        return stopped();
+    }
+    let mut applied = progress.applied.clone();
+    let mut announced: Option<(u64, String)> = None;
+    loop {
+        let current = target(&log.read().expect("models log lock poisoned"), name, follow);
+        let identity = current.as_ref().map(|t| {
+            let sha = t
+                .record
+                .manifest
+                .as_ref()
+                .map(|m| m.weights_sha256.clone())
+                .unwrap_or_default();
+            (t.version, sha)
+        });
+        if identity != announced {
+            match &current {
+                Some(t) => tracing::info!(version = t.version, follow = %follow, "new target version"),
+                None => {
+                    tracing::warn!(model = %name, follow = %follow, "nothing to serve: no such version or alias yet")
                 }
             }
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                changed = applied.changed() => if changed.is_err() { break },
+            announced = identity;
+            if current.is_some() {
+                tx.send_replace(current);
             }
         }
-    });
-    Ok(rx)
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            changed = applied.changed() => if changed.is_err() { return stopped() },
+        }
+    }
 }
 
 #[cfg(test)]

@@ -4,19 +4,19 @@
 
 use std::{
     sync::Arc,
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use kappa_kafka::KafkaClients;
 use kappa_model::{Backend, Mlp, sha256_hex, signing::TrustedKeys};
 use kappa_modellog::chunks;
-use kappa_runtime::propagation::context_from_map;
+use kappa_runtime::{Readiness, propagation::context_from_map};
 use tokio::sync::watch;
-use tonic_health::{ServingStatus, server::HealthReporter};
 use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::{
+    faults::Faults,
     follower::Target,
     metrics::{PredictorMetrics, ReasonLabels},
     slot::{LoadedModel, ModelSlot},
@@ -25,17 +25,17 @@ use crate::{
 pub struct Loader {
     pub slot: Arc<ModelSlot>,
     pub metrics: Arc<PredictorMetrics>,
-    pub health: HealthReporter,
+    pub readiness: Arc<Readiness>,
     pub consumer_config: KafkaClients,
     pub topic: String,
     pub backend: Backend,
-    pub served_services: Vec<&'static str>,
     /// This replica's gRPC address, to tell replicas apart in a trace.
     pub instance: String,
     /// When set, only versions signed by one of these keys are served.
     pub trusted_keys: Option<TrustedKeys>,
     /// Largest model this predictor loads, in bytes.
     pub max_model_bytes: u64,
+    pub faults: Arc<Faults>,
 }
 
 struct LoadFailure {
@@ -43,20 +43,95 @@ struct LoadFailure {
     message: String,
 }
 
+impl LoadFailure {
+    /// The weights could not be read (the broker away, a fetch timed out): worth another try.
+    /// Everything else is a property of the version and fails the same way every time.
+    fn is_transient(&self) -> bool {
+        self.reason == "read_failed"
+    }
+}
+
+/// The readiness component the loader reports for: is there a model to serve?
+pub const MODEL: &str = "model";
+
+/// Delays between tries of a load that failed for a transient reason.
+const FIRST_RETRY: Duration = Duration::from_millis(500);
+const MAX_RETRY: Duration = Duration::from_secs(30);
+
 impl Loader {
-    pub async fn run(self, mut targets: watch::Receiver<Option<Target>>) {
-        while targets.changed().await.is_ok() {
-            let Some(target) = targets.borrow_and_update().clone() else {
-                continue;
+    /// Serves each target as it is announced, until the announcements end. A load that failed
+    /// for a transient reason is tried again with backoff until it succeeds or a new target
+    /// replaces it. Runs supervised: when restarted, it picks up the current target.
+    pub async fn run(self: Arc<Self>, mut targets: watch::Receiver<Option<Target>>) -> anyhow::Result<()> {
+        targets.mark_changed();
+        let mut retry: Option<(Target, Duration)> = None;
+        loop {
+            let (target, delay) = match retry.take() {
+                None => {
+                    if targets.changed().await.is_err() {
+                        return Ok(());
+                    }
+                    (targets.borrow_and_update().clone(), FIRST_RETRY)
+                }
+                Some((target, delay)) => tokio::select! {
+                    changed = targets.changed() => {
+                        if changed.is_err() {
+                            return Ok(());
+                        }
+                        (targets.borrow_and_update().clone(), FIRST_RETRY)
+                    }
+                    () = tokio::time::sleep(delay) => {
+                        self.metrics.load_retries.inc();
+                        (Some(target), (delay * 2).min(MAX_RETRY))
+                    }
+                },
             };
-            self.serve(target).await;
+            let Some(target) = target else { continue };
+            self.faults.before_serving(target.version);
+            if let Err(failure) = self.serve(target.clone()).await {
+                if failure.is_transient() {
+                    self.refused(target.version, &failure, Some(delay));
+                    retry = Some((target, delay));
+                } else {
+                    self.refused(target.version, &failure, None);
+                }
+            }
         }
+    }
+
+    /// Records a version that could not be served: in the metrics, the log, the status detail,
+    /// and in readiness when nothing else is being served.
+    fn refused(&self, version: u64, failure: &LoadFailure, retry_in: Option<Duration>) {
+        self.metrics
+            .load_failures
+            .get_or_create(&ReasonLabels { reason: failure.reason })
+            .inc();
+        let message = match retry_in {
+            Some(delay) => format!(
+                "version {version} not loaded yet: {}; trying again in {delay:?}",
+                failure.message
+            ),
+            None => format!("version {version} refused: {}", failure.message),
+        };
+        match self.slot.current() {
+            Some(current) => tracing::error!(
+                version,
+                reason = failure.reason,
+                serving = current.version,
+                "{message}; the previous model keeps serving"
+            ),
+            None => {
+                tracing::error!(version, reason = failure.reason, "{message}; nothing to serve");
+                self.readiness.report(MODEL, message.clone());
+            }
+        }
+        self.slot.set_error(Some(message));
     }
 
     /// Serves `target` inside a `model.load` span that continues the trace of the change behind
     /// it, so the publish (or alias move) and every predictor's load, verification, warm-up and
     /// swap read as one trace.
-    async fn serve(&self, target: Target) {
+    async fn serve(&self, target: Target) -> Result<(), LoadFailure> {
         let span = tracing::info_span!(
             "model.load",
             model = target.record.manifest.as_ref().map_or("", |m| m.name.as_str()),
@@ -66,16 +141,16 @@ impl Loader {
             otel.status_code = tracing::field::Empty,
         );
         let _ = span.set_parent(context_from_map(&target.trace));
-        self.serve_in_span(target).instrument(span).await;
+        self.serve_in_span(target).instrument(span).await
     }
 
-    async fn serve_in_span(&self, target: Target) {
+    async fn serve_in_span(&self, target: Target) -> Result<(), LoadFailure> {
         let version = target.version;
         let published_ms = target.record.manifest.as_ref().map_or(0, |m| m.created_at_ms);
         let span = tracing::Span::current();
         if self.slot.current().is_some_and(|m| m.version == version) {
             span.record("outcome", "already_serving");
-            return;
+            return Ok(());
         }
         let model = match self.slot.warm(version) {
             Some(warm) => {
@@ -86,20 +161,9 @@ impl Loader {
             None => match self.load(target).await {
                 Ok(model) => model,
                 Err(failure) => {
-                    self.metrics
-                        .load_failures
-                        .get_or_create(&ReasonLabels { reason: failure.reason })
-                        .inc();
-                    let message = format!("version {version} refused: {}", failure.message);
-                    tracing::error!(
-                        version,
-                        reason = failure.reason,
-                        "{message}; the previous model keeps serving"
-                    );
-                    self.slot.set_error(Some(message));
                     span.record("outcome", failure.reason);
                     span.record("otel.status_code", "ERROR");
-                    return;
+                    return Err(failure);
                 }
             },
         };
@@ -117,10 +181,9 @@ impl Loader {
                 .swap_latency
                 .observe((now_ms - published_ms).max(0) as f64 / 1000.0);
         }
-        for service in &self.served_services {
-            self.health.set_service_status(*service, ServingStatus::Serving).await;
-        }
+        self.readiness.clear(MODEL);
         tracing::info!(version, publish_to_serving_ms = now_ms - published_ms, "now serving");
+        Ok(())
     }
 
     async fn load(&self, target: Target) -> Result<Arc<LoadedModel>, LoadFailure> {
@@ -159,6 +222,10 @@ impl Loader {
                 })?;
                 let (config, topic, expected) = (self.consumer_config.clone(), self.topic.clone(), offsets.len());
                 let fetch = tracing::info_span!("fetch_weights", chunks = expected);
+                self.faults.before_weight_read().map_err(|message| LoadFailure {
+                    reason: "read_failed",
+                    message,
+                })?;
                 tokio::task::spawn_blocking(move || {
                     let _entered = fetch.enter();
                     let mut bytes = Vec::new();

@@ -39,6 +39,8 @@ pub struct PredictorMetrics {
     pub swap_latency: Histogram,
     pub load_failures: Family<ReasonLabels, Counter>,
     pub model_ready: Gauge<f64, AtomicU64>,
+    pub inference_panics: Counter,
+    pub load_retries: Counter,
 }
 
 /// Why a version can be refused (the `reason` label of `load_failures`).
@@ -66,6 +68,8 @@ impl Default for PredictorMetrics {
             swap_latency: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             load_failures: Family::default(),
             model_ready: Gauge::default(),
+            inference_panics: Counter::default(),
+            load_retries: Counter::default(),
         }
     }
 }
@@ -88,6 +92,16 @@ impl PredictorMetrics {
             self.latency.clone(),
         );
         r.register("batch_size", "Rows per forward pass", self.batch_size.clone());
+        r.register(
+            "inference_panics",
+            "Panics caught on the inference threads (the batch fails, the thread carries on)",
+            self.inference_panics.clone(),
+        );
+        r.register(
+            "load_retries",
+            "Loads tried again after a transient failure (the weights could not be read)",
+            self.load_retries.clone(),
+        );
         r.register(
             "queue_depth",
             "Requests waiting for an inference thread",

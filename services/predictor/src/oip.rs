@@ -157,6 +157,10 @@ impl Oip {
         if let Some(error) = self.0.slot.last_error() {
             parameters.insert("last_load_error".to_owned(), string_param(error));
         }
+        let problems = self.0.readiness.problems();
+        if !problems.is_empty() {
+            parameters.insert("not_ready".to_owned(), string_param(problems.join("; ")));
+        }
         pb::ModelMetadataResponse {
             name: model.name.clone(),
             versions: vec![model.version_string.clone()],
@@ -194,7 +198,7 @@ impl GrpcInferenceService for Oip {
         _: Request<pb::ServerReadyRequest>,
     ) -> Result<Response<pb::ServerReadyResponse>, Status> {
         Ok(Response::new(pb::ServerReadyResponse {
-            ready: self.0.slot.current().is_some(),
+            ready: self.0.readiness.is_ready(),
         }))
     }
 

@@ -3,18 +3,28 @@ use std::{future::Future, sync::Arc, time::Duration};
 use kappa_api::{
     inference::grpc_inference_service_server::GrpcInferenceServiceServer, predictor::predictor_server::PredictorServer,
 };
+use kappa_runtime::Readiness;
 use prometheus_client::registry::Registry as MetricsRegistry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic_health::ServingStatus;
 
 use crate::{
-    PredictorConfig, batcher::Batcher, follower, loader::Loader, metrics::PredictorMetrics, oip::Oip, serving::Serving,
-    slot::ModelSlot, typed::Typed,
+    PredictorConfig,
+    batcher::Batcher,
+    faults::Faults,
+    follower,
+    loader::{self, Loader},
+    metrics::PredictorMetrics,
+    oip::Oip,
+    serving::Serving,
+    slot::ModelSlot,
+    typed::Typed,
 };
 
 const PREDICTOR_SERVICE: &str = "kappa.predictor.v1.Predictor";
 const OIP_SERVICE: &str = "inference.GRPCInferenceService";
+/// The grpc.health.v1 names readiness is published under.
+const SERVED: [&str; 3] = ["", PREDICTOR_SERVICE, OIP_SERVICE];
 
 /// Runs the predictor on `listener` until `shutdown` resolves. Health reports NOT_SERVING until
 /// the first model is loaded, and again from the moment shutdown starts.
@@ -34,36 +44,37 @@ pub async fn run(
         .load(crate::access::access, kappa_api::streaming_paths(), stop.clone())
         .map_err(anyhow::Error::msg)?;
 
-    let (health, health_service) = tonic_health::server::health_reporter();
-    let served = vec!["", PREDICTOR_SERVICE, OIP_SERVICE];
-    for service in &served {
-        health.set_service_status(*service, ServingStatus::NotServing).await;
-    }
-    health
-        .set_service_status(kappa_runtime::LIVENESS_SERVICE, ServingStatus::Serving)
-        .await;
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let waiting = format!(
+        "no model loaded yet: waiting for {} of {:?}",
+        config.follow, config.model
+    );
+    let readiness = Readiness::start(reporter, &SERVED, &[(loader::MODEL, &waiting)]).await;
+    readiness.register(&mut metrics_registry, "kappa_predictor");
+    let faults = Arc::new(Faults::new(config.faults.clone()));
 
     let slot = Arc::new(ModelSlot::default());
-    let targets = follower::spawn(
+    let targets = follower::start(
         &kafka,
         &config.models_topic,
         &config.model,
         &config.follow,
+        &readiness,
         stop.clone(),
     )?;
-    let loader = Loader {
+    let loader = Arc::new(Loader {
         slot: Arc::clone(&slot),
         metrics: Arc::clone(&metrics),
-        health: health.clone(),
+        readiness: Arc::clone(&readiness),
         consumer_config: kafka.clone(),
         topic: config.models_topic.clone(),
         backend: config.backend,
-        served_services: served.clone(),
         instance: format!("{}:{}", kappa_runtime::hostname(), listener.local_addr()?.port()),
         trusted_keys: config.trusted_keys.clone(),
         max_model_bytes: config.max_model_bytes,
-    };
-    tokio::spawn(loader.run(targets));
+        faults: Arc::clone(&faults),
+    });
+    readiness.supervise("loader", stop.clone(), move || Arc::clone(&loader).run(targets.clone()));
 
     let batcher = Batcher::start(
         config.inference_threads as usize,
@@ -71,49 +82,49 @@ pub async fn run(
         config.max_batch_size as usize,
         config.max_queue_delay,
         Arc::clone(&metrics),
+        faults,
     );
     let serving = Arc::new(Serving {
         model_name: config.model.clone(),
         slot,
         batcher,
         metrics: Arc::clone(&metrics),
+        readiness: Arc::clone(&readiness),
     });
     let (reflection_v1, reflection_v1alpha) = kappa_api::reflection::for_services(&[PREDICTOR_SERVICE, OIP_SERVICE])?;
 
-    let stream_task = config.stream.then(|| {
-        let events = crate::stream::EventCounter::default();
-        for reason in crate::stream::OUTCOMES {
-            let _ = events.get_or_create(&crate::metrics::ReasonLabels { reason });
-        }
-        metrics_registry.register(
-            "kappa_predictor_stream_events",
-            "Sensor events handled in stream mode, by outcome (scored, or why not)",
-            events.clone(),
-        );
-        let lag = prometheus_client::metrics::gauge::Gauge::default();
-        metrics_registry.register(
-            "kappa_predictor_stream_lag",
-            "Sensor events not yet consumed, summed over this replica's partitions",
-            lag.clone(),
-        );
-        let settings = crate::stream::StreamSettings {
+    if config.stream {
+        let metrics = Arc::new(crate::stream::StreamMetrics::default());
+        metrics.register(&mut metrics_registry);
+        let port = listener.local_addr()?.port();
+        let settings = Arc::new(crate::stream::StreamSettings {
             sensor_topic: config.sensor_topic.clone(),
             predictions_topic: config.predictions_topic.clone(),
             group: config.consumer_group.clone(),
             max_in_flight: config.stream_max_in_flight as usize,
-        };
+            transactional_id: config.stream_exactly_once.then(|| {
+                config
+                    .stream_transactional_id
+                    .clone()
+                    .unwrap_or_else(|| format!("{}-{}-{port}", config.consumer_group, kappa_runtime::hostname()))
+            }),
+        });
         let (kafka, serving, stop) = (kafka.clone(), Arc::clone(&serving), stop.clone());
-        tokio::spawn(async move {
-            // Consume only once a model serves, so no event is answered with "no model loaded".
-            while serving.slot.current().is_none() {
-                tokio::select! {
-                    () = stop.cancelled() => return Ok(()),
-                    () = tokio::time::sleep(Duration::from_millis(50)) => {}
+        readiness.supervise(crate::stream::STREAM, stop.clone(), move || {
+            let (kafka, settings, serving) = (kafka.clone(), Arc::clone(&settings), Arc::clone(&serving));
+            let (metrics, stop) = (Arc::clone(&metrics), stop.clone());
+            async move {
+                // Consume only once a model serves, so no event is answered with "no model loaded".
+                while serving.slot.current().is_none() {
+                    tokio::select! {
+                        () = stop.cancelled() => return Ok(()),
+                        () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                    }
                 }
+                crate::stream::run(kafka, &settings, serving, metrics, stop).await
             }
-            crate::stream::run(kafka, settings, serving, events, lag, stop).await
-        })
-    });
+        });
+    }
 
     if let Some(listener) = metrics_listener {
         tracing::info!(address = %listener.local_addr()?, "serving Prometheus metrics at /metrics");
@@ -140,16 +151,10 @@ pub async fn run(
         )
         .add_service(PredictorServer::new(Typed(serving)).max_decoding_message_size(security.limits.max_message_bytes));
     let grace = config.shutdown_grace;
-    kappa_runtime::serve_gracefully(router, listener, &security, shutdown, &health, &served, grace, || {}).await?;
+    kappa_runtime::serve_gracefully(router, listener, &security, shutdown, &readiness, grace, || {}).await?;
     stop.cancel();
-    if let Some(task) = stream_task {
-        match tokio::time::timeout(grace, task).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => tracing::error!("stream scoring failed: {e:#}"),
-            Ok(Err(e)) => tracing::error!("stream scoring task failed: {e}"),
-            Err(_) => tracing::warn!("stream scoring did not drain within the grace period"),
-        }
-    }
+    // The stream scorer finishes what it started and commits; the supervisor waits for it.
+    readiness.stopped(grace).await;
     tracing::info!("kappa-predictor stopped");
     Ok(())
 }

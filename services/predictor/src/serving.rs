@@ -17,6 +17,8 @@ pub struct Serving {
     pub slot: Arc<ModelSlot>,
     pub batcher: Batcher,
     pub metrics: Arc<PredictorMetrics>,
+    /// What stands between this replica and SERVING (OIP ServerReady and ModelMetadata say it).
+    pub readiness: Arc<kappa_runtime::Readiness>,
 }
 
 impl Serving {
@@ -46,8 +48,24 @@ impl Serving {
             })
     }
 
-    /// Checks rows and values, then scores on the inference threads.
+    /// Checks rows and values, then scores on the inference threads; a full queue refuses.
     pub async fn score(&self, model: Arc<LoadedModel>, values: Vec<f32>, rows: usize) -> Result<Scored, PredictError> {
+        self.check(&model, &values, rows)?;
+        self.batcher.score(model, values, rows).await
+    }
+
+    /// Like [`Serving::score`], but a full queue is waited out (stream mode's backpressure).
+    pub async fn score_waiting(
+        &self,
+        model: Arc<LoadedModel>,
+        values: Vec<f32>,
+        rows: usize,
+    ) -> Result<Scored, PredictError> {
+        self.check(&model, &values, rows)?;
+        self.batcher.score_waiting(model, values, rows).await
+    }
+
+    fn check(&self, model: &LoadedModel, values: &[f32], rows: usize) -> Result<(), PredictError> {
         if rows == 0 {
             return Err(PredictError::InvalidInput(
                 "the batch is empty: send at least one row".into(),
@@ -80,7 +98,7 @@ impl Serving {
                 )));
             }
         }
-        self.batcher.score(model, values, rows).await
+        Ok(())
     }
 
     pub fn observe<T>(&self, rpc: &'static str, result: &Result<T, Status>, started: Option<Instant>) {

@@ -7,10 +7,10 @@ use anyhow::Context as _;
 use kappa_api::registry::registry_server::RegistryServer;
 use kappa_kafka::{ModelsTopicSettings, ensure_models_topic};
 use kappa_modellog::{ModelLog, follower};
+use kappa_runtime::Readiness;
 use prometheus_client::registry::Registry as MetricsRegistry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic_health::ServingStatus;
 
 use crate::{
     RegistryConfig,
@@ -78,23 +78,28 @@ pub async fn run(
         stop.clone(),
     )?;
 
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_service_status("", ServingStatus::NotServing).await;
-    health
-        .set_service_status(kappa_runtime::LIVENESS_SERVICE, ServingStatus::Serving)
-        .await;
-    health
-        .set_service_status(REGISTRY_SERVICE, ServingStatus::NotServing)
-        .await;
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let readiness = Readiness::start(
+        reporter,
+        &["", REGISTRY_SERVICE],
+        &[("catalog", "replaying the models topic")],
+    )
+    .await;
+    readiness.register(&mut metrics_registry, "kappa_registry");
     {
-        let health = health.clone();
-        let mut caught_up = progress.caught_up.clone();
+        let (readiness, progress, stop) = (Arc::clone(&readiness), progress.clone(), stop.clone());
         tokio::spawn(async move {
-            if caught_up.wait_for(|done| *done).await.is_ok() {
-                health.set_service_status("", ServingStatus::Serving).await;
-                health
-                    .set_service_status(REGISTRY_SERVICE, ServingStatus::Serving)
-                    .await;
+            if progress.wait_caught_up().await {
+                readiness.clear("catalog");
+            }
+            // The follower only stops with the service; if it stops before, reads are stale.
+            let mut applied = progress.applied.clone();
+            while applied.changed().await.is_ok() {}
+            if !stop.is_cancelled() {
+                readiness.report(
+                    "catalog",
+                    "the models-topic follower stopped: reads are stale and writes cannot be confirmed; restart the registry",
+                );
             }
         });
     }
@@ -110,6 +115,7 @@ pub async fn run(
         chunk_bytes: config.chunk_bytes as usize,
         max_model_bytes: config.max_model_bytes,
         metrics: Arc::clone(&metrics),
+        readiness: Arc::clone(&readiness),
         trusted_keys: config.trusted_keys.clone(),
         limits: Limits {
             publish_buffer: Arc::new(tokio::sync::Semaphore::new(config.max_publish_buffer_bytes as usize)),
@@ -142,8 +148,7 @@ pub async fn run(
         listener,
         &security,
         shutdown,
-        &health,
-        &["", REGISTRY_SERVICE],
+        &readiness,
         config.shutdown_grace,
         || {},
     )

@@ -45,6 +45,7 @@ pub struct RegistryService {
     pub chunk_bytes: usize,
     pub max_model_bytes: u64,
     pub metrics: Arc<RegistryMetrics>,
+    pub readiness: Arc<kappa_runtime::Readiness>,
     /// When set, only versions signed by one of these keys are accepted.
     pub trusted_keys: Option<TrustedKeys>,
     pub limits: Limits,
@@ -126,16 +127,21 @@ impl RegistryService {
     /// transaction running, and the next write must not read the catalog before it lands, or it
     /// would reuse the version number with other weights.
     async fn write_now(&self, records: Vec<Put>, lock: WriteLock) -> Result<i64, RegistryError> {
-        let (writer, progress, metrics) = (
+        let (writer, progress, metrics, readiness) = (
             Arc::clone(&self.writer),
             self.progress.clone(),
             Arc::clone(&self.metrics),
+            Arc::clone(&self.readiness),
         );
         let task = tokio::spawn(
             async move {
                 let result = writer.commit(records).await;
                 if writer.is_fenced() {
                     metrics.fenced.set(1);
+                    readiness.report(
+                        "writer",
+                        "fenced by a newer registry with the same transactional id: writes go to that one",
+                    );
                 }
                 let offset = result?;
                 let applied = progress.wait_applied(offset).await;

@@ -7,7 +7,6 @@ use std::{
 use kappa_api::trainer::trainer_server::TrainerServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic_health::ServingStatus;
 
 use crate::{
     TrainerConfig,
@@ -49,12 +48,9 @@ pub async fn run(
         },
         max_running: config.max_concurrent_jobs as usize,
     });
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_service_status("", ServingStatus::Serving).await;
-    health
-        .set_service_status(kappa_runtime::LIVENESS_SERVICE, ServingStatus::Serving)
-        .await;
-    health.set_service_status(TRAINER_SERVICE, ServingStatus::Serving).await;
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let readiness = kappa_runtime::Readiness::start(reporter, &["", TRAINER_SERVICE], &[]).await;
+    readiness.register(&mut metrics_registry, "kappa_trainer");
     let (reflection_v1, reflection_v1alpha) = kappa_api::reflection::for_services(&[TRAINER_SERVICE])?;
     let stop = CancellationToken::new();
     let security = config
@@ -79,20 +75,11 @@ pub async fn run(
             TrainerServer::from_arc(Arc::clone(&service)).max_decoding_message_size(security.limits.max_message_bytes),
         );
     let grace = config.shutdown_grace;
-    kappa_runtime::serve_gracefully(
-        router,
-        listener,
-        &security,
-        shutdown,
-        &health,
-        &["", TRAINER_SERVICE],
-        grace,
-        || {
-            for handle in service.jobs.read().expect("jobs lock poisoned").values() {
-                handle.cancel.cancel();
-            }
-        },
-    )
+    kappa_runtime::serve_gracefully(router, listener, &security, shutdown, &readiness, grace, || {
+        for handle in service.jobs.read().expect("jobs lock poisoned").values() {
+            handle.cancel.cancel();
+        }
+    })
     .await?;
     // Cancelled jobs record their final state as they unwind; give them a moment, then make
     // sure every state reached the topic before the process exits.

@@ -1,0 +1,184 @@
+//! One sensor event on its way to a prediction record: read off the borrowed message, scored
+//! through the batcher, serialised. Both delivery modes share this; they differ in how the
+//! record and the event's offset reach Kafka.
+
+use std::{sync::Arc, time::Instant};
+
+use kappa_api::events::Prediction;
+use kappa_kafka::{range::payload_format, trace_headers};
+use kappa_model::schema::{DecodedEvent, PayloadFormat, ProblemKind};
+use opentelemetry::trace::TraceContextExt as _;
+use rdkafka::{
+    Message,
+    message::{BorrowedMessage, OwnedHeaders},
+};
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+use super::StreamMetrics;
+use crate::{error::PredictError, metrics::ReasonLabels, serving::Serving, slot::LoadedModel};
+
+/// An event read through the current version's schema: the row to score and its event time.
+type Prepared = Result<(Arc<LoadedModel>, Vec<f32>, Option<i64>), (&'static str, String)>;
+
+/// Where an event came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// An event taken off the consumer, owning what its prediction needs.
+pub struct Event {
+    pub source: Source,
+    key: String,
+    timestamp_ms: i64,
+    prepared: Prepared,
+    received: Instant,
+    span: tracing::Span,
+}
+
+/// A prediction ready to produce, keyed like its event.
+pub struct Record {
+    pub source: Source,
+    pub key: String,
+    pub value: Vec<u8>,
+    pub headers: Option<OwnedHeaders>,
+}
+
+/// Admits the event to the current version and reads it with that version's schema, so the
+/// row is exactly what the version was trained on even while a new schema swaps in.
+fn prepare(serving: &Serving, payload: Option<&[u8]>, format: PayloadFormat) -> Prepared {
+    let model = serving.admit("", "").map_err(|e| ("no_model", e.to_string()))?;
+    let payload = payload.ok_or(("empty", "the event has no value".to_owned()))?;
+    let mut event = DecodedEvent::default();
+    model
+        .decoder
+        .decode_into(payload, format, &mut event)
+        .map_err(|e| ("malformed", e))?;
+    let mut row = Vec::with_capacity(model.n_features());
+    if let Err(problems) = model.decoder.extend_row(&event, &mut row) {
+        let reason = match problems[0].kind {
+            ProblemKind::Missing => "missing_feature",
+            ProblemKind::NotNumeric => "not_numeric",
+            ProblemKind::NotFinite => "not_finite",
+            ProblemKind::BelowMin { .. } | ProblemKind::AboveMax { .. } => "out_of_range",
+        };
+        return Err((reason, model.decoder.describe(&problems)));
+    }
+    // Set only when the version's schema takes event time from a field.
+    Ok((model, row, event.time_ms))
+}
+
+impl Event {
+    pub fn read(message: &BorrowedMessage<'_>, serving: &Serving) -> Self {
+        let source = Source {
+            topic: message.topic().to_owned(),
+            partition: message.partition(),
+            offset: message.offset(),
+        };
+        // An event that carries a trace gets a span in it, and its prediction carries the trace
+        // on. Untraced events get none: one trace per sensor reading would bury everything else.
+        let parent = trace_headers::extract(message.headers());
+        let span = if parent.span().span_context().is_valid() {
+            let span = tracing::info_span!(
+                "score_event",
+                otel.kind = "consumer",
+                messaging.system = "kafka",
+                messaging.destination.name = %source.topic,
+                messaging.kafka.partition = source.partition,
+                messaging.kafka.offset = source.offset,
+                model_version = tracing::field::Empty,
+            );
+            let _ = span.set_parent(parent);
+            span
+        } else {
+            tracing::Span::none()
+        };
+        Self {
+            key: String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
+            timestamp_ms: message.timestamp().to_millis().unwrap_or(0),
+            prepared: prepare(serving, message.payload(), payload_format(message.headers())),
+            received: Instant::now(),
+            span,
+            source,
+        }
+    }
+
+    /// The span the event's scoring and producing run in (none for untraced events).
+    pub fn span(&self) -> tracing::Span {
+        self.span.clone()
+    }
+
+    /// Scores the event and serialises its prediction. An event that cannot be scored gets a
+    /// prediction carrying the reason; a full inference queue is waited out, never answered
+    /// with an error. `None` only when the predictor is shutting down: the event then has no
+    /// record, and its offset must not be committed.
+    pub async fn evaluate(self, serving: &Serving, metrics: &StreamMetrics) -> Option<Record> {
+        let span = self.span.clone();
+        self.evaluate_in_span(serving, metrics).instrument(span).await
+    }
+
+    async fn evaluate_in_span(self, serving: &Serving, metrics: &StreamMetrics) -> Option<Record> {
+        let mut prediction = Prediction {
+            car: self.key.clone(),
+            source_partition: self.source.partition,
+            source_offset: self.source.offset,
+            event_time_ms: self.timestamp_ms,
+            ..Default::default()
+        };
+        let outcome = match self.prepared {
+            Err(e) => Err(e),
+            Ok((model, row, time)) => {
+                if let Some(time) = time {
+                    prediction.event_time_ms = time;
+                }
+                score(serving, model, row).await?
+            }
+        };
+        let reason = match outcome {
+            Ok((score, is_anomaly, name, version)) => {
+                prediction.score = score;
+                prediction.is_anomaly = is_anomaly;
+                prediction.model_name = name;
+                prediction.model_version = version;
+                tracing::Span::current().record("model_version", version);
+                "scored"
+            }
+            Err((reason, message)) => {
+                prediction.error = message;
+                prediction.model_name = serving.model_name.clone();
+                reason
+            }
+        };
+        metrics.events.get_or_create(&ReasonLabels { reason }).inc();
+        prediction.latency_ms = self.received.elapsed().as_secs_f64() * 1000.0;
+        let headers = (!self.span.is_none()).then(|| trace_headers::inject(&self.span.context(), OwnedHeaders::new()));
+        Some(Record {
+            source: self.source,
+            key: self.key,
+            value: serde_json::to_vec(&prediction).expect("a prediction always serialises"),
+            headers,
+        })
+    }
+}
+
+type Scoring = Result<(f64, bool, String, u64), (&'static str, String)>;
+
+/// Scores one row, waiting out a full queue; `None` when the predictor is shutting down.
+async fn score(serving: &Serving, model: Arc<LoadedModel>, row: Vec<f32>) -> Option<Scoring> {
+    let scored = match serving.score_waiting(model, row, 1).await {
+        Ok(scored) => scored,
+        Err(PredictError::ShuttingDown) => return None,
+        Err(PredictError::Inference(message)) => return Some(Err(("inference_failed", message))),
+        Err(e) => return Some(Err(("invalid_input", e.to_string()))),
+    };
+    let score = scored.scores[0];
+    Some(Ok((
+        f64::from(score),
+        score > scored.model.threshold,
+        scored.model.name.clone(),
+        scored.model.version,
+    )))
+}

@@ -1,0 +1,276 @@
+//! Stream mode: score every event of the sensor topic and produce one prediction record per event,
+//! at-least-once (the default, [`at_least_once`]) or exactly-once ([`exactly_once`]). Scoring goes
+//! through the same batcher as gRPC requests, so events batch together and never run on the async
+//! workers; a full queue slows consumption down instead of failing events. Through a broker outage
+//! nothing is lost: consumption pauses while predictions cannot be delivered and resumes after.
+
+mod at_least_once;
+mod context;
+mod event;
+mod exactly_once;
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use kappa_kafka::KafkaClients;
+use prometheus_client::{
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use rdkafka::{
+    ClientConfig,
+    consumer::{Consumer, StreamConsumer},
+    error::KafkaError,
+    producer::FutureProducer,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{metrics::ReasonLabels, serving::Serving};
+use context::StreamContext;
+
+/// The readiness component of stream scoring.
+pub const STREAM: &str = "stream";
+
+pub struct StreamSettings {
+    pub sensor_topic: String,
+    pub predictions_topic: String,
+    pub group: String,
+    pub max_in_flight: usize,
+    /// Exactly-once delivery with this transactional id; at-least-once when `None`.
+    pub transactional_id: Option<String>,
+}
+
+/// What can become of an event (the `reason` label of the events counter).
+pub const OUTCOMES: [&str; 10] = [
+    "scored",
+    "empty",
+    "malformed",
+    "no_model",
+    "missing_feature",
+    "not_numeric",
+    "not_finite",
+    "out_of_range",
+    "invalid_input",
+    "inference_failed",
+];
+
+/// Stream mode's Prometheus series (`kappa_predictor_stream_*`).
+#[derive(Debug, Default)]
+pub struct StreamMetrics {
+    /// Events by outcome: `scored`, or the reason an event could not be scored.
+    pub events: Family<ReasonLabels, Counter>,
+    pub lag: Gauge,
+    pub produce_retries: Counter,
+    /// Exactly-once transactions, `committed` or `aborted` (and scored again).
+    pub transactions: Family<ReasonLabels, Counter>,
+}
+
+impl StreamMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        for reason in OUTCOMES {
+            let _ = self.events.get_or_create(&ReasonLabels { reason });
+        }
+        for reason in ["committed", "aborted"] {
+            let _ = self.transactions.get_or_create(&ReasonLabels { reason });
+        }
+        let r = registry.sub_registry_with_prefix("kappa_predictor_stream");
+        r.register(
+            "events",
+            "Sensor events handled in stream mode, by outcome (scored, or why not)",
+            self.events.clone(),
+        );
+        r.register(
+            "lag",
+            "Sensor events not yet consumed, summed over this replica's partitions",
+            self.lag.clone(),
+        );
+        r.register(
+            "produce_retries",
+            "Predictions produced again after the broker refused or timed out (at-least-once)",
+            self.produce_retries.clone(),
+        );
+        r.register(
+            "transactions",
+            "Exactly-once transactions by outcome (aborted ones are scored again)",
+            self.transactions.clone(),
+        );
+    }
+}
+
+/// The sensor consumer. At-least-once commits on a timer, but only offsets stored after their
+/// prediction was acknowledged (so `enable.auto.offset.store` is not the operator's to turn
+/// on); exactly-once commits only inside its transactions and reads only committed events.
+/// Cooperative-sticky by default, so a replica joining or leaving moves only the partitions
+/// that must move.
+fn consumer_config(kafka: &KafkaClients, group: &str, exactly_once: bool) -> ClientConfig {
+    let defaults = [
+        ("auto.commit.interval.ms", "1000"),
+        ("auto.offset.reset", "earliest"),
+        ("partition.assignment.strategy", "cooperative-sticky"),
+    ];
+    let auto_commit = if exactly_once { "false" } else { "true" };
+    let mut required = vec![
+        ("group.id", group),
+        ("enable.auto.offset.store", "false"),
+        ("enable.auto.commit", auto_commit),
+    ];
+    if exactly_once {
+        required.push(("isolation.level", "read_committed"));
+    }
+    kafka.config_with(&defaults, &required)
+}
+
+/// The predictions producer: Kappa's defaults, all of which an operator may tune, and for
+/// exactly-once the transactional id (a transaction left open by a killed replica blocks
+/// read_committed readers until the broker times it out, hence the short timeout).
+fn producer_config(kafka: &KafkaClients, transactional_id: Option<&str>) -> ClientConfig {
+    let defaults = [
+        ("acks", "all"),
+        ("enable.idempotence", "true"),
+        ("linger.ms", "2"),
+        ("transaction.timeout.ms", "10000"),
+    ];
+    match transactional_id {
+        Some(id) => kafka.config_with(&defaults, &[("transactional.id", id)]),
+        None => kafka.config(&defaults[..3]),
+    }
+}
+
+pub async fn run(
+    kafka: KafkaClients,
+    settings: &StreamSettings,
+    serving: Arc<Serving>,
+    metrics: Arc<StreamMetrics>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let exactly_once = settings.transactional_id.is_some();
+    let context = StreamContext::new(!exactly_once);
+    let consumer: Arc<StreamConsumer<StreamContext>> =
+        Arc::new(consumer_config(&kafka, &settings.group, exactly_once).create_with_context(context)?);
+    consumer.subscribe(&[&settings.sensor_topic])?;
+    let producer: FutureProducer = producer_config(&kafka, settings.transactional_id.as_deref()).create()?;
+    // The lag reporter lives as long as this consumer.
+    let lag_stop = shutdown.child_token();
+    let _lag_guard = lag_stop.clone().drop_guard();
+    tokio::spawn(report_lag(Arc::clone(&consumer), metrics.lag.clone(), lag_stop));
+    tracing::info!(
+        topic = settings.sensor_topic,
+        group = settings.group,
+        delivery = if exactly_once { "exactly-once" } else { "at-least-once" },
+        "stream scoring started"
+    );
+    if exactly_once {
+        exactly_once::run(consumer, producer, settings, serving, metrics, shutdown).await?;
+    } else {
+        at_least_once::run(consumer, producer, settings, serving, metrics, shutdown).await?;
+    }
+    tracing::info!("stream scoring stopped");
+    Ok(())
+}
+
+/// Consumer errors while the broker is away: librdkafka reconnects by itself and these only
+/// say so, many times a second; logged at most every 10 s.
+#[derive(Debug, Default)]
+struct ErrorLog {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl ErrorLog {
+    fn note(&mut self, error: &KafkaError) {
+        self.suppressed += 1;
+        if self.last.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+            tracing::warn!(error = %error, errors = self.suppressed, "sensor consumer errors; librdkafka keeps reconnecting");
+            self.last = Some(Instant::now());
+            self.suppressed = 0;
+        }
+    }
+}
+
+/// Publishes the consumer lag (high watermark minus position, summed over the assigned
+/// partitions) every few seconds. Watermark look-ups block, so they run on a blocking thread.
+async fn report_lag(consumer: Arc<StreamConsumer<StreamContext>>, lag: Gauge, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+        let consumer = Arc::clone(&consumer);
+        let total = tokio::task::spawn_blocking(move || -> Option<i64> {
+            let positions = consumer.position().ok()?;
+            let mut total = 0;
+            for element in positions.elements() {
+                let (_, high) = consumer
+                    .fetch_watermarks(element.topic(), element.partition(), Duration::from_secs(1))
+                    .ok()?;
+                let position = element.offset().to_raw().filter(|p| *p >= 0).unwrap_or(0);
+                total += (high - position).max(0);
+            }
+            Some(total)
+        })
+        .await;
+        if let Ok(Some(total)) = total {
+            lag.set(total);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kappa_kafka::KafkaArgs;
+
+    use super::*;
+
+    #[test]
+    fn an_operator_tunes_the_defaults_but_not_the_delivery_guarantee() {
+        let args = KafkaArgs {
+            properties: vec![
+                ("acks".into(), "1".into()),
+                ("linger.ms".into(), "20".into()),
+                ("enable.auto.offset.store".into(), "true".into()),
+                ("auto.commit.interval.ms".into(), "250".into()),
+            ],
+            ..KafkaArgs::for_bootstrap("k:9092")
+        };
+        let kafka = args.clients().unwrap();
+        let producer = producer_config(&kafka, None);
+        assert_eq!(producer.get("acks"), Some("1"));
+        assert_eq!(producer.get("linger.ms"), Some("20"));
+        assert_eq!(producer.get("enable.idempotence"), Some("true"));
+        assert_eq!(producer.get("transactional.id"), None);
+        let consumer = consumer_config(&kafka, "scorers", false);
+        assert_eq!(consumer.get("auto.commit.interval.ms"), Some("250"));
+        assert_eq!(consumer.get("group.id"), Some("scorers"));
+        assert_eq!(
+            consumer.get("enable.auto.offset.store"),
+            Some("false"),
+            "offsets are stored only after the prediction is acknowledged"
+        );
+        assert_eq!(
+            consumer.get("partition.assignment.strategy"),
+            Some("cooperative-sticky")
+        );
+        assert_eq!(consumer.get("isolation.level"), None);
+    }
+
+    #[test]
+    fn exactly_once_commits_only_in_transactions_and_reads_only_committed_events() {
+        let args = KafkaArgs {
+            properties: vec![
+                ("enable.auto.commit".into(), "true".into()),
+                ("isolation.level".into(), "read_uncommitted".into()),
+                ("transactional.id".into(), "theirs".into()),
+            ],
+            ..KafkaArgs::for_bootstrap("k:9092")
+        };
+        let kafka = args.clients().unwrap();
+        let consumer = consumer_config(&kafka, "scorers", true);
+        assert_eq!(consumer.get("enable.auto.commit"), Some("false"));
+        assert_eq!(consumer.get("isolation.level"), Some("read_committed"));
+        let producer = producer_config(&kafka, Some("scorer-1"));
+        assert_eq!(producer.get("transactional.id"), Some("scorer-1"));
+        assert_eq!(producer.get("transaction.timeout.ms"), Some("10000"));
+    }
+}
