@@ -10,6 +10,7 @@ mod predictor;
 mod registry;
 mod schema;
 mod security;
+mod supervision;
 mod support;
 mod tracing;
 mod trainer;

@@ -742,6 +742,110 @@ async fn stream_mode_answers_every_event_and_loses_none_across_a_kill_9() {
     );
 }
 
+/// (partition, offset) of every prediction's source event, in the order read.
+fn answered_sources(records: &[RawRecord]) -> Vec<(i32, i64)> {
+    records
+        .iter()
+        .map(|r| {
+            let a: serde_json::Value = serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
+            let partition = a["sourcePartition"].as_i64().unwrap_or(0) as i32;
+            let offset = a["sourceOffset"].as_str().map_or(0, |s| s.parse().unwrap());
+            (partition, offset)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn exactly_once_stream_scoring_answers_each_event_once_across_two_kill_9s() {
+    let setup = RegistrySetup::new();
+    let registry = setup.start().await;
+    let mut client = registry_client(&registry).await;
+    let m = car_autoencoder("once", &[8]);
+    publish(&mut client, &m, &random_weights(&m, 1), "").await.unwrap();
+    let (sensors, predictions) = (unique("test.sensors"), unique("test.predictions"));
+    create_topic_with_partitions(&sensors, 3).await;
+    create_topic_with_partitions(&predictions, 1).await;
+    let streaming = PredictorSetup::new(&setup.topic, "once", "latest")
+        .stream(&sensors, &predictions)
+        .arg("--stream-exactly-once")
+        // The same id across restarts: each new process aborts what the killed one left open.
+        .arg(format!("--stream-transactional-id={}", unique("scorer")))
+        // Small batches, so a kill lands between and inside transactions.
+        .arg("--stream-max-in-flight=50")
+        .arg("--kafka-property=session.timeout.ms=6000");
+
+    let mut sent = produce_keyed(&sensors, &[("car1".to_owned(), b"{not json".to_vec())]).await;
+    // Events keep arriving through both kills, so each lands mid-stream, between or inside
+    // transactions.
+    let producing = {
+        let sensors = sensors.clone();
+        tokio::spawn(async move {
+            let mut sent = Vec::new();
+            for chunk in 0..300 {
+                sent.extend(produce_keyed(&sensors, &sensor_events(chunk * 50..(chunk + 1) * 50)).await);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            sent
+        })
+    };
+    for round in 0..2 {
+        let predictor = streaming.start().await;
+        // Killed once it has committed transactions of its own (after the dead member's
+        // session has ended and its partitions came over).
+        let committed = r#"kappa_predictor_stream_transactions_total{reason="committed"}"#;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while predictor.metric(committed).await.unwrap_or(0.0) < 3.0 {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: no progress:\n{}",
+                predictor.service.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        predictor.service.kill9();
+        let answered = read_topic(&predictions, "read_committed").await.len();
+        println!("round {round}: killed with {answered} events answered");
+    }
+    let last = streaming.start().await;
+    sent.extend(producing.await.unwrap());
+    let wanted: std::collections::BTreeSet<(i32, i64)> = sent.iter().copied().collect();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let answered = loop {
+        let answered = answered_sources(&read_topic(&predictions, "read_committed").await);
+        if answered.len() >= wanted.len() {
+            // Let any stray duplicate land before counting.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            break answered_sources(&read_topic(&predictions, "read_committed").await);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} events answered:\n{}",
+            answered.len(),
+            wanted.len(),
+            last.service.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let distinct: std::collections::BTreeSet<(i32, i64)> = answered.iter().copied().collect();
+    println!(
+        "{} events, {} committed predictions, {} distinct, after two kill -9s",
+        wanted.len(),
+        answered.len(),
+        distinct.len()
+    );
+    assert_eq!(distinct, wanted, "one prediction per source event");
+    assert_eq!(answered.len(), wanted.len(), "no event answered twice");
+    // The killed processes' open transactions were aborted: uncommitted readers see more.
+    let uncommitted = read_topic(&predictions, "read_uncommitted").await.len();
+    println!("{uncommitted} records including aborted ones");
+    assert!(
+        last.metric(r#"kappa_predictor_stream_transactions_total{reason="committed"}"#)
+            .await
+            .unwrap()
+            >= 1.0
+    );
+}
+
 #[tokio::test]
 async fn kappa_predict_scores_every_row_of_the_demo_csv() {
     let csv = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/car-sensor-data.csv");
