@@ -91,6 +91,7 @@ fn main() -> anyhow::Result<()> {
                 ),
                 lateness_ms: 0,
                 max_rows: usize::MAX,
+                timeout: Duration::from_secs(30),
             };
             let started = Instant::now();
             let data = read_range(

@@ -18,8 +18,6 @@ use rdkafka::{
     message::Headers,
 };
 
-const TIMEOUT: Duration = Duration::from_secs(30);
-
 /// The payload format a record's `content-type` header declares (JSON when it has none).
 pub fn payload_format<H: Headers>(headers: Option<&H>) -> PayloadFormat {
     let value = headers.and_then(|h| {
@@ -31,13 +29,15 @@ pub fn payload_format<H: Headers>(headers: Option<&H>) -> PayloadFormat {
 }
 
 /// The `[start, end)` offsets of each partition for the time range, as the broker resolves them.
+/// Each broker look-up is bounded by `timeout`.
 pub fn resolve(
     consumer: &BaseConsumer,
     topic: &str,
     from_ms: i64,
     to_ms: i64,
+    timeout: Duration,
 ) -> Result<Vec<PartitionRange>, KafkaError> {
-    let metadata = consumer.fetch_metadata(Some(topic), TIMEOUT)?;
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
     let partitions: Vec<i32> = metadata
         .topics()
         .first()
@@ -48,13 +48,13 @@ pub fn resolve(
         for &p in &partitions {
             tpl.add_partition_offset(topic, p, Offset::Offset(ms))?;
         }
-        let found = consumer.offsets_for_times(tpl, TIMEOUT)?;
+        let found = consumer.offsets_for_times(tpl, timeout)?;
         Ok(found.elements().iter().map(|e| (e.partition(), e.offset())).collect())
     };
     let (starts, ends) = (at(from_ms)?, at(to_ms)?);
     let mut ranges = Vec::with_capacity(partitions.len());
     for &p in &partitions {
-        let (_, high) = consumer.fetch_watermarks(topic, p, TIMEOUT)?;
+        let (_, high) = consumer.fetch_watermarks(topic, p, timeout)?;
         // No record at or after the time: the range ends (or starts) at the end of the partition.
         let offset = |o: Option<&Offset>| match o {
             Some(Offset::Offset(o)) => *o,
@@ -116,6 +116,17 @@ pub struct RangeSample {
     pub truncated: Vec<Truncated>,
 }
 
+/// How much a sample reads, and how long it may take.
+#[derive(Debug, Clone, Copy)]
+pub struct SampleLimits {
+    /// Most records sampled.
+    pub max: usize,
+    /// Wall-clock time for reading the sample.
+    pub budget: Duration,
+    /// Bound on each broker look-up.
+    pub timeout: Duration,
+}
+
 /// Resolves `[from_ms, to_ms)` of `topic` and samples it with one consumer: the per-partition
 /// ranges, up to `max` records (by record timestamp) read from evenly spaced offsets of every
 /// partition within `budget` of wall-clock time, and the partitions whose start was deleted.
@@ -125,12 +136,12 @@ pub fn sample_range(
     topic: &str,
     from_ms: i64,
     to_ms: i64,
-    max: usize,
-    budget: Duration,
+    limits: SampleLimits,
 ) -> Result<RangeSample, KafkaError> {
+    let SampleLimits { max, budget, timeout } = limits;
     let consumer = range_consumer(config, purpose)?;
-    let ranges = resolve(&consumer, topic, from_ms, to_ms)?;
-    let truncated = truncated_starts(&consumer, topic, &ranges, from_ms)?;
+    let ranges = resolve(&consumer, topic, from_ms, to_ms, timeout)?;
+    let truncated = truncated_starts(&consumer, topic, &ranges, from_ms, timeout)?;
     let samples = sample(&consumer, topic, &ranges, from_ms, to_ms, max, budget)?;
     Ok(RangeSample {
         ranges,
@@ -147,10 +158,11 @@ pub fn truncated_starts(
     topic: &str,
     ranges: &[PartitionRange],
     from_ms: i64,
+    timeout: Duration,
 ) -> Result<Vec<Truncated>, KafkaError> {
     let mut truncated = Vec::new();
     for range in ranges {
-        let (low, high) = consumer.fetch_watermarks(topic, range.partition, TIMEOUT)?;
+        let (low, high) = consumer.fetch_watermarks(topic, range.partition, timeout)?;
         if low == 0 || range.start_offset > low || low >= high {
             continue;
         }

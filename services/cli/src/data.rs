@@ -89,8 +89,11 @@ fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
         &args.topic,
         from_ms,
         to_ms,
-        args.sample,
-        Duration::from_secs(30),
+        kappa_kafka::range::SampleLimits {
+            max: args.sample,
+            budget: Duration::from_secs(30),
+            timeout: Duration::from_secs(30),
+        },
     )
     .with_context(|| {
         format!(

@@ -78,6 +78,13 @@ pub struct TrainerConfig {
           value_parser = kappa_runtime::args::at_least_one)]
     pub max_rows: usize,
 
+    /// Seconds each Kafka look-up of a training range may take, and how long reading a range
+    /// may go without receiving an event before the job fails (the broker away, a partition
+    /// without a leader). librdkafka reconnects meanwhile, so a shorter outage only pauses it.
+    #[arg(long = "kafka-timeout-seconds", env = "KAPPA_KAFKA_TIMEOUT_SECONDS", default_value = "30",
+          value_name = "SECONDS", value_parser = kappa_runtime::args::seconds)]
+    pub kafka_timeout: Duration,
+
     /// Seconds in-flight requests get to finish after SIGTERM before the server stops.
     #[arg(long = "shutdown-grace-seconds", env = "KAPPA_SHUTDOWN_GRACE_SECONDS", default_value = "10",
           value_name = "SECONDS", value_parser = kappa_runtime::args::seconds)]

@@ -12,7 +12,7 @@ pub enum TrainerError {
     UnknownJob(String),
     #[error("{0} jobs are running already; retry when one finishes")]
     Busy(usize),
-    #[error("Kafka is unavailable: {0}")]
+    #[error("Kafka is unavailable: {0}; retry once the broker is reachable")]
     Kafka(String),
     #[error("{0}")]
     Forbidden(String),

@@ -77,6 +77,8 @@ pub struct JobContext {
     /// Signs what the trainer publishes, when configured.
     pub signer: Option<kappa_model::signing::ModelSigner>,
     pub max_rows: usize,
+    /// Bounds each Kafka look-up, and how long a range read may go without an event.
+    pub kafka_timeout: std::time::Duration,
 }
 
 fn now_ms() -> i64 {
@@ -255,6 +257,7 @@ async fn execute_round(handle: &Arc<JobHandle>, ctx: &JobContext, round: &tracin
         decoder,
         lateness_ms: crate::schema::lateness_ms(&spec),
         max_rows: ctx.max_rows,
+        timeout: ctx.kafka_timeout,
     };
 
     handle.set_phase(

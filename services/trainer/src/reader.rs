@@ -5,7 +5,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     sync::Arc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use kappa_api::model::PartitionRange;
@@ -17,7 +17,7 @@ use kappa_model::schema::{DecodedEvent, EventDecoder};
 use rdkafka::{
     Message, Offset, TopicPartitionList,
     consumer::{BaseConsumer, Consumer},
-    error::KafkaError,
+    error::{KafkaError, RDKafkaErrorCode},
 };
 
 /// One usable event: feature values in the spec's order, and its label when there is one.
@@ -52,6 +52,38 @@ pub struct RangeQuery {
     /// How far past `to_ms` (by Kafka timestamp) late events are looked for.
     pub lateness_ms: i64,
     pub max_rows: usize,
+    /// Bounds each look-up, and how long the read may go without an event.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    #[error(
+        "no event arrived for {seconds} s while partitions {partitions:?} still had events to read{last_error}; \
+         is the broker reachable? (the limit is --kafka-timeout-seconds)"
+    )]
+    Stalled {
+        seconds: u64,
+        partitions: Vec<i32>,
+        last_error: String,
+    },
+}
+
+/// Consumer errors librdkafka recovers from by itself (it reconnects): the read goes on, and
+/// only fails if no event arrives within the timeout. Authorization and unknown topics are final.
+fn is_transient(error: &KafkaError) -> bool {
+    match error {
+        KafkaError::MessageConsumption(code) => !matches!(
+            code,
+            RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::GroupAuthorizationFailed
+                | RDKafkaErrorCode::UnknownTopicOrPartition
+                | RDKafkaErrorCode::UnknownTopic
+        ),
+        _ => false,
+    }
 }
 
 /// Reads the range and holds its usable rows; past `max_rows`, a uniform sample of that many
@@ -60,7 +92,7 @@ pub fn read_range(
     config: &KafkaClients,
     query: &RangeQuery,
     keep_going: &mut dyn FnMut(u64, u64) -> bool,
-) -> Result<RangeData, KafkaError> {
+) -> Result<RangeData, ReadError> {
     use rand::{Rng, SeedableRng, rngs::StdRng};
     let mut rng = StdRng::seed_from_u64(0x006b_6170_7061);
     let mut rows = Vec::new();
@@ -88,19 +120,20 @@ pub fn scan_range(
     query: &RangeQuery,
     keep_going: &mut dyn FnMut(u64, u64) -> bool,
     on_row: &mut dyn FnMut(Row),
-) -> Result<RangeData, KafkaError> {
+) -> Result<RangeData, ReadError> {
     let RangeQuery {
         topic,
         from_ms,
         to_ms,
         decoder,
         lateness_ms,
+        timeout,
         ..
     } = query;
     let (topic, from_ms, to_ms) = (topic.as_str(), *from_ms, *to_ms);
     let consumer: BaseConsumer = range_consumer(config, "trainer")?;
     let mut data = RangeData {
-        partitions: resolve(&consumer, topic, from_ms, to_ms.saturating_add(*lateness_ms))?,
+        partitions: resolve(&consumer, topic, from_ms, to_ms.saturating_add(*lateness_ms), *timeout)?,
         ..RangeData::default()
     };
     let mut assignment = TopicPartitionList::new();
@@ -124,16 +157,35 @@ pub fn scan_range(
     };
     let labelled = decoder.label().is_some();
     let mut event = DecodedEvent::default();
+    let (mut last_event, mut last_error) = (Instant::now(), None::<KafkaError>);
     while !remaining.is_empty() {
         if !keep_going(data.read, data.skipped_total) {
             break;
         }
-        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
-            // A transaction marker can be a partition's last offset: no record ever reaches it.
-            remaining.retain(|&p, end| position(&consumer, topic, p).is_none_or(|at| at < *end));
-            continue;
+        let message = match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(message)) => message,
+            Some(Err(e)) if !is_transient(&e) => return Err(e.into()),
+            idle => {
+                if let Some(Err(e)) = idle {
+                    last_error = Some(e);
+                }
+                // A transaction marker can be a partition's last offset: no record ever reaches it.
+                remaining.retain(|&p, end| position(&consumer, topic, p).is_none_or(|at| at < *end));
+                if !remaining.is_empty() && last_event.elapsed() >= *timeout {
+                    let mut partitions: Vec<i32> = remaining.keys().copied().collect();
+                    partitions.sort_unstable();
+                    return Err(ReadError::Stalled {
+                        seconds: timeout.as_secs(),
+                        partitions,
+                        last_error: last_error
+                            .map(|e| format!(" (last consumer error: {e})"))
+                            .unwrap_or_default(),
+                    });
+                }
+                continue;
+            }
         };
-        let message = message?;
+        last_event = Instant::now();
         let Some(&end) = remaining.get(&message.partition()) else {
             continue;
         };

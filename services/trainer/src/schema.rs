@@ -119,6 +119,7 @@ pub fn resolve(
     spec: &mut TrainingSpec,
     from_ms: i64,
     to_ms: i64,
+    timeout: Duration,
 ) -> Result<Vec<String>, TrainerError> {
     let kafka = |e: rdkafka::error::KafkaError| TrainerError::Kafka(e.to_string());
     let end = to_ms.saturating_add(lateness_ms(spec));
@@ -128,8 +129,11 @@ pub fn resolve(
         &spec.source_topic,
         from_ms,
         end,
-        SAMPLE_EVENTS,
-        SAMPLE_BUDGET,
+        kappa_kafka::range::SampleLimits {
+            max: SAMPLE_EVENTS,
+            budget: SAMPLE_BUDGET,
+            timeout,
+        },
     )
     .map_err(kafka)?;
     if !truncated.is_empty() && !spec.allow_truncated_start {

@@ -45,6 +45,7 @@ pub async fn run(
             registry_security: config.registry_security().map_err(anyhow::Error::msg)?,
             signer: config.signing_key.clone(),
             max_rows: config.max_rows,
+            kafka_timeout: config.kafka_timeout,
         },
         max_running: config.max_concurrent_jobs as usize,
     });

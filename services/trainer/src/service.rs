@@ -66,14 +66,14 @@ impl TrainerService {
     }
 
     async fn topic_exists(&self, topic: &str) -> Result<bool, TrainerError> {
-        let (config, topic) = (self.context.kafka.clone(), topic.to_owned());
+        let (config, topic, timeout) = (self.context.kafka.clone(), topic.to_owned(), self.context.kafka_timeout);
         tokio::task::spawn_blocking(move || {
             let consumer: BaseConsumer = config
                 .config(&[])
                 .create()
                 .map_err(|e| TrainerError::Kafka(e.to_string()))?;
             let metadata = consumer
-                .fetch_metadata(Some(&topic), Duration::from_secs(10))
+                .fetch_metadata(Some(&topic), timeout)
                 .map_err(|e| TrainerError::Kafka(e.to_string()))?;
             Ok(metadata
                 .topics()
@@ -99,10 +99,10 @@ impl TrainerService {
         }
         // The paths are checked against (or inferred from) the data before the job exists.
         let (spec, schema_notes) = {
-            let (config, mut spec) = (self.context.kafka.clone(), spec);
+            let (config, mut spec, timeout) = (self.context.kafka.clone(), spec, self.context.kafka_timeout);
             tokio::task::spawn_blocking(move || {
                 let (from_ms, to_ms) = job::time_range(&spec);
-                crate::schema::resolve(&config, &mut spec, from_ms, to_ms).map(|notes| (spec, notes))
+                crate::schema::resolve(&config, &mut spec, from_ms, to_ms, timeout).map(|notes| (spec, notes))
             })
             .await
             .map_err(|e| TrainerError::Kafka(e.to_string()))??

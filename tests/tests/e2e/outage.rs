@@ -1,7 +1,8 @@
 //! A broker that goes away and comes back, on a broker of the test's own (so no other test
 //! loses its broker): the predictor keeps serving from memory and picks up what is published
 //! after the outage; the registry answers writes during it in bounded time and accepts them
-//! again afterwards, without a restart.
+//! again afterwards, without a restart; stream scoring answers every event sent before, during
+//! and after; a training job asked for during the outage is refused or fails with a reason.
 
 use std::{
     path::PathBuf,
@@ -13,7 +14,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use kappa_api::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+use kappa_api::{
+    inference::grpc_inference_service_client::GrpcInferenceServiceClient,
+    trainer::{FeatureSpec, JobPhase, StartTrainingRequest},
+};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::support::*;
 
@@ -85,11 +90,61 @@ async fn through_a_broker_outage_the_predictor_serves_and_then_picks_up_what_is_
     publish(&mut client, &fixture.manifest, &fixture.weights, "")
         .await
         .unwrap();
+    let (sensors, predictions) = (unique("test.sensors"), unique("test.predictions"));
+    create_topic_with_partitions_at(&broker.bootstrap, &sensors, 3).await;
+    create_topic_with_partitions_at(&broker.bootstrap, &predictions, 1).await;
     let predictor = Launch::new("kappa-predictor", &models)
         .bootstrap(&broker.bootstrap)
-        .args(["--models-topic", &models, "--model", &name])
+        .args(["--models-topic", &models, "--model", &name, "--stream"])
+        .args(["--sensor-topic", &sensors, "--predictions-topic", &predictions])
+        .args(["--consumer-group", &unique("test-group")])
         .start("kappa.predictor.v1.Predictor")
         .await;
+    let trainer = Launch::new("kappa-trainer", &models)
+        .bootstrap(&broker.bootstrap)
+        .args(["--registry", &registry.address, "--jobs-topic", &unique("test.jobs")])
+        .args(["--kafka-timeout-seconds", "5"])
+        .start("kappa.trainer.v1.Trainer")
+        .await;
+
+    // Sensor events before, during and after the outage, from a producer that (like a bridge
+    // or a device gateway) holds what it cannot deliver until the broker is back.
+    let events = {
+        let producer: FutureProducer = kafka_config_at(&broker.bootstrap)
+            .set("message.timeout.ms", "180000")
+            .create()
+            .unwrap();
+        let (stop, sensors) = (stop_flag(), sensors.clone());
+        let features: Vec<String> = fixture.manifest.features.iter().map(|f| f.name.clone()).collect();
+        let row = fixture.inputs[0].clone();
+        let task = {
+            let stop = Arc::clone(&stop);
+            tokio::spawn(async move {
+                let mut deliveries = Vec::new();
+                let mut i = 0_u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let event: serde_json::Map<String, serde_json::Value> = features
+                        .iter()
+                        .zip(&row)
+                        .map(|(f, v)| (f.clone(), serde_json::json!(v)))
+                        .collect();
+                    let (key, value) = (format!("car{}", i % 7), serde_json::to_vec(&event).unwrap());
+                    let record = FutureRecord::to(&sensors).key(&key).payload(&value);
+                    deliveries.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
+                    i += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                let mut sent = Vec::new();
+                for delivery in deliveries {
+                    let delivered = delivery.await.unwrap().map_err(|(e, _)| e).unwrap();
+                    sent.push((delivered.partition, delivered.offset));
+                }
+                sent
+            })
+        };
+        (stop, task)
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let (calls, failures) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
@@ -133,6 +188,49 @@ async fn through_a_broker_outage_the_predictor_serves_and_then_picks_up_what_is_
     .expect("a publish during the outage got no answer within 60 s");
     assert_eq!(during.unwrap_err().code(), tonic::Code::Unavailable);
     println!("publish during the outage answered in {:?}", started.elapsed());
+    // A training job asked for during the outage: refused with UNAVAILABLE, or failed with a
+    // reason, in bounded time; never hanging.
+    let mut training = crate::trainer::trainer_client(&trainer).await;
+    let spec = kappa_api::trainer::TrainingSpec {
+        features: fixture
+            .manifest
+            .features
+            .iter()
+            .map(|f| FeatureSpec {
+                path: f.name.clone(),
+                ..Default::default()
+            })
+            .collect(),
+        label_field: String::new(),
+        ..crate::trainer::spec("outage", &sensors, 0, i64::MAX / 2)
+    };
+    let started = Instant::now();
+    let answer = tokio::time::timeout(
+        Duration::from_secs(30),
+        training.start_training(StartTrainingRequest { spec: Some(spec) }),
+    )
+    .await
+    .expect("StartTraining during the outage got no answer within 30 s");
+    match answer {
+        Err(status) => {
+            assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+            println!(
+                "training during the outage refused in {:?}: {}",
+                started.elapsed(),
+                status.message()
+            );
+        }
+        Ok(job) => {
+            let job = crate::trainer::wait_done(&mut training, &job.into_inner().job_id, Duration::from_secs(60)).await;
+            assert_eq!(job.phase(), JobPhase::Failed, "{job:?}");
+            assert!(!job.message.is_empty(), "a failed job says why: {job:?}");
+            println!(
+                "training during the outage failed in {:?}: {}",
+                started.elapsed(),
+                job.message
+            );
+        }
+    }
     let left = Duration::from_secs(20).saturating_sub(outage.elapsed());
     tokio::time::sleep(left).await;
     broker.run("up");
@@ -178,10 +276,44 @@ async fn through_a_broker_outage_the_predictor_serves_and_then_picks_up_what_is_
     for task in load {
         task.await.unwrap();
     }
+    // Every event sent before, during and after the outage gets its prediction.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    events.0.store(true, Ordering::Relaxed);
+    let sent: std::collections::BTreeSet<(i32, i64)> = events.1.await.unwrap().into_iter().collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let answered: std::collections::BTreeSet<(i32, i64)> =
+            read_positioned_at(&broker.bootstrap, &predictions, "read_committed")
+                .await
+                .iter()
+                .map(|r| {
+                    let a: serde_json::Value = serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
+                    assert!(a["error"].as_str().is_none_or(str::is_empty), "{a}");
+                    let partition = a["sourcePartition"].as_i64().unwrap_or(0) as i32;
+                    (partition, a["sourceOffset"].as_str().map_or(0, |s| s.parse().unwrap()))
+                })
+                .collect();
+        let missing = sent.difference(&answered).count();
+        if missing == 0 {
+            println!("all {} events sent around the outage were answered", sent.len());
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} of {} events sent around the outage never answered:\n{}",
+            sent.len(),
+            predictor.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let (calls, failures) = (calls.load(Ordering::Relaxed), failures.load(Ordering::Relaxed));
     assert!(calls > 100, "{calls} calls");
     assert_eq!(
         failures, 0,
         "{failures} of {calls} inference calls failed through the outage"
     );
+}
+
+fn stop_flag() -> Arc<AtomicBool> {
+    Arc::new(AtomicBool::new(false))
 }

@@ -341,8 +341,12 @@ pub fn sha256(bytes: &[u8]) -> String {
 }
 
 fn kafka_config() -> ClientConfig {
+    kafka_config_at(&bootstrap())
+}
+
+pub fn kafka_config_at(bootstrap: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", bootstrap());
+    config.set("bootstrap.servers", bootstrap);
     config
 }
 
@@ -401,9 +405,14 @@ pub async fn read_partition(topic: &str, isolation: &str) -> Vec<(String, Option
 
 /// Every record of every partition of `topic`, with its partition and offset.
 pub async fn read_positioned(topic: &str, isolation: &str) -> Vec<Positioned> {
-    let (topic, isolation) = (topic.to_owned(), isolation.to_owned());
+    read_positioned_at(&bootstrap(), topic, isolation).await
+}
+
+/// [`read_positioned`] on the broker at `bootstrap`.
+pub async fn read_positioned_at(bootstrap: &str, topic: &str, isolation: &str) -> Vec<Positioned> {
+    let (topic, isolation, bootstrap) = (topic.to_owned(), isolation.to_owned(), bootstrap.to_owned());
     tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = kafka_config()
+        let consumer: BaseConsumer = kafka_config_at(&bootstrap)
             .set("group.id", unique("kappa-e2e-reader"))
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
@@ -654,7 +663,11 @@ pub async fn produce_keyed(topic: &str, records: &[(String, Vec<u8>)]) -> Vec<(i
 }
 
 pub async fn create_topic_with_partitions(topic: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = kafka_config().create().unwrap();
+    create_topic_with_partitions_at(&bootstrap(), topic, partitions).await;
+}
+
+pub async fn create_topic_with_partitions_at(bootstrap: &str, topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = kafka_config_at(bootstrap).create().unwrap();
     let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
     for r in admin.create_topics([&new_topic], &AdminOptions::new()).await.unwrap() {
         r.unwrap();
