@@ -10,7 +10,7 @@ TOOLS_BIN := $(HOME)/.cache/kappa/bin
 PY := $(HOME)/.cache/kappa/py/bin/python
 WITH_KAFKA := scripts/with-kafka.sh
 
-.PHONY: helm-test help prerequisites build test lint fmt demo bench kafka-up kafka-down kafka-secure-up kafka-secure-down kafka-logs kafka-reset jaeger-up jaeger-down clean
+.PHONY: helm-test help prerequisites build test lint fmt demo bench kafka-up kafka-down kafka-secure-up kafka-secure-down kafka-cluster-up kafka-cluster-down soak kafka-logs kafka-reset jaeger-up jaeger-down clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -30,7 +30,7 @@ test: prerequisites ## Run all tests against a real Kafka broker (started and st
 	scripts/tools.sh >/dev/null
 	cargo build --workspace --bins --tests
 	deploy/jaeger/jaeger.sh build >/dev/null
-	$(WITH_KAFKA) --jaeger --secure cargo test --workspace -- --test-threads 4
+	$(WITH_KAFKA) --jaeger --secure --cluster cargo test --workspace -- --test-threads 4
 	$(MAKE) --no-print-directory helm-test
 
 helm-test: ## Helm chart: lint --strict, offline Kubernetes schema validation, --check-config of the rendered pods
@@ -63,6 +63,12 @@ kafka-secure-up: ## Start the secure local broker (SASL/SCRAM over TLS, ACLs per
 
 kafka-secure-down: ## Stop the secure local broker
 	KAFKA_MODE=secure $(KAFKA) down
+
+kafka-cluster-up: ## Start the local three-node Kafka cluster (replication 3, min.insync.replicas=2) on 127.0.0.1:9192-9194
+	deploy/kafka/cluster.sh up
+
+kafka-cluster-down: ## Stop the local three-node Kafka cluster
+	deploy/kafka/cluster.sh down
 
 kafka-up: ## Fetch (once) and start the local single-node Kafka on 127.0.0.1:9092
 	$(KAFKA) up

@@ -7,6 +7,10 @@
 # KAFKA_MODE=secure runs a second, separate broker (127.0.0.1:9094) with SASL/SCRAM over TLS and
 # ACLs: one SCRAM user per Kappa service with least-privilege ACLs, and their client property
 # files in .state-secure/clients/ (see the README's Security section).
+# KAFKA_MODE=node is one node of the three-node cluster that cluster.sh runs (it sets the node's
+# KAFKA_NODE_ID, KAFKA_STATE_DIR, ports, KAFKA_VOTERS and KAFKA_CLUSTER_ID); `start` starts
+# without waiting (a node answers only once a quorum of its peers is up), `wait` waits, `kill`
+# kills it with SIGKILL, as a crash would.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -22,7 +26,12 @@ case "$mode" in
     port=${KAFKA_PORT:-9094}
     controller_port=${KAFKA_CONTROLLER_PORT:-9095}
     template=$here/server-secure.properties ;;
-  *) echo "kafka.sh: KAFKA_MODE must be plain or secure, not $mode" >&2; exit 2 ;;
+  node)
+    state=${KAFKA_STATE_DIR:?KAFKA_STATE_DIR is set by cluster.sh}
+    port=${KAFKA_PORT:?}
+    controller_port=${KAFKA_CONTROLLER_PORT:?}
+    template=$here/server-cluster.properties ;;
+  *) echo "kafka.sh: KAFKA_MODE must be plain, secure or node, not $mode" >&2; exit 2 ;;
 esac
 # The jars are the same for both modes.
 lib=${KAFKA_LIB_DIR:-$here/.state/lib}
@@ -142,7 +151,7 @@ secure_acls() {
   touch "$state/.acls"
 }
 
-up() {
+start() {
   require_tools
   fetch
   if running; then
@@ -162,21 +171,31 @@ up() {
   fi
   sed -e "s#@DATA_DIR@#$state/data#" -e "s#@PORT@#$port#" -e "s#@CONTROLLER_PORT@#$controller_port#" \
     -e "s#@STATE_DIR@#$state#" \
+    -e "s#@NODE_ID@#${KAFKA_NODE_ID:-1}#" -e "s#@VOTERS@#${KAFKA_VOTERS:-}#" \
     -e "s#@ADMIN_PASSWORD@#$(cat "$state/clients/admin.password" 2>/dev/null || true)#" \
     -e "s#@KEYSTORE_PASSWORD@#$(cat "$state/keystore.password" 2>/dev/null || true)#" \
     "$template" > "$state/server.properties"
   chmod 600 "$state/server.properties"
   if [ ! -f "$state/data/logs/meta.properties" ]; then
-    local cluster_id
-    cluster_id=$(java -cp "$lib/*" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -1)
-    java -cp "$lib/*" -Dorg.slf4j.simpleLogger.defaultLogLevel=warn kafka.tools.StorageTool format \
-      --standalone -t "$cluster_id" -c "$state/server.properties" "${scram[@]}" >/dev/null
+    if [ "$mode" = node ]; then
+      # A static quorum (controller.quorum.voters): every node formatted with the one cluster id.
+      java -cp "$lib/*" -Dorg.slf4j.simpleLogger.defaultLogLevel=warn kafka.tools.StorageTool format \
+        -t "${KAFKA_CLUSTER_ID:?}" -c "$state/server.properties" >/dev/null
+    else
+      local cluster_id
+      cluster_id=$(java -cp "$lib/*" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -1)
+      java -cp "$lib/*" -Dorg.slf4j.simpleLogger.defaultLogLevel=warn kafka.tools.StorageTool format \
+        --standalone -t "$cluster_id" -c "$state/server.properties" "${scram[@]}" >/dev/null
+    fi
   fi
   echo "Starting Kafka on 127.0.0.1:$port (log: $logfile)..."
-  nohup java -Xms256m -Xmx1g -XX:+UseG1GC -Djava.awt.headless=true \
+  nohup java -Xms256m "-Xmx${KAFKA_HEAP:-1g}" -XX:+UseG1GC -Djava.awt.headless=true \
     -Dorg.slf4j.simpleLogger.defaultLogLevel=info -Dorg.slf4j.simpleLogger.showDateTime=true \
-    -cp "$lib/*" kafka.Kafka "$state/server.properties" >"$logfile" 2>&1 &
+    -cp "$lib/*" kafka.Kafka "$state/server.properties" >>"$logfile" 2>&1 &
   echo $! > "$pidfile"
+}
+
+wait_ready() {
   for _ in $(seq 1 120); do
     if answering; then
       if [ "$mode" = secure ]; then secure_acls; fi
@@ -187,6 +206,13 @@ up() {
     sleep 1
   done
   die "Kafka did not answer within 120 s; see $logfile."
+}
+
+up() { start; wait_ready; }
+
+kill9() {
+  if running; then kill -9 "$(cat "$pidfile")"; echo "Kafka on 127.0.0.1:$port killed (SIGKILL)."; fi
+  rm -f "$pidfile"
 }
 
 down() {
@@ -204,9 +230,12 @@ down() {
 
 case "${1:-}" in
   up) up ;;
+  start) start ;;
+  wait) wait_ready ;;
+  kill) kill9 ;;
   down) down ;;
   logs) exec tail -n 100 -F "$logfile" ;;
   status) running && answering ;;
   reset) down; rm -rf "$state/data" "$state/.acls" "$state/.material" "$state/tls" "$state/clients"; echo "Kafka data removed." ;;
-  *) echo "usage: $0 up|down|logs|status|reset" >&2; exit 2 ;;
+  *) echo "usage: $0 up|start|wait|kill|down|logs|status|reset" >&2; exit 2 ;;
 esac

@@ -13,7 +13,8 @@ use crate::KafkaClients;
 #[derive(Debug, Clone)]
 pub struct ModelsTopicSettings {
     pub topic: String,
-    pub replication_factor: i32,
+    /// `None`: as many replicas as the cluster has brokers, up to 3.
+    pub replication_factor: Option<i32>,
     /// Must hold one weight chunk plus record overhead.
     pub max_message_bytes: usize,
     /// Extra topic configs, e.g. a small `segment.ms` so compaction runs quickly in development.
@@ -37,6 +38,19 @@ pub enum TopicError {
     Kafka { topic: String, source: KafkaError },
 }
 
+/// The replication factor a new topic gets by default: one replica per broker, up to 3 (a
+/// development broker gets 1, a production cluster 3).
+pub async fn cluster_replication(clients: &KafkaClients) -> Result<i32, KafkaError> {
+    let config = clients.config(&[]);
+    tokio::task::spawn_blocking(move || -> Result<i32, KafkaError> {
+        let consumer: rdkafka::consumer::BaseConsumer = config.create()?;
+        let metadata = rdkafka::consumer::Consumer::fetch_metadata(&consumer, None, Duration::from_secs(30))?;
+        Ok((metadata.brokers().len() as i32).clamp(1, 3))
+    })
+    .await
+    .expect("metadata task does not panic")
+}
+
 /// Creates the models topic with the compaction config when it is absent, and refuses an existing
 /// one that is not compacted or has more than one partition.
 pub async fn ensure_models_topic(clients: &KafkaClients, settings: &ModelsTopicSettings) -> Result<(), TopicError> {
@@ -48,8 +62,12 @@ pub async fn ensure_models_topic(clients: &KafkaClients, settings: &ModelsTopicS
     let admin: AdminClient<DefaultClientContext> = clients.config(&[]).create().map_err(kafka)?;
     let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(30)));
 
+    let replication = match settings.replication_factor {
+        Some(factor) => factor,
+        None => cluster_replication(clients).await.map_err(kafka)?,
+    };
     let max_bytes = settings.max_message_bytes.to_string();
-    let mut new_topic = NewTopic::new(topic, 1, TopicReplication::Fixed(settings.replication_factor))
+    let mut new_topic = NewTopic::new(topic, 1, TopicReplication::Fixed(replication))
         .set("cleanup.policy", "compact")
         .set("max.message.bytes", &max_bytes);
     for (k, v) in &settings.extra_configs {
@@ -61,7 +79,7 @@ pub async fn ensure_models_topic(clients: &KafkaClients, settings: &ModelsTopicS
             // Just created with the right settings. Checking them now could read the broker's
             // metadata before the new topic's config has propagated, so there is nothing to check.
             Ok(_) => {
-                tracing::info!(topic, "created the compacted models topic");
+                tracing::info!(topic, replication, "created the compacted topic");
                 return Ok(());
             }
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}

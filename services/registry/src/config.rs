@@ -41,10 +41,11 @@ pub struct RegistryConfig {
     #[arg(long, env = "KAPPA_MAX_MODEL_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub max_model_bytes: u64,
 
-    /// Replication factor used when the registry creates the models topic.
-    #[arg(long, env = "KAPPA_REPLICATION_FACTOR", default_value_t = 1,
-          value_parser = clap::value_parser!(i32).range(1..))]
-    pub replication_factor: i32,
+    /// Replication factor used when the registry creates the models topic; by default one
+    /// replica per broker of the cluster, up to 3 (with min.insync.replicas=2 on the brokers,
+    /// a published version then survives the loss of any one broker).
+    #[arg(long, env = "KAPPA_REPLICATION_FACTOR", value_parser = clap::value_parser!(i32).range(1..))]
+    pub replication_factor: Option<i32>,
 
     /// Extra topic config used when the registry creates the models topic, KEY=VALUE, repeatable
     /// (e.g. segment.ms=10000 min.cleanable.dirty.ratio=0.01 so compaction runs soon in development).

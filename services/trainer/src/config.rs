@@ -61,10 +61,10 @@ pub struct TrainerConfig {
           value_parser = kappa_runtime::args::non_empty)]
     pub jobs_topic: String,
 
-    /// Replication factor of the jobs topic when the trainer creates it (3 on a production cluster).
-    #[arg(long, env = "KAPPA_REPLICATION_FACTOR", default_value_t = 1,
-          value_parser = clap::value_parser!(i32).range(1..))]
-    pub replication_factor: i32,
+    /// Replication factor of the jobs topic when the trainer creates it; by default one replica
+    /// per broker of the cluster, up to 3.
+    #[arg(long, env = "KAPPA_REPLICATION_FACTOR", value_parser = clap::value_parser!(i32).range(1..))]
+    pub replication_factor: Option<i32>,
 
     /// Training jobs that may run at once; more are refused with RESOURCE_EXHAUSTED.
     #[arg(long, env = "KAPPA_MAX_CONCURRENT_JOBS", default_value_t = 2,

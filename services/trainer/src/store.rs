@@ -21,7 +21,11 @@ pub struct JobStore {
 
 impl JobStore {
     /// Creates the jobs topic when absent and returns the store with the jobs it holds.
-    pub async fn open(config: &KafkaClients, topic: &str, replication_factor: i32) -> anyhow::Result<(Self, Vec<Job>)> {
+    pub async fn open(
+        config: &KafkaClients,
+        topic: &str,
+        replication_factor: Option<i32>,
+    ) -> anyhow::Result<(Self, Vec<Job>)> {
         ensure_models_topic(
             config,
             &ModelsTopicSettings {

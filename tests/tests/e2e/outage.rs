@@ -18,7 +18,6 @@ use kappa_api::{
     inference::grpc_inference_service_client::GrpcInferenceServiceClient,
     trainer::{FeatureSpec, JobPhase, StartTrainingRequest},
 };
-use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::support::*;
 
@@ -107,43 +106,15 @@ async fn through_a_broker_outage_the_predictor_serves_and_then_picks_up_what_is_
         .start("kappa.trainer.v1.Trainer")
         .await;
 
-    // Sensor events before, during and after the outage, from a producer that (like a bridge
-    // or a device gateway) holds what it cannot deliver until the broker is back.
-    let events = {
-        let producer: FutureProducer = kafka_config_at(&broker.bootstrap)
-            .set("message.timeout.ms", "180000")
-            .create()
-            .unwrap();
-        let (stop, sensors) = (stop_flag(), sensors.clone());
-        let features: Vec<String> = fixture.manifest.features.iter().map(|f| f.name.clone()).collect();
-        let row = fixture.inputs[0].clone();
-        let task = {
-            let stop = Arc::clone(&stop);
-            tokio::spawn(async move {
-                let mut deliveries = Vec::new();
-                let mut i = 0_u64;
-                while !stop.load(Ordering::Relaxed) {
-                    let event: serde_json::Map<String, serde_json::Value> = features
-                        .iter()
-                        .zip(&row)
-                        .map(|(f, v)| (f.clone(), serde_json::json!(v)))
-                        .collect();
-                    let (key, value) = (format!("car{}", i % 7), serde_json::to_vec(&event).unwrap());
-                    let record = FutureRecord::to(&sensors).key(&key).payload(&value);
-                    deliveries.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
-                    i += 1;
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                let mut sent = Vec::new();
-                for delivery in deliveries {
-                    let delivered = delivery.await.unwrap().map_err(|(e, _)| e).unwrap();
-                    sent.push((delivered.partition, delivered.offset));
-                }
-                sent
-            })
-        };
-        (stop, task)
-    };
+    // Sensor events before, during and after the outage.
+    let features: Vec<String> = fixture.manifest.features.iter().map(|f| f.name.clone()).collect();
+    let events = EventFeed::start(
+        &broker.bootstrap,
+        &sensors,
+        features,
+        fixture.inputs[0].clone(),
+        Duration::from_millis(20),
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -278,42 +249,16 @@ async fn through_a_broker_outage_the_predictor_serves_and_then_picks_up_what_is_
     }
     // Every event sent before, during and after the outage gets its prediction.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    events.0.store(true, Ordering::Relaxed);
-    let sent: std::collections::BTreeSet<(i32, i64)> = events.1.await.unwrap().into_iter().collect();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let answered: std::collections::BTreeSet<(i32, i64)> =
-            read_positioned_at(&broker.bootstrap, &predictions, "read_committed")
-                .await
-                .iter()
-                .map(|r| {
-                    let a: serde_json::Value = serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
-                    assert!(a["error"].as_str().is_none_or(str::is_empty), "{a}");
-                    let partition = a["sourcePartition"].as_i64().unwrap_or(0) as i32;
-                    (partition, a["sourceOffset"].as_str().map_or(0, |s| s.parse().unwrap()))
-                })
-                .collect();
-        let missing = sent.difference(&answered).count();
-        if missing == 0 {
-            println!("all {} events sent around the outage were answered", sent.len());
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{missing} of {} events sent around the outage never answered:\n{}",
-            sent.len(),
-            predictor.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let sent = events.stop().await;
+    wait_all_answered(&broker.bootstrap, &predictions, &sent, Duration::from_secs(60), &|| {
+        predictor.log_text()
+    })
+    .await;
+    println!("all {} events sent around the outage were answered", sent.len());
     let (calls, failures) = (calls.load(Ordering::Relaxed), failures.load(Ordering::Relaxed));
     assert!(calls > 100, "{calls} calls");
     assert_eq!(
         failures, 0,
         "{failures} of {calls} inference calls failed through the outage"
     );
-}
-
-fn stop_flag() -> Arc<AtomicBool> {
-    Arc::new(AtomicBool::new(false))
 }

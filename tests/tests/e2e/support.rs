@@ -4,6 +4,7 @@ use std::{
     net::TcpListener,
     path::PathBuf,
     process::{Child, Command, Stdio},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -971,5 +972,92 @@ pub async fn delete_records_before(topic: &str, partition: i32, offset: i64) {
     let result = admin.delete_records(&tpl, &AdminOptions::new()).await.unwrap();
     for element in result.elements() {
         element.error().unwrap();
+    }
+}
+
+/// Sensor events sent at a steady pace until stopped, by a producer that (like a device gateway
+/// or the MQTT bridge) holds what it cannot deliver until the broker is back.
+pub struct EventFeed {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<Vec<(i32, i64)>>,
+}
+
+impl EventFeed {
+    /// One JSON event with `features` set to `row` every `every`, keyed by one of 7 cars.
+    pub fn start(bootstrap: &str, topic: &str, features: Vec<String>, row: Vec<f32>, every: Duration) -> Self {
+        use rdkafka::producer::{FutureProducer, FutureRecord};
+        use std::sync::atomic::Ordering;
+        let producer: FutureProducer = kafka_config_at(bootstrap)
+            .set("message.timeout.ms", "180000")
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .create()
+            .unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, topic) = (Arc::clone(&stop), topic.to_owned());
+        let task = tokio::spawn(async move {
+            let mut deliveries = Vec::new();
+            let mut i = 0_u64;
+            while !flag.load(Ordering::Relaxed) {
+                let event: serde_json::Map<String, serde_json::Value> = features
+                    .iter()
+                    .zip(&row)
+                    .map(|(f, v)| (f.clone(), serde_json::json!(v)))
+                    .collect();
+                let (key, value) = (format!("car{}", i % 7), serde_json::to_vec(&event).unwrap());
+                let record = FutureRecord::to(&topic).key(&key).payload(&value);
+                deliveries.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
+                i += 1;
+                tokio::time::sleep(every).await;
+            }
+            let mut sent = Vec::new();
+            for delivery in deliveries {
+                let delivered = delivery.await.unwrap().map_err(|(e, _)| e).unwrap();
+                sent.push((delivered.partition, delivered.offset));
+            }
+            sent
+        });
+        Self { stop, task }
+    }
+
+    /// Stops sending and returns where every event landed (each acknowledged by the broker).
+    pub async fn stop(self) -> std::collections::BTreeSet<(i32, i64)> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await.unwrap().into_iter().collect()
+    }
+}
+
+/// Waits (up to `within`) until every event in `sent` has a prediction in `predictions`, none
+/// of them an error; returns how many predictions there were (duplicates included).
+pub async fn wait_all_answered(
+    bootstrap: &str,
+    predictions: &str,
+    sent: &std::collections::BTreeSet<(i32, i64)>,
+    within: Duration,
+    log: &dyn Fn() -> String,
+) -> usize {
+    let deadline = Instant::now() + within;
+    loop {
+        let records = read_positioned_at(bootstrap, predictions, "read_committed").await;
+        let answered: std::collections::BTreeSet<(i32, i64)> = records
+            .iter()
+            .map(|r| {
+                let a: serde_json::Value = serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
+                assert!(a["error"].as_str().is_none_or(str::is_empty), "{a}");
+                let partition = a["sourcePartition"].as_i64().unwrap_or(0) as i32;
+                (partition, a["sourceOffset"].as_str().map_or(0, |s| s.parse().unwrap()))
+            })
+            .collect();
+        let missing = sent.difference(&answered).count();
+        if missing == 0 {
+            return records.len();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} of {} events never answered:\n{}",
+            sent.len(),
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
