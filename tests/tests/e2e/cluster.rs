@@ -145,7 +145,6 @@ async fn a_broker_killed_mid_publish_and_mid_stream_loses_nothing_and_serves_on(
             let versions = client
                 .list_versions(pb::ListVersionsRequest {
                     name: "clustered".into(),
-                    ..Default::default()
                 })
                 .await
                 .unwrap()
