@@ -85,6 +85,10 @@ kafka-reset: ## Stop the local Kafka and delete its data
 clean: ## Remove build output
 	cargo clean
 
+soak: prerequisites ## Ten minutes of load, publishes, stream scoring, broker restarts and kill -9s on a broker of its own (not in CI)
+	cargo build --release --workspace --bins
+	cargo run --release -q -p kappa-bench --bin soak -- --minutes $${SOAK_MINUTES:-10}
+
 bench: prerequisites ## Benchmarks with same-run baselines (release build; prints markdown tables)
 	cargo build --release --workspace --bins
 	deploy/jaeger/jaeger.sh build >/dev/null

@@ -136,6 +136,9 @@ secure_acls() {
     --topic test.sensors --operation Describe --operation Read
   acl --allow-principal User:predictor $p --topic model-predictions --topic test.predictions \
     --operation Create --operation Describe --operation Write
+  # ...and exactly-once stream scoring's transactional ids (prefixed by the consumer group).
+  acl --allow-principal User:predictor $p --transactional-id kappa-predictor --transactional-id test-group \
+    --operation Describe --operation Write
   # The trainer: reads sensor data, owns its jobs topic.
   acl --allow-principal User:trainer $p --topic sensor-data --topic test.sensors --operation Describe --operation Read
   acl --allow-principal User:trainer $p --topic kappa.training-jobs --topic test.jobs \

@@ -118,6 +118,7 @@ def test_production_values_render_what_operators_expect():
         assert "security.protocol=SASL_SSL" in props and "ssl.ca.location=/etc/kappa/kafka-tls/ca.crt" in props
     stream_args = by_kind["Deployment"]["kappa-predictor"]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--stream" in stream_args and "--sensor-topic=fleet.sensor-data" in stream_args
+    assert "--stream-exactly-once" in stream_args
 
 
 def openssl(*args, cwd):
