@@ -222,13 +222,13 @@ down() {
   if ! running; then echo "No Kafka started by this script is running."; rm -f "$pidfile"; return; fi
   local pid; pid=$(cat "$pidfile")
   kill "$pid"
-  for _ in $(seq 1 60); do
+  for _ in $(seq 1 "${KAFKA_STOP_SECONDS:-60}"); do
     kill -0 "$pid" 2>/dev/null || { rm -f "$pidfile"; echo "Kafka stopped."; return; }
     sleep 1
   done
   kill -9 "$pid" 2>/dev/null || true
   rm -f "$pidfile"
-  echo "Kafka did not stop within 60 s and was killed."
+  echo "Kafka did not stop within ${KAFKA_STOP_SECONDS:-60} s and was killed."
 }
 
 case "${1:-}" in

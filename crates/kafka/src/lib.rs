@@ -5,11 +5,13 @@
 
 mod admin;
 mod config;
+mod consumer_errors;
 mod context;
 pub mod range;
 pub mod trace_headers;
 
 pub use admin::{ModelsTopicSettings, TopicError, ensure_models_topic};
 pub use config::{KafkaArgs, KafkaClients};
+pub use consumer_errors::is_transient;
 pub use context::ReaderContext;
 pub use trace_headers::trace_headers;

@@ -174,7 +174,11 @@ pub fn truncated_starts(
             let Some(message) = consumer.poll(Duration::from_millis(200)) else {
                 continue;
             };
-            let message = message?;
+            let message = match message {
+                Ok(message) => message,
+                Err(e) if crate::is_transient(&e) => continue,
+                Err(e) => return Err(e),
+            };
             if message.partition() != range.partition || message.offset() < low {
                 continue;
             }
@@ -228,7 +232,12 @@ fn sample(
                     }
                     continue;
                 };
-                let message = message?;
+                let message = match message {
+                    Ok(message) => message,
+                    // Waited out within the sample's budget.
+                    Err(e) if crate::is_transient(&e) => continue,
+                    Err(e) => return Err(e),
+                };
                 // A fetch of the previous assignment can still deliver: nothing before `start`.
                 if message.partition() != range.partition || message.offset() < start {
                     continue;

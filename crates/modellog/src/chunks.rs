@@ -52,17 +52,26 @@ pub fn read_chunks(
     let Some(&first) = offsets.first() else { return Ok(()) };
     let consumer = consumer_at(config, group, topic, first).map_err(|e| ChunkReadError::Unavailable(e.to_string()))?;
     let mut next = 0;
-    let mut last_progress = Instant::now();
+    let (mut last_progress, mut last_error) = (Instant::now(), None::<KafkaError>);
     while next < offsets.len() {
         let message = match consumer.poll(POLL) {
             Some(Ok(m)) => m,
-            Some(Err(KafkaError::PartitionEOF(_))) | None => {
+            Some(Err(e)) if !matches!(e, KafkaError::PartitionEOF(_)) && !kappa_kafka::is_transient(&e) => {
+                return Err(ChunkReadError::Unavailable(e.to_string()));
+            }
+            // A broker of the cluster away, or the leader moving: librdkafka reconnects.
+            idle => {
+                if let Some(Err(e)) = idle
+                    && !matches!(e, KafkaError::PartitionEOF(_))
+                {
+                    last_error = Some(e);
+                }
                 if last_progress.elapsed() > STALL_LIMIT {
-                    return Err(ChunkReadError::Unavailable("no progress for 30 s".into()));
+                    let cause = last_error.map(|e| format!(" (last error: {e})")).unwrap_or_default();
+                    return Err(ChunkReadError::Unavailable(format!("no progress for 30 s{cause}")));
                 }
                 continue;
             }
-            Some(Err(e)) => return Err(ChunkReadError::Unavailable(e.to_string())),
         };
         let offset = message.offset();
         if offset < offsets[next] {

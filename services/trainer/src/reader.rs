@@ -17,7 +17,7 @@ use kappa_model::schema::{DecodedEvent, EventDecoder};
 use rdkafka::{
     Message, Offset, TopicPartitionList,
     consumer::{BaseConsumer, Consumer},
-    error::{KafkaError, RDKafkaErrorCode},
+    error::KafkaError,
 };
 
 /// One usable event: feature values in the spec's order, and its label when there is one.
@@ -69,21 +69,6 @@ pub enum ReadError {
         partitions: Vec<i32>,
         last_error: String,
     },
-}
-
-/// Consumer errors librdkafka recovers from by itself (it reconnects): the read goes on, and
-/// only fails if no event arrives within the timeout. Authorization and unknown topics are final.
-fn is_transient(error: &KafkaError) -> bool {
-    match error {
-        KafkaError::MessageConsumption(code) => !matches!(
-            code,
-            RDKafkaErrorCode::TopicAuthorizationFailed
-                | RDKafkaErrorCode::GroupAuthorizationFailed
-                | RDKafkaErrorCode::UnknownTopicOrPartition
-                | RDKafkaErrorCode::UnknownTopic
-        ),
-        _ => false,
-    }
 }
 
 /// Reads the range and holds its usable rows; past `max_rows`, a uniform sample of that many
@@ -164,7 +149,7 @@ pub fn scan_range(
         }
         let message = match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(message)) => message,
-            Some(Err(e)) if !is_transient(&e) => return Err(e.into()),
+            Some(Err(e)) if !kappa_kafka::is_transient(&e) => return Err(e.into()),
             idle => {
                 if let Some(Err(e)) = idle {
                     last_error = Some(e);
