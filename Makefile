@@ -10,7 +10,7 @@ TOOLS_BIN := $(HOME)/.cache/kappa/bin
 PY := $(HOME)/.cache/kappa/py/bin/python
 WITH_KAFKA := scripts/with-kafka.sh
 
-.PHONY: helm-test help prerequisites build test lint fmt demo bench kafka-up kafka-down kafka-secure-up kafka-secure-down kafka-cluster-up kafka-cluster-down soak kafka-logs kafka-reset jaeger-up jaeger-down clean
+.PHONY: helm-test help prerequisites build test lint fmt demo bench kafka-up kafka-down kafka-secure-up kafka-secure-down kafka-cluster-up kafka-cluster-down mqtt-up mqtt-down soak kafka-logs kafka-reset jaeger-up jaeger-down clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -69,6 +69,12 @@ kafka-cluster-up: ## Start the local three-node Kafka cluster (replication 3, mi
 
 kafka-cluster-down: ## Stop the local three-node Kafka cluster
 	deploy/kafka/cluster.sh down
+
+mqtt-up: ## Fetch (once) and start the local MQTT broker (HiveMQ CE, MQTT 3 and 5) on 127.0.0.1:1883
+	deploy/mqtt/mqtt.sh up
+
+mqtt-down: ## Stop the local MQTT broker started by mqtt-up
+	deploy/mqtt/mqtt.sh down
 
 kafka-up: ## Fetch (once) and start the local single-node Kafka on 127.0.0.1:9092
 	$(KAFKA) up

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Fetches, starts and stops a local MQTT broker, HiveMQ Community Edition (the reference demo's
+# broker) in embedded mode, for development, demos and tests. Loopback only.
+#   mqtt.sh up      idempotent: builds the launcher once (Maven Central, cached in ~/.m2),
+#                   starts the broker on 127.0.0.1:1883 (MQTT_PORT), waits until it accepts
+#   mqtt.sh down    stops only the broker this script started
+#   mqtt.sh status  exits 0 when that broker accepts connections
+#   mqtt.sh logs    follows its log
+#   mqtt.sh reset   stops it and deletes its sessions and queued messages
+# MQTT_STATE_DIR moves the state (a test can run a broker of its own).
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+state=${MQTT_STATE_DIR:-$here/.state}
+port=${MQTT_PORT:-1883}
+build=${MQTT_BUILD_DIR:-$here/.state/build}
+pidfile=$state/hivemq.pid
+logfile=$state/hivemq.log
+
+die() { echo "mqtt.sh: $*" >&2; exit 1; }
+
+require_tools() {
+  command -v java >/dev/null || die "Java 17 or newer is required to run HiveMQ: install a JDK (e.g. 'apt-get install openjdk-17-jre-headless') and retry."
+  command -v mvn >/dev/null || die "Maven is required to fetch HiveMQ from Maven Central: install it (e.g. 'apt-get install maven') and retry."
+}
+
+fetch() {
+  local stamp=$build/.complete
+  if [ -f "$stamp" ] && [ "$stamp" -nt "$here/pom.xml" ] && [ "$stamp" -nt "$here/src/main/java/dev/kappa/mqtt/Broker.java" ]; then
+    return
+  fi
+  echo "Fetching HiveMQ CE from Maven Central (cached in ~/.m2)..."
+  rm -rf "$build"
+  mvn -q -B -Dstyle.color=never -f "$here/pom.xml" -Dkappa.mqtt.build="$build" package \
+    || die "Maven could not build the HiveMQ launcher; check access to Maven Central and rerun 'make mqtt-up'."
+  touch "$stamp"
+}
+
+running() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
+accepting() { (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; }
+
+up() {
+  require_tools
+  fetch
+  if running; then
+    echo "HiveMQ already running (pid $(cat "$pidfile")) on 127.0.0.1:$port."
+    return
+  fi
+  accepting && die "port $port is taken by another process; stop it or set MQTT_PORT."
+  mkdir -p "$state/conf" "$state/data" "$state/extensions"
+  sed -e "s#@PORT@#$port#" "$here/config.xml" > "$state/conf/config.xml"
+  echo "Starting HiveMQ CE on 127.0.0.1:$port (log: $logfile)..."
+  nohup java -Xms64m -Xmx512m -Djava.awt.headless=true \
+    -cp "$build/kappa-local-mqtt-1.0.0.jar:$build/lib/*" dev.kappa.mqtt.Broker \
+    "$state/conf" "$state/data" "$state/extensions" >>"$logfile" 2>&1 &
+  echo $! > "$pidfile"
+  for _ in $(seq 1 60); do
+    if accepting && grep -q "HiveMQ CE started" "$logfile"; then
+      echo "HiveMQ CE is ready on 127.0.0.1:$port."
+      return
+    fi
+    running || { tail -30 "$logfile" >&2; die "HiveMQ exited during start-up; see $logfile."; }
+    sleep 1
+  done
+  die "HiveMQ did not accept connections within 60 s; see $logfile."
+}
+
+down() {
+  if ! running; then echo "No HiveMQ started by this script is running."; rm -f "$pidfile"; return; fi
+  local pid; pid=$(cat "$pidfile")
+  kill "$pid"
+  for _ in $(seq 1 30); do
+    kill -0 "$pid" 2>/dev/null || { rm -f "$pidfile"; echo "HiveMQ stopped."; return; }
+    sleep 1
+  done
+  kill -9 "$pid" 2>/dev/null || true
+  rm -f "$pidfile"
+  echo "HiveMQ did not stop within 30 s and was killed."
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  status) running && accepting ;;
+  logs) exec tail -n 100 -F "$logfile" ;;
+  reset) down; rm -rf "$state/data" "$state/conf" "$state/extensions"; echo "HiveMQ data removed." ;;
+  *) echo "usage: $0 up|down|status|logs|reset" >&2; exit 2 ;;
+esac
