@@ -30,7 +30,7 @@ test: prerequisites ## Run all tests against a real Kafka broker (started and st
 	scripts/tools.sh >/dev/null
 	cargo build --workspace --bins --tests
 	deploy/jaeger/jaeger.sh build >/dev/null
-	$(WITH_KAFKA) --jaeger --secure --cluster cargo test --workspace -- --test-threads 4
+	$(WITH_KAFKA) --jaeger --secure --cluster --mqtt cargo test --workspace -- --test-threads 4
 	$(MAKE) --no-print-directory helm-test
 
 helm-test: ## Helm chart: lint --strict, offline Kubernetes schema validation, --check-config of the rendered pods

@@ -23,12 +23,13 @@ fi
 
 # A Python venv with NVIDIA's tritonclient (the standard Open Inference Protocol client the
 # predictor tests talk to), prometheus_client (whose OpenMetrics parser checks /metrics), and
-# kubernetes-validate with pytest for the Helm chart's tests.
+# kubernetes-validate with pytest for the Helm chart's tests, and paho-mqtt (a third-party MQTT
+# client) for the bridge's.
 venv=${KAPPA_PY_VENV:-$HOME/.cache/kappa/py}
-if ! "$venv/bin/python" -c "import tritonclient.grpc, numpy, prometheus_client, kubernetes_validate, pytest, yaml" 2>/dev/null; then
-  echo "Installing tritonclient[grpc], prometheus-client, kubernetes-validate and pytest into $venv..." >&2
+if ! "$venv/bin/python" -c "import tritonclient.grpc, numpy, prometheus_client, kubernetes_validate, pytest, yaml, paho.mqtt" 2>/dev/null; then
+  echo "Installing tritonclient[grpc], prometheus-client, kubernetes-validate, pytest and paho-mqtt into $venv..." >&2
   python3 -m venv "$venv" >&2
   "$venv/bin/pip" install -q "tritonclient[grpc]==2.73.0" "prometheus-client==0.26.0" \
-    "kubernetes-validate==1.37.0" "pytest==8.4.2" >&2
+    "kubernetes-validate==1.37.0" "pytest==8.4.2" "paho-mqtt==2.2.0" >&2
 fi
 echo "$bin"

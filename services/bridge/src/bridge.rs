@@ -1,0 +1,184 @@
+//! The MQTT → Kafka loop. Messages arrive at QoS 1 on a persistent session with manual acks;
+//! each is produced (idempotent, acks=all) and its PUBACK sent only once Kafka acknowledged the
+//! record, in arrival order (MQTT wants acknowledgements in order). The broker sends at most
+//! `--max-in-flight` unacknowledged messages (receive maximum), so when Kafka is slow or away
+//! the bridge stops taking messages instead of buffering them; a crash loses nothing, since
+//! the broker redelivers what was not acknowledged.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use futures::{StreamExt as _, stream::FuturesOrdered};
+use rdkafka::{
+    message::{Header, OwnedHeaders},
+    producer::{FutureProducer, FutureRecord},
+};
+use rumqttc::v5::{
+    AsyncClient, Event, EventLoop, MqttOptions,
+    mqttbytes::{
+        QoS,
+        v5::{ConnectReturnCode, Packet, Publish},
+    },
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    message::{self, Route},
+    metrics::BridgeMetrics,
+};
+
+pub struct Settings {
+    pub filter: String,
+    pub share_group: String,
+    pub sensor_topic: String,
+    pub dead_letter_topic: String,
+}
+
+/// The readiness component of the MQTT connection.
+pub const MQTT: &str = "mqtt";
+
+type Pending = Pin<Box<dyn Future<Output = Publish> + Send>>;
+
+pub async fn run(
+    options: MqttOptions,
+    producer: FutureProducer,
+    settings: Arc<Settings>,
+    metrics: Arc<BridgeMetrics>,
+    readiness: Arc<kappa_runtime::Readiness>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let (client, mut events): (AsyncClient, EventLoop) = AsyncClient::new(options, 64);
+    let subscription = format!("$share/{}/{}", settings.share_group, settings.filter);
+    let mut pending: FuturesOrdered<Pending> = FuturesOrdered::new();
+    let mut last_error_log: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled(), if pending.is_empty() => break,
+            Some(done) = pending.next(), if !pending.is_empty() => {
+                metrics.in_flight.dec();
+                // Fails only when the connection is gone; the broker then redelivers.
+                if let Err(e) = client.ack(&done).await {
+                    tracing::debug!(error = %e, "acknowledgement not sent; the broker will redeliver");
+                }
+            }
+            event = events.poll(), if !shutdown.is_cancelled() => match event {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    if ack.code != ConnectReturnCode::Success {
+                        anyhow::bail!("the MQTT broker refused the connection: {:?}", ack.code);
+                    }
+                    readiness.clear(MQTT);
+                    tracing::info!(session_present = ack.session_present, "connected to the MQTT broker");
+                    if !ack.session_present {
+                        client.subscribe(subscription.clone(), QoS::AtLeastOnce).await?;
+                        tracing::info!(subscription, "subscribed");
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    metrics.received.inc();
+                    if publish.dup {
+                        metrics.redelivered.inc();
+                    }
+                    metrics.in_flight.inc();
+                    pending.push_back(Box::pin(deliver(
+                        publish,
+                        producer.clone(),
+                        Arc::clone(&settings),
+                        Arc::clone(&metrics),
+                    )));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    readiness.report(MQTT, format!("not connected to the MQTT broker: {e}"));
+                    if last_error_log.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                        tracing::warn!(error = %e, "MQTT connection lost; reconnecting");
+                        last_error_log = Some(Instant::now());
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            },
+        }
+    }
+    let _ = client.disconnect().await;
+    Ok(())
+}
+
+/// Produces the message (to the sensor or the dead-letter topic), retrying until Kafka
+/// acknowledges it: the message must not be acknowledged to MQTT before.
+async fn deliver(
+    publish: Publish,
+    producer: FutureProducer,
+    settings: Arc<Settings>,
+    metrics: Arc<BridgeMetrics>,
+) -> Publish {
+    let received = Instant::now();
+    let topic = String::from_utf8_lossy(&publish.topic).into_owned();
+    let key = message::key_of(&settings.filter, &topic).to_owned();
+    let content_type = message::content_type(&publish).map(str::to_owned);
+    let route = message::route(&publish.payload, content_type.as_deref());
+    let received_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+        .to_string();
+    let mut headers = OwnedHeaders::new()
+        .insert(Header {
+            key: "mqtt-topic",
+            value: Some(topic.as_str()),
+        })
+        .insert(Header {
+            key: "mqtt-received-at-ms",
+            value: Some(received_ms.as_str()),
+        });
+    if let Some(content_type) = &content_type {
+        headers = headers.insert(Header {
+            key: "content-type",
+            value: Some(content_type.as_str()),
+        });
+    }
+    if let Some(traceparent) = message::user_property(&publish, "traceparent") {
+        headers = headers.insert(Header {
+            key: "traceparent",
+            value: Some(traceparent),
+        });
+        if let Some(tracestate) = message::user_property(&publish, "tracestate") {
+            headers = headers.insert(Header {
+                key: "tracestate",
+                value: Some(tracestate),
+            });
+        }
+    }
+    let destination = match &route {
+        Route::Sensor => &settings.sensor_topic,
+        Route::DeadLetter(reason) => {
+            headers = headers.insert(Header {
+                key: "kappa-dead-letter-reason",
+                value: Some(reason.as_str()),
+            });
+            &settings.dead_letter_topic
+        }
+    };
+    let mut wait = Duration::from_millis(100);
+    loop {
+        let record = FutureRecord::to(destination)
+            .key(&key)
+            .payload(publish.payload.as_ref())
+            .headers(headers.clone());
+        match producer.send(record, Duration::from_secs(30)).await {
+            Ok(_) => break,
+            Err((e, _)) => {
+                tracing::warn!(error = %e, retry_in = ?wait, "producing a message failed; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    match route {
+        Route::Sensor => metrics.produced.inc(),
+        Route::DeadLetter(_) => metrics.dead_lettered.inc(),
+    };
+    metrics.produce_latency.observe(received.elapsed().as_secs_f64());
+    publish
+}

@@ -1,0 +1,219 @@
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::Parser;
+use kappa_kafka::KafkaArgs;
+use kappa_runtime::LogArgs;
+
+/// kappa-bridge brings telemetry from an MQTT broker into Kafka: it subscribes (QoS 1, a
+/// persistent session, an MQTT 5 shared subscription so replicas split the load) and produces
+/// each message to the sensor topic, keyed by the topic segment the filter's `+` matches. A
+/// message is acknowledged to MQTT only once Kafka has acknowledged its record, so a crash loses
+/// nothing (the broker redelivers; duplicates are counted). A payload that is neither JSON nor
+/// declared protobuf goes to the dead-letter topic with the reason in a header.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "kappa-bridge", version, about, long_about = None)]
+pub struct BridgeConfig {
+    /// gRPC listen address (grpc.health.v1 and reflection). Port 0 picks a free port.
+    #[arg(long, env = "KAPPA_LISTEN", default_value = "127.0.0.1:50054")]
+    pub listen: SocketAddr,
+
+    /// Prometheus metrics listen address (GET /metrics).
+    #[arg(long, env = "KAPPA_METRICS_LISTEN", default_value = "127.0.0.1:9104")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    #[command(flatten)]
+    pub security: kappa_runtime::ServerSecurityArgs,
+
+    /// The MQTT broker: mqtt://HOST:PORT, or mqtts://HOST:PORT for TLS (see --mqtt-ca).
+    #[arg(long, env = "KAPPA_MQTT_URL", default_value = "mqtt://127.0.0.1:1883", value_parser = MqttUrl::parse)]
+    pub mqtt_url: MqttUrl,
+
+    /// Topic filter to subscribe to; the segment its `+` matches becomes the Kafka key.
+    #[arg(long, env = "KAPPA_MQTT_TOPIC", default_value = "cars/+/telemetry", value_parser = parse_filter)]
+    pub mqtt_topic: String,
+
+    /// Shared-subscription group: bridges in one group split the messages between them.
+    #[arg(long, env = "KAPPA_MQTT_SHARE_GROUP", default_value = "kappa-bridge", value_parser = kappa_runtime::args::non_empty)]
+    pub mqtt_share_group: String,
+
+    /// MQTT client id; the persistent session is kept under it, so give each replica a stable
+    /// one (default: kappa-bridge-<hostname>).
+    #[arg(long, env = "KAPPA_MQTT_CLIENT_ID", value_parser = kappa_runtime::args::non_empty)]
+    pub mqtt_client_id: Option<String>,
+
+    /// MQTT user name.
+    #[arg(long, env = "KAPPA_MQTT_USERNAME")]
+    pub mqtt_username: Option<String>,
+
+    /// File holding the MQTT password (a mounted Secret), read at start-up.
+    #[arg(long, env = "KAPPA_MQTT_PASSWORD_FILE", requires = "mqtt_username")]
+    pub mqtt_password_file: Option<PathBuf>,
+
+    /// PEM CA bundle that signs the broker's certificate, for mqtts://.
+    #[arg(long, env = "KAPPA_MQTT_CA")]
+    pub mqtt_ca: Option<PathBuf>,
+
+    /// How long the broker keeps this bridge's session (and queues its messages) while it is
+    /// away, in seconds.
+    #[arg(long = "mqtt-session-expiry-seconds", env = "KAPPA_MQTT_SESSION_EXPIRY_SECONDS", default_value = "86400",
+          value_name = "SECONDS", value_parser = kappa_runtime::args::seconds)]
+    pub mqtt_session_expiry: Duration,
+
+    /// Messages taken from MQTT and not yet acknowledged by Kafka (MQTT 5 receive maximum):
+    /// when Kafka is slow or away, the bridge stops taking messages at this many.
+    #[arg(long, env = "KAPPA_MAX_IN_FLIGHT", default_value_t = 1000,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_in_flight: u16,
+
+    /// Topic the messages are produced to.
+    #[arg(long, env = "KAPPA_SENSOR_TOPIC", default_value = "sensor-data", value_parser = kappa_runtime::args::non_empty)]
+    pub sensor_topic: String,
+
+    /// Topic unreadable payloads go to, with the reason in the `kappa-dead-letter-reason` header.
+    #[arg(long, env = "KAPPA_DEAD_LETTER_TOPIC", default_value = "sensor-data.dead-letter",
+          value_parser = kappa_runtime::args::non_empty)]
+    pub dead_letter_topic: String,
+
+    /// Seconds in-flight messages get to reach Kafka after SIGTERM.
+    #[arg(long = "shutdown-grace-seconds", env = "KAPPA_SHUTDOWN_GRACE_SECONDS", default_value = "10",
+          value_name = "SECONDS", value_parser = kappa_runtime::args::seconds)]
+    pub shutdown_grace: Duration,
+
+    /// Validate the configuration, print it and exit without connecting to anything.
+    #[arg(long)]
+    pub check_config: bool,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// Where the MQTT broker is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttUrl {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+}
+
+impl MqttUrl {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (tls, rest) = if let Some(rest) = text.strip_prefix("mqtts://") {
+            (true, rest)
+        } else if let Some(rest) = text.strip_prefix("mqtt://") {
+            (false, rest)
+        } else {
+            return Err(format!("{text:?} is not mqtt://HOST:PORT or mqtts://HOST:PORT"));
+        };
+        let rest = rest.trim_end_matches('/');
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((host, port)) => (
+                host,
+                port.parse::<u16>()
+                    .map_err(|_| format!("{port:?} in {text:?} is not a port number"))?,
+            ),
+            None => (rest, if tls { 8883 } else { 1883 }),
+        };
+        if host.is_empty() {
+            return Err(format!("{text:?} names no host"));
+        }
+        Ok(Self {
+            host: host.to_owned(),
+            port,
+            tls,
+        })
+    }
+}
+
+impl std::fmt::Display for MqttUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = if self.tls { "mqtts" } else { "mqtt" };
+        write!(f, "{scheme}://{}:{}", self.host, self.port)
+    }
+}
+
+/// A filter with at most one `+`, which names the key; `#` only last.
+fn parse_filter(text: &str) -> Result<String, String> {
+    let levels: Vec<&str> = text.split('/').collect();
+    if text.is_empty() || levels.iter().any(|l| l.is_empty()) {
+        return Err(format!("{text:?} is not a topic filter (empty level)"));
+    }
+    if levels.iter().filter(|l| **l == "+").count() > 1 {
+        return Err(format!(
+            "{text:?} has more than one `+`; the one `+` names the Kafka key"
+        ));
+    }
+    if let Some(i) = levels.iter().position(|l| l.contains('#'))
+        && (i != levels.len() - 1 || levels[i] != "#")
+    {
+        return Err(format!("{text:?}: `#` may only be the whole last level"));
+    }
+    if levels
+        .iter()
+        .any(|l| l.len() > 1 && (l.contains('+') || l.contains('#')))
+    {
+        return Err(format!("{text:?}: wildcards must be whole levels"));
+    }
+    Ok(text.to_owned())
+}
+
+impl BridgeConfig {
+    pub fn client_id(&self) -> String {
+        self.mqtt_client_id
+            .clone()
+            .unwrap_or_else(|| format!("kappa-bridge-{}", kappa_runtime::hostname()))
+    }
+
+    /// The MQTT password from its file, when one is configured.
+    pub fn mqtt_password(&self) -> Result<Option<String>, String> {
+        self.mqtt_password_file
+            .as_ref()
+            .map(|path| {
+                std::fs::read_to_string(path)
+                    .map(|p| p.trim_end_matches(['\r', '\n']).to_owned())
+                    .map_err(|e| format!("--mqtt-password-file {}: {e}", path.display()))
+            })
+            .transpose()
+    }
+
+    /// Relations between flags, and files that must be readable.
+    pub fn validate(&self) -> Result<(), String> {
+        self.mqtt_password()?;
+        if let Some(ca) = &self.mqtt_ca {
+            if !self.mqtt_url.tls {
+                return Err("--mqtt-ca is set but --mqtt-url is not mqtts://".into());
+            }
+            std::fs::read(ca).map_err(|e| format!("--mqtt-ca {}: {e}", ca.display()))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_and_filters_are_checked_at_parse_time() {
+        assert_eq!(
+            MqttUrl::parse("mqtts://broker.example.com").unwrap(),
+            MqttUrl {
+                host: "broker.example.com".into(),
+                port: 8883,
+                tls: true
+            }
+        );
+        assert_eq!(MqttUrl::parse("mqtt://127.0.0.1:1884").unwrap().port, 1884);
+        assert!(MqttUrl::parse("tcp://x:1").is_err());
+        assert!(MqttUrl::parse("mqtt://:1883").is_err());
+        assert!(MqttUrl::parse("mqtt://x:http").is_err());
+        assert!(parse_filter("cars/+/telemetry").is_ok());
+        assert!(parse_filter("cars/#").is_ok());
+        assert!(parse_filter("cars/+/+/x").is_err());
+        assert!(parse_filter("cars/#/x").is_err());
+        assert!(parse_filter("cars//x").is_err());
+        assert!(parse_filter("cars/a+/x").is_err());
+    }
+}

@@ -1,0 +1,137 @@
+//! kappa-bridge: the fleet's front door. Cars publish MQTT; the bridge hands each message to
+//! Kafka and acknowledges it to MQTT only once Kafka has it. See [`bridge`] for the loop.
+
+pub mod bridge;
+pub mod config;
+mod message;
+mod metrics;
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use kappa_runtime::{Readiness, auth::Access};
+use prometheus_client::registry::Registry as MetricsRegistry;
+use rdkafka::producer::FutureProducer;
+use rumqttc::{TlsConfiguration, Transport, v5::MqttOptions};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::BridgeConfig;
+
+/// The bridge serves no RPC of its own: health and reflection only, both open.
+fn access(_: &str) -> Access {
+    Access::Unlisted
+}
+
+fn mqtt_options(config: &BridgeConfig) -> anyhow::Result<MqttOptions> {
+    let url = &config.mqtt_url;
+    let mut options = MqttOptions::new(config.client_id(), url.host.clone(), url.port);
+    options
+        .set_keep_alive(Duration::from_secs(30))
+        .set_clean_start(false)
+        .set_manual_acks(true)
+        .set_session_expiry_interval(Some(
+            config.mqtt_session_expiry.as_secs().min(u64::from(u32::MAX)) as u32
+        ))
+        .set_receive_maximum(Some(config.max_in_flight))
+        .set_max_packet_size(Some(1 << 20));
+    if let Some(user) = &config.mqtt_username {
+        options.set_credentials(
+            user.clone(),
+            config.mqtt_password().map_err(anyhow::Error::msg)?.unwrap_or_default(),
+        );
+    }
+    if url.tls {
+        let ca = match &config.mqtt_ca {
+            Some(path) => std::fs::read(path).with_context(|| format!("--mqtt-ca {}", path.display()))?,
+            None => anyhow::bail!("mqtts:// needs --mqtt-ca: the PEM bundle that signs the broker's certificate"),
+        };
+        options.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
+            ca,
+            alpn: None,
+            client_auth: None,
+        }));
+    }
+    Ok(options)
+}
+
+/// Runs the bridge until `shutdown` resolves.
+pub async fn run(
+    config: BridgeConfig,
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let kafka = config.kafka.clients().map_err(anyhow::Error::msg)?;
+    let producer: FutureProducer = kafka
+        .config(&[("acks", "all"), ("enable.idempotence", "true"), ("linger.ms", "5")])
+        .create()?;
+    let metrics = Arc::new(metrics::BridgeMetrics::default());
+    let mut metrics_registry = MetricsRegistry::default();
+    metrics.register(&mut metrics_registry);
+    let stop = CancellationToken::new();
+    let security = config
+        .security
+        .load(access, kappa_api::streaming_paths(), stop.clone())
+        .map_err(anyhow::Error::msg)?;
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let readiness = Readiness::start(reporter, &[""], &[(bridge::MQTT, "connecting to the MQTT broker")]).await;
+    readiness.register(&mut metrics_registry, "kappa_bridge");
+
+    let options = mqtt_options(&config)?;
+    let settings = Arc::new(bridge::Settings {
+        filter: config.mqtt_topic.clone(),
+        share_group: config.mqtt_share_group.clone(),
+        sensor_topic: config.sensor_topic.clone(),
+        dead_letter_topic: config.dead_letter_topic.clone(),
+    });
+    {
+        let (readiness_for_task, stop) = (Arc::clone(&readiness), stop.clone());
+        readiness.supervise("bridge", stop.clone(), move || {
+            bridge::run(
+                options.clone(),
+                producer.clone(),
+                Arc::clone(&settings),
+                Arc::clone(&metrics),
+                Arc::clone(&readiness_for_task),
+                stop.clone(),
+            )
+        });
+    }
+    if let Some(listener) = metrics_listener {
+        tracing::info!(address = %listener.local_addr()?, "serving Prometheus metrics at /metrics");
+        tokio::spawn(kappa_runtime::serve_metrics(
+            listener,
+            Arc::new(metrics_registry),
+            stop.clone().cancelled_owned(),
+            security.metrics_tls.clone(),
+        ));
+    }
+    let (reflection_v1, reflection_v1alpha) = kappa_api::reflection::for_services(&[])?;
+    tracing::info!(
+        address = %listener.local_addr()?,
+        mqtt = %config.mqtt_url,
+        topic = config.mqtt_topic,
+        sensor_topic = config.sensor_topic,
+        "kappa-bridge listening for gRPC (health)"
+    );
+    let router = kappa_runtime::kappa_server(&security)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+    kappa_runtime::serve_gracefully(
+        router,
+        listener,
+        &security,
+        shutdown,
+        &readiness,
+        config.shutdown_grace,
+        || {},
+    )
+    .await?;
+    stop.cancel();
+    // In-flight messages reach Kafka and are acknowledged before the bridge goes.
+    readiness.stopped(config.shutdown_grace).await;
+    tracing::info!("kappa-bridge stopped");
+    Ok(())
+}

@@ -1,0 +1,64 @@
+use prometheus_client::{
+    metrics::{
+        counter::Counter,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+
+/// The bridge's Prometheus series (`kappa_bridge_*`); names are documented in the README.
+#[derive(Debug)]
+pub struct BridgeMetrics {
+    pub received: Counter,
+    pub redelivered: Counter,
+    pub produced: Counter,
+    pub dead_lettered: Counter,
+    pub in_flight: Gauge,
+    pub produce_latency: Histogram,
+}
+
+impl Default for BridgeMetrics {
+    fn default() -> Self {
+        Self {
+            received: Counter::default(),
+            redelivered: Counter::default(),
+            produced: Counter::default(),
+            dead_lettered: Counter::default(),
+            in_flight: Gauge::default(),
+            produce_latency: Histogram::new(exponential_buckets(0.000_5, 2.0, 16)),
+        }
+    }
+}
+
+impl BridgeMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("kappa_bridge");
+        r.register("received", "MQTT messages received", self.received.clone());
+        r.register(
+            "redelivered",
+            "MQTT messages received again (DUP set: sent before, not acknowledged in time)",
+            self.redelivered.clone(),
+        );
+        r.register(
+            "produced",
+            "Messages acknowledged by Kafka on the sensor topic",
+            self.produced.clone(),
+        );
+        r.register(
+            "dead_lettered",
+            "Unreadable messages acknowledged by Kafka on the dead-letter topic",
+            self.dead_lettered.clone(),
+        );
+        r.register(
+            "in_flight",
+            "Messages taken from MQTT and not yet acknowledged by Kafka",
+            self.in_flight.clone(),
+        );
+        r.register(
+            "produce_latency_seconds",
+            "From receiving a message to Kafka acknowledging its record",
+            self.produce_latency.clone(),
+        );
+    }
+}

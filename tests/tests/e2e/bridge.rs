@@ -1,0 +1,198 @@
+//! kappa-bridge between the real MQTT broker (HiveMQ CE, `make mqtt-up`; `make test` starts it)
+//! and the real Kafka broker, fed by a third-party MQTT client (paho-mqtt from PyPI).
+
+use std::{
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use rdkafka::{
+    Message,
+    consumer::{BaseConsumer, Consumer},
+    error::KafkaError,
+    message::Headers,
+};
+
+use crate::support::*;
+
+const MQTT_PORT: u16 = 1883;
+
+/// One record as a plain consumer sees it: key, payload and headers.
+struct Record {
+    key: String,
+    payload: Vec<u8>,
+    headers: Vec<(String, String)>,
+}
+
+impl Record {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+async fn read_with_headers(topic: &str) -> Vec<Record> {
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = kafka_config_at(&bootstrap())
+            .set("group.id", unique("bridge-reader"))
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "true")
+            .create()
+            .unwrap();
+        let Ok(metadata) = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10)) else {
+            return Vec::new();
+        };
+        let partitions = metadata.topics()[0].partitions().len();
+        if partitions == 0 {
+            return Vec::new();
+        }
+        consumer.subscribe(&[&topic]).unwrap();
+        let (mut at_end, mut records) = (0, Vec::new());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while at_end < partitions && Instant::now() < deadline {
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => records.push(Record {
+                    key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                    payload: m.payload().unwrap_or_default().to_vec(),
+                    headers: m
+                        .headers()
+                        .map(|h| {
+                            h.iter()
+                                .map(|x| {
+                                    (
+                                        x.key.to_owned(),
+                                        String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned(),
+                                    )
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                }),
+                Some(Err(KafkaError::PartitionEOF(_))) => at_end += 1,
+                _ => {}
+            }
+        }
+        records
+    })
+    .await
+    .unwrap()
+}
+
+fn publish_over_mqtt(prefix: &str, messages: usize, cars: usize, malformed: usize) -> serde_json::Value {
+    let python = std::env::var("KAPPA_TEST_PYTHON")
+        .unwrap_or_else(|_| format!("{}/.cache/kappa/py/bin/python", std::env::var("HOME").unwrap()));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/mqtt_publish.py");
+    let out = Command::new(python)
+        .arg(script)
+        .args(["127.0.0.1", &MQTT_PORT.to_string(), prefix])
+        .args([messages.to_string(), cars.to_string(), malformed.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "paho-mqtt publisher failed (is the MQTT broker up? `make mqtt-up`): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+async fn count_reaches(topic: &str, wanted: usize, within: Duration) -> Vec<Record> {
+    let deadline = Instant::now() + within;
+    loop {
+        let records = read_with_headers(topic).await;
+        if records.len() >= wanted || Instant::now() > deadline {
+            return records;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test]
+async fn every_mqtt_message_arrives_once_keyed_by_car_with_its_headers_and_bad_ones_are_dead_lettered() {
+    let prefix = unique("test-cars");
+    let (sensors, dead) = (unique("test.sensors"), unique("test.dead-letter"));
+    let bridge = Launch::new("kappa-bridge", &sensors)
+        .args([
+            format!("--mqtt-url=mqtt://127.0.0.1:{MQTT_PORT}"),
+            format!("--mqtt-topic={prefix}/+/telemetry"),
+            format!("--mqtt-share-group={}", unique("bridges")),
+            format!("--mqtt-client-id={}", unique("bridge")),
+            format!("--sensor-topic={sensors}"),
+            format!("--dead-letter-topic={dead}"),
+        ])
+        .start("")
+        .await;
+    let (messages, cars, malformed) = (600, 40, 7);
+    let sent = publish_over_mqtt(&prefix, messages, cars, malformed);
+    assert_eq!(sent["messages"], messages);
+
+    let records = count_reaches(&sensors, messages, Duration::from_secs(60)).await;
+    // Anything late would have arrived by now: exactly the messages sent, each once.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let records = if records.len() == messages {
+        read_with_headers(&sensors).await
+    } else {
+        records
+    };
+    assert_eq!(
+        records.len(),
+        messages,
+        "every message exactly once:\n{}",
+        bridge.log_text()
+    );
+    let mut seqs: Vec<u64> = records
+        .iter()
+        .map(|r| {
+            let event: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
+            assert_eq!(
+                event["car"].as_str().unwrap(),
+                r.key,
+                "keyed by the car the topic names"
+            );
+            let topic = r.header("mqtt-topic").unwrap();
+            assert_eq!(topic, format!("{prefix}/{}/telemetry", r.key));
+            let received: i64 = r.header("mqtt-received-at-ms").unwrap().parse().unwrap();
+            assert!(received > 1_700_000_000_000);
+            event["seq"].as_u64().unwrap()
+        })
+        .collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (0..messages as u64).collect::<Vec<_>>());
+    let traced = records.iter().filter(|r| r.header("traceparent").is_some()).count();
+    assert_eq!(
+        traced,
+        messages / 10,
+        "a traceparent user property becomes the record's header"
+    );
+    for r in records.iter().filter(|r| r.header("traceparent").is_some()) {
+        let event: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
+        let seq = event["seq"].as_u64().unwrap();
+        assert_eq!(
+            r.header("traceparent").unwrap(),
+            format!("00-{:032x}-{:016x}-01", seq + 1, seq + 1)
+        );
+    }
+
+    let dead_letters = count_reaches(&dead, malformed, Duration::from_secs(30)).await;
+    assert_eq!(dead_letters.len(), malformed);
+    for r in &dead_letters {
+        assert!(
+            r.header("kappa-dead-letter-reason").unwrap().starts_with("not JSON"),
+            "{:?}",
+            r.headers
+        );
+        assert_eq!(r.key, "car-bad");
+    }
+    let metrics = scrape(&bridge.metrics_url).await;
+    assert_eq!(
+        series_value(&metrics, "kappa_bridge_produced_total"),
+        Some(messages as f64)
+    );
+    assert_eq!(
+        series_value(&metrics, "kappa_bridge_dead_lettered_total"),
+        Some(malformed as f64)
+    );
+    assert_eq!(series_value(&metrics, "kappa_bridge_in_flight"), Some(0.0));
+}
