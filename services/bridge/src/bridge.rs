@@ -6,6 +6,7 @@
 //! the broker redelivers what was not acknowledged.
 
 use std::{
+    collections::VecDeque,
     future::Future,
     pin::Pin,
     sync::Arc,
@@ -54,29 +55,50 @@ pub async fn run(
     let (client, mut events): (AsyncClient, EventLoop) = AsyncClient::new(options, 64);
     let subscription = format!("$share/{}/{}", settings.share_group, settings.filter);
     let mut pending: FuturesOrdered<Pending> = FuturesOrdered::new();
+    // Requests go to the event loop through a bounded channel that only `poll` drains, so they
+    // are queued here and handed over without waiting (waiting inside the loop that must poll
+    // would deadlock once the channel is full). Acknowledgements keep their order.
+    let mut acks: VecDeque<Publish> = VecDeque::new();
+    let mut subscribe = false;
     let mut last_error_log: Option<Instant> = None;
     loop {
+        if subscribe && client.try_subscribe(subscription.clone(), QoS::AtLeastOnce).is_ok() {
+            subscribe = false;
+        }
+        while let Some(done) = acks.front() {
+            if client.try_ack(done).is_err() {
+                break;
+            }
+            acks.pop_front();
+        }
+        if shutdown.is_cancelled() && pending.is_empty() && acks.is_empty() {
+            break;
+        }
         tokio::select! {
-            () = shutdown.cancelled(), if pending.is_empty() => break,
             Some(done) = pending.next(), if !pending.is_empty() => {
                 metrics.in_flight.dec();
-                // Fails only when the connection is gone; the broker then redelivers.
-                if let Err(e) = client.ack(&done).await {
-                    tracing::debug!(error = %e, "acknowledgement not sent; the broker will redeliver");
-                }
+                acks.push_back(done);
             }
-            event = events.poll(), if !shutdown.is_cancelled() => match event {
+            // Also after shutdown, until the acknowledgements are out.
+            event = events.poll() => match event {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     if ack.code != ConnectReturnCode::Success {
                         anyhow::bail!("the MQTT broker refused the connection: {:?}", ack.code);
                     }
-                    readiness.clear(MQTT);
                     tracing::info!(session_present = ack.session_present, "connected to the MQTT broker");
-                    if !ack.session_present {
-                        client.subscribe(subscription.clone(), QoS::AtLeastOnce).await?;
-                        tracing::info!(subscription, "subscribed");
+                    if ack.session_present {
+                        readiness.clear(MQTT);
+                    } else {
+                        subscribe = true;
                     }
                 }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    readiness.clear(MQTT);
+                    tracing::info!(subscription, "subscribed");
+                }
+                // Stopping: not taken, so not acknowledged; the broker hands it to another bridge
+                // of the group, or to this one when it is back.
+                Ok(Event::Incoming(Packet::Publish(_))) if shutdown.is_cancelled() => {}
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
                     metrics.received.inc();
                     if publish.dup {
@@ -91,6 +113,8 @@ pub async fn run(
                     )));
                 }
                 Ok(_) => {}
+                // Stopping: what could not be acknowledged is redelivered to the next bridge.
+                Err(_) if shutdown.is_cancelled() => break,
                 Err(e) => {
                     readiness.report(MQTT, format!("not connected to the MQTT broker: {e}"));
                     if last_error_log.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {

@@ -80,16 +80,23 @@ async fn read_with_headers(topic: &str) -> Vec<Record> {
     .unwrap()
 }
 
-fn publish_over_mqtt(prefix: &str, messages: usize, cars: usize, malformed: usize) -> serde_json::Value {
+/// The publisher script: `messages` with seq from `first`, `malformed` more, `pause_ms` apart
+/// (0: pipelined).
+fn publisher(prefix: &str, messages: usize, cars: usize, malformed: usize, pause_ms: u64, first: usize) -> Command {
     let python = std::env::var("KAPPA_TEST_PYTHON")
         .unwrap_or_else(|_| format!("{}/.cache/kappa/py/bin/python", std::env::var("HOME").unwrap()));
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/mqtt_publish.py");
-    let out = Command::new(python)
+    let mut command = Command::new(python);
+    command
         .arg(script)
         .args(["127.0.0.1", &MQTT_PORT.to_string(), prefix])
-        .args([messages.to_string(), cars.to_string(), malformed.to_string()])
-        .output()
-        .unwrap();
+        .args([messages, cars, malformed].map(|n| n.to_string()))
+        .args([pause_ms.to_string(), first.to_string()]);
+    command
+}
+
+fn publish_over_mqtt(prefix: &str, messages: usize, cars: usize, malformed: usize) -> serde_json::Value {
+    let out = publisher(prefix, messages, cars, malformed, 0, 0).output().unwrap();
     assert!(
         out.status.success(),
         "paho-mqtt publisher failed (is the MQTT broker up? `make mqtt-up`): {}",
@@ -195,4 +202,113 @@ async fn every_mqtt_message_arrives_once_keyed_by_car_with_its_headers_and_bad_o
         Some(malformed as f64)
     );
     assert_eq!(series_value(&metrics, "kappa_bridge_in_flight"), Some(0.0));
+}
+
+fn bridge(prefix: &str, group: &str, client_id: &str, sensors: &str) -> Launch {
+    Launch::new("kappa-bridge", sensors).args([
+        format!("--mqtt-url=mqtt://127.0.0.1:{MQTT_PORT}"),
+        format!("--mqtt-topic={prefix}/+/telemetry"),
+        format!("--mqtt-share-group={group}"),
+        format!("--mqtt-client-id={client_id}"),
+        format!("--sensor-topic={sensors}"),
+        format!("--dead-letter-topic={sensors}.dead-letter"),
+    ])
+}
+
+/// The `seq` of every record, in topic order.
+fn seqs(records: &[Record]) -> Vec<u64> {
+    records
+        .iter()
+        .map(|r| {
+            let event: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
+            event["seq"].as_u64().unwrap()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_bridge_killed_mid_stream_loses_nothing_and_counts_what_it_gets_again() {
+    let (prefix, group, client_id) = (unique("test-cars"), unique("bridges"), unique("bridge"));
+    let sensors = unique("test.sensors");
+    let first = bridge(&prefix, &group, &client_id, &sensors).start("").await;
+    let messages = 1500;
+    // About 4 s of publishing at QoS 1, so the kill lands mid-stream.
+    let mut publishing = publisher(&prefix, messages, 30, 0, 2, 0)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while series_value(&scrape(&first.metrics_url).await, "kappa_bridge_produced_total").unwrap_or(0.0) < 200.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the bridge produced nothing:\n{}",
+            first.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.kill9();
+    // The same client id resumes the persistent session: what was not acknowledged comes again.
+    let second = bridge(&prefix, &group, &client_id, &sensors).start("").await;
+    assert!(publishing.wait().unwrap().success(), "the publisher failed");
+    let records = count_reaches(&sensors, messages, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let records = if records.len() >= messages {
+        read_with_headers(&sensors).await
+    } else {
+        records
+    };
+    let all = seqs(&records);
+    let distinct: std::collections::BTreeSet<u64> = all.iter().copied().collect();
+    assert_eq!(
+        distinct,
+        (0..messages as u64).collect(),
+        "no message lost across the kill:\n{}",
+        second.log_text()
+    );
+    let duplicates = all.len() - distinct.len();
+    let redelivered = series_value(&scrape(&second.metrics_url).await, "kappa_bridge_redelivered_total").unwrap();
+    println!(
+        "{messages} messages, {} records, {duplicates} duplicates, {redelivered} redelivered",
+        all.len()
+    );
+    assert!(
+        duplicates as f64 <= redelivered,
+        "every duplicate is a redelivery the bridge counted ({duplicates} > {redelivered})"
+    );
+}
+
+#[tokio::test]
+async fn two_bridges_in_one_share_group_deliver_each_message_once_and_either_carries_on_alone() {
+    let (prefix, group) = (unique("test-cars"), unique("bridges"));
+    let sensors = unique("test.sensors");
+    let a = bridge(&prefix, &group, &unique("bridge-a"), &sensors).start("").await;
+    let b = bridge(&prefix, &group, &unique("bridge-b"), &sensors).start("").await;
+    let half = 500;
+    publish_over_mqtt(&prefix, half, 50, 0);
+    count_reaches(&sensors, half, Duration::from_secs(60)).await;
+    let produced = |text: &str| series_value(text, "kappa_bridge_produced_total").unwrap_or(0.0);
+    let (first_a, first_b) = (
+        produced(&scrape(&a.metrics_url).await),
+        produced(&scrape(&b.metrics_url).await),
+    );
+    // Each message went to one member of the group, not to both (as two plain subscriptions would).
+    assert_eq!(first_a + first_b, half as f64, "a: {first_a}, b: {first_b}");
+    // The member that took the messages stops; the other takes the rest.
+    let (busy, other) = if first_a >= first_b { (a, b) } else { (b, a) };
+    assert!(busy.terminate().success(), "a clean stop");
+    let more = publisher(&prefix, half, 50, 0, 0, half).output().unwrap();
+    assert!(more.status.success(), "{}", String::from_utf8_lossy(&more.stderr));
+    let records = count_reaches(&sensors, 2 * half, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let records = if records.len() == 2 * half {
+        read_with_headers(&sensors).await
+    } else {
+        records
+    };
+    assert_eq!(records.len(), 2 * half, "{}", other.log_text());
+    let distinct: std::collections::BTreeSet<u64> = seqs(&records).into_iter().collect();
+    assert_eq!(distinct, (0..2 * half as u64).collect(), "every message, once");
+    let rest = produced(&scrape(&other.metrics_url).await);
+    println!("first half: {first_a} / {first_b}; the remaining bridge produced {rest} in all");
+    assert!(rest >= half as f64, "the remaining member took the second half");
 }
