@@ -312,3 +312,84 @@ async fn two_bridges_in_one_share_group_deliver_each_message_once_and_either_car
     println!("first half: {first_a} / {first_b}; the remaining bridge produced {rest} in all");
     assert!(rest >= half as f64, "the remaining member took the second half");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_kafka_away_the_bridge_stops_taking_messages_and_loses_none() {
+    let broker = crate::outage::OwnBroker::start();
+    let (prefix, group) = (unique("test-cars"), unique("bridges"));
+    let sensors = unique("test.sensors");
+    let max_in_flight = 50;
+    let bridge = bridge(&prefix, &group, &unique("bridge"), &sensors)
+        .bootstrap(&broker.bootstrap)
+        .args([format!("--max-in-flight={max_in_flight}")])
+        .start("")
+        .await;
+    let metric = |name: &'static str| {
+        let url = bridge.metrics_url.clone();
+        async move { series_value(&scrape(&url).await, name).unwrap_or(0.0) }
+    };
+    let messages = 2000;
+    let mut publishing = publisher(&prefix, messages, 30, 0, 5, 0)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric("kappa_bridge_produced_total").await < 200.0 {
+        assert!(Instant::now() < deadline, "nothing produced:\n{}", bridge.log_text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    broker.run("down");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (produced_at_stop, received_at_stop) = (
+        metric("kappa_bridge_produced_total").await,
+        metric("kappa_bridge_received_total").await,
+    );
+    let mut most_in_flight: f64 = 0.0;
+    for _ in 0..26 {
+        most_in_flight = most_in_flight.max(metric("kappa_bridge_in_flight").await);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (produced_later, received_later) = (
+        metric("kappa_bridge_produced_total").await,
+        metric("kappa_bridge_received_total").await,
+    );
+    println!(
+        "Kafka away 15 s: produced {produced_at_stop} -> {produced_later}, received {received_at_stop} -> {received_later}, at most {most_in_flight} in flight"
+    );
+    assert_eq!(
+        produced_later, produced_at_stop,
+        "nothing is produced while Kafka is away"
+    );
+    assert!(
+        most_in_flight <= f64::from(max_in_flight),
+        "the bridge holds at most --max-in-flight messages: {most_in_flight}"
+    );
+    assert!(
+        received_later - received_at_stop <= f64::from(max_in_flight),
+        "it stops taking messages instead of buffering them"
+    );
+    broker.run("up");
+    assert!(publishing.wait().unwrap().success(), "the publisher failed");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let seqs: std::collections::BTreeSet<u64> = read_positioned_at(&broker.bootstrap, &sensors, "read_committed")
+            .await
+            .iter()
+            .map(|r| {
+                let event: serde_json::Value = serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
+                event["seq"].as_u64().unwrap()
+            })
+            .collect();
+        if seqs.len() == messages {
+            assert_eq!(seqs, (0..messages as u64).collect());
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {messages} messages in Kafka after it came back:\n{}",
+            seqs.len(),
+            bridge.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

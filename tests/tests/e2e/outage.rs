@@ -22,14 +22,14 @@ use kappa_api::{
 use crate::support::*;
 
 /// A single-node broker in a state directory of its own, on free ports.
-struct OwnBroker {
+pub(crate) struct OwnBroker {
     env: Vec<(String, String)>,
-    bootstrap: String,
+    pub(crate) bootstrap: String,
     _state: tempfile::TempDir,
 }
 
 impl OwnBroker {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let state = tempfile::tempdir().unwrap();
         let port = free_port();
         let env = vec![
@@ -46,7 +46,7 @@ impl OwnBroker {
         broker
     }
 
-    fn run(&self, action: &str) {
+    pub(crate) fn run(&self, action: &str) {
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/kafka/kafka.sh");
         let out = Command::new(script)
             .arg(action)
