@@ -19,10 +19,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
-use kappa_api::inference::{
-    InferTensorContents, ModelInferRequest, grpc_inference_service_client::GrpcInferenceServiceClient,
-    model_infer_request::InferInputTensor,
-};
+use kappa_api::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use kappa_fleet::{CAR_FIELDS, car_autoencoder};
 use kappa_model::example::random_weights;
 use rdkafka::{
@@ -211,23 +208,6 @@ async fn wait_ready(address: &str, within: Duration) -> anyhow::Result<()> {
     }
 }
 
-fn request(row: &[f32]) -> ModelInferRequest {
-    ModelInferRequest {
-        model_name: MODEL.into(),
-        inputs: vec![InferInputTensor {
-            name: "input".into(),
-            datatype: "FP32".into(),
-            shape: vec![1, row.len() as i64],
-            contents: Some(InferTensorContents {
-                fp32_contents: row.to_vec(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
-}
-
 #[derive(Default)]
 struct Calls {
     ok: AtomicU64,
@@ -258,7 +238,12 @@ async fn caller(first: String, second: String, calls: Arc<Calls>, stop: Arc<Atom
             if attempt == 1 {
                 calls.retried.fetch_add(1, Ordering::Relaxed);
             }
-            match tokio::time::timeout(Duration::from_secs(5), c.model_infer(request(&row))).await {
+            match tokio::time::timeout(
+                Duration::from_secs(5),
+                c.model_infer(kappa_client::oip::infer_request(MODEL, row.clone(), row.len())),
+            )
+            .await
+            {
                 Ok(Ok(_)) => {
                     answered = true;
                     break;

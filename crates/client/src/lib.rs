@@ -5,6 +5,7 @@
 //! limits) is added here once.
 
 mod channel;
+pub mod oip;
 mod registry;
 mod security;
 

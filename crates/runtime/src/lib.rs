@@ -27,7 +27,7 @@ pub use grpc_trace::{
     GrpcClientTracing, GrpcServerTracing, TracedChannel, TracedClient, TracedServer, traced, traced_with_token,
 };
 pub use logging::{LogArgs, LogFormat, Telemetry, init_telemetry};
-pub use metrics_server::serve_metrics;
+pub use metrics_server::{serve_metrics, spawn_metrics};
 pub use otel::OtelSettings;
 pub use readiness::{Readiness, panic_message};
 pub use security::{ServerSecurity, ServerSecurityArgs};

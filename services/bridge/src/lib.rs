@@ -98,15 +98,7 @@ pub async fn run(
             )
         });
     }
-    if let Some(listener) = metrics_listener {
-        tracing::info!(address = %listener.local_addr()?, "serving Prometheus metrics at /metrics");
-        tokio::spawn(kappa_runtime::serve_metrics(
-            listener,
-            Arc::new(metrics_registry),
-            stop.clone().cancelled_owned(),
-            security.metrics_tls.clone(),
-        ));
-    }
+    kappa_runtime::spawn_metrics(metrics_listener, metrics_registry, &security, &stop)?;
     let (reflection_v1, reflection_v1alpha) = kappa_api::reflection::for_services(&[])?;
     tracing::info!(
         address = %listener.local_addr()?,

@@ -127,15 +127,7 @@ pub async fn run(
     };
     let registry = RegistryServer::new(service).max_decoding_message_size(security.limits.max_message_bytes);
 
-    if let Some(listener) = metrics_listener {
-        tracing::info!(address = %listener.local_addr()?, "serving Prometheus metrics at /metrics");
-        tokio::spawn(kappa_runtime::serve_metrics(
-            listener,
-            Arc::new(metrics_registry),
-            stop.clone().cancelled_owned(),
-            security.metrics_tls.clone(),
-        ));
-    }
+    kappa_runtime::spawn_metrics(metrics_listener, metrics_registry, &security, &stop)?;
 
     tracing::info!(address = %listener.local_addr()?, "kappa-registry listening for gRPC");
     let router = kappa_runtime::kappa_server(&security)

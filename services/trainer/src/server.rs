@@ -58,15 +58,7 @@ pub async fn run(
         .security
         .load(crate::access::access, kappa_api::streaming_paths(), stop.clone())
         .map_err(anyhow::Error::msg)?;
-    if let Some(listener) = metrics_listener {
-        tracing::info!(address = %listener.local_addr()?, "serving Prometheus metrics at /metrics");
-        tokio::spawn(kappa_runtime::serve_metrics(
-            listener,
-            Arc::new(metrics_registry),
-            stop.clone().cancelled_owned(),
-            security.metrics_tls.clone(),
-        ));
-    }
+    kappa_runtime::spawn_metrics(metrics_listener, metrics_registry, &security, &stop)?;
     tracing::info!(address = %listener.local_addr()?, registry = %config.registry, "kappa-trainer listening for gRPC");
     let router = kappa_runtime::kappa_server(&security)
         .add_service(health_service)

@@ -7,77 +7,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use rdkafka::{
-    Message,
-    consumer::{BaseConsumer, Consumer},
-    error::KafkaError,
-    message::Headers,
-};
-
 use crate::support::*;
 
 const MQTT_PORT: u16 = 1883;
 
-/// One record as a plain consumer sees it: key, payload and headers.
-struct Record {
-    key: String,
-    payload: Vec<u8>,
-    headers: Vec<(String, String)>,
-}
-
-impl Record {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
-    }
-}
-
-async fn read_with_headers(topic: &str) -> Vec<Record> {
-    let topic = topic.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = kafka_config_at(&bootstrap())
-            .set("group.id", unique("bridge-reader"))
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "true")
-            .create()
-            .unwrap();
-        let Ok(metadata) = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10)) else {
-            return Vec::new();
-        };
-        let partitions = metadata.topics()[0].partitions().len();
-        if partitions == 0 {
-            return Vec::new();
-        }
-        consumer.subscribe(&[&topic]).unwrap();
-        let (mut at_end, mut records) = (0, Vec::new());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while at_end < partitions && Instant::now() < deadline {
-            match consumer.poll(Duration::from_millis(200)) {
-                Some(Ok(m)) => records.push(Record {
-                    key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
-                    payload: m.payload().unwrap_or_default().to_vec(),
-                    headers: m
-                        .headers()
-                        .map(|h| {
-                            h.iter()
-                                .map(|x| {
-                                    (
-                                        x.key.to_owned(),
-                                        String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned(),
-                                    )
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                }),
-                Some(Err(KafkaError::PartitionEOF(_))) => at_end += 1,
-                _ => {}
-            }
-        }
-        records
-    })
-    .await
-    .unwrap()
+fn payload(record: &Positioned) -> &[u8] {
+    record.value.as_deref().unwrap_or_default()
 }
 
 /// The publisher script: `messages` with seq from `first`, `malformed` more, `pause_ms` apart
@@ -105,10 +40,10 @@ fn publish_over_mqtt(prefix: &str, messages: usize, cars: usize, malformed: usiz
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-async fn count_reaches(topic: &str, wanted: usize, within: Duration) -> Vec<Record> {
+async fn count_reaches(topic: &str, wanted: usize, within: Duration) -> Vec<Positioned> {
     let deadline = Instant::now() + within;
     loop {
-        let records = read_with_headers(topic).await;
+        let records = read_positioned(topic, "read_committed").await;
         if records.len() >= wanted || Instant::now() > deadline {
             return records;
         }
@@ -139,7 +74,7 @@ async fn every_mqtt_message_arrives_once_keyed_by_car_with_its_headers_and_bad_o
     // Anything late would have arrived by now: exactly the messages sent, each once.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let records = if records.len() == messages {
-        read_with_headers(&sensors).await
+        read_positioned(&sensors, "read_committed").await
     } else {
         records
     };
@@ -152,7 +87,7 @@ async fn every_mqtt_message_arrives_once_keyed_by_car_with_its_headers_and_bad_o
     let mut seqs: Vec<u64> = records
         .iter()
         .map(|r| {
-            let event: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
+            let event: serde_json::Value = serde_json::from_slice(payload(r)).unwrap();
             assert_eq!(
                 event["car"].as_str().unwrap(),
                 r.key,
@@ -174,7 +109,7 @@ async fn every_mqtt_message_arrives_once_keyed_by_car_with_its_headers_and_bad_o
         "a traceparent user property becomes the record's header"
     );
     for r in records.iter().filter(|r| r.header("traceparent").is_some()) {
-        let event: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
+        let event: serde_json::Value = serde_json::from_slice(payload(r)).unwrap();
         let seq = event["seq"].as_u64().unwrap();
         assert_eq!(
             r.header("traceparent").unwrap(),
@@ -216,11 +151,11 @@ fn bridge(prefix: &str, group: &str, client_id: &str, sensors: &str) -> Launch {
 }
 
 /// The `seq` of every record, in topic order.
-fn seqs(records: &[Record]) -> Vec<u64> {
+fn seqs(records: &[Positioned]) -> Vec<u64> {
     records
         .iter()
         .map(|r| {
-            let event: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
+            let event: serde_json::Value = serde_json::from_slice(payload(r)).unwrap();
             event["seq"].as_u64().unwrap()
         })
         .collect()
@@ -253,7 +188,7 @@ async fn a_bridge_killed_mid_stream_loses_nothing_and_counts_what_it_gets_again(
     let records = count_reaches(&sensors, messages, Duration::from_secs(60)).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let records = if records.len() >= messages {
-        read_with_headers(&sensors).await
+        read_positioned(&sensors, "read_committed").await
     } else {
         records
     };
@@ -301,7 +236,7 @@ async fn two_bridges_in_one_share_group_deliver_each_message_once_and_either_car
     let records = count_reaches(&sensors, 2 * half, Duration::from_secs(60)).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let records = if records.len() == 2 * half {
-        read_with_headers(&sensors).await
+        read_positioned(&sensors, "read_committed").await
     } else {
         records
     };

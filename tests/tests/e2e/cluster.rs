@@ -84,14 +84,7 @@ async fn a_broker_killed_mid_publish_and_mid_stream_loses_nothing_and_serves_on(
         .unwrap();
     // The stream scores with the small model; the large one is only published (its forward
     // pass would make the debug build's scoring the slowest thing here).
-    client
-        .set_alias(pb::SetAliasRequest {
-            name: "clustered".into(),
-            alias: "production".into(),
-            version: 1,
-        })
-        .await
-        .unwrap();
+    set_alias(&mut client, "clustered", "production", 1).await.unwrap();
 
     let (sensors, predictions) = (unique("test.sensors"), unique("test.predictions"));
     create_replicated(&bootstrap, &sensors, 3).await;
@@ -175,14 +168,7 @@ async fn a_broker_killed_mid_publish_and_mid_stream_loses_nothing_and_serves_on(
     );
     // The registry and the predictor carry on: an alias move is served.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while let Err(status) = client
-        .set_alias(pb::SetAliasRequest {
-            name: "clustered".into(),
-            alias: "canary".into(),
-            version,
-        })
-        .await
-    {
+    while let Err(status) = set_alias(&mut client, "clustered", "canary", version).await {
         assert!(Instant::now() < deadline, "no alias move accepted: {status:?}");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

@@ -12,7 +12,7 @@ use std::{
 use kappa_api::{
     inference::{
         InferTensorContents, ModelInferRequest, ModelMetadataRequest, ServerLiveRequest, ServerReadyRequest,
-        grpc_inference_service_client::GrpcInferenceServiceClient, model_infer_request::InferInputTensor,
+        grpc_inference_service_client::GrpcInferenceServiceClient,
     },
     predictor::{PredictRequest, predictor_client::PredictorClient},
     registry as pb,
@@ -26,21 +26,8 @@ use crate::support::*;
 const TOLERANCE: f32 = 1e-5;
 
 fn infer_request(model: &str, rows: &[Vec<f32>]) -> ModelInferRequest {
-    let cols = rows.first().map_or(18, Vec::len);
-    ModelInferRequest {
-        model_name: model.to_owned(),
-        inputs: vec![InferInputTensor {
-            name: "input".into(),
-            datatype: "FP32".into(),
-            shape: vec![rows.len() as i64, cols as i64],
-            parameters: Default::default(),
-            contents: Some(InferTensorContents {
-                fp32_contents: rows.iter().flatten().copied().collect(),
-                ..Default::default()
-            }),
-        }],
-        ..Default::default()
-    }
+    let columns = rows.first().map_or(18, Vec::len);
+    kappa_client::oip::infer_request(model, rows.concat(), columns)
 }
 
 fn sensor_request(value: f64) -> PredictRequest {
@@ -189,14 +176,7 @@ async fn hot_swap_under_load_fails_no_request_and_serves_each_version_within_a_s
     let mut client = registry_client(&registry).await;
     let m = car_autoencoder("fleet", &[8]);
     publish(&mut client, &m, &random_weights(&m, 0), "").await.unwrap();
-    client
-        .set_alias(pb::SetAliasRequest {
-            name: "fleet".into(),
-            alias: "production".into(),
-            version: 1,
-        })
-        .await
-        .unwrap();
+    set_alias(&mut client, "fleet", "production", 1).await.unwrap();
     let predictor = PredictorSetup::new(&setup.topic, "fleet", "production")
         .arg("--inference-threads")
         .arg("2")
@@ -427,14 +407,7 @@ async fn with_the_registry_stopped_a_fresh_predictor_loads_from_kafka_alone() {
         publish(&mut client, &m, &random_weights(&m, seed), "").await.unwrap();
     }
     // Alias an older version, so the predictor must read chunks it no longer holds in memory.
-    client
-        .set_alias(pb::SetAliasRequest {
-            name: "standalone".into(),
-            alias: "production".into(),
-            version: 1,
-        })
-        .await
-        .unwrap();
+    set_alias(&mut client, "standalone", "production", 1).await.unwrap();
     drop(client);
     assert!(registry.terminate().success());
 

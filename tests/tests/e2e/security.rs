@@ -775,22 +775,9 @@ async fn a_predictor_with_trusted_keys_serves_only_signed_versions_and_never_fai
         .unwrap();
 }
 
+/// One row for `model`.
 pub(crate) fn oip_request(model: &str, row: &[f32]) -> ModelInferRequest {
-    use kappa_api::inference::{InferTensorContents, model_infer_request::InferInputTensor};
-    ModelInferRequest {
-        model_name: model.to_owned(),
-        inputs: vec![InferInputTensor {
-            name: "input".into(),
-            datatype: "FP32".into(),
-            shape: vec![1, row.len() as i64],
-            contents: Some(InferTensorContents {
-                fp32_contents: row.to_vec(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
+    kappa_client::oip::infer_request(model, row.to_vec(), row.len())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

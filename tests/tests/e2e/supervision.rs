@@ -11,10 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use kappa_api::{
-    predictor::{PredictRequest, predictor_client::PredictorClient},
-    registry as pb,
-};
+use kappa_api::predictor::{PredictRequest, predictor_client::PredictorClient};
 use kappa_fleet::{CAR_FIELDS, car_autoencoder};
 use kappa_model::example::random_weights;
 use tonic::Code;
@@ -185,14 +182,7 @@ async fn a_weight_read_that_fails_is_tried_again_and_the_version_served() {
     }
     // The follower keeps only the newest version's weights, so serving version 1 reads its
     // chunks from the topic; the first two reads fail as if the broker had gone away.
-    client
-        .set_alias(pb::SetAliasRequest {
-            name: "retried".into(),
-            alias: "production".into(),
-            version: 1,
-        })
-        .await
-        .unwrap();
+    set_alias(&mut client, "retried", "production", 1).await.unwrap();
     let started = Instant::now();
     let predictor = PredictorSetup::new(&setup.topic, "retried", "production")
         .arg("--fault-fail-weight-reads=2")

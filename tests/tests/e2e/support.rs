@@ -307,6 +307,23 @@ pub async fn publish(
         .await
 }
 
+/// Points `alias` of `name` at `version`.
+pub async fn set_alias(
+    client: &mut RegistryClient<TracedChannel>,
+    name: &str,
+    alias: &str,
+    version: u64,
+) -> Result<(), Status> {
+    client
+        .set_alias(pb::SetAliasRequest {
+            name: name.to_owned(),
+            alias: alias.to_owned(),
+            version,
+        })
+        .await
+        .map(drop)
+}
+
 /// A version and its weights through the project's registry client; a digest mismatch fails
 /// the test, any other error is the registry's status.
 pub async fn get_model(
@@ -391,6 +408,14 @@ pub struct Positioned {
     pub key: String,
     pub value: Option<Vec<u8>>,
     pub timestamp_ms: i64,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Positioned {
+    /// The value of the record's header `name`, when it has one.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
 }
 
 /// Reads every partition of `topic` with a plain librdkafka consumer at the given isolation
@@ -423,6 +448,10 @@ pub async fn read_positioned_at(bootstrap: &str, topic: &str, isolation: &str) -
             .unwrap();
         let metadata = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10)).unwrap();
         let partitions: Vec<i32> = metadata.topics()[0].partitions().iter().map(|p| p.id()).collect();
+        // A topic nobody has written to yet holds nothing.
+        if partitions.is_empty() {
+            return Vec::new();
+        }
         let mut tpl = rdkafka::TopicPartitionList::new();
         for p in &partitions {
             tpl.add_partition_offset(&topic, *p, rdkafka::Offset::Beginning)
@@ -447,6 +476,18 @@ pub async fn read_positioned_at(bootstrap: &str, topic: &str, isolation: &str) -
                         .unwrap_or_default(),
                     value: m.payload().map(<[u8]>::to_vec),
                     timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
+                    headers: m
+                        .headers()
+                        .map(|h| {
+                            use rdkafka::message::Headers as _;
+                            h.iter()
+                                .map(|x| {
+                                    let value = String::from_utf8_lossy(x.value.unwrap_or_default());
+                                    (x.key.to_owned(), value.into_owned())
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
                 }),
                 Some(Err(KafkaError::PartitionEOF(p))) => {
                     at_end.insert(p);

@@ -126,15 +126,18 @@ fn consumer_config(kafka: &KafkaClients, group: &str, exactly_once: bool) -> Cli
 /// exactly-once the transactional id (a transaction left open by a killed replica blocks
 /// read_committed readers until the broker times it out, hence the short timeout).
 fn producer_config(kafka: &KafkaClients, transactional_id: Option<&str>) -> ClientConfig {
-    let defaults = [
-        ("acks", "all"),
-        ("enable.idempotence", "true"),
-        ("linger.ms", "2"),
-        ("transaction.timeout.ms", "10000"),
-    ];
+    const DEFAULTS: [(&str, &str); 3] = [("acks", "all"), ("enable.idempotence", "true"), ("linger.ms", "2")];
     match transactional_id {
-        Some(id) => kafka.config_with(&defaults, &[("transactional.id", id)]),
-        None => kafka.config(&defaults[..3]),
+        Some(id) => {
+            let defaults = [
+                DEFAULTS[0],
+                DEFAULTS[1],
+                DEFAULTS[2],
+                ("transaction.timeout.ms", "10000"),
+            ];
+            kafka.config_with(&defaults, &[("transactional.id", id)])
+        }
+        None => kafka.config(&DEFAULTS),
     }
 }
 
@@ -146,7 +149,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let exactly_once = settings.transactional_id.is_some();
-    let context = StreamContext::new(!exactly_once);
+    let context = StreamContext::default();
     let consumer: Arc<StreamConsumer<StreamContext>> =
         Arc::new(consumer_config(&kafka, &settings.group, exactly_once).create_with_context(context)?);
     consumer.subscribe(&[&settings.sensor_topic])?;
