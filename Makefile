@@ -48,9 +48,9 @@ lint: ## cargo fmt --check, clippy with warnings as errors, cargo deny (licences
 fmt: ## Format the code
 	cargo fmt --all
 
-demo: build ## The whole loop: Kafka + Jaeger, registry, 2 predictors, trainer, fleet, train, promote, retrain, swap
+demo: build ## The whole loop: Kafka, MQTT + Jaeger; bridge, registry, 2 predictors, trainer; cars over MQTT, train, promote, retrain, swap
 	deploy/jaeger/jaeger.sh build >/dev/null
-	$(WITH_KAFKA) --jaeger scripts/demo.sh
+	$(WITH_KAFKA) --jaeger --mqtt scripts/demo.sh
 
 jaeger-up: ## Build (once) and start a local Jaeger all-in-one: UI/API :16686, OTLP gRPC :4317
 	deploy/jaeger/jaeger.sh up

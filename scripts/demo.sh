@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The demo behind `make demo`: the whole Kappa loop on one machine, traced in Jaeger. Kafka and
-# Jaeger are already up (scripts/with-kafka.sh --jaeger).
-#   1. the mesh: kappa-registry, two kappa-predictor replicas scoring the sensor stream and
-#      following `production`, kappa-trainer; every service exports its spans to Jaeger;
-#   2. fleet history into Kafka, a continuous training job: round 1 trains, publishes and
-#      promotes, both predictors swap to it and score the live stream;
+# The demo behind `make demo`: the whole Kappa loop on one machine, traced in Jaeger. Kafka,
+# the MQTT broker and Jaeger are already up (scripts/with-kafka.sh --jaeger --mqtt).
+#   1. the mesh: kappa-bridge (MQTT -> Kafka), kappa-registry, two kappa-predictor replicas
+#      scoring the sensor stream and following `production`, kappa-trainer; every service exports
+#      its spans to Jaeger;
+#   2. the cars publish their history over MQTT, one connection per car; the bridge carries it
+#      into Kafka; a continuous training job: round 1 trains, publishes and promotes, both
+#      predictors swap to it and score the live stream, which the cars keep publishing;
 #   3. round 2 retrains on the sliding window and publishes the next version; both predictors
 #      move to it while a gRPC client keeps calling them, and not one call fails;
 #   4. a wind-turbine fleet the code has never seen: inspected, trained with inferred features,
@@ -14,7 +16,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 bin=${CARGO_TARGET_DIR:-$HOME/.cache/kappa/target}/debug
-for b in kappa kappa-registry kappa-predictor kappa-trainer; do
+for b in kappa kappa-registry kappa-predictor kappa-trainer kappa-bridge; do
   [ -x "$bin/$b" ] || { echo "$bin/$b is missing: run \`make demo\`, which builds first" >&2; exit 1; }
 done
 run=${KAPPA_DEMO_RUN_DIR:-$here/.run/demo}
@@ -26,6 +28,10 @@ registry_port=${DEMO_REGISTRY_PORT:-50051} predictor_a=${DEMO_PREDICTOR_PORT:-50
 predictor_b=${DEMO_PREDICTOR_B_PORT:-50054} trainer_port=${DEMO_TRAINER_PORT:-50053}
 registry_metrics=${DEMO_REGISTRY_METRICS_PORT:-9101} predictor_a_metrics=${DEMO_PREDICTOR_METRICS_PORT:-9102}
 predictor_b_metrics=${DEMO_PREDICTOR_B_METRICS_PORT:-9104} trainer_metrics=${DEMO_TRAINER_METRICS_PORT:-9103}
+bridge_port=${DEMO_BRIDGE_PORT:-50055} bridge_metrics=${DEMO_BRIDGE_METRICS_PORT:-9105}
+mqtt_url=mqtt://127.0.0.1:${MQTT_PORT:-1883}
+# The topic each car publishes to: <prefix>/<car>/telemetry.
+mqtt_prefix=${DEMO_MQTT_PREFIX:-cars}
 models_topic=${DEMO_MODELS_TOPIC:-kappa.models}
 sensors=${DEMO_SENSOR_TOPIC:-sensor-data}
 predictions=${DEMO_PREDICTIONS_TOPIC:-model-predictions}
@@ -77,7 +83,7 @@ check_services() {
 }
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 for port in $registry_port $predictor_a $predictor_b $trainer_port $registry_metrics $predictor_a_metrics \
-  $predictor_b_metrics $trainer_metrics; do
+  $predictor_b_metrics $trainer_metrics $bridge_port $bridge_metrics; do
   port_free "$port" || { echo "port $port is in use: stop what listens there (a previous demo?) and retry" >&2; exit 1; }
 done
 
@@ -95,6 +101,12 @@ last_swap() { # predictor: how long its last swap took from the publish
 serves() { [ "$(metric "$1" kappa_predictor_loaded_version)" = "$2" ]; }
 
 step "1. The mesh (logs in ${run#$here/}/, spans to Jaeger at $OTEL_EXPORTER_OTLP_ENDPOINT)"
+# The bridge first: it creates the sensor topic with 4 partitions for the two predictors to share.
+start_service bridge "$bin/kappa-bridge" --listen "127.0.0.1:$bridge_port" --metrics-listen "127.0.0.1:$bridge_metrics" \
+  --mqtt-url "$mqtt_url" --mqtt-topic "$mqtt_prefix/+/telemetry" --mqtt-client-id "kappa-demo-bridge-$bridge_port" \
+  --mqtt-share-group "kappa-demo-bridges-$bridge_port" --mqtt-session-expiry-seconds 300 \
+  --sensor-topic "$sensors" --sensor-topic-partitions 4 --dead-letter-topic "$sensors.dead-letter"
+wait_for "the bridge's MQTT subscription" 60 sh -c "curl -s http://127.0.0.1:$bridge_metrics/metrics | grep -q '^kappa_bridge_ready 1'"
 start_service registry "$bin/kappa-registry" --listen "127.0.0.1:$registry_port" \
   --metrics-listen "127.0.0.1:$registry_metrics"
 for p in a b; do
@@ -109,15 +121,20 @@ wait_for "the registry's replay of $models_topic" 60 kappa models list
 wait_for "the trainer" 60 kappa train list
 wait_for "the predictors' metrics endpoints" 60 sh -c \
   "curl -sf http://127.0.0.1:$predictor_a_metrics/metrics && curl -sf http://127.0.0.1:$predictor_b_metrics/metrics"
+say "kappa-bridge     grpc 127.0.0.1:$bridge_port   metrics :$bridge_metrics   $mqtt_url $mqtt_prefix/+/telemetry -> $sensors"
 say "kappa-registry   grpc 127.0.0.1:$registry_port   metrics :$registry_metrics   models topic $models_topic"
 say "kappa-predictor  grpc 127.0.0.1:$predictor_a   metrics :$predictor_a_metrics   follows $model@production, scores $sensors -> $predictions"
 say "kappa-predictor  grpc 127.0.0.1:$predictor_b   metrics :$predictor_b_metrics   (second replica, same consumer group)"
 say "kappa-trainer    grpc 127.0.0.1:$trainer_port   metrics :$trainer_metrics"
 say "Jaeger UI/API    $jaeger_ui"
 
-step "2. Fleet history into Kafka topic $sensors: 50 cars, 30% may develop one of five failures"
-kappa fleet --topic "$sensors" --cars 50 --events 20000 --rate 0 --backdate-seconds 1500 --failing-share 0.3 \
-  --failure-chance 0.01 --seed 1 --jsonl "$run/history.jsonl" | indent
+step "2. 50 cars publish their history over MQTT ($mqtt_prefix/<car>/telemetry, QoS 1), 30% may develop one of five failures"
+produced_before=$(metric "$bridge_metrics" kappa_bridge_produced_total)
+kappa fleet --mqtt-url "$mqtt_url" --mqtt-topic "$mqtt_prefix/+/telemetry" --cars 50 --events 20000 --rate 0 \
+  --backdate-seconds 1500 --failing-share 0.3 --failure-chance 0.01 --seed 1 --jsonl "$run/history.jsonl" | indent
+bridged() { [ "$(metric "$bridge_metrics" kappa_bridge_produced_total)" -ge $((produced_before + 20000)) ]; }
+wait_for "the bridge to carry the 20000 messages into Kafka" 120 bridged
+say "kappa-bridge: $(metric "$bridge_metrics" kappa_bridge_produced_total) messages produced to $sensors, $(metric "$bridge_metrics" kappa_bridge_dead_lettered_total) dead-lettered, each acknowledged to MQTT only once Kafka had it"
 
 step "3. Continuous training: the last 30 minutes, every ${retrain_seconds} s, two rounds; promote to production past the gate"
 job=$(kappa train start --model "$model" --topic "$sensors" --label failure_occurred --last-minutes 30 --every-seconds "$retrain_seconds" \
@@ -148,10 +165,10 @@ for p in a b; do
   metrics_var=predictor_${p}_metrics
   say "predictor $p: serving v$(metric "${!metrics_var}" kappa_predictor_loaded_version), $(last_swap "$p")"
 done
-kappa fleet --topic "$sensors" --cars 50 --rate 250 --duration-seconds 600 --failing-share 0.3 --failure-chance 0.01 \
-  --seed 2 >"$run/live-fleet.txt" 2>&1 &
+kappa fleet --mqtt-url "$mqtt_url" --mqtt-topic "$mqtt_prefix/+/telemetry" --cars 50 --rate 250 --duration-seconds 600 \
+  --failing-share 0.3 --failure-chance 0.01 --seed 2 >"$run/live-fleet.txt" 2>&1 &
 pids+=($!)
-say "live fleet: 50 cars at 250 events/s (another seed) -> $sensors"
+say "live fleet: 50 cars at 250 events/s (another seed) over MQTT -> kappa-bridge -> $sensors"
 sleep 8
 kappa predictions --topic "$predictions" --last-seconds 8 | indent
 
@@ -196,7 +213,8 @@ trace=$(status | json_field '(d.get("lineage",{}).get("traceContext",{}).get("tr
 cat <<TXT
    Jaeger UI:            $jaeger_ui/trace/$trace   (v$next's journey: training round -> publish -> registry transaction -> both predictors' load and swap)
    Jaeger API:           curl -s '$jaeger_ui/api/traces?service=kappa-predictor&operation=model.load&limit=5'
-   metrics:              curl -s http://127.0.0.1:$predictor_a_metrics/metrics   (registry :$registry_metrics, trainer :$trainer_metrics, predictor B :$predictor_b_metrics)
+   metrics:              curl -s http://127.0.0.1:$predictor_a_metrics/metrics   (registry :$registry_metrics, trainer :$trainer_metrics, predictor B :$predictor_b_metrics, bridge :$bridge_metrics)
+   the cars' MQTT:       $mqtt_url, topics $mqtt_prefix/<car>/telemetry (any MQTT client can publish there too)
    grpcurl -plaintext 127.0.0.1:$predictor_a list
    grpcurl -plaintext -d '{"name":"$model"}' 127.0.0.1:$registry_port kappa.registry.v1.Registry/ListVersions
    grpcurl -plaintext -d '{"name":"$model"}' 127.0.0.1:$predictor_a inference.GRPCInferenceService/ModelMetadata
@@ -204,7 +222,7 @@ cat <<TXT
    $bin/kappa predictions --topic $predictions --last-seconds 30
 TXT
 echo
-echo "Demo complete: history in Kafka -> trained -> published with lineage -> promoted -> both replicas swapped,"
+echo "Demo complete: cars over MQTT -> kappa-bridge -> Kafka -> trained -> published with lineage -> promoted -> both replicas swapped,"
 echo "then retrained on the live window -> v$next -> swapped again under load with zero failed calls;"
 echo "and a turbine fleet with a schema of its own was inspected, trained on inferred features and served."
 if [ "$demo_seconds" -gt 0 ]; then

@@ -125,3 +125,30 @@ pub async fn ensure_models_topic(clients: &KafkaClients, settings: &ModelsTopicS
     }
     Ok(())
 }
+
+/// Creates `topic` with `partitions` partitions (the broker's default replication) unless it
+/// exists; an existing topic is used as it is. Returns whether it was created.
+pub async fn ensure_topic(clients: &KafkaClients, topic: &str, partitions: i32) -> Result<bool, TopicError> {
+    let kafka = |source| TopicError::Kafka {
+        topic: topic.to_owned(),
+        source,
+    };
+    let admin: AdminClient<DefaultClientContext> = clients.config(&[]).create().map_err(kafka)?;
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = admin
+        .create_topics(
+            [&NewTopic::new(topic, partitions, TopicReplication::Fixed(-1))],
+            &options,
+        )
+        .await
+        .map_err(kafka)?;
+    let mut created = false;
+    for result in results {
+        match result {
+            Ok(_) => created = true,
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((_, code)) => return Err(kafka(KafkaError::AdminOp(code))),
+        }
+    }
+    Ok(created)
+}

@@ -10,7 +10,7 @@ mod context;
 pub mod range;
 pub mod trace_headers;
 
-pub use admin::{ModelsTopicSettings, TopicError, ensure_models_topic};
+pub use admin::{ModelsTopicSettings, TopicError, ensure_models_topic, ensure_topic};
 pub use config::{KafkaArgs, KafkaClients};
 pub use consumer_errors::is_transient;
 pub use context::ReaderContext;

@@ -1,7 +1,8 @@
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use clap::Parser;
 use kappa_kafka::KafkaArgs;
+use kappa_mqtt::{MqttAccess, MqttUrl};
 use kappa_runtime::LogArgs;
 
 /// kappa-bridge brings telemetry from an MQTT broker into Kafka: it subscribes (QoS 1, a
@@ -44,17 +45,8 @@ pub struct BridgeConfig {
     #[arg(long, env = "KAPPA_MQTT_CLIENT_ID", value_parser = kappa_runtime::args::non_empty)]
     pub mqtt_client_id: Option<String>,
 
-    /// MQTT user name.
-    #[arg(long, env = "KAPPA_MQTT_USERNAME")]
-    pub mqtt_username: Option<String>,
-
-    /// File holding the MQTT password (a mounted Secret), read at start-up.
-    #[arg(long, env = "KAPPA_MQTT_PASSWORD_FILE", requires = "mqtt_username")]
-    pub mqtt_password_file: Option<PathBuf>,
-
-    /// PEM CA bundle that signs the broker's certificate, for mqtts://.
-    #[arg(long, env = "KAPPA_MQTT_CA")]
-    pub mqtt_ca: Option<PathBuf>,
+    #[command(flatten)]
+    pub mqtt_access: MqttAccess,
 
     /// How long the broker keeps this bridge's session (and queues its messages) while it is
     /// away, in seconds.
@@ -72,6 +64,11 @@ pub struct BridgeConfig {
     #[arg(long, env = "KAPPA_SENSOR_TOPIC", default_value = "sensor-data", value_parser = kappa_runtime::args::non_empty)]
     pub sensor_topic: String,
 
+    /// Create the sensor and dead-letter topics with this many partitions when they do not
+    /// exist yet (needs CreateTopics on them); unset, they must exist or the broker creates them.
+    #[arg(long, env = "KAPPA_SENSOR_TOPIC_PARTITIONS", value_parser = clap::value_parser!(i32).range(1..))]
+    pub sensor_topic_partitions: Option<i32>,
+
     /// Topic unreadable payloads go to, with the reason in the `kappa-dead-letter-reason` header.
     #[arg(long, env = "KAPPA_DEAD_LETTER_TOPIC", default_value = "sensor-data.dead-letter",
           value_parser = kappa_runtime::args::non_empty)]
@@ -88,50 +85,6 @@ pub struct BridgeConfig {
 
     #[command(flatten)]
     pub log: LogArgs,
-}
-
-/// Where the MQTT broker is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MqttUrl {
-    pub host: String,
-    pub port: u16,
-    pub tls: bool,
-}
-
-impl MqttUrl {
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let (tls, rest) = if let Some(rest) = text.strip_prefix("mqtts://") {
-            (true, rest)
-        } else if let Some(rest) = text.strip_prefix("mqtt://") {
-            (false, rest)
-        } else {
-            return Err(format!("{text:?} is not mqtt://HOST:PORT or mqtts://HOST:PORT"));
-        };
-        let rest = rest.trim_end_matches('/');
-        let (host, port) = match rest.rsplit_once(':') {
-            Some((host, port)) => (
-                host,
-                port.parse::<u16>()
-                    .map_err(|_| format!("{port:?} in {text:?} is not a port number"))?,
-            ),
-            None => (rest, if tls { 8883 } else { 1883 }),
-        };
-        if host.is_empty() {
-            return Err(format!("{text:?} names no host"));
-        }
-        Ok(Self {
-            host: host.to_owned(),
-            port,
-            tls,
-        })
-    }
-}
-
-impl std::fmt::Display for MqttUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let scheme = if self.tls { "mqtts" } else { "mqtt" };
-        write!(f, "{scheme}://{}:{}", self.host, self.port)
-    }
 }
 
 /// A filter with at most one `+`, which names the key; `#` only last.
@@ -166,28 +119,12 @@ impl BridgeConfig {
             .unwrap_or_else(|| format!("kappa-bridge-{}", kappa_runtime::hostname()))
     }
 
-    /// The MQTT password from its file, when one is configured.
-    pub fn mqtt_password(&self) -> Result<Option<String>, String> {
-        self.mqtt_password_file
-            .as_ref()
-            .map(|path| {
-                std::fs::read_to_string(path)
-                    .map(|p| p.trim_end_matches(['\r', '\n']).to_owned())
-                    .map_err(|e| format!("--mqtt-password-file {}: {e}", path.display()))
-            })
-            .transpose()
-    }
-
     /// Relations between flags, and files that must be readable.
     pub fn validate(&self) -> Result<(), String> {
-        self.mqtt_password()?;
-        if let Some(ca) = &self.mqtt_ca {
-            if !self.mqtt_url.tls {
-                return Err("--mqtt-ca is set but --mqtt-url is not mqtts://".into());
-            }
-            std::fs::read(ca).map_err(|e| format!("--mqtt-ca {}: {e}", ca.display()))?;
-        }
-        Ok(())
+        self.mqtt_access
+            .connection(&self.mqtt_url)
+            .map(drop)
+            .map_err(|e| format!("{e:#}"))
     }
 }
 
@@ -196,19 +133,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn urls_and_filters_are_checked_at_parse_time() {
-        assert_eq!(
-            MqttUrl::parse("mqtts://broker.example.com").unwrap(),
-            MqttUrl {
-                host: "broker.example.com".into(),
-                port: 8883,
-                tls: true
-            }
-        );
-        assert_eq!(MqttUrl::parse("mqtt://127.0.0.1:1884").unwrap().port, 1884);
-        assert!(MqttUrl::parse("tcp://x:1").is_err());
-        assert!(MqttUrl::parse("mqtt://:1883").is_err());
-        assert!(MqttUrl::parse("mqtt://x:http").is_err());
+    fn filters_are_checked_at_parse_time() {
         assert!(parse_filter("cars/+/telemetry").is_ok());
         assert!(parse_filter("cars/#").is_ok());
         assert!(parse_filter("cars/+/+/x").is_err());

@@ -6,13 +6,12 @@ pub mod config;
 mod message;
 mod metrics;
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc};
 
-use anyhow::Context as _;
 use kappa_runtime::{Readiness, auth::Access};
 use prometheus_client::registry::Registry as MetricsRegistry;
 use rdkafka::producer::FutureProducer;
-use rumqttc::{TlsConfiguration, Transport, v5::MqttOptions};
+use rumqttc::v5::MqttOptions;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -23,35 +22,20 @@ fn access(_: &str) -> Access {
     Access::Unlisted
 }
 
+/// The connection options of a bridge: a persistent session (the broker queues while the
+/// bridge is away), manual acknowledgements, and at most `--max-in-flight` unacknowledged.
 fn mqtt_options(config: &BridgeConfig) -> anyhow::Result<MqttOptions> {
-    let url = &config.mqtt_url;
-    let mut options = MqttOptions::new(config.client_id(), url.host.clone(), url.port);
+    let mut options = config
+        .mqtt_access
+        .connection(&config.mqtt_url)?
+        .options(config.client_id());
     options
-        .set_keep_alive(Duration::from_secs(30))
         .set_clean_start(false)
         .set_manual_acks(true)
         .set_session_expiry_interval(Some(
             config.mqtt_session_expiry.as_secs().min(u64::from(u32::MAX)) as u32
         ))
-        .set_receive_maximum(Some(config.max_in_flight))
-        .set_max_packet_size(Some(1 << 20));
-    if let Some(user) = &config.mqtt_username {
-        options.set_credentials(
-            user.clone(),
-            config.mqtt_password().map_err(anyhow::Error::msg)?.unwrap_or_default(),
-        );
-    }
-    if url.tls {
-        let ca = match &config.mqtt_ca {
-            Some(path) => std::fs::read(path).with_context(|| format!("--mqtt-ca {}", path.display()))?,
-            None => anyhow::bail!("mqtts:// needs --mqtt-ca: the PEM bundle that signs the broker's certificate"),
-        };
-        options.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
-            ca,
-            alpn: None,
-            client_auth: None,
-        }));
-    }
+        .set_receive_maximum(Some(config.max_in_flight));
     Ok(options)
 }
 
@@ -63,6 +47,13 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let kafka = config.kafka.clients().map_err(anyhow::Error::msg)?;
+    if let Some(partitions) = config.sensor_topic_partitions {
+        for topic in [&config.sensor_topic, &config.dead_letter_topic] {
+            if kappa_kafka::ensure_topic(&kafka, topic, partitions).await? {
+                tracing::info!(topic, partitions, "created the topic");
+            }
+        }
+    }
     let producer: FutureProducer = kafka
         .config(&[("acks", "all"), ("enable.idempotence", "true"), ("linger.ms", "5")])
         .create()?;

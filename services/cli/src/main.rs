@@ -41,8 +41,8 @@ enum Command {
     Predictions(predictions::PredictionsArgs),
     /// Start, follow, list and cancel training jobs on kappa-trainer.
     Train(train::TrainArgs),
-    /// Simulate a connected-car fleet producing telemetry (with failures) to Kafka.
-    Fleet(fleet::FleetArgs),
+    /// Simulate a connected-car fleet sending telemetry (with failures) to Kafka or over MQTT.
+    Fleet(Box<fleet::FleetArgs>),
     /// Look at a topic's events before training on them: fields, types, spread, label balance.
     Data(data::DataArgs),
     /// Make bearer tokens for the services' --auth-tokens files.
@@ -109,7 +109,7 @@ async fn main() -> ExitCode {
         match cli.command {
             Command::Models(args) => models::run(args, &security()?).await,
             Command::Predict(args) => predict::run(args, &security()?).await,
-            Command::Fleet(args) => fleet::run(args).await,
+            Command::Fleet(args) => fleet::run(*args).await,
             Command::Data(args) => data::run(args).await,
             Command::Load(args) => load::run(args, &security()?).await,
             Command::Predictions(args) => predictions::run(args).await,

@@ -328,3 +328,133 @@ async fn with_kafka_away_the_bridge_stops_taking_messages_and_loses_none() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+/// `make demo`'s path: `kappa fleet` over MQTT, one connection per car → HiveMQ → kappa-bridge
+/// → Kafka → a stream-mode predictor → the predictions topic.
+#[tokio::test]
+async fn the_fleet_over_mqtt_reaches_kafka_whole_and_every_event_is_scored_by_the_stream_predictor() {
+    let setup = RegistrySetup::new();
+    let registry = setup.start().await;
+    let mut client = registry_client(&registry).await;
+    let model = kappa_fleet::car_autoencoder("over-mqtt", &[8]);
+    publish(
+        &mut client,
+        &model,
+        &kappa_model::example::random_weights(&model, 3),
+        "",
+    )
+    .await
+    .unwrap();
+    let prefix = unique("test-fleet");
+    let (sensors, predictions) = (unique("test.sensors"), unique("test.predictions"));
+    let _bridge = bridge(&prefix, &unique("bridges"), &unique("bridge"), &sensors)
+        .args(["--sensor-topic-partitions=3"])
+        .start("")
+        .await;
+    create_topic_with_partitions(&predictions, 1).await;
+    let predictor = PredictorSetup::new(&setup.topic, "over-mqtt", "latest")
+        .stream(&sensors, &predictions)
+        .start()
+        .await;
+
+    let (cars, events) = (30, 900);
+    let jsonl = std::env::temp_dir().join(format!("{}.jsonl", unique("fleet-over-mqtt")));
+    let out = Command::new(binary("kappa"))
+        .args(["fleet", &format!("--mqtt-url=mqtt://127.0.0.1:{MQTT_PORT}")])
+        .arg(format!("--mqtt-topic={prefix}/+/telemetry"))
+        .args([
+            "--cars",
+            &cars.to_string(),
+            "--events",
+            &events.to_string(),
+            "--rate",
+            "0",
+        ])
+        .args(["--failing-share", "0.3", "--seed", "11", "--jsonl"])
+        .arg(&jsonl)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "kappa fleet failed: {report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        report.contains(&format!(
+            "{events} events sent, {events} acknowledged by the MQTT broker, 0 failed"
+        )),
+        "{report}"
+    );
+
+    // Kafka holds exactly the events the fleet wrote, each once, keyed by its car.
+    let records = count_reaches(&sensors, events, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let records = if records.len() == events {
+        read_positioned(&sensors, "read_committed").await
+    } else {
+        records
+    };
+    let mut written: Vec<serde_json::Value> = std::fs::read_to_string(&jsonl)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let mut arrived: Vec<serde_json::Value> = records
+        .iter()
+        .map(|r| {
+            let event: serde_json::Value = serde_json::from_slice(payload(r)).unwrap();
+            assert_eq!(event["car"].as_str(), Some(r.key.as_str()), "keyed by the car");
+            assert_eq!(r.header("mqtt-topic").unwrap(), format!("{prefix}/{}/telemetry", r.key));
+            assert_eq!(r.header("content-type"), Some("application/json"));
+            event
+        })
+        .collect();
+    let order = |a: &serde_json::Value, b: &serde_json::Value| a.to_string().cmp(&b.to_string());
+    written.sort_by(order);
+    arrived.sort_by(order);
+    assert_eq!(arrived.len(), events, "each event once");
+    assert!(arrived == written, "Kafka holds what the fleet published");
+    let keys: std::collections::HashSet<&str> = records.iter().map(|r| r.key.as_str()).collect();
+    assert_eq!(keys.len(), cars);
+
+    // Every one of those records is answered by the stream-mode predictor.
+    let wanted: std::collections::HashMap<(i64, i64), &str> = records
+        .iter()
+        .map(|r| ((i64::from(r.partition), r.offset), r.key.as_str()))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let answers: Vec<serde_json::Value> = read_topic(&predictions, "read_committed")
+            .await
+            .iter()
+            .map(|r| serde_json::from_slice(r.value.as_deref().unwrap()).unwrap())
+            .collect();
+        let answered: std::collections::HashMap<(i64, i64), &serde_json::Value> = answers
+            .iter()
+            .map(|a| {
+                let partition = a["sourcePartition"].as_i64().unwrap_or(0);
+                let offset = a["sourceOffset"].as_str().map_or(0, |s| s.parse().unwrap());
+                ((partition, offset), a)
+            })
+            .collect();
+        if wanted.keys().all(|at| answered.contains_key(at)) {
+            for (at, car) in &wanted {
+                let answer = answered[at];
+                assert_eq!(answer["error"].as_str().unwrap_or_default(), "", "{answer}");
+                assert_eq!(answer["car"].as_str(), Some(*car), "{answer}");
+                assert_eq!(answer["modelVersion"], "1");
+                assert!(answer["score"].as_f64().is_some_and(f64::is_finite), "{answer}");
+            }
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {events} events unanswered:\n{}",
+            wanted.keys().filter(|at| !answered.contains_key(at)).count(),
+            predictor.service.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    std::fs::remove_file(jsonl).unwrap();
+}

@@ -10,7 +10,7 @@ fn the_demo_retrains_to_version_2_and_both_predictors_swap_without_a_failed_call
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let target = binary("kappa").parent().unwrap().parent().unwrap().to_owned();
     let port = |_| free_port().to_string();
-    let ports: Vec<String> = (0..8).map(port).collect();
+    let ports: Vec<String> = (0..10).map(port).collect();
     let started = Instant::now();
     let output = Command::new(root.join("scripts/demo.sh"))
         .current_dir(root)
@@ -30,6 +30,9 @@ fn the_demo_retrains_to_version_2_and_both_predictors_swap_without_a_failed_call
         .env("DEMO_PREDICTOR_METRICS_PORT", &ports[5])
         .env("DEMO_PREDICTOR_B_METRICS_PORT", &ports[6])
         .env("DEMO_TRAINER_METRICS_PORT", &ports[7])
+        .env("DEMO_BRIDGE_PORT", &ports[8])
+        .env("DEMO_BRIDGE_METRICS_PORT", &ports[9])
+        .env("DEMO_MQTT_PREFIX", unique("test-demo-cars"))
         .env("KAPPA_KAFKA_BOOTSTRAP", bootstrap())
         .env("KAPPA_DEMO_RUN_DIR", std::env::temp_dir().join(unique("kappa-demo")))
         .output()
@@ -88,6 +91,11 @@ fn the_demo_retrains_to_version_2_and_both_predictors_swap_without_a_failed_call
     assert!(
         anomalies > 0,
         "failing turbines among the last 200 events are flagged: {scored}"
+    );
+    // The cars' 20,000 history messages came in over MQTT, each produced once by the bridge.
+    assert!(
+        text.contains("kappa-bridge: 20000 messages produced to"),
+        "the history went cars -> MQTT -> bridge -> Kafka:\n{text}"
     );
     assert!(text.contains("Demo complete"), "{text}");
     println!("the demo took {:.0} s", started.elapsed().as_secs_f64());

@@ -1,25 +1,40 @@
-//! `kappa fleet`: produces the simulator's telemetry (`kappa-fleet`: cars, cars in the
-//! reference demo's units, or wind turbines) to Kafka. Records are JSON, keyed by unit id, with
-//! the Kafka timestamp set to the event time (which may start in the past, to make history
-//! quickly).
+//! `kappa fleet`: the simulator's telemetry (`kappa-fleet`: cars, cars in the reference demo's
+//! units, or wind turbines) as JSON, either produced to Kafka (keyed by unit id, the record
+//! timestamp set to the event time, which may start in the past to make history quickly) or
+//! published over MQTT as cars do (`--mqtt-url`), for a kappa-bridge to carry into Kafka.
 
-use std::{
-    collections::VecDeque,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
-};
+mod kafka_sink;
+mod mqtt_sink;
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use clap::Args;
 use kappa_fleet::{Fleet, FleetSpec, Profile};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use kappa_mqtt::{MqttAccess, MqttUrl};
+
+use self::{kafka_sink::KafkaSink, mqtt_sink::MqttSink};
 
 #[derive(Debug, Args)]
 pub struct FleetArgs {
     #[command(flatten)]
     kafka: kappa_kafka::KafkaArgs,
-    /// Topic the telemetry goes to.
+    /// Kafka topic the telemetry goes to (without --mqtt-url).
     #[arg(long, default_value = "sensor-data")]
     topic: String,
+    /// Publish over MQTT to this broker instead of producing to Kafka: mqtt://HOST:PORT, or
+    /// mqtts://HOST:PORT with --mqtt-ca. QoS 1; a kappa-bridge carries the messages to Kafka.
+    #[arg(long, env = "KAPPA_MQTT_URL", value_name = "URL", value_parser = MqttUrl::parse)]
+    mqtt_url: Option<MqttUrl>,
+    /// MQTT topic of each unit's telemetry: the `+` level is replaced by the unit id.
+    #[arg(long, default_value = "cars/+/telemetry")]
+    mqtt_topic: String,
+    /// MQTT connections to publish over: 0 gives every unit its own, as real cars have; fewer
+    /// are shared by the units round robin, to simulate large fleets.
+    #[arg(long, default_value_t = 0)]
+    mqtt_connections: u32,
+    #[command(flatten)]
+    mqtt_access: MqttAccess,
     /// What to simulate: car, car-reference (car in the reference demo's units) or turbine.
     #[arg(long, default_value = "car", value_parser = str::parse::<Profile>)]
     profile: Profile,
@@ -54,15 +69,65 @@ pub struct FleetArgs {
     /// Also write every event as a JSON line to this file (for `kappa predict`, or inspection).
     #[arg(long)]
     jsonl: Option<std::path::PathBuf>,
-    /// Create the topic with this many partitions when it does not exist yet (several
+    /// Create the Kafka topic with this many partitions when it does not exist yet (several
     /// predictor replicas in one consumer group share the partitions). An existing topic is
     /// used as it is.
     #[arg(long, default_value_t = 4)]
     partitions: i32,
 }
 
-/// Deliveries awaited at once; bounds memory when the broker is slow or away.
-const MAX_IN_FLIGHT: usize = 10_000;
+/// Where the events go.
+enum Sink {
+    Kafka(KafkaSink),
+    Mqtt(Box<MqttSink>),
+}
+
+/// What the destination acknowledged.
+#[derive(Debug, Default)]
+pub struct Delivered {
+    pub acknowledged: u64,
+    pub failed: u64,
+}
+
+impl Sink {
+    async fn open(args: &FleetArgs) -> anyhow::Result<Self> {
+        Ok(match &args.mqtt_url {
+            Some(url) => {
+                let connection = args.mqtt_access.connection(url)?;
+                let connections = match args.mqtt_connections {
+                    0 => args.cars,
+                    n => n.min(args.cars),
+                };
+                Self::Mqtt(Box::new(
+                    MqttSink::open(&connection, &args.mqtt_topic, connections).await?,
+                ))
+            }
+            None => Self::Kafka(KafkaSink::open(&args.kafka, &args.topic, args.partitions).await?),
+        })
+    }
+
+    fn destination(&self) -> &'static str {
+        match self {
+            Self::Kafka(_) => "Kafka",
+            Self::Mqtt(_) => "the MQTT broker",
+        }
+    }
+
+    async fn send(&mut self, unit: &str, payload: &[u8], event_time_ms: i64) -> anyhow::Result<()> {
+        match self {
+            Self::Kafka(sink) => sink.send(unit, payload, event_time_ms).await,
+            Self::Mqtt(sink) => sink.send(unit, payload).await?,
+        }
+        Ok(())
+    }
+
+    async fn finish(self) -> Delivered {
+        match self {
+            Self::Kafka(sink) => sink.finish().await,
+            Self::Mqtt(sink) => sink.finish().await,
+        }
+    }
+}
 
 pub async fn run(args: FleetArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.cars > 0, "--cars must be at least 1");
@@ -76,17 +141,7 @@ pub async fn run(args: FleetArgs) -> anyhow::Result<()> {
         "give --events N or --duration-seconds S so the simulator knows when to stop"
     );
     anyhow::ensure!(args.partitions >= 1, "--partitions must be at least 1");
-    let kafka = args.kafka.clients().map_err(anyhow::Error::msg)?;
-    ensure_topic(&kafka, &args.topic, args.partitions).await?;
-    let producer: FutureProducer = kafka
-        .config(&[
-            ("acks", "all"),
-            ("enable.idempotence", "true"),
-            ("linger.ms", "5"),
-            ("message.timeout.ms", "60000"),
-        ])
-        .create()
-        .context("cannot create the Kafka producer (check --kafka-property)")?;
+    let mut sink = Sink::open(&args).await?;
     let mut fleet = Fleet::new(&FleetSpec {
         profile: args.profile,
         units: args.cars,
@@ -105,8 +160,7 @@ pub async fn run(args: FleetArgs) -> anyhow::Result<()> {
     };
     let started = Instant::now();
     let deadline = args.duration_seconds.map(|s| started + Duration::from_secs_f64(s));
-    let mut in_flight = VecDeque::new();
-    let (mut sent, mut acked, mut failed, mut failing_events) = (0_u64, 0_u64, 0_u64, 0_u64);
+    let (mut sent, mut failing_events) = (0_u64, 0_u64);
     loop {
         if args.events.is_some_and(|n| sent >= n) || deadline.is_some_and(|d| Instant::now() >= d) {
             break;
@@ -127,35 +181,24 @@ pub async fn run(args: FleetArgs) -> anyhow::Result<()> {
             out.write_all(&payload)?;
             out.write_all(b"\n")?;
         }
-        let record = FutureRecord::to(&args.topic)
-            .key(&reading.unit)
-            .payload(&payload)
-            .timestamp(event_time);
-        match producer.send_result(record) {
-            Ok(delivery) => in_flight.push_back(delivery),
-            Err((e, _)) => {
-                failed += 1;
-                eprintln!("could not queue an event: {e}");
-            }
-        }
+        sink.send(&reading.unit, &payload, event_time).await?;
         sent += 1;
-        while in_flight.len() >= MAX_IN_FLIGHT {
-            settle(in_flight.pop_front(), &mut acked, &mut failed).await;
-        }
         if fleet.round_complete() {
             event_time += args.sample_interval_ms as i64;
         }
     }
-    while let Some(delivery) = in_flight.pop_front() {
-        settle(Some(delivery), &mut acked, &mut failed).await;
-    }
+    let destination = sink.destination();
+    let Delivered {
+        acknowledged: acked,
+        failed,
+    } = sink.finish().await;
     if let Some(mut out) = jsonl {
         use std::io::Write as _;
         out.flush()?;
     }
     let elapsed = started.elapsed().as_secs_f64();
     println!(
-        "fleet of {} {}s: {sent} events sent, {acked} acknowledged by Kafka, {failed} failed; {failing_events} from cars with a failure; achieved {:.0} events/s{}",
+        "fleet of {} {}s: {sent} events sent, {acked} acknowledged by {destination}, {failed} failed; {failing_events} from cars with a failure; achieved {:.0} events/s{}",
         args.cars,
         args.profile.unit_noun(),
         acked as f64 / elapsed,
@@ -169,46 +212,5 @@ pub async fn run(args: FleetArgs) -> anyhow::Result<()> {
         failed == 0,
         "{failed} events were not acknowledged (is the broker reachable?)"
     );
-    Ok(())
-}
-
-async fn settle(delivery: Option<rdkafka::producer::DeliveryFuture>, acked: &mut u64, failed: &mut u64) {
-    let Some(delivery) = delivery else { return };
-    match delivery.await {
-        Ok(Ok(_)) => *acked += 1,
-        Ok(Err((e, _))) => {
-            *failed += 1;
-            eprintln!("an event was not acknowledged: {e}");
-        }
-        Err(_) => *failed += 1,
-    }
-}
-
-/// Creates `topic` with `partitions` partitions unless it exists.
-async fn ensure_topic(kafka: &kappa_kafka::KafkaClients, topic: &str, partitions: i32) -> anyhow::Result<()> {
-    use rdkafka::{
-        admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
-        client::DefaultClientContext,
-        types::RDKafkaErrorCode,
-    };
-    let bootstrap = kafka.bootstrap();
-    let admin: AdminClient<DefaultClientContext> = kafka
-        .config(&[])
-        .create()
-        .context("cannot create the Kafka admin client (check --kafka-property and --kafka-properties-file)")?;
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let results = admin
-        .create_topics(
-            [&NewTopic::new(topic, partitions, TopicReplication::Fixed(-1))],
-            &options,
-        )
-        .await
-        .with_context(|| format!("cannot reach Kafka at {bootstrap} to create {topic} (--kafka-bootstrap)"))?;
-    for result in results {
-        match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((_, code)) => anyhow::bail!("cannot create topic {topic}: {code}"),
-        }
-    }
     Ok(())
 }
