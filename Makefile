@@ -98,4 +98,4 @@ soak: prerequisites ## Ten minutes of load, publishes, stream scoring, broker re
 bench: prerequisites ## Benchmarks with same-run baselines (release build; prints markdown tables)
 	cargo build --release --workspace --bins
 	deploy/jaeger/jaeger.sh build >/dev/null
-	$(WITH_KAFKA) --jaeger scripts/bench.sh
+	$(WITH_KAFKA) --jaeger --mqtt scripts/bench.sh

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make bench`: release builds, Kafka up (scripts/with-kafka.sh), then each benchmark with its
+# `make bench`: release builds, Kafka and HiveMQ up (scripts/with-kafka.sh), then each benchmark with its
 # baseline in the same run. Prints markdown tables for the README.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -116,3 +116,13 @@ echo "## Trainer: Kafka read rate"
 ft="bench.fleet-$(date +%s)"
 "$bin/kappa" fleet --topic "$ft" --cars 100 --events 200000 --rate 0 --backdate-seconds 7200 >/dev/null
 "$bin/train-bench" read --topic "$ft"
+
+echo
+echo "## Bridge: MQTT -> Kafka through kappa-bridge against a plain MQTT subscriber (HiveMQ CE, same broker)"
+"$bin/bridge-bench" --kafka-bootstrap "${KAPPA_KAFKA_BOOTSTRAP:-127.0.0.1:9092}" throughput \
+  --messages "${BENCH_BRIDGE_MESSAGES:-20000}" --rounds "${BENCH_BRIDGE_ROUNDS:-3}"
+
+echo
+echo "## Bridge: the largest fleet (one MQTT connection per car) carried into Kafka with zero loss over a minute"
+"$bin/bridge-bench" --kafka-bootstrap "${KAPPA_KAFKA_BOOTSTRAP:-127.0.0.1:9092}" fleet \
+  --sizes "${BENCH_FLEET_SIZES:-500,1000,2000,4000,8000}" --seconds "${BENCH_FLEET_SECONDS:-60}"

@@ -25,12 +25,21 @@ VALUES = {
     "production": CHART / "ci" / "production-values.yaml",
     "secure": CHART / "ci" / "secure-values.yaml",
 }
-BINARIES = {"registry": "kappa-registry", "predictor": "kappa-predictor", "trainer": "kappa-trainer"}
+BINARIES = {
+    "registry": "kappa-registry",
+    "predictor": "kappa-predictor",
+    "trainer": "kappa-trainer",
+    "bridge": "kappa-bridge",
+}
 HEALTH_NAMES = {
     "registry": "kappa.registry.v1.Registry",
     "predictor": "kappa.predictor.v1.Predictor",
     "trainer": "kappa.trainer.v1.Trainer",
+    # The bridge serves no RPC of its own: ready (the whole server) once subscribed.
+    "bridge": "",
 }
+# What each values file deploys: the bridge only where an MQTT broker is configured.
+DEPLOYED = {"default": set(BINARIES) - {"bridge"}, "production": set(BINARIES), "secure": set(BINARIES)}
 
 
 def helm(*args, check=True):
@@ -91,7 +100,7 @@ def test_production_values_render_what_operators_expect():
     assert "replicas" not in predictor["spec"], "the autoscaler owns the predictor's replica count"
     assert by_kind["HorizontalPodAutoscaler"]["kappa-predictor"]["spec"]["minReplicas"] == 3
     assert by_kind["PodDisruptionBudget"]["kappa-predictor"]["spec"]["minAvailable"] == 2
-    assert set(by_kind["ServiceMonitor"]) == {"kappa-registry", "kappa-predictor", "kappa-trainer"}
+    assert set(by_kind["ServiceMonitor"]) == {"kappa-registry", "kappa-predictor", "kappa-trainer", "kappa-bridge"}
     for name, deployment in by_kind["Deployment"].items():
         pod = deployment["spec"]["template"]["spec"]
         container = pod["containers"][0]
@@ -109,7 +118,7 @@ def test_production_values_render_what_operators_expect():
         assert env["KAPPA_KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == f"kappa-kafka-{component}"
         assert "s3cret" not in yaml.safe_dump(deployment), "no secret value is rendered"
         assert env["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"] == "http://otel-collector.observability:4317"
-        assert env["KAPPA_MODELS_TOPIC"]["value"] == "ml.kappa.models", "one topic name for all three"
+        assert env["KAPPA_MODELS_TOPIC"]["value"] == "ml.kappa.models", "one topic name for all"
         mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
         assert mounts["kafka-tls"] == "/etc/kappa/kafka-tls"
         volumes = {v["name"]: v for v in pod["volumes"]}
@@ -119,6 +128,22 @@ def test_production_values_render_what_operators_expect():
     stream_args = by_kind["Deployment"]["kappa-predictor"]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--stream" in stream_args and "--sensor-topic=fleet.sensor-data" in stream_args
     assert "--stream-exactly-once" in stream_args
+    bridge = by_kind["Deployment"]["kappa-bridge"]
+    assert bridge["spec"]["replicas"] == 3
+    container = bridge["spec"]["template"]["spec"]["containers"][0]
+    args = container["args"]
+    for arg in ["--mqtt-url=mqtts://hivemq.mqtt.svc:8883", "--mqtt-topic=fleet/+/telemetry",
+                "--mqtt-share-group=kappa-bridge", "--mqtt-client-id=$(POD_NAME)", "--max-in-flight=2000",
+                "--sensor-topic=fleet.sensor-data"]:
+        assert arg in args, (arg, args)
+    assert "Secret" not in by_kind, "an existing Secret is used, none is made"
+    env = {e["name"]: e for e in container["env"]}
+    assert env["KAPPA_MQTT_USERNAME"]["valueFrom"]["secretKeyRef"] == {"name": "kappa-mqtt-bridge", "key": "username"}
+    assert env["KAPPA_MQTT_PASSWORD_FILE"]["value"] == "/etc/kappa/mqtt-credentials/password"
+    assert env["KAPPA_MQTT_CA"]["value"] == "/etc/kappa/mqtt-ca/ca.crt"
+    volumes = {v["name"]: v for v in bridge["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["mqtt-credentials"]["secret"]["secretName"] == "kappa-mqtt-bridge"
+    assert volumes["mqtt-ca"]["secret"]["secretName"] == "hivemq-ca"
 
 
 def openssl(*args, cwd):
@@ -139,6 +164,12 @@ def fill_mount(name, directory):
         openssl("req", *curve, "-subj", "/CN=kappa", "-keyout", "tls.key", "-out", "tls.csr", cwd=directory)
         openssl("x509", "-req", "-in", "tls.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-days", "1",
                 "-out", "tls.crt", "-extfile", "ext.cnf", cwd=directory)
+    elif name == "mqtt-credentials":
+        (directory / "password").write_text("mqtt-password\n")
+    elif name == "mqtt-ca":
+        curve = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+        openssl("req", "-x509", *curve, "-days", "1", "-subj", "/CN=mqtt-ca", "-keyout", "ca.key", "-out", "ca.crt",
+                cwd=directory)
     elif name == "auth-tokens":
         line = subprocess.run([kappa, "token", "new", "ops", "--roles", "admin", "--out", str(directory / "t")],
                               check=True, capture_output=True, text=True).stdout
@@ -166,8 +197,11 @@ def check_config(container, tmp_path):
     for e in container["env"]:
         if "value" in e:
             value = e["value"]
-            for mount_path, local in mounts.items():
-                value = value.replace(mount_path, str(local))
+            # One pass, whole path components: /etc/kappa/mqtt-ca is not /etc/kappa/mqtt.
+            value = re.sub(
+                "|".join(re.escape(m) + r"(?=/|$)" for m in sorted(mounts, key=len, reverse=True)),
+                lambda found: str(mounts[found.group(0)]), value,
+            ) if mounts else value
             env[e["name"]] = value
         elif "secretKeyRef" in e.get("valueFrom", {}):
             env[e["name"]] = "secret-from-" + e["valueFrom"]["secretKeyRef"]["name"]
@@ -212,7 +246,7 @@ def test_rendered_containers_match_the_binaries_ports_and_health_names(name, tmp
     services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
     monitors = [d for d in docs if d["kind"] == "ServiceMonitor"]
     deployments = [d for d in docs if d["kind"] == "Deployment"]
-    assert {d["metadata"]["labels"]["app.kubernetes.io/component"] for d in deployments} == set(BINARIES)
+    assert {d["metadata"]["labels"]["app.kubernetes.io/component"] for d in deployments} == DEPLOYED[name]
     for deployment in deployments:
         component = deployment["metadata"]["labels"]["app.kubernetes.io/component"]
         container = deployment["spec"]["template"]["spec"]["containers"][0]
@@ -313,7 +347,7 @@ def test_secure_values_turn_on_tls_tokens_signatures_and_a_network_policy_per_co
     trainer_args = by_kind["Deployment"]["kappa-trainer"]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--registry=https://kappa-registry:50051" in trainer_args
     policies = by_kind["NetworkPolicy"]
-    assert set(policies) == {"kappa-registry", "kappa-predictor", "kappa-trainer"}
+    assert set(policies) == {"kappa-registry", "kappa-predictor", "kappa-trainer", "kappa-bridge"}
     registry_from = policies["kappa-registry"]["spec"]["ingress"][0]["from"]
     assert {"app.kubernetes.io/component": "trainer"}.items() <= registry_from[1]["podSelector"]["matchLabels"].items()
     assert policies["kappa-predictor"]["spec"]["ingress"][0]["from"] == [
@@ -322,3 +356,38 @@ def test_secure_values_turn_on_tls_tokens_signatures_and_a_network_policy_per_co
         assert [r["ports"][0]["port"] for r in policy["spec"]["ingress"]] == ["grpc", "metrics"]
     test_pod = next(iter(by_kind["Pod"].values()))["spec"]["containers"][0]
     assert "--registry=https://kappa-registry:50051" in test_pod["args"] and "--tls-ca=/etc/kappa/registry-tls/ca.crt" in test_pod["args"]
+
+
+def test_the_bridge_gets_its_mqtt_credentials_from_a_secret_the_chart_makes_or_names(tmp_path):
+    docs = render(VALUES["secure"])
+    secret = next(d for d in docs if d["kind"] == "Secret")
+    assert secret["metadata"]["name"] == "kappa-bridge-mqtt"
+    assert secret["data"] == {"username": "a2FwcGEtYnJpZGdl", "password": "czNjcmV0"}
+    bridge = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "kappa-bridge")
+    assert "s3cret" not in yaml.safe_dump(bridge) and "czNjcmV0" not in yaml.safe_dump(bridge)
+    pod = bridge["spec"]["template"]["spec"]
+    assert {v["name"]: v for v in pod["volumes"]}["mqtt-credentials"]["secret"]["secretName"] == "kappa-bridge-mqtt"
+    assert "checksum/mqtt-credentials" in bridge["spec"]["template"]["metadata"]["annotations"]
+    assert "--sensor-topic-partitions=12" in pod["containers"][0]["args"]
+    # The bridge takes the rendered flags, TLS on its own gRPC port included.
+    summary = check_config(pod["containers"][0], tmp_path)[2]
+    assert "mqtt=mqtt://hivemq.mqtt.svc:1883" in summary and "tls=mutual" in summary, summary
+
+
+@pytest.mark.parametrize(
+    "overrides, complaint",
+    [
+        (["bridge.enabled=true"], "bridge.mqtt.url is required"),
+        (["bridge.enabled=true", "bridge.mqtt.url=mqtts://broker:8883"], "bridge.mqtt.tls.caSecret is required"),
+        (["bridge.enabled=true", "bridge.mqtt.url=http://broker"], "/bridge/mqtt/url"),
+        (["bridge.enabled=true", "bridge.mqtt.url=mqtt://b", "bridge.mqtt.credentials.username=u"],
+         "bridge.mqtt.credentials.password is required"),
+        (["bridge.maxInFlight=0"], "/bridge/maxInFlight"),
+    ],
+)
+def test_a_bridge_without_what_it_needs_is_refused_with_what_to_set(overrides, complaint):
+    args = [a for o in overrides for a in ("--set", o)]
+    result = helm("template", "kappa", str(CHART), "-f", str(VALUES["default"]), *args, "--kube-version", KUBE_VERSION,
+                  check=False)
+    assert result.returncode != 0, f"{overrides} was accepted"
+    assert complaint in result.stderr, result.stderr

@@ -299,7 +299,10 @@ exec:
 {{- else }}
 grpc:
   port: {{ .port }}
-  service: {{ .service }}
+  {{- /* No service: the server's overall status (the bridge's readiness). */}}
+  {{- with .service }}
+  service: {{ . }}
+  {{- end }}
 {{- end }}
 {{- end }}
 
@@ -317,4 +320,21 @@ readinessProbe:
   periodSeconds: 5
   timeoutSeconds: 3
   failureThreshold: 2
+{{- end }}
+
+{{/* The Secret holding the bridge's MQTT credentials: an existing one, the one the chart makes
+from bridge.mqtt.credentials.username/password, or "" (anonymous). */}}
+{{- define "kappa.bridgeCredentialsSecret" -}}
+{{- $c := .Values.bridge.mqtt.credentials -}}
+{{- if $c.existingSecret -}}
+{{ $c.existingSecret }}
+{{- else if $c.username -}}
+{{ include "kappa.fullname" . }}-bridge-mqtt
+{{- end -}}
+{{- end }}
+
+{{/* "true" when a component is deployed: the registry and predictors always, the trainer and
+the bridge when enabled. (dict "root" $ "component" "bridge") */}}
+{{- define "kappa.enabled" -}}
+{{- if or (has .component (list "registry" "predictor")) (index .root.Values .component).enabled }}true{{ end }}
 {{- end }}
