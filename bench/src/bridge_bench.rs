@@ -15,7 +15,6 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
-use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rumqttc::v5::{
     AsyncClient, Event, MqttOptions,
     mqttbytes::{QoS, v5::Packet},
@@ -72,12 +71,7 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
+use kappa_bench::{RecordCounter, free_port};
 
 /// A kappa-bridge of the benchmark's own, on its own MQTT prefix and sensor topic.
 struct Bridge {
@@ -150,23 +144,9 @@ async fn http_get(address: &str, path: &str) -> anyhow::Result<String> {
     Ok(body)
 }
 
-/// Records in `topic` across its partitions.
-fn records_in(bootstrap: &str, topic: &str) -> anyhow::Result<i64> {
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))?;
-    let mut total = 0;
-    for p in metadata.topics().first().map(|t| t.partitions()).unwrap_or_default() {
-        let (low, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(5))?;
-        total += high - low;
-    }
-    Ok(total)
-}
-
 async fn kafka_count(bootstrap: &str, topic: &str) -> anyhow::Result<i64> {
     let (bootstrap, topic) = (bootstrap.to_owned(), topic.to_owned());
-    tokio::task::spawn_blocking(move || records_in(&bootstrap, &topic)).await?
+    tokio::task::spawn_blocking(move || RecordCounter::new(&bootstrap)?.count(&topic)).await?
 }
 
 /// A car-like JSON payload (the simulator's fields, 18 numbers and an id).
@@ -271,21 +251,13 @@ async fn through_bridge(args: &Args, bin: &Path, messages: u64) -> anyhow::Resul
         let (prefix, broker) = (bridge.prefix.clone(), args.broker());
         tokio::spawn(async move { publish(broker, &prefix, messages).await })
     };
-    let (mut first, deadline) = (None, Instant::now() + Duration::from_secs(600));
-    loop {
-        let n = kafka_count(&args.kafka_bootstrap, &bridge.topic).await.unwrap_or(0);
-        if n > 0 {
-            first.get_or_insert_with(Instant::now);
-        }
-        if n >= messages as i64 {
-            break;
-        }
-        anyhow::ensure!(Instant::now() < deadline, "only {n} of {messages} in Kafka after 600 s");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let elapsed = first.expect("records arrived").elapsed();
+    let rate = {
+        let (bootstrap, topic) = (args.kafka_bootstrap.clone(), bridge.topic.clone());
+        tokio::task::spawn_blocking(move || RecordCounter::new(&bootstrap)?.rate_until(&topic, messages as usize))
+            .await??
+    };
     publishing.await??;
-    Ok(messages as f64 / elapsed.as_secs_f64())
+    Ok(rate)
 }
 
 fn median(values: &mut [f64]) -> f64 {

@@ -513,29 +513,5 @@ async fn stream_pipe(bootstrap: &str, from: &str, to: &str, events: usize) -> an
 
 /// Waits until `topic` holds `events` records; the clock starts at the first one.
 fn wait_for_records(bootstrap: &str, topic: &str, events: usize) -> anyhow::Result<f64> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let consumer: BaseConsumer = kafka(bootstrap).set("group.id", "bench-watermarks").create()?;
-    let count = || -> anyhow::Result<i64> {
-        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))?;
-        let mut total = 0;
-        for p in metadata.topics().first().map(|t| t.partitions()).unwrap_or_default() {
-            let (low, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(5))?;
-            total += high - low;
-        }
-        Ok(total)
-    };
-    let mut started = None;
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        let n = count()?;
-        if n > 0 {
-            started.get_or_insert_with(Instant::now);
-        }
-        if n >= events as i64 {
-            break;
-        }
-        anyhow::ensure!(Instant::now() < deadline, "only {n} of {events} records after 600 s");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(events as f64 / started.map_or(f64::NAN, |s: Instant| s.elapsed().as_secs_f64()))
+    kappa_bench::RecordCounter::new(bootstrap)?.rate_until(topic, events)
 }

@@ -61,12 +61,7 @@ struct Args {
 
 const MODEL: &str = "soak";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
+use kappa_bench::free_port;
 
 /// A single-node broker of the soak's own, started and stopped through deploy/kafka/kafka.sh.
 struct Broker {

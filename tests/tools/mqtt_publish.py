@@ -2,10 +2,11 @@
 
 usage: mqtt_publish.py HOST PORT PREFIX MESSAGES CARS MALFORMED [PAUSE_MS [FIRST_SEQ]]
 Topic cars are PREFIX/<car>/telemetry, QoS 1, every tenth message with a W3C traceparent user
-property. MALFORMED extra messages carry a payload that is not JSON. Prints one JSON line:
+property (trace id: a random run prefix and seq + 1, span id: seq + 1). MALFORMED extra messages carry a payload that is not JSON. Prints one JSON line:
 what was sent, so the test can check what arrived against it.
 """
 import json
+import secrets
 import sys
 import threading
 import time
@@ -32,12 +33,13 @@ client.loop_start()
 if not connected.wait(30):
     sys.exit("no CONNACK from the MQTT broker within 30 s")
 traced, sent = [], []
+trace_prefix = secrets.token_hex(8)
 for i in range(first, first + messages):
     car = f"car-{i % cars}"
     props = None
     if i % 10 == 0:
         props = Properties(PacketTypes.PUBLISH)
-        traceparent = f"00-{i + 1:032x}-{i + 1:016x}-01"
+        traceparent = f"00-{trace_prefix}{i + 1:016x}-{i + 1:016x}-01"
         props.UserProperty = ("traceparent", traceparent)
         traced.append(i)
     payload = json.dumps({"seq": i, "car": car, "speed": 40.0 + i % 50})
@@ -53,4 +55,4 @@ for info in sent:
     info.wait_for_publish(60)
 client.loop_stop()
 client.disconnect()
-print(json.dumps({"messages": messages, "malformed": malformed, "traced": len(traced)}))
+print(json.dumps({"messages": messages, "malformed": malformed, "traced": len(traced), "trace_prefix": trace_prefix}))

@@ -6,7 +6,7 @@
 //! the broker redelivers what was not acknowledged.
 
 use std::{
-    collections::VecDeque,
+    collections::{BTreeMap, VecDeque},
     future::Future,
     pin::Pin,
     sync::Arc,
@@ -14,6 +14,7 @@ use std::{
 };
 
 use futures::{StreamExt as _, stream::FuturesOrdered};
+use opentelemetry::trace::TraceContextExt as _;
 use rdkafka::{
     message::{Header, OwnedHeaders},
     producer::{FutureProducer, FutureRecord},
@@ -26,6 +27,8 @@ use rumqttc::v5::{
     },
 };
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::{
     message::{self, Route},
@@ -130,6 +133,28 @@ pub async fn run(
     Ok(())
 }
 
+/// The span of a message whose publisher sent a W3C `traceparent` (MQTT 5 user property), as a
+/// child of the publisher's; none for the others.
+fn message_span(publish: &Publish, mqtt_topic: &str, kafka_topic: &str) -> tracing::Span {
+    let carried: BTreeMap<String, String> = ["traceparent", "tracestate"]
+        .into_iter()
+        .filter_map(|name| Some((name.to_owned(), message::user_property(publish, name)?.to_owned())))
+        .collect();
+    let parent = kappa_runtime::propagation::context_from_map(&carried);
+    if !parent.span().span_context().is_valid() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        "bridge_message",
+        otel.kind = "consumer",
+        messaging.system = "mqtt",
+        messaging.source.name = mqtt_topic,
+        messaging.destination.name = kafka_topic,
+    );
+    let _ = span.set_parent(parent);
+    span
+}
+
 /// Produces the message (to the sensor or the dead-letter topic), retrying until Kafka
 /// acknowledges it: the message must not be acknowledged to MQTT before.
 async fn deliver(
@@ -162,18 +187,6 @@ async fn deliver(
             value: Some(content_type.as_str()),
         });
     }
-    if let Some(traceparent) = message::user_property(&publish, "traceparent") {
-        headers = headers.insert(Header {
-            key: "traceparent",
-            value: Some(traceparent),
-        });
-        if let Some(tracestate) = message::user_property(&publish, "tracestate") {
-            headers = headers.insert(Header {
-                key: "tracestate",
-                value: Some(tracestate),
-            });
-        }
-    }
     let destination = match &route {
         Route::Sensor => &settings.sensor_topic,
         Route::DeadLetter(reason) => {
@@ -184,13 +197,23 @@ async fn deliver(
             &settings.dead_letter_topic
         }
     };
+    // A message that carries a trace gets a span in it, and its record carries the trace on
+    // from that span; untraced messages get none (a trace per reading would bury the rest).
+    let span = message_span(&publish, &topic, destination);
+    if !span.is_none() {
+        headers = kappa_kafka::trace_headers::inject(&span.context(), headers);
+    }
     let mut wait = Duration::from_millis(100);
     loop {
         let record = FutureRecord::to(destination)
             .key(&key)
             .payload(publish.payload.as_ref())
             .headers(headers.clone());
-        match producer.send(record, Duration::from_secs(30)).await {
+        match producer
+            .send(record, Duration::from_secs(30))
+            .instrument(span.clone())
+            .await
+        {
             Ok(_) => break,
             Err((e, _)) => {
                 tracing::warn!(error = %e, retry_in = ?wait, "producing a message failed; retrying");

@@ -64,6 +64,7 @@ async fn every_mqtt_message_arrives_once_keyed_by_car_with_its_headers_and_bad_o
             format!("--sensor-topic={sensors}"),
             format!("--dead-letter-topic={dead}"),
         ])
+        .envs(&tracing_env())
         .start("")
         .await;
     let (messages, cars, malformed) = (600, 40, 7);
@@ -106,16 +107,39 @@ async fn every_mqtt_message_arrives_once_keyed_by_car_with_its_headers_and_bad_o
     assert_eq!(
         traced,
         messages / 10,
-        "a traceparent user property becomes the record's header"
+        "a traceparent user property carries the trace into the record's headers"
     );
+    let trace_prefix = sent["trace_prefix"].as_str().unwrap();
+    let mut bridge_span = None;
     for r in records.iter().filter(|r| r.header("traceparent").is_some()) {
         let event: serde_json::Value = serde_json::from_slice(payload(r)).unwrap();
         let seq = event["seq"].as_u64().unwrap();
+        let parts: Vec<&str> = r.header("traceparent").unwrap().split('-').collect();
+        assert_eq!(parts.len(), 4, "{:?}", r.headers);
         assert_eq!(
-            r.header("traceparent").unwrap(),
-            format!("00-{:032x}-{:016x}-01", seq + 1, seq + 1)
+            parts[1],
+            format!("{trace_prefix}{:016x}", seq + 1),
+            "the publisher's trace"
         );
+        assert_ne!(
+            parts[2],
+            format!("{:016x}", seq + 1),
+            "continued from the bridge's own span"
+        );
+        if seq == 0 {
+            bridge_span = Some(parts[2].to_owned());
+        }
     }
+    // In Jaeger: the bridge's span for the message, a child of the publisher's.
+    let trace_id = format!("{trace_prefix}{:016x}", 1);
+    let trace = crate::tracing::jaeger_trace(&trace_id, |t| t.has("kappa-bridge", "bridge_message")).await;
+    let span = trace.one("kappa-bridge", "bridge_message");
+    assert_eq!(
+        Some(&span.id),
+        bridge_span.as_ref(),
+        "the record names the bridge's span"
+    );
+    assert_eq!(span.parent.as_deref(), Some(format!("{:016x}", 1).as_str()));
 
     let dead_letters = count_reaches(&dead, malformed, Duration::from_secs(30)).await;
     assert_eq!(dead_letters.len(), malformed);

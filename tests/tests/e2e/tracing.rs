@@ -26,16 +26,16 @@ use crate::{
 };
 
 #[derive(Debug, Clone)]
-struct SpanInfo {
-    id: String,
-    parent: Option<String>,
-    operation: String,
-    service: String,
-    tags: BTreeMap<String, Value>,
+pub(crate) struct SpanInfo {
+    pub(crate) id: String,
+    pub(crate) parent: Option<String>,
+    pub(crate) operation: String,
+    pub(crate) service: String,
+    pub(crate) tags: BTreeMap<String, Value>,
 }
 
 #[derive(Debug)]
-struct Trace(Vec<SpanInfo>);
+pub(crate) struct Trace(Vec<SpanInfo>);
 
 impl Trace {
     fn parse(body: &str) -> Option<Self> {
@@ -77,7 +77,7 @@ impl Trace {
     }
 
     /// The one span of `service` named `operation` (panics, with the trace, when not exactly one).
-    fn one(&self, service: &str, operation: &str) -> &SpanInfo {
+    pub(crate) fn one(&self, service: &str, operation: &str) -> &SpanInfo {
         let found: Vec<_> = self
             .0
             .iter()
@@ -87,7 +87,7 @@ impl Trace {
         found[0]
     }
 
-    fn has(&self, service: &str, operation: &str) -> bool {
+    pub(crate) fn has(&self, service: &str, operation: &str) -> bool {
         self.0.iter().any(|s| s.service == service && s.operation == operation)
     }
 
@@ -106,7 +106,7 @@ impl Trace {
 }
 
 /// Polls Jaeger until the trace holds what `complete` wants (bounded: 30 s).
-async fn jaeger_trace(trace_id: &str, complete: impl Fn(&Trace) -> bool) -> Trace {
+pub(crate) async fn jaeger_trace(trace_id: &str, complete: impl Fn(&Trace) -> bool) -> Trace {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (status, body) = http_get(&jaeger_api(), &format!("/api/traces/{trace_id}")).await;
