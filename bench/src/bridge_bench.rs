@@ -167,7 +167,9 @@ async fn publish(broker: (String, u16), prefix: &str, messages: u64) -> anyhow::
     let mut tasks = Vec::new();
     for c in 0..connections {
         let mut options = MqttOptions::new(unique("bench-pub"), broker.0.clone(), broker.1);
-        options.set_keep_alive(Duration::from_secs(30));
+        options
+            .set_keep_alive(Duration::from_secs(30))
+            .set_outgoing_inflight_upper_limit(kappa_mqtt::OUTGOING_IN_FLIGHT);
         let (client, mut events) = AsyncClient::new(options, 100);
         let prefix = prefix.to_owned();
         let mine = (c..messages).step_by(connections as usize).count() as u64;
@@ -208,7 +210,8 @@ async fn plain_subscriber(args: &Args, messages: u64) -> anyhow::Result<f64> {
         .set_keep_alive(Duration::from_secs(30))
         .set_clean_start(false)
         .set_session_expiry_interval(Some(60))
-        .set_receive_maximum(Some(1000));
+        .set_receive_maximum(Some(1000))
+        .set_outgoing_inflight_upper_limit(kappa_mqtt::OUTGOING_IN_FLIGHT);
     let (client, mut events) = AsyncClient::new(options, 100);
     client
         .subscribe(

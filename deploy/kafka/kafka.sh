@@ -14,6 +14,8 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=../lib/local-tls.sh
+. "$here/../lib/local-tls.sh"
 mode=${KAFKA_MODE:-plain}
 case "$mode" in
   plain)
@@ -74,24 +76,14 @@ answering() {
 # default names and the tests' unique ones (test.models-…) are both covered.
 users="admin registry predictor trainer fleet"
 
-secret() { head -c 18 /dev/urandom | base64 | tr -d '/+=' ; }
 
 # TLS for the broker (a CA, a certificate for 127.0.0.1/localhost in a PKCS#12 keystore), a
 # password per user, their librdkafka property files, and the admin's Java client config.
 secure_material() {
   [ -f "$state/.material" ] && return
-  command -v openssl >/dev/null || die "openssl is required for the secure broker's TLS material."
-  rm -rf "$state/tls" "$state/clients"; mkdir -p "$state/tls" "$state/clients"
+  rm -rf "$state/tls" "$state/clients"; mkdir -p "$state/clients"
   local tls=$state/tls
-  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj /CN=kappa-local-kafka-ca \
-    -keyout "$tls/ca.key" -out "$tls/ca.pem" 2>/dev/null
-  openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout "$tls/broker.key" -out "$tls/broker.csr" 2>/dev/null
-  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' > "$tls/ext.cnf"
-  openssl x509 -req -in "$tls/broker.csr" -CA "$tls/ca.pem" -CAkey "$tls/ca.key" -CAcreateserial -days 3650 \
-    -extfile "$tls/ext.cnf" -out "$tls/broker.pem" 2>/dev/null
-  secret > "$state/keystore.password"
-  openssl pkcs12 -export -in "$tls/broker.pem" -inkey "$tls/broker.key" -name broker \
-    -passout "pass:$(cat "$state/keystore.password")" -out "$tls/broker.p12"
+  local_broker_tls "$tls" kappa-local-kafka-ca "$state/keystore.password" || die "could not make the TLS material."
   for user in $users; do
     local password; password=$(secret)
     printf '%s\n' "$password" > "$state/clients/$user.password"

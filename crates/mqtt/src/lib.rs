@@ -8,6 +8,9 @@ use anyhow::Context as _;
 use clap::Args;
 use rumqttc::{TlsConfiguration, Transport, v5::MqttOptions};
 
+/// Publishes a connection may have unacknowledged (the broker may ask for fewer).
+pub const OUTGOING_IN_FLIGHT: u16 = 64;
+
 /// Where the MQTT broker is: `mqtt://HOST[:PORT]` (1883) or `mqtts://HOST[:PORT]` (8883).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MqttUrl {
@@ -134,7 +137,10 @@ impl MqttConnection {
         let mut options = MqttOptions::new(client_id, self.url.host.clone(), self.url.port);
         options
             .set_keep_alive(Duration::from_secs(30))
-            .set_max_packet_size(Some(1 << 20));
+            .set_max_packet_size(Some(1 << 20))
+            // rumqttc keeps a slot for every publish that may be in flight, 65,535 unless told
+            // (about 13 MB per connection): a fleet of a thousand connections would take 13 GB.
+            .set_outgoing_inflight_upper_limit(OUTGOING_IN_FLIGHT);
         if let Some((user, password)) = &self.credentials {
             options.set_credentials(user.clone(), password.clone());
         }

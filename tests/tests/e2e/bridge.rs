@@ -482,3 +482,130 @@ async fn the_fleet_over_mqtt_reaches_kafka_whole_and_every_event_is_scored_by_th
     }
     std::fs::remove_file(jsonl).unwrap();
 }
+
+fn fleet_over(url: &str, prefix: &str, access: &[String], events: usize) -> std::process::Output {
+    Command::new(binary("kappa"))
+        .args([
+            "fleet",
+            &format!("--mqtt-url={url}"),
+            &format!("--mqtt-topic={prefix}/+/telemetry"),
+        ])
+        .args(access)
+        .args(["--cars", "10", "--events", &events.to_string(), "--rate", "0"])
+        .output()
+        .unwrap()
+}
+
+/// The broker's TLS listener wants a user name and password: the bridge and the fleet reach it
+/// over mqtts with the CA and their own credentials; a wrong password or an unknown CA is
+/// refused with the reason, and a bridge that cannot log in never reports ready.
+#[tokio::test]
+async fn over_mqtts_with_credentials_messages_flow_and_a_wrong_password_or_ca_is_refused() {
+    let (url, ca, clients) = secure_mqtt();
+    let prefix = unique("test-tls-cars");
+    let sensors = unique("test.sensors");
+    let access = |user: &str, password: &Path, ca: &Path| {
+        vec![
+            format!("--mqtt-ca={}", ca.display()),
+            format!("--mqtt-username={user}"),
+            format!("--mqtt-password-file={}", password.display()),
+        ]
+    };
+    let bridge_access = access("bridge", &clients.join("bridge.password"), &ca);
+    let mut bridge_args = vec![
+        format!("--mqtt-url={url}"),
+        format!("--mqtt-topic={prefix}/+/telemetry"),
+        format!("--mqtt-share-group={}", unique("bridges")),
+        format!("--mqtt-client-id={}", unique("bridge")),
+        format!("--sensor-topic={sensors}"),
+    ];
+    bridge_args.extend(bridge_access);
+    let _bridge = Launch::new("kappa-bridge", &sensors).args(&bridge_args).start("").await;
+
+    let out = fleet_over(
+        &url,
+        &prefix,
+        &access("fleet", &clients.join("fleet.password"), &ca),
+        200,
+    );
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{report}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        report.contains("200 events sent, 200 acknowledged by the MQTT broker, 0 failed"),
+        "{report}"
+    );
+    let records = count_reaches(&sensors, 200, Duration::from_secs(60)).await;
+    assert_eq!(records.len(), 200, "every message over TLS reached Kafka");
+
+    // A wrong password: refused at connect, with what to check.
+    let dir = std::env::temp_dir().join(unique("mqtt-wrong"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let wrong = dir.join("password");
+    std::fs::write(&wrong, "not-the-password\n").unwrap();
+    let out = fleet_over(&url, &prefix, &access("fleet", &wrong, &ca), 10);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("cannot connect to the MQTT broker") && stderr.contains("BadUserNamePassword"),
+        "{stderr}"
+    );
+    // A CA that did not sign the broker's certificate: the TLS handshake fails.
+    let other_ca = dir.join("other-ca.pem");
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .args(["-days", "1", "-subj", "/CN=someone-else", "-keyout"])
+        .arg(dir.join("other-ca.key"))
+        .arg("-out")
+        .arg(&other_ca)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let out = fleet_over(
+        &url,
+        &prefix,
+        &access("fleet", &clients.join("fleet.password"), &other_ca),
+        10,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("cannot connect to the MQTT broker") && stderr.to_lowercase().contains("certificate"),
+        "{stderr}"
+    );
+
+    // A bridge with the wrong password never becomes ready and says why.
+    let mut refused_args = vec![
+        format!("--mqtt-url={url}"),
+        format!("--mqtt-topic={prefix}/+/telemetry"),
+        format!("--mqtt-client-id={}", unique("bridge")),
+        format!("--sensor-topic={sensors}"),
+    ];
+    refused_args.extend(access("bridge", &wrong, &ca));
+    let refused = Launch::new("kappa-bridge", &sensors).args(&refused_args).spawn();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(refused.log_text().contains("BadUserNamePassword")
+        && health_status(&refused, "").await == Some(HealthStatus::NotServing))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no refusal logged, or ready without a session:\n{}",
+            refused.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        health_status(&refused, "").await,
+        Some(HealthStatus::NotServing),
+        "still not ready: it keeps being refused"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -1102,3 +1102,19 @@ pub async fn wait_all_answered(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+/// The local MQTT broker's TLS listener (`make mqtt-up`): its URL, its CA and the directory of
+/// the users' password files (`bridge.password`, `fleet.password`).
+pub fn secure_mqtt() -> (String, PathBuf, PathBuf) {
+    let port = std::env::var("KAPPA_TEST_MQTT_TLS_PORT").unwrap_or_else(|_| "8883".to_owned());
+    let state = std::env::var_os("KAPPA_TEST_MQTT_STATE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/mqtt/.state"));
+    let (ca, clients) = (state.join("tls/ca.pem"), state.join("clients"));
+    assert!(
+        ca.exists() && std::net::TcpStream::connect(format!("127.0.0.1:{port}")).is_ok(),
+        "the MQTT broker's TLS listener is not up on 127.0.0.1:{port} with its CA at {}: run `make mqtt-up` (make test does)",
+        ca.display()
+    );
+    (format!("mqtts://127.0.0.1:{port}"), ca, clients)
+}
