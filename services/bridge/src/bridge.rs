@@ -16,6 +16,7 @@ use std::{
 use futures::{StreamExt as _, stream::FuturesOrdered};
 use opentelemetry::trace::TraceContextExt as _;
 use rdkafka::{
+    error::{KafkaError, RDKafkaErrorCode},
     message::{Header, OwnedHeaders},
     producer::{FutureProducer, FutureRecord},
 };
@@ -35,6 +36,15 @@ use crate::{
     metrics::BridgeMetrics,
 };
 
+/// The bridge's two Kafka producers (idempotent, acks=all). Kafka judges max.message.bytes per
+/// batch, so a record too large for the topic fails the small ones batched with it: those are
+/// sent again alone, and only what Kafka refuses alone is too large.
+#[derive(Clone)]
+pub struct Producers {
+    pub batched: FutureProducer,
+    pub alone: FutureProducer,
+}
+
 pub struct Settings {
     pub filter: String,
     pub share_group: String,
@@ -49,7 +59,7 @@ type Pending = Pin<Box<dyn Future<Output = Publish> + Send>>;
 
 pub async fn run(
     options: MqttOptions,
-    producer: FutureProducer,
+    producers: Producers,
     settings: Arc<Settings>,
     metrics: Arc<BridgeMetrics>,
     readiness: Arc<kappa_runtime::Readiness>,
@@ -110,7 +120,7 @@ pub async fn run(
                     metrics.in_flight.inc();
                     pending.push_back(Box::pin(deliver(
                         publish,
-                        producer.clone(),
+                        producers.clone(),
                         Arc::clone(&settings),
                         Arc::clone(&metrics),
                     )));
@@ -131,6 +141,21 @@ pub async fn run(
     }
     let _ = client.disconnect().await;
     Ok(())
+}
+
+/// `headers` with the reason a message is dead-lettered (and the size of a payload left out).
+fn dead_letter_headers(headers: OwnedHeaders, reason: &str, left_out: Option<usize>) -> OwnedHeaders {
+    let headers = headers.insert(Header {
+        key: "kappa-dead-letter-reason",
+        value: Some(reason),
+    });
+    match left_out {
+        Some(bytes) => headers.insert(Header {
+            key: "kappa-dead-letter-payload-bytes",
+            value: Some(bytes.to_string().as_str()),
+        }),
+        None => headers,
+    }
 }
 
 /// The span of a message whose publisher sent a W3C `traceparent` (MQTT 5 user property), as a
@@ -159,7 +184,7 @@ fn message_span(publish: &Publish, mqtt_topic: &str, kafka_topic: &str) -> traci
 /// acknowledges it: the message must not be acknowledged to MQTT before.
 async fn deliver(
     publish: Publish,
-    producer: FutureProducer,
+    producers: Producers,
     settings: Arc<Settings>,
     metrics: Arc<BridgeMetrics>,
 ) -> Publish {
@@ -187,27 +212,28 @@ async fn deliver(
             value: Some(content_type.as_str()),
         });
     }
-    let destination = match &route {
-        Route::Sensor => &settings.sensor_topic,
-        Route::DeadLetter(reason) => {
-            headers = headers.insert(Header {
-                key: "kappa-dead-letter-reason",
-                value: Some(reason.as_str()),
-            });
-            &settings.dead_letter_topic
-        }
+    let mut route = route;
+    if let Route::DeadLetter(reason) = &route {
+        headers = dead_letter_headers(headers, reason, None);
+    }
+    let destination = |route: &Route| match route {
+        Route::Sensor => settings.sensor_topic.as_str(),
+        Route::DeadLetter(_) => settings.dead_letter_topic.as_str(),
     };
     // A message that carries a trace gets a span in it, and its record carries the trace on
     // from that span; untraced messages get none (a trace per reading would bury the rest).
-    let span = message_span(&publish, &topic, destination);
+    let span = message_span(&publish, &topic, destination(&route));
     if !span.is_none() {
         headers = kappa_kafka::trace_headers::inject(&span.context(), headers);
     }
+    let mut payload: &[u8] = publish.payload.as_ref();
     let mut wait = Duration::from_millis(100);
+    let mut alone = false;
     loop {
-        let record = FutureRecord::to(destination)
+        let producer = if alone { &producers.alone } else { &producers.batched };
+        let record = FutureRecord::to(destination(&route))
             .key(&key)
-            .payload(publish.payload.as_ref())
+            .payload(payload)
             .headers(headers.clone());
         match producer
             .send(record, Duration::from_secs(30))
@@ -215,6 +241,26 @@ async fn deliver(
             .await
         {
             Ok(_) => break,
+            // Kafka will never take this record (the topic's max.message.bytes): retrying would
+            // hold up every message behind it. The dead-letter topic gets the reason and the
+            // size, without the payload that did not fit.
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _))
+                if !alone && !payload.is_empty() =>
+            {
+                alone = true;
+            }
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _)) if !payload.is_empty() => {
+                let reason = format!(
+                    "Kafka refused the record as too large for {} ({} bytes of payload): raise the topic's max.message.bytes or send smaller messages",
+                    destination(&route),
+                    payload.len()
+                );
+                tracing::warn!(topic, %reason, "dead-lettering a message Kafka will not take");
+                headers = dead_letter_headers(headers, &reason, Some(payload.len()));
+                route = Route::DeadLetter(reason);
+                payload = &[];
+                alone = false;
+            }
             Err((e, _)) => {
                 tracing::warn!(error = %e, retry_in = ?wait, "producing a message failed; retrying");
                 tokio::time::sleep(wait).await;

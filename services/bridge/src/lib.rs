@@ -54,9 +54,15 @@ pub async fn run(
             }
         }
     }
-    let producer: FutureProducer = kafka
-        .config(&[("acks", "all"), ("enable.idempotence", "true"), ("linger.ms", "5")])
-        .create()?;
+    let producer = |extra: &[(&str, &str)]| -> anyhow::Result<FutureProducer> {
+        let mut settings = vec![("acks", "all"), ("enable.idempotence", "true")];
+        settings.extend_from_slice(extra);
+        Ok(kafka.config(&settings).create()?)
+    };
+    let producers = bridge::Producers {
+        batched: producer(&[("linger.ms", "5")])?,
+        alone: producer(&[("linger.ms", "0"), ("batch.num.messages", "1")])?,
+    };
     let metrics = Arc::new(metrics::BridgeMetrics::default());
     let mut metrics_registry = MetricsRegistry::default();
     metrics.register(&mut metrics_registry);
@@ -81,7 +87,7 @@ pub async fn run(
         readiness.supervise("bridge", stop.clone(), move || {
             bridge::run(
                 options.clone(),
-                producer.clone(),
+                producers.clone(),
                 Arc::clone(&settings),
                 Arc::clone(&metrics),
                 Arc::clone(&readiness_for_task),

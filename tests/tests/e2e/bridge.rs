@@ -609,3 +609,58 @@ async fn over_mqtts_with_credentials_messages_flow_and_a_wrong_password_or_ca_is
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// A message Kafka will never take (larger than the topic's max.message.bytes) must not hold up
+/// the ones behind it: it is dead-lettered with the reason and its size, the rest flow on.
+#[tokio::test]
+async fn a_message_too_large_for_the_topic_is_dead_lettered_and_the_rest_flow_on() {
+    let prefix = unique("test-big-cars");
+    let sensors = unique("test.sensors");
+    let dead = format!("{sensors}.dead-letter");
+    create_topic(&sensors, &[("max.message.bytes", "2000")]).await;
+    let _bridge = bridge(&prefix, &unique("bridges"), &unique("bridge"), &sensors)
+        .start("")
+        .await;
+    // One 5,000-byte reading between small ones, in one ordered stream from one car.
+    let python = std::env::var("KAPPA_TEST_PYTHON")
+        .unwrap_or_else(|_| format!("{}/.cache/kappa/py/bin/python", std::env::var("HOME").unwrap()));
+    let script = format!(
+        r#"
+import json, paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="{prefix}-pub", protocol=mqtt.MQTTv5)
+c.connect("127.0.0.1", {MQTT_PORT}); c.loop_start()
+sent = [c.publish("{prefix}/car-1/telemetry", json.dumps({{"seq": i, "pad": "x" * (5000 if i == 2 else 10)}}), qos=1) for i in range(5)]
+for s in sent: s.wait_for_publish(30)
+c.loop_stop(); c.disconnect()
+"#
+    );
+    let out = Command::new(python).args(["-c", &script]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let records = count_reaches(&sensors, 4, Duration::from_secs(30)).await;
+    assert_eq!(
+        seqs(&records),
+        vec![0, 1, 3, 4],
+        "the small ones, in order, not held up"
+    );
+    let dead_letters = count_reaches(&dead, 1, Duration::from_secs(30)).await;
+    assert_eq!(dead_letters.len(), 1);
+    let letter = &dead_letters[0];
+    assert!(payload(letter).is_empty(), "the payload that did not fit is left out");
+    assert!(
+        letter.header("kappa-dead-letter-reason").unwrap().contains("too large"),
+        "{:?}",
+        letter.headers
+    );
+    let size: usize = letter
+        .header("kappa-dead-letter-payload-bytes")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(size > 5000, "{size}");
+    assert_eq!(
+        letter.header("mqtt-topic"),
+        Some(format!("{prefix}/car-1/telemetry").as_str())
+    );
+}
