@@ -70,7 +70,7 @@ kafka-cluster-up: ## Start the local three-node Kafka cluster (replication 3, mi
 kafka-cluster-down: ## Stop the local three-node Kafka cluster
 	deploy/kafka/cluster.sh down
 
-mqtt-up: ## Fetch (once) and start the local MQTT broker (HiveMQ CE, MQTT 3 and 5) on 127.0.0.1:1883
+mqtt-up: ## Fetch (once) and start the local MQTT broker (HiveMQ CE, MQTT 3 and 5) on 127.0.0.1:1883, TLS with passwords on :8883
 	deploy/mqtt/mqtt.sh up
 
 mqtt-down: ## Stop the local MQTT broker started by mqtt-up

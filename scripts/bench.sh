@@ -125,4 +125,4 @@ echo "## Bridge: MQTT -> Kafka through kappa-bridge against a plain MQTT subscri
 echo
 echo "## Bridge: the largest fleet (one MQTT connection per car) carried into Kafka with zero loss over a minute"
 "$bin/bridge-bench" --kafka-bootstrap "${KAPPA_KAFKA_BOOTSTRAP:-127.0.0.1:9092}" fleet \
-  --sizes "${BENCH_FLEET_SIZES:-500,1000,2000,4000,8000}" --seconds "${BENCH_FLEET_SECONDS:-60}"
+  --sizes "${BENCH_FLEET_SIZES:-1000,4000,16000}" --seconds "${BENCH_FLEET_SECONDS:-60}" --drain-seconds 240

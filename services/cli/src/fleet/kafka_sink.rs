@@ -24,7 +24,7 @@ impl KafkaSink {
             .await
             .with_context(|| {
                 format!(
-                    "cannot create {topic} on Kafka at {} (--kafka-bootstrap)",
+                    "cannot create {topic} on Kafka at {} (check --kafka-bootstrap, --kafka-property and --kafka-properties-file)",
                     kafka.bootstrap()
                 )
             })?;

@@ -33,6 +33,8 @@ use super::Delivered;
 const REQUESTS_PER_CONNECTION: usize = 16;
 /// How long a connection may take to be accepted.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections opened at once.
+const CONNECT_WAVE: usize = 500;
 /// How long the broker may take to acknowledge what was sent, at the end.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -63,28 +65,36 @@ impl MqttSink {
         let (before, after) = split_topic(topic)?;
         let acks = Arc::new(Acks::default());
         let run = format!("kappa-fleet-{}-{}", kappa_runtime::hostname(), std::process::id());
-        let (mut clients, mut loops, mut accepted) = (Vec::new(), Vec::new(), Vec::new());
-        for i in 0..connections {
-            let mut options = connection.options(format!("{run}-{i}"));
-            // A session that outlives a dropped connection: unacknowledged publishes are sent
-            // again when it resumes (a new session would drop them).
-            options.set_clean_start(false).set_session_expiry_interval(Some(300));
-            let (client, events) = AsyncClient::new(options, REQUESTS_PER_CONNECTION);
-            let (tx, rx) = oneshot::channel();
-            loops.push(tokio::spawn(drive(events, Arc::clone(&acks), tx)));
-            clients.push(client);
-            accepted.push(rx);
-        }
+        let (mut clients, mut loops) = (Vec::new(), Vec::new());
         let url = connection.url();
-        for rx in accepted {
-            match tokio::time::timeout(CONNECT_TIMEOUT, rx).await {
-                Ok(Ok(Ok(()))) => {}
-                Ok(Ok(Err(reason))) => anyhow::bail!("cannot connect to the MQTT broker at {url}: {reason}"),
-                Ok(Err(_)) => anyhow::bail!("an MQTT connection to {url} ended before it was accepted"),
-                Err(_) => anyhow::bail!(
-                    "the MQTT broker at {url} did not accept a connection within {} s (is it up? `make mqtt-up`)",
-                    CONNECT_TIMEOUT.as_secs()
-                ),
+        // Cars come online in waves, as a fleet does: a connect storm of thousands at once
+        // times out on a small broker.
+        for wave in (0..connections).collect::<Vec<_>>().chunks(CONNECT_WAVE) {
+            let mut accepted = Vec::with_capacity(wave.len());
+            for i in wave {
+                let mut options = connection.options(format!("{run}-{i}"));
+                // A session that outlives a dropped connection: unacknowledged publishes are
+                // sent again when it resumes (a new session would drop them).
+                options
+                    .set_clean_start(false)
+                    .set_session_expiry_interval(Some(300))
+                    .set_connection_timeout(CONNECT_TIMEOUT.as_secs());
+                let (client, events) = AsyncClient::new(options, REQUESTS_PER_CONNECTION);
+                let (tx, rx) = oneshot::channel();
+                loops.push(tokio::spawn(drive(events, Arc::clone(&acks), tx)));
+                clients.push(client);
+                accepted.push(rx);
+            }
+            for rx in accepted {
+                match tokio::time::timeout(CONNECT_TIMEOUT, rx).await {
+                    Ok(Ok(Ok(()))) => {}
+                    Ok(Ok(Err(reason))) => anyhow::bail!("cannot connect to the MQTT broker at {url}: {reason}"),
+                    Ok(Err(_)) => anyhow::bail!("an MQTT connection to {url} ended before it was accepted"),
+                    Err(_) => anyhow::bail!(
+                        "the MQTT broker at {url} did not accept a connection within {} s (is it up? `make mqtt-up`)",
+                        CONNECT_TIMEOUT.as_secs()
+                    ),
+                }
             }
         }
         Ok(Self {
