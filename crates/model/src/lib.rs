@@ -2,6 +2,7 @@
 //! safetensors file. This crate decides what a valid model is (the registry refuses anything
 //! else before it writes a byte to Kafka) and, for the predictor, how a model computes its score.
 
+pub mod drift;
 mod error;
 pub mod evaluate;
 pub mod example;

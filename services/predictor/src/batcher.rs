@@ -226,6 +226,9 @@ impl Worker {
                 "the forward pass panicked ({message}); the inference thread carries on"
             ))
         });
+        if let (Ok(()), Some(drift)) = (&result, &model.drift) {
+            drift.observe(inputs, scores, model.threshold);
+        }
         let mut start = 0;
         for job in batch.drain(..) {
             let answer = match &result {

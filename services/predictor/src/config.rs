@@ -119,6 +119,23 @@ pub struct PredictorConfig {
           value_parser = kappa_model::signing::TrustedKeys::parse_flag)]
     pub trusted_keys: Option<kappa_model::signing::TrustedKeys>,
 
+    /// How often the inputs and scores of the served version are compared with its training
+    /// data (the reference profile in its lineage): each window sets the drift series and
+    /// writes one record to --monitoring-topic.
+    #[arg(long = "monitor-window-seconds", env = "KAPPA_MONITOR_WINDOW_SECONDS", default_value = "60",
+          value_name = "SECONDS", value_parser = kappa_runtime::args::seconds)]
+    pub monitor_window: Duration,
+
+    /// Windows with fewer scored rows than this report their count but no drift (too few rows
+    /// to tell drift from chance).
+    #[arg(long, env = "KAPPA_MONITOR_MIN_ROWS", default_value_t = 100)]
+    pub monitor_min_rows: u64,
+
+    /// Topic the monitoring records go to (JSON, keyed by model name); empty to keep them to
+    /// the metrics.
+    #[arg(long, env = "KAPPA_MONITORING_TOPIC", default_value = "model-monitoring")]
+    pub monitoring_topic: String,
+
     /// Validate the configuration, print it and exit without connecting to anything.
     #[arg(long)]
     pub check_config: bool,

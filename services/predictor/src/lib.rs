@@ -14,6 +14,7 @@ mod faults;
 mod follower;
 mod loader;
 mod metrics;
+mod monitor;
 mod oip;
 mod server;
 mod serving;

@@ -54,6 +54,8 @@ pub async fn run(
     let faults = Arc::new(Faults::new(config.faults.clone()));
 
     let slot = Arc::new(ModelSlot::default());
+    // This replica, in its records (load spans, monitoring windows).
+    let instance = format!("{}:{}", kappa_runtime::hostname(), listener.local_addr()?.port());
     let targets = follower::start(
         &kafka,
         &config.models_topic,
@@ -69,13 +71,34 @@ pub async fn run(
         consumer_config: kafka.clone(),
         topic: config.models_topic.clone(),
         backend: config.backend,
-        instance: format!("{}:{}", kappa_runtime::hostname(), listener.local_addr()?.port()),
+        instance: instance.clone(),
         trusted_keys: config.trusted_keys.clone(),
         max_model_bytes: config.max_model_bytes,
         faults: Arc::clone(&faults),
     });
     readiness.supervise("loader", stop.clone(), move || Arc::clone(&loader).run(targets.clone()));
 
+    {
+        let monitor_metrics = Arc::new(crate::monitor::MonitorMetrics::default());
+        monitor_metrics.register(&mut metrics_registry);
+        let producer = if config.monitoring_topic.is_empty() {
+            None
+        } else {
+            let producer: rdkafka::producer::FutureProducer = kafka
+                .config(&[("acks", "all"), ("enable.idempotence", "true"), ("linger.ms", "100")])
+                .create()?;
+            Some((producer, config.monitoring_topic.clone()))
+        };
+        let monitor = crate::monitor::Monitor {
+            slot: Arc::clone(&slot),
+            metrics: monitor_metrics,
+            producer,
+            window: config.monitor_window,
+            min_rows: config.monitor_min_rows,
+            instance: instance.clone(),
+        };
+        tokio::spawn(monitor.run(stop.clone()));
+    }
     let batcher = Batcher::start(
         config.inference_threads as usize,
         config.queue_capacity as usize,

@@ -9,6 +9,8 @@ use std::{
 use arc_swap::ArcSwapOption;
 use kappa_model::{Mlp, ModelManifest, schema::EventDecoder};
 
+use crate::monitor::DriftCounts;
+
 #[derive(Debug)]
 pub struct LoadedModel {
     pub name: String,
@@ -24,6 +26,8 @@ pub struct LoadedModel {
     pub decoder: EventDecoder,
     /// Columns with a declared validity rule, as `(column, min, max)`; usually none.
     pub rules: Vec<(usize, f64, f64)>,
+    /// Live counts against the training reference, for versions whose lineage has one.
+    pub drift: Option<DriftCounts>,
 }
 
 impl LoadedModel {
@@ -50,6 +54,7 @@ impl LoadedModel {
             .map(|f| f.name.as_str())
             .collect::<Vec<_>>()
             .join(",");
+        let drift = DriftCounts::for_manifest(&manifest);
         Ok(Self {
             name: manifest.name.clone(),
             version: manifest.version,
@@ -61,6 +66,7 @@ impl LoadedModel {
             feature_names,
             decoder,
             rules,
+            drift,
         })
     }
 

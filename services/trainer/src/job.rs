@@ -6,14 +6,16 @@ use std::{
 };
 
 use kappa_api::{
-    model::{Activation, Layer, Lineage, Metrics, ModelManifest, OutputKind, SampleCounts},
+    model::{
+        Activation, Distribution, Layer, Lineage, Metrics, ModelManifest, OutputKind, ReferenceProfile, SampleCounts,
+    },
     registry as rpb,
     trainer::{Continuous, Job, JobPhase, JobProgress, TrainingSpec, training_spec::Range},
 };
 use kappa_client::{Registry, Selector};
 use kappa_kafka::KafkaClients;
 use kappa_model::{
-    Backend, Mlp,
+    Backend, Mlp, drift,
     evaluate::{Quality, percentile, quality},
     example::serialize_tensors,
     train::{TrainData, TrainSettings, train_autoencoder},
@@ -474,6 +476,7 @@ async fn execute_round(handle: &Arc<JobHandle>, ctx: &JobContext, round: &tracin
     let flat = |rows: &[Vec<f32>]| rows.iter().flatten().copied().collect::<Vec<f32>>();
     let validation_scores = model.score(&flat(&splits.validation)).map_err(fail)?;
     manifest.anomaly_threshold = f64::from(percentile(&validation_scores, spec.threshold_percentile));
+    let reference = reference_profile(&spec, &splits.train, &validation_scores, manifest.anomaly_threshold);
     let holdout_rows: Vec<Vec<f32>> = splits.holdout.iter().map(|(r, _)| r.clone()).collect();
     let holdout_labels: Vec<bool> = splits.holdout.iter().map(|(_, l)| *l).collect();
     let has_both = holdout_labels.contains(&true) && holdout_labels.contains(&false);
@@ -557,6 +560,7 @@ async fn execute_round(handle: &Arc<JobHandle>, ctx: &JobContext, round: &tracin
         }),
         parent_version: holder.version(),
         trace_context: span_context_map(round),
+        reference: Some(reference),
     };
     manifest.lineage = Some(lineage.clone());
     ctx.metrics.published.inc();
@@ -633,6 +637,33 @@ impl Holder {
 }
 
 /// The version the alias points at now, with its model.
+/// What the rows the model was fitted on looked like, feature by feature, and how its
+/// validation rows scored: the reference predictors measure drift against.
+fn reference_profile(
+    spec: &TrainingSpec,
+    train: &[Vec<f32>],
+    validation_scores: &[f32],
+    threshold: f64,
+) -> ReferenceProfile {
+    let features = spec
+        .features
+        .iter()
+        .enumerate()
+        .map(|(i, feature)| {
+            drift::of(&feature.path, train.iter().map(|row| f64::from(row[i]))).unwrap_or_else(|| Distribution {
+                name: feature.path.clone(),
+                ..Distribution::default()
+            })
+        })
+        .collect();
+    let above = validation_scores.iter().filter(|s| f64::from(**s) > threshold).count();
+    ReferenceProfile {
+        features,
+        validation_scores: drift::of("score", validation_scores.iter().map(|s| f64::from(*s))),
+        validation_anomaly_rate: above as f64 / validation_scores.len().max(1) as f64,
+    }
+}
+
 async fn current_holder(registry: &mut Registry, spec: &TrainingSpec) -> Holder {
     let selector = Selector::Alias(spec.promote_alias.clone());
     match registry.get(&spec.model_name, selector).await {

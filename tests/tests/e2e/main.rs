@@ -7,6 +7,7 @@ mod cluster;
 mod demo;
 mod fleet;
 mod metrics;
+mod monitoring;
 mod outage;
 mod predictor;
 mod registry;

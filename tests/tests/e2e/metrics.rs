@@ -118,7 +118,19 @@ async fn every_services_metrics_are_valid_documented_and_move_with_traffic() {
     let before = checked_scrape(&registry_metrics, "kappa_registry", &documented, false).await;
     assert!(value(&before, "kappa_registry_replay_seconds") > 0.0, "{before}");
 
-    let m = car_autoencoder("metered", &[8]);
+    let mut m = car_autoencoder("metered", &[8]);
+    // A reference profile, as the trainer writes one, so the drift series exist too.
+    m.lineage = Some(kappa_api::model::Lineage {
+        reference: Some(kappa_api::model::ReferenceProfile {
+            features: CAR_FIELDS
+                .iter()
+                .map(|f| kappa_model::drift::of(f, (0..100).map(f64::from)).unwrap())
+                .collect(),
+            validation_scores: kappa_model::drift::of("score", (0..100).map(|i| f64::from(i) / 10.0)),
+            validation_anomaly_rate: 0.01,
+        }),
+        ..Default::default()
+    });
     let weights = random_weights(&m, 1);
     publish(&mut registry_client(&registry).await, &m, &weights, "")
         .await
@@ -138,6 +150,9 @@ async fn every_services_metrics_are_valid_documented_and_move_with_traffic() {
     create_topic(&sensors, &[]).await;
     let predictor = PredictorSetup::new(&setup.topic, "metered", "latest")
         .stream(&sensors, &unique("test.metered-predictions"))
+        .arg("--monitor-window-seconds=1")
+        .arg("--monitor-min-rows=1")
+        .arg(format!("--monitoring-topic={}", unique("test.metered-monitoring")))
         .start()
         .await;
     let before = checked_scrape(&predictor.metrics_url, "kappa_predictor", &documented, false).await;
@@ -156,13 +171,15 @@ async fn every_services_metrics_are_valid_documented_and_move_with_traffic() {
     produce_raw(&sensors, vec![("car1".into(), b"{not json".to_vec())]).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let after = loop {
-        let text = checked_scrape(&predictor.metrics_url, "kappa_predictor", &documented, true).await;
-        if value(&text, r#"kappa_predictor_stream_events_total{reason="malformed"}"#) >= 1.0 {
-            break text;
+        let text = checked_scrape(&predictor.metrics_url, "kappa_predictor", &documented, false).await;
+        if value(&text, r#"kappa_predictor_stream_events_total{reason="malformed"}"#) >= 1.0
+            && text.contains("kappa_predictor_feature_drift_psi{")
+        {
+            break checked_scrape(&predictor.metrics_url, "kappa_predictor", &documented, true).await;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "the malformed event was never counted:\n{text}"
+            "the malformed event was never counted, or no monitoring window measured the calls:\n{text}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };

@@ -44,6 +44,15 @@ fn manifest_with_lineage(name: &str, job: &str) -> ModelManifest {
         }),
         parent_version: 0,
         trace_context: Default::default(),
+        reference: Some(kappa_api::model::ReferenceProfile {
+            features: vec![kappa_api::model::Distribution {
+                name: "speed".to_owned(),
+                edges: vec![10.0, 50.0],
+                shares: vec![0.2, 0.5, 0.3],
+            }],
+            validation_scores: None,
+            validation_anomaly_rate: 0.01,
+        }),
     });
     m
 }
