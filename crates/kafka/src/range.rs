@@ -272,3 +272,47 @@ pub fn position(consumer: &BaseConsumer, topic: &str, partition: i32) -> Option<
         _ => None,
     }
 }
+
+/// Where one partition of a topic stands relative to a point in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionSince {
+    pub partition: i32,
+    /// The first offset whose timestamp is at or after the time; `high` when no record is.
+    pub start: i64,
+    pub low: i64,
+    pub high: i64,
+}
+
+/// Every partition of `topic` located at `since_ms` (broker time index), with its watermarks;
+/// empty when the topic has no partitions (it does not exist yet).
+pub fn partitions_since(
+    consumer: &BaseConsumer,
+    topic: &str,
+    since_ms: i64,
+    timeout: Duration,
+) -> Result<Vec<PartitionSince>, KafkaError> {
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    let mut query = TopicPartitionList::new();
+    for p in metadata.topics().first().map(|t| t.partitions()).unwrap_or_default() {
+        query.add_partition_offset(topic, p.id(), Offset::Offset(since_ms))?;
+    }
+    if query.count() == 0 {
+        return Ok(Vec::new());
+    }
+    let mut located = Vec::new();
+    for element in consumer.offsets_for_times(query, timeout)?.elements() {
+        let (low, high) = consumer.fetch_watermarks(topic, element.partition(), timeout)?;
+        let start = match element.offset() {
+            Offset::Offset(o) => o,
+            _ => high,
+        }
+        .clamp(low, high);
+        located.push(PartitionSince {
+            partition: element.partition(),
+            start,
+            low,
+            high,
+        });
+    }
+    Ok(located)
+}

@@ -6,6 +6,7 @@ mod health;
 mod keys;
 mod load;
 mod models;
+mod monitor;
 mod predict;
 mod predictions;
 mod secret_file;
@@ -39,6 +40,8 @@ enum Command {
     Load(load::LoadArgs),
     /// Summarise recent stream predictions: anomaly rate, cars flagged, versions that answered.
     Predictions(predictions::PredictionsArgs),
+    /// Follow a model's monitoring windows: drift per feature, anomaly rate against training.
+    Monitor(monitor::MonitorArgs),
     /// Start, follow, list and cancel training jobs on kappa-trainer.
     Train(train::TrainArgs),
     /// Simulate a connected-car fleet sending telemetry (with failures) to Kafka or over MQTT.
@@ -63,6 +66,7 @@ impl Command {
             Self::Predictions(_) => "kappa predictions",
             Self::Train(_) => "kappa train",
             Self::Fleet(_) => "kappa fleet",
+            Self::Monitor(_) => "kappa monitor",
             Self::Data(_) => "kappa data",
             Self::Token(_) => "kappa token",
             Self::Keys(_) => "kappa keys",
@@ -110,6 +114,7 @@ async fn main() -> ExitCode {
             Command::Models(args) => models::run(args, &security()?).await,
             Command::Predict(args) => predict::run(args, &security()?).await,
             Command::Fleet(args) => fleet::run(*args).await,
+            Command::Monitor(args) => monitor::run(args).await,
             Command::Data(args) => data::run(args).await,
             Command::Load(args) => load::run(args, &security()?).await,
             Command::Predictions(args) => predictions::run(args).await,

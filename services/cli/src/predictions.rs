@@ -51,39 +51,20 @@ fn summarise(args: &PredictionsArgs) -> anyhow::Result<()> {
     let kafka = args.kafka.clients().map_err(anyhow::Error::msg)?;
     let consumer: BaseConsumer = kappa_kafka::range::range_consumer(&kafka, "cli-predictions")?;
     let timeout = Duration::from_secs(10);
-    let metadata = consumer
-        .fetch_metadata(Some(&args.topic), timeout)
+    let since_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as i64 - args.last_seconds as i64 * 1000;
+    let located = kappa_kafka::range::partitions_since(&consumer, &args.topic, since_ms, timeout)
         .with_context(|| format!("cannot reach Kafka at {} (--kafka-bootstrap)", kafka.bootstrap()))?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .first()
-        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
-        .unwrap_or_default();
     anyhow::ensure!(
-        !partitions.is_empty(),
+        !located.is_empty(),
         "topic {} has no partitions: has a predictor run in stream mode yet?",
         args.topic
     );
-    let since_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as i64 - args.last_seconds as i64 * 1000;
-    let mut query = TopicPartitionList::new();
-    for p in &partitions {
-        query.add_partition_offset(&args.topic, *p, Offset::Offset(since_ms))?;
-    }
-    let starts = consumer.offsets_for_times(query, timeout)?;
     // Read each partition up to the end it had when we started.
     let mut ends = BTreeMap::new();
     let mut assignment = TopicPartitionList::new();
-    for element in starts.elements() {
-        let (low, high) = consumer.fetch_watermarks(&args.topic, element.partition(), timeout)?;
-        let start = match element.offset() {
-            Offset::Offset(o) => o,
-            _ => high,
-        }
-        .max(low);
-        if start < high {
-            ends.insert(element.partition(), high);
-            assignment.add_partition_offset(&args.topic, element.partition(), Offset::Offset(start))?;
-        }
+    for p in located.iter().filter(|p| p.start < p.high) {
+        ends.insert(p.partition, p.high);
+        assignment.add_partition_offset(&args.topic, p.partition, Offset::Offset(p.start))?;
     }
     consumer.assign(&assignment)?;
 

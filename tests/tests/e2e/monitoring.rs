@@ -201,4 +201,21 @@ async fn live_inputs_like_the_training_data_stay_under_the_drift_threshold_and_a
     let coolant = predictor.metric(&metric("coolant_temp")).await.unwrap();
     let speed = predictor.metric(&metric("speed")).await.unwrap();
     assert!(coolant >= 0.2 && speed < 0.2, "coolant {coolant}, speed {speed}");
+
+    // What an operator runs: the windows so far (one closes every 2 s, rows or not), the drifted
+    // one named.
+    let so_far = windows(&monitoring).await.len().to_string();
+    let out = Command::new(binary("kappa"))
+        .args(["monitor", "--kafka-bootstrap", &bootstrap(), "--model", "monitored"])
+        .args(["--topic", &monitoring, "--last-seconds", "600", "--windows", &so_far])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    println!("{text}");
+    assert!(text.contains("no feature drifted (PSI < 0.2)"), "{text}");
+    assert!(
+        text.contains("DRIFT: coolant_temp") && text.contains("    coolant_temp"),
+        "{text}"
+    );
 }
