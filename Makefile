@@ -33,10 +33,10 @@ test: prerequisites ## Run all tests against a real Kafka broker (started and st
 	$(WITH_KAFKA) --jaeger --secure --cluster --mqtt cargo test --workspace -- --test-threads 4
 	$(MAKE) --no-print-directory helm-test
 
-helm-test: ## Helm chart: lint --strict, offline Kubernetes schema validation, --check-config of the rendered pods
+helm-test: ## Helm chart: lint --strict, offline Kubernetes schema validation, --check-config of the rendered pods, promtool on its alerts
 	scripts/tools.sh >/dev/null
 	cargo build --workspace --bins
-	KAPPA_BIN_DIR=$(CARGO_TARGET_DIR)/debug KAPPA_HELM=$(TOOLS_BIN)/helm $(PY) -m pytest -q tests/helm
+	KAPPA_BIN_DIR=$(CARGO_TARGET_DIR)/debug KAPPA_HELM=$(TOOLS_BIN)/helm KAPPA_PROMTOOL=$(TOOLS_BIN)/promtool $(PY) -m pytest -q tests/helm
 
 lint: ## cargo fmt --check, clippy with warnings as errors, cargo deny (licences, duplicate majors, sources, advisories)
 	cargo fmt --all -- --check

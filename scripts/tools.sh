@@ -12,6 +12,13 @@ install_go_tool() { # name module@version
 }
 install_go_tool grpcurl github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.3
 install_go_tool helm helm.sh/helm/v3/cmd/helm@v3.22.0
+# promtool checks and unit-tests the chart's alerting rules. Prometheus' go.mod has exclude
+# directives, which `go install module@version` refuses, so it is built inside its module.
+if [ ! -x "$bin/promtool" ]; then
+  echo "Building promtool (prometheus v0.307.3) into $bin (several minutes, once)..." >&2
+  (cd /tmp && go mod download github.com/prometheus/prometheus@v0.307.3) >&2
+  (cd "$(go env GOMODCACHE)/github.com/prometheus/prometheus@v0.307.3" && go build -o "$bin/promtool" ./cmd/promtool) >&2
+fi
 
 # cargo-deny (make lint), built from crates.io into the same folder.
 if ! "$bin/cargo-deny" --version 2>/dev/null | grep -q "0.20.2"; then

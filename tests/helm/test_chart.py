@@ -5,6 +5,7 @@ args and env: the ports the probes and Services use are the ports the binary lis
 
 Run by `make test`; needs helm (KAPPA_HELM), the built binaries (KAPPA_BIN_DIR) and the venv's
 kubernetes-validate."""
+import json
 import os
 import pathlib
 import re
@@ -18,6 +19,7 @@ import yaml
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "kappa"
 HELM = os.environ.get("KAPPA_HELM", str(pathlib.Path.home() / ".cache/kappa/bin/helm"))
+PROMTOOL = os.environ.get("KAPPA_PROMTOOL", str(pathlib.Path.home() / ".cache/kappa/bin/promtool"))
 BIN_DIR = pathlib.Path(os.environ.get("KAPPA_BIN_DIR", ROOT / "target" / "debug"))
 KUBE_VERSION = "1.33.0"
 VALUES = {
@@ -72,8 +74,8 @@ def test_rendered_manifests_validate_against_kubernetes_schemas(name, tmp_path):
     report = result.stdout + result.stderr
     assert result.returncode == 0, report
     kinds = {d["kind"] for d in yaml.safe_load_all(out) if d}
-    # Everything but the Prometheus Operator's CRD is checked against a bundled schema.
-    for kind in kinds - {"ServiceMonitor"}:
+    # Everything but the Prometheus Operator's CRDs is checked against a bundled schema.
+    for kind in kinds - {"ServiceMonitor", "PrometheusRule"}:
         assert f"passed for resource {kind.lower()}/" in report, f"{kind} was not validated:\n{report}"
 
 
@@ -391,3 +393,28 @@ def test_a_bridge_without_what_it_needs_is_refused_with_what_to_set(overrides, c
                   check=False)
     assert result.returncode != 0, f"{overrides} was accepted"
     assert complaint in result.stderr, result.stderr
+
+
+def test_the_monitoring_alerts_pass_promtool_check_and_its_unit_tests(tmp_path):
+    docs = render(VALUES["production"])
+    rule = next(d for d in docs if d["kind"] == "PrometheusRule")
+    assert rule["metadata"]["labels"]["release"] == "prometheus"
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    shutil.copy(pathlib.Path(__file__).with_name("monitoring-rules.test.yaml"), tmp_path / "test.yaml")
+    for args in (["check", "rules", "rules.yaml"], ["test", "rules", "test.yaml"]):
+        result = subprocess.run([PROMTOOL, *args], cwd=tmp_path, capture_output=True, text=True)
+        assert result.returncode == 0, f"promtool {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
+    assert not [d for d in render(VALUES["default"]) if d["kind"] == "PrometheusRule"], "off by default"
+
+
+def test_the_dashboard_is_valid_json_on_documented_series():
+    docs = render(VALUES["production"])
+    config_map = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "kappa-dashboard")
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = json.loads(config_map["data"]["kappa-model-monitoring.json"])
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    readme = (ROOT / "README.md").read_text()
+    for name in {n for e in exprs for n in re.findall(r"kappa_[a-z_]+", e)}:
+        base = re.sub(r"_(bucket|count|sum)$", "", name)
+        assert f"`{base}" in readme, f"the dashboard uses {name}, which the README does not document"
+    assert any("kappa_predictor_feature_drift_psi" in e for e in exprs)

@@ -338,3 +338,32 @@ the bridge when enabled. (dict "root" $ "component" "bridge") */}}
 {{- define "kappa.enabled" -}}
 {{- if or (has .component (list "registry" "predictor")) (index .root.Values .component).enabled }}true{{ end }}
 {{- end }}
+
+{{/* The alerting rules on the monitoring windows, shared by the PrometheusRule and the chart's
+rule tests (promtool). */}}
+{{- define "kappa.monitoringRules" -}}
+{{- $rule := .Values.metrics.prometheusRule -}}
+- name: kappa-model-monitoring
+  rules:
+    - alert: KappaFeatureDrift
+      # A feature's live values no longer look like the data the served version was trained on.
+      expr: max by (model, version, feature) (kappa_predictor_feature_drift_psi) >= {{ $rule.driftThreshold }}
+      for: {{ $rule.for }}
+      labels:
+        severity: {{ $rule.severity }}
+      annotations:
+        summary: "{{ "{{" }} $labels.model {{ "}}" }} v{{ "{{" }} $labels.version {{ "}}" }}: {{ "{{" }} $labels.feature {{ "}}" }} drifted (PSI {{ "{{" }} $value | printf \"%.2f\" {{ "}}" }})"
+        description: "The population stability index of {{ "{{" }} $labels.feature {{ "}}" }} against the version's training data has stayed at or above {{ $rule.driftThreshold }}. Check the sensor or its units, or retrain on recent data (kappa monitor --model {{ "{{" }} $labels.model {{ "}}" }})."
+    - alert: KappaAnomalyRateHigh
+      # Many more anomalies than on the validation data: a fleet problem, or a model out of date.
+      expr: |
+        max by (model, version) (kappa_predictor_window_anomaly_rate)
+          > on (model, version) ({{ $rule.anomalyRateFactor }} * max by (model, version) (kappa_predictor_reference_anomaly_rate))
+        and on (model, version) max by (model, version) (kappa_predictor_window_rows) >= {{ $rule.minWindowRows }}
+      for: {{ $rule.for }}
+      labels:
+        severity: {{ $rule.severity }}
+      annotations:
+        summary: "{{ "{{" }} $labels.model {{ "}}" }} v{{ "{{" }} $labels.version {{ "}}" }}: anomaly rate {{ "{{" }} $value | humanizePercentage {{ "}}" }}, over {{ $rule.anomalyRateFactor }}x the validation data's"
+        description: "The share of scored rows above the anomaly threshold has stayed above {{ $rule.anomalyRateFactor }} times the rate on the version's validation data."
+{{- end }}
