@@ -9,7 +9,8 @@
 #      predictors swap to it and score the live stream, which the cars keep publishing;
 #   3. round 2 retrains on the sliding window and publishes the next version; both predictors
 #      move to it while a gRPC client keeps calling them, and not one call fails;
-#   4. a wind-turbine fleet the code has never seen: inspected, trained with inferred features,
+#   4. the cars' coolant sensors drift: the predictors' monitoring windows name the feature;
+#   5. a wind-turbine fleet the code has never seen: inspected, trained with inferred features,
 #      served, its events scored through their own schema.
 # Then the mesh keeps running for DEMO_SECONDS (default 30) to be explored, and everything this
 # script started is stopped, on Ctrl-C too. Any failed step makes it exit non-zero.
@@ -35,6 +36,7 @@ mqtt_prefix=${DEMO_MQTT_PREFIX:-cars}
 models_topic=${DEMO_MODELS_TOPIC:-kappa.models}
 sensors=${DEMO_SENSOR_TOPIC:-sensor-data}
 predictions=${DEMO_PREDICTIONS_TOPIC:-model-predictions}
+monitoring=${DEMO_MONITORING_TOPIC:-model-monitoring}
 model=car-anomaly
 jaeger_ui=http://127.0.0.1:${JAEGER_UI_PORT:-16686}
 export OTEL_EXPORTER_OTLP_ENDPOINT=${OTEL_EXPORTER_OTLP_ENDPOINT:-http://127.0.0.1:${JAEGER_OTLP_GRPC_PORT:-4317}}
@@ -113,7 +115,8 @@ for p in a b; do
   port_var=predictor_$p metrics_var=predictor_${p}_metrics
   start_service "predictor-$p" "$bin/kappa-predictor" --listen "127.0.0.1:${!port_var}" \
     --metrics-listen "127.0.0.1:${!metrics_var}" --model "$model" --follow production --stream \
-    --sensor-topic "$sensors" --predictions-topic "$predictions" --consumer-group "${DEMO_CONSUMER_GROUP:-kappa-demo-predictors}"
+    --sensor-topic "$sensors" --predictions-topic "$predictions" --consumer-group "${DEMO_CONSUMER_GROUP:-kappa-demo-predictors}" \
+    --monitor-window-seconds 10 --monitoring-topic "$monitoring"
 done
 start_service trainer "$bin/kappa-trainer" --listen "127.0.0.1:$trainer_port" \
   --metrics-listen "127.0.0.1:$trainer_metrics"
@@ -167,7 +170,7 @@ for p in a b; do
 done
 kappa fleet --mqtt-url "$mqtt_url" --mqtt-topic "$mqtt_prefix/+/telemetry" --cars 50 --rate 250 --duration-seconds 600 \
   --failing-share 0.3 --failure-chance 0.01 --seed 2 >"$run/live-fleet.txt" 2>&1 &
-pids+=($!)
+pids+=($!) live_fleet=$!
 say "live fleet: 50 cars at 250 events/s (another seed) over MQTT -> kappa-bridge -> $sensors"
 sleep 8
 kappa predictions --topic "$predictions" --last-seconds 8 | indent
@@ -189,7 +192,19 @@ say "the swap to version $next under load: $(grep -o '[0-9]* calls in [0-9.]* s'
 sleep 3
 kappa predictions --topic "$predictions" --last-seconds 10 | indent
 
-step "6. Any telemetry: a wind-turbine fleet with other sensors, nested JSON, RFC 3339 time and a text label"
+step "6. Drift: the cars' coolant sensors start reading 30 degrees hot; the predictors' monitoring windows say so"
+kill "$live_fleet" 2>/dev/null || true
+kappa fleet --mqtt-url "$mqtt_url" --mqtt-topic "$mqtt_prefix/+/telemetry" --cars 50 --rate 250 --duration-seconds 600 \
+  --failing-share 0.3 --failure-chance 0.01 --seed 2 --shift coolant_temp=+30 >"$run/shifted-fleet.txt" 2>&1 &
+pids+=($!)
+say "every 10 s each predictor compares what it scored with $model's training data (PSI per feature), in"
+say "its metrics and on $monitoring; kappa monitor --model $model follows them:"
+drifted() { kappa monitor --model "$model" --topic "$monitoring" --last-seconds 10 --windows 1 | grep -q "DRIFT:.*coolant_temp"; }
+wait_for "a monitoring window that names coolant_temp" 60 drifted
+kappa monitor --model "$model" --topic "$monitoring" --last-seconds 30 --windows 3 | indent
+say "(curl -s http://127.0.0.1:$predictor_a_metrics/metrics | grep feature_drift_psi; the chart's PrometheusRule alerts on it)"
+
+step "7. Any telemetry: a wind-turbine fleet with other sensors, nested JSON, RFC 3339 time and a text label"
 turbines=${DEMO_TURBINE_TOPIC:-$sensors-turbines}
 kappa fleet --profile turbine --topic "$turbines" --cars 20 --events 6000 --rate 0 --backdate-seconds 3600 \
   --failing-share 0.3 --failure-chance 0.005 --seed 3 --jsonl "$run/turbines.jsonl" | indent

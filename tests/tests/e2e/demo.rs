@@ -20,6 +20,7 @@ fn the_demo_retrains_to_version_2_and_both_predictors_swap_without_a_failed_call
         .env("DEMO_MODELS_TOPIC", unique("test.demo-models"))
         .env("DEMO_SENSOR_TOPIC", unique("test.demo-sensors"))
         .env("DEMO_PREDICTIONS_TOPIC", unique("test.demo-predictions"))
+        .env("DEMO_MONITORING_TOPIC", unique("test.demo-monitoring"))
         .env("DEMO_TURBINE_TOPIC", unique("test.demo-turbines"))
         .env("DEMO_CONSUMER_GROUP", unique("test-demo"))
         .env("DEMO_REGISTRY_PORT", &ports[0])
@@ -96,6 +97,11 @@ fn the_demo_retrains_to_version_2_and_both_predictors_swap_without_a_failed_call
     assert!(
         text.contains("kappa-bridge: 20000 messages produced to"),
         "the history went cars -> MQTT -> bridge -> Kafka:\n{text}"
+    );
+    // The shifted coolant sensors are named by the predictors' monitoring windows.
+    assert!(
+        text.contains("DRIFT: ") && text.contains("    coolant_temp  "),
+        "drift was shown:\n{text}"
     );
     assert!(text.contains("Demo complete"), "{text}");
     println!("the demo took {:.0} s", started.elapsed().as_secs_f64());

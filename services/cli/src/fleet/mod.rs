@@ -5,6 +5,7 @@
 
 mod kafka_sink;
 mod mqtt_sink;
+mod shift;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -66,6 +67,10 @@ pub struct FleetArgs {
     /// Event-time spacing between two samples of one car.
     #[arg(long, default_value_t = 1000)]
     sample_interval_ms: u64,
+    /// Make a sensor read off by a constant, PATH=DELTA (e.g. coolant_temp=+30), to see what
+    /// drift monitoring makes of data a model was not trained on; repeatable.
+    #[arg(long = "shift", value_name = "PATH=DELTA")]
+    shifts: Vec<shift::Shift>,
     /// Also write every event as a JSON line to this file (for `kappa predict`, or inspection).
     #[arg(long)]
     jsonl: Option<std::path::PathBuf>,
@@ -171,7 +176,12 @@ pub async fn run(args: FleetArgs) -> anyhow::Result<()> {
                 tokio::time::sleep(wait).await;
             }
         }
-        let Some(reading) = fleet.sample(event_time) else { break };
+        let Some(mut reading) = fleet.sample(event_time) else {
+            break;
+        };
+        for shift in &args.shifts {
+            shift.apply(&mut reading.fields);
+        }
         if reading.failing {
             failing_events += 1;
         }
