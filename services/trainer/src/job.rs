@@ -30,7 +30,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::{
     dataset::{Screen, fit_stats, scaled, split},
-    reader::{RangeQuery, read_range, scan_range},
+    reader::{RangeQuery, Row, read_range, scan_range},
     store::JobStore,
 };
 
@@ -292,6 +292,9 @@ async fn execute_round(handle: &Arc<JobHandle>, ctx: &JobContext, round: &tracin
         return Err(Stop::Cancelled);
     }
     let features = spec.features.len();
+    // The range as it was, every usable event (anomalies and outliers too): what live data is
+    // compared with. (Past --max-rows, the uniform sample of it.)
+    let reference_features = feature_profiles(&spec, &data.rows);
     let mut splits = split(data.rows, spec.validation_split, spec.holdout_split, spec.seed);
     let mut skipped = data.skipped.clone();
     if splits.anomalies_excluded > 0 {
@@ -476,7 +479,15 @@ async fn execute_round(handle: &Arc<JobHandle>, ctx: &JobContext, round: &tracin
     let flat = |rows: &[Vec<f32>]| rows.iter().flatten().copied().collect::<Vec<f32>>();
     let validation_scores = model.score(&flat(&splits.validation)).map_err(fail)?;
     manifest.anomaly_threshold = f64::from(percentile(&validation_scores, spec.threshold_percentile));
-    let reference = reference_profile(&spec, &splits.train, &validation_scores, manifest.anomaly_threshold);
+    let above = validation_scores
+        .iter()
+        .filter(|s| f64::from(**s) > manifest.anomaly_threshold)
+        .count();
+    let reference = ReferenceProfile {
+        features: reference_features,
+        validation_scores: drift::of("score", validation_scores.iter().map(|s| f64::from(*s))),
+        validation_anomaly_rate: above as f64 / validation_scores.len().max(1) as f64,
+    };
     let holdout_rows: Vec<Vec<f32>> = splits.holdout.iter().map(|(r, _)| r.clone()).collect();
     let holdout_labels: Vec<bool> = splits.holdout.iter().map(|(_, l)| *l).collect();
     let has_both = holdout_labels.contains(&true) && holdout_labels.contains(&false);
@@ -637,31 +648,18 @@ impl Holder {
 }
 
 /// The version the alias points at now, with its model.
-/// What the rows the model was fitted on looked like, feature by feature, and how its
-/// validation rows scored: the reference predictors measure drift against.
-fn reference_profile(
-    spec: &TrainingSpec,
-    train: &[Vec<f32>],
-    validation_scores: &[f32],
-    threshold: f64,
-) -> ReferenceProfile {
-    let features = spec
-        .features
+/// Each feature's distribution over the rows of the range, in the spec's feature order.
+fn feature_profiles(spec: &TrainingSpec, rows: &[Row]) -> Vec<Distribution> {
+    spec.features
         .iter()
         .enumerate()
         .map(|(i, feature)| {
-            drift::of(&feature.path, train.iter().map(|row| f64::from(row[i]))).unwrap_or_else(|| Distribution {
+            drift::of(&feature.path, rows.iter().map(|row| f64::from(row.values[i]))).unwrap_or_else(|| Distribution {
                 name: feature.path.clone(),
                 ..Distribution::default()
             })
         })
-        .collect();
-    let above = validation_scores.iter().filter(|s| f64::from(**s) > threshold).count();
-    ReferenceProfile {
-        features,
-        validation_scores: drift::of("score", validation_scores.iter().map(|s| f64::from(*s))),
-        validation_anomaly_rate: above as f64 / validation_scores.len().max(1) as f64,
-    }
+        .collect()
 }
 
 async fn current_holder(registry: &mut Registry, spec: &TrainingSpec) -> Holder {
