@@ -45,6 +45,8 @@ export KAPPA_REGISTRY=http://127.0.0.1:$registry_port
 export KAPPA_TRAINER=http://127.0.0.1:$trainer_port
 export KAPPA_MODELS_TOPIC=$models_topic
 
+# Foreground calls only: a background job must run "$bin/kappa" itself, since killing a
+# backgrounded function kills its subshell and leaves the binary running.
 kappa() { "$bin/kappa" "$@"; }
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 say() { echo "   $*"; }
@@ -168,7 +170,7 @@ for p in a b; do
   metrics_var=predictor_${p}_metrics
   say "predictor $p: serving v$(metric "${!metrics_var}" kappa_predictor_loaded_version), $(last_swap "$p")"
 done
-kappa fleet --mqtt-url "$mqtt_url" --mqtt-topic "$mqtt_prefix/+/telemetry" --cars 50 --rate 250 --duration-seconds 600 \
+"$bin/kappa" fleet --mqtt-url "$mqtt_url" --mqtt-topic "$mqtt_prefix/+/telemetry" --cars 50 --rate 250 --duration-seconds 600 \
   --failing-share 0.3 --failure-chance 0.01 --seed 2 >"$run/live-fleet.txt" 2>&1 &
 pids+=($!) live_fleet=$!
 say "live fleet: 50 cars at 250 events/s (another seed) over MQTT -> kappa-bridge -> $sensors"
@@ -194,13 +196,18 @@ kappa predictions --topic "$predictions" --last-seconds 10 | indent
 
 step "6. Drift: the cars' coolant sensors start reading 30 degrees hot; the predictors' monitoring windows say so"
 kill "$live_fleet" 2>/dev/null || true
-kappa fleet --mqtt-url "$mqtt_url" --mqtt-topic "$mqtt_prefix/+/telemetry" --cars 50 --rate 250 --duration-seconds 600 \
+# Scored what was queued before the shift, so the windows after it hold shifted readings.
+caught_up() {
+  for m in $predictor_a_metrics $predictor_b_metrics; do metric_sum "$m" kappa_predictor_stream_lag | awk '{exit !($1 < 500)}' || return 1; done
+}
+wait_for "the predictors to catch up with the stream" 120 caught_up
+"$bin/kappa" fleet --mqtt-url "$mqtt_url" --mqtt-topic "$mqtt_prefix/+/telemetry" --cars 50 --rate 250 --duration-seconds 600 \
   --failing-share 0.3 --failure-chance 0.01 --seed 2 --shift coolant_temp=+30 >"$run/shifted-fleet.txt" 2>&1 &
 pids+=($!)
 say "every 10 s each predictor compares what it scored with $model's training data (PSI per feature), in"
 say "its metrics and on $monitoring; kappa monitor --model $model follows them:"
 drifted() { kappa monitor --model "$model" --topic "$monitoring" --last-seconds 10 --windows 1 | grep -q "DRIFT:.*coolant_temp"; }
-wait_for "a monitoring window that names coolant_temp" 60 drifted
+wait_for "a monitoring window that names coolant_temp" 90 drifted
 kappa monitor --model "$model" --topic "$monitoring" --last-seconds 30 --windows 3 | indent
 say "(curl -s http://127.0.0.1:$predictor_a_metrics/metrics | grep feature_drift_psi; the chart's PrometheusRule alerts on it)"
 

@@ -24,7 +24,7 @@ use rumqttc::v5::{
     AsyncClient, Event, EventLoop, MqttOptions,
     mqttbytes::{
         QoS,
-        v5::{ConnectReturnCode, Packet, Publish},
+        v5::{ConnectReturnCode, Packet, Publish, SubscribeReasonCode},
     },
 };
 use tokio_util::sync::CancellationToken;
@@ -99,15 +99,24 @@ pub async fn run(
                         anyhow::bail!("the MQTT broker refused the connection: {:?}", ack.code);
                     }
                     tracing::info!(session_present = ack.session_present, "connected to the MQTT broker");
-                    if ack.session_present {
-                        readiness.clear(MQTT);
-                    } else {
-                        subscribe = true;
-                    }
+                    // Subscribed again on a resumed session too: the flags may name another
+                    // filter or group than the session has, and subscribing to the same one
+                    // again keeps what the broker queued for it.
+                    subscribe = true;
                 }
-                Ok(Event::Incoming(Packet::SubAck(_))) => {
-                    readiness.clear(MQTT);
-                    tracing::info!(subscription, "subscribed");
+                Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                    match ack.return_codes.iter().find(|c| !matches!(c, SubscribeReasonCode::Success(_))) {
+                        None => {
+                            readiness.clear(MQTT);
+                            tracing::info!(subscription, "subscribed");
+                        }
+                        // Not ready, and saying why: nothing would ever arrive.
+                        Some(refused) => {
+                            let problem = format!("the MQTT broker refused the subscription {subscription}: {refused:?}");
+                            tracing::error!("{problem}; check the broker's permissions for this user and --mqtt-topic");
+                            readiness.report(MQTT, problem);
+                        }
+                    }
                 }
                 // Stopping: not taken, so not acknowledged; the broker hands it to another bridge
                 // of the group, or to this one when it is back.

@@ -664,3 +664,29 @@ c.loop_stop(); c.disconnect()
         Some(format!("{prefix}/car-1/telemetry").as_str())
     );
 }
+
+/// A bridge restarted on its persistent session with another filter takes the new filter's
+/// messages (it subscribes again on a resumed session, not only on a new one).
+#[tokio::test]
+async fn a_bridge_restarted_with_another_topic_on_its_session_subscribes_to_it() {
+    let (group, client_id, sensors) = (unique("bridges"), unique("bridge"), unique("test.sensors"));
+    let (before, after) = (unique("test-old-cars"), unique("test-new-cars"));
+    bridge(&before, &group, &client_id, &sensors)
+        .start("")
+        .await
+        .terminate();
+    let restarted = bridge(&after, &group, &client_id, &sensors).start("").await;
+    assert!(
+        restarted.log_text().contains("session_present=true"),
+        "{}",
+        restarted.log_text()
+    );
+    publish_over_mqtt(&after, 50, 5, 0);
+    let records = count_reaches(&sensors, 50, Duration::from_secs(30)).await;
+    assert_eq!(records.len(), 50, "{}", restarted.log_text());
+    assert!(
+        records
+            .iter()
+            .all(|r| r.header("mqtt-topic").unwrap().starts_with(&after))
+    );
+}
