@@ -206,9 +206,13 @@ wait_for "the predictors to catch up with the stream" 120 caught_up
 pids+=($!)
 say "every 10 s each predictor compares what it scored with $model's training data (PSI per feature), in"
 say "its metrics and on $monitoring; kappa monitor --model $model follows them:"
-drifted() { kappa monitor --model "$model" --topic "$monitoring" --last-seconds 10 --windows 1 | grep -q "DRIFT:.*coolant_temp"; }
+# The two latest windows (one per predictor), until they name the feature.
+drifted() {
+  kappa monitor --model "$model" --topic "$monitoring" --last-seconds 10 --windows 2 >"$run/drift.txt"
+  grep -q "DRIFT:.*coolant_temp" "$run/drift.txt"
+}
 wait_for "a monitoring window that names coolant_temp" 90 drifted
-kappa monitor --model "$model" --topic "$monitoring" --last-seconds 30 --windows 3 | indent
+indent <"$run/drift.txt"
 say "(curl -s http://127.0.0.1:$predictor_a_metrics/metrics | grep feature_drift_psi; the chart's PrometheusRule alerts on it)"
 
 step "7. Any telemetry: a wind-turbine fleet with other sensors, nested JSON, RFC 3339 time and a text label"
@@ -217,7 +221,7 @@ kappa fleet --profile turbine --topic "$turbines" --cars 20 --events 6000 --rate
   --failing-share 0.3 --failure-chance 0.005 --seed 3 --jsonl "$run/turbines.jsonl" | indent
 say "what a data scientist runs first: kappa data inspect --topic $turbines --label status.state --positive failed --time-field ts"
 kappa data inspect --topic "$turbines" --label status.state --positive failed --time-field ts \
-  | sed '/^the trainer would use/q' | indent
+  | { sed '/^the trainer would use/q'; cat >/dev/null; } | indent
 say "training with no --features: the trainer infers them from the data"
 kappa train start --model turbine --topic "$turbines" --last-minutes 120 --label status.state --positive failed \
   --time-field ts --epochs 15 --watch 2>/dev/null | grep -E 'started|features|hold-out|samples' | indent
