@@ -92,6 +92,8 @@ fn follow(args: &MonitorArgs) -> anyhow::Result<()> {
             .payload()
             .and_then(|p| serde_json::from_slice::<MonitoringWindow>(p).ok())
             .filter(|w| w.model_name == args.model)
+            // A late record of an older window is not what was asked for.
+            .filter(|w| w.window_end_ms >= since_ms)
         else {
             continue;
         };

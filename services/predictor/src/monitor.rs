@@ -217,7 +217,7 @@ impl Monitor {
             started = ended;
             self.metrics.windows.inc();
             if let Some((producer, topic)) = &self.producer {
-                self.publish(producer, topic, &window).await;
+                self.publish(producer, topic, &window);
             }
         }
     }
@@ -286,7 +286,11 @@ impl Monitor {
         }
     }
 
-    async fn publish(&self, producer: &FutureProducer, topic: &str, window: &MonitoringWindow) {
+    /// Hands the record to the producer without waiting for Kafka, so windows keep closing on
+    /// time while the broker is slow or away (a window waiting for its delivery held the next
+    /// ones back, and they reached the topic late and out of order); librdkafka's queue is
+    /// bounded, and a record it cannot take or deliver is counted.
+    fn publish(&self, producer: &FutureProducer, topic: &str, window: &MonitoringWindow) {
         let payload = match serde_json::to_vec(window) {
             Ok(payload) => payload,
             Err(e) => {
@@ -295,9 +299,20 @@ impl Monitor {
             }
         };
         let record = FutureRecord::to(topic).key(&window.model_name).payload(&payload);
-        if let Err((e, _)) = producer.send(record, Duration::from_secs(30)).await {
-            self.metrics.records_failed.inc();
-            tracing::warn!(error = %e, topic, "a monitoring record was not written");
+        match producer.send_result(record) {
+            Ok(delivery) => {
+                let (metrics, topic) = (Arc::clone(&self.metrics), topic.to_owned());
+                tokio::spawn(async move {
+                    if !matches!(delivery.await, Ok(Ok(_))) {
+                        metrics.records_failed.inc();
+                        tracing::warn!(topic, "a monitoring record was not written");
+                    }
+                });
+            }
+            Err((e, _)) => {
+                self.metrics.records_failed.inc();
+                tracing::warn!(error = %e, topic, "a monitoring record was not queued");
+            }
         }
     }
 }

@@ -122,22 +122,26 @@ async fn live_inputs_like_the_training_data_stay_under_the_drift_threshold_and_a
     let monitoring = unique("test.monitoring");
     create_topic(&monitoring, &[]).await;
     let predictor = PredictorSetup::new(&setup.topic, "monitored", "latest")
-        .arg("--monitor-window-seconds=2")
-        .arg("--monitor-min-rows=200")
+        .arg("--monitor-window-seconds=5")
+        .arg("--monitor-min-rows=1000")
         .arg(format!("--monitoring-topic={monitoring}"))
         .start()
         .await;
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&jsonl)
+    let mut lines: Vec<serde_json::Value> = std::fs::read_to_string(&jsonl)
         .unwrap()
         .lines()
         .step_by(3)
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
+    // In random order: the readings are in time order and drift on their own within the range,
+    // so a window that caught only the start of the file would compare the first minutes alone.
+    use rand::{SeedableRng as _, seq::SliceRandom as _};
+    lines.shuffle(&mut rand::rngs::StdRng::seed_from_u64(5));
     assert_eq!(lines.len(), 4000);
 
     // Readings like the ones trained on: no feature drifts.
     score_lines(&predictor, &lines, dir.path(), "later.jsonl");
-    let (a, window) = next_window(&monitoring, 0, |w| events(w) >= 200).await;
+    let (a, window) = next_window(&monitoring, 0, |w| events(w) >= 1000).await;
     assert_eq!(window["modelName"], "monitored");
     assert_eq!(window["modelVersion"], "1");
     let features = window["features"].as_array().unwrap();
@@ -177,7 +181,7 @@ async fn live_inputs_like_the_training_data_stay_under_the_drift_threshold_and_a
         })
         .collect();
     score_lines(&predictor, &hotter, dir.path(), "hotter.jsonl");
-    let (_, window) = next_window(&monitoring, quiet + 1, |w| events(w) >= 200).await;
+    let (_, window) = next_window(&monitoring, quiet + 1, |w| events(w) >= 1000).await;
     let drifted: Vec<&str> = window["drifted"]
         .as_array()
         .unwrap()
@@ -202,7 +206,7 @@ async fn live_inputs_like_the_training_data_stay_under_the_drift_threshold_and_a
     let speed = predictor.metric(&metric("speed")).await.unwrap();
     assert!(coolant >= 0.2 && speed < 0.2, "coolant {coolant}, speed {speed}");
 
-    // What an operator runs: the windows so far (one closes every 2 s, rows or not), the drifted
+    // What an operator runs: the windows so far (one closes every 5 s, rows or not), the drifted
     // one named.
     let so_far = windows(&monitoring).await.len().to_string();
     let out = Command::new(binary("kappa"))
