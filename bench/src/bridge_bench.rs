@@ -71,7 +71,7 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
 }
 
-use kappa_bench::{RecordCounter, free_port};
+use kappa_bench::{RecordCounter, free_port, metric};
 
 /// A kappa-bridge of the benchmark's own, on its own MQTT prefix and sensor topic.
 struct Bridge {
@@ -112,17 +112,11 @@ impl Bridge {
             prefix,
         };
         let deadline = Instant::now() + Duration::from_secs(60);
-        while bridge.metric("kappa_bridge_ready").await != Some(1.0) {
+        while metric(&bridge.metrics, "kappa_bridge_ready").await != Some(1.0) {
             anyhow::ensure!(Instant::now() < deadline, "kappa-bridge did not subscribe within 60 s");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Ok(bridge)
-    }
-
-    async fn metric(&self, series: &str) -> Option<f64> {
-        let text = http_get(&self.metrics, "/metrics").await.ok()?;
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
     }
 }
 
@@ -131,17 +125,6 @@ impl Drop for Bridge {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-async fn http_get(address: &str, path: &str) -> anyhow::Result<String> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = tokio::net::TcpStream::connect(address).await?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes())
-        .await?;
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await?;
-    Ok(body)
 }
 
 async fn kafka_count(bootstrap: &str, topic: &str) -> anyhow::Result<i64> {

@@ -54,3 +54,19 @@ impl RecordCounter {
         Ok(events as f64 / started.map_or(f64::NAN, |s: Instant| s.elapsed().as_secs_f64()))
     }
 }
+
+/// The value of one series on a service's `/metrics` (`address` is host:port); `None` when the
+/// service does not answer or does not expose it.
+pub async fn metric(address: &str, series: &str) -> Option<f64> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
+    stream
+        .write_all(format!("GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+}

@@ -61,7 +61,7 @@ struct Args {
 
 const MODEL: &str = "soak";
 
-use kappa_bench::free_port;
+use kappa_bench::{free_port, metric};
 
 /// A single-node broker of the soak's own, started and stopped through deploy/kafka/kafka.sh.
 struct Broker {
@@ -169,20 +169,6 @@ impl Drop for Proc {
 }
 
 /// One metric's value from a Prometheus text scrape.
-async fn metric(address: &str, series: &str) -> Option<f64> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
-    stream
-        .write_all(format!("GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text).await.ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-}
-
 async fn wait_ready(address: &str, within: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + within;
     loop {

@@ -9,6 +9,7 @@ mod models;
 mod monitor;
 mod predict;
 mod predictions;
+mod recent;
 mod secret_file;
 mod token;
 mod train;

@@ -1,15 +1,12 @@
 //! `kappa monitor --model M`: the predictors' monitoring windows for one model, as they close:
 //! rows scored, anomaly rate against the training reference's, and the features that drifted.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Args;
 use kappa_api::events::MonitoringWindow;
-use rdkafka::{
-    Message as _, Offset, TopicPartitionList,
-    consumer::{BaseConsumer, Consumer},
-};
+use rdkafka::{Message as _, Offset, TopicPartitionList, consumer::Consumer};
 
 #[derive(Debug, Args)]
 pub struct MonitorArgs {
@@ -47,17 +44,13 @@ pub async fn run(args: MonitorArgs) -> anyhow::Result<()> {
 }
 
 fn follow(args: &MonitorArgs) -> anyhow::Result<()> {
-    let kafka = args.kafka.clients().map_err(anyhow::Error::msg)?;
-    let consumer: BaseConsumer = kappa_kafka::range::range_consumer(&kafka, "cli-monitor")?;
-    let timeout = Duration::from_secs(10);
-    let since_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as i64 - args.last_seconds as i64 * 1000;
-    let located = kappa_kafka::range::partitions_since(&consumer, &args.topic, since_ms, timeout)
-        .with_context(|| format!("cannot reach Kafka at {} (--kafka-bootstrap)", kafka.bootstrap()))?;
-    anyhow::ensure!(
-        !located.is_empty(),
-        "topic {} has no partitions: has a predictor closed a monitoring window yet (--monitoring-topic)?",
-        args.topic
-    );
+    let (consumer, located, since_ms) = crate::recent::recent(
+        &args.kafka,
+        &args.topic,
+        args.last_seconds,
+        "cli-monitor",
+        "has a predictor closed a monitoring window yet (--monitoring-topic)?",
+    )?;
     let mut assignment = TopicPartitionList::new();
     for p in &located {
         // From the first window that recent, or the end for the windows still to come.

@@ -3,16 +3,12 @@
 
 use std::{
     collections::BTreeMap,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
-use anyhow::Context as _;
 use clap::Args;
 use kappa_api::events::Prediction;
-use rdkafka::{
-    Message as _, Offset, TopicPartitionList,
-    consumer::{BaseConsumer, Consumer},
-};
+use rdkafka::{Message as _, Offset, TopicPartitionList, consumer::Consumer};
 
 #[derive(Debug, Args)]
 pub struct PredictionsArgs {
@@ -48,17 +44,13 @@ pub async fn run(args: PredictionsArgs) -> anyhow::Result<()> {
 }
 
 fn summarise(args: &PredictionsArgs) -> anyhow::Result<()> {
-    let kafka = args.kafka.clients().map_err(anyhow::Error::msg)?;
-    let consumer: BaseConsumer = kappa_kafka::range::range_consumer(&kafka, "cli-predictions")?;
-    let timeout = Duration::from_secs(10);
-    let since_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as i64 - args.last_seconds as i64 * 1000;
-    let located = kappa_kafka::range::partitions_since(&consumer, &args.topic, since_ms, timeout)
-        .with_context(|| format!("cannot reach Kafka at {} (--kafka-bootstrap)", kafka.bootstrap()))?;
-    anyhow::ensure!(
-        !located.is_empty(),
-        "topic {} has no partitions: has a predictor run in stream mode yet?",
-        args.topic
-    );
+    let (consumer, located, since_ms) = crate::recent::recent(
+        &args.kafka,
+        &args.topic,
+        args.last_seconds,
+        "cli-predictions",
+        "has a predictor run in stream mode yet?",
+    )?;
     // Read each partition up to the end it had when we started.
     let mut ends = BTreeMap::new();
     let mut assignment = TopicPartitionList::new();
