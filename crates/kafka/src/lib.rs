@@ -8,6 +8,7 @@ mod config;
 mod consumer_errors;
 mod context;
 pub mod range;
+pub mod scan;
 pub mod trace_headers;
 
 pub use admin::{ModelsTopicSettings, TopicError, ensure_models_topic, ensure_topic};

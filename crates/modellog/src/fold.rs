@@ -7,7 +7,7 @@ use std::{
     sync::Arc,
 };
 
-use kappa_api::model::{VersionRecord, WeightChunk};
+use kappa_api::model::{Cutover, VersionRecord, WeightChunk};
 use prost::Message as _;
 use rdkafka::message::Headers;
 
@@ -79,6 +79,8 @@ pub struct ModelState {
     aliases: BTreeMap<String, u64>,
     /// Trace context of each alias's last move.
     alias_traces: HashMap<String, BTreeMap<String, String>>,
+    /// The cutover of each alias whose last move applies from an event time on.
+    alias_cutovers: HashMap<String, Cutover>,
     idempotency: HashMap<String, u64>,
     /// Log offset of every chunk record, by version and chunk index.
     chunks: HashMap<u64, BTreeMap<u32, i64>>,
@@ -141,6 +143,15 @@ impl ModelState {
             Follow::Alias(a) => self.alias(a)?,
         };
         self.versions.contains_key(&version).then_some(version)
+    }
+
+    /// The cutover of `follow`'s last move, when it applies from an event time on (only
+    /// aliases move that way).
+    pub fn cutover(&self, follow: &Follow) -> Option<Cutover> {
+        match follow {
+            Follow::Latest => None,
+            Follow::Alias(a) => self.alias_cutovers.get(a).copied(),
+        }
     }
 
     /// Trace context of the change that made `follow` point where it does: the publish for
@@ -304,15 +315,25 @@ impl ModelLog {
                     chunks.remove(&index);
                 }
             }
-            LogRecord::Alias { name, alias, version } => {
+            LogRecord::Alias {
+                name,
+                alias,
+                version,
+                cutover,
+            } => {
                 let entry = self.models.entry(name).or_default();
                 entry.alias_traces.insert(alias.clone(), trace());
+                match cutover {
+                    Some(cutover) => entry.alias_cutovers.insert(alias.clone(), cutover),
+                    None => entry.alias_cutovers.remove(&alias),
+                };
                 entry.aliases.insert(alias, version);
             }
             LogRecord::AliasTombstone { name, alias } => {
                 if let Some(entry) = self.models.get_mut(&name) {
                     entry.aliases.remove(&alias);
                     entry.alias_traces.remove(&alias);
+                    entry.alias_cutovers.remove(&alias);
                 }
             }
         }

@@ -2,7 +2,7 @@
 //! log through this one function, so they agree on what a record means.
 
 use crate::ModelKey;
-use kappa_api::model::{AliasRecord, VersionRecord};
+use kappa_api::model::{AliasRecord, Cutover, VersionRecord};
 use prost::Message;
 
 /// One record of the models topic, decoded.
@@ -32,6 +32,8 @@ pub enum LogRecord {
         name: String,
         alias: String,
         version: u64,
+        /// Set when the move applies from an event time on.
+        cutover: Option<Cutover>,
     },
     AliasTombstone {
         name: String,
@@ -75,6 +77,7 @@ pub fn decode(offset: i64, key: Option<&[u8]>, value: Option<&[u8]>) -> Result<O
                 name,
                 alias,
                 version: record.version,
+                cutover: record.cutover,
             }
         }
         (ModelKey::Alias { name, alias }, None) => LogRecord::AliasTombstone { name, alias },

@@ -1,5 +1,6 @@
 //! `kappa`: the command line for Kappa's services.
 
+mod backtest;
 mod data;
 mod fleet;
 mod health;
@@ -41,6 +42,9 @@ enum Command {
     Load(load::LoadArgs),
     /// Summarise recent stream predictions: anomaly rate, cars flagged, versions that answered.
     Predictions(predictions::PredictionsArgs),
+    /// Replay a retained range of a topic through versions: anomaly rate, scores, agreement,
+    /// precision/recall/F1/ROC AUC where the events carry labels.
+    Backtest(Box<backtest::BacktestArgs>),
     /// Follow a model's monitoring windows: drift per feature, anomaly rate against training.
     Monitor(monitor::MonitorArgs),
     /// Start, follow, list and cancel training jobs on kappa-trainer.
@@ -68,6 +72,7 @@ impl Command {
             Self::Train(_) => "kappa train",
             Self::Fleet(_) => "kappa fleet",
             Self::Monitor(_) => "kappa monitor",
+            Self::Backtest(_) => "kappa backtest",
             Self::Data(_) => "kappa data",
             Self::Token(_) => "kappa token",
             Self::Keys(_) => "kappa keys",
@@ -116,6 +121,7 @@ async fn main() -> ExitCode {
             Command::Predict(args) => predict::run(args, &security()?).await,
             Command::Fleet(args) => fleet::run(*args).await,
             Command::Monitor(args) => monitor::run(args).await,
+            Command::Backtest(args) => backtest::run(*args, &security()?).await,
             Command::Data(args) => data::run(args).await,
             Command::Load(args) => load::run(args, &security()?).await,
             Command::Predictions(args) => predictions::run(args).await,

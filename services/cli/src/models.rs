@@ -76,6 +76,12 @@ enum ModelsCommand {
         version: Option<u64>,
         #[arg(long)]
         delete: bool,
+        /// Apply the move by event time: stream scoring uses the new version for events at or
+        /// after this time (ms since the Unix epoch) and keeps the alias's current version for
+        /// earlier ones, in whatever order they arrive, so a replay gives the same versions.
+        /// Choose a time the stream has not reached yet.
+        #[arg(long, value_name = "MS", conflicts_with = "delete")]
+        effective_from_ms: Option<i64>,
     },
     /// Delete a version (refused while an alias points at it, unless --force).
     Delete {
@@ -270,6 +276,7 @@ pub async fn run(args: ModelsArgs, security: &ClientSecurity) -> anyhow::Result<
             alias,
             version,
             delete,
+            effective_from_ms,
         } => {
             let mut registry = connect(&args.registry, security).await?;
             let client = registry.rpc();
@@ -290,13 +297,17 @@ pub async fn run(args: ModelsArgs, security: &ClientSecurity) -> anyhow::Result<
                         name: name.clone(),
                         alias: alias.clone(),
                         version,
+                        effective_from_ms: effective_from_ms.unwrap_or(0),
                     })
                     .await
                     .map_err(status_error)?
                     .into_inner();
-                match r.previous_version {
-                    0 => println!("alias {name}@{alias} -> version {version} (new)"),
-                    p => println!("alias {name}@{alias} -> version {version} (was {p})"),
+                match (r.previous_version, effective_from_ms) {
+                    (0, _) => println!("alias {name}@{alias} -> version {version} (new)"),
+                    (p, Some(ms)) if p != version => println!(
+                        "alias {name}@{alias} -> version {version} for events from {ms} ms on; earlier events keep version {p}"
+                    ),
+                    (p, _) => println!("alias {name}@{alias} -> version {version} (was {p})"),
                 }
             }
             Ok(())
@@ -355,7 +366,13 @@ fn describe_event(event: &pb::WatchModelsResponse) -> String {
             format!("published {} v{} sha256 {}", v.name, v.version, v.weights_sha256)
         }
         Some(Event::Deleted(d)) => format!("deleted {} v{}", d.name, d.version),
-        Some(Event::AliasSet(a)) => format!("alias {}@{} -> v{}", a.name, a.alias, a.version),
+        Some(Event::AliasSet(a)) => match a.cutover {
+            Some(c) => format!(
+                "alias {}@{} -> v{} for events from {} ms on (v{} before)",
+                a.name, a.alias, a.version, c.effective_from_ms, c.previous_version
+            ),
+            None => format!("alias {}@{} -> v{}", a.name, a.alias, a.version),
+        },
         Some(Event::AliasDeleted(a)) => format!("alias {}@{} deleted", a.name, a.alias),
         None => "unknown event".to_owned(),
     };

@@ -4,7 +4,7 @@ use clap::{Args, Subcommand};
 use kappa_api::{
     model::{EventTime, TimeFormat},
     trainer::{
-        Continuous, FeatureSpec, GetJobRequest, Job, JobPhase, ListJobsRequest, PromotionGate, Screening,
+        BacktestGate, Continuous, FeatureSpec, GetJobRequest, Job, JobPhase, ListJobsRequest, PromotionGate, Screening,
         StartTrainingRequest, TimeRange, TrainingSpec, trainer_client::TrainerClient, training_spec::Range,
     },
 };
@@ -82,6 +82,17 @@ struct StartArgs {
     /// Gate: promote even when the hold-out ROC AUC is up to this much below the holder's.
     #[arg(long)]
     max_regression: Option<f64>,
+    /// Gate: before the alias moves, replay this later window (FROM_MS..TO_MS, by event time)
+    /// through the new version and the holder; the new one must reach the holder's
+    /// --backtest-metric there. Needs labelled events of both classes in the window.
+    #[arg(long, value_name = "FROM_MS..TO_MS", value_parser = parse_window, requires = "promote")]
+    backtest_window: Option<(i64, i64)>,
+    /// Topic of the backtest window (default: --topic).
+    #[arg(long, requires = "backtest_window")]
+    backtest_topic: Option<String>,
+    /// What the backtest gate compares: roc_auc, f1, precision or recall.
+    #[arg(long, default_value = "roc_auc", value_parser = kappa_backtest::METRICS)]
+    backtest_metric: String,
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Retrain every N seconds on the last --last-minutes (continuous mode).
@@ -93,6 +104,25 @@ struct StartArgs {
     /// Follow the job until it ends.
     #[arg(long)]
     watch: bool,
+}
+
+/// `FROM_MS..TO_MS`: a window in milliseconds since the Unix epoch, from inclusive, to exclusive.
+fn parse_window(text: &str) -> Result<(i64, i64), String> {
+    let (from, to) = text
+        .split_once("..")
+        .ok_or_else(|| format!("{text:?} is not FROM_MS..TO_MS"))?;
+    let ms = |s: &str| {
+        s.trim()
+            .parse::<i64>()
+            .map_err(|e| format!("{s:?} is not milliseconds: {e}"))
+    };
+    let (from, to) = (ms(from)?, ms(to)?);
+    if from >= to {
+        return Err(format!(
+            "the window {from}..{to} is empty: FROM_MS must be before TO_MS"
+        ));
+    }
+    Ok((from, to))
 }
 
 /// How the events are read: the flags `kappa train start` and `kappa data inspect` share.
@@ -334,6 +364,11 @@ pub async fn run(args: TrainArgs, security: &kappa_client::ClientSecurity) -> an
                     min_roc_auc: s.min_roc_auc,
                     min_recall: s.min_recall,
                     max_regression: s.max_regression,
+                    backtest: s.backtest_window.map(|(from_ms, to_ms)| BacktestGate {
+                        topic: s.backtest_topic.clone().unwrap_or_default(),
+                        window: Some(TimeRange { from_ms, to_ms }),
+                        metric: s.backtest_metric.clone(),
+                    }),
                 }),
                 seed: s.seed,
                 continuous: s.every_seconds.map(|every| Continuous {

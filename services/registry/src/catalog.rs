@@ -224,6 +224,7 @@ mod tests {
                 name: "m".into(),
                 alias: "production".into(),
                 version: 1,
+                cutover: None,
             },
         );
         assert_eq!(c.alias("m", "production").unwrap(), 1);

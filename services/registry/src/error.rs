@@ -26,6 +26,10 @@ pub enum RegistryError {
         version: u64,
         aliases: Vec<String>,
     },
+    #[error(
+        "alias {alias:?} of model {name:?} points at no version yet, so nothing could score the events before the effective time; set the alias without effective_from_ms first"
+    )]
+    NothingBeforeCutover { name: String, alias: String },
     #[error("{0}")]
     Forbidden(String),
     #[error("{what} in flight already hold {held} of this registry's {limit} bytes (--{flag}); retry shortly")]
@@ -63,9 +67,10 @@ impl From<RegistryError> for Status {
             RegistryError::UnknownModel(_)
             | RegistryError::UnknownVersion { .. }
             | RegistryError::UnknownAlias { .. } => Status::not_found(message),
-            RegistryError::DeletedVersion { .. } | RegistryError::VersionInUse { .. } | RegistryError::Fenced => {
-                Status::failed_precondition(message)
-            }
+            RegistryError::DeletedVersion { .. }
+            | RegistryError::VersionInUse { .. }
+            | RegistryError::NothingBeforeCutover { .. }
+            | RegistryError::Fenced => Status::failed_precondition(message),
             RegistryError::TooLarge { .. } => Status::resource_exhausted(message),
             RegistryError::Forbidden(_) => Status::permission_denied(message),
             RegistryError::Busy { .. } => Status::resource_exhausted(message),

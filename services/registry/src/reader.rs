@@ -118,7 +118,17 @@ fn to_event(record: LogRecord, offset: i64, name_filter: &str) -> Option<pb::wat
             })
         }
         LogRecord::VersionTombstone { name, version } => Event::Deleted(pb::VersionDeleted { name, version }),
-        LogRecord::Alias { name, alias, version } => Event::AliasSet(pb::AliasSet { name, alias, version }),
+        LogRecord::Alias {
+            name,
+            alias,
+            version,
+            cutover,
+        } => Event::AliasSet(pb::AliasSet {
+            name,
+            alias,
+            version,
+            cutover,
+        }),
         LogRecord::AliasTombstone { name, alias } => Event::AliasDeleted(pb::AliasDeleted { name, alias }),
         LogRecord::Chunk { .. } | LogRecord::ChunkTombstone { .. } => return None,
     };

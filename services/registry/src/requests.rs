@@ -92,17 +92,30 @@ pub struct AliasMove {
     pub name: ModelName,
     pub alias: AliasName,
     pub version: u64,
+    /// The event time the move applies from, when it is a cutover.
+    pub effective_from_ms: Option<i64>,
 }
 
 impl TryFrom<pb::SetAliasRequest> for AliasMove {
     type Error = RegistryError;
 
     fn try_from(request: pb::SetAliasRequest) -> Result<Self, RegistryError> {
-        let pb::SetAliasRequest { name, alias, version } = request;
+        let pb::SetAliasRequest {
+            name,
+            alias,
+            version,
+            effective_from_ms,
+        } = request;
+        if effective_from_ms < 0 {
+            return Err(RegistryError::BadRequest(format!(
+                "effective_from_ms is {effective_from_ms}: give an event time in milliseconds since the Unix epoch, or 0 for none"
+            )));
+        }
         Ok(Self {
             name: ModelName::parse(name)?,
             alias: AliasName::parse(alias)?,
             version,
+            effective_from_ms: (effective_from_ms > 0).then_some(effective_from_ms),
         })
     }
 }
@@ -185,6 +198,7 @@ mod tests {
             name: "Bad/Name".into(),
             alias: "production".into(),
             version: 1,
+            effective_from_ms: 0,
         });
         assert!(matches!(bad_name, Err(RegistryError::Model(_))), "{bad_name:?}");
         let bad_alias = AliasRemoval::try_from(pb::DeleteAliasRequest {

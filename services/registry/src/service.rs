@@ -7,7 +7,7 @@ use std::{
 };
 
 use kappa_api::{
-    model::{AliasRecord, ModelManifest, VersionRecord, WeightChunk},
+    model::{AliasRecord, Cutover, ModelManifest, VersionRecord, WeightChunk},
     registry::{self as pb, registry_server::Registry},
 };
 use kappa_kafka::KafkaClients;
@@ -348,7 +348,12 @@ impl RegistryService {
         updated_by: String,
     ) -> Result<pb::SetAliasResponse, RegistryError> {
         self.ready()?;
-        let AliasMove { name, alias, version } = request.try_into()?;
+        let AliasMove {
+            name,
+            alias,
+            version,
+            effective_from_ms,
+        } = request.try_into()?;
         let (name, alias) = (name.as_str(), alias.as_str());
         let lock = self.writer.lock(WRITE_WAIT).await?;
         let previous = {
@@ -356,12 +361,28 @@ impl RegistryService {
             catalog.version(name, version)?;
             catalog.alias(name, alias).unwrap_or(0)
         };
+        let cutover = match effective_from_ms {
+            None => None,
+            Some(_) if previous == 0 => {
+                return Err(RegistryError::NothingBeforeCutover {
+                    name: name.to_owned(),
+                    alias: alias.to_owned(),
+                });
+            }
+            // A move onto the version it already holds changes nothing before or after.
+            Some(_) if previous == version => None,
+            Some(effective_from_ms) => Some(Cutover {
+                effective_from_ms,
+                previous_version: previous,
+            }),
+        };
         let record = AliasRecord {
             name: name.to_owned(),
             alias: alias.to_owned(),
             version,
             updated_at_ms: now_ms(),
             updated_by: updated_by.clone(),
+            cutover,
         };
         let key = ModelKey::Alias {
             name: name.to_owned(),
@@ -381,6 +402,7 @@ impl RegistryService {
             alias,
             version,
             previous,
+            effective_from_ms = cutover.map_or(0, |c| c.effective_from_ms),
             principal = updated_by,
             "moved an alias"
         );

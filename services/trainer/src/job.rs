@@ -600,7 +600,20 @@ async fn execute_round(handle: &Arc<JobHandle>, ctx: &JobContext, round: &tracin
     );
 
     if !spec.promote_alias.is_empty() {
-        let (promote, reason) = decide(&spec, new_quality, &holder, &holdout_rows, &holdout_labels);
+        let (mut promote, mut reason) = decide(&spec, new_quality, &holder, &holdout_rows, &holdout_labels);
+        if let Some(gate) = spec.gate.as_ref().and_then(|g| g.backtest.as_ref()).filter(|_| promote) {
+            manifest.version = version;
+            let challenger = kappa_backtest::Contender::new(manifest.clone(), model).map_err(fail)?;
+            let (passes, why) = backtest_gate(ctx, &mut registry, &spec, gate, challenger, &holder)
+                .instrument(tracing::info_span!("backtest_gate", model = %spec.model_name))
+                .await;
+            promote = passes;
+            reason = if passes {
+                format!("{reason}; {why}")
+            } else {
+                format!("not promoted: {why} (hold-out: {reason})")
+            };
+        }
         round.record("promoted", promote);
         tracing::info!(promote, reason, "champion/challenger decision");
         if promote {
@@ -611,6 +624,7 @@ async fn execute_round(handle: &Arc<JobHandle>, ctx: &JobContext, round: &tracin
                     name: spec.model_name.clone(),
                     alias: spec.promote_alias.clone(),
                     version,
+                    effective_from_ms: 0,
                 })
                 .await
                 .map_err(|s| fail(format!("moving the alias failed: {}", s.message())))?;
@@ -688,7 +702,7 @@ fn decide(
     rows: &[Vec<f32>],
     labels: &[bool],
 ) -> (bool, String) {
-    let gate = spec.gate.unwrap_or_default();
+    let gate = spec.gate.clone().unwrap_or_default();
     let Some(new) = new else {
         return if gate.min_roc_auc.is_some() || gate.min_recall.is_some() {
             (
@@ -792,6 +806,82 @@ fn decide(
     }
 }
 
+/// The backtest gate: the spec's later window replayed through the challenger and the holder;
+/// the challenger must reach the holder's metric there, less the gate's allowance. Fails closed:
+/// a window without labelled events of both classes, or that cannot be read, promotes nothing.
+async fn backtest_gate(
+    ctx: &JobContext,
+    registry: &mut Registry,
+    spec: &TrainingSpec,
+    gate: &kappa_api::trainer::BacktestGate,
+    challenger: kappa_backtest::Contender,
+    holder: &Holder,
+) -> (bool, String) {
+    let Holder::Held(held) = holder else {
+        return (
+            true,
+            "nothing held the alias, so there was nothing to beat on the backtest window".into(),
+        );
+    };
+    let holder_version = held.0.version;
+    let holder = match kappa_backtest::fetch(registry, &spec.model_name, Selector::Version(holder_version)).await {
+        Ok(holder) => holder,
+        Err(e) => return (false, format!("the backtest could not load the holder: {e}")),
+    };
+    let range = gate.window.unwrap_or_default();
+    let window = kappa_backtest::Window {
+        topic: if gate.topic.is_empty() {
+            spec.source_topic.clone()
+        } else {
+            gate.topic.clone()
+        },
+        from_ms: range.from_ms,
+        to_ms: range.to_ms,
+        timeout: ctx.kafka_timeout,
+    };
+    let metric = if gate.metric.is_empty() {
+        "roc_auc"
+    } else {
+        gate.metric.as_str()
+    };
+    let described = format!("backtest on {} [{}, {})", window.topic, window.from_ms, window.to_ms);
+    let kafka = ctx.kafka.clone();
+    let span = tracing::Span::current();
+    let report = tokio::task::spawn_blocking(move || {
+        let _entered = span.enter();
+        kappa_backtest::run(&kafka, &window, &[challenger, holder], None)
+    })
+    .await;
+    let report = match report {
+        Ok(Ok(report)) => report,
+        Ok(Err(e)) => return (false, format!("the {described} failed: {e}")),
+        Err(e) => return (false, format!("the {described} failed: {e}")),
+    };
+    let (new, old) = (&report.versions[0], &report.versions[1]);
+    let (Some(new_value), Some(old_value)) = (new.metric(metric), old.metric(metric)) else {
+        return (
+            false,
+            format!(
+                "the {described} has {} labelled events ({} anomalies) of {} scored: {metric} needs both classes",
+                report.labelled, report.positives, report.events
+            ),
+        );
+    };
+    let allowance = spec.gate.as_ref().and_then(|g| g.max_regression).unwrap_or(0.0);
+    tracing::info!(metric, new_value, old_value, events = report.events, "backtest gate");
+    let comparison = format!(
+        "{metric} {new_value:.4} {} holder v{holder_version}'s {old_value:.4}{} on the {described} ({} events)",
+        if new_value >= old_value - allowance { ">=" } else { "<" },
+        if allowance > 0.0 {
+            format!(" - {allowance}")
+        } else {
+            String::new()
+        },
+        report.events
+    );
+    (new_value >= old_value - allowance, comparison)
+}
+
 async fn publish(
     registry: &mut Registry,
     manifest: &ModelManifest,
@@ -866,39 +956,52 @@ mod tests {
             min_roc_auc: Some(0.9),
             min_recall: Some(0.8),
             max_regression: None,
+            backtest: None,
         };
 
         let (promote, why) = decide(&spec(&paths, no_gate), None, &Holder::Free, &[], &[]);
         assert!(promote && why.contains("no labels"), "{why}");
-        let (promote, why) = decide(&spec(&paths, gate), None, &Holder::Free, &[], &[]);
+        let (promote, why) = decide(&spec(&paths, gate.clone()), None, &Holder::Free, &[], &[]);
         assert!(!promote && why.contains("needs labelled hold-out"), "{why}");
-        let (promote, why) = decide(&spec(&paths, gate), Some(q(0.85, 0.95)), &Holder::Free, &[], &[]);
+        let (promote, why) = decide(
+            &spec(&paths, gate.clone()),
+            Some(q(0.85, 0.95)),
+            &Holder::Free,
+            &[],
+            &[],
+        );
         assert!(
             !promote && why.contains("ROC AUC 0.8500 is below the gate 0.9"),
             "{why}"
         );
-        let (promote, why) = decide(&spec(&paths, gate), Some(q(0.95, 0.5)), &Holder::Free, &[], &[]);
+        let (promote, why) = decide(&spec(&paths, gate.clone()), Some(q(0.95, 0.5)), &Holder::Free, &[], &[]);
         assert!(!promote && why.contains("recall 0.5000 is below the gate 0.8"), "{why}");
-        let (promote, why) = decide(&spec(&paths, gate), Some(q(0.95, 0.9)), &Holder::Free, &[], &[]);
+        let (promote, why) = decide(&spec(&paths, gate.clone()), Some(q(0.95, 0.9)), &Holder::Free, &[], &[]);
         assert!(promote && why.contains("the alias was free"), "{why}");
 
         // The holder ranks these rows perfectly: a challenger below it is not promoted, one a
         // hair below is with an allowance, and a holder over other features is not compared.
         let held = holder(&paths);
-        let (promote, why) = decide(&spec(&paths, gate), Some(q(0.95, 0.9)), &held, &rows, &labels);
+        let (promote, why) = decide(&spec(&paths, gate.clone()), Some(q(0.95, 0.9)), &held, &rows, &labels);
         assert!(!promote && why.contains("< holder v3's 1.0000"), "{why}");
         let lenient = PromotionGate {
             max_regression: Some(0.06),
-            ..gate
+            ..gate.clone()
         };
         let (promote, why) = decide(&spec(&paths, lenient), Some(q(0.95, 0.9)), &held, &rows, &labels);
         assert!(promote && why.contains(">= holder v3's 1.0000 - 0.06"), "{why}");
         let other = holder(&["x", "y"]);
-        let (promote, why) = decide(&spec(&paths, gate), Some(q(0.95, 0.9)), &other, &rows, &labels);
+        let (promote, why) = decide(&spec(&paths, gate.clone()), Some(q(0.95, 0.9)), &other, &rows, &labels);
         assert!(promote && why.contains("uses other features"), "{why}");
         // A holder that cannot be read blocks the move: the gate fails closed.
         let unknown = Holder::Unreadable("the registry is unavailable".into());
-        let (promote, why) = decide(&spec(&paths, gate), Some(q(0.99, 0.99)), &unknown, &rows, &labels);
+        let (promote, why) = decide(
+            &spec(&paths, gate.clone()),
+            Some(q(0.99, 0.99)),
+            &unknown,
+            &rows,
+            &labels,
+        );
         assert!(
             !promote && why.contains("could not be read (the registry is unavailable)"),
             "{why}"

@@ -4,7 +4,9 @@
 //! exists. What the sample of the data can tell (do the paths exist?) is checked next, in
 //! `schema::resolve`.
 
-use kappa_api::trainer::{Continuous, PromotionGate, StartTrainingRequest, TrainingSpec, training_spec::Range};
+use kappa_api::trainer::{
+    BacktestGate, Continuous, PromotionGate, StartTrainingRequest, TrainingSpec, training_spec::Range,
+};
 
 use crate::error::TrainerError;
 
@@ -97,7 +99,7 @@ impl TryFrom<TrainingSpec> for ValidSpec {
         if !promote_alias.is_empty() {
             kappa_model::validate_alias(&promote_alias).map_err(|e| invalid(format!("promote_alias: {e}")))?;
         }
-        check_gate(gate.as_ref())?;
+        check_gate(gate.as_ref(), &range)?;
         let spec = TrainingSpec {
             model_name,
             source_topic,
@@ -160,19 +162,50 @@ fn checked_range(range: Option<Range>, continuous: Option<Continuous>) -> Result
     }
 }
 
-fn check_gate(gate: Option<&PromotionGate>) -> Result<(), TrainerError> {
+fn check_gate(gate: Option<&PromotionGate>, range: &Range) -> Result<(), TrainerError> {
     let Some(gate) = gate else { return Ok(()) };
     let PromotionGate {
         min_roc_auc,
         min_recall,
         max_regression,
-    } = *gate;
-    for v in [min_roc_auc, min_recall, max_regression].into_iter().flatten() {
+        backtest,
+    } = gate;
+    for v in [*min_roc_auc, *min_recall, *max_regression].into_iter().flatten() {
         if !(0.0..=1.0).contains(&v) {
             return Err(invalid("gate thresholds must be between 0 and 1"));
         }
     }
-    Ok(())
+    let Some(BacktestGate {
+        topic: _,
+        window,
+        metric,
+    }) = backtest
+    else {
+        return Ok(());
+    };
+    if !metric.is_empty() && !kappa_backtest::METRICS.contains(&metric.as_str()) {
+        return Err(invalid(format!(
+            "gate.backtest.metric {metric:?} is not one of {}",
+            kappa_backtest::METRICS.join(", ")
+        )));
+    }
+    let Some(window) = window.filter(|w| w.from_ms < w.to_ms) else {
+        return Err(invalid(
+            "gate.backtest.window needs from_ms before to_ms: the later window to replay",
+        ));
+    };
+    match range {
+        Range::TimeRange(training) if window.from_ms < training.to_ms => Err(invalid(format!(
+            "gate.backtest.window starts at {} ms, inside the training range (which ends at {} ms): \
+             a backtest on the training data proves nothing; start it at or after the range's end",
+            window.from_ms, training.to_ms
+        ))),
+        Range::TimeRange(_) => Ok(()),
+        Range::LastMinutes(_) => Err(invalid(
+            "gate.backtest needs a fixed time_range to come after; with last_minutes or continuous \
+             training the window would overlap the data trained on",
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -217,6 +250,38 @@ mod tests {
         };
         let valid = ValidSpec::try_from(continuous).unwrap().into_inner();
         assert_eq!(valid.range, Some(Range::LastMinutes(5)));
+    }
+
+    #[test]
+    fn a_backtest_gate_needs_a_known_metric_and_a_window_after_the_training_range() {
+        let gated = |window: Option<TimeRange>, metric: &str, range: Range| TrainingSpec {
+            range: Some(range),
+            gate: Some(PromotionGate {
+                backtest: Some(BacktestGate {
+                    topic: String::new(),
+                    window,
+                    metric: metric.into(),
+                }),
+                ..PromotionGate::default()
+            }),
+            ..spec()
+        };
+        let training = Range::TimeRange(TimeRange { from_ms: 0, to_ms: 10 });
+        let later = Some(TimeRange { from_ms: 10, to_ms: 20 });
+        assert!(ValidSpec::try_from(gated(later, "", training)).is_ok());
+        assert!(ValidSpec::try_from(gated(later, "f1", training)).is_ok());
+        let message = refusal(gated(later, "accuracy", training));
+        assert!(message.contains("\"accuracy\" is not one of roc_auc, f1"), "{message}");
+        let message = refusal(gated(None, "", training));
+        assert!(
+            message.contains("gate.backtest.window needs from_ms before to_ms"),
+            "{message}"
+        );
+        let overlapping = Some(TimeRange { from_ms: 5, to_ms: 20 });
+        let message = refusal(gated(overlapping, "", training));
+        assert!(message.contains("inside the training range"), "{message}");
+        let message = refusal(gated(later, "", Range::LastMinutes(5)));
+        assert!(message.contains("needs a fixed time_range"), "{message}");
     }
 
     #[test]

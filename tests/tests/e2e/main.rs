@@ -2,6 +2,7 @@
 //! real binaries started as processes, and real gRPC clients. Every test uses its own topics and
 //! transactional ids, so tests run in parallel and leave nothing behind that another test reads.
 
+mod backtest;
 mod bridge;
 mod cluster;
 mod demo;

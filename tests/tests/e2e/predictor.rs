@@ -222,6 +222,7 @@ async fn hot_swap_under_load_fails_no_request_and_serves_each_version_within_a_s
                 name: "fleet".into(),
                 alias: "production".into(),
                 version,
+                effective_from_ms: 0,
             })
             .await
             .unwrap();
@@ -275,6 +276,7 @@ async fn moving_the_alias_back_swaps_back_to_the_previous_version() {
         name: "rollback".into(),
         alias: "production".into(),
         version,
+        effective_from_ms: 0,
     };
     client.set_alias(set(1)).await.unwrap();
     let predictor = PredictorSetup::new(&setup.topic, "rollback", "production")

@@ -180,6 +180,7 @@ async fn a_restarted_registry_rebuilds_the_same_state_from_kafka_alone() {
             name: "engine".into(),
             alias: "production".into(),
             version: 2,
+            effective_from_ms: 0,
         })
         .await
         .unwrap();
@@ -188,6 +189,7 @@ async fn a_restarted_registry_rebuilds_the_same_state_from_kafka_alone() {
             name: "engine".into(),
             alias: "staging".into(),
             version: 3,
+            effective_from_ms: 0,
         })
         .await
         .unwrap();
@@ -196,6 +198,7 @@ async fn a_restarted_registry_rebuilds_the_same_state_from_kafka_alone() {
             name: "tires".into(),
             alias: "production".into(),
             version: 1,
+            effective_from_ms: 0,
         })
         .await
         .unwrap();
@@ -335,6 +338,7 @@ async fn after_compaction_live_versions_and_latest_aliases_survive_and_deleted_v
                 name: "compact".into(),
                 alias: "production".into(),
                 version: v,
+                effective_from_ms: 0,
             })
             .await
             .unwrap();
@@ -344,6 +348,7 @@ async fn after_compaction_live_versions_and_latest_aliases_survive_and_deleted_v
             name: "compact".into(),
             alias: "canary".into(),
             version: 2,
+            effective_from_ms: 0,
         })
         .await
         .unwrap();
@@ -366,6 +371,7 @@ async fn after_compaction_live_versions_and_latest_aliases_survive_and_deleted_v
                 name: "compact".into(),
                 alias: "tick".into(),
                 version: 3,
+                effective_from_ms: 0,
             })
             .await
             .unwrap();
@@ -528,6 +534,7 @@ async fn bad_input_gets_precise_codes_and_writes_nothing() {
             name: "valid".into(),
             alias: "production".into(),
             version: 1,
+            effective_from_ms: 0,
         })
         .await
         .unwrap_err();
@@ -538,6 +545,7 @@ async fn bad_input_gets_precise_codes_and_writes_nothing() {
             name: "valid".into(),
             alias: "production".into(),
             version: 9,
+            effective_from_ms: 0,
         })
         .await
         .unwrap_err();
@@ -565,6 +573,7 @@ async fn watch_delivers_events_in_log_order_and_resumes_from_a_position() {
             name: "watched".into(),
             alias: "production".into(),
             version: 1,
+            effective_from_ms: 0,
         })
         .await
         .unwrap();
@@ -573,6 +582,7 @@ async fn watch_delivers_events_in_log_order_and_resumes_from_a_position() {
             name: "watched".into(),
             alias: "production".into(),
             version: 2,
+            effective_from_ms: 0,
         })
         .await
         .unwrap();

@@ -435,6 +435,7 @@ async fn every_rpc_of_every_service_checks_its_role_and_a_refused_write_changes_
                         name,
                         alias: "production".into(),
                         version: 99,
+                        effective_from_ms: 0,
                     })
                     .await,
             )
@@ -487,6 +488,7 @@ async fn every_rpc_of_every_service_checks_its_role_and_a_refused_write_changes_
             name: name.clone(),
             alias: "production".into(),
             version: version.version,
+            effective_from_ms: 0,
         })
         .await
         .unwrap();
@@ -651,6 +653,7 @@ async fn a_predictor_with_trusted_keys_serves_only_signed_versions_and_never_fai
             name: name.clone(),
             alias: "production".into(),
             version: 1,
+            effective_from_ms: 0,
         })
         .await
         .unwrap();

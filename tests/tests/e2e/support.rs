@@ -319,6 +319,7 @@ pub async fn set_alias(
             name: name.to_owned(),
             alias: alias.to_owned(),
             version,
+            effective_from_ms: 0,
         })
         .await
         .map(drop)

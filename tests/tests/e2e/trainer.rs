@@ -443,6 +443,7 @@ async fn a_model_trained_on_one_window_detects_failures_in_a_later_one_through_t
             min_roc_auc: Some(0.9),
             min_recall: None,
             max_regression: None,
+            backtest: None,
         }),
         ..spec("fleet-detector", &history, 0, i64::MAX / 2)
     };
@@ -972,6 +973,7 @@ async fn a_holder_that_cannot_be_read_blocks_promotion_and_the_job_says_why() {
             name: "guarded-fleet".into(),
             alias: "production".into(),
             version: published.version.unwrap().version,
+            effective_from_ms: 0,
         })
         .await
         .unwrap();

@@ -1,0 +1,287 @@
+//! Backtests: a retained time range of a topic replayed through one or more model versions,
+//! each reading every event with its own schema, and what each would have said: anomaly rate,
+//! score distribution, agreement with the first version, and precision/recall/F1/ROC AUC where
+//! the events carry labels. The offsets read are recorded, so the same backtest can be run
+//! again on exactly the same events. `kappa backtest` prints it; the trainer's promotion gate
+//! decides on it.
+
+mod report;
+
+use std::{collections::BTreeMap, time::Duration};
+
+use kappa_kafka::{
+    KafkaClients,
+    range::payload_format,
+    scan::{Scan, ScanError, event_time, scan},
+};
+use kappa_model::{
+    Mlp, ModelManifest,
+    evaluate::quality,
+    schema::{DecodedEvent, EventDecoder, LabelRule, label_rule, time_rule},
+};
+use rdkafka::Message as _;
+
+pub use report::{Agreement, METRICS, Offsets, Report, Scores, VersionReport};
+
+/// Rows scored per call into a model: large enough that a call's overhead vanishes.
+const BATCH: usize = 1024;
+
+/// A version taking part: its manifest (name, version, threshold, schema) and its model.
+pub struct Contender {
+    pub manifest: ModelManifest,
+    pub mlp: Mlp,
+    decoder: EventDecoder,
+}
+
+impl Contender {
+    /// Fails when the manifest's schema cannot be compiled.
+    pub fn new(manifest: ModelManifest, mlp: Mlp) -> Result<Self, String> {
+        let decoder = EventDecoder::for_manifest(&manifest)?;
+        Ok(Self { manifest, mlp, decoder })
+    }
+}
+
+/// The events to replay: `[from_ms, to_ms)` of `topic` by event time.
+#[derive(Debug, Clone)]
+pub struct Window {
+    pub topic: String,
+    pub from_ms: i64,
+    pub to_ms: i64,
+    /// Bounds each broker look-up, and how long the read may go without an event.
+    pub timeout: Duration,
+}
+
+/// Why a backtest could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BacktestError {
+    #[error("a backtest needs at least one version")]
+    NoVersions,
+    #[error("the window is empty: from_ms {from_ms} is not before to_ms {to_ms}")]
+    EmptyWindow { from_ms: i64, to_ms: i64 },
+    #[error("the label field: {0}")]
+    Label(String),
+    #[error("scoring with version {version} failed: {message}")]
+    Scoring { version: u64, message: String },
+    #[error(transparent)]
+    Scan(#[from] ScanError),
+}
+
+/// Replays `window` through `contenders`. The first contender's schema says what event time
+/// is and, unless `label` overrides it, which field is the label; an event counts only when
+/// every contender can read it, so all are compared on the same events. Blocking.
+pub fn run(
+    clients: &KafkaClients,
+    window: &Window,
+    contenders: &[Contender],
+    label: Option<LabelRule>,
+) -> Result<Report, BacktestError> {
+    let first = contenders.first().ok_or(BacktestError::NoVersions)?;
+    if window.from_ms >= window.to_ms {
+        return Err(BacktestError::EmptyWindow {
+            from_ms: window.from_ms,
+            to_ms: window.to_ms,
+        });
+    }
+    let schema = first.manifest.schema.clone().unwrap_or_default();
+    let label = label.or_else(|| label_rule(&schema));
+    // Reads time and label (and the first version's features) in the same pass.
+    let frame = EventDecoder::new(first.decoder.features().to_vec(), label.clone(), time_rule(&schema))
+        .map_err(BacktestError::Label)?;
+    let lateness = schema
+        .time
+        .as_ref()
+        .map_or(0, |t| i64::try_from(t.lateness_ms).unwrap_or(i64::MAX));
+    let scope = Scan {
+        topic: &window.topic,
+        from_ms: window.from_ms,
+        to_ms: window.to_ms.saturating_add(lateness),
+        timeout: window.timeout,
+        purpose: "backtest",
+    };
+    let mut replay = Replay::new(contenders);
+    let mut events: Vec<DecodedEvent> = vec![DecodedEvent::default(); contenders.len()];
+    let mut frame_event = DecodedEvent::default();
+    // A scoring failure stops the scan; `keep_going` and `on_record` both look at it.
+    let failed = std::cell::Cell::new(false);
+    let mut failure: Option<BacktestError> = None;
+    let scanned = scan(clients, &scope, &mut |_| !failed.get(), &mut |message| {
+        let read = (|| {
+            let payload = message.payload().ok_or_else(|| "empty".to_owned())?;
+            let format = payload_format(message.headers());
+            frame
+                .decode_into(payload, format, &mut frame_event)
+                .map_err(|_| "malformed".to_owned())?;
+            let time = event_time(&frame, &frame_event, message).map_err(str::to_owned)?;
+            if time < window.from_ms || time >= window.to_ms {
+                return Err("outside_time_range".to_owned());
+            }
+            for (contender, event) in contenders.iter().zip(events.iter_mut()).skip(1) {
+                contender
+                    .decoder
+                    .decode_into(payload, format, event)
+                    .map_err(|_| format!("v{}:malformed", contender.manifest.version))?;
+            }
+            replay.take(&frame_event, &events[1..])
+        })();
+        match read {
+            Ok(()) => {
+                if let Err(e) = replay.labelled(frame_event.label) {
+                    failure = Some(e);
+                    failed.set(true);
+                }
+            }
+            Err(reason) => *replay.skipped.entry(reason).or_default() += 1,
+        }
+    })?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    replay.flush()?;
+    Ok(replay.report(window, scanned, label.is_some()))
+}
+
+/// What the replay has gathered so far: the rows waiting to be scored, each version's scores
+/// in event order, and the labels.
+struct Replay<'a> {
+    contenders: &'a [Contender],
+    pending: Vec<Vec<f32>>,
+    /// Rows in each of `pending`.
+    queued: usize,
+    scores: Vec<Vec<f32>>,
+    out: Vec<f32>,
+    labels: Vec<Option<bool>>,
+    skipped: BTreeMap<String, u64>,
+}
+
+impl<'a> Replay<'a> {
+    fn new(contenders: &'a [Contender]) -> Self {
+        Self {
+            contenders,
+            pending: contenders
+                .iter()
+                .map(|c| Vec::with_capacity(BATCH * c.mlp.n_features()))
+                .collect(),
+            queued: 0,
+            scores: vec![Vec::new(); contenders.len()],
+            out: Vec::with_capacity(BATCH),
+            labels: Vec::new(),
+            skipped: BTreeMap::new(),
+        }
+    }
+
+    /// Queues the event's row for every version, or for none: the error is the first reason
+    /// a version cannot read it (named with the version, as versions may read different fields).
+    fn take(&mut self, first: &DecodedEvent, rest: &[DecodedEvent]) -> Result<(), String> {
+        for (i, event) in std::iter::once(first).chain(rest).enumerate() {
+            let contender = &self.contenders[i];
+            if let Err(problems) = contender.decoder.extend_row(event, &mut self.pending[i]) {
+                // Rows of the versions before this one are taken back; this one's is partial.
+                for (pending, c) in self.pending.iter_mut().zip(self.contenders).take(i + 1) {
+                    pending.truncate(self.queued * c.mlp.n_features());
+                }
+                return Err(format!(
+                    "v{}:{}",
+                    contender.manifest.version,
+                    contender.decoder.reason_key(&problems[0])
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Completes a taken event with its label, scoring full batches.
+    fn labelled(&mut self, label: Option<bool>) -> Result<(), BacktestError> {
+        self.labels.push(label);
+        self.queued += 1;
+        if self.queued == BATCH {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), BacktestError> {
+        for (i, contender) in self.contenders.iter().enumerate() {
+            if self.pending[i].is_empty() {
+                continue;
+            }
+            contender
+                .mlp
+                .score_into(&self.pending[i], &mut self.out)
+                .map_err(|e| BacktestError::Scoring {
+                    version: contender.manifest.version,
+                    message: e.to_string(),
+                })?;
+            self.scores[i].extend_from_slice(&self.out);
+            self.pending[i].clear();
+        }
+        self.queued = 0;
+        Ok(())
+    }
+
+    fn report(self, window: &Window, scanned: kappa_kafka::scan::Scanned, labelled_window: bool) -> Report {
+        let labelled: Vec<usize> = (0..self.labels.len()).filter(|&i| self.labels[i].is_some()).collect();
+        let truth: Vec<bool> = labelled.iter().map(|&i| self.labels[i] == Some(true)).collect();
+        let flags = |v: usize| -> Vec<bool> {
+            let threshold = self.contenders[v].manifest.anomaly_threshold as f32;
+            self.scores[v].iter().map(|s| *s > threshold).collect()
+        };
+        let first_flags = flags(0);
+        let versions = self
+            .contenders
+            .iter()
+            .enumerate()
+            .map(|(v, contender)| {
+                let threshold = contender.manifest.anomaly_threshold as f32;
+                let scores = &self.scores[v];
+                let own_flags = flags(v);
+                let labelled_scores: Vec<f32> = labelled.iter().map(|&i| scores[i]).collect();
+                let both_classes = truth.iter().any(|t| *t) && truth.iter().any(|t| !*t);
+                let quality = both_classes.then(|| quality(&labelled_scores, &truth, threshold));
+                VersionReport::new(
+                    contender,
+                    scores,
+                    &own_flags,
+                    quality,
+                    (v > 0).then(|| Agreement::between(&first_flags, &own_flags, &self.scores[0], scores)),
+                )
+            })
+            .collect();
+        Report {
+            topic: window.topic.clone(),
+            from_ms: window.from_ms,
+            to_ms: window.to_ms,
+            offsets: scanned.partitions.iter().map(Offsets::from).collect(),
+            read: scanned.read,
+            events: self.labels.len() as u64,
+            labelled: labelled.len() as u64,
+            positives: truth.iter().filter(|t| **t).count() as u64,
+            label_field: labelled_window,
+            skipped: self.skipped,
+            versions,
+        }
+    }
+}
+
+/// A version from the registry, ready to take part: its weights checked against the
+/// manifest's digest, its model built on the native backend.
+pub async fn fetch(
+    registry: &mut kappa_client::Registry,
+    name: &str,
+    selector: kappa_client::Selector,
+) -> Result<Contender, String> {
+    let what = match &selector {
+        kappa_client::Selector::Version(v) => format!("{name} version {v}"),
+        kappa_client::Selector::Alias(a) => format!("{name}@{a}"),
+        kappa_client::Selector::Latest => format!("{name}'s latest version"),
+    };
+    let (header, weights) = registry
+        .get(name, selector)
+        .await
+        .map_err(|e| format!("fetching {what} from the registry failed: {e}"))?;
+    let manifest = header
+        .manifest
+        .ok_or_else(|| format!("{what} (v{}) has no manifest", header.version))?;
+    let mlp = Mlp::load(&manifest, &weights, kappa_model::Backend::Native)
+        .map_err(|e| format!("{what} (v{}) does not load: {e}", header.version))?;
+    Contender::new(manifest, mlp).map_err(|e| format!("{what} (v{}): its schema: {e}", header.version))
+}

@@ -1,0 +1,233 @@
+//! What a backtest found, as JSON for scripts and as text for people.
+
+use std::{collections::BTreeMap, fmt};
+
+use kappa_api::model::PartitionRange;
+use kappa_model::evaluate::{Quality, percentile};
+use serde::Serialize;
+
+use crate::Contender;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub topic: String,
+    pub from_ms: i64,
+    pub to_ms: i64,
+    /// The offsets read, per partition: the same range read again gives the same events.
+    pub offsets: Vec<Offsets>,
+    /// Records read from those offsets.
+    pub read: u64,
+    /// Events every version scored.
+    pub events: u64,
+    /// Of those, events with a label, and how many of them are anomalies.
+    pub labelled: u64,
+    pub positives: u64,
+    /// Whether a label field was read at all (the version's schema or `--label`).
+    pub label_field: bool,
+    /// Records not scored, by reason (`v<N>:` when one version could not read them).
+    pub skipped: BTreeMap<String, u64>,
+    pub versions: Vec<VersionReport>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Offsets {
+    pub partition: i32,
+    pub start_offset: i64,
+    pub end_offset: i64,
+}
+
+impl From<&PartitionRange> for Offsets {
+    fn from(r: &PartitionRange) -> Self {
+        Self {
+            partition: r.partition,
+            start_offset: r.start_offset,
+            end_offset: r.end_offset,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VersionReport {
+    pub name: String,
+    pub version: u64,
+    pub threshold: f64,
+    pub anomalies: u64,
+    pub anomaly_rate: f64,
+    pub scores: Scores,
+    /// Precision, recall, F1 and ROC AUC on the labelled events; absent unless both classes
+    /// are among them.
+    pub precision: Option<f64>,
+    pub recall: Option<f64>,
+    pub f1: Option<f64>,
+    pub roc_auc: Option<f64>,
+    /// Against the first version (absent for the first).
+    pub agreement: Option<Agreement>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Scores {
+    pub mean: f64,
+    pub p50: f32,
+    pub p90: f32,
+    pub p99: f32,
+    pub max: f32,
+}
+
+/// How two versions' answers compare event by event.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Agreement {
+    /// Share of events both flag the same way.
+    pub rate: f64,
+    /// Events the first version flags and this one does not.
+    pub only_first: u64,
+    /// Events this version flags and the first does not.
+    pub only_this: u64,
+    /// Mean of this version's score minus the first's (scores of different versions need not
+    /// share a scale; the flags are what to compare).
+    pub mean_score_delta: f64,
+}
+
+impl Agreement {
+    pub fn between(first: &[bool], this: &[bool], first_scores: &[f32], scores: &[f32]) -> Self {
+        let n = first.len().max(1) as f64;
+        let same = first.iter().zip(this).filter(|(a, b)| a == b).count();
+        let only_first = first.iter().zip(this).filter(|(a, b)| **a && !**b).count();
+        let only_this = first.iter().zip(this).filter(|(a, b)| !**a && **b).count();
+        let delta: f64 = first_scores
+            .iter()
+            .zip(scores)
+            .map(|(a, b)| f64::from(*b) - f64::from(*a))
+            .sum();
+        Self {
+            rate: same as f64 / n,
+            only_first: only_first as u64,
+            only_this: only_this as u64,
+            mean_score_delta: delta / n,
+        }
+    }
+}
+
+impl VersionReport {
+    pub(crate) fn new(
+        contender: &Contender,
+        scores: &[f32],
+        flags: &[bool],
+        quality: Option<Quality>,
+        agreement: Option<Agreement>,
+    ) -> Self {
+        let anomalies = flags.iter().filter(|f| **f).count() as u64;
+        let n = scores.len();
+        let finite = |v: f64| v.is_finite().then_some(v);
+        Self {
+            name: contender.manifest.name.clone(),
+            version: contender.manifest.version,
+            threshold: contender.manifest.anomaly_threshold,
+            anomalies,
+            anomaly_rate: if n == 0 { 0.0 } else { anomalies as f64 / n as f64 },
+            scores: Scores {
+                mean: if n == 0 {
+                    0.0
+                } else {
+                    scores.iter().map(|s| f64::from(*s)).sum::<f64>() / n as f64
+                },
+                p50: percentile(scores, 50.0),
+                p90: percentile(scores, 90.0),
+                p99: percentile(scores, 99.0),
+                max: percentile(scores, 100.0),
+            },
+            precision: quality.map(|q| q.precision),
+            recall: quality.map(|q| q.recall),
+            f1: quality.map(|q| q.f1),
+            roc_auc: quality.and_then(|q| finite(q.roc_auc)),
+            agreement,
+        }
+    }
+
+    /// The value of a quality metric by its name in the spec (`roc_auc`, `f1`, …).
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        match name {
+            "roc_auc" => self.roc_auc,
+            "f1" => self.f1,
+            "precision" => self.precision,
+            "recall" => self.recall,
+            _ => None,
+        }
+    }
+}
+
+/// The metrics a gate may compare versions by.
+pub const METRICS: [&str; 4] = ["roc_auc", "f1", "precision", "recall"];
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "backtest of {} [{}, {}) ms: {} events scored of {} read",
+            self.topic, self.from_ms, self.to_ms, self.events, self.read
+        )?;
+        let offsets: Vec<String> = self
+            .offsets
+            .iter()
+            .map(|o| format!("{}:[{}, {})", o.partition, o.start_offset, o.end_offset))
+            .collect();
+        writeln!(f, "  offsets (partition:[start, end)): {}", offsets.join(" "))?;
+        if !self.skipped.is_empty() {
+            let skipped: Vec<String> = self.skipped.iter().map(|(r, n)| format!("{r} {n}")).collect();
+            writeln!(f, "  skipped: {}", skipped.join(", "))?;
+        }
+        if !self.label_field {
+            writeln!(
+                f,
+                "  no label field (the version's schema names none; --label sets one)"
+            )?;
+        } else {
+            writeln!(f, "  labelled: {} ({} anomalies)", self.labelled, self.positives)?;
+        }
+        writeln!(
+            f,
+            "  {:<10} {:>9} {:>9} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:>10}",
+            "version",
+            "anomalies",
+            "rate",
+            "score p50",
+            "score p99",
+            "threshold",
+            "precision",
+            "recall",
+            "F1",
+            "ROC AUC",
+            "agreement"
+        )?;
+        let metric = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.4}"));
+        for v in &self.versions {
+            writeln!(
+                f,
+                "  {:<10} {:>9} {:>8.2}% {:>10.4} {:>10.4} {:>10.4} {:>9} {:>9} {:>9} {:>9} {:>10}",
+                format!("v{}", v.version),
+                v.anomalies,
+                v.anomaly_rate * 100.0,
+                v.scores.p50,
+                v.scores.p99,
+                v.threshold,
+                metric(v.precision),
+                metric(v.recall),
+                metric(v.f1),
+                metric(v.roc_auc),
+                v.agreement
+                    .map_or_else(|| "-".to_owned(), |a| format!("{:.2}%", a.rate * 100.0)),
+            )?;
+        }
+        if let Some(first) = self.versions.first() {
+            for v in self.versions.iter().skip(1) {
+                if let Some(a) = v.agreement {
+                    writeln!(
+                        f,
+                        "  v{} against v{}: flags {} events v{} does not, misses {} it flags",
+                        v.version, first.version, a.only_this, first.version, a.only_first
+                    )?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
