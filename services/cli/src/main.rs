@@ -1,6 +1,7 @@
 //! `kappa`: the command line for Kappa's services.
 
 mod backtest;
+mod compare;
 mod data;
 mod fleet;
 mod health;
@@ -45,6 +46,8 @@ enum Command {
     /// Replay a retained range of a topic through versions: anomaly rate, scores, agreement,
     /// precision/recall/F1/ROC AUC where the events carry labels.
     Backtest(Box<backtest::BacktestArgs>),
+    /// Compare a shadow version's answers with the served version's on the same live traffic.
+    Compare(compare::CompareArgs),
     /// Follow a model's monitoring windows: drift per feature, anomaly rate against training.
     Monitor(monitor::MonitorArgs),
     /// Start, follow, list and cancel training jobs on kappa-trainer.
@@ -73,6 +76,7 @@ impl Command {
             Self::Fleet(_) => "kappa fleet",
             Self::Monitor(_) => "kappa monitor",
             Self::Backtest(_) => "kappa backtest",
+            Self::Compare(_) => "kappa compare",
             Self::Data(_) => "kappa data",
             Self::Token(_) => "kappa token",
             Self::Keys(_) => "kappa keys",
@@ -121,6 +125,7 @@ async fn main() -> ExitCode {
             Command::Predict(args) => predict::run(args, &security()?).await,
             Command::Fleet(args) => fleet::run(*args).await,
             Command::Monitor(args) => monitor::run(args).await,
+            Command::Compare(args) => compare::run(args).await,
             Command::Backtest(args) => backtest::run(*args, &security()?).await,
             Command::Data(args) => data::run(args).await,
             Command::Load(args) => load::run(args, &security()?).await,

@@ -24,11 +24,13 @@ pub struct Job {
     pub reply: oneshot::Sender<Result<Scored, PredictError>>,
 }
 
-/// What a request gets back: its scores, and the model that produced them.
+/// What a request gets back: its scores, the model that produced them, and its inputs handed
+/// back (the shadow scores them again without a copy).
 #[derive(Debug)]
 pub struct Scored {
     pub model: Arc<LoadedModel>,
     pub scores: Vec<f32>,
+    pub inputs: Vec<f32>,
 }
 
 #[derive(Clone)]
@@ -235,6 +237,7 @@ impl Worker {
                 Ok(()) => Ok(Scored {
                     model: Arc::clone(&model),
                     scores: scores[start..start + job.rows].to_vec(),
+                    inputs: job.inputs,
                 }),
                 Err(e) => Err(PredictError::Inference(e.clone())),
             };

@@ -136,6 +136,24 @@ pub struct PredictorConfig {
     #[arg(long, env = "KAPPA_MONITORING_TOPIC", default_value = "model-monitoring")]
     pub monitoring_topic: String,
 
+    /// Keep a second version warm (an alias, or `latest`) and score a copy of the live traffic
+    /// with it, gRPC and stream, off the request path: it never adds to a caller's latency or
+    /// fails a call, and its work is dropped first under load (counted). Each shadow answer
+    /// goes to --shadow-topic with both versions' scores and flags; `kappa compare` sums it up.
+    #[arg(long, env = "KAPPA_SHADOW", value_name = "ALIAS", value_parser = parse_follow)]
+    pub shadow: Option<Follow>,
+
+    /// Topic of the shadow answers (JSON, keyed like the live answer).
+    #[arg(long, env = "KAPPA_SHADOW_TOPIC", default_value = "shadow-predictions",
+          value_parser = kappa_runtime::args::non_empty)]
+    pub shadow_topic: String,
+
+    /// Live answers that may wait for the shadow; beyond that, shadow work is dropped (never
+    /// the live request).
+    #[arg(long, env = "KAPPA_SHADOW_QUEUE_CAPACITY", default_value_t = 8192,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub shadow_queue_capacity: u32,
+
     /// Validate the configuration, print it and exit without connecting to anything.
     #[arg(long)]
     pub check_config: bool,

@@ -10,7 +10,7 @@ use std::{
 use kappa_api::model::VersionRecord;
 use kappa_kafka::KafkaClients;
 use kappa_modellog::{
-    Follow, Lookup, MissingChunks, ModelLog,
+    Follow, Lookup, MissingChunks, ModelLog, ModelState,
     follower::{self, LogOnly},
 };
 use kappa_runtime::Readiness;
@@ -30,12 +30,42 @@ pub struct Target {
     /// Trace context of the change that made this the target (the publish or the alias move),
     /// which the load continues.
     pub trace: BTreeMap<String, String>,
+    /// For an alias moved by event time: the version that scores the events before the move.
+    pub earlier: Option<Earlier>,
+}
+
+/// The version an alias held before a move that applies from an event time on.
+#[derive(Debug, Clone)]
+pub struct Earlier {
+    /// Events before this event time are scored by `target`.
+    pub until_ms: i64,
+    pub target: Box<Target>,
 }
 
 /// What `follow` designates in `log` now.
 fn target(log: &ModelLog, name: &str, follow: &Follow) -> Option<Target> {
     let model = log.model(name)?;
     let version = model.resolve(follow)?;
+    let earlier = model.cutover(follow).and_then(|c| {
+        let target = version_target(model, c.previous_version, model.change_trace(follow));
+        if target.is_none() {
+            tracing::warn!(
+                version = c.previous_version,
+                "the version before the alias's cutover is no longer live; the new version scores every event"
+            );
+        }
+        Some(Earlier {
+            until_ms: c.effective_from_ms,
+            target: Box::new(target?),
+        })
+    });
+    Some(Target {
+        earlier,
+        ..version_target(model, version, model.change_trace(follow))?
+    })
+}
+
+fn version_target(model: &ModelState, version: u64, trace: BTreeMap<String, String>) -> Option<Target> {
     let Lookup::Live(stored) = model.lookup(version) else {
         return None;
     };
@@ -44,40 +74,47 @@ fn target(log: &ModelLog, name: &str, follow: &Follow) -> Option<Target> {
         record: Arc::clone(&stored.record),
         chunk_offsets: model.chunk_offsets(version),
         bytes: model.assembled(version),
-        trace: model.change_trace(follow),
+        trace,
+        earlier: None,
     })
 }
 
 /// The readiness component of the models-log follower.
 const MODELS_LOG: &str = "models_log";
 
-/// Starts following; the receiver yields targets once the topic has been replayed. The follower
-/// runs supervised: if it stops or panics, a new one replays the topic from the beginning and
-/// announces the current target again (the loader sees it is already serving it).
+/// Starts following; each receiver yields the targets of its `follows` entry (the served
+/// version, and the shadow's when there is one) once the topic has been replayed. One follower
+/// reads the topic for all of them. It runs supervised: if it stops or panics, a new one replays
+/// the topic from the beginning and announces the current targets again (the loaders see they
+/// are already serving them).
 pub fn start(
     config: &KafkaClients,
     topic: &str,
     name: &str,
-    follow: &Follow,
+    follows: &[Follow],
     readiness: &Arc<Readiness>,
     shutdown: CancellationToken,
-) -> Result<watch::Receiver<Option<Target>>, KafkaError> {
+) -> Result<Vec<watch::Receiver<Option<Target>>>, KafkaError> {
     // The first follower starts here, so a configuration librdkafka refuses fails the start-up.
     let mut first = Some(open(config, topic, name, shutdown.clone())?);
-    let (tx, rx) = watch::channel(None);
-    let (config, topic, name, follow) = (config.clone(), topic.to_owned(), name.to_owned(), follow.clone());
+    let (senders, receivers): (Vec<_>, Vec<_>) = follows.iter().map(|_| watch::channel(None)).unzip();
+    let (config, topic, name, follows) = (config.clone(), topic.to_owned(), name.to_owned(), follows.to_vec());
     let stop = shutdown.clone();
     readiness.supervise(MODELS_LOG, shutdown, move || {
         let opened = first
             .take()
             .map_or_else(|| open(&config, &topic, &name, stop.clone()), Ok);
-        let (tx, name, follow, stop) = (tx.clone(), name.clone(), follow.clone(), stop.clone());
+        let (senders, name, follows, stop) = (senders.clone(), name.clone(), follows.clone(), stop.clone());
         async move {
             let (log, progress) = opened?;
-            announce(&log, &progress, &name, &follow, &tx, &stop).await
+            let announcing = follows
+                .iter()
+                .zip(&senders)
+                .map(|(follow, tx)| announce(&log, &progress, &name, follow, tx, &stop));
+            futures::future::try_join_all(announcing).await.map(drop)
         }
     });
-    Ok(rx)
+    Ok(receivers)
 }
 
 fn open(
@@ -97,6 +134,10 @@ fn open(
     )?;
     Ok((log, progress))
 }
+
+/// What an announcement is told apart by: version, weights digest, and the cutover (its time
+/// and earlier version), so a move that only changes the cutover is announced too.
+type Announced = (u64, String, Option<(i64, u64)>);
 
 /// After the replay, announces the version `follow` designates each time it changes. Returns
 /// an error when the follower under it stops before the service does.
@@ -119,7 +160,7 @@ async fn announce(
         return stopped();
     }
     let mut applied = progress.applied.clone();
-    let mut announced: Option<(u64, String)> = None;
+    let mut announced: Option<Announced> = None;
     loop {
         let current = target(&log.read().expect("models log lock poisoned"), name, follow);
         let identity = current.as_ref().map(|t| {
@@ -129,11 +170,18 @@ async fn announce(
                 .as_ref()
                 .map(|m| m.weights_sha256.clone())
                 .unwrap_or_default();
-            (t.version, sha)
+            let earlier = t.earlier.as_ref().map(|e| (e.until_ms, e.target.version));
+            (t.version, sha, earlier)
         });
         if identity != announced {
             match &current {
-                Some(t) => tracing::info!(version = t.version, follow = %follow, "new target version"),
+                Some(t) => tracing::info!(
+                    version = t.version,
+                    follow = %follow,
+                    earlier_version = t.earlier.as_ref().map(|e| e.target.version),
+                    until_ms = t.earlier.as_ref().map(|e| e.until_ms),
+                    "new target version"
+                ),
                 None => {
                     tracing::warn!(model = %name, follow = %follow, "nothing to serve: no such version or alias yet")
                 }
@@ -224,5 +272,36 @@ mod tests {
         .unwrap();
         let t = target(&log, "m", &production).unwrap();
         assert_eq!((t.version, t.chunk_offsets), (1, Ok(vec![0])));
+        assert!(t.earlier.is_none());
+
+        // Moved by event time: the target brings the version before the move with it.
+        let moved = AliasRecord {
+            version: 2,
+            cutover: Some(kappa_api::model::Cutover {
+                effective_from_ms: 5_000,
+                previous_version: 1,
+            }),
+            ..alias.clone()
+        };
+        log.apply(
+            offset + 1,
+            Some(b"alias/m/production"),
+            Some(&moved.encode_to_vec()),
+            NO_HEADERS,
+        )
+        .unwrap();
+        let t = target(&log, "m", &production).unwrap();
+        let earlier = t.earlier.expect("the version before the cutover");
+        assert_eq!((t.version, earlier.until_ms, earlier.target.version), (2, 5_000, 1));
+        assert_eq!(earlier.target.bytes.as_deref().map(Vec::as_slice), Some(&b"one"[..]));
+        // A later plain move ends the cutover.
+        log.apply(
+            offset + 2,
+            Some(b"alias/m/production"),
+            Some(&alias.encode_to_vec()),
+            NO_HEADERS,
+        )
+        .unwrap();
+        assert!(target(&log, "m", &production).unwrap().earlier.is_none());
     }
 }

@@ -18,6 +18,7 @@ mod monitor;
 mod oip;
 mod server;
 mod serving;
+mod shadow;
 mod slot;
 mod stream;
 mod typed;

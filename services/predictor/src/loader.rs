@@ -36,6 +36,15 @@ pub struct Loader {
     /// Largest model this predictor loads, in bytes.
     pub max_model_bytes: u64,
     pub faults: Arc<Faults>,
+    /// What the slot is for: the served model, or the shadow's (which never touches readiness
+    /// or the served model's series).
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Serving,
+    Shadow,
 }
 
 struct LoadFailure {
@@ -114,6 +123,13 @@ impl Loader {
             None => format!("version {version} refused: {}", failure.message),
         };
         match self.slot.current() {
+            _ if self.role == Role::Shadow => {
+                tracing::error!(
+                    version,
+                    reason = failure.reason,
+                    "{message}; the shadow does not change"
+                );
+            }
             Some(current) => tracing::error!(
                 version,
                 reason = failure.reason,
@@ -148,7 +164,17 @@ impl Loader {
         let version = target.version;
         let published_ms = target.record.manifest.as_ref().map_or(0, |m| m.created_at_ms);
         let span = tracing::Span::current();
-        if self.slot.current().is_some_and(|m| m.version == version) {
+        let earlier = self.earlier(&target).await?;
+        if let Some(current) = self.slot.current().filter(|m| m.version == version) {
+            // Already serving it; the cutover may still be new (a restart, or a move that
+            // only changed the effective time).
+            match earlier {
+                Some((model, until_ms)) => self.slot.swap_at(current, model, until_ms),
+                None => self.slot.clear_cutover(),
+            }
+            self.metrics
+                .cutover_from_ms
+                .set(self.slot.cutover().map_or(0, |c| c.until_ms));
             span.record("outcome", "already_serving");
             return Ok(());
         }
@@ -167,9 +193,23 @@ impl Loader {
                 }
             },
         };
-        tracing::info_span!("swap").in_scope(|| self.slot.swap(model));
+        tracing::info_span!("swap").in_scope(|| match earlier {
+            Some((earlier, until_ms)) => {
+                tracing::info!(version, earlier = earlier.version, until_ms, "cutover by event time");
+                self.slot.swap_at(model, earlier, until_ms);
+            }
+            None => self.slot.swap(model),
+        });
+        self.metrics
+            .cutover_from_ms
+            .set(self.slot.cutover().map_or(0, |c| c.until_ms));
         span.record("outcome", "swapped");
         self.slot.set_error(None);
+        if self.role == Role::Shadow {
+            self.metrics.shadow_version.set(version as i64);
+            tracing::info!(version, "the shadow now scores with this version");
+            return Ok(());
+        }
         self.metrics.swaps.inc();
         self.metrics.loaded_version.set(version as i64);
         self.metrics.model_ready.set(1.0);
@@ -184,6 +224,38 @@ impl Loader {
         self.readiness.clear(MODEL);
         tracing::info!(version, publish_to_serving_ms = now_ms - published_ms, "now serving");
         Ok(())
+    }
+
+    /// The model for the events before the target's cutover, warm or loaded now. A version that
+    /// cannot be read yet fails the whole target (tried again); one that can never be served
+    /// leaves the new version scoring every event, said in the log and the failure count.
+    async fn earlier(&self, target: &Target) -> Result<Option<(Arc<LoadedModel>, i64)>, LoadFailure> {
+        let Some(earlier) = &target.earlier else {
+            return Ok(None);
+        };
+        let version = earlier.target.version;
+        if let Some(warm) = self.slot.warm(version) {
+            return Ok(Some((warm, earlier.until_ms)));
+        }
+        let span = tracing::info_span!("load_earlier", version, until_ms = earlier.until_ms);
+        match self.load((*earlier.target).clone()).instrument(span).await {
+            Ok(model) => Ok(Some((model, earlier.until_ms))),
+            Err(failure) if failure.is_transient() => Err(failure),
+            Err(failure) => {
+                self.metrics
+                    .load_failures
+                    .get_or_create(&ReasonLabels { reason: failure.reason })
+                    .inc();
+                tracing::error!(
+                    version,
+                    reason = failure.reason,
+                    "the version before the cutover is refused: {}; version {} scores every event",
+                    failure.message,
+                    target.version
+                );
+                Ok(None)
+            }
+        }
     }
 
     async fn load(&self, target: Target) -> Result<Arc<LoadedModel>, LoadFailure> {

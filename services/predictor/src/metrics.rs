@@ -41,6 +41,11 @@ pub struct PredictorMetrics {
     pub model_ready: Gauge<f64, AtomicU64>,
     pub inference_panics: Counter,
     pub load_retries: Counter,
+    /// Event time of the cutover in force (0 without one).
+    pub cutover_from_ms: Gauge,
+    pub cutover_fallbacks: Counter,
+    /// Version the shadow scores with (`--shadow`; 0 without one, or before it loads).
+    pub shadow_version: Gauge,
 }
 
 /// Why a version can be refused (the `reason` label of `load_failures`).
@@ -70,6 +75,9 @@ impl Default for PredictorMetrics {
             model_ready: Gauge::default(),
             inference_panics: Counter::default(),
             load_retries: Counter::default(),
+            cutover_from_ms: Gauge::default(),
+            cutover_fallbacks: Counter::default(),
+            shadow_version: Gauge::default(),
         }
     }
 }
@@ -126,6 +134,21 @@ impl PredictorMetrics {
             "load_failures",
             "Versions refused as broken, by reason",
             self.load_failures.clone(),
+        );
+        r.register(
+            "cutover_from_ms",
+            "Event time (ms) from which the served version scores stream events after an alias move by event time; 0 without one",
+            self.cutover_from_ms.clone(),
+        );
+        r.register(
+            "cutover_fallbacks",
+            "Stream events before a cutover scored by the new version because the earlier one could not be loaded",
+            self.cutover_fallbacks.clone(),
+        );
+        r.register(
+            "shadow_version",
+            "Version the shadow scores a copy of the traffic with (--shadow); 0 without one or before it loads",
+            self.shadow_version.clone(),
         );
         r.register(
             "model_ready",

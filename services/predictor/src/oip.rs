@@ -124,14 +124,16 @@ impl Oip {
                 raw_outputs.push(flags.iter().map(|b| u8::from(*b)).collect());
             }
         }
-        Ok(pb::ModelInferResponse {
+        let response = pb::ModelInferResponse {
             model_name: model.name.clone(),
             model_version: model.version_string.clone(),
             id: request.id,
             parameters: Default::default(),
             outputs,
             raw_output_contents: raw_outputs,
-        })
+        };
+        self.0.shadow(scored, crate::shadow::Origin::ModelInfer, &response.id);
+        Ok(response)
     }
 
     fn metadata(&self, model: &LoadedModel) -> pb::ModelMetadataResponse {

@@ -56,14 +56,19 @@ pub async fn run(
     let slot = Arc::new(ModelSlot::default());
     // This replica, in its records (load spans, monitoring windows).
     let instance = format!("{}:{}", kappa_runtime::hostname(), listener.local_addr()?.port());
-    let targets = follower::start(
+    let follows: Vec<_> = std::iter::once(config.follow.clone())
+        .chain(config.shadow.clone())
+        .collect();
+    let mut targets = follower::start(
         &kafka,
         &config.models_topic,
         &config.model,
-        &config.follow,
+        &follows,
         &readiness,
         stop.clone(),
-    )?;
+    )?
+    .into_iter();
+    let served_targets = targets.next().expect("one receiver per follow");
     let loader = Arc::new(Loader {
         slot: Arc::clone(&slot),
         metrics: Arc::clone(&metrics),
@@ -75,8 +80,52 @@ pub async fn run(
         trusted_keys: config.trusted_keys.clone(),
         max_model_bytes: config.max_model_bytes,
         faults: Arc::clone(&faults),
+        role: loader::Role::Serving,
     });
-    readiness.supervise("loader", stop.clone(), move || Arc::clone(&loader).run(targets.clone()));
+    readiness.supervise("loader", stop.clone(), move || {
+        Arc::clone(&loader).run(served_targets.clone())
+    });
+    let shadow = match (targets.next(), &config.shadow) {
+        (Some(shadow_targets), Some(follow)) => {
+            let shadow_slot = Arc::new(ModelSlot::default());
+            let shadow_loader = Arc::new(Loader {
+                slot: Arc::clone(&shadow_slot),
+                metrics: Arc::clone(&metrics),
+                readiness: Arc::clone(&readiness),
+                consumer_config: kafka.clone(),
+                topic: config.models_topic.clone(),
+                backend: config.backend,
+                instance: instance.clone(),
+                trusted_keys: config.trusted_keys.clone(),
+                max_model_bytes: config.max_model_bytes,
+                faults: Arc::clone(&faults),
+                role: loader::Role::Shadow,
+            });
+            readiness.supervise("shadow_loader", stop.clone(), move || {
+                Arc::clone(&shadow_loader).run(shadow_targets.clone())
+            });
+            let shadow_metrics = Arc::new(crate::shadow::ShadowMetrics::default());
+            shadow_metrics.register(&mut metrics_registry);
+            // Shadow answers are evidence, not a contract: batched, acks from the leader.
+            let producer = kafka
+                .config(&[
+                    ("acks", "1"),
+                    ("linger.ms", "20"),
+                    ("queue.buffering.max.messages", "100000"),
+                ])
+                .create()?;
+            tracing::info!(shadow = %follow, topic = config.shadow_topic, "shadow scoring on");
+            Some(crate::shadow::Shadow::start(
+                shadow_slot,
+                config.shadow_queue_capacity as usize,
+                producer,
+                config.shadow_topic.clone(),
+                instance.clone(),
+                shadow_metrics,
+            )?)
+        }
+        _ => None,
+    };
 
     {
         let monitor_metrics = Arc::new(crate::monitor::MonitorMetrics::default());
@@ -113,6 +162,7 @@ pub async fn run(
         batcher,
         metrics: Arc::clone(&metrics),
         readiness: Arc::clone(&readiness),
+        shadow,
     });
     let (reflection_v1, reflection_v1alpha) = kappa_api::reflection::for_services(&[PREDICTOR_SERVICE, OIP_SERVICE])?;
 

@@ -19,6 +19,8 @@ pub struct Serving {
     pub metrics: Arc<PredictorMetrics>,
     /// What stands between this replica and SERVING (OIP ServerReady and ModelMetadata say it).
     pub readiness: Arc<kappa_runtime::Readiness>,
+    /// The version scoring a copy of the traffic, with `--shadow`.
+    pub shadow: Option<crate::shadow::Shadow>,
 }
 
 impl Serving {
@@ -99,6 +101,13 @@ impl Serving {
             }
         }
         Ok(())
+    }
+
+    /// Hands a live answer to the shadow, if there is one; never waits.
+    pub fn shadow(&self, scored: Scored, origin: crate::shadow::Origin, key: &str) {
+        if let Some(shadow) = &self.shadow {
+            shadow.offer(scored, origin, key, None);
+        }
     }
 
     pub fn observe<T>(&self, rpc: &'static str, result: &Result<T, Status>, started: Option<Instant>) {

@@ -75,11 +75,21 @@ impl LoadedModel {
     }
 }
 
-/// Current model, plus the one before it kept warm so an alias moved back swaps back at once.
+/// An alias move that applies by event time: events before `until_ms` are scored by
+/// `version` (kept warm as the previous model), later ones by the current model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cutover {
+    pub until_ms: i64,
+    pub version: u64,
+}
+
+/// Current model, plus the one before it kept warm so an alias moved back swaps back at once
+/// (and so events before a cutover are scored by the version before it).
 #[derive(Debug, Default)]
 pub struct ModelSlot {
     current: ArcSwapOption<LoadedModel>,
     previous: Mutex<Option<Arc<LoadedModel>>>,
+    cutover: ArcSwapOption<Cutover>,
     last_error: Mutex<Option<String>>,
 }
 
@@ -102,11 +112,36 @@ impl ModelSlot {
 
     /// Makes `model` current; the model it replaces becomes the warm previous one.
     pub fn swap(&self, model: Arc<LoadedModel>) {
+        self.cutover.store(None);
         let old = self.current.swap(Some(model));
         let mut previous = self.previous.lock().expect("slot lock poisoned");
         if let Some(old) = old {
             *previous = Some(old);
         }
+    }
+
+    /// Makes `model` current with a cutover: `earlier` scores the events before `until_ms`.
+    /// The earlier model and the cutover are in place before the new model is, so no event
+    /// before the cutover is ever scored by the new one.
+    pub fn swap_at(&self, model: Arc<LoadedModel>, earlier: Arc<LoadedModel>, until_ms: i64) {
+        let cutover = Cutover {
+            until_ms,
+            version: earlier.version,
+        };
+        let mut previous = self.previous.lock().expect("slot lock poisoned");
+        *previous = Some(earlier);
+        self.cutover.store(Some(Arc::new(cutover)));
+        self.current.store(Some(model));
+    }
+
+    /// Ends the cutover: the current model scores every event.
+    pub fn clear_cutover(&self) {
+        self.cutover.store(None);
+    }
+
+    /// The cutover in force, if the current model came with one.
+    pub fn cutover(&self) -> Option<Cutover> {
+        self.cutover.load().as_deref().copied()
     }
 
     pub fn set_error(&self, error: Option<String>) {

@@ -95,13 +95,15 @@ async fn predict_one(serving: &Serving, request: PredictRequest) -> Result<Predi
     let values = row(&model, &ask)?;
     let scored = serving.score(model, values, 1).await?;
     let score = scored.scores[0];
-    Ok(PredictResponse {
-        request_id: ask.request_id,
+    let response = PredictResponse {
         score: f64::from(score),
         is_anomaly: score > scored.model.threshold,
         model_name: scored.model.name.clone(),
         model_version: scored.model.version,
-    })
+        request_id: ask.request_id,
+    };
+    serving.shadow(scored, crate::shadow::Origin::Predict, &response.request_id);
+    Ok(response)
 }
 
 type ResponseStream = Pin<Box<dyn Stream<Item = Result<PredictResponse, Status>> + Send>>;

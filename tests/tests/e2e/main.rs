@@ -5,6 +5,7 @@
 mod backtest;
 mod bridge;
 mod cluster;
+mod cutover;
 mod demo;
 mod fleet;
 mod metrics;
@@ -14,6 +15,7 @@ mod predictor;
 mod registry;
 mod schema;
 mod security;
+mod shadow;
 mod supervision;
 mod support;
 mod tracing;

@@ -16,7 +16,7 @@ use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use super::StreamMetrics;
-use crate::{error::PredictError, metrics::ReasonLabels, serving::Serving, slot::LoadedModel};
+use crate::{batcher::Scored, error::PredictError, metrics::ReasonLabels, serving::Serving, slot::LoadedModel};
 
 /// An event read through the current version's schema: the row to score and its event time.
 type Prepared = Result<(Arc<LoadedModel>, Vec<f32>, Option<i64>), (&'static str, String)>;
@@ -35,6 +35,8 @@ pub struct Event {
     key: String,
     timestamp_ms: i64,
     prepared: Prepared,
+    /// The payload, kept only for a shadow version that reads other features than the live one.
+    shadow_event: Option<(Vec<u8>, PayloadFormat)>,
     received: Instant,
     span: tracing::Span,
 }
@@ -48,15 +50,36 @@ pub struct Record {
 }
 
 /// Admits the event to the current version and reads it with that version's schema, so the
-/// row is exactly what the version was trained on even while a new schema swaps in.
-fn prepare(serving: &Serving, payload: Option<&[u8]>, format: PayloadFormat) -> Prepared {
-    let model = serving.admit("", "").map_err(|e| ("no_model", e.to_string()))?;
+/// row is exactly what the version was trained on even while a new schema swaps in. An event
+/// older than the cutover of an alias moved by event time goes to the version before the move,
+/// read with that version's schema.
+fn prepare(serving: &Serving, payload: Option<&[u8]>, format: PayloadFormat, timestamp_ms: i64) -> Prepared {
+    let current = serving.admit("", "").map_err(|e| ("no_model", e.to_string()))?;
     let payload = payload.ok_or(("empty", "the event has no value".to_owned()))?;
     let mut event = DecodedEvent::default();
-    model
+    current
         .decoder
         .decode_into(payload, format, &mut event)
         .map_err(|e| ("malformed", e))?;
+    let mut model = current;
+    if let Some(cutover) = serving.slot.cutover()
+        && event.time_ms.unwrap_or(timestamp_ms) < cutover.until_ms
+        && cutover.version != model.version
+    {
+        match serving.slot.warm(cutover.version) {
+            Some(earlier) => {
+                // The earlier version may read other fields, or time from another one.
+                earlier
+                    .decoder
+                    .decode_into(payload, format, &mut event)
+                    .map_err(|e| ("malformed", e))?;
+                model = earlier;
+            }
+            None => {
+                serving.metrics.cutover_fallbacks.inc();
+            }
+        }
+    }
     let mut row = Vec::with_capacity(model.n_features());
     if let Err(problems) = model.decoder.extend_row(&event, &mut row) {
         let reason = match problems[0].kind {
@@ -96,10 +119,20 @@ impl Event {
         } else {
             tracing::Span::none()
         };
+        let timestamp_ms = message.timestamp().to_millis().unwrap_or(0);
+        let format = payload_format(message.headers());
+        let prepared = prepare(serving, message.payload(), format, timestamp_ms);
+        let shadow_event = match (&serving.shadow, &prepared, message.payload()) {
+            (Some(shadow), Ok((live, _, _)), Some(payload)) if shadow.wants_event(live) => {
+                Some((payload.to_vec(), format))
+            }
+            _ => None,
+        };
         Self {
             key: String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
-            timestamp_ms: message.timestamp().to_millis().unwrap_or(0),
-            prepared: prepare(serving, message.payload(), payload_format(message.headers())),
+            timestamp_ms,
+            prepared,
+            shadow_event,
             received: Instant::now(),
             span,
             source,
@@ -138,12 +171,21 @@ impl Event {
             }
         };
         let reason = match outcome {
-            Ok((score, is_anomaly, name, version)) => {
-                prediction.score = score;
-                prediction.is_anomaly = is_anomaly;
-                prediction.model_name = name;
-                prediction.model_version = version;
-                tracing::Span::current().record("model_version", version);
+            Ok(scored) => {
+                let score = scored.scores[0];
+                prediction.score = f64::from(score);
+                prediction.is_anomaly = score > scored.model.threshold;
+                prediction.model_name = scored.model.name.clone();
+                prediction.model_version = scored.model.version;
+                tracing::Span::current().record("model_version", scored.model.version);
+                if let Some(shadow) = &serving.shadow {
+                    let origin = crate::shadow::Origin::Stream {
+                        partition: self.source.partition,
+                        offset: self.source.offset,
+                        event_time_ms: prediction.event_time_ms,
+                    };
+                    shadow.offer(scored, origin, &self.key, self.shadow_event);
+                }
                 "scored"
             }
             Err((reason, message)) => {
@@ -164,7 +206,7 @@ impl Event {
     }
 }
 
-type Scoring = Result<(f64, bool, String, u64), (&'static str, String)>;
+type Scoring = Result<Scored, (&'static str, String)>;
 
 /// Scores one row, waiting out a full queue; `None` when the predictor is shutting down.
 async fn score(serving: &Serving, model: Arc<LoadedModel>, row: Vec<f32>) -> Option<Scoring> {
@@ -174,11 +216,5 @@ async fn score(serving: &Serving, model: Arc<LoadedModel>, row: Vec<f32>) -> Opt
         Err(PredictError::Inference(message)) => return Some(Err(("inference_failed", message))),
         Err(e) => return Some(Err(("invalid_input", e.to_string()))),
     };
-    let score = scored.scores[0];
-    Some(Ok((
-        f64::from(score),
-        score > scored.model.threshold,
-        scored.model.name.clone(),
-        scored.model.version,
-    )))
+    Some(Ok(scored))
 }
