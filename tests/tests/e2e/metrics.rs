@@ -153,6 +153,8 @@ async fn every_services_metrics_are_valid_documented_and_move_with_traffic() {
         .arg("--monitor-window-seconds=1")
         .arg("--monitor-min-rows=1")
         .arg(format!("--monitoring-topic={}", unique("test.metered-monitoring")))
+        .arg("--shadow=latest")
+        .arg(format!("--shadow-topic={}", unique("test.metered-shadow")))
         .start()
         .await;
     let before = checked_scrape(&predictor.metrics_url, "kappa_predictor", &documented, false).await;
@@ -174,12 +176,13 @@ async fn every_services_metrics_are_valid_documented_and_move_with_traffic() {
         let text = checked_scrape(&predictor.metrics_url, "kappa_predictor", &documented, false).await;
         if value(&text, r#"kappa_predictor_stream_events_total{reason="malformed"}"#) >= 1.0
             && text.contains("kappa_predictor_feature_drift_psi{")
+            && value(&text, r#"kappa_predictor_shadow_rows_total{outcome="scored"}"#) >= 5.0
         {
             break checked_scrape(&predictor.metrics_url, "kappa_predictor", &documented, true).await;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "the malformed event was never counted, or no monitoring window measured the calls:\n{text}"
+            "the malformed event was never counted, no monitoring window measured the calls, or the shadow did not score them:\n{text}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
