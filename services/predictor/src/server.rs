@@ -107,18 +107,16 @@ pub async fn run(
             let shadow_metrics = Arc::new(crate::shadow::ShadowMetrics::default());
             shadow_metrics.register(&mut metrics_registry);
             // Shadow answers are evidence, not a contract: batched, acks from the leader.
-            let producer = kafka
-                .config(&[
-                    ("acks", "1"),
-                    ("linger.ms", "20"),
-                    ("queue.buffering.max.messages", "100000"),
-                ])
-                .create()?;
+            let producer = kafka.config(&[
+                ("acks", "1"),
+                ("linger.ms", "20"),
+                ("queue.buffering.max.messages", "100000"),
+            ]);
             tracing::info!(shadow = %follow, topic = config.shadow_topic, "shadow scoring on");
             Some(crate::shadow::Shadow::start(
                 shadow_slot,
                 config.shadow_queue_capacity as usize,
-                producer,
+                &producer,
                 config.shadow_topic.clone(),
                 instance.clone(),
                 shadow_metrics,

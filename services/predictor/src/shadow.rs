@@ -17,7 +17,11 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family},
     registry::Registry,
 };
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, ThreadedProducer};
+use rdkafka::{
+    ClientConfig, ClientContext,
+    message::DeliveryResult,
+    producer::{BaseRecord, ProducerContext, ThreadedProducer},
+};
 
 use crate::{
     batcher::Scored,
@@ -27,7 +31,8 @@ use crate::{
 /// Most live answers the shadow scores in one forward pass.
 const BATCH: usize = 256;
 
-/// What became of a live row's shadow copy (the `outcome` label).
+/// What became of a live row's shadow copy (the `outcome` label); `scored` once Kafka has the
+/// shadow answer.
 pub const OUTCOMES: [&str; 7] = [
     "scored",
     "dropped",
@@ -110,15 +115,16 @@ pub struct Shadow {
 }
 
 impl Shadow {
-    /// Starts the shadow thread, producing to `topic`.
+    /// Starts the shadow thread, producing to `topic` with a producer made from `producer`.
     pub fn start(
         slot: Arc<ModelSlot>,
         capacity: usize,
-        producer: ThreadedProducer<DefaultProducerContext>,
+        producer: &ClientConfig,
         topic: String,
         instance: String,
         metrics: Arc<ShadowMetrics>,
-    ) -> std::io::Result<Self> {
+    ) -> anyhow::Result<Self> {
+        let producer = producer.create_with_context(Deliveries(Arc::clone(&metrics)))?;
         let (tx, rx) = crossbeam_channel::bounded(capacity);
         let worker = Worker {
             slot: Arc::clone(&slot),
@@ -163,10 +169,29 @@ impl Shadow {
     }
 }
 
+/// Counts each shadow answer once Kafka has it (or has refused it).
+struct Deliveries(Arc<ShadowMetrics>);
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, (): ()) {
+        match result {
+            Ok(_) => self.0.count("scored", 1),
+            Err((e, _)) => {
+                tracing::debug!(error = %e, "Kafka refused a shadow answer");
+                self.0.count("produce_failed", 1);
+            }
+        }
+    }
+}
+
 struct Worker {
     slot: Arc<ModelSlot>,
     rx: Receiver<Offer>,
-    producer: ThreadedProducer<DefaultProducerContext>,
+    producer: ThreadedProducer<Deliveries>,
     topic: String,
     instance: String,
     metrics: Arc<ShadowMetrics>,
@@ -287,10 +312,7 @@ impl Worker {
         let mut record = BaseRecord::to(&self.topic).key(key).payload(value);
         for _ in 0..5 {
             match self.producer.send(record) {
-                Ok(()) => {
-                    self.metrics.count("scored", 1);
-                    return;
-                }
+                Ok(()) => return,
                 Err((
                     rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
                     r,
