@@ -81,6 +81,21 @@ for cfg in "off:OTEL_SDK_DISABLED=true" "default (1% of untraced requests):OTEL_
 done
 
 echo
+echo "## Predictor: p99 with a shadow version scoring a copy of every call, against the same predictor without"
+# The shadow follows the same model's latest version; the plain predictor above is the baseline.
+sport=$((pport + 30)); smetrics=$((pmetrics + 30))
+"$bin/kappa-predictor" --listen "127.0.0.1:$sport" --metrics-listen "127.0.0.1:$smetrics" --models-topic "$topic" \
+  --model bench-model --shadow latest --shadow-topic "bench.shadow-$(date +%s)" --log warn >>"$run/shadow-predictor.log" 2>&1 &
+spid=$!
+for _ in $(seq 1 120); do
+  curl -sf "http://127.0.0.1:$smetrics/metrics" | grep -q '^kappa_predictor_shadow_version [1-9]' && break
+  sleep 0.5
+done
+"$bin/predictor-bench" shadow --plain "http://127.0.0.1:$pport" --shadowed "http://127.0.0.1:$sport" \
+  --shadowed-metrics "127.0.0.1:$smetrics" --seconds "${BENCH_SECONDS:-5}" --rounds "${BENCH_SHADOW_ROUNDS:-3}"
+kill "$spid"; wait "$spid" 2>/dev/null || true
+
+echo
 echo "## Predictor: publish -> first served response, and p99 with and without swaps"
 "$bin/predictor-bench" swaps --predictor "http://127.0.0.1:$pport" --registry "http://127.0.0.1:$port" \
   --model bench-model --swaps "${BENCH_SWAPS:-50}"

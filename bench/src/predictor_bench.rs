@@ -3,6 +3,8 @@
 //!   API that answers without scoring (`echo-server`, started as its own process by
 //!   scripts/bench.sh), driven by the same client: throughput with 64 in flight, p50/p99 with 1.
 //! - `forward`: the hand-written forward pass against candle on the same model and rows.
+//! - `shadow`: the same predictor with and without `--shadow`, alternating rounds in one run:
+//!   p99 and throughput, and what became of the shadow's copies.
 
 use std::{
     net::SocketAddr,
@@ -85,6 +87,21 @@ enum Mode {
         /// The pipe's events/s, from stream-pipe.
         #[arg(long)]
         baseline: f64,
+    },
+    /// Compare a predictor running `--shadow` with the same predictor without, alternating
+    /// `rounds` rounds of each at 1 and at 16 in flight.
+    Shadow {
+        #[arg(long)]
+        plain: String,
+        #[arg(long)]
+        shadowed: String,
+        /// The shadowed predictor's metrics URL (for what became of the shadow's copies).
+        #[arg(long)]
+        shadowed_metrics: String,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
     /// Compare the native and candle forward passes.
     Forward {
@@ -268,6 +285,13 @@ async fn main() -> anyhow::Result<()> {
                 rate / baseline
             );
         }
+        Mode::Shadow {
+            plain,
+            shadowed,
+            shadowed_metrics,
+            seconds,
+            rounds,
+        } => shadow_bench(&plain, &shadowed, &shadowed_metrics, seconds, rounds).await?,
         Mode::Forward { rows } => {
             let manifest = kappa_fleet::car_autoencoder("bench", &[8]);
             let weights = kappa_model::example::random_weights(&manifest, 1);
@@ -335,6 +359,53 @@ async fn load_until(
         all.extend(w.await?);
     }
     Ok(all)
+}
+
+/// Alternates rounds against the plain and the shadowed predictor, so both see the same noise.
+async fn shadow_bench(
+    plain: &str,
+    shadowed: &str,
+    shadowed_metrics: &str,
+    seconds: u64,
+    rounds: usize,
+) -> anyhow::Result<()> {
+    println!("| measurement | with --shadow | without | ratio | target |");
+    println!("|---|---|---|---|---|");
+    for in_flight in [1, 16] {
+        let (mut with, mut without) = (Vec::new(), Vec::new());
+        let (mut with_rps, mut without_rps) = (0.0, 0.0);
+        for _ in 0..rounds {
+            let run = drive(plain, in_flight, seconds).await?;
+            without_rps += run.rps();
+            without.extend(run.latencies);
+            let run = drive(shadowed, in_flight, seconds).await?;
+            with_rps += run.rps();
+            with.extend(run.latencies);
+        }
+        let (w, wo) = (p99(&mut with), p99(&mut without));
+        println!(
+            "| p99 latency, {in_flight} in flight | {:.3} ms | {:.3} ms | {:.2}x | <= 1.2x |",
+            ms(w),
+            ms(wo),
+            ms(w) / ms(wo)
+        );
+        println!(
+            "| throughput, {in_flight} in flight | {:.0} req/s | {:.0} req/s | {:.2}x | |",
+            with_rps / rounds as f64,
+            without_rps / rounds as f64,
+            with_rps / without_rps
+        );
+    }
+    let mut rows = Vec::new();
+    for outcome in ["scored", "dropped", "produce_failed"] {
+        let series = format!("kappa_predictor_shadow_rows_total{{outcome=\"{outcome}\"}}");
+        rows.push(kappa_bench::metric(shadowed_metrics, &series).await.unwrap_or(0.0));
+    }
+    println!(
+        "\nshadow copies: {:.0} scored and in Kafka, {:.0} dropped while it was behind, {:.0} not produced (every live call answered)",
+        rows[0], rows[1], rows[2]
+    );
+    Ok(())
 }
 
 fn p99(latencies: &mut [Duration]) -> Duration {

@@ -130,6 +130,7 @@ def test_production_values_render_what_operators_expect():
     stream_args = by_kind["Deployment"]["kappa-predictor"]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--stream" in stream_args and "--sensor-topic=fleet.sensor-data" in stream_args
     assert "--stream-exactly-once" in stream_args
+    assert "--shadow=candidate" in stream_args and "--shadow-topic=shadow-predictions" in stream_args
     bridge = by_kind["Deployment"]["kappa-bridge"]
     assert bridge["spec"]["replicas"] == 3
     container = bridge["spec"]["template"]["spec"]["containers"][0]
@@ -280,6 +281,7 @@ def test_rendered_containers_match_the_binaries_ports_and_health_names(name, tmp
         ("kafka.sasl.mechanism=GSSAPI-ish", "/kafka/sasl/mechanism"),
         ("tracing.otlpEndpoint=collector:4317", "/tracing/otlpEndpoint"),
         ("logs.format=xml", "/logs/format"),
+        ("predictor.shadow.follow=Candidate", "/predictor/shadow/follow"),
         ("tracing.requestRatio=1.5", "/tracing/requestRatio"),
     ],
 )
