@@ -201,6 +201,7 @@ caught_up() {
   for m in $predictor_a_metrics $predictor_b_metrics; do metric_sum "$m" kappa_predictor_stream_lag | awk '{exit !($1 < 500)}' || return 1; done
 }
 wait_for "the predictors to catch up with the stream" 120 caught_up
+shift_from=$(($(date +%s%N) / 1000000))
 "$bin/kappa" fleet --mqtt-url "$mqtt_url" --mqtt-topic "$mqtt_prefix/+/telemetry" --cars 50 --rate 250 --duration-seconds 600 \
   --failing-share 0.3 --failure-chance 0.01 --seed 2 --shift coolant_temp=+30 >"$run/shifted-fleet.txt" 2>&1 &
 pids+=($!)
@@ -215,7 +216,15 @@ wait_for "a monitoring window that names coolant_temp" 90 drifted
 indent <"$run/drift.txt"
 say "(curl -s http://127.0.0.1:$predictor_a_metrics/metrics | grep feature_drift_psi; the chart's PrometheusRule alerts on it)"
 
-step "7. Any telemetry: a wind-turbine fleet with other sensors, nested JSON, RFC 3339 time and a text label"
+step "7. Backtest: v$next against v$first on the drifted minutes, replayed from Kafka (after both trained)"
+sleep 5
+shift_to=$(($(date +%s%N) / 1000000))
+say "kappa backtest --model $model --version $next --against $first --topic $sensors --from-ms $shift_from --to-ms $shift_to"
+kappa backtest --model "$model" --version "$next" --against "$first" --topic "$sensors" \
+  --from-ms "$shift_from" --to-ms "$shift_to" | indent
+say "(--output json for scripts; the trainer's --backtest-window gates a promotion on the same replay)"
+
+step "8. Any telemetry: a wind-turbine fleet with other sensors, nested JSON, RFC 3339 time and a text label"
 turbines=${DEMO_TURBINE_TOPIC:-$sensors-turbines}
 kappa fleet --profile turbine --topic "$turbines" --cars 20 --events 6000 --rate 0 --backdate-seconds 3600 \
   --failing-share 0.3 --failure-chance 0.005 --seed 3 --jsonl "$run/turbines.jsonl" | indent

@@ -103,6 +103,16 @@ fn the_demo_retrains_to_version_2_and_both_predictors_swap_without_a_failed_call
         text.contains("DRIFT: ") && text.contains("    coolant_temp  "),
         "drift was shown:\n{text}"
     );
+    // v2 and v1 replayed over the drifted minutes, on labelled events.
+    let labelled = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("labelled: "))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(
+        text.contains("backtest of ") && text.contains("v2 against v1: flags") && labelled.is_some_and(|n| n > 0),
+        "the backtest of v2 against v1 was shown on labelled events:\n{text}"
+    );
     assert!(text.contains("Demo complete"), "{text}");
     println!("the demo took {:.0} s", started.elapsed().as_secs_f64());
 }

@@ -254,6 +254,12 @@ async fn a_shadow_version_scores_a_copy_of_every_live_answer_without_failing_a_c
         .map(|w| w["live_only"].as_u64().unwrap() + w["shadow_only"].as_u64().unwrap())
         .sum();
     assert_eq!((total, disagreeing), (expected as u64, flips as u64), "{windows:#?}");
+    let text = Command::new(binary("kappa"))
+        .args(["compare", "--kafka-bootstrap", &bootstrap(), "--model", "shadowed"])
+        .args(["--topic", &shadows, "--last-seconds", "600"])
+        .output()
+        .unwrap();
+    println!("{}", String::from_utf8_lossy(&text.stdout));
 
     // The candidate moves to a version over other features: the shadow reads the events with
     // its own schema.
