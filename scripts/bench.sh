@@ -92,7 +92,7 @@ for _ in $(seq 1 120); do
   sleep 0.5
 done
 "$bin/predictor-bench" shadow --plain "http://127.0.0.1:$pport" --shadowed "http://127.0.0.1:$sport" \
-  --shadowed-metrics "127.0.0.1:$smetrics" --seconds "${BENCH_SECONDS:-5}" --rounds "${BENCH_SHADOW_ROUNDS:-3}"
+  --shadowed-metrics "127.0.0.1:$smetrics" --seconds "${BENCH_SECONDS:-5}" --rounds "${BENCH_SHADOW_ROUNDS:-5}"
 kill "$spid"; wait "$spid" 2>/dev/null || true
 
 echo

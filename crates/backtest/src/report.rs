@@ -231,3 +231,18 @@ impl fmt::Display for Report {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agreement_counts_flips_each_way_and_the_mean_delta() {
+        let first = [true, true, false, false];
+        let this = [true, false, true, false];
+        let a = Agreement::between(&first, &this, &[1.0, 2.0, 3.0, 4.0], &[2.0, 2.0, 3.0, 2.0]);
+        // Same flags on events 0 and 3; deltas +1, 0, 0, -2.
+        assert_eq!((a.rate, a.only_first, a.only_this), (0.5, 1, 1));
+        assert_eq!(a.mean_score_delta, -0.25);
+    }
+}

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use kappa_api::events::ShadowPrediction;
 use kappa_model::schema::{DecodedEvent, PayloadFormat};
 use prometheus_client::{
@@ -30,6 +30,9 @@ use crate::{
 
 /// Most live answers the shadow scores in one forward pass.
 const BATCH: usize = 256;
+
+/// How often the shadow thread looks for copies when it has none.
+const TICK: Duration = Duration::from_millis(2);
 
 /// What became of a live row's shadow copy (the `outcome` label); `scored` once Kafka has the
 /// shadow answer.
@@ -205,13 +208,19 @@ impl Worker {
         // Which offers' rows are in `inputs`, and how many rows each put there.
         let mut taken: Vec<(usize, usize)> = Vec::with_capacity(BATCH);
         let mut event = DecodedEvent::default();
-        while let Ok(first) = self.rx.recv() {
-            offers.push(first);
+        loop {
+            // Polled, not woken: a live request handing over a copy never has to wake this
+            // thread (a futex call on the request path); copies wait at most one tick.
             while offers.len() < BATCH {
                 match self.rx.try_recv() {
                     Ok(offer) => offers.push(offer),
-                    Err(_) => break,
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => return,
                 }
+            }
+            if offers.is_empty() {
+                std::thread::sleep(TICK);
+                continue;
             }
             let Some(shadow) = self.slot.current() else {
                 let rows = offers.iter().map(|o| o.live_scores.len() as u64).sum();

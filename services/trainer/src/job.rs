@@ -829,6 +829,15 @@ async fn backtest_gate(
         Err(e) => return (false, format!("the backtest could not load the holder: {e}")),
     };
     let range = gate.window.unwrap_or_default();
+    if range.to_ms > now_ms() {
+        return (
+            false,
+            format!(
+                "the backtest window [{}, {}) has not ended yet, so it cannot be judged whole; train again after it",
+                range.from_ms, range.to_ms
+            ),
+        );
+    }
     let window = kappa_backtest::Window {
         topic: if gate.topic.is_empty() {
             spec.source_topic.clone()
