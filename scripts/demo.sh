@@ -259,6 +259,7 @@ TXT
 echo
 echo "Demo complete: cars over MQTT -> kappa-bridge -> Kafka -> trained -> published with lineage -> promoted -> both replicas swapped,"
 echo "then retrained on the live window -> v$next -> swapped again under load with zero failed calls;"
+echo "drifting coolant sensors were caught by the monitoring windows, and v$next was backtested against v$first on them;"
 echo "and a turbine fleet with a schema of its own was inspected, trained on inferred features and served."
 if [ "$demo_seconds" -gt 0 ]; then
   echo "The mesh keeps running for $demo_seconds s (DEMO_SECONDS) for you to explore; Ctrl-C stops it now."
