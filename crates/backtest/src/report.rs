@@ -222,8 +222,8 @@ impl fmt::Display for Report {
                 if let Some(a) = v.agreement {
                     writeln!(
                         f,
-                        "  v{} against v{}: flags {} events v{} does not, misses {} it flags",
-                        v.version, first.version, a.only_this, first.version, a.only_first
+                        "  v{} against v{}: v{} flags {} events v{} does not, and misses {} that v{} flags",
+                        v.version, first.version, v.version, a.only_this, first.version, a.only_first, first.version
                     )?;
                 }
             }

@@ -19,7 +19,7 @@ use crate::{
     faults::Faults,
     follower::Target,
     metrics::{PredictorMetrics, ReasonLabels},
-    slot::{LoadedModel, ModelSlot},
+    slot::{Cutover, LoadedModel, ModelSlot},
 };
 
 pub struct Loader {
@@ -169,12 +169,10 @@ impl Loader {
             // Already serving it; the cutover may still be new (a restart, or a move that
             // only changed the effective time).
             match earlier {
-                Some((model, until_ms)) => self.slot.swap_at(current, model, until_ms),
+                Some((cutover, model)) => self.slot.swap_at(current, cutover, model),
                 None => self.slot.clear_cutover(),
             }
-            self.metrics
-                .cutover_from_ms
-                .set(self.slot.cutover().map_or(0, |c| c.until_ms));
+            self.note_cutover();
             span.record("outcome", "already_serving");
             return Ok(());
         }
@@ -194,15 +192,18 @@ impl Loader {
             },
         };
         tracing::info_span!("swap").in_scope(|| match earlier {
-            Some((earlier, until_ms)) => {
-                tracing::info!(version, earlier = earlier.version, until_ms, "cutover by event time");
-                self.slot.swap_at(model, earlier, until_ms);
+            Some((cutover, earlier)) => {
+                tracing::info!(
+                    version,
+                    earlier = cutover.version,
+                    until_ms = cutover.until_ms,
+                    "cutover by event time"
+                );
+                self.slot.swap_at(model, cutover, earlier);
             }
             None => self.slot.swap(model),
         });
-        self.metrics
-            .cutover_from_ms
-            .set(self.slot.cutover().map_or(0, |c| c.until_ms));
+        self.note_cutover();
         span.record("outcome", "swapped");
         self.slot.set_error(None);
         if self.role == Role::Shadow {
@@ -226,20 +227,25 @@ impl Loader {
         Ok(())
     }
 
-    /// The model for the events before the target's cutover, warm or loaded now. A version that
-    /// cannot be read yet fails the whole target (tried again); one that can never be served
-    /// leaves the new version scoring every event, said in the log and the failure count.
-    async fn earlier(&self, target: &Target) -> Result<Option<(Arc<LoadedModel>, i64)>, LoadFailure> {
+    /// The cutover a target comes with, and the model for the events before it, warm or loaded
+    /// now. A version that cannot be read yet fails the whole target (tried again); one that can
+    /// never be served leaves the new version scoring those events too, said in the log, the
+    /// failure count and `cutover_fallbacks`.
+    async fn earlier(&self, target: &Target) -> Result<Option<(Cutover, Option<Arc<LoadedModel>>)>, LoadFailure> {
         let Some(earlier) = &target.earlier else {
             return Ok(None);
         };
         let version = earlier.target.version;
+        let cutover = Cutover {
+            until_ms: earlier.until_ms,
+            version,
+        };
         if let Some(warm) = self.slot.warm(version) {
-            return Ok(Some((warm, earlier.until_ms)));
+            return Ok(Some((cutover, Some(warm))));
         }
         let span = tracing::info_span!("load_earlier", version, until_ms = earlier.until_ms);
         match self.load((*earlier.target).clone()).instrument(span).await {
-            Ok(model) => Ok(Some((model, earlier.until_ms))),
+            Ok(model) => Ok(Some((cutover, Some(model)))),
             Err(failure) if failure.is_transient() => Err(failure),
             Err(failure) => {
                 self.metrics
@@ -249,12 +255,21 @@ impl Loader {
                 tracing::error!(
                     version,
                     reason = failure.reason,
-                    "the version before the cutover is refused: {}; version {} scores every event",
+                    "the version before the cutover is refused: {}; version {} scores the events before it too",
                     failure.message,
                     target.version
                 );
-                Ok(None)
+                Ok(Some((cutover, None)))
             }
+        }
+    }
+
+    /// The cutover in force, in the served model's series (the shadow's slot has its own).
+    fn note_cutover(&self) {
+        if self.role == Role::Serving {
+            self.metrics
+                .cutover_from_ms
+                .set(self.slot.cutover().map_or(0, |c| c.until_ms));
         }
     }
 

@@ -120,16 +120,21 @@ impl ModelSlot {
         }
     }
 
-    /// Makes `model` current with a cutover: `earlier` scores the events before `until_ms`.
-    /// The earlier model and the cutover are in place before the new model is, so no event
-    /// before the cutover is ever scored by the new one.
-    pub fn swap_at(&self, model: Arc<LoadedModel>, earlier: Arc<LoadedModel>, until_ms: i64) {
-        let cutover = Cutover {
-            until_ms,
-            version: earlier.version,
-        };
+    /// Makes `model` current with a cutover: `earlier` (the cutover's version) scores the events
+    /// before it. The earlier model and the cutover are in place before the new model is, so no
+    /// event before the cutover is scored by the new one while the earlier version is warm.
+    /// Without `earlier` (the version was refused) the cutover stays marked and the events
+    /// before it fall back to the new model, counted.
+    pub fn swap_at(&self, model: Arc<LoadedModel>, cutover: Cutover, earlier: Option<Arc<LoadedModel>>) {
         let mut previous = self.previous.lock().expect("slot lock poisoned");
-        *previous = Some(earlier);
+        match earlier {
+            Some(earlier) => *previous = Some(earlier),
+            None => {
+                if let Some(old) = self.current().filter(|old| !Arc::ptr_eq(old, &model)) {
+                    *previous = Some(old);
+                }
+            }
+        }
         self.cutover.store(Some(Arc::new(cutover)));
         self.current.store(Some(model));
     }

@@ -110,7 +110,7 @@ fn the_demo_retrains_to_version_2_and_both_predictors_swap_without_a_failed_call
         .and_then(|rest| rest.split(' ').next())
         .and_then(|n| n.parse::<u64>().ok());
     assert!(
-        text.contains("backtest of ") && text.contains("v2 against v1: flags") && labelled.is_some_and(|n| n > 0),
+        text.contains("backtest of ") && text.contains("v1 against v2: v1 flags") && labelled.is_some_and(|n| n > 0),
         "the backtest of v2 against v1 was shown on labelled events:\n{text}"
     );
     assert!(text.contains("Demo complete"), "{text}");
