@@ -38,7 +38,6 @@ pub struct Batcher {
     tx: Sender<Job>,
     depth: Arc<AtomicUsize>,
     capacity: usize,
-    pub max_batch_rows: usize,
     metrics: Arc<PredictorMetrics>,
 }
 
@@ -71,7 +70,6 @@ impl Batcher {
             tx,
             depth,
             capacity,
-            max_batch_rows,
             metrics,
         }
     }
@@ -170,6 +168,7 @@ impl Worker {
         let mut batch: Vec<Job> = Vec::new();
         // A job that belongs to another model than the batch being built waits for the next one.
         let mut carry: Option<Job> = None;
+        let mut last_batch_jobs = 0;
         loop {
             let first = match carry.take() {
                 Some(job) => job,
@@ -181,10 +180,14 @@ impl Worker {
             let mut rows = first.rows;
             batch.push(first);
             let deadline = Instant::now() + self.max_queue_delay;
+            // Waiting for more only pays when requests come in together: a lone request, or
+            // one client calling one request at a time, never waits for company that is not
+            // coming. The last batch says which it is.
+            let worth_waiting = !self.max_queue_delay.is_zero() && last_batch_jobs > 1;
             while rows < self.max_batch_rows {
                 let next = match self.rx.try_recv() {
                     Ok(job) => job,
-                    Err(_) if self.max_queue_delay.is_zero() => break,
+                    Err(_) if !worth_waiting => break,
                     Err(_) => match self.rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                         Ok(job) => job,
                         Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
@@ -198,6 +201,7 @@ impl Worker {
                 rows += next.rows;
                 batch.push(next);
             }
+            last_batch_jobs = batch.len();
             self.run_batch(&mut batch, rows, &mut inputs, &mut scores);
         }
     }
@@ -293,5 +297,21 @@ mod tests {
         let rows: Vec<f32> = (0..30).map(|i| i as f32).collect();
         let whole = batcher.score(Arc::clone(&v1), rows.clone(), 10).await.unwrap();
         assert_eq!(whole.scores, v1.mlp.score(&rows).unwrap());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lone_request_never_waits_out_the_queue_delay() {
+        // A delay no test could sit through: a lone request that waited it would time out here.
+        let delay = Duration::from_secs(600);
+        let batcher = Batcher::start(1, 16, 8, delay, Arc::default(), Arc::default());
+        let v1 = model(1, 1);
+        for i in 0..3 {
+            let row = vec![i as f32, 1.0, 2.0];
+            let answer = tokio::time::timeout(Duration::from_secs(30), batcher.score(Arc::clone(&v1), row.clone(), 1))
+                .await
+                .expect("a lone request waited for company")
+                .unwrap();
+            assert_eq!(answer.scores, v1.mlp.score(&row).unwrap());
+        }
     }
 }

@@ -38,13 +38,21 @@ pub struct PredictorConfig {
     #[arg(long, env = "KAPPA_FOLLOW", default_value = "latest", value_parser = parse_follow)]
     pub follow: Follow,
 
-    /// Most rows scored in one forward pass; a request with more rows is refused.
+    /// Most rows the dynamic batcher puts together from several requests in one forward pass.
+    /// A single request with more rows (up to --max-request-rows) is scored whole, on its own.
     #[arg(long, env = "KAPPA_MAX_BATCH_SIZE", default_value_t = 64,
           value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub max_batch_size: u32,
 
-    /// How long a batch may wait for more requests, in microseconds. 0 (the default) sends what
-    /// is queued at once, so a lone request never waits.
+    /// Most rows one request may carry (OIP tensors, typed streams count one row per message);
+    /// a request with more is refused with INVALID_ARGUMENT.
+    #[arg(long, env = "KAPPA_MAX_REQUEST_ROWS", default_value_t = 4096,
+          value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
+    pub max_request_rows: u32,
+
+    /// How long a batch may wait for more requests, in microseconds, when requests are coming in
+    /// together (the last batch held more than one). 0 (the default) sends what is queued at
+    /// once. Either way a lone request, or a client sending one request at a time, never waits.
     #[arg(long = "max-queue-delay-us", env = "KAPPA_MAX_QUEUE_DELAY_US", default_value = "0",
           value_name = "MICROSECONDS", value_parser = kappa_runtime::args::micros)]
     pub max_queue_delay: Duration,

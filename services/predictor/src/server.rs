@@ -158,6 +158,7 @@ pub async fn run(
         model_name: config.model.clone(),
         slot,
         batcher,
+        max_request_rows: config.max_request_rows as usize,
         metrics: Arc::clone(&metrics),
         readiness: Arc::clone(&readiness),
         shadow,

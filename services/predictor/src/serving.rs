@@ -16,6 +16,8 @@ pub struct Serving {
     pub model_name: String,
     pub slot: Arc<ModelSlot>,
     pub batcher: Batcher,
+    /// Most rows one request may carry (`--max-request-rows`); more than the batch size is fine.
+    pub max_request_rows: usize,
     pub metrics: Arc<PredictorMetrics>,
     /// What stands between this replica and SERVING (OIP ServerReady and ModelMetadata say it).
     pub readiness: Arc<kappa_runtime::Readiness>,
@@ -73,10 +75,10 @@ impl Serving {
                 "the batch is empty: send at least one row".into(),
             ));
         }
-        if rows > self.batcher.max_batch_rows {
+        if rows > self.max_request_rows {
             return Err(PredictError::InvalidInput(format!(
-                "the batch has {rows} rows; this predictor accepts at most {} (--max-batch-size)",
-                self.batcher.max_batch_rows
+                "the request has {rows} rows; this predictor accepts at most {} per request (--max-request-rows); split it",
+                self.max_request_rows
             )));
         }
         let f = model.n_features();

@@ -439,6 +439,8 @@ async fn bad_input_gets_precise_codes_and_the_service_keeps_serving() {
     let predictor = PredictorSetup::new(&setup.topic, "strict", "latest")
         .arg("--max-batch-size")
         .arg("8")
+        .arg("--max-request-rows")
+        .arg("16")
         .start()
         .await;
     let mut oip = GrpcInferenceServiceClient::new(predictor.channel().await);
@@ -470,10 +472,18 @@ async fn bad_input_gets_precise_codes_and_the_service_keeps_serving() {
     empty.inputs[0].shape = vec![0, 18];
     empty.inputs[0].contents = Some(InferTensorContents::default());
     expect(oip.model_infer(empty).await, Code::InvalidArgument, "empty");
+    // More rows than the dynamic batch size is one request scored whole; past
+    // --max-request-rows it is refused, naming the flag.
+    let whole = oip
+        .model_infer(infer_request("strict", &vec![vec![1.0; 18]; 9]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(whole.outputs[0].shape, vec![9]);
     expect(
-        oip.model_infer(infer_request("strict", &vec![vec![1.0; 18]; 9])).await,
+        oip.model_infer(infer_request("strict", &vec![vec![1.0; 18]; 17])).await,
         Code::InvalidArgument,
-        "at most 8",
+        "at most 16 per request (--max-request-rows)",
     );
     expect(
         oip.model_infer(infer_request("nope", &good)).await,
