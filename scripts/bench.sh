@@ -96,6 +96,40 @@ done
 kill "$spid"; wait "$spid" 2>/dev/null || true
 
 echo
+echo "## Predictor against MLServer: the same weights, the same third-party OIP load client (ghz), alternating"
+tools=${KAPPA_TOOLS_BIN:-$HOME/.cache/kappa/bin}
+if [ ! -x "$tools/ghz" ]; then
+  echo "(building ghz v0.120.0 with Go into $tools, once)"
+  (cd /tmp && GOBIN="$tools" GOFLAGS=-mod=mod go install github.com/bojand/ghz/cmd/ghz@v0.120.0)
+fi
+mlvenv=${KAPPA_MLSERVER_VENV:-$HOME/.cache/kappa/mlserver-venv}
+if ! "$mlvenv/bin/python" -c "import mlserver, safetensors, numpy" 2>/dev/null; then
+  echo "(installing MLServer 1.7.1 from PyPI into $mlvenv, once)"
+  python3 -m venv "$mlvenv" && "$mlvenv/bin/pip" install -q "mlserver==1.7.1" "safetensors==0.6.2" numpy
+fi
+mlport=$((pport + 40))
+mldir=$run/mlserver && mkdir -p "$mldir/bench-model"
+# MLServer's fastest set-up for a model this small: inference in the server process (no worker pool).
+cat >"$mldir/settings.json" <<JSON
+{"debug": false, "host": "127.0.0.1", "grpc_port": $mlport, "http_port": $((mlport + 1)), "metrics_port": $((mlport + 2)), "parallel_workers": 0}
+JSON
+cat >"$mldir/bench-model/model-settings.json" <<JSON
+{"name": "bench-model", "implementation": "kappa_runtime.KappaAutoencoder", "parameters": {"uri": "$run/model"}}
+JSON
+(cd "$mldir" && PYTHONPATH="$here/bench/mlserver" exec "$mlvenv/bin/mlserver" start . >>"$run/mlserver.log" 2>&1) &
+mlpid=$!
+"$bin/oip-bench" echo-server --listen "127.0.0.1:$((pport + 50))" &
+oecho=$!
+for _ in $(seq 1 120); do
+  grep -q "gRPC server running" "$run/mlserver.log" 2>/dev/null && break
+  sleep 0.5
+done
+"$bin/oip-bench" compare --ghz "$tools/ghz" --proto "$here/proto/inference/grpc_predict_v2.proto" \
+  --kappa "127.0.0.1:$pport" --other "127.0.0.1:$mlport" --echo "127.0.0.1:$((pport + 50))" \
+  --model bench-model --manifest "$run/model/manifest.json" --seconds "${BENCH_SECONDS:-5}" --rounds "${BENCH_OIP_ROUNDS:-3}"
+kill "$mlpid" "$oecho" 2>/dev/null || true; wait "$mlpid" "$oecho" 2>/dev/null || true
+
+echo
 echo "## Predictor: publish -> first served response, and p99 with and without swaps"
 "$bin/predictor-bench" swaps --predictor "http://127.0.0.1:$pport" --registry "http://127.0.0.1:$port" \
   --model bench-model --swaps "${BENCH_SWAPS:-50}"
