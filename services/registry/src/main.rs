@@ -3,6 +3,9 @@ use std::process::ExitCode;
 use kappa_registry::{RegistryConfig, run};
 use kappa_runtime::{ServiceStart, service_main};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = match kappa_runtime::parse_config::<RegistryConfig>() {
