@@ -135,6 +135,17 @@ echo "## Predictor: publish -> first served response, and p99 with and without s
   --model bench-model --swaps "${BENCH_SWAPS:-50}"
 
 echo
+echo "## Predictor: a 100 MiB model, publish returned -> first response on it"
+lport=$((pport + 60)); lmetrics=$((pmetrics + 60))
+"$bin/kappa-predictor" --listen "127.0.0.1:$lport" --metrics-listen "127.0.0.1:$lmetrics" --models-topic "$topic" \
+  --model bench-large --log warn >>"$run/large-predictor.log" 2>&1 &
+lpid=$!
+"$bin/predictor-bench" large-swap --predictor "http://127.0.0.1:$lport" --registry "http://127.0.0.1:$port" \
+  --model bench-large --mib "${BENCH_LARGE_MIB:-100}" --versions "${BENCH_LARGE_VERSIONS:-3}"
+echo "predictor RSS with two 100 MiB versions (served and warm previous): $(($(awk '/VmRSS/ {print $2}' "/proc/$lpid/status") / 1024)) MiB"
+kill "$lpid"; wait "$lpid" 2>/dev/null || true
+
+echo
 echo "## Predictor: stream scoring against a plain consume -> produce pipe"
 st="bench.sensors-$(date +%s)"
 events=${BENCH_STREAM_EVENTS:-50000}
