@@ -683,7 +683,17 @@ async fn a_bridge_restarted_with_another_topic_on_its_session_subscribes_to_it()
     );
     publish_over_mqtt(&after, 50, 5, 0);
     let records = count_reaches(&sensors, 50, Duration::from_secs(30)).await;
-    assert_eq!(records.len(), 50, "{}", restarted.log_text());
+    if records.len() != 50 {
+        // Once in CI only one of the 50 arrived; what the bridge counted says on which side.
+        let metrics = scrape(&restarted.metrics_url).await;
+        let counted: Vec<&str> = metrics.lines().filter(|l| l.starts_with("kappa_bridge_")).collect();
+        panic!(
+            "{} of 50 records in Kafka\nbridge log:\n{}\nbridge metrics:\n{}",
+            records.len(),
+            restarted.log_text(),
+            counted.join("\n")
+        );
+    }
     assert!(
         records
             .iter()
