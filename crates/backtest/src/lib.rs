@@ -221,11 +221,15 @@ impl<'a> Replay<'a> {
     fn report(self, window: &Window, scanned: kappa_kafka::scan::Scanned, labelled_window: bool) -> Report {
         let labelled: Vec<usize> = (0..self.labels.len()).filter(|&i| self.labels[i].is_some()).collect();
         let truth: Vec<bool> = labelled.iter().map(|&i| self.labels[i] == Some(true)).collect();
-        let flags = |v: usize| -> Vec<bool> {
-            let threshold = self.contenders[v].manifest.anomaly_threshold as f32;
-            self.scores[v].iter().map(|s| *s > threshold).collect()
-        };
-        let first_flags = flags(0);
+        let flags: Vec<Vec<bool>> = self
+            .contenders
+            .iter()
+            .zip(&self.scores)
+            .map(|(c, scores)| {
+                let threshold = c.manifest.anomaly_threshold as f32;
+                scores.iter().map(|s| *s > threshold).collect()
+            })
+            .collect();
         let versions = self
             .contenders
             .iter()
@@ -233,16 +237,15 @@ impl<'a> Replay<'a> {
             .map(|(v, contender)| {
                 let threshold = contender.manifest.anomaly_threshold as f32;
                 let scores = &self.scores[v];
-                let own_flags = flags(v);
                 let labelled_scores: Vec<f32> = labelled.iter().map(|&i| scores[i]).collect();
                 let both_classes = truth.iter().any(|t| *t) && truth.iter().any(|t| !*t);
                 let quality = both_classes.then(|| quality(&labelled_scores, &truth, threshold));
                 VersionReport::new(
                     contender,
                     scores,
-                    &own_flags,
+                    &flags[v],
                     quality,
-                    (v > 0).then(|| Agreement::between(&first_flags, &own_flags, &self.scores[0], scores)),
+                    (v > 0).then(|| Agreement::between(&flags[0], &flags[v], &self.scores[0], scores)),
                 )
             })
             .collect();

@@ -2,14 +2,10 @@
 //! on the same live traffic, per window: agreement of the anomaly flags, flips each way, and
 //! the score deltas.
 
-use std::{
-    collections::BTreeMap,
-    time::{Duration, Instant},
-};
+use std::collections::BTreeMap;
 
 use clap::{Args, ValueEnum};
 use kappa_api::events::ShadowPrediction;
-use rdkafka::{Message as _, Offset, TopicPartitionList, consumer::Consumer};
 use serde::Serialize;
 
 #[derive(Debug, Args)]
@@ -69,63 +65,43 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<()> {
 }
 
 fn compare(args: &CompareArgs) -> anyhow::Result<()> {
-    let (consumer, located, since_ms) = crate::recent::recent(
+    let window_ms = args.window_seconds as i64 * 1000;
+    let mut windows: BTreeMap<(i64, u64, u64), Window> = BTreeMap::new();
+    let mut unreadable = 0_u64;
+    crate::recent::read_recent(
         &args.kafka,
         &args.topic,
         args.last_seconds,
         "cli-compare",
         "has a predictor run with --shadow yet?",
+        &mut |payload, since_ms| {
+            let Some(answer) = payload.and_then(|p| serde_json::from_slice::<ShadowPrediction>(p).ok()) else {
+                unreadable += 1;
+                return;
+            };
+            if answer.model_name != args.model || answer.scored_at_ms < since_ms {
+                return;
+            }
+            let start = answer.scored_at_ms - answer.scored_at_ms.rem_euclid(window_ms);
+            let w = windows
+                .entry((start, answer.live_version, answer.shadow_version))
+                .or_insert_with(|| Window {
+                    window_start_ms: start,
+                    live_version: answer.live_version,
+                    shadow_version: answer.shadow_version,
+                    ..Window::default()
+                });
+            w.answers += 1;
+            match (answer.live_is_anomaly, answer.shadow_is_anomaly) {
+                (true, false) => w.live_only += 1,
+                (false, true) => w.shadow_only += 1,
+                _ => w.agreeing += 1,
+            }
+            let delta = answer.shadow_score - answer.live_score;
+            w.mean_delta += delta;
+            w.mean_abs_delta += delta.abs();
+        },
     )?;
-    let mut ends = BTreeMap::new();
-    let mut assignment = TopicPartitionList::new();
-    for p in located.iter().filter(|p| p.start < p.high) {
-        ends.insert(p.partition, p.high);
-        assignment.add_partition_offset(&args.topic, p.partition, Offset::Offset(p.start))?;
-    }
-    consumer.assign(&assignment)?;
-    let window_ms = args.window_seconds as i64 * 1000;
-    let mut windows: BTreeMap<(i64, u64, u64), Window> = BTreeMap::new();
-    let mut unreadable = 0_u64;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !ends.is_empty() && Instant::now() < deadline {
-        let Some(message) = consumer.poll(Duration::from_millis(500)) else {
-            continue;
-        };
-        let message = message?;
-        if let Some(end) = ends.get(&message.partition())
-            && message.offset() + 1 >= *end
-        {
-            ends.remove(&message.partition());
-        }
-        let Some(answer) = message
-            .payload()
-            .and_then(|p| serde_json::from_slice::<ShadowPrediction>(p).ok())
-        else {
-            unreadable += 1;
-            continue;
-        };
-        if answer.model_name != args.model || answer.scored_at_ms < since_ms {
-            continue;
-        }
-        let start = answer.scored_at_ms - answer.scored_at_ms.rem_euclid(window_ms);
-        let w = windows
-            .entry((start, answer.live_version, answer.shadow_version))
-            .or_insert_with(|| Window {
-                window_start_ms: start,
-                live_version: answer.live_version,
-                shadow_version: answer.shadow_version,
-                ..Window::default()
-            });
-        w.answers += 1;
-        match (answer.live_is_anomaly, answer.shadow_is_anomaly) {
-            (true, false) => w.live_only += 1,
-            (false, true) => w.shadow_only += 1,
-            _ => w.agreeing += 1,
-        }
-        let delta = answer.shadow_score - answer.live_score;
-        w.mean_delta += delta;
-        w.mean_abs_delta += delta.abs();
-    }
     let windows: Vec<Window> = windows
         .into_values()
         .map(|mut w| {

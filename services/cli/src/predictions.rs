@@ -1,14 +1,10 @@
 //! `kappa predictions`: what stream scoring produced over a recent window of the predictions
 //! topic: how many events, the anomaly rate, the cars flagged, and which model versions answered.
 
-use std::{
-    collections::BTreeMap,
-    time::{Duration, Instant},
-};
+use std::collections::BTreeMap;
 
 use clap::Args;
 use kappa_api::events::Prediction;
-use rdkafka::{Message as _, Offset, TopicPartitionList, consumer::Consumer};
 
 #[derive(Debug, Args)]
 pub struct PredictionsArgs {
@@ -44,61 +40,39 @@ pub async fn run(args: PredictionsArgs) -> anyhow::Result<()> {
 }
 
 fn summarise(args: &PredictionsArgs) -> anyhow::Result<()> {
-    let (consumer, located, since_ms) = crate::recent::recent(
+    let (mut scored, mut anomalies, mut errors) = (0_u64, 0_u64, BTreeMap::<String, u64>::new());
+    let mut versions = BTreeMap::<(String, u64), u64>::new();
+    let mut cars = BTreeMap::<String, PerCar>::new();
+    crate::recent::read_recent(
         &args.kafka,
         &args.topic,
         args.last_seconds,
         "cli-predictions",
         "has a predictor run in stream mode yet?",
+        &mut |payload, since_ms| {
+            let Some(prediction) = payload.and_then(|p| serde_json::from_slice::<Prediction>(p).ok()) else {
+                *errors.entry("not a prediction record".into()).or_default() += 1;
+                return;
+            };
+            if prediction.event_time_ms > 0 && prediction.event_time_ms < since_ms {
+                return;
+            }
+            if !prediction.error.is_empty() {
+                *errors.entry(prediction.error).or_default() += 1;
+                return;
+            }
+            scored += 1;
+            *versions
+                .entry((prediction.model_name, prediction.model_version))
+                .or_default() += 1;
+            let car = cars.entry(prediction.car).or_default();
+            car.scored += 1;
+            if prediction.is_anomaly {
+                anomalies += 1;
+                car.anomalies += 1;
+            }
+        },
     )?;
-    // Read each partition up to the end it had when we started.
-    let mut ends = BTreeMap::new();
-    let mut assignment = TopicPartitionList::new();
-    for p in located.iter().filter(|p| p.start < p.high) {
-        ends.insert(p.partition, p.high);
-        assignment.add_partition_offset(&args.topic, p.partition, Offset::Offset(p.start))?;
-    }
-    consumer.assign(&assignment)?;
-
-    let (mut scored, mut anomalies, mut errors) = (0_u64, 0_u64, BTreeMap::<String, u64>::new());
-    let mut versions = BTreeMap::<(String, u64), u64>::new();
-    let mut cars = BTreeMap::<String, PerCar>::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !ends.is_empty() && Instant::now() < deadline {
-        let Some(message) = consumer.poll(Duration::from_millis(500)) else {
-            continue;
-        };
-        let message = message?;
-        if let Some(end) = ends.get(&message.partition())
-            && message.offset() + 1 >= *end
-        {
-            ends.remove(&message.partition());
-        }
-        let Some(prediction) = message
-            .payload()
-            .and_then(|p| serde_json::from_slice::<Prediction>(p).ok())
-        else {
-            *errors.entry("not a prediction record".into()).or_default() += 1;
-            continue;
-        };
-        if prediction.event_time_ms > 0 && prediction.event_time_ms < since_ms {
-            continue;
-        }
-        if !prediction.error.is_empty() {
-            *errors.entry(prediction.error).or_default() += 1;
-            continue;
-        }
-        scored += 1;
-        *versions
-            .entry((prediction.model_name, prediction.model_version))
-            .or_default() += 1;
-        let car = cars.entry(prediction.car).or_default();
-        car.scored += 1;
-        if prediction.is_anomaly {
-            anomalies += 1;
-            car.anomalies += 1;
-        }
-    }
 
     println!(
         "{} predictions in the last {} s of {}: {scored} scored, {} refused",

@@ -69,38 +69,30 @@ pub async fn run(
     )?
     .into_iter();
     let served_targets = targets.next().expect("one receiver per follow");
-    let loader = Arc::new(Loader {
-        slot: Arc::clone(&slot),
-        metrics: Arc::clone(&metrics),
-        readiness: Arc::clone(&readiness),
-        consumer_config: kafka.clone(),
-        topic: config.models_topic.clone(),
-        backend: config.backend,
-        instance: instance.clone(),
-        trusted_keys: config.trusted_keys.clone(),
-        max_model_bytes: config.max_model_bytes,
-        faults: Arc::clone(&faults),
-        role: loader::Role::Serving,
-    });
+    // The served model's loader and the shadow's differ only in their slot and role.
+    let loader_for = |slot: &Arc<ModelSlot>, role| {
+        Arc::new(Loader {
+            slot: Arc::clone(slot),
+            metrics: Arc::clone(&metrics),
+            readiness: Arc::clone(&readiness),
+            consumer_config: kafka.clone(),
+            topic: config.models_topic.clone(),
+            backend: config.backend,
+            instance: instance.clone(),
+            trusted_keys: config.trusted_keys.clone(),
+            max_model_bytes: config.max_model_bytes,
+            faults: Arc::clone(&faults),
+            role,
+        })
+    };
+    let loader = loader_for(&slot, loader::Role::Serving);
     readiness.supervise("loader", stop.clone(), move || {
         Arc::clone(&loader).run(served_targets.clone())
     });
     let shadow = match (targets.next(), &config.shadow) {
         (Some(shadow_targets), Some(follow)) => {
             let shadow_slot = Arc::new(ModelSlot::default());
-            let shadow_loader = Arc::new(Loader {
-                slot: Arc::clone(&shadow_slot),
-                metrics: Arc::clone(&metrics),
-                readiness: Arc::clone(&readiness),
-                consumer_config: kafka.clone(),
-                topic: config.models_topic.clone(),
-                backend: config.backend,
-                instance: instance.clone(),
-                trusted_keys: config.trusted_keys.clone(),
-                max_model_bytes: config.max_model_bytes,
-                faults: Arc::clone(&faults),
-                role: loader::Role::Shadow,
-            });
+            let shadow_loader = loader_for(&shadow_slot, loader::Role::Shadow);
             readiness.supervise("shadow_loader", stop.clone(), move || {
                 Arc::clone(&shadow_loader).run(shadow_targets.clone())
             });

@@ -604,7 +604,7 @@ async fn execute_round(handle: &Arc<JobHandle>, ctx: &JobContext, round: &tracin
         if let Some(gate) = spec.gate.as_ref().and_then(|g| g.backtest.as_ref()).filter(|_| promote) {
             manifest.version = version;
             let challenger = kappa_backtest::Contender::new(manifest.clone(), model).map_err(fail)?;
-            let (passes, why) = backtest_gate(ctx, &mut registry, &spec, gate, challenger, &holder)
+            let (passes, why) = backtest_gate(ctx, &spec, gate, challenger, holder)
                 .instrument(tracing::info_span!("backtest_gate", model = %spec.model_name))
                 .await;
             promote = passes;
@@ -811,22 +811,31 @@ fn decide(
 /// a window without labelled events of both classes, or that cannot be read, promotes nothing.
 async fn backtest_gate(
     ctx: &JobContext,
-    registry: &mut Registry,
     spec: &TrainingSpec,
     gate: &kappa_api::trainer::BacktestGate,
     challenger: kappa_backtest::Contender,
-    holder: &Holder,
+    holder: Holder,
 ) -> (bool, String) {
+    // The holder's model was loaded for the hold-out comparison; the backtest reuses it.
     let Holder::Held(held) = holder else {
         return (
             true,
             "nothing held the alias, so there was nothing to beat on the backtest window".into(),
         );
     };
-    let holder_version = held.0.version;
-    let holder = match kappa_backtest::fetch(registry, &spec.model_name, Selector::Version(holder_version)).await {
+    let (version, model) = *held;
+    let holder_version = version.version;
+    let Some(manifest) = version.manifest else {
+        return (false, format!("holder v{holder_version} has no manifest"));
+    };
+    let holder = match kappa_backtest::Contender::new(manifest, model) {
         Ok(holder) => holder,
-        Err(e) => return (false, format!("the backtest could not load the holder: {e}")),
+        Err(e) => {
+            return (
+                false,
+                format!("the backtest could not read holder v{holder_version}'s schema: {e}"),
+            );
+        }
     };
     let range = gate.window.unwrap_or_default();
     if range.to_ms > now_ms() {
