@@ -20,6 +20,7 @@ use rdkafka::{
     message::{Header, OwnedHeaders},
     producer::{FutureProducer, FutureRecord},
 };
+use rumqttc::Outgoing;
 use rumqttc::v5::{
     AsyncClient, Event, EventLoop, MqttOptions,
     mqttbytes::{
@@ -55,6 +56,22 @@ pub struct Settings {
 /// The readiness component of the MQTT connection.
 pub const MQTT: &str = "mqtt";
 
+/// How long after subscribing on a resumed session the bridge subscribes again. A broker may
+/// read a resumed session's subscriptions for the CONNACK while the new SUBSCRIBE is stored and
+/// keep that older list for its cache's lifetime (HiveMQ: one second), polling only the old
+/// filters after each PUBACK: then one message arrives and nothing more. Subscribing again to
+/// the same filter once that cache has expired makes the broker poll the filter and refresh
+/// the list; shared subscriptions get no retained messages, so nothing is delivered twice.
+const RESUBSCRIBE_AFTER: Duration = Duration::from_millis(1500);
+
+/// Resolves at `at`, or never.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 type Pending = Pin<Box<dyn Future<Output = Publish> + Send>>;
 
 pub async fn run(
@@ -74,6 +91,11 @@ pub async fn run(
     let mut acks: VecDeque<Publish> = VecDeque::new();
     let mut subscribe = false;
     let mut last_error_log: Option<Instant> = None;
+    let mut stopping = false;
+    // On a resumed session the subscription is sent again once its cache in the broker has
+    // expired; see `RESUBSCRIBE_AFTER`.
+    let mut resubscribe_at: Option<tokio::time::Instant> = None;
+    let mut resumed = false;
     loop {
         if subscribe && client.try_subscribe(subscription.clone(), QoS::AtLeastOnce).is_ok() {
             subscribe = false;
@@ -88,6 +110,12 @@ pub async fn run(
             break;
         }
         tokio::select! {
+            // Wakes the loop to see that it may stop: nothing else may arrive for a keep-alive.
+            () = shutdown.cancelled(), if !stopping => stopping = true,
+            () = sleep_until(resubscribe_at), if resubscribe_at.is_some() => {
+                resubscribe_at = None;
+                subscribe = true;
+            }
             Some(done) = pending.next(), if !pending.is_empty() => {
                 metrics.in_flight.dec();
                 acks.push_back(done);
@@ -99,6 +127,7 @@ pub async fn run(
                         anyhow::bail!("the MQTT broker refused the connection: {:?}", ack.code);
                     }
                     tracing::info!(session_present = ack.session_present, "connected to the MQTT broker");
+                    resumed = ack.session_present;
                     // Subscribed again on a resumed session too: the flags may name another
                     // filter or group than the session has, and subscribing to the same one
                     // again keeps what the broker queued for it.
@@ -108,7 +137,10 @@ pub async fn run(
                     match ack.return_codes.iter().find(|c| !matches!(c, SubscribeReasonCode::Success(_))) {
                         None => {
                             readiness.clear(MQTT);
-                            tracing::info!(subscription, "subscribed");
+                            tracing::info!(subscription, resumed, "subscribed");
+                            if std::mem::take(&mut resumed) {
+                                resubscribe_at = Some(tokio::time::Instant::now() + RESUBSCRIBE_AFTER);
+                            }
                         }
                         // Not ready, and saying why: nothing would ever arrive.
                         Some(refused) => {
@@ -148,8 +180,29 @@ pub async fn run(
             },
         }
     }
-    let _ = client.disconnect().await;
+    disconnect(&client, &mut events).await;
     Ok(())
+}
+
+/// Sends DISCONNECT after the acknowledgements queued before it, so the broker ends the
+/// connection cleanly (keeping the session) instead of finding it dropped. Only `poll` writes
+/// requests, so the loop is polled until the DISCONNECT is out; bounded, since the broker may
+/// be gone.
+async fn disconnect(client: &AsyncClient, events: &mut EventLoop) {
+    if client.try_disconnect().is_err() {
+        return;
+    }
+    let sent = async {
+        loop {
+            match events.poll().await {
+                Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(2), sent).await.is_err() {
+        tracing::warn!("the MQTT broker took the DISCONNECT too slowly; closing the connection");
+    }
 }
 
 /// `headers` with the reason a message is dead-lettered (and the size of a payload left out).

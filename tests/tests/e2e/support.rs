@@ -124,7 +124,11 @@ impl Launch {
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
             .args(["--kafka-bootstrap", &self.bootstrap])
-            .args(["--log", "info,librdkafka=warn"])
+            // KAPPA_TEST_LOG (a --log filter) to see more of every service, e.g. rumqttc=trace.
+            .args([
+                "--log",
+                &std::env::var("KAPPA_TEST_LOG").unwrap_or_else(|_| "info,librdkafka=warn".into()),
+            ])
             .args(&self.args)
             .envs(self.envs)
             // The test's own environment must not point the service elsewhere.
