@@ -111,7 +111,7 @@ pub fn run(
             frame
                 .decode_into(payload, format, &mut frame_event)
                 .map_err(|_| "malformed".to_owned())?;
-            let time = event_time(&frame, &frame_event, message).map_err(str::to_owned)?;
+            let time = event_time(&frame, &frame_event, message.timestamp().to_millis()).map_err(str::to_owned)?;
             if time < window.from_ms || time >= window.to_ms {
                 return Err("outside_time_range".to_owned());
             }

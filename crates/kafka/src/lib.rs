@@ -12,7 +12,7 @@ pub mod scan;
 pub mod trace_headers;
 
 pub use admin::{ModelsTopicSettings, TopicError, ensure_models_topic, ensure_topic};
-pub use config::{KafkaArgs, KafkaClients};
+pub use config::{FETCH_QUEUE_BACKOFF, KafkaArgs, KafkaClients};
 pub use consumer_errors::is_transient;
 pub use context::ReaderContext;
 pub use trace_headers::trace_headers;

@@ -74,7 +74,7 @@ pub fn range_consumer(clients: &KafkaClients, purpose: &str) -> Result<BaseConsu
     let group = format!("kappa-{purpose}-{}", uuid::Uuid::new_v4().simple());
     clients
         .config_with(
-            &[],
+            &[crate::FETCH_QUEUE_BACKOFF],
             &[
                 ("group.id", &group),
                 ("enable.auto.commit", "false"),

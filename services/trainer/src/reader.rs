@@ -7,11 +7,9 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 use kappa_api::model::PartitionRange;
 use kappa_kafka::{
     KafkaClients,
-    range::payload_format,
-    scan::{Scan, ScanError, event_time, scan},
+    scan::{Scan, ScanError, event_time, scan_in_background},
 };
 use kappa_model::schema::{DecodedEvent, EventDecoder};
-use rdkafka::Message;
 
 /// One usable event: feature values in the spec's order, and its label when there is one.
 #[derive(Debug, Clone)]
@@ -106,11 +104,12 @@ pub fn scan_range(
     let mut event = DecodedEvent::default();
     // Read by `keep_going` while `on_record` counts: both closures live through the scan.
     let skipped_total = std::cell::Cell::new(0_u64);
-    let scanned = scan(
+    // Decoding is most of a read's cost: it runs here while another thread polls Kafka.
+    let scanned = scan_in_background(
         config,
         &scope,
         &mut |read| keep_going(read, skipped_total.get()),
-        &mut |message| {
+        &mut |record| {
             let skip = |data: &mut RangeData, reason: &str| {
                 data.skipped_total += 1;
                 match data.skipped.get_mut(reason) {
@@ -121,11 +120,11 @@ pub fn scan_range(
                 }
             };
             let row = (|| {
-                let payload = message.payload().ok_or_else(|| "empty".to_owned())?;
+                let payload = record.payload.ok_or_else(|| "empty".to_owned())?;
                 decoder
-                    .decode_into(payload, payload_format(message.headers()), &mut event)
+                    .decode_into(payload, record.format, &mut event)
                     .map_err(|_| "malformed".to_owned())?;
-                let time = event_time(decoder, &event, message).map_err(str::to_owned)?;
+                let time = event_time(decoder, &event, record.timestamp_ms).map_err(str::to_owned)?;
                 if time < from_ms || time >= to_ms {
                     return Err("outside_time_range".to_owned());
                 }
@@ -140,7 +139,7 @@ pub fn scan_range(
                 Ok(Row {
                     values,
                     label: event.label,
-                    id: (message.partition(), message.offset()),
+                    id: (record.partition, record.offset),
                 })
             })();
             match row {

@@ -109,6 +109,7 @@ fn consumer_config(kafka: &KafkaClients, group: &str, exactly_once: bool) -> Cli
         ("auto.commit.interval.ms", "1000"),
         ("auto.offset.reset", "earliest"),
         ("partition.assignment.strategy", "cooperative-sticky"),
+        kappa_kafka::FETCH_QUEUE_BACKOFF,
     ];
     let auto_commit = if exactly_once { "false" } else { "true" };
     let mut required = vec![
