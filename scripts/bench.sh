@@ -140,6 +140,9 @@ lport=$((pport + 60)); lmetrics=$((pmetrics + 60))
 "$bin/kappa-predictor" --listen "127.0.0.1:$lport" --metrics-listen "127.0.0.1:$lmetrics" --models-topic "$topic" \
   --model bench-large --log warn >>"$run/large-predictor.log" 2>&1 &
 lpid=$!
+pids+=("$lpid")
+# No model yet, so not ready: serving its metrics means it is listening.
+for _ in $(seq 1 120); do curl -sf "http://127.0.0.1:$lmetrics/metrics" >/dev/null && break; sleep 0.25; done
 "$bin/predictor-bench" large-swap --predictor "http://127.0.0.1:$lport" --registry "http://127.0.0.1:$port" \
   --model bench-large --mib "${BENCH_LARGE_MIB:-100}" --versions "${BENCH_LARGE_VERSIONS:-3}"
 echo "predictor RSS with two 100 MiB versions (served and warm previous): $(($(awk '/VmRSS/ {print $2}' "/proc/$lpid/status") / 1024)) MiB"
