@@ -151,14 +151,16 @@ kill "$lpid"; wait "$lpid" 2>/dev/null || true
 echo
 echo "## Predictor: stream scoring against a plain consume -> produce pipe"
 st="bench.sensors-$(date +%s)"
-events=${BENCH_STREAM_EVENTS:-50000}
+events=${BENCH_STREAM_EVENTS:-200000}
 "$bin/predictor-bench" stream-fill --topics "$st" --topics "$st.pipe-in" --events "$events"
 pipe_rate=$("$bin/predictor-bench" stream-pipe --from "$st.pipe-in" --to "$st.pipe-out" --events "$events")
+decoding_rate=$("$bin/predictor-bench" stream-pipe --from "$st.pipe-in" --to "$st.decoding-out" --events "$events" --decode)
 "$bin/kappa-predictor" --listen "127.0.0.1:$((pport + 10))" --metrics-listen "127.0.0.1:$((pmetrics + 10))" \
   --models-topic "$topic" --model bench-model --stream --sensor-topic "$st" --predictions-topic "$st.predictions" \
   --consumer-group "bench-$st" --log warn >>"$run/stream-predictor.log" 2>&1 &
 pids+=($!)
-"$bin/predictor-bench" stream-wait --topic "$st.predictions" --events "$events" --baseline "$pipe_rate"
+"$bin/predictor-bench" stream-wait --topic "$st.predictions" --events "$events" --baseline "$pipe_rate" \
+  --decoding-baseline "$decoding_rate"
 
 echo
 echo "## Trainer: training samples/s against PyTorch (same MLP, AdamW, batch 64, 1 thread)"

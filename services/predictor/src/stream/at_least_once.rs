@@ -3,7 +3,7 @@
 //! are committed on a timer, before a rebalance and at shutdown. A crash replays at most the
 //! events whose predictions were not yet acknowledged.
 
-use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use futures::{StreamExt as _, stream::FuturesOrdered};
 use rdkafka::{
@@ -13,10 +13,14 @@ use rdkafka::{
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use super::{ErrorLog, StreamMetrics, StreamSettings, context::StreamContext, event::Event, event::Source};
+use super::{
+    ErrorLog, StreamMetrics, StreamSettings, context::StreamContext, event::Arrival, event::Source, event::TopicNames,
+};
 use crate::serving::Serving;
 
-type Pending = Pin<Box<dyn Future<Output = Option<Source>> + Send>>;
+/// Each event is decoded, scored and produced in a task of its own, so both async workers share
+/// the work while this loop reads on; the handles keep consumption order for storing offsets.
+type Pending = tokio::task::JoinHandle<Option<Source>>;
 
 pub async fn run(
     consumer: Arc<StreamConsumer<StreamContext>>,
@@ -28,6 +32,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let mut pending: FuturesOrdered<Pending> = FuturesOrdered::new();
     let mut errors = ErrorLog::default();
+    let mut topics = TopicNames::default();
+    let topic: Arc<str> = Arc::from(settings.predictions_topic.as_str());
     // Once an event ends without a record (shutdown), no later offset may be stored.
     let mut gap = false;
     loop {
@@ -37,12 +43,12 @@ pub async fn run(
             received = consumer.recv(), if pending.len() < settings.max_in_flight => {
                 match received {
                     Ok(message) => {
-                        let event = Event::read(&message, &serving);
-                        pending.push_back(Box::pin(deliver(
-                            event,
+                        let arrival = Arrival::take(&message, &mut topics);
+                        pending.push_back(tokio::spawn(deliver(
+                            arrival,
                             Arc::clone(&serving),
                             producer.clone(),
-                            settings.predictions_topic.clone(),
+                            Arc::clone(&topic),
                             Arc::clone(&metrics),
                         )));
                     }
@@ -62,7 +68,16 @@ pub async fn run(
     Ok(())
 }
 
-fn store(consumer: &StreamConsumer<StreamContext>, done: Option<Source>, gap: &mut bool) {
+fn store(
+    consumer: &StreamConsumer<StreamContext>,
+    done: Result<Option<Source>, tokio::task::JoinError>,
+    gap: &mut bool,
+) {
+    let done = done.unwrap_or_else(|e| {
+        // A panic while scoring: the event has no record, so no later offset may be stored.
+        tracing::error!(error = %e, "scoring an event failed unexpectedly; its offset and later ones stay uncommitted");
+        None
+    });
     match done {
         Some(source) if !*gap => {
             // Fails only for a partition revoked meanwhile: its new owner scores the event again.
@@ -78,12 +93,13 @@ fn store(consumer: &StreamConsumer<StreamContext>, done: Option<Source>, gap: &m
 /// Scores the event and produces its prediction, retrying until the broker acknowledges it:
 /// the offset must not be stored for an event without a record.
 async fn deliver(
-    event: Event,
+    arrival: Arrival,
     serving: Arc<Serving>,
     producer: FutureProducer,
-    topic: String,
+    topic: Arc<str>,
     metrics: Arc<StreamMetrics>,
 ) -> Option<Source> {
+    let event = arrival.read(&serving);
     let span = event.span();
     async move {
         let record = event.evaluate(&serving, &metrics).await?;

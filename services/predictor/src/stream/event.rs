@@ -24,7 +24,8 @@ type Prepared = Result<(Arc<LoadedModel>, Vec<f32>, Option<i64>), (&'static str,
 /// Where an event came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Source {
-    pub topic: String,
+    /// Shared by every event of the topic (one allocation per topic, not per event).
+    pub topic: Arc<str>,
     pub partition: i32,
     pub offset: i64,
 }
@@ -94,51 +95,89 @@ fn prepare(serving: &Serving, payload: Option<&[u8]>, format: PayloadFormat, tim
     Ok((model, row, event.time_ms))
 }
 
-impl Event {
-    pub fn read(message: &BorrowedMessage<'_>, serving: &Serving) -> Self {
-        let source = Source {
-            topic: message.topic().to_owned(),
-            partition: message.partition(),
-            offset: message.offset(),
-        };
+/// What an event's prediction needs of its message, copied off the consumer, so the decoding,
+/// scoring and producing can run on any async worker while the consumer reads on.
+pub struct Arrival {
+    source: Source,
+    key: String,
+    timestamp_ms: i64,
+    format: PayloadFormat,
+    payload: Option<Vec<u8>>,
+    parent: Option<opentelemetry::Context>,
+    received: Instant,
+}
+
+/// The topic name of the last event, so each event's [`Source`] shares it.
+#[derive(Default)]
+pub struct TopicNames(Option<Arc<str>>);
+
+impl TopicNames {
+    fn get(&mut self, topic: &str) -> Arc<str> {
+        match &self.0 {
+            Some(name) if &**name == topic => Arc::clone(name),
+            _ => Arc::clone(self.0.insert(Arc::from(topic))),
+        }
+    }
+}
+
+impl Arrival {
+    pub fn take(message: &BorrowedMessage<'_>, topics: &mut TopicNames) -> Self {
+        let headers = message.headers();
+        let parent = trace_headers::extract(headers);
+        Self {
+            source: Source {
+                topic: topics.get(message.topic()),
+                partition: message.partition(),
+                offset: message.offset(),
+            },
+            key: String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
+            timestamp_ms: message.timestamp().to_millis().unwrap_or(0),
+            format: payload_format(headers),
+            payload: message.payload().map(<[u8]>::to_vec),
+            parent: parent.span().span_context().is_valid().then_some(parent),
+            received: Instant::now(),
+        }
+    }
+
+    /// Reads the event with the current version's schema (see [`prepare`]).
+    pub fn read(self, serving: &Serving) -> Event {
+        let source = self.source;
         // An event that carries a trace gets a span in it, and its prediction carries the trace
         // on. Untraced events get none: one trace per sensor reading would bury everything else.
-        let parent = trace_headers::extract(message.headers());
-        let span = if parent.span().span_context().is_valid() {
-            let span = tracing::info_span!(
-                "score_event",
-                otel.kind = "consumer",
-                messaging.system = "kafka",
-                messaging.destination.name = %source.topic,
-                messaging.kafka.partition = source.partition,
-                messaging.kafka.offset = source.offset,
-                model_version = tracing::field::Empty,
-            );
-            let _ = span.set_parent(parent);
-            span
-        } else {
-            tracing::Span::none()
-        };
-        let timestamp_ms = message.timestamp().to_millis().unwrap_or(0);
-        let format = payload_format(message.headers());
-        let prepared = prepare(serving, message.payload(), format, timestamp_ms);
-        let shadow_event = match (&serving.shadow, &prepared, message.payload()) {
-            (Some(shadow), Ok((live, _, _)), Some(payload)) if shadow.wants_event(live) => {
-                Some((payload.to_vec(), format))
+        let span = match self.parent {
+            Some(parent) => {
+                let span = tracing::info_span!(
+                    "score_event",
+                    otel.kind = "consumer",
+                    messaging.system = "kafka",
+                    messaging.destination.name = %source.topic,
+                    messaging.kafka.partition = source.partition,
+                    messaging.kafka.offset = source.offset,
+                    model_version = tracing::field::Empty,
+                );
+                let _ = span.set_parent(parent);
+                span
             }
+            None => tracing::Span::none(),
+        };
+        let prepared = prepare(serving, self.payload.as_deref(), self.format, self.timestamp_ms);
+        let shadow_event = match (&serving.shadow, &prepared, self.payload) {
+            (Some(shadow), Ok((live, _, _)), Some(payload)) if shadow.wants_event(live) => Some((payload, self.format)),
             _ => None,
         };
-        Self {
-            key: String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
-            timestamp_ms,
+        Event {
+            key: self.key,
+            timestamp_ms: self.timestamp_ms,
             prepared,
             shadow_event,
-            received: Instant::now(),
+            received: self.received,
             span,
             source,
         }
     }
+}
 
+impl Event {
     /// The span the event's scoring and producing run in (none for untraced events).
     pub fn span(&self) -> tracing::Span {
         self.span.clone()
@@ -155,7 +194,7 @@ impl Event {
 
     async fn evaluate_in_span(self, serving: &Serving, metrics: &StreamMetrics) -> Option<Record> {
         let mut prediction = Prediction {
-            car: self.key.clone(),
+            car: self.key,
             source_partition: self.source.partition,
             source_offset: self.source.offset,
             event_time_ms: self.timestamp_ms,
@@ -184,7 +223,7 @@ impl Event {
                         offset: self.source.offset,
                         event_time_ms: prediction.event_time_ms,
                     };
-                    shadow.offer(scored, origin, &self.key, self.shadow_event);
+                    shadow.offer(scored, origin, &prediction.car, self.shadow_event);
                 }
                 "scored"
             }
@@ -197,10 +236,13 @@ impl Event {
         metrics.events.get_or_create(&ReasonLabels { reason }).inc();
         prediction.latency_ms = self.received.elapsed().as_secs_f64() * 1000.0;
         let headers = (!self.span.is_none()).then(|| trace_headers::inject(&self.span.context(), OwnedHeaders::new()));
+        // Sized for a typical prediction, so serialising does not grow the buffer several times.
+        let mut value = Vec::with_capacity(256);
+        serde_json::to_writer(&mut value, &prediction).expect("a prediction always serialises");
         Some(Record {
             source: self.source,
-            key: self.key,
-            value: serde_json::to_vec(&prediction).expect("a prediction always serialises"),
+            key: prediction.car,
+            value,
             headers,
         })
     }

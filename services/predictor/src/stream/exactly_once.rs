@@ -20,7 +20,10 @@ use rdkafka::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::{ErrorLog, StreamMetrics, StreamSettings, context::StreamContext, event::Event, event::Record};
+use super::{
+    ErrorLog, StreamMetrics, StreamSettings, context::StreamContext, event::Arrival, event::Event, event::Record,
+    event::TopicNames,
+};
 use crate::{metrics::ReasonLabels, serving::Serving};
 
 /// How long a batch waits for more events after its first.
@@ -79,6 +82,7 @@ async fn gather(
     shutdown: &CancellationToken,
 ) -> Option<Vec<Event>> {
     let mut batch: Vec<Event> = Vec::new();
+    let mut topics = TopicNames::default();
     let mut deadline: Option<tokio::time::Instant> = None;
     while batch.len() < max {
         let received = match deadline {
@@ -97,12 +101,12 @@ async fn gather(
             batch.retain(|e| {
                 !revoked
                     .iter()
-                    .any(|(t, p)| *t == e.source.topic && *p == e.source.partition)
+                    .any(|(t, p)| **t == *e.source.topic && *p == e.source.partition)
             });
         }
         match received {
             Ok(message) => {
-                batch.push(Event::read(&message, serving));
+                batch.push(Arrival::take(&message, &mut topics).read(serving));
                 deadline.get_or_insert_with(|| tokio::time::Instant::now() + LINGER);
             }
             Err(e) => {
@@ -132,7 +136,7 @@ async fn commit(
     let mut span: BTreeMap<(String, i32), (i64, i64)> = BTreeMap::new();
     for r in &records {
         let entry = span
-            .entry((r.source.topic.clone(), r.source.partition))
+            .entry((r.source.topic.to_string(), r.source.partition))
             .or_insert((r.source.offset, r.source.offset + 1));
         entry.0 = entry.0.min(r.source.offset);
         entry.1 = entry.1.max(r.source.offset + 1);
