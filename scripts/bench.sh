@@ -26,7 +26,7 @@ start_registry() {
 
 echo "## Registry: publish and get a 52 MiB model"
 start_registry
-"$bin/registry-bench" --registry "http://127.0.0.1:$port" throughput --iterations 3
+"$bin/registry-bench" --registry "http://127.0.0.1:$port" throughput --iterations 5
 
 echo
 echo "## Registry: start-up replay with 1,000 versions in the topic"

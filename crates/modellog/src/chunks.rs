@@ -1,7 +1,10 @@
 //! Reading the models topic from a position, and fetching a version's weight chunks by their
 //! offsets.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
 use kappa_api::model::WeightChunk;
 use prost::Message as _;
@@ -40,17 +43,82 @@ pub enum ChunkReadError {
     DataLoss(String),
 }
 
-/// Reads the chunks at `offsets` (in index order) and hands each one's bytes to `on_chunk`,
-/// which returns false to stop early. Blocking: call from a blocking thread.
-pub fn read_chunks(
-    config: &KafkaClients,
-    group: &str,
+/// A fetch may carry this much of a partition, so a model's 1 MiB chunks arrive many to a
+/// round trip (librdkafka's default, 1 MiB, made it one chunk per fetch). An operator's
+/// `max.partition.fetch.bytes` still wins.
+const CHUNK_FETCH_BYTES: &str = "16777216";
+
+fn chunk_consumer(config: &KafkaClients, group: &str) -> Result<BaseConsumer<ReaderContext>, ChunkReadError> {
+    let mut settings = config.log_reader(group);
+    if settings.get("max.partition.fetch.bytes").is_none() {
+        settings.set("max.partition.fetch.bytes", CHUNK_FETCH_BYTES);
+    }
+    settings
+        .create_with_context(ReaderContext)
+        .map_err(|e| ChunkReadError::Unavailable(e.to_string()))
+}
+
+/// Chunk readers kept between reads: a new consumer costs a connection, a metadata round trip
+/// and the first fetch's wait, which for a model of tens of MiB is most of a read from page
+/// cache. At most `keep` idle consumers are kept; a read that failed drops its consumer.
+pub struct ChunkReaders {
+    config: KafkaClients,
+    group: String,
+    keep: usize,
+    idle: Mutex<Vec<BaseConsumer<ReaderContext>>>,
+}
+
+impl ChunkReaders {
+    pub fn new(config: KafkaClients, group: impl Into<String>, keep: usize) -> Self {
+        Self {
+            config,
+            group: group.into(),
+            keep,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Reads the chunks at `offsets` (in index order) on an idle consumer when there is one,
+    /// and hands each one's bytes to `on_chunk`, which returns false to stop early. Blocking:
+    /// call from a blocking thread.
+    pub fn read(
+        &self,
+        topic: &str,
+        offsets: &[i64],
+        on_chunk: impl FnMut(Vec<u8>) -> bool,
+    ) -> Result<(), ChunkReadError> {
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let idle = self.idle.lock().expect("chunk reader pool poisoned").pop();
+        let consumer = match idle {
+            Some(consumer) => consumer,
+            None => chunk_consumer(&self.config, &self.group)?,
+        };
+        let result = read_with(&consumer, topic, offsets, on_chunk);
+        // An idle consumer must not go on fetching (and holding) records: unassigned, it drops
+        // what it fetched ahead and fetches nothing until the next read assigns it.
+        if result.is_ok() && consumer.unassign().is_ok() {
+            let mut idle = self.idle.lock().expect("chunk reader pool poisoned");
+            if idle.len() < self.keep {
+                idle.push(consumer);
+            }
+        }
+        result
+    }
+}
+
+fn read_with(
+    consumer: &BaseConsumer<ReaderContext>,
     topic: &str,
     offsets: &[i64],
     mut on_chunk: impl FnMut(Vec<u8>) -> bool,
 ) -> Result<(), ChunkReadError> {
-    let Some(&first) = offsets.first() else { return Ok(()) };
-    let consumer = consumer_at(config, group, topic, first).map_err(|e| ChunkReadError::Unavailable(e.to_string()))?;
+    let mut assignment = TopicPartitionList::new();
+    assignment
+        .add_partition_offset(topic, 0, Offset::Offset(offsets[0]))
+        .and_then(|()| consumer.assign(&assignment))
+        .map_err(|e| ChunkReadError::Unavailable(e.to_string()))?;
     let mut next = 0;
     let (mut last_progress, mut last_error) = (Instant::now(), None::<KafkaError>);
     while next < offsets.len() {
@@ -74,7 +142,7 @@ pub fn read_chunks(
             }
         };
         let offset = message.offset();
-        if offset < offsets[next] {
+        if message.topic() != topic || offset < offsets[next] {
             continue;
         }
         if offset > offsets[next] {
@@ -98,4 +166,53 @@ pub fn read_chunks(
         last_progress = Instant::now();
     }
     Ok(())
+}
+
+/// The record value of one weight chunk: the protobuf encoding of [`WeightChunk`], written from
+/// the slice (building a `WeightChunk` would copy every chunk once more before encoding it).
+pub fn encode_chunk(index: u32, data: &[u8]) -> Vec<u8> {
+    use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+    let mut value = Vec::with_capacity(
+        2 + encoded_len_varint(u64::from(index)) + encoded_len_varint(data.len() as u64) + data.len(),
+    );
+    // proto3 leaves a zero field out, as prost's own encoder does.
+    if index != 0 {
+        encode_key(1, WireType::Varint, &mut value);
+        encode_varint(u64::from(index), &mut value);
+    }
+    if !data.is_empty() {
+        encode_key(2, WireType::LengthDelimited, &mut value);
+        encode_varint(data.len() as u64, &mut value);
+        value.extend_from_slice(data);
+    }
+    value
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_encode_as_prost_encodes_them_and_decode_back() {
+        for (index, data) in [
+            (0, vec![]),
+            (0, vec![7; 3]),
+            (1, vec![1, 2, 3]),
+            (300, vec![9; 200]),
+            (u32::MAX, vec![0; 1 << 16]),
+        ] {
+            let encoded = encode_chunk(index, &data);
+            let expected = WeightChunk {
+                index,
+                data: data.clone(),
+            };
+            assert_eq!(
+                encoded,
+                expected.encode_to_vec(),
+                "chunk {index} of {} bytes",
+                data.len()
+            );
+            assert_eq!(WeightChunk::decode(encoded.as_slice()).unwrap(), expected);
+        }
+    }
 }

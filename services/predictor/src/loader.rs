@@ -22,11 +22,17 @@ use crate::{
     slot::{Cutover, LoadedModel, ModelSlot},
 };
 
+/// The loader's chunk consumers (loads of one slot run one at a time, so one is kept).
+pub fn chunk_readers(config: KafkaClients) -> chunks::ChunkReaders {
+    chunks::ChunkReaders::new(config, "kappa-predictor-loader", 1)
+}
+
 pub struct Loader {
     pub slot: Arc<ModelSlot>,
     pub metrics: Arc<PredictorMetrics>,
     pub readiness: Arc<Readiness>,
-    pub consumer_config: KafkaClients,
+    /// Weight chunk consumers, one kept between loads: a swap then skips a consumer's start-up.
+    pub chunk_readers: Arc<chunks::ChunkReaders>,
     pub topic: String,
     pub backend: Backend,
     /// This replica's gRPC address, to tell replicas apart in a trace.
@@ -307,7 +313,7 @@ impl Loader {
                     reason: "missing_chunks",
                     message: e.to_string(),
                 })?;
-                let (config, topic, expected) = (self.consumer_config.clone(), self.topic.clone(), offsets.len());
+                let (readers, topic, expected) = (Arc::clone(&self.chunk_readers), self.topic.clone(), offsets.len());
                 let fetch = tracing::info_span!("fetch_weights", chunks = expected);
                 self.faults.before_weight_read().map_err(|message| LoadFailure {
                     reason: "read_failed",
@@ -315,12 +321,15 @@ impl Loader {
                 })?;
                 tokio::task::spawn_blocking(move || {
                     let _entered = fetch.enter();
-                    let mut bytes = Vec::new();
-                    chunks::read_chunks(&config, "kappa-predictor-loader", &topic, &offsets, |data| {
-                        bytes.extend_from_slice(&data);
-                        bytes.len() <= declared
-                    })
-                    .map(|()| Arc::new(bytes))
+                    // Sized once (within --max-model-bytes, checked above): growing a buffer of
+                    // 100 MiB copies it into fresh pages at every doubling.
+                    let mut bytes = Vec::with_capacity(declared);
+                    readers
+                        .read(&topic, &offsets, |data| {
+                            bytes.extend_from_slice(&data);
+                            bytes.len() <= declared
+                        })
+                        .map(|()| Arc::new(bytes))
                 })
                 .await
                 .map_err(|e| LoadFailure {

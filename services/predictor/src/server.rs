@@ -75,7 +75,7 @@ pub async fn run(
             slot: Arc::clone(slot),
             metrics: Arc::clone(&metrics),
             readiness: Arc::clone(&readiness),
-            consumer_config: kafka.clone(),
+            chunk_readers: Arc::new(loader::chunk_readers(kafka.clone())),
             topic: config.models_topic.clone(),
             backend: config.backend,
             instance: instance.clone(),

@@ -20,10 +20,16 @@ use crate::RegistryError;
 
 const POLL: Duration = Duration::from_millis(200);
 const READER_GROUP: &str = "kappa-registry-reader";
+/// Idle chunk consumers kept for the next GetModel (each holds a broker connection).
+const IDLE_CHUNK_READERS: usize = 4;
+
+pub fn chunk_readers(config: KafkaClients) -> chunks::ChunkReaders {
+    chunks::ChunkReaders::new(config, READER_GROUP, IDLE_CHUNK_READERS)
+}
 
 /// Sends the chunks found at `offsets` in order, then checks the bytes against `sha256`.
 pub fn stream_chunks(
-    config: &KafkaClients,
+    readers: &chunks::ChunkReaders,
     topic: &str,
     offsets: &[i64],
     sha256: &str,
@@ -31,18 +37,19 @@ pub fn stream_chunks(
 ) -> Result<(), RegistryError> {
     let mut hasher = Sha256::new();
     let mut complete = true;
-    chunks::read_chunks(config, READER_GROUP, topic, offsets, |data| {
-        hasher.update(&data);
-        let response = pb::GetModelResponse {
-            part: Some(pb::get_model_response::Part::Chunk(data)),
-        };
-        complete = tx.blocking_send(Ok(response)).is_ok();
-        complete
-    })
-    .map_err(|e| match e {
-        ChunkReadError::Unavailable(m) => RegistryError::KafkaRead(m),
-        ChunkReadError::DataLoss(m) => RegistryError::DataLoss(m),
-    })?;
+    readers
+        .read(topic, offsets, |data| {
+            hasher.update(&data);
+            let response = pb::GetModelResponse {
+                part: Some(pb::get_model_response::Part::Chunk(data)),
+            };
+            complete = tx.blocking_send(Ok(response)).is_ok();
+            complete
+        })
+        .map_err(|e| match e {
+            ChunkReadError::Unavailable(m) => RegistryError::KafkaRead(m),
+            ChunkReadError::DataLoss(m) => RegistryError::DataLoss(m),
+        })?;
     let actual = hex::encode(hasher.finalize());
     if complete && actual != sha256 {
         return Err(RegistryError::DataLoss(format!(

@@ -110,6 +110,7 @@ pub async fn run(
         catalog,
         writer: Arc::new(writer),
         progress,
+        chunk_readers: Arc::new(crate::reader::chunk_readers(kafka.clone())),
         consumer_config: kafka,
         topic,
         chunk_bytes: config.chunk_bytes as usize,

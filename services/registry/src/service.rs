@@ -7,7 +7,7 @@ use std::{
 };
 
 use kappa_api::{
-    model::{AliasRecord, Cutover, ModelManifest, VersionRecord, WeightChunk},
+    model::{AliasRecord, Cutover, ModelManifest, VersionRecord},
     registry::{self as pb, registry_server::Registry},
 };
 use kappa_kafka::KafkaClients;
@@ -41,6 +41,8 @@ pub struct RegistryService {
     pub writer: Arc<Writer>,
     pub progress: Progress,
     pub consumer_config: KafkaClients,
+    /// GetModel's chunk consumers, kept between reads.
+    pub chunk_readers: Arc<kappa_modellog::chunks::ChunkReaders>,
     pub topic: String,
     pub chunk_bytes: usize,
     pub max_model_bytes: u64,
@@ -209,7 +211,14 @@ impl RegistryService {
             return Ok(existing);
         }
 
-        let mut weights = Vec::new();
+        // The size the client declares (the bytes are checked later) saves growing the buffer,
+        // each doubling of which copies it into fresh pages; capped by the limits, so a false
+        // size reserves no more than an honest publish could hold.
+        let declared = manifest
+            .weights_size
+            .min(self.max_model_bytes)
+            .min(self.limits.publish_buffer_bytes);
+        let mut weights = Vec::with_capacity(usize::try_from(declared).unwrap_or(0));
         // Held until this publish is answered: the bytes it buffers count against the budget.
         let mut held: Option<tokio::sync::OwnedSemaphorePermit> = None;
         while let Some(message) = tokio::time::timeout(idle, stream.message())
@@ -534,13 +543,7 @@ fn version_records(
                     index,
                 }
                 .to_string(),
-                value: Some(
-                    WeightChunk {
-                        index,
-                        data: data.to_vec(),
-                    }
-                    .encode_to_vec(),
-                ),
+                value: Some(kappa_modellog::chunks::encode_chunk(index, data)),
             }
         })
         .collect();
@@ -626,11 +629,11 @@ impl Registry for RegistryService {
         if manifest_only {
             return Ok(Response::new(ReceiverStream::new(rx)));
         }
-        let config = self.consumer_config.clone();
+        let readers = Arc::clone(&self.chunk_readers);
         let topic = self.topic.clone();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            if let Err(error) = reader::stream_chunks(&config, &topic, &offsets, &sha256, &tx) {
+            if let Err(error) = reader::stream_chunks(&readers, &topic, &offsets, &sha256, &tx) {
                 let status = Status::from(error);
                 tracing::error!(code = ?status.code(), message = status.message(), "GetModel could not stream the weights");
                 let _ = tx.blocking_send(Err(status));

@@ -101,6 +101,44 @@ async fn publish_then_get_returns_identical_bytes_and_versions_count_up() {
     );
 }
 
+/// GetModel reuses its Kafka consumers between reads: a read abandoned half way (the client
+/// hung up) must leave nothing behind for the next read of another version, and interleaved
+/// reads of versions with many chunks each return their own bytes.
+#[tokio::test]
+async fn reads_of_many_chunked_versions_in_any_order_and_abandoned_ones_return_exact_bytes() {
+    let registry = RegistrySetup::new().arg("--chunk-bytes").arg("4096").start().await;
+    let mut client = registry_client(&registry).await;
+    // 18 -> 64 -> 18: about 10 KiB of weights, so three or more chunks per version.
+    let m = car_autoencoder("chunked", &[64]);
+    let mut published = Vec::new();
+    for seed in 1..=3 {
+        let weights = random_weights(&m, seed);
+        assert!(weights.len() > 2 * 4096, "the test model is {} bytes", weights.len());
+        let version = publish(&mut client, &m, &weights, "").await.unwrap().version.unwrap();
+        published.push((version.version, weights));
+    }
+    for round in 0..4 {
+        for (version, weights) in published.iter().rev().chain(published.iter()) {
+            // Take the header and the first chunk, then hang up.
+            let mut abandoned = client
+                .get_model(pb::GetModelRequest {
+                    name: "chunked".into(),
+                    selector: by_version(*version),
+                    manifest_only: false,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(abandoned.next().await.unwrap().is_ok());
+            assert!(abandoned.next().await.unwrap().is_ok());
+            drop(abandoned);
+            let (header, back) = get_model(&mut client, "chunked", by_version(*version)).await.unwrap();
+            assert_eq!(header.version, *version);
+            assert!(back == *weights, "round {round}: version {version} came back different");
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_50_mib_model_round_trips_and_an_oversized_one_is_refused_without_writing() {
     // 18 -> 2048 -> 2048 -> 2048 -> 2560 -> 18: 13.7 M FP32 parameters, about 52 MiB.
