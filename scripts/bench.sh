@@ -58,7 +58,7 @@ done
 "$bin/predictor-bench" serve --predictor "http://127.0.0.1:$pport" --echo "http://127.0.0.1:$eport" --seconds "${BENCH_SECONDS:-5}"
 rss=$(awk '/VmRSS/ {print $2}' "/proc/${pids[-2]}/status")
 echo
-echo "predictor RSS with the model loaded, after the load: $((rss / 1024)) MiB (budget 64 MiB)"
+echo "predictor RSS with the model loaded, after the load: $((rss / 1024)) MiB (target 32 MiB)"
 
 echo
 echo "## Predictor: the cost of tracing (spans exported to the local Jaeger on the same cores)"
@@ -169,7 +169,7 @@ kappa_rate=$(RAYON_NUM_THREADS=1 "$bin/train-bench" train --rows "$rows" --epoch
 torch_python=${KAPPA_TORCH_PYTHON:-$HOME/.cache/kappa/torch-venv/bin/python}
 if ! "$torch_python" -c "import torch" 2>/dev/null; then
   echo "(installing PyTorch from PyPI into $(dirname "$(dirname "$torch_python")") for the baseline)"
-  python3 -m venv "$(dirname "$(dirname "$torch_python")")" && "$torch_python" -m pip install -q torch
+  python3 -m venv "$(dirname "$(dirname "$torch_python")")" && "$torch_python" -m pip install -q torch numpy
 fi
 torch_rate=$("$torch_python" "$here/bench/torch_train.py" "$rows" "$epochs" 1)
 echo "| measurement | kappa-trainer (candle) | PyTorch | ratio | budget |"
