@@ -11,15 +11,13 @@ use std::{collections::BTreeMap, time::Duration};
 
 use kappa_kafka::{
     KafkaClients,
-    range::payload_format,
-    scan::{Scan, ScanError, event_time, scan},
+    scan::{Scan, ScanError, event_time, scan_in_background},
 };
 use kappa_model::{
     Mlp, ModelManifest,
     evaluate::quality,
     schema::{DecodedEvent, EventDecoder, LabelRule, label_rule, time_rule},
 };
-use rdkafka::Message as _;
 
 pub use report::{Agreement, METRICS, Offsets, Report, Scores, VersionReport};
 
@@ -104,14 +102,19 @@ pub fn run(
     // A scoring failure stops the scan; `keep_going` and `on_record` both look at it.
     let failed = std::cell::Cell::new(false);
     let mut failure: Option<BacktestError> = None;
-    let scanned = scan(clients, &scope, &mut |_| !failed.get(), &mut |message| {
+    // Read on a thread of its own while this one decodes and scores, as the trainer reads.
+    let scanned = scan_in_background(clients, &scope, &mut |_| !failed.get(), &mut |record| {
+        // The rest of a hand-over after a failure is not scored.
+        if failed.get() {
+            return;
+        }
         let read = (|| {
-            let payload = message.payload().ok_or_else(|| "empty".to_owned())?;
-            let format = payload_format(message.headers());
+            let payload = record.payload.ok_or_else(|| "empty".to_owned())?;
+            let format = record.format;
             frame
                 .decode_into(payload, format, &mut frame_event)
                 .map_err(|_| "malformed".to_owned())?;
-            let time = event_time(&frame, &frame_event, message.timestamp().to_millis()).map_err(str::to_owned)?;
+            let time = event_time(&frame, &frame_event, record.timestamp_ms).map_err(str::to_owned)?;
             if time < window.from_ms || time >= window.to_ms {
                 return Err("outside_time_range".to_owned());
             }

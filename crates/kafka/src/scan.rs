@@ -127,17 +127,17 @@ pub fn scan(
             }
         };
         last_record = Instant::now();
-        let Some(&end) = remaining.get(&message.partition()) else {
+        let (partition, offset) = (message.partition(), message.offset());
+        let Some(&end) = remaining.get(&partition) else {
             continue;
         };
-        if message.offset() >= end {
-            remaining.remove(&message.partition());
-            finished(&consumer, topic, message.partition());
-            continue;
+        // The range's last record, or one past it: the partition is done.
+        if offset + 1 >= end {
+            remaining.remove(&partition);
+            finished(&consumer, topic, partition);
         }
-        if message.offset() + 1 >= end {
-            remaining.remove(&message.partition());
-            finished(&consumer, topic, message.partition());
+        if offset >= end {
+            continue;
         }
         scanned.read += 1;
         on_record(&message);
