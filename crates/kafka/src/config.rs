@@ -162,15 +162,23 @@ impl KafkaClients {
     /// no offsets committed to a group (each reader positions itself), end-of-partition events.
     /// The readers rely on those, so an operator's properties cannot turn them off.
     pub fn log_reader(&self, group: &str) -> ClientConfig {
+        self.log_reader_with(group, &[])
+    }
+
+    /// [`Self::log_reader`] with further Kappa defaults of the reader's own (which an
+    /// operator's properties still override).
+    pub fn log_reader_with(&self, group: &str, defaults: &[(&str, &str)]) -> ClientConfig {
+        let mut all = vec![
+            ("auto.offset.reset", "earliest"),
+            // The broker holds an empty fetch this long; it bounds how late a reader learns
+            // it has reached the end of the log (start-up replay), not how late it sees new
+            // records.
+            ("fetch.wait.max.ms", "50"),
+            FETCH_QUEUE_BACKOFF,
+        ];
+        all.extend_from_slice(defaults);
         self.config_with(
-            &[
-                ("auto.offset.reset", "earliest"),
-                // The broker holds an empty fetch this long; it bounds how late a reader learns
-                // it has reached the end of the log (start-up replay), not how late it sees new
-                // records.
-                ("fetch.wait.max.ms", "50"),
-                FETCH_QUEUE_BACKOFF,
-            ],
+            &all,
             &[
                 ("group.id", group),
                 ("enable.auto.commit", "false"),

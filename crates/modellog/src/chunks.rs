@@ -29,10 +29,15 @@ pub fn consumer_at(
     from: i64,
 ) -> Result<BaseConsumer<ReaderContext>, KafkaError> {
     let consumer: BaseConsumer<ReaderContext> = config.log_reader(group).create_with_context(ReaderContext)?;
+    assign_at(&consumer, topic, from)?;
+    Ok(consumer)
+}
+
+/// Assigns partition 0 of `topic` from `from`, replacing what `consumer` read before.
+fn assign_at(consumer: &BaseConsumer<ReaderContext>, topic: &str, from: i64) -> Result<(), KafkaError> {
     let mut assignment = TopicPartitionList::new();
     assignment.add_partition_offset(topic, 0, Offset::Offset(from))?;
-    consumer.assign(&assignment)?;
-    Ok(consumer)
+    consumer.assign(&assignment)
 }
 
 #[derive(Debug, Error)]
@@ -46,14 +51,11 @@ pub enum ChunkReadError {
 /// A fetch may carry this much of a partition, so a model's 1 MiB chunks arrive many to a
 /// round trip (librdkafka's default, 1 MiB, made it one chunk per fetch). An operator's
 /// `max.partition.fetch.bytes` still wins.
-const CHUNK_FETCH_BYTES: &str = "16777216";
+const CHUNK_FETCH_BYTES: (&str, &str) = ("max.partition.fetch.bytes", "16777216");
 
 fn chunk_consumer(config: &KafkaClients, group: &str) -> Result<BaseConsumer<ReaderContext>, ChunkReadError> {
-    let mut settings = config.log_reader(group);
-    if settings.get("max.partition.fetch.bytes").is_none() {
-        settings.set("max.partition.fetch.bytes", CHUNK_FETCH_BYTES);
-    }
-    settings
+    config
+        .log_reader_with(group, &[CHUNK_FETCH_BYTES])
         .create_with_context(ReaderContext)
         .map_err(|e| ChunkReadError::Unavailable(e.to_string()))
 }
@@ -114,11 +116,7 @@ fn read_with(
     offsets: &[i64],
     mut on_chunk: impl FnMut(Vec<u8>) -> bool,
 ) -> Result<(), ChunkReadError> {
-    let mut assignment = TopicPartitionList::new();
-    assignment
-        .add_partition_offset(topic, 0, Offset::Offset(offsets[0]))
-        .and_then(|()| consumer.assign(&assignment))
-        .map_err(|e| ChunkReadError::Unavailable(e.to_string()))?;
+    assign_at(consumer, topic, offsets[0]).map_err(|e| ChunkReadError::Unavailable(e.to_string()))?;
     let mut next = 0;
     let (mut last_progress, mut last_error) = (Instant::now(), None::<KafkaError>);
     while next < offsets.len() {
@@ -142,7 +140,7 @@ fn read_with(
             }
         };
         let offset = message.offset();
-        if message.topic() != topic || offset < offsets[next] {
+        if offset < offsets[next] {
             continue;
         }
         if offset > offsets[next] {
