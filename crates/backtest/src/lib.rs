@@ -11,7 +11,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use kappa_kafka::{
     KafkaClients,
-    scan::{Scan, ScanError, event_time, scan_in_background},
+    scan::{Record, Scan, ScanError, event_time, scan_decoded},
 };
 use kappa_model::{
     Mlp, ModelManifest,
@@ -96,39 +96,54 @@ pub fn run(
         timeout: window.timeout,
         purpose: "backtest",
     };
+    // Only the schemas go to the decoding threads; the models score on this one.
+    let readers: Vec<(&EventDecoder, u64)> = contenders.iter().map(|c| (&c.decoder, c.manifest.version)).collect();
+    let decode = |scratch: &mut Scratch, record: Record<'_>| -> Result<Decoded, String> {
+        let Scratch {
+            frame: frame_event,
+            events,
+        } = scratch;
+        let payload = record.payload.ok_or_else(|| "empty".to_owned())?;
+        let format = record.format;
+        frame
+            .decode_into(payload, format, frame_event)
+            .map_err(|_| "malformed".to_owned())?;
+        let time = event_time(&frame, frame_event, record.timestamp_ms).map_err(str::to_owned)?;
+        if time < window.from_ms || time >= window.to_ms {
+            return Err("outside_time_range".to_owned());
+        }
+        // The first version reads the frame's features; every other one decodes the event itself.
+        events.resize_with(readers.len(), DecodedEvent::default);
+        for ((decoder, version), event) in readers.iter().zip(events.iter_mut()).skip(1) {
+            decoder
+                .decode_into(payload, format, event)
+                .map_err(|_| format!("v{version}:malformed"))?;
+        }
+        let mut rows = Vec::with_capacity(readers.iter().map(|(d, _)| d.features().len()).sum());
+        for (i, (decoder, version)) in readers.iter().enumerate() {
+            let event = if i == 0 { &*frame_event } else { &events[i] };
+            decoder
+                .extend_row(event, &mut rows)
+                .map_err(|problems| format!("v{version}:{}", decoder.reason_key(&problems[0])))?;
+        }
+        Ok(Decoded {
+            rows,
+            label: frame_event.label,
+        })
+    };
     let mut replay = Replay::new(contenders);
-    let mut events: Vec<DecodedEvent> = vec![DecodedEvent::default(); contenders.len()];
-    let mut frame_event = DecodedEvent::default();
-    // A scoring failure stops the scan; `keep_going` and `on_record` both look at it.
+    // A scoring failure stops the scan; `keep_going` and `on_decoded` both look at it.
     let failed = std::cell::Cell::new(false);
     let mut failure: Option<BacktestError> = None;
-    // Read on a thread of its own while this one decodes and scores, as the trainer reads.
-    let scanned = scan_in_background(clients, &scope, &mut |_| !failed.get(), &mut |record| {
+    // Decoded on every core while another thread reads Kafka, as the trainer reads.
+    let scanned = scan_decoded(clients, &scope, &mut |_| !failed.get(), &decode, &mut |read| {
         // The rest of a hand-over after a failure is not scored.
         if failed.get() {
             return;
         }
-        let read = (|| {
-            let payload = record.payload.ok_or_else(|| "empty".to_owned())?;
-            let format = record.format;
-            frame
-                .decode_into(payload, format, &mut frame_event)
-                .map_err(|_| "malformed".to_owned())?;
-            let time = event_time(&frame, &frame_event, record.timestamp_ms).map_err(str::to_owned)?;
-            if time < window.from_ms || time >= window.to_ms {
-                return Err("outside_time_range".to_owned());
-            }
-            for (contender, event) in contenders.iter().zip(events.iter_mut()).skip(1) {
-                contender
-                    .decoder
-                    .decode_into(payload, format, event)
-                    .map_err(|_| format!("v{}:malformed", contender.manifest.version))?;
-            }
-            replay.take(&frame_event, &events[1..])
-        })();
         match read {
-            Ok(()) => {
-                if let Err(e) = replay.labelled(frame_event.label) {
+            Ok(decoded) => {
+                if let Err(e) = replay.take(&decoded) {
                     failure = Some(e);
                     failed.set(true);
                 }
@@ -141,6 +156,20 @@ pub fn run(
     }
     replay.flush()?;
     Ok(replay.report(window, scanned, label.is_some()))
+}
+
+/// A decoding thread's reusable events: the frame (time, label, the first version's features)
+/// and one per other version.
+#[derive(Default)]
+struct Scratch {
+    frame: DecodedEvent,
+    events: Vec<DecodedEvent>,
+}
+
+/// An event every version can read: the versions' rows, one after another, and its label.
+struct Decoded {
+    rows: Vec<f32>,
+    label: Option<bool>,
 }
 
 /// What the replay has gathered so far: the rows waiting to be scored, each version's scores
@@ -172,29 +201,16 @@ impl<'a> Replay<'a> {
         }
     }
 
-    /// Queues the event's row for every version, or for none: the error is the first reason
-    /// a version cannot read it (named with the version, as versions may read different fields).
-    fn take(&mut self, first: &DecodedEvent, rest: &[DecodedEvent]) -> Result<(), String> {
-        for (i, event) in std::iter::once(first).chain(rest).enumerate() {
-            let contender = &self.contenders[i];
-            if let Err(problems) = contender.decoder.extend_row(event, &mut self.pending[i]) {
-                // Rows of the versions before this one are taken back; this one's is partial.
-                for (pending, c) in self.pending.iter_mut().zip(self.contenders).take(i + 1) {
-                    pending.truncate(self.queued * c.mlp.n_features());
-                }
-                return Err(format!(
-                    "v{}:{}",
-                    contender.manifest.version,
-                    contender.decoder.reason_key(&problems[0])
-                ));
-            }
+    /// Queues an event's rows (every version's, one after another) and its label, scoring
+    /// full batches.
+    fn take(&mut self, decoded: &Decoded) -> Result<(), BacktestError> {
+        let mut rows = decoded.rows.as_slice();
+        for (pending, contender) in self.pending.iter_mut().zip(self.contenders) {
+            let (row, rest) = rows.split_at(contender.decoder.features().len());
+            pending.extend_from_slice(row);
+            rows = rest;
         }
-        Ok(())
-    }
-
-    /// Completes a taken event with its label, scoring full batches.
-    fn labelled(&mut self, label: Option<bool>) -> Result<(), BacktestError> {
-        self.labels.push(label);
+        self.labels.push(decoded.label);
         self.queued += 1;
         if self.queued == BATCH {
             self.flush()?;

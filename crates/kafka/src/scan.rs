@@ -169,7 +169,7 @@ pub fn event_time(decoder: &EventDecoder, event: &DecodedEvent, kafka_ms: Option
     }
 }
 
-/// A record handed over by [`scan_in_background`]: what decoding needs, copied out of
+/// A record handed to a decoder by [`scan_decoded`]: what decoding needs, copied out of
 /// librdkafka so the reading thread can go on.
 #[derive(Debug, Clone, Copy)]
 pub struct Record<'b> {
@@ -181,9 +181,13 @@ pub struct Record<'b> {
     pub payload: Option<&'b [u8]>,
 }
 
-/// Records per hand-over, and hand-overs in flight: bounded, a few MiB of typical events.
+/// Records per hand-over, and hand-overs that may be out at once (read, decoding, or waiting
+/// for their turn): bounded, a few MiB of typical events.
 const BATCH_RECORDS: usize = 512;
-const BATCHES_IN_FLIGHT: usize = 4;
+const BATCHES: usize = 8;
+
+/// Decoding threads at most: past a few, the one thread reading Kafka is the limit.
+const MAX_DECODERS: usize = 4;
 
 /// A [`Record`] in a batch: its payload as a range of the batch's bytes.
 struct Held {
@@ -194,13 +198,41 @@ struct Held {
     payload: Option<std::ops::Range<usize>>,
 }
 
-#[derive(Default)]
-struct Batch {
+/// Records read together, then their decoded values. Batches circulate (reader, decoder,
+/// caller, back to the reader), so nothing is allocated per record.
+struct Batch<T> {
+    /// Its place in read order: decoders finish out of order, the caller hands out in order.
+    seq: u64,
     bytes: Vec<u8>,
     records: Vec<Held>,
+    decoded: Vec<T>,
+    /// The decoder panicked on this batch: the caller stops the scan and re-raises it.
+    panic: Option<Box<dyn std::any::Any + Send>>,
 }
 
-impl Batch {
+impl Held {
+    fn record<'b>(&self, bytes: &'b [u8]) -> Record<'b> {
+        Record {
+            partition: self.partition,
+            offset: self.offset,
+            timestamp_ms: self.timestamp_ms,
+            format: self.format,
+            payload: self.payload.clone().map(|range| &bytes[range]),
+        }
+    }
+}
+
+impl<T> Batch<T> {
+    fn new() -> Self {
+        Self {
+            seq: 0,
+            bytes: Vec::new(),
+            records: Vec::with_capacity(BATCH_RECORDS),
+            decoded: Vec::with_capacity(BATCH_RECORDS),
+            panic: None,
+        }
+    }
+
     fn push(&mut self, message: &BorrowedMessage<'_>) {
         let payload = message.payload().map(|p| {
             let start = self.bytes.len();
@@ -219,73 +251,146 @@ impl Batch {
     fn clear(&mut self) {
         self.bytes.clear();
         self.records.clear();
+        self.decoded.clear();
     }
 }
 
-/// [`scan`] with the reading on a thread of its own: librdkafka's polling and the caller's
-/// decoding then run side by side, on two cores, instead of taking turns. Records come to
-/// `on_record` on the calling thread, in the order they were read, through a bounded hand-over
-/// (batches are reused, so nothing is allocated per record); `keep_going` (records handed over
-/// so far) is polled between batches.
-pub fn scan_in_background(
+/// [`scan`] with decoding spread over threads: one thread polls Kafka, `decode` runs on as many
+/// threads as there are cores (each with its own `S`, scratch space it may reuse), and
+/// `on_decoded` gets each record's result on the calling thread, in the order the records were
+/// read, so what the caller builds does not depend on which thread was quicker. Memory stays
+/// bounded: a fixed set of batches circulates, and the reader waits when all are out.
+/// `keep_going` (results handed out so far) is polled between batches. A panic in `decode`
+/// stops the scan and is re-raised here.
+pub fn scan_decoded<S, T>(
     clients: &KafkaClients,
     scope: &Scan<'_>,
     keep_going: &mut dyn FnMut(u64) -> bool,
-    on_record: &mut dyn FnMut(Record<'_>),
-) -> Result<Scanned, ScanError> {
+    decode: &(dyn Fn(&mut S, Record<'_>) -> T + Sync),
+    on_decoded: &mut dyn FnMut(T),
+) -> Result<Scanned, ScanError>
+where
+    S: Default,
+    T: Send,
+{
     use std::sync::{
+        Mutex,
         atomic::{AtomicBool, Ordering},
         mpsc,
     };
+    let decoders = std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_DECODERS));
     let stop = AtomicBool::new(false);
+    let (to_decode, undecoded) = mpsc::sync_channel::<Batch<T>>(BATCHES);
+    // Decoders take turns taking a batch, not decoding one.
+    let undecoded = Mutex::new(undecoded);
     std::thread::scope(|threads| {
-        let (full, filled) = mpsc::sync_channel::<Batch>(BATCHES_IN_FLIGHT);
-        let (spare, spares) = mpsc::sync_channel::<Batch>(BATCHES_IN_FLIGHT + 2);
+        let (to_caller, decoded) = mpsc::sync_channel::<Batch<T>>(BATCHES);
+        let (to_reader, spares) = mpsc::sync_channel::<Batch<T>>(BATCHES);
+        for _ in 0..BATCHES {
+            to_reader
+                .send(Batch::new())
+                .expect("the spares channel holds every batch");
+        }
         let stop = &stop;
         let reader = std::thread::Builder::new()
             .name("kafka-scan".into())
             .spawn_scoped(threads, move || {
-                let mut batch = Batch::default();
-                let scanned = scan(clients, scope, &mut |_| !stop.load(Ordering::Relaxed), &mut |message| {
-                    batch.push(message);
-                    if batch.records.len() >= BATCH_RECORDS {
-                        let next = spares.try_recv().unwrap_or_default();
-                        // The caller stopped reading: so does the scan.
-                        if full.send(std::mem::replace(&mut batch, next)).is_err() {
+                let mut seq = 0_u64;
+                let mut batch = spares.recv().ok();
+                let mut hand_over = |batch: &mut Option<Batch<T>>, last: bool| {
+                    if let Some(mut full) = batch.take() {
+                        full.seq = seq;
+                        seq += 1;
+                        // Decoders gone means the caller stopped: so does the scan.
+                        if to_decode.send(full).is_err() {
+                            stop.store(true, Ordering::Relaxed);
+                            return;
+                        }
+                    }
+                    if !last {
+                        // Every batch is out: wait for the caller to hand one back.
+                        *batch = spares.recv().ok();
+                        if batch.is_none() {
                             stop.store(true, Ordering::Relaxed);
                         }
                     }
+                };
+                let scanned = scan(clients, scope, &mut |_| !stop.load(Ordering::Relaxed), &mut |message| {
+                    let Some(held) = batch.as_mut() else { return };
+                    held.push(message);
+                    if held.records.len() >= BATCH_RECORDS {
+                        hand_over(&mut batch, false);
+                    }
                 });
-                if !batch.records.is_empty() {
-                    let _ = full.send(batch);
+                if batch.as_ref().is_some_and(|b| !b.records.is_empty()) {
+                    hand_over(&mut batch, true);
                 }
                 scanned
             })
             .expect("a thread for reading Kafka");
+        for n in 0..decoders {
+            let (undecoded, to_caller) = (&undecoded, to_caller.clone());
+            std::thread::Builder::new()
+                .name(format!("scan-decode-{n}"))
+                .spawn_scoped(threads, move || {
+                    let mut scratch = S::default();
+                    loop {
+                        let next = undecoded.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                        let Ok(mut batch) = next else { return };
+                        let Batch {
+                            records,
+                            bytes,
+                            decoded,
+                            ..
+                        } = &mut batch;
+                        let decoding = std::panic::AssertUnwindSafe(|| {
+                            decoded.extend(records.iter().map(|held| decode(&mut scratch, held.record(bytes))));
+                        });
+                        let panicked = std::panic::catch_unwind(decoding).err();
+                        let last = panicked.is_some();
+                        batch.panic = panicked;
+                        if to_caller.send(batch).is_err() || last {
+                            return;
+                        }
+                    }
+                })
+                .expect("a thread for decoding Kafka records");
+        }
+        drop(to_caller);
         let mut handed = 0_u64;
         let mut stopped = false;
-        for mut batch in filled.iter() {
-            for held in &batch.records {
-                on_record(Record {
-                    partition: held.partition,
-                    offset: held.offset,
-                    timestamp_ms: held.timestamp_ms,
-                    format: held.format,
-                    payload: held.payload.clone().map(|range| &batch.bytes[range]),
-                });
-            }
-            handed += batch.records.len() as u64;
-            batch.clear();
-            let _ = spare.try_send(batch);
-            if !keep_going(handed) {
-                stop.store(true, Ordering::Relaxed);
-                stopped = true;
-                break;
+        let mut panic = None;
+        // Batches decoded ahead of their turn; at most BATCHES exist at all.
+        let mut waiting: Vec<Batch<T>> = Vec::with_capacity(BATCHES);
+        let mut next_seq = 0_u64;
+        'scan: for batch in decoded.iter() {
+            waiting.push(batch);
+            while let Some(at) = waiting.iter().position(|b| b.seq == next_seq) {
+                let mut batch = waiting.swap_remove(at);
+                next_seq += 1;
+                if let Some(p) = batch.panic.take() {
+                    panic = Some(p);
+                    stopped = true;
+                    break 'scan;
+                }
+                handed += batch.decoded.len() as u64;
+                batch.decoded.drain(..).for_each(&mut *on_decoded);
+                batch.clear();
+                let _ = to_reader.send(batch);
+                if !keep_going(handed) {
+                    stopped = true;
+                    break 'scan;
+                }
             }
         }
-        // Unblocks a reader waiting to hand over more.
-        drop(filled);
-        let mut scanned = reader.join().expect("the Kafka reading thread panicked")?;
+        // Unblocks a reader and decoders waiting to hand over more.
+        stop.store(true, Ordering::Relaxed);
+        drop((decoded, to_reader, waiting));
+        let scanned = reader.join().expect("the Kafka reading thread panicked");
+        if let Some(p) = panic {
+            std::panic::resume_unwind(p);
+        }
+        let mut scanned = scanned?;
         scanned.read = handed;
         scanned.complete &= !stopped;
         Ok(scanned)

@@ -2,12 +2,12 @@
 //! broker's time index (offsets_for_times), and each record's own timestamp is checked as well,
 //! so an event outside the range is never used even when timestamps are not monotonic.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{borrow::Cow, collections::BTreeMap, sync::Arc, time::Duration};
 
 use kappa_api::model::PartitionRange;
 use kappa_kafka::{
     KafkaClients,
-    scan::{Scan, ScanError, event_time, scan_in_background},
+    scan::{Record, Scan, ScanError, event_time, scan_decoded},
 };
 use kappa_model::schema::{DecodedEvent, EventDecoder};
 
@@ -101,50 +101,49 @@ pub fn scan_range(
     };
     let mut data = RangeData::default();
     let labelled = decoder.label().is_some();
-    let mut event = DecodedEvent::default();
-    // Read by `keep_going` while `on_record` counts: both closures live through the scan.
+    // Read by `keep_going` while `on_decoded` counts: both closures live through the scan.
     let skipped_total = std::cell::Cell::new(0_u64);
-    // Decoding is most of a read's cost: it runs here while another thread polls Kafka.
-    let scanned = scan_in_background(
+    // Decoding is most of a read's cost: it runs on every core while another thread polls Kafka.
+    let decode = |event: &mut DecodedEvent, record: Record<'_>| -> Result<Row, Cow<'static, str>> {
+        let payload = record.payload.ok_or("empty")?;
+        decoder
+            .decode_into(payload, record.format, event)
+            .map_err(|_| "malformed")?;
+        let time = event_time(decoder, event, record.timestamp_ms)?;
+        if time < from_ms || time >= to_ms {
+            return Err("outside_time_range".into());
+        }
+        let mut values = Vec::with_capacity(decoder.features().len());
+        // Counted once, by its first problem, so the counts add up to the rows dropped.
+        decoder
+            .extend_row(event, &mut values)
+            .map_err(|problems| decoder.reason_key(&problems[0]))?;
+        if labelled && event.label.is_none() {
+            return Err("missing_label".into());
+        }
+        Ok(Row {
+            values,
+            label: event.label,
+            id: (record.partition, record.offset),
+        })
+    };
+    let scanned = scan_decoded(
         config,
         &scope,
         &mut |read| keep_going(read, skipped_total.get()),
-        &mut |record| {
-            let skip = |data: &mut RangeData, reason: &str| {
-                data.skipped_total += 1;
-                match data.skipped.get_mut(reason) {
-                    Some(count) => *count += 1,
-                    None => {
-                        data.skipped.insert(reason.to_owned(), 1);
-                    }
-                }
-            };
-            let row = (|| {
-                let payload = record.payload.ok_or_else(|| "empty".to_owned())?;
-                decoder
-                    .decode_into(payload, record.format, &mut event)
-                    .map_err(|_| "malformed".to_owned())?;
-                let time = event_time(decoder, &event, record.timestamp_ms).map_err(str::to_owned)?;
-                if time < from_ms || time >= to_ms {
-                    return Err("outside_time_range".to_owned());
-                }
-                let mut values = Vec::with_capacity(decoder.features().len());
-                // Counted once, by its first problem, so the counts add up to the rows dropped.
-                decoder
-                    .extend_row(&event, &mut values)
-                    .map_err(|problems| decoder.reason_key(&problems[0]))?;
-                if labelled && event.label.is_none() {
-                    return Err("missing_label".to_owned());
-                }
-                Ok(Row {
-                    values,
-                    label: event.label,
-                    id: (record.partition, record.offset),
-                })
-            })();
+        &decode,
+        &mut |row| {
             match row {
                 Ok(row) => on_row(row),
-                Err(reason) => skip(&mut data, &reason),
+                Err(reason) => {
+                    data.skipped_total += 1;
+                    match data.skipped.get_mut(reason.as_ref()) {
+                        Some(count) => *count += 1,
+                        None => {
+                            data.skipped.insert(reason.into_owned(), 1);
+                        }
+                    }
+                }
             }
             skipped_total.set(data.skipped_total);
         },

@@ -13,6 +13,7 @@ mod monitoring;
 mod outage;
 mod predictor;
 mod registry;
+mod scan;
 mod schema;
 mod security;
 mod shadow;
