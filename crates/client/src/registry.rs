@@ -98,11 +98,12 @@ impl Registry {
         signer: Option<&ModelSigner>,
     ) -> Result<pb::PublishResponse, Status> {
         let mut manifest = manifest.clone();
+        // Declared so the registry sizes its buffer once; it checks the size against the bytes.
+        manifest.weights_size = weights.len() as u64;
         let (signature, signing_key_id) = match signer {
             None => (Vec::new(), String::new()),
             Some(signer) => {
                 manifest.weights_sha256 = kappa_model::sha256_hex(weights);
-                manifest.weights_size = weights.len() as u64;
                 signer.sign(&manifest)
             }
         };

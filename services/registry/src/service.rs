@@ -29,12 +29,14 @@ use crate::{
     metrics::{OutcomeLabels, RegistryMetrics},
     reader,
     requests::{AliasMove, AliasRemoval, ModelName, ModelQuery, VersionRemoval, Wanted, WatchQuery},
-    writer::{Put, WriteLock, Writer},
+    writer::{Put, Transaction, WriteLock, Writer},
 };
 
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 256;
 /// How long a write waits for an earlier one still in flight before it is UNAVAILABLE.
 const WRITE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long a publish may keep the log to itself while its client uploads (see [`Streamed`]).
+const STREAM_HOLD: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub struct RegistryService {
     pub catalog: Arc<RwLock<ModelLog>>,
@@ -110,13 +112,31 @@ impl RegistryService {
 
     /// Writes `records` in one transaction and waits until the follower has applied them.
     async fn write(&self, records: Vec<Put>, lock: WriteLock) -> Result<i64, RegistryError> {
-        self.write_in(transaction_span(), records, lock).await
+        let span = transaction_span();
+        let transaction = self.begin_in(&span, lock).await?;
+        self.finish_in(span, transaction, records).await
     }
 
-    /// `write` inside `span`, whose context the records carry.
-    async fn write_in(&self, span: tracing::Span, records: Vec<Put>, lock: WriteLock) -> Result<i64, RegistryError> {
-        span.record("records", records.len());
-        let written = self.write_now(records, lock).instrument(span.clone()).await;
+    /// Opens a transaction whose records carry `span`'s trace context.
+    async fn begin_in(&self, span: &tracing::Span, lock: WriteLock) -> Result<Transaction, RegistryError> {
+        let begun = self.writer.begin(lock).instrument(span.clone()).await;
+        if begun.is_err() {
+            span.record("otel.status_code", "ERROR");
+            note_fenced(&self.writer, &self.metrics, &self.readiness);
+        }
+        begun
+    }
+
+    /// Adds `records` to `transaction`, commits it and waits until the follower has applied it,
+    /// inside `span`.
+    async fn finish_in(
+        &self,
+        span: tracing::Span,
+        transaction: Transaction,
+        records: Vec<Put>,
+    ) -> Result<i64, RegistryError> {
+        span.record("records", transaction.len() + records.len());
+        let written = self.finish_now(transaction, records).instrument(span.clone()).await;
         match &written {
             Ok(offset) => span.record("offset", offset),
             Err(_) => span.record("otel.status_code", "ERROR"),
@@ -125,10 +145,10 @@ impl RegistryService {
     }
 
     /// Commits and waits until the follower applied the records, in a task of its own that holds
-    /// `lock` to the end: a caller that hangs up (a cancelled call, a `grpc-timeout`) leaves the
+    /// the lock to the end: a caller that hangs up (a cancelled call, a `grpc-timeout`) leaves the
     /// transaction running, and the next write must not read the catalog before it lands, or it
     /// would reuse the version number with other weights.
-    async fn write_now(&self, records: Vec<Put>, lock: WriteLock) -> Result<i64, RegistryError> {
+    async fn finish_now(&self, mut transaction: Transaction, records: Vec<Put>) -> Result<i64, RegistryError> {
         let (writer, progress, metrics, readiness) = (
             Arc::clone(&self.writer),
             self.progress.clone(),
@@ -137,15 +157,15 @@ impl RegistryService {
         );
         let task = tokio::spawn(
             async move {
-                let result = writer.commit(records).await;
-                if writer.is_fenced() {
-                    metrics.fenced.set(1);
-                    readiness.report(
-                        "writer",
-                        "fenced by a newer registry with the same transactional id: writes go to that one",
-                    );
+                let committed = async {
+                    for put in &records {
+                        transaction.send(put).await?;
+                    }
+                    transaction.commit().await
                 }
-                let offset = result?;
+                .await;
+                note_fenced(&writer, &metrics, &readiness);
+                let (offset, lock) = committed?;
                 let applied = progress.wait_applied(offset).await;
                 drop(lock);
                 if applied {
@@ -214,17 +234,63 @@ impl RegistryService {
         // The size the client declares (the bytes are checked later) saves growing the buffer,
         // each doubling of which copies it into fresh pages; capped by the limits, so a false
         // size reserves no more than an honest publish could hold.
-        let declared = manifest
-            .weights_size
-            .min(self.max_model_bytes)
-            .min(self.limits.publish_buffer_bytes);
+        if manifest.weights_size > self.max_model_bytes {
+            return Err(RegistryError::TooLarge {
+                size: manifest.weights_size,
+                limit: self.max_model_bytes,
+            }
+            .into());
+        }
+        let declared = manifest.weights_size.min(self.limits.publish_buffer_bytes);
         let mut weights = Vec::with_capacity(usize::try_from(declared).unwrap_or(0));
         // Held until this publish is answered: the bytes it buffers count against the budget.
         let mut held: Option<tokio::sync::OwnedSemaphorePermit> = None;
-        while let Some(message) = tokio::time::timeout(idle, stream.message())
-            .await
-            .map_err(|_| RegistryError::Idle(idle))??
-        {
+        // The version record names the transaction's span: predictors loading it continue there.
+        let span = transaction_span();
+        // A model of several chunks, its size declared, goes into the log as it arrives when no
+        // other write is under way, so the upload and the write overlap; otherwise it is
+        // buffered and written after. Either way a refusal leaves nothing a reader sees.
+        let streams = declared > self.chunk_bytes as u64;
+        let mut streamed = match streams.then(|| self.writer.try_lock()).flatten() {
+            Some(lock) => {
+                if let Some(existing) = self.deduplicate(&manifest.name, &key)? {
+                    return Ok(existing);
+                }
+                let version = self.catalog().next_version(&manifest.name);
+                Some(Streamed {
+                    transaction: self.begin_in(&span, lock).await?,
+                    version,
+                    written: 0,
+                    until: tokio::time::Instant::now() + STREAM_HOLD,
+                })
+            }
+            None => None,
+        };
+        loop {
+            let waiting = tokio::time::Instant::now();
+            let message = loop {
+                let wait = match &streamed {
+                    Some(s) => idle.min(s.until.saturating_duration_since(waiting)),
+                    None => idle.saturating_sub(waiting.elapsed()),
+                };
+                match tokio::time::timeout(wait, stream.message()).await {
+                    Ok(message) => break message?,
+                    // Too slow to keep other writes waiting: rolled back (on drop), buffered on.
+                    Err(_)
+                        if streamed
+                            .as_ref()
+                            .is_some_and(|s| s.until <= tokio::time::Instant::now()) =>
+                    {
+                        tracing::info!(
+                            model = manifest.name,
+                            "the upload outlasted the time a streamed publish may hold the log; buffering the rest"
+                        );
+                        streamed = None;
+                    }
+                    Err(_) => return Err(RegistryError::Idle(idle).into()),
+                }
+            };
+            let Some(message) = message else { break };
             match message.part {
                 Some(Part::Chunk(bytes)) => {
                     let size = (weights.len() + bytes.len()) as u64;
@@ -249,6 +315,10 @@ impl RegistryService {
                         None => held = Some(more),
                     }
                     weights.extend_from_slice(&bytes);
+                    if let Some(s) = streamed.as_mut() {
+                        s.write_chunks(&manifest.name, &weights, self.chunk_bytes, false)
+                            .await?;
+                    }
                 }
                 Some(Part::Header(_)) => {
                     return Err(invalid("a second header arrived; send one header, then only chunks"));
@@ -260,7 +330,9 @@ impl RegistryService {
             return Err(invalid("no weights arrived after the header"));
         }
 
-        // Parsing and hashing a large model takes long enough to keep it off the async workers.
+        // Parsing and hashing a large model takes long enough to keep it off the async workers;
+        // meanwhile librdkafka goes on sending a streamed publish's chunks. An invalid one is
+        // rolled back when `streamed` drops, its last chunk not yet written.
         let (manifest_back, weights, validated) = tokio::task::spawn_blocking(move || {
             let validated = validate_weights(&manifest, &weights);
             (manifest, weights, validated)
@@ -281,27 +353,46 @@ impl RegistryService {
                 })?;
         }
 
-        let lock = self.writer.lock(WRITE_WAIT).await?;
-        // A concurrent retry with the same key may have won the lock first.
-        if let Some(existing) = self.deduplicate(&manifest.name, &key)? {
-            return Ok(existing);
-        }
         let name = manifest.name.clone();
-        let version = self.catalog().next_version(&name);
-        manifest.version = version;
-        manifest.created_at_ms = now_ms();
-        // The version record names the transaction's span: predictors loading it continue there.
-        let transaction = transaction_span();
-        let records = version_records(
-            manifest,
-            &weights,
-            self.chunk_bytes,
-            key,
-            span_context_map(&transaction),
-            published_by.clone(),
-            signed,
-        );
-        self.write_in(transaction, records, lock).await?;
+        let chunk_count = weights.len().div_ceil(self.chunk_bytes) as u32;
+        let trace_context = span_context_map(&span);
+        let (transaction, records, version) = match streamed {
+            Some(mut streamed) => {
+                streamed.write_chunks(&name, &weights, self.chunk_bytes, true).await?;
+                let Streamed {
+                    transaction, version, ..
+                } = streamed;
+                manifest.version = version;
+                manifest.created_at_ms = now_ms();
+                let record = version_record(manifest, chunk_count, key, trace_context, published_by.clone(), signed);
+                (transaction, vec![record], version)
+            }
+            None => {
+                let lock = self.writer.lock(WRITE_WAIT).await?;
+                // A concurrent retry with the same key may have won the lock first.
+                if let Some(existing) = self.deduplicate(&name, &key)? {
+                    return Ok(existing);
+                }
+                let version = self.catalog().next_version(&name);
+                manifest.version = version;
+                manifest.created_at_ms = now_ms();
+                let mut records: Vec<Put> = weights
+                    .chunks(self.chunk_bytes)
+                    .enumerate()
+                    .map(|(index, data)| chunk_record(&name, version, index as u32, data))
+                    .collect();
+                records.push(version_record(
+                    manifest,
+                    chunk_count,
+                    key,
+                    trace_context,
+                    published_by.clone(),
+                    signed,
+                ));
+                (self.begin_in(&span, lock).await?, records, version)
+            }
+        };
+        self.finish_in(span, transaction, records).await?;
         self.metrics.published_bytes.inc_by(weights.len() as u64);
         self.metrics
             .publishes
@@ -521,34 +612,30 @@ impl RegistryService {
 
 /// The records of one version: its chunks, then the version record, which readers take as the
 /// sign that every chunk before it is there.
-fn version_records(
+fn chunk_record(name: &str, version: u64, index: u32, data: &[u8]) -> Put {
+    Put {
+        key: ModelKey::Chunk {
+            name: name.to_owned(),
+            version,
+            index,
+        }
+        .to_string(),
+        value: Some(kappa_modellog::chunks::encode_chunk(index, data)),
+    }
+}
+
+/// The record that makes a version exist, written after its `chunk_count` chunks.
+fn version_record(
     manifest: ModelManifest,
-    weights: &[u8],
-    chunk_bytes: usize,
+    chunk_count: u32,
     idempotency_key: String,
     trace_context: BTreeMap<String, String>,
     published_by: String,
     signed: Signed,
-) -> Vec<Put> {
+) -> Put {
     let (name, version) = (manifest.name.clone(), manifest.version);
-    let mut records: Vec<Put> = weights
-        .chunks(chunk_bytes)
-        .enumerate()
-        .map(|(index, data)| {
-            let index = index as u32;
-            Put {
-                key: ModelKey::Chunk {
-                    name: name.clone(),
-                    version,
-                    index,
-                }
-                .to_string(),
-                value: Some(kappa_modellog::chunks::encode_chunk(index, data)),
-            }
-        })
-        .collect();
     let record = VersionRecord {
-        chunk_count: records.len() as u32,
+        chunk_count,
         manifest: Some(manifest),
         idempotency_key,
         deleted: false,
@@ -557,11 +644,53 @@ fn version_records(
         signature: signed.signature,
         signing_key_id: signed.key_id,
     };
-    records.push(Put {
+    Put {
         key: ModelKey::Version { name, version }.to_string(),
         value: Some(record.encode_to_vec()),
-    });
-    records
+    }
+}
+
+/// A publish whose chunks go into an open transaction as they arrive.
+struct Streamed {
+    transaction: Transaction,
+    /// Assigned under the lock the transaction holds.
+    version: u64,
+    /// Bytes of the upload already in chunk records.
+    written: usize,
+    /// How long the upload may keep the log to itself: past it, the transaction is rolled
+    /// back and the rest buffered, so a slow client does not hold up other writes.
+    until: tokio::time::Instant,
+}
+
+impl Streamed {
+    /// Writes every whole chunk of `weights` not yet written, and with `last` the rest too.
+    async fn write_chunks(
+        &mut self,
+        name: &str,
+        weights: &[u8],
+        chunk_bytes: usize,
+        last: bool,
+    ) -> Result<(), RegistryError> {
+        while weights.len() - self.written >= chunk_bytes || (last && self.written < weights.len()) {
+            let end = weights.len().min(self.written + chunk_bytes);
+            let index = (self.written / chunk_bytes) as u32;
+            let record = chunk_record(name, self.version, index, &weights[self.written..end]);
+            self.transaction.send(&record).await?;
+            self.written = end;
+        }
+        Ok(())
+    }
+}
+
+/// Reports a registry that a newer one fenced: the metric, and readiness (writes go elsewhere).
+fn note_fenced(writer: &Writer, metrics: &RegistryMetrics, readiness: &kappa_runtime::Readiness) {
+    if writer.is_fenced() {
+        metrics.fenced.set(1);
+        readiness.report(
+            "writer",
+            "fenced by a newer registry with the same transactional id: writes go to that one",
+        );
+    }
 }
 
 fn transaction_span() -> tracing::Span {

@@ -3,7 +3,6 @@
 //! registry's unfinished transaction, so readers never see half a write.
 
 use std::{
-    collections::BTreeMap,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -17,7 +16,7 @@ use kappa_runtime::propagation::span_context_map;
 use rdkafka::{
     error::{KafkaError, RDKafkaErrorCode},
     message::OwnedHeaders,
-    producer::{FutureProducer, FutureRecord, Producer},
+    producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer},
     util::Timeout,
 };
 use tokio::sync::{Mutex, OwnedMutexGuard};
@@ -111,103 +110,78 @@ impl Writer {
         self.fenced.load(Ordering::Relaxed)
     }
 
-    /// Writes `records` in one transaction and returns the offset of the last one once the
-    /// transaction has committed. Must be called with the lock held.
-    ///
-    /// Every record carries the caller's trace context in its Kafka headers, so whoever acts on
-    /// it (a predictor swapping models) continues the trace of the change.
-    pub async fn commit(self: &Arc<Self>, records: Vec<Put>) -> Result<i64, RegistryError> {
+    /// The lock if no other write holds it now: a publish streams its chunks into the log
+    /// while they arrive only when it would keep no one waiting.
+    pub fn try_lock(&self) -> Option<WriteLock> {
+        Arc::clone(&self.lock).try_lock_owned().ok().map(WriteLock)
+    }
+
+    /// Opens a transaction under `lock`. Its records carry the current span's trace context
+    /// in their Kafka headers, so whoever acts on them (a predictor swapping models) continues
+    /// the trace of the change. Built on a blocking thread and handed back from it, so a caller
+    /// that hangs up meanwhile leaves a [`Transaction`] whose drop rolls it back.
+    pub async fn begin(self: &Arc<Self>, lock: WriteLock) -> Result<Transaction, RegistryError> {
         if self.is_fenced() {
             return Err(RegistryError::Fenced);
         }
         let this = Arc::clone(self);
-        let trace = span_context_map(&tracing::Span::current());
-        tokio::task::spawn_blocking(move || this.commit_blocking(records, &trace))
-            .await
-            .map_err(|e| RegistryError::KafkaUnavailable(format!("write task failed: {e}")))?
+        let headers = trace_headers(&span_context_map(&tracing::Span::current()));
+        tokio::task::spawn_blocking(move || {
+            let producer = this.producer()?;
+            if let Err(e) = producer.begin_transaction() {
+                return Err(this.recover(&producer, e));
+            }
+            Ok(Transaction {
+                writer: this,
+                producer,
+                headers,
+                deliveries: Vec::new(),
+                lock: Some(lock),
+            })
+        })
+        .await
+        .map_err(|e| RegistryError::KafkaUnavailable(format!("write task failed: {e}")))?
     }
 
-    fn commit_blocking(&self, records: Vec<Put>, trace: &BTreeMap<String, String>) -> Result<i64, RegistryError> {
+    /// The transactional producer, or a new one when the last write could not be rolled back:
+    /// its initialisation aborts what the old one left open (bounded: the broker may be away).
+    fn producer(&self) -> Result<FutureProducer, RegistryError> {
         let mut slot = self.producer.lock().expect("producer lock poisoned");
-        if slot.is_none() {
-            // The last write could not be rolled back: start over with a new producer, whose
-            // initialisation aborts what the old one left open (bounded: the broker may be away).
-            match new_producer(&self.config, RECOVERY_WAIT) {
-                Ok(producer) => {
-                    tracing::info!("a new transactional producer replaced the one a failed write left behind");
-                    *slot = Some(producer);
-                }
-                Err(e) => {
-                    return Err(RegistryError::KafkaUnavailable(format!(
-                        "cannot reach the broker to start a new transactional producer: {e}"
-                    )));
-                }
-            }
+        if let Some(producer) = slot.as_ref() {
+            return Ok(producer.clone());
         }
-        let producer = slot.as_ref().expect("set above");
-        match self.try_transaction(producer, &records, &trace_headers(trace)) {
-            Ok(offset) => Ok(offset),
-            Err(e) => {
-                let (error, usable) = self.recover(producer, e);
-                if !usable {
-                    *slot = None;
-                }
-                Err(error)
+        match new_producer(&self.config, RECOVERY_WAIT) {
+            Ok(producer) => {
+                tracing::info!("a new transactional producer replaced the one a failed write left behind");
+                *slot = Some(producer.clone());
+                Ok(producer)
             }
+            Err(e) => Err(RegistryError::KafkaUnavailable(format!(
+                "cannot reach the broker to start a new transactional producer: {e}"
+            ))),
         }
     }
 
-    fn try_transaction(
-        &self,
-        producer: &FutureProducer,
-        records: &[Put],
-        headers: &OwnedHeaders,
-    ) -> Result<i64, KafkaError> {
-        producer.begin_transaction()?;
-        let mut deliveries = Vec::with_capacity(records.len());
-        for put in records {
-            loop {
-                let mut record = FutureRecord::<str, [u8]>::to(&self.topic)
-                    .key(&put.key)
-                    .partition(0)
-                    .headers(headers.clone());
-                if let Some(value) = &put.value {
-                    record = record.payload(value);
-                }
-                match producer.send_result(record) {
-                    Ok(delivery) => {
-                        deliveries.push(delivery);
-                        break;
-                    }
-                    // The local queue is full: let librdkafka drain it, then try again.
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                        producer.poll(Duration::from_millis(50));
-                    }
-                    Err((e, _)) => return Err(e),
-                }
-            }
+    /// Ends the use of a producer whose transaction could not be rolled back: the next write
+    /// starts a new one.
+    fn discard(&self) {
+        self.producer.lock().expect("producer lock poisoned").take();
+    }
+
+    /// Turns a failed transaction into the caller's error, rolling it back; a producer that
+    /// cannot be rolled back is discarded.
+    fn recover(&self, producer: &FutureProducer, error: KafkaError) -> RegistryError {
+        let (error, usable) = self.roll_back(producer, error);
+        if !usable {
+            self.discard();
         }
-        if !self.delay_before_commit.is_zero() {
-            producer.flush(Timeout::After(TRANSACTION_TIMEOUT))?;
-            tracing::warn!(delay = ?self.delay_before_commit, "fault injection: holding the transaction open");
-            std::thread::sleep(self.delay_before_commit);
-        }
-        producer.commit_transaction(Timeout::After(COMMIT_WAIT))?;
-        let mut last = -1;
-        for delivery in deliveries {
-            match futures::executor::block_on(delivery) {
-                Ok(Ok(delivered)) => last = last.max(delivered.offset),
-                Ok(Err((e, _))) => return Err(e),
-                Err(_) => return Err(KafkaError::Canceled),
-            }
-        }
-        Ok(last)
+        error
     }
 
     /// Turns a failed transaction into the caller's error, and says whether the producer is still
     /// usable: it is after a rollback; it is not when the rollback failed too (the broker away),
     /// and the next write starts a new one. A fenced registry refuses all further writes.
-    fn recover(&self, producer: &FutureProducer, error: KafkaError) -> (RegistryError, bool) {
+    fn roll_back(&self, producer: &FutureProducer, error: KafkaError) -> (RegistryError, bool) {
         if let Some((code, reason)) = producer.client().fatal_error() {
             if matches!(
                 code,
@@ -242,6 +216,116 @@ impl Writer {
                 tracing::warn!(error = %error, abort = %abort, "a registry write failed and could not be rolled back; the next write starts a new producer");
                 (RegistryError::KafkaUnavailable(error.to_string()), false)
             }
+        }
+    }
+}
+
+/// A transaction open on the models topic under the writer's lock, its records sent as they
+/// come and committed together. Dropped before [`Transaction::commit`] (a failed check, a
+/// caller that hung up), it is rolled back on a blocking thread and the lock released after.
+pub struct Transaction {
+    writer: Arc<Writer>,
+    producer: FutureProducer,
+    headers: OwnedHeaders,
+    deliveries: Vec<DeliveryFuture>,
+    /// `None` once committed or rolled back.
+    lock: Option<WriteLock>,
+}
+
+impl Transaction {
+    /// Queues `put` in the transaction; librdkafka sends it in the background.
+    pub async fn send(&mut self, put: &Put) -> Result<(), RegistryError> {
+        loop {
+            let mut record = FutureRecord::<str, [u8]>::to(&self.writer.topic)
+                .key(&put.key)
+                .partition(0)
+                .headers(self.headers.clone());
+            if let Some(value) = &put.value {
+                record = record.payload(value);
+            }
+            match self.producer.send_result(record) {
+                Ok(delivery) => {
+                    self.deliveries.push(delivery);
+                    return Ok(());
+                }
+                // The local queue is full: librdkafka drains it in the background.
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((e, _)) => return Err(self.fail(e).await),
+            }
+        }
+    }
+
+    /// Records sent so far.
+    pub fn len(&self) -> usize {
+        self.deliveries.len()
+    }
+
+    /// Commits, and returns the offset of the last record with the lock, which the caller
+    /// keeps until the follower has applied the write. On a blocking thread that owns the
+    /// transaction: a caller that hangs up leaves the commit to finish.
+    pub async fn commit(mut self) -> Result<(i64, WriteLock), RegistryError> {
+        let lock = self.lock.take().expect("an open transaction holds the lock");
+        let (writer, producer) = (Arc::clone(&self.writer), self.producer.clone());
+        let deliveries = std::mem::take(&mut self.deliveries);
+        tokio::task::spawn_blocking(move || {
+            let committed = (|| {
+                if !writer.delay_before_commit.is_zero() {
+                    producer.flush(Timeout::After(TRANSACTION_TIMEOUT))?;
+                    tracing::warn!(delay = ?writer.delay_before_commit, "fault injection: holding the transaction open");
+                    std::thread::sleep(writer.delay_before_commit);
+                }
+                producer.commit_transaction(Timeout::After(COMMIT_WAIT))?;
+                let mut last = -1;
+                for delivery in deliveries {
+                    match futures::executor::block_on(delivery) {
+                        Ok(Ok(delivered)) => last = last.max(delivered.offset),
+                        Ok(Err((e, _))) => return Err(e),
+                        Err(_) => return Err(KafkaError::Canceled),
+                    }
+                }
+                Ok(last)
+            })();
+            committed
+                .map(|offset| (offset, lock))
+                .map_err(|e| writer.recover(&producer, e))
+        })
+        .await
+        .map_err(|e| RegistryError::KafkaUnavailable(format!("write task failed: {e}")))?
+    }
+
+    /// Rolls back after a failed send, releasing the lock once that is done.
+    async fn fail(&mut self, error: KafkaError) -> RegistryError {
+        let lock = self.lock.take();
+        let (writer, producer) = (Arc::clone(&self.writer), self.producer.clone());
+        tokio::task::spawn_blocking(move || {
+            let error = writer.recover(&producer, error);
+            drop(lock);
+            error
+        })
+        .await
+        .unwrap_or_else(|e| RegistryError::KafkaUnavailable(format!("write task failed: {e}")))
+    }
+}
+
+impl Drop for Transaction {
+    fn drop(&mut self) {
+        let Some(lock) = self.lock.take() else { return };
+        let (writer, producer) = (Arc::clone(&self.writer), self.producer.clone());
+        let roll_back = move || {
+            match producer.abort_transaction(Timeout::After(RECOVERY_WAIT)) {
+                Ok(()) => tracing::info!("rolled back a write that was abandoned before its commit"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "an abandoned write could not be rolled back; the next write starts a new producer");
+                    writer.discard();
+                }
+            }
+            drop(lock);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(roll_back)),
+            Err(_) => roll_back(),
         }
     }
 }

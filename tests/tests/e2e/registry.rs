@@ -878,3 +878,143 @@ async fn publishes_cancelled_mid_transaction_never_reuse_a_version_number_or_an_
     );
     assert_eq!(replayed, versions, "the log says the same after a replay");
 }
+
+/// A publish streams its chunks into an open transaction while the client uploads, when no
+/// other write is under way. A client that hangs up mid-upload leaves nothing a reader sees and
+/// no version number used; one that stalls past the registry's hold (2 s) is rolled back and
+/// buffered instead, so an alias move meanwhile is not held up, and it still publishes.
+#[tokio::test]
+async fn streamed_publishes_abandoned_or_stalled_leave_nothing_half_written_and_hold_up_no_other_write() {
+    use pb::publish_request::Part;
+    let setup = RegistrySetup::new().arg("--chunk-bytes").arg("4096");
+    let registry = setup.start().await;
+    let mut client = registry_client(&registry).await;
+    // 18 -> 64 -> 18: about 10 KiB of weights, three chunks of 4 KiB. Only a declared size
+    // of more than a chunk is streamed.
+    let mut m = car_autoencoder("streamed", &[64]);
+    m.weights_size = random_weights(&m, 1).len() as u64;
+    let other = manifest("bystander");
+    let bystander = publish(&mut client, &other, &random_weights(&other, 1), "")
+        .await
+        .unwrap()
+        .version
+        .unwrap();
+    let chunked = |weights: &[u8]| -> Vec<pb::PublishRequest> {
+        weights
+            .chunks(3000)
+            .map(|c| pb::PublishRequest {
+                part: Some(Part::Chunk(c.to_vec())),
+            })
+            .collect()
+    };
+    let header = |key: &str| publish_messages(&m, &[], key).remove(0);
+
+    // Hung up after two upload messages, which cover the first chunk record.
+    let abandoned = random_weights(&m, 7);
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let call = tokio::spawn({
+        let mut client = client.clone();
+        async move { client.publish(tokio_stream::wrappers::ReceiverStream::new(rx)).await }
+    });
+    tx.send(header("abandoned")).await.unwrap();
+    for message in chunked(&abandoned).into_iter().take(2) {
+        tx.send(message).await.unwrap();
+    }
+    let key = |index: u32| format!("model/streamed/1/chunk/{index}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !read_partition(&setup.topic, "read_uncommitted")
+        .await
+        .iter()
+        .any(|(k, _, _)| *k == key(0))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the first chunk never reached the log while uploading"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    call.abort();
+    drop(tx);
+
+    // The next publish gets version 1 and its own bytes; the abandoned chunk was rolled back.
+    let weights = random_weights(&m, 8);
+    let published = publish(&mut client, &m, &weights, "kept").await.unwrap();
+    assert_eq!(published.version.as_ref().unwrap().version, 1);
+    let (_, bytes) = get_model(&mut client, "streamed", by_version(1)).await.unwrap();
+    assert_eq!(bytes, weights);
+    let committed: Vec<_> = read_partition(&setup.topic, "read_committed").await;
+    let first_chunks: Vec<_> = committed.iter().filter(|(k, _, _)| *k == key(0)).collect();
+    assert_eq!(first_chunks.len(), 1, "only the kept publish's chunk is committed");
+    assert!(
+        read_partition(&setup.topic, "read_uncommitted")
+            .await
+            .iter()
+            .filter(|(k, _, _)| *k == key(0))
+            .count()
+            >= 2,
+        "the abandoned upload's chunk was written while it uploaded (then rolled back)"
+    );
+
+    // Stalled past the hold after its first message: an alias move goes through meanwhile.
+    let stalled = random_weights(&m, 9);
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let call = tokio::spawn({
+        let mut client = client.clone();
+        async move { client.publish(tokio_stream::wrappers::ReceiverStream::new(rx)).await }
+    });
+    let mut messages = chunked(&stalled).into_iter();
+    tx.send(header("stalled")).await.unwrap();
+    tx.send(messages.next().unwrap()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let moved = tokio::time::timeout(
+        Duration::from_secs(20),
+        set_alias(&mut client, "bystander", "production", bystander.version),
+    )
+    .await
+    .expect("an alias move waited on a stalled upload");
+    moved.unwrap();
+    assert!(!call.is_finished(), "the stalled publish is still uploading");
+    for message in messages {
+        tx.send(message).await.unwrap();
+    }
+    drop(tx);
+    let answer = call.await.unwrap().unwrap().into_inner();
+    assert_eq!(answer.version.unwrap().version, 2);
+    let (_, bytes) = get_model(&mut client, "streamed", by_version(2)).await.unwrap();
+    assert_eq!(bytes, stalled);
+
+    // Weights that fail validation after streaming: refused, rolled back, no version used.
+    let mut bad = random_weights(&m, 10);
+    let nan = f32::NAN.to_le_bytes();
+    let at = bad.len() - 8;
+    bad[at..at + 4].copy_from_slice(&nan);
+    let status = client
+        .publish(tokio_stream::iter(
+            std::iter::once(header("bad")).chain(chunked(&bad)).collect::<Vec<_>>(),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let weights = random_weights(&m, 11);
+    let published = publish(&mut client, &m, &weights, "after-bad").await.unwrap();
+    assert_eq!(published.version.unwrap().version, 3);
+
+    // A restarted registry sees the same three versions and the alias.
+    drop(registry);
+    let restarted = setup.start().await;
+    let mut client = registry_client(&restarted).await;
+    let versions: Vec<u64> = client
+        .list_versions(pb::ListVersionsRequest {
+            name: "streamed".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .versions
+        .into_iter()
+        .map(|v| v.version)
+        .collect();
+    assert_eq!(versions, [1, 2, 3]);
+    let (_, bytes) = get_model(&mut client, "streamed", by_version(2)).await.unwrap();
+    assert_eq!(bytes, stalled);
+}
