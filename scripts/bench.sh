@@ -26,7 +26,14 @@ start_registry() {
 
 echo "## Registry: publish and get a 52 MiB model"
 start_registry
-"$bin/registry-bench" --registry "http://127.0.0.1:$port" throughput --iterations 5
+bare_port=${BENCH_BARE_REGISTRY_PORT:-50152}
+"$bin/registry-bench" --kafka-bootstrap "${KAPPA_KAFKA_BOOTSTRAP:-127.0.0.1:9092}" bare-server \
+  --listen "127.0.0.1:$bare_port" >>"$run/bare-registry.log" 2>&1 &
+bare_pid=$!
+pids+=("$bare_pid")
+for _ in $(seq 1 60); do (echo >"/dev/tcp/127.0.0.1/$bare_port") 2>/dev/null && break; sleep 0.5; done
+"$bin/registry-bench" --registry "http://127.0.0.1:$port" throughput --iterations 5 --bare "http://127.0.0.1:$bare_port"
+kill "$bare_pid" 2>/dev/null || true
 
 echo
 echo "## Registry: start-up replay with 1,000 versions in the topic"

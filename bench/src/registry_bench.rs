@@ -1,7 +1,9 @@
 //! Registry benchmarks. `throughput`: publish and get a large model through kappa-registry,
 //! against a baseline of the same bytes produced (transactionally, in the same chunk size) and
-//! consumed straight through librdkafka in the same run. `fill`: publish many small versions, to
-//! measure the registry's start-up replay afterwards (see scripts/bench.sh).
+//! consumed straight through librdkafka in the same run, and, with `--bare`, against a bare
+//! tonic server of the same API (`bare-server`, its own process) that keeps the upload in memory:
+//! what gRPC alone allows. `fill`: publish many small versions, to measure the registry's
+//! start-up replay afterwards (see scripts/bench.sh).
 
 use std::{
     sync::Arc,
@@ -36,10 +38,21 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Mode {
-    /// Publish and get a ~52 MiB model `iterations` times; compare with raw Kafka.
+    /// Publish and get a ~52 MiB model `iterations` times; compare with raw Kafka and, given
+    /// `--bare`, with the bare server at that URL.
     Throughput {
         #[arg(long, default_value_t = 3)]
         iterations: u32,
+        /// URL of a `bare-server`.
+        #[arg(long)]
+        bare: Option<String>,
+    },
+    /// Serve the Registry API with no checks: each upload's chunks are produced to Kafka in
+    /// one transaction as they arrive (answered once it commits), and kept in memory, which is
+    /// what every GetModel returns, in 1 MiB chunks.
+    BareServer {
+        #[arg(long, default_value = "127.0.0.1:50152")]
+        listen: std::net::SocketAddr,
     },
     /// Publish `versions` small versions of one model.
     Fill {
@@ -51,11 +64,28 @@ enum Mode {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Mode::BareServer { listen } = args.command {
+        let bare = BareRegistry::new(&args.kafka_bootstrap)?;
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        tonic::transport::Server::builder()
+            .add_service(pb::registry_server::RegistryServer::new(bare))
+            .serve_with_incoming(incoming)
+            .await?;
+        return Ok(());
+    }
     let security = args.security.security().map_err(anyhow::Error::msg)?;
     let mut client = Registry::connect_with(&args.registry, &security).await?;
     match args.command {
-        Mode::Throughput { iterations } => throughput(&mut client, &args.kafka_bootstrap, iterations).await,
+        Mode::Throughput { iterations, bare } => {
+            let bare = match bare {
+                Some(url) => Some(Registry::connect_with(&url, &kappa_client::ClientSecurity::default()).await?),
+                None => None,
+            };
+            throughput(&mut client, bare, &args.kafka_bootstrap, iterations).await
+        }
         Mode::Fill { versions } => fill(&mut client, versions).await,
+        Mode::BareServer { .. } => unreachable!("served above"),
     }
 }
 
@@ -98,7 +128,12 @@ fn mib_per_s(bytes: usize, elapsed: Duration) -> f64 {
     bytes as f64 / (1024.0 * 1024.0) / elapsed.as_secs_f64()
 }
 
-async fn throughput(client: &mut Registry, bootstrap: &str, iterations: u32) -> anyhow::Result<()> {
+async fn throughput(
+    client: &mut Registry,
+    mut bare: Option<Registry>,
+    bootstrap: &str,
+    iterations: u32,
+) -> anyhow::Result<()> {
     let name = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let manifest = kappa_fleet::car_autoencoder(&name, &[2048, 2048, 2048, 2560]);
     let weights = kappa_model::example::random_weights(&manifest, 1);
@@ -118,6 +153,7 @@ async fn throughput(client: &mut Registry, bootstrap: &str, iterations: u32) -> 
     // Kappa and the baseline alternate, so both see the same page cache and the same neighbours.
     let (mut publish_time, mut get_time) = (Duration::ZERO, Duration::ZERO);
     let (mut raw_produce, mut raw_consume) = (Duration::ZERO, Duration::ZERO);
+    let (mut bare_publish, mut bare_get) = (Duration::ZERO, Duration::ZERO);
     for i in 0..iterations {
         let started = Instant::now();
         let version = publish(client, &manifest, &weights, &format!("bench-{i}")).await?;
@@ -135,28 +171,56 @@ async fn throughput(client: &mut Registry, bootstrap: &str, iterations: u32) -> 
         .await??;
         raw_produce += produced;
         raw_consume += consumed;
+        if let Some(bare) = bare.as_mut() {
+            let started = Instant::now();
+            publish(bare, &manifest, &weights, "").await?;
+            bare_publish += started.elapsed();
+            let started = Instant::now();
+            let read = get(bare, &name, 1).await?;
+            bare_get += started.elapsed();
+            anyhow::ensure!(read == size, "the bare server returned {read} bytes, expected {size}");
+        }
     }
 
     let total = size * iterations as usize;
-    let rows = [
+    let (publish_rate, get_rate) = (mib_per_s(total, publish_time), mib_per_s(total, get_time));
+    let mut rows = vec![
         (
             "publish (registry)",
-            mib_per_s(total, publish_time),
+            publish_rate,
             mib_per_s(total, raw_produce),
             "raw transactional produce",
+            ">= 0.7x",
         ),
         (
             "get (registry)",
-            mib_per_s(total, get_time),
+            get_rate,
             mib_per_s(total, raw_consume),
             "raw read_committed consume",
+            ">= 0.7x",
         ),
     ];
+    if bare.is_some() {
+        rows.push((
+            "publish (registry)",
+            publish_rate,
+            mib_per_s(total, bare_publish),
+            "bare tonic server of the same API: chunks produced to Kafka in one transaction as they arrive, no checks",
+            "",
+        ));
+        rows.push((
+            "get (registry)",
+            get_rate,
+            mib_per_s(total, bare_get),
+            "bare tonic server of the same API, served from memory",
+            "",
+        ));
+    }
     println!("| operation | Kappa MiB/s | baseline | baseline MiB/s | ratio | target |");
     println!("|---|---|---|---|---|---|");
-    for (op, kappa, base, base_name) in rows {
+    for (op, kappa, base, base_name, target) in rows {
         println!(
-            "| {op} | {kappa:.1} | {base_name} | {base:.1} | {:.2}x | >= 0.7x |",
+            "| {op} | {kappa:.1} | {base_name} | {base:.1} | {:.2}x | {target} |",
             kappa / base
         );
     }
@@ -259,4 +323,154 @@ async fn fill(client: &mut Registry, versions: u32) -> anyhow::Result<()> {
         f64::from(versions) / elapsed.as_secs_f64()
     );
     Ok(())
+}
+
+/// The Registry API with the least behind it: an upload's chunks go to Kafka in one
+/// transaction as they arrive, with no checks, no catalog and no read-back; the last upload is
+/// kept in memory and served back in 1 MiB chunks, each copied into its message as the registry
+/// copies a record's.
+struct BareRegistry {
+    weights: std::sync::Mutex<Arc<Vec<u8>>>,
+    producer: rdkafka::producer::FutureProducer,
+    topic: String,
+}
+
+impl BareRegistry {
+    fn new(bootstrap: &str) -> anyhow::Result<Self> {
+        let topic = format!("bench.bare-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let producer: rdkafka::producer::FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("transactional.id", format!("{topic}-producer"))
+            .set("message.max.bytes", (CHUNK + 64 * 1024).to_string())
+            .set("linger.ms", "2")
+            .create()?;
+        producer.init_transactions(Timeout::After(Duration::from_secs(30)))?;
+        Ok(Self {
+            weights: std::sync::Mutex::new(Arc::new(Vec::new())),
+            producer,
+            topic,
+        })
+    }
+}
+
+type Answers<T> = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<T, tonic::Status>> + Send>>;
+
+fn not_here<T>() -> Result<tonic::Response<T>, tonic::Status> {
+    Err(tonic::Status::unimplemented(
+        "the bare baseline serves Publish and GetModel only",
+    ))
+}
+
+#[tonic::async_trait]
+impl pb::registry_server::Registry for BareRegistry {
+    async fn publish(
+        &self,
+        request: tonic::Request<tonic::Streaming<pb::PublishRequest>>,
+    ) -> Result<tonic::Response<pb::PublishResponse>, tonic::Status> {
+        use rdkafka::producer::FutureRecord;
+        let failed = |e: rdkafka::error::KafkaError| tonic::Status::unavailable(e.to_string());
+        let mut stream = request.into_inner();
+        let mut weights = Vec::new();
+        tokio::task::block_in_place(|| self.producer.begin_transaction()).map_err(failed)?;
+        let mut deliveries = Vec::new();
+        while let Some(message) = stream.message().await? {
+            match message.part {
+                Some(pb::publish_request::Part::Header(header)) => {
+                    let declared = header.manifest.map_or(0, |m| m.weights_size);
+                    weights.reserve(usize::try_from(declared).unwrap_or(0));
+                }
+                Some(pb::publish_request::Part::Chunk(chunk)) => {
+                    let key = format!("chunk/{}", deliveries.len());
+                    let record = FutureRecord::<str, [u8]>::to(&self.topic).key(&key).payload(&chunk);
+                    deliveries.push(self.producer.send_result(record).map_err(|(e, _)| failed(e))?);
+                    weights.extend_from_slice(&chunk);
+                }
+                None => {}
+            }
+        }
+        tokio::task::block_in_place(|| {
+            self.producer
+                .commit_transaction(Timeout::After(Duration::from_secs(60)))
+        })
+        .map_err(failed)?;
+        for delivery in deliveries {
+            delivery
+                .await
+                .map_err(|_| tonic::Status::unavailable("a delivery was cancelled"))?
+                .map_err(|(e, _)| failed(e))?;
+        }
+        *self.weights.lock().expect("weights lock") = Arc::new(weights);
+        Ok(tonic::Response::new(pb::PublishResponse {
+            version: Some(pb::ModelVersion {
+                version: 1,
+                ..Default::default()
+            }),
+            deduplicated: false,
+        }))
+    }
+
+    type GetModelStream = Answers<pb::GetModelResponse>;
+
+    async fn get_model(
+        &self,
+        _request: tonic::Request<pb::GetModelRequest>,
+    ) -> Result<tonic::Response<Self::GetModelStream>, tonic::Status> {
+        let weights = Arc::clone(&self.weights.lock().expect("weights lock"));
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            for chunk in weights.chunks(CHUNK) {
+                let part = pb::get_model_response::Part::Chunk(chunk.to_vec());
+                if tx.send(Ok(pb::GetModelResponse { part: Some(part) })).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(tonic::Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn list_models(
+        &self,
+        _: tonic::Request<pb::ListModelsRequest>,
+    ) -> Result<tonic::Response<pb::ListModelsResponse>, tonic::Status> {
+        not_here()
+    }
+
+    async fn list_versions(
+        &self,
+        _: tonic::Request<pb::ListVersionsRequest>,
+    ) -> Result<tonic::Response<pb::ListVersionsResponse>, tonic::Status> {
+        not_here()
+    }
+
+    async fn set_alias(
+        &self,
+        _: tonic::Request<pb::SetAliasRequest>,
+    ) -> Result<tonic::Response<pb::SetAliasResponse>, tonic::Status> {
+        not_here()
+    }
+
+    async fn delete_alias(
+        &self,
+        _: tonic::Request<pb::DeleteAliasRequest>,
+    ) -> Result<tonic::Response<pb::DeleteAliasResponse>, tonic::Status> {
+        not_here()
+    }
+
+    async fn delete_version(
+        &self,
+        _: tonic::Request<pb::DeleteVersionRequest>,
+    ) -> Result<tonic::Response<pb::DeleteVersionResponse>, tonic::Status> {
+        not_here()
+    }
+
+    type WatchModelsStream = Answers<pb::WatchModelsResponse>;
+
+    async fn watch_models(
+        &self,
+        _: tonic::Request<pb::WatchModelsRequest>,
+    ) -> Result<tonic::Response<Self::WatchModelsStream>, tonic::Status> {
+        not_here()
+    }
 }
