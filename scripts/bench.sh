@@ -26,14 +26,14 @@ start_registry() {
 
 echo "## Registry: publish and get a 52 MiB model"
 start_registry
-bare_port=${BENCH_BARE_REGISTRY_PORT:-50152}
+bare_port=${BENCH_BARE_REGISTRY_PORT:-50155}
 "$bin/registry-bench" --kafka-bootstrap "${KAPPA_KAFKA_BOOTSTRAP:-127.0.0.1:9092}" bare-server \
   --listen "127.0.0.1:$bare_port" >>"$run/bare-registry.log" 2>&1 &
 bare_pid=$!
 pids+=("$bare_pid")
 for _ in $(seq 1 60); do (echo >"/dev/tcp/127.0.0.1/$bare_port") 2>/dev/null && break; sleep 0.5; done
 "$bin/registry-bench" --registry "http://127.0.0.1:$port" throughput --iterations 5 --bare "http://127.0.0.1:$bare_port"
-kill "$bare_pid" 2>/dev/null || true
+kill "$bare_pid" 2>/dev/null || true; wait "$bare_pid" 2>/dev/null || true
 
 echo
 echo "## Registry: start-up replay with 1,000 versions in the topic"
@@ -55,15 +55,21 @@ echo "## Predictor: unary Predict against a bare tonic server of the same API"
 pport=${BENCH_PREDICTOR_PORT:-50152}; eport=${BENCH_ECHO_PORT:-50153}; pmetrics=${BENCH_PREDICTOR_METRICS_PORT:-9152}
 "$bin/kappa-predictor" --listen "127.0.0.1:$pport" --metrics-listen "127.0.0.1:$pmetrics" --models-topic "$topic" \
   --model bench-model --log warn >>"$run/predictor.log" 2>&1 &
-pids+=($!)
+predictor_pid=$!
+pids+=("$predictor_pid")
 "$bin/predictor-bench" echo-server --listen "127.0.0.1:$eport" &
+pids+=($!)
+hport=${BENCH_HOP_ECHO_PORT:-50154}
+"$bin/predictor-bench" echo-server --hop --listen "127.0.0.1:$hport" &
 pids+=($!)
 for _ in $(seq 1 120); do
   curl -sf "http://127.0.0.1:$pmetrics/metrics" | grep -q '^kappa_predictor_model_ready 1' && break
   sleep 0.5
 done
-"$bin/predictor-bench" serve --predictor "http://127.0.0.1:$pport" --echo "http://127.0.0.1:$eport" --seconds "${BENCH_SECONDS:-5}"
-rss=$(awk '/VmRSS/ {print $2}' "/proc/${pids[-2]}/status")
+# Three rounds in which the predictor, the echo and the hopping echo take turns.
+"$bin/predictor-bench" serve --predictor "http://127.0.0.1:$pport" --echo "http://127.0.0.1:$eport" \
+  --hop-echo "http://127.0.0.1:$hport" --seconds "${BENCH_SERVE_SECONDS:-2}" --rounds "${BENCH_SERVE_ROUNDS:-3}"
+rss=$(awk '/VmRSS/ {print $2}' "/proc/$predictor_pid/status")
 echo
 echo "predictor RSS with the model loaded, after the load: $((rss / 1024)) MiB (target 32 MiB)"
 
