@@ -16,7 +16,8 @@ topic="bench.models-$(date +%s)"
 start_registry() {
   "$bin/kappa-registry" --listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$metrics" --models-topic "$topic" \
     --transactional-id "bench-$topic" --log warn >>"$run/registry.log" 2>&1 &
-  pids+=($!)
+  registry_pid=$!
+  pids+=("$registry_pid")
   for _ in $(seq 1 120); do
     curl -sf "http://127.0.0.1:$metrics/metrics" | grep -q '^kappa_registry_replay_seconds [0-9.e-]*[1-9]' && return
     sleep 0.5
@@ -38,7 +39,7 @@ kill "$bare_pid" 2>/dev/null || true; wait "$bare_pid" 2>/dev/null || true
 echo
 echo "## Registry: start-up replay with 1,000 versions in the topic"
 "$bin/registry-bench" --registry "http://127.0.0.1:$port" fill --versions 1000
-kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
+kill "$registry_pid"; wait "$registry_pid" 2>/dev/null || true
 start_registry
 replay=$(curl -s "http://127.0.0.1:$metrics/metrics" | awk '/^kappa_registry_replay_seconds/ {print $2}')
 records=$(curl -s "http://127.0.0.1:$metrics/metrics" | awk '/^kappa_registry_log_position/ {print $2}')
