@@ -93,6 +93,9 @@ pub fn scan(
     }
     consumer.assign(&assignment)?;
     let (mut last_record, mut last_error) = (Instant::now(), None::<KafkaError>);
+    // Records seen up to the last idle poll: the clock is read when a poll comes back empty,
+    // not once per record (reading it is a measurable part of a fast scan).
+    let (mut seen, mut seen_at_idle) = (0_u64, 0_u64);
     while !remaining.is_empty() {
         if !keep_going(scanned.read) {
             return Ok(scanned);
@@ -103,6 +106,9 @@ pub fn scan(
             idle => {
                 if let Some(Err(e)) = idle {
                     last_error = Some(e);
+                }
+                if seen != seen_at_idle {
+                    (seen_at_idle, last_record) = (seen, Instant::now());
                 }
                 // A transaction marker can be a partition's last offset: no record ever reaches it.
                 remaining.retain(|&p, end| {
@@ -126,7 +132,7 @@ pub fn scan(
                 continue;
             }
         };
-        last_record = Instant::now();
+        seen += 1;
         let (partition, offset) = (message.partition(), message.offset());
         let Some(&end) = remaining.get(&partition) else {
             continue;
