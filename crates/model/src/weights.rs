@@ -19,6 +19,16 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// layers declare, with matching shapes and only finite values, and that it matches any digest
 /// or size the manifest already declares. The manifest itself must already be valid.
 pub fn validate_weights(manifest: &ModelManifest, bytes: &[u8]) -> Result<ValidatedWeights, ModelError> {
+    validate_hashed_weights(manifest, bytes, sha256_hex(bytes))
+}
+
+/// [`validate_weights`] for bytes whose SHA-256 (`sha256`, lower-case hex) the caller computed
+/// as they arrived, so a large upload is not hashed again once complete.
+pub fn validate_hashed_weights(
+    manifest: &ModelManifest,
+    bytes: &[u8],
+    sha256: String,
+) -> Result<ValidatedWeights, ModelError> {
     let invalid = |msg: String| ModelError::InvalidWeights(msg);
     let tensors = SafeTensors::deserialize(bytes).map_err(|e| invalid(format!("not a safetensors file ({e})")))?;
 
@@ -69,7 +79,7 @@ pub fn validate_weights(manifest: &ModelManifest, bytes: &[u8]) -> Result<Valida
     }
 
     let validated = ValidatedWeights {
-        sha256: sha256_hex(bytes),
+        sha256,
         size: bytes.len() as u64,
     };
     if !manifest.weights_sha256.is_empty() && !manifest.weights_sha256.eq_ignore_ascii_case(&validated.sha256) {

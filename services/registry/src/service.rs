@@ -11,13 +11,14 @@ use kappa_api::{
     registry::{self as pb, registry_server::Registry},
 };
 use kappa_kafka::KafkaClients;
-use kappa_model::{signing::TrustedKeys, validate_manifest, validate_weights};
+use kappa_model::{signing::TrustedKeys, validate_hashed_weights, validate_manifest};
 use kappa_modellog::{ModelKey, ModelLog, follower::Progress};
 use kappa_runtime::{
     auth::{Principal, Role},
     propagation::span_context_map,
 };
 use prost::Message as _;
+use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -245,6 +246,8 @@ impl RegistryService {
         let mut weights = Vec::with_capacity(usize::try_from(declared).unwrap_or(0));
         // Held until this publish is answered: the bytes it buffers count against the budget.
         let mut held: Option<tokio::sync::OwnedSemaphorePermit> = None;
+        // Hashed as it arrives (under a millisecond a chunk), not all at once after the upload.
+        let mut digest = Sha256::new();
         // The version record names the transaction's span: predictors loading it continue there.
         let span = transaction_span();
         // A model of several chunks, its size declared, goes into the log as it arrives when no
@@ -315,6 +318,7 @@ impl RegistryService {
                         None => held = Some(more),
                     }
                     weights.extend_from_slice(&bytes);
+                    digest.update(&bytes);
                     if let Some(s) = streamed.as_mut() {
                         s.write_chunks(&manifest.name, &weights, self.chunk_bytes, false)
                             .await?;
@@ -330,11 +334,12 @@ impl RegistryService {
             return Err(invalid("no weights arrived after the header"));
         }
 
-        // Parsing and hashing a large model takes long enough to keep it off the async workers;
+        // Parsing and scanning a large model takes long enough to keep it off the async workers;
         // meanwhile librdkafka goes on sending a streamed publish's chunks. An invalid one is
         // rolled back when `streamed` drops, its last chunk not yet written.
+        let sha256 = hex::encode(digest.finalize());
         let (manifest_back, weights, validated) = tokio::task::spawn_blocking(move || {
-            let validated = validate_weights(&manifest, &weights);
+            let validated = validate_hashed_weights(&manifest, &weights, sha256);
             (manifest, weights, validated)
         })
         .await
