@@ -213,6 +213,7 @@ fn request() -> PredictRequest {
     }
 }
 
+#[derive(Default)]
 struct Run {
     requests: usize,
     elapsed: Duration,
@@ -300,29 +301,22 @@ async fn main() -> anyhow::Result<()> {
                 .collect();
             // [server][0: 64 in flight, 1: 1 in flight]; the servers take turns within each round,
             // so the machine's noise falls on all of them alike.
-            let mut runs: Vec<[Option<Run>; 2]> = servers.iter().map(|_| [None, None]).collect();
+            let mut runs: Vec<[Run; 2]> = servers.iter().map(|_| Default::default()).collect();
             for _ in 0..rounds.max(1) {
                 for (slot, in_flight) in [(0, 64), (1, 1)] {
                     for (server, url) in servers.iter().enumerate() {
-                        let run = drive(url, in_flight, seconds).await?;
-                        match &mut runs[server][slot] {
-                            Some(total) => total.add(run),
-                            None => runs[server][slot] = Some(run),
-                        }
+                        runs[server][slot].add(drive(url, in_flight, seconds).await?);
                     }
                 }
             }
-            let mut runs: Vec<[Run; 2]> = runs
-                .into_iter()
-                .map(|[a, b]| [a.expect("every round ran"), b.expect("every round ran")])
-                .collect();
             println!("| measurement | kappa-predictor | baseline | baseline's | ratio | target |");
             println!("|---|---|---|---|---|---|");
             let names = ["tonic echo", "tonic echo answering from its own thread"];
-            for (b, name) in names.iter().enumerate().take(servers.len() - 1) {
-                let (kappa, base) = runs.split_at_mut(1);
-                let (kappa, base) = (&mut kappa[0], &mut base[b]);
-                let target = |t: &'static str| if b == 0 { t } else { "" };
+            let (kappa, baselines) = runs.split_at_mut(1);
+            let kappa = &mut kappa[0];
+            for (name, base) in names.iter().zip(baselines.iter_mut()) {
+                // The targets are against the plain echo.
+                let target = |t: &'static str| if *name == names[0] { t } else { "" };
                 println!(
                     "| unary Predict throughput, 64 in flight | {:.0} req/s | {name} | {:.0} req/s | {:.2}x | {} |",
                     kappa[0].rps(),
@@ -330,28 +324,18 @@ async fn main() -> anyhow::Result<()> {
                     kappa[0].rps() / base[0].rps(),
                     target(">= 0.85x")
                 );
-                let (k99, e99) = (kappa[0].percentile(0.99), base[0].percentile(0.99));
-                println!(
-                    "| p99 latency, 64 in flight | {:.3} ms | {name} | {:.3} ms | {:.2}x | |",
-                    ms(k99),
-                    ms(e99),
-                    ms(k99) / ms(e99)
-                );
-                let (k50, e50) = (kappa[1].percentile(0.5), base[1].percentile(0.5));
-                let (k99, e99) = (kappa[1].percentile(0.99), base[1].percentile(0.99));
-                println!(
-                    "| p50 latency, 1 in flight | {:.3} ms | {name} | {:.3} ms | {:.2}x | |",
-                    ms(k50),
-                    ms(e50),
-                    ms(k50) / ms(e50)
-                );
-                println!(
-                    "| p99 latency, 1 in flight | {:.3} ms | {name} | {:.3} ms | {:.2}x | {} |",
-                    ms(k99),
-                    ms(e99),
-                    ms(k99) / ms(e99),
-                    target("<= 1.3x")
-                );
+                for (label, slot, p, goal) in [
+                    ("p99 latency, 64 in flight", 0, 0.99, ""),
+                    ("p50 latency, 1 in flight", 1, 0.5, ""),
+                    ("p99 latency, 1 in flight", 1, 0.99, "<= 1.3x"),
+                ] {
+                    let (k, b) = (ms(kappa[slot].percentile(p)), ms(base[slot].percentile(p)));
+                    println!(
+                        "| {label} | {k:.3} ms | {name} | {b:.3} ms | {:.2}x | {} |",
+                        k / b,
+                        target(goal)
+                    );
+                }
             }
         }
         Mode::Swaps {

@@ -36,7 +36,7 @@ use crate::{
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 256;
 /// How long a write waits for an earlier one still in flight before it is UNAVAILABLE.
 const WRITE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
-/// How long a publish may keep the log to itself while its client uploads (see [`Streamed`]).
+/// How long a publish may keep the log to itself while its client uploads (see `publish_inner`).
 const STREAM_HOLD: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub struct RegistryService {
@@ -255,35 +255,25 @@ impl RegistryService {
         // buffered and written after. Either way a refusal leaves nothing a reader sees.
         let streams = declared > self.chunk_bytes as u64;
         let mut streamed = match streams.then(|| self.writer.try_lock()).flatten() {
-            Some(lock) => {
-                if let Some(existing) = self.deduplicate(&manifest.name, &key)? {
-                    return Ok(existing);
-                }
-                let version = self.catalog().next_version(&manifest.name);
-                Some(Streamed {
-                    transaction: self.begin_in(&span, lock).await?,
-                    version,
-                    written: 0,
-                    until: tokio::time::Instant::now() + STREAM_HOLD,
-                })
-            }
+            Some(lock) => match self.open_version(&span, &manifest.name, &key, lock).await? {
+                Ok(writer) => Some(writer),
+                Err(existing) => return Ok(existing),
+            },
             None => None,
         };
+        // How long the upload may keep the log to itself: past it, the transaction is rolled
+        // back (on drop) and the rest buffered, so a slow client does not hold up other writes.
+        let hold = tokio::time::Instant::now() + STREAM_HOLD;
         loop {
             let waiting = tokio::time::Instant::now();
             let message = loop {
                 let wait = match &streamed {
-                    Some(s) => idle.min(s.until.saturating_duration_since(waiting)),
+                    Some(_) => idle.min(hold.saturating_duration_since(waiting)),
                     None => idle.saturating_sub(waiting.elapsed()),
                 };
                 match tokio::time::timeout(wait, stream.message()).await {
                     Ok(message) => break message?,
-                    // Too slow to keep other writes waiting: rolled back (on drop), buffered on.
-                    Err(_)
-                        if streamed
-                            .as_ref()
-                            .is_some_and(|s| s.until <= tokio::time::Instant::now()) =>
-                    {
+                    Err(_) if streamed.is_some() && hold <= tokio::time::Instant::now() => {
                         tracing::info!(
                             model = manifest.name,
                             "the upload outlasted the time a streamed publish may hold the log; buffering the rest"
@@ -319,9 +309,8 @@ impl RegistryService {
                     }
                     weights.extend_from_slice(&bytes);
                     digest.update(&bytes);
-                    if let Some(s) = streamed.as_mut() {
-                        s.write_chunks(&manifest.name, &weights, self.chunk_bytes, false)
-                            .await?;
+                    if let Some(writer) = streamed.as_mut() {
+                        writer.write_chunks(&weights, false).await?;
                     }
                 }
                 Some(Part::Header(_)) => {
@@ -358,46 +347,30 @@ impl RegistryService {
                 })?;
         }
 
-        let name = manifest.name.clone();
-        let chunk_count = weights.len().div_ceil(self.chunk_bytes) as u32;
-        let trace_context = span_context_map(&span);
-        let (transaction, records, version) = match streamed {
-            Some(mut streamed) => {
-                streamed.write_chunks(&name, &weights, self.chunk_bytes, true).await?;
-                let Streamed {
-                    transaction, version, ..
-                } = streamed;
-                manifest.version = version;
-                manifest.created_at_ms = now_ms();
-                let record = version_record(manifest, chunk_count, key, trace_context, published_by.clone(), signed);
-                (transaction, vec![record], version)
-            }
+        let mut writer = match streamed {
+            Some(writer) => writer,
             None => {
                 let lock = self.writer.lock(WRITE_WAIT).await?;
                 // A concurrent retry with the same key may have won the lock first.
-                if let Some(existing) = self.deduplicate(&name, &key)? {
-                    return Ok(existing);
+                match self.open_version(&span, &manifest.name, &key, lock).await? {
+                    Ok(writer) => writer,
+                    Err(existing) => return Ok(existing),
                 }
-                let version = self.catalog().next_version(&name);
-                manifest.version = version;
-                manifest.created_at_ms = now_ms();
-                let mut records: Vec<Put> = weights
-                    .chunks(self.chunk_bytes)
-                    .enumerate()
-                    .map(|(index, data)| chunk_record(&name, version, index as u32, data))
-                    .collect();
-                records.push(version_record(
-                    manifest,
-                    chunk_count,
-                    key,
-                    trace_context,
-                    published_by.clone(),
-                    signed,
-                ));
-                (self.begin_in(&span, lock).await?, records, version)
             }
         };
-        self.finish_in(span, transaction, records).await?;
+        writer.write_chunks(&weights, true).await?;
+        let (name, version) = (manifest.name.clone(), writer.version);
+        manifest.version = version;
+        manifest.created_at_ms = now_ms();
+        let record = version_record(
+            manifest,
+            writer.chunks(),
+            key,
+            span_context_map(&span),
+            published_by.clone(),
+            signed,
+        );
+        self.finish_in(span, writer.transaction, vec![record]).await?;
         self.metrics.published_bytes.inc_by(weights.len() as u64);
         self.metrics
             .publishes
@@ -414,6 +387,28 @@ impl RegistryService {
             version: Some(self.catalog().model_version(&name, version)?),
             deduplicated: false,
         })
+    }
+
+    /// Under `lock`: the version stored for `key` already (a retry), or the next version of
+    /// `name` with its transaction open, whose records carry `span`'s trace context.
+    async fn open_version(
+        &self,
+        span: &tracing::Span,
+        name: &str,
+        key: &str,
+        lock: WriteLock,
+    ) -> Result<Result<VersionWriter, pb::PublishResponse>, RegistryError> {
+        if let Some(existing) = self.deduplicate(name, key)? {
+            return Ok(Err(existing));
+        }
+        let version = self.catalog().next_version(name);
+        Ok(Ok(VersionWriter {
+            transaction: self.begin_in(span, lock).await?,
+            name: name.to_owned(),
+            version,
+            chunk_bytes: self.chunk_bytes,
+            written: 0,
+        }))
     }
 
     fn deduplicate(&self, name: &str, key: &str) -> Result<Option<pb::PublishResponse>, RegistryError> {
@@ -615,8 +610,7 @@ impl RegistryService {
     }
 }
 
-/// The records of one version: its chunks, then the version record, which readers take as the
-/// sign that every chunk before it is there.
+/// One chunk of a version's weights.
 fn chunk_record(name: &str, version: u64, index: u32, data: &[u8]) -> Put {
     Put {
         key: ModelKey::Chunk {
@@ -629,7 +623,8 @@ fn chunk_record(name: &str, version: u64, index: u32, data: &[u8]) -> Put {
     }
 }
 
-/// The record that makes a version exist, written after its `chunk_count` chunks.
+/// The record that makes a version exist, written after its `chunk_count` chunks: readers take
+/// it as the sign that every chunk before it is there.
 fn version_record(
     manifest: ModelManifest,
     chunk_count: u32,
@@ -655,35 +650,37 @@ fn version_record(
     }
 }
 
-/// A publish whose chunks go into an open transaction as they arrive.
-struct Streamed {
+/// A version being written: its transaction, open under the writer's lock, into which the
+/// weights go chunk by chunk, while they upload (a streamed publish) or once they are in.
+struct VersionWriter {
     transaction: Transaction,
+    name: String,
     /// Assigned under the lock the transaction holds.
     version: u64,
-    /// Bytes of the upload already in chunk records.
+    chunk_bytes: usize,
+    /// Bytes of the weights already in chunk records.
     written: usize,
-    /// How long the upload may keep the log to itself: past it, the transaction is rolled
-    /// back and the rest buffered, so a slow client does not hold up other writes.
-    until: tokio::time::Instant,
 }
 
-impl Streamed {
+impl VersionWriter {
     /// Writes every whole chunk of `weights` not yet written, and with `last` the rest too.
-    async fn write_chunks(
-        &mut self,
-        name: &str,
-        weights: &[u8],
-        chunk_bytes: usize,
-        last: bool,
-    ) -> Result<(), RegistryError> {
-        while weights.len() - self.written >= chunk_bytes || (last && self.written < weights.len()) {
-            let end = weights.len().min(self.written + chunk_bytes);
-            let index = (self.written / chunk_bytes) as u32;
-            let record = chunk_record(name, self.version, index, &weights[self.written..end]);
+    /// Each record is one copy of at most a chunk; the task yields between them, so a large
+    /// model written at once does not hold an async worker for the whole of it.
+    async fn write_chunks(&mut self, weights: &[u8], last: bool) -> Result<(), RegistryError> {
+        while weights.len() - self.written >= self.chunk_bytes || (last && self.written < weights.len()) {
+            let end = weights.len().min(self.written + self.chunk_bytes);
+            let index = (self.written / self.chunk_bytes) as u32;
+            let record = chunk_record(&self.name, self.version, index, &weights[self.written..end]);
             self.transaction.send(&record).await?;
             self.written = end;
+            tokio::task::yield_now().await;
         }
         Ok(())
+    }
+
+    /// The number of chunk records written.
+    fn chunks(&self) -> u32 {
+        self.written.div_ceil(self.chunk_bytes) as u32
     }
 }
 
