@@ -18,7 +18,7 @@ use opentelemetry::trace::TraceContextExt as _;
 use rdkafka::{
     error::{KafkaError, RDKafkaErrorCode},
     message::{Header, OwnedHeaders},
-    producer::{FutureProducer, FutureRecord},
+    producer::{FutureProducer, FutureRecord, Producer as _},
 };
 use rumqttc::Outgoing;
 use rumqttc::v5::{
@@ -32,6 +32,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
+use kappa_kafka::KafkaClients;
+
 use crate::{
     message::{self, Route},
     metrics::BridgeMetrics,
@@ -44,6 +46,20 @@ use crate::{
 pub struct Producers {
     pub batched: FutureProducer,
     pub alone: FutureProducer,
+}
+
+impl Producers {
+    pub fn new(kafka: &KafkaClients) -> anyhow::Result<Self> {
+        let producer = |extra: &[(&str, &str)]| -> anyhow::Result<FutureProducer> {
+            let mut settings = vec![("acks", "all"), ("enable.idempotence", "true")];
+            settings.extend_from_slice(extra);
+            Ok(kafka.config(&settings).create()?)
+        };
+        Ok(Self {
+            batched: producer(&[("linger.ms", "5")])?,
+            alone: producer(&[("linger.ms", "0"), ("batch.num.messages", "1")])?,
+        })
+    }
 }
 
 pub struct Settings {
@@ -72,7 +88,26 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     }
 }
 
-type Pending = Pin<Box<dyn Future<Output = Publish> + Send>>;
+type Pending = Pin<Box<dyn Future<Output = Result<Publish, ProducerFailed>> + Send>>;
+
+/// A producer that hit a fatal error: librdkafka's idempotent producer gives up for good when
+/// it can no longer vouch for its sequence numbers (a broker that lost or rewound its state),
+/// and every later send fails. Only new producers go on, so the bridge loop ends and its
+/// supervisor starts it again; the MQTT broker redelivers what was not acknowledged.
+#[derive(Debug)]
+pub struct ProducerFailed(String);
+
+impl std::fmt::Display for ProducerFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the Kafka producer failed for good ({}); starting again with new producers, and the MQTT broker redelivers what was not acknowledged",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for ProducerFailed {}
 
 pub async fn run(
     options: MqttOptions,
@@ -96,6 +131,7 @@ pub async fn run(
     // expired; see `RESUBSCRIBE_AFTER`.
     let mut resubscribe_at: Option<tokio::time::Instant> = None;
     let mut resumed = false;
+    let mut failed = None;
     loop {
         if subscribe && client.try_subscribe(subscription.clone(), QoS::AtLeastOnce).is_ok() {
             subscribe = false;
@@ -118,7 +154,13 @@ pub async fn run(
             }
             Some(done) = pending.next(), if !pending.is_empty() => {
                 metrics.in_flight.dec();
-                acks.push_back(done);
+                match done {
+                    Ok(done) => acks.push_back(done),
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
             }
             // Also after shutdown, until the acknowledgements are out.
             event = events.poll() => match event {
@@ -180,8 +222,20 @@ pub async fn run(
             },
         }
     }
+    // What Kafka took before a failure is still acknowledged; the rest is redelivered.
+    metrics.in_flight.dec_by(pending.len() as i64);
+    drop(pending);
+    while let Some(done) = acks.front() {
+        if client.try_ack(done).is_err() {
+            break;
+        }
+        acks.pop_front();
+    }
     disconnect(&client, &mut events).await;
-    Ok(())
+    match failed {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
 }
 
 /// Sends DISCONNECT after the acknowledgements queued before it, so the broker ends the
@@ -243,13 +297,14 @@ fn message_span(publish: &Publish, mqtt_topic: &str, kafka_topic: &str) -> traci
 }
 
 /// Produces the message (to the sensor or the dead-letter topic), retrying until Kafka
-/// acknowledges it: the message must not be acknowledged to MQTT before.
+/// acknowledges it: the message must not be acknowledged to MQTT before. Gives up only when
+/// the producer itself has failed for good.
 async fn deliver(
     publish: Publish,
     producers: Producers,
     settings: Arc<Settings>,
     metrics: Arc<BridgeMetrics>,
-) -> Publish {
+) -> Result<Publish, ProducerFailed> {
     let received = Instant::now();
     let topic = String::from_utf8_lossy(&publish.topic).into_owned();
     let key = message::key_of(&settings.filter, &topic).to_owned();
@@ -324,6 +379,9 @@ async fn deliver(
                 alone = false;
             }
             Err((e, _)) => {
+                if let Some((code, reason)) = producer.client().fatal_error() {
+                    return Err(ProducerFailed(format!("{code:?}: {reason}")));
+                }
                 tracing::warn!(error = %e, retry_in = ?wait, "producing a message failed; retrying");
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(5));
@@ -335,5 +393,44 @@ async fn deliver(
         Route::DeadLetter(_) => metrics.dead_lettered.inc(),
     };
     metrics.produce_latency.observe(received.elapsed().as_secs_f64());
-    publish
+    Ok(publish)
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::{mocking::MockCluster, types::RDKafkaApiKey, types::RDKafkaRespErr};
+
+    use super::*;
+
+    /// librdkafka's in-process mock broker, which can answer a ProduceRequest with the error a
+    /// broker that lost its producer state gives: Kafka itself cannot be made to. The outage
+    /// the bridge rides out is tested against the real broker (e2e `bridge::`).
+    #[tokio::test]
+    async fn a_producer_that_failed_for_good_ends_the_delivery_instead_of_retrying_forever() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("sensors", 1, 1).unwrap();
+        cluster.request_errors(
+            RDKafkaApiKey::Produce,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER],
+        );
+        let producers = Producers::new(&KafkaClients::plain(cluster.bootstrap_servers())).unwrap();
+        let settings = Arc::new(Settings {
+            filter: "cars/+/telemetry".into(),
+            share_group: "bridges".into(),
+            sensor_topic: "sensors".into(),
+            dead_letter_topic: "sensors.dead-letter".into(),
+        });
+        let publish = Publish::new("cars/car-1/telemetry", QoS::AtLeastOnce, &br#"{"speed": 1}"#[..], None);
+        let metrics = Arc::new(BridgeMetrics::default());
+        let delivered = tokio::time::timeout(
+            Duration::from_secs(60),
+            deliver(publish, producers.clone(), settings, Arc::clone(&metrics)),
+        )
+        .await
+        .expect("the delivery gave up within a minute");
+        let failure = delivered.expect_err("a failed producer delivers nothing").to_string();
+        assert!(failure.contains("failed for good"), "{failure}");
+        assert!(producers.batched.client().fatal_error().is_some());
+        assert_eq!(metrics.produced.get(), 0, "nothing was counted as produced");
+    }
 }

@@ -10,7 +10,6 @@ use std::{future::Future, sync::Arc};
 
 use kappa_runtime::{Readiness, auth::Access};
 use prometheus_client::registry::Registry as MetricsRegistry;
-use rdkafka::producer::FutureProducer;
 use rumqttc::v5::MqttOptions;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -54,15 +53,8 @@ pub async fn run(
             }
         }
     }
-    let producer = |extra: &[(&str, &str)]| -> anyhow::Result<FutureProducer> {
-        let mut settings = vec![("acks", "all"), ("enable.idempotence", "true")];
-        settings.extend_from_slice(extra);
-        Ok(kafka.config(&settings).create()?)
-    };
-    let producers = bridge::Producers {
-        batched: producer(&[("linger.ms", "5")])?,
-        alone: producer(&[("linger.ms", "0"), ("batch.num.messages", "1")])?,
-    };
+    // Made here so a bad Kafka setting stops the bridge at start, with its message.
+    let mut first_producers = Some(bridge::Producers::new(&kafka)?);
     let metrics = Arc::new(metrics::BridgeMetrics::default());
     let mut metrics_registry = MetricsRegistry::default();
     metrics.register(&mut metrics_registry);
@@ -85,14 +77,16 @@ pub async fn run(
     {
         let (readiness_for_task, stop) = (Arc::clone(&readiness), stop.clone());
         readiness.supervise("bridge", stop.clone(), move || {
-            bridge::run(
-                options.clone(),
-                producers.clone(),
-                Arc::clone(&settings),
-                Arc::clone(&metrics),
-                Arc::clone(&readiness_for_task),
-                stop.clone(),
-            )
+            // A restart gets new producers: the loop also ends when its producer failed for good.
+            let producers = first_producers
+                .take()
+                .map_or_else(|| bridge::Producers::new(&kafka), Ok);
+            let run = (options.clone(), Arc::clone(&settings), Arc::clone(&metrics));
+            let (readiness, stop) = (Arc::clone(&readiness_for_task), stop.clone());
+            async move {
+                let (options, settings, metrics) = run;
+                bridge::run(options, producers?, settings, metrics, readiness, stop).await
+            }
         });
     }
     kappa_runtime::spawn_metrics(metrics_listener, metrics_registry, &security, &stop)?;

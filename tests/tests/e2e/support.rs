@@ -189,6 +189,25 @@ impl Service {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// The log's last `lines` lines, whether the process still runs and its metrics: what a
+    /// failure report needs when the log is too long to be shown whole.
+    pub async fn report(&mut self, lines: usize) -> String {
+        let text = self.log_text();
+        let all: Vec<&str> = text.lines().collect();
+        let tail = all[all.len().saturating_sub(lines)..].join("\n");
+        let (status, metrics) = match self.child.try_wait() {
+            Ok(Some(status)) => (format!("exited: {status}"), String::new()),
+            Ok(None) => ("still running".to_owned(), scrape(&self.metrics_url).await),
+            Err(e) => (format!("status unknown: {e}"), String::new()),
+        };
+        let kappa: Vec<&str> = metrics.lines().filter(|l| l.starts_with("kappa_")).collect();
+        format!(
+            "{status}; its kappa_ metrics:\n{}\nthe last {lines} of its {} log lines:\n{tail}",
+            kappa.join("\n"),
+            all.len()
+        )
+    }
 }
 
 impl Drop for Service {
