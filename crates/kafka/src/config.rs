@@ -161,24 +161,22 @@ impl KafkaClients {
     /// A reader of a compacted log (the models topic, the jobs topic): only committed records,
     /// no offsets committed to a group (each reader positions itself), end-of-partition events.
     /// The readers rely on those, so an operator's properties cannot turn them off.
+    ///
+    /// A fetch may carry 16 MiB of the partition: the models topic is mostly 1 MiB weight
+    /// chunks, and librdkafka's default (1 MiB) made every reader of it (a chunk read, a
+    /// follower catching up on a just-published version) take one chunk per round trip. An
+    /// operator's `max.partition.fetch.bytes` still wins.
     pub fn log_reader(&self, group: &str) -> ClientConfig {
-        self.log_reader_with(group, &[])
-    }
-
-    /// [`Self::log_reader`] with further Kappa defaults of the reader's own (which an
-    /// operator's properties still override).
-    pub fn log_reader_with(&self, group: &str, defaults: &[(&str, &str)]) -> ClientConfig {
-        let mut all = vec![
-            ("auto.offset.reset", "earliest"),
-            // The broker holds an empty fetch this long; it bounds how late a reader learns
-            // it has reached the end of the log (start-up replay), not how late it sees new
-            // records.
-            ("fetch.wait.max.ms", "50"),
-            FETCH_QUEUE_BACKOFF,
-        ];
-        all.extend_from_slice(defaults);
         self.config_with(
-            &all,
+            &[
+                ("auto.offset.reset", "earliest"),
+                // The broker holds an empty fetch this long; it bounds how late a reader learns
+                // it has reached the end of the log (start-up replay), not how late it sees new
+                // records.
+                ("fetch.wait.max.ms", "50"),
+                FETCH_QUEUE_BACKOFF,
+                ("max.partition.fetch.bytes", "16777216"),
+            ],
             &[
                 ("group.id", group),
                 ("enable.auto.commit", "false"),

@@ -48,14 +48,9 @@ pub enum ChunkReadError {
     DataLoss(String),
 }
 
-/// A fetch may carry this much of a partition, so a model's 1 MiB chunks arrive many to a
-/// round trip (librdkafka's default, 1 MiB, made it one chunk per fetch). An operator's
-/// `max.partition.fetch.bytes` still wins.
-const CHUNK_FETCH_BYTES: (&str, &str) = ("max.partition.fetch.bytes", "16777216");
-
 fn chunk_consumer(config: &KafkaClients, group: &str) -> Result<BaseConsumer<ReaderContext>, ChunkReadError> {
     config
-        .log_reader_with(group, &[CHUNK_FETCH_BYTES])
+        .log_reader(group)
         .create_with_context(ReaderContext)
         .map_err(|e| ChunkReadError::Unavailable(e.to_string()))
 }
