@@ -17,7 +17,7 @@ pub use error::ModelError;
 pub use kappa_api::model::{Activation, EventSchema, EventTime, Feature, Layer, ModelManifest, OutputKind, TimeFormat};
 pub use manifest::{validate_alias, validate_manifest, validate_name};
 pub use mlp::{Backend, Mlp};
-pub use weights::{ValidatedWeights, sha256_hex, validate_hashed_weights, validate_weights};
+pub use weights::{ValidatedWeights, WeightsCheck, check_tensors, sha256_hex, validate_weights};
 
 /// Tensor name of layer `index`'s weight matrix, `[out, in]` as in PyTorch's `nn.Linear`.
 pub fn weight_tensor_name(index: usize) -> String {

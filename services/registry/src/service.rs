@@ -11,14 +11,13 @@ use kappa_api::{
     registry::{self as pb, registry_server::Registry},
 };
 use kappa_kafka::KafkaClients;
-use kappa_model::{signing::TrustedKeys, validate_hashed_weights, validate_manifest};
+use kappa_model::{WeightsCheck, signing::TrustedKeys, validate_manifest};
 use kappa_modellog::{ModelKey, ModelLog, follower::Progress};
 use kappa_runtime::{
     auth::{Principal, Role},
     propagation::span_context_map,
 };
 use prost::Message as _;
-use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -246,8 +245,9 @@ impl RegistryService {
         let mut weights = Vec::with_capacity(usize::try_from(declared).unwrap_or(0));
         // Held until this publish is answered: the bytes it buffers count against the budget.
         let mut held: Option<tokio::sync::OwnedSemaphorePermit> = None;
-        // Hashed as it arrives (under a millisecond a chunk), not all at once after the upload.
-        let mut digest = Sha256::new();
+        // Hashed and scanned as it arrives (about a millisecond a chunk), not all at once after
+        // the upload.
+        let mut check = WeightsCheck::default();
         // The version record names the transaction's span: predictors loading it continue there.
         let span = transaction_span();
         // A model of several chunks, its size declared, goes into the log as it arrives when no
@@ -308,7 +308,7 @@ impl RegistryService {
                         None => held = Some(more),
                     }
                     weights.extend_from_slice(&bytes);
-                    digest.update(&bytes);
+                    check.extend(&weights);
                     if let Some(writer) = streamed.as_mut() {
                         writer.write_chunks(&weights, false).await?;
                     }
@@ -323,12 +323,11 @@ impl RegistryService {
             return Err(invalid("no weights arrived after the header"));
         }
 
-        // Parsing and scanning a large model takes long enough to keep it off the async workers;
+        // The structure check (and the scan of the last chunk) stays off the async workers;
         // meanwhile librdkafka goes on sending a streamed publish's chunks. An invalid one is
         // rolled back when `streamed` drops, its last chunk not yet written.
-        let sha256 = hex::encode(digest.finalize());
         let (manifest_back, weights, validated) = tokio::task::spawn_blocking(move || {
-            let validated = validate_hashed_weights(&manifest, &weights, sha256);
+            let validated = check.finish(&manifest, &weights);
             (manifest, weights, validated)
         })
         .await
