@@ -290,7 +290,10 @@ mod tests {
         // Scanned as it arrived, not left to the direct scan of the structure check.
         if let Ok(file) = SafeTensors::deserialize(bytes) {
             assert_eq!(check.scan.tensors.len(), file.len(), "every tensor laid out");
-            assert!(check.scan.tensors.iter().all(|t| t.start + t.scanned == t.end), "all scanned");
+            assert!(
+                check.scan.tensors.iter().all(|t| t.start + t.scanned == t.end),
+                "all scanned"
+            );
         }
         check.finish(manifest, bytes)
     }
