@@ -81,7 +81,10 @@ pub async fn connect_with(
         reason,
     };
     let parsed: ServiceUrl = url.parse().map_err(bad)?;
-    let mut endpoint = parsed.endpoint.connect_timeout(CONNECT_TIMEOUT);
+    let mut endpoint = parsed
+        .endpoint
+        .connect_timeout(CONNECT_TIMEOUT)
+        .max_frame_size(kappa_runtime::HTTP2_MAX_FRAME_SIZE);
     if url.starts_with("https://") {
         endpoint = endpoint
             .tls_config(security.tls())

@@ -27,6 +27,7 @@ pub fn kappa_server(security: &ServerSecurity) -> Server<KappaLayers> {
         .http2_keepalive_interval(Some(limits.keepalive))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .tcp_keepalive(Some(Duration::from_secs(60)))
+        .max_frame_size(crate::HTTP2_MAX_FRAME_SIZE)
         .layer(GrpcServerTracing)
         .layer(security.auth.clone())
         .layer(security.deadline.clone())

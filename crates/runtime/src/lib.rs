@@ -39,6 +39,13 @@ pub use shutdown::shutdown_signal;
 /// a replay, before the first model, or while draining).
 pub const LIVENESS_SERVICE: &str = "liveness";
 
+/// The largest HTTP/2 frame a Kappa server or client accepts (it tells its peer so in its
+/// SETTINGS). HTTP/2's default of 16 KiB cuts a model's 1 MiB weight chunk into 64 frames, each
+/// with its own header, flow-control update and wake-up: on loopback that alone held a bare
+/// tonic GetModel to two thirds of its speed with 1 MiB frames. Small unary calls are one frame
+/// either way.
+pub const HTTP2_MAX_FRAME_SIZE: u32 = 1 << 20;
+
 /// This machine's (or pod's) host name, to tell replicas apart.
 pub fn hostname() -> String {
     std::env::var("HOSTNAME")
