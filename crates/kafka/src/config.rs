@@ -166,6 +166,10 @@ impl KafkaClients {
     /// chunks, and librdkafka's default (1 MiB) made every reader of it (a chunk read, a
     /// follower catching up on a just-published version) take one chunk per round trip. An
     /// operator's `max.partition.fetch.bytes` still wins.
+    ///
+    /// Every record's CRC-32C (written by the producer, kept by the broker) is checked on the
+    /// way in: a weight chunk's bytes are then the ones its Publish hashed, so a GetModel need
+    /// not hash the whole model again on every read (its client checks the digest anyway).
     pub fn log_reader(&self, group: &str) -> ClientConfig {
         self.config_with(
             &[
@@ -183,6 +187,7 @@ impl KafkaClients {
                 ("enable.auto.offset.store", "false"),
                 ("isolation.level", "read_committed"),
                 ("enable.partition.eof", "true"),
+                ("check.crcs", "true"),
             ],
         )
     }

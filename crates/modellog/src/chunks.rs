@@ -11,7 +11,7 @@ use prost::Message as _;
 use rdkafka::{
     Message, Offset, TopicPartitionList,
     consumer::{BaseConsumer, Consumer},
-    error::KafkaError,
+    error::{KafkaError, RDKafkaErrorCode},
 };
 use thiserror::Error;
 
@@ -117,6 +117,13 @@ fn read_with(
     while next < offsets.len() {
         let message = match consumer.poll(POLL) {
             Some(Ok(m)) => m,
+            // A record whose CRC-32C does not match its bytes: corrupt at rest or on the way.
+            Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::BadMessage))) => {
+                return Err(ChunkReadError::DataLoss(format!(
+                    "a record of the models topic from offset {} on fails its CRC check",
+                    offsets[next]
+                )));
+            }
             Some(Err(e)) if !matches!(e, KafkaError::PartitionEOF(_)) && !kappa_kafka::is_transient(&e) => {
                 return Err(ChunkReadError::Unavailable(e.to_string()));
             }

@@ -751,7 +751,6 @@ impl Registry for RegistryService {
         let (header, offsets, manifest_only, permit) = result?;
 
         let (tx, rx) = mpsc::channel(4);
-        let sha256 = header.weights_sha256.clone();
         tx.try_send(Ok(pb::GetModelResponse {
             part: Some(pb::get_model_response::Part::Header(header)),
         }))
@@ -763,7 +762,7 @@ impl Registry for RegistryService {
         let topic = self.topic.clone();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            if let Err(error) = reader::stream_chunks(&readers, &topic, &offsets, &sha256, &tx) {
+            if let Err(error) = reader::stream_chunks(&readers, &topic, &offsets, &tx) {
                 let status = Status::from(error);
                 tracing::error!(code = ?status.code(), message = status.message(), "GetModel could not stream the weights");
                 let _ = tx.blocking_send(Err(status));
