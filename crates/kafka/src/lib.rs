@@ -7,6 +7,7 @@ mod admin;
 mod config;
 mod consumer_errors;
 mod context;
+mod producer_errors;
 pub mod range;
 pub mod scan;
 pub mod trace_headers;
@@ -15,4 +16,5 @@ pub use admin::{ModelsTopicSettings, TopicError, ensure_models_topic, ensure_top
 pub use config::{FETCH_QUEUE_BACKOFF, KafkaArgs, KafkaClients};
 pub use consumer_errors::is_transient;
 pub use context::ReaderContext;
+pub use producer_errors::{ProducerFailed, failed_for_good};
 pub use trace_headers::trace_headers;

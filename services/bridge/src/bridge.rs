@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-use kappa_kafka::KafkaClients;
+use kappa_kafka::{KafkaClients, ProducerFailed};
 
 use crate::{
     message::{self, Route},
@@ -89,25 +89,6 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 }
 
 type Pending = Pin<Box<dyn Future<Output = Result<Publish, ProducerFailed>> + Send>>;
-
-/// A producer that hit a fatal error: librdkafka's idempotent producer gives up for good when
-/// it can no longer vouch for its sequence numbers (a broker that lost or rewound its state),
-/// and every later send fails. Only new producers go on, so the bridge loop ends and its
-/// supervisor starts it again; the MQTT broker redelivers what was not acknowledged.
-#[derive(Debug)]
-pub struct ProducerFailed(String);
-
-impl std::fmt::Display for ProducerFailed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "the Kafka producer failed for good ({}); starting again with new producers, and the MQTT broker redelivers what was not acknowledged",
-            self.0
-        )
-    }
-}
-
-impl std::error::Error for ProducerFailed {}
 
 pub async fn run(
     options: MqttOptions,
@@ -232,8 +213,11 @@ pub async fn run(
         acks.pop_front();
     }
     disconnect(&client, &mut events).await;
+    // Only new producers go on: the supervisor starts the loop again with them, and the MQTT
+    // broker redelivers what was not acknowledged.
     match failed {
-        Some(e) => Err(e.into()),
+        Some(e) => Err(anyhow::Error::new(e)
+            .context("starting again with new producers; the MQTT broker redelivers what was not acknowledged")),
         None => Ok(()),
     }
 }
@@ -379,8 +363,8 @@ async fn deliver(
                 alone = false;
             }
             Err((e, _)) => {
-                if let Some((code, reason)) = producer.client().fatal_error() {
-                    return Err(ProducerFailed(format!("{code:?}: {reason}")));
+                if let Some(failed) = kappa_kafka::failed_for_good(producer.client()) {
+                    return Err(failed);
                 }
                 tracing::warn!(error = %e, retry_in = ?wait, "producing a message failed; retrying");
                 tokio::time::sleep(wait).await;

@@ -13,6 +13,7 @@ use rdkafka::{
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
+use kappa_kafka::ProducerFailed;
 use prometheus_client::metrics::counter::Counter;
 
 use super::{
@@ -28,14 +29,6 @@ type Pending = tokio::task::JoinHandle<Delivered>;
 /// An event's end: its source once its prediction is acknowledged, `Ok(None)` when it ended
 /// without a record (shutdown), or why the producer can take no more records at all.
 type Delivered = Result<Option<Source>, ProducerFailed>;
-
-/// librdkafka's idempotent producer gives up for good when it can no longer vouch for its
-/// sequence numbers (a broker that lost or rewound its state), and every later send fails:
-/// retrying would stall the stream forever. The loop ends instead, and its supervisor starts
-/// it again with a new producer; the events whose predictions were not acknowledged are read
-/// again, since their offsets were never stored.
-#[derive(Debug)]
-struct ProducerFailed(String);
 
 pub async fn run(
     consumer: Arc<StreamConsumer<StreamContext>>,
@@ -88,9 +81,10 @@ pub async fn run(
         tracing::warn!(error = %e, "final offset commit failed; some events will be scored again");
     }
     match failed {
-        Some(ProducerFailed(reason)) => anyhow::bail!(
-            "the predictions producer failed for good ({reason}); starting again with a new one, from the last stored offsets"
-        ),
+        // The supervisor starts the loop again with a new producer; the events whose predictions
+        // were not acknowledged are read again, since their offsets were never stored.
+        Some(failed) => Err(anyhow::Error::new(failed)
+            .context("the predictions producer stopped; starting again with a new one, from the last stored offsets")),
         None => Ok(()),
     }
 }
@@ -166,8 +160,8 @@ async fn produce(
         match producer.send(out, Duration::from_secs(30)).await {
             Ok(_) => return Ok(()),
             Err((e, _)) => {
-                if let Some((code, reason)) = producer.client().fatal_error() {
-                    return Err(ProducerFailed(format!("{code:?}: {reason}")));
+                if let Some(failed) = kappa_kafka::failed_for_good(producer.client()) {
+                    return Err(failed);
                 }
                 retries.inc();
                 tracing::warn!(error = %e, retry_in = ?wait, "producing a prediction failed; retrying");
@@ -237,7 +231,7 @@ mod tests {
             .await
             .expect("given up within a minute")
             .expect_err("nothing was acknowledged");
-        assert!(!failed.0.is_empty(), "the failure says why");
+        assert!(!failed.reason.is_empty(), "the failure says why");
         assert!(producer.client().fatal_error().is_some());
     }
 }
