@@ -94,7 +94,7 @@ done
 wait_for() { # description, seconds, command...
   local what=$1 limit=$2; shift 2
   for _ in $(seq 1 $((limit * 4))); do "$@" >/dev/null 2>&1 && return 0; check_services; sleep 0.25; done
-  echo "$what did not happen within $limit s; logs are in $run/" >&2; exit 1
+  echo "$what did not happen within $limit s; logs are in $run/" >&2; return 1
 }
 failed_requests() { # port: requests answered with any code but OK
   curl -s "http://127.0.0.1:$1/metrics" | awk '/^kappa_predictor_requests_total\{/ && !/code="OK"/ {s += $2} END {print s + 0}'
@@ -138,7 +138,12 @@ produced_before=$(metric "$bridge_metrics" kappa_bridge_produced_total)
 kappa fleet --mqtt-url "$mqtt_url" --mqtt-topic "$mqtt_prefix/+/telemetry" --cars 50 --events 20000 --rate 0 \
   --backdate-seconds 1500 --failing-share 0.3 --failure-chance 0.01 --seed 1 --jsonl "$run/history.jsonl" | indent
 bridged() { [ "$(metric "$bridge_metrics" kappa_bridge_produced_total)" -ge $((produced_before + 20000)) ]; }
-wait_for "the bridge to carry the 20000 messages into Kafka" 120 bridged
+if ! wait_for "the bridge to carry the 20000 messages into Kafka" 120 bridged; then
+  echo "kappa-bridge: $(metric "$bridge_metrics" kappa_bridge_received_total) received from MQTT," \
+    "$(metric "$bridge_metrics" kappa_bridge_produced_total) produced, $(metric "$bridge_metrics" kappa_bridge_in_flight) in flight," \
+    "ready $(metric "$bridge_metrics" kappa_bridge_ready)" >&2
+  exit 1
+fi
 say "kappa-bridge: $(metric "$bridge_metrics" kappa_bridge_produced_total) messages produced to $sensors, $(metric "$bridge_metrics" kappa_bridge_dead_lettered_total) dead-lettered, each acknowledged to MQTT only once Kafka had it"
 
 step "3. Continuous training: the last 30 minutes, every ${retrain_seconds} s, two rounds; promote to production past the gate"
