@@ -80,6 +80,13 @@ pub const MQTT: &str = "mqtt";
 /// the list; shared subscriptions get no retained messages, so nothing is delivered twice.
 const RESUBSCRIBE_AFTER: Duration = Duration::from_millis(1500);
 
+/// How long the bridge waits, subscribed and with nothing arriving, before it subscribes again.
+/// HiveMQ CE can stop handing a shared subscription's QoS 1 messages to a connected subscriber
+/// under load, without an error on either side (hivemq-community-edition#558); CI saw a bridge
+/// that way take none of 20,000 acknowledged messages in 120 s. Subscribing again makes the
+/// broker poll the filter, as above; with no publishers it costs one SUBSCRIBE per period.
+const IDLE_RESUBSCRIBE_AFTER: Duration = Duration::from_secs(10);
+
 /// Resolves at `at`, or never.
 async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
@@ -111,6 +118,9 @@ pub async fn run(
     // On a resumed session the subscription is sent again once its cache in the broker has
     // expired; see `RESUBSCRIBE_AFTER`.
     let mut resubscribe_at: Option<tokio::time::Instant> = None;
+    // While subscribed: when to subscribe again if nothing arrives; see `IDLE_RESUBSCRIBE_AFTER`.
+    let mut idle_resubscribe_at: Option<tokio::time::Instant> = None;
+    let mut refreshing = false;
     let mut resumed = false;
     let mut failed = None;
     loop {
@@ -132,6 +142,12 @@ pub async fn run(
             () = sleep_until(resubscribe_at), if resubscribe_at.is_some() => {
                 resubscribe_at = None;
                 subscribe = true;
+            }
+            () = sleep_until(idle_resubscribe_at), if idle_resubscribe_at.is_some() && !stopping => {
+                idle_resubscribe_at = None;
+                refreshing = true;
+                subscribe = true;
+                metrics.resubscribed.inc();
             }
             Some(done) = pending.next(), if !pending.is_empty() => {
                 metrics.in_flight.dec();
@@ -160,7 +176,12 @@ pub async fn run(
                     match ack.return_codes.iter().find(|c| !matches!(c, SubscribeReasonCode::Success(_))) {
                         None => {
                             readiness.clear(MQTT);
-                            tracing::info!(subscription, resumed, "subscribed");
+                            if std::mem::take(&mut refreshing) {
+                                tracing::debug!(subscription, "subscribed again after a quiet spell");
+                            } else {
+                                tracing::info!(subscription, resumed, "subscribed");
+                            }
+                            idle_resubscribe_at = Some(tokio::time::Instant::now() + IDLE_RESUBSCRIBE_AFTER);
                             if std::mem::take(&mut resumed) {
                                 resubscribe_at = Some(tokio::time::Instant::now() + RESUBSCRIBE_AFTER);
                             }
@@ -177,6 +198,9 @@ pub async fn run(
                 // of the group, or to this one when it is back.
                 Ok(Event::Incoming(Packet::Publish(_))) if shutdown.is_cancelled() => {}
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    if idle_resubscribe_at.is_some() {
+                        idle_resubscribe_at = Some(tokio::time::Instant::now() + IDLE_RESUBSCRIBE_AFTER);
+                    }
                     metrics.received.inc();
                     if publish.dup {
                         metrics.redelivered.inc();
@@ -193,6 +217,8 @@ pub async fn run(
                 // Stopping: what could not be acknowledged is redelivered to the next bridge.
                 Err(_) if shutdown.is_cancelled() => break,
                 Err(e) => {
+                    // Subscribed again on the next CONNACK anyway.
+                    (idle_resubscribe_at, refreshing) = (None, false);
                     readiness.report(MQTT, format!("not connected to the MQTT broker: {e}"));
                     if last_error_log.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
                         tracing::warn!(error = %e, "MQTT connection lost; reconnecting");

@@ -12,6 +12,7 @@ use prometheus_client::{
 pub struct BridgeMetrics {
     pub received: Counter,
     pub redelivered: Counter,
+    pub resubscribed: Counter,
     pub produced: Counter,
     pub dead_lettered: Counter,
     pub in_flight: Gauge,
@@ -23,6 +24,7 @@ impl Default for BridgeMetrics {
         Self {
             received: Counter::default(),
             redelivered: Counter::default(),
+            resubscribed: Counter::default(),
             produced: Counter::default(),
             dead_lettered: Counter::default(),
             in_flight: Gauge::default(),
@@ -39,6 +41,11 @@ impl BridgeMetrics {
             "redelivered",
             "MQTT messages received again (DUP set: sent before, not acknowledged in time)",
             self.redelivered.clone(),
+        );
+        r.register(
+            "resubscribed",
+            "Subscriptions sent again after a quiet spell (a broker can stop delivering a shared subscription without an error)",
+            self.resubscribed.clone(),
         );
         r.register(
             "produced",

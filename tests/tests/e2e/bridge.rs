@@ -237,6 +237,45 @@ async fn a_bridge_killed_mid_stream_loses_nothing_and_counts_what_it_gets_again(
 }
 
 #[tokio::test]
+async fn a_bridge_quiet_past_its_idle_period_subscribes_again_and_carries_the_next_messages_once() {
+    let (prefix, group) = (unique("test-cars"), unique("bridges"));
+    let sensors = unique("test.sensors");
+    let quiet = bridge(&prefix, &group, &unique("bridge"), &sensors).start("").await;
+    let resubscribed = |text: &str| series_value(text, "kappa_bridge_resubscribed_total").unwrap_or(0.0);
+    // Subscribed with nothing arriving: after its 10 s idle period the bridge subscribes again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while resubscribed(&scrape(&quiet.metrics_url).await) < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "no resubscription after 30 s of quiet:\n{}",
+            quiet.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let messages = 300;
+    publish_over_mqtt(&prefix, messages, 20, 0);
+    let records = count_reaches(&sensors, messages, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let records = if records.len() >= messages {
+        read_positioned(&sensors, "read_committed").await
+    } else {
+        records
+    };
+    assert_eq!(
+        seqs(&records).into_iter().collect::<std::collections::BTreeSet<u64>>(),
+        (0..messages as u64).collect(),
+        "every message after the resubscription:\n{}",
+        quiet.log_text()
+    );
+    assert_eq!(
+        records.len(),
+        messages,
+        "each once: a second SUBSCRIBE delivers nothing twice"
+    );
+    assert!(quiet.terminate().success(), "a clean stop");
+}
+
+#[tokio::test]
 async fn two_bridges_in_one_share_group_deliver_each_message_once_and_either_carries_on_alone() {
     let (prefix, group) = (unique("test-cars"), unique("bridges"));
     let sensors = unique("test.sensors");
