@@ -40,6 +40,17 @@ fn publish_over_mqtt(prefix: &str, messages: usize, cars: usize, malformed: usiz
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// The records of `topic` once `wanted` are there (or `within` has passed), read again a second
+/// later so that anything arriving late, a duplicate, is counted too.
+async fn settled(topic: &str, wanted: usize, within: Duration) -> Vec<Positioned> {
+    let records = count_reaches(topic, wanted, within).await;
+    if records.len() < wanted {
+        return records;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    read_positioned(topic, "read_committed").await
+}
+
 async fn count_reaches(topic: &str, wanted: usize, within: Duration) -> Vec<Positioned> {
     let deadline = Instant::now() + within;
     loop {
@@ -71,14 +82,8 @@ async fn every_mqtt_message_arrives_once_keyed_by_car_with_its_headers_and_bad_o
     let sent = publish_over_mqtt(&prefix, messages, cars, malformed);
     assert_eq!(sent["messages"], messages);
 
-    let records = count_reaches(&sensors, messages, Duration::from_secs(60)).await;
     // Anything late would have arrived by now: exactly the messages sent, each once.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let records = if records.len() == messages {
-        read_positioned(&sensors, "read_committed").await
-    } else {
-        records
-    };
+    let records = settled(&sensors, messages, Duration::from_secs(60)).await;
     assert_eq!(
         records.len(),
         messages,
@@ -209,13 +214,7 @@ async fn a_bridge_killed_mid_stream_loses_nothing_and_counts_what_it_gets_again(
     // The same client id resumes the persistent session: what was not acknowledged comes again.
     let second = bridge(&prefix, &group, &client_id, &sensors).start("").await;
     assert!(publishing.wait().unwrap().success(), "the publisher failed");
-    let records = count_reaches(&sensors, messages, Duration::from_secs(60)).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let records = if records.len() >= messages {
-        read_positioned(&sensors, "read_committed").await
-    } else {
-        records
-    };
+    let records = settled(&sensors, messages, Duration::from_secs(60)).await;
     let all = seqs(&records);
     let distinct: std::collections::BTreeSet<u64> = all.iter().copied().collect();
     assert_eq!(
@@ -254,13 +253,7 @@ async fn a_bridge_quiet_past_its_idle_period_subscribes_again_and_carries_the_ne
     }
     let messages = 300;
     publish_over_mqtt(&prefix, messages, 20, 0);
-    let records = count_reaches(&sensors, messages, Duration::from_secs(60)).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let records = if records.len() >= messages {
-        read_positioned(&sensors, "read_committed").await
-    } else {
-        records
-    };
+    let records = settled(&sensors, messages, Duration::from_secs(60)).await;
     assert_eq!(
         seqs(&records).into_iter().collect::<std::collections::BTreeSet<u64>>(),
         (0..messages as u64).collect(),
@@ -296,13 +289,7 @@ async fn two_bridges_in_one_share_group_deliver_each_message_once_and_either_car
     assert!(busy.terminate().success(), "a clean stop");
     let more = publisher(&prefix, half, 50, 0, 0, half).output().unwrap();
     assert!(more.status.success(), "{}", String::from_utf8_lossy(&more.stderr));
-    let records = count_reaches(&sensors, 2 * half, Duration::from_secs(60)).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let records = if records.len() == 2 * half {
-        read_positioned(&sensors, "read_committed").await
-    } else {
-        records
-    };
+    let records = settled(&sensors, 2 * half, Duration::from_secs(60)).await;
     assert_eq!(records.len(), 2 * half, "{}", other.log_text());
     let distinct: std::collections::BTreeSet<u64> = seqs(&records).into_iter().collect();
     assert_eq!(distinct, (0..2 * half as u64).collect(), "every message, once");
@@ -452,13 +439,7 @@ async fn the_fleet_over_mqtt_reaches_kafka_whole_and_every_event_is_scored_by_th
     );
 
     // Kafka holds exactly the events the fleet wrote, each once, keyed by its car.
-    let records = count_reaches(&sensors, events, Duration::from_secs(60)).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let records = if records.len() == events {
-        read_positioned(&sensors, "read_committed").await
-    } else {
-        records
-    };
+    let records = settled(&sensors, events, Duration::from_secs(60)).await;
     let mut written: Vec<serde_json::Value> = std::fs::read_to_string(&jsonl)
         .unwrap()
         .lines()
