@@ -142,8 +142,9 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// Reads `records` records of `topic` from the start with a bare librdkafka consumer, handing
-/// each payload to `on_payload` and doing nothing more; returns how long it took from nothing, as the trainer's read is
-/// timed (both connect and look the topic up; the trainer also resolves its range's offsets).
+/// each payload to `on_payload` and doing nothing more; returns how long it took from nothing,
+/// as the trainer's read is timed (both connect and look the topic up; the trainer also
+/// resolves its range's offsets).
 fn plain_read(
     bootstrap: &str,
     topic: &str,
