@@ -308,7 +308,14 @@ impl RegistryService {
                         None => held = Some(more),
                     }
                     weights.extend_from_slice(&bytes);
-                    check.extend(&weights);
+                    // A millisecond of hashing a chunk (far more in a debug build) held on an
+                    // async worker keeps it from reading the connection's other uploads, which
+                    // then look idle; on a blocking thread it holds up this upload alone.
+                    (weights, check) = off_the_workers(move || {
+                        check.extend(&weights);
+                        (weights, check)
+                    })
+                    .await?;
                     if let Some(writer) = streamed.as_mut() {
                         writer.write_chunks(&weights, false).await?;
                     }
@@ -326,12 +333,11 @@ impl RegistryService {
         // The structure check (and the scan of the last chunk) stays off the async workers;
         // meanwhile librdkafka goes on sending a streamed publish's chunks. An invalid one is
         // rolled back when `streamed` drops, its last chunk not yet written.
-        let (manifest_back, weights, validated) = tokio::task::spawn_blocking(move || {
+        let (manifest_back, weights, validated) = off_the_workers(move || {
             let validated = check.finish(&manifest, &weights);
             (manifest, weights, validated)
         })
-        .await
-        .map_err(|e| RegistryError::Internal(format!("the validation task failed: {e}")))?;
+        .await?;
         manifest = manifest_back;
         let validated = validated.map_err(RegistryError::from)?;
         manifest.weights_sha256 = validated.sha256;
@@ -860,4 +866,11 @@ impl Registry for RegistryService {
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
+}
+
+/// Runs the CPU-bound checks of an upload on a blocking thread.
+async fn off_the_workers<T: Send + 'static>(check: impl FnOnce() -> T + Send + 'static) -> Result<T, RegistryError> {
+    tokio::task::spawn_blocking(check)
+        .await
+        .map_err(|e| RegistryError::Internal(format!("the validation task failed: {e}")))
 }
