@@ -5,7 +5,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use futures::{StreamExt as _, stream::FuturesOrdered};
+use futures::{FutureExt as _, StreamExt as _, stream::FuturesOrdered};
 use rdkafka::{
     consumer::{CommitMode, Consumer, StreamConsumer},
     producer::{FutureProducer, FutureRecord, Producer as _},
@@ -18,13 +18,13 @@ use prometheus_client::metrics::counter::Counter;
 
 use super::{
     ErrorLog, StreamMetrics, StreamSettings, context::StreamContext, event::Arrival, event::Record, event::Source,
-    event::TopicNames,
+    event::TopicNames, event::evaluate_all,
 };
 use crate::serving::Serving;
 
-/// Each event is decoded, scored and produced in a task of its own, so both async workers share
-/// the work while this loop reads on; the handles keep consumption order for storing offsets.
-type Pending = tokio::task::JoinHandle<Delivered>;
+/// Most events one task takes off the consumer: those already fetched, never waiting for more.
+/// They are scored in one request to the inference threads and produced together.
+const GROUP: usize = 64;
 
 /// An event's end: its source once its prediction is acknowledged, `Ok(None)` when it ended
 /// without a record (shutdown), or why the producer can take no more records at all.
@@ -38,7 +38,11 @@ pub async fn run(
     metrics: Arc<StreamMetrics>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut pending: FuturesOrdered<Pending> = FuturesOrdered::new();
+    // Each group of events is decoded, scored and produced in a task of its own, so both async
+    // workers share the work while this loop reads on; the queue keeps consumption order for
+    // storing offsets, and each entry says how many events it holds.
+    let mut pending = FuturesOrdered::new();
+    let mut in_flight = 0;
     let mut errors = ErrorLog::default();
     let mut topics = TopicNames::default();
     let topic: Arc<str> = Arc::from(settings.predictions_topic.as_str());
@@ -48,23 +52,38 @@ pub async fn run(
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
-            Some(done) = pending.next(), if !pending.is_empty() => {
+            Some((events, done)) = pending.next(), if !pending.is_empty() => {
+                in_flight -= events;
                 if let Err(e) = store(&consumer, done, &mut gap) {
                     failed = Some(e);
                     break;
                 }
             }
-            received = consumer.recv(), if pending.len() < settings.max_in_flight => {
+            received = consumer.recv(), if in_flight < settings.max_in_flight => {
                 match received {
                     Ok(message) => {
-                        let arrival = Arrival::take(&message, &mut topics);
-                        pending.push_back(tokio::spawn(deliver(
-                            arrival,
+                        let mut arrivals = vec![Arrival::take(&message, &mut topics)];
+                        let room = (settings.max_in_flight - in_flight).min(GROUP);
+                        while arrivals.len() < room {
+                            match consumer.recv().now_or_never() {
+                                Some(Ok(message)) => arrivals.push(Arrival::take(&message, &mut topics)),
+                                Some(Err(e)) => {
+                                    errors.note(&e);
+                                    break;
+                                }
+                                None => break,
+                            }
+                        }
+                        let events = arrivals.len();
+                        in_flight += events;
+                        let task = tokio::spawn(deliver(
+                            arrivals,
                             Arc::clone(&serving),
                             producer.clone(),
                             Arc::clone(&topic),
                             Arc::clone(&metrics),
-                        )));
+                        ));
+                        pending.push_back(task.map(move |done| (events, done)));
                     }
                     // librdkafka reconnects by itself; these only say the broker is away.
                     Err(e) => errors.note(&e),
@@ -74,7 +93,7 @@ pub async fn run(
     }
     // Finish what was started, then commit what is done, so a clean stop replays nothing.
     // After a failed producer the others fail as fast, and what was done before is kept.
-    while let Some(done) = pending.next().await {
+    while let Some((_, done)) = pending.next().await {
         let _ = store(&consumer, done, &mut gap);
     }
     if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
@@ -89,58 +108,62 @@ pub async fn run(
     }
 }
 
-/// Stores the event's offset unless an earlier event left a gap; a failed producer leaves one.
+/// Stores the group's offsets in order, up to a gap an event without a record leaves (a failed
+/// producer leaves one too).
 fn store(
     consumer: &StreamConsumer<StreamContext>,
-    done: Result<Delivered, tokio::task::JoinError>,
+    done: Result<Vec<Delivered>, tokio::task::JoinError>,
     gap: &mut bool,
 ) -> Result<(), ProducerFailed> {
     let done = done.unwrap_or_else(|e| {
-        // A panic while scoring: the event has no record, so no later offset may be stored.
-        tracing::error!(error = %e, "scoring an event failed unexpectedly; its offset and later ones stay uncommitted");
-        Ok(None)
+        // A panic while scoring: the events have no records, so no later offset may be stored.
+        tracing::error!(error = %e, "scoring events failed unexpectedly; their offsets and later ones stay uncommitted");
+        vec![Ok(None)]
     });
-    let done = match done {
-        Ok(done) => done,
-        Err(failed) => {
-            *gap = true;
-            return Err(failed);
-        }
-    };
-    match done {
-        Some(source) if !*gap => {
+    for delivered in done {
+        match delivered {
             // Fails only for a partition revoked meanwhile: its new owner scores the event again.
-            if let Err(e) = consumer.store_offset(&source.topic, source.partition, source.offset) {
-                tracing::debug!(error = %e, partition = source.partition, offset = source.offset, "offset not stored; the event may be scored again");
+            Ok(Some(source)) if !*gap => {
+                if let Err(e) = consumer.store_offset(&source.topic, source.partition, source.offset) {
+                    tracing::debug!(error = %e, partition = source.partition, offset = source.offset, "offset not stored; the event may be scored again");
+                }
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => *gap = true,
+            Err(failed) => {
+                *gap = true;
+                return Err(failed);
             }
         }
-        Some(_) => {}
-        None => *gap = true,
     }
     Ok(())
 }
 
-/// Scores the event and produces its prediction, retrying until the broker acknowledges it
-/// (or the producer has failed for good): the offset must not be stored for an event without
-/// a record.
+/// Scores the events and produces their predictions, each retried until the broker
+/// acknowledges it (or the producer has failed for good): no offset may be stored for an event
+/// without a record. One answer per event, in their order.
 async fn deliver(
-    arrival: Arrival,
+    arrivals: Vec<Arrival>,
     serving: Arc<Serving>,
     producer: FutureProducer,
     topic: Arc<str>,
     metrics: Arc<StreamMetrics>,
-) -> Delivered {
-    let event = arrival.read(&serving);
-    let span = event.span();
-    async move {
-        let Some(record) = event.evaluate(&serving, &metrics).await else {
-            return Ok(None);
-        };
-        produce(&producer, &topic, &record, &metrics.produce_retries).await?;
-        Ok(Some(record.source))
-    }
-    .instrument(span)
-    .await
+) -> Vec<Delivered> {
+    let events = arrivals.len();
+    let read = arrivals.into_iter().map(|arrival| arrival.read(&serving)).collect();
+    let Some(records) = evaluate_all(read, &serving, &metrics).await else {
+        return (0..events).map(|_| Ok(None)).collect();
+    };
+    let produced = records.into_iter().map(|record| {
+        let (producer, topic, retries) = (&producer, &topic, &metrics.produce_retries);
+        let span = record.span.clone();
+        async move {
+            produce(producer, topic, &record, retries).await?;
+            Ok(Some(record.source))
+        }
+        .instrument(span)
+    });
+    futures::future::join_all(produced).await
 }
 
 /// Produces `record` to `topic`, retrying (counted in `retries`) until the broker acknowledges
@@ -191,6 +214,7 @@ mod tests {
             key: "car-1".into(),
             value: br#"{"score": 0.5}"#.to_vec(),
             headers: None,
+            span: tracing::Span::none(),
         }
     }
 

@@ -12,7 +12,6 @@ use rdkafka::{
     Message,
     message::{BorrowedMessage, OwnedHeaders},
 };
-use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use super::StreamMetrics;
@@ -48,6 +47,8 @@ pub struct Record {
     pub key: String,
     pub value: Vec<u8>,
     pub headers: Option<OwnedHeaders>,
+    /// The event's span (none for untraced events), which producing the record runs in too.
+    pub span: tracing::Span,
 }
 
 /// Admits the event to the current version and reads it with that version's schema, so the
@@ -178,21 +179,10 @@ impl Arrival {
 }
 
 impl Event {
-    /// The span the event's scoring and producing run in (none for untraced events).
-    pub fn span(&self) -> tracing::Span {
-        self.span.clone()
-    }
-
-    /// Scores the event and serialises its prediction. An event that cannot be scored gets a
-    /// prediction carrying the reason; a full inference queue is waited out, never answered
-    /// with an error. `None` only when the predictor is shutting down: the event then has no
-    /// record, and its offset must not be committed.
-    pub async fn evaluate(self, serving: &Serving, metrics: &StreamMetrics) -> Option<Record> {
-        let span = self.span.clone();
-        self.evaluate_in_span(serving, metrics).instrument(span).await
-    }
-
-    async fn evaluate_in_span(self, serving: &Serving, metrics: &StreamMetrics) -> Option<Record> {
+    /// Serialises the event's prediction from its outcome: a score, or the reason there is none.
+    fn finish(self, outcome: Outcome, serving: &Serving, metrics: &StreamMetrics) -> Record {
+        let span = self.span;
+        let _in_span = span.enter();
         let mut prediction = Prediction {
             car: self.key,
             source_partition: self.source.partition,
@@ -200,15 +190,9 @@ impl Event {
             event_time_ms: self.timestamp_ms,
             ..Default::default()
         };
-        let outcome = match self.prepared {
-            Err(e) => Err(e),
-            Ok((model, row, time)) => {
-                if let Some(time) = time {
-                    prediction.event_time_ms = time;
-                }
-                score(serving, model, row).await?
-            }
-        };
+        if let Ok((_, _, Some(time))) = &self.prepared {
+            prediction.event_time_ms = *time;
+        }
         let reason = match outcome {
             Ok(scored) => {
                 let score = scored.scores[0];
@@ -216,7 +200,7 @@ impl Event {
                 prediction.is_anomaly = score > scored.model.threshold;
                 prediction.model_name = scored.model.name.clone();
                 prediction.model_version = scored.model.version;
-                tracing::Span::current().record("model_version", scored.model.version);
+                span.record("model_version", scored.model.version);
                 if let Some(shadow) = &serving.shadow {
                     let origin = crate::shadow::Origin::Stream {
                         partition: self.source.partition,
@@ -235,23 +219,124 @@ impl Event {
         };
         metrics.events.get_or_create(&ReasonLabels { reason }).inc();
         prediction.latency_ms = self.received.elapsed().as_secs_f64() * 1000.0;
-        let headers = (!self.span.is_none()).then(|| trace_headers::inject(&self.span.context(), OwnedHeaders::new()));
+        let headers = (!span.is_none()).then(|| trace_headers::inject(&span.context(), OwnedHeaders::new()));
         // Sized for a typical prediction, so serialising does not grow the buffer several times.
         let mut value = Vec::with_capacity(256);
         serde_json::to_writer(&mut value, &prediction).expect("a prediction always serialises");
-        Some(Record {
+        Record {
             source: self.source,
             key: prediction.car,
             value,
             headers,
-        })
+            span: span.clone(),
+        }
     }
 }
 
-type Scoring = Result<Scored, (&'static str, String)>;
+/// Scores events and serialises their predictions, in the events' order. The rows of
+/// consecutive events on the same version go to the batcher as one request (up to
+/// `--max-request-rows`), so a group of events costs one trip to an inference thread instead of
+/// one each. An event that cannot be scored gets a prediction carrying the reason; a full
+/// inference queue is waited out, never answered with an error. `None` only when the
+/// predictor is shutting down: the events then have no records, and no offset of theirs may
+/// be committed.
+pub async fn evaluate_all(events: Vec<Event>, serving: &Serving, metrics: &StreamMetrics) -> Option<Vec<Record>> {
+    let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(events.len());
+    let mut run: Option<Run> = None;
+    for event in &events {
+        match &event.prepared {
+            Err(e) => outcomes.push(Some(Err(e.clone()))),
+            Ok((model, row, _)) => {
+                let joins = run
+                    .as_ref()
+                    .is_some_and(|r| Arc::ptr_eq(&r.model, model) && r.events.len() < serving.max_request_rows);
+                if !joins && let Some(full) = run.take() {
+                    full.score(serving, &events, &mut outcomes).await?;
+                }
+                let run = run.get_or_insert_with(|| Run::new(Arc::clone(model)));
+                run.events.push(outcomes.len());
+                run.inputs.extend_from_slice(row);
+                outcomes.push(None);
+            }
+        }
+    }
+    if let Some(last) = run {
+        last.score(serving, &events, &mut outcomes).await?;
+    }
+    Some(
+        events
+            .into_iter()
+            .zip(outcomes)
+            .map(|(event, outcome)| {
+                let outcome = outcome.expect("every prepared event belongs to a scored run");
+                event.finish(outcome, serving, metrics)
+            })
+            .collect(),
+    )
+}
+
+/// What became of one event: its scores, or the reason it has none.
+type Outcome = Result<Scored, (&'static str, String)>;
+
+/// Consecutive events on one version, scored in one request.
+struct Run {
+    model: Arc<LoadedModel>,
+    /// The events' places in the group.
+    events: Vec<usize>,
+    inputs: Vec<f32>,
+}
+
+impl Run {
+    fn new(model: Arc<LoadedModel>) -> Self {
+        Self {
+            model,
+            events: Vec::new(),
+            inputs: Vec::new(),
+        }
+    }
+
+    /// Scores the run and gives each of its events its own slice; `None` at shutdown. A run
+    /// refused as a whole is scored again event by event, so the refusal lands on the event
+    /// that caused it.
+    async fn score(self, serving: &Serving, events: &[Event], outcomes: &mut [Option<Outcome>]) -> Option<()> {
+        let rows = self.events.len();
+        let f = self.model.n_features();
+        if rows == 1 {
+            outcomes[self.events[0]] = Some(score(serving, self.model, self.inputs).await?);
+            return Some(());
+        }
+        match serving.score_waiting(Arc::clone(&self.model), self.inputs, rows).await {
+            Ok(scored) => {
+                for (i, &at) in self.events.iter().enumerate() {
+                    let own = Scored {
+                        model: Arc::clone(&scored.model),
+                        scores: vec![scored.scores[i]],
+                        // Only a shadow reads the inputs back.
+                        inputs: if serving.shadow.is_some() {
+                            scored.inputs[i * f..(i + 1) * f].to_vec()
+                        } else {
+                            Vec::new()
+                        },
+                    };
+                    outcomes[at] = Some(Ok(own));
+                }
+                return Some(());
+            }
+            Err(PredictError::ShuttingDown) => return None,
+            Err(_) => {}
+        }
+        for &at in &self.events {
+            let Ok((model, row, _)) = &events[at].prepared else {
+                unreachable!("a run holds prepared events only")
+            };
+            outcomes[at] = Some(score(serving, Arc::clone(model), row.clone()).await?);
+        }
+        Some(())
+    }
+}
 
 /// Scores one row, waiting out a full queue; `None` when the predictor is shutting down.
-async fn score(serving: &Serving, model: Arc<LoadedModel>, row: Vec<f32>) -> Option<Scoring> {
+async fn score(serving: &Serving, model: Arc<LoadedModel>, row: Vec<f32>) -> Option<Outcome> {
     let scored = match serving.score_waiting(model, row, 1).await {
         Ok(scored) => scored,
         Err(PredictError::ShuttingDown) => return None,

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     ErrorLog, StreamMetrics, StreamSettings, context::StreamContext, event::Arrival, event::Event, event::Record,
-    event::TopicNames,
+    event::TopicNames, event::evaluate_all,
 };
 use crate::{metrics::ReasonLabels, serving::Serving};
 
@@ -53,9 +53,8 @@ pub async fn run(
         if batch.is_empty() {
             continue;
         }
-        let records = futures::future::join_all(batch.into_iter().map(|e| e.evaluate(&serving, &metrics))).await;
         // Shutting down: nothing of this batch is committed, so all of it is scored again.
-        let Some(records) = records.into_iter().collect::<Option<Vec<Record>>>() else {
+        let Some(records) = evaluate_all(batch, &serving, &metrics).await else {
             break;
         };
         commit(
