@@ -246,7 +246,7 @@ pub async fn evaluate_all(events: Vec<Event>, serving: &Serving, metrics: &Strea
     for event in &events {
         match &event.prepared {
             Err(e) => outcomes.push(Some(Err(e.clone()))),
-            Ok((model, row, _)) => {
+            Ok((model, _, _)) => {
                 let joins = run
                     .as_ref()
                     .is_some_and(|r| Arc::ptr_eq(&r.model, model) && r.events.len() < serving.max_request_rows);
@@ -255,7 +255,6 @@ pub async fn evaluate_all(events: Vec<Event>, serving: &Serving, metrics: &Strea
                 }
                 let run = run.get_or_insert_with(|| Run::new(Arc::clone(model)));
                 run.events.push(outcomes.len());
-                run.inputs.extend_from_slice(row);
                 outcomes.push(None);
             }
         }
@@ -283,7 +282,6 @@ struct Run {
     model: Arc<LoadedModel>,
     /// The events' places in the group.
     events: Vec<usize>,
-    inputs: Vec<f32>,
 }
 
 impl Run {
@@ -291,47 +289,56 @@ impl Run {
         Self {
             model,
             events: Vec::new(),
-            inputs: Vec::new(),
         }
     }
 
-    /// Scores the run and gives each of its events its own slice; `None` at shutdown. A run
-    /// refused as a whole is scored again event by event, so the refusal lands on the event
-    /// that caused it.
+    /// Scores the run and gives each of its events its own slice; `None` at shutdown. A lone
+    /// event, or a run refused as a whole, is scored event by event, so a refusal lands on
+    /// the event that caused it.
     async fn score(self, serving: &Serving, events: &[Event], outcomes: &mut [Option<Outcome>]) -> Option<()> {
         let rows = self.events.len();
         let f = self.model.n_features();
-        if rows == 1 {
-            outcomes[self.events[0]] = Some(score(serving, self.model, self.inputs).await?);
-            return Some(());
-        }
-        match serving.score_waiting(Arc::clone(&self.model), self.inputs, rows).await {
-            Ok(scored) => {
-                for (i, &at) in self.events.iter().enumerate() {
-                    let own = Scored {
-                        model: Arc::clone(&scored.model),
-                        scores: vec![scored.scores[i]],
-                        // Only a shadow reads the inputs back.
-                        inputs: if serving.shadow.is_some() {
-                            scored.inputs[i * f..(i + 1) * f].to_vec()
-                        } else {
-                            Vec::new()
-                        },
-                    };
-                    outcomes[at] = Some(Ok(own));
+        if rows > 1 {
+            let inputs = self
+                .events
+                .iter()
+                .flat_map(|&at| prepared_row(&events[at]))
+                .copied()
+                .collect();
+            match serving.score_waiting(Arc::clone(&self.model), inputs, rows).await {
+                Ok(scored) => {
+                    for (i, &at) in self.events.iter().enumerate() {
+                        let own = Scored {
+                            model: Arc::clone(&scored.model),
+                            scores: vec![scored.scores[i]],
+                            // Only a shadow reads the inputs back.
+                            inputs: if serving.shadow.is_some() {
+                                scored.inputs[i * f..(i + 1) * f].to_vec()
+                            } else {
+                                Vec::new()
+                            },
+                        };
+                        outcomes[at] = Some(Ok(own));
+                    }
+                    return Some(());
                 }
-                return Some(());
+                Err(PredictError::ShuttingDown) => return None,
+                Err(_) => {}
             }
-            Err(PredictError::ShuttingDown) => return None,
-            Err(_) => {}
         }
         for &at in &self.events {
-            let Ok((model, row, _)) = &events[at].prepared else {
-                unreachable!("a run holds prepared events only")
-            };
-            outcomes[at] = Some(score(serving, Arc::clone(model), row.clone()).await?);
+            let row = prepared_row(&events[at]).to_vec();
+            outcomes[at] = Some(score(serving, Arc::clone(&self.model), row).await?);
         }
         Some(())
+    }
+}
+
+/// The row of an event in a run (only prepared events join one).
+fn prepared_row(event: &Event) -> &[f32] {
+    match &event.prepared {
+        Ok((_, row, _)) => row,
+        Err(_) => unreachable!("a run holds prepared events only"),
     }
 }
 
