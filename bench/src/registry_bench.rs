@@ -71,6 +71,8 @@ async fn main() -> anyhow::Result<()> {
         // The transport settings of Kappa's own servers, so the ceiling differs by the registry only.
         tonic::transport::Server::builder()
             .max_frame_size(kappa_runtime::HTTP2_MAX_FRAME_SIZE)
+            .initial_stream_window_size(kappa_runtime::HTTP2_STREAM_WINDOW)
+            .initial_connection_window_size(kappa_runtime::HTTP2_CONNECTION_WINDOW)
             .add_service(pb::registry_server::RegistryServer::new(bare))
             .serve_with_incoming(incoming)
             .await?;

@@ -84,7 +84,9 @@ pub async fn connect_with(
     let mut endpoint = parsed
         .endpoint
         .connect_timeout(CONNECT_TIMEOUT)
-        .max_frame_size(kappa_runtime::HTTP2_MAX_FRAME_SIZE);
+        .max_frame_size(kappa_runtime::HTTP2_MAX_FRAME_SIZE)
+        .initial_stream_window_size(kappa_runtime::HTTP2_STREAM_WINDOW)
+        .initial_connection_window_size(kappa_runtime::HTTP2_CONNECTION_WINDOW);
     if url.starts_with("https://") {
         endpoint = endpoint
             .tls_config(security.tls())

@@ -28,6 +28,8 @@ pub fn kappa_server(security: &ServerSecurity) -> Server<KappaLayers> {
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .tcp_keepalive(Some(Duration::from_secs(60)))
         .max_frame_size(crate::HTTP2_MAX_FRAME_SIZE)
+        .initial_stream_window_size(crate::HTTP2_STREAM_WINDOW)
+        .initial_connection_window_size(crate::HTTP2_CONNECTION_WINDOW)
         .layer(GrpcServerTracing)
         .layer(security.auth.clone())
         .layer(security.deadline.clone())

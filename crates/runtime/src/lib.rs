@@ -46,6 +46,16 @@ pub const LIVENESS_SERVICE: &str = "liveness";
 /// either way.
 pub const HTTP2_MAX_FRAME_SIZE: u32 = 1 << 20;
 
+/// How many bytes one HTTP/2 stream may have in flight before its handler reads them (the
+/// initial window a Kappa server or client grants).
+pub const HTTP2_STREAM_WINDOW: u32 = 4 << 20;
+
+/// The same for a whole connection: four streams' worth. hyper's server default gives the
+/// connection the window of a single stream, so one handler that stops reading for a while (a
+/// publish writing its chunk to Kafka) holds every byte its connection may carry, and the other
+/// uploads on that channel, starved, are cut off as idle (`--publish-idle-seconds`).
+pub const HTTP2_CONNECTION_WINDOW: u32 = 4 * HTTP2_STREAM_WINDOW;
+
 /// This machine's (or pod's) host name, to tell replicas apart.
 pub fn hostname() -> String {
     std::env::var("HOSTNAME")
