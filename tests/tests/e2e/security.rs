@@ -789,7 +789,10 @@ async fn publish_limits_hold_under_stalls_floods_and_oversized_messages_and_the_
     let setup = RegistrySetup::new()
         .arg(format!("--max-publish-buffer-bytes={budget}"))
         .arg("--max-model-bytes=40000000")
-        .arg("--publish-idle-seconds=1");
+        // Short, so the stalled publisher below is cut off quickly, but not so short that the
+        // flood's uploads, twenty sharing one connection's flow control on a loaded CI machine
+        // (a debug registry hashing every chunk), go a whole idle period without a chunk.
+        .arg("--publish-idle-seconds=5");
     let registry = setup.start().await;
     let mut client = registry_client(&registry).await;
 

@@ -32,8 +32,24 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
 }
 
+/// A port for a service to listen on, free when asked. Taken below Linux's ephemeral range
+/// (32768-60999), where the kernel hands out the local ports of outgoing connections: a port
+/// the kernel picked for us could be given to any client's connection before the service
+/// binds it, and CI saw a registry fail to bind its metrics port so.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u16 = 20_000;
+    const LAST: u16 = 32_000;
+    // Each process starts at a place of its own, so two test binaries at once start apart.
+    static NEXT: std::sync::LazyLock<AtomicU32> = std::sync::LazyLock::new(|| AtomicU32::new(std::process::id() * 7));
+    for _ in FIRST..LAST {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed) % u32::from(LAST - FIRST);
+        let port = FIRST + offset as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between {FIRST} and {LAST} on 127.0.0.1");
 }
 
 /// Binaries are built next to the test executable's `deps/` folder (`make test` builds them).
