@@ -87,6 +87,7 @@ impl Command {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
+    end_quietly_when_the_reader_goes();
     let cli = Cli::parse();
     // With OTEL_EXPORTER_OTLP_ENDPOINT set, a command is a trace of its own: its gRPC calls
     // carry the context, so e.g. `kappa train start` roots the model's whole journey.
@@ -147,3 +148,18 @@ async fn main() -> ExitCode {
         }
     }
 }
+
+/// `kappa models list | head -1`: Rust ignores SIGPIPE, so the next print to the closed pipe
+/// panics ("failed printing to stdout"). A command line tool should end as `ls` or `grep` do,
+/// silently, when whoever reads its output has had enough.
+#[cfg(unix)]
+#[allow(unsafe_code)]
+fn end_quietly_when_the_reader_goes() {
+    // SAFETY: runs first in main, before any other thread exists; SIG_DFL installs no handler.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+#[cfg(not(unix))]
+fn end_quietly_when_the_reader_goes() {}

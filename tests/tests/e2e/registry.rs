@@ -711,6 +711,51 @@ async fn watch_delivers_events_in_log_order_and_resumes_from_a_position() {
     assert_eq!(positions, expected);
 }
 
+/// `kappa models watch | head -1`: when the reader hangs up, the CLI ends as Unix tools do, by
+/// SIGPIPE, instead of panicking on the next line it prints.
+#[tokio::test]
+async fn the_cli_ends_quietly_when_its_reader_hangs_up() {
+    use std::{io::BufRead as _, os::unix::process::ExitStatusExt as _};
+    let registry = RegistrySetup::new().start().await;
+    let mut client = registry_client(&registry).await;
+    let m = manifest("piped");
+    publish(&mut client, &m, &random_weights(&m, 1), "").await.unwrap();
+    let mut watch = std::process::Command::new(binary("kappa"))
+        .args(["models", "watch", "--registry", &registry.address, "--name", "piped"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    let stdout = watch.stdout.take().unwrap();
+    let reader =
+        tokio::task::spawn_blocking(move || std::io::BufReader::new(stdout).read_line(&mut first).map(|_| first));
+    let first = tokio::time::timeout(Duration::from_secs(20), reader)
+        .await
+        .expect("the watch printed its first event")
+        .unwrap()
+        .unwrap();
+    assert!(first.contains("published piped v1"), "{first}");
+    // The reader is gone (its end of the pipe dropped with it); the next event is a write into
+    // a closed pipe.
+    publish(&mut client, &m, &random_weights(&m, 2), "").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = watch.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the CLI kept running after its reader hung up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut watch.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(status.signal(), Some(libc::SIGPIPE), "{status:?}: {stderr}");
+}
+
 #[tokio::test]
 async fn the_registry_refuses_a_models_topic_with_delete_policy() {
     let setup = RegistrySetup::new();
