@@ -8,7 +8,8 @@ use std::{sync::Arc, time::Duration};
 use futures::{FutureExt as _, StreamExt as _, stream::FuturesOrdered};
 use rdkafka::{
     consumer::{CommitMode, Consumer, StreamConsumer},
-    producer::{FutureProducer, FutureRecord, Producer as _},
+    error::KafkaError,
+    producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _},
 };
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -154,35 +155,63 @@ async fn deliver(
     let Some(records) = evaluate_all(read, &serving, &metrics).await else {
         return (0..events).map(|_| Ok(None)).collect();
     };
-    let produced = records.into_iter().map(|record| {
-        let (producer, topic, retries) = (&producer, &topic, &metrics.produce_retries);
+    // Every record goes to the producer's queue first, so the group is in flight at once; then
+    // each delivery is awaited in order, with no task or allocation per record.
+    let sent: Vec<(Record, Option<DeliveryFuture>)> = records
+        .into_iter()
+        .map(|record| {
+            let queued = record
+                .span
+                .in_scope(|| producer.send_result(future_record(&topic, &record)).ok());
+            (record, queued)
+        })
+        .collect();
+    let mut delivered = Vec::with_capacity(events);
+    for (record, queued) in sent {
         let span = record.span.clone();
-        async move {
-            produce(producer, topic, &record, retries).await?;
-            Ok(Some(record.source))
-        }
-        .instrument(span)
-    });
-    futures::future::join_all(produced).await
+        let done = produce(&producer, &topic, &record, &metrics.produce_retries, queued)
+            .instrument(span)
+            .await;
+        delivered.push(done.map(|()| Some(record.source)));
+    }
+    delivered
+}
+
+fn future_record<'a>(topic: &'a str, record: &'a Record) -> FutureRecord<'a, String, Vec<u8>> {
+    let out = FutureRecord::to(topic).key(&record.key).payload(&record.value);
+    match &record.headers {
+        Some(headers) => out.headers(headers.clone()),
+        None => out,
+    }
 }
 
 /// Produces `record` to `topic`, retrying (counted in `retries`) until the broker acknowledges
-/// it or the producer has failed for good.
+/// it or the producer has failed for good. `queued` is its first send, when the producer's
+/// queue took it; without it (the queue was full) the first send waits for room.
 async fn produce(
     producer: &FutureProducer,
     topic: &str,
     record: &Record,
     retries: &Counter,
+    mut queued: Option<DeliveryFuture>,
 ) -> Result<(), ProducerFailed> {
     let mut wait = Duration::from_millis(100);
     loop {
-        let mut out = FutureRecord::to(topic).key(&record.key).payload(&record.value);
-        if let Some(headers) = &record.headers {
-            out = out.headers(headers.clone());
-        }
-        match producer.send(out, Duration::from_secs(30)).await {
-            Ok(_) => return Ok(()),
-            Err((e, _)) => {
+        let outcome = match queued.take() {
+            Some(delivery) => match delivery.await {
+                Ok(delivered) => delivered.map(|_| ()).map_err(|(e, _)| e),
+                // The producer dropped the record without a report (it is shutting down).
+                Err(_) => Err(KafkaError::Canceled),
+            },
+            None => producer
+                .send(future_record(topic, record), Duration::from_secs(30))
+                .await
+                .map(|_| ())
+                .map_err(|(e, _)| e),
+        };
+        match outcome {
+            Ok(()) => return Ok(()),
+            Err(e) => {
                 if let Some(failed) = kappa_kafka::failed_for_good(producer.client()) {
                     return Err(failed);
                 }
@@ -234,9 +263,12 @@ mod tests {
             &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 2],
         );
         let producer: FutureProducer = super::super::producer_config(&kafka, None).create().unwrap();
+        // Queued first, as a group's records are.
+        let queued = producer.send_result(future_record("predictions", &record)).ok();
+        assert!(queued.is_some(), "an empty queue takes the record");
         let sent = tokio::time::timeout(
             Duration::from_secs(60),
-            produce(&producer, "predictions", &record, &retries),
+            produce(&producer, "predictions", &record, &retries, queued),
         );
         assert!(sent.await.expect("acknowledged within a minute").is_ok());
         assert!(producer.client().fatal_error().is_none());
@@ -249,7 +281,7 @@ mod tests {
         let producer: FutureProducer = super::super::producer_config(&kafka, None).create().unwrap();
         let sent = tokio::time::timeout(
             Duration::from_secs(60),
-            produce(&producer, "predictions", &record, &retries),
+            produce(&producer, "predictions", &record, &retries, None),
         );
         let failed = sent
             .await
