@@ -1,10 +1,10 @@
 //! Decoding one event with a schema. The paths are compiled into a tree once per model version;
-//! an event is then walked in a single serde pass that descends only into the objects the
-//! schema names and skips everything else unread, without allocating a key per field.
+//! an event is then walked in a single pass over its bytes (`walk`) that descends only into the
+//! objects the schema names and checks everything else without converting it.
 
-use std::{collections::HashMap, fmt};
+mod walk;
 
-use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use std::collections::HashMap;
 
 use super::{MAX_FEATURES, PayloadFormat, parse_rfc3339_ms, protobuf, validate_path};
 use crate::{EventSchema, ModelManifest, TimeFormat};
@@ -153,13 +153,14 @@ enum Target {
 
 /// Keys are hashed with foldhash's fixed-seed hasher, which reads a key eight bytes at a time:
 /// hashing is most of a lookup (FNV's byte-at-a-time loop was the hottest code of a fleet
-/// event's decode under perf), and SipHash's flood resistance buys nothing here. The table holds only the schema's own few
-/// names, so keys an event crafts to collide can cost a lookup no more than a probe over those.
+/// event's decode under perf), and SipHash's flood resistance buys nothing here. The table
+/// holds only the schema's own few names, so keys an event crafts to collide can cost a lookup
+/// no more than a probe over those.
 type KeyMap = HashMap<Box<[u8]>, usize, foldhash::fast::FixedState>;
 
 /// One level of the path tree. Children are found by hash, so an event with a thousand fields
 /// costs a thousand lookups, not a thousand scans of a thousand names. Keys are matched as
-/// bytes, so serde_json need not check each key's UTF-8 (a key no path names is still checked).
+/// bytes: the walk checks a key's UTF-8 only when it holds a byte that is not ASCII.
 #[derive(Debug, Clone, Default)]
 struct Node {
     target: Option<Target>,
@@ -300,41 +301,13 @@ impl EventDecoder {
         event.time_ms = None;
         event.time_invalid = false;
         match format {
-            PayloadFormat::Json => {
-                let mut de = serde_json::Deserializer::from_slice(payload);
-                self.seed(event).deserialize(&mut de).map_err(|e| {
-                    if e.is_syntax() || e.is_eof() {
-                        format!("the event is not JSON: {e}")
-                    } else {
-                        format!("the event is not a JSON object: {e}")
-                    }
-                })?;
-                de.end().map_err(|e| format!("the event is not JSON: {e}"))
-            }
+            PayloadFormat::Json => walk::walk(self, payload, event).map_err(|e| e.to_string()),
             PayloadFormat::Protobuf => {
+                // Read as the JSON it maps to, so both formats mean exactly the same.
                 let value = protobuf::sensor_reading_to_json(payload)?;
-                self.decode_value(&value, event)
+                let json = serde_json::to_vec(&value).map_err(|e| format!("the reading cannot be read: {e}"))?;
+                walk::walk(self, &json, event).map_err(|e| e.to_string())
             }
-        }
-    }
-
-    /// Reads an already parsed JSON value (protobuf events, or events from other sources).
-    pub fn decode_value(&self, value: &serde_json::Value, event: &mut DecodedEvent) -> Result<(), String> {
-        if event.values.len() != self.features.len() {
-            event.values.clear();
-            event.values.resize(self.features.len(), FieldValue::Missing);
-        }
-        self.seed(event)
-            .deserialize(value)
-            .map_err(|e| format!("the event is not a JSON object: {e}"))
-    }
-
-    fn seed<'n, 'o>(&'n self, out: &'o mut DecodedEvent) -> Seed<'n, 'o> {
-        Seed {
-            decoder: self,
-            node: &self.root,
-            out,
-            root: true,
         }
     }
 
@@ -414,43 +387,29 @@ pub fn time_rule(schema: &EventSchema) -> Option<TimeRule> {
     })
 }
 
-struct Seed<'n, 'o> {
-    decoder: &'n EventDecoder,
-    node: &'n Node,
-    out: &'o mut DecodedEvent,
-    root: bool,
-}
-
+/// A value at a path, as the walk hands it over.
 enum Scalar<'a> {
     Number(f64),
     Text(&'a str),
     Bool(bool),
+    /// An object or an array.
     Composite,
 }
 
-impl<'n> Seed<'n, '_> {
-    fn child<'p>(&'p mut self, node: &'n Node) -> Seed<'n, 'p> {
-        Seed {
-            decoder: self.decoder,
-            node,
-            out: self.out,
-            root: false,
-        }
-    }
-
-    fn set(&mut self, value: Scalar<'_>) {
-        let Some(target) = self.node.target else { return };
+impl EventDecoder {
+    /// Records the value found at `target`'s path.
+    fn set(&self, out: &mut DecodedEvent, target: Target, value: Scalar<'_>) {
         match target {
             Target::Feature(i) => {
-                self.out.values[i] = match value {
+                out.values[i] = match value {
                     Scalar::Number(n) => FieldValue::Number(n),
                     Scalar::Text(s) => s.trim().parse().map_or(FieldValue::NotNumeric, FieldValue::Number),
                     Scalar::Bool(_) | Scalar::Composite => FieldValue::NotNumeric,
                 };
             }
             Target::Label => {
-                let Some(rule) = &self.decoder.label else { return };
-                self.out.label = match value {
+                let Some(rule) = &self.label else { return };
+                out.label = match value {
                     Scalar::Number(n) => Some(rule.number(n)),
                     Scalar::Text(s) => Some(rule.text(s)),
                     Scalar::Bool(b) => Some(rule.text(if b { "true" } else { "false" })),
@@ -458,143 +417,15 @@ impl<'n> Seed<'n, '_> {
                 };
             }
             Target::Time => {
-                let Some(rule) = &self.decoder.time else { return };
+                let Some(rule) = &self.time else { return };
                 let ms = match value {
                     Scalar::Number(n) => rule.number(n),
                     Scalar::Text(s) => rule.text(s),
                     Scalar::Bool(_) | Scalar::Composite => None,
                 };
-                self.out.time_ms = ms;
-                self.out.time_invalid = ms.is_none();
+                out.time_ms = ms;
+                out.time_invalid = ms.is_none();
             }
-        }
-    }
-
-    fn scalar<E: de::Error>(mut self, value: Scalar<'_>) -> Result<(), E> {
-        if self.root {
-            return Err(E::custom("expected an object"));
-        }
-        self.set(value);
-        Ok(())
-    }
-}
-
-impl<'de> DeserializeSeed<'de> for Seed<'_, '_> {
-    type Value = ();
-
-    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        deserializer.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Seed<'_, '_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON event")
-    }
-
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
-        self.scalar(Scalar::Bool(v))
-    }
-
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
-        self.scalar(Scalar::Number(v as f64))
-    }
-
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
-        self.scalar(Scalar::Number(v as f64))
-    }
-
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
-        self.scalar(Scalar::Number(v))
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
-        self.scalar(Scalar::Text(v))
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
-        // null is absent: the value stays Missing.
-        if self.root {
-            return Err(E::custom("expected an object"));
-        }
-        Ok(())
-    }
-
-    fn visit_none<E: de::Error>(self) -> Result<(), E> {
-        self.visit_unit()
-    }
-
-    fn visit_some<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        deserializer.deserialize_any(self)
-    }
-
-    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
-        self.set(Scalar::Composite);
-        let node = self.node;
-        while let Some(child) = map.next_key_seed(KeySeed(node))? {
-            match child {
-                Some(child) => map.next_value_seed(self.child(child))?,
-                None => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
-        if self.root {
-            return Err(de::Error::custom("expected an object, found an array"));
-        }
-        self.set(Scalar::Composite);
-        let node = self.node;
-        for i in 0.. {
-            let more = match node.index(i) {
-                Some(child) => seq.next_element_seed(self.child(child))?.is_some(),
-                None => seq.next_element::<IgnoredAny>()?.is_some(),
-            };
-            if !more {
-                break;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Looks a key up among a node's children without allocating it.
-struct KeySeed<'n>(&'n Node);
-
-impl<'de, 'n> DeserializeSeed<'de> for KeySeed<'n> {
-    type Value = Option<&'n Node>;
-
-    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
-        // As bytes: serde_json unescapes the key but leaves its UTF-8 to us (see `visit_bytes`).
-        deserializer.deserialize_bytes(self)
-    }
-}
-
-impl<'n> Visitor<'_> for KeySeed<'n> {
-    type Value = Option<&'n Node>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an object key")
-    }
-
-    fn visit_str<E: de::Error>(self, key: &str) -> Result<Self::Value, E> {
-        Ok(self.0.key(key.as_bytes()))
-    }
-
-    /// A key a path names is valid UTF-8 (the path is); any other is checked, so an event that
-    /// is not UTF-8 is still refused as not JSON.
-    fn visit_bytes<E: de::Error>(self, key: &[u8]) -> Result<Self::Value, E> {
-        match self.0.key(key) {
-            Some(node) => Ok(Some(node)),
-            None => match std::str::from_utf8(key) {
-                Ok(_) => Ok(None),
-                Err(_) => Err(E::custom("invalid unicode code point in an object key")),
-            },
         }
     }
 }
