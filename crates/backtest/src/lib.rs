@@ -14,7 +14,7 @@ use kappa_kafka::{
     scan::{Record, Scan, ScanError, event_time, scan_decoded},
 };
 use kappa_model::{
-    Mlp, ModelManifest,
+    Model, ModelManifest,
     evaluate::quality,
     schema::{DecodedEvent, EventDecoder, LabelRule, label_rule, time_rule},
 };
@@ -27,15 +27,19 @@ const BATCH: usize = 1024;
 /// A version taking part: its manifest (name, version, threshold, schema) and its model.
 pub struct Contender {
     pub manifest: ModelManifest,
-    pub mlp: Mlp,
+    pub model: Model,
     decoder: EventDecoder,
 }
 
 impl Contender {
     /// Fails when the manifest's schema cannot be compiled.
-    pub fn new(manifest: ModelManifest, mlp: Mlp) -> Result<Self, String> {
+    pub fn new(manifest: ModelManifest, model: Model) -> Result<Self, String> {
         let decoder = EventDecoder::for_manifest(&manifest)?;
-        Ok(Self { manifest, mlp, decoder })
+        Ok(Self {
+            manifest,
+            model,
+            decoder,
+        })
     }
 }
 
@@ -191,7 +195,7 @@ impl<'a> Replay<'a> {
             contenders,
             pending: contenders
                 .iter()
-                .map(|c| Vec::with_capacity(BATCH * c.mlp.n_features()))
+                .map(|c| Vec::with_capacity(BATCH * c.model.n_features()))
                 .collect(),
             queued: 0,
             scores: vec![Vec::new(); contenders.len()],
@@ -224,7 +228,7 @@ impl<'a> Replay<'a> {
                 continue;
             }
             contender
-                .mlp
+                .model
                 .score_into(&self.pending[i], &mut self.out)
                 .map_err(|e| BacktestError::Scoring {
                     version: contender.manifest.version,
@@ -284,8 +288,8 @@ impl<'a> Replay<'a> {
     }
 }
 
-/// A version from the registry, ready to take part: its weights checked against the
-/// manifest's digest, its model built on the native backend.
+/// A version from the registry, ready to take part: admitted as a predictor would (digest,
+/// structure, probe), of either format.
 pub async fn fetch(
     registry: &mut kappa_client::Registry,
     name: &str,
@@ -303,7 +307,7 @@ pub async fn fetch(
     let manifest = header
         .manifest
         .ok_or_else(|| format!("{what} (v{}) has no manifest", header.version))?;
-    let mlp = Mlp::load(&manifest, &weights, kappa_model::Backend::Native)
+    let model = kappa_model::admission::load(&manifest, &weights)
         .map_err(|e| format!("{what} (v{}) does not load: {e}", header.version))?;
-    Contender::new(manifest, mlp).map_err(|e| format!("{what} (v{}): its schema: {e}", header.version))
+    Contender::new(manifest, model).map_err(|e| format!("{what} (v{}): its schema: {e}", header.version))
 }

@@ -1,6 +1,6 @@
 use std::collections::HashSet;
 
-use crate::{Activation, ModelError, ModelManifest, OutputKind};
+use crate::{Activation, ModelError, ModelFormat, ModelManifest, OutputKind};
 
 const MAX_NAME_LEN: usize = 64;
 /// Bounds the work a single forward pass can demand; far above any anomaly detector we serve.
@@ -91,6 +91,23 @@ pub fn validate_manifest(manifest: &ModelManifest) -> Result<(), ModelError> {
     crate::schema::EventDecoder::for_manifest(manifest)
         .map_err(|e| ModelError::InvalidManifest(format!("its schema: {e}")))?;
 
+    match crate::format_of(manifest)? {
+        ModelFormat::Onnx => validate_onnx(manifest)?,
+        ModelFormat::Mlp | ModelFormat::Unspecified => validate_layers(manifest)?,
+    }
+
+    if !manifest.anomaly_threshold.is_finite() {
+        return invalid("the anomaly threshold is not a finite number".into());
+    }
+    Ok(())
+}
+
+/// The MLP's layer chain and output kind.
+fn validate_layers(manifest: &ModelManifest) -> Result<(), ModelError> {
+    let invalid = |msg: String| Err(ModelError::InvalidManifest(msg));
+    if manifest.onnx.is_some() {
+        return invalid("an MLP version carries no onnx section; set format to onnx for a graph".into());
+    }
     if manifest.layers.is_empty() {
         return invalid("it declares no layers".into());
     }
@@ -152,8 +169,48 @@ pub fn validate_manifest(manifest: &ModelManifest) -> Result<(), ModelError> {
         }
     }
 
-    if !manifest.anomaly_threshold.is_finite() {
-        return invalid("the anomaly threshold is not a finite number".into());
+    Ok(())
+}
+
+/// What Kappa needs to know to score with an ONNX graph; the graph itself is checked with its
+/// bytes, in admission.
+fn validate_onnx(manifest: &ModelManifest) -> Result<(), ModelError> {
+    let invalid = |msg: String| Err(ModelError::InvalidManifest(msg));
+    if !manifest.layers.is_empty() || manifest.output != OutputKind::Unspecified as i32 {
+        return invalid("an ONNX version declares no layers or output kind: the graph is the model".into());
+    }
+    if let Some(f) = manifest.features.iter().find(|f| f.offset != 0.0 || f.scale != 1.0) {
+        return invalid(format!(
+            "feature {:?} has offset {} and scale {}; an ONNX graph takes raw values (offset 0, scale 1): put scaling inside the graph (a StandardScaler step, a normalising layer)",
+            f.name, f.offset, f.scale
+        ));
+    }
+    let Some(onnx) = &manifest.onnx else {
+        return invalid("an ONNX version needs its onnx section: the features input and how to score".into());
+    };
+    if onnx.features_input.is_empty() {
+        return invalid("onnx.features_input is empty: name the graph input that takes the features".into());
+    }
+    let scoring = onnx.scoring.clone().unwrap_or_default();
+    match (scoring.score_output.is_empty(), scoring.label_output.is_empty()) {
+        (false, true) => {
+            if !scoring.positive_labels.is_empty() {
+                return invalid("positive labels go with a label output, not a score output".into());
+            }
+        }
+        (true, false) => {
+            crate::model::parse_positive_labels(&scoring.positive_labels)?;
+            if manifest.anomaly_threshold != 0.5 {
+                return invalid(format!(
+                    "a label output scores 1 for a positive label and 0 otherwise, so the threshold is 0.5, not {}",
+                    manifest.anomaly_threshold
+                ));
+            }
+        }
+        (false, false) => return invalid("name a score output or a label output, not both".into()),
+        (true, true) => {
+            return invalid("name the output that scores (onnx.scoring.score_output) or labels (label_output)".into());
+        }
     }
     Ok(())
 }

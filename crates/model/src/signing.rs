@@ -41,11 +41,15 @@ pub enum SignatureError {
 }
 
 /// The bytes a signature covers: the manifest as the publisher sent it, with the digest of its
-/// weights, and without what the registry assigns.
+/// weights, and without what the registry assigns or reads from the weights (an ONNX graph's
+/// inputs and outputs, bound through the digest already).
 pub fn signed_bytes(manifest: &ModelManifest) -> Vec<u8> {
     let mut content = manifest.clone();
     content.version = 0;
     content.created_at_ms = 0;
+    if let Some(onnx) = content.onnx.as_mut() {
+        onnx.graph = None;
+    }
     let mut bytes = DOMAIN.to_vec();
     bytes.extend(content.encode_to_vec());
     bytes

@@ -32,31 +32,50 @@ pub fn check_tensors(manifest: &ModelManifest, bytes: &[u8]) -> Result<(), Model
     check_structure(manifest, bytes, &scan)
 }
 
+/// The SHA-256 of bytes that arrive in pieces: each [`Self::extend`] hashes what is new.
+#[derive(Default)]
+pub struct DigestStream {
+    digest: Sha256,
+    hashed: usize,
+}
+
+impl DigestStream {
+    /// Takes in `bytes`, everything that has arrived so far (what came before, then the new).
+    pub fn extend(&mut self, bytes: &[u8]) {
+        self.digest.update(&bytes[self.hashed..]);
+        self.hashed = bytes.len();
+    }
+
+    /// Lower-case hex digest of `bytes`, all of them, of which [`Self::extend`] saw a prefix.
+    pub fn finish(mut self, bytes: &[u8]) -> String {
+        self.extend(bytes);
+        hex::encode(self.digest.finalize())
+    }
+}
+
 /// [`validate_weights`] run as the weights arrive: each [`Self::extend`] hashes the bytes
 /// that are new and, once the safetensors header is in, scans their FP32 values, so a large
 /// upload is hashed and scanned while it goes on and only the header's structure is left to
 /// check once the last byte is in.
 #[derive(Default)]
 pub struct WeightsCheck {
-    digest: Sha256,
-    hashed: usize,
+    digest: DigestStream,
     scan: ValueScan,
 }
 
 impl WeightsCheck {
     /// Takes in `bytes`, everything that has arrived so far (what came before, then the new).
     pub fn extend(&mut self, bytes: &[u8]) {
-        self.digest.update(&bytes[self.hashed..]);
-        self.hashed = bytes.len();
+        self.digest.extend(bytes);
         self.scan.extend(bytes);
     }
 
     /// The verdict on `bytes`, all the weights, of which [`Self::extend`] saw a prefix.
     pub fn finish(mut self, manifest: &ModelManifest, bytes: &[u8]) -> Result<ValidatedWeights, ModelError> {
-        self.extend(bytes);
+        self.scan.extend(bytes);
         check_structure(manifest, bytes, &self.scan)?;
         let validated = ValidatedWeights {
-            sha256: hex::encode(self.digest.finalize()),
+            sha256: self.digest.finish(bytes),
             size: bytes.len() as u64,
         };
         if !manifest.weights_sha256.is_empty() && !manifest.weights_sha256.eq_ignore_ascii_case(&validated.sha256) {

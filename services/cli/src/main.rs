@@ -9,6 +9,7 @@ mod keys;
 mod load;
 mod models;
 mod monitor;
+mod onnx;
 mod predict;
 mod predictions;
 mod recent;

@@ -33,14 +33,17 @@ enum Output {
 
 #[derive(Debug, Subcommand)]
 enum ModelsCommand {
-    /// Publish a safetensors file with its manifest (proto3 JSON of ModelManifest); prints the
-    /// assigned version and SHA-256.
+    /// Publish a model; prints the assigned version and SHA-256. Either a safetensors file with
+    /// its manifest (proto3 JSON of ModelManifest), or an ONNX graph with --onnx and flags that
+    /// say what it takes and how it scores.
     Publish {
-        /// The safetensors weights.
-        weights: PathBuf,
-        /// The manifest JSON file.
-        manifest: PathBuf,
-        /// Publish under this name instead of the manifest's.
+        /// The safetensors weights (not with --onnx).
+        #[arg(required_unless_present = "onnx", conflicts_with = "onnx")]
+        weights: Option<PathBuf>,
+        /// The manifest JSON file (not with --onnx).
+        #[arg(required_unless_present = "onnx", conflicts_with = "onnx")]
+        manifest: Option<PathBuf>,
+        /// Publish under this name instead of the manifest's (required with --onnx).
         #[arg(long)]
         name: Option<String>,
         /// Retrying with the same key returns the version already stored instead of a new one.
@@ -51,6 +54,9 @@ enum ModelsCommand {
         /// predictors with --trusted-keys serve it.
         #[arg(long, env = "KAPPA_SIGNING_KEY", value_parser = kappa_model::signing::ModelSigner::parse_flag)]
         signing_key: Option<kappa_model::signing::ModelSigner>,
+        // Boxed: the ONNX flags are many beside the other subcommands' few.
+        #[command(flatten)]
+        onnx: Box<crate::onnx::OnnxArgs>,
     },
     /// List every model with its latest version and aliases.
     List,
@@ -151,13 +157,27 @@ pub async fn run(args: ModelsArgs, security: &ClientSecurity) -> anyhow::Result<
             name,
             idempotency_key,
             signing_key,
+            onnx,
         } => {
             let mut registry = connect(&args.registry, security).await?;
-            let bytes = std::fs::read(&weights).with_context(|| format!("cannot read {}", weights.display()))?;
-            let mut manifest = read_manifest(&manifest)?;
-            if let Some(name) = name {
-                manifest.name = name;
-            }
+            let (bytes, manifest) = match (&onnx.onnx, weights, manifest) {
+                (Some(graph), _, _) => {
+                    let name = name.context("--name: the name to publish the graph under")?;
+                    let bytes = std::fs::read(graph).with_context(|| format!("cannot read {}", graph.display()))?;
+                    let manifest = onnx.manifest(&name, &bytes, &mut registry).await?;
+                    (bytes, manifest)
+                }
+                (None, Some(weights), Some(manifest)) => {
+                    let bytes =
+                        std::fs::read(&weights).with_context(|| format!("cannot read {}", weights.display()))?;
+                    let mut manifest = read_manifest(&manifest)?;
+                    if let Some(name) = name {
+                        manifest.name = name;
+                    }
+                    (bytes, manifest)
+                }
+                _ => anyhow::bail!("give WEIGHTS and MANIFEST, or --onnx FILE"),
+            };
             let key = idempotency_key.unwrap_or_else(|| default_idempotency_key(&manifest, &bytes));
             let response = registry
                 .publish_signed(&manifest, &bytes, &key, signing_key.as_ref())
@@ -264,6 +284,9 @@ pub async fn run(args: ModelsArgs, security: &ClientSecurity) -> anyhow::Result<
                         "{} v{} sha256 {} ({} bytes)",
                         header.name, header.version, header.weights_sha256, header.weights_size
                     );
+                    if let Some(manifest) = &header.manifest {
+                        print!("{}", describe_format(manifest));
+                    }
                     if let Some(path) = out {
                         println!("weights written to {} (digest verified)", path.display());
                     }
@@ -379,7 +402,7 @@ fn describe_event(event: &pb::WatchModelsResponse) -> String {
     format!("@{} {what}", event.position)
 }
 
-fn read_manifest(path: &Path) -> anyhow::Result<ModelManifest> {
+pub fn read_manifest(path: &Path) -> anyhow::Result<ModelManifest> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| {
         format!(
@@ -469,4 +492,84 @@ fn default_idempotency_key(manifest: &ModelManifest, weights: &[u8]) -> String {
         kappa_model::sha256_hex(weights),
         &kappa_model::sha256_hex(&manifest_json)[..16]
     )
+}
+
+/// What `kappa models get` says of a version's format: for an ONNX graph, its inputs, outputs,
+/// operators and how Kappa scores with it.
+fn describe_format(manifest: &ModelManifest) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let features: Vec<&str> = manifest.features.iter().map(|f| f.name.as_str()).collect();
+    let Some(onnx) = manifest
+        .onnx
+        .as_ref()
+        .filter(|_| manifest.format == kappa_api::model::ModelFormat::Onnx as i32)
+    else {
+        let _ = writeln!(
+            out,
+            "format: mlp, {} layers, features {}",
+            manifest.layers.len(),
+            features.join(",")
+        );
+        let _ = writeln!(out, "threshold: {}", manifest.anomaly_threshold);
+        return out;
+    };
+    let graph = onnx.graph.clone().unwrap_or_default();
+    let _ = writeln!(out, "format: onnx ({}, IR {})", graph.producer, graph.ir_version);
+    let shape = |s: &[i64]| {
+        s.iter()
+            .map(|d| if *d < 0 { "N".to_owned() } else { d.to_string() })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for (what, tensors) in [("input", &graph.inputs), ("output", &graph.outputs)] {
+        for t in tensors {
+            let _ = write!(out, "{what}: {} {} [{}]", t.name, t.datatype, shape(&t.shape));
+            if !t.column_labels.is_empty() {
+                let _ = write!(out, " columns {}", t.column_labels.join(","));
+            }
+            out.push('\n');
+        }
+    }
+    let opsets: Vec<String> = graph
+        .opsets
+        .iter()
+        .map(|o| {
+            format!(
+                "{}={}",
+                if o.domain.is_empty() { "ai.onnx" } else { &o.domain },
+                o.version
+            )
+        })
+        .collect();
+    let _ = writeln!(out, "opsets: {}", opsets.join(", "));
+    let _ = writeln!(out, "operators: {}", graph.operators.join(", "));
+    let _ = writeln!(out, "features ({}): {}", onnx.features_input, features.join(","));
+    let scoring = onnx.scoring.clone().unwrap_or_default();
+    if scoring.label_output.is_empty() {
+        let kind = if scoring.score_kind == kappa_api::model::OnnxScoreKind::ReconstructionError as i32 {
+            "reconstruction error of".to_owned()
+        } else {
+            format!("column {} of", scoring.score_column)
+        };
+        let (sign, word) = if scoring.lower_is_anomalous {
+            (-1.0, "below")
+        } else {
+            (1.0, "above")
+        };
+        let _ = writeln!(
+            out,
+            "score: {kind} {}; anomalous {word} {}",
+            scoring.score_output,
+            sign * manifest.anomaly_threshold
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "label: {}; anomalous when {}",
+            scoring.label_output,
+            scoring.positive_labels.join(" or ")
+        );
+    }
+    out
 }

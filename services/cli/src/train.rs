@@ -168,7 +168,7 @@ pub struct SchemaArgs {
     pub allow_truncated_start: bool,
 }
 
-fn parse_valid_range(raw: &str) -> Result<(String, Option<f64>, Option<f64>), String> {
+pub fn parse_valid_range(raw: &str) -> Result<(String, Option<f64>, Option<f64>), String> {
     let usage = || format!("{raw:?} is not PATH=MIN..MAX (for example speed=0..250 or rpm=..9000)");
     let (path, range) = raw.split_once('=').ok_or_else(usage)?;
     let (min, max) = range.split_once("..").ok_or_else(usage)?;

@@ -14,6 +14,8 @@ use std::{
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use tokio::sync::oneshot;
 
+use kappa_model::onnx::OutputTensor;
+
 use crate::{error::PredictError, faults::Faults, metrics::PredictorMetrics, slot::LoadedModel};
 
 /// One admitted request: rows of raw feature values for the model it was pinned to.
@@ -21,6 +23,9 @@ pub struct Job {
     pub model: Arc<LoadedModel>,
     pub inputs: Vec<f32>,
     pub rows: usize,
+    /// For an Open Inference Protocol call to an ONNX version: the graph's input as the client
+    /// sent it (FP64 kept exact). Such a job runs alone and is answered with every output.
+    pub graph: Option<Vec<f64>>,
     pub reply: oneshot::Sender<Result<Scored, PredictError>>,
 }
 
@@ -31,6 +36,8 @@ pub struct Scored {
     pub model: Arc<LoadedModel>,
     pub scores: Vec<f32>,
     pub inputs: Vec<f32>,
+    /// Every output of the graph, for a job that asked for them.
+    pub outputs: Vec<OutputTensor>,
 }
 
 #[derive(Clone)]
@@ -76,7 +83,19 @@ impl Batcher {
 
     /// Queues a job and waits for its scores. Refuses at once when the queue is full.
     pub async fn score(&self, model: Arc<LoadedModel>, inputs: Vec<f32>, rows: usize) -> Result<Scored, PredictError> {
-        self.submit(model, inputs, rows, WhenFull::Refuse).await
+        self.submit(model, inputs, rows, None, WhenFull::Refuse).await
+    }
+
+    /// Runs an ONNX version's graph on `graph` (its input as sent; `inputs` the same values as
+    /// rows of features, for the shadow and drift) and answers with every output and the scores.
+    pub async fn infer_graph(
+        &self,
+        model: Arc<LoadedModel>,
+        inputs: Vec<f32>,
+        graph: Vec<f64>,
+        rows: usize,
+    ) -> Result<Scored, PredictError> {
+        self.submit(model, inputs, rows, Some(graph), WhenFull::Refuse).await
     }
 
     /// Like [`Batcher::score`], but waits for room when the queue is full: stream scoring
@@ -87,7 +106,7 @@ impl Batcher {
         inputs: Vec<f32>,
         rows: usize,
     ) -> Result<Scored, PredictError> {
-        self.submit(model, inputs, rows, WhenFull::Wait).await
+        self.submit(model, inputs, rows, None, WhenFull::Wait).await
     }
 
     async fn submit(
@@ -95,6 +114,7 @@ impl Batcher {
         model: Arc<LoadedModel>,
         inputs: Vec<f32>,
         rows: usize,
+        graph: Option<Vec<f64>>,
         when_full: WhenFull,
     ) -> Result<Scored, PredictError> {
         let (reply, answer) = oneshot::channel();
@@ -102,6 +122,7 @@ impl Batcher {
             model,
             inputs,
             rows,
+            graph,
             reply,
         };
         let mut wait = Duration::from_millis(1);
@@ -184,7 +205,8 @@ impl Worker {
             // one client calling one request at a time, never waits for company that is not
             // coming. The last batch says which it is.
             let worth_waiting = !self.max_queue_delay.is_zero() && last_batch_jobs > 1;
-            while rows < self.max_batch_rows {
+            // A graph job wants every output of its own run: it is never merged.
+            while rows < self.max_batch_rows && batch[0].graph.is_none() {
                 let next = match self.rx.try_recv() {
                     Ok(job) => job,
                     Err(_) if !worth_waiting => break,
@@ -194,7 +216,10 @@ impl Worker {
                     },
                 };
                 let next = self.taken(next);
-                if !Arc::ptr_eq(&next.model, &batch[0].model) || rows + next.rows > self.max_batch_rows {
+                if !Arc::ptr_eq(&next.model, &batch[0].model)
+                    || rows + next.rows > self.max_batch_rows
+                    || next.graph.is_some()
+                {
                     carry = Some(next);
                     break;
                 }
@@ -213,6 +238,10 @@ impl Worker {
     }
 
     fn run_batch(&self, batch: &mut Vec<Job>, rows: usize, inputs: &mut Vec<f32>, scores: &mut Vec<f32>) {
+        if batch[0].graph.is_some() {
+            let job = batch.pop().expect("a graph job runs alone");
+            return self.run_graph(job);
+        }
         let model = Arc::clone(&batch[0].model);
         inputs.clear();
         for job in batch.iter() {
@@ -222,7 +251,7 @@ impl Worker {
         // A panic here (a bug, or a model that trips one) fails this batch's requests alone.
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
             self.faults.before_inference(inputs);
-            model.mlp.score_into(inputs, scores).map_err(|e| e.to_string())
+            model.model.score_into(inputs, scores).map_err(|e| e.to_string())
         }))
         .unwrap_or_else(|panic| {
             self.metrics.inference_panics.inc();
@@ -242,6 +271,7 @@ impl Worker {
                     model: Arc::clone(&model),
                     scores: scores[start..start + job.rows].to_vec(),
                     inputs: job.inputs,
+                    outputs: Vec::new(),
                 }),
                 Err(e) => Err(PredictError::Inference(e.clone())),
             };
@@ -249,6 +279,41 @@ impl Worker {
             // The caller may have gone away (deadline, cancellation); nothing to do then.
             let _ = job.reply.send(answer);
         }
+    }
+}
+
+impl Worker {
+    /// One graph job: every output, the scores, and drift like any batch.
+    fn run_graph(&self, job: Job) {
+        let model = Arc::clone(&job.model);
+        self.metrics.batch_size.observe(job.rows as f64);
+        let graph = job.graph.as_deref().unwrap_or_default();
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            self.faults.before_inference(&job.inputs);
+            match model.model.onnx() {
+                Some(onnx) => onnx.infer(graph, job.rows).map_err(|e| e.to_string()),
+                None => Err("this version is not an ONNX graph".to_owned()),
+            }
+        }))
+        .unwrap_or_else(|panic| {
+            self.metrics.inference_panics.inc();
+            Err(format!("the graph panicked ({})", kappa_runtime::panic_message(panic)))
+        });
+        let answer = match result {
+            Ok(answer) => {
+                if let Some(drift) = &model.drift {
+                    drift.observe(&job.inputs, &answer.scores, model.threshold);
+                }
+                Ok(Scored {
+                    model,
+                    scores: answer.scores,
+                    inputs: job.inputs,
+                    outputs: answer.outputs,
+                })
+            }
+            Err(e) => Err(PredictError::Inference(e)),
+        };
+        let _ = job.reply.send(answer);
     }
 }
 
@@ -265,7 +330,7 @@ mod tests {
         let mut manifest = autoencoder_over("m", &["a", "b", "c"], &[2]);
         manifest.version = version;
         let mlp = Mlp::load(&manifest, &random_weights(&manifest, seed), Backend::Native).unwrap();
-        Arc::new(LoadedModel::new(manifest, mlp).unwrap())
+        Arc::new(LoadedModel::new(manifest, kappa_model::Model::Mlp(mlp)).unwrap())
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -291,12 +356,12 @@ mod tests {
                 answer.model.version, m.version,
                 "a request keeps the model it was admitted with"
             );
-            assert_eq!(answer.scores, m.mlp.score(row).unwrap(), "its own slice of the batch");
+            assert_eq!(answer.scores, m.model.score(row).unwrap(), "its own slice of the batch");
         }
         // Requests with more rows than the batch limit are scored whole, in order.
         let rows: Vec<f32> = (0..30).map(|i| i as f32).collect();
         let whole = batcher.score(Arc::clone(&v1), rows.clone(), 10).await.unwrap();
-        assert_eq!(whole.scores, v1.mlp.score(&rows).unwrap());
+        assert_eq!(whole.scores, v1.model.score(&rows).unwrap());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -311,7 +376,7 @@ mod tests {
                 .await
                 .expect("a lone request waited for company")
                 .unwrap();
-            assert_eq!(answer.scores, v1.mlp.score(&row).unwrap());
+            assert_eq!(answer.scores, v1.model.score(&row).unwrap());
         }
     }
 }

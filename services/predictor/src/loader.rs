@@ -8,7 +8,11 @@ use std::{
 };
 
 use kappa_kafka::KafkaClients;
-use kappa_model::{Backend, Mlp, sha256_hex, signing::TrustedKeys};
+use kappa_model::{
+    Backend,
+    admission::{self, Policy, Signature},
+    signing::TrustedKeys,
+};
 use kappa_modellog::chunks;
 use kappa_runtime::{Readiness, propagation::context_from_map};
 use tokio::sync::watch;
@@ -284,8 +288,9 @@ impl Loader {
             reason: "no_manifest",
             message: "the version record carries no manifest".into(),
         })?;
-        // Before any weights are fetched: anyone who can write to the topic can write a version
-        // with a matching digest; only a trusted key's signature makes it servable.
+        // Before any weights are fetched (admission checks it again, with the rest): anyone who
+        // can write to the topic can write a version with a matching digest; only a trusted
+        // key's signature makes it worth reading.
         if let Some(trusted) = &self.trusted_keys {
             let record = &target.record;
             tracing::info_span!("verify_signature", key = record.signing_key_id.as_str())
@@ -342,58 +347,48 @@ impl Loader {
                 })?
             }
         };
-        let backend = self.backend;
+        let (backend, trusted_keys, max_bytes) = (self.backend, self.trusted_keys.clone(), self.max_model_bytes);
+        let record = target.record;
         let parent = tracing::Span::current();
         // A forged model that makes the build panic is a refused version, not a dead loader.
-        tokio::task::spawn_blocking(move || parent.in_scope(|| build(manifest, &bytes, backend)))
-            .await
-            .unwrap_or_else(|e| {
-                Err(LoadFailure {
-                    reason: "invalid_model",
-                    message: format!("building the model panicked: {e}"),
-                })
+        tokio::task::spawn_blocking(move || {
+            let policy = Policy {
+                max_bytes,
+                trusted_keys: trusted_keys.as_ref(),
+                backend,
+            };
+            let signature = Signature {
+                bytes: &record.signature,
+                key_id: &record.signing_key_id,
+            };
+            parent.in_scope(|| build(manifest, &bytes, signature, &policy))
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(LoadFailure {
+                reason: "invalid_model",
+                message: format!("building the model panicked: {e}"),
             })
+        })
     }
 }
 
-/// Verification and warm-up, on a blocking thread: hashing and building are CPU work.
+/// Admission, on a blocking thread (hashing, building and the probe batch are CPU work): the
+/// same decision the registry made before it wrote the version, made again on what came out
+/// of the log.
 fn build(
     manifest: kappa_model::ModelManifest,
     bytes: &[u8],
-    backend: Backend,
+    signature: Signature,
+    policy: &Policy,
 ) -> Result<Arc<LoadedModel>, LoadFailure> {
-    let actual = tracing::info_span!("verify", bytes = bytes.len()).in_scope(|| sha256_hex(bytes));
-    if !actual.eq_ignore_ascii_case(&manifest.weights_sha256) {
-        return Err(LoadFailure {
-            reason: "digest_mismatch",
-            message: format!(
-                "weights hash to {actual}, the manifest says {}",
-                manifest.weights_sha256
-            ),
-        });
-    }
-    let mlp = tracing::info_span!("build", ?backend)
-        .in_scope(|| Mlp::load(&manifest, bytes, backend))
+    let admitted = tracing::info_span!("admit", bytes = bytes.len(), backend = ?policy.backend)
+        .in_scope(|| admission::admit(manifest, bytes, None, signature, policy))
         .map_err(|e| LoadFailure {
-            reason: "invalid_model",
+            reason: e.reason(),
             message: e.to_string(),
         })?;
-    // Probe batch: the feature means, and a row one standard deviation off in every feature.
-    let mut probe: Vec<f32> = manifest.features.iter().map(|f| f.offset as f32).collect();
-    probe.extend(manifest.features.iter().map(|f| (f.offset + f.scale) as f32));
-    let scores = tracing::info_span!("warm_up", rows = 2)
-        .in_scope(|| mlp.score(&probe))
-        .map_err(|e| LoadFailure {
-            reason: "warmup_failed",
-            message: e.to_string(),
-        })?;
-    if let Some(bad) = scores.iter().find(|s| !s.is_finite()) {
-        return Err(LoadFailure {
-            reason: "non_finite_output",
-            message: format!("the warm-up batch scored {bad}"),
-        });
-    }
-    let model = LoadedModel::new(manifest, mlp).map_err(|message| LoadFailure {
+    let model = LoadedModel::new(admitted.manifest, admitted.model).map_err(|message| LoadFailure {
         reason: "invalid_model",
         message: format!("its schema: {message}"),
     })?;

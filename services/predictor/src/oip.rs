@@ -1,5 +1,7 @@
 //! `inference.GRPCInferenceService`: the Open Inference Protocol, so KServe and Triton clients
-//! work unchanged. One input `[N, F]` FP32; outputs `score` FP32 `[N]` and `is_anomaly` BOOL `[N]`.
+//! work unchanged. One input `[N, F]` (FP32, FP64, INT64 or INT32): `input` for Kappa's MLP, the
+//! graph's own input for an ONNX version. Outputs: every output of an ONNX graph, then `score`
+//! FP32 `[N]` and `is_anomaly` BOOL `[N]` (unless the graph has outputs of those names).
 
 use std::{sync::Arc, time::Instant};
 
@@ -7,7 +9,8 @@ use kappa_api::inference::{
     self as pb, grpc_inference_service_server::GrpcInferenceService, infer_parameter::ParameterChoice,
     model_infer_response::InferOutputTensor, model_metadata_response::TensorMetadata,
 };
-use tonic::{Request, Response, Status};
+use kappa_model::onnx::TensorData;
+use tonic::{Request, Status};
 
 use crate::{error::PredictError, serving::Serving, slot::LoadedModel};
 
@@ -26,20 +29,20 @@ fn string_param(value: String) -> pb::InferParameter {
 impl Oip {
     async fn infer(&self, request: pb::ModelInferRequest) -> Result<pb::ModelInferResponse, PredictError> {
         let model = self.0.admit(&request.model_name, &request.model_version)?;
+        let f = model.n_features();
+        let expected_input = model.model.onnx().map_or(INPUT, |onnx| onnx.input_name());
         let [input] = request.inputs.as_slice() else {
             return Err(PredictError::InvalidInput(format!(
-                "expected exactly one input tensor {INPUT:?} of shape [N, {}], got {}",
-                model.n_features(),
+                "expected exactly one input tensor {expected_input:?} of shape [N, {f}], got {}",
                 request.inputs.len()
             )));
         };
-        if input.datatype != "FP32" {
+        if model.model.onnx().is_some() && input.name != expected_input {
             return Err(PredictError::InvalidInput(format!(
-                "input {:?} has datatype {:?}; this model takes FP32",
-                input.name, input.datatype
+                "input {:?} is not this graph's; it takes {expected_input:?} of shape [N, {f}]",
+                input.name
             )));
         }
-        let f = model.n_features();
         let rows = match input.shape.as_slice() {
             [n, cols] if *cols == f as i64 && *n >= 0 => *n as usize,
             other => {
@@ -49,88 +52,63 @@ impl Oip {
             }
         };
         let needed = values_for_shape(rows, f)?;
-        let values: Vec<f32> = if let Some(raw) = request.raw_input_contents.first() {
-            if input.contents.is_some() {
-                return Err(PredictError::InvalidInput(
-                    "send the input in contents or raw_input_contents, not both".into(),
-                ));
-            }
-            // `needed` fits in memory-sized arithmetic, and 4 × it did when it was checked.
-            if raw.len() / 4 != needed || raw.len() % 4 != 0 {
-                return Err(PredictError::InvalidInput(format!(
-                    "raw input holds {} bytes; shape [{rows}, {f}] of FP32 needs {}",
-                    raw.len(),
-                    needed * 4
-                )));
-            }
-            raw.chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect()
-        } else {
-            let contents = input
-                .contents
-                .as_ref()
-                .map(|c| c.fp32_contents.clone())
-                .unwrap_or_default();
-            if contents.len() != needed {
-                return Err(PredictError::InvalidInput(format!(
-                    "fp32_contents holds {} values; shape [{rows}, {f}] needs {needed}",
-                    contents.len(),
-                )));
-            }
-            contents
-        };
+        let raw = request.raw_input_contents.first();
+        if raw.is_some() && input.contents.is_some() {
+            return Err(PredictError::InvalidInput(
+                "send the input in contents or raw_input_contents, not both".into(),
+            ));
+        }
+        let exact = read_input(input, raw.map(|b| b.as_ref()), needed, rows, f)?;
+        let values: Vec<f32> = exact.iter().map(|v| *v as f32).collect();
+        let graph_outputs: Vec<String> = model
+            .model
+            .onnx()
+            .map(|onnx| onnx.info().outputs.iter().map(|o| o.name.clone()).collect())
+            .unwrap_or_default();
+        let extra = |name: &&str| !graph_outputs.iter().any(|o| o == name);
+        let known: Vec<&str> = graph_outputs
+            .iter()
+            .map(String::as_str)
+            .chain([SCORE, IS_ANOMALY].iter().copied().filter(extra))
+            .collect();
         let wanted: Vec<&str> = request.outputs.iter().map(|o| o.name.as_str()).collect();
-        if let Some(unknown) = wanted.iter().find(|n| **n != SCORE && **n != IS_ANOMALY) {
+        if let Some(unknown) = wanted.iter().find(|n| !known.contains(n)) {
             return Err(PredictError::InvalidInput(format!(
-                "unknown output {unknown:?}; this model has {SCORE:?} and {IS_ANOMALY:?}"
+                "unknown output {unknown:?}; this model has {}",
+                known.iter().map(|k| format!("{k:?}")).collect::<Vec<_>>().join(", ")
             )));
         }
-        let scored = self.0.score(model, values, rows).await?;
+        let is_graph = model.model.onnx().is_some();
+        let scored = if is_graph {
+            self.0.infer_graph(model, values, exact, rows).await?
+        } else {
+            self.0.score(model, values, rows).await?
+        };
         let model = &scored.model;
         let flags: Vec<bool> = scored.scores.iter().map(|s| *s > model.threshold).collect();
         let want = |name: &str| wanted.is_empty() || wanted.contains(&name);
         let raw_out = !request.raw_input_contents.is_empty();
-        let mut outputs = Vec::new();
-        let mut raw_outputs = Vec::new();
-        let shape = vec![rows as i64];
-        if want(SCORE) {
-            outputs.push(InferOutputTensor {
-                name: SCORE.into(),
-                datatype: "FP32".into(),
-                shape: shape.clone(),
-                parameters: Default::default(),
-                contents: (!raw_out).then(|| pb::InferTensorContents {
-                    fp32_contents: scored.scores.clone(),
-                    ..Default::default()
-                }),
-            });
-            if raw_out {
-                raw_outputs.push(scored.scores.iter().flat_map(|s| s.to_le_bytes()).collect());
-            }
+        let mut response = Response::new(raw_out);
+        for output in scored.outputs.iter().filter(|o| want(&o.name)) {
+            response.push(
+                &output.name,
+                output.shape.iter().map(|d| *d as i64).collect(),
+                &output.data,
+            );
         }
-        if want(IS_ANOMALY) {
-            outputs.push(InferOutputTensor {
-                name: IS_ANOMALY.into(),
-                datatype: "BOOL".into(),
-                shape,
-                parameters: Default::default(),
-                contents: (!raw_out).then(|| pb::InferTensorContents {
-                    bool_contents: flags.clone(),
-                    ..Default::default()
-                }),
-            });
-            if raw_out {
-                raw_outputs.push(flags.iter().map(|b| u8::from(*b)).collect());
-            }
+        if want(SCORE) && extra(&SCORE) {
+            response.push(SCORE, vec![rows as i64], &TensorData::F32(scored.scores.clone()));
+        }
+        if want(IS_ANOMALY) && extra(&IS_ANOMALY) {
+            response.push(IS_ANOMALY, vec![rows as i64], &TensorData::Bool(flags));
         }
         let response = pb::ModelInferResponse {
             model_name: model.name.clone(),
             model_version: model.version_string.clone(),
             id: request.id,
             parameters: Default::default(),
-            outputs,
-            raw_output_contents: raw_outputs,
+            outputs: response.outputs,
+            raw_output_contents: response.raw,
         };
         self.0.shadow(scored, crate::shadow::Origin::ModelInfer, &response.id);
         Ok(response)
@@ -163,43 +141,191 @@ impl Oip {
         if !problems.is_empty() {
             parameters.insert("not_ready".to_owned(), string_param(problems.join("; ")));
         }
+        let tensor = |name: &str, datatype: &str, shape: Vec<i64>| TensorMetadata {
+            name: name.into(),
+            datatype: datatype.into(),
+            shape,
+        };
+        let kappa_outputs = |taken: &[&str]| {
+            [(SCORE, "FP32"), (IS_ANOMALY, "BOOL")]
+                .into_iter()
+                .filter(|(name, _)| !taken.contains(name))
+                .map(|(name, datatype)| tensor(name, datatype, vec![-1]))
+                .collect::<Vec<_>>()
+        };
+        let (platform, inputs, outputs) = match model.model.onnx() {
+            Some(onnx) => {
+                let info = onnx.info();
+                parameters.insert("format".to_owned(), string_param("onnx".into()));
+                parameters.insert("producer".to_owned(), string_param(info.producer.clone()));
+                parameters.insert("operators".to_owned(), string_param(info.operators.join(",")));
+                let taken: Vec<&str> = info.outputs.iter().map(|o| o.name.as_str()).collect();
+                let mut outputs: Vec<TensorMetadata> = info
+                    .outputs
+                    .iter()
+                    .map(|o| tensor(&o.name, &o.datatype, o.shape.clone()))
+                    .collect();
+                outputs.extend(kappa_outputs(&taken));
+                let inputs = info
+                    .inputs
+                    .iter()
+                    .map(|i| tensor(&i.name, &i.datatype, i.shape.clone()))
+                    .collect();
+                ("onnx", inputs, outputs)
+            }
+            None => {
+                parameters.insert("format".to_owned(), string_param("mlp".into()));
+                (
+                    "kappa_mlp",
+                    vec![tensor(INPUT, "FP32", vec![-1, model.n_features() as i64])],
+                    kappa_outputs(&[]),
+                )
+            }
+        };
         pb::ModelMetadataResponse {
             name: model.name.clone(),
             versions: vec![model.version_string.clone()],
-            platform: "kappa_mlp".into(),
-            inputs: vec![TensorMetadata {
-                name: INPUT.into(),
-                datatype: "FP32".into(),
-                shape: vec![-1, model.n_features() as i64],
-            }],
-            outputs: vec![
-                TensorMetadata {
-                    name: SCORE.into(),
-                    datatype: "FP32".into(),
-                    shape: vec![-1],
-                },
-                TensorMetadata {
-                    name: IS_ANOMALY.into(),
-                    datatype: "BOOL".into(),
-                    shape: vec![-1],
-                },
-            ],
+            platform: platform.into(),
+            inputs,
+            outputs,
             parameters,
         }
     }
 }
 
+/// Outputs of a response, as typed contents or raw little-endian bytes (when the request sent
+/// raw inputs, as Triton's clients expect).
+struct Response {
+    raw_out: bool,
+    outputs: Vec<InferOutputTensor>,
+    raw: Vec<Vec<u8>>,
+}
+
+impl Response {
+    fn new(raw_out: bool) -> Self {
+        Self {
+            raw_out,
+            outputs: Vec::new(),
+            raw: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, name: &str, shape: Vec<i64>, data: &TensorData) {
+        let mut contents = pb::InferTensorContents::default();
+        let mut raw = Vec::new();
+        match data {
+            TensorData::F32(v) if self.raw_out => raw = v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            TensorData::F64(v) if self.raw_out => raw = v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            TensorData::I64(v) if self.raw_out => raw = v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            TensorData::I32(v) if self.raw_out => raw = v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            TensorData::Bool(v) if self.raw_out => raw = v.iter().map(|b| u8::from(*b)).collect(),
+            // BYTES travel length-prefixed (4-byte little-endian), as Triton lays them out.
+            TensorData::Bytes(v) if self.raw_out => {
+                raw = v
+                    .iter()
+                    .flat_map(|b| (b.len() as u32).to_le_bytes().into_iter().chain(b.iter().copied()))
+                    .collect();
+            }
+            TensorData::F32(v) => contents.fp32_contents = v.clone(),
+            TensorData::F64(v) => contents.fp64_contents = v.clone(),
+            TensorData::I64(v) => contents.int64_contents = v.clone(),
+            TensorData::I32(v) => contents.int_contents = v.clone(),
+            TensorData::Bool(v) => contents.bool_contents = v.clone(),
+            TensorData::Bytes(v) => contents.bytes_contents = v.clone(),
+        }
+        self.outputs.push(InferOutputTensor {
+            name: name.into(),
+            datatype: data.datatype().into(),
+            shape,
+            parameters: Default::default(),
+            contents: (!self.raw_out).then_some(contents),
+        });
+        if self.raw_out {
+            self.raw.push(raw);
+        }
+    }
+}
+
+/// An input tensor's `needed` values (`[rows, features]`), from typed contents or raw bytes, as
+/// f64 so FP64 and INT64 inputs reach an FP64 graph exactly. FP32, FP64, INT64 and INT32 are read.
+fn read_input(
+    input: &pb::model_infer_request::InferInputTensor,
+    raw: Option<&[u8]>,
+    needed: usize,
+    rows: usize,
+    features: usize,
+) -> Result<Vec<f64>, PredictError> {
+    let width = match input.datatype.as_str() {
+        "FP32" | "INT32" => 4,
+        "FP64" | "INT64" => 8,
+        other => {
+            return Err(PredictError::InvalidInput(format!(
+                "input {:?} has datatype {other:?}; send FP32, FP64, INT64 or INT32",
+                input.name
+            )));
+        }
+    };
+    let values: Vec<f64> = match raw {
+        Some(raw) => {
+            // `needed` fits in memory-sized arithmetic, and 8 × it did when it was checked.
+            if raw.len() % width != 0 || raw.len() / width != needed {
+                return Err(PredictError::InvalidInput(format!(
+                    "raw input holds {} bytes; shape [{rows}, {features}] of {} needs {}",
+                    raw.len(),
+                    input.datatype,
+                    needed * width
+                )));
+            }
+            let chunks = raw.chunks_exact(width);
+            match input.datatype.as_str() {
+                "FP32" => chunks
+                    .map(|b| f64::from(f32::from_le_bytes(b.try_into().expect("4 bytes"))))
+                    .collect(),
+                "INT32" => chunks
+                    .map(|b| f64::from(i32::from_le_bytes(b.try_into().expect("4 bytes"))))
+                    .collect(),
+                "FP64" => chunks
+                    .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")))
+                    .collect(),
+                _ => chunks
+                    .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")) as f64)
+                    .collect(),
+            }
+        }
+        None => {
+            let c = input.contents.clone().unwrap_or_default();
+            match input.datatype.as_str() {
+                "FP32" => c.fp32_contents.iter().map(|v| f64::from(*v)).collect(),
+                "INT32" => c.int_contents.iter().map(|v| f64::from(*v)).collect(),
+                "FP64" => c.fp64_contents,
+                _ => c.int64_contents.iter().map(|v| *v as f64).collect(),
+            }
+        }
+    };
+    if values.len() != needed {
+        return Err(PredictError::InvalidInput(format!(
+            "the input holds {} {} values; shape [{rows}, {features}] needs {needed}",
+            values.len(),
+            input.datatype
+        )));
+    }
+    Ok(values)
+}
+
 #[tonic::async_trait]
 impl GrpcInferenceService for Oip {
-    async fn server_live(&self, _: Request<pb::ServerLiveRequest>) -> Result<Response<pb::ServerLiveResponse>, Status> {
-        Ok(Response::new(pb::ServerLiveResponse { live: true }))
+    async fn server_live(
+        &self,
+        _: Request<pb::ServerLiveRequest>,
+    ) -> Result<tonic::Response<pb::ServerLiveResponse>, Status> {
+        Ok(tonic::Response::new(pb::ServerLiveResponse { live: true }))
     }
 
     async fn server_ready(
         &self,
         _: Request<pb::ServerReadyRequest>,
-    ) -> Result<Response<pb::ServerReadyResponse>, Status> {
-        Ok(Response::new(pb::ServerReadyResponse {
+    ) -> Result<tonic::Response<pb::ServerReadyResponse>, Status> {
+        Ok(tonic::Response::new(pb::ServerReadyResponse {
             ready: self.0.readiness.is_ready(),
         }))
     }
@@ -207,17 +333,17 @@ impl GrpcInferenceService for Oip {
     async fn model_ready(
         &self,
         request: Request<pb::ModelReadyRequest>,
-    ) -> Result<Response<pb::ModelReadyResponse>, Status> {
+    ) -> Result<tonic::Response<pb::ModelReadyResponse>, Status> {
         let r = request.into_inner();
         let ready = r.name == self.0.model_name && self.0.admit(&r.name, &r.version).is_ok();
-        Ok(Response::new(pb::ModelReadyResponse { ready }))
+        Ok(tonic::Response::new(pb::ModelReadyResponse { ready }))
     }
 
     async fn server_metadata(
         &self,
         _: Request<pb::ServerMetadataRequest>,
-    ) -> Result<Response<pb::ServerMetadataResponse>, Status> {
-        Ok(Response::new(pb::ServerMetadataResponse {
+    ) -> Result<tonic::Response<pb::ServerMetadataResponse>, Status> {
+        Ok(tonic::Response::new(pb::ServerMetadataResponse {
             name: "kappa-predictor".into(),
             version: env!("CARGO_PKG_VERSION").into(),
             extensions: Vec::new(),
@@ -227,7 +353,7 @@ impl GrpcInferenceService for Oip {
     async fn model_metadata(
         &self,
         request: Request<pb::ModelMetadataRequest>,
-    ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
+    ) -> Result<tonic::Response<pb::ModelMetadataResponse>, Status> {
         let r = request.into_inner();
         let result = self
             .0
@@ -235,17 +361,17 @@ impl GrpcInferenceService for Oip {
             .map(|m| self.metadata(&m))
             .map_err(Status::from);
         self.0.observe("ModelMetadata", &result, None);
-        result.map(Response::new)
+        result.map(tonic::Response::new)
     }
 
     async fn model_infer(
         &self,
         request: Request<pb::ModelInferRequest>,
-    ) -> Result<Response<pb::ModelInferResponse>, Status> {
+    ) -> Result<tonic::Response<pb::ModelInferResponse>, Status> {
         let started = Instant::now();
         let result = self.infer(request.into_inner()).await.map_err(Status::from);
         self.0.observe("ModelInfer", &result, Some(started));
-        result.map(Response::new)
+        result.map(tonic::Response::new)
     }
 }
 

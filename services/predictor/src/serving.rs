@@ -58,6 +58,19 @@ impl Serving {
         self.batcher.score(model, values, rows).await
     }
 
+    /// Runs an ONNX version's graph on its input as the client sent it (`graph`; `values` the
+    /// same as f32 rows of features), after the same checks as [`Serving::score`].
+    pub async fn infer_graph(
+        &self,
+        model: Arc<LoadedModel>,
+        values: Vec<f32>,
+        graph: Vec<f64>,
+        rows: usize,
+    ) -> Result<Scored, PredictError> {
+        self.check(&model, &values, rows)?;
+        self.batcher.infer_graph(model, values, graph, rows).await
+    }
+
     /// Like [`Serving::score`], but a full queue is waited out (stream mode's backpressure).
     pub async fn score_waiting(
         &self,

@@ -254,7 +254,7 @@ impl Worker {
                 taken.push((i, rows));
             }
             if !inputs.is_empty() {
-                match shadow.mlp.score_into(&inputs, &mut scores) {
+                match shadow.model.score_into(&inputs, &mut scores) {
                     Ok(()) => self.publish(&shadow, &offers, &taken, &scores),
                     Err(e) => {
                         tracing::warn!(version = shadow.version, error = %e, "the shadow's forward pass failed");

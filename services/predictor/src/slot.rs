@@ -7,7 +7,7 @@ use std::{
 };
 
 use arc_swap::ArcSwapOption;
-use kappa_model::{Mlp, ModelManifest, schema::EventDecoder};
+use kappa_model::{Model, ModelManifest, schema::EventDecoder};
 
 use crate::monitor::DriftCounts;
 
@@ -17,7 +17,7 @@ pub struct LoadedModel {
     pub version: u64,
     pub version_string: String,
     pub manifest: ModelManifest,
-    pub mlp: Mlp,
+    pub model: Model,
     pub threshold: f32,
     /// Column of each feature path in the model's input rows.
     pub feature_index: HashMap<String, usize>,
@@ -33,7 +33,7 @@ pub struct LoadedModel {
 impl LoadedModel {
     /// Fails when the manifest's schema cannot be compiled (the registry refuses such a
     /// manifest, so only a forged record gets here).
-    pub fn new(manifest: ModelManifest, mlp: Mlp) -> Result<Self, String> {
+    pub fn new(manifest: ModelManifest, model: Model) -> Result<Self, String> {
         let decoder = EventDecoder::for_manifest(&manifest)?;
         let rules = manifest
             .features
@@ -61,7 +61,7 @@ impl LoadedModel {
             version_string: manifest.version.to_string(),
             threshold: manifest.anomaly_threshold as f32,
             manifest,
-            mlp,
+            model,
             feature_index,
             feature_names,
             decoder,
@@ -71,7 +71,7 @@ impl LoadedModel {
     }
 
     pub fn n_features(&self) -> usize {
-        self.mlp.n_features()
+        self.model.n_features()
     }
 }
 

@@ -11,7 +11,12 @@ use kappa_api::{
     registry::{self as pb, registry_server::Registry},
 };
 use kappa_kafka::KafkaClients;
-use kappa_model::{WeightsCheck, signing::TrustedKeys, validate_manifest};
+use kappa_model::{
+    Backend, DigestStream, ModelError,
+    admission::{self, Policy, Signature},
+    signing::TrustedKeys,
+    validate_manifest,
+};
 use kappa_modellog::{ModelKey, ModelLog, follower::Progress};
 use kappa_runtime::{
     auth::{Principal, Role},
@@ -81,6 +86,7 @@ impl Limits {
 }
 
 /// A signature as the publisher sent it.
+#[derive(Clone)]
 struct Signed {
     signature: Vec<u8>,
     key_id: String,
@@ -245,9 +251,8 @@ impl RegistryService {
         let mut weights = Vec::with_capacity(usize::try_from(declared).unwrap_or(0));
         // Held until this publish is answered: the bytes it buffers count against the budget.
         let mut held: Option<tokio::sync::OwnedSemaphorePermit> = None;
-        // Hashed and scanned as it arrives (about a millisecond a chunk), not all at once after
-        // the upload.
-        let mut check = WeightsCheck::default();
+        // Hashed as it arrives (about a millisecond a chunk), not all at once after the upload.
+        let mut check = DigestStream::default();
         // The version record names the transaction's span: predictors loading it continue there.
         let span = transaction_span();
         // A model of several chunks, its size declared, goes into the log as it arrives when no
@@ -330,27 +335,39 @@ impl RegistryService {
             return Err(invalid("no weights arrived after the header"));
         }
 
-        // The structure check (and the scan of the last chunk) stays off the async workers;
-        // meanwhile librdkafka goes on sending a streamed publish's chunks. An invalid one is
-        // rolled back when `streamed` drops, its last chunk not yet written.
-        let (manifest_back, weights, validated) = off_the_workers(move || {
-            let validated = check.finish(&manifest, &weights);
-            (manifest, weights, validated)
+        // Admission (the model built and a probe batch run, as every predictor will before it
+        // serves the version) stays off the async workers; meanwhile librdkafka goes on sending
+        // a streamed publish's chunks. A refused one is rolled back when `streamed` drops, its
+        // last chunk not yet written.
+        let policy = (self.max_model_bytes, self.trusted_keys.clone());
+        let signature = signed.clone();
+        let (weights, admitted) = off_the_workers(move || {
+            let (max_bytes, trusted_keys) = policy;
+            let policy = Policy {
+                max_bytes,
+                trusted_keys: trusted_keys.as_ref(),
+                backend: Backend::Native,
+            };
+            let digest = check.finish(&weights);
+            let signature = Signature {
+                bytes: &signature.signature,
+                key_id: &signature.key_id,
+            };
+            let admitted = admission::admit(manifest, &weights, Some(digest), signature, &policy);
+            (weights, admitted)
         })
         .await?;
-        manifest = manifest_back;
-        let validated = validated.map_err(RegistryError::from)?;
-        manifest.weights_sha256 = validated.sha256;
-        manifest.weights_size = validated.size;
-        if let Some(trusted) = &self.trusted_keys {
-            trusted
-                .verify(&manifest, &signed.signature, &signed.key_id)
-                .map_err(|e| {
-                    RegistryError::Forbidden(format!(
-                        "this registry accepts only models signed by a trusted key: {e}"
-                    ))
-                })?;
-        }
+        manifest = match admitted {
+            Ok(admitted) => admitted.manifest,
+            Err(ModelError::Signature(e)) => {
+                return Err(RegistryError::Forbidden(format!(
+                    "this registry accepts only models signed by a trusted key: {e}"
+                ))
+                .into());
+            }
+            Err(ModelError::TooLarge { size, limit }) => return Err(RegistryError::TooLarge { size, limit }.into()),
+            Err(e) => return Err(RegistryError::from(e).into()),
+        };
 
         let mut writer = match streamed {
             Some(writer) => writer,

@@ -603,7 +603,8 @@ async fn execute_round(handle: &Arc<JobHandle>, ctx: &JobContext, round: &tracin
         let (mut promote, mut reason) = decide(&spec, new_quality, &holder, &holdout_rows, &holdout_labels);
         if let Some(gate) = spec.gate.as_ref().and_then(|g| g.backtest.as_ref()).filter(|_| promote) {
             manifest.version = version;
-            let challenger = kappa_backtest::Contender::new(manifest.clone(), model).map_err(fail)?;
+            let challenger =
+                kappa_backtest::Contender::new(manifest.clone(), kappa_model::Model::Mlp(model)).map_err(fail)?;
             let (passes, why) = backtest_gate(ctx, &spec, gate, challenger, holder)
                 .instrument(tracing::info_span!("backtest_gate", model = %spec.model_name))
                 .await;
@@ -646,7 +647,7 @@ enum Holder {
     /// Nothing: the model or the alias does not exist yet.
     Free,
     // Boxed: a version and its model are large beside the other two.
-    Held(Box<(rpb::ModelVersion, Mlp)>),
+    Held(Box<(rpb::ModelVersion, kappa_model::Model)>),
     /// The registry could not say, or the holder's model does not load. A challenger is then
     /// not compared with anything, so it is not promoted: the gate fails closed.
     Unreadable(String),
@@ -683,7 +684,7 @@ async fn current_holder(registry: &mut Registry, spec: &TrainingSpec) -> Holder 
             let Some(manifest) = header.manifest.as_ref() else {
                 return Holder::Unreadable(format!("version {} has no manifest", header.version));
             };
-            match Mlp::load(manifest, &weights, Backend::Native) {
+            match kappa_model::admission::load(manifest, &weights) {
                 Ok(model) => Holder::Held(Box::new((header, model))),
                 Err(e) => Holder::Unreadable(format!("version {} does not load: {e}", header.version)),
             }
@@ -959,7 +960,7 @@ mod tests {
             manifest: Some(manifest),
             ..Default::default()
         };
-        Holder::Held(Box::new((version, mlp)))
+        Holder::Held(Box::new((version, kappa_model::Model::Mlp(mlp))))
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod demo;
 mod fleet;
 mod metrics;
 mod monitoring;
+mod onnx;
 mod outage;
 mod predictor;
 mod registry;

@@ -317,6 +317,7 @@ impl Run {
                             } else {
                                 Vec::new()
                             },
+                            outputs: Vec::new(),
                         };
                         outcomes[at] = Some(Ok(own));
                     }
