@@ -48,6 +48,8 @@ pub fn admit(
     policy: &Policy,
 ) -> Result<Admitted, ModelError> {
     validate_manifest(&manifest)?;
+    // One span a step, under the caller's: a roll-out's trace shows where a load spent its time.
+    let verifying = tracing::info_span!("verify", bytes = bytes.len()).entered();
     let size = bytes.len() as u64;
     if size > policy.max_bytes || manifest.weights_size > policy.max_bytes {
         return Err(ModelError::TooLarge {
@@ -74,6 +76,8 @@ pub fn admit(
     if let Some(trusted) = policy.trusted_keys {
         trusted.verify(&manifest, signature.bytes, signature.key_id)?;
     }
+    verifying.exit();
+    let building = tracing::info_span!("build", format = ?format_of(&manifest)?, backend = ?policy.backend).entered();
     let model = match format_of(&manifest)? {
         ModelFormat::Onnx => {
             let checked = graph::inspect(bytes, &crate::onnx::engine::runnable)?;
@@ -93,7 +97,8 @@ pub fn admit(
         }
         ModelFormat::Mlp | ModelFormat::Unspecified => Model::Mlp(Mlp::load(&manifest, bytes, policy.backend)?),
     };
-    probe(&manifest, &model)?;
+    drop(building);
+    tracing::info_span!("warm_up", rows = 2).in_scope(|| probe(&manifest, &model))?;
     Ok(Admitted { manifest, model })
 }
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use clap::Args;
 use kappa_api::model::{
-    EventSchema, EventTime, Feature, ModelFormat, ModelManifest, OnnxModel, OnnxScoreKind, OnnxScoring, TimeFormat,
+    EventSchema, EventTime, Feature, ModelFormat, ModelManifest, OnnxModel, OnnxScoreKind, OnnxScoring,
 };
 use kappa_client::{Registry, Selector};
 use kappa_model::admission::{Policy, Signature, admit};
@@ -112,12 +112,7 @@ impl OnnxArgs {
         if let Some(field) = &self.time_field {
             schema.time = Some(EventTime {
                 field: field.clone(),
-                format: match self.time_format.as_str() {
-                    "ms" => TimeFormat::EpochMillis,
-                    "s" => TimeFormat::EpochSeconds,
-                    "rfc3339" => TimeFormat::Rfc3339,
-                    _ => TimeFormat::Unspecified,
-                } as i32,
+                format: crate::train::time_format(&self.time_format) as i32,
                 lateness_ms: 0,
             });
         }

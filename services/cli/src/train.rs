@@ -168,6 +168,16 @@ pub struct SchemaArgs {
     pub allow_truncated_start: bool,
 }
 
+/// A `--time-format` value (auto, ms, s or rfc3339) as the schema's time format.
+pub fn time_format(flag: &str) -> TimeFormat {
+    match flag {
+        "ms" => TimeFormat::EpochMillis,
+        "s" => TimeFormat::EpochSeconds,
+        "rfc3339" => TimeFormat::Rfc3339,
+        _ => TimeFormat::Unspecified,
+    }
+}
+
 pub fn parse_valid_range(raw: &str) -> Result<(String, Option<f64>, Option<f64>), String> {
     let usage = || format!("{raw:?} is not PATH=MIN..MAX (for example speed=0..250 or rpm=..9000)");
     let (path, range) = raw.split_once('=').ok_or_else(usage)?;
@@ -210,12 +220,7 @@ impl SchemaArgs {
         let field = self.time_field.clone()?;
         Some(EventTime {
             field,
-            format: match self.time_format.as_str() {
-                "ms" => TimeFormat::EpochMillis,
-                "s" => TimeFormat::EpochSeconds,
-                "rfc3339" => TimeFormat::Rfc3339,
-                _ => TimeFormat::Unspecified,
-            } as i32,
+            format: time_format(&self.time_format) as i32,
             lateness_ms: self.lateness_ms,
         })
     }

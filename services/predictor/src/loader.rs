@@ -382,12 +382,10 @@ fn build(
     signature: Signature,
     policy: &Policy,
 ) -> Result<Arc<LoadedModel>, LoadFailure> {
-    let admitted = tracing::info_span!("admit", bytes = bytes.len(), backend = ?policy.backend)
-        .in_scope(|| admission::admit(manifest, bytes, None, signature, policy))
-        .map_err(|e| LoadFailure {
-            reason: e.reason(),
-            message: e.to_string(),
-        })?;
+    let admitted = admission::admit(manifest, bytes, None, signature, policy).map_err(|e| LoadFailure {
+        reason: e.reason(),
+        message: e.to_string(),
+    })?;
     let model = LoadedModel::new(admitted.manifest, admitted.model).map_err(|message| LoadFailure {
         reason: "invalid_model",
         message: format!("its schema: {message}"),

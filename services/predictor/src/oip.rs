@@ -37,12 +37,8 @@ impl Oip {
                 request.inputs.len()
             )));
         };
-        if model.model.onnx().is_some() && input.name != expected_input {
-            return Err(PredictError::InvalidInput(format!(
-                "input {:?} is not this graph's; it takes {expected_input:?} of shape [N, {f}]",
-                input.name
-            )));
-        }
+        // Every version takes exactly one input, so its name is not checked: a client keeps
+        // working while an alias moves between an MLP (`input`) and a graph (its own name).
         let rows = match input.shape.as_slice() {
             [n, cols] if *cols == f as i64 && *n >= 0 => *n as usize,
             other => {

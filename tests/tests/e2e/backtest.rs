@@ -18,18 +18,18 @@ use crate::{
 
 /// What the test computes itself for one version over the window's events.
 #[derive(Debug)]
-struct Truth {
-    anomalies: u64,
-    precision: f64,
-    recall: f64,
-    f1: f64,
-    roc_auc: f64,
+pub(crate) struct Truth {
+    pub anomalies: u64,
+    pub precision: f64,
+    pub recall: f64,
+    pub f1: f64,
+    pub roc_auc: f64,
 }
 
 /// Precision, recall and F1 from the flags the predictor answered, and ROC AUC by counting
 /// every (anomaly, normal) pair (ties count half): deliberately not the sort-based formula the
 /// backtest uses.
-fn truth(scores: &[f64], flags: &[bool], labels: &[bool]) -> Truth {
+pub(crate) fn truth(scores: &[f64], flags: &[bool], labels: &[bool]) -> Truth {
     let count = |f: &dyn Fn(bool, bool) -> bool| flags.iter().zip(labels).filter(|(p, l)| f(**p, **l)).count() as f64;
     let tp = count(&|p, l| p && l);
     let fp = count(&|p, l| p && !l);
@@ -73,7 +73,7 @@ async fn train(client: &mut TrainerClient<TracedChannel>, spec: TrainingSpec) ->
     wait_done(client, &job.job_id, Duration::from_secs(300)).await
 }
 
-fn backtest(args: &[&str]) -> String {
+pub(crate) fn backtest(args: &[&str]) -> String {
     let out = Command::new(binary("kappa"))
         .arg("backtest")
         .args(args)

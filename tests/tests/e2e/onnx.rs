@@ -12,6 +12,8 @@ use std::{
 use kappa_api::inference::{
     self as oip, grpc_inference_service_client::GrpcInferenceServiceClient, model_infer_request::InferInputTensor,
 };
+use kappa_api::model::ModelManifest;
+use rand::SeedableRng as _;
 use serde_json::Value;
 
 use crate::support::*;
@@ -281,4 +283,603 @@ async fn sklearn_and_pytorch_graphs_published_through_the_cli_answer_as_onnx_run
             .expect("Kappa's score output");
         assert_eq!(output_values(scores).len(), rows.len() / features, "{}", fixture.name);
     }
+}
+
+/// The manifest of a graph over `features` columns `f0..`, scored by `output` above `threshold`.
+fn onnx_manifest(name: &str, features: usize, input: &str, output: &str, threshold: f64) -> ModelManifest {
+    use kappa_api::model::{Feature, ModelFormat, OnnxModel, OnnxScoring};
+    ModelManifest {
+        name: name.into(),
+        format: ModelFormat::Onnx as i32,
+        features: (0..features)
+            .map(|i| Feature {
+                name: format!("f{i}"),
+                scale: 1.0,
+                ..Feature::default()
+            })
+            .collect(),
+        anomaly_threshold: threshold,
+        onnx: Some(OnnxModel {
+            features_input: input.into(),
+            scoring: Some(OnnxScoring {
+                score_output: output.into(),
+                ..OnnxScoring::default()
+            }),
+            graph: None,
+        }),
+        ..ModelManifest::default()
+    }
+}
+
+fn make_bad_models(dir: &Path, huge: bool) {
+    let out = Command::new(python())
+        .arg(repo().join("tests/onnx/bad_models.py"))
+        .arg(dir)
+        .args(huge.then_some("--huge"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "bad_models.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Keys of the committed records in the models topic.
+async fn committed_keys(topic: &str) -> Vec<String> {
+    read_partition(topic, "read_committed")
+        .await
+        .into_iter()
+        .map(|(k, _, _)| k)
+        .collect()
+}
+
+#[tokio::test]
+async fn bad_graphs_are_refused_with_the_reason_and_nothing_reaches_the_log() {
+    use kappa_model::signing::ModelSigner;
+    let dir = tempfile::tempdir().unwrap();
+    make_sklearn_fixtures(dir.path(), &["iforest"], &[]);
+    make_bad_models(dir.path(), true);
+    let signer = ModelSigner::generate();
+    let keys = tempfile::tempdir().unwrap();
+    std::fs::write(keys.path().join("ci.pem"), signer.public_pem().unwrap()).unwrap();
+
+    let setup = RegistrySetup::new().arg(format!("--trusted-keys={}", keys.path().display()));
+    let registry = setup.start().await;
+    let mut client = kappa_client::Registry::from(registry_client(&registry).await);
+    let name = unique("refused");
+    let good = std::fs::read(dir.path().join("iforest.onnx")).unwrap();
+    let mut good_manifest = onnx_manifest(&name, 6, "X", "scores", 0.0);
+    good_manifest
+        .onnx
+        .as_mut()
+        .unwrap()
+        .scoring
+        .as_mut()
+        .unwrap()
+        .lower_is_anomalous = true;
+    client
+        .publish_signed(&good_manifest, &good, "", Some(&signer))
+        .await
+        .unwrap();
+    let before = committed_keys(&setup.topic).await;
+
+    let mut random = vec![0_u8; 4096];
+    rand::RngCore::fill_bytes(&mut rand::rngs::StdRng::seed_from_u64(5), &mut random);
+    let read = |file: &str| std::fs::read(dir.path().join(file)).unwrap();
+    // The bad graphs of bad_models.py take `x` and give `score`; the others reuse the good one's.
+    let bad = onnx_manifest(&name, 6, "x", "score", 0.0);
+    let cases: Vec<(&str, Vec<u8>, &ModelManifest, tonic::Code, &str)> = vec![
+        (
+            "a truncated file",
+            good[..good.len() / 3].to_vec(),
+            &good_manifest,
+            tonic::Code::InvalidArgument,
+            "ONNX",
+        ),
+        (
+            "random bytes",
+            random,
+            &good_manifest,
+            tonic::Code::InvalidArgument,
+            "not an ONNX model",
+        ),
+        (
+            "an unsupported operator",
+            read("unsupported_op.onnx"),
+            &bad,
+            tonic::Code::InvalidArgument,
+            "com.example:Frobnicate (opset 1)",
+        ),
+        (
+            "a features input of the wrong width",
+            read("wrong_width.onnx"),
+            &bad,
+            tonic::Code::InvalidArgument,
+            "takes rows of 5 values, but the manifest lists 6 features",
+        ),
+        (
+            "an external-data tensor",
+            read("external_data.onnx"),
+            &bad,
+            tonic::Code::InvalidArgument,
+            "external file",
+        ),
+        (
+            "a probe that scores NaN",
+            read("nan_probe.onnx"),
+            &bad,
+            tonic::Code::InvalidArgument,
+            "non-finite scores",
+        ),
+        (
+            "a 300 MiB graph",
+            read("huge.onnx"),
+            &bad,
+            tonic::Code::ResourceExhausted,
+            "over this registry's limit",
+        ),
+    ];
+    for (what, bytes, manifest, code, reason) in cases {
+        let refused = client
+            .publish_signed(manifest, &bytes, "", Some(&signer))
+            .await
+            .expect_err(&format!("{what} was accepted"));
+        assert_eq!(refused.code(), code, "{what}: {}", refused.message());
+        assert!(
+            refused.message().contains(reason),
+            "{what}: {:?} should say {reason:?}",
+            refused.message()
+        );
+    }
+
+    // Signed over other bytes: the manifest signed carries another graph's digest.
+    let other = read("nan_probe.onnx");
+    let mut signed_for_other = good_manifest.clone();
+    signed_for_other.weights_sha256 = sha256(&other);
+    signed_for_other.weights_size = good.len() as u64;
+    let (signature, signing_key_id) = signer.sign(&signed_for_other);
+    let mut sent = good_manifest.clone();
+    sent.weights_size = good.len() as u64;
+    use kappa_api::registry::{PublishHeader, PublishRequest, publish_request::Part};
+    let messages = vec![
+        PublishRequest {
+            part: Some(Part::Header(PublishHeader {
+                manifest: Some(sent),
+                idempotency_key: String::new(),
+                signature,
+                signing_key_id,
+            })),
+        },
+        PublishRequest {
+            part: Some(Part::Chunk(good.clone())),
+        },
+    ];
+    let refused = client.rpc().publish(tokio_stream::iter(messages)).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{}", refused.message());
+    assert!(refused.message().contains("does not verify"), "{}", refused.message());
+
+    assert_eq!(
+        committed_keys(&setup.topic).await,
+        before,
+        "no refused version left a record"
+    );
+}
+
+#[tokio::test]
+async fn a_predictor_refuses_a_forged_graph_from_the_log_and_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    make_sklearn_fixtures(dir.path(), &["iforest"], &[]);
+    make_bad_models(dir.path(), false);
+    let fixture = fixtures_in(dir.path()).remove(0);
+    let setup = RegistrySetup::new();
+    let registry = setup.start().await;
+    let name = unique("forged");
+    cli_publish(&registry, &name, &fixture.publish_args()).unwrap();
+    let predictor = PredictorSetup::new(&setup.topic, &name, "latest").start().await;
+    let mut client = GrpcInferenceServiceClient::new(predictor.channel().await);
+    wait_for_metadata(&mut client, &name, 1).await;
+
+    // Straight into the topic, past the registry: digests right, graphs unservable.
+    for (version, file) in [(2, "nan_probe.onnx"), (3, "unsupported_op.onnx")] {
+        let bytes = std::fs::read(dir.path().join(file)).unwrap();
+        let mut manifest = onnx_manifest(&name, 6, "x", "score", 0.0);
+        manifest.version = version;
+        manifest.weights_sha256 = sha256(&bytes);
+        manifest.weights_size = bytes.len() as u64;
+        write_raw_version(&setup.topic, manifest, &bytes).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(predictor.log_text_contains("version 3 refused") && predictor.log_text_contains("Frobnicate")) {
+        assert!(
+            Instant::now() < deadline,
+            "the forged version 3 was not refused within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rows = fixture.rows();
+    let answer = client
+        .model_infer(oip::ModelInferRequest {
+            model_name: name.clone(),
+            inputs: vec![fp32_input("X", &rows[..60], 6)],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.model_version, "1", "version 1 keeps serving");
+    let failures = predictor
+        .metric("kappa_predictor_load_failures_total{reason=\"invalid_model\"}")
+        .await;
+    assert!(failures.unwrap_or(0.0) >= 1.0, "{}", predictor.metrics().await);
+}
+
+/// Kappa's score output of an OIP answer, one value a row.
+fn kappa_scores(answer: &oip::ModelInferResponse) -> Vec<f32> {
+    let score = answer
+        .outputs
+        .iter()
+        .find(|o| o.name == "score")
+        .expect("a score output");
+    score.contents.clone().unwrap_or_default().fp32_contents
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn eight_clients_see_no_failure_while_mlp_onnx_mlp_swap_and_each_answer_is_its_versions() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
+
+    use kappa_model::{
+        Backend, Mlp,
+        example::{autoencoder_over, random_weights},
+    };
+    let torch = fixtures_in(&repo().join("tests/onnx/torch"));
+    let graph = torch.iter().find(|f| f.name == "torch_mlp").unwrap();
+    let paths = graph.features();
+    let f = paths.len();
+    let rows: Vec<f32> = graph.rows()[..64 * f].to_vec();
+
+    let setup = RegistrySetup::new();
+    let registry = setup.start().await;
+    let mut client = registry_client(&registry).await;
+    let name = unique("swap-formats");
+    let path_refs: Vec<&str> = paths.iter().map(String::as_str).collect();
+    let mlp = |seed: u64| {
+        let manifest = autoencoder_over(&name, &path_refs, &[4]);
+        let weights = random_weights(&manifest, seed);
+        let model = Mlp::load(&manifest, &weights, Backend::Native).unwrap();
+        let scores: Vec<f32> = rows.chunks(f).map(|row| model.score(row).unwrap()[0]).collect();
+        (manifest, weights, scores)
+    };
+    let (m1, w1, scores1) = mlp(1);
+    let (m3, w3, scores3) = mlp(3);
+    // The graph's reference: ONNX Runtime's output, which is Kappa's score (not negated).
+    let scores2: Vec<f32> = graph.json["outputs"]["score"]["data"].as_array().unwrap()[..64]
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
+    let expected = [scores1, scores2, scores3];
+
+    publish(&mut client, &m1, &w1, "").await.unwrap();
+    let predictor = PredictorSetup::new(&setup.topic, &name, "latest").start().await;
+    let channel = predictor.channel().await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let callers: Vec<_> = (0..8)
+        .map(|c| {
+            let (mut oip, stop, rows, name) = (
+                GrpcInferenceServiceClient::new(channel.clone()),
+                Arc::clone(&stop),
+                rows.clone(),
+                name.clone(),
+            );
+            tokio::spawn(async move {
+                let (mut answers, mut failures) = (Vec::new(), Vec::new());
+                let mut i = c;
+                while !stop.load(Ordering::Relaxed) {
+                    let row = i % 64;
+                    i += 7;
+                    let request = oip::ModelInferRequest {
+                        model_name: name.clone(),
+                        inputs: vec![fp32_input("input", &rows[row * f..(row + 1) * f], f)],
+                        ..Default::default()
+                    };
+                    match oip.model_infer(request).await {
+                        Ok(answer) => {
+                            let answer = answer.into_inner();
+                            answers.push((
+                                answer.model_version.parse::<usize>().unwrap(),
+                                row,
+                                kappa_scores(&answer)[0],
+                            ));
+                        }
+                        Err(status) => failures.push(status.to_string()),
+                    }
+                }
+                (answers, failures)
+            })
+        })
+        .collect();
+
+    let mut oip_client = GrpcInferenceServiceClient::new(channel.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cli_publish(&registry, &name, &graph.publish_args()).unwrap();
+    wait_for_metadata(&mut oip_client, &name, 2).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    publish(&mut client, &m3, &w3, "").await.unwrap();
+    wait_for_metadata(&mut oip_client, &name, 3).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+
+    let mut seen = [0_usize; 3];
+    for caller in callers {
+        let (answers, failures) = caller.await.unwrap();
+        assert!(failures.is_empty(), "failed calls during the swaps: {failures:?}");
+        for (version, row, score) in answers {
+            let want = expected[version - 1][row];
+            assert!(
+                (score - want).abs() <= 1e-4 * want.abs().max(1.0),
+                "row {row} answered by v{version} scored {score}, but v{version} scores it {want}"
+            );
+            seen[version - 1] += 1;
+        }
+    }
+    assert!(seen.iter().all(|n| *n > 0), "answers from every version: {seen:?}");
+}
+
+/// Runs examples/bring-your-own-model/train.py on `topic` (IsolationForest only: PyTorch is not
+/// in the tests' venv) and returns its summary.json.
+fn run_example(topic: &str, range: &[&str], out: &Path) -> Value {
+    let run = Command::new(python())
+        .arg(repo().join("examples/bring-your-own-model/train.py"))
+        .args(["--bootstrap", &bootstrap(), "--topic", topic, "--no-torch", "--out"])
+        .arg(out)
+        .args(range)
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&run.stdout).into_owned();
+    assert!(
+        run.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(
+        printed.contains("kappa models publish --name fleet-iforest --onnx"),
+        "{printed}"
+    );
+    serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap()
+}
+
+/// The publish flags the example prints for its IsolationForest.
+fn example_publish_args(out: &Path, summary: &Value) -> Vec<String> {
+    let features: Vec<&str> = summary["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    [
+        "--onnx",
+        &out.join("iforest.onnx").display().to_string(),
+        "--features",
+        &features.join(","),
+        "--score-output",
+        "scores",
+        "--lower-is-anomalous",
+        "--threshold",
+        "0",
+        "--label",
+        "failure_occurred",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect()
+}
+
+#[tokio::test]
+async fn the_example_isolation_forest_scores_the_fleet_stream_as_scikit_learn_does() {
+    use std::collections::HashMap;
+
+    use kappa_api::events::Prediction;
+    use kappa_model::evaluate::roc_auc;
+
+    // The fleet's last hour: labelled telemetry, some cars failing.
+    let topic = unique("test.byom-fleet");
+    let fleet = Command::new(binary("kappa"))
+        .args(["fleet", "--kafka-bootstrap", &bootstrap(), "--topic", &topic])
+        .args(["--seed", "17", "--cars", "40", "--events", "6000", "--rate", "0"])
+        .args(["--failing-share", "0.3", "--backdate-seconds", "3600"])
+        .output()
+        .unwrap();
+    assert!(fleet.status.success(), "{}", String::from_utf8_lossy(&fleet.stderr));
+
+    // The data scientist's script: that hour into pandas, an IsolationForest on its normal rows,
+    // exported to ONNX, and scikit-learn's own ROC AUC on the hour's labelled events.
+    let out = tempfile::tempdir().unwrap();
+    let summary = run_example(&topic, &["--last-minutes", "90"], out.path());
+    assert_eq!(summary["rows"], 6000, "{summary}");
+    let sklearn_auc = summary["iforest"]["roc_auc"].as_f64().unwrap();
+
+    // Published as the script says, then scored by a stream-mode predictor.
+    let setup = RegistrySetup::new();
+    let registry = setup.start().await;
+    let name = unique("fleet-iforest");
+    cli_publish(&registry, &name, &example_publish_args(out.path(), &summary)).unwrap();
+    let predictions = unique("test.byom-predictions");
+    let _predictor = PredictorSetup::new(&setup.topic, &name, "latest")
+        .stream(&topic, &predictions)
+        .start()
+        .await;
+    let events = read_positioned(&topic, "read_committed").await;
+    let scored = wait_for_records(&predictions, events.len(), Duration::from_secs(180)).await;
+    let by_source: HashMap<(i32, i64), Prediction> = scored
+        .iter()
+        .map(|r| {
+            let p: Prediction = serde_json::from_slice(r.value.as_ref().unwrap()).unwrap();
+            ((p.source_partition, p.source_offset), p)
+        })
+        .collect();
+    let (mut scores, mut labels) = (Vec::new(), Vec::new());
+    for event in &events {
+        let json: Value = serde_json::from_slice(event.value.as_ref().unwrap()).unwrap();
+        let p = &by_source[&(event.partition, event.offset)];
+        assert!(p.error.is_empty(), "{}", p.error);
+        scores.push(p.score as f32);
+        labels.push(json["failure_occurred"] == "true");
+    }
+    let stream_auc = roc_auc(&scores, &labels);
+    println!("fleet IsolationForest: scikit-learn ROC AUC {sklearn_auc:.4}, Kappa's stream {stream_auc:.4}");
+    assert!(
+        (stream_auc - sklearn_auc).abs() <= 0.01,
+        "stream ROC AUC {stream_auc} is not within 0.01 of scikit-learn's {sklearn_auc}"
+    );
+}
+
+#[tokio::test]
+async fn an_onnx_holder_meets_an_mlp_challenger_on_the_same_hold_out_and_in_a_backtest() {
+    use kappa_api::{
+        predictor::{PredictRequest, predictor_client::PredictorClient},
+        trainer::{BacktestGate, FeatureSpec, JobPhase, PromotionGate, TimeRange, TrainingSpec},
+    };
+
+    use crate::{
+        backtest::{backtest, truth},
+        trainer::{spec, start_job, trainer_client, wait_done},
+    };
+
+    let setup = RegistrySetup::new();
+    let registry = setup.start().await;
+    let trainer = start_trainer(&registry).await;
+    let mut jobs = trainer_client(&trainer).await;
+    let history = unique("test.byom-gate");
+    create_topic_with_partitions(&history, 3).await;
+    run_fleet(
+        &history,
+        &[
+            "--cars",
+            "24",
+            "--events",
+            "8000",
+            "--rate",
+            "0",
+            "--failing-share",
+            "0.3",
+            "--seed",
+            "9",
+            "--backdate-seconds",
+            "7200",
+        ],
+    );
+    let records = read_positioned(&history, "read_committed").await;
+    let first = records.iter().map(|r| r.timestamp_ms).min().unwrap();
+    let last = records.iter().map(|r| r.timestamp_ms).max().unwrap();
+    let (split, end) = (first + (last - first) / 2, last + 1);
+
+    // v1, the holder: the data scientist's IsolationForest on the first half.
+    let out = tempfile::tempdir().unwrap();
+    let summary = run_example(
+        &history,
+        &["--from-ms", &first.to_string(), "--to-ms", &split.to_string()],
+        out.path(),
+    );
+    let name = "gated";
+    cli_publish(&registry, name, &example_publish_args(out.path(), &summary)).unwrap();
+    let mut models = registry_client(&registry).await;
+    set_alias(&mut models, name, "production", 1).await.unwrap();
+
+    // v2, the challenger: Kappa's MLP on the same range and features, gated on the hold-out and
+    // on a backtest of the second half against the graph. The allowance lets both comparisons
+    // run whichever model wins; what matters here is that they compare the two formats.
+    let features: Vec<FeatureSpec> = summary["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| FeatureSpec {
+            path: f.as_str().unwrap().into(),
+            ..Default::default()
+        })
+        .collect();
+    let challenger = TrainingSpec {
+        epochs: 12,
+        hidden_layers: vec![12, 6, 12],
+        features,
+        promote_alias: "production".into(),
+        gate: Some(PromotionGate {
+            max_regression: Some(1.0),
+            backtest: Some(BacktestGate {
+                topic: String::new(),
+                window: Some(TimeRange {
+                    from_ms: split,
+                    to_ms: end,
+                }),
+                metric: "roc_auc".into(),
+            }),
+            ..Default::default()
+        }),
+        ..spec(name, &history, first, split)
+    };
+    let job = start_job(&mut jobs, challenger).await;
+    let done = wait_done(&mut jobs, &job.job_id, Duration::from_secs(300)).await;
+    assert_eq!(done.phase, JobPhase::Succeeded as i32, "{}", done.message);
+    assert_eq!(done.published_version, 2);
+    let reason = &done.promotion_reason;
+    println!("MLP challenger against the ONNX holder: {reason}");
+    assert!(
+        reason.contains("holder v1's") && reason.contains("on the same hold-out"),
+        "{reason}"
+    );
+    assert!(reason.contains("on the backtest on"), "{reason}");
+
+    // The backtest as a user runs it, and the graph's numbers computed independently from a
+    // predictor serving it.
+    let window = [
+        "--registry",
+        &registry.address,
+        "--kafka-bootstrap",
+        &bootstrap(),
+        "--model",
+        name,
+        "--version",
+        "2",
+        "--against",
+        "1",
+        "--from-ms",
+        &split.to_string(),
+        "--to-ms",
+        &end.to_string(),
+    ];
+    let json: Value = serde_json::from_str(&backtest(&[&window[..], &["--output", "json"]].concat())).unwrap();
+    println!("{}", backtest(&window));
+    set_alias(&mut models, name, "pinned-v1", 1).await.unwrap();
+    let predictor = PredictorSetup::new(&setup.topic, name, "pinned-v1").start().await;
+    let mut typed = PredictorClient::new(predictor.channel().await);
+    let (mut scores, mut flags, mut labels) = (Vec::new(), Vec::new(), Vec::new());
+    for r in records
+        .iter()
+        .filter(|r| r.timestamp_ms >= split && r.timestamp_ms < end)
+    {
+        let event = String::from_utf8(r.value.clone().unwrap()).unwrap();
+        labels.push(serde_json::from_str::<Value>(&event).unwrap()["failure_occurred"] == "true");
+        let request = PredictRequest {
+            event_json: event,
+            ..Default::default()
+        };
+        let answer = typed.predict(request).await.unwrap().into_inner();
+        assert_eq!(answer.model_version, 1);
+        scores.push(answer.score);
+        flags.push(answer.is_anomaly);
+    }
+    let graph = &json["versions"][1];
+    assert_eq!(graph["version"], 1, "{json:#}");
+    let t = truth(&scores, &flags, &labels);
+    assert_eq!(graph["anomalies"], t.anomalies, "{graph:#}");
+    for (field, expected) in [("precision", t.precision), ("recall", t.recall), ("roc_auc", t.roc_auc)] {
+        let actual = graph[field].as_f64().unwrap();
+        assert!(
+            (actual - expected).abs() < 1e-9,
+            "{field}: backtest {actual}, predictor {expected}"
+        );
+    }
+    assert!(json["versions"][0]["roc_auc"].as_f64().is_some(), "{json:#}");
 }

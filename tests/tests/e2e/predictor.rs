@@ -493,9 +493,21 @@ async fn bad_input_gets_precise_codes_and_the_service_keeps_serving() {
     let mut old = infer_request("strict", &good);
     old.model_version = "7".into();
     expect(oip.model_infer(old).await, Code::NotFound, "not loaded");
+    // FP32, FP64, INT64 and INT32 are read; a type outside them is named with those.
+    let mut strings = infer_request("strict", &good);
+    strings.inputs[0].datatype = "BYTES".into();
+    expect(
+        oip.model_infer(strings).await,
+        Code::InvalidArgument,
+        "send FP32, FP64, INT64 or INT32",
+    );
     let mut ints = infer_request("strict", &good);
     ints.inputs[0].datatype = "INT32".into();
-    expect(oip.model_infer(ints).await, Code::InvalidArgument, "FP32");
+    expect(
+        oip.model_infer(ints).await,
+        Code::InvalidArgument,
+        "holds 0 INT32 values",
+    );
     let mut raw_short = infer_request("strict", &good);
     raw_short.inputs[0].contents = None;
     raw_short.raw_input_contents = vec![vec![0; 10]];

@@ -52,46 +52,6 @@ fn leaves(event: &Value) -> BTreeMap<String, f64> {
     out
 }
 
-/// Waits until `topic` holds at least `n` records, then returns them.
-async fn wait_for_records(topic: &str, n: usize, limit: Duration) -> Vec<Positioned> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let (_, high) = watermarks_all(topic).await;
-        if high >= n as i64 {
-            return read_positioned(topic, "read_committed").await;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{topic} holds {high} of {n} records after {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-/// (partitions, records) of a topic, summed over its partitions; (0, 0) while it does not exist.
-async fn watermarks_all(topic: &str) -> (usize, i64) {
-    let topic = topic.to_owned();
-    tokio::task::spawn_blocking(move || {
-        use rdkafka::consumer::{BaseConsumer, Consumer};
-        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", bootstrap())
-            .create()
-            .unwrap();
-        let Ok(metadata) = consumer.fetch_metadata(Some(&topic), Duration::from_secs(5)) else {
-            return (0, 0);
-        };
-        let partitions: Vec<i32> = metadata.topics()[0].partitions().iter().map(|p| p.id()).collect();
-        let total = partitions
-            .iter()
-            .filter_map(|p| consumer.fetch_watermarks(&topic, *p, Duration::from_secs(5)).ok())
-            .map(|(low, high)| high - low)
-            .sum();
-        (partitions.len(), total)
-    })
-    .await
-    .unwrap()
-}
-
 #[tokio::test]
 async fn turbines_train_on_inferred_nested_features_and_are_scored_the_same_over_every_api() {
     let setup = RegistrySetup::new();

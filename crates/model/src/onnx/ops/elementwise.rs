@@ -12,7 +12,10 @@ use tract_onnx::{
     tract_hir::internal::*,
 };
 
-use super::attrs::{Attrs, expect};
+use super::{
+    Shared,
+    attrs::{Attrs, expect},
+};
 
 pub fn register(register: &mut OnnxOpRegister) {
     register.insert("Scaler", scaler);
@@ -69,7 +72,7 @@ fn scaler(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn Infere
     })?;
     let offset = if offset.is_empty() { vec![0.0] } else { offset };
     let scale = if scale.is_empty() { vec![1.0] } else { scale };
-    Ok((expand(Wrapped(Arc::new(Kernel::Scaler { offset, scale }))), vec![]))
+    Ok((expand(Wrapped::new(Kernel::Scaler { offset, scale })), vec![]))
 }
 
 fn label_encoder(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
@@ -107,10 +110,7 @@ fn label_encoder(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn
             .map_or(-0.0, |a| f64::from(a.f))
     };
     let map = keys.iter().map(|k| key_bits(*k)).zip(values).collect();
-    Ok((
-        expand(Wrapped(Arc::new(Kernel::LabelEncoder { map, default, out }))),
-        vec![],
-    ))
+    Ok((expand(Wrapped::new(Kernel::LabelEncoder { map, default, out })), vec![]))
 }
 
 fn key_bits(k: f64) -> u64 {
@@ -181,7 +181,7 @@ fn svm_regressor(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn
             one_class: attrs.int("one_class", 0) != 0,
         }
     };
-    Ok((expand(Wrapped(Arc::new(Kernel::Svm(svm)))), vec![]))
+    Ok((expand(Wrapped::new(Kernel::Svm(svm))), vec![]))
 }
 
 impl Svm {
@@ -284,16 +284,7 @@ impl Kernel {
     }
 }
 
-#[derive(Debug, Clone)]
-struct Wrapped(Arc<Kernel>);
-
-impl PartialEq for Wrapped {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
-    }
-}
-
-impl Eq for Wrapped {}
+type Wrapped = Shared<Kernel>;
 
 impl Expansion for Wrapped {
     fn name(&self) -> StaticName {

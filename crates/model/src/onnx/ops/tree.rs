@@ -16,7 +16,10 @@ use tract_onnx::{
     tract_hir::internal::*,
 };
 
-use super::attrs::{Attrs, expect};
+use super::{
+    Shared,
+    attrs::{Attrs, expect},
+};
 
 pub fn register(register: &mut OnnxOpRegister) {
     register.insert("TreeEnsembleRegressor", regressor);
@@ -155,7 +158,7 @@ pub struct TreeEnsemble {
 
 fn regressor(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
     let ensemble = TreeEnsemble::parse(&Attrs::new(ctx, node), None)?;
-    Ok((expand(TreeEnsembleRegressor(Arc::new(ensemble))), vec![]))
+    Ok((expand(Shared::new(ensemble)), vec![]))
 }
 
 fn classifier(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
@@ -177,7 +180,7 @@ fn classifier(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn In
         ensemble,
         labels,
     };
-    Ok((expand(TreeEnsembleClassifier(Arc::new(classifier))), vec![]))
+    Ok((expand(Shared::new(classifier)), vec![]))
 }
 
 impl TreeEnsemble {
@@ -554,11 +557,8 @@ impl Classifier {
     }
 }
 
-/// The inference-time face: shapes, then the typed op below.
-#[derive(Debug, Clone)]
-struct TreeEnsembleRegressor(Arc<TreeEnsemble>);
-
-impl Expansion for TreeEnsembleRegressor {
+/// The regressor's inference-time face: shapes, then itself as the typed op below.
+impl Expansion for Shared<TreeEnsemble> {
     fn name(&self) -> StaticName {
         "TreeEnsembleRegressor".into()
     }
@@ -580,22 +580,11 @@ impl Expansion for TreeEnsembleRegressor {
     }
 
     fn wire(&self, prefix: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
-        model.wire_node(prefix, TreeEnsembleEval(Arc::clone(&self.0)), inputs)
+        model.wire_node(prefix, self.clone(), inputs)
     }
 }
 
-#[derive(Debug, Clone)]
-struct TreeEnsembleEval(Arc<TreeEnsemble>);
-
-impl PartialEq for TreeEnsembleEval {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
-    }
-}
-
-impl Eq for TreeEnsembleEval {}
-
-impl Op for TreeEnsembleEval {
+impl Op for Shared<TreeEnsemble> {
     fn name(&self) -> StaticName {
         "KappaTreeEnsembleRegressor".into()
     }
@@ -603,7 +592,7 @@ impl Op for TreeEnsembleEval {
     op_as_typed_op!();
 }
 
-impl EvalOp for TreeEnsembleEval {
+impl EvalOp for Shared<TreeEnsemble> {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
@@ -626,7 +615,7 @@ impl EvalOp for TreeEnsembleEval {
     }
 }
 
-impl TypedOp for TreeEnsembleEval {
+impl TypedOp for Shared<TreeEnsemble> {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         Ok(tvec!(f32::fact(&[
             inputs[0].shape[0].clone(),
@@ -637,10 +626,7 @@ impl TypedOp for TreeEnsembleEval {
     as_op!();
 }
 
-#[derive(Debug, Clone)]
-struct TreeEnsembleClassifier(Arc<Classifier>);
-
-impl Expansion for TreeEnsembleClassifier {
+impl Expansion for Shared<Classifier> {
     fn name(&self) -> StaticName {
         "TreeEnsembleClassifier".into()
     }
@@ -673,22 +659,11 @@ impl Expansion for TreeEnsembleClassifier {
     }
 
     fn wire(&self, prefix: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
-        model.wire_node(prefix, ClassifierEval(Arc::clone(&self.0)), inputs)
+        model.wire_node(prefix, self.clone(), inputs)
     }
 }
 
-#[derive(Debug, Clone)]
-struct ClassifierEval(Arc<Classifier>);
-
-impl PartialEq for ClassifierEval {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
-    }
-}
-
-impl Eq for ClassifierEval {}
-
-impl Op for ClassifierEval {
+impl Op for Shared<Classifier> {
     fn name(&self) -> StaticName {
         "KappaTreeEnsembleClassifier".into()
     }
@@ -696,7 +671,7 @@ impl Op for ClassifierEval {
     op_as_typed_op!();
 }
 
-impl EvalOp for ClassifierEval {
+impl EvalOp for Shared<Classifier> {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
@@ -728,7 +703,7 @@ impl EvalOp for ClassifierEval {
     }
 }
 
-impl TypedOp for ClassifierEval {
+impl TypedOp for Shared<Classifier> {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         let n = inputs[0].shape[0].clone();
         let label = match self.0.labels {
