@@ -561,7 +561,8 @@ fn describe_format(manifest: &ModelManifest) -> String {
             out,
             "score: {kind} {}; anomalous {word} {}",
             scoring.score_output,
-            sign * manifest.anomaly_threshold
+            // `+ 0.0` prints a threshold of 0 as 0, not -0.
+            sign * manifest.anomaly_threshold + 0.0
         );
     } else {
         let _ = writeln!(

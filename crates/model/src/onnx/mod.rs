@@ -5,6 +5,8 @@
 pub mod engine;
 pub mod graph;
 mod ops;
+#[cfg(test)]
+mod tests;
 
 pub use engine::{OnnxModel, OutputTensor, TensorData};
 pub use graph::{GraphCheck, inspect};

@@ -268,7 +268,6 @@ impl TreeEnsemble {
         leaf_entries.sort_by_key(|&i| (leaf_trees[i], leaf_nodes[i]));
         let mut weights = Vec::with_capacity(l);
         let mut nodes = Vec::with_capacity(n);
-        let mut referenced = vec![false; n];
         let mut width = 0;
         let mut next_entry = 0;
         for &i in &order {
@@ -281,8 +280,6 @@ impl TreeEnsemble {
             match Branch::parse(&modes[i])? {
                 Some(branch) => {
                     let (if_true, if_false) = (child(true_ids[i])?, child(false_ids[i])?);
-                    referenced[if_true] = true;
-                    referenced[if_false] = true;
                     width = width.max(features[i] + 1);
                     nodes.push(Node::Split {
                         feature: features[i],
@@ -323,17 +320,17 @@ impl TreeEnsemble {
                 leaf_trees[e]
             );
         }
-        // Each tree's root is its one node no other node points at.
+        // Each tree's root is its node 0 (the specification numbers a tree's nodes from 0).
         let mut roots = Vec::new();
         let mut at = 0;
         while at < n {
             let tree = tree_ids[order[at]];
             let end = (at..n).find(|&j| tree_ids[order[j]] != tree).unwrap_or(n);
-            let tree_roots: Vec<usize> = (at..end).filter(|&j| !referenced[j]).collect();
-            let [root] = tree_roots.as_slice() else {
-                bail!("{op}: tree {tree} has {} roots; a tree has one", tree_roots.len());
-            };
-            roots.push((*root, end - at));
+            let root = index
+                .get(&(tree, 0))
+                .copied()
+                .ok_or_else(|| format_err!("{op}: tree {tree} has no node 0, where a walk starts"))?;
+            roots.push((root, end - at));
             at = end;
         }
         let ensemble = Self {
