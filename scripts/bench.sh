@@ -117,9 +117,9 @@ if [ ! -x "$tools/ghz" ]; then
   (cd /tmp && GOBIN="$tools" GOFLAGS=-mod=mod go install github.com/bojand/ghz/cmd/ghz@v0.120.0)
 fi
 mlvenv=${KAPPA_MLSERVER_VENV:-$HOME/.cache/kappa/mlserver-venv}
-if ! "$mlvenv/bin/python" -c "import mlserver, safetensors, numpy" 2>/dev/null; then
+if ! "$mlvenv/bin/python" -c "import mlserver, safetensors, numpy, onnxruntime" 2>/dev/null; then
   echo "(installing MLServer 1.7.1 from PyPI into $mlvenv, once)"
-  python3 -m venv "$mlvenv" && "$mlvenv/bin/pip" install -q "mlserver==1.7.1" "safetensors==0.6.2" numpy
+  python3 -m venv "$mlvenv" && "$mlvenv/bin/pip" install -q "mlserver==1.7.1" "safetensors==0.6.2" numpy "onnxruntime==1.31.1"
 fi
 mlport=$((pport + 40))
 mldir=$run/mlserver && mkdir -p "$mldir/bench-model"
@@ -142,6 +142,73 @@ done
   --kappa "127.0.0.1:$pport" --other "127.0.0.1:$mlport" --echo "127.0.0.1:$((pport + 50))" \
   --model bench-model --manifest "$run/model/manifest.json" --seconds "${BENCH_SECONDS:-5}" --rounds "${BENCH_OIP_ROUNDS:-3}"
 kill "$mlpid" "$oecho" 2>/dev/null || true; wait "$mlpid" "$oecho" 2>/dev/null || true
+
+echo
+echo "## ONNX: Kappa's engine against ONNX Runtime, in process, one thread each, the same graphs and rows"
+py="${KAPPA_PY_VENV:-$HOME/.cache/kappa/py}/bin/python"
+"$here/scripts/tools.sh" >/dev/null
+onnx=$run/onnx && mkdir -p "$onnx"
+"$py" "$here/tests/onnx/sklearn_fixtures.py" "$onnx" --only iforest,gradient_boosting_classifier,random_forest_regressor >/dev/null
+torch_fixtures=$here/tests/onnx/torch
+echo "| graph, rows a call | Kappa (tract, Kappa's ml operators) | ONNX Runtime 1.31 (Python) | ratio | target |"
+echo "|---|---|---|---|---|"
+"$bin/onnx-bench" --graph "$torch_fixtures/torch_autoencoder.onnx" --rows "$torch_fixtures/torch_autoencoder.json" \
+  --label "PyTorch MLP autoencoder 8-6-3-6-8" --target 0.5 --python "$py" --ort "$here/bench/onnx_ort.py"
+for family in iforest random_forest_regressor gradient_boosting_classifier; do
+  "$bin/onnx-bench" --graph "$onnx/$family.onnx" --rows "$onnx/$family.json" --label "scikit-learn $family" \
+    --python "$py" --ort "$here/bench/onnx_ort.py"
+done
+
+echo
+echo "## ONNX: Kappa against MLServer with ONNX Runtime, the same graphs, the same ghz client, alternating"
+"$bin/kappa" models --registry "http://127.0.0.1:$port" publish --name bench-onnx-ae \
+  --onnx "$torch_fixtures/torch_autoencoder.onnx" --features s0_c0,s0_c1,s1_c0,s1_c1,s2_c0,s2_c1,s3_c0,s3_c1 \
+  --score-output reconstruction --reconstruction-error --threshold 0.5 >/dev/null
+"$bin/kappa" models --registry "http://127.0.0.1:$port" publish --name bench-onnx-iforest \
+  --onnx "$onnx/iforest.onnx" --features f0,f1,f2,f3,f4,f5 --score-output scores --lower-is-anomalous --threshold 0 >/dev/null
+omlport=$((pport + 70))
+mkdir -p "$mldir/onnx/bench-onnx-ae" "$mldir/onnx/bench-onnx-iforest"
+cat >"$mldir/onnx/settings.json" <<JSON
+{"debug": false, "host": "127.0.0.1", "grpc_port": $omlport, "http_port": $((omlport + 1)), "metrics_port": $((omlport + 2)), "parallel_workers": 0}
+JSON
+for m in ae:$torch_fixtures/torch_autoencoder.onnx iforest:$onnx/iforest.onnx; do
+  cat >"$mldir/onnx/bench-onnx-${m%%:*}/model-settings.json" <<JSON
+{"name": "bench-onnx-${m%%:*}", "implementation": "onnx_runtime.OnnxRuntimeModel", "parameters": {"uri": "${m#*:}"}}
+JSON
+done
+(cd "$mldir/onnx" && PYTHONPATH="$here/bench/mlserver" exec "$mlvenv/bin/mlserver" start . >>"$run/mlserver-onnx.log" 2>&1) &
+omlpid=$!
+"$bin/oip-bench" echo-server --listen "127.0.0.1:$((pport + 50))" &
+oecho=$!
+for _ in $(seq 1 120); do grep -q "gRPC server running" "$run/mlserver-onnx.log" 2>/dev/null && break; sleep 0.5; done
+for m in ae:features:$torch_fixtures/torch_autoencoder.json iforest:X:$onnx/iforest.json; do
+  name=bench-onnx-${m%%:*}; rest=${m#*:}; input=${rest%%:*}; rows=${rest#*:}
+  oport=$((pport + 80)); ometrics=$((pmetrics + 80))
+  "$bin/kappa-predictor" --listen "127.0.0.1:$oport" --metrics-listen "127.0.0.1:$ometrics" --models-topic "$topic" \
+    --model "$name" --log warn >>"$run/onnx-predictor.log" 2>&1 &
+  opid=$!
+  for _ in $(seq 1 120); do curl -sf "http://127.0.0.1:$ometrics/metrics" | grep -q '^kappa_predictor_model_ready 1' && break; sleep 0.5; done
+  echo
+  echo "$name:"
+  "$bin/oip-bench" compare --ghz "$tools/ghz" --proto "$here/proto/inference/grpc_predict_v2.proto" \
+    --kappa "127.0.0.1:$oport" --other "127.0.0.1:$omlport" --other-name "MLServer + ONNX Runtime" \
+    --echo "127.0.0.1:$((pport + 50))" --model "$name" --rows "$rows" --input "$input" --batch 1 --batch 64 \
+    --kappa-pid "$opid" --other-pid "$omlpid" --target-64 3 --target-1 0 \
+    --seconds "${BENCH_SECONDS:-5}" --rounds "${BENCH_OIP_ROUNDS:-3}"
+  kill "$opid"; wait "$opid" 2>/dev/null || true
+done
+kill "$omlpid" "$oecho" 2>/dev/null || true; wait "$omlpid" "$oecho" 2>/dev/null || true
+
+echo
+echo "## ONNX: a 50 MiB graph rolled out again and again, and another model's p99 meanwhile"
+gport=$((pport + 90)); gmetrics=$((pmetrics + 90))
+"$bin/kappa-predictor" --listen "127.0.0.1:$gport" --metrics-listen "127.0.0.1:$gmetrics" --models-topic "$topic" \
+  --model bench-onnx-large --log warn >>"$run/onnx-large-predictor.log" 2>&1 &
+gpid=$!
+for _ in $(seq 1 120); do curl -sf "http://127.0.0.1:$gmetrics/metrics" >/dev/null && break; sleep 0.25; done
+"$bin/predictor-bench" onnx-swap --serving "http://127.0.0.1:$gport" --other "http://127.0.0.1:$pport" \
+  --registry "http://127.0.0.1:$port" --model bench-onnx-large --mib 50 --swaps "${BENCH_ONNX_SWAPS:-50}"
+kill "$gpid"; wait "$gpid" 2>/dev/null || true
 
 echo
 echo "## Predictor: publish -> first served response, and p99 with and without swaps"

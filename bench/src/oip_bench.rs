@@ -59,8 +59,29 @@ struct Args {
     #[arg(long)]
     model: String,
     /// The manifest both serve (proto3 JSON): the request is one row of its feature offsets.
+    #[arg(long, required_unless_present = "rows")]
+    manifest: Option<PathBuf>,
+    /// Or a fixture JSON (`rows`, `features`, as tests/onnx's scripts write): each request
+    /// carries its first --batch rows.
     #[arg(long)]
-    manifest: PathBuf,
+    rows: Option<PathBuf>,
+    /// The input tensor's name in the requests.
+    #[arg(long, default_value = "input")]
+    input: String,
+    /// Rows a request carries; each is measured in turn.
+    #[arg(long = "batch", default_values_t = [1])]
+    batches: Vec<usize>,
+    /// Process ids of kappa-predictor and of the other server: CPU time a request is then
+    /// measured from /proc around every run.
+    #[arg(long, requires = "other_pid")]
+    kappa_pid: Option<u32>,
+    #[arg(long, requires = "kappa_pid")]
+    other_pid: Option<u32>,
+    /// Throughput targets, kappa / other, at 64 and at 1 in flight (0: none).
+    #[arg(long, default_value_t = 15.0)]
+    target_64: f64,
+    #[arg(long, default_value_t = 8.0)]
+    target_1: f64,
     #[arg(long, default_value_t = 5)]
     seconds: u64,
     #[arg(long, default_value_t = 3)]
@@ -75,9 +96,23 @@ struct Run {
     seconds: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// CPU seconds the server spent in the run, when its process is known.
+    cpu_seconds: f64,
 }
 
-fn ghz(args: &Args, target: &str, request: &str, in_flight: usize, requests: u64) -> anyhow::Result<Run> {
+/// User plus system CPU seconds `pid` has used, from /proc/PID/stat.
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces, inside parentheses).
+    let rest = stat.rsplit_once(')').context("an unreadable /proc stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    // The kernel's USER_HZ, 100 on every Linux this runs on.
+    Ok(ticks / 100.0)
+}
+
+fn ghz(args: &Args, target: &str, request: &str, in_flight: usize, requests: u64, pid: Option<u32>) -> anyhow::Result<Run> {
+    let cpu_before = pid.map(cpu_seconds).transpose()?;
     let out = Command::new(&args.ghz)
         .arg("--insecure")
         .arg("--proto")
@@ -109,6 +144,10 @@ fn ghz(args: &Args, target: &str, request: &str, in_flight: usize, requests: u64
         seconds: report["total"].as_f64().unwrap_or(0.0) / 1e9,
         p50_ms: latency(50),
         p99_ms: latency(99),
+        cpu_seconds: match (pid, cpu_before) {
+            (Some(pid), Some(before)) => cpu_seconds(pid)? - before,
+            _ => 0.0,
+        },
     })
 }
 
@@ -125,6 +164,7 @@ fn combine(runs: &[Run]) -> Run {
         seconds: runs.iter().map(|r| r.seconds).sum(),
         p50_ms: median(|r| r.p50_ms),
         p99_ms: median(|r| r.p99_ms),
+        cpu_seconds: runs.iter().map(|r| r.cpu_seconds).sum(),
     }
 }
 
@@ -200,78 +240,113 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-fn compare(args: &Args) -> anyhow::Result<()> {
-    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&args.manifest)?)?;
+/// The rows a request carries, and their width.
+fn request_rows(args: &Args, batch: usize) -> anyhow::Result<(Vec<f64>, usize)> {
+    if let Some(path) = &args.rows {
+        let fixture: serde_json::Value = serde_json::from_slice(&std::fs::read(path)?)?;
+        let width = fixture["features"].as_array().context("the fixture has no features")?.len();
+        let rows: Vec<f64> = fixture["rows"]
+            .as_array()
+            .context("the fixture has no rows")?
+            .iter()
+            .take(batch * width)
+            .filter_map(serde_json::Value::as_f64)
+            .collect();
+        anyhow::ensure!(rows.len() == batch * width, "the fixture has fewer than {batch} rows");
+        return Ok((rows, width));
+    }
+    let path = args.manifest.as_ref().context("give --manifest or --rows")?;
+    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path)?)?;
     let row: Vec<f64> = manifest["features"]
         .as_array()
         .context("the manifest has no features")?
         .iter()
         .map(|f| f["offset"].as_f64().unwrap_or(0.0) + 0.5 * f["scale"].as_f64().unwrap_or(1.0))
         .collect();
-    let request = serde_json::json!({
-        "model_name": args.model,
-        "inputs": [{
-            "name": "input",
-            "datatype": "FP32",
-            "shape": [1, row.len()],
-            "contents": {"fp32_contents": row},
-        }],
-    })
-    .to_string();
+    let width = row.len();
+    Ok((row.iter().copied().cycle().take(batch * width).collect(), width))
+}
+
+fn compare(args: &Args) -> anyhow::Result<()> {
     let mut targets = vec![
-        (&args.kappa, "kappa-predictor".to_owned()),
-        (&args.other, args.other_name.clone()),
+        (&args.kappa, "kappa-predictor".to_owned(), args.kappa_pid),
+        (&args.other, args.other_name.clone(), args.other_pid),
     ];
     if let Some(echo) = &args.echo {
-        targets.push((echo, "bare tonic OIP server, no model".to_owned()));
+        targets.push((echo, "bare tonic OIP server, no model".to_owned(), None));
     }
     println!(
-        "| OIP ModelInfer, one row, ghz | {} | ratio kappa / {} | target |",
-        targets.iter().map(|(_, n)| n.as_str()).collect::<Vec<_>>().join(" | "),
+        "| OIP ModelInfer, ghz | {} | ratio kappa / {} | target |",
+        targets.iter().map(|(_, n, _)| n.as_str()).collect::<Vec<_>>().join(" | "),
         args.other_name
     );
     println!("|---|{}---|---|", "---|".repeat(targets.len()));
-    for (in_flight, target) in [(64, 15.0), (1, 8.0)] {
-        // Warm-up, which also sizes each target's rounds to about `seconds`.
-        let mut sizes = Vec::new();
-        for (address, _) in &targets {
-            let warm = ghz(args, address, &request, in_flight, 2_000)?;
-            sizes.push((warm.ok as f64 / warm.seconds * args.seconds as f64) as u64);
-        }
-        let mut runs: Vec<Vec<Run>> = vec![Vec::new(); targets.len()];
-        for _ in 0..args.rounds {
-            for (i, (address, _)) in targets.iter().enumerate() {
-                runs[i].push(ghz(args, address, &request, in_flight, sizes[i])?);
+    for &batch in &args.batches {
+        let (rows, width) = request_rows(args, batch)?;
+        let request = serde_json::json!({
+            "model_name": args.model,
+            "inputs": [{
+                "name": args.input,
+                "datatype": "FP32",
+                "shape": [batch, width],
+                "contents": {"fp32_contents": rows},
+            }],
+        })
+        .to_string();
+        let rows_label = if batch == 1 { "one row".to_owned() } else { format!("{batch} rows") };
+        for (in_flight, target) in [(64, args.target_64), (1, args.target_1)] {
+            // Warm-up, which also sizes each target's rounds to about `seconds`.
+            let mut sizes = Vec::new();
+            for (address, _, _) in &targets {
+                let warm = ghz(args, address, &request, in_flight, 2_000, None)?;
+                sizes.push((warm.ok as f64 / warm.seconds * args.seconds as f64) as u64);
             }
+            let mut runs: Vec<Vec<Run>> = vec![Vec::new(); targets.len()];
+            for _ in 0..args.rounds {
+                for (i, (address, _, pid)) in targets.iter().enumerate() {
+                    runs[i].push(ghz(args, address, &request, in_flight, sizes[i], *pid)?);
+                }
+            }
+            let combined: Vec<Run> = runs.iter().map(|r| combine(r)).collect();
+            let rps: Vec<f64> = combined.iter().map(|r| r.ok as f64 / r.seconds).collect();
+            println!(
+                "| throughput, {rows_label} a request, {in_flight} in flight | {} | {:.1}x | {} |",
+                rps.iter()
+                    .map(|r| format!("{r:.0} req/s"))
+                    .collect::<Vec<_>>()
+                    .join(" | "),
+                rps[0] / rps[1],
+                if target > 0.0 { format!(">= {target}x") } else { String::new() }
+            );
+            println!(
+                "| p50 / p99 latency, {rows_label}, {in_flight} in flight | {} | {:.1}x / {:.1}x faster | |",
+                combined
+                    .iter()
+                    .map(|r| format!("{:.3} / {:.3} ms", r.p50_ms, r.p99_ms))
+                    .collect::<Vec<_>>()
+                    .join(" | "),
+                combined[1].p50_ms / combined[0].p50_ms,
+                combined[1].p99_ms / combined[0].p99_ms
+            );
+            if args.kappa_pid.is_some() {
+                let per_thousand: Vec<f64> = combined.iter().map(|r| r.cpu_seconds * 1e6 / r.ok.max(1) as f64).collect();
+                println!(
+                    "| server CPU per 1,000 requests, {rows_label}, {in_flight} in flight | {:.0} ms | {:.0} ms |{} {:.2}x | <= 0.33x |",
+                    per_thousand[0],
+                    per_thousand[1],
+                    if targets.len() > 2 { " |" } else { "" },
+                    per_thousand[0] / per_thousand[1]
+                );
+            }
+            println!(
+                "| failed calls, {rows_label}, {in_flight} in flight | {} | | 0 |",
+                combined
+                    .iter()
+                    .map(|r| format!("{} of {}", r.requests - r.ok, r.requests))
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            );
         }
-        let combined: Vec<Run> = runs.iter().map(|r| combine(r)).collect();
-        let rps: Vec<f64> = combined.iter().map(|r| r.ok as f64 / r.seconds).collect();
-        println!(
-            "| throughput, {in_flight} in flight | {} | {:.1}x | >= {target}x |",
-            rps.iter()
-                .map(|r| format!("{r:.0} req/s"))
-                .collect::<Vec<_>>()
-                .join(" | "),
-            rps[0] / rps[1]
-        );
-        println!(
-            "| p50 / p99 latency, {in_flight} in flight | {} | {:.1}x / {:.1}x faster | |",
-            combined
-                .iter()
-                .map(|r| format!("{:.3} / {:.3} ms", r.p50_ms, r.p99_ms))
-                .collect::<Vec<_>>()
-                .join(" | "),
-            combined[1].p50_ms / combined[0].p50_ms,
-            combined[1].p99_ms / combined[0].p99_ms
-        );
-        println!(
-            "| failed calls, {in_flight} in flight | {} | | 0 |",
-            combined
-                .iter()
-                .map(|r| format!("{} of {}", r.requests - r.ok, r.requests))
-                .collect::<Vec<_>>()
-                .join(" | ")
-        );
     }
     Ok(())
 }

@@ -87,3 +87,133 @@ pub(crate) fn numbered_autoencoder(name: &str, features: usize, hidden: u32) -> 
     let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
     autoencoder_over(name, &paths, &[hidden])
 }
+
+/// The example autoencoder as an ONNX graph: `x` [N, features] through `Gemm` and `Relu` layers
+/// to `reconstruction` [N, features], scored by its reconstruction error. With the same `seed`
+/// it holds [`random_tensors`]'s weights, so it computes what the MLP of
+/// [`autoencoder_over`] with [`random_weights`] computes; benches use it for graphs of any size.
+pub fn onnx_autoencoder(name: &str, paths: &[&str], hidden: &[u32], seed: u64) -> (ModelManifest, Vec<u8>) {
+    use prost::Message as _;
+    use tract_onnx::pb::{
+        self, AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, ValueInfoProto,
+        attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto::dimension::Value as Dim,
+    };
+
+    let mlp = autoencoder_over(name, paths, hidden);
+    let io = |name: &str| ValueInfoProto {
+        name: name.into(),
+        r#type: Some(pb::TypeProto {
+            denotation: String::new(),
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: DataType::Float as i32,
+                shape: Some(pb::TensorShapeProto {
+                    dim: [Dim::DimParam("batch".into()), Dim::DimValue(paths.len() as i64)]
+                        .into_iter()
+                        .map(|d| pb::tensor_shape_proto::Dimension {
+                            denotation: String::new(),
+                            value: Some(d),
+                        })
+                        .collect(),
+                }),
+            })),
+        }),
+        ..ValueInfoProto::default()
+    };
+    let mut nodes = Vec::new();
+    let mut initializers = Vec::new();
+    let mut current = "x".to_owned();
+    let layers = mlp.layers.len();
+    for (i, (tensors, layer)) in random_tensors(&mlp, seed).chunks(2).zip(&mlp.layers).enumerate() {
+        for (tensor_name, shape, values) in tensors {
+            initializers.push(TensorProto {
+                name: tensor_name.clone(),
+                dims: shape.iter().map(|d| *d as i64).collect(),
+                data_type: DataType::Float as i32,
+                raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                ..TensorProto::default()
+            });
+        }
+        let out = if i + 1 == layers { "reconstruction".to_owned() } else { format!("h{i}") };
+        let linear = if layer.activation == Activation::Relu as i32 {
+            format!("{out}.linear")
+        } else {
+            out.clone()
+        };
+        nodes.push(NodeProto {
+            input: vec![current.clone(), weight_tensor_name(i), bias_tensor_name(i)],
+            output: vec![linear.clone()],
+            op_type: "Gemm".into(),
+            attribute: vec![AttributeProto {
+                name: "transB".into(),
+                r#type: AttributeType::Int as i32,
+                i: 1,
+                ..AttributeProto::default()
+            }],
+            ..NodeProto::default()
+        });
+        if linear != out {
+            nodes.push(NodeProto {
+                input: vec![linear],
+                output: vec![out.clone()],
+                op_type: "Relu".into(),
+                ..NodeProto::default()
+            });
+        }
+        current = out;
+    }
+    let graph = ModelProto {
+        ir_version: 8,
+        producer_name: "kappa-model example".into(),
+        opset_import: vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: 17,
+        }],
+        graph: Some(GraphProto {
+            node: nodes,
+            name: name.into(),
+            initializer: initializers,
+            input: vec![io("x")],
+            output: vec![io("reconstruction")],
+            ..GraphProto::default()
+        }),
+        ..ModelProto::default()
+    }
+    .encode_to_vec();
+    let manifest = ModelManifest {
+        layers: Vec::new(),
+        output: OutputKind::Unspecified as i32,
+        format: crate::ModelFormat::Onnx as i32,
+        onnx: Some(crate::OnnxSpec {
+            features_input: "x".into(),
+            scoring: Some(crate::OnnxScoring {
+                score_output: "reconstruction".into(),
+                score_kind: crate::OnnxScoreKind::ReconstructionError as i32,
+                ..crate::OnnxScoring::default()
+            }),
+            graph: None,
+        }),
+        description: "untrained example autoencoder, as an ONNX graph".into(),
+        ..mlp
+    };
+    (manifest, graph)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Backend, Mlp, admission};
+
+    #[test]
+    fn the_onnx_autoencoder_computes_what_the_mlp_with_the_same_weights_computes() {
+        let paths = ["a", "b", "c", "d"];
+        let mlp_manifest = autoencoder_over("same", &paths, &[3]);
+        let mlp = Mlp::load(&mlp_manifest, &random_weights(&mlp_manifest, 5), Backend::Native).unwrap();
+        let (manifest, graph) = onnx_autoencoder("same", &paths, &[3], 5);
+        let onnx = admission::load(&manifest, &graph).unwrap();
+        let rows = [0.5, -1.0, 2.0, 0.0, 3.0, 1.0, -2.0, 0.25];
+        let (a, b) = (mlp.score(&rows).unwrap(), onnx.score(&rows).unwrap());
+        for (a, b) in a.iter().zip(&b) {
+            assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "MLP {a} against ONNX {b}");
+        }
+    }
+}
