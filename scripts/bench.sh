@@ -180,6 +180,7 @@ done
 omlpid=$!
 "$bin/oip-bench" echo-server --listen "127.0.0.1:$((pport + 50))" &
 oecho=$!
+pids+=("$omlpid" "$oecho")
 for _ in $(seq 1 120); do grep -q "gRPC server running" "$run/mlserver-onnx.log" 2>/dev/null && break; sleep 0.5; done
 for m in ae:features:$torch_fixtures/torch_autoencoder.json iforest:X:$onnx/iforest.json; do
   name=bench-onnx-${m%%:*}; rest=${m#*:}; input=${rest%%:*}; rows=${rest#*:}
@@ -187,6 +188,7 @@ for m in ae:features:$torch_fixtures/torch_autoencoder.json iforest:X:$onnx/ifor
   "$bin/kappa-predictor" --listen "127.0.0.1:$oport" --metrics-listen "127.0.0.1:$ometrics" --models-topic "$topic" \
     --model "$name" --log warn >>"$run/onnx-predictor.log" 2>&1 &
   opid=$!
+  pids+=("$opid")
   for _ in $(seq 1 120); do curl -sf "http://127.0.0.1:$ometrics/metrics" | grep -q '^kappa_predictor_model_ready 1' && break; sleep 0.5; done
   echo
   echo "$name:"
@@ -205,6 +207,7 @@ gport=$((pport + 90)); gmetrics=$((pmetrics + 90))
 "$bin/kappa-predictor" --listen "127.0.0.1:$gport" --metrics-listen "127.0.0.1:$gmetrics" --models-topic "$topic" \
   --model bench-onnx-large --log warn >>"$run/onnx-large-predictor.log" 2>&1 &
 gpid=$!
+pids+=("$gpid")
 for _ in $(seq 1 120); do curl -sf "http://127.0.0.1:$gmetrics/metrics" >/dev/null && break; sleep 0.25; done
 "$bin/predictor-bench" onnx-swap --serving "http://127.0.0.1:$gport" --other "http://127.0.0.1:$pport" \
   --registry "http://127.0.0.1:$port" --model bench-onnx-large --mib 50 --swaps "${BENCH_ONNX_SWAPS:-50}"

@@ -21,14 +21,14 @@ class OnnxRuntimeModel(MLModel):
         self.session = ort.InferenceSession(
             self.settings.parameters.uri, options, providers=["CPUExecutionProvider"]
         )
-        self.input = self.session.get_inputs()[0].name
-        self.outputs = [o.name for o in self.session.get_outputs()]
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
         return True
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
         rows = NumpyCodec.decode_input(payload.inputs[0]).astype(np.float32, copy=False)
-        values = self.session.run(None, {self.input: rows})
+        values = self.session.run(None, {self.input_name: rows})
         return InferenceResponse(
             model_name=self.name,
-            outputs=[NumpyCodec.encode_output(name, np.asarray(v)) for name, v in zip(self.outputs, values)],
+            outputs=[NumpyCodec.encode_output(name, np.asarray(v)) for name, v in zip(self.output_names, values)],
         )

@@ -32,7 +32,7 @@ enum Mode {
         listen: SocketAddr,
     },
     /// Drive kappa-predictor, the other server and (optionally) the echo server with ghz.
-    Compare(Args),
+    Compare(Box<Args>),
 }
 
 #[derive(Debug, clap::Args)]
@@ -111,7 +111,14 @@ fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     Ok(ticks / 100.0)
 }
 
-fn ghz(args: &Args, target: &str, request: &str, in_flight: usize, requests: u64, pid: Option<u32>) -> anyhow::Result<Run> {
+fn ghz(
+    args: &Args,
+    target: &str,
+    request: &str,
+    in_flight: usize,
+    requests: u64,
+    pid: Option<u32>,
+) -> anyhow::Result<Run> {
     let cpu_before = pid.map(cpu_seconds).transpose()?;
     let out = Command::new(&args.ghz)
         .arg("--insecure")
@@ -244,7 +251,10 @@ async fn main() -> anyhow::Result<()> {
 fn request_rows(args: &Args, batch: usize) -> anyhow::Result<(Vec<f64>, usize)> {
     if let Some(path) = &args.rows {
         let fixture: serde_json::Value = serde_json::from_slice(&std::fs::read(path)?)?;
-        let width = fixture["features"].as_array().context("the fixture has no features")?.len();
+        let width = fixture["features"]
+            .as_array()
+            .context("the fixture has no features")?
+            .len();
         let rows: Vec<f64> = fixture["rows"]
             .as_array()
             .context("the fixture has no rows")?
@@ -277,7 +287,11 @@ fn compare(args: &Args) -> anyhow::Result<()> {
     }
     println!(
         "| OIP ModelInfer, ghz | {} | ratio kappa / {} | target |",
-        targets.iter().map(|(_, n, _)| n.as_str()).collect::<Vec<_>>().join(" | "),
+        targets
+            .iter()
+            .map(|(_, n, _)| n.as_str())
+            .collect::<Vec<_>>()
+            .join(" | "),
         args.other_name
     );
     println!("|---|{}---|---|", "---|".repeat(targets.len()));
@@ -293,7 +307,11 @@ fn compare(args: &Args) -> anyhow::Result<()> {
             }],
         })
         .to_string();
-        let rows_label = if batch == 1 { "one row".to_owned() } else { format!("{batch} rows") };
+        let rows_label = if batch == 1 {
+            "one row".to_owned()
+        } else {
+            format!("{batch} rows")
+        };
         for (in_flight, target) in [(64, args.target_64), (1, args.target_1)] {
             // Warm-up, which also sizes each target's rounds to about `seconds`.
             let mut sizes = Vec::new();
@@ -316,7 +334,11 @@ fn compare(args: &Args) -> anyhow::Result<()> {
                     .collect::<Vec<_>>()
                     .join(" | "),
                 rps[0] / rps[1],
-                if target > 0.0 { format!(">= {target}x") } else { String::new() }
+                if target > 0.0 {
+                    format!(">= {target}x")
+                } else {
+                    String::new()
+                }
             );
             println!(
                 "| p50 / p99 latency, {rows_label}, {in_flight} in flight | {} | {:.1}x / {:.1}x faster | |",
@@ -329,7 +351,10 @@ fn compare(args: &Args) -> anyhow::Result<()> {
                 combined[1].p99_ms / combined[0].p99_ms
             );
             if args.kappa_pid.is_some() {
-                let per_thousand: Vec<f64> = combined.iter().map(|r| r.cpu_seconds * 1e6 / r.ok.max(1) as f64).collect();
+                let per_thousand: Vec<f64> = combined
+                    .iter()
+                    .map(|r| r.cpu_seconds * 1e6 / r.ok.max(1) as f64)
+                    .collect();
                 println!(
                     "| server CPU per 1,000 requests, {rows_label}, {in_flight} in flight | {:.0} ms | {:.0} ms |{} {:.2}x | <= 0.33x |",
                     per_thousand[0],

@@ -48,8 +48,20 @@ struct Args {
 /// output whatever is scored, as ONNX Runtime does.
 fn build(graph: &[u8], features: usize) -> anyhow::Result<OnnxModel> {
     let checked = inspect(graph, &runnable)?;
-    let input = checked.info.inputs.first().context("the graph has no input")?.name.clone();
-    let output = checked.info.outputs.first().context("the graph has no output")?.name.clone();
+    let input = checked
+        .info
+        .inputs
+        .first()
+        .context("the graph has no input")?
+        .name
+        .clone();
+    let output = checked
+        .info
+        .outputs
+        .first()
+        .context("the graph has no output")?
+        .name
+        .clone();
     let manifest = ModelManifest {
         name: "bench".into(),
         format: ModelFormat::Onnx as i32,
@@ -77,7 +89,9 @@ fn build(graph: &[u8], features: usize) -> anyhow::Result<OnnxModel> {
 fn kappa_rate(model: &OnnxModel, rows: &[f64], batch: usize, seconds: f64) -> anyhow::Result<f64> {
     let f = model.n_features();
     let n = rows.len() / f;
-    let batches: Vec<&[f64]> = (0..n / batch).map(|b| &rows[b * batch * f..(b + 1) * batch * f]).collect();
+    let batches: Vec<&[f64]> = (0..n / batch)
+        .map(|b| &rows[b * batch * f..(b + 1) * batch * f])
+        .collect();
     anyhow::ensure!(!batches.is_empty(), "fewer rows than a batch of {batch}");
     for b in batches.iter().take(8) {
         model.infer(b, batch)?;
@@ -102,7 +116,11 @@ fn ort_rate(args: &Args, batch: usize) -> anyhow::Result<f64> {
         .args(["--batch", &batch.to_string(), "--seconds", &args.seconds.to_string()])
         .output()
         .with_context(|| format!("running {}", args.python.display()))?;
-    anyhow::ensure!(out.status.success(), "onnx_ort.py: {}", String::from_utf8_lossy(&out.stderr));
+    anyhow::ensure!(
+        out.status.success(),
+        "onnx_ort.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout)
         .trim()
         .parse()
@@ -111,7 +129,10 @@ fn ort_rate(args: &Args, batch: usize) -> anyhow::Result<f64> {
 
 fn read_rows(path: &Path) -> anyhow::Result<(Vec<f64>, usize)> {
     let fixture: serde_json::Value = serde_json::from_slice(&std::fs::read(path)?)?;
-    let features = fixture["features"].as_array().context("no features in the fixture")?.len();
+    let features = fixture["features"]
+        .as_array()
+        .context("no features in the fixture")?
+        .len();
     let rows = fixture["rows"]
         .as_array()
         .context("no rows in the fixture")?

@@ -580,14 +580,27 @@ async fn large_swap(predictor: &str, registry: &str, model: &str, mib: u64, vers
     Ok(())
 }
 
-async fn onnx_swap(serving: &str, other: &str, registry: &str, model: &str, mib: u64, swaps: u64) -> anyhow::Result<()> {
+async fn onnx_swap(
+    serving: &str,
+    other: &str,
+    registry: &str,
+    model: &str,
+    mib: u64,
+    swaps: u64,
+) -> anyhow::Result<()> {
     use std::sync::atomic::{AtomicBool, Ordering};
     // An autoencoder F -> H -> F holds about 2 * F * H floats.
     let hidden = (mib * 1024 * 1024 / 4 / (2 * CAR_FIELDS.len() as u64)) as u32;
     let mut registry = kappa_client::Registry::connect(registry).await?;
     let mut client = PredictorClient::new(Channel::from_shared(serving.to_owned())?.connect().await?);
     let unused = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
-    let load = |stop: &Arc<AtomicBool>| tokio::spawn(load_until_owned(other.to_owned(), Arc::clone(stop), Arc::clone(&unused)));
+    let load = |stop: &Arc<AtomicBool>| {
+        tokio::spawn(load_until_owned(
+            other.to_owned(),
+            Arc::clone(stop),
+            Arc::clone(&unused),
+        ))
+    };
 
     // The graphs are made before either phase, so their making loads neither.
     let graphs: Vec<(kappa_model::ModelManifest, Vec<u8>)> = (0..swaps)

@@ -133,7 +133,11 @@ pub fn onnx_autoencoder(name: &str, paths: &[&str], hidden: &[u32], seed: u64) -
                 ..TensorProto::default()
             });
         }
-        let out = if i + 1 == layers { "reconstruction".to_owned() } else { format!("h{i}") };
+        let out = if i + 1 == layers {
+            "reconstruction".to_owned()
+        } else {
+            format!("h{i}")
+        };
         let linear = if layer.activation == Activation::Relu as i32 {
             format!("{out}.linear")
         } else {

@@ -182,6 +182,29 @@ fn check_fixtures(dir: &Path) -> usize {
             );
         }
         assert_eq!(answer.scores.len(), n, "{name}: a score a row");
+        // Requests share a run when every output has a row per input row: the rows of a run
+        // taken apart must be what each part alone gives.
+        assert!(model.rows_align(), "{name}: outputs with a row per input row");
+        let f = model.n_features();
+        let (first, second) = (
+            model.infer(&rows[..3 * f], 3).unwrap(),
+            model.infer(&rows[3 * f..8 * f], 5).unwrap(),
+        );
+        let together = model.infer(&rows[..8 * f], 8).unwrap();
+        for (i, output) in together.outputs.iter().enumerate() {
+            for (part, (from, to)) in [(&first, (0, 3)), (&second, (3, 8))] {
+                let alone = as_f64(&part.outputs[i].data);
+                let sliced = as_f64(&output.rows(from, to).data);
+                assert_eq!(sliced.len(), alone.len(), "{name}.{}", output.name);
+                for (a, b) in sliced.iter().zip(&alone) {
+                    assert!(
+                        (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+                        "{name}.{}: {a} in a run of 8, {b} alone",
+                        output.name
+                    );
+                }
+            }
+        }
         families += 1;
     }
     families

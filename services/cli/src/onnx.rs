@@ -24,8 +24,8 @@ pub struct OnnxArgs {
     #[arg(long, value_delimiter = ',', requires = "onnx")]
     pub features: Vec<String>,
     /// Take the features, their validity rules and the event schema from a version in the
-    /// registry (NAME, NAME@ALIAS or NAME:VERSION) or a manifest JSON file, such as a Kappa
-    /// version the graph was trained beside.
+    /// registry (NAME, NAME@ALIAS or NAME:VERSION), a manifest JSON file, or a training spec
+    /// (what `kappa data inspect --output json` prints, or its "spec").
     #[arg(long, value_name = "SOURCE", requires = "onnx", conflicts_with = "features")]
     pub features_from: Option<String>,
     /// A validity rule, PATH=MIN..MAX (either bound may be left out). Rows outside are refused
@@ -212,35 +212,100 @@ fn only_input(manifest: &ModelManifest, graph: &[u8]) -> anyhow::Result<String> 
     }
 }
 
-/// Features (names and rules, raw values) and schema from a manifest file or a registry version.
+/// Features (names and rules, raw values) and schema from a file (a manifest, a training spec, or
+/// what `kappa data inspect --output json` prints) or a registry version.
 async fn features_from(source: &str, registry: &mut Registry) -> anyhow::Result<(Vec<Feature>, Option<EventSchema>)> {
-    let manifest = if Path::new(source).is_file() {
-        crate::models::read_manifest(Path::new(source))?
-    } else {
-        let (name, selector) = match (source.split_once('@'), source.split_once(':')) {
-            (Some((name, alias)), _) => (name, Selector::Alias(alias.to_owned())),
-            (None, Some((name, version))) => (
-                name,
-                Selector::Version(
-                    version
-                        .parse()
-                        .with_context(|| format!("--features-from {source}: {version} is not a version number"))?,
-                ),
+    if Path::new(source).is_file() {
+        return features_from_file(Path::new(source));
+    }
+    let (name, selector) = match (source.split_once('@'), source.split_once(':')) {
+        (Some((name, alias)), _) => (name, Selector::Alias(alias.to_owned())),
+        (None, Some((name, version))) => (
+            name,
+            Selector::Version(
+                version
+                    .parse()
+                    .with_context(|| format!("--features-from {source}: {version} is not a version number"))?,
             ),
-            (None, None) => (source, Selector::Latest),
-        };
-        let header = registry
-            .get_manifest(name, selector)
-            .await
-            .with_context(|| format!("--features-from {source}: not a file, and the registry has no such version"))?;
-        header
-            .manifest
-            .with_context(|| format!("--features-from {source}: the version has no manifest"))?
+        ),
+        (None, None) => (source, Selector::Latest),
     };
+    let header = registry
+        .get_manifest(name, selector)
+        .await
+        .with_context(|| format!("--features-from {source}: not a file, and the registry has no such version"))?;
+    let manifest = header
+        .manifest
+        .with_context(|| format!("--features-from {source}: the version has no manifest"))?;
+    Ok(from_manifest(&manifest))
+}
+
+fn from_manifest(manifest: &ModelManifest) -> (Vec<Feature>, Option<EventSchema>) {
     let features = manifest
         .features
         .iter()
         .map(|f| feature(&f.name, f.min, f.max))
         .collect();
-    Ok((features, manifest.schema))
+    (features, manifest.schema.clone())
+}
+
+fn features_from_file(path: &Path) -> anyhow::Result<(Vec<Feature>, Option<EventSchema>)> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    // `kappa data inspect --output json` holds the training spec it would use under "spec".
+    let spec = json.get("spec").unwrap_or(&json);
+    let is_spec = spec["features"]
+        .as_array()
+        .is_some_and(|f| f.iter().any(|f| f.get("path").is_some()));
+    if !is_spec {
+        return crate::models::read_manifest(path).map(|m| from_manifest(&m));
+    }
+    let spec: kappa_api::trainer::TrainingSpec = serde_json::from_value(spec.clone())
+        .with_context(|| format!("{} holds a training spec that does not parse", path.display()))?;
+    let features = spec.features.iter().map(|f| feature(&f.path, f.min, f.max)).collect();
+    let schema = EventSchema {
+        label_field: spec.label_field,
+        positive_labels: spec.positive_labels,
+        time: spec.time,
+    };
+    Ok((features, Some(schema)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn features_come_from_an_inspect_report_a_spec_or_a_manifest() {
+        let dir = tempfile::tempdir().unwrap();
+        let report = dir.path().join("inspect.json");
+        std::fs::write(
+            &report,
+            r#"{"topic": "t", "fields": [], "spec": {"sourceTopic": "t", "features": [{"path": "engine.rpm", "max": 9000}, {"path": "speed"}], "labelField": "failed", "positiveLabels": ["yes"]}}"#,
+        )
+        .unwrap();
+        let (features, schema) = features_from_file(&report).unwrap();
+        let names: Vec<&str> = features.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["engine.rpm", "speed"]);
+        assert_eq!((features[0].min, features[0].max), (None, Some(9000.0)));
+        assert!(features.iter().all(|f| f.offset == 0.0 && f.scale == 1.0), "raw values");
+        let schema = schema.unwrap();
+        assert_eq!(
+            (schema.label_field.as_str(), schema.positive_labels.as_slice()),
+            ("failed", &["yes".to_owned()][..])
+        );
+
+        let manifest = dir.path().join("manifest.json");
+        let mut m = kappa_model::example::autoencoder_over("m", &["a", "b"], &[1]);
+        m.features[1].min = Some(-1.0);
+        m.features[0].offset = 3.0;
+        std::fs::write(&manifest, serde_json::to_string(&m).unwrap()).unwrap();
+        let (features, _) = features_from_file(&manifest).unwrap();
+        assert_eq!(features[1].min, Some(-1.0));
+        assert_eq!(
+            features[0].offset, 0.0,
+            "an MLP's scaling does not carry over to a graph"
+        );
+    }
 }

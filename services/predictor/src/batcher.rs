@@ -24,7 +24,8 @@ pub struct Job {
     pub inputs: Vec<f32>,
     pub rows: usize,
     /// For an Open Inference Protocol call to an ONNX version: the graph's input as the client
-    /// sent it (FP64 kept exact). Such a job runs alone and is answered with every output.
+    /// sent it (FP64 kept exact). Such a job is answered with every output; it shares a run only
+    /// with other graph jobs of a graph whose outputs have a row per input row.
     pub graph: Option<Vec<f64>>,
     pub reply: oneshot::Sender<Result<Scored, PredictError>>,
 }
@@ -205,8 +206,10 @@ impl Worker {
             // one client calling one request at a time, never waits for company that is not
             // coming. The last batch says which it is.
             let worth_waiting = !self.max_queue_delay.is_zero() && last_batch_jobs > 1;
-            // A graph job wants every output of its own run: it is never merged.
-            while rows < self.max_batch_rows && batch[0].graph.is_none() {
+            // A graph job wants every output of its rows: it shares a run only with graph jobs,
+            // and only when the graph's outputs have a row per input row.
+            let mergeable = batch[0].graph.is_none() || batch[0].model.model.onnx().is_some_and(|m| m.rows_align());
+            while rows < self.max_batch_rows && mergeable {
                 let next = match self.rx.try_recv() {
                     Ok(job) => job,
                     Err(_) if !worth_waiting => break,
@@ -218,7 +221,7 @@ impl Worker {
                 let next = self.taken(next);
                 if !Arc::ptr_eq(&next.model, &batch[0].model)
                     || rows + next.rows > self.max_batch_rows
-                    || next.graph.is_some()
+                    || next.graph.is_some() != batch[0].graph.is_some()
                 {
                     carry = Some(next);
                     break;
@@ -239,8 +242,7 @@ impl Worker {
 
     fn run_batch(&self, batch: &mut Vec<Job>, rows: usize, inputs: &mut Vec<f32>, scores: &mut Vec<f32>) {
         if batch[0].graph.is_some() {
-            let job = batch.pop().expect("a graph job runs alone");
-            return self.run_graph(job);
+            return self.run_graph(batch, rows);
         }
         let model = Arc::clone(&batch[0].model);
         inputs.clear();
@@ -283,15 +285,20 @@ impl Worker {
 }
 
 impl Worker {
-    /// One graph job: every output, the scores, and drift like any batch.
-    fn run_graph(&self, job: Job) {
-        let model = Arc::clone(&job.model);
-        self.metrics.batch_size.observe(job.rows as f64);
-        let graph = job.graph.as_deref().unwrap_or_default();
+    /// Graph jobs, one run for all their rows: every output sliced back to each job by its rows,
+    /// the scores too, and drift like any batch.
+    fn run_graph(&self, batch: &mut Vec<Job>, rows: usize) {
+        let model = Arc::clone(&batch[0].model);
+        self.metrics.batch_size.observe(rows as f64);
+        let graph: Vec<f64> = match batch.as_slice() {
+            [one] => one.graph.clone().unwrap_or_default(),
+            jobs => jobs.iter().flat_map(|j| j.graph.iter().flatten().copied()).collect(),
+        };
+        let inputs: Vec<f32> = batch.iter().flat_map(|j| j.inputs.iter().copied()).collect();
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            self.faults.before_inference(&job.inputs);
+            self.faults.before_inference(&inputs);
             match model.model.onnx() {
-                Some(onnx) => onnx.infer(graph, job.rows).map_err(|e| e.to_string()),
+                Some(onnx) => onnx.infer(&graph, rows).map_err(|e| e.to_string()),
                 None => Err("this version is not an ONNX graph".to_owned()),
             }
         }))
@@ -299,21 +306,29 @@ impl Worker {
             self.metrics.inference_panics.inc();
             Err(format!("the graph panicked ({})", kappa_runtime::panic_message(panic)))
         });
-        let answer = match result {
-            Ok(answer) => {
-                if let Some(drift) = &model.drift {
-                    drift.observe(&job.inputs, &answer.scores, model.threshold);
-                }
-                Ok(Scored {
-                    model,
-                    scores: answer.scores,
+        if let (Ok(answer), Some(drift)) = (&result, &model.drift) {
+            drift.observe(&inputs, &answer.scores, model.threshold);
+        }
+        let alone = batch.len() == 1;
+        let mut start = 0;
+        for job in batch.drain(..) {
+            let end = start + job.rows;
+            let answer = match &result {
+                Ok(answer) => Ok(Scored {
+                    model: Arc::clone(&model),
+                    scores: answer.scores[start..end].to_vec(),
                     inputs: job.inputs,
-                    outputs: answer.outputs,
-                })
-            }
-            Err(e) => Err(PredictError::Inference(e)),
-        };
-        let _ = job.reply.send(answer);
+                    outputs: if alone {
+                        answer.outputs.clone()
+                    } else {
+                        answer.outputs.iter().map(|o| o.rows(start, end)).collect()
+                    },
+                }),
+                Err(e) => Err(PredictError::Inference(e.clone())),
+            };
+            start = end;
+            let _ = job.reply.send(answer);
+        }
     }
 }
 
@@ -378,5 +393,39 @@ mod tests {
                 .unwrap();
             assert_eq!(answer.scores, v1.model.score(&row).unwrap());
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn graph_calls_share_runs_and_each_gets_every_output_of_its_own_rows() {
+        let metrics = Arc::new(PredictorMetrics::default());
+        let batcher = Batcher::start(1, 1024, 64, Duration::ZERO, Arc::clone(&metrics), Arc::default());
+        let (mut manifest, graph) = kappa_model::example::onnx_autoencoder("g", &["a", "b", "c"], &[4], 3);
+        manifest.version = 1;
+        let model = kappa_model::admission::load(&manifest, &graph).unwrap();
+        let onnx = Arc::new(LoadedModel::new(manifest, model).unwrap());
+        assert!(onnx.model.onnx().unwrap().rows_align());
+        let requests: Vec<Vec<f64>> = (0..120)
+            .map(|i| (0..3 * (1 + i % 3)).map(|j| f64::from(i * 3 + j) / 7.0).collect())
+            .collect();
+        let answers = futures::future::join_all(requests.iter().map(|rows| {
+            let (batcher, onnx, rows) = (batcher.clone(), Arc::clone(&onnx), rows.clone());
+            async move {
+                let n = rows.len() / 3;
+                let inputs = rows.iter().map(|v| *v as f32).collect();
+                batcher.infer_graph(onnx, inputs, rows, n).await
+            }
+        }))
+        .await;
+        for (rows, answer) in requests.iter().zip(answers) {
+            let answer = answer.unwrap();
+            let alone = onnx.model.onnx().unwrap().infer(rows, rows.len() / 3).unwrap();
+            assert_eq!(answer.outputs, alone.outputs, "its own rows of every output");
+            assert_eq!(answer.scores, alone.scores);
+        }
+        let batches = metrics.batch_size.count();
+        assert!(
+            batches < 120,
+            "120 concurrent graph calls ran in {batches} runs: none shared"
+        );
     }
 }

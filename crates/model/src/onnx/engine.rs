@@ -91,6 +91,33 @@ pub struct OutputTensor {
     pub data: TensorData,
 }
 
+impl OutputTensor {
+    /// Rows `[start, end)` of an output with one row per input row (see
+    /// [`OnnxModel::rows_align`]).
+    pub fn rows(&self, start: usize, end: usize) -> Self {
+        let rows = self.shape.first().copied().unwrap_or(0).max(1);
+        let per_row = self.data.len() / rows;
+        let (from, to) = (start * per_row, end * per_row);
+        let data = match &self.data {
+            TensorData::F32(v) => TensorData::F32(v[from..to].to_vec()),
+            TensorData::F64(v) => TensorData::F64(v[from..to].to_vec()),
+            TensorData::I64(v) => TensorData::I64(v[from..to].to_vec()),
+            TensorData::I32(v) => TensorData::I32(v[from..to].to_vec()),
+            TensorData::Bool(v) => TensorData::Bool(v[from..to].to_vec()),
+            TensorData::Bytes(v) => TensorData::Bytes(v[from..to].to_vec()),
+        };
+        let mut shape = self.shape.clone();
+        if let Some(first) = shape.first_mut() {
+            *first = end - start;
+        }
+        Self {
+            name: self.name.clone(),
+            shape,
+            data,
+        }
+    }
+}
+
 /// What a run gave: every graph output, and the score of each row.
 #[derive(Debug, Clone)]
 pub struct Answer {
@@ -118,6 +145,8 @@ enum Reading {
 /// A graph ready to score: its plan, and how Kappa reads it.
 pub struct OnnxModel {
     plan: Arc<TypedSimplePlan>,
+    /// Every output has one row per input row, so several requests' rows can share a run.
+    row_aligned: bool,
     input_name: String,
     input_type: DatumType,
     features: usize,
@@ -201,7 +230,7 @@ impl OnnxModel {
         let output_names: Vec<String> = info.outputs.iter().map(|o| o.name.clone()).collect();
         let reading = reading(&scoring, &output_names)?;
 
-        let build = || -> TractResult<Arc<TypedSimplePlan>> {
+        let build = || -> TractResult<(Arc<TypedSimplePlan>, bool)> {
             let parsed = FRAMEWORK.parse(&proto, None)?;
             if !parsed.unresolved_inputs.is_empty() {
                 bail!("inputs {:?} are used but never defined", parsed.unresolved_inputs);
@@ -211,16 +240,22 @@ impl OnnxModel {
                 Some(n) => n.to_dim(),
                 None => model.symbols.sym("batch").into(),
             };
-            let shape: TVec<TDim> = tvec![batch, features.to_dim()];
+            let shape: TVec<TDim> = tvec![batch.clone(), features.to_dim()];
             model.set_input_fact(0, InferenceFact::dt_shape(input_type, shape))?;
             let typed = model.into_optimized()?;
-            SimplePlan::new(typed)
+            // Every output one row per input row (the batch symbol leads each shape): requests
+            // can then share a run, each taking its own rows of every output back.
+            let row_aligned = fixed_batch.is_none()
+                && (0..typed.output_outlets()?.len())
+                    .all(|i| typed.output_fact(i).is_ok_and(|f| f.shape.first() == Some(&batch)));
+            Ok((SimplePlan::new(typed)?, row_aligned))
         };
-        let plan = std::panic::catch_unwind(AssertUnwindSafe(build))
+        let (plan, row_aligned) = std::panic::catch_unwind(AssertUnwindSafe(build))
             .map_err(|p| engine_error(panic_text(&p)))?
             .map_err(|e| engine_error(format!("{e:#}")))?;
         Ok(Self {
             plan,
+            row_aligned,
             input_name: input.name.clone(),
             input_type,
             features,
@@ -237,6 +272,12 @@ impl OnnxModel {
 
     pub fn info(&self) -> &OnnxGraphInfo {
         &self.info
+    }
+
+    /// Whether every output has one row per input row (a symbolic batch the graph keeps), so
+    /// the rows of several requests can run together and each take its own rows back.
+    pub fn rows_align(&self) -> bool {
+        self.row_aligned
     }
 
     pub fn input_name(&self) -> &str {
