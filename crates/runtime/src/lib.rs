@@ -4,6 +4,7 @@
 
 pub mod args;
 pub mod auth;
+mod background;
 mod deadline;
 mod graceful;
 mod grpc_code;
@@ -21,6 +22,7 @@ mod service_main;
 mod shutdown;
 pub mod tls;
 
+pub use background::run_in_background;
 pub use graceful::{KappaRouter, kappa_server, serve_gracefully};
 pub use grpc_code::grpc_code_name;
 pub use grpc_trace::{

@@ -7,10 +7,16 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use clap::Args;
 use kappa_api::model::{
-    EventSchema, EventTime, Feature, ModelFormat, ModelManifest, OnnxModel, OnnxScoreKind, OnnxScoring,
+    Distribution, EventSchema, EventTime, Feature, Lineage, ModelFormat, ModelManifest, OnnxModel, OnnxScoreKind,
+    OnnxScoring, ReferenceProfile,
 };
 use kappa_client::{Registry, Selector};
-use kappa_model::admission::{Policy, Signature, admit};
+use kappa_model::{
+    Model,
+    admission::{Policy, Signature, admit},
+    drift,
+    schema::FieldValue,
+};
 
 #[derive(Debug, Clone, Args)]
 pub struct OnnxArgs {
@@ -77,6 +83,19 @@ pub struct OnnxArgs {
     /// A description stored with the version.
     #[arg(long, default_value = "")]
     pub description: String,
+    /// Record what live data should look like, so predictors monitor drift for this version:
+    /// the distribution of every feature over a sample of this topic's recent events, and of
+    /// the graph's own scores of them (the lineage's reference profile).
+    #[arg(long, value_name = "TOPIC", requires = "onnx")]
+    pub reference_topic: Option<String>,
+    /// Minutes of --reference-topic, up to now, the reference is sampled from.
+    #[arg(long, default_value_t = 60, requires = "reference_topic")]
+    pub reference_minutes: u32,
+    /// Events sampled for the reference at most.
+    #[arg(long, default_value_t = 20_000, requires = "reference_topic")]
+    pub reference_sample: usize,
+    #[command(flatten)]
+    pub kafka: kappa_kafka::KafkaArgs,
 }
 
 impl OnnxArgs {
@@ -143,9 +162,86 @@ impl OnnxArgs {
             trusted_keys: None,
             backend: kappa_model::Backend::Native,
         };
-        admit(manifest.clone(), graph, None, Signature::default(), &policy)
+        let admitted = admit(manifest.clone(), graph, None, Signature::default(), &policy)
             .map_err(|e| anyhow::anyhow!("the registry would refuse this graph: {e}"))?;
+        if let Some(topic) = &self.reference_topic {
+            manifest.lineage = Some(self.reference(topic, &manifest, admitted.model).await?);
+        }
         Ok(manifest)
+    }
+
+    /// The lineage of a graph trained elsewhere: where its reference profile was sampled, and
+    /// the profile itself (features as read through the version's schema, the graph's scores).
+    async fn reference(&self, topic: &str, manifest: &ModelManifest, model: Model) -> anyhow::Result<Lineage> {
+        let to_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis() as i64;
+        let from_ms = to_ms - i64::from(self.reference_minutes) * 60_000;
+        let config = self.kafka.clients().map_err(anyhow::Error::msg)?;
+        let (topic_owned, max) = (topic.to_owned(), self.reference_sample);
+        let limits = kappa_kafka::range::SampleLimits {
+            max,
+            budget: std::time::Duration::from_secs(60),
+            timeout: std::time::Duration::from_secs(30),
+        };
+        let sampled = tokio::task::spawn_blocking(move || {
+            kappa_kafka::range::sample_range(&config, "cli-reference", &topic_owned, from_ms, to_ms, limits)
+        })
+        .await?
+        .with_context(|| format!("--reference-topic: cannot read {topic} from Kafka (--kafka-bootstrap)"))?;
+        let decoder = kappa_model::schema::EventDecoder::for_manifest(manifest).map_err(anyhow::Error::msg)?;
+        let (mut rows, mut event) = (Vec::new(), kappa_model::schema::DecodedEvent::default());
+        for sample in &sampled.samples {
+            if decoder.decode_into(&sample.payload, sample.format, &mut event).is_err() {
+                continue;
+            }
+            let row: Option<Vec<f32>> = event
+                .values
+                .iter()
+                .zip(&manifest.features)
+                .map(|(v, f)| match v {
+                    FieldValue::Number(x) if f.min.is_none_or(|lo| *x >= lo) && f.max.is_none_or(|hi| *x <= hi) => {
+                        Some(*x as f32)
+                    }
+                    _ => None,
+                })
+                .collect();
+            rows.extend(row);
+        }
+        anyhow::ensure!(
+            !rows.is_empty(),
+            "--reference-topic: none of the {} events sampled from {topic} in the last {} minutes has every feature",
+            sampled.samples.len(),
+            self.reference_minutes
+        );
+        let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+        let scores = model
+            .score(&flat)
+            .map_err(|e| anyhow::anyhow!("scoring the reference events: {e}"))?;
+        let threshold = manifest.anomaly_threshold as f32;
+        let features = manifest
+            .features
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                drift::of(&f.name, rows.iter().map(|r| f64::from(r[i]))).unwrap_or_else(|| Distribution {
+                    name: f.name.clone(),
+                    ..Distribution::default()
+                })
+            })
+            .collect();
+        Ok(Lineage {
+            source_topic: topic.to_owned(),
+            partitions: sampled.ranges,
+            time_from_ms: from_ms,
+            time_to_ms: to_ms,
+            reference: Some(ReferenceProfile {
+                features,
+                validation_scores: drift::of("score", scores.iter().map(|s| f64::from(*s))),
+                validation_anomaly_rate: scores.iter().filter(|s| **s > threshold).count() as f64 / scores.len() as f64,
+            }),
+            ..Lineage::default()
+        })
     }
 
     fn scoring(&self) -> anyhow::Result<(OnnxScoring, f64)> {

@@ -351,7 +351,9 @@ impl Loader {
         let record = target.record;
         let parent = tracing::Span::current();
         // A forged model that makes the build panic is a refused version, not a dead loader.
-        tokio::task::spawn_blocking(move || {
+        // Admission runs below the inference threads' priority: a roll-out yields the cores to
+        // the requests the current version is answering.
+        kappa_runtime::run_in_background("model-load", move || {
             let policy = Policy {
                 max_bytes,
                 trusted_keys: trusted_keys.as_ref(),
@@ -364,16 +366,16 @@ impl Loader {
             parent.in_scope(|| build(manifest, &bytes, signature, &policy))
         })
         .await
-        .unwrap_or_else(|e| {
+        .unwrap_or_else(|message| {
             Err(LoadFailure {
                 reason: "invalid_model",
-                message: format!("building the model panicked: {e}"),
+                message: format!("building the model panicked: {message}"),
             })
         })
     }
 }
 
-/// Admission, on a blocking thread (hashing, building and the probe batch are CPU work): the
+/// Admission, on a background thread (hashing, building and the probe batch are CPU work): the
 /// same decision the registry made before it wrote the version, made again on what came out
 /// of the log.
 fn build(

@@ -341,7 +341,8 @@ impl RegistryService {
         // last chunk not yet written.
         let policy = (self.max_model_bytes, self.trusted_keys.clone());
         let signature = signed.clone();
-        let (weights, admitted) = off_the_workers(move || {
+        // Below the priority of the threads serving requests, like a predictor's load.
+        let (weights, admitted) = kappa_runtime::run_in_background("admission", move || {
             let (max_bytes, trusted_keys) = policy;
             let policy = Policy {
                 max_bytes,
@@ -356,7 +357,8 @@ impl RegistryService {
             let admitted = admission::admit(manifest, &weights, Some(digest), signature, &policy);
             (weights, admitted)
         })
-        .await?;
+        .await
+        .map_err(|e| RegistryError::Internal(format!("admission failed: {e}")))?;
         manifest = match admitted {
             Ok(admitted) => admitted.manifest,
             Err(ModelError::Signature(e)) => {

@@ -705,10 +705,25 @@ async fn the_example_isolation_forest_scores_the_fleet_stream_as_scikit_learn_do
     let setup = RegistrySetup::new();
     let registry = setup.start().await;
     let name = unique("fleet-iforest");
-    cli_publish(&registry, &name, &example_publish_args(out.path(), &summary)).unwrap();
+    // With a reference profile sampled from the topic, so the predictor monitors drift.
+    let mut args = example_publish_args(out.path(), &summary);
+    args.extend(
+        [
+            "--reference-topic",
+            &topic,
+            "--reference-minutes",
+            "120",
+            "--kafka-bootstrap",
+            &bootstrap(),
+        ]
+        .map(String::from),
+    );
+    cli_publish(&registry, &name, &args).unwrap();
     let predictions = unique("test.byom-predictions");
-    let _predictor = PredictorSetup::new(&setup.topic, &name, "latest")
+    let predictor = PredictorSetup::new(&setup.topic, &name, "latest")
         .stream(&topic, &predictions)
+        .arg("--monitor-window-seconds=2")
+        .arg("--monitor-min-rows=500")
         .start()
         .await;
     let events = read_positioned(&topic, "read_committed").await;
@@ -733,6 +748,26 @@ async fn the_example_isolation_forest_scores_the_fleet_stream_as_scikit_learn_do
     assert!(
         (stream_auc - sklearn_auc).abs() <= 0.01,
         "stream ROC AUC {stream_auc} is not within 0.01 of scikit-learn's {sklearn_auc}"
+    );
+
+    // Drift against the reference the CLI sampled: the same hour, so nothing drifts.
+    let series =
+        format!("kappa_predictor_feature_drift_psi{{model=\"{name}\",version=\"1\",feature=\"coolant_temp\"}}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let psi = loop {
+        if let Some(psi) = predictor.metric(&series).await {
+            break psi;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no drift series for the graph: {}",
+            predictor.metrics().await
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert!(
+        psi < 0.2,
+        "coolant_temp drifted against a reference of the same events: PSI {psi}"
     );
 }
 
