@@ -918,3 +918,72 @@ async fn an_onnx_holder_meets_an_mlp_challenger_on_the_same_hold_out_and_in_a_ba
     }
     assert!(json["versions"][0]["roc_auc"].as_f64().is_some(), "{json:#}");
 }
+
+#[tokio::test]
+async fn an_onnx_shadow_scores_a_copy_of_an_mlps_live_answers() {
+    use kappa_api::predictor::{PredictRequest, predictor_client::PredictorClient};
+    use kappa_fleet::{CAR_FIELDS, car_autoencoder};
+    use kappa_model::example::{onnx_autoencoder, random_weights};
+
+    let setup = RegistrySetup::new();
+    let registry = setup.start().await;
+    let mut client = registry_client(&registry).await;
+    let name = unique("onnx-shadow");
+    let live = car_autoencoder(&name, &[8]);
+    publish(&mut client, &live, &random_weights(&live, 1), "")
+        .await
+        .unwrap();
+    let (candidate, graph) = onnx_autoencoder(&name, &CAR_FIELDS, &[6], 7);
+    publish(&mut client, &candidate, &graph, "").await.unwrap();
+    for (alias, version) in [("production", 1), ("candidate", 2)] {
+        set_alias(&mut client, &name, alias, version).await.unwrap();
+    }
+    let shadows = unique("test.onnx-shadow-answers");
+    create_topic(&shadows, &[]).await;
+    let predictor = PredictorSetup::new(&setup.topic, &name, "production")
+        .arg("--shadow=candidate")
+        .arg(format!("--shadow-topic={shadows}"))
+        .start()
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while predictor.metric("kappa_predictor_shadow_version").await != Some(2.0) {
+        assert!(Instant::now() < deadline, "the graph never became the shadow");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let graph_model = kappa_model::admission::load(&candidate, &graph).unwrap();
+    let mut typed = PredictorClient::new(predictor.channel().await);
+    let mut expected = std::collections::BTreeMap::new();
+    for i in 0..100 {
+        let row: Vec<f32> = (0..CAR_FIELDS.len())
+            .map(|f| ((i * 7 + f * 3) % 11) as f32 * 0.3)
+            .collect();
+        let event: serde_json::Map<String, Value> = CAR_FIELDS
+            .iter()
+            .zip(&row)
+            .map(|(name, v)| ((*name).to_owned(), serde_json::json!(v)))
+            .collect();
+        let request = PredictRequest {
+            event_json: serde_json::to_string(&event).unwrap(),
+            request_id: format!("req-{i}"),
+            ..Default::default()
+        };
+        let answer = typed.predict(request).await.unwrap().into_inner();
+        assert_eq!(answer.model_version, 1, "the MLP answers live");
+        expected.insert(answer.request_id, graph_model.score(&row).unwrap()[0]);
+    }
+    let records = crate::shadow::shadow_answers(&shadows, 100, &|| predictor.service.log_text()).await;
+    assert_eq!(records.len(), 100, "one shadow answer per live answer");
+    for (key, a) in &records {
+        assert_eq!(
+            (a["liveVersion"].as_str(), a["shadowVersion"].as_str()),
+            (Some("1"), Some("2")),
+            "{a}"
+        );
+        let (shadow, want) = (a["shadowScore"].as_f64().unwrap() as f32, expected[key]);
+        assert!(
+            (shadow - want).abs() <= 1e-4 * want.abs().max(1.0),
+            "{key}: the graph's shadow score {shadow}, its own {want}"
+        );
+    }
+}

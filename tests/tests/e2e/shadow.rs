@@ -21,7 +21,11 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use crate::support::*;
 
 /// Shadow answers on `topic`, once there are at least `expected` of them.
-async fn shadow_answers(topic: &str, expected: usize, log: &dyn Fn() -> String) -> Vec<(String, serde_json::Value)> {
+pub(crate) async fn shadow_answers(
+    topic: &str,
+    expected: usize,
+    log: &dyn Fn() -> String,
+) -> Vec<(String, serde_json::Value)> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let records: Vec<(String, serde_json::Value)> = read_positioned(topic, "read_uncommitted")
