@@ -608,38 +608,42 @@ async fn onnx_swap(
         .collect();
     let size = graphs[0].1.len();
 
-    let (mut delays, started) = (Vec::new(), Instant::now());
-    let stop = Arc::new(AtomicBool::new(false));
-    let during = load(&stop);
-    for (manifest, graph) in &graphs {
-        let version = registry
-            .publish(manifest, graph, "")
-            .await?
-            .version
-            .context("the publish answered no version")?
-            .version;
-        let published = Instant::now();
-        let deadline = published + Duration::from_secs(60);
-        loop {
-            let answer = client.predict(request()).await.map(Response::into_inner).ok();
-            if answer.is_some_and(|a| a.model_version >= version) {
-                delays.push(published.elapsed());
-                break;
+    // Rounds alternate: a tenth of the roll-outs under load, then the same load for as long
+    // with nothing published, so both phases see the machine's noise alike.
+    let (mut delays, mut with, mut without) = (Vec::new(), Vec::new(), Vec::new());
+    for round in graphs.chunks(graphs.len().div_ceil(10)) {
+        let started = Instant::now();
+        let stop = Arc::new(AtomicBool::new(false));
+        let during = load(&stop);
+        for (manifest, graph) in round {
+            let version = registry
+                .publish(manifest, graph, "")
+                .await?
+                .version
+                .context("the publish answered no version")?
+                .version;
+            let published = Instant::now();
+            let deadline = published + Duration::from_secs(60);
+            loop {
+                let answer = client.predict(request()).await.map(Response::into_inner).ok();
+                if answer.is_some_and(|a| a.model_version >= version) {
+                    delays.push(published.elapsed());
+                    break;
+                }
+                anyhow::ensure!(Instant::now() < deadline, "version {version} not served within 60 s");
+                tokio::time::sleep(Duration::from_millis(2)).await;
             }
-            anyhow::ensure!(Instant::now() < deadline, "version {version} not served within 60 s");
-            tokio::time::sleep(Duration::from_millis(2)).await;
         }
-    }
-    let swapping = started.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    let mut with = during.await??;
+        let swapping = started.elapsed();
+        stop.store(true, Ordering::Relaxed);
+        with.extend(during.await??);
 
-    // The same load for as long, with nothing published.
-    let stop = Arc::new(AtomicBool::new(false));
-    let quiet = load(&stop);
-    tokio::time::sleep(swapping).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut without = quiet.await??;
+        let stop = Arc::new(AtomicBool::new(false));
+        let quiet = load(&stop);
+        tokio::time::sleep(swapping).await;
+        stop.store(true, Ordering::Relaxed);
+        without.extend(quiet.await??);
+    }
 
     delays.sort_unstable();
     let (p_with, p_without) = (p99(&mut with), p99(&mut without));
