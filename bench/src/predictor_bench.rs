@@ -539,6 +539,32 @@ async fn shadow_bench(
 
 /// Publishes large versions one after another and times each from its publish returning to the
 /// predictor's first answer on it (one client polling).
+/// Publishes a version and times publish returned -> the first answer `client`'s predictor
+/// gives on it (or a later one).
+async fn publish_until_served(
+    registry: &mut kappa_client::Registry,
+    client: &mut PredictorClient<Channel>,
+    manifest: &kappa_model::ModelManifest,
+    bytes: &[u8],
+) -> anyhow::Result<Duration> {
+    let version = registry
+        .publish(manifest, bytes, "")
+        .await?
+        .version
+        .context("the publish answered no version")?
+        .version;
+    let published = Instant::now();
+    let deadline = published + Duration::from_secs(60);
+    loop {
+        let answer = client.predict(request()).await.map(Response::into_inner).ok();
+        if answer.is_some_and(|a| a.model_version >= version) {
+            return Ok(published.elapsed());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "version {version} not served within 60 s");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
 async fn large_swap(predictor: &str, registry: &str, model: &str, mib: u64, versions: u64) -> anyhow::Result<()> {
     // Two square hidden layers of width w hold about w * w * 4 bytes.
     let width = (((mib * 1024 * 1024 / 4) as f64).sqrt()) as u32;
@@ -550,23 +576,7 @@ async fn large_swap(predictor: &str, registry: &str, model: &str, mib: u64, vers
     for seed in 0..versions {
         let weights = kappa_model::example::random_weights(&manifest, 7000 + seed);
         size = weights.len();
-        let version = registry
-            .publish(&manifest, &weights, "")
-            .await?
-            .version
-            .context("the publish answered no version")?
-            .version;
-        let published = Instant::now();
-        let deadline = published + Duration::from_secs(60);
-        loop {
-            let answer = client.predict(request()).await.map(Response::into_inner).ok();
-            if answer.is_some_and(|a| a.model_version >= version) {
-                delays.push(published.elapsed());
-                break;
-            }
-            anyhow::ensure!(Instant::now() < deadline, "version {version} not served within 60 s");
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        delays.push(publish_until_served(&mut registry, &mut client, &manifest, &weights).await?);
     }
     delays.sort_unstable();
     println!("| measurement | value | budget |");
@@ -616,23 +626,7 @@ async fn onnx_swap(
         let stop = Arc::new(AtomicBool::new(false));
         let during = load(&stop);
         for (manifest, graph) in round {
-            let version = registry
-                .publish(manifest, graph, "")
-                .await?
-                .version
-                .context("the publish answered no version")?
-                .version;
-            let published = Instant::now();
-            let deadline = published + Duration::from_secs(60);
-            loop {
-                let answer = client.predict(request()).await.map(Response::into_inner).ok();
-                if answer.is_some_and(|a| a.model_version >= version) {
-                    delays.push(published.elapsed());
-                    break;
-                }
-                anyhow::ensure!(Instant::now() < deadline, "version {version} not served within 60 s");
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
+            delays.push(publish_until_served(&mut registry, &mut client, manifest, graph).await?);
         }
         let swapping = started.elapsed();
         stop.store(true, Ordering::Relaxed);
