@@ -282,6 +282,48 @@ async fn sklearn_and_pytorch_graphs_published_through_the_cli_answer_as_onnx_run
             .find(|o| o.name == "score")
             .expect("Kappa's score output");
         assert_eq!(output_values(scores).len(), rows.len() / features, "{}", fixture.name);
+
+        // The same rows as FP64, and as raw FP32 bytes (Triton's clients' way): the same answer.
+        let first = &rows[..10 * features];
+        let mut fp64 = fp32_input(input, first, features);
+        fp64.datatype = "FP64".into();
+        fp64.contents = Some(oip::InferTensorContents {
+            fp64_contents: first.iter().map(|v| f64::from(*v)).collect(),
+            ..Default::default()
+        });
+        let mut raw = fp32_input(input, first, features);
+        raw.contents = None;
+        let ask = |tensor: InferInputTensor, raw_bytes: Vec<Vec<u8>>| oip::ModelInferRequest {
+            model_name: name.clone(),
+            inputs: vec![tensor],
+            raw_input_contents: raw_bytes,
+            ..Default::default()
+        };
+        let typed = client
+            .model_infer(ask(fp32_input(input, first, features), vec![]))
+            .await
+            .unwrap()
+            .into_inner();
+        let wide = client.model_infer(ask(fp64, vec![])).await.unwrap().into_inner();
+        let bytes = vec![first.iter().flat_map(|v| v.to_le_bytes()).collect()];
+        let packed = client.model_infer(ask(raw, bytes)).await.unwrap().into_inner();
+        assert_eq!(
+            kappa_scores(&wide),
+            kappa_scores(&typed),
+            "{}: FP64 rows score as FP32 ones",
+            fixture.name
+        );
+        let at = packed.outputs.iter().position(|o| o.name == "score").unwrap();
+        let raw_scores: Vec<f32> = packed.raw_output_contents[at]
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        assert_eq!(
+            raw_scores,
+            kappa_scores(&typed),
+            "{}: raw FP32 bytes in, raw bytes out",
+            fixture.name
+        );
     }
 }
 
