@@ -3,8 +3,6 @@
 //! `SVMRegressor` (OneClassSVM, SVR). Each is parsed and checked once, then evaluated row by row
 //! in f64 like ONNX Runtime's reference behaviour, with an f32 result.
 
-use std::collections::HashMap;
-
 use tract_onnx::{
     model::{OnnxOpRegister, ParsingContext},
     pb::NodeProto,
@@ -34,7 +32,7 @@ enum Kernel {
     },
     /// Numeric keys to numeric values; keys compared by their f64 bits, NaN matching NaN.
     LabelEncoder {
-        map: HashMap<u64, f64>,
+        map: foldhash::HashMap<u64, f64>,
         default: f64,
         out: DatumType,
     },

@@ -366,7 +366,7 @@ impl TreeEnsemble {
         Ok(())
     }
 
-    fn leaf_of(&self, root: usize, row: &[f64]) -> (usize, usize) {
+    fn leaf_of<T: Copy + Into<f64>>(&self, root: usize, row: &[T]) -> (usize, usize) {
         let mut node = root;
         // Acyclic (checked at parse), so this ends within the tree's size.
         loop {
@@ -380,7 +380,7 @@ impl TreeEnsemble {
                     if_true,
                     if_false,
                 } => {
-                    let x = row[feature];
+                    let x: f64 = row[feature].into();
                     let goes_true = if x.is_nan() {
                         nan_goes_true
                     } else {
@@ -394,7 +394,7 @@ impl TreeEnsemble {
 
     /// Aggregates the trees' leaves for one row into `acc` (sums, or minimum or maximum), and
     /// marks in `seen` the outputs some leaf contributed to.
-    fn aggregate_row(&self, row: &[f64], acc: &mut [f64], seen: &mut [bool]) {
+    fn aggregate_row<T: Copy + Into<f64>>(&self, row: &[T], acc: &mut [f64], seen: &mut [bool]) {
         acc.iter_mut().for_each(|a| *a = 0.0);
         seen.iter_mut().for_each(|s| *s = false);
         for &(root, _) in &self.roots {
@@ -412,7 +412,7 @@ impl TreeEnsemble {
     }
 
     /// A regressor's answer, `[rows, n_targets]`.
-    fn regress(&self, input: &[f64], rows: usize, cols: usize, out: &mut [f32]) {
+    fn regress<T: Copy + Into<f64>>(&self, input: &[T], rows: usize, cols: usize, out: &mut [f32]) {
         let t = self.n_targets;
         let (mut acc, mut seen) = (vec![0.0; t], vec![false; t]);
         for r in 0..rows {
@@ -462,7 +462,14 @@ struct Classifier {
 
 impl Classifier {
     /// Scores `rows` into `[rows, classes]` and picks each row's label (an index into `labels`).
-    fn classify(&self, input: &[f64], rows: usize, cols: usize, scores: &mut [f32], labels: &mut [usize]) {
+    fn classify<T: Copy + Into<f64>>(
+        &self,
+        input: &[T],
+        rows: usize,
+        cols: usize,
+        scores: &mut [f32],
+        labels: &mut [usize],
+    ) {
         let e = &self.ensemble;
         let n = e.n_targets;
         let (mut acc, mut seen) = (vec![0.0; n], vec![false; n]);
@@ -603,9 +610,15 @@ impl EvalOp for Shared<TreeEnsemble> {
                 self.0.width - 1
             )
         })?;
-        let values = input.cast_to::<f64>()?;
         let mut out = vec![0.0_f32; rows * self.0.n_targets];
-        self.0.regress(super::values::<f64>(&values)?, rows, cols, &mut out);
+        // Float rows are read where they are; other types are widened once.
+        match input.datum_type() {
+            DatumType::F32 => self.0.regress(super::values::<f32>(&input)?, rows, cols, &mut out),
+            DatumType::F64 => self.0.regress(super::values::<f64>(&input)?, rows, cols, &mut out),
+            _ => self
+                .0
+                .regress(super::values::<f64>(&*input.cast_to::<f64>()?)?, rows, cols, &mut out),
+        }
         Ok(tvec!(
             Tensor::from_shape(&[rows, self.0.n_targets], &out)?.into_tvalue()
         ))
@@ -686,11 +699,21 @@ impl EvalOp for Shared<Classifier> {
                 e.width - 1
             )
         })?;
-        let values = input.cast_to::<f64>()?;
         let mut scores = vec![0.0_f32; rows * e.n_targets];
         let mut picked = vec![0_usize; rows];
-        self.0
-            .classify(super::values::<f64>(&values)?, rows, cols, &mut scores, &mut picked);
+        match input.datum_type() {
+            DatumType::F32 => self
+                .0
+                .classify(super::values::<f32>(&input)?, rows, cols, &mut scores, &mut picked),
+            DatumType::F64 => self
+                .0
+                .classify(super::values::<f64>(&input)?, rows, cols, &mut scores, &mut picked),
+            _ => {
+                let wide = input.cast_to::<f64>()?;
+                self.0
+                    .classify(super::values::<f64>(&wide)?, rows, cols, &mut scores, &mut picked);
+            }
+        }
         let labels = match &self.0.labels {
             Labels::Ints(l) => Tensor::from_shape(&[rows], &picked.iter().map(|i| l[*i]).collect::<Vec<_>>())?,
             Labels::Strings(l) => tensor1(&picked.iter().map(|i| l[*i].clone()).collect::<Vec<_>>()),
