@@ -415,8 +415,8 @@ def test_the_dashboard_is_valid_json_on_documented_series():
     assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
     dashboard = json.loads(config_map["data"]["kappa-model-monitoring.json"])
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "observability.md").read_text()
     for name in {n for e in exprs for n in re.findall(r"kappa_[a-z_]+", e)}:
         base = re.sub(r"_(bucket|count|sum)$", "", name)
-        assert f"`{base}" in readme, f"the dashboard uses {name}, which the README does not document"
+        assert f"`{base}" in readme, f"the dashboard uses {name}, which docs/observability.md does not document"
     assert any("kappa_predictor_feature_drift_psi" in e for e in exprs)

@@ -1,5 +1,5 @@
 //! Every service's `/metrics`: valid OpenMetrics text (checked by the reference Python parser),
-//! every series the README documents is exposed, and the series move after traffic.
+//! every series the manual documents is exposed, and the series move after traffic.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -21,13 +21,13 @@ use crate::{
     trainer::{spec, start_job, trainer_client, wait_done},
 };
 
-/// Metric family names the README's Observability section documents, by service prefix.
+/// Metric family names the manual's Observability page (docs/observability.md) documents, by service prefix.
 fn documented() -> BTreeMap<String, BTreeSet<String>> {
-    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md")).unwrap();
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/observability.md")).unwrap();
     let section = readme
         .split("\n## Observability")
         .nth(1)
-        .expect("README has an Observability section")
+        .expect("docs/observability.md has an Observability section")
         .split("\n## ")
         .next()
         .unwrap();
@@ -76,7 +76,7 @@ async fn checked_scrape(
 ) -> String {
     let text = scrape(url).await;
     let families = parse_openmetrics(&text);
-    // OpenMetrics names counters without `_total`; the README names the exposed series.
+    // OpenMetrics names counters without `_total`; docs/observability.md names the exposed series.
     let exposed: BTreeSet<String> = families
         .iter()
         .map(|(name, kind)| {
@@ -96,7 +96,7 @@ async fn checked_scrape(
     let undocumented: Vec<_> = exposed.difference(wanted).collect();
     assert!(
         undocumented.is_empty(),
-        "{service}: exposed but not in the README: {undocumented:?}"
+        "{service}: exposed but not in docs/observability.md: {undocumented:?}"
     );
     text
 }
