@@ -23,7 +23,8 @@ use crate::{
 
 /// Metric family names the manual's Observability page (docs/observability.md) documents, by service prefix.
 fn documented() -> BTreeMap<String, BTreeSet<String>> {
-    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/observability.md")).unwrap();
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/observability.md")).unwrap();
     let section = readme
         .split("\n## Observability")
         .nth(1)
