@@ -134,3 +134,34 @@ pub fn method_paths(service: &str) -> Vec<String> {
 pub fn streaming_paths() -> Vec<String> {
     methods().into_iter().filter(|m| m.streaming).map(|m| m.path).collect()
 }
+
+/// A generated gRPC server whose largest accepted request message can be set. The runtime host
+/// sets it on every service it serves, from the one `--max-message-bytes` flag, so no service
+/// can forget it.
+pub trait MessageLimit {
+    /// The server, refusing request messages over `bytes` with RESOURCE_EXHAUSTED before they
+    /// are buffered whole.
+    fn with_message_limit(self, bytes: usize) -> Self;
+}
+
+macro_rules! message_limit {
+    ($($server:ident :: $type:ident),* $(,)?) => {$(
+        impl<T> MessageLimit for $server::$type<T> {
+            fn with_message_limit(self, bytes: usize) -> Self {
+                self.max_decoding_message_size(bytes)
+            }
+        }
+    )*};
+}
+
+use inference::grpc_inference_service_server;
+use predictor::predictor_server;
+use registry::registry_server;
+use trainer::trainer_server;
+
+message_limit!(
+    registry_server::RegistryServer,
+    predictor_server::PredictorServer,
+    trainer_server::TrainerServer,
+    grpc_inference_service_server::GrpcInferenceServiceServer,
+);

@@ -249,7 +249,9 @@ impl ModelLog {
         headers: Option<&H>,
     ) -> Result<(), UndecodableRecord> {
         if let Some(record) = records::decode(offset, key, value)? {
-            self.apply_record(offset, record, value, || kappa_kafka::trace_headers::trace_map(headers));
+            self.apply_record(offset, record, value, || {
+                kappa_runtime::propagation::kafka_headers::trace_map(headers)
+            });
         }
         Ok(())
     }

@@ -65,67 +65,102 @@ impl Progress {
 /// How often consumer errors are logged while they last (an outage produces many).
 const ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 
-/// Starts following `topic` (partition 0, from the beginning) into `log`.
-pub fn spawn(
+/// A follower whose consumer is assigned but not yet reading: what can fail (a configuration
+/// librdkafka refuses) has failed or not by now.
+pub struct Opened {
+    consumer: StreamConsumer<ReaderContext>,
+    log: Arc<RwLock<ModelLog>>,
+    observer: Arc<dyn Observer>,
+    applied: watch::Sender<i64>,
+    caught_up: watch::Sender<bool>,
+}
+
+/// Opens a follower of `topic` (partition 0, from the beginning) into `log`.
+pub fn open(
     clients: &KafkaClients,
     topic: &str,
     group: &str,
     log: Arc<RwLock<ModelLog>>,
     observer: Arc<dyn Observer>,
-    shutdown: CancellationToken,
-) -> Result<Progress, KafkaError> {
+) -> Result<Opened, KafkaError> {
     let consumer: StreamConsumer<ReaderContext> = clients.log_reader(group).create_with_context(ReaderContext)?;
     let mut assignment = TopicPartitionList::new();
     assignment.add_partition_offset(topic, 0, Offset::Beginning)?;
     consumer.assign(&assignment)?;
+    Ok(Opened {
+        consumer,
+        log,
+        observer,
+        applied: watch::channel(0_i64).0,
+        caught_up: watch::channel(false).0,
+    })
+}
 
-    let (applied_tx, applied) = watch::channel(0_i64);
-    let (caught_up_tx, caught_up) = watch::channel(false);
-    let started = Instant::now();
-    tokio::spawn(async move {
-        let (mut last_logged, mut suppressed) = (None, 0_u64);
-        loop {
-            let received = tokio::select! {
-                () = shutdown.cancelled() => break,
-                received = consumer.recv() => received,
-            };
-            match received {
-                Ok(message) => {
-                    let offset = message.offset();
-                    let result = log.write().expect("models log lock poisoned").apply(
-                        offset,
-                        message.key(),
-                        message.payload(),
-                        message.headers(),
-                    );
-                    if let Err(e) = result {
-                        observer.undecodable(&e);
+impl Opened {
+    /// How far the follower has read, once it runs.
+    pub fn progress(&self) -> Progress {
+        Progress {
+            applied: self.applied.subscribe(),
+            caught_up: self.caught_up.subscribe(),
+        }
+    }
+
+    /// Starts reading, until `shutdown`.
+    pub fn spawn(self, shutdown: CancellationToken) -> Progress {
+        let progress = self.progress();
+        let Self {
+            consumer,
+            log,
+            observer,
+            applied: applied_tx,
+            caught_up: caught_up_tx,
+        } = self;
+        let started = Instant::now();
+        tokio::spawn(async move {
+            let (mut last_logged, mut suppressed) = (None, 0_u64);
+            loop {
+                let received = tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    received = consumer.recv() => received,
+                };
+                match received {
+                    Ok(message) => {
+                        let offset = message.offset();
+                        let result = log.write().expect("models log lock poisoned").apply(
+                            offset,
+                            message.key(),
+                            message.payload(),
+                            message.headers(),
+                        );
+                        if let Err(e) = result {
+                            observer.undecodable(&e);
+                        }
+                        observer.applied(offset + 1);
+                        applied_tx.send_replace(offset + 1);
                     }
-                    observer.applied(offset + 1);
-                    applied_tx.send_replace(offset + 1);
-                }
-                Err(KafkaError::PartitionEOF(_)) => {
-                    if !*caught_up_tx.borrow() {
-                        observer.caught_up(started.elapsed().as_secs_f64(), *applied_tx.borrow());
-                        caught_up_tx.send_replace(true);
+                    Err(KafkaError::PartitionEOF(_)) => {
+                        if !*caught_up_tx.borrow() {
+                            observer.caught_up(started.elapsed().as_secs_f64(), *applied_tx.borrow());
+                            caught_up_tx.send_replace(true);
+                        }
                     }
-                }
-                // librdkafka reconnects by itself; its errors (AllBrokersDown while the broker
-                // is away) only say so. They queue up during an outage, so waiting after each
-                // one would drain the backlog for minutes after the broker is back: log them,
-                // at most every 10 s, and go on.
-                Err(e) => {
-                    suppressed += 1;
-                    if last_logged.is_none_or(|at: Instant| at.elapsed() >= ERROR_LOG_EVERY) {
-                        tracing::warn!(error = %e, errors = suppressed, "models-topic consumer errors; librdkafka keeps reconnecting");
-                        last_logged = Some(Instant::now());
-                        suppressed = 0;
+                    // librdkafka reconnects by itself; its errors (AllBrokersDown while the broker
+                    // is away) only say so. They queue up during an outage, so waiting after each
+                    // one would drain the backlog for minutes after the broker is back: log them,
+                    // at most every 10 s, and go on.
+                    Err(e) => {
+                        suppressed += 1;
+                        if last_logged.is_none_or(|at: Instant| at.elapsed() >= ERROR_LOG_EVERY) {
+                            tracing::warn!(error = %e, errors = suppressed, "models-topic consumer errors; librdkafka keeps reconnecting");
+                            last_logged = Some(Instant::now());
+                            suppressed = 0;
+                        }
+                        tokio::task::yield_now().await;
                     }
-                    tokio::task::yield_now().await;
                 }
             }
-        }
-        tracing::debug!("models-topic follower stopped");
-    });
-    Ok(Progress { applied, caught_up })
+            tracing::debug!("models-topic follower stopped");
+        });
+        progress
+    }
 }

@@ -1,6 +1,8 @@
-//! What every Kappa service does the same way: logs through `tracing` (human-readable or JSON,
-//! with trace ids), OpenTelemetry spans over OTLP and W3C context propagation, a Prometheus
-//! `/metrics` endpoint, and the shutdown signal.
+//! What every Kappa service does the same way. [`host`] runs a [`Service`]: flags, Kafka clients,
+//! TLS and tokens, limits, health and readiness, reflection, `/metrics`, serving and draining.
+//! Beside it: logs through `tracing` (human-readable or JSON, with trace ids), OpenTelemetry
+//! spans over OTLP and W3C context propagation (gRPC metadata, Kafka headers), and the traced,
+//! authenticated gRPC clients.
 
 pub mod args;
 pub mod auth;
@@ -9,6 +11,7 @@ mod deadline;
 mod graceful;
 mod grpc_code;
 mod grpc_trace;
+mod host;
 mod layer;
 mod logging;
 mod metrics_server;
@@ -18,22 +21,21 @@ mod readiness;
 mod reload;
 mod sampling;
 mod security;
-mod service_main;
 mod shutdown;
 pub mod tls;
 
 pub use background::run_in_background;
-pub use graceful::{KappaRouter, kappa_server, serve_gracefully};
+use graceful::{KappaRouter, kappa_server, serve_gracefully};
 pub use grpc_code::grpc_code_name;
 pub use grpc_trace::{
     GrpcClientTracing, GrpcServerTracing, TracedChannel, TracedClient, TracedServer, traced, traced_with_token,
 };
+pub use host::{Host, Routes, Running, ServerArgs, Service, host, parse_config, serve};
 pub use logging::{LogArgs, LogFormat, Telemetry, init_telemetry};
-pub use metrics_server::{serve_metrics, spawn_metrics};
+use metrics_server::serve_metrics;
 pub use otel::OtelSettings;
 pub use readiness::{Readiness, panic_message};
 pub use security::{ServerSecurity, ServerSecurityArgs};
-pub use service_main::{ServiceStart, parse_config, service_main};
 pub use shutdown::shutdown_signal;
 
 /// grpc.health.v1 name that reports SERVING for as long as the process runs and serves gRPC:

@@ -17,28 +17,9 @@ use crate::tls::ServerTls;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Starts serving `registry` on `listener` when the service has a metrics address, over TLS when
-/// `security` says so, until `stop` is cancelled.
-pub fn spawn_metrics(
-    listener: Option<TcpListener>,
-    registry: Registry,
-    security: &crate::ServerSecurity,
-    stop: &tokio_util::sync::CancellationToken,
-) -> std::io::Result<()> {
-    let Some(listener) = listener else { return Ok(()) };
-    tracing::info!(address = %listener.local_addr()?, "serving Prometheus metrics at /metrics");
-    tokio::spawn(serve_metrics(
-        listener,
-        Arc::new(registry),
-        stop.clone().cancelled_owned(),
-        security.metrics_tls.clone(),
-    ));
-    Ok(())
-}
-
 /// Serves `GET /metrics` in the OpenMetrics text format (which Prometheus scrapes natively) until
 /// `shutdown` resolves, over TLS when `tls` is given. Returns once the listener is closed.
-pub async fn serve_metrics(
+pub(crate) async fn serve_metrics(
     listener: TcpListener,
     registry: Arc<Registry>,
     shutdown: impl Future<Output = ()>,

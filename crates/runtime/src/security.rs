@@ -1,7 +1,7 @@
 //! The security flags every Kappa server takes, and what they become: TLS (or mutual TLS) on the
-//! gRPC port and the auth layer. Services flatten [`ServerSecurityArgs`] into their
-//! configuration and hand the loaded [`ServerSecurity`] to [`crate::serve_gracefully`], so
-//! every server gets the same defence without code of its own.
+//! gRPC port and the auth layer. [`crate::ServerArgs`] flattens [`ServerSecurityArgs`] into every
+//! service's configuration and the host serves with the loaded [`ServerSecurity`], so every
+//! server gets the same defence without code of its own.
 
 use std::{path::PathBuf, time::Duration};
 

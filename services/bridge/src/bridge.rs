@@ -351,7 +351,7 @@ async fn deliver(
     // from that span; untraced messages get none (a trace per reading would bury the rest).
     let span = message_span(&publish, &topic, destination(&route));
     if !span.is_none() {
-        headers = kappa_kafka::trace_headers::inject(&span.context(), headers);
+        headers = kappa_runtime::propagation::kafka_headers::inject(&span.context(), headers);
     }
     let mut payload: &[u8] = publish.payload.as_ref();
     let mut wait = Duration::from_millis(100);

@@ -1,9 +1,8 @@
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 use clap::Parser;
-use kappa_kafka::KafkaArgs;
 use kappa_mqtt::{MqttAccess, MqttUrl};
-use kappa_runtime::LogArgs;
+use kappa_runtime::ServerArgs;
 
 /// kappa-bridge brings telemetry from an MQTT broker into Kafka: it subscribes (QoS 1, a
 /// persistent session, an MQTT 5 shared subscription so replicas split the load) and produces
@@ -12,21 +11,12 @@ use kappa_runtime::LogArgs;
 /// nothing (the broker redelivers; duplicates are counted). A payload that is neither JSON nor
 /// declared protobuf goes to the dead-letter topic with the reason in a header.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "kappa-bridge", version, about, long_about = None)]
+#[command(name = "kappa-bridge", version, about, long_about = None,
+          mut_arg("listen", |a| a.default_value("127.0.0.1:50054").required(false)),
+          mut_arg("metrics_listen", |a| a.default_value("127.0.0.1:9104")))]
 pub struct BridgeConfig {
-    /// gRPC listen address (grpc.health.v1 and reflection). Port 0 picks a free port.
-    #[arg(long, env = "KAPPA_LISTEN", default_value = "127.0.0.1:50054")]
-    pub listen: SocketAddr,
-
-    /// Prometheus metrics listen address (GET /metrics).
-    #[arg(long, env = "KAPPA_METRICS_LISTEN", default_value = "127.0.0.1:9104")]
-    pub metrics_listen: Option<SocketAddr>,
-
     #[command(flatten)]
-    pub kafka: KafkaArgs,
-
-    #[command(flatten)]
-    pub security: kappa_runtime::ServerSecurityArgs,
+    pub server: ServerArgs,
 
     /// The MQTT broker: mqtt://HOST:PORT, or mqtts://HOST:PORT for TLS (see --mqtt-ca).
     #[arg(long, env = "KAPPA_MQTT_URL", default_value = "mqtt://127.0.0.1:1883", value_parser = MqttUrl::parse)]
@@ -73,18 +63,6 @@ pub struct BridgeConfig {
     #[arg(long, env = "KAPPA_DEAD_LETTER_TOPIC", default_value = "sensor-data.dead-letter",
           value_parser = kappa_runtime::args::non_empty)]
     pub dead_letter_topic: String,
-
-    /// Seconds in-flight messages get to reach Kafka after SIGTERM.
-    #[arg(long = "shutdown-grace-seconds", env = "KAPPA_SHUTDOWN_GRACE_SECONDS", default_value = "10",
-          value_name = "SECONDS", value_parser = kappa_runtime::args::seconds)]
-    pub shutdown_grace: Duration,
-
-    /// Validate the configuration, print it and exit without connecting to anything.
-    #[arg(long)]
-    pub check_config: bool,
-
-    #[command(flatten)]
-    pub log: LogArgs,
 }
 
 /// A filter with at most one `+`, which names the key; `#` only last.

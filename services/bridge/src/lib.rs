@@ -6,13 +6,13 @@ pub mod config;
 mod message;
 mod metrics;
 
-use std::{future::Future, sync::Arc};
+use std::sync::Arc;
 
-use kappa_runtime::{Readiness, auth::Access};
-use prometheus_client::registry::Registry as MetricsRegistry;
+use kappa_runtime::{
+    Host, Routes, Running, ServerArgs,
+    auth::{Access, Policy},
+};
 use rumqttc::v5::MqttOptions;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 pub use config::BridgeConfig;
 
@@ -38,83 +38,93 @@ fn mqtt_options(config: &BridgeConfig) -> anyhow::Result<MqttOptions> {
     Ok(options)
 }
 
-/// Runs the bridge until `shutdown` resolves.
-pub async fn run(
-    config: BridgeConfig,
-    listener: TcpListener,
-    metrics_listener: Option<TcpListener>,
-    shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
-    let kafka = config.kafka.clients().map_err(anyhow::Error::msg)?;
-    if let Some(partitions) = config.sensor_topic_partitions {
-        for topic in [&config.sensor_topic, &config.dead_letter_topic] {
-            if kappa_kafka::ensure_topic(&kafka, topic, partitions).await? {
-                tracing::info!(topic, partitions, "created the topic");
+/// The bridge as the runtime host runs it: health, reflection and metrics on its port, and the
+/// MQTT-to-Kafka loop under supervision.
+pub struct Bridge {
+    options: MqttOptions,
+    settings: Arc<bridge::Settings>,
+    producers: bridge::Producers,
+    metrics: Arc<metrics::BridgeMetrics>,
+}
+
+impl kappa_runtime::Service for Bridge {
+    type Config = BridgeConfig;
+
+    const NAME: &'static str = "kappa-bridge";
+    const GRPC_SERVICES: &'static [&'static str] = &[];
+    const ACCESS: Policy = access;
+
+    fn server_args(config: &BridgeConfig) -> &ServerArgs {
+        &config.server
+    }
+
+    fn validate(config: &BridgeConfig) -> Result<(), String> {
+        config.validate()
+    }
+
+    fn summary(config: &BridgeConfig) -> String {
+        format!(
+            "mqtt={} topic={} share_group={} client_id={} sensor_topic={} dead_letter_topic={} max_in_flight={}",
+            config.mqtt_url,
+            config.mqtt_topic,
+            config.mqtt_share_group,
+            config.client_id(),
+            config.sensor_topic,
+            config.dead_letter_topic,
+            config.max_in_flight
+        )
+    }
+
+    fn waits_for(_: &BridgeConfig) -> Vec<(&'static str, String)> {
+        vec![(bridge::MQTT, "connecting to the MQTT broker".to_owned())]
+    }
+
+    /// Creates the topics when asked to, and the producers, so a bad Kafka setting stops the
+    /// bridge at start with its message.
+    async fn build(config: BridgeConfig, host: &mut Host) -> anyhow::Result<Self> {
+        if let Some(partitions) = config.sensor_topic_partitions {
+            for topic in [&config.sensor_topic, &config.dead_letter_topic] {
+                if kappa_kafka::ensure_topic(&host.kafka, topic, partitions).await? {
+                    tracing::info!(topic, partitions, "created the topic");
+                }
             }
         }
+        let metrics = Arc::new(metrics::BridgeMetrics::default());
+        metrics.register(&mut host.metrics);
+        Ok(Self {
+            options: mqtt_options(&config)?,
+            settings: Arc::new(bridge::Settings {
+                filter: config.mqtt_topic.clone(),
+                share_group: config.mqtt_share_group.clone(),
+                sensor_topic: config.sensor_topic.clone(),
+                dead_letter_topic: config.dead_letter_topic.clone(),
+            }),
+            producers: bridge::Producers::new(&host.kafka)?,
+            metrics,
+        })
     }
-    // Made here so a bad Kafka setting stops the bridge at start, with its message.
-    let mut first_producers = Some(bridge::Producers::new(&kafka)?);
-    let metrics = Arc::new(metrics::BridgeMetrics::default());
-    let mut metrics_registry = MetricsRegistry::default();
-    metrics.register(&mut metrics_registry);
-    let stop = CancellationToken::new();
-    let security = config
-        .security
-        .load(access, kappa_api::streaming_paths(), stop.clone())
-        .map_err(anyhow::Error::msg)?;
-    let (reporter, health_service) = tonic_health::server::health_reporter();
-    let readiness = Readiness::start(reporter, &[""], &[(bridge::MQTT, "connecting to the MQTT broker")]).await;
-    readiness.register(&mut metrics_registry, "kappa_bridge");
 
-    let options = mqtt_options(&config)?;
-    let settings = Arc::new(bridge::Settings {
-        filter: config.mqtt_topic.clone(),
-        share_group: config.mqtt_share_group.clone(),
-        sensor_topic: config.sensor_topic.clone(),
-        dead_letter_topic: config.dead_letter_topic.clone(),
-    });
-    {
-        let (readiness_for_task, stop) = (Arc::clone(&readiness), stop.clone());
-        readiness.supervise("bridge", stop.clone(), move || {
+    fn start(self, host: &Host, routes: Routes) -> Running {
+        let Self {
+            options,
+            settings,
+            producers,
+            metrics,
+        } = self;
+        let mut first_producers = Some(producers);
+        let (kafka, readiness, stop) = (host.kafka.clone(), Arc::clone(&host.readiness), host.stop.clone());
+        host.readiness.supervise("bridge", host.stop.clone(), move || {
             // A restart gets new producers: the loop also ends when its producer failed for good.
             let producers = first_producers
                 .take()
                 .map_or_else(|| bridge::Producers::new(&kafka), Ok);
             let run = (options.clone(), Arc::clone(&settings), Arc::clone(&metrics));
-            let (readiness, stop) = (Arc::clone(&readiness_for_task), stop.clone());
+            let (readiness, stop) = (Arc::clone(&readiness), stop.clone());
             async move {
                 let (options, settings, metrics) = run;
                 bridge::run(options, producers?, settings, metrics, readiness, stop).await
             }
         });
+        routes.running()
     }
-    kappa_runtime::spawn_metrics(metrics_listener, metrics_registry, &security, &stop)?;
-    let (reflection_v1, reflection_v1alpha) = kappa_api::reflection::for_services(&[])?;
-    tracing::info!(
-        address = %listener.local_addr()?,
-        mqtt = %config.mqtt_url,
-        topic = config.mqtt_topic,
-        sensor_topic = config.sensor_topic,
-        "kappa-bridge listening for gRPC (health)"
-    );
-    let router = kappa_runtime::kappa_server(&security)
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha);
-    kappa_runtime::serve_gracefully(
-        router,
-        listener,
-        &security,
-        shutdown,
-        &readiness,
-        config.shutdown_grace,
-        || {},
-    )
-    .await?;
-    stop.cancel();
-    // In-flight messages reach Kafka and are acknowledged before the bridge goes.
-    readiness.stopped(config.shutdown_grace).await;
-    tracing::info!("kappa-bridge stopped");
-    Ok(())
 }

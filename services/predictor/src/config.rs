@@ -1,30 +1,20 @@
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 use clap::Parser;
-use kappa_kafka::KafkaArgs;
 use kappa_model::Backend;
 use kappa_modellog::Follow;
-use kappa_runtime::LogArgs;
+use kappa_runtime::ServerArgs;
 
 /// kappa-predictor serves a model from the Kafka models topic over gRPC: the Open Inference
 /// Protocol (inference.GRPCInferenceService), the typed kappa.predictor.v1.Predictor API,
 /// grpc.health.v1 and server reflection on one port. New versions are swapped in as they land.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "kappa-predictor", version, about, long_about = None)]
+#[command(name = "kappa-predictor", version, about, long_about = None,
+          mut_arg("listen", |a| a.default_value("127.0.0.1:50052").required(false)),
+          mut_arg("metrics_listen", |a| a.default_value("127.0.0.1:9102")))]
 pub struct PredictorConfig {
-    /// gRPC listen address. Port 0 picks a free port; the chosen address is logged.
-    #[arg(long, env = "KAPPA_LISTEN", default_value = "127.0.0.1:50052")]
-    pub listen: SocketAddr,
-
-    /// Prometheus metrics listen address (GET /metrics).
-    #[arg(long, env = "KAPPA_METRICS_LISTEN", default_value = "127.0.0.1:9102")]
-    pub metrics_listen: Option<SocketAddr>,
-
     #[command(flatten)]
-    pub kafka: KafkaArgs,
-
-    #[command(flatten)]
-    pub security: kappa_runtime::ServerSecurityArgs,
+    pub server: ServerArgs,
 
     /// The registry's compacted models topic, read directly (the registry need not be running).
     #[arg(long, env = "KAPPA_MODELS_TOPIC", default_value = "kappa.models", value_parser = kappa_runtime::args::non_empty)]
@@ -110,11 +100,6 @@ pub struct PredictorConfig {
           value_parser = kappa_runtime::args::non_empty)]
     pub stream_transactional_id: Option<String>,
 
-    /// Seconds in-flight requests get to finish after SIGTERM before the server stops.
-    #[arg(long = "shutdown-grace-seconds", env = "KAPPA_SHUTDOWN_GRACE_SECONDS", default_value = "10",
-          value_name = "SECONDS", value_parser = kappa_runtime::args::seconds)]
-    pub shutdown_grace: Duration,
-
     /// Largest model this predictor loads, in bytes; a larger version is refused (reason
     /// `too_large`) before its weights are fetched, and the previous one keeps serving.
     #[arg(long, env = "KAPPA_MAX_MODEL_BYTES", default_value_t = 256 * 1024 * 1024)]
@@ -162,15 +147,8 @@ pub struct PredictorConfig {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub shadow_queue_capacity: u32,
 
-    /// Validate the configuration, print it and exit without connecting to anything.
-    #[arg(long)]
-    pub check_config: bool,
-
     #[command(flatten)]
     pub faults: crate::faults::FaultArgs,
-
-    #[command(flatten)]
-    pub log: LogArgs,
 }
 
 /// A name the registry could hold.

@@ -82,57 +82,78 @@ fn version_target(model: &ModelState, version: u64, trace: BTreeMap<String, Stri
 /// The readiness component of the models-log follower.
 const MODELS_LOG: &str = "models_log";
 
-/// Starts following; each receiver yields the targets of its `follows` entry (the served
-/// version, and the shadow's when there is one) once the topic has been replayed. One follower
-/// reads the topic for all of them. It runs supervised: if it stops or panics, a new one replays
-/// the topic from the beginning and announces the current targets again (the loaders see they
-/// are already serving them).
-pub fn start(
-    config: &KafkaClients,
-    topic: &str,
-    name: &str,
-    follows: &[Follow],
-    readiness: &Arc<Readiness>,
-    shutdown: CancellationToken,
-) -> Result<Vec<watch::Receiver<Option<Target>>>, KafkaError> {
-    // The first follower starts here, so a configuration librdkafka refuses fails the start-up.
-    let mut first = Some(open(config, topic, name, shutdown.clone())?);
-    let (senders, receivers): (Vec<_>, Vec<_>) = follows.iter().map(|_| watch::channel(None)).unzip();
-    let (config, topic, name, follows) = (config.clone(), topic.to_owned(), name.to_owned(), follows.to_vec());
-    let stop = shutdown.clone();
-    readiness.supervise(MODELS_LOG, shutdown, move || {
-        let opened = first
-            .take()
-            .map_or_else(|| open(&config, &topic, &name, stop.clone()), Ok);
-        let (senders, name, follows, stop) = (senders.clone(), name.clone(), follows.clone(), stop.clone());
-        async move {
-            let (log, progress) = opened?;
-            let announcing = follows
-                .iter()
-                .zip(&senders)
-                .map(|(follow, tx)| announce(&log, &progress, &name, follow, tx, &stop));
-            futures::future::try_join_all(announcing).await.map(drop)
-        }
-    });
-    Ok(receivers)
+/// The predictor's follower of the models log, opened but not yet reading.
+pub struct Follower {
+    first: Opened,
+    config: KafkaClients,
+    topic: String,
+    name: String,
+    follows: Vec<Follow>,
 }
 
-fn open(
-    config: &KafkaClients,
-    topic: &str,
-    name: &str,
-    shutdown: CancellationToken,
-) -> Result<(Arc<RwLock<ModelLog>>, follower::Progress), KafkaError> {
+/// A follower's fold and its consumer, assigned.
+type Opened = (Arc<RwLock<ModelLog>>, follower::Opened);
+
+/// Opens the follower of `name` in `topic` for `follows` (the served version, and the shadow's
+/// when there is one): the first consumer is made here, so a configuration librdkafka refuses
+/// fails the start-up.
+pub fn open(config: &KafkaClients, topic: &str, name: &str, follows: &[Follow]) -> Result<Follower, KafkaError> {
+    Ok(Follower {
+        first: open_log(config, topic, name)?,
+        config: config.clone(),
+        topic: topic.to_owned(),
+        name: name.to_owned(),
+        follows: follows.to_vec(),
+    })
+}
+
+impl Follower {
+    /// Starts following; each receiver yields the targets of its `follows` entry once the topic
+    /// has been replayed. One follower reads the topic for all of them. It runs supervised: if it
+    /// stops or panics, a new one replays the topic from the beginning and announces the current
+    /// targets again (the loaders see they are already serving them).
+    pub fn start(
+        self,
+        readiness: &Arc<Readiness>,
+        shutdown: CancellationToken,
+    ) -> Vec<watch::Receiver<Option<Target>>> {
+        let Self {
+            first,
+            config,
+            topic,
+            name,
+            follows,
+        } = self;
+        let mut first = Some(first);
+        let (senders, receivers): (Vec<_>, Vec<_>) = follows.iter().map(|_| watch::channel(None)).unzip();
+        let stop = shutdown.clone();
+        readiness.supervise(MODELS_LOG, shutdown, move || {
+            let opened = first.take().map_or_else(|| open_log(&config, &topic, &name), Ok);
+            let (senders, name, follows, stop) = (senders.clone(), name.clone(), follows.clone(), stop.clone());
+            async move {
+                let (log, opened) = opened?;
+                let progress = opened.spawn(stop.clone());
+                let announcing = follows
+                    .iter()
+                    .zip(&senders)
+                    .map(|(follow, tx)| announce(&log, &progress, &name, follow, tx, &stop));
+                futures::future::try_join_all(announcing).await.map(drop)
+            }
+        });
+        receivers
+    }
+}
+
+fn open_log(config: &KafkaClients, topic: &str, name: &str) -> Result<Opened, KafkaError> {
     let log = Arc::new(RwLock::new(ModelLog::retaining(name)));
-    let progress = follower::spawn(
+    let opened = follower::open(
         config,
         topic,
         "kappa-predictor-follower",
         Arc::clone(&log),
         Arc::new(LogOnly),
-        shutdown,
     )?;
-    Ok((log, progress))
+    Ok((log, opened))
 }
 
 /// What an announcement is told apart by: version, weights digest, and the cutover (its time

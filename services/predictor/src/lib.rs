@@ -24,4 +24,4 @@ mod stream;
 mod typed;
 
 pub use config::PredictorConfig;
-pub use server::run;
+pub use server::Predictor;

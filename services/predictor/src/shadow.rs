@@ -19,6 +19,7 @@ use prometheus_client::{
 };
 use rdkafka::{
     ClientConfig, ClientContext,
+    error::KafkaResult,
     message::DeliveryResult,
     producer::{BaseRecord, ProducerContext, ThreadedProducer},
 };
@@ -118,16 +119,23 @@ pub struct Shadow {
 }
 
 impl Shadow {
-    /// Starts the shadow thread, producing to `topic` with a producer made from `producer`.
+    /// The shadow's producer, made from `config` before anything starts (librdkafka may refuse
+    /// the settings).
+    pub fn producer(config: &ClientConfig, metrics: &Arc<ShadowMetrics>) -> KafkaResult<ShadowProducer> {
+        config
+            .create_with_context(Deliveries(Arc::clone(metrics)))
+            .map(ShadowProducer)
+    }
+
+    /// Starts the shadow thread, producing to `topic`.
     pub fn start(
         slot: Arc<ModelSlot>,
         capacity: usize,
-        producer: &ClientConfig,
+        ShadowProducer(producer): ShadowProducer,
         topic: String,
         instance: String,
         metrics: Arc<ShadowMetrics>,
-    ) -> anyhow::Result<Self> {
-        let producer = producer.create_with_context(Deliveries(Arc::clone(&metrics)))?;
+    ) -> Self {
         let (tx, rx) = crossbeam_channel::bounded(capacity);
         let worker = Worker {
             slot: Arc::clone(&slot),
@@ -139,8 +147,9 @@ impl Shadow {
         };
         std::thread::Builder::new()
             .name("kappa-shadow".into())
-            .spawn(move || worker.run())?;
-        Ok(Self { slot, tx, metrics })
+            .spawn(move || worker.run())
+            .expect("the system refused a thread for the shadow");
+        Self { slot, tx, metrics }
     }
 
     /// Whether the shadow needs the raw event for an input the live version read: it reads other
@@ -174,6 +183,9 @@ impl Shadow {
 
 /// Counts each shadow answer once Kafka has it (or has refused it).
 struct Deliveries(Arc<ShadowMetrics>);
+
+/// The producer of a shadow that has not started yet.
+pub struct ShadowProducer(ThreadedProducer<Deliveries>);
 
 impl ClientContext for Deliveries {}
 

@@ -1,27 +1,17 @@
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 use clap::Parser;
-use kappa_kafka::KafkaArgs;
-use kappa_runtime::LogArgs;
+use kappa_runtime::ServerArgs;
 
 /// kappa-registry stores versioned models with aliases in a compacted Kafka topic and serves
 /// them over gRPC (kappa.registry.v1.Registry, grpc.health.v1 and server reflection on one port).
 #[derive(Debug, Clone, Parser)]
-#[command(name = "kappa-registry", version, about, long_about = None)]
+#[command(name = "kappa-registry", version, about, long_about = None,
+          mut_arg("listen", |a| a.default_value("127.0.0.1:50051").required(false)),
+          mut_arg("metrics_listen", |a| a.default_value("127.0.0.1:9101")))]
 pub struct RegistryConfig {
-    /// gRPC listen address. Port 0 picks a free port; the chosen address is logged.
-    #[arg(long, env = "KAPPA_LISTEN", default_value = "127.0.0.1:50051")]
-    pub listen: SocketAddr,
-
-    /// Prometheus metrics listen address (GET /metrics); port 0 picks a free port.
-    #[arg(long, env = "KAPPA_METRICS_LISTEN", default_value = "127.0.0.1:9101")]
-    pub metrics_listen: Option<SocketAddr>,
-
     #[command(flatten)]
-    pub kafka: KafkaArgs,
-
-    #[command(flatten)]
-    pub security: kappa_runtime::ServerSecurityArgs,
+    pub server: ServerArgs,
 
     /// The compacted topic holding every model version, weight chunk and alias.
     #[arg(long, env = "KAPPA_MODELS_TOPIC", default_value = "kappa.models", value_parser = kappa_runtime::args::non_empty)]
@@ -53,11 +43,6 @@ pub struct RegistryConfig {
           value_parser = parse_key_value)]
     pub topic_configs: Vec<(String, String)>,
 
-    /// Seconds in-flight requests get to finish after SIGTERM before the server stops.
-    #[arg(long = "shutdown-grace-seconds", env = "KAPPA_SHUTDOWN_GRACE_SECONDS", default_value = "10",
-          value_name = "SECONDS", value_parser = kappa_runtime::args::seconds)]
-    pub shutdown_grace: Duration,
-
     /// Fault injection for tests: after a write's records reach the broker, wait this long before
     /// committing, so a test can kill the registry with a transaction open.
     #[arg(long = "fault-delay-before-commit-ms", env = "KAPPA_FAULT_DELAY_BEFORE_COMMIT_MS", hide = true,
@@ -87,13 +72,6 @@ pub struct RegistryConfig {
     #[arg(long, env = "KAPPA_TRUSTED_KEYS", value_name = "PATH",
           value_parser = kappa_model::signing::TrustedKeys::parse_flag)]
     pub trusted_keys: Option<kappa_model::signing::TrustedKeys>,
-
-    /// Validate the configuration, print it and exit without connecting to anything.
-    #[arg(long)]
-    pub check_config: bool,
-
-    #[command(flatten)]
-    pub log: LogArgs,
 }
 
 fn parse_key_value(raw: &str) -> Result<(String, String), String> {
@@ -104,10 +82,8 @@ fn parse_key_value(raw: &str) -> Result<(String, String), String> {
 }
 
 impl RegistryConfig {
-    /// Checks what a single flag's parser cannot: relations between flags, and that the Kafka
-    /// properties file reads.
+    /// Checks what a single flag's parser cannot: relations between flags.
     pub fn validate(&self) -> Result<(), String> {
-        self.kafka.validate()?;
         if self.max_publish_buffer_bytes < self.max_model_bytes {
             return Err(format!(
                 "--max-publish-buffer-bytes ({}) is smaller than --max-model-bytes ({}); the largest model could never be published",

@@ -18,4 +18,4 @@ mod writer;
 
 pub use config::RegistryConfig;
 pub use error::RegistryError;
-pub use server::run;
+pub use server::Registry;

@@ -11,7 +11,7 @@ use std::{
 };
 
 use kappa_kafka::KafkaClients;
-use kappa_kafka::trace_headers;
+use kappa_runtime::propagation::kafka_headers::trace_headers;
 use kappa_runtime::propagation::span_context_map;
 use rdkafka::{
     error::{KafkaError, RDKafkaErrorCode},

@@ -1,28 +1,18 @@
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
 use clap::Parser;
 use kappa_client::ServiceUrl;
-use kappa_kafka::KafkaArgs;
-use kappa_runtime::LogArgs;
+use kappa_runtime::ServerArgs;
 
 /// kappa-trainer trains anomaly detectors from a time range of a Kafka topic and publishes them
 /// to kappa-registry (kappa.trainer.v1.Trainer, grpc.health.v1 and reflection on one port).
 #[derive(Debug, Clone, Parser)]
-#[command(name = "kappa-trainer", version, about, long_about = None)]
+#[command(name = "kappa-trainer", version, about, long_about = None,
+          mut_arg("listen", |a| a.default_value("127.0.0.1:50053").required(false)),
+          mut_arg("metrics_listen", |a| a.default_value("127.0.0.1:9103")))]
 pub struct TrainerConfig {
-    /// gRPC listen address. Port 0 picks a free port; the chosen address is logged.
-    #[arg(long, env = "KAPPA_LISTEN", default_value = "127.0.0.1:50053")]
-    pub listen: SocketAddr,
-
-    /// Prometheus metrics listen address (GET /metrics).
-    #[arg(long, env = "KAPPA_METRICS_LISTEN", default_value = "127.0.0.1:9103")]
-    pub metrics_listen: Option<SocketAddr>,
-
     #[command(flatten)]
-    pub kafka: KafkaArgs,
-
-    #[command(flatten)]
-    pub security: kappa_runtime::ServerSecurityArgs,
+    pub server: ServerArgs,
 
     /// Where kappa-registry listens; trained models are published there.
     #[arg(long, env = "KAPPA_REGISTRY", default_value = "http://127.0.0.1:50051")]
@@ -85,24 +75,12 @@ pub struct TrainerConfig {
           value_name = "SECONDS", value_parser = kappa_runtime::args::seconds)]
     pub kafka_timeout: Duration,
 
-    /// Seconds in-flight requests get to finish after SIGTERM before the server stops.
-    #[arg(long = "shutdown-grace-seconds", env = "KAPPA_SHUTDOWN_GRACE_SECONDS", default_value = "10",
-          value_name = "SECONDS", value_parser = kappa_runtime::args::seconds)]
-    pub shutdown_grace: Duration,
-
     /// Sign every model this trainer publishes with this Ed25519 private key (PKCS#8 PEM, from
     /// `kappa keys new` or `openssl genpkey -algorithm ed25519`), so predictors with
     /// --trusted-keys serve them.
     #[arg(long, env = "KAPPA_SIGNING_KEY", value_name = "PEM",
           value_parser = kappa_model::signing::ModelSigner::parse_flag)]
     pub signing_key: Option<kappa_model::signing::ModelSigner>,
-
-    /// Validate the configuration, print it and exit without connecting to anything.
-    #[arg(long)]
-    pub check_config: bool,
-
-    #[command(flatten)]
-    pub log: LogArgs,
 }
 
 impl TrainerConfig {

@@ -16,4 +16,4 @@ mod spec;
 mod store;
 
 pub use config::TrainerConfig;
-pub use server::run;
+pub use server::Trainer;

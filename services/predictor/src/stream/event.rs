@@ -5,8 +5,9 @@
 use std::{sync::Arc, time::Instant};
 
 use kappa_api::events::Prediction;
-use kappa_kafka::{range::payload_format, trace_headers};
+use kappa_kafka::range::payload_format;
 use kappa_model::schema::{DecodedEvent, PayloadFormat, ProblemKind};
+use kappa_runtime::propagation::kafka_headers as trace_headers;
 use opentelemetry::trace::TraceContextExt as _;
 use rdkafka::{
     Message,

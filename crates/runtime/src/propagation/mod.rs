@@ -11,6 +11,8 @@ use opentelemetry::{
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
+pub mod kafka_headers;
+
 /// The context a carrier holds; an empty context (a new root) when it holds none.
 pub fn extract(get: impl Fn(&str) -> Option<String>) -> Context {
     // Extractor lends out borrowed strings, so the two W3C fields are read out first.

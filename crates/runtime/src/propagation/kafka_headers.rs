@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use kappa_runtime::propagation;
+use super as propagation;
 use opentelemetry::Context;
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 
