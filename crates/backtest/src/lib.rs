@@ -250,7 +250,10 @@ impl<'a> Replay<'a> {
             .zip(&self.scores)
             .map(|(c, scores)| {
                 let threshold = c.manifest.anomaly_threshold as f32;
-                scores.iter().map(|s| *s > threshold).collect()
+                scores
+                    .iter()
+                    .map(|s| kappa_model::is_anomalous(*s, threshold))
+                    .collect()
             })
             .collect();
         let versions = self

@@ -1,6 +1,12 @@
 //! Detector quality on labelled data: the numbers a model's lineage carries and the
 //! champion/challenger gate compares.
 
+/// The one rule that turns a score into a flag, wherever a flag is made (serving, streams,
+/// shadows, monitoring, backtests, evaluation): anomalous when strictly above the threshold.
+pub fn is_anomalous<T: PartialOrd>(score: T, threshold: T) -> bool {
+    score > threshold
+}
+
 /// Value below which `p` percent of `values` fall (linear interpolation between ranks).
 pub fn percentile(values: &[f32], p: f64) -> f32 {
     let mut sorted: Vec<f32> = values.iter().copied().filter(|v| v.is_finite()).collect();
@@ -27,7 +33,7 @@ pub struct Quality {
 pub fn quality(scores: &[f32], labels: &[bool], threshold: f32) -> Quality {
     let (mut tp, mut fp, mut fn_) = (0.0, 0.0, 0.0);
     for (s, &l) in scores.iter().zip(labels) {
-        match (*s > threshold, l) {
+        match (is_anomalous(*s, threshold), l) {
             (true, true) => tp += 1.0,
             (true, false) => fp += 1.0,
             (false, true) => fn_ += 1.0,

@@ -6,27 +6,12 @@
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use safetensors::{Dtype, tensor::TensorView};
 
-use crate::{Activation, Feature, Layer, ModelManifest, OutputKind, bias_tensor_name, weight_tensor_name};
+use crate::{Activation, Feature, ModelManifest, OutputKind, bias_tensor_name, weight_tensor_name};
 
 /// An untrained autoencoder over any feature paths: relu hidden layers of the given widths,
 /// then a linear layer back to the features.
 pub fn autoencoder_over(name: &str, paths: &[&str], hidden: &[u32]) -> ModelManifest {
-    let features = paths.len() as u32;
-    let mut layers = Vec::with_capacity(hidden.len() + 1);
-    let mut inputs = features;
-    for &width in hidden {
-        layers.push(Layer {
-            in_features: inputs,
-            out_features: width,
-            activation: Activation::Relu as i32,
-        });
-        inputs = width;
-    }
-    layers.push(Layer {
-        in_features: inputs,
-        out_features: features,
-        activation: Activation::Linear as i32,
-    });
+    let layers = crate::autoencoder_layers(paths.len() as u32, hidden);
     ModelManifest {
         name: name.to_owned(),
         description: "untrained example autoencoder".to_owned(),

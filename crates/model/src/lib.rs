@@ -18,11 +18,12 @@ pub mod train;
 mod weights;
 
 pub use error::ModelError;
+pub use evaluate::is_anomalous;
 pub use kappa_api::model::{
     Activation, EventSchema, EventTime, Feature, Layer, ModelFormat, ModelManifest, OnnxGraphInfo,
     OnnxModel as OnnxSpec, OnnxScoreKind, OnnxScoring, OutputKind, TensorInfo, TimeFormat,
 };
-pub use manifest::{validate_alias, validate_manifest, validate_name};
+pub use manifest::{autoencoder_layers, validate_alias, validate_manifest, validate_name};
 pub use mlp::{Backend, Mlp};
 pub use model::{Model, format_of, parse_positive_labels};
 pub use weights::{DigestStream, ValidatedWeights, WeightsCheck, check_tensors, sha256_hex, validate_weights};

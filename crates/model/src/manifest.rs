@@ -1,6 +1,6 @@
 use std::collections::HashSet;
 
-use crate::{Activation, ModelError, ModelFormat, ModelManifest, OutputKind};
+use crate::{Activation, Layer, ModelError, ModelFormat, ModelManifest, OutputKind};
 
 const MAX_NAME_LEN: usize = 64;
 /// Bounds the work a single forward pass can demand; far above any anomaly detector we serve.
@@ -213,6 +213,30 @@ fn validate_onnx(manifest: &ModelManifest) -> Result<(), ModelError> {
         }
     }
     Ok(())
+}
+
+/// The layers of Kappa's autoencoder over `features` inputs: relu hidden layers of the given
+/// widths, then a linear layer back to the features (the trainer's, the examples', the one
+/// `train::train_autoencoder` fits).
+pub fn autoencoder_layers(features: u32, hidden: &[u32]) -> Vec<Layer> {
+    let widths: Vec<u32> = std::iter::once(features)
+        .chain(hidden.iter().copied())
+        .chain(std::iter::once(features))
+        .collect();
+    let last = widths.len() - 2;
+    widths
+        .windows(2)
+        .enumerate()
+        .map(|(i, w)| Layer {
+            in_features: w[0],
+            out_features: w[1],
+            activation: if i == last {
+                Activation::Linear
+            } else {
+                Activation::Relu
+            } as i32,
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -76,12 +76,11 @@ pub fn train_autoencoder(
         return Err(ModelError::InvalidInput("no training rows".into()));
     }
     let mut rng = StdRng::seed_from_u64(settings.seed);
-    let mut widths = vec![features];
-    widths.extend(&settings.hidden);
-    widths.push(features);
+    let hidden: Vec<u32> = settings.hidden.iter().map(|h| *h as u32).collect();
+    let chain = crate::autoencoder_layers(features as u32, &hidden);
     let mut params: Vec<Var> = Vec::new();
-    for pair in widths.windows(2) {
-        let (inp, out) = (pair[0], pair[1]);
+    for layer in &chain {
+        let (inp, out) = (layer.in_features as usize, layer.out_features as usize);
         // nn.Linear's initialisation, from the seeded generator so runs are reproducible.
         let bound = 1.0 / (inp as f32).sqrt();
         let mut uniform = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-bound..bound)).collect() };
@@ -96,14 +95,13 @@ pub fn train_autoencoder(
         v: params.iter().map(zeros).collect::<Result<_, _>>()?,
         step: 0,
     };
-    let layers = widths.len() - 1;
     let forward = |x: &Tensor, params: &[Var]| -> candle_core::Result<Tensor> {
         let mut h = x.clone();
-        for l in 0..layers {
+        for (l, layer) in chain.iter().enumerate() {
             h = h
                 .matmul(&params[2 * l].as_tensor().t()?)?
                 .broadcast_add(params[2 * l + 1].as_tensor())?;
-            if l + 1 < layers {
+            if layer.activation() == crate::Activation::Relu {
                 h = h.relu()?;
             }
         }
@@ -204,7 +202,7 @@ pub fn train_autoencoder(
         }
     }
     let mut tensors = Vec::with_capacity(params.len());
-    for l in 0..layers {
+    for l in 0..chain.len() {
         let w = params[2 * l].as_tensor();
         let b = params[2 * l + 1].as_tensor();
         tensors.push((

@@ -60,6 +60,14 @@ pub const HTTP2_STREAM_WINDOW: u32 = 4 << 20;
 /// uploads on that channel, starved, are cut off as idle (`--publish-idle-seconds`).
 pub const HTTP2_CONNECTION_WINDOW: u32 = 4 * HTTP2_STREAM_WINDOW;
 
+/// Now, in milliseconds since the Unix epoch: the clock of event times, publish times and
+/// windows in Kappa's records (0 for a clock set before 1970).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// This machine's (or pod's) host name, to tell replicas apart.
 pub fn hostname() -> String {
     std::env::var("HOSTNAME")

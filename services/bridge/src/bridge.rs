@@ -10,7 +10,7 @@ use std::{
     future::Future,
     pin::Pin,
     sync::Arc,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use futures::{StreamExt as _, stream::FuturesOrdered};
@@ -320,10 +320,7 @@ async fn deliver(
     let key = message::key_of(&settings.filter, &topic).to_owned();
     let content_type = message::content_type(&publish).map(str::to_owned);
     let route = message::route(&publish.payload, content_type.as_deref());
-    let received_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis())
-        .to_string();
+    let received_ms = kappa_runtime::now_ms().to_string();
     let mut headers = OwnedHeaders::new()
         .insert(Header {
             key: "mqtt-topic",

@@ -59,9 +59,7 @@ pub async fn run(args: DataArgs) -> anyhow::Result<()> {
 }
 
 fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_millis() as i64;
+    let now = kappa_runtime::now_ms();
     let (from_ms, to_ms, range) = match (args.from_ms, args.to_ms, args.last_minutes) {
         (Some(from), Some(to), _) => (
             from,

@@ -173,9 +173,7 @@ impl OnnxArgs {
     /// The lineage of a graph trained elsewhere: where its reference profile was sampled, and
     /// the profile itself (features as read through the version's schema, the graph's scores).
     async fn reference(&self, topic: &str, manifest: &ModelManifest, model: Model) -> anyhow::Result<Lineage> {
-        let to_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_millis() as i64;
+        let to_ms = kappa_runtime::now_ms();
         let from_ms = to_ms - i64::from(self.reference_minutes) * 60_000;
         let config = self.kafka.clients().map_err(anyhow::Error::msg)?;
         let (topic_owned, max) = (topic.to_owned(), self.reference_sample);
@@ -238,7 +236,11 @@ impl OnnxArgs {
             reference: Some(ReferenceProfile {
                 features,
                 validation_scores: drift::of("score", scores.iter().map(|s| f64::from(*s))),
-                validation_anomaly_rate: scores.iter().filter(|s| **s > threshold).count() as f64 / scores.len() as f64,
+                validation_anomaly_rate: scores
+                    .iter()
+                    .filter(|s| kappa_model::is_anomalous(**s, threshold))
+                    .count() as f64
+                    / scores.len() as f64,
             }),
             ..Lineage::default()
         })

@@ -1,7 +1,7 @@
 //! What `kappa predictions`, `kappa compare` and `kappa monitor` share: a throw-away reader of
 //! a topic's last N seconds, located on every partition by the broker's time index.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use kappa_kafka::range::PartitionSince;
@@ -18,7 +18,7 @@ pub fn recent(
 ) -> anyhow::Result<(BaseConsumer, Vec<PartitionSince>, i64)> {
     let kafka = kafka.clients().map_err(anyhow::Error::msg)?;
     let consumer: BaseConsumer = kappa_kafka::range::range_consumer(&kafka, purpose)?;
-    let since_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as i64 - last_seconds as i64 * 1000;
+    let since_ms = kappa_runtime::now_ms() - last_seconds as i64 * 1000;
     let located = kappa_kafka::range::partitions_since(&consumer, topic, since_ms, Duration::from_secs(10))
         .with_context(|| format!("cannot reach Kafka at {} (--kafka-bootstrap)", kafka.bootstrap()))?;
     anyhow::ensure!(!located.is_empty(), "topic {topic} has no partitions: {none_yet}");

@@ -2,10 +2,7 @@
 //! them, verify the SHA-256, build, warm up on a probe batch, check the outputs are finite, swap.
 //! A version that fails any step is never served; the previous model keeps serving.
 
-use std::{
-    sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{sync::Arc, time::Duration};
 
 use kappa_kafka::KafkaClients;
 use kappa_model::{
@@ -224,9 +221,7 @@ impl Loader {
         self.metrics.swaps.inc();
         self.metrics.loaded_version.set(version as i64);
         self.metrics.model_ready.set(1.0);
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
+        let now_ms = kappa_runtime::now_ms();
         if published_ms > 0 {
             self.metrics
                 .swap_latency

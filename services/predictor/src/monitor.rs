@@ -10,7 +10,7 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use kappa_api::{
@@ -103,7 +103,7 @@ impl DriftCounts {
             if let Some(binned) = &self.scores {
                 binned.add(f64::from(*score));
             }
-            if *score > threshold {
+            if kappa_model::is_anomalous(*score, threshold) {
                 self.anomalies.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -199,13 +199,13 @@ impl Monitor {
         let mut ticks = tokio::time::interval(self.window);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticks.tick().await;
-        let (mut started, mut last_version) = (now_ms(), None);
+        let (mut started, mut last_version) = (kappa_runtime::now_ms(), None);
         loop {
             tokio::select! {
                 () = stop.cancelled() => return Ok(()),
                 _ = ticks.tick() => {}
             }
-            let ended = now_ms();
+            let ended = kappa_runtime::now_ms();
             let Some(model) = self.slot.current() else { continue };
             if last_version != Some(model.version) {
                 // The previous version's series describe a model no longer served.
@@ -315,12 +315,6 @@ impl Monitor {
             }
         }
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 #[cfg(test)]

@@ -81,7 +81,11 @@ impl Oip {
             self.0.score(model, values, rows).await?
         };
         let model = &scored.model;
-        let flags: Vec<bool> = scored.scores.iter().map(|s| *s > model.threshold).collect();
+        let flags: Vec<bool> = scored
+            .scores
+            .iter()
+            .map(|s| kappa_model::is_anomalous(*s, model.threshold))
+            .collect();
         let want = |name: &str| wanted.is_empty() || wanted.contains(&name);
         let raw_out = !request.raw_input_contents.is_empty();
         let mut response = Response::new(raw_out);

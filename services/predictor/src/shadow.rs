@@ -4,10 +4,7 @@
 //! counted), so the shadow never adds to a caller's latency or fails a call. Each shadow answer
 //! goes to the shadow topic with both versions' scores and flags.
 
-use std::{
-    sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{sync::Arc, time::Duration};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use kappa_api::events::ShadowPrediction;
@@ -280,15 +277,16 @@ impl Worker {
     }
 
     fn publish(&self, shadow: &LoadedModel, offers: &[Offer], taken: &[(usize, usize)], scores: &[f32]) {
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
+        let now_ms = kappa_runtime::now_ms();
         let mut at = 0;
         for &(i, rows) in taken {
             let offer = &offers[i];
             for row in 0..rows {
                 let (live_score, shadow_score) = (offer.live_scores[row], scores[at + row]);
-                let (live_flag, shadow_flag) = (live_score > offer.live.threshold, shadow_score > shadow.threshold);
+                let (live_flag, shadow_flag) = (
+                    kappa_model::is_anomalous(live_score, offer.live.threshold),
+                    kappa_model::is_anomalous(shadow_score, shadow.threshold),
+                );
                 if live_flag != shadow_flag {
                     self.metrics.flips.inc();
                 }

@@ -97,7 +97,7 @@ async fn predict_one(serving: &Serving, request: PredictRequest) -> Result<Predi
     let score = scored.scores[0];
     let response = PredictResponse {
         score: f64::from(score),
-        is_anomaly: score > scored.model.threshold,
+        is_anomaly: kappa_model::is_anomalous(score, scored.model.threshold),
         model_name: scored.model.name.clone(),
         model_version: scored.model.version,
         request_id: ask.request_id,

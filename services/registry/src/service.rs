@@ -3,7 +3,6 @@
 use std::{
     collections::BTreeMap,
     sync::{Arc, RwLock},
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use kappa_api::{
@@ -90,12 +89,6 @@ impl Limits {
 struct Signed {
     signature: Vec<u8>,
     key_id: String,
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// A malformed request, through the one error map like every other refusal.
@@ -385,7 +378,7 @@ impl RegistryService {
         writer.write_chunks(&weights, true).await?;
         let (name, version) = (manifest.name.clone(), writer.version);
         manifest.version = version;
-        manifest.created_at_ms = now_ms();
+        manifest.created_at_ms = kappa_runtime::now_ms();
         let record = version_record(
             manifest,
             writer.chunks(),
@@ -504,7 +497,7 @@ impl RegistryService {
             name: name.to_owned(),
             alias: alias.to_owned(),
             version,
-            updated_at_ms: now_ms(),
+            updated_at_ms: kappa_runtime::now_ms(),
             updated_by: updated_by.clone(),
             cutover,
         };

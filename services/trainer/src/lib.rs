@@ -9,6 +9,7 @@ mod error;
 mod job;
 mod metrics;
 pub mod reader;
+mod round;
 mod schema;
 mod server;
 mod service;

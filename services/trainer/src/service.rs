@@ -4,7 +4,7 @@
 use std::{
     collections::BTreeMap,
     sync::{Arc, Mutex, RwLock},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use kappa_api::trainer::{
@@ -118,9 +118,7 @@ impl TrainerService {
             phase: JobPhase::Queued as i32,
             schema_notes,
             started_by: started_by.clone(),
-            created_at_ms: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64),
+            created_at_ms: kappa_runtime::now_ms(),
             ..Job::default()
         };
         let (progress, _) = watch::channel(JobProgress {

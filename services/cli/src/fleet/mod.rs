@@ -7,7 +7,7 @@ mod kafka_sink;
 mod mqtt_sink;
 mod shift;
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
@@ -154,7 +154,7 @@ pub async fn run(args: FleetArgs) -> anyhow::Result<()> {
         failing_share: args.failing_share,
         failure_chance: args.failure_chance,
     });
-    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as i64;
+    let now_ms = kappa_runtime::now_ms();
     let mut event_time = now_ms - (args.backdate_seconds * 1000.0) as i64;
 
     let mut jsonl = match &args.jsonl {

@@ -198,7 +198,7 @@ impl Event {
             Ok(scored) => {
                 let score = scored.scores[0];
                 prediction.score = f64::from(score);
-                prediction.is_anomaly = score > scored.model.threshold;
+                prediction.is_anomaly = kappa_model::is_anomalous(score, scored.model.threshold);
                 prediction.model_name = scored.model.name.clone();
                 prediction.model_version = scored.model.version;
                 span.record("model_version", scored.model.version);
