@@ -11,3 +11,4 @@ pub mod records;
 
 pub use fold::{Follow, Lookup, MissingChunks, ModelLog, ModelState, StoredVersion};
 pub use keys::ModelKey;
+pub use records::Put;

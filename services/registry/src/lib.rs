@@ -10,6 +10,7 @@ pub mod catalog;
 pub mod config;
 mod error;
 mod metrics;
+mod publish;
 mod reader;
 mod requests;
 mod server;

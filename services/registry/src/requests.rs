@@ -227,3 +227,67 @@ mod tests {
         assert!(query.manifest_only);
     }
 }
+
+/// The longest idempotency key a publish may carry.
+const MAX_IDEMPOTENCY_KEY_LEN: usize = 256;
+
+/// A signature as the publisher sent it: empty, or an Ed25519 signature with its key's id.
+#[derive(Debug, Clone)]
+pub struct Signed {
+    pub signature: Vec<u8>,
+    pub key_id: String,
+}
+
+/// The first message of a Publish stream: the manifest of the version to create.
+#[derive(Debug)]
+pub struct PublishHeader {
+    pub manifest: kappa_api::model::ModelManifest,
+    /// Empty, or the key a retry of the same publish repeats.
+    pub idempotency_key: String,
+    pub signed: Signed,
+}
+
+impl TryFrom<pb::PublishRequest> for PublishHeader {
+    type Error = RegistryError;
+
+    fn try_from(first: pb::PublishRequest) -> Result<Self, RegistryError> {
+        let pb::PublishRequest { part } = first;
+        let Some(pb::publish_request::Part::Header(header)) = part else {
+            return Err(bad("the first Publish message must be the header with the manifest"));
+        };
+        let pb::PublishHeader {
+            manifest,
+            idempotency_key,
+            signature,
+            signing_key_id,
+        } = header;
+        let manifest = manifest.ok_or_else(|| bad("the Publish header carries no manifest"))?;
+        if manifest.version != 0 {
+            return Err(bad("leave manifest.version at 0: the registry assigns versions"));
+        }
+        kappa_model::validate_manifest(&manifest)?;
+        // An Ed25519 signature is 64 bytes; a key id 16 hex digits. Anything else is junk to keep out of the log.
+        if !(signature.is_empty() || signature.len() == 64) || signing_key_id.len() > 64 {
+            return Err(bad(
+                "signature must be 64 bytes (Ed25519) and signing_key_id at most 64 characters",
+            ));
+        }
+        if idempotency_key.len() > MAX_IDEMPOTENCY_KEY_LEN {
+            return Err(bad(format!(
+                "the idempotency key is longer than {MAX_IDEMPOTENCY_KEY_LEN} bytes"
+            )));
+        }
+        Ok(Self {
+            manifest,
+            idempotency_key,
+            signed: Signed {
+                signature,
+                key_id: signing_key_id,
+            },
+        })
+    }
+}
+
+fn bad(message: impl Into<String>) -> RegistryError {
+    RegistryError::BadRequest(message.into())
+}

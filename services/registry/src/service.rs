@@ -1,27 +1,15 @@
 //! The `kappa.registry.v1.Registry` gRPC service.
 
-use std::{
-    collections::BTreeMap,
-    sync::{Arc, RwLock},
-};
+use std::sync::{Arc, RwLock};
 
 use kappa_api::{
-    model::{AliasRecord, Cutover, ModelManifest, VersionRecord},
+    model::{AliasRecord, Cutover},
     registry::{self as pb, registry_server::Registry},
 };
 use kappa_kafka::KafkaClients;
-use kappa_model::{
-    Backend, DigestStream, ModelError,
-    admission::{self, Policy, Signature},
-    signing::TrustedKeys,
-    validate_manifest,
-};
-use kappa_modellog::{ModelKey, ModelLog, follower::Progress};
-use kappa_runtime::{
-    auth::{Principal, Role},
-    propagation::span_context_map,
-};
-use prost::Message as _;
+use kappa_model::signing::TrustedKeys;
+use kappa_modellog::{ModelLog, follower::Progress};
+use kappa_runtime::auth::{Principal, Role};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -36,11 +24,8 @@ use crate::{
     writer::{Put, Transaction, WriteLock, Writer},
 };
 
-const MAX_IDEMPOTENCY_KEY_LEN: usize = 256;
 /// How long a write waits for an earlier one still in flight before it is UNAVAILABLE.
-const WRITE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
-/// How long a publish may keep the log to itself while its client uploads (see `publish_inner`).
-const STREAM_HOLD: std::time::Duration = std::time::Duration::from_secs(2);
+pub(crate) const WRITE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 pub struct RegistryService {
     pub catalog: Arc<RwLock<ModelLog>>,
@@ -72,6 +57,19 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// `bytes` more of the publish buffer, or RESOURCE_EXHAUSTED when the publishes in
+    /// progress hold too much already.
+    pub(crate) fn buffer(&self, bytes: usize) -> Result<tokio::sync::OwnedSemaphorePermit, RegistryError> {
+        Arc::clone(&self.publish_buffer)
+            .try_acquire_many_owned(u32::try_from(bytes).unwrap_or(u32::MAX))
+            .map_err(|_| RegistryError::Busy {
+                what: "publishes",
+                held: self.publish_buffer_bytes - self.publish_buffer.available_permits() as u64,
+                limit: self.publish_buffer_bytes,
+                flag: "max-publish-buffer-bytes",
+            })
+    }
+
     fn read_stream(&self) -> Result<tokio::sync::OwnedSemaphorePermit, RegistryError> {
         Arc::clone(&self.read_streams)
             .try_acquire_owned()
@@ -84,24 +82,12 @@ impl Limits {
     }
 }
 
-/// A signature as the publisher sent it.
-#[derive(Clone)]
-struct Signed {
-    signature: Vec<u8>,
-    key_id: String,
-}
-
-/// A malformed request, through the one error map like every other refusal.
-fn invalid(message: impl Into<String>) -> Status {
-    RegistryError::BadRequest(message.into()).into()
-}
-
 impl RegistryService {
-    fn catalog(&self) -> std::sync::RwLockReadGuard<'_, ModelLog> {
+    pub(crate) fn catalog(&self) -> std::sync::RwLockReadGuard<'_, ModelLog> {
         self.catalog.read().expect("catalog lock poisoned")
     }
 
-    fn ready(&self) -> Result<(), RegistryError> {
+    pub(crate) fn ready(&self) -> Result<(), RegistryError> {
         if *self.progress.caught_up.borrow() {
             Ok(())
         } else {
@@ -117,7 +103,7 @@ impl RegistryService {
     }
 
     /// Opens a transaction whose records carry `span`'s trace context.
-    async fn begin_in(&self, span: &tracing::Span, lock: WriteLock) -> Result<Transaction, RegistryError> {
+    pub(crate) async fn begin_in(&self, span: &tracing::Span, lock: WriteLock) -> Result<Transaction, RegistryError> {
         let begun = self.writer.begin(lock).instrument(span.clone()).await;
         if begun.is_err() {
             span.record("otel.status_code", "ERROR");
@@ -128,7 +114,7 @@ impl RegistryService {
 
     /// Adds `records` to `transaction`, commits it and waits until the follower has applied it,
     /// inside `span`.
-    async fn finish_in(
+    pub(crate) async fn finish_in(
         &self,
         span: tracing::Span,
         transaction: Transaction,
@@ -179,273 +165,6 @@ impl RegistryService {
         );
         task.await
             .map_err(|e| RegistryError::Internal(format!("the write task failed: {e}")))?
-    }
-
-    async fn publish_inner(
-        &self,
-        mut stream: Streaming<pb::PublishRequest>,
-        published_by: String,
-    ) -> Result<pb::PublishResponse, Status> {
-        use pb::publish_request::Part;
-        self.ready()?;
-        let idle = self.limits.publish_idle;
-        let first = tokio::time::timeout(idle, stream.message())
-            .await
-            .map_err(|_| RegistryError::Idle(idle))??
-            .ok_or_else(|| invalid("the publish stream was empty: send a header, then the weights in chunks"))?;
-        let Some(Part::Header(header)) = first.part else {
-            return Err(invalid(
-                "the first Publish message must be the header with the manifest",
-            ));
-        };
-        let mut manifest = header
-            .manifest
-            .ok_or_else(|| invalid("the Publish header carries no manifest"))?;
-        if manifest.version != 0 {
-            return Err(invalid("leave manifest.version at 0: the registry assigns versions"));
-        }
-        validate_manifest(&manifest).map_err(RegistryError::from)?;
-        let pb::PublishHeader {
-            manifest: _,
-            idempotency_key: key,
-            signature,
-            signing_key_id,
-        } = header;
-        // An Ed25519 signature is 64 bytes; a key id 16 hex digits. Anything else is junk to keep out of the log.
-        if !(signature.is_empty() || signature.len() == 64) || signing_key_id.len() > 64 {
-            return Err(invalid(
-                "signature must be 64 bytes (Ed25519) and signing_key_id at most 64 characters",
-            ));
-        }
-        let signed = Signed {
-            signature,
-            key_id: signing_key_id,
-        };
-        if key.len() > MAX_IDEMPOTENCY_KEY_LEN {
-            return Err(invalid(format!(
-                "the idempotency key is longer than {MAX_IDEMPOTENCY_KEY_LEN} bytes"
-            )));
-        }
-        if let Some(existing) = self.deduplicate(&manifest.name, &key)? {
-            return Ok(existing);
-        }
-
-        // The size the client declares (the bytes are checked later) saves growing the buffer,
-        // each doubling of which copies it into fresh pages; capped by the limits, so a false
-        // size reserves no more than an honest publish could hold.
-        if manifest.weights_size > self.max_model_bytes {
-            return Err(RegistryError::TooLarge {
-                size: manifest.weights_size,
-                limit: self.max_model_bytes,
-            }
-            .into());
-        }
-        let declared = manifest.weights_size.min(self.limits.publish_buffer_bytes);
-        let mut weights = Vec::with_capacity(usize::try_from(declared).unwrap_or(0));
-        // Held until this publish is answered: the bytes it buffers count against the budget.
-        let mut held: Option<tokio::sync::OwnedSemaphorePermit> = None;
-        // Hashed as it arrives (about a millisecond a chunk), not all at once after the upload.
-        let mut check = DigestStream::default();
-        // The version record names the transaction's span: predictors loading it continue there.
-        let span = transaction_span();
-        // A model of several chunks, its size declared, goes into the log as it arrives when no
-        // other write is under way, so the upload and the write overlap; otherwise it is
-        // buffered and written after. Either way a refusal leaves nothing a reader sees.
-        let streams = declared > self.chunk_bytes as u64;
-        let mut streamed = match streams.then(|| self.writer.try_lock()).flatten() {
-            Some(lock) => match self.open_version(&span, &manifest.name, &key, lock).await? {
-                Ok(writer) => Some(writer),
-                Err(existing) => return Ok(existing),
-            },
-            None => None,
-        };
-        // How long the upload may keep the log to itself: past it, the transaction is rolled
-        // back (on drop) and the rest buffered, so a slow client does not hold up other writes.
-        let hold = tokio::time::Instant::now() + STREAM_HOLD;
-        loop {
-            let waiting = tokio::time::Instant::now();
-            let message = loop {
-                let wait = match &streamed {
-                    Some(_) => idle.min(hold.saturating_duration_since(waiting)),
-                    None => idle.saturating_sub(waiting.elapsed()),
-                };
-                match tokio::time::timeout(wait, stream.message()).await {
-                    Ok(message) => break message?,
-                    Err(_) if streamed.is_some() && hold <= tokio::time::Instant::now() => {
-                        tracing::info!(
-                            model = manifest.name,
-                            "the upload outlasted the time a streamed publish may hold the log; buffering the rest"
-                        );
-                        streamed = None;
-                    }
-                    Err(_) => return Err(RegistryError::Idle(idle).into()),
-                }
-            };
-            let Some(message) = message else { break };
-            match message.part {
-                Some(Part::Chunk(bytes)) => {
-                    let size = (weights.len() + bytes.len()) as u64;
-                    if size > self.max_model_bytes {
-                        return Err(RegistryError::TooLarge {
-                            size,
-                            limit: self.max_model_bytes,
-                        }
-                        .into());
-                    }
-                    let more = Arc::clone(&self.limits.publish_buffer)
-                        .try_acquire_many_owned(u32::try_from(bytes.len()).unwrap_or(u32::MAX))
-                        .map_err(|_| RegistryError::Busy {
-                            what: "publishes",
-                            held: self.limits.publish_buffer_bytes
-                                - self.limits.publish_buffer.available_permits() as u64,
-                            limit: self.limits.publish_buffer_bytes,
-                            flag: "max-publish-buffer-bytes",
-                        })?;
-                    match held.as_mut() {
-                        Some(permit) => permit.merge(more),
-                        None => held = Some(more),
-                    }
-                    weights.extend_from_slice(&bytes);
-                    // A millisecond of hashing a chunk (far more in a debug build) held on an
-                    // async worker keeps it from reading the connection's other uploads, which
-                    // then look idle; on a blocking thread it holds up this upload alone.
-                    (weights, check) = off_the_workers(move || {
-                        check.extend(&weights);
-                        (weights, check)
-                    })
-                    .await?;
-                    if let Some(writer) = streamed.as_mut() {
-                        writer.write_chunks(&weights, false).await?;
-                    }
-                }
-                Some(Part::Header(_)) => {
-                    return Err(invalid("a second header arrived; send one header, then only chunks"));
-                }
-                None => return Err(invalid("a Publish message carried neither header nor chunk")),
-            }
-        }
-        if weights.is_empty() {
-            return Err(invalid("no weights arrived after the header"));
-        }
-
-        // Admission (the model built and a probe batch run, as every predictor will before it
-        // serves the version) stays off the async workers; meanwhile librdkafka goes on sending
-        // a streamed publish's chunks. A refused one is rolled back when `streamed` drops, its
-        // last chunk not yet written.
-        let policy = (self.max_model_bytes, self.trusted_keys.clone());
-        let signature = signed.clone();
-        // Below the priority of the threads serving requests, like a predictor's load.
-        let (weights, admitted) = kappa_runtime::run_in_background("admission", move || {
-            let (max_bytes, trusted_keys) = policy;
-            let policy = Policy {
-                max_bytes,
-                trusted_keys: trusted_keys.as_ref(),
-                backend: Backend::Native,
-            };
-            let digest = check.finish(&weights);
-            let signature = Signature {
-                bytes: &signature.signature,
-                key_id: &signature.key_id,
-            };
-            let admitted = admission::admit(manifest, &weights, Some(digest), signature, &policy);
-            (weights, admitted)
-        })
-        .await
-        .map_err(|e| RegistryError::Internal(format!("admission failed: {e}")))?;
-        manifest = match admitted {
-            Ok(admitted) => admitted.manifest,
-            Err(ModelError::Signature(e)) => {
-                return Err(RegistryError::Forbidden(format!(
-                    "this registry accepts only models signed by a trusted key: {e}"
-                ))
-                .into());
-            }
-            Err(ModelError::TooLarge { size, limit }) => return Err(RegistryError::TooLarge { size, limit }.into()),
-            Err(e) => return Err(RegistryError::from(e).into()),
-        };
-
-        let mut writer = match streamed {
-            Some(writer) => writer,
-            None => {
-                let lock = self.writer.lock(WRITE_WAIT).await?;
-                // A concurrent retry with the same key may have won the lock first.
-                match self.open_version(&span, &manifest.name, &key, lock).await? {
-                    Ok(writer) => writer,
-                    Err(existing) => return Ok(existing),
-                }
-            }
-        };
-        writer.write_chunks(&weights, true).await?;
-        let (name, version) = (manifest.name.clone(), writer.version);
-        manifest.version = version;
-        manifest.created_at_ms = kappa_runtime::now_ms();
-        let record = version_record(
-            manifest,
-            writer.chunks(),
-            key,
-            span_context_map(&span),
-            published_by.clone(),
-            signed,
-        );
-        self.finish_in(span, writer.transaction, vec![record]).await?;
-        self.metrics.published_bytes.inc_by(weights.len() as u64);
-        self.metrics
-            .publishes
-            .get_or_create(&OutcomeLabels { outcome: "created" })
-            .inc();
-        tracing::info!(
-            model = name,
-            version,
-            bytes = weights.len(),
-            principal = published_by,
-            "published a new model version"
-        );
-        Ok(pb::PublishResponse {
-            version: Some(self.catalog().model_version(&name, version)?),
-            deduplicated: false,
-        })
-    }
-
-    /// Under `lock`: the version stored for `key` already (a retry), or the next version of
-    /// `name` with its transaction open, whose records carry `span`'s trace context.
-    async fn open_version(
-        &self,
-        span: &tracing::Span,
-        name: &str,
-        key: &str,
-        lock: WriteLock,
-    ) -> Result<Result<VersionWriter, pb::PublishResponse>, RegistryError> {
-        if let Some(existing) = self.deduplicate(name, key)? {
-            return Ok(Err(existing));
-        }
-        let version = self.catalog().next_version(name);
-        Ok(Ok(VersionWriter {
-            transaction: self.begin_in(span, lock).await?,
-            name: name.to_owned(),
-            version,
-            chunk_bytes: self.chunk_bytes,
-            written: 0,
-        }))
-    }
-
-    fn deduplicate(&self, name: &str, key: &str) -> Result<Option<pb::PublishResponse>, RegistryError> {
-        if key.is_empty() {
-            return Ok(None);
-        }
-        let catalog = self.catalog();
-        let Some(version) = catalog.version_for_idempotency_key(name, key) else {
-            return Ok(None);
-        };
-        self.metrics
-            .publishes
-            .get_or_create(&OutcomeLabels {
-                outcome: "deduplicated",
-            })
-            .inc();
-        Ok(Some(pb::PublishResponse {
-            version: Some(catalog.model_version(name, version)?),
-            deduplicated: true,
-        }))
     }
 
     fn resolve(&self, query: &ModelQuery) -> Result<pb::ModelVersion, RegistryError> {
@@ -501,19 +220,7 @@ impl RegistryService {
             updated_by: updated_by.clone(),
             cutover,
         };
-        let key = ModelKey::Alias {
-            name: name.to_owned(),
-            alias: alias.to_owned(),
-        };
-        let position = self
-            .write(
-                vec![Put {
-                    key: key.to_string(),
-                    value: Some(record.encode_to_vec()),
-                }],
-                lock,
-            )
-            .await?;
+        let position = self.write(vec![Put::alias(&record)], lock).await?;
         tracing::info!(
             model = name,
             alias,
@@ -539,18 +246,7 @@ impl RegistryService {
         let (name, alias) = (name.as_str(), alias.as_str());
         let lock = self.writer.lock(WRITE_WAIT).await?;
         let previous = self.catalog().alias(name, alias)?;
-        let key = ModelKey::Alias {
-            name: name.to_owned(),
-            alias: alias.to_owned(),
-        };
-        self.write(
-            vec![Put {
-                key: key.to_string(),
-                value: None,
-            }],
-            lock,
-        )
-        .await?;
+        self.write(vec![Put::alias_tombstone(name, alias)], lock).await?;
         tracing::info!(model = name, alias, principal, "deleted an alias");
         Ok(pb::DeleteAliasResponse {
             previous_version: previous,
@@ -586,118 +282,15 @@ impl RegistryService {
         }
         let mut records: Vec<Put> = chunks
             .into_iter()
-            .map(|index| Put {
-                key: ModelKey::Chunk {
-                    name: name.clone(),
-                    version,
-                    index,
-                }
-                .to_string(),
-                value: None,
-            })
+            .map(|index| Put::chunk_tombstone(&name, version, index))
             .collect();
-        records.extend(aliases.iter().map(|alias| {
-            Put {
-                key: ModelKey::Alias {
-                    name: name.clone(),
-                    alias: alias.clone(),
-                }
-                .to_string(),
-                value: None,
-            }
-        }));
-        // Not a tombstone: the small `deleted` record keeps the version number taken after compaction.
-        let marker = VersionRecord {
-            deleted: true,
-            ..VersionRecord::default()
-        };
-        records.push(Put {
-            key: ModelKey::Version {
-                name: name.clone(),
-                version,
-            }
-            .to_string(),
-            value: Some(marker.encode_to_vec()),
-        });
+        records.extend(aliases.iter().map(|alias| Put::alias_tombstone(&name, alias)));
+        records.push(Put::deleted_version(&name, version));
         self.write(records, lock).await?;
         tracing::info!(model = name, version, removed_aliases = ?aliases, principal, "deleted a model version");
         Ok(pb::DeleteVersionResponse {
             removed_aliases: aliases,
         })
-    }
-}
-
-/// One chunk of a version's weights.
-fn chunk_record(name: &str, version: u64, index: u32, data: &[u8]) -> Put {
-    Put {
-        key: ModelKey::Chunk {
-            name: name.to_owned(),
-            version,
-            index,
-        }
-        .to_string(),
-        value: Some(kappa_modellog::chunks::encode_chunk(index, data)),
-    }
-}
-
-/// The record that makes a version exist, written after its `chunk_count` chunks: readers take
-/// it as the sign that every chunk before it is there.
-fn version_record(
-    manifest: ModelManifest,
-    chunk_count: u32,
-    idempotency_key: String,
-    trace_context: BTreeMap<String, String>,
-    published_by: String,
-    signed: Signed,
-) -> Put {
-    let (name, version) = (manifest.name.clone(), manifest.version);
-    let record = VersionRecord {
-        chunk_count,
-        manifest: Some(manifest),
-        idempotency_key,
-        deleted: false,
-        trace_context,
-        published_by,
-        signature: signed.signature,
-        signing_key_id: signed.key_id,
-    };
-    Put {
-        key: ModelKey::Version { name, version }.to_string(),
-        value: Some(record.encode_to_vec()),
-    }
-}
-
-/// A version being written: its transaction, open under the writer's lock, into which the
-/// weights go chunk by chunk, while they upload (a streamed publish) or once they are in.
-struct VersionWriter {
-    transaction: Transaction,
-    name: String,
-    /// Assigned under the lock the transaction holds.
-    version: u64,
-    chunk_bytes: usize,
-    /// Bytes of the weights already in chunk records.
-    written: usize,
-}
-
-impl VersionWriter {
-    /// Writes every whole chunk of `weights` not yet written, and with `last` the rest too.
-    /// Each record is one copy of at most a chunk; the task yields between them, so a large
-    /// model written at once does not hold an async worker for the whole of it.
-    async fn write_chunks(&mut self, weights: &[u8], last: bool) -> Result<(), RegistryError> {
-        while weights.len() - self.written >= self.chunk_bytes || (last && self.written < weights.len()) {
-            let end = weights.len().min(self.written + self.chunk_bytes);
-            let index = (self.written / self.chunk_bytes) as u32;
-            let record = chunk_record(&self.name, self.version, index, &weights[self.written..end]);
-            self.transaction.send(&record).await?;
-            self.written = end;
-            tokio::task::yield_now().await;
-        }
-        Ok(())
-    }
-
-    /// The number of chunk records written.
-    fn chunks(&self) -> u32 {
-        self.written.div_ceil(self.chunk_bytes) as u32
     }
 }
 
@@ -712,7 +305,7 @@ fn note_fenced(writer: &Writer, metrics: &RegistryMetrics, readiness: &kappa_run
     }
 }
 
-fn transaction_span() -> tracing::Span {
+pub(crate) fn transaction_span() -> tracing::Span {
     tracing::info_span!(
         "kafka.transaction",
         otel.kind = "producer",
@@ -881,7 +474,9 @@ impl Registry for RegistryService {
 }
 
 /// Runs the CPU-bound checks of an upload on a blocking thread.
-async fn off_the_workers<T: Send + 'static>(check: impl FnOnce() -> T + Send + 'static) -> Result<T, RegistryError> {
+pub(crate) async fn off_the_workers<T: Send + 'static>(
+    check: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, RegistryError> {
     tokio::task::spawn_blocking(check)
         .await
         .map_err(|e| RegistryError::Internal(format!("the validation task failed: {e}")))

@@ -30,12 +30,7 @@ const COMMIT_WAIT: Duration = Duration::from_secs(15);
 /// How long rolling back a failed write, or starting a new producer, may take.
 const RECOVERY_WAIT: Duration = Duration::from_secs(10);
 
-/// One record to write: a value, or `None` for a tombstone.
-#[derive(Debug)]
-pub struct Put {
-    pub key: String,
-    pub value: Option<Vec<u8>>,
-}
+pub use kappa_modellog::Put;
 
 pub struct Writer {
     /// Replaced when a failed transaction cannot be rolled back (the broker away): a new
