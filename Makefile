@@ -41,7 +41,7 @@ helm-test: ## Helm chart: lint --strict, offline Kubernetes schema validation, -
 lint: ## cargo fmt --check, clippy with warnings as errors, cargo deny (licences, duplicate majors, sources, advisories)
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
-	scripts/tools.sh >/dev/null
+	scripts/tools.sh --lint >/dev/null
 	$(TOOLS_BIN)/cargo-deny check licenses bans sources
 	scripts/advisories.sh $(TOOLS_BIN)/cargo-deny
 

@@ -1,9 +1,24 @@
 #!/usr/bin/env bash
-# Installs the pinned Go-built tools the tests and docs use into ~/.cache/kappa/bin (outside the
-# clone, so fresh clones reuse them). Prints the bin folder.
+# Installs the pinned tools the tests use into ~/.cache/kappa/bin (outside the clone, so fresh
+# clones reuse them), and the tests' Python venv. Prints the bin folder.
+#   scripts/tools.sh          what `make test` needs
+#   scripts/tools.sh --lint   cargo-deny only, for `make lint`
 set -euo pipefail
 bin=${KAPPA_TOOLS_BIN:-$HOME/.cache/kappa/bin}
 mkdir -p "$bin"
+
+if [ "${1:-}" = --lint ]; then
+  # cargo-deny, built from crates.io into the same folder.
+  if ! "$bin/cargo-deny" --version 2>/dev/null | grep -q "0.20.2"; then
+    echo "Building cargo-deny 0.20.2 into $bin (a few minutes, once)..." >&2
+    CARGO_TARGET_DIR=${KAPPA_TOOLS_TARGET:-$HOME/.cache/kappa/tools-target} \
+      cargo install --locked --quiet --root "$bin/.cargo-root" cargo-deny@0.20.2 >&2
+    ln -sf "$bin/.cargo-root/bin/cargo-deny" "$bin/cargo-deny"
+  fi
+  echo "$bin"
+  exit 0
+fi
+
 install_go_tool() { # name module@version
   if [ -x "$bin/$1" ]; then return; fi
   command -v go >/dev/null || { echo "Go is required to build $1: install Go 1.22+ and retry." >&2; exit 1; }
@@ -18,14 +33,6 @@ if [ ! -x "$bin/promtool" ]; then
   echo "Building promtool (prometheus v0.307.3) into $bin (several minutes, once)..." >&2
   (cd /tmp && go mod download github.com/prometheus/prometheus@v0.307.3) >&2
   (cd "$(go env GOMODCACHE)/github.com/prometheus/prometheus@v0.307.3" && go build -o "$bin/promtool" ./cmd/promtool) >&2
-fi
-
-# cargo-deny (make lint), built from crates.io into the same folder.
-if ! "$bin/cargo-deny" --version 2>/dev/null | grep -q "0.20.2"; then
-  echo "Building cargo-deny 0.20.2 into $bin (a few minutes, once)..." >&2
-  CARGO_TARGET_DIR=${KAPPA_TOOLS_TARGET:-$HOME/.cache/kappa/tools-target} \
-    cargo install --locked --quiet --root "$bin/.cargo-root" cargo-deny@0.20.2 >&2
-  ln -sf "$bin/.cargo-root/bin/cargo-deny" "$bin/cargo-deny"
 fi
 
 # A Python venv with NVIDIA's tritonclient (the standard Open Inference Protocol client the
