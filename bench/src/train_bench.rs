@@ -7,8 +7,8 @@
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
+use kappa_dataset::rows::{RangeQuery, read_range};
 use kappa_model::train::{TrainData, TrainSettings, train_autoencoder};
-use kappa_trainer::reader::{RangeQuery, read_range};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use rdkafka::{
     ClientConfig, Message,

@@ -9,10 +9,8 @@ mod report;
 
 use std::{collections::BTreeMap, time::Duration};
 
-use kappa_kafka::{
-    KafkaClients,
-    scan::{Record, Scan, ScanError, event_time, scan_decoded},
-};
+use kappa_dataset::scan::{Record, Scan, ScanError, event_time, scan_decoded};
+use kappa_kafka::KafkaClients;
 use kappa_model::{
     Model, ModelManifest,
     evaluate::quality,
@@ -241,7 +239,7 @@ impl<'a> Replay<'a> {
         Ok(())
     }
 
-    fn report(self, window: &Window, scanned: kappa_kafka::scan::Scanned, labelled_window: bool) -> Report {
+    fn report(self, window: &Window, scanned: kappa_dataset::scan::Scanned, labelled_window: bool) -> Report {
         let labelled: Vec<usize> = (0..self.labels.len()).filter(|&i| self.labels[i].is_some()).collect();
         let truth: Vec<bool> = labelled.iter().map(|&i| self.labels[i] == Some(true)).collect();
         let flags: Vec<Vec<bool>> = self

@@ -1,15 +1,14 @@
 //! Kafka plumbing shared by the Kappa services: client configuration from the common flags
-//! (Kappa's defaults, then the operator's properties), topic administration, time ranges and
-//! samples of a topic. What the models topic means lives in `kappa-modellog`; W3C trace context
-//! in record headers in `kappa_runtime::propagation`.
+//! (Kappa's defaults, then the operator's properties), topic administration, transactions'
+//! error kinds. Plumbing only: reading a time range as data is `kappa-dataset`'s, what the
+//! models topic means `kappa-modellog`'s, W3C trace context in record headers
+//! `kappa_runtime::propagation`'s.
 
 mod admin;
 mod config;
 mod consumer_errors;
 mod context;
 mod producer_errors;
-pub mod range;
-pub mod scan;
 
 pub use admin::{ModelsTopicSettings, TopicError, ensure_models_topic, ensure_topic};
 pub use config::{FETCH_QUEUE_BACKOFF, KafkaArgs, KafkaClients};

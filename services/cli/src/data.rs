@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use kappa_api::trainer::{FeatureSpec, TimeRange, TrainingSpec, training_spec::Range};
+use kappa_api::trainer::{FeatureSpec, TrainingSpec};
+use kappa_dataset::{TimeRangeArgs, resolve_range};
 use kappa_kafka::KafkaArgs;
 use kappa_model::schema::{Profile, infer_features};
 use serde_json::json;
@@ -33,15 +34,9 @@ struct InspectArgs {
     /// Topic of events to inspect.
     #[arg(long)]
     topic: String,
-    /// Start of the range, in milliseconds since the Unix epoch (inclusive; Kafka timestamps).
-    #[arg(long, requires = "to_ms", conflicts_with = "last_minutes")]
-    from_ms: Option<i64>,
-    /// End of the range, in milliseconds since the Unix epoch (exclusive).
-    #[arg(long)]
-    to_ms: Option<i64>,
-    /// Inspect the last N minutes instead (default: the whole topic).
-    #[arg(long)]
-    last_minutes: Option<u32>,
+    /// The range to inspect (default: the whole topic).
+    #[command(flatten)]
+    range: TimeRangeArgs,
     /// Events to sample, spread over every partition of the range.
     #[arg(long, default_value_t = 2000)]
     sample: usize,
@@ -60,34 +55,24 @@ pub async fn run(args: DataArgs) -> anyhow::Result<()> {
 
 fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
     let now = kappa_runtime::now_ms();
-    let (from_ms, to_ms, range) = match (args.from_ms, args.to_ms, args.last_minutes) {
-        (Some(from), Some(to), _) => (
-            from,
-            to,
-            Some(Range::TimeRange(TimeRange {
-                from_ms: from,
-                to_ms: to,
-            })),
-        ),
-        (_, _, Some(m)) => (now - i64::from(m) * 60_000, now, Some(Range::LastMinutes(m))),
-        _ => (0, now + 3_600_000, None),
-    };
+    let range = args.range.range();
+    let (from_ms, to_ms) = resolve_range(range.as_ref(), now).unwrap_or((0, now + 3_600_000));
     anyhow::ensure!(
         from_ms < to_ms,
         "the range [{from_ms}, {to_ms}) is empty; --from-ms must be before --to-ms"
     );
     let config = args.kafka.clients().map_err(anyhow::Error::msg)?;
-    let kappa_kafka::range::RangeSample {
+    let kappa_dataset::range::RangeSample {
         ranges,
         samples,
         truncated,
-    } = kappa_kafka::range::sample_range(
+    } = kappa_dataset::range::sample_range(
         &config,
         "cli-inspect",
         &args.topic,
         from_ms,
         to_ms,
-        kappa_kafka::range::SampleLimits {
+        kappa_dataset::range::SampleLimits {
             max: args.sample,
             budget: Duration::from_secs(30),
             timeout: Duration::from_secs(30),

@@ -177,13 +177,13 @@ impl OnnxArgs {
         let from_ms = to_ms - i64::from(self.reference_minutes) * 60_000;
         let config = self.kafka.clients().map_err(anyhow::Error::msg)?;
         let (topic_owned, max) = (topic.to_owned(), self.reference_sample);
-        let limits = kappa_kafka::range::SampleLimits {
+        let limits = kappa_dataset::range::SampleLimits {
             max,
             budget: std::time::Duration::from_secs(60),
             timeout: std::time::Duration::from_secs(30),
         };
         let sampled = tokio::task::spawn_blocking(move || {
-            kappa_kafka::range::sample_range(&config, "cli-reference", &topic_owned, from_ms, to_ms, limits)
+            kappa_dataset::range::sample_range(&config, "cli-reference", &topic_owned, from_ms, to_ms, limits)
         })
         .await?
         .with_context(|| format!("--reference-topic: cannot read {topic} from Kafka (--kafka-bootstrap)"))?;

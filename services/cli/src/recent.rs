@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use kappa_kafka::range::PartitionSince;
+use kappa_dataset::range::PartitionSince;
 use rdkafka::consumer::BaseConsumer;
 
 /// A consumer and where each partition of `topic` reaches `last_seconds` ago, plus that time;
@@ -17,9 +17,9 @@ pub fn recent(
     none_yet: &str,
 ) -> anyhow::Result<(BaseConsumer, Vec<PartitionSince>, i64)> {
     let kafka = kafka.clients().map_err(anyhow::Error::msg)?;
-    let consumer: BaseConsumer = kappa_kafka::range::range_consumer(&kafka, purpose)?;
+    let consumer: BaseConsumer = kappa_dataset::range::range_consumer(&kafka, purpose)?;
     let since_ms = kappa_runtime::now_ms() - last_seconds as i64 * 1000;
-    let located = kappa_kafka::range::partitions_since(&consumer, topic, since_ms, Duration::from_secs(10))
+    let located = kappa_dataset::range::partitions_since(&consumer, topic, since_ms, Duration::from_secs(10))
         .with_context(|| format!("cannot reach Kafka at {} (--kafka-bootstrap)", kafka.bootstrap()))?;
     anyhow::ensure!(!located.is_empty(), "topic {topic} has no partitions: {none_yet}");
     Ok((consumer, located, since_ms))

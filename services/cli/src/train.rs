@@ -9,6 +9,7 @@ use kappa_api::{
     },
 };
 use kappa_client::TracedChannel;
+use kappa_dataset::TimeRangeArgs;
 use tokio_stream::StreamExt as _;
 
 #[derive(Debug, Args)]
@@ -47,15 +48,10 @@ struct StartArgs {
     /// Topic of sensor events to train on.
     #[arg(long, default_value = "sensor-data")]
     topic: String,
-    /// Start of the time range, in milliseconds since the Unix epoch (inclusive).
-    #[arg(long, requires = "to_ms", conflicts_with = "last_minutes")]
-    from_ms: Option<i64>,
-    /// End of the time range, in milliseconds since the Unix epoch (exclusive).
-    #[arg(long)]
-    to_ms: Option<i64>,
-    /// Train on the last N minutes instead of a fixed range.
-    #[arg(long)]
-    last_minutes: Option<u32>,
+    /// The range to train on: a fixed one, or the last N minutes (the window of a continuous
+    /// job).
+    #[command(flatten)]
+    range: TimeRangeArgs,
     #[command(flatten)]
     schema: SchemaArgs,
     /// Hidden layer widths, comma-separated.
@@ -350,10 +346,10 @@ pub async fn run(args: TrainArgs, security: &kappa_client::ClientSecurity) -> an
     let mut client = connect(&args.trainer, security).await?;
     match args.command {
         TrainCommand::Start(s) => {
-            let range = match (s.from_ms, s.to_ms, s.last_minutes) {
-                (Some(from_ms), Some(to_ms), _) => Some(Range::TimeRange(TimeRange { from_ms, to_ms })),
-                (_, _, Some(m)) if s.every_seconds.is_none() => Some(Range::LastMinutes(m)),
-                _ => None,
+            // A continuous job's last N minutes are its window, not a range of its own.
+            let range = match s.range.range() {
+                Some(Range::LastMinutes(_)) if s.every_seconds.is_some() => None,
+                range => range,
             };
             let spec = TrainingSpec {
                 model_name: s.model,
@@ -377,7 +373,7 @@ pub async fn run(args: TrainArgs, security: &kappa_client::ClientSecurity) -> an
                 }),
                 seed: s.seed,
                 continuous: s.every_seconds.map(|every| Continuous {
-                    window_minutes: s.last_minutes.unwrap_or(60),
+                    window_minutes: s.range.last_minutes.unwrap_or(60),
                     every_seconds: every,
                     every_events: 0,
                     max_runs: s.max_runs,

@@ -2,7 +2,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use kappa_api::trainer::{Continuous, Job, JobPhase, JobProgress, TrainingSpec, training_spec::Range};
+use kappa_api::trainer::{Continuous, Job, JobPhase, JobProgress, TrainingSpec};
 use kappa_kafka::KafkaClients;
 use opentelemetry::trace::TraceContextExt as _;
 use tokio::sync::watch;
@@ -63,14 +63,7 @@ pub struct JobContext {
 
 /// The time range a spec asks for, resolved against the clock for "last N minutes".
 pub fn time_range(spec: &TrainingSpec) -> (i64, i64) {
-    match spec.range {
-        Some(Range::TimeRange(r)) => (r.from_ms, r.to_ms),
-        Some(Range::LastMinutes(m)) => {
-            let now = kappa_runtime::now_ms();
-            (now - i64::from(m) * 60_000, now)
-        }
-        None => (0, 0),
-    }
+    kappa_dataset::resolve_range(spec.range.as_ref(), kappa_runtime::now_ms()).unwrap_or((0, 0))
 }
 
 /// Runs the job to a terminal phase: one round, or rounds on a sliding window for a continuous

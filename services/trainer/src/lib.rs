@@ -4,11 +4,9 @@
 
 mod access;
 pub mod config;
-mod dataset;
 mod error;
 mod job;
 mod metrics;
-pub mod reader;
 mod round;
 mod schema;
 mod server;

@@ -123,13 +123,13 @@ pub fn resolve(
 ) -> Result<Vec<String>, TrainerError> {
     let kafka = |e: rdkafka::error::KafkaError| TrainerError::Kafka(e.to_string());
     let end = to_ms.saturating_add(lateness_ms(spec));
-    let kappa_kafka::range::RangeSample { samples, truncated, .. } = kappa_kafka::range::sample_range(
+    let kappa_dataset::range::RangeSample { samples, truncated, .. } = kappa_dataset::range::sample_range(
         config,
         "trainer-sample",
         &spec.source_topic,
         from_ms,
         end,
-        kappa_kafka::range::SampleLimits {
+        kappa_dataset::range::SampleLimits {
             max: SAMPLE_EVENTS,
             budget: SAMPLE_BUDGET,
             timeout,

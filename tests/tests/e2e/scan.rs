@@ -4,10 +4,8 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use kappa_kafka::{
-    KafkaClients,
-    scan::{Record, Scan, Scanned, scan_decoded},
-};
+use kappa_dataset::scan::{Record, Scan, Scanned, scan_decoded};
+use kappa_kafka::KafkaClients;
 
 use crate::support::*;
 

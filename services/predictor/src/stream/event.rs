@@ -5,7 +5,7 @@
 use std::{sync::Arc, time::Instant};
 
 use kappa_api::events::Prediction;
-use kappa_kafka::range::payload_format;
+use kappa_dataset::range::payload_format;
 use kappa_model::schema::{DecodedEvent, PayloadFormat, ProblemKind};
 use kappa_runtime::propagation::kafka_headers as trace_headers;
 use opentelemetry::trace::TraceContextExt as _;

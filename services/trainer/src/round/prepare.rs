@@ -9,12 +9,13 @@ use kappa_api::{
 };
 use kappa_model::drift;
 
-use super::read::Read;
-use crate::{
-    dataset::{Screen, Splits, fit_stats, scaled, split},
-    job::{Stop, fail},
-    reader::{RangeQuery, Row},
+use kappa_dataset::{
+    prepare::{Screen, Splits, fit_stats, scaled, split},
+    rows::{RangeQuery, Row},
 };
+
+use super::read::Read;
+use crate::job::{Stop, fail};
 
 /// The training and validation rows, scaled and flattened: training consumes them.
 pub struct Scaled {

@@ -5,10 +5,9 @@ use std::sync::Arc;
 use kappa_api::trainer::{JobPhase, TrainingSpec};
 use tracing::field::Empty;
 
-use crate::{
-    job::{JobContext, JobHandle, Stop, fail, time_range},
-    reader::{RangeData, RangeQuery, read_range},
-};
+use kappa_dataset::rows::{RangeData, RangeQuery, read_range};
+
+use crate::job::{JobContext, JobHandle, Stop, fail, time_range};
 
 /// The range read: what was asked, and the rows it held (a uniform sample past `--max-rows`).
 pub struct Read {

@@ -13,12 +13,10 @@ use kappa_api::trainer::{JobPhase, TrainingSpec};
 use kappa_model::train::{TrainData, TrainSettings, train_autoencoder};
 use rand::{SeedableRng, seq::SliceRandom};
 
+use kappa_dataset::{prepare::scaled, rows::scan_range};
+
 use super::prepare::{Prepared, Scaled};
-use crate::{
-    dataset::scaled,
-    job::{JobContext, JobHandle, Stop, fail},
-    reader::scan_range,
-};
+use crate::job::{JobContext, JobHandle, Stop, fail};
 
 /// Labelled anomalies left out of training: an autoencoder learns only what normal looks like.
 pub const ANOMALIES_SKIPPED: &str = "labelled_anomaly_not_trained_on";

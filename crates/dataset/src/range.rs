@@ -10,7 +10,7 @@ use std::{
 use kappa_api::model::PartitionRange;
 use kappa_model::schema::{PayloadFormat, Sample};
 
-use crate::KafkaClients;
+use kappa_kafka::KafkaClients;
 use rdkafka::{
     Message, Offset, TopicPartitionList,
     consumer::{BaseConsumer, Consumer},
@@ -74,7 +74,7 @@ pub fn range_consumer(clients: &KafkaClients, purpose: &str) -> Result<BaseConsu
     let group = format!("kappa-{purpose}-{}", uuid::Uuid::new_v4().simple());
     clients
         .config_with(
-            &[crate::FETCH_QUEUE_BACKOFF],
+            &[kappa_kafka::FETCH_QUEUE_BACKOFF],
             &[
                 ("group.id", &group),
                 ("enable.auto.commit", "false"),
@@ -176,7 +176,7 @@ pub fn truncated_starts(
             };
             let message = match message {
                 Ok(message) => message,
-                Err(e) if crate::is_transient(&e) => continue,
+                Err(e) if kappa_kafka::is_transient(&e) => continue,
                 Err(e) => return Err(e),
             };
             if message.partition() != range.partition || message.offset() < low {
@@ -235,7 +235,7 @@ fn sample(
                 let message = match message {
                     Ok(message) => message,
                     // Waited out within the sample's budget.
-                    Err(e) if crate::is_transient(&e) => continue,
+                    Err(e) if kappa_kafka::is_transient(&e) => continue,
                     Err(e) => return Err(e),
                 };
                 // A fetch of the previous assignment can still deliver: nothing before `start`.

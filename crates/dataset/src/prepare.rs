@@ -2,7 +2,7 @@
 
 use rand::{SeedableRng, rngs::StdRng, seq::SliceRandom};
 
-use crate::reader::Row;
+use crate::rows::Row;
 
 #[derive(Debug, Default)]
 pub struct Splits {

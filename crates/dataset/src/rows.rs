@@ -5,11 +5,10 @@
 use std::{borrow::Cow, collections::BTreeMap, sync::Arc, time::Duration};
 
 use kappa_api::model::PartitionRange;
-use kappa_kafka::{
-    KafkaClients,
-    scan::{Record, Scan, ScanError, event_time, scan_decoded},
-};
+use kappa_kafka::KafkaClients;
 use kappa_model::schema::{DecodedEvent, EventDecoder};
+
+use crate::scan::{Record, Scan, ScanError, event_time, scan_decoded};
 
 /// One usable event: feature values in the spec's order, and its label when there is one.
 #[derive(Debug, Clone)]

@@ -18,10 +18,9 @@ use rdkafka::{
     message::BorrowedMessage,
 };
 
-use crate::{
-    KafkaClients,
-    range::{payload_format, position, range_consumer, resolve},
-};
+use kappa_kafka::KafkaClients;
+
+use crate::range::{payload_format, position, range_consumer, resolve};
 
 /// What to read: `topic`'s records whose offsets the broker resolves for `[from_ms, to_ms)`.
 #[derive(Debug, Clone)]
@@ -102,7 +101,7 @@ pub fn scan(
         }
         let message = match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(message)) => message,
-            Some(Err(e)) if !crate::is_transient(&e) => return Err(e.into()),
+            Some(Err(e)) if !kappa_kafka::is_transient(&e) => return Err(e.into()),
             idle => {
                 if let Some(Err(e)) = idle {
                     last_error = Some(e);
