@@ -873,7 +873,7 @@ fn decode_and_serialise(
         .decode_into(payload, kappa_model::schema::PayloadFormat::Json, &mut event)
         .and_then(|()| decoder.extend_row(&event, &mut row).map_err(|p| decoder.describe(&p)));
     let prediction = kappa_api::events::Prediction {
-        car: String::from_utf8_lossy(key).into_owned(),
+        key: String::from_utf8_lossy(key).into_owned(),
         source_partition: partition,
         source_offset: offset,
         model_name: "bench".into(),

@@ -9,6 +9,7 @@ const PROTOS: &[&str] = &[
     "kappa/trainer/v1/trainer.proto",
     "kappa/predictor/v1/predictor.proto",
     "kappa/events/v1/events.proto",
+    "kappa/fleet/v1/fleet.proto",
     "inference/grpc_predict_v2.proto",
 ];
 

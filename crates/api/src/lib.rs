@@ -40,6 +40,13 @@ pub mod kappa {
             include!(concat!(env!("OUT_DIR"), "/kappa.events.v1.serde.rs"));
         }
     }
+    /// The worked example's records, outside the core packages.
+    pub mod fleet {
+        pub mod v1 {
+            tonic::include_proto!("kappa.fleet.v1");
+            include!(concat!(env!("OUT_DIR"), "/kappa.fleet.v1.serde.rs"));
+        }
+    }
 }
 
 /// The Open Inference Protocol (KServe v2), package `inference`.
@@ -48,6 +55,7 @@ pub mod inference {
 }
 
 pub use kappa::events::v1 as events;
+pub use kappa::fleet::v1 as fleet;
 pub use kappa::model::v1 as model;
 pub use kappa::predictor::v1 as predictor;
 pub use kappa::registry::v1 as registry;

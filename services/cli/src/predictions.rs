@@ -65,7 +65,7 @@ fn summarise(args: &PredictionsArgs) -> anyhow::Result<()> {
             *versions
                 .entry((prediction.model_name, prediction.model_version))
                 .or_default() += 1;
-            let car = cars.entry(prediction.car).or_default();
+            let car = cars.entry(prediction.key).or_default();
             car.scored += 1;
             if prediction.is_anomaly {
                 anomalies += 1;

@@ -28,7 +28,7 @@ struct Ask {
 /// Where the event's values come from (named `features` are applied on top of any of them).
 enum Event {
     Json(String),
-    Reading(kappa_api::events::SensorReading),
+    Reading(kappa_api::fleet::SensorReading),
     Named,
 }
 

@@ -487,7 +487,7 @@ async fn the_fleet_over_mqtt_reaches_kafka_whole_and_every_event_is_scored_by_th
             for (at, car) in &wanted {
                 let answer = answered[at];
                 assert_eq!(answer["error"].as_str().unwrap_or_default(), "", "{answer}");
-                assert_eq!(answer["car"].as_str(), Some(*car), "{answer}");
+                assert_eq!(answer["key"].as_str(), Some(*car), "{answer}");
                 assert_eq!(answer["modelVersion"], "1");
                 assert!(answer["score"].as_f64().is_some_and(f64::is_finite), "{answer}");
             }

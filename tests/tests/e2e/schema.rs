@@ -181,7 +181,7 @@ async fn turbines_train_on_inferred_nested_features_and_are_scored_the_same_over
             kappa_model::schema::parse_rfc3339_ms(ts).unwrap(),
             "event time from {ts}"
         );
-        assert_eq!(p.car, event.key);
+        assert_eq!(p.key, event.key);
         scores.push(p.score as f32);
         labels.push(json["status"]["state"] == "failed");
     }
@@ -499,7 +499,7 @@ async fn a_version_with_another_schema_swaps_in_under_load_and_each_answer_uses_
 
 #[tokio::test]
 async fn a_protobuf_reading_and_its_json_twin_score_the_same_in_stream_mode_and_typed() {
-    use kappa_api::events::SensorReading;
+    use kappa_api::fleet::SensorReading;
     use kappa_fleet::{CAR_FIELDS, car_autoencoder};
     use prost::Message as _;
     use rdkafka::{

@@ -24,7 +24,7 @@ pub const MAX_FEATURES: usize = 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PayloadFormat {
     Json,
-    /// A protobuf `kappa.events.v1.SensorReading`, read by its proto field names.
+    /// A protobuf `kappa.fleet.v1.SensorReading`, read by its proto field names.
     Protobuf,
 }
 
@@ -71,7 +71,7 @@ mod tests {
             PayloadFormat::Protobuf
         );
         assert_eq!(
-            PayloadFormat::from_content_type(Some(b"Application/X-Protobuf; proto=kappa.events.v1.SensorReading")),
+            PayloadFormat::from_content_type(Some(b"Application/X-Protobuf; proto=kappa.fleet.v1.SensorReading")),
             PayloadFormat::Protobuf
         );
         assert_eq!(

@@ -16,7 +16,7 @@ use prost_types::{
 use serde_json::{Map, Value};
 
 /// The message a protobuf payload on a sensor topic holds.
-const SENSOR_READING: &str = ".kappa.events.v1.SensorReading";
+const SENSOR_READING: &str = ".kappa.fleet.v1.SensorReading";
 /// Nested messages deeper than this are refused: a forged payload must not recurse without end.
 const MAX_DEPTH: usize = 32;
 
@@ -217,7 +217,7 @@ fn scalar(kind: Type, wire: WireType, buf: &mut &[u8]) -> Result<Value, String> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kappa_api::events::SensorReading;
+    use kappa_api::fleet::SensorReading;
 
     #[test]
     fn readings_decode_by_field_name_with_proto3_defaults() {

@@ -185,7 +185,7 @@ impl Event {
         let span = self.span;
         let _in_span = span.enter();
         let mut prediction = Prediction {
-            car: self.key,
+            key: self.key,
             source_partition: self.source.partition,
             source_offset: self.source.offset,
             event_time_ms: self.timestamp_ms,
@@ -208,7 +208,7 @@ impl Event {
                         offset: self.source.offset,
                         event_time_ms: prediction.event_time_ms,
                     };
-                    shadow.offer(scored, origin, &prediction.car, self.shadow_event);
+                    shadow.offer(scored, origin, &prediction.key, self.shadow_event);
                 }
                 "scored"
             }
@@ -226,7 +226,7 @@ impl Event {
         serde_json::to_writer(&mut value, &prediction).expect("a prediction always serialises");
         Record {
             source: self.source,
-            key: prediction.car,
+            key: prediction.key,
             value,
             headers,
             span: span.clone(),
