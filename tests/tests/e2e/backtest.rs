@@ -91,7 +91,7 @@ pub(crate) fn backtest(args: &[&str]) -> String {
 async fn a_backtest_of_two_versions_matches_an_independent_computation_and_its_gate_blocks_a_worse_challenger() {
     let setup = RegistrySetup::new();
     let registry = setup.start().await;
-    let trainer = start_trainer(&registry).await;
+    let trainer = TrainerSetup::new(&registry).start().await;
     let mut client = trainer_client(&trainer).await;
     let history = unique("test.backtest-history");
     create_topic_with_partitions(&history, 3).await;

@@ -9,7 +9,7 @@ use std::{
 
 use crate::support::*;
 
-const MQTT_PORT: u16 = 1883;
+const MQTT_PORT: u16 = BridgeSetup::MQTT_PORT;
 
 fn payload(record: &Positioned) -> &[u8] {
     record.value.as_deref().unwrap_or_default()
@@ -66,17 +66,10 @@ async fn count_reaches(topic: &str, wanted: usize, within: Duration) -> Vec<Posi
 async fn every_mqtt_message_arrives_once_keyed_by_car_with_its_headers_and_bad_ones_are_dead_lettered() {
     let prefix = unique("test-cars");
     let (sensors, dead) = (unique("test.sensors"), unique("test.dead-letter"));
-    let bridge = Launch::new("kappa-bridge", &sensors)
-        .args([
-            format!("--mqtt-url=mqtt://127.0.0.1:{MQTT_PORT}"),
-            format!("--mqtt-topic={prefix}/+/telemetry"),
-            format!("--mqtt-share-group={}", unique("bridges")),
-            format!("--mqtt-client-id={}", unique("bridge")),
-            format!("--sensor-topic={sensors}"),
-            format!("--dead-letter-topic={dead}"),
-        ])
+    let bridge = BridgeSetup::new(&prefix, &sensors)
+        .dead_letter(Some(&dead))
         .envs(&tracing_env())
-        .start("")
+        .start()
         .await;
     let (messages, cars, malformed) = (600, 40, 7);
     let sent = publish_over_mqtt(&prefix, messages, cars, malformed);
@@ -168,15 +161,12 @@ async fn every_mqtt_message_arrives_once_keyed_by_car_with_its_headers_and_bad_o
     assert_eq!(series_value(&metrics, "kappa_bridge_in_flight"), Some(0.0));
 }
 
+/// A bridge in share group `group` with `client_id` (what a restart on the same session keeps).
 fn bridge(prefix: &str, group: &str, client_id: &str, sensors: &str) -> Launch {
-    Launch::new("kappa-bridge", sensors).args([
-        format!("--mqtt-url=mqtt://127.0.0.1:{MQTT_PORT}"),
-        format!("--mqtt-topic={prefix}/+/telemetry"),
-        format!("--mqtt-share-group={group}"),
-        format!("--mqtt-client-id={client_id}"),
-        format!("--sensor-topic={sensors}"),
-        format!("--dead-letter-topic={sensors}.dead-letter"),
-    ])
+    BridgeSetup::new(prefix, sensors)
+        .share_group(Some(group))
+        .client_id(client_id)
+        .launch()
 }
 
 /// The `seq` of every record, in topic order.
@@ -532,16 +522,12 @@ async fn over_mqtts_with_credentials_messages_flow_and_a_wrong_password_or_ca_is
             format!("--mqtt-password-file={}", password.display()),
         ]
     };
-    let bridge_access = access("bridge", &clients.join("bridge.password"), &ca);
-    let mut bridge_args = vec![
-        format!("--mqtt-url={url}"),
-        format!("--mqtt-topic={prefix}/+/telemetry"),
-        format!("--mqtt-share-group={}", unique("bridges")),
-        format!("--mqtt-client-id={}", unique("bridge")),
-        format!("--sensor-topic={sensors}"),
-    ];
-    bridge_args.extend(bridge_access);
-    let _bridge = Launch::new("kappa-bridge", &sensors).args(&bridge_args).start("").await;
+    let _bridge = BridgeSetup::new(&prefix, &sensors)
+        .mqtt_url(&url)
+        .dead_letter(None)
+        .args(access("bridge", &clients.join("bridge.password"), &ca))
+        .start()
+        .await;
 
     let out = fleet_over(
         &url,
@@ -603,14 +589,12 @@ async fn over_mqtts_with_credentials_messages_flow_and_a_wrong_password_or_ca_is
     );
 
     // A bridge with the wrong password never becomes ready and says why.
-    let mut refused_args = vec![
-        format!("--mqtt-url={url}"),
-        format!("--mqtt-topic={prefix}/+/telemetry"),
-        format!("--mqtt-client-id={}", unique("bridge")),
-        format!("--sensor-topic={sensors}"),
-    ];
-    refused_args.extend(access("bridge", &wrong, &ca));
-    let refused = Launch::new("kappa-bridge", &sensors).args(&refused_args).spawn();
+    let refused = BridgeSetup::new(&prefix, &sensors)
+        .mqtt_url(&url)
+        .share_group(None)
+        .dead_letter(None)
+        .args(access("bridge", &wrong, &ca))
+        .spawn();
     let deadline = Instant::now() + Duration::from_secs(30);
     while !(refused.log_text().contains("BadUserNamePassword")
         && health_status(&refused, "").await == Some(HealthStatus::NotServing))

@@ -195,7 +195,7 @@ async fn every_services_metrics_are_valid_documented_and_move_with_traffic() {
         assert_eq!(value(&after, series) - value(&before, series), by, "{series}\n{after}");
     }
 
-    let trainer = start_trainer(&registry).await;
+    let trainer = TrainerSetup::new(&registry).start().await;
     let trainer_metrics = trainer.metrics_url.clone();
     let before = checked_scrape(&trainer_metrics, "kappa_trainer", &documented, false).await;
     let topic = unique("test.metered-fleet");

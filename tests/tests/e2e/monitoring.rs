@@ -70,7 +70,7 @@ fn events(window: &serde_json::Value) -> u64 {
 async fn live_inputs_like_the_training_data_stay_under_the_drift_threshold_and_a_shifted_feature_alone_crosses_it() {
     let setup = RegistrySetup::new();
     let registry = setup.start().await;
-    let trainer = start_trainer(&registry).await;
+    let trainer = TrainerSetup::new(&registry).start().await;
     let mut client = trainer_client(&trainer).await;
     let dir = tempfile::tempdir().unwrap();
     let jsonl = dir.path().join("fleet.jsonl");

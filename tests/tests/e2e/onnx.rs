@@ -840,7 +840,7 @@ async fn an_onnx_holder_meets_an_mlp_challenger_on_the_same_hold_out_and_in_a_ba
 
     let setup = RegistrySetup::new();
     let registry = setup.start().await;
-    let trainer = start_trainer(&registry).await;
+    let trainer = TrainerSetup::new(&registry).start().await;
     let mut jobs = trainer_client(&trainer).await;
     let history = unique("test.byom-gate");
     create_topic_with_partitions(&history, 3).await;

@@ -56,7 +56,7 @@ fn leaves(event: &Value) -> BTreeMap<String, f64> {
 async fn turbines_train_on_inferred_nested_features_and_are_scored_the_same_over_every_api() {
     let setup = RegistrySetup::new();
     let registry = setup.start().await;
-    let trainer = start_trainer(&registry).await;
+    let trainer = TrainerSetup::new(&registry).start().await;
     let mut client = trainer_client(&trainer).await;
     let (history, later) = (unique("test.turbines"), unique("test.turbines-later"));
     let fleet = [
@@ -287,7 +287,7 @@ async fn turbines_train_on_inferred_nested_features_and_are_scored_the_same_over
 async fn car_events_in_the_reference_demo_units_train_with_default_flags() {
     let setup = RegistrySetup::new();
     let registry = setup.start().await;
-    let trainer = start_trainer(&registry).await;
+    let trainer = TrainerSetup::new(&registry).start().await;
     // One fleet, 500 samples per car; the model trains on the first 80% of its time and is
     // judged on the rest: last week's data, this week's traffic.
     let topic = unique("test.car-reference");

@@ -140,7 +140,7 @@ async fn a_models_journey_is_one_trace_from_the_training_call_to_every_predictor
     let predictors: Vec<Predictor> = (0..2)
         .map(|_| PredictorSetup::new(&setup.topic, "journey", "latest").traced().spawn())
         .collect();
-    let trainer = start_trainer_with_env(&registry, &unique("test.jobs"), &[], &tracing_env()).await;
+    let trainer = TrainerSetup::new(&registry).envs(&tracing_env()).start().await;
     let topic = unique("test.traced-fleet");
     run_fleet(
         &topic,

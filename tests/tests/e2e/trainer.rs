@@ -82,7 +82,7 @@ async fn timestamps(topic: &str) -> Vec<i64> {
 #[tokio::test]
 async fn bad_specs_are_refused_at_start_with_the_right_code() {
     let registry = RegistrySetup::new().start().await;
-    let trainer = start_trainer(&registry).await;
+    let trainer = TrainerSetup::new(&registry).start().await;
     let mut client = trainer_client(&trainer).await;
     let topic = unique("test.train-specs");
     run_fleet(&topic, &["--cars", "2", "--events", "40", "--rate", "0"]);
@@ -250,7 +250,7 @@ async fn bad_specs_are_refused_at_start_with_the_right_code() {
 #[tokio::test]
 async fn time_ranges_are_exact_and_match_offsets_for_times() {
     let registry = RegistrySetup::new().start().await;
-    let trainer = start_trainer(&registry).await;
+    let trainer = TrainerSetup::new(&registry).start().await;
     let mut client = trainer_client(&trainer).await;
     let topic = unique("test.train-range");
     create_topic_with_partitions(&topic, 1).await;
@@ -330,7 +330,7 @@ async fn time_ranges_are_exact_and_match_offsets_for_times() {
 #[tokio::test]
 async fn cancel_during_training_stops_within_a_second_and_publishes_nothing() {
     let registry = RegistrySetup::new().start().await;
-    let trainer = start_trainer(&registry).await;
+    let trainer = TrainerSetup::new(&registry).start().await;
     let mut client = trainer_client(&trainer).await;
     let topic = unique("test.train-cancel");
     run_fleet(
@@ -399,12 +399,10 @@ async fn a_model_trained_on_one_window_detects_failures_in_a_later_one_through_t
     // signed, as in a secured deployment.
     let keys = tempfile::tempdir().unwrap();
     let (private, public) = signing_keys(keys.path());
-    let trainer = start_trainer_with_args(
-        &registry,
-        &unique("test.jobs"),
-        &[&format!("--signing-key={}", private.display())],
-    )
-    .await;
+    let trainer = TrainerSetup::new(&registry)
+        .args([format!("--signing-key={}", private.display())])
+        .start()
+        .await;
     let mut client = trainer_client(&trainer).await;
     let history = unique("test.fleet-history");
     let later = unique("test.fleet-later");
@@ -554,7 +552,7 @@ async fn the_demo_csv_trains_end_to_end_and_its_defective_rows_are_counted_by_re
     produce_with_timestamps(&topic, &records, &times).await;
 
     let registry = RegistrySetup::new().start().await;
-    let trainer = start_trainer(&registry).await;
+    let trainer = TrainerSetup::new(&registry).start().await;
     let mut client = trainer_client(&trainer).await;
     let (from, to) = (*times.iter().min().unwrap(), *times.iter().max().unwrap() + 1);
 
@@ -657,7 +655,7 @@ async fn the_demo_csv_trains_end_to_end_and_its_defective_rows_are_counted_by_re
 #[tokio::test]
 async fn a_weak_challenger_is_published_but_not_promoted_and_a_better_one_is() {
     let registry = RegistrySetup::new().start().await;
-    let trainer = start_trainer(&registry).await;
+    let trainer = TrainerSetup::new(&registry).start().await;
     let mut client = trainer_client(&trainer).await;
     let topic = unique("test.fleet-champion");
     run_fleet(
@@ -737,7 +735,7 @@ async fn a_weak_challenger_is_published_but_not_promoted_and_a_better_one_is() {
 async fn past_jobs_are_still_listed_after_a_trainer_restart() {
     let registry = RegistrySetup::new().start().await;
     let jobs_topic = unique("test.jobs");
-    let trainer = start_trainer_with_jobs(&registry, &jobs_topic).await;
+    let trainer = TrainerSetup::new(&registry).jobs(&jobs_topic).start().await;
     let mut client = trainer_client(&trainer).await;
     let topic = unique("test.train-restart");
     run_fleet(
@@ -795,7 +793,7 @@ async fn past_jobs_are_still_listed_after_a_trainer_restart() {
     drop(client);
     assert!(trainer.terminate().success());
 
-    let restarted = start_trainer_with_jobs(&registry, &jobs_topic).await;
+    let restarted = TrainerSetup::new(&registry).jobs(&jobs_topic).start().await;
     let mut client = trainer_client(&restarted).await;
     let jobs = client
         .list_jobs(kappa_api::trainer::ListJobsRequest {})
@@ -814,7 +812,7 @@ async fn past_jobs_are_still_listed_after_a_trainer_restart() {
 async fn continuous_mode_publishes_a_version_per_window_and_predictors_serve_them() {
     let setup = RegistrySetup::new();
     let registry = setup.start().await;
-    let trainer = start_trainer(&registry).await;
+    let trainer = TrainerSetup::new(&registry).start().await;
     let mut client = trainer_client(&trainer).await;
     let topic = unique("test.fleet-live");
     let fleet = [
@@ -887,7 +885,7 @@ async fn continuous_mode_publishes_a_version_per_window_and_predictors_serve_the
 #[tokio::test]
 async fn past_the_memory_cap_each_epoch_re_reads_the_range_from_kafka() {
     let registry = RegistrySetup::new().start().await;
-    let trainer = start_trainer_with_args(&registry, &unique("test.jobs"), &["--max-rows", "500"]).await;
+    let trainer = TrainerSetup::new(&registry).args(["--max-rows", "500"]).start().await;
     let mut client = trainer_client(&trainer).await;
     let topic = unique("test.train-cap");
     run_fleet(
@@ -992,12 +990,10 @@ async fn a_holder_that_cannot_be_read_blocks_promotion_and_the_job_says_why() {
             "3600",
         ],
     );
-    let trainer = start_trainer_with_args(
-        &registry,
-        &unique("test.jobs"),
-        &[&format!("--registry-token-file={}", trainer_token.display())],
-    )
-    .await;
+    let trainer = TrainerSetup::new(&registry)
+        .args([format!("--registry-token-file={}", trainer_token.display())])
+        .start()
+        .await;
     let mut client = trainer_client(&trainer).await;
     let spec = TrainingSpec {
         promote_alias: "production".into(),
@@ -1029,7 +1025,7 @@ async fn a_holder_that_cannot_be_read_blocks_promotion_and_the_job_says_why() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_range_whose_start_retention_deleted_is_refused_unless_allowed_and_then_noted() {
     let registry = RegistrySetup::new().start().await;
-    let trainer = start_trainer(&registry).await;
+    let trainer = TrainerSetup::new(&registry).start().await;
     let mut client = trainer_client(&trainer).await;
     let topic = unique("test.retained");
     run_fleet(
