@@ -705,11 +705,11 @@ async fn stream_mode_answers_every_event_and_loses_none_across_a_kill_9() {
             continue;
         }
         assert_eq!(
-            answer["car"].as_str().unwrap(),
+            answer["key"].as_str().unwrap(),
             record.key,
-            "the record key is the car id"
+            "the prediction names the event's key, and is keyed by it"
         );
-        assert!(answer["car"].as_str().unwrap().starts_with("car"));
+        assert!(answer["key"].as_str().unwrap().starts_with("car"));
         assert_eq!(answer["modelVersion"], "1");
         assert_eq!(answer["modelName"], "streamed");
         assert!(answer["eventTimeMs"].as_str().unwrap().parse::<i64>().unwrap() >= 1_700_000_000_000);
