@@ -39,6 +39,15 @@ impl Contender {
             decoder,
         })
     }
+
+    /// An admitted version, with the schema its admission compiled.
+    pub fn admitted(admitted: kappa_model::admission::Admitted) -> Self {
+        Self {
+            manifest: admitted.manifest,
+            model: admitted.model,
+            decoder: admitted.decoder,
+        }
+    }
 }
 
 /// The events to replay: `[from_ms, to_ms)` of `topic` by event time.
@@ -308,7 +317,7 @@ pub async fn fetch(
     let manifest = header
         .manifest
         .ok_or_else(|| format!("{what} (v{}) has no manifest", header.version))?;
-    let model = kappa_model::admission::load(&manifest, &weights)
+    let admitted = kappa_model::admission::load(&manifest, &weights)
         .map_err(|e| format!("{what} (v{}) does not load: {e}", header.version))?;
-    Contender::new(manifest, model).map_err(|e| format!("{what} (v{}): its schema: {e}", header.version))
+    Ok(Contender::admitted(admitted))
 }

@@ -35,6 +35,8 @@ pub struct Signature<'a> {
 pub struct Admitted {
     pub manifest: ModelManifest,
     pub model: Model,
+    /// The version's schema, compiled once: how every reader of it decodes events.
+    pub decoder: crate::schema::EventDecoder,
 }
 
 /// Decides on `bytes` under `manifest`. `sha256` is the bytes' digest when the caller hashed them
@@ -47,7 +49,7 @@ pub fn admit(
     signature: Signature,
     policy: &Policy,
 ) -> Result<Admitted, ModelError> {
-    validate_manifest(&manifest)?;
+    let decoder = validate_manifest(&manifest)?;
     // One span a step, under the caller's: a roll-out's trace shows where a load spent its time.
     let verifying = tracing::info_span!("verify", bytes = bytes.len()).entered();
     let size = bytes.len() as u64;
@@ -95,11 +97,15 @@ pub fn admit(
             }
             Model::Onnx(OnnxModel::build(&manifest, checked)?)
         }
-        ModelFormat::Mlp | ModelFormat::Unspecified => Model::Mlp(Mlp::load(&manifest, bytes, policy.backend)?),
+        ModelFormat::Mlp | ModelFormat::Unspecified => Model::Mlp(Mlp::build(&manifest, bytes, policy.backend)?),
     };
     drop(building);
     tracing::info_span!("warm_up", rows = 2).in_scope(|| probe(&manifest, &model))?;
-    Ok(Admitted { manifest, model })
+    Ok(Admitted {
+        manifest,
+        model,
+        decoder,
+    })
 }
 
 /// Runs the probe batch once: two rows inside what the manifest knows of each feature (its
@@ -145,11 +151,11 @@ fn probe(manifest: &ModelManifest, model: &Model) -> Result<(), ModelError> {
 
 /// A version the registry admitted already, loaded by a client of it (backtests, the trainer's
 /// champion): the same checks without a size limit or keys, so every format loads one way.
-pub fn load(manifest: &ModelManifest, bytes: &[u8]) -> Result<Model, ModelError> {
+pub fn load(manifest: &ModelManifest, bytes: &[u8]) -> Result<Admitted, ModelError> {
     let policy = Policy {
         max_bytes: u64::MAX,
         trusted_keys: None,
         backend: Backend::Native,
     };
-    admit(manifest.clone(), bytes, None, Signature::default(), &policy).map(|a| a.model)
+    admit(manifest.clone(), bytes, None, Signature::default(), &policy)
 }

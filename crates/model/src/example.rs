@@ -198,7 +198,7 @@ mod tests {
         let mlp_manifest = autoencoder_over("same", &paths, &[3]);
         let mlp = Mlp::load(&mlp_manifest, &random_weights(&mlp_manifest, 5), Backend::Native).unwrap();
         let (manifest, graph) = onnx_autoencoder("same", &paths, &[3], 5);
-        let onnx = admission::load(&manifest, &graph).unwrap();
+        let onnx = admission::load(&manifest, &graph).unwrap().model;
         let rows = [0.5, -1.0, 2.0, 0.0, 3.0, 1.0, -2.0, 0.25];
         let (a, b) = (mlp.score(&rows).unwrap(), onnx.score(&rows).unwrap());
         for (a, b) in a.iter().zip(&b) {

@@ -53,7 +53,7 @@ pub const MAX_MANIFEST_BYTES: usize = 256 * 1024;
 
 /// Checks everything about a manifest that does not need the weights: name, features and their
 /// scaling, the layer chain, the output kind and the threshold.
-pub fn validate_manifest(manifest: &ModelManifest) -> Result<(), ModelError> {
+pub fn validate_manifest(manifest: &ModelManifest) -> Result<crate::schema::EventDecoder, ModelError> {
     validate_name(&manifest.name)?;
     let invalid = |msg: String| Err(ModelError::InvalidManifest(msg));
     // The version record (this manifest and a little more) must fit one Kafka record; a
@@ -87,8 +87,9 @@ pub fn validate_manifest(manifest: &ModelManifest) -> Result<(), ModelError> {
         }
     }
 
-    // Paths, rules, label and time fields: the schema every reader of this version decodes with.
-    crate::schema::EventDecoder::for_manifest(manifest)
+    // Paths, rules, label and time fields: the schema every reader of this version decodes with,
+    // compiled here once and handed back to be kept with the version.
+    let decoder = crate::schema::EventDecoder::for_manifest(manifest)
         .map_err(|e| ModelError::InvalidManifest(format!("its schema: {e}")))?;
 
     match crate::format_of(manifest)? {
@@ -99,7 +100,7 @@ pub fn validate_manifest(manifest: &ModelManifest) -> Result<(), ModelError> {
     if !manifest.anomaly_threshold.is_finite() {
         return invalid("the anomaly threshold is not a finite number".into());
     }
-    Ok(())
+    Ok(decoder)
 }
 
 /// The MLP's layer chain and output kind.

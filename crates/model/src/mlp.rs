@@ -79,6 +79,11 @@ impl Mlp {
     /// against the manifest): hashing them again here doubled the CPU time of every swap.
     pub fn load(manifest: &ModelManifest, weights: &[u8], backend: Backend) -> Result<Self, ModelError> {
         validate_manifest(manifest)?;
+        Self::build(manifest, weights, backend)
+    }
+
+    /// Builds the model of a manifest validated already (admission validates it first).
+    pub(crate) fn build(manifest: &ModelManifest, weights: &[u8], backend: Backend) -> Result<Self, ModelError> {
         check_tensors(manifest, weights)?;
         let device = Device::Cpu;
         let tensors: HashMap<String, Tensor> =

@@ -334,18 +334,17 @@ impl Worker {
 
 #[cfg(test)]
 mod tests {
-    use kappa_model::{
-        Backend, Mlp,
-        example::{autoencoder_over, random_weights},
-    };
+    use kappa_model::example::{autoencoder_over, random_weights};
 
     use super::*;
 
     fn model(version: u64, seed: u64) -> Arc<LoadedModel> {
         let mut manifest = autoencoder_over("m", &["a", "b", "c"], &[2]);
         manifest.version = version;
-        let mlp = Mlp::load(&manifest, &random_weights(&manifest, seed), Backend::Native).unwrap();
-        Arc::new(LoadedModel::new(manifest, kappa_model::Model::Mlp(mlp)).unwrap())
+        let weights = random_weights(&manifest, seed);
+        Arc::new(LoadedModel::new(
+            kappa_model::admission::load(&manifest, &weights).unwrap(),
+        ))
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -401,8 +400,9 @@ mod tests {
         let batcher = Batcher::start(1, 1024, 64, Duration::ZERO, Arc::clone(&metrics), Arc::default());
         let (mut manifest, graph) = kappa_model::example::onnx_autoencoder("g", &["a", "b", "c"], &[4], 3);
         manifest.version = 1;
-        let model = kappa_model::admission::load(&manifest, &graph).unwrap();
-        let onnx = Arc::new(LoadedModel::new(manifest, model).unwrap());
+        let onnx = Arc::new(LoadedModel::new(
+            kappa_model::admission::load(&manifest, &graph).unwrap(),
+        ));
         assert!(onnx.model.onnx().unwrap().rows_align());
         let requests: Vec<Vec<f64>> = (0..120)
             .map(|i| (0..3 * (1 + i % 3)).map(|j| f64::from(i * 3 + j) / 7.0).collect())

@@ -383,9 +383,5 @@ fn build(
         reason: e.reason(),
         message: e.to_string(),
     })?;
-    let model = LoadedModel::new(admitted.manifest, admitted.model).map_err(|message| LoadFailure {
-        reason: "invalid_model",
-        message: format!("its schema: {message}"),
-    })?;
-    Ok(Arc::new(model))
+    Ok(Arc::new(LoadedModel::new(admitted)))
 }

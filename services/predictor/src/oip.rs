@@ -74,6 +74,9 @@ impl Oip {
                 known.iter().map(|k| format!("{k:?}")).collect::<Vec<_>>().join(", ")
             )));
         }
+        model.decoder.check_rows(&values).map_err(|(row, problems)| {
+            PredictError::InvalidInput(format!("row {row}: {}", model.decoder.describe(&problems)))
+        })?;
         let is_graph = model.model.onnx().is_some();
         let scored = if is_graph {
             self.0.infer_graph(model, values, exact, rows).await?

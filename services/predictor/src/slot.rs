@@ -7,7 +7,7 @@ use std::{
 };
 
 use arc_swap::ArcSwapOption;
-use kappa_model::{Model, ModelManifest, schema::EventDecoder};
+use kappa_model::{Model, ModelManifest, admission::Admitted, schema::EventDecoder};
 
 use crate::monitor::DriftCounts;
 
@@ -24,24 +24,18 @@ pub struct LoadedModel {
     pub feature_names: String,
     /// How this version reads an event (stream mode, typed `Predict` with a JSON event).
     pub decoder: EventDecoder,
-    /// Columns with a declared validity rule, as `(column, min, max)`; usually none.
-    pub rules: Vec<(usize, f64, f64)>,
     /// Live counts against the training reference, for versions whose lineage has one.
     pub drift: Option<DriftCounts>,
 }
 
 impl LoadedModel {
-    /// Fails when the manifest's schema cannot be compiled (the registry refuses such a
-    /// manifest, so only a forged record gets here).
-    pub fn new(manifest: ModelManifest, model: Model) -> Result<Self, String> {
-        let decoder = EventDecoder::for_manifest(&manifest)?;
-        let rules = manifest
-            .features
-            .iter()
-            .enumerate()
-            .filter(|(_, f)| f.min.is_some() || f.max.is_some())
-            .map(|(i, f)| (i, f.min.unwrap_or(f64::NEG_INFINITY), f.max.unwrap_or(f64::INFINITY)))
-            .collect();
+    /// An admitted version, with the schema its admission compiled.
+    pub fn new(admitted: Admitted) -> Self {
+        let Admitted {
+            manifest,
+            model,
+            decoder,
+        } = admitted;
         let feature_index = manifest
             .features
             .iter()
@@ -55,7 +49,7 @@ impl LoadedModel {
             .collect::<Vec<_>>()
             .join(",");
         let drift = DriftCounts::for_manifest(&manifest);
-        Ok(Self {
+        Self {
             name: manifest.name.clone(),
             version: manifest.version,
             version_string: manifest.version.to_string(),
@@ -65,9 +59,8 @@ impl LoadedModel {
             feature_index,
             feature_names,
             decoder,
-            rules,
             drift,
-        })
+        }
     }
 
     pub fn n_features(&self) -> usize {

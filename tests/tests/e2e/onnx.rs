@@ -1006,7 +1006,7 @@ async fn an_onnx_shadow_scores_a_copy_of_an_mlps_live_answers() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    let graph_model = kappa_model::admission::load(&candidate, &graph).unwrap();
+    let graph_model = kappa_model::admission::load(&candidate, &graph).unwrap().model;
     let mut typed = PredictorClient::new(predictor.channel().await);
     let mut expected = std::collections::BTreeMap::new();
     for i in 0..100 {

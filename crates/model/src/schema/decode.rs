@@ -117,7 +117,10 @@ pub enum ProblemKind {
 }
 
 impl ProblemKind {
-    /// The reason as counted in skip maps and metrics: `missing`, `not_numeric`, …
+    /// Every reason [`ProblemKind::reason`] gives.
+    pub const REASONS: [&'static str; 5] = ["missing", "not_numeric", "not_finite", "below_min", "above_max"];
+
+    /// The reason as counted in skip maps, lineage and metrics: `missing`, `not_numeric`, …
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Missing => "missing",
@@ -320,20 +323,13 @@ impl EventDecoder {
             let kind = match *value {
                 FieldValue::Missing => ProblemKind::Missing,
                 FieldValue::NotNumeric => ProblemKind::NotNumeric,
-                // Finite as f64 but too large for f32 is not finite for the network either.
-                FieldValue::Number(v) if !v.is_finite() || !(v as f32).is_finite() => ProblemKind::NotFinite,
-                FieldValue::Number(v) if rule.min.is_some_and(|min| v < min) => ProblemKind::BelowMin {
-                    value: v,
-                    min: rule.min.unwrap_or_default(),
+                FieldValue::Number(v) => match value_problem(v, rule) {
+                    Some(kind) => kind,
+                    None => {
+                        row.push(v as f32);
+                        continue;
+                    }
                 },
-                FieldValue::Number(v) if rule.max.is_some_and(|max| v > max) => ProblemKind::AboveMax {
-                    value: v,
-                    max: rule.max.unwrap_or_default(),
-                },
-                FieldValue::Number(v) => {
-                    row.push(v as f32);
-                    continue;
-                }
             };
             problems.push(Problem { feature: i, kind });
         }
@@ -343,6 +339,26 @@ impl EventDecoder {
             row.truncate(start);
             Err(problems)
         }
+    }
+
+    /// Checks rows already in the version's feature order (a tensor sent as it is) by the same
+    /// rules as [`EventDecoder::extend_row`]: the first row with a problem, and its problems.
+    pub fn check_rows(&self, values: &[f32]) -> Result<(), (usize, Vec<Problem>)> {
+        let width = self.features.len();
+        for (index, row) in values.chunks(width).enumerate() {
+            let problems: Vec<Problem> = row
+                .iter()
+                .zip(&self.features)
+                .enumerate()
+                .filter_map(|(feature, (v, rule))| {
+                    value_problem(f64::from(*v), rule).map(|kind| Problem { feature, kind })
+                })
+                .collect();
+            if !problems.is_empty() {
+                return Err((index, problems));
+            }
+        }
+        Ok(())
     }
 
     /// One sentence naming every problem, for errors returned to callers.
@@ -370,6 +386,19 @@ impl EventDecoder {
     /// The skip-map key of a problem: `reason:feature-path`.
     pub fn reason_key(&self, problem: &Problem) -> String {
         format!("{}:{}", problem.kind.reason(), self.features[problem.feature].path)
+    }
+}
+
+/// The one check of a feature's number against its rule, wherever a row is made.
+fn value_problem(v: f64, rule: &FeatureRule) -> Option<ProblemKind> {
+    // Finite as f64 but too large for f32 is not finite for the network either.
+    if !v.is_finite() || !(v as f32).is_finite() {
+        return Some(ProblemKind::NotFinite);
+    }
+    match (rule.min, rule.max) {
+        (Some(min), _) if v < min => Some(ProblemKind::BelowMin { value: v, min }),
+        (_, Some(max)) if v > max => Some(ProblemKind::AboveMax { value: v, max }),
+        _ => None,
     }
 }
 
@@ -519,6 +548,14 @@ mod tests {
             d.extend_row(&e, &mut Vec::new()).unwrap_err()[0].kind,
             ProblemKind::NotFinite
         );
+        // Rows sent as a tensor meet the same rules, and the first bad row is named.
+        assert_eq!(d.check_rows(&[1.0, 1.0, 1.0, 1.0, 10.0, 0.0]), Ok(()));
+        let (row, problems) = d
+            .check_rows(&[1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, f32::NAN, 1.0, 1.0, 11.0, -1.0])
+            .unwrap_err();
+        assert_eq!(row, 1);
+        let reasons: Vec<String> = problems.iter().map(|p| d.reason_key(p)).collect();
+        assert_eq!(reasons, ["not_finite:b", "above_max:e", "below_min:f"]);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Instant};
 
 use kappa_api::events::Prediction;
 use kappa_dataset::range::payload_format;
-use kappa_model::schema::{DecodedEvent, PayloadFormat, ProblemKind};
+use kappa_model::schema::{DecodedEvent, PayloadFormat};
 use kappa_runtime::propagation::kafka_headers as trace_headers;
 use opentelemetry::trace::TraceContextExt as _;
 use rdkafka::{
@@ -85,13 +85,7 @@ fn prepare(serving: &Serving, payload: Option<&[u8]>, format: PayloadFormat, tim
     }
     let mut row = Vec::with_capacity(model.n_features());
     if let Err(problems) = model.decoder.extend_row(&event, &mut row) {
-        let reason = match problems[0].kind {
-            ProblemKind::Missing => "missing_feature",
-            ProblemKind::NotNumeric => "not_numeric",
-            ProblemKind::NotFinite => "not_finite",
-            ProblemKind::BelowMin { .. } | ProblemKind::AboveMax { .. } => "out_of_range",
-        };
-        return Err((reason, model.decoder.describe(&problems)));
+        return Err((problems[0].kind.reason(), model.decoder.describe(&problems)));
     }
     // Set only when the version's schema takes event time from a field.
     Ok((model, row, event.time_ms))

@@ -42,16 +42,18 @@ pub struct StreamSettings {
     pub transactional_id: Option<String>,
 }
 
-/// What can become of an event (the `reason` label of the events counter).
-pub const OUTCOMES: [&str; 10] = [
+/// What can become of an event (the `reason` label of the events counter): scored, or why not.
+/// A feature's problem is named as everywhere else (`ProblemKind::reason`: decoding, lineage).
+pub const OUTCOMES: [&str; 11] = [
     "scored",
     "empty",
     "malformed",
     "no_model",
-    "missing_feature",
+    "missing",
     "not_numeric",
     "not_finite",
-    "out_of_range",
+    "below_min",
+    "above_max",
     "invalid_input",
     "inference_failed",
 ];
@@ -226,6 +228,13 @@ mod tests {
     use kappa_kafka::KafkaArgs;
 
     use super::*;
+
+    #[test]
+    fn every_problem_a_decoder_reports_is_an_outcome_the_counter_has() {
+        for reason in kappa_model::schema::ProblemKind::REASONS {
+            assert!(OUTCOMES.contains(&reason), "{reason}");
+        }
+    }
 
     #[test]
     fn an_operator_tunes_the_defaults_but_not_the_delivery_guarantee() {

@@ -7,7 +7,10 @@ use std::sync::Arc;
 
 use kappa_api::{registry as rpb, trainer::TrainingSpec};
 use kappa_client::{Registry, Selector};
-use kappa_model::evaluate::{Quality, quality};
+use kappa_model::{
+    admission::Admitted,
+    evaluate::{Quality, quality},
+};
 use tracing::Instrument as _;
 
 use super::publish::Published;
@@ -74,7 +77,7 @@ pub enum Holder {
     /// Nothing: the model or the alias does not exist yet.
     Free,
     // Boxed: a version and its model are large beside the other two.
-    Held(Box<(rpb::ModelVersion, kappa_model::Model)>),
+    Held(Box<(rpb::ModelVersion, Admitted)>),
     /// The registry could not say, or the holder's model does not load. A challenger is then
     /// not compared with anything, so it is not promoted: the gate fails closed.
     Unreadable(String),
@@ -98,7 +101,7 @@ pub async fn current_holder(registry: &mut Registry, spec: &TrainingSpec) -> Hol
                 return Holder::Unreadable(format!("version {} has no manifest", header.version));
             };
             match kappa_model::admission::load(manifest, &weights) {
-                Ok(model) => Holder::Held(Box::new((header, model))),
+                Ok(admitted) => Holder::Held(Box::new((header, admitted))),
                 Err(e) => Holder::Unreadable(format!("version {} does not load: {e}", header.version)),
             }
         }
@@ -140,7 +143,7 @@ fn decide(
         );
     }
     let (version, model) = match holder {
-        Holder::Held(held) => (&held.0, &held.1),
+        Holder::Held(held) => (&held.0, &held.1.model),
         Holder::Free => {
             return (
                 true,
@@ -237,20 +240,9 @@ async fn backtest_gate(
             "nothing held the alias, so there was nothing to beat on the backtest window".into(),
         );
     };
-    let (version, model) = *held;
+    let (version, admitted) = *held;
     let holder_version = version.version;
-    let Some(manifest) = version.manifest else {
-        return (false, format!("holder v{holder_version} has no manifest"));
-    };
-    let holder = match kappa_backtest::Contender::new(manifest, model) {
-        Ok(holder) => holder,
-        Err(e) => {
-            return (
-                false,
-                format!("the backtest could not read holder v{holder_version}'s schema: {e}"),
-            );
-        }
-    };
+    let holder = kappa_backtest::Contender::admitted(admitted);
     let range = gate.window.unwrap_or_default();
     if range.to_ms > kappa_runtime::now_ms() {
         return (
@@ -320,10 +312,7 @@ mod tests {
         model::ModelManifest,
         trainer::{FeatureSpec, PromotionGate},
     };
-    use kappa_model::{
-        Backend, Mlp,
-        example::{autoencoder_over, random_weights},
-    };
+    use kappa_model::example::{autoencoder_over, random_weights};
 
     use super::*;
 
@@ -356,13 +345,13 @@ mod tests {
     fn holder(paths: &[&str]) -> Holder {
         let mut manifest: ModelManifest = autoencoder_over("m", paths, &[2]);
         manifest.version = 3;
-        let mlp = Mlp::load(&manifest, &random_weights(&manifest, 9), Backend::Native).unwrap();
+        let admitted = kappa_model::admission::load(&manifest, &random_weights(&manifest, 9)).unwrap();
         let version = rpb::ModelVersion {
             version: 3,
             manifest: Some(manifest),
             ..Default::default()
         };
-        Holder::Held(Box::new((version, kappa_model::Model::Mlp(mlp))))
+        Holder::Held(Box::new((version, admitted)))
     }
 
     #[test]
