@@ -7,7 +7,10 @@ set -euo pipefail
 version=v1.76.0
 bin_dir=${KAPPA_TOOLS_BIN:-$HOME/.cache/kappa/bin}
 binary="$bin_dir/jaeger-$version"
-state=${JAEGER_STATE:-$(cd "$(dirname "$0")" && pwd)/.state}
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=../lib/daemon.sh
+. "$here/../lib/daemon.sh"
+state=${JAEGER_STATE:-$here/.state}
 ui_port=${JAEGER_UI_PORT:-16686}
 otlp_grpc_port=${JAEGER_OTLP_GRPC_PORT:-4317}
 otlp_http_port=${JAEGER_OTLP_HTTP_PORT:-4318}
@@ -29,7 +32,7 @@ build() {
   rm -rf "$scratch"
 }
 
-pid_alive() { [ -f "$state/jaeger.pid" ] && kill -0 "$(cat "$state/jaeger.pid")" 2>/dev/null; }
+pid_alive() { daemon_running "$state/jaeger.pid"; }
 
 ready() { curl -fsS "http://127.0.0.1:$ui_port/api/services" >/dev/null 2>&1; }
 
@@ -85,8 +88,8 @@ exporters:
     trace_storage: memstore
 YAML
   echo "Starting Jaeger $version (log: $state/jaeger.log)..."
-  nohup "$binary" --config "$state/config.yaml" >"$state/jaeger.log" 2>&1 &
-  echo $! >"$state/jaeger.pid"
+  : >"$state/jaeger.log"
+  daemon_start "$state/jaeger.pid" "$state/jaeger.log" "$binary" --config "$state/config.yaml"
   for _ in $(seq 1 100); do
     if ready; then
       echo "Jaeger is ready: UI and API on http://127.0.0.1:$ui_port, OTLP gRPC on 127.0.0.1:$otlp_grpc_port."
@@ -99,19 +102,9 @@ YAML
   exit 1
 }
 
-down() {
-  if pid_alive; then
-    local pid
-    pid=$(cat "$state/jaeger.pid")
-    kill "$pid"
-    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
-    echo "Jaeger stopped."
-  else
-    echo "Jaeger is not running (nothing started by jaeger-up)."
-  fi
-  rm -f "$state/jaeger.pid"
-}
+# Memory storage has nothing to flush, and Jaeger spends about 12 s of its shutdown retrying an
+# export of its own spans to the port it has just closed: 5 s, then SIGKILL.
+down() { daemon_stop "$state/jaeger.pid" Jaeger 5; }
 
 case "${1:-}" in
   build) build; echo "$binary" ;;

@@ -16,6 +16,8 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=../lib/local-tls.sh
 . "$here/../lib/local-tls.sh"
+# shellcheck source=../lib/daemon.sh
+. "$here/../lib/daemon.sh"
 mode=${KAFKA_MODE:-plain}
 case "$mode" in
   plain)
@@ -59,7 +61,7 @@ fetch() {
   touch "$lib/.complete"
 }
 
-running() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
+running() { daemon_running "$pidfile"; }
 
 admin_config() {
   if [ "$mode" = secure ]; then echo --command-config "$state/clients/admin.java.properties"; fi
@@ -184,10 +186,9 @@ start() {
     fi
   fi
   echo "Starting Kafka on 127.0.0.1:$port (log: $logfile)..."
-  nohup java -Xms256m "-Xmx${KAFKA_HEAP:-1g}" -XX:+UseG1GC -Djava.awt.headless=true \
+  daemon_start "$pidfile" "$logfile" java -Xms256m "-Xmx${KAFKA_HEAP:-1g}" -XX:+UseG1GC -Djava.awt.headless=true \
     -Dorg.slf4j.simpleLogger.defaultLogLevel=info -Dorg.slf4j.simpleLogger.showDateTime=true \
-    -cp "$lib/*" kafka.Kafka "$state/server.properties" >>"$logfile" 2>&1 &
-  echo $! > "$pidfile"
+    -cp "$lib/*" kafka.Kafka "$state/server.properties"
 }
 
 wait_ready() {
@@ -206,22 +207,11 @@ wait_ready() {
 up() { start; wait_ready; }
 
 kill9() {
-  if running; then kill -9 "$(cat "$pidfile")"; echo "Kafka on 127.0.0.1:$port killed (SIGKILL)."; fi
-  rm -f "$pidfile"
+  if running; then echo "Kafka on 127.0.0.1:$port killed (SIGKILL)."; fi
+  daemon_kill "$pidfile"
 }
 
-down() {
-  if ! running; then echo "No Kafka started by this script is running."; rm -f "$pidfile"; return; fi
-  local pid; pid=$(cat "$pidfile")
-  kill "$pid"
-  for _ in $(seq 1 "${KAFKA_STOP_SECONDS:-60}"); do
-    kill -0 "$pid" 2>/dev/null || { rm -f "$pidfile"; echo "Kafka stopped."; return; }
-    sleep 1
-  done
-  kill -9 "$pid" 2>/dev/null || true
-  rm -f "$pidfile"
-  echo "Kafka did not stop within ${KAFKA_STOP_SECONDS:-60} s and was killed."
-}
+down() { daemon_stop "$pidfile" Kafka "${KAFKA_STOP_SECONDS:-60}"; }
 
 case "${1:-}" in
   up) up ;;

@@ -16,6 +16,8 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=../lib/local-tls.sh
 . "$here/../lib/local-tls.sh"
+# shellcheck source=../lib/daemon.sh
+. "$here/../lib/daemon.sh"
 state=${MQTT_STATE_DIR:-$here/.state}
 port=${MQTT_PORT:-1883}
 tls_port=${MQTT_TLS_PORT:-8883}
@@ -58,7 +60,7 @@ secure_material() {
   touch "$state/.material"
 }
 
-running() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
+running() { daemon_running "$pidfile"; }
 accepting() { (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; }
 
 up() {
@@ -76,10 +78,9 @@ up() {
     -e "s#@KEYSTORE_PASSWORD@#$(cat "$state/keystore.password")#g" "$here/config.xml" > "$state/conf/config.xml"
   chmod 600 "$state/conf/config.xml"
   echo "Starting HiveMQ CE on 127.0.0.1:$port and, with TLS and passwords, 127.0.0.1:$tls_port (log: $logfile)..."
-  nohup java -Xms64m -Xmx512m -Djava.awt.headless=true \
+  daemon_start "$pidfile" "$logfile" java -Xms64m -Xmx512m -Djava.awt.headless=true \
     -cp "$build/kappa-local-mqtt-1.0.0.jar:$build/lib/*" dev.kappa.mqtt.Broker \
-    "$state/conf" "$state/data" "$state/extensions" "$state/users" "$tls_port" >>"$logfile" 2>&1 &
-  echo $! > "$pidfile"
+    "$state/conf" "$state/data" "$state/extensions" "$state/users" "$tls_port"
   for _ in $(seq 1 60); do
     if accepting && grep -q "HiveMQ CE started" "$logfile"; then
       echo "HiveMQ CE is ready on 127.0.0.1:$port."
@@ -91,18 +92,7 @@ up() {
   die "HiveMQ did not accept connections within 60 s; see $logfile."
 }
 
-down() {
-  if ! running; then echo "No HiveMQ started by this script is running."; rm -f "$pidfile"; return; fi
-  local pid; pid=$(cat "$pidfile")
-  kill "$pid"
-  for _ in $(seq 1 30); do
-    kill -0 "$pid" 2>/dev/null || { rm -f "$pidfile"; echo "HiveMQ stopped."; return; }
-    sleep 1
-  done
-  kill -9 "$pid" 2>/dev/null || true
-  rm -f "$pidfile"
-  echo "HiveMQ did not stop within 30 s and was killed."
-}
+down() { daemon_stop "$pidfile" HiveMQ 30; }
 
 case "${1:-}" in
   up) up ;;
