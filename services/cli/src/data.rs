@@ -54,6 +54,31 @@ pub async fn run(args: DataArgs) -> anyhow::Result<()> {
 }
 
 fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
+    let found = sample(args)?;
+    if args.output == "json" {
+        print_json(&found)
+    } else {
+        print_text(&found)
+    }
+}
+
+/// What `kappa data inspect` found in a sample of the range.
+struct Inspection {
+    topic: String,
+    from_ms: i64,
+    to_ms: i64,
+    records_in_range: i64,
+    sampled: usize,
+    profile: Profile,
+    truncated: Vec<kappa_dataset::range::Truncated>,
+    label_field: String,
+    /// Sampled events whose label is positive, normal, and missing.
+    label: Option<(u64, u64, u64)>,
+    notes: Vec<String>,
+    spec: TrainingSpec,
+}
+
+fn sample(args: &InspectArgs) -> anyhow::Result<Inspection> {
     let now = kappa_runtime::now_ms();
     let range = args.range.range();
     let (from_ms, to_ms) = resolve_range(range.as_ref(), now).unwrap_or((0, now + 3_600_000));
@@ -117,53 +142,81 @@ fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
         let rule = kappa_model::schema::LabelRule::new(&args.schema.label, &args.schema.positive);
         label_balance(&profile, &rule)
     });
-    if args.output == "json" {
-        let fields: Vec<serde_json::Value> = profile
-            .fields
-            .values()
-            .map(|f| {
-                json!({
-                    "path": f.path,
-                    "type": f.kind(),
-                    "present": f.present,
-                    "presence": f.present as f64 / profile.events.max(1) as f64,
-                    "numeric": f.numeric,
-                    "min": f.min(),
-                    "median": f.median(),
-                    "max": f.max(),
-                    "values": f.low_cardinality().then_some(&f.distinct),
-                })
+    Ok(Inspection {
+        topic: args.topic.clone(),
+        from_ms,
+        to_ms,
+        records_in_range: in_range,
+        sampled: samples.len(),
+        profile,
+        truncated,
+        label_field: args.schema.label.clone(),
+        label,
+        notes,
+        spec,
+    })
+}
+
+fn print_json(found: &Inspection) -> anyhow::Result<()> {
+    let profile = &found.profile;
+    let fields: Vec<serde_json::Value> = profile
+        .fields
+        .values()
+        .map(|f| {
+            json!({
+                "path": f.path,
+                "type": f.kind(),
+                "present": f.present,
+                "presence": f.present as f64 / profile.events.max(1) as f64,
+                "numeric": f.numeric,
+                "min": f.min(),
+                "median": f.median(),
+                "max": f.max(),
+                "values": f.low_cardinality().then_some(&f.distinct),
             })
-            .collect();
-        let out = json!({
-            "topic": args.topic,
-            "from_ms": from_ms,
-            "to_ms": to_ms,
-            "records_in_range": in_range,
-            "sampled": samples.len(),
-            "events": profile.events,
-            "malformed": profile.malformed,
-            "fields": fields,
-            "label": label.as_ref().map(|(positive, normal, missing)| json!({
-                "field": args.schema.label, "positive": positive, "normal": normal, "missing": missing,
-            })),
-            "notes": notes,
-            "truncated": truncated.iter().map(|t| json!({
-                "partition": t.partition, "log_start": t.log_start, "oldest_ms": t.oldest_ms,
-            })).collect::<Vec<_>>(),
-            "spec": serde_json::to_value(&spec)?,
-        });
-        println!("{}", serde_json::to_string_pretty(&out)?);
-        return Ok(());
-    }
+        })
+        .collect();
+    let out = json!({
+        "topic": found.topic,
+        "from_ms": found.from_ms,
+        "to_ms": found.to_ms,
+        "records_in_range": found.records_in_range,
+        "sampled": found.sampled,
+        "events": profile.events,
+        "malformed": profile.malformed,
+        "fields": fields,
+        "label": found.label.as_ref().map(|(positive, normal, missing)| json!({
+            "field": found.label_field, "positive": positive, "normal": normal, "missing": missing,
+        })),
+        "notes": found.notes,
+        "truncated": found.truncated.iter().map(|t| json!({
+            "partition": t.partition, "log_start": t.log_start, "oldest_ms": t.oldest_ms,
+        })).collect::<Vec<_>>(),
+        "spec": serde_json::to_value(&found.spec)?,
+    });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+fn print_text(found: &Inspection) -> anyhow::Result<()> {
+    let Inspection {
+        topic,
+        from_ms,
+        to_ms,
+        records_in_range,
+        sampled,
+        profile,
+        truncated,
+        label_field,
+        label,
+        notes,
+        spec,
+    } = found;
     println!(
-        "{}: {in_range} records in [{from_ms}, {to_ms}); sampled {} ({} JSON/protobuf events, {} malformed)",
-        args.topic,
-        samples.len(),
-        profile.events,
-        profile.malformed
+        "{topic}: {records_in_range} records in [{from_ms}, {to_ms}); sampled {sampled} ({} JSON/protobuf events, {} malformed)",
+        profile.events, profile.malformed
     );
-    for t in &truncated {
+    for t in truncated {
         println!("warning: the range's start is gone: {t}; the trainer refuses it without --allow-truncated-start");
     }
     println!();
@@ -193,10 +246,10 @@ fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
         }
     }
     println!();
-    match &label {
+    match label {
         Some((positive, normal, missing)) => println!(
             "label {}: {positive} anomalous, {normal} normal, {missing} without a label ({:.1}% anomalous)",
-            args.schema.label,
+            label_field,
             100.0 * *positive as f64 / (*positive + *normal).max(1) as f64
         ),
         None => {
@@ -216,12 +269,12 @@ fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
             );
         }
     }
-    for note in &notes {
+    for note in notes {
         println!("left out {note}");
     }
     println!();
     println!("the trainer would use this spec (proto3 JSON; add a model name, layers and epochs):");
-    println!("{}", serde_json::to_string_pretty(&spec)?);
+    println!("{}", serde_json::to_string_pretty(spec)?);
     Ok(())
 }
 

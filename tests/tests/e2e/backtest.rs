@@ -74,17 +74,10 @@ async fn train(client: &mut TrainerClient<TracedChannel>, spec: TrainingSpec) ->
 }
 
 pub(crate) fn backtest(args: &[&str]) -> String {
-    let out = Command::new(binary("kappa"))
-        .arg("backtest")
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "kappa backtest failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    run_ok(
+        Command::new(binary("kappa")).arg("backtest").args(args),
+        "kappa backtest",
+    )
 }
 
 #[tokio::test]

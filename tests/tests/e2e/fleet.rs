@@ -12,17 +12,10 @@ fn fleet_command(topic: &str) -> Command {
 }
 
 fn fleet(topic: &str, seed: u64, extra: &[&str]) -> String {
-    let out = fleet_command(topic)
-        .args(["--seed", &seed.to_string()])
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "kappa fleet failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    run_ok(
+        fleet_command(topic).args(["--seed", &seed.to_string()]).args(extra),
+        "kappa fleet",
+    )
 }
 
 #[tokio::test]

@@ -20,15 +20,11 @@ fn score_lines(predictor: &Predictor, lines: &[serde_json::Value], dir: &Path, n
     let file = dir.join(name);
     let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
     std::fs::write(&file, text).unwrap();
-    let out = Command::new(binary("kappa"))
-        .args(["predict", "--predictor", &predictor.service.address])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "kappa predict failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        Command::new(binary("kappa"))
+            .args(["predict", "--predictor", &predictor.service.address])
+            .arg(&file),
+        "kappa predict",
     );
 }
 

@@ -354,16 +354,12 @@ fn onnx_manifest(name: &str, features: usize, input: &str, output: &str, thresho
 }
 
 fn make_bad_models(dir: &Path, huge: bool) {
-    let out = Command::new(python())
-        .arg(repo().join("tests/onnx/bad_models.py"))
-        .arg(dir)
-        .args(huge.then_some("--huge"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "bad_models.py: {}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        Command::new(python())
+            .arg(repo().join("tests/onnx/bad_models.py"))
+            .arg(dir)
+            .args(huge.then_some("--huge")),
+        "bad_models.py",
     );
 }
 

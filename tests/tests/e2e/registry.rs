@@ -322,7 +322,10 @@ async fn kill_9_during_a_publish_leaves_no_partial_version_and_the_retry_yields_
     );
 
     let restarted = RegistrySetup {
-        extra_args: Vec::new(),
+        extra: Extra {
+            args: Vec::new(),
+            ..setup.extra.clone()
+        },
         ..setup.clone()
     }
     .start()
@@ -433,7 +436,10 @@ async fn after_compaction_live_versions_and_latest_aliases_survive_and_deleted_v
     assert!(registry.terminate().success());
 
     let fresh = RegistrySetup {
-        extra_args: Vec::new(),
+        extra: Extra {
+            args: Vec::new(),
+            ..setup.extra.clone()
+        },
         ..setup.clone()
     }
     .start()

@@ -151,8 +151,8 @@ async fn with_mutual_tls_only_a_client_with_the_right_ca_and_certificate_gets_in
     let stranger = other.issue("intruder", &[], true);
 
     let mut setup = RegistrySetup::new();
-    setup.extra_args = server_flags(&files, true);
-    setup.extra_args.push("--metrics-tls".into());
+    setup.extra.args = server_flags(&files, true);
+    setup.extra.args.push("--metrics-tls".into());
     let registry = setup.spawn();
     let models = setup.topic.clone();
     let predictor = Launch::new("kappa-predictor", &models)
@@ -255,7 +255,7 @@ async fn a_rotated_certificate_is_served_to_new_connections_without_a_restart() 
     files.write("server.crt", &cert);
     files.write("server.key", &key);
     let mut setup = RegistrySetup::new().arg("--security-reload-seconds=0.2");
-    setup.extra_args.extend(server_flags(&files, false));
+    setup.extra.args.extend(server_flags(&files, false));
     let registry = setup.spawn();
     let url = https(&registry);
     eventually("the registry answers over TLS", || async {

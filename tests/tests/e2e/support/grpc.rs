@@ -147,17 +147,10 @@ pub fn run_grpcurl(service: &Service, data: Option<&str>, command: &str) -> Stri
     if let Some(data) = data {
         cmd.args(["-d", data]);
     }
-    let out = cmd
-        .arg(service.address.trim_start_matches("http://"))
-        .arg(command)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "grpcurl {command} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    run_ok(
+        cmd.arg(service.address.trim_start_matches("http://")).arg(command),
+        &format!("grpcurl {command}"),
+    )
 }
 
 /// The messages of a Publish stream (a header, then 1 MiB chunks), for tests that drive the raw

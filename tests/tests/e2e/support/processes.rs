@@ -113,6 +113,11 @@ impl Launch {
         self
     }
 
+    /// A setup's extra flags and environment.
+    pub fn extra(self, extra: &Extra) -> Self {
+        self.args(extra.args.iter().cloned()).envs(&extra.envs)
+    }
+
     /// Starts the process without waiting for it to serve.
     pub fn spawn(self) -> Service {
         let (port, metrics_port) = (free_port(), free_port());
@@ -215,16 +220,24 @@ impl Drop for Service {
     }
 }
 
-/// Runs `kappa fleet` into `topic`; panics if it fails.
-pub fn run_fleet(topic: &str, args: &[&str]) {
-    let out = Command::new(binary("kappa"))
-        .args(["fleet", "--kafka-bootstrap", &bootstrap(), "--topic", topic])
-        .args(args)
-        .output()
-        .unwrap();
+/// Runs `command` to its end and returns its standard output; panics with `what` and its
+/// standard error when it fails.
+pub fn run_ok(command: &mut Command, what: &str) -> String {
+    let out = command.output().unwrap();
     assert!(
         out.status.success(),
-        "kappa fleet failed: {}",
+        "{what} failed: {}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs `kappa fleet` into `topic`; panics if it fails.
+pub fn run_fleet(topic: &str, args: &[&str]) {
+    run_ok(
+        Command::new(binary("kappa"))
+            .args(["fleet", "--kafka-bootstrap", &bootstrap(), "--topic", topic])
+            .args(args),
+        "kappa fleet",
     );
 }

@@ -4,13 +4,55 @@ use kappa_client::TracedChannel;
 
 use super::*;
 
+/// Flags and environment a test adds to a service's own.
+#[derive(Debug, Clone, Default)]
+pub struct Extra {
+    pub args: Vec<String>,
+    pub envs: Vec<(String, String)>,
+}
+
+/// What every setup builder takes beside its own settings.
+pub trait WithExtra: Sized {
+    fn extra_mut(&mut self) -> &mut Extra;
+
+    fn arg(mut self, arg: impl Into<String>) -> Self {
+        self.extra_mut().args.push(arg.into());
+        self
+    }
+
+    fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.extra_mut().args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    fn envs(mut self, envs: &[(String, String)]) -> Self {
+        self.extra_mut().envs.extend(envs.iter().cloned());
+        self
+    }
+
+    /// Exports spans to the test Jaeger.
+    fn traced(self) -> Self {
+        self.envs(&tracing_env())
+    }
+}
+
 /// Registry settings for one test: its own topic and transactional id.
 #[derive(Clone)]
 pub struct RegistrySetup {
     pub topic: String,
     pub transactional_id: String,
-    pub extra_args: Vec<String>,
-    pub envs: Vec<(String, String)>,
+    /// Extra flags and environment for the process.
+    pub extra: Extra,
+}
+
+impl WithExtra for RegistrySetup {
+    fn extra_mut(&mut self) -> &mut Extra {
+        &mut self.extra
+    }
 }
 
 impl RegistrySetup {
@@ -18,28 +60,15 @@ impl RegistrySetup {
         Self {
             topic: unique("test.models"),
             transactional_id: unique("test-registry"),
-            extra_args: Vec::new(),
-            envs: Vec::new(),
+            extra: Extra::default(),
         }
-    }
-
-    pub fn arg(mut self, arg: impl Into<String>) -> Self {
-        self.extra_args.push(arg.into());
-        self
-    }
-
-    /// Exports spans to the test Jaeger.
-    pub fn traced(mut self) -> Self {
-        self.envs = tracing_env();
-        self
     }
 
     fn launch(&self) -> Launch {
         Launch::new("kappa-registry", &self.topic)
             .args(["--models-topic", &self.topic])
             .args(["--transactional-id", &self.transactional_id])
-            .args(self.extra_args.iter().cloned())
-            .envs(&self.envs)
+            .extra(&self.extra)
     }
 
     /// Starts the registry process without waiting for it.
@@ -59,8 +88,14 @@ pub struct PredictorSetup {
     pub topic: String,
     pub model: String,
     pub follow: String,
-    pub extra_args: Vec<String>,
-    pub envs: Vec<(String, String)>,
+    /// Extra flags and environment for the process.
+    pub extra: Extra,
+}
+
+impl WithExtra for PredictorSetup {
+    fn extra_mut(&mut self) -> &mut Extra {
+        &mut self.extra
+    }
 }
 
 impl PredictorSetup {
@@ -69,20 +104,8 @@ impl PredictorSetup {
             topic: topic.to_owned(),
             model: model.to_owned(),
             follow: follow.to_owned(),
-            extra_args: Vec::new(),
-            envs: Vec::new(),
+            extra: Extra::default(),
         }
-    }
-
-    pub fn arg(mut self, arg: impl Into<String>) -> Self {
-        self.extra_args.push(arg.into());
-        self
-    }
-
-    /// Exports spans to the test Jaeger.
-    pub fn traced(mut self) -> Self {
-        self.envs = tracing_env();
-        self
     }
 
     /// Stream mode: scores `sensors` into `predictions` in a consumer group of its own.
@@ -97,8 +120,7 @@ impl PredictorSetup {
         let service = Launch::new("kappa-predictor", &self.topic)
             .args(["--models-topic", &self.topic])
             .args(["--model", &self.model, "--follow", &self.follow])
-            .args(self.extra_args.iter().cloned())
-            .envs(&self.envs)
+            .extra(&self.extra)
             .spawn();
         Predictor {
             metrics_url: service.metrics_url.clone(),
@@ -150,8 +172,14 @@ impl Predictor {
 pub struct TrainerSetup {
     pub registry: String,
     pub jobs_topic: String,
-    pub extra_args: Vec<String>,
-    pub envs: Vec<(String, String)>,
+    /// Extra flags and environment for the process.
+    pub extra: Extra,
+}
+
+impl WithExtra for TrainerSetup {
+    fn extra_mut(&mut self) -> &mut Extra {
+        &mut self.extra
+    }
 }
 
 impl TrainerSetup {
@@ -159,8 +187,7 @@ impl TrainerSetup {
         Self {
             registry: registry.address.clone(),
             jobs_topic: unique("test.jobs"),
-            extra_args: Vec::new(),
-            envs: Vec::new(),
+            extra: Extra::default(),
         }
     }
 
@@ -170,27 +197,12 @@ impl TrainerSetup {
         self
     }
 
-    pub fn args<I, S>(mut self, args: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        self.extra_args.extend(args.into_iter().map(Into::into));
-        self
-    }
-
-    pub fn envs(mut self, envs: &[(String, String)]) -> Self {
-        self.envs.extend(envs.iter().cloned());
-        self
-    }
-
     /// Starts the trainer and waits until it serves.
     pub async fn start(&self) -> Service {
         Launch::new("kappa-trainer", &self.jobs_topic)
             .args(["--registry", &self.registry])
             .args(["--jobs-topic", &self.jobs_topic])
-            .args(self.extra_args.iter().cloned())
-            .envs(&self.envs)
+            .extra(&self.extra)
             .start("kappa.trainer.v1.Trainer")
             .await
     }
@@ -206,8 +218,14 @@ pub struct BridgeSetup {
     pub client_id: String,
     pub sensors: String,
     pub dead_letter: Option<String>,
-    pub extra_args: Vec<String>,
-    pub envs: Vec<(String, String)>,
+    /// Extra flags and environment for the process.
+    pub extra: Extra,
+}
+
+impl WithExtra for BridgeSetup {
+    fn extra_mut(&mut self) -> &mut Extra {
+        &mut self.extra
+    }
 }
 
 impl BridgeSetup {
@@ -222,8 +240,7 @@ impl BridgeSetup {
             client_id: unique("bridge"),
             sensors: sensors.to_owned(),
             dead_letter: Some(format!("{sensors}.dead-letter")),
-            extra_args: Vec::new(),
-            envs: Vec::new(),
+            extra: Extra::default(),
         }
     }
 
@@ -249,20 +266,6 @@ impl BridgeSetup {
         self
     }
 
-    pub fn args<I, S>(mut self, args: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        self.extra_args.extend(args.into_iter().map(Into::into));
-        self
-    }
-
-    pub fn envs(mut self, envs: &[(String, String)]) -> Self {
-        self.envs.extend(envs.iter().cloned());
-        self
-    }
-
     pub fn launch(&self) -> Launch {
         let mut args = vec![
             format!("--mqtt-url={}", self.mqtt_url),
@@ -272,10 +275,7 @@ impl BridgeSetup {
         ];
         args.extend(self.share_group.iter().map(|g| format!("--mqtt-share-group={g}")));
         args.extend(self.dead_letter.iter().map(|d| format!("--dead-letter-topic={d}")));
-        Launch::new("kappa-bridge", &self.sensors)
-            .args(args)
-            .args(self.extra_args.iter().cloned())
-            .envs(&self.envs)
+        Launch::new("kappa-bridge", &self.sensors).args(args).extra(&self.extra)
     }
 
     /// Starts the bridge without waiting for it.
