@@ -287,6 +287,234 @@ fn read_predictions(bootstrap: &str, topic: &str) -> anyhow::Result<Vec<(i32, i6
     bail!("the predictions topic was not read to its end within 120 s")
 }
 
+/// The topics of one soak run, on its own broker.
+const MODELS: &str = "soak.models";
+const SENSORS: &str = "soak.sensors";
+const PREDICTIONS: &str = "soak.predictions";
+
+/// Records by (partition, offset).
+type Positions = BTreeSet<(i32, i64)>;
+
+/// The services under load: the registry, a predictor left alone, and one that is killed.
+struct Mesh {
+    registry: Proc,
+    steady: Proc,
+    victim: Proc,
+    /// How to start the victim again, on the same ports so callers find it.
+    predictor_bin: PathBuf,
+    predictor_args: Vec<String>,
+    victim_ports: (u16, u16),
+    logs: PathBuf,
+}
+
+impl Mesh {
+    async fn start(bin_dir: &Path, bootstrap: &str, logs: PathBuf) -> anyhow::Result<Self> {
+        let common = |extra: &[&str]| -> Vec<String> {
+            let mut a = vec![
+                format!("--kafka-bootstrap={bootstrap}"),
+                format!("--models-topic={MODELS}"),
+            ];
+            a.extend(extra.iter().map(|s| (*s).to_owned()));
+            a
+        };
+        let registry = Proc::spawn(
+            &bin_dir.join("kappa-registry"),
+            &common(&["--transactional-id=soak-registry"]),
+            &logs.join("registry.log"),
+        )?;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let predictor_args = common(&[
+            &format!("--model={MODEL}"),
+            "--stream",
+            &format!("--sensor-topic={SENSORS}"),
+            &format!("--predictions-topic={PREDICTIONS}"),
+            "--consumer-group=soak-scorers",
+            "--kafka-property=session.timeout.ms=6000",
+        ]);
+        let predictor_bin = bin_dir.join("kappa-predictor");
+        let steady = Proc::spawn(&predictor_bin, &predictor_args, &logs.join("predictor-a.log"))?;
+        let victim = Proc::spawn(&predictor_bin, &predictor_args, &logs.join("predictor-b.log"))?;
+        let port_of = |address: &str| -> u16 { address.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(0) };
+        let victim_ports = (port_of(&victim.grpc), port_of(&victim.metrics));
+        Ok(Self {
+            registry,
+            steady,
+            victim,
+            predictor_bin,
+            predictor_args,
+            victim_ports,
+            logs,
+        })
+    }
+
+    /// kill -9 of the victim, started again at once.
+    fn kill_victim(&mut self) -> anyhow::Result<()> {
+        self.victim.kill9();
+        self.victim = Proc::spawn_on(
+            &self.predictor_bin,
+            &self.predictor_args,
+            &self.logs.join("predictor-b.log"),
+            self.victim_ports.0,
+            self.victim_ports.1,
+        )?;
+        Ok(())
+    }
+}
+
+/// Callers keeping OIP requests in flight against both predictors until `stop`.
+fn start_callers(
+    mesh: &Mesh,
+    per_predictor: usize,
+    calls: &Arc<Calls>,
+    stop: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..per_predictor * 2)
+        .map(|i| {
+            let (first, second) = if i % 2 == 0 {
+                (mesh.steady.grpc.clone(), mesh.victim.grpc.clone())
+            } else {
+                (mesh.victim.grpc.clone(), mesh.steady.grpc.clone())
+            };
+            tokio::spawn(caller(first, second, Arc::clone(calls), Arc::clone(stop)))
+        })
+        .collect()
+}
+
+/// Sensor events at `rate` a second until `stop`, held by the producer while the broker is away;
+/// ends with the (partition, offset) of every event Kafka acknowledged, and how many it did not.
+fn feed_events(
+    bootstrap: &str,
+    rate: u64,
+    stop: &Arc<AtomicBool>,
+) -> anyhow::Result<tokio::task::JoinHandle<(Positions, u64)>> {
+    let producer: FutureProducer = kafka(bootstrap)
+        .set("message.timeout.ms", "600000")
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()?;
+    let stop = Arc::clone(stop);
+    Ok(tokio::spawn(async move {
+        let mut deliveries = Vec::new();
+        let every = Duration::from_micros(1_000_000 / rate.max(1));
+        let mut i = 0_u64;
+        let mut tick = tokio::time::interval(every);
+        while !stop.load(Ordering::Relaxed) {
+            tick.tick().await;
+            let event: serde_json::Map<String, serde_json::Value> = CAR_FIELDS
+                .iter()
+                .map(|f| ((*f).to_owned(), serde_json::json!(0.5 + (i % 5) as f64)))
+                .collect();
+            let (key, value) = (format!("car{}", i % 50), serde_json::to_vec(&event).unwrap());
+            match producer.send_result(FutureRecord::to(SENSORS).key(&key).payload(&value)) {
+                Ok(delivery) => deliveries.push(delivery),
+                Err((e, _)) => eprintln!("soak: an event could not be queued: {e}"),
+            }
+            i += 1;
+        }
+        let mut sent = BTreeSet::new();
+        let mut undelivered = 0_u64;
+        for delivery in deliveries {
+            match delivery.await {
+                Ok(Ok(d)) => {
+                    sent.insert((d.partition, d.offset));
+                }
+                _ => undelivered += 1,
+            }
+        }
+        (sent, undelivered)
+    }))
+}
+
+/// What went wrong on purpose, and what was published meanwhile.
+#[derive(Default)]
+struct Chaos {
+    published: u64,
+    publish_refused: u64,
+    restarts: u64,
+    kills: u64,
+    /// Swaps the victim counted before each of its deaths.
+    victim_swaps: f64,
+}
+
+const SWAPS: &str = "kappa_predictor_swaps_total";
+
+/// Publishes, broker restarts and kill -9s on their own clocks until the run's end.
+async fn chaos(
+    args: &Args,
+    broker: &Broker,
+    mesh: &mut Mesh,
+    publisher: &mut kappa_client::Registry,
+    manifest: &kappa_api::model::ModelManifest,
+) -> anyhow::Result<Chaos> {
+    let mut done = Chaos::default();
+    let started = Instant::now();
+    let end = started + Duration::from_secs(args.minutes * 60);
+    let (mut next_publish, mut next_restart, mut next_kill) = (
+        started + Duration::from_secs(args.publish_every),
+        started + Duration::from_secs(args.restart_every),
+        started + Duration::from_secs(args.kill_every),
+    );
+    // While set, the broker is down until then; publishes meanwhile are answered UNAVAILABLE.
+    let mut outage_until: Option<Instant> = None;
+    let mut seed = 1_u64;
+    while Instant::now() < end {
+        let now = Instant::now();
+        if now >= next_publish {
+            next_publish = now + Duration::from_secs(args.publish_every);
+            seed += 1;
+            match tokio::time::timeout(
+                Duration::from_secs(30),
+                publisher.publish(manifest, &random_weights(manifest, seed), ""),
+            )
+            .await
+            {
+                Ok(Ok(_)) => done.published += 1,
+                _ => done.publish_refused += 1,
+            }
+        }
+        if outage_until.is_none() && now >= next_restart {
+            next_restart = now + Duration::from_secs(args.restart_every);
+            eprintln!("soak: stopping the broker for {} s", args.outage_seconds);
+            broker.run("down")?;
+            outage_until = Some(Instant::now() + Duration::from_secs(args.outage_seconds));
+        }
+        if outage_until.is_some_and(|until| Instant::now() >= until) {
+            broker.run("up")?;
+            outage_until = None;
+            done.restarts += 1;
+        }
+        if now >= next_kill {
+            next_kill = now + Duration::from_secs(args.kill_every);
+            eprintln!("soak: kill -9 of the second predictor");
+            done.victim_swaps += metric(&mesh.victim.metrics, SWAPS).await.unwrap_or(0.0);
+            mesh.kill_victim()?;
+            done.kills += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    if outage_until.is_some() {
+        broker.run("up")?;
+        done.restarts += 1;
+    }
+    Ok(done)
+}
+
+/// The source (partition, offset) of every prediction, once `sent` are all answered or three
+/// minutes have passed.
+async fn answers(bootstrap: &str, sent: &BTreeSet<(i32, i64)>) -> anyhow::Result<Vec<(i32, i64)>> {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let bootstrap = bootstrap.to_owned();
+        let sources = tokio::task::spawn_blocking(move || read_predictions(&bootstrap, PREDICTIONS)).await??;
+        let answered: BTreeSet<(i32, i64)> = sources.iter().copied().collect();
+        if sent.is_subset(&answered) || Instant::now() > deadline {
+            return Ok(sources);
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -304,189 +532,39 @@ async fn main() -> anyhow::Result<()> {
 
     let broker = Broker::start(&repo)?;
     let bootstrap = broker.bootstrap.clone();
-    let (models, sensors, predictions) = ("soak.models", "soak.sensors", "soak.predictions");
     let admin: AdminClient<DefaultClientContext> = kafka(&bootstrap).create()?;
     let topics = [
-        NewTopic::new(sensors, 6, TopicReplication::Fixed(1)),
-        NewTopic::new(predictions, 1, TopicReplication::Fixed(1)),
+        NewTopic::new(SENSORS, 6, TopicReplication::Fixed(1)),
+        NewTopic::new(PREDICTIONS, 1, TopicReplication::Fixed(1)),
     ];
     for created in admin.create_topics(&topics, &AdminOptions::new()).await? {
         created.map_err(|(t, e)| anyhow::anyhow!("creating {t}: {e}"))?;
     }
-    let common = |extra: &[&str]| -> Vec<String> {
-        let mut a = vec![
-            format!("--kafka-bootstrap={bootstrap}"),
-            format!("--models-topic={models}"),
-        ];
-        a.extend(extra.iter().map(|s| (*s).to_owned()));
-        a
-    };
-    let registry = Proc::spawn(
-        &bin_dir.join("kappa-registry"),
-        &common(&["--transactional-id=soak-registry"]),
-        &logs.join("registry.log"),
-    )?;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let mut publisher = kappa_client::Registry::connect(&registry.grpc).await?;
+    let mut mesh = Mesh::start(&bin_dir, &bootstrap, logs.clone()).await?;
+    let mut publisher = kappa_client::Registry::connect(&mesh.registry.grpc).await?;
     let manifest = car_autoencoder(MODEL, &[16]);
     publisher.publish(&manifest, &random_weights(&manifest, 0), "").await?;
-    let predictor_args = common(&[
-        &format!("--model={MODEL}"),
-        "--stream",
-        &format!("--sensor-topic={sensors}"),
-        &format!("--predictions-topic={predictions}"),
-        "--consumer-group=soak-scorers",
-        "--kafka-property=session.timeout.ms=6000",
-    ]);
-    let predictor_bin = bin_dir.join("kappa-predictor");
-    let steady = Proc::spawn(&predictor_bin, &predictor_args, &logs.join("predictor-a.log"))?;
-    let mut victim = Proc::spawn(&predictor_bin, &predictor_args, &logs.join("predictor-b.log"))?;
-    wait_ready(&steady.grpc, Duration::from_secs(60)).await?;
-    wait_ready(&victim.grpc, Duration::from_secs(60)).await?;
-    // The victim is restarted on the same ports, so callers find it again.
-    let port_of = |address: &str| -> u16 { address.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(0) };
-    let victim_ports = (port_of(&victim.grpc), port_of(&victim.metrics));
-    let rss_start = (registry.rss_mib(), steady.rss_mib());
+    wait_ready(&mesh.steady.grpc, Duration::from_secs(60)).await?;
+    wait_ready(&mesh.victim.grpc, Duration::from_secs(60)).await?;
+    let rss_start = (mesh.registry.rss_mib(), mesh.steady.rss_mib());
 
-    // Load.
     let stop = Arc::new(AtomicBool::new(false));
     let calls = Arc::new(Calls::default());
-    let mut tasks = Vec::new();
-    for i in 0..args.callers * 2 {
-        let (first, second) = if i % 2 == 0 {
-            (steady.grpc.clone(), victim.grpc.clone())
-        } else {
-            (victim.grpc.clone(), steady.grpc.clone())
-        };
-        tasks.push(tokio::spawn(caller(
-            first,
-            second,
-            Arc::clone(&calls),
-            Arc::clone(&stop),
-        )));
-    }
-    // Events, held by the producer while the broker is away.
-    let producer: FutureProducer = kafka(&bootstrap)
-        .set("message.timeout.ms", "600000")
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .create()?;
-    let feeding = {
-        let (stop, producer, rate) = (Arc::clone(&stop), producer.clone(), args.events_per_second);
-        tokio::spawn(async move {
-            let mut deliveries = Vec::new();
-            let every = Duration::from_micros(1_000_000 / rate.max(1));
-            let mut i = 0_u64;
-            let mut tick = tokio::time::interval(every);
-            while !stop.load(Ordering::Relaxed) {
-                tick.tick().await;
-                let event: serde_json::Map<String, serde_json::Value> = CAR_FIELDS
-                    .iter()
-                    .map(|f| ((*f).to_owned(), serde_json::json!(0.5 + (i % 5) as f64)))
-                    .collect();
-                let (key, value) = (format!("car{}", i % 50), serde_json::to_vec(&event).unwrap());
-                match producer.send_result(FutureRecord::to(sensors).key(&key).payload(&value)) {
-                    Ok(delivery) => deliveries.push(delivery),
-                    Err((e, _)) => eprintln!("soak: an event could not be queued: {e}"),
-                }
-                i += 1;
-            }
-            let mut sent = BTreeSet::new();
-            let mut undelivered = 0_u64;
-            for delivery in deliveries {
-                match delivery.await {
-                    Ok(Ok(d)) => {
-                        sent.insert((d.partition, d.offset));
-                    }
-                    _ => undelivered += 1,
-                }
-            }
-            (sent, undelivered)
-        })
-    };
-
-    // Publishes, broker restarts and kill -9s on their own clocks.
-    let started = Instant::now();
-    let end = started + Duration::from_secs(args.minutes * 60);
-    let (mut published, mut publish_refused, mut restarts, mut kills) = (0_u64, 0_u64, 0_u64, 0_u64);
-    let (mut next_publish, mut next_restart, mut next_kill) = (
-        started + Duration::from_secs(args.publish_every),
-        started + Duration::from_secs(args.restart_every),
-        started + Duration::from_secs(args.kill_every),
-    );
-    let swaps_series = "kappa_predictor_swaps_total";
-    let mut victim_swaps = 0.0;
-    // While set, the broker is down until then; publishes meanwhile are answered UNAVAILABLE.
-    let mut outage_until: Option<Instant> = None;
-    let mut seed = 1_u64;
-    while Instant::now() < end {
-        let now = Instant::now();
-        if now >= next_publish {
-            next_publish = now + Duration::from_secs(args.publish_every);
-            seed += 1;
-            match tokio::time::timeout(
-                Duration::from_secs(30),
-                publisher.publish(&manifest, &random_weights(&manifest, seed), ""),
-            )
-            .await
-            {
-                Ok(Ok(_)) => published += 1,
-                _ => publish_refused += 1,
-            }
-        }
-        if outage_until.is_none() && now >= next_restart {
-            next_restart = now + Duration::from_secs(args.restart_every);
-            eprintln!("soak: stopping the broker for {} s", args.outage_seconds);
-            broker.run("down")?;
-            outage_until = Some(Instant::now() + Duration::from_secs(args.outage_seconds));
-        }
-        if outage_until.is_some_and(|until| Instant::now() >= until) {
-            broker.run("up")?;
-            outage_until = None;
-            restarts += 1;
-        }
-        if now >= next_kill {
-            next_kill = now + Duration::from_secs(args.kill_every);
-            eprintln!("soak: kill -9 of the second predictor");
-            victim_swaps += metric(&victim.metrics, swaps_series).await.unwrap_or(0.0);
-            victim.kill9();
-            victim = Proc::spawn_on(
-                &predictor_bin,
-                &predictor_args,
-                &logs.join("predictor-b.log"),
-                victim_ports.0,
-                victim_ports.1,
-            )?;
-            kills += 1;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    if outage_until.is_some() {
-        broker.run("up")?;
-        restarts += 1;
-    }
-    let rss_end = (registry.rss_mib(), steady.rss_mib());
+    let callers = start_callers(&mesh, args.callers, &calls, &stop);
+    let feeding = feed_events(&bootstrap, args.events_per_second, &stop)?;
+    let done = chaos(&args, &broker, &mut mesh, &mut publisher, &manifest).await?;
+    let rss_end = (mesh.registry.rss_mib(), mesh.steady.rss_mib());
     stop.store(true, Ordering::Relaxed);
-    for task in tasks {
-        task.await?;
+    for caller in callers {
+        caller.await?;
     }
-    let swaps = metric(&steady.metrics, swaps_series).await.unwrap_or(0.0)
-        + victim_swaps
-        + metric(&victim.metrics, swaps_series).await.unwrap_or(0.0);
+    let swaps = metric(&mesh.steady.metrics, SWAPS).await.unwrap_or(0.0)
+        + done.victim_swaps
+        + metric(&mesh.victim.metrics, SWAPS).await.unwrap_or(0.0);
     let (sent, undelivered) = feeding.await?;
 
     // Every event answered? Give the scorers time to catch up, then read the topic back.
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let sources = loop {
-        let bootstrap = bootstrap.clone();
-        let sources = tokio::task::spawn_blocking(move || read_predictions(&bootstrap, predictions)).await??;
-        let answered: BTreeSet<(i32, i64)> = sources.iter().copied().collect();
-        if sent.is_subset(&answered) || Instant::now() > deadline {
-            break sources;
-        }
-        tokio::time::sleep(Duration::from_secs(5)).await;
-    };
+    let sources = answers(&bootstrap, &sent).await?;
     let answered: BTreeSet<(i32, i64)> = sources.iter().copied().collect();
     let lost = sent.difference(&answered).count();
     let duplicated = sources.len() - answered.len();
@@ -508,11 +586,14 @@ async fn main() -> anyhow::Result<()> {
         percentile(&latencies, 0.5),
         percentile(&latencies, 0.99)
     );
-    println!("| versions published (refused while the broker was away) | {published} ({publish_refused}) |");
+    println!(
+        "| versions published (refused while the broker was away) | {} ({}) |",
+        done.published, done.publish_refused
+    );
     println!("| swaps (both predictors) | {swaps} |");
     println!(
-        "| broker restarts ({} s each) / predictor kill -9s | {restarts} / {kills} |",
-        args.outage_seconds
+        "| broker restarts ({} s each) / predictor kill -9s | {} / {} |",
+        args.outage_seconds, done.restarts, done.kills
     );
     println!(
         "| events in (acknowledged) / predictions out | {} / {} |",
