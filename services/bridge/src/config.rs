@@ -15,9 +15,6 @@ use kappa_runtime::ServerArgs;
           mut_arg("listen", |a| a.default_value("127.0.0.1:50054").required(false)),
           mut_arg("metrics_listen", |a| a.default_value("127.0.0.1:9104")))]
 pub struct BridgeConfig {
-    #[command(flatten)]
-    pub server: ServerArgs,
-
     /// The MQTT broker: mqtt://HOST:PORT, or mqtts://HOST:PORT for TLS (see --mqtt-ca).
     #[arg(long, env = "KAPPA_MQTT_URL", default_value = "mqtt://127.0.0.1:1883", value_parser = MqttUrl::parse)]
     pub mqtt_url: MqttUrl,
@@ -63,6 +60,10 @@ pub struct BridgeConfig {
     #[arg(long, env = "KAPPA_DEAD_LETTER_TOPIC", default_value = "sensor-data.dead-letter",
           value_parser = kappa_runtime::args::non_empty)]
     pub dead_letter_topic: String,
+
+    /// Listen addresses, Kafka, security, logging: what every Kappa server takes.
+    #[command(flatten)]
+    pub server: ServerArgs,
 }
 
 /// A filter with at most one `+`, which names the key; `#` only last.

@@ -13,9 +13,6 @@ use kappa_runtime::ServerArgs;
           mut_arg("listen", |a| a.default_value("127.0.0.1:50052").required(false)),
           mut_arg("metrics_listen", |a| a.default_value("127.0.0.1:9102")))]
 pub struct PredictorConfig {
-    #[command(flatten)]
-    pub server: ServerArgs,
-
     /// The registry's compacted models topic, read directly (the registry need not be running).
     #[arg(long, env = "KAPPA_MODELS_TOPIC", default_value = "kappa.models", value_parser = kappa_runtime::args::non_empty)]
     pub models_topic: String,
@@ -149,6 +146,10 @@ pub struct PredictorConfig {
 
     #[command(flatten)]
     pub faults: crate::faults::FaultArgs,
+
+    /// Listen addresses, Kafka, security, logging: what every Kappa server takes.
+    #[command(flatten)]
+    pub server: ServerArgs,
 }
 
 /// A name the registry could hold.

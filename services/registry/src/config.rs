@@ -10,9 +10,6 @@ use kappa_runtime::ServerArgs;
           mut_arg("listen", |a| a.default_value("127.0.0.1:50051").required(false)),
           mut_arg("metrics_listen", |a| a.default_value("127.0.0.1:9101")))]
 pub struct RegistryConfig {
-    #[command(flatten)]
-    pub server: ServerArgs,
-
     /// The compacted topic holding every model version, weight chunk and alias.
     #[arg(long, env = "KAPPA_MODELS_TOPIC", default_value = "kappa.models", value_parser = kappa_runtime::args::non_empty)]
     pub models_topic: String,
@@ -72,6 +69,10 @@ pub struct RegistryConfig {
     #[arg(long, env = "KAPPA_TRUSTED_KEYS", value_name = "PATH",
           value_parser = kappa_model::signing::TrustedKeys::parse_flag)]
     pub trusted_keys: Option<kappa_model::signing::TrustedKeys>,
+
+    /// Listen addresses, Kafka, security, logging: what every Kappa server takes.
+    #[command(flatten)]
+    pub server: ServerArgs,
 }
 
 fn parse_key_value(raw: &str) -> Result<(String, String), String> {

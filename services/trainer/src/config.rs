@@ -11,9 +11,6 @@ use kappa_runtime::ServerArgs;
           mut_arg("listen", |a| a.default_value("127.0.0.1:50053").required(false)),
           mut_arg("metrics_listen", |a| a.default_value("127.0.0.1:9103")))]
 pub struct TrainerConfig {
-    #[command(flatten)]
-    pub server: ServerArgs,
-
     /// Where kappa-registry listens; trained models are published there.
     #[arg(long, env = "KAPPA_REGISTRY", default_value = "http://127.0.0.1:50051")]
     pub registry: ServiceUrl,
@@ -81,6 +78,10 @@ pub struct TrainerConfig {
     #[arg(long, env = "KAPPA_SIGNING_KEY", value_name = "PEM",
           value_parser = kappa_model::signing::ModelSigner::parse_flag)]
     pub signing_key: Option<kappa_model::signing::ModelSigner>,
+
+    /// Listen addresses, Kafka, security, logging: what every Kappa server takes.
+    #[command(flatten)]
+    pub server: ServerArgs,
 }
 
 impl TrainerConfig {

@@ -10,6 +10,7 @@ use kappa_kafka::KafkaArgs;
 use crate::{LogArgs, ServerSecurityArgs};
 
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Options every Kappa server takes")]
 pub struct ServerArgs {
     /// gRPC listen address (the service's API, grpc.health.v1 and reflection). Port 0 picks a
     /// free port; the chosen address is logged.
