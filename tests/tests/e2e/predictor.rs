@@ -217,15 +217,7 @@ async fn hot_swap_under_load_fails_no_request_and_serves_each_version_within_a_s
         publish(&mut client, &m, &random_weights(&m, version), "")
             .await
             .unwrap();
-        client
-            .set_alias(pb::SetAliasRequest {
-                name: "fleet".into(),
-                alias: "production".into(),
-                version,
-                effective_from_ms: 0,
-            })
-            .await
-            .unwrap();
+        set_alias(&mut client, "fleet", "production", version).await.unwrap();
         let moved = Instant::now();
         while latest_seen.load(Ordering::Relaxed) < version {
             assert!(

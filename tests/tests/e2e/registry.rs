@@ -213,33 +213,9 @@ async fn a_restarted_registry_rebuilds_the_same_state_from_kafka_alone() {
                 .unwrap();
         }
     }
-    client
-        .set_alias(pb::SetAliasRequest {
-            name: "engine".into(),
-            alias: "production".into(),
-            version: 2,
-            effective_from_ms: 0,
-        })
-        .await
-        .unwrap();
-    client
-        .set_alias(pb::SetAliasRequest {
-            name: "engine".into(),
-            alias: "staging".into(),
-            version: 3,
-            effective_from_ms: 0,
-        })
-        .await
-        .unwrap();
-    client
-        .set_alias(pb::SetAliasRequest {
-            name: "tires".into(),
-            alias: "production".into(),
-            version: 1,
-            effective_from_ms: 0,
-        })
-        .await
-        .unwrap();
+    set_alias(&mut client, "engine", "production", 2).await.unwrap();
+    set_alias(&mut client, "engine", "staging", 3).await.unwrap();
+    set_alias(&mut client, "tires", "production", 1).await.unwrap();
     client
         .delete_version(pb::DeleteVersionRequest {
             name: "engine".into(),
@@ -374,25 +350,9 @@ async fn after_compaction_live_versions_and_latest_aliases_survive_and_deleted_v
         publish(&mut client, &m, &w, "").await.unwrap();
     }
     for v in [1, 2, 3, 1] {
-        client
-            .set_alias(pb::SetAliasRequest {
-                name: "compact".into(),
-                alias: "production".into(),
-                version: v,
-                effective_from_ms: 0,
-            })
-            .await
-            .unwrap();
+        set_alias(&mut client, "compact", "production", v).await.unwrap();
     }
-    client
-        .set_alias(pb::SetAliasRequest {
-            name: "compact".into(),
-            alias: "canary".into(),
-            version: 2,
-            effective_from_ms: 0,
-        })
-        .await
-        .unwrap();
+    set_alias(&mut client, "compact", "canary", 2).await.unwrap();
     client
         .delete_version(pb::DeleteVersionRequest {
             name: "compact".into(),
@@ -407,15 +367,7 @@ async fn after_compaction_live_versions_and_latest_aliases_survive_and_deleted_v
     // superseded alias records and the deleted version's chunks are gone.
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        client
-            .set_alias(pb::SetAliasRequest {
-                name: "compact".into(),
-                alias: "tick".into(),
-                version: 3,
-                effective_from_ms: 0,
-            })
-            .await
-            .unwrap();
+        set_alias(&mut client, "compact", "tick", 3).await.unwrap();
         let records = read_topic(&setup.topic, "read_committed").await;
         let production = records.iter().filter(|r| r.key == "alias/compact/production").count();
         let deleted_chunks = records
@@ -612,24 +564,8 @@ async fn watch_delivers_events_in_log_order_and_resumes_from_a_position() {
     let m = manifest("watched");
     publish(&mut client, &m, &random_weights(&m, 1), "").await.unwrap();
     publish(&mut client, &m, &random_weights(&m, 2), "").await.unwrap();
-    client
-        .set_alias(pb::SetAliasRequest {
-            name: "watched".into(),
-            alias: "production".into(),
-            version: 1,
-            effective_from_ms: 0,
-        })
-        .await
-        .unwrap();
-    client
-        .set_alias(pb::SetAliasRequest {
-            name: "watched".into(),
-            alias: "production".into(),
-            version: 2,
-            effective_from_ms: 0,
-        })
-        .await
-        .unwrap();
+    set_alias(&mut client, "watched", "production", 1).await.unwrap();
+    set_alias(&mut client, "watched", "production", 2).await.unwrap();
     client
         .delete_alias(pb::DeleteAliasRequest {
             name: "watched".into(),

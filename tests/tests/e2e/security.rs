@@ -483,13 +483,7 @@ async fn every_rpc_of_every_service_checks_its_role_and_a_refused_write_changes_
 
     // A forced delete takes the admin role, beyond write.
     let mut admin = reg(channel(&registry, Some("admin")).await);
-    admin
-        .set_alias(pb::SetAliasRequest {
-            name: name.clone(),
-            alias: "production".into(),
-            version: version.version,
-            effective_from_ms: 0,
-        })
+    set_alias(&mut admin, &name, "production", version.version)
         .await
         .unwrap();
     let forced = pb::DeleteVersionRequest {
@@ -648,15 +642,7 @@ async fn a_predictor_with_trusted_keys_serves_only_signed_versions_and_never_fai
         "{version}"
     );
     let mut admin = registry_client(&registry).await;
-    admin
-        .set_alias(pb::SetAliasRequest {
-            name: name.clone(),
-            alias: "production".into(),
-            version: 1,
-            effective_from_ms: 0,
-        })
-        .await
-        .unwrap();
+    set_alias(&mut admin, &name, "production", 1).await.unwrap();
 
     let predictor = PredictorSetup::new(&setup.topic, &name, "production")
         .arg(format!("--trusted-keys={}", trusted_dir.display()))

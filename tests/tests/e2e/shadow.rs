@@ -10,10 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use kappa_api::{
-    predictor::{PredictRequest, predictor_client::PredictorClient},
-    registry as pb,
-};
+use kappa_api::predictor::{PredictRequest, predictor_client::PredictorClient};
 use kappa_fleet::{CAR_FIELDS, car_autoencoder};
 use kappa_model::example::{autoencoder_over, random_weights};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -267,15 +264,7 @@ async fn a_shadow_version_scores_a_copy_of_every_live_answer_without_failing_a_c
 
     // The candidate moves to a version over other features: the shadow reads the events with
     // its own schema.
-    client
-        .set_alias(pb::SetAliasRequest {
-            name: "shadowed".into(),
-            alias: "candidate".into(),
-            version: 3,
-            effective_from_ms: 0,
-        })
-        .await
-        .unwrap();
+    set_alias(&mut client, "shadowed", "candidate", 3).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while predictor.metric("kappa_predictor_shadow_version").await != Some(3.0) {
         assert!(Instant::now() < deadline, "the shadow never moved to v3");
