@@ -934,6 +934,49 @@ async fn past_the_memory_cap_each_epoch_re_reads_the_range_from_kafka() {
     assert!(lineage.metrics.unwrap().roc_auc.unwrap() > 0.9);
 }
 
+/// Gross outliers are screened from the rows the model is fitted on and counted by feature;
+/// setting them aside does not make a range that fits under the memory cap a sampled one.
+#[tokio::test]
+async fn screened_outliers_are_counted_and_a_range_under_the_cap_is_trained_in_memory() {
+    let registry = RegistrySetup::new().start().await;
+    let trainer = TrainerSetup::new(&registry).start().await;
+    let mut client = trainer_client(&trainer).await;
+    let topic = unique("test.outliers");
+    create_topic_with_partitions(&topic, 2).await;
+    let base = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        - 3_600_000;
+    let (mut records, mut times) = (Vec::new(), Vec::new());
+    for i in 0..2_000_i64 {
+        // Values spread over [0, 10), and five readings of a broken sensor far beyond them.
+        let x = if i % 400 == 7 {
+            1.0e6
+        } else {
+            (i * 37 % 100) as f64 / 10.0
+        };
+        let y = (i * 53 % 100) as f64 / 10.0;
+        let event = serde_json::json!({"x": x, "y": y});
+        records.push((format!("unit-{}", i % 10), serde_json::to_vec(&event).unwrap()));
+        times.push(base + i);
+    }
+    produce_with_timestamps(&topic, &records, &times).await;
+    let spec = TrainingSpec {
+        label_field: String::new(),
+        hidden_layers: vec![2],
+        ..spec("outliers", &topic, base, base + 2_000)
+    };
+    let job = start_job(&mut client, spec).await;
+    let done = wait_done(&mut client, &job.job_id, Duration::from_secs(120)).await;
+    assert_eq!(done.phase, JobPhase::Succeeded as i32, "{}", done.message);
+    let lineage = done.lineage.unwrap();
+    let samples = lineage.samples.clone().unwrap();
+    assert_eq!(samples.skipped.get("outlier:x"), Some(&5), "{samples:?}");
+    assert_eq!(samples.train + samples.validation + 5, 2_000, "{samples:?}");
+    assert_eq!(lineage.hyperparameters["data"], "held in memory", "{samples:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_holder_that_cannot_be_read_blocks_promotion_and_the_job_says_why() {
     // The trainer's registry token may write but not read: it can publish, but it cannot read

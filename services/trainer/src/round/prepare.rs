@@ -46,6 +46,8 @@ pub struct Prepared {
 
 pub fn prepare(spec: &TrainingSpec, Read { query, data }: Read) -> Result<(Prepared, Scaled), Stop> {
     let features = spec.features.len();
+    // Past the memory cap, `rows` is a uniform sample of the range's usable events.
+    let streamed = data.usable > data.rows.len() as u64;
     let reference = feature_profiles(spec, &data.rows);
     let mut splits = split(data.rows, spec.validation_split, spec.holdout_split, spec.seed);
     let mut skipped = data.skipped;
@@ -74,14 +76,12 @@ pub fn prepare(spec: &TrainingSpec, Read { query, data }: Read) -> Result<(Prepa
     let stats = fit_stats(&splits.train, features);
     let offset: Vec<f64> = stats.iter().map(|s| s.median).collect();
     let scale: Vec<f64> = stats.iter().map(|s| s.scale()).collect();
-    let sampled =
-        (splits.train.len() + splits.validation.len() + splits.holdout.len()) as u64 + splits.anomalies_excluded;
     let rows = Scaled {
         train: scaled(&splits.train, &offset, &scale),
         validation: scaled(&splits.validation, &offset, &scale),
     };
     let prepared = Prepared {
-        streamed: data.usable > sampled,
+        streamed,
         query,
         partitions: data.partitions,
         usable: data.usable,
