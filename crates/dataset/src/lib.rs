@@ -9,12 +9,14 @@
 //!   cannot use by reason;
 //! - [`prepare`] splits rows into train, validation and hold-out, screens gross outliers and
 //!   fits the robust scaling;
+//! - [`infer`] names a spec's features from a sample when the user names none;
 //! - [`TimeRangeArgs`] is the one flag group that names a range on a command line.
 //!
 //! `kappa-kafka` stays plumbing (clients, defaults, admin); what an event means is the schema's
 //! (`kappa_model::schema`).
 
 mod flags;
+pub mod infer;
 pub mod prepare;
 pub mod range;
 pub mod rows;

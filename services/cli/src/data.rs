@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use kappa_api::trainer::{FeatureSpec, TrainingSpec};
+use kappa_api::trainer::TrainingSpec;
 use kappa_dataset::{TimeRangeArgs, resolve_range};
 use kappa_kafka::KafkaArgs;
-use kappa_model::schema::{Profile, infer_features};
+use kappa_model::schema::Profile;
 use serde_json::json;
 
 use crate::train::SchemaArgs;
@@ -119,17 +119,8 @@ fn sample(args: &InspectArgs) -> anyhow::Result<Inspection> {
     let time_field = args.schema.time_field.clone().unwrap_or_default();
     let named = args.schema.features()?;
     let (features, notes) = if named.is_empty() {
-        let inferred = infer_features(&profile, &args.schema.label, &time_field, &args.schema.exclude);
-        let features = inferred
-            .features
-            .into_iter()
-            .map(|path| FeatureSpec {
-                path,
-                min: None,
-                max: None,
-            })
-            .collect();
-        (features, inferred.notes)
+        let inferred = kappa_dataset::infer::features(&profile, &args.schema.label, &time_field, &args.schema.exclude);
+        (inferred.features, inferred.notes)
     } else {
         (named, Vec::new())
     };

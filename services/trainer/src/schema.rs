@@ -9,7 +9,7 @@ use kappa_api::{
     trainer::{FeatureSpec, TrainingSpec},
 };
 use kappa_kafka::KafkaClients;
-use kappa_model::schema::{EventDecoder, FeatureRule, Profile, infer_features, label_rule, time_rule, validate_path};
+use kappa_model::schema::{EventDecoder, FeatureRule, Profile, label_rule, time_rule, validate_path};
 
 use crate::error::TrainerError;
 
@@ -192,7 +192,7 @@ pub fn resolve(
         }
     }
     if spec.features.is_empty() {
-        let inferred = infer_features(&profile, &spec.label_field, &time_field, &spec.exclude);
+        let inferred = kappa_dataset::infer::features(&profile, &spec.label_field, &time_field, &spec.exclude);
         if inferred.features.is_empty() {
             return Err(invalid(format!(
                 "no numeric field to train on in the {} sampled events ({}); name the features",
@@ -200,21 +200,10 @@ pub fn resolve(
                 inferred.notes.join("; ")
             )));
         }
-        notes.push(format!(
-            "inferred {} features: {}",
-            inferred.features.len(),
-            inferred.features.join(", ")
-        ));
+        let paths: Vec<&str> = inferred.features.iter().map(|f| f.path.as_str()).collect();
+        notes.push(format!("inferred {} features: {}", paths.len(), paths.join(", ")));
         notes.extend(inferred.notes.into_iter().map(|n| format!("left out {n}")));
-        spec.features = inferred
-            .features
-            .into_iter()
-            .map(|path| FeatureSpec {
-                path,
-                min: None,
-                max: None,
-            })
-            .collect();
+        spec.features = inferred.features;
         return Ok(notes);
     }
     for feature in &spec.features {
