@@ -12,7 +12,7 @@
 mod args;
 mod routes;
 
-use std::{future::Future, net::SocketAddr, pin::Pin, process::ExitCode, sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr, pin::Pin, process::ExitCode, sync::Arc};
 
 use kappa_kafka::KafkaClients;
 use prometheus_client::registry::Registry as MetricsRegistry;
@@ -76,8 +76,6 @@ pub struct Host {
     pub stop: CancellationToken,
     /// The gRPC address bound (port 0 resolved).
     pub address: SocketAddr,
-    /// `--shutdown-grace-seconds`.
-    pub grace: Duration,
 }
 
 impl Host {
@@ -221,7 +219,6 @@ pub async fn serve<S: Service>(
         readiness: Arc::clone(&readiness),
         stop: stop.clone(),
         address,
-        grace: args.shutdown_grace,
     };
     let service = S::build(config, &mut host).await?;
 
