@@ -167,20 +167,28 @@ impl ModelState {
         }
     }
 
-    /// Log offsets of a version's chunks in index order; an error when any is missing.
+    /// Log offsets of a version's chunks in index order; an error when any is missing. The work
+    /// is bounded by the chunks present, whatever count the version record declares.
     pub fn chunk_offsets(&self, version: u64) -> Result<Vec<i64>, MissingChunks> {
         let declared = self.versions.get(&version).map_or(0, |s| s.record.chunk_count);
-        let chunks = self.chunks.get(&version);
-        let offsets: Vec<i64> = (0..declared)
-            .filter_map(|i| chunks.and_then(|c| c.get(&i)).copied())
+        let present = self.chunks.get(&version);
+        // Indices are ordered: chunks 0..declared are all there when the first `declared` keys
+        // are exactly those indices.
+        let offsets: Vec<i64> = present
+            .into_iter()
+            .flatten()
+            .take_while(|(index, _)| **index < declared)
+            .enumerate()
+            .take_while(|(position, (index, _))| *position as u64 == u64::from(**index))
+            .map(|(_, (_, offset))| *offset)
             .collect();
-        if offsets.len() == declared as usize {
+        if offsets.len() as u64 == u64::from(declared) {
             Ok(offsets)
         } else {
             Err(MissingChunks {
                 version,
                 declared,
-                found: offsets.len(),
+                found: present.map_or(0, |c| c.range(..declared).count()),
             })
         }
     }
@@ -466,7 +474,11 @@ mod tests {
     fn a_version_missing_a_chunk_is_reported_not_silently_shortened() {
         let (mut log, mut offset) = (ModelLog::new(), 0);
         let record = VersionRecord {
-            manifest: Some(ModelManifest::default()),
+            manifest: Some(ModelManifest {
+                name: "m".into(),
+                version: 1,
+                ..Default::default()
+            }),
             chunk_count: 2,
             ..Default::default()
         };
@@ -478,6 +490,26 @@ mod tests {
                 declared: 2,
                 found: 0
             })
+        );
+        // A forged count costs what the chunks present cost, not what the record declares.
+        let forged = VersionRecord {
+            chunk_count: u32::MAX,
+            manifest: Some(ModelManifest {
+                name: "m".into(),
+                version: 2,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        put_record(&mut log, &mut offset, "m", 2, &forged);
+        let started = std::time::Instant::now();
+        for _ in 0..1000 {
+            assert!(log.model("m").unwrap().chunk_offsets(2).is_err());
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
         );
     }
 }

@@ -120,7 +120,14 @@ pub struct UndecodableRecord {
     pub reason: String,
 }
 
-/// Decodes a record. `Ok(None)` for keys outside Kappa's scheme, which readers skip.
+/// The highest version number a record may name: far beyond any count of publishes, and low
+/// enough that the next number never wraps. A record past it is forged.
+pub const MAX_VERSION: u64 = 1 << 53;
+
+/// Decodes a record. `Ok(None)` for keys outside Kappa's scheme, which readers skip. A record
+/// is undecodable, and changes nothing, when what it says contradicts its key: a version number
+/// past [`MAX_VERSION`], a manifest naming another model or version than the key, an alias
+/// record for another alias, or an alias moved past [`MAX_VERSION`].
 pub fn decode(offset: i64, key: Option<&[u8]>, value: Option<&[u8]>) -> Result<Option<LogRecord>, UndecodableRecord> {
     let Some(parsed) = key.and_then(ModelKey::parse) else {
         return Ok(None);
@@ -130,9 +137,22 @@ pub fn decode(offset: i64, key: Option<&[u8]>, value: Option<&[u8]>) -> Result<O
         key: parsed.to_string(),
         reason,
     };
+    if let ModelKey::Version { version, .. } | ModelKey::Chunk { version, .. } = parsed
+        && version > MAX_VERSION
+    {
+        return Err(fail(format!("version {version} is beyond any the registry assigns")));
+    }
     let record = match (parsed.clone(), value) {
         (ModelKey::Version { name, version }, Some(bytes)) => {
             let record = VersionRecord::decode(bytes).map_err(|e| fail(e.to_string()))?;
+            if let Some(manifest) = &record.manifest
+                && (manifest.name != name || manifest.version != version)
+            {
+                return Err(fail(format!(
+                    "its manifest names {:?} version {}, not the key's",
+                    manifest.name, manifest.version
+                )));
+            }
             LogRecord::Version {
                 name,
                 version,
@@ -144,6 +164,18 @@ pub fn decode(offset: i64, key: Option<&[u8]>, value: Option<&[u8]>) -> Result<O
         (ModelKey::Chunk { name, version, index }, None) => LogRecord::ChunkTombstone { name, version, index },
         (ModelKey::Alias { name, alias }, Some(bytes)) => {
             let record = AliasRecord::decode(bytes).map_err(|e| fail(e.to_string()))?;
+            if (!record.name.is_empty() && record.name != name) || (!record.alias.is_empty() && record.alias != alias) {
+                return Err(fail(format!(
+                    "it moves {:?}@{:?}, not the key's alias",
+                    record.name, record.alias
+                )));
+            }
+            if record.version > MAX_VERSION {
+                return Err(fail(format!(
+                    "it points at version {}, beyond any the registry assigns",
+                    record.version
+                )));
+            }
             LogRecord::Alias {
                 name,
                 alias,
@@ -223,5 +255,53 @@ mod tests {
                 alias: "production".into()
             }
         );
+    }
+
+    #[test]
+    fn a_record_that_contradicts_its_key_changes_nothing() {
+        let manifest = |name: &str, version: u64| kappa_api::model::ModelManifest {
+            name: name.into(),
+            version,
+            ..Default::default()
+        };
+        let version = |m| VersionRecord {
+            manifest: Some(m),
+            ..VersionRecord::default()
+        };
+        // A signed old version replayed under a newer key, and another model's under this name.
+        for forged in [
+            Put::version("fleet", 3, &version(manifest("fleet", 2))),
+            Put::version("fleet", 3, &version(manifest("other", 3))),
+        ] {
+            let err = decode(9, Some(forged.key.as_bytes()), forged.value.as_deref()).unwrap_err();
+            assert!(err.reason.contains("not the key's"), "{err}");
+        }
+        // Version numbers no registry assigns, which would make the next one wrap.
+        let huge = Put::deleted_version("fleet", u64::MAX);
+        assert!(decode(9, Some(huge.key.as_bytes()), huge.value.as_deref()).is_err());
+        let alias = AliasRecord {
+            name: "fleet".into(),
+            alias: "production".into(),
+            version: u64::MAX,
+            ..AliasRecord::default()
+        };
+        let forged = Put::alias(&alias);
+        assert!(decode(9, Some(forged.key.as_bytes()), forged.value.as_deref()).is_err());
+        let elsewhere = Put {
+            key: "alias/fleet/production".into(),
+            value: Some(
+                AliasRecord {
+                    name: "fleet".into(),
+                    alias: "staging".into(),
+                    version: 1,
+                    ..AliasRecord::default()
+                }
+                .encode_to_vec(),
+            ),
+        };
+        assert!(decode(9, Some(elsewhere.key.as_bytes()), elsewhere.value.as_deref()).is_err());
+        // What the registry writes still reads.
+        let honest = Put::version("fleet", 3, &version(manifest("fleet", 3)));
+        assert!(decode(9, Some(honest.key.as_bytes()), honest.value.as_deref()).is_ok());
     }
 }

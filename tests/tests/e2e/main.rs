@@ -8,6 +8,7 @@ mod cluster;
 mod cutover;
 mod demo;
 mod fleet;
+mod forged_log;
 mod metrics;
 mod monitoring;
 mod onnx;

@@ -1,0 +1,213 @@
+//! Records forged straight into the models topic by someone who may write it (issue 30): what
+//! they say is checked against their key and bounded before anyone acts on it, and the services
+//! keep answering as fast as before.
+
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
+
+use kappa_api::{
+    model::VersionRecord,
+    predictor::{PredictRequest, predictor_client::PredictorClient},
+};
+use kappa_fleet::{CAR_FIELDS, car_autoencoder};
+use kappa_model::example::random_weights;
+use prost::Message as _;
+
+use crate::support::*;
+
+fn request() -> PredictRequest {
+    PredictRequest {
+        features: CAR_FIELDS
+            .iter()
+            .map(|f| ((*f).to_owned(), 1.0))
+            .collect::<BTreeMap<_, _>>(),
+        ..Default::default()
+    }
+}
+
+/// The latency of `calls` Predict calls, each answered by `version`; the 99th percentile.
+async fn p99_of(client: &mut PredictorClient<kappa_client::TracedChannel>, calls: usize, version: u64) -> Duration {
+    let mut latencies = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let started = Instant::now();
+        let answer = client.predict(request()).await.unwrap().into_inner();
+        latencies.push(started.elapsed());
+        assert_eq!(answer.model_version, version, "a forged version was served");
+    }
+    latencies.sort_unstable();
+    latencies[(calls * 99 / 100).min(calls - 1)]
+}
+
+#[tokio::test]
+async fn a_forged_chunk_count_neither_slows_the_predictor_nor_the_registry_nor_gets_served() {
+    let setup = RegistrySetup::new();
+    let registry = setup.start().await;
+    let mut client = registry_client(&registry).await;
+    let model = unique("forged");
+    let manifest = car_autoencoder(&model, &[8]);
+    publish(&mut client, &manifest, &random_weights(&manifest, 1), "")
+        .await
+        .unwrap();
+    set_alias(&mut client, &model, "production", 1).await.unwrap();
+    let predictor = PredictorSetup::new(&setup.topic, &model, "production").start().await;
+    let mut typed = PredictorClient::new(predictor.channel().await);
+    p99_of(&mut typed, 50, 1).await;
+    let before = p99_of(&mut typed, 200, 1).await;
+
+    // Version 2 declares 2^32 - 1 chunks and has none; the alias is moved to it.
+    let forged = VersionRecord {
+        manifest: Some(kappa_api::model::ModelManifest {
+            version: 2,
+            ..manifest.clone()
+        }),
+        chunk_count: u32::MAX,
+        ..Default::default()
+    };
+    produce_raw(&setup.topic, vec![(format!("model/{model}/2"), forged.encode_to_vec())]).await;
+    write_raw_alias(&setup.topic, &model, "production", 2).await;
+    // Unrelated records keep arriving, each applied while the forged version is in the log.
+    let other = unique("bystander");
+    let bystander = car_autoencoder(&other, &[4]);
+    for seed in 0..5 {
+        publish(&mut client, &bystander, &random_weights(&bystander, seed), "")
+            .await
+            .unwrap();
+    }
+    let during = p99_of(&mut typed, 200, 1).await;
+    assert!(
+        during <= (before * 2).max(Duration::from_millis(50)),
+        "p99 {during:?} during the attack against {before:?} before"
+    );
+
+    // The registry answers for the forged version at once, with what is wrong.
+    let started = Instant::now();
+    let refused = kappa_client::Registry::from(client.clone())
+        .get(&model, kappa_client::Selector::Version(2))
+        .await;
+    assert!(refused.is_err(), "the forged version was served by the registry");
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    // And goes on serving the honest one.
+    let (header, _) = kappa_client::Registry::from(client.clone())
+        .get(&model, kappa_client::Selector::Version(1))
+        .await
+        .unwrap();
+    assert_eq!(header.version, 1);
+}
+
+#[tokio::test]
+async fn a_version_replayed_under_another_key_or_name_is_ignored_by_every_reader() {
+    let setup = RegistrySetup::new();
+    let registry = setup.start().await;
+    let mut client = registry_client(&registry).await;
+    let model = unique("replayed");
+    let manifest = car_autoencoder(&model, &[8]);
+    let v1 = random_weights(&manifest, 1);
+    publish(&mut client, &manifest, &v1, "").await.unwrap();
+    let v2 = car_autoencoder(&model, &[8]);
+    publish(&mut client, &v2, &random_weights(&v2, 2), "").await.unwrap();
+    let predictor = PredictorSetup::new(&setup.topic, &model, "latest").start().await;
+    let mut typed = PredictorClient::new(predictor.channel().await);
+    p99_of(&mut typed, 5, 2).await;
+
+    // Version 1's weights written again under key 4 with its manifest still saying version 1
+    // (a replay), and a model of another name written under this one's key 5.
+    let replay = |manifest_version: u64, name: &str| VersionRecord {
+        manifest: Some(kappa_api::model::ModelManifest {
+            name: name.to_owned(),
+            version: manifest_version,
+            ..manifest.clone()
+        }),
+        chunk_count: 1,
+        ..Default::default()
+    };
+    let chunk = |version: u64| {
+        (
+            format!("model/{model}/{version}/chunk/0"),
+            kappa_api::model::WeightChunk {
+                index: 0,
+                data: v1.clone(),
+            }
+            .encode_to_vec(),
+        )
+    };
+    produce_raw(
+        &setup.topic,
+        vec![
+            chunk(4),
+            (format!("model/{model}/4"), replay(1, &model).encode_to_vec()),
+            chunk(5),
+            (format!("model/{model}/5"), replay(5, "another-model").encode_to_vec()),
+        ],
+    )
+    .await;
+    // The registry counts both as undecodable and lists neither; the predictor stays on 2.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while scrape(&registry.metrics_url)
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix("kappa_registry_undecodable_records_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        != Some(2.0)
+    {
+        assert!(Instant::now() < deadline, "{}", scrape(&registry.metrics_url).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let versions = client
+        .list_versions(kappa_api::registry::ListVersionsRequest { name: model.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .versions;
+    let listed: Vec<u64> = versions.iter().map(|v| v.version).collect();
+    assert_eq!(listed, [1, 2]);
+    for _ in 0..20 {
+        assert_eq!(typed.predict(request()).await.unwrap().into_inner().model_version, 2);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The next publish takes the next number after what the registry really assigned.
+    let next = publish(&mut client, &manifest, &random_weights(&manifest, 3), "")
+        .await
+        .unwrap()
+        .version
+        .unwrap()
+        .version;
+    assert_eq!(next, 3);
+}
+
+#[tokio::test]
+async fn a_deletion_marker_for_version_2_to_the_64_does_not_wrap_the_next_version() {
+    let setup = RegistrySetup::new();
+    let registry = setup.start().await;
+    let mut client = registry_client(&registry).await;
+    let model = unique("wrapped");
+    let manifest = car_autoencoder(&model, &[8]);
+    publish(&mut client, &manifest, &random_weights(&manifest, 1), "")
+        .await
+        .unwrap();
+    let marker = VersionRecord {
+        deleted: true,
+        ..Default::default()
+    };
+    produce_raw(
+        &setup.topic,
+        vec![(format!("model/{model}/{}", u64::MAX), marker.encode_to_vec())],
+    )
+    .await;
+    let published = publish(&mut client, &manifest, &random_weights(&manifest, 2), "")
+        .await
+        .unwrap();
+    assert_eq!(published.version.unwrap().version, 2);
+    // The registry still serves, and counted the record it would not apply.
+    let (header, _) = kappa_client::Registry::from(client.clone())
+        .get(&model, kappa_client::Selector::Latest)
+        .await
+        .unwrap();
+    assert_eq!(header.version, 2);
+    assert!(
+        scrape(&registry.metrics_url)
+            .await
+            .contains("kappa_registry_undecodable_records_total 1")
+    );
+}
