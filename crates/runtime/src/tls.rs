@@ -1,14 +1,17 @@
 //! TLS and mutual TLS for every Kappa server (rustls): the certificate, key and client CA are
 //! PEM files, re-read when they change (cert-manager rotates them in place), and each new
 //! connection is accepted with the configuration current at that moment. Handshakes run off the
-//! accept loop, bounded in number and time, so a client that connects and says nothing holds
-//! neither the loop nor a slot for long.
+//! accept loop, bounded in number and time, and the loop never waits for a free slot: a new
+//! connection always gets one, taking it from the oldest handshake still pending when all are
+//! in use. An honest client finishes its handshake in milliseconds, so peers that connect and
+//! say nothing cannot keep a new client out.
 
-use std::{io, path::PathBuf, sync::Arc, time::Duration};
+use std::{collections::VecDeque, io, path::PathBuf, sync::Arc, time::Duration};
 
 use tokio::{
     net::{TcpListener, TcpStream},
-    sync::{Semaphore, mpsc},
+    sync::mpsc,
+    task::JoinHandle,
 };
 use tokio_rustls::{
     TlsAcceptor,
@@ -27,8 +30,29 @@ use crate::reload::Reloading;
 
 /// How long a client has to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in progress at once; more connections wait in the kernel's backlog.
+/// Handshakes in progress at once; a connection past it displaces the oldest pending one.
 const MAX_HANDSHAKES: usize = 256;
+
+/// The handshakes in progress, oldest first, at most [`MAX_HANDSHAKES`].
+#[derive(Default)]
+struct Pending {
+    tasks: VecDeque<JoinHandle<()>>,
+}
+
+impl Pending {
+    /// Takes in a new handshake; past the limit, the oldest one still pending is dropped (its
+    /// connection closed).
+    fn admit(&mut self, handshake: JoinHandle<()>) {
+        self.tasks.retain(|task| !task.is_finished());
+        self.tasks.push_back(handshake);
+        if self.tasks.len() > MAX_HANDSHAKES
+            && let Some(oldest) = self.tasks.pop_front()
+        {
+            oldest.abort();
+            tracing::debug!("a pending TLS handshake gave its slot to a newer connection");
+        }
+    }
+}
 
 /// What is spoken over the TLS session, announced by ALPN.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,12 +169,9 @@ impl ServerTls {
     pub fn incoming(&self, listener: TcpListener) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
         let (tx, rx) = mpsc::channel(64);
         let config = Arc::clone(&self.config);
-        let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
         tokio::spawn(async move {
+            let mut pending = Pending::default();
             loop {
-                let Ok(permit) = Arc::clone(&handshakes).acquire_owned().await else {
-                    return;
-                };
                 let (stream, peer) = tokio::select! {
                     () = tx.closed() => return,
                     accepted = listener.accept() => match accepted {
@@ -166,8 +187,7 @@ impl ServerTls {
                 let _ = stream.set_nodelay(true);
                 let acceptor = TlsAcceptor::from(config.current().as_ref().clone());
                 let tx = tx.clone();
-                tokio::spawn(async move {
-                    let _permit = permit;
+                pending.admit(tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
                             let _ = tx.send(Ok(tls)).await;
@@ -175,7 +195,7 @@ impl ServerTls {
                         Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
-                });
+                }));
             }
         });
         ReceiverStream::new(rx)

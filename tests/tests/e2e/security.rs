@@ -285,6 +285,57 @@ async fn a_rotated_certificate_is_served_to_new_connections_without_a_restart() 
     assert!(registry.log_text().contains("reloaded after the files changed"));
 }
 
+/// A network neighbour that opens connections to a TLS server and says nothing does not keep a
+/// client out (the server allows 256 handshakes in progress, and these are 600), and health,
+/// open without a token, takes no large message (issue 30, item 3).
+#[tokio::test]
+async fn silent_connections_do_not_keep_a_tls_client_out_and_open_probes_take_no_large_messages() {
+    let ca = Ca::new("neighbour CA");
+    let files = Files::new();
+    let (cert, key) = ca.issue("kappa", &["127.0.0.1"], false);
+    files.write("server.crt", &cert);
+    files.write("server.key", &key);
+    let mut setup = RegistrySetup::new();
+    setup.extra.args.extend(server_flags(&files, false));
+    let registry = setup.spawn();
+    let url = https(&registry);
+    let security = trusting(&ca.pem);
+    eventually("the registry answers over TLS", || async {
+        live(&url, &security).await.is_ok()
+    })
+    .await;
+    let port: u16 = registry.address.rsplit(':').next().unwrap().parse().unwrap();
+    let silent: Vec<std::net::TcpStream> = (0..600)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..3 {
+        let started = Instant::now();
+        live(&url, &security).await.unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "a new client waited {:?} behind silent connections",
+            started.elapsed()
+        );
+    }
+    drop(silent);
+
+    let channel = kappa_client::connect_with("kappa-registry", &url, &security)
+        .await
+        .unwrap();
+    let refused = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: "x".repeat(1 << 20),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused.code(), Code::OutOfRange | Code::ResourceExhausted),
+        "{refused:?}"
+    );
+    live(&url, &security).await.unwrap();
+}
+
 /// Tokens for one principal per role, and the file that grants them.
 struct Principals {
     file: PathBuf,

@@ -9,6 +9,10 @@ use tonic_reflection::server::{v1, v1alpha};
 
 use crate::{KappaRouter, ServerSecurity, kappa_server};
 
+/// The largest message health and reflection accept: they are open without a token, and their
+/// requests are a service name or a symbol.
+const PROBE_MESSAGE_BYTES: usize = 16 * 1024;
+
 /// The routes of a server being started: health and reflection, then the service's own.
 pub struct Routes {
     router: KappaRouter,
@@ -29,9 +33,9 @@ impl Routes {
         V1Alpha: v1alpha::ServerReflection,
     {
         let router = kappa_server(security)
-            .add_service(health)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha);
+            .add_service(health.max_decoding_message_size(PROBE_MESSAGE_BYTES))
+            .add_service(reflection_v1.max_decoding_message_size(PROBE_MESSAGE_BYTES))
+            .add_service(reflection_v1alpha.max_decoding_message_size(PROBE_MESSAGE_BYTES));
         Self {
             router,
             max_message_bytes: security.limits.max_message_bytes,
