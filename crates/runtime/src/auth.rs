@@ -249,7 +249,12 @@ impl AuthLayer {
         reload_every: Duration,
         stop: CancellationToken,
     ) -> Result<Self, String> {
-        let tokens = Reloading::new("auth tokens", vec![path.clone()], move || TokenTable::read(&path))?;
+        let tokens = Reloading::fail_closed(
+            "auth tokens",
+            vec![path.clone()],
+            move || TokenTable::read(&path),
+            TokenTable::default,
+        )?;
         tokens.watch(reload_every, stop);
         Ok(Self {
             tokens: Some(tokens),

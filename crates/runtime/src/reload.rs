@@ -1,7 +1,9 @@
 //! Values built from files that operators replace while the service runs (certificates that
 //! cert-manager rotates, a token table): built once at start (a bad file stops the start),
 //! then rebuilt whenever one of the files changes. A rebuild that fails keeps the previous value
-//! and says why, so a half-written file never takes a serving process down.
+//! and says why, so a half-written certificate never takes a serving process down; what grants
+//! access (a token table) fails closed instead: a file that stops loading grants nothing until
+//! it loads again, so deleting or breaking it revokes every token.
 
 use std::{
     path::PathBuf,
@@ -29,6 +31,8 @@ pub struct Reloading<T> {
     /// that build and the watcher's start is still seen.
     built_from: Vec<Stamp>,
     build: Box<dyn Fn() -> Result<T, String> + Send + Sync>,
+    /// What to hold while the files do not load; `None` keeps the previous value.
+    closed: Option<Box<dyn Fn() -> T + Send + Sync>>,
     what: &'static str,
 }
 
@@ -46,8 +50,22 @@ impl<T: Send + Sync + 'static> Reloading<T> {
             paths,
             built_from,
             build: Box::new(build),
+            closed: None,
             what,
         }))
+    }
+
+    /// Like [`Reloading::new`], but while the files, once changed, do not load, the value is
+    /// `closed()` (a token table with no principals) instead of the last good one.
+    pub fn fail_closed(
+        what: &'static str,
+        paths: Vec<PathBuf>,
+        build: impl Fn() -> Result<T, String> + Send + Sync + 'static,
+        closed: impl Fn() -> T + Send + Sync + 'static,
+    ) -> Result<Arc<Self>, String> {
+        let mut reloading = Self::new(what, paths, build)?;
+        Arc::get_mut(&mut reloading).expect("just built").closed = Some(Box::new(closed));
+        Ok(reloading)
     }
 
     pub fn current(&self) -> Arc<T> {
@@ -77,11 +95,21 @@ impl<T: Send + Sync + 'static> Reloading<T> {
                         tracing::info!(what = this.what, files = ?this.paths, "reloaded after the files changed");
                     }
                     // Not marked seen: a file caught half-written is read again at the next tick.
-                    Err(error) => tracing::error!(
-                        what = this.what,
-                        %error,
-                        "the files changed but do not load; keeping the previous one"
-                    ),
+                    Err(error) => match &this.closed {
+                        Some(closed) => {
+                            this.current.store(Arc::new(closed()));
+                            tracing::error!(
+                                what = this.what,
+                                %error,
+                                "the files changed and do not load; granting nothing until they do"
+                            );
+                        }
+                        None => tracing::error!(
+                            what = this.what,
+                            %error,
+                            "the files changed but do not load; keeping the previous one"
+                        ),
+                    },
                 }
             }
         });
@@ -119,6 +147,33 @@ mod tests {
         wait_for(|| *value.current() == 333).await;
         stop.cancel();
         assert!(Reloading::new("number", vec![dir.path().join("absent")], || Err::<u32, _>("no".into())).is_err());
+    }
+
+    #[tokio::test]
+    async fn what_fails_closed_holds_the_closed_value_while_its_file_does_not_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("value");
+        std::fs::write(&path, "1").unwrap();
+        let read = {
+            let path = path.clone();
+            move || {
+                std::fs::read_to_string(&path)
+                    .map_err(|e| e.to_string())?
+                    .trim()
+                    .parse::<u32>()
+                    .map_err(|e| e.to_string())
+            }
+        };
+        let value = Reloading::fail_closed("number", vec![path.clone()], read, || 0).unwrap();
+        let stop = CancellationToken::new();
+        value.watch(Duration::from_millis(10), stop.clone());
+        std::fs::write(&path, "not a number").unwrap();
+        wait_for(|| *value.current() == 0).await;
+        std::fs::write(&path, "7").unwrap();
+        wait_for(|| *value.current() == 7).await;
+        std::fs::remove_file(&path).unwrap();
+        wait_for(|| *value.current() == 0).await;
+        stop.cancel();
     }
 
     async fn wait_for(done: impl Fn() -> bool) {

@@ -378,6 +378,44 @@ async fn channel(service: &Service, role: Option<&str>) -> TracedChannel {
         .unwrap()
 }
 
+/// Revocation fails closed: a token file that is deleted or stops parsing grants nothing until
+/// a good one is back, and the service keeps running (issue 30, item 6).
+#[tokio::test]
+async fn a_deleted_or_broken_token_file_revokes_every_token_until_a_good_one_is_back() {
+    let principals = Principals::new();
+    let good = std::fs::read_to_string(&principals.file).unwrap();
+    let setup = RegistrySetup::new()
+        .arg(principals.flag())
+        .arg("--security-reload-seconds=0.2");
+    let registry = setup.start().await;
+    let list = |registry: &Service| {
+        let address = registry.address.clone();
+        async move {
+            let channel = kappa_client::connect_with("kappa-registry", &address, &as_role(Some("read")))
+                .await
+                .unwrap();
+            code_of(RegistryClient::new(channel).list_models(pb::ListModelsRequest {}).await)
+        }
+    };
+    assert_eq!(list(&registry).await, Code::Ok);
+    std::fs::remove_file(&principals.file).unwrap();
+    eventually("the deleted file revokes the token", || async {
+        list(&registry).await == Code::Unauthenticated
+    })
+    .await;
+    std::fs::write(&principals.file, &good).unwrap();
+    eventually("the restored file grants it again", || async {
+        list(&registry).await == Code::Ok
+    })
+    .await;
+    std::fs::write(&principals.file, "read-bot read not-a-digest\n").unwrap();
+    eventually("a file that does not parse revokes it", || async {
+        list(&registry).await == Code::Unauthenticated
+    })
+    .await;
+    assert!(registry.log_text().contains("granting nothing until they do"));
+}
+
 /// Whether the auth layer let the call through: any answer but its two refusals.
 fn code_of<T>(result: Result<T, tonic::Status>) -> Code {
     match result {
