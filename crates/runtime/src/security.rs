@@ -32,7 +32,8 @@ pub struct ServerSecurityArgs {
 
     /// Bearer tokens and their roles: lines `NAME ROLES SHA256-OF-TOKEN` (`kappa token new`
     /// prints one). With it, every call but health and reflection needs a token with the
-    /// method's role. Re-read when the file changes.
+    /// method's role. Re-read when the file changes; while it is missing or does not parse,
+    /// no token is accepted (revocation fails closed).
     #[arg(long, env = "KAPPA_AUTH_TOKENS", value_name = "FILE")]
     pub auth_tokens: Option<PathBuf>,
 

@@ -12,6 +12,11 @@ use crate::error::TrainerError;
 
 /// Widest hidden layer a job may ask for.
 const MAX_WIDTH: u32 = 4096;
+/// Most hidden layers, epochs and rows a batch a job may ask for: what a caller with the
+/// `train` role may make the trainer spend (past them, memory and time run out for everyone).
+const MAX_HIDDEN_LAYERS: usize = 16;
+const MAX_EPOCHS: u32 = 10_000;
+const MAX_BATCH_SIZE: u32 = 65_536;
 
 fn invalid(message: impl Into<String>) -> TrainerError {
     TrainerError::InvalidSpec(message.into())
@@ -68,14 +73,23 @@ impl TryFrom<TrainingSpec> for ValidSpec {
             return Err(invalid("source_topic is empty"));
         }
         let range = checked_range(range, continuous)?;
-        if epochs == 0 {
-            return Err(invalid("epochs must be at least 1"));
+        if epochs == 0 || epochs > MAX_EPOCHS {
+            return Err(invalid(format!("epochs must be between 1 and {MAX_EPOCHS}")));
+        }
+        if batch_size > MAX_BATCH_SIZE {
+            return Err(invalid(format!("batch_size must be at most {MAX_BATCH_SIZE}")));
         }
         let hidden_layers = if hidden_layers.is_empty() {
             vec![16, 8, 16]
         } else {
             hidden_layers
         };
+        if hidden_layers.len() > MAX_HIDDEN_LAYERS {
+            return Err(invalid(format!(
+                "{} hidden layers asked for; at most {MAX_HIDDEN_LAYERS}",
+                hidden_layers.len()
+            )));
+        }
         if hidden_layers.iter().any(|w| *w == 0 || *w > MAX_WIDTH) {
             return Err(invalid(format!(
                 "hidden layer widths must be between 1 and {MAX_WIDTH}"
@@ -317,6 +331,27 @@ mod tests {
                 "last_minutes",
             ),
             (TrainingSpec { epochs: 0, ..spec() }, "epochs"),
+            (
+                TrainingSpec {
+                    epochs: u32::MAX,
+                    ..spec()
+                },
+                "epochs",
+            ),
+            (
+                TrainingSpec {
+                    batch_size: u32::MAX,
+                    ..spec()
+                },
+                "batch_size",
+            ),
+            (
+                TrainingSpec {
+                    hidden_layers: vec![8; 10_000],
+                    ..spec()
+                },
+                "hidden layers",
+            ),
             (
                 TrainingSpec {
                     hidden_layers: vec![8, 0],

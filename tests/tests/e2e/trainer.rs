@@ -128,6 +128,25 @@ async fn bad_specs_are_refused_at_start_with_the_right_code() {
             Code::InvalidArgument,
             "holds no events",
         ),
+        // What a `train` caller may make the trainer spend is bounded (issue 30, item 6).
+        (
+            "ten thousand hidden layers",
+            TrainingSpec {
+                hidden_layers: vec![8; 10_000],
+                ..spec("m", &topic, 0, all)
+            },
+            Code::InvalidArgument,
+            "at most 16",
+        ),
+        (
+            "a batch of 2^32 - 1 rows",
+            TrainingSpec {
+                batch_size: u32::MAX,
+                ..spec("m", &topic, 0, all)
+            },
+            Code::InvalidArgument,
+            "batch_size",
+        ),
         (
             "unknown topic",
             spec("m", &unique("no.such.topic"), 0, all),
