@@ -14,4 +14,4 @@ pub use admin::{ModelsTopicSettings, TopicError, ensure_models_topic, ensure_top
 pub use config::{FETCH_QUEUE_BACKOFF, KafkaArgs, KafkaClients};
 pub use consumer_errors::is_transient;
 pub use context::ReaderContext;
-pub use producer_errors::{ProducerFailed, failed_for_good};
+pub use producer_errors::{ProducerFailed, failed_for_good, refused_for_good};

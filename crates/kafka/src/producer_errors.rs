@@ -2,7 +2,11 @@
 //! longer vouch for its sequence numbers (a broker that lost or rewound its state): every later
 //! send fails, so a loop that retries sends would stall forever. Only a new producer goes on.
 
-use rdkafka::{ClientContext, client::Client, error::RDKafkaErrorCode};
+use rdkafka::{
+    ClientContext,
+    client::Client,
+    error::{KafkaError, RDKafkaErrorCode},
+};
 use thiserror::Error;
 
 /// Why a producer stopped for good, as librdkafka reports it.
@@ -18,4 +22,19 @@ pub fn failed_for_good<C: ClientContext>(client: &Client<C>) -> Option<ProducerF
     client
         .fatal_error()
         .map(|(code, reason)| ProducerFailed { code, reason })
+}
+
+/// Whether `error` refuses one record for good: it is too large for the topic or invalid, and
+/// sending it again would be refused again. (The producer itself goes on.)
+pub fn refused_for_good(error: &KafkaError) -> bool {
+    matches!(
+        error,
+        KafkaError::MessageProduction(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::InvalidMessage
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::MessageBatchTooLarge
+        )
+    )
 }

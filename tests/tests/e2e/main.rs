@@ -13,6 +13,7 @@ mod metrics;
 mod monitoring;
 mod onnx;
 mod outage;
+mod poison;
 mod predictor;
 mod registry;
 mod scan;

@@ -169,12 +169,60 @@ async fn deliver(
     let mut delivered = Vec::with_capacity(events);
     for (record, queued) in sent {
         let span = record.span.clone();
-        let done = produce(&producer, &topic, &record, &metrics.produce_retries, queued)
-            .instrument(span)
-            .await;
+        let done = match produce(&producer, &topic, &record, &metrics.produce_retries, queued)
+            .instrument(span.clone())
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(Unsent::Failed(failed)) => Err(failed),
+            Err(Unsent::Refused(why)) => {
+                answer_refused(&producer, &topic, &record, &why, &metrics)
+                    .instrument(span)
+                    .await
+            }
+        };
         delivered.push(done.map(|()| Some(record.source)));
     }
     delivered
+}
+
+/// A poison record must not stall its partition: an event whose prediction the topic refused
+/// for good is answered with an error prediction, which any topic takes. Should even that be
+/// refused, the event is let go with an error in the log, its offset stored like the others.
+async fn answer_refused(
+    producer: &FutureProducer,
+    topic: &str,
+    record: &Record,
+    why: &KafkaError,
+    metrics: &StreamMetrics,
+) -> Result<(), ProducerFailed> {
+    metrics.refused.inc();
+    tracing::warn!(error = %why, key_bytes = record.key.len(), "the predictions topic refused a prediction; answering the event with an error");
+    match produce(
+        producer,
+        topic,
+        &record.refused(&why.to_string()),
+        &metrics.produce_retries,
+        None,
+    )
+    .await
+    {
+        Ok(()) => Ok(()),
+        Err(Unsent::Failed(failed)) => Err(failed),
+        Err(Unsent::Refused(again)) => {
+            tracing::error!(error = %again, "the predictions topic refused the error prediction too; the event has none");
+            Ok(())
+        }
+    }
+}
+
+/// Why a record did not reach the predictions topic.
+#[derive(Debug)]
+enum Unsent {
+    /// The producer can take no more records at all.
+    Failed(ProducerFailed),
+    /// This record will never be taken (too large, invalid).
+    Refused(KafkaError),
 }
 
 fn future_record<'a>(topic: &'a str, record: &'a Record) -> FutureRecord<'a, String, Vec<u8>> {
@@ -186,7 +234,7 @@ fn future_record<'a>(topic: &'a str, record: &'a Record) -> FutureRecord<'a, Str
 }
 
 /// Produces `record` to `topic`, retrying (counted in `retries`) until the broker acknowledges
-/// it or the producer has failed for good. `queued` is its first send, when the producer's
+/// it, refuses it for good (too large, invalid), or the producer has failed for good. `queued` is its first send, when the producer's
 /// queue took it; without it (the queue was full) the first send waits for room.
 async fn produce(
     producer: &FutureProducer,
@@ -194,7 +242,7 @@ async fn produce(
     record: &Record,
     retries: &Counter,
     mut queued: Option<DeliveryFuture>,
-) -> Result<(), ProducerFailed> {
+) -> Result<(), Unsent> {
     let mut wait = Duration::from_millis(100);
     loop {
         let outcome = match queued.take() {
@@ -213,7 +261,10 @@ async fn produce(
             Ok(()) => return Ok(()),
             Err(e) => {
                 if let Some(failed) = kappa_kafka::failed_for_good(producer.client()) {
-                    return Err(failed);
+                    return Err(Unsent::Failed(failed));
+                }
+                if kappa_kafka::refused_for_good(&e) {
+                    return Err(Unsent::Refused(e));
                 }
                 retries.inc();
                 tracing::warn!(error = %e, retry_in = ?wait, "producing a prediction failed; retrying");
@@ -283,11 +334,42 @@ mod tests {
             Duration::from_secs(60),
             produce(&producer, "predictions", &record, &retries, None),
         );
-        let failed = sent
-            .await
-            .expect("given up within a minute")
-            .expect_err("nothing was acknowledged");
+        let Err(Unsent::Failed(failed)) = sent.await.expect("given up within a minute") else {
+            panic!("nothing was acknowledged, and the producer gave up for good");
+        };
         assert!(!failed.reason.is_empty(), "the failure says why");
         assert!(producer.client().fatal_error().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_record_the_topic_refuses_for_good_is_answered_with_an_error_not_retried() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("predictions", 1, 1).unwrap();
+        let kafka = kappa_kafka::KafkaClients::plain(cluster.bootstrap_servers());
+        let metrics = StreamMetrics::default();
+        cluster.request_errors(
+            RDKafkaApiKey::Produce,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE],
+        );
+        let producer: FutureProducer = super::super::producer_config(&kafka, None).create().unwrap();
+        let record = record();
+        let sent = tokio::time::timeout(
+            Duration::from_secs(60),
+            produce(&producer, "predictions", &record, &metrics.produce_retries, None),
+        );
+        let Err(Unsent::Refused(why)) = sent.await.expect("answered within a minute") else {
+            panic!("a record too large for the topic is refused for good");
+        };
+        assert_eq!(metrics.produce_retries.get(), 0, "not retried");
+        let answered = tokio::time::timeout(
+            Duration::from_secs(60),
+            answer_refused(&producer, "predictions", &record, &why, &metrics),
+        );
+        assert!(answered.await.expect("within a minute").is_ok());
+        assert_eq!(metrics.refused.get(), 1);
+        let replacement = record.refused(&why.to_string());
+        let text = String::from_utf8(replacement.value).unwrap();
+        assert!(text.contains("could not be written"), "{text}");
+        assert!(text.contains("\"sourceOffset\":\"7\""), "{text}");
     }
 }

@@ -156,7 +156,17 @@ impl Arrival {
             }
             None => tracing::Span::none(),
         };
-        let prepared = prepare(serving, self.payload.as_deref(), self.format, self.timestamp_ms);
+        let prepared = if self.key.len() > MAX_KEY_BYTES {
+            Err((
+                "key_too_long",
+                format!(
+                    "the event's key is {} bytes; events keyed by more than {MAX_KEY_BYTES} bytes are not scored",
+                    self.key.len()
+                ),
+            ))
+        } else {
+            prepare(serving, self.payload.as_deref(), self.format, self.timestamp_ms)
+        };
         let shadow_event = match (&serving.shadow, &prepared, self.payload) {
             (Some(shadow), Ok((live, _, _)), Some(payload)) if shadow.wants_event(live) => Some((payload, self.format)),
             _ => None,
@@ -173,13 +183,68 @@ impl Arrival {
     }
 }
 
+/// The longest event key a prediction is keyed by; a longer one is answered with an error
+/// prediction keyed by the key's digest, so no event can make a record the predictions topic
+/// refuses.
+pub const MAX_KEY_BYTES: usize = 1024;
+/// The longest error text a prediction carries.
+const MAX_ERROR_BYTES: usize = 2048;
+
+/// `key` when it is at most `limit` bytes, else `sha256:` and its digest (71 bytes).
+fn bounded_key(key: String, limit: usize) -> String {
+    if key.len() <= limit {
+        key
+    } else {
+        format!("sha256:{}", kappa_model::sha256_hex(key.as_bytes()))
+    }
+}
+
+/// The longest key an error prediction for a refused record keeps: no longer than a digest.
+const REFUSED_KEY_BYTES: usize = 71;
+
+/// `text` cut to [`MAX_ERROR_BYTES`] at a character boundary.
+fn bounded_error(mut text: String) -> String {
+    if text.len() > MAX_ERROR_BYTES {
+        let mut end = MAX_ERROR_BYTES;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
+}
+
+impl Record {
+    /// What replaces a prediction the predictions topic refused for good (too large for it, or
+    /// invalid): an error prediction for the same event, small enough for any topic.
+    pub fn refused(&self, why: &str) -> Self {
+        let prediction = Prediction {
+            key: bounded_key(self.key.clone(), REFUSED_KEY_BYTES),
+            source_partition: self.source.partition,
+            source_offset: self.source.offset,
+            error: bounded_error(format!(
+                "the prediction could not be written to the predictions topic: {why}"
+            )),
+            ..Default::default()
+        };
+        Self {
+            source: self.source.clone(),
+            key: prediction.key.clone(),
+            value: serde_json::to_vec(&prediction).expect("a prediction always serialises"),
+            headers: self.headers.clone(),
+            span: self.span.clone(),
+        }
+    }
+}
+
 impl Event {
     /// Serialises the event's prediction from its outcome: a score, or the reason there is none.
     fn finish(self, outcome: Outcome, serving: &Serving, metrics: &StreamMetrics) -> Record {
         let span = self.span;
         let _in_span = span.enter();
         let mut prediction = Prediction {
-            key: self.key,
+            key: bounded_key(self.key, MAX_KEY_BYTES),
             source_partition: self.source.partition,
             source_offset: self.source.offset,
             event_time_ms: self.timestamp_ms,
@@ -207,7 +272,7 @@ impl Event {
                 "scored"
             }
             Err((reason, message)) => {
-                prediction.error = message;
+                prediction.error = bounded_error(message);
                 prediction.model_name = serving.model_name.clone();
                 reason
             }

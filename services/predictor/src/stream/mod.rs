@@ -44,9 +44,10 @@ pub struct StreamSettings {
 
 /// What can become of an event (the `reason` label of the events counter): scored, or why not.
 /// A feature's problem is named as everywhere else (`ProblemKind::reason`: decoding, lineage).
-pub const OUTCOMES: [&str; 11] = [
+pub const OUTCOMES: [&str; 12] = [
     "scored",
     "empty",
+    "key_too_long",
     "malformed",
     "no_model",
     "missing",
@@ -65,6 +66,9 @@ pub struct StreamMetrics {
     pub events: Family<ReasonLabels, Counter>,
     pub lag: Gauge,
     pub produce_retries: Counter,
+    /// Predictions the topic refused for good (too large, invalid), answered by an error
+    /// prediction instead.
+    pub refused: Counter,
     /// Exactly-once transactions, `committed` or `aborted` (and scored again).
     pub transactions: Family<ReasonLabels, Counter>,
 }
@@ -92,6 +96,11 @@ impl StreamMetrics {
             "produce_retries",
             "Predictions produced again after the broker refused or timed out (at-least-once)",
             self.produce_retries.clone(),
+        );
+        r.register(
+            "refused_predictions",
+            "Predictions the predictions topic refused for good (too large for it, invalid); each event got an error prediction instead",
+            self.refused.clone(),
         );
         r.register(
             "transactions",

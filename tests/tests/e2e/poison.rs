@@ -1,0 +1,101 @@
+//! Poison events in stream scoring (issue 30, item 4): an event whose prediction the predictions
+//! topic cannot take, or whose key no record should carry, ends as an error prediction with the
+//! reason, and the events after it are scored as before.
+
+use std::{
+    collections::{HashMap, HashSet},
+    time::{Duration, Instant},
+};
+
+use kappa_fleet::{CAR_FIELDS, car_autoencoder};
+use kappa_model::example::random_weights;
+
+use crate::support::*;
+
+fn event(key: &str, value: f64) -> (String, Vec<u8>) {
+    let event: serde_json::Map<String, serde_json::Value> = CAR_FIELDS
+        .iter()
+        .map(|f| ((*f).to_owned(), serde_json::json!(value)))
+        .collect();
+    (key.to_owned(), serde_json::to_vec(&event).unwrap())
+}
+
+#[tokio::test]
+async fn an_event_the_predictions_topic_cannot_take_ends_as_an_error_and_the_stream_goes_on() {
+    let setup = RegistrySetup::new();
+    let registry = setup.start().await;
+    let mut client = registry_client(&registry).await;
+    let model = unique("poisoned");
+    let manifest = car_autoencoder(&model, &[8]);
+    publish(&mut client, &manifest, &random_weights(&manifest, 1), "")
+        .await
+        .unwrap();
+    let (sensors, predictions) = (unique("test.sensors"), unique("test.predictions"));
+    create_topic_with_partitions(&sensors, 1).await;
+    // Room for a prediction with an ordinary key, not for one keyed by 900 bytes (one record a
+    // batch, as the topic's limit is a batch's).
+    create_topic(&predictions, &[("max.message.bytes", "1000")]).await;
+    let streaming = PredictorSetup::new(&setup.topic, &model, "latest")
+        .stream(&sensors, &predictions)
+        .arg("--kafka-property=batch.num.messages=1")
+        .start()
+        .await;
+
+    let too_large = "k".repeat(900);
+    let too_long = "l".repeat(5_000);
+    let mut events = vec![event(&too_large, 1.0), event(&too_long, 1.0)];
+    events.extend((0..50).map(|i| event(&format!("car{i}"), 1.0)));
+    let sent = produce_keyed(&sensors, &events).await;
+    let wanted: HashSet<i64> = sent.iter().map(|(_, offset)| *offset).collect();
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let answers: HashMap<i64, serde_json::Value> = loop {
+        let answers: HashMap<i64, serde_json::Value> = read_topic(&predictions, "read_uncommitted")
+            .await
+            .iter()
+            .map(|r| {
+                let answer: serde_json::Value = serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
+                let offset = answer["sourceOffset"].as_str().map_or(0, |s| s.parse().unwrap());
+                (offset, answer)
+            })
+            .collect();
+        if wanted.iter().all(|o| answers.contains_key(o)) {
+            break answers;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} events unanswered; the stream stalled:\n{}",
+            wanted.iter().filter(|o| !answers.contains_key(o)).count(),
+            wanted.len(),
+            streaming.service.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let (refused, long) = (&answers[&sent[0].1], &answers[&sent[1].1]);
+    let error = refused["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("could not be written to the predictions topic"),
+        "{refused}"
+    );
+    assert!(refused["key"].as_str().unwrap().starts_with("sha256:"), "{refused}");
+    let error = long["error"].as_str().unwrap_or_default();
+    assert!(error.contains("5000 bytes"), "{long}");
+    assert!(long["key"].as_str().unwrap().len() < 100, "{long}");
+    for (_, offset) in &sent[2..] {
+        let answer = &answers[offset];
+        assert_eq!(answer["error"].as_str().unwrap_or_default(), "", "{answer}");
+        assert!(answer["score"].as_f64().is_some_and(f64::is_finite), "{answer}");
+    }
+    assert_eq!(
+        streaming
+            .metric("kappa_predictor_stream_refused_predictions_total")
+            .await,
+        Some(1.0)
+    );
+    assert_eq!(
+        streaming
+            .metric(r#"kappa_predictor_stream_events_total{reason="key_too_long"}"#)
+            .await,
+        Some(1.0)
+    );
+}
