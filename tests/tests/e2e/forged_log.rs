@@ -76,8 +76,10 @@ async fn a_forged_chunk_count_neither_slows_the_predictor_nor_the_registry_nor_g
             .unwrap();
     }
     let during = p99_of(&mut typed, 200, 1).await;
+    // Twice the p99 before, with a floor for a machine shared with other tests: the forged
+    // count used to cost seconds a call.
     assert!(
-        during <= (before * 2).max(Duration::from_millis(50)),
+        during <= (before * 2).max(Duration::from_millis(250)),
         "p99 {during:?} during the attack against {before:?} before"
     );
 
