@@ -257,11 +257,11 @@ impl RegistryService {
         &self,
         request: pb::DeleteVersionRequest,
         principal: String,
-        may_force: bool,
+        is_admin: bool,
     ) -> Result<pb::DeleteVersionResponse, RegistryError> {
         self.ready()?;
         let VersionRemoval { name, version, force } = request.try_into()?;
-        if force && !may_force {
+        if force && !is_admin {
             return Err(RegistryError::Forbidden(format!(
                 "{principal} may delete versions, but a forced delete (which removes the aliases \
                  serving it) needs the admin role"
@@ -272,6 +272,14 @@ impl RegistryService {
         let (aliases, chunks) = {
             let catalog = self.catalog();
             catalog.version(&name, version)?;
+            // Every predictor following `latest` serves the newest version: deleting it rolls
+            // them all back, which is an administrator's call, like a forced delete.
+            if !is_admin && catalog.latest_version(&name).ok() == Some(version) {
+                return Err(RegistryError::Forbidden(format!(
+                    "{principal} may delete versions, but version {version} is the newest of {name:?}, \
+                     which every predictor following latest serves: deleting it needs the admin role"
+                )));
+            }
             (
                 catalog.aliases_of(&name, version),
                 catalog.chunk_indices(&name, version),
@@ -439,9 +447,9 @@ impl Registry for RegistryService {
         &self,
         request: Request<pb::DeleteVersionRequest>,
     ) -> Result<Response<pb::DeleteVersionResponse>, Status> {
-        let (by, may_force) = (Principal::name_of(&request), Principal::allows(&request, Role::Admin));
+        let (by, is_admin) = (Principal::name_of(&request), Principal::allows(&request, Role::Admin));
         let result = self
-            .delete_version_inner(request.into_inner(), by, may_force)
+            .delete_version_inner(request.into_inner(), by, is_admin)
             .await
             .map_err(Status::from);
         self.metrics.observe("DeleteVersion", &result);

@@ -416,6 +416,59 @@ async fn a_deleted_or_broken_token_file_revokes_every_token_until_a_good_one_is_
     assert!(registry.log_text().contains("granting nothing until they do"));
 }
 
+/// Deleting the newest version rolls back every predictor following `latest`: it takes the
+/// admin role, while `write` may delete older versions (issue 30, item 6).
+#[tokio::test]
+async fn deleting_the_newest_version_takes_the_admin_role() {
+    let principals = Principals::new();
+    let registry = RegistrySetup::new().arg(principals.flag()).start().await;
+    let registry_as = |role: &str| {
+        let address = registry.address.clone();
+        let role = role.to_owned();
+        async move {
+            RegistryClient::new(
+                kappa_client::connect_with("kappa-registry", &address, &as_role(Some(&role)))
+                    .await
+                    .unwrap(),
+            )
+        }
+    };
+    let mut writer = registry_as("write").await;
+    let name = unique("newest");
+    let manifest = kappa_fleet::car_autoencoder(&name, &[4]);
+    for seed in 1..=3 {
+        publish(
+            &mut writer,
+            &manifest,
+            &kappa_model::example::random_weights(&manifest, seed),
+            "",
+        )
+        .await
+        .unwrap();
+    }
+    let delete = |version: u64| pb::DeleteVersionRequest {
+        name: name.clone(),
+        version,
+        force: false,
+    };
+    let denied = writer.delete_version(delete(3)).await.unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    assert!(denied.message().contains("admin"), "{}", denied.message());
+    writer.delete_version(delete(1)).await.unwrap();
+    let mut admin = registry_as("admin").await;
+    admin.delete_version(delete(3)).await.unwrap();
+    let listed: Vec<u64> = admin
+        .list_versions(pb::ListVersionsRequest { name: name.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .versions
+        .iter()
+        .map(|v| v.version)
+        .collect();
+    assert_eq!(listed, [2]);
+}
+
 /// Whether the auth layer let the call through: any answer but its two refusals.
 fn code_of<T>(result: Result<T, tonic::Status>) -> Code {
     match result {
