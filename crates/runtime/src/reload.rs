@@ -43,16 +43,7 @@ impl<T: Send + Sync + 'static> Reloading<T> {
         paths: Vec<PathBuf>,
         build: impl Fn() -> Result<T, String> + Send + Sync + 'static,
     ) -> Result<Arc<Self>, String> {
-        let built_from = paths.iter().map(stamp).collect();
-        let first = build()?;
-        Ok(Arc::new(Self {
-            current: ArcSwap::from_pointee(first),
-            paths,
-            built_from,
-            build: Box::new(build),
-            closed: None,
-            what,
-        }))
+        Self::with(what, paths, Box::new(build), None)
     }
 
     /// Like [`Reloading::new`], but while the files, once changed, do not load, the value is
@@ -63,9 +54,25 @@ impl<T: Send + Sync + 'static> Reloading<T> {
         build: impl Fn() -> Result<T, String> + Send + Sync + 'static,
         closed: impl Fn() -> T + Send + Sync + 'static,
     ) -> Result<Arc<Self>, String> {
-        let mut reloading = Self::new(what, paths, build)?;
-        Arc::get_mut(&mut reloading).expect("just built").closed = Some(Box::new(closed));
-        Ok(reloading)
+        Self::with(what, paths, Box::new(build), Some(Box::new(closed)))
+    }
+
+    fn with(
+        what: &'static str,
+        paths: Vec<PathBuf>,
+        build: Box<dyn Fn() -> Result<T, String> + Send + Sync>,
+        closed: Option<Box<dyn Fn() -> T + Send + Sync>>,
+    ) -> Result<Arc<Self>, String> {
+        let built_from = paths.iter().map(stamp).collect();
+        let first = build()?;
+        Ok(Arc::new(Self {
+            current: ArcSwap::from_pointee(first),
+            paths,
+            built_from,
+            build,
+            closed,
+            what,
+        }))
     }
 
     pub fn current(&self) -> Arc<T> {
@@ -125,17 +132,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("value");
         std::fs::write(&path, "1").unwrap();
-        let read = {
-            let path = path.clone();
-            move || {
-                std::fs::read_to_string(&path)
-                    .map_err(|e| e.to_string())?
-                    .trim()
-                    .parse::<u32>()
-                    .map_err(|e| e.to_string())
-            }
-        };
-        let value = Reloading::new("number", vec![path.clone()], read).unwrap();
+        let value = Reloading::new("number", vec![path.clone()], number_in(&path)).unwrap();
         let stop = CancellationToken::new();
         value.watch(Duration::from_millis(10), stop.clone());
         std::fs::write(&path, "22").unwrap();
@@ -154,17 +151,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("value");
         std::fs::write(&path, "1").unwrap();
-        let read = {
-            let path = path.clone();
-            move || {
-                std::fs::read_to_string(&path)
-                    .map_err(|e| e.to_string())?
-                    .trim()
-                    .parse::<u32>()
-                    .map_err(|e| e.to_string())
-            }
-        };
-        let value = Reloading::fail_closed("number", vec![path.clone()], read, || 0).unwrap();
+        let value = Reloading::fail_closed("number", vec![path.clone()], number_in(&path), || 0).unwrap();
         let stop = CancellationToken::new();
         value.watch(Duration::from_millis(10), stop.clone());
         std::fs::write(&path, "not a number").unwrap();
@@ -174,6 +161,18 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         wait_for(|| *value.current() == 0).await;
         stop.cancel();
+    }
+
+    /// Reads the number a test file holds.
+    fn number_in(path: &std::path::Path) -> impl Fn() -> Result<u32, String> + Send + Sync + 'static {
+        let path = path.to_owned();
+        move || {
+            std::fs::read_to_string(&path)
+                .map_err(|e| e.to_string())?
+                .trim()
+                .parse::<u32>()
+                .map_err(|e| e.to_string())
+        }
     }
 
     async fn wait_for(done: impl Fn() -> bool) {

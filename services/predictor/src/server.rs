@@ -105,7 +105,7 @@ impl kappa_runtime::Service for Predictor {
             producer,
             window: config.monitor_window,
             min_rows: config.monitor_min_rows,
-            instance: host.instance(),
+            instance: host.instance.clone(),
         };
         let stream = config.stream.then(|| {
             let metrics = Arc::new(StreamMetrics::default());
@@ -162,7 +162,7 @@ impl kappa_runtime::Service for Predictor {
                 chunk_readers: Arc::new(loader::chunk_readers(host.kafka.clone())),
                 topic: config.models_topic.clone(),
                 backend: config.backend,
-                instance: host.instance(),
+                instance: host.instance.clone(),
                 trusted_keys: config.trusted_keys.clone(),
                 max_model_bytes: config.max_model_bytes,
                 faults: Arc::clone(&faults),
@@ -186,7 +186,7 @@ impl kappa_runtime::Service for Predictor {
                 config.shadow_queue_capacity as usize,
                 producer,
                 config.shadow_topic.clone(),
-                host.instance(),
+                host.instance.clone(),
                 shadow_metrics,
             )
         });

@@ -42,14 +42,8 @@ async fn p99_of(client: &mut PredictorClient<kappa_client::TracedChannel>, calls
 
 #[tokio::test]
 async fn a_forged_chunk_count_neither_slows_the_predictor_nor_the_registry_nor_gets_served() {
-    let setup = RegistrySetup::new();
-    let registry = setup.start().await;
-    let mut client = registry_client(&registry).await;
-    let model = unique("forged");
-    let manifest = car_autoencoder(&model, &[8]);
-    publish(&mut client, &manifest, &random_weights(&manifest, 1), "")
-        .await
-        .unwrap();
+    let (setup, _registry, mut client, manifest) = registry_with_car_model("forged").await;
+    let model = manifest.name.clone();
     set_alias(&mut client, &model, "production", 1).await.unwrap();
     let predictor = PredictorSetup::new(&setup.topic, &model, "production").start().await;
     let mut typed = PredictorClient::new(predictor.channel().await);
@@ -180,14 +174,8 @@ async fn a_version_replayed_under_another_key_or_name_is_ignored_by_every_reader
 
 #[tokio::test]
 async fn a_deletion_marker_for_version_2_to_the_64_does_not_wrap_the_next_version() {
-    let setup = RegistrySetup::new();
-    let registry = setup.start().await;
-    let mut client = registry_client(&registry).await;
-    let model = unique("wrapped");
-    let manifest = car_autoencoder(&model, &[8]);
-    publish(&mut client, &manifest, &random_weights(&manifest, 1), "")
-        .await
-        .unwrap();
+    let (setup, registry, mut client, manifest) = registry_with_car_model("wrapped").await;
+    let model = manifest.name.clone();
     let marker = VersionRecord {
         deleted: true,
         ..Default::default()

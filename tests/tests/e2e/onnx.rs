@@ -996,11 +996,13 @@ async fn an_onnx_shadow_scores_a_copy_of_an_mlps_live_answers() {
         .arg(format!("--shadow-topic={shadows}"))
         .start()
         .await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while predictor.metric("kappa_predictor_shadow_version").await != Some(2.0) {
-        assert!(Instant::now() < deadline, "the graph never became the shadow");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    predictor
+        .wait_for_metric(
+            "kappa_predictor_shadow_version",
+            2.0,
+            "the graph never became the shadow",
+        )
+        .await;
 
     let graph_model = kappa_model::admission::load(&candidate, &graph).unwrap().model;
     let mut typed = PredictorClient::new(predictor.channel().await);

@@ -7,8 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use kappa_fleet::{CAR_FIELDS, car_autoencoder};
-use kappa_model::example::random_weights;
+use kappa_fleet::CAR_FIELDS;
 
 use crate::support::*;
 
@@ -22,14 +21,8 @@ fn event(key: &str, value: f64) -> (String, Vec<u8>) {
 
 #[tokio::test]
 async fn an_event_the_predictions_topic_cannot_take_ends_as_an_error_and_the_stream_goes_on() {
-    let setup = RegistrySetup::new();
-    let registry = setup.start().await;
-    let mut client = registry_client(&registry).await;
-    let model = unique("poisoned");
-    let manifest = car_autoencoder(&model, &[8]);
-    publish(&mut client, &manifest, &random_weights(&manifest, 1), "")
-        .await
-        .unwrap();
+    let (setup, _registry, _client, manifest) = registry_with_car_model("poisoned").await;
+    let model = manifest.name.clone();
     let (sensors, predictions) = (unique("test.sensors"), unique("test.predictions"));
     create_topic_with_partitions(&sensors, 1).await;
     // Room for a prediction with an ordinary key, not for one keyed by 900 bytes (one record a

@@ -142,11 +142,9 @@ async fn a_shadow_version_scores_a_copy_of_every_live_answer_without_failing_a_c
         .arg(format!("--shadow-topic={shadows}"))
         .start()
         .await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while predictor.metric("kappa_predictor_shadow_version").await != Some(2.0) {
-        assert!(Instant::now() < deadline, "the shadow never loaded v2");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    predictor
+        .wait_for_metric("kappa_predictor_shadow_version", 2.0, "the shadow never loaded v2")
+        .await;
 
     // Stream events and gRPC calls at the same time.
     let grpc = {

@@ -76,13 +76,8 @@ pub struct Host {
     pub stop: CancellationToken,
     /// The gRPC address bound (port 0 resolved).
     pub address: SocketAddr,
-}
-
-impl Host {
     /// This replica, as its records name it (load spans, monitoring windows): `host:port`.
-    pub fn instance(&self) -> String {
-        format!("{}:{}", crate::hostname(), self.address.port())
-    }
+    pub instance: String,
 }
 
 type Hook = Box<dyn FnOnce() + Send>;
@@ -219,6 +214,7 @@ pub async fn serve<S: Service>(
         readiness: Arc::clone(&readiness),
         stop: stop.clone(),
         address,
+        instance: format!("{}:{}", crate::hostname(), address.port()),
     };
     let service = S::build(config, &mut host).await?;
 

@@ -1,5 +1,8 @@
 //! One setup builder per service: each names its topics and flags for one test and starts the binary through [`Launch`](super::Launch).
 
+use std::time::{Duration, Instant};
+
+use kappa_api::registry::registry_client::RegistryClient;
 use kappa_client::TracedChannel;
 
 use super::*;
@@ -158,6 +161,15 @@ impl Predictor {
         self.service.log_text().contains(needle)
     }
 
+    /// Waits (up to 20 s) until `series` reads `value`; panics naming `what` otherwise.
+    pub async fn wait_for_metric(&self, series: &str, value: f64, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.metric(series).await != Some(value) {
+            assert!(Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Value of one metric line (exact series text before the value), if present.
     pub async fn metric(&self, series: &str) -> Option<f64> {
         let text = self.metrics().await;
@@ -287,4 +299,23 @@ impl BridgeSetup {
     pub async fn start(&self) -> Service {
         self.launch().start("").await
     }
+}
+
+/// A registry of its own, a client of it, and a car autoencoder published as version 1 under a
+/// fresh name starting with `prefix`.
+pub async fn registry_with_car_model(
+    prefix: &str,
+) -> (
+    RegistrySetup,
+    Service,
+    RegistryClient<TracedChannel>,
+    kappa_api::model::ModelManifest,
+) {
+    let setup = RegistrySetup::new();
+    let registry = setup.start().await;
+    let mut client = registry_client(&registry).await;
+    let manifest = kappa_fleet::car_autoencoder(&unique(prefix), &[8]);
+    let weights = kappa_model::example::random_weights(&manifest, 1);
+    publish(&mut client, &manifest, &weights, "").await.unwrap();
+    (setup, registry, client, manifest)
 }
