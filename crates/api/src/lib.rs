@@ -20,6 +20,10 @@ pub mod kappa {
         pub mod v1 {
             tonic::include_proto!("kappa.registry.v1");
             include!(concat!(env!("OUT_DIR"), "/kappa.registry.v1.serde.rs"));
+
+            /// Metadata of a publish refused with ABORTED for its version number: the number
+            /// to sign the manifest for instead.
+            pub const NEXT_VERSION_METADATA: &str = "kappa-next-version";
         }
     }
     pub mod trainer {

@@ -6,12 +6,14 @@ use kappa_model::signing::ModelSigner;
 use kappa_runtime::TracedChannel;
 use thiserror::Error;
 use tokio_stream::StreamExt as _;
-use tonic::Status;
+use tonic::{Code, Status};
 
 use crate::{ClientError, ClientSecurity, connect_with};
 
 /// Size of the chunks a publish streams: far below gRPC's 4 MiB message limit.
 pub const UPLOAD_CHUNK_BYTES: usize = 1024 * 1024;
+/// Publishes a signed publish may lose to others before it gives up.
+const PUBLISH_RACES: usize = 5;
 /// Largest message a registry answer may hold (a chunk of a model written by another client).
 const MAX_DECODING_BYTES: usize = 64 * 1024 * 1024;
 
@@ -88,8 +90,10 @@ impl Registry {
         self.publish_signed(manifest, weights, idempotency_key, None).await
     }
 
-    /// Like [`Self::publish`], signed with `signer` when given: the manifest's weights digest
-    /// and size are filled in from `weights` first, so the signature binds the weights.
+    /// Like [`Self::publish`], signed with `signer` when given. The manifest's weights digest
+    /// and size are filled in from `weights` (so a retry is recognised by its content); a
+    /// signed publish also names its version, which the signature covers: the next one, asked
+    /// of the registry and asked again when another publish took it first.
     pub async fn publish_signed(
         &mut self,
         manifest: &ModelManifest,
@@ -98,15 +102,58 @@ impl Registry {
         signer: Option<&ModelSigner>,
     ) -> Result<pb::PublishResponse, Status> {
         let mut manifest = manifest.clone();
-        // Declared so the registry sizes its buffer once; it checks the size against the bytes.
         manifest.weights_size = weights.len() as u64;
-        let (signature, signing_key_id) = match signer {
-            None => (Vec::new(), String::new()),
-            Some(signer) => {
-                manifest.weights_sha256 = kappa_model::sha256_hex(weights);
-                signer.sign(&manifest)
-            }
+        manifest.weights_sha256 = kappa_model::sha256_hex(weights);
+        let Some(signer) = signer else {
+            manifest.version = 0;
+            return self
+                .upload(manifest, weights, idempotency_key, (Vec::new(), String::new()))
+                .await;
         };
+        let mut version = self.next_version(&manifest.name).await?;
+        // Each lost race means another version was published meanwhile; a few are plenty.
+        for _ in 0..PUBLISH_RACES {
+            manifest.version = version;
+            let signature = signer.sign(&manifest);
+            match self.upload(manifest.clone(), weights, idempotency_key, signature).await {
+                Err(status) if status.code() == Code::Aborted => {
+                    version = status
+                        .metadata()
+                        .get(pb::NEXT_VERSION_METADATA)
+                        .and_then(|v| v.to_str().ok()?.parse().ok())
+                        .ok_or(status)?;
+                }
+                answer => return answer,
+            }
+        }
+        Err(Status::aborted(format!(
+            "{PUBLISH_RACES} other publishes of {:?} took the next version first; publish again",
+            manifest.name
+        )))
+    }
+
+    /// The number the next publish of `name` takes.
+    pub async fn next_version(&mut self, name: &str) -> Result<u64, Status> {
+        match self
+            .inner
+            .list_versions(pb::ListVersionsRequest { name: name.to_owned() })
+            .await
+        {
+            Ok(list) => Ok(list.into_inner().next_version.max(1)),
+            // Unknown to readers: never published, or every version deleted (then the
+            // registry answers the first try with the number to use).
+            Err(status) if status.code() == Code::NotFound => Ok(1),
+            Err(status) => Err(status),
+        }
+    }
+
+    async fn upload(
+        &mut self,
+        manifest: ModelManifest,
+        weights: &[u8],
+        idempotency_key: &str,
+        (signature, signing_key_id): (Vec<u8>, String),
+    ) -> Result<pb::PublishResponse, Status> {
         let header = pb::PublishRequest {
             part: Some(publish_request::Part::Header(pb::PublishHeader {
                 manifest: Some(manifest),

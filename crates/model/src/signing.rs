@@ -1,7 +1,12 @@
-//! Ed25519 signatures over a model: the manifest together with its weights digest, so a version
-//! written straight to the models topic by anyone who can write there is not served by a
-//! predictor that trusts only known keys (the digest alone proves only that the weights match
-//! the manifest written next to them).
+//! Ed25519 signatures over a model and over the log's pointers to it.
+//!
+//! A model's signature covers its manifest (name and version included) with its weights digest,
+//! so a version written straight to the models topic by anyone who can write there is not served
+//! by a predictor that trusts only known keys, and a signed version cannot be replayed under
+//! another name or number (the digest alone proves only that the weights match the manifest
+//! written next to them). A pointer's signature covers what moves a predictor without a new
+//! model: an alias move (with its cutover and its sequence number, which only grows) and a
+//! deletion; the registry signs those with its own key.
 //!
 //! Keys are standard PEM files: PKCS#8 private keys and SPKI public keys, as
 //! `openssl genpkey -algorithm ed25519` makes them and `kappa keys new` writes them.
@@ -22,9 +27,14 @@ use prost::Message as _;
 use sha2::{Digest as _, Sha256};
 
 use crate::ModelManifest;
+use kappa_api::model::AliasRecord;
 
-/// Separates Kappa's model signatures from anything else the same key might sign.
-const DOMAIN: &[u8] = b"kappa.model.v1.signature\n";
+/// Separate Kappa's signatures from anything else the same key might sign, and from each other:
+/// a model's signature is never a valid pointer's. (The first model signatures left the version
+/// out; their domain, `kappa.model.v1.signature`, is not accepted any more.)
+const MODEL_DOMAIN: &[u8] = b"kappa.model.v1.signature.versioned\n";
+const ALIAS_DOMAIN: &[u8] = b"kappa.model.v1.alias\n";
+const DELETION_DOMAIN: &[u8] = b"kappa.model.v1.deletion\n";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SignatureError {
@@ -40,19 +50,53 @@ pub enum SignatureError {
     Key(String),
 }
 
-/// The bytes a signature covers: the manifest as the publisher sent it, with the digest of its
-/// weights, and without what the registry assigns or reads from the weights (an ONNX graph's
-/// inputs and outputs, bound through the digest already).
+/// The bytes a model's signature covers: the manifest as the publisher sent it, with its name,
+/// the version it is published as and the digest of its weights, and without what the registry
+/// stamps or reads from the weights (the publish time; an ONNX graph's inputs and outputs, bound
+/// through the digest already).
 pub fn signed_bytes(manifest: &ModelManifest) -> Vec<u8> {
     let mut content = manifest.clone();
-    content.version = 0;
     content.created_at_ms = 0;
     if let Some(onnx) = content.onnx.as_mut() {
         onnx.graph = None;
     }
-    let mut bytes = DOMAIN.to_vec();
+    let mut bytes = MODEL_DOMAIN.to_vec();
     bytes.extend(content.encode_to_vec());
     bytes
+}
+
+/// A record of the models log that moves a predictor without a new model.
+#[derive(Debug, Clone, Copy)]
+pub enum Pointer<'a> {
+    /// An alias moved: the record as written, its own signature fields ignored.
+    Alias(&'a AliasRecord),
+    /// A version deleted.
+    Deletion { name: &'a str, version: u64 },
+}
+
+impl Pointer<'_> {
+    fn signed_bytes(self) -> Vec<u8> {
+        match self {
+            Self::Alias(record) => {
+                let mut bytes = ALIAS_DOMAIN.to_vec();
+                let content = AliasRecord {
+                    signature: Vec::new(),
+                    signing_key_id: String::new(),
+                    ..record.clone()
+                };
+                bytes.extend(content.encode_to_vec());
+                bytes
+            }
+            Self::Deletion { name, version } => {
+                let mut bytes = DELETION_DOMAIN.to_vec();
+                // Length-prefixed, so no two (name, version) pairs share bytes.
+                bytes.extend((name.len() as u64).to_be_bytes());
+                bytes.extend(name.as_bytes());
+                bytes.extend(version.to_be_bytes());
+                bytes
+            }
+        }
+    }
 }
 
 /// A key's id: the first 16 hex digits of the SHA-256 of its raw 32-byte public key.
@@ -111,10 +155,19 @@ impl ModelSigner {
         &self.id
     }
 
-    /// (signature, key id) for `manifest`, whose weights digest and size must already be set.
+    /// (signature, key id) for `manifest`, whose version, weights digest and size must already
+    /// be set.
     pub fn sign(&self, manifest: &ModelManifest) -> (Vec<u8>, String) {
-        let signature = self.key.sign(&signed_bytes(manifest));
-        (signature.to_bytes().to_vec(), self.id.clone())
+        self.sign_bytes(&signed_bytes(manifest))
+    }
+
+    /// (signature, key id) for a pointer record.
+    pub fn sign_pointer(&self, pointer: Pointer) -> (Vec<u8>, String) {
+        self.sign_bytes(&pointer.signed_bytes())
+    }
+
+    fn sign_bytes(&self, bytes: &[u8]) -> (Vec<u8>, String) {
+        (self.key.sign(bytes).to_bytes().to_vec(), self.id.clone())
     }
 
     pub fn private_pem(&self) -> Result<String, SignatureError> {
@@ -184,6 +237,22 @@ impl TrustedKeys {
     /// Whether `manifest` (as its version record holds it) carries a valid signature by a
     /// trusted key.
     pub fn verify(&self, manifest: &ModelManifest, signature: &[u8], key_id: &str) -> Result<(), SignatureError> {
+        self.verify_bytes(&signed_bytes(manifest), signature, key_id)
+    }
+
+    /// Whether a pointer record carries a valid signature by a trusted key.
+    pub fn verify_pointer(&self, pointer: Pointer, signature: &[u8], key_id: &str) -> Result<(), SignatureError> {
+        self.verify_bytes(&pointer.signed_bytes(), signature, key_id)
+    }
+
+    /// Adds a key (the registry trusts its own pointer key beside the publishers').
+    pub fn with(mut self, key: &ModelSigner) -> Self {
+        let public = key.key.verifying_key();
+        self.keys.insert(key_id(&public), public);
+        self
+    }
+
+    fn verify_bytes(&self, bytes: &[u8], signature: &[u8], key_id: &str) -> Result<(), SignatureError> {
         if signature.is_empty() {
             return Err(SignatureError::Unsigned);
         }
@@ -194,7 +263,7 @@ impl TrustedKeys {
         let signature =
             Signature::from_slice(signature).map_err(|_| SignatureError::BadSignature(key_id.to_owned()))?;
         // verify_strict refuses the malleable and small-order encodings plain verify accepts.
-        key.verify_strict(&signed_bytes(manifest), &signature)
+        key.verify_strict(bytes, &signature)
             .map_err(|_| SignatureError::BadSignature(key_id.to_owned()))
     }
 }
@@ -213,14 +282,31 @@ mod tests {
         assert_eq!(trusted.ids(), [signer.id()]);
 
         let mut manifest = numbered_autoencoder("fleet", 4, 2);
+        manifest.version = 7;
         manifest.weights_sha256 = "ab".repeat(32);
         manifest.weights_size = 100;
         let (signature, id) = signer.sign(&manifest);
-        // What the registry assigns is not signed: a stored version still verifies.
+        // The publish time the registry stamps is not signed: a stored version still verifies.
         let mut stored = manifest.clone();
-        stored.version = 7;
         stored.created_at_ms = 1_700_000_000_000;
         assert_eq!(trusted.verify(&stored, &signature, &id), Ok(()));
+
+        // Name and version are: a signed version replayed as another number or model is refused.
+        for replayed in [
+            ModelManifest {
+                version: 8,
+                ..stored.clone()
+            },
+            ModelManifest {
+                name: "other".into(),
+                ..stored.clone()
+            },
+        ] {
+            assert!(matches!(
+                trusted.verify(&replayed, &signature, &id),
+                Err(SignatureError::BadSignature(_))
+            ));
+        }
 
         let mut other_weights = stored.clone();
         other_weights.weights_sha256 = "cd".repeat(32);
@@ -249,6 +335,48 @@ mod tests {
             trusted.verify(&stored, &signature[..10], &id),
             Err(SignatureError::BadSignature(_))
         ));
+
+        // A model's signature is never a pointer's, and a pointer's binds what it points at.
+        let deletion = Pointer::Deletion {
+            name: "fleet",
+            version: 7,
+        };
+        assert!(trusted.verify_pointer(deletion, &signature, &id).is_err());
+        let (signed_deletion, _) = signer.sign_pointer(deletion);
+        assert_eq!(trusted.verify_pointer(deletion, &signed_deletion, &id), Ok(()));
+        let other = Pointer::Deletion {
+            name: "fleet",
+            version: 6,
+        };
+        assert!(trusted.verify_pointer(other, &signed_deletion, &id).is_err());
+        let mut moved = AliasRecord {
+            name: "fleet".into(),
+            alias: "production".into(),
+            version: 7,
+            sequence: 10,
+            ..AliasRecord::default()
+        };
+        (moved.signature, moved.signing_key_id) = signer.sign_pointer(Pointer::Alias(&moved));
+        assert_eq!(
+            trusted.verify_pointer(Pointer::Alias(&moved), &moved.signature, &moved.signing_key_id),
+            Ok(())
+        );
+        for forged in [
+            AliasRecord {
+                version: 3,
+                ..moved.clone()
+            },
+            AliasRecord {
+                sequence: 11,
+                ..moved.clone()
+            },
+        ] {
+            assert!(
+                trusted
+                    .verify_pointer(Pointer::Alias(&forged), &forged.signature, &forged.signing_key_id)
+                    .is_err()
+            );
+        }
 
         // Keys round-trip through their PEM files.
         let key_file = dir.path().join("signing.key");

@@ -17,15 +17,15 @@ use rdkafka::{
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::{ModelLog, records::UndecodableRecord};
+use crate::{ModelLog, records::RefusedRecord};
 
 /// What a follower's owner hears about: progress for its metrics, records it must count.
 pub trait Observer: Send + Sync + 'static {
     /// Every record below `next` has been applied.
     fn applied(&self, _next: i64) {}
-    /// A record could not be decoded and changed nothing.
-    fn undecodable(&self, error: &UndecodableRecord) {
-        tracing::error!(error = %error, "skipping a models-topic record that cannot be decoded");
+    /// A record was refused (undecodable, unsigned, replayed, out of bounds) and changed nothing.
+    fn refused(&self, error: &RefusedRecord) {
+        tracing::error!(error = %error, "skipping a models-topic record");
     }
     /// The replay reached the end of the log for the first time.
     fn caught_up(&self, seconds: f64, position: i64) {
@@ -133,7 +133,7 @@ impl Opened {
                             message.headers(),
                         );
                         if let Err(e) = result {
-                            observer.undecodable(&e);
+                            observer.refused(&e);
                         }
                         observer.applied(offset + 1);
                         applied_tx.send_replace(offset + 1);

@@ -9,6 +9,6 @@ pub mod follower;
 pub mod keys;
 pub mod records;
 
-pub use fold::{Follow, Lookup, MissingChunks, ModelLog, ModelState, StoredVersion};
+pub use fold::{Follow, Lookup, MAX_CHUNKS, MissingChunks, ModelLog, ModelState, StoredVersion};
 pub use keys::ModelKey;
 pub use records::Put;

@@ -3,7 +3,7 @@
 //! writers and readers agree on what a record means.
 
 use crate::ModelKey;
-use kappa_api::model::{AliasRecord, Cutover, VersionRecord};
+use kappa_api::model::{AliasRecord, VersionRecord};
 use prost::Message;
 
 /// One record to write to the models topic: its key, and its value (`None`: a tombstone).
@@ -28,9 +28,12 @@ impl Put {
     }
 
     /// A deleted version: not a tombstone, so the version number stays taken after compaction.
-    pub fn deleted_version(name: &str, version: u64) -> Self {
+    /// `signature` and `signing_key_id` are the registry's signature of the deletion, if it signs.
+    pub fn deleted_version(name: &str, version: u64, signature: Vec<u8>, signing_key_id: String) -> Self {
         let marker = VersionRecord {
             deleted: true,
+            signature,
+            signing_key_id,
             ..VersionRecord::default()
         };
         Self::version(name, version, &marker)
@@ -99,12 +102,11 @@ pub enum LogRecord {
         version: u64,
         index: u32,
     },
+    /// An alias moved: to `record.version`, from `record.cutover`'s event time on when set.
     Alias {
         name: String,
         alias: String,
-        version: u64,
-        /// Set when the move applies from an event time on.
-        cutover: Option<Cutover>,
+        record: Box<AliasRecord>,
     },
     AliasTombstone {
         name: String,
@@ -112,29 +114,77 @@ pub enum LogRecord {
     },
 }
 
+impl LogRecord {
+    /// The model the record is about.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Version { name, .. }
+            | Self::VersionTombstone { name, .. }
+            | Self::Chunk { name, .. }
+            | Self::ChunkTombstone { name, .. }
+            | Self::Alias { name, .. }
+            | Self::AliasTombstone { name, .. } => name,
+        }
+    }
+}
+
+/// A record a reader did not apply, and why: it changed nothing.
 #[derive(Debug, thiserror::Error)]
-#[error("record at offset {offset} with key {key:?} cannot be decoded: {reason}")]
-pub struct UndecodableRecord {
+#[error("record at offset {offset} with key {key:?} is refused ({}): {reason}", kind.as_str())]
+pub struct RefusedRecord {
     pub offset: i64,
     pub key: String,
+    pub kind: Refusal,
     pub reason: String,
+}
+
+/// The kinds of refused record, as metric labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Not a record Kappa writes, or one that contradicts its key.
+    Undecodable,
+    /// Not signed by a trusted key, where a reader verifies.
+    Unverified,
+    /// A signed alias move not newer than the last one followed: written again.
+    Replayed,
+    /// Beyond what any publish writes (a chunk index, chunks of a finished version).
+    OutOfBounds,
+}
+
+impl Refusal {
+    pub const ALL: [Self; 4] = [Self::Undecodable, Self::Unverified, Self::Replayed, Self::OutOfBounds];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Undecodable => "undecodable",
+            Self::Unverified => "unverified",
+            Self::Replayed => "replayed",
+            Self::OutOfBounds => "out_of_bounds",
+        }
+    }
 }
 
 /// The highest version number a record may name: far beyond any count of publishes, and low
 /// enough that the next number never wraps. A record past it is forged.
 pub const MAX_VERSION: u64 = 1 << 53;
 
+/// The highest sequence an alias record may carry: the registry's are milliseconds since the
+/// Unix epoch or just above the last, so a record past it is forged and would exhaust the
+/// numbers of every later move.
+pub const MAX_SEQUENCE: u64 = 1 << 53;
+
 /// Decodes a record. `Ok(None)` for keys outside Kappa's scheme, which readers skip. A record
 /// is undecodable, and changes nothing, when what it says contradicts its key: a version number
 /// past [`MAX_VERSION`], a manifest naming another model or version than the key, an alias
 /// record for another alias, or an alias moved past [`MAX_VERSION`].
-pub fn decode(offset: i64, key: Option<&[u8]>, value: Option<&[u8]>) -> Result<Option<LogRecord>, UndecodableRecord> {
+pub fn decode(offset: i64, key: Option<&[u8]>, value: Option<&[u8]>) -> Result<Option<LogRecord>, RefusedRecord> {
     let Some(parsed) = key.and_then(ModelKey::parse) else {
         return Ok(None);
     };
-    let fail = |reason: String| UndecodableRecord {
+    let fail = |reason: String| RefusedRecord {
         offset,
         key: parsed.to_string(),
+        kind: Refusal::Undecodable,
         reason,
     };
     if let ModelKey::Version { version, .. } | ModelKey::Chunk { version, .. } = parsed
@@ -176,11 +226,16 @@ pub fn decode(offset: i64, key: Option<&[u8]>, value: Option<&[u8]>) -> Result<O
                     record.version
                 )));
             }
+            if record.sequence > MAX_SEQUENCE {
+                return Err(fail(format!(
+                    "its sequence {} is beyond any the registry assigns",
+                    record.sequence
+                )));
+            }
             LogRecord::Alias {
                 name,
                 alias,
-                version: record.version,
-                cutover: record.cutover,
+                record: Box::new(record),
             }
         }
         (ModelKey::Alias { name, alias }, None) => LogRecord::AliasTombstone { name, alias },
@@ -213,7 +268,8 @@ mod tests {
                 record: Box::new(version)
             }
         );
-        let LogRecord::Version { record, .. } = read(&Put::deleted_version("fleet", 3)) else {
+        let LogRecord::Version { record, .. } = read(&Put::deleted_version("fleet", 3, Vec::new(), String::new()))
+        else {
             panic!("a deleted version is a version record");
         };
         assert!(record.deleted);
@@ -244,8 +300,7 @@ mod tests {
             LogRecord::Alias {
                 name: "fleet".into(),
                 alias: "production".into(),
-                version: 3,
-                cutover: None
+                record: Box::new(alias.clone()),
             }
         );
         assert_eq!(
@@ -277,7 +332,7 @@ mod tests {
             assert!(err.reason.contains("not the key's"), "{err}");
         }
         // Version numbers no registry assigns, which would make the next one wrap.
-        let huge = Put::deleted_version("fleet", u64::MAX);
+        let huge = Put::deleted_version("fleet", u64::MAX, Vec::new(), String::new());
         assert!(decode(9, Some(huge.key.as_bytes()), huge.value.as_deref()).is_err());
         let alias = AliasRecord {
             name: "fleet".into(),

@@ -1,7 +1,7 @@
-use std::{future::Future, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
-use tokio_stream::Stream;
+use tokio_stream::{Stream, StreamExt as _};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{
     Server,
@@ -48,14 +48,19 @@ pub async fn serve_gracefully(
     grace: Duration,
     on_shutdown: impl FnOnce(),
 ) -> Result<(), tonic::transport::Error> {
+    let connections = Arc::clone(&security.connections);
     match &security.tls {
         Some(tls) => {
-            let incoming = tls.incoming(listener);
+            let incoming = tls
+                .incoming(listener, Arc::clone(&connections))
+                .map(move |accepted| accepted.map(|io| connections.watch(io)));
             drain(router, incoming, shutdown, readiness, grace, on_shutdown).await
         }
         // Small unary answers must not wait for Nagle's algorithm (a 40 ms stall per reply).
         None => {
-            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            let incoming = TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .map(move |accepted| accepted.map(|io| connections.watch(io)));
             drain(router, incoming, shutdown, readiness, grace, on_shutdown).await
         }
     }

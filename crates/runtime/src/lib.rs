@@ -7,6 +7,7 @@
 pub mod args;
 pub mod auth;
 mod background;
+pub mod connection;
 mod deadline;
 mod graceful;
 mod grpc_code;

@@ -1,4 +1,4 @@
-use std::{convert::Infallible, future::Future, sync::Arc};
+use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};
 
 use http_body_util::Full;
 use hyper::{
@@ -27,7 +27,16 @@ pub(crate) async fn serve_metrics(
 ) {
     match tls {
         // Failed handshakes never reach here: the TLS acceptor logs and drops them.
-        Some(tls) => serve_connections(tls.incoming(listener).filter_map(Result::ok), registry, shutdown).await,
+        // Its connections are not the gRPC server's: counted apart, in no series.
+        Some(tls) => {
+            let connections = crate::connection::Connections::new(Duration::from_secs(60));
+            serve_connections(
+                tls.incoming(listener, connections).filter_map(Result::ok),
+                registry,
+                shutdown,
+            )
+            .await
+        }
         None => {
             let accepted = TcpListenerStream::new(listener).filter_map(|accepted| match accepted {
                 Ok(stream) => Some(stream),

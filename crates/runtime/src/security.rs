@@ -3,13 +3,14 @@
 //! service's configuration and the host serves with the loaded [`ServerSecurity`], so every
 //! server gets the same defence without code of its own.
 
-use std::{path::PathBuf, time::Duration};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     auth::{AuthLayer, Policy, TokenTable},
+    connection::Connections,
     deadline::DeadlineLayer,
     tls::{Protocol, ServerTls, TlsFiles},
 };
@@ -158,6 +159,7 @@ impl ServerSecurityArgs {
                 max_concurrent_streams: self.max_concurrent_streams,
                 keepalive: self.keepalive,
             },
+            connections: Connections::for_keepalive(self.keepalive),
         })
     }
 }
@@ -189,6 +191,8 @@ pub struct ServerSecurity {
     pub(crate) auth: AuthLayer,
     pub(crate) deadline: DeadlineLayer,
     pub limits: ConnectionLimits,
+    /// The gRPC port's connections: how long they may stay silent, and their metrics.
+    pub connections: Arc<Connections>,
 }
 
 impl ServerSecurity {
@@ -200,6 +204,7 @@ impl ServerSecurity {
             auth: AuthLayer::disabled(policy),
             deadline: DeadlineLayer::new(Duration::from_secs(60), Vec::new()),
             limits: ConnectionLimits::default(),
+            connections: Connections::for_keepalive(ConnectionLimits::default().keepalive),
         }
     }
 

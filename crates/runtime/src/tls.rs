@@ -26,7 +26,26 @@ use tokio_rustls::{
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::reload::Reloading;
+use crate::{
+    connection::{Closed, Connections},
+    reload::Reloading,
+};
+
+/// Counts a handshake as in progress for as long as it lives, aborted or not.
+struct Handshaking(Arc<Connections>);
+
+impl Handshaking {
+    fn new(connections: &Arc<Connections>) -> Self {
+        connections.handshake_started();
+        Self(Arc::clone(connections))
+    }
+}
+
+impl Drop for Handshaking {
+    fn drop(&mut self) {
+        self.0.handshake_ended();
+    }
+}
 
 /// How long a client has to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -42,13 +61,14 @@ struct Pending {
 impl Pending {
     /// Takes in a new handshake; past the limit, the oldest one still pending is dropped (its
     /// connection closed).
-    fn admit(&mut self, handshake: JoinHandle<()>) {
+    fn admit(&mut self, handshake: JoinHandle<()>, connections: &Connections) {
         self.tasks.retain(|task| !task.is_finished());
         self.tasks.push_back(handshake);
         if self.tasks.len() > MAX_HANDSHAKES
             && let Some(oldest) = self.tasks.pop_front()
         {
             oldest.abort();
+            connections.closed(Closed::HandshakeDisplaced);
             tracing::debug!("a pending TLS handshake gave its slot to a newer connection");
         }
     }
@@ -165,8 +185,13 @@ impl ServerTls {
     }
 
     /// TLS connections accepted on `listener`, each with the configuration current when it
-    /// arrived. Failed handshakes are logged and dropped; they never reach the gRPC server.
-    pub fn incoming(&self, listener: TcpListener) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
+    /// arrived. Failed handshakes are logged, counted in `connections` and dropped; they never
+    /// reach the gRPC server.
+    pub fn incoming(
+        &self,
+        listener: TcpListener,
+        connections: Arc<Connections>,
+    ) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
         let (tx, rx) = mpsc::channel(64);
         let config = Arc::clone(&self.config);
         tokio::spawn(async move {
@@ -186,16 +211,28 @@ impl ServerTls {
                 };
                 let _ = stream.set_nodelay(true);
                 let acceptor = TlsAcceptor::from(config.current().as_ref().clone());
-                let tx = tx.clone();
-                pending.admit(tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
-                            let _ = tx.send(Ok(tls)).await;
+                let (tx, handshaking) = (tx.clone(), Handshaking::new(&connections));
+                pending.admit(
+                    tokio::spawn(async move {
+                        let outcome = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
+                        let connections = Arc::clone(&handshaking.0);
+                        drop(handshaking);
+                        match outcome {
+                            Ok(Ok(tls)) => {
+                                let _ = tx.send(Ok(tls)).await;
+                            }
+                            Ok(Err(error)) => {
+                                connections.closed(Closed::HandshakeFailed);
+                                tracing::debug!(%peer, %error, "TLS handshake failed");
+                            }
+                            Err(_) => {
+                                connections.closed(Closed::HandshakeTimeout);
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                            }
                         }
-                        Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                }));
+                    }),
+                    &connections,
+                );
             }
         });
         ReceiverStream::new(rx)

@@ -9,14 +9,14 @@ use std::{
 
 use kappa_api::model::VersionRecord;
 use kappa_kafka::KafkaClients;
-use kappa_modellog::{
-    Follow, Lookup, MissingChunks, ModelLog, ModelState,
-    follower::{self, LogOnly},
-};
+use kappa_model::signing::TrustedKeys;
+use kappa_modellog::{Follow, Lookup, MissingChunks, ModelLog, ModelState, follower};
 use kappa_runtime::Readiness;
 use rdkafka::error::KafkaError;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+
+use crate::metrics::PredictorMetrics;
 
 /// A version the predictor should serve.
 #[derive(Debug, Clone)]
@@ -87,22 +87,36 @@ pub struct Follower {
     first: Opened,
     config: KafkaClients,
     topic: String,
-    name: String,
+    fold: Fold,
     follows: Vec<Follow>,
+}
+
+/// What the predictor's fold of the log holds and believes.
+#[derive(Clone)]
+pub struct Fold {
+    /// The model served: the fold holds nothing else.
+    pub name: String,
+    /// Weights larger than this are not assembled while they pass (the load refuses them).
+    pub max_model_bytes: u64,
+    /// When set, only what these keys signed moves the predictor (versions, alias moves,
+    /// deletions).
+    pub trusted_keys: Option<TrustedKeys>,
+    /// Where refused records are counted.
+    pub metrics: Arc<PredictorMetrics>,
 }
 
 /// A follower's fold and its consumer, assigned.
 type Opened = (Arc<RwLock<ModelLog>>, follower::Opened);
 
-/// Opens the follower of `name` in `topic` for `follows` (the served version, and the shadow's
-/// when there is one): the first consumer is made here, so a configuration librdkafka refuses
-/// fails the start-up.
-pub fn open(config: &KafkaClients, topic: &str, name: &str, follows: &[Follow]) -> Result<Follower, KafkaError> {
+/// Opens the follower of `fold.name` in `topic` for `follows` (the served version, and the
+/// shadow's when there is one): the first consumer is made here, so a configuration librdkafka
+/// refuses fails the start-up.
+pub fn open(config: &KafkaClients, topic: &str, fold: Fold, follows: &[Follow]) -> Result<Follower, KafkaError> {
     Ok(Follower {
-        first: open_log(config, topic, name)?,
+        first: open_log(config, topic, &fold)?,
         config: config.clone(),
         topic: topic.to_owned(),
-        name: name.to_owned(),
+        fold,
         follows: follows.to_vec(),
     })
 }
@@ -121,14 +135,15 @@ impl Follower {
             first,
             config,
             topic,
-            name,
+            fold,
             follows,
         } = self;
+        let name = fold.name.clone();
         let mut first = Some(first);
         let (senders, receivers): (Vec<_>, Vec<_>) = follows.iter().map(|_| watch::channel(None)).unzip();
         let stop = shutdown.clone();
         readiness.supervise(MODELS_LOG, shutdown, move || {
-            let opened = first.take().map_or_else(|| open_log(&config, &topic, &name), Ok);
+            let opened = first.take().map_or_else(|| open_log(&config, &topic, &fold), Ok);
             let (senders, name, follows, stop) = (senders.clone(), name.clone(), follows.clone(), stop.clone());
             async move {
                 let (log, opened) = opened?;
@@ -144,15 +159,14 @@ impl Follower {
     }
 }
 
-fn open_log(config: &KafkaClients, topic: &str, name: &str) -> Result<Opened, KafkaError> {
-    let log = Arc::new(RwLock::new(ModelLog::retaining(name)));
-    let opened = follower::open(
-        config,
-        topic,
-        "kappa-predictor-follower",
-        Arc::clone(&log),
-        Arc::new(LogOnly),
-    )?;
+fn open_log(config: &KafkaClients, topic: &str, fold: &Fold) -> Result<Opened, KafkaError> {
+    let mut log = ModelLog::retaining(&fold.name, fold.max_model_bytes);
+    if let Some(keys) = &fold.trusted_keys {
+        log = log.verified_by(keys.clone());
+    }
+    let log = Arc::new(RwLock::new(log));
+    let observer: Arc<PredictorMetrics> = Arc::clone(&fold.metrics);
+    let opened = follower::open(config, topic, "kappa-predictor-follower", Arc::clone(&log), observer)?;
     Ok((log, opened))
 }
 
@@ -242,7 +256,7 @@ mod tests {
             version,
             index: 0,
         };
-        log.apply_record(*offset, chunk, Some(&value), BTreeMap::new);
+        log.apply_record(*offset, chunk, Some(&value), BTreeMap::new).unwrap();
         let manifest = ModelManifest {
             name: name.clone(),
             version,
@@ -258,13 +272,14 @@ mod tests {
             LogRecord::Version { name, version, record },
             None,
             BTreeMap::new,
-        );
+        )
+        .unwrap();
         *offset += 2;
     }
 
     #[test]
     fn follows_latest_or_an_alias_with_the_weights_in_hand() {
-        let (mut log, mut offset) = (ModelLog::retaining("m"), 0);
+        let (mut log, mut offset) = (ModelLog::retaining("m", 1 << 20), 0);
         put_version(&mut log, &mut offset, "m", 1, b"one");
         put_version(&mut log, &mut offset, "other", 1, b"xx");
         put_version(&mut log, &mut offset, "m", 2, b"two");

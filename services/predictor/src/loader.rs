@@ -35,6 +35,8 @@ pub struct Loader {
     /// Weight chunk consumers, one kept between loads: a swap then skips a consumer's start-up.
     pub chunk_readers: Arc<chunks::ChunkReaders>,
     pub topic: String,
+    /// The model this predictor serves (`--model`).
+    pub model: String,
     pub backend: Backend,
     /// This replica's gRPC address, to tell replicas apart in a trace.
     pub instance: String,
@@ -283,6 +285,17 @@ impl Loader {
             reason: "no_manifest",
             message: "the version record carries no manifest".into(),
         })?;
+        // What is served is what the log key names, the signature covers, and --model asks for
+        // (the fold checks the first two agree; this holds whatever the fold becomes).
+        if manifest.name != self.model || manifest.version != target.version {
+            return Err(LoadFailure {
+                reason: "signature",
+                message: format!(
+                    "its manifest names {:?} version {}, not {:?} version {} as this predictor serves",
+                    manifest.name, manifest.version, self.model, target.version
+                ),
+            });
+        }
         // Before any weights are fetched (admission checks it again, with the rest): anyone who
         // can write to the topic can write a version with a matching digest; only a trusted
         // key's signature makes it worth reading.

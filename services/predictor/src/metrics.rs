@@ -46,6 +46,8 @@ pub struct PredictorMetrics {
     pub cutover_fallbacks: Counter,
     /// Version the shadow scores with (`--shadow`; 0 without one, or before it loads).
     pub shadow_version: Gauge,
+    /// Models-topic records of this model the follower refused, by reason.
+    pub refused_records: Family<ReasonLabels, Counter>,
 }
 
 /// Why a version can be refused (the `reason` label of `load_failures`).
@@ -78,6 +80,7 @@ impl Default for PredictorMetrics {
             cutover_from_ms: Gauge::default(),
             cutover_fallbacks: Counter::default(),
             shadow_version: Gauge::default(),
+            refused_records: Family::default(),
         }
     }
 }
@@ -87,6 +90,11 @@ impl PredictorMetrics {
         // Every reason exists from the start at 0, so an alert on its rate works from the start.
         for reason in LOAD_FAILURE_REASONS {
             let _ = self.load_failures.get_or_create(&ReasonLabels { reason });
+        }
+        for refusal in kappa_modellog::records::Refusal::ALL {
+            let _ = self.refused_records.get_or_create(&ReasonLabels {
+                reason: refusal.as_str(),
+            });
         }
         let r = registry.sub_registry_with_prefix("kappa_predictor");
         r.register(
@@ -136,6 +144,11 @@ impl PredictorMetrics {
             self.load_failures.clone(),
         );
         r.register(
+            "refused_log_records",
+            "Models-topic records of the served model skipped, by reason (undecodable, unverified, replayed, out_of_bounds)",
+            self.refused_records.clone(),
+        );
+        r.register(
             "cutover_from_ms",
             "Event time (ms) from which the served version scores stream events after an alias move by event time; 0 without one",
             self.cutover_from_ms.clone(),
@@ -155,5 +168,17 @@ impl PredictorMetrics {
             "1 while a model is loaded and serving",
             self.model_ready.clone(),
         );
+    }
+}
+
+/// The follower reports the records it refuses into the predictor's metrics.
+impl kappa_modellog::follower::Observer for PredictorMetrics {
+    fn refused(&self, error: &kappa_modellog::records::RefusedRecord) {
+        self.refused_records
+            .get_or_create(&ReasonLabels {
+                reason: error.kind.as_str(),
+            })
+            .inc();
+        tracing::error!(error = %error, "skipping a models-topic record; the served version does not change");
     }
 }

@@ -71,7 +71,13 @@ impl kappa_runtime::Service for Predictor {
         let follows: Vec<_> = std::iter::once(config.follow.clone())
             .chain(config.shadow.clone())
             .collect();
-        let follower = follower::open(&host.kafka, &config.models_topic, &config.model, &follows)?;
+        let fold = follower::Fold {
+            name: config.model.clone(),
+            max_model_bytes: config.max_model_bytes,
+            trusted_keys: config.trusted_keys.clone(),
+            metrics: Arc::clone(&metrics),
+        };
+        let follower = follower::open(&host.kafka, &config.models_topic, fold, &follows)?;
         let shadow = match &config.shadow {
             Some(follow) => {
                 let metrics = Arc::new(ShadowMetrics::default());
@@ -161,6 +167,7 @@ impl kappa_runtime::Service for Predictor {
                 readiness: Arc::clone(readiness),
                 chunk_readers: Arc::new(loader::chunk_readers(host.kafka.clone())),
                 topic: config.models_topic.clone(),
+                model: config.model.clone(),
                 backend: config.backend,
                 instance: host.instance.clone(),
                 trusted_keys: config.trusted_keys.clone(),

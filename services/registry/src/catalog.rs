@@ -25,6 +25,8 @@ pub trait Catalog {
     fn model_version(&self, name: &str, version: u64) -> Result<pb::ModelVersion, RegistryError>;
     fn list_models(&self) -> Vec<pb::ModelSummary>;
     fn list_versions(&self, name: &str) -> Result<Vec<pb::ModelVersion>, RegistryError>;
+    /// The highest sequence of any alias move of `name` so far (0 for none).
+    fn highest_sequence(&self, name: &str) -> u64;
 }
 
 /// A model readers know: one with a live version or an alias.
@@ -111,6 +113,10 @@ impl Catalog for ModelLog {
             .collect()
     }
 
+    fn highest_sequence(&self, name: &str) -> u64 {
+        self.model(name).map_or(0, ModelState::highest_sequence)
+    }
+
     fn list_versions(&self, name: &str) -> Result<Vec<pb::ModelVersion>, RegistryError> {
         let model = known(self, name)?;
         Ok(model
@@ -146,7 +152,7 @@ mod tests {
     use super::*;
 
     fn apply(log: &mut ModelLog, offset: i64, record: LogRecord) {
-        log.apply_record(offset, record, None, BTreeMap::new);
+        log.apply_record(offset, record, None, BTreeMap::new).unwrap();
     }
 
     fn version(name: &str, v: u64, key: &str) -> LogRecord {
@@ -223,8 +229,10 @@ mod tests {
             LogRecord::Alias {
                 name: "m".into(),
                 alias: "production".into(),
-                version: 1,
-                cutover: None,
+                record: Box::new(kappa_api::model::AliasRecord {
+                    version: 1,
+                    ..Default::default()
+                }),
             },
         );
         assert_eq!(c.alias("m", "production").unwrap(), 1);

@@ -70,6 +70,14 @@ pub struct RegistryConfig {
           value_parser = kappa_model::signing::TrustedKeys::parse_flag)]
     pub trusted_keys: Option<kappa_model::signing::TrustedKeys>,
 
+    /// Sign every alias move and deletion with this Ed25519 private key (PKCS#8 PEM; `kappa keys
+    /// new` makes one), so predictors with `--trusted-keys` (which must then hold its public key)
+    /// follow only moves this registry made, and never an old one written to the topic again.
+    /// Required with --trusted-keys.
+    #[arg(long, env = "KAPPA_REGISTRY_SIGNING_KEY", value_name = "PATH",
+          value_parser = kappa_model::signing::ModelSigner::parse_flag)]
+    pub signing_key: Option<kappa_model::signing::ModelSigner>,
+
     /// Listen addresses, Kafka, security, logging: what every Kappa server takes.
     #[command(flatten)]
     pub server: ServerArgs,
@@ -91,6 +99,11 @@ impl RegistryConfig {
                 self.max_publish_buffer_bytes, self.max_model_bytes
             ));
         }
+        if self.trusted_keys.is_some() && self.signing_key.is_none() {
+            return Err(
+                "--trusted-keys needs --signing-key: predictors that trust only signed models follow only signed alias moves and deletions; make a key with `kappa keys new`, pass it here and add its public key to the predictors' --trusted-keys".into(),
+            );
+        }
         if self.publish_idle.is_zero() {
             return Err("--publish-idle-seconds must be above 0".into());
         }
@@ -98,6 +111,15 @@ impl RegistryConfig {
             return Err(format!(
                 "--max-model-bytes ({}) is smaller than --chunk-bytes ({}); no model could be published",
                 self.max_model_bytes, self.chunk_bytes
+            ));
+        }
+        let chunks = self.max_model_bytes.div_ceil(u64::from(self.chunk_bytes));
+        if chunks > u64::from(kappa_modellog::MAX_CHUNKS) {
+            return Err(format!(
+                "--max-model-bytes ({}) would take {chunks} chunks of --chunk-bytes ({}); readers accept {} at most: raise --chunk-bytes",
+                self.max_model_bytes,
+                self.chunk_bytes,
+                kappa_modellog::MAX_CHUNKS
             ));
         }
         Ok(())

@@ -32,6 +32,19 @@ pub enum RegistryError {
     NothingBeforeCutover { name: String, alias: String },
     #[error("{0}")]
     Forbidden(String),
+    #[error(
+        "the publish asks for version {requested} of model {name:?}, but the next version is {next}: sign the manifest for version {next} and publish again (Kappa's clients do this themselves)"
+    )]
+    VersionTaken { name: String, requested: u64, next: u64 },
+    #[error(
+        "idempotency key {key:?} of model {name:?} belongs to version {version}, published {why}; a retry repeats the same publish, anything else needs a new key"
+    )]
+    KeyReused {
+        name: String,
+        key: String,
+        version: u64,
+        why: &'static str,
+    },
     #[error("{what} in flight already hold {held} of this registry's {limit} bytes (--{flag}); retry shortly")]
     Busy {
         what: &'static str,
@@ -73,6 +86,14 @@ impl From<RegistryError> for Status {
             | RegistryError::Fenced => Status::failed_precondition(message),
             RegistryError::TooLarge { .. } => Status::resource_exhausted(message),
             RegistryError::Forbidden(_) => Status::permission_denied(message),
+            RegistryError::VersionTaken { next, .. } => {
+                let mut status = Status::aborted(message);
+                status
+                    .metadata_mut()
+                    .insert(kappa_api::registry::NEXT_VERSION_METADATA, next.into());
+                status
+            }
+            RegistryError::KeyReused { .. } => Status::already_exists(message),
             RegistryError::Busy { .. } => Status::resource_exhausted(message),
             RegistryError::Idle(_) => Status::deadline_exceeded(message),
             RegistryError::NotReady | RegistryError::KafkaUnavailable(_) | RegistryError::KafkaRead(_) => {
@@ -132,6 +153,23 @@ mod tests {
             (RegistryError::Fenced, Code::FailedPrecondition),
             (RegistryError::TooLarge { size: 2, limit: 1 }, Code::ResourceExhausted),
             (RegistryError::Forbidden("no".into()), Code::PermissionDenied),
+            (
+                RegistryError::VersionTaken {
+                    name: "m".into(),
+                    requested: 1,
+                    next: 2,
+                },
+                Code::Aborted,
+            ),
+            (
+                RegistryError::KeyReused {
+                    name: "m".into(),
+                    key: "k".into(),
+                    version: 1,
+                    why: "by another principal",
+                },
+                Code::AlreadyExists,
+            ),
             (
                 RegistryError::Busy {
                     what: "publishes",

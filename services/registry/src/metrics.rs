@@ -11,6 +11,11 @@ pub struct OutcomeLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RpcLabels {
     pub rpc: &'static str,
     pub code: &'static str,
@@ -25,7 +30,7 @@ pub struct RegistryMetrics {
     pub replay_seconds: Gauge<f64, AtomicU64>,
     pub log_position: Gauge,
     pub fenced: Gauge,
-    pub undecodable_records: Counter,
+    pub refused_records: Family<ReasonLabels, Counter>,
 }
 
 impl RegistryMetrics {
@@ -33,6 +38,11 @@ impl RegistryMetrics {
         // Every outcome exists from the start at 0, so rates and alerts work before the first one.
         for outcome in ["created", "deduplicated", "rejected", "failed"] {
             let _ = self.publishes.get_or_create(&OutcomeLabels { outcome });
+        }
+        for refusal in kappa_modellog::records::Refusal::ALL {
+            let _ = self.refused_records.get_or_create(&ReasonLabels {
+                reason: refusal.as_str(),
+            });
         }
         let r = registry.sub_registry_with_prefix("kappa_registry");
         r.register(
@@ -66,9 +76,9 @@ impl RegistryMetrics {
             self.fenced.clone(),
         );
         r.register(
-            "undecodable_records",
-            "Models-topic records skipped because they could not be decoded",
-            self.undecodable_records.clone(),
+            "refused_records",
+            "Models-topic records skipped, by reason (undecodable, unverified, replayed, out_of_bounds)",
+            self.refused_records.clone(),
         );
     }
 
@@ -87,9 +97,13 @@ impl kappa_modellog::follower::Observer for RegistryMetrics {
         self.log_position.set(next);
     }
 
-    fn undecodable(&self, error: &kappa_modellog::records::UndecodableRecord) {
-        self.undecodable_records.inc();
-        tracing::error!(error = %error, "skipping a models-topic record the registry cannot decode");
+    fn refused(&self, error: &kappa_modellog::records::RefusedRecord) {
+        self.refused_records
+            .get_or_create(&ReasonLabels {
+                reason: error.kind.as_str(),
+            })
+            .inc();
+        tracing::error!(error = %error, "skipping a models-topic record");
     }
 
     fn caught_up(&self, seconds: f64, position: i64) {

@@ -63,33 +63,32 @@ impl RegistryService {
                 )
             })?;
         let header = PublishHeader::try_from(first)?;
-        if let Some(existing) = self.deduplicate(&header.manifest.name, &header.idempotency_key)? {
+        if let Some(existing) = self.deduplicate(&header, &published_by)? {
             return Ok(existing);
         }
+        // Refused before the upload when already wrong; checked again under the write lock.
+        self.check_version(&header.manifest)?;
         // The version record names the transaction's span: predictors loading it continue there.
         let span = transaction_span();
-        let upload = match self.receive(&mut stream, &header, &span).await? {
+        let upload = match self.receive(&mut stream, &header, &published_by, &span).await? {
             Step::Next(upload) => upload,
             Step::Existing(existing) => return Ok(*existing),
         };
-        let PublishHeader {
-            manifest,
-            idempotency_key,
-            signed,
-        } = header;
         let Upload {
             weights,
             check,
             streamed,
             _held,
         } = upload;
-        let (weights, manifest) = self.admit(manifest, weights, check, &signed).await?;
+        let (weights, manifest) = self
+            .admit(header.manifest.clone(), weights, check, &header.signed)
+            .await?;
         let mut writer = match streamed {
             Some(writer) => writer,
             None => {
                 let lock = self.writer.lock(WRITE_WAIT).await?;
                 // A concurrent retry with the same key may have won the lock first.
-                match self.open_version(&span, &manifest.name, &idempotency_key, lock).await? {
+                match self.open_version(&span, &header, &published_by, lock).await? {
                     Step::Next(writer) => writer,
                     Step::Existing(existing) => return Ok(*existing),
                 }
@@ -104,12 +103,12 @@ impl RegistryService {
                 created_at_ms: kappa_runtime::now_ms(),
                 ..manifest
             }),
-            idempotency_key,
+            idempotency_key: header.idempotency_key,
             deleted: false,
             trace_context: span_context_map(&span),
             published_by: published_by.clone(),
-            signature: signed.signature,
-            signing_key_id: signed.key_id,
+            signature: header.signed.signature,
+            signing_key_id: header.signed.key_id,
         };
         let record = Put::version(&name, version, &record);
         self.finish_in(span, writer.transaction, vec![record]).await?;
@@ -139,6 +138,7 @@ impl RegistryService {
         &self,
         stream: &mut Streaming<pb::PublishRequest>,
         header: &PublishHeader,
+        published_by: &str,
         span: &tracing::Span,
     ) -> Result<Step<Upload>, Status> {
         use pb::publish_request::Part;
@@ -160,10 +160,7 @@ impl RegistryService {
         let mut check = DigestStream::default();
         let streams = declared > self.chunk_bytes as u64;
         let mut streamed = match streams.then(|| self.writer.try_lock()).flatten() {
-            Some(lock) => match self
-                .open_version(span, &manifest.name, &header.idempotency_key, lock)
-                .await?
-            {
+            Some(lock) => match self.open_version(span, header, published_by, lock).await? {
                 Step::Next(writer) => Some(writer),
                 Step::Existing(existing) => return Ok(Step::Existing(existing)),
             },
@@ -285,30 +282,52 @@ impl RegistryService {
         }
     }
 
-    /// Under `lock`: the version stored for `key` already (a retry), or the next version of
-    /// `name` with its transaction open, whose records carry `span`'s trace context.
+    /// Under `lock`: the version stored for the header's key already (a retry), or the next
+    /// version of its model with its transaction open, whose records carry `span`'s trace
+    /// context.
     async fn open_version(
         &self,
         span: &tracing::Span,
-        name: &str,
-        key: &str,
+        header: &PublishHeader,
+        published_by: &str,
         lock: WriteLock,
     ) -> Result<Step<VersionWriter>, RegistryError> {
-        if let Some(existing) = self.deduplicate(name, key)? {
+        if let Some(existing) = self.deduplicate(header, published_by)? {
             return Ok(Step::Existing(Box::new(existing)));
         }
-        let version = self.catalog().next_version(name);
+        let version = self.check_version(&header.manifest)?;
         Ok(Step::Next(VersionWriter {
             transaction: self.begin_in(span, lock).await?,
-            name: name.to_owned(),
+            name: header.manifest.name.clone(),
             version,
             chunk_bytes: self.chunk_bytes,
             written: 0,
         }))
     }
 
-    /// The answer to a retry: the version an earlier publish with `key` created.
-    fn deduplicate(&self, name: &str, key: &str) -> Result<Option<pb::PublishResponse>, RegistryError> {
+    /// The number the version gets: the next one, which a manifest naming its version (a
+    /// signed one must) has to name.
+    fn check_version(&self, manifest: &ModelManifest) -> Result<u64, RegistryError> {
+        let next = self.catalog().next_version(&manifest.name);
+        if manifest.version != 0 && manifest.version != next {
+            return Err(RegistryError::VersionTaken {
+                name: manifest.name.clone(),
+                requested: manifest.version,
+                next,
+            });
+        }
+        Ok(next)
+    }
+
+    /// The answer to a retry: the version an earlier publish with the header's key created,
+    /// when the same principal published it with the same manifest. A key is not a claim on a
+    /// version another caller, or another model, can redeem: anything else is refused.
+    fn deduplicate(
+        &self,
+        header: &PublishHeader,
+        published_by: &str,
+    ) -> Result<Option<pb::PublishResponse>, RegistryError> {
+        let (name, key) = (&header.manifest.name, &header.idempotency_key);
         if key.is_empty() {
             return Ok(None);
         }
@@ -316,6 +335,19 @@ impl RegistryService {
         let Some(version) = catalog.version_for_idempotency_key(name, key) else {
             return Ok(None);
         };
+        let stored = catalog.version(name, version)?;
+        let reused = |why| RegistryError::KeyReused {
+            name: name.clone(),
+            key: key.clone(),
+            version,
+            why,
+        };
+        if stored.record.published_by != published_by {
+            return Err(reused("by another principal"));
+        }
+        if !same_publish(stored.record.manifest.as_ref(), &header.manifest) {
+            return Err(reused("with another manifest or other weights"));
+        }
         self.metrics
             .publishes
             .get_or_create(&OutcomeLabels {
@@ -361,4 +393,29 @@ impl VersionWriter {
     fn chunks(&self) -> u32 {
         self.written.div_ceil(self.chunk_bytes) as u32
     }
+}
+
+/// Whether `asked` is a retry of the publish that stored `stored`: the same manifest, apart from
+/// what the registry stamps (version, time, an ONNX graph's description) and what the retry
+/// leaves out (a digest or size it did not declare).
+fn same_publish(stored: Option<&ModelManifest>, asked: &ModelManifest) -> bool {
+    let Some(stored) = stored else { return false };
+    let comparable = |m: &ModelManifest, declared: &ModelManifest| {
+        let mut m = m.clone();
+        m.version = 0;
+        m.created_at_ms = 0;
+        if let Some(onnx) = m.onnx.as_mut() {
+            onnx.graph = None;
+        }
+        if declared.weights_sha256.is_empty() {
+            m.weights_sha256.clear();
+        } else {
+            m.weights_sha256.make_ascii_lowercase();
+        }
+        if declared.weights_size == 0 {
+            m.weights_size = 0;
+        }
+        m
+    };
+    comparable(stored, asked) == comparable(asked, asked)
 }

@@ -114,16 +114,11 @@ fn to_event(record: LogRecord, offset: i64, name_filter: &str) -> Option<pb::wat
             })
         }
         LogRecord::VersionTombstone { name, version } => Event::Deleted(pb::VersionDeleted { name, version }),
-        LogRecord::Alias {
+        LogRecord::Alias { name, alias, record } => Event::AliasSet(pb::AliasSet {
             name,
             alias,
-            version,
-            cutover,
-        } => Event::AliasSet(pb::AliasSet {
-            name,
-            alias,
-            version,
-            cutover,
+            version: record.version,
+            cutover: record.cutover,
         }),
         LogRecord::AliasTombstone { name, alias } => Event::AliasDeleted(pb::AliasDeleted { name, alias }),
         LogRecord::Chunk { .. } | LogRecord::ChunkTombstone { .. } => return None,

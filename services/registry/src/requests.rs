@@ -262,8 +262,14 @@ impl TryFrom<pb::PublishRequest> for PublishHeader {
             signing_key_id,
         } = header;
         let manifest = manifest.ok_or_else(|| bad("the Publish header carries no manifest"))?;
-        if manifest.version != 0 {
-            return Err(bad("leave manifest.version at 0: the registry assigns versions"));
+        if manifest.version > kappa_modellog::records::MAX_VERSION {
+            return Err(bad("manifest.version is beyond any version the registry assigns"));
+        }
+        // The signature covers the version: the publisher names the one it signed for.
+        if !signature.is_empty() && manifest.version == 0 {
+            return Err(bad(
+                "a signed manifest names the version it is signed for: set manifest.version to ListVersions' next_version, sign, and publish",
+            ));
         }
         kappa_model::validate_manifest(&manifest)?;
         // An Ed25519 signature is 64 bytes; a key id 16 hex digits. Anything else is junk to keep out of the log.

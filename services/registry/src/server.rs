@@ -41,8 +41,10 @@ impl kappa_runtime::Service for Registry {
 
     fn summary(config: &RegistryConfig) -> String {
         format!(
-            "topic={} transactional_id={}",
-            config.models_topic, config.transactional_id
+            "topic={} transactional_id={} pointer_key={}",
+            config.models_topic,
+            config.transactional_id,
+            config.signing_key.as_ref().map_or("none", |k| k.id())
         )
     }
 
@@ -83,7 +85,13 @@ impl kappa_runtime::Service for Registry {
 
         let metrics = Arc::new(RegistryMetrics::default());
         metrics.register(&mut host.metrics);
-        let catalog = Arc::new(RwLock::new(ModelLog::new()));
+        // A registry that accepts only signed models reads the log as its predictors do: what
+        // no trusted key (or its own pointer key) signed is not in its catalog either.
+        let catalog = match (&config.trusted_keys, &config.signing_key) {
+            (Some(trusted), Some(own)) => ModelLog::new().verified_by(trusted.clone().with(own)),
+            _ => ModelLog::new(),
+        };
+        let catalog = Arc::new(RwLock::new(catalog));
         let follower = follower::open(
             &kafka,
             &topic,
@@ -103,6 +111,7 @@ impl kappa_runtime::Service for Registry {
             metrics,
             readiness: Arc::clone(&host.readiness),
             trusted_keys: config.trusted_keys.clone(),
+            signing_key: config.signing_key.clone(),
             limits: Limits {
                 publish_buffer: Arc::new(tokio::sync::Semaphore::new(config.max_publish_buffer_bytes as usize)),
                 publish_buffer_bytes: config.max_publish_buffer_bytes,

@@ -7,7 +7,7 @@ use kappa_api::{
     registry::{self as pb, registry_server::Registry},
 };
 use kappa_kafka::KafkaClients;
-use kappa_model::signing::TrustedKeys;
+use kappa_model::signing::{ModelSigner, Pointer, TrustedKeys};
 use kappa_modellog::{ModelLog, follower::Progress};
 use kappa_runtime::auth::{Principal, Role};
 use tokio::sync::mpsc;
@@ -41,6 +41,8 @@ pub struct RegistryService {
     pub readiness: Arc<kappa_runtime::Readiness>,
     /// When set, only versions signed by one of these keys are accepted.
     pub trusted_keys: Option<TrustedKeys>,
+    /// When set, signs every alias move and deletion this registry writes.
+    pub signing_key: Option<ModelSigner>,
     pub limits: Limits,
 }
 
@@ -212,14 +214,24 @@ impl RegistryService {
                 previous_version: previous,
             }),
         };
-        let record = AliasRecord {
+        let updated_at_ms = kappa_runtime::now_ms();
+        // Above every earlier move of this model's aliases, even one whose record compaction
+        // removed since: its time, unless the clock is behind the last move.
+        let highest = self.catalog().highest_sequence(name);
+        let mut record = AliasRecord {
             name: name.to_owned(),
             alias: alias.to_owned(),
             version,
-            updated_at_ms: kappa_runtime::now_ms(),
+            updated_at_ms,
             updated_by: updated_by.clone(),
             cutover,
+            sequence: u64::try_from(updated_at_ms).unwrap_or(0).max(highest + 1),
+            signature: Vec::new(),
+            signing_key_id: String::new(),
         };
+        if let Some(key) = &self.signing_key {
+            (record.signature, record.signing_key_id) = key.sign_pointer(Pointer::Alias(&record));
+        }
         let position = self.write(vec![Put::alias(&record)], lock).await?;
         tracing::info!(
             model = name,
@@ -293,7 +305,10 @@ impl RegistryService {
             .map(|index| Put::chunk_tombstone(&name, version, index))
             .collect();
         records.extend(aliases.iter().map(|alias| Put::alias_tombstone(&name, alias)));
-        records.push(Put::deleted_version(&name, version));
+        let (signature, key_id) = self.signing_key.as_ref().map_or_else(Default::default, |key| {
+            key.sign_pointer(Pointer::Deletion { name: &name, version })
+        });
+        records.push(Put::deleted_version(&name, version, signature, key_id));
         self.write(records, lock).await?;
         tracing::info!(model = name, version, removed_aliases = ?aliases, principal, "deleted a model version");
         Ok(pb::DeleteVersionResponse {
@@ -413,6 +428,7 @@ impl Registry for RegistryService {
             let name = ModelName::try_from(request.into_inner())?;
             Ok::<_, RegistryError>(pb::ListVersionsResponse {
                 versions: self.catalog().list_versions(name.as_str())?,
+                next_version: self.catalog().next_version(name.as_str()),
             })
         })()
         .map_err(Status::from);

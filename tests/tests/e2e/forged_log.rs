@@ -138,12 +138,13 @@ async fn a_version_replayed_under_another_key_or_name_is_ignored_by_every_reader
         ],
     )
     .await;
-    // The registry counts both as undecodable and lists neither; the predictor stays on 2.
+    // The registry counts both as undecodable and lists neither (the chunk for 5, written
+    // after a version that never came, is out of bounds); the predictor stays on 2.
     let deadline = Instant::now() + Duration::from_secs(20);
     while scrape(&registry.metrics_url)
         .await
         .lines()
-        .find_map(|l| l.strip_prefix("kappa_registry_undecodable_records_total "))
+        .find_map(|l| l.strip_prefix(r#"kappa_registry_refused_records_total{reason="undecodable"} "#))
         .and_then(|v| v.trim().parse::<f64>().ok())
         != Some(2.0)
     {
@@ -198,6 +199,144 @@ async fn a_deletion_marker_for_version_2_to_the_64_does_not_wrap_the_next_versio
     assert!(
         scrape(&registry.metrics_url)
             .await
-            .contains("kappa_registry_undecodable_records_total 1")
+            .contains(r#"kappa_registry_refused_records_total{reason="undecodable"} 1"#)
     );
+}
+
+/// The last value written under `key` in the models topic.
+async fn last_value(topic: &str, key: &str) -> Vec<u8> {
+    read_topic(topic, "read_committed")
+        .await
+        .into_iter()
+        .rev()
+        .find(|r| r.key == key)
+        .and_then(|r| r.value)
+        .unwrap_or_else(|| panic!("no record for {key}"))
+}
+
+#[tokio::test]
+async fn signed_records_written_again_never_move_a_verifying_predictor_and_the_api_refuses_replays() {
+    use kappa_api::registry::{PublishHeader, PublishRequest, publish_request::Part};
+    let keys = tempfile::tempdir().unwrap();
+    let publisher = kappa_model::signing::ModelSigner::generate();
+    std::fs::write(keys.path().join("publisher.pem"), publisher.public_pem().unwrap()).unwrap();
+    let setup = RegistrySetup::new().verifying(keys.path());
+    let registry = setup.start().await;
+    let mut client = registry_client(&registry).await;
+    let model = unique("signed-log");
+    let manifest = car_autoencoder(&model, &[8]);
+    let v1 = random_weights(&manifest, 1);
+    for weights in [v1.clone(), random_weights(&manifest, 2)] {
+        kappa_client::Registry::from(client.clone())
+            .publish_signed(&manifest, &weights, "", Some(&publisher))
+            .await
+            .unwrap();
+    }
+    let alias_key = format!("alias/{model}/production");
+    set_alias(&mut client, &model, "production", 1).await.unwrap();
+    let old_move = last_value(&setup.topic, &alias_key).await;
+    set_alias(&mut client, &model, "production", 2).await.unwrap();
+    let v1_record = VersionRecord::decode(&*last_value(&setup.topic, &format!("model/{model}/1")).await).unwrap();
+
+    let trusted = format!("--trusted-keys={}", keys.path().display());
+    let production = PredictorSetup::new(&setup.topic, &model, "production")
+        .arg(&trusted)
+        .start()
+        .await;
+    let latest = PredictorSetup::new(&setup.topic, &model, "latest")
+        .arg(&trusted)
+        .start()
+        .await;
+    let (mut on_production, mut on_latest) = (
+        PredictorClient::new(production.channel().await),
+        PredictorClient::new(latest.channel().await),
+    );
+    p99_of(&mut on_production, 50, 2).await;
+    let before = p99_of(&mut on_production, 200, 2).await;
+    p99_of(&mut on_latest, 5, 2).await;
+
+    // A topic writer: the old signed move to 1 written again; signed version 1 written as
+    // version 3 (its manifest edited to match the key) with an unsigned move to it; version 2
+    // deleted by an unsigned marker and by a tombstone.
+    let mut replayed = v1_record.clone();
+    replayed.manifest.as_mut().unwrap().version = 3;
+    produce_raw(&setup.topic, vec![(alias_key.clone(), old_move.clone())]).await;
+    write_raw_record(&setup.topic, replayed.clone(), &v1).await;
+    write_raw_alias(&setup.topic, &model, "production", 3).await;
+    let marker = VersionRecord {
+        deleted: true,
+        ..Default::default()
+    };
+    produce_raw(&setup.topic, vec![(format!("model/{model}/2"), marker.encode_to_vec())]).await;
+    produce_tombstone(&setup.topic, &format!("model/{model}/2")).await;
+
+    // Each predictor refuses them all and goes on answering with version 2, as fast as before.
+    for (predictor, replays, unverified) in [(&production, 1.0, 4.0), (&latest, 1.0, 4.0)] {
+        for (reason, count) in [("replayed", replays), ("unverified", unverified)] {
+            let series = format!(r#"kappa_predictor_refused_log_records_total{{reason="{reason}"}}"#);
+            predictor.wait_for_metric(&series, count, &series).await;
+        }
+    }
+    let during = p99_of(&mut on_production, 200, 2).await;
+    assert!(
+        during <= (before * 2).max(Duration::from_millis(250)),
+        "p99 {during:?} during the attack against {before:?} before"
+    );
+    p99_of(&mut on_latest, 20, 2).await;
+    // A predictor started now replays all of it, and comes to the same answer.
+    let fresh = PredictorSetup::new(&setup.topic, &model, "production")
+        .arg(&trusted)
+        .start()
+        .await;
+    p99_of(&mut PredictorClient::new(fresh.channel().await), 20, 2).await;
+    // So does the registry: it lists what it wrote, nothing else.
+    let listed: Vec<u64> = client
+        .list_versions(kappa_api::registry::ListVersionsRequest { name: model.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .versions
+        .iter()
+        .map(|v| v.version)
+        .collect();
+    assert_eq!(listed, [1, 2]);
+
+    // Through the API: version 1's signed manifest published again as itself is refused for its
+    // number, and as the next number for its signature.
+    let replay_publish = |version: u64| {
+        let mut manifest = v1_record.manifest.clone().unwrap();
+        manifest.version = version;
+        manifest.created_at_ms = 0;
+        manifest.onnx = None;
+        vec![
+            PublishRequest {
+                part: Some(Part::Header(PublishHeader {
+                    manifest: Some(manifest),
+                    idempotency_key: String::new(),
+                    signature: v1_record.signature.clone(),
+                    signing_key_id: v1_record.signing_key_id.clone(),
+                })),
+            },
+            PublishRequest {
+                part: Some(Part::Chunk(v1.clone())),
+            },
+        ]
+    };
+    let refused = client.publish(tokio_stream::iter(replay_publish(1))).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Aborted, "{}", refused.message());
+    assert!(refused.message().contains("next version is 3"), "{}", refused.message());
+    let refused = client.publish(tokio_stream::iter(replay_publish(3))).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{}", refused.message());
+    assert!(refused.message().contains("does not verify"), "{}", refused.message());
+
+    // A rollback through the API is signed and newer: the predictor follows it.
+    set_alias(&mut client, &model, "production", 1).await.unwrap();
+    production
+        .wait_for_metric(
+            "kappa_predictor_loaded_version",
+            1.0,
+            "the rollback through the API is followed",
+        )
+        .await;
+    p99_of(&mut on_production, 20, 1).await;
 }

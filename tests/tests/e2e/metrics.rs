@@ -88,7 +88,12 @@ async fn checked_scrape(
             }
         })
         .collect();
-    let wanted = &documented[service];
+    // Every server also exposes the runtime's connection series.
+    let wanted: BTreeSet<String> = documented[service]
+        .union(&documented["kappa_server"])
+        .cloned()
+        .collect();
+    let wanted = &wanted;
     let missing: Vec<_> = wanted.difference(&exposed).collect();
     assert!(
         !all_present || missing.is_empty(),
@@ -111,7 +116,7 @@ async fn every_services_metrics_are_valid_documented_and_move_with_traffic() {
     let documented = documented();
     assert_eq!(
         documented.keys().map(String::as_str).collect::<Vec<_>>(),
-        ["kappa_predictor", "kappa_registry", "kappa_trainer"]
+        ["kappa_predictor", "kappa_registry", "kappa_server", "kappa_trainer"]
     );
     let setup = RegistrySetup::new();
     let registry = setup.start().await;

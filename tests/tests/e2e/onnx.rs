@@ -382,7 +382,7 @@ async fn bad_graphs_are_refused_with_the_reason_and_nothing_reaches_the_log() {
     let keys = tempfile::tempdir().unwrap();
     std::fs::write(keys.path().join("ci.pem"), signer.public_pem().unwrap()).unwrap();
 
-    let setup = RegistrySetup::new().arg(format!("--trusted-keys={}", keys.path().display()));
+    let setup = RegistrySetup::new().verifying(keys.path());
     let registry = setup.start().await;
     let mut client = kappa_client::Registry::from(registry_client(&registry).await);
     let name = unique("refused");
@@ -474,10 +474,12 @@ async fn bad_graphs_are_refused_with_the_reason_and_nothing_reaches_the_log() {
     // Signed over other bytes: the manifest signed carries another graph's digest.
     let other = read("nan_probe.onnx");
     let mut signed_for_other = good_manifest.clone();
+    signed_for_other.version = 2;
     signed_for_other.weights_sha256 = sha256(&other);
     signed_for_other.weights_size = good.len() as u64;
     let (signature, signing_key_id) = signer.sign(&signed_for_other);
     let mut sent = good_manifest.clone();
+    sent.version = 2;
     sent.weights_size = good.len() as u64;
     use kappa_api::registry::{PublishHeader, PublishRequest, publish_request::Part};
     let messages = vec![

@@ -474,15 +474,31 @@ async fn bad_input_gets_precise_codes_and_writes_nothing() {
         assert!(err.message().contains("invalid name"), "{}", err.message());
     }
 
-    // A manifest that claims a version, and a chunk before the header.
+    // A manifest that claims a version that is not the next (a signed one must name it), and a
+    // chunk before the header.
     let mut versioned = m.clone();
     versioned.version = 5;
-    assert_eq!(
-        publish(&mut client, &versioned, &random_weights(&m, 1), "")
-            .await
-            .unwrap_err()
-            .code(),
-        Code::InvalidArgument
+    let header = pb::PublishRequest {
+        part: Some(pb::publish_request::Part::Header(pb::PublishHeader {
+            manifest: Some(versioned),
+            ..Default::default()
+        })),
+    };
+    let chunk = pb::PublishRequest {
+        part: Some(pb::publish_request::Part::Chunk(random_weights(&m, 1))),
+    };
+    let taken = client
+        .publish(tokio_stream::iter(vec![header, chunk]))
+        .await
+        .unwrap_err();
+    assert_eq!(taken.code(), Code::Aborted, "{}", taken.message());
+    let next = taken
+        .metadata()
+        .get(pb::NEXT_VERSION_METADATA)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    assert!(
+        next.is_some_and(|n| taken.message().contains(&format!("next version is {n}"))),
+        "{taken:?}"
     );
     let chunk_first = vec![pb::PublishRequest {
         part: Some(pb::publish_request::Part::Chunk(vec![1, 2, 3])),

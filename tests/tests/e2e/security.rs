@@ -319,6 +319,14 @@ async fn silent_connections_do_not_keep_a_tls_client_out_and_open_probes_take_no
         );
     }
     drop(silent);
+    let displaced = metric_value(
+        &scrape(&registry.metrics_url).await,
+        r#"kappa_server_connections_closed_total{reason="handshake_displaced"}"#,
+    );
+    assert!(
+        displaced >= 300.0,
+        "{displaced} handshakes displaced of 600 silent connections"
+    );
 
     let channel = kappa_client::connect_with("kappa-registry", &url, &security)
         .await
@@ -334,6 +342,66 @@ async fn silent_connections_do_not_keep_a_tls_client_out_and_open_probes_take_no
         "{refused:?}"
     );
     live(&url, &security).await.unwrap();
+}
+
+/// The value of one series in a Prometheus text page (0 when absent).
+fn metric_value(page: &str, series: &str) -> f64 {
+    series_value(page, series).unwrap_or(0.0)
+}
+
+/// Peers that connect (plaintext) and then send nothing, or only the start of the HTTP/2
+/// preface, are closed after the preface timeout (10 s), counted; a client that keeps its
+/// connection open and idle is not (issue 30, item 3).
+#[tokio::test]
+async fn connections_that_never_finish_the_http2_preface_are_closed_and_counted() {
+    use std::io::{Read as _, Write as _};
+    let registry = RegistrySetup::new().start().await;
+    let mut idle_client = registry_client(&registry).await;
+    idle_client
+        .list_versions(pb::ListVersionsRequest { name: "none".into() })
+        .await
+        .unwrap_err();
+    let port: u16 = registry.address.rsplit(':').next().unwrap().parse().unwrap();
+    let mut peers: Vec<std::net::TcpStream> = (0..40)
+        .map(|i| {
+            let mut peer = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            if i % 2 == 1 {
+                peer.write_all(b"PRI * HTT").unwrap();
+            }
+            peer.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            peer
+        })
+        .collect();
+    let started = Instant::now();
+    for peer in &mut peers {
+        // Closed by the server: end of stream (or a reset), not the read timeout.
+        let mut buf = [0_u8; 256];
+        loop {
+            match peer.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(8) && waited < Duration::from_secs(18),
+        "silent connections closed after {waited:?}"
+    );
+    let page = scrape(&registry.metrics_url).await;
+    let closed = metric_value(
+        &page,
+        r#"kappa_server_connections_closed_total{reason="preface_timeout"}"#,
+    );
+    assert_eq!(closed, 40.0, "{page}");
+    // The honest client's connection, idle all along, still answers.
+    let code = idle_client
+        .list_versions(pb::ListVersionsRequest { name: "none".into() })
+        .await
+        .unwrap_err()
+        .code();
+    assert_eq!(code, Code::NotFound);
+    assert!(metric_value(&page, "kappa_server_connections") >= 1.0, "{page}");
 }
 
 /// Tokens for one principal per role, and the file that grants them.
@@ -762,7 +830,7 @@ async fn a_predictor_with_trusted_keys_serves_only_signed_versions_and_never_fai
     std::fs::create_dir(&trusted_dir).unwrap();
     std::fs::copy(&public, trusted_dir.join("ci.pem")).unwrap();
 
-    let setup = RegistrySetup::new();
+    let setup = RegistrySetup::new().verifying(&trusted_dir);
     let registry = setup.start().await;
     let fixtures = fixture_dir();
     let published = std::process::Command::new(binary("kappa"))
@@ -821,12 +889,16 @@ async fn a_predictor_with_trusted_keys_serves_only_signed_versions_and_never_fai
 
     // Anyone who can write to the topic: an unsigned version with a correct digest, then one
     // signed by a key nobody trusts, then one with the trusted key's id and a forged signature,
-    // the alias moved to each straight in the log.
+    // the alias moved to each straight in the log (unsigned: only the registry's key signs
+    // moves). The predictor refuses each record before reading a byte of weights.
     let forged_weights = kappa_model::example::random_weights(&fixture.manifest, 99);
     let mut forged = fixture.manifest.clone();
     forged.weights_sha256 = sha256(&forged_weights);
     forged.weights_size = forged_weights.len() as u64;
-    let trusted_id = kappa_model::signing::TrustedKeys::load(&trusted_dir).unwrap().ids()[0].to_owned();
+    let trusted_id = kappa_model::signing::ModelSigner::read(&private)
+        .unwrap()
+        .id()
+        .to_owned();
     let stranger = kappa_model::signing::ModelSigner::generate();
     let attempts: Vec<(Vec<u8>, String)> = vec![
         (Vec::new(), String::new()),
@@ -846,12 +918,13 @@ async fn a_predictor_with_trusted_keys_serves_only_signed_versions_and_never_fai
         };
         write_raw_record(&setup.topic, record, &forged_weights).await;
         write_raw_alias(&setup.topic, &name, "production", version).await;
-        let expected = (i + 1) as f64;
+        // The version record and the alias move.
+        let expected = 2.0 * (i + 1) as f64;
         eventually(
-            &format!("forged version {version} refused for its signature"),
+            &format!("forged version {version} and its alias move refused unverified"),
             || async {
                 predictor
-                    .metric(r#"kappa_predictor_load_failures_total{reason="signature"}"#)
+                    .metric(r#"kappa_predictor_refused_log_records_total{reason="unverified"}"#)
                     .await
                     == Some(expected)
             },
@@ -872,28 +945,21 @@ async fn a_predictor_with_trusted_keys_serves_only_signed_versions_and_never_fai
     }
     assert!(total > 0);
 
-    // The predictor says why, where OIP clients look.
-    let metadata = GrpcInferenceServiceClient::new(predictor.channel().await)
-        .model_metadata(ModelMetadataRequest {
-            name: name.clone(),
-            version: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let error = format!("{:?}", metadata.parameters.get("last_load_error"));
-    assert!(
-        error.contains("version 4 refused") && error.contains("does not verify"),
-        "{error}"
+    // Nothing was loaded; the log says why each record was refused.
+    assert_eq!(
+        predictor
+            .metric(r#"kappa_predictor_load_failures_total{reason="signature"}"#)
+            .await,
+        Some(0.0)
     );
-    assert!(predictor.log_text_contains("not among the trusted keys"));
-    assert!(predictor.log_text_contains("is not signed"));
+    for why in ["not among the trusted keys", "is not signed", "does not verify"] {
+        assert!(predictor.log_text_contains(why), "the log should say {why:?}");
+    }
 
     // A registry that requires signatures refuses the unsigned publish outright.
-    let strict = RegistrySetup::new()
-        .arg(format!("--trusted-keys={}", public.display()))
-        .start()
-        .await;
+    let strict_keys = tempfile::tempdir().unwrap();
+    std::fs::copy(&public, strict_keys.path().join("ci.pem")).unwrap();
+    let strict = RegistrySetup::new().verifying(strict_keys.path()).start().await;
     let mut client = registry_client(&strict).await;
     let refused = publish(&mut client, &fixture.manifest, &fixture.weights, "")
         .await
@@ -1101,4 +1167,49 @@ async fn against_the_secure_broker_each_service_works_with_its_own_principal_and
         let error = sent.expect_err("the broker accepted a write to the models topic").0;
         assert!(error.to_string().contains("authorization"), "{name}: {error}");
     }
+}
+
+#[tokio::test]
+async fn an_idempotency_key_answers_only_its_own_publishers_retry() {
+    let principals = Principals::new();
+    let registry = RegistrySetup::new().arg(principals.flag()).start().await;
+    let client_as = |role: &str| {
+        let (address, role) = (registry.address.clone(), role.to_owned());
+        async move {
+            kappa_client::Registry::connect_with(&address, &as_role(Some(&role)))
+                .await
+                .unwrap()
+        }
+    };
+    let (mut writer, mut admin) = (client_as("write").await, client_as("admin").await);
+    let model = unique("claimed");
+    let manifest = kappa_fleet::car_autoencoder(&model, &[4]);
+    let weights = kappa_model::example::random_weights(&manifest, 1);
+    let first = writer.publish(&manifest, &weights, "job-42").await.unwrap();
+    // The same caller retrying the same publish gets the version it made.
+    let retry = writer.publish(&manifest, &weights, "job-42").await.unwrap();
+    assert!(retry.deduplicated);
+    assert_eq!(retry.version.unwrap().version, first.version.unwrap().version);
+    // Another principal with the same key and content, or the same caller with other weights,
+    // is refused: a key is not a claim on a version someone else can redeem.
+    for (who, client, weights) in [
+        ("another principal", &mut admin, weights.clone()),
+        (
+            "other weights",
+            &mut writer,
+            kappa_model::example::random_weights(&manifest, 2),
+        ),
+    ] {
+        let refused = client.publish(&manifest, &weights, "job-42").await.unwrap_err();
+        assert_eq!(refused.code(), Code::AlreadyExists, "{who}: {}", refused.message());
+        assert!(refused.message().contains("job-42"), "{who}: {}", refused.message());
+    }
+    let listed = admin
+        .rpc()
+        .list_versions(kappa_api::registry::ListVersionsRequest { name: model.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.versions.len(), 1);
+    assert_eq!(listed.next_version, 2);
 }

@@ -412,12 +412,12 @@ async fn cancel_during_training_stops_within_a_second_and_publishes_nothing() {
 
 #[tokio::test]
 async fn a_model_trained_on_one_window_detects_failures_in_a_later_one_through_the_predictor() {
-    let setup = RegistrySetup::new();
-    let registry = setup.start().await;
-    // The trainer signs what it publishes and the predictor serves only what a trusted key
-    // signed, as in a secured deployment.
+    // The trainer signs what it publishes, the registry its alias moves, and the predictor
+    // follows only what a trusted key signed, as in a secured deployment.
     let keys = tempfile::tempdir().unwrap();
-    let (private, public) = signing_keys(keys.path());
+    let (private, _) = signing_keys(keys.path());
+    let setup = RegistrySetup::new().verifying(keys.path());
+    let registry = setup.start().await;
     let trainer = TrainerSetup::new(&registry)
         .args([format!("--signing-key={}", private.display())])
         .start()
@@ -477,7 +477,7 @@ async fn a_model_trained_on_one_window_detects_failures_in_a_later_one_through_t
 
     // Score the later, disjoint window (another seed) through the predictor following production.
     let predictor = PredictorSetup::new(&setup.topic, "fleet-detector", "production")
-        .arg(format!("--trusted-keys={}", public.display()))
+        .arg(format!("--trusted-keys={}", keys.path().display()))
         .start()
         .await;
     let mut oip = GrpcInferenceServiceClient::new(predictor.channel().await);

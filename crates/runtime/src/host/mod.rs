@@ -207,6 +207,7 @@ pub async fn serve<S: Service>(
     let readiness = Readiness::start(reporter, &names, &waits).await;
     let mut metrics = MetricsRegistry::default();
     readiness.register(&mut metrics, &S::NAME.replace('-', "_"));
+    security.connections.register(&mut metrics);
 
     let mut host = Host {
         kafka,

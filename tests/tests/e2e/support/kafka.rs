@@ -190,6 +190,19 @@ pub async fn produce_raw(topic: &str, records: Vec<(String, Vec<u8>)>) {
     }
 }
 
+/// Writes a tombstone (a null value) for `key` straight into a topic, bypassing Kappa.
+pub async fn produce_tombstone(topic: &str, key: &str) {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = kafka_config().create().unwrap();
+    producer
+        .send(
+            FutureRecord::<str, [u8]>::to(topic).key(key).partition(0),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+}
+
 /// Produces keyed records with the default partitioner; returns (partition, offset) of each.
 pub async fn produce_keyed(topic: &str, records: &[(String, Vec<u8>)]) -> Vec<(i32, i64)> {
     use rdkafka::producer::{FutureProducer, FutureRecord};

@@ -67,6 +67,18 @@ impl RegistrySetup {
         }
     }
 
+    /// A registry that accepts only models signed by a key in `trusted` (a directory) and signs
+    /// its alias moves and deletions with a key of its own, whose public half it adds to
+    /// `trusted` as `registry.pem`: predictors given the same directory follow it.
+    pub fn verifying(self, trusted: &std::path::Path) -> Self {
+        let key = kappa_model::signing::ModelSigner::generate();
+        let private = trusted.join("registry.key");
+        std::fs::write(&private, key.private_pem().unwrap()).unwrap();
+        std::fs::write(trusted.join("registry.pem"), key.public_pem().unwrap()).unwrap();
+        self.arg(format!("--trusted-keys={}", trusted.display()))
+            .arg(format!("--signing-key={}", private.display()))
+    }
+
     fn launch(&self) -> Launch {
         Launch::new("kappa-registry", &self.topic)
             .args(["--models-topic", &self.topic])
