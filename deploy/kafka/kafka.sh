@@ -165,12 +165,17 @@ start() {
     for user in $users; do
       scram+=(--add-scram "SCRAM-SHA-512=[name=$user,password=$(cat "$state/clients/$user.password")]")
     done
+    # The controller listener's own principal (states made before it had none get one now).
+    if [ ! -f "$state/controller.password" ]; then
+      (umask 077; secret > "$state/controller.password")
+    fi
   fi
   sed -e "s#@DATA_DIR@#$state/data#" -e "s#@PORT@#$port#" -e "s#@CONTROLLER_PORT@#$controller_port#" \
     -e "s#@STATE_DIR@#$state#" \
     -e "s#@NODE_ID@#${KAFKA_NODE_ID:-1}#" -e "s#@VOTERS@#${KAFKA_VOTERS:-}#" \
     -e "s#@ADMIN_PASSWORD@#$(cat "$state/clients/admin.password" 2>/dev/null || true)#" \
     -e "s#@KEYSTORE_PASSWORD@#$(cat "$state/keystore.password" 2>/dev/null || true)#" \
+    -e "s#@CONTROLLER_PASSWORD@#$(cat "$state/controller.password" 2>/dev/null || true)#g" \
     "$template" > "$state/server.properties"
   chmod 600 "$state/server.properties"
   if [ ! -f "$state/data/logs/meta.properties" ]; then

@@ -1213,3 +1213,54 @@ async fn an_idempotency_key_answers_only_its_own_publishers_retry() {
     assert_eq!(listed.versions.len(), 1);
     assert_eq!(listed.next_version, 2);
 }
+
+/// The secure broker's controller listener takes admin requests too (clients may bootstrap to a
+/// controller): an anonymous client gets nothing there, the controller's principal does (issue
+/// 30, item 5; it was a super user as `User:ANONYMOUS`).
+#[test]
+fn the_secure_brokers_controller_listener_refuses_anonymous_clients() {
+    let (_, clients) = secure_broker();
+    let state = clients.parent().unwrap();
+    let properties = std::fs::read_to_string(state.join("server.properties")).unwrap();
+    let controller = properties
+        .lines()
+        .find_map(|l| l.strip_prefix("controller.quorum.bootstrap.servers="))
+        .unwrap()
+        .to_owned();
+    let lib = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/kafka/.state/lib/*");
+    let dir = tempfile::tempdir().unwrap();
+    let list_acls = |extra: &str| {
+        let config = dir.path().join("client.properties");
+        std::fs::write(
+            &config,
+            format!("default.api.timeout.ms=8000\nrequest.timeout.ms=4000\n{extra}"),
+        )
+        .unwrap();
+        std::process::Command::new("java")
+            .arg("-cp")
+            .arg(&lib)
+            .arg("-Dorg.slf4j.simpleLogger.defaultLogLevel=error")
+            .arg("org.apache.kafka.tools.AclCommand")
+            .args(["--bootstrap-controller", &controller, "--list", "--command-config"])
+            .arg(&config)
+            .output()
+            .unwrap()
+    };
+    let anonymous = list_acls("");
+    assert!(
+        !anonymous.status.success(),
+        "an anonymous client listed the ACLs: {}",
+        String::from_utf8_lossy(&anonymous.stdout)
+    );
+    let password = std::fs::read_to_string(state.join("controller.password")).unwrap();
+    let controller_principal = list_acls(&format!(
+        "security.protocol=SASL_PLAINTEXT\nsasl.mechanism=PLAIN\nsasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required username=\"controller\" password=\"{}\";\n",
+        password.trim()
+    ));
+    assert!(
+        controller_principal.status.success(),
+        "{}",
+        String::from_utf8_lossy(&controller_principal.stderr)
+    );
+    assert!(String::from_utf8_lossy(&controller_principal.stdout).contains("User:registry"));
+}
