@@ -37,6 +37,22 @@ impl ServiceUrl {
     pub fn as_str(&self) -> &str {
         &self.text
     }
+
+    /// Refuses a token sent in plaintext (`http://`) to another machine, unless `security`
+    /// allows it: anyone on the path could read the token and call as its principal.
+    pub fn check_token_transport(&self, security: &ClientSecurity) -> Result<(), String> {
+        let host = self.endpoint.uri().host().unwrap_or_default();
+        if security.token.is_none()
+            || !self.text.starts_with("http://")
+            || security.plaintext_token
+            || is_loopback(host)
+        {
+            return Ok(());
+        }
+        Err(format!(
+            "a token would travel in plaintext to {host}: use an https:// URL, or allow it (--allow-plaintext-token) if every hop of the network is yours"
+        ))
+    }
 }
 
 impl std::str::FromStr for ServiceUrl {
@@ -81,6 +97,7 @@ pub async fn connect_with(
         reason,
     };
     let parsed: ServiceUrl = url.parse().map_err(bad)?;
+    parsed.check_token_transport(security).map_err(bad)?;
     let mut endpoint = parsed
         .endpoint
         .connect_timeout(CONNECT_TIMEOUT)
@@ -105,6 +122,12 @@ pub async fn connect_with(
     }
 }
 
+/// Whether `host` (from a URL) names this machine, where a plaintext token never leaves it.
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 /// An error and its causes: tonic's transport error alone says only "transport error", while
 /// the cause says what went wrong (a certificate not trusted, a handshake refused).
 fn error_chain(error: &dyn std::error::Error) -> String {
@@ -116,4 +139,43 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_goes_in_plaintext_only_to_this_machine_or_when_allowed() {
+        let with_token = ClientSecurity {
+            token: Some("secret".into()),
+            ..ClientSecurity::default()
+        };
+        let check =
+            |url: &str, security: &ClientSecurity| url.parse::<ServiceUrl>().unwrap().check_token_transport(security);
+        for local in [
+            "http://127.0.0.1:50051",
+            "http://localhost:1",
+            "http://[::1]:50051",
+            "http://127.3.2.1:9",
+        ] {
+            assert_eq!(check(local, &with_token), Ok(()), "{local}");
+        }
+        let refused = check("http://registry.kappa.svc:50051", &with_token).unwrap_err();
+        assert!(
+            refused.contains("registry.kappa.svc") && refused.contains("https://"),
+            "{refused}"
+        );
+        assert!(check("http://10.0.0.7:50051", &with_token).is_err());
+        assert_eq!(check("https://registry.kappa.svc:50051", &with_token), Ok(()));
+        assert_eq!(
+            check("http://registry.kappa.svc:50051", &ClientSecurity::default()),
+            Ok(())
+        );
+        let allowed = ClientSecurity {
+            plaintext_token: true,
+            ..with_token
+        };
+        assert_eq!(check("http://registry.kappa.svc:50051", &allowed), Ok(()));
+    }
 }

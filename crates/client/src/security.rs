@@ -20,6 +20,9 @@ pub struct ClientSecurity {
     /// The name to check the server's certificate against, when it differs from the URL's host
     /// (a probe calling its own pod at 127.0.0.1 with a certificate for the Service's name).
     pub server_name: Option<String>,
+    /// Send the token over `http://` to a host that is not loopback (a private network the
+    /// operator trusts); refused otherwise, since anyone on the path could read and replay it.
+    pub plaintext_token: bool,
 }
 
 /// Never prints the token or the key.
@@ -30,6 +33,7 @@ impl std::fmt::Debug for ClientSecurity {
             .field("identity", &self.identity.is_some())
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("server_name", &self.server_name)
+            .field("plaintext_token", &self.plaintext_token)
             .finish()
     }
 }
@@ -73,6 +77,7 @@ impl ClientSecurity {
             identity,
             token,
             server_name: None,
+            plaintext_token: false,
         })
     }
 
@@ -139,6 +144,12 @@ pub struct ClientSecurityArgs {
     /// Check the server's certificate against this name instead of the URL's host.
     #[arg(long, env = "KAPPA_TLS_SERVER_NAME", value_name = "NAME", global = true)]
     pub tls_server_name: Option<String>,
+
+    /// Send the token over an http:// URL to a host other than this machine. Without it the
+    /// client refuses: anyone on the path could read the token and use it. Only for a network
+    /// you trust end to end.
+    #[arg(long, env = "KAPPA_ALLOW_PLAINTEXT_TOKEN", global = true)]
+    pub allow_plaintext_token: bool,
 }
 
 impl ClientSecurityArgs {
@@ -151,6 +162,7 @@ impl ClientSecurityArgs {
             self.token.as_deref(),
         )?;
         security.server_name = self.tls_server_name.clone();
+        security.plaintext_token = self.allow_plaintext_token;
         Ok(security)
     }
 }

@@ -43,6 +43,11 @@ pub struct TrainerConfig {
     #[arg(long, env = "KAPPA_REGISTRY_TOKEN_FILE", value_name = "FILE")]
     pub registry_token_file: Option<PathBuf>,
 
+    /// Send the registry token over an http:// --registry URL to another machine. Without it
+    /// the trainer refuses to start that way (exit 64): anyone on the path could read the token.
+    #[arg(long, env = "KAPPA_REGISTRY_ALLOW_PLAINTEXT_TOKEN")]
+    pub registry_allow_plaintext_token: bool,
+
     /// Compacted topic where job states are kept, so past jobs survive a restart.
     #[arg(long, env = "KAPPA_JOBS_TOPIC", default_value = "kappa.training-jobs",
           value_parser = kappa_runtime::args::non_empty)]
@@ -94,6 +99,10 @@ impl TrainerConfig {
             self.registry_token_file.as_deref(),
             None,
         )
+        .map(|security| kappa_client::ClientSecurity {
+            plaintext_token: self.registry_allow_plaintext_token,
+            ..security
+        })
         .map_err(|e| format!("--registry-tls-*/--registry-token-file: {e}"))
     }
 }

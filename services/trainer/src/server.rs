@@ -29,7 +29,11 @@ impl kappa_runtime::Service for Trainer {
     }
 
     fn validate(config: &TrainerConfig) -> Result<(), String> {
-        config.registry_security().map(drop)
+        let security = config.registry_security()?;
+        config
+            .registry
+            .check_token_transport(&security)
+            .map_err(|e| format!("--registry {}: {e}", config.registry))
     }
 
     fn summary(config: &TrainerConfig) -> String {

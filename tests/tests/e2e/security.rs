@@ -1264,3 +1264,58 @@ fn the_secure_brokers_controller_listener_refuses_anonymous_clients() {
     );
     assert!(String::from_utf8_lossy(&controller_principal.stdout).contains("User:registry"));
 }
+
+/// A token is never sent in plaintext to another machine unless the user says so: the CLI
+/// refuses the call, the trainer refuses to start, and the registry refuses `--trusted-keys`
+/// without a key to sign its pointers (issue 30, item 5).
+#[test]
+fn tokens_are_not_sent_in_plaintext_to_another_machine_without_being_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, self::token("write")).unwrap();
+    let remote = "http://registry.kappa.invalid:50051";
+    let cli = |extra: &[&str]| {
+        std::process::Command::new(binary("kappa"))
+            .args(["models", "list", "--registry", remote, "--token-file"])
+            .arg(&token)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let refused = cli(&[]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        stderr.contains("plaintext") && stderr.contains("--allow-plaintext-token"),
+        "{stderr}"
+    );
+    // Allowed, it goes on to connect (and finds nobody there).
+    let allowed = cli(&["--allow-plaintext-token"]);
+    let stderr = String::from_utf8_lossy(&allowed.stderr);
+    assert!(!allowed.status.success() && !stderr.contains("plaintext"), "{stderr}");
+
+    let trainer = |extra: &[&str]| {
+        std::process::Command::new(binary("kappa-trainer"))
+            .args(["--registry", remote, "--registry-token-file"])
+            .arg(&token)
+            .args(extra)
+            .arg("--check-config")
+            .output()
+            .unwrap()
+    };
+    let refused = trainer(&[]);
+    assert_eq!(refused.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("plaintext"));
+    let allowed = trainer(&["--registry-allow-plaintext-token"]);
+    assert!(allowed.status.success(), "{}", String::from_utf8_lossy(&allowed.stderr));
+
+    let keys = tempfile::tempdir().unwrap();
+    let (_, public) = signing_keys(keys.path());
+    let registry = std::process::Command::new(binary("kappa-registry"))
+        .arg(format!("--trusted-keys={}", public.display()))
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    assert_eq!(registry.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&registry.stderr).contains("--signing-key"));
+}
