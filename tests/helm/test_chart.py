@@ -295,9 +295,54 @@ def test_wrong_values_are_refused_by_the_schema(override, complaint):
 
 
 def test_a_missing_bootstrap_server_is_refused_with_what_to_set():
-    result = helm("template", "kappa", str(CHART), "--kube-version", KUBE_VERSION, check=False)
+    result = helm("template", "kappa", str(CHART), "--set", "insecure=true", "--kube-version", KUBE_VERSION, check=False)
     assert result.returncode != 0
     assert "kafka.bootstrapServers is required" in result.stderr
+
+
+def rendered_notes(tmp_path, *args):
+    """NOTES.txt as `helm install` prints it (`helm template` leaves it out, and an offline
+    install cannot be told the Kubernetes version): rendered from a copy of the chart."""
+    chart = tmp_path / "chart"
+    shutil.copytree(CHART, chart)
+    shutil.copy(chart / "templates" / "NOTES.txt", chart / "notes-source.txt")
+    (chart / "templates" / "notes.yaml").write_text(
+        'notes: |\n{{ tpl (.Files.Get "notes-source.txt") . | indent 2 }}\n')
+    out = helm("template", "kappa", str(chart), *args, "--show-only", "templates/notes.yaml",
+               "--kube-version", KUBE_VERSION).stdout
+    return yaml.safe_load(out)["notes"]
+
+
+def test_a_default_install_is_secure_or_refuses_to_render_and_a_lab_says_so_loudly(tmp_path):
+    plain = ["--set", "kafka.bootstrapServers=kafka:9092", "--kube-version", KUBE_VERSION]
+    refused = helm("template", "kappa", str(CHART), *plain, check=False)
+    assert refused.returncode != 0
+    for missing in ["security.tls.secrets.registry", "security.tls.secrets.predictor", "security.auth.tokensSecret",
+                    "security.signing.trustedKeysConfigMap", "security.signing.registryKeySecret",
+                    "kafka.sasl.enabled=true", "insecure=true"]:
+        assert missing in refused.stderr, (missing, refused.stderr)
+    # A shared Kafka principal is not enough: each component needs its own.
+    shared = helm("template", "kappa", str(CHART), "-f", str(VALUES["secure"]), "--set", "kafka.sasl.secrets.trainer=",
+                  "--kube-version", KUBE_VERSION, check=False)
+    assert shared.returncode != 0 and "kafka.sasl.secrets.trainer" in shared.stderr, shared.stderr
+    no_policy = helm("template", "kappa", str(CHART), "-f", str(VALUES["secure"]), "--set", "networkPolicy.enabled=false",
+                     "--kube-version", KUBE_VERSION, check=False)
+    assert no_policy.returncode != 0 and "networkPolicy.enabled=true" in no_policy.stderr, no_policy.stderr
+    # Trusted keys without the registry's own key would leave predictors following no alias move.
+    unsigned_moves = helm("template", "kappa", str(CHART), "-f", str(VALUES["default"]),
+                          "--set", "security.signing.trustedKeysConfigMap=keys", "--kube-version", KUBE_VERSION,
+                          check=False)
+    assert unsigned_moves.returncode != 0 and "registryKeySecret is required" in unsigned_moves.stderr
+    assert "INSECURE LAB INSTALL" in rendered_notes(tmp_path / "lab", "-f", str(VALUES["default"]))
+    assert "INSECURE" not in rendered_notes(tmp_path / "secure", "-f", str(VALUES["secure"]))
+    # In a lab without TLS the trainer is told its token may travel in plaintext; never otherwise.
+    for values, allowed in [(["--set", "security.auth.trainerTokenSecret=t"], True), ([], False)]:
+        out = helm("template", "kappa", str(CHART), "-f", str(VALUES["default"]), *values,
+                   "--kube-version", KUBE_VERSION).stdout
+        trainer = next(d for d in yaml.safe_load_all(out)
+                       if d and d["kind"] == "Deployment" and d["metadata"]["name"] == "kappa-trainer")
+        env = {e["name"] for e in trainer["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert ("KAPPA_REGISTRY_ALLOW_PLAINTEXT_TOKEN" in env) == allowed
 
 
 def test_the_dockerfile_builds_the_binaries_and_exposes_the_ports_the_chart_uses():
@@ -348,6 +393,11 @@ def test_secure_values_turn_on_tls_tokens_signatures_and_a_network_policy_per_co
     for component in BINARIES:
         assert "tls=mutual" in summaries[component], summaries[component]
         assert "auth=1 principals" in summaries[component], summaries[component]
+    # The registry signs alias moves with its own key, mounted from its own Secret.
+    assert re.search(r"pointer_key=[0-9a-f]{16}", summaries["registry"]), summaries["registry"]
+    registry_pod = by_kind["Deployment"]["kappa-registry"]["spec"]["template"]["spec"]
+    assert {v["name"]: v for v in registry_pod["volumes"]}["signing-key"]["secret"]["secretName"] == \
+        "kappa-registry-signing-key"
     trainer_args = by_kind["Deployment"]["kappa-trainer"]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--registry=https://kappa-registry:50051" in trainer_args
     policies = by_kind["NetworkPolicy"]

@@ -70,6 +70,7 @@ app.kubernetes.io/component: {{ .component }}
 
 {{/* Environment every service shares: Kafka, tracing, logs. Call with (dict "root" $ "service" "kappa-registry"). */}}
 {{- define "kappa.commonEnv" -}}
+{{- include "kappa.requireSecure" .root }}
 {{- $v := .root.Values -}}
 - name: KAPPA_KAFKA_BOOTSTRAP
   value: {{ required "kafka.bootstrapServers is required: the host:port list of your Kafka cluster" $v.kafka.bootstrapServers | quote }}
@@ -186,6 +187,10 @@ app.kubernetes.io/component: {{ .component }}
 - name: KAPPA_TRUSTED_KEYS
   value: /etc/kappa/trusted-keys
 {{- end }}
+{{- if and (eq .component "registry") $v.signing.trustedKeysConfigMap }}
+- name: KAPPA_REGISTRY_SIGNING_KEY
+  value: /etc/kappa/signing/signing.key
+{{- end }}
 {{- if eq .component "trainer" }}
 {{- if include "kappa.tlsSecret" (dict "root" .root "component" "registry") }}
 {{- if not (include "kappa.tlsSecret" .) }}
@@ -203,6 +208,11 @@ app.kubernetes.io/component: {{ .component }}
 {{- if $v.auth.trainerTokenSecret }}
 - name: KAPPA_REGISTRY_TOKEN_FILE
   value: /etc/kappa/registry-token/token
+{{- if and .root.Values.insecure (not (include "kappa.tlsSecret" (dict "root" .root "component" "registry"))) }}
+{{- /* A lab without TLS: the token crosses the cluster network in plaintext, as asked. */}}
+- name: KAPPA_REGISTRY_ALLOW_PLAINTEXT_TOKEN
+  value: "true"
+{{- end }}
 {{- end }}
 {{- if $v.signing.trainerKeySecret }}
 - name: KAPPA_SIGNING_KEY
@@ -233,7 +243,7 @@ app.kubernetes.io/component: {{ .component }}
   mountPath: /etc/kappa/registry-token
   readOnly: true
 {{- end }}
-{{- if and (eq .component "trainer") $v.signing.trainerKeySecret }}
+{{- if or (and (eq .component "trainer") $v.signing.trainerKeySecret) (and (eq .component "registry") $v.signing.trustedKeysConfigMap) }}
 - name: signing-key
   mountPath: /etc/kappa/signing
   readOnly: true
@@ -274,6 +284,14 @@ app.kubernetes.io/component: {{ .component }}
 - name: signing-key
   secret:
     secretName: {{ $v.signing.trainerKeySecret }}
+    defaultMode: 0400
+    items:
+      - {key: signing.key, path: signing.key}
+{{- end }}
+{{- if and (eq .component "registry") $v.signing.trustedKeysConfigMap }}
+- name: signing-key
+  secret:
+    secretName: {{ required "security.signing.registryKeySecret is required with security.signing.trustedKeysConfigMap: predictors that verify follow only alias moves the registry signed (make a key with `kappa keys new`, put its public key in the ConfigMap)" $v.signing.registryKeySecret }}
     defaultMode: 0400
     items:
       - {key: signing.key, path: signing.key}
@@ -366,4 +384,34 @@ rule tests (promtool). */}}
       annotations:
         summary: "{{ "{{" }} $labels.model {{ "}}" }} v{{ "{{" }} $labels.version {{ "}}" }}: anomaly rate {{ "{{" }} $value | humanizePercentage {{ "}}" }}, over {{ $rule.anomalyRateFactor }}x the validation data's"
         description: "The share of scored rows above the anomaly threshold has stayed above {{ $rule.anomalyRateFactor }} times the rate on the version's validation data."
+{{- end }}
+
+{{/* Refuses to render an install that is not secure, naming what is missing, unless
+`insecure: true` (a lab). Every component's environment includes it, so whichever renders
+first refuses. */}}
+{{- define "kappa.requireSecure" -}}
+{{- $v := .Values -}}
+{{- if not $v.insecure }}
+{{- $missing := list }}
+{{- $components := list }}
+{{- range $name := list "registry" "predictor" "trainer" "bridge" }}
+{{- if include "kappa.enabled" (dict "root" $ "component" $name) }}{{ $components = append $components $name }}{{ end }}
+{{- end }}
+{{- range $name := $components }}
+{{- if not (index $v.security.tls.secrets $name) }}{{ $missing = append $missing (printf "security.tls.secrets.%s (TLS on its gRPC port)" $name) }}{{ end }}
+{{- end }}
+{{- if not $v.security.auth.tokensSecret }}{{ $missing = append $missing "security.auth.tokensSecret (bearer tokens and roles)" }}{{ end }}
+{{- if and (has "trainer" $components) (not $v.security.auth.trainerTokenSecret) }}{{ $missing = append $missing "security.auth.trainerTokenSecret (the trainer's token for the registry)" }}{{ end }}
+{{- if not $v.security.signing.trustedKeysConfigMap }}{{ $missing = append $missing "security.signing.trustedKeysConfigMap (the keys predictors trust)" }}{{ end }}
+{{- if not $v.security.signing.registryKeySecret }}{{ $missing = append $missing "security.signing.registryKeySecret (the registry signs alias moves)" }}{{ end }}
+{{- if and (has "trainer" $components) (not $v.security.signing.trainerKeySecret) }}{{ $missing = append $missing "security.signing.trainerKeySecret (the trainer signs what it publishes)" }}{{ end }}
+{{- if not $v.networkPolicy.enabled }}{{ $missing = append $missing "networkPolicy.enabled=true" }}{{ end }}
+{{- if not $v.kafka.sasl.enabled }}{{ $missing = append $missing "kafka.sasl.enabled=true (a Kafka principal per component)" }}{{ end }}
+{{- range $name := $components }}
+{{- if and $v.kafka.sasl.enabled (not (index $v.kafka.sasl.secrets $name)) }}{{ $missing = append $missing (printf "kafka.sasl.secrets.%s (its own Kafka principal, not a shared one)" $name) }}{{ end }}
+{{- end }}
+{{- if $missing }}
+{{- fail (printf "this install would not be secure; set %s. For a lab, set insecure=true instead: then anything that reaches the Services may publish, move and serve models." (join ", " $missing)) }}
+{{- end }}
+{{- end }}
 {{- end }}
