@@ -103,6 +103,13 @@ impl ServerSecurityArgs {
         Ok(())
     }
 
+    /// What an operator should hear about this combination at start-up, if anything.
+    pub fn warning(&self) -> Option<&'static str> {
+        (self.tls_client_ca.is_some() && self.auth_tokens.is_none()).then_some(
+            "mutual TLS without --auth-tokens: every certificate the client CA signs (a bridge's, a probe's) may call every RPC, publishes and deletions included; give principals their roles with --auth-tokens",
+        )
+    }
+
     /// `tls=… auth=…` for `--check-config` and the start-up log.
     pub fn summary(&self) -> String {
         let tls = match (&self.tls_cert, &self.tls_client_ca) {

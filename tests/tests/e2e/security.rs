@@ -1319,3 +1319,33 @@ fn tokens_are_not_sent_in_plaintext_to_another_machine_without_being_told() {
     assert_eq!(registry.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&registry.stderr).contains("--signing-key"));
 }
+
+/// Mutual TLS alone gives every certificate the CA signs every role: a server started that way
+/// says so (issue 30, item 5), and says nothing once tokens give roles.
+#[test]
+fn mutual_tls_without_tokens_is_called_out_at_start() {
+    let ca = Ca::new("warned CA");
+    let files = Files::new();
+    let (cert, key) = ca.issue("kappa", &["127.0.0.1"], false);
+    files.write("server.crt", &cert);
+    files.write("server.key", &key);
+    files.write("ca.crt", &ca.pem);
+    let principals = Principals::new();
+    let check = |extra: Vec<String>| {
+        std::process::Command::new(binary("kappa-registry"))
+            .args(server_flags(&files, true))
+            .args(extra)
+            .arg("--check-config")
+            .output()
+            .unwrap()
+    };
+    let warned = check(Vec::new());
+    assert!(warned.status.success(), "{}", String::from_utf8_lossy(&warned.stderr));
+    assert!(
+        String::from_utf8_lossy(&warned.stderr).contains("mutual TLS without --auth-tokens"),
+        "{}",
+        String::from_utf8_lossy(&warned.stderr)
+    );
+    let quiet = check(vec![principals.flag()]);
+    assert!(quiet.status.success() && !String::from_utf8_lossy(&quiet.stderr).contains("warning"));
+}

@@ -123,6 +123,9 @@ pub async fn host<S: Service>() -> ExitCode {
         return ExitCode::from(EXIT_BAD_CONFIG);
     }
     if args.check_config {
+        if let Some(warning) = args.security.warning() {
+            eprintln!("{}: warning: {warning}", S::NAME);
+        }
         println!("configuration ok: {} {}", args.summary(), S::summary(&config));
         return ExitCode::SUCCESS;
     }
@@ -191,6 +194,9 @@ pub async fn serve<S: Service>(
     // Every way out of this function, `?` included, stops what was started.
     let _stop_on_exit = stop.clone().drop_guard();
     let kafka = args.kafka.clients().map_err(anyhow::Error::msg)?;
+    if let Some(warning) = args.security.warning() {
+        tracing::warn!("{warning}");
+    }
     let security = args
         .security
         .load(S::ACCESS, kappa_api::streaming_paths(), stop.clone())
