@@ -64,6 +64,13 @@ pub struct RegistryConfig {
           value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub max_read_streams: u32,
 
+    /// WatchModels streams one caller (a principal; without tokens, a peer address) may hold
+    /// at once; beyond it, RESOURCE_EXHAUSTED. Watches together take at most half of
+    /// --max-read-streams, so GetModel always has the other half.
+    #[arg(long, env = "KAPPA_MAX_WATCH_STREAMS_PER_CALLER", default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub max_watch_streams_per_caller: u32,
+
     /// Accept only models signed by one of these Ed25519 public keys: a PEM file, or a directory
     /// of them (`*.pem`, `*.pub`). Unsigned or otherwise signed publishes get PERMISSION_DENIED.
     #[arg(long, env = "KAPPA_TRUSTED_KEYS", value_name = "PATH",

@@ -52,6 +52,8 @@ pub enum RegistryError {
         limit: u64,
         flag: &'static str,
     },
+    #[error("{0}")]
+    TooManyStreams(String),
     #[error("the publish stream sent nothing for {0:?} (--publish-idle-seconds); send the weights without pausing")]
     Idle(std::time::Duration),
     #[error("the model is {size} bytes, over this registry's limit of {limit} bytes (--max-model-bytes)")]
@@ -94,7 +96,7 @@ impl From<RegistryError> for Status {
                 status
             }
             RegistryError::KeyReused { .. } => Status::already_exists(message),
-            RegistryError::Busy { .. } => Status::resource_exhausted(message),
+            RegistryError::Busy { .. } | RegistryError::TooManyStreams(_) => Status::resource_exhausted(message),
             RegistryError::Idle(_) => Status::deadline_exceeded(message),
             RegistryError::NotReady | RegistryError::KafkaUnavailable(_) | RegistryError::KafkaRead(_) => {
                 Status::unavailable(message)
@@ -179,6 +181,7 @@ mod tests {
                 },
                 Code::ResourceExhausted,
             ),
+            (RegistryError::TooManyStreams("x".into()), Code::ResourceExhausted),
             (
                 RegistryError::Idle(std::time::Duration::from_secs(1)),
                 Code::DeadlineExceeded,

@@ -11,6 +11,7 @@ pub mod config;
 mod error;
 mod metrics;
 mod publish;
+mod quota;
 mod reader;
 mod requests;
 mod server;

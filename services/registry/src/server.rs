@@ -118,6 +118,10 @@ impl kappa_runtime::Service for Registry {
                 publish_idle: config.publish_idle,
                 read_streams: Arc::new(tokio::sync::Semaphore::new(config.max_read_streams as usize)),
                 max_read_streams: u64::from(config.max_read_streams),
+                watch_streams: Arc::new(tokio::sync::Semaphore::new(
+                    (config.max_read_streams as usize).div_ceil(2),
+                )),
+                watchers: crate::quota::PerCaller::new(config.max_watch_streams_per_caller as usize),
             },
         };
         Ok(Self { service, follower })

@@ -56,6 +56,11 @@ pub struct Limits {
     /// GetModel and WatchModels streams served at once (each holds a Kafka consumer).
     pub read_streams: Arc<tokio::sync::Semaphore>,
     pub max_read_streams: u64,
+    /// WatchModels streams at once: at most half of the read streams, so watches held open
+    /// never take every one GetModel needs.
+    pub watch_streams: Arc<tokio::sync::Semaphore>,
+    /// WatchModels streams one caller may hold.
+    pub watchers: Arc<crate::quota::PerCaller>,
 }
 
 impl Limits {
@@ -72,6 +77,29 @@ impl Limits {
             })
     }
 
+    /// A watch for `caller`: its own quota, the watches' share, and a read stream.
+    fn watch_stream(&self, caller: &str) -> Result<WatchPermit, RegistryError> {
+        let own = self.watchers.take(caller).ok_or_else(|| {
+            RegistryError::TooManyStreams(format!(
+                "{caller} holds {} WatchModels streams already (--max-watch-streams-per-caller); close one, or watch every model in one stream",
+                self.watchers.limit()
+            ))
+        })?;
+        let share = Arc::clone(&self.watch_streams)
+            .try_acquire_owned()
+            .map_err(|_| RegistryError::Busy {
+                what: "WatchModels streams (half of the read streams)",
+                held: self.max_read_streams.div_ceil(2),
+                limit: self.max_read_streams,
+                flag: "max-read-streams",
+            })?;
+        Ok(WatchPermit {
+            _own: own,
+            _share: share,
+            _read: self.read_stream()?,
+        })
+    }
+
     fn read_stream(&self) -> Result<tokio::sync::OwnedSemaphorePermit, RegistryError> {
         Arc::clone(&self.read_streams)
             .try_acquire_owned()
@@ -81,6 +109,23 @@ impl Limits {
                 limit: self.max_read_streams,
                 flag: "max-read-streams",
             })
+    }
+}
+
+/// What a watch holds while it runs.
+struct WatchPermit {
+    _own: crate::quota::Held,
+    _share: tokio::sync::OwnedSemaphorePermit,
+    _read: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Who a call counts against: its principal, or without tokens the peer's address.
+fn caller_of<T>(request: &Request<T>) -> String {
+    match Principal::of(request) {
+        Some(principal) => principal.name.clone(),
+        None => request
+            .remote_addr()
+            .map_or_else(|| "an unknown peer".to_owned(), |peer| peer.ip().to_string()),
     }
 }
 
@@ -478,8 +523,9 @@ impl Registry for RegistryService {
         &self,
         request: Request<pb::WatchModelsRequest>,
     ) -> Result<Response<Self::WatchModelsStream>, Status> {
+        let caller = caller_of(&request);
         let result = WatchQuery::try_from(request.into_inner())
-            .and_then(|query| Ok((query, self.limits.read_stream()?)))
+            .and_then(|query| Ok((query, self.limits.watch_stream(&caller)?)))
             .map_err(Status::from);
         self.metrics.observe("WatchModels", &result);
         let (WatchQuery { from_position, name }, permit) = result?;

@@ -1349,3 +1349,75 @@ fn mutual_tls_without_tokens_is_called_out_at_start() {
     let quiet = check(vec![principals.flag()]);
     assert!(quiet.status.success() && !String::from_utf8_lossy(&quiet.stderr).contains("warning"));
 }
+
+/// Watches held open cannot take every stream: one caller holds at most its quota, and watches
+/// together at most half of --max-read-streams, so GetModel keeps working (issue 30, item 6).
+#[tokio::test]
+async fn held_watches_neither_exceed_a_callers_quota_nor_starve_get_model() {
+    let principals = Principals::new();
+    let registry = RegistrySetup::new()
+        .arg(principals.flag())
+        .args(["--max-read-streams=6", "--max-watch-streams-per-caller=2"])
+        .start()
+        .await;
+    let client_as = |role: &str| {
+        let (address, role) = (registry.address.clone(), role.to_owned());
+        async move {
+            RegistryClient::new(
+                kappa_client::connect_with("kappa-registry", &address, &as_role(Some(&role)))
+                    .await
+                    .unwrap(),
+            )
+        }
+    };
+    let mut writer = client_as("write").await;
+    let name = unique("watched");
+    let manifest = kappa_fleet::car_autoencoder(&name, &[4]);
+    publish(
+        &mut writer,
+        &manifest,
+        &kappa_model::example::random_weights(&manifest, 1),
+        "",
+    )
+    .await
+    .unwrap();
+    let watch = |mut client: RegistryClient<TracedChannel>| async move {
+        client
+            .watch_models(pb::WatchModelsRequest::default())
+            .await
+            .map(tonic::Response::into_inner)
+    };
+    let reader = client_as("read").await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(watch(reader.clone()).await.unwrap());
+    }
+    let refused = watch(reader.clone()).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().contains("--max-watch-streams-per-caller"),
+        "{}",
+        refused.message()
+    );
+    // Another caller still watches, up to the watches' half of the read streams.
+    let admin = client_as("admin").await;
+    held.push(watch(admin.clone()).await.unwrap());
+    let refused = watch(admin).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("max-read-streams"), "{}", refused.message());
+    // GetModel, weights and all, is not starved.
+    for _ in 0..3 {
+        let (header, weights) = kappa_client::Registry::from(reader.clone())
+            .get(&name, kappa_client::Selector::Latest)
+            .await
+            .unwrap();
+        assert_eq!((header.version, weights.is_empty()), (1, false));
+    }
+    // A closed watch gives its place back.
+    held.truncate(1);
+    let reopened = eventually("a closed watch frees its place", || {
+        let reader = reader.clone();
+        async move { watch(reader).await.is_ok() }
+    });
+    reopened.await;
+}
