@@ -14,8 +14,10 @@
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
+use arc_swap::ArcSwap;
 use ed25519_dalek::{
     Signature, Signer as _, SigningKey, VerifyingKey,
     pkcs8::{
@@ -185,10 +187,16 @@ impl ModelSigner {
     }
 }
 
-/// The public keys a predictor (or registry) trusts, by key id.
+type KeyMap = BTreeMap<String, VerifyingKey>;
+
+/// The public keys a predictor (or registry) trusts, by key id. Clones share the keys read from
+/// the file or directory, so [`TrustedKeys::reload`] reaches every holder; keys added with
+/// [`TrustedKeys::with`] stay trusted whatever the files say.
 #[derive(Debug, Clone, Default)]
 pub struct TrustedKeys {
-    keys: BTreeMap<String, VerifyingKey>,
+    loaded: Arc<ArcSwap<KeyMap>>,
+    pinned: Arc<KeyMap>,
+    source: Option<PathBuf>,
 }
 
 impl TrustedKeys {
@@ -196,6 +204,33 @@ impl TrustedKeys {
     /// mounted ConfigMap). An empty directory trusts nothing, which is refused: it would make
     /// every version unservable.
     pub fn load(path: &Path) -> Result<Self, SignatureError> {
+        Ok(Self {
+            loaded: Arc::new(ArcSwap::from_pointee(Self::read_keys(path)?)),
+            pinned: Arc::default(),
+            source: Some(path.to_path_buf()),
+        })
+    }
+
+    /// The file or directory the keys come from, if they came from one.
+    pub fn source(&self) -> Option<&Path> {
+        self.source.as_deref()
+    }
+
+    /// Reads the keys again from their file or directory; on an error nothing changes.
+    pub fn reload(&self) -> Result<(), SignatureError> {
+        if let Some(path) = &self.source {
+            self.loaded.store(Arc::new(Self::read_keys(path)?));
+        }
+        Ok(())
+    }
+
+    /// Trusts none of the loaded keys (the pinned ones stay) until a reload succeeds: what an
+    /// unreadable key directory means, since a key may have been removed to revoke it.
+    pub fn distrust_loaded(&self) {
+        self.loaded.store(Arc::default());
+    }
+
+    fn read_keys(path: &Path) -> Result<KeyMap, SignatureError> {
         let files: Vec<PathBuf> = if path.is_dir() {
             let mut files: Vec<PathBuf> = std::fs::read_dir(path)
                 .map_err(|e| SignatureError::Key(format!("cannot list {}: {e}", path.display())))?
@@ -222,7 +257,7 @@ impl TrustedKeys {
                 path.display()
             )));
         }
-        Ok(Self { keys })
+        Ok(keys)
     }
 
     /// For a flag's value parser: the keys at `path`, loaded when the flag is parsed.
@@ -230,8 +265,12 @@ impl TrustedKeys {
         Self::load(Path::new(path)).map_err(|e| e.to_string())
     }
 
-    pub fn ids(&self) -> Vec<&str> {
-        self.keys.keys().map(String::as_str).collect()
+    pub fn ids(&self) -> Vec<String> {
+        let loaded = self.loaded.load();
+        let mut ids: Vec<String> = loaded.keys().chain(self.pinned.keys()).cloned().collect();
+        ids.sort();
+        ids.dedup();
+        ids
     }
 
     /// Whether `manifest` (as its version record holds it) carries a valid signature by a
@@ -245,10 +284,11 @@ impl TrustedKeys {
         self.verify_bytes(&pointer.signed_bytes(), signature, key_id)
     }
 
-    /// Adds a key (the registry trusts its own pointer key beside the publishers').
+    /// Also trusts `key`, whatever the files say (the registry trusts its own pointer key
+    /// beside the publishers').
     pub fn with(mut self, key: &ModelSigner) -> Self {
         let public = key.key.verifying_key();
-        self.keys.insert(key_id(&public), public);
+        Arc::make_mut(&mut self.pinned).insert(key_id(&public), public);
         self
     }
 
@@ -256,9 +296,11 @@ impl TrustedKeys {
         if signature.is_empty() {
             return Err(SignatureError::Unsigned);
         }
+        let loaded = self.loaded.load();
         let key = self
-            .keys
+            .pinned
             .get(key_id)
+            .or_else(|| loaded.get(key_id))
             .ok_or_else(|| SignatureError::UntrustedKey(key_id.to_owned()))?;
         let signature =
             Signature::from_slice(signature).map_err(|_| SignatureError::BadSignature(key_id.to_owned()))?;

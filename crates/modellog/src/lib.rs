@@ -8,6 +8,7 @@ mod fold;
 pub mod follower;
 pub mod keys;
 pub mod records;
+pub mod trust;
 
 pub use fold::{Follow, Lookup, MAX_CHUNKS, MissingChunks, ModelLog, ModelState, StoredVersion};
 pub use keys::ModelKey;

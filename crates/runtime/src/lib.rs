@@ -19,7 +19,7 @@ mod metrics_server;
 mod otel;
 pub mod propagation;
 mod readiness;
-mod reload;
+pub mod reload;
 mod sampling;
 mod security;
 mod shutdown;

@@ -35,6 +35,8 @@ pub struct Predictor {
     shadow: Option<(ShadowProducer, Arc<ShadowMetrics>)>,
     monitor: Monitor,
     stream: Option<(Arc<StreamSettings>, Arc<StreamMetrics>)>,
+    /// Re-reads --trusted-keys when they change.
+    trusted_keys: Option<Arc<kappa_runtime::reload::Reloading<()>>>,
 }
 
 impl kappa_runtime::Service for Predictor {
@@ -134,8 +136,13 @@ impl kappa_runtime::Service for Predictor {
             };
             (Arc::new(settings), metrics)
         });
+        let trusted_keys = match &config.trusted_keys {
+            Some(keys) => kappa_modellog::trust::watcher(keys).map_err(anyhow::Error::msg)?,
+            None => None,
+        };
         Ok(Self {
             faults: Arc::new(Faults::new(config.faults.clone())),
+            trusted_keys,
             config,
             metrics,
             slot,
@@ -156,8 +163,12 @@ impl kappa_runtime::Service for Predictor {
             shadow,
             monitor,
             stream,
+            trusted_keys,
         } = self;
         let (readiness, stop) = (&host.readiness, &host.stop);
+        if let Some(keys) = trusted_keys {
+            keys.watch(config.server.security.reload_every, stop.clone());
+        }
         let mut targets = follower.start(readiness, stop.clone()).into_iter();
         // The served model's loader and the shadow's differ only in their slot and role.
         let loader_for = |slot: &Arc<ModelSlot>, role| {

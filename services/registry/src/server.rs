@@ -22,6 +22,8 @@ pub struct Registry {
     service: RegistryService,
     /// The models-topic follower, opened; it starts with the service.
     follower: follower::Opened,
+    /// Re-reads --trusted-keys when they change, and how often to look.
+    trusted_keys: Option<(Arc<kappa_runtime::reload::Reloading<()>>, std::time::Duration)>,
 }
 
 impl kappa_runtime::Service for Registry {
@@ -124,11 +126,24 @@ impl kappa_runtime::Service for Registry {
                 watchers: crate::quota::PerCaller::new(config.max_watch_streams_per_caller as usize),
             },
         };
-        Ok(Self { service, follower })
+        let trusted_keys = match &config.trusted_keys {
+            Some(keys) => kappa_modellog::trust::watcher(keys)
+                .map_err(anyhow::Error::msg)?
+                .map(|watcher| (watcher, config.server.security.reload_every)),
+            None => None,
+        };
+        Ok(Self {
+            service,
+            follower,
+            trusted_keys,
+        })
     }
 
     fn start(self, host: &Host, routes: Routes) -> Running {
         let progress = self.follower.spawn(host.stop.clone());
+        if let Some((keys, every)) = self.trusted_keys {
+            keys.watch(every, host.stop.clone());
+        }
         let (readiness, stop) = (Arc::clone(&host.readiness), host.stop.clone());
         tokio::spawn(async move {
             if progress.wait_caught_up().await {

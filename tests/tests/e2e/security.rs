@@ -1421,3 +1421,101 @@ async fn held_watches_neither_exceed_a_callers_quota_nor_starve_get_model() {
     });
     reopened.await;
 }
+
+/// Trusted keys are read again when their directory changes, like tokens: a key added is
+/// trusted from then on, a key removed no longer (issue 30, item 6).
+#[tokio::test]
+async fn trusted_keys_are_reloaded_a_new_key_is_trusted_and_a_removed_one_revoked() {
+    use kappa_model::signing::ModelSigner;
+    let keys = tempfile::tempdir().unwrap();
+    let (first, second) = (ModelSigner::generate(), ModelSigner::generate());
+    std::fs::write(keys.path().join("first.pem"), first.public_pem().unwrap()).unwrap();
+    let setup = RegistrySetup::new()
+        .verifying(keys.path())
+        .arg("--security-reload-seconds=1");
+    let registry = setup.start().await;
+    let client = registry_client(&registry).await;
+    let name = unique("rekeyed");
+    let manifest = kappa_fleet::car_autoencoder(&name, &[4]);
+    let publish_with = |signer: ModelSigner, seed: u64| {
+        let (client, manifest) = (client.clone(), manifest.clone());
+        async move {
+            kappa_client::Registry::from(client)
+                .publish_signed(
+                    &manifest,
+                    &kappa_model::example::random_weights(&manifest, seed),
+                    "",
+                    Some(&signer),
+                )
+                .await
+        }
+    };
+    publish_with(first.clone(), 1).await.unwrap();
+    let predictor = PredictorSetup::new(&setup.topic, &name, "latest")
+        .arg(format!("--trusted-keys={}", keys.path().display()))
+        .arg("--security-reload-seconds=1")
+        .start()
+        .await;
+    predictor
+        .wait_for_metric("kappa_predictor_loaded_version", 1.0, "version 1 is served")
+        .await;
+    let refused = publish_with(second.clone(), 2).await.unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+
+    let reloads = |service: &Service| service.log_text().matches("reloaded after the files changed").count();
+    let (registry_before, predictor_before) = (reloads(&registry), reloads(&predictor.service));
+    std::fs::write(keys.path().join("second.pem"), second.public_pem().unwrap()).unwrap();
+    eventually("both reload the keys", || async {
+        reloads(&registry) > registry_before && reloads(&predictor.service) > predictor_before
+    })
+    .await;
+    assert_eq!(
+        publish_with(second.clone(), 2).await.unwrap().version.unwrap().version,
+        2
+    );
+    predictor
+        .wait_for_metric(
+            "kappa_predictor_loaded_version",
+            2.0,
+            "the newly trusted key's version is served",
+        )
+        .await;
+
+    // Revoked: the registry refuses the key, and a version it signed written straight to the
+    // topic is refused by the predictor, which keeps serving version 2.
+    let predictor_before = reloads(&predictor.service);
+    std::fs::remove_file(keys.path().join("second.pem")).unwrap();
+    eventually("the predictor reloads the keys", || async {
+        reloads(&predictor.service) > predictor_before
+    })
+    .await;
+    eventually("the registry no longer trusts the removed key", || async {
+        publish_with(second.clone(), 3)
+            .await
+            .is_err_and(|s| s.code() == Code::PermissionDenied)
+    })
+    .await;
+    let weights = kappa_model::example::random_weights(&manifest, 3);
+    let mut forged = manifest.clone();
+    forged.version = 3;
+    forged.weights_sha256 = sha256(&weights);
+    forged.weights_size = weights.len() as u64;
+    let (signature, signing_key_id) = second.sign(&forged);
+    let unverified = r#"kappa_predictor_refused_log_records_total{reason="unverified"}"#;
+    let before = predictor.metric(unverified).await.unwrap_or(0.0);
+    write_raw_record(
+        &setup.topic,
+        kappa_api::model::VersionRecord {
+            manifest: Some(forged),
+            signature,
+            signing_key_id,
+            ..Default::default()
+        },
+        &weights,
+    )
+    .await;
+    predictor
+        .wait_for_metric(unverified, before + 1.0, "the revoked key's record is refused")
+        .await;
+    assert_eq!(predictor.metric("kappa_predictor_loaded_version").await, Some(2.0));
+}
