@@ -152,9 +152,11 @@ async fn deliver(
 ) -> Vec<Delivered> {
     let events = arrivals.len();
     let read = arrivals.into_iter().map(|arrival| arrival.read(&serving)).collect();
-    let Some(records) = evaluate_all(read, &serving, &metrics).await else {
+    let Some(records) = evaluate_all(read, &serving).await else {
         return (0..events).map(|_| Ok(None)).collect();
     };
+    // Each event is delivered (or its producer fails for good and the process starts again).
+    metrics.count(records.iter().map(|r| r.outcome));
     // Every record goes to the producer's queue first, so the group is in flight at once; then
     // each delivery is awaited in order, with no task or allocation per record.
     let sent: Vec<(Record, Option<DeliveryFuture>)> = records
@@ -291,6 +293,7 @@ mod tests {
                 partition: 0,
                 offset: 7,
             },
+            outcome: "scored",
             key: "car-1".into(),
             value: br#"{"score": 0.5}"#.to_vec(),
             headers: None,

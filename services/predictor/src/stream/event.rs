@@ -15,8 +15,7 @@ use rdkafka::{
 };
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-use super::StreamMetrics;
-use crate::{batcher::Scored, error::PredictError, metrics::ReasonLabels, serving::Serving, slot::LoadedModel};
+use crate::{batcher::Scored, error::PredictError, serving::Serving, slot::LoadedModel};
 
 /// An event read through the current version's schema: the row to score and its event time.
 type Prepared = Result<(Arc<LoadedModel>, Vec<f32>, Option<i64>), (&'static str, String)>;
@@ -45,6 +44,8 @@ pub struct Event {
 /// A prediction ready to produce, keyed like its event.
 pub struct Record {
     pub source: Source,
+    /// What became of the event (`scored`, or why not): counted once the record is delivered.
+    pub outcome: &'static str,
     pub key: String,
     pub value: Vec<u8>,
     pub headers: Option<OwnedHeaders>,
@@ -230,6 +231,7 @@ impl Record {
         };
         Self {
             source: self.source.clone(),
+            outcome: self.outcome,
             key: prediction.key.clone(),
             value: serde_json::to_vec(&prediction).expect("a prediction always serialises"),
             headers: self.headers.clone(),
@@ -240,7 +242,7 @@ impl Record {
 
 impl Event {
     /// Serialises the event's prediction from its outcome: a score, or the reason there is none.
-    fn finish(self, outcome: Outcome, serving: &Serving, metrics: &StreamMetrics) -> Record {
+    fn finish(self, outcome: Outcome, serving: &Serving) -> Record {
         let span = self.span;
         let _in_span = span.enter();
         let mut prediction = Prediction {
@@ -277,7 +279,6 @@ impl Event {
                 reason
             }
         };
-        metrics.events.get_or_create(&ReasonLabels { reason }).inc();
         prediction.latency_ms = self.received.elapsed().as_secs_f64() * 1000.0;
         let headers = (!span.is_none()).then(|| trace_headers::inject(&span.context(), OwnedHeaders::new()));
         // Sized for a typical prediction, so serialising does not grow the buffer several times.
@@ -285,6 +286,7 @@ impl Event {
         serde_json::to_writer(&mut value, &prediction).expect("a prediction always serialises");
         Record {
             source: self.source,
+            outcome: reason,
             key: prediction.key,
             value,
             headers,
@@ -300,7 +302,7 @@ impl Event {
 /// inference queue is waited out, never answered with an error. `None` only when the
 /// predictor is shutting down: the events then have no records, and no offset of theirs may
 /// be committed.
-pub async fn evaluate_all(events: Vec<Event>, serving: &Serving, metrics: &StreamMetrics) -> Option<Vec<Record>> {
+pub async fn evaluate_all(events: Vec<Event>, serving: &Serving) -> Option<Vec<Record>> {
     let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(events.len());
     let mut run: Option<Run> = None;
     for event in &events {
@@ -328,7 +330,7 @@ pub async fn evaluate_all(events: Vec<Event>, serving: &Serving, metrics: &Strea
             .zip(outcomes)
             .map(|(event, outcome)| {
                 let outcome = outcome.expect("every prepared event belongs to a scored run");
-                event.finish(outcome, serving, metrics)
+                event.finish(outcome, serving)
             })
             .collect(),
     )

@@ -6,7 +6,7 @@
 //! the group has moved on from is fenced by the group generation in the transaction).
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap, HashSet},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -16,7 +16,7 @@ use rdkafka::{
     Offset, TopicPartitionList,
     consumer::{Consumer, StreamConsumer},
     error::{KafkaError, RDKafkaErrorCode},
-    producer::{FutureProducer, FutureRecord, Producer},
+    producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer},
 };
 use tokio_util::sync::CancellationToken;
 
@@ -46,6 +46,7 @@ pub async fn run(
         .context("could not initialise the transactional producer; does the broker allow transactions and this principal its transactional id?")?;
     tracing::info!("exactly-once stream scoring: transactions initialised");
     let mut errors = ErrorLog::default();
+    let mut refusals = Refusals::default();
     loop {
         let Some(batch) = gather(&consumer, &serving, settings.max_in_flight, &mut errors, &shutdown).await else {
             break;
@@ -54,18 +55,17 @@ pub async fn run(
             continue;
         }
         // Shutting down: nothing of this batch is committed, so all of it is scored again.
-        let Some(records) = evaluate_all(batch, &serving, &metrics).await else {
+        let Some(records) = evaluate_all(batch, &serving).await else {
             break;
         };
-        commit(
-            &consumer,
-            &producer,
-            &settings.predictions_topic,
-            records,
-            &metrics,
-            &shutdown,
-        )
-        .await?;
+        let transaction = Transaction {
+            consumer: &consumer,
+            producer: &producer,
+            topic: &settings.predictions_topic,
+            metrics: &metrics,
+            shutdown: &shutdown,
+        };
+        transaction.commit(records, &mut refusals).await?;
     }
     Ok(())
 }
@@ -119,93 +119,221 @@ async fn gather(
     Some(batch)
 }
 
-/// Writes the batch's predictions and offsets in one transaction. A transaction that fails is
-/// aborted and the consumer rewound to the batch's first offsets, so the events are read and
-/// scored again; only a fatal producer error (fenced by a newer replica with the same
-/// transactional id) ends the task, and its supervisor starts a new producer.
-async fn commit(
-    consumer: &Arc<StreamConsumer<StreamContext>>,
-    producer: &Arc<FutureProducer>,
-    topic: &str,
-    records: Vec<Record>,
-    metrics: &StreamMetrics,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<()> {
-    // Per partition: the first offset of the batch (to rewind to) and the next one to read.
-    let mut span: BTreeMap<(String, i32), (i64, i64)> = BTreeMap::new();
-    for r in &records {
-        let entry = span
-            .entry((r.source.topic.to_string(), r.source.partition))
-            .or_insert((r.source.offset, r.source.offset + 1));
-        entry.0 = entry.0.min(r.source.offset);
-        entry.1 = entry.1.max(r.source.offset + 1);
-    }
-    let mut offsets = TopicPartitionList::new();
-    for ((t, p), (_, next)) in &span {
-        offsets.add_partition_offset(t, *p, Offset::Offset(*next))?;
-    }
-    let group = consumer
-        .group_metadata()
-        .context("the sensor consumer has no group metadata")?;
-    let started = Instant::now();
-    let topic = topic.to_owned();
-    let count = records.len();
-    let outcome = blocking(producer, move |p| {
-        p.begin_transaction()?;
+/// An event, as the refusals know it.
+type EventKey = (Arc<str>, i32, i64);
+
+fn key_of(record: &Record) -> EventKey {
+    (
+        Arc::clone(&record.source.topic),
+        record.source.partition,
+        record.source.offset,
+    )
+}
+
+/// Predictions the predictions topic refused for good (too large for it, invalid) in a
+/// transaction that was then aborted. Culprits, known to be refused alone, are answered by an
+/// error prediction when their batch is scored again; suspects were refused in a batch with
+/// others (a topic judges its size limit per batch), so next time each is sent alone to tell.
+/// Without this a poison event would abort its batch forever.
+#[derive(Default)]
+struct Refusals {
+    culprits: HashMap<EventKey, String>,
+    suspects: HashSet<EventKey>,
+}
+
+/// Remembered for batches scored again soon; past this many, something is off (partitions
+/// revoked while refused) and they are forgotten.
+const MAX_REFUSALS: usize = 10_000;
+
+/// How one transaction's records went.
+enum Sent {
+    Committed,
+    /// A record sent alone was refused for good: the culprit.
+    Refused {
+        index: usize,
+        error: KafkaError,
+    },
+    /// The transaction failed otherwise; these deliveries may say which records were refused.
+    Failed(KafkaError, Vec<(usize, DeliveryFuture)>),
+}
+
+/// What one exactly-once transaction writes with.
+struct Transaction<'a> {
+    consumer: &'a Arc<StreamConsumer<StreamContext>>,
+    producer: &'a Arc<FutureProducer>,
+    topic: &'a str,
+    metrics: &'a StreamMetrics,
+    shutdown: &'a CancellationToken,
+}
+
+impl Transaction<'_> {
+    /// Writes the batch's predictions and offsets in one transaction. A transaction that fails
+    /// is aborted and the consumer rewound to the batch's first offsets, so the events are read
+    /// and scored again (what the topic refused for good answered by error predictions then);
+    /// only a fatal producer error (fenced by a newer replica with the same transactional id)
+    /// ends the task, and its supervisor starts a new producer.
+    async fn commit(&self, records: Vec<Record>, refusals: &mut Refusals) -> anyhow::Result<()> {
+        // Per partition: the first offset of the batch (to rewind to) and the next one to read.
+        let mut span: BTreeMap<(String, i32), (i64, i64)> = BTreeMap::new();
         for r in &records {
-            let mut out = FutureRecord::to(&topic).key(&r.key).payload(&r.value);
-            if let Some(headers) = &r.headers {
-                out = out.headers(headers.clone());
-            }
-            // A full local queue drains as the broker acknowledges; wait, do not drop.
-            while let Err((e, back)) = p.send_result(out) {
-                match e {
-                    KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => {
-                        std::thread::sleep(Duration::from_millis(5));
-                        out = back;
-                    }
-                    e => return Err(e),
-                }
-            }
+            let entry = span
+                .entry((r.source.topic.to_string(), r.source.partition))
+                .or_insert((r.source.offset, r.source.offset + 1));
+            entry.0 = entry.0.min(r.source.offset);
+            entry.1 = entry.1.max(r.source.offset + 1);
         }
-        p.send_offsets_to_transaction(&offsets, &group, CALL_TIMEOUT)?;
-        p.commit_transaction(CALL_TIMEOUT)
-    })
-    .await;
-    match outcome {
-        Ok(()) => {
-            metrics
-                .transactions
-                .get_or_create(&ReasonLabels { reason: "committed" })
-                .inc();
-            tracing::debug!(
-                events = count,
-                ms = started.elapsed().as_millis() as u64,
-                "transaction committed"
-            );
-            Ok(())
+        let mut offsets = TopicPartitionList::new();
+        for ((t, p), (_, next)) in &span {
+            offsets.add_partition_offset(t, *p, Offset::Offset(*next))?;
         }
-        Err(e) if is_fatal(&e) => Err(anyhow::Error::new(e).context("the transactional producer failed fatally")),
-        Err(e) => {
-            tracing::warn!(error = %e, events = count, "the transaction failed; aborting it and scoring the batch again");
-            abort(producer, shutdown).await?;
-            metrics
-                .transactions
-                .get_or_create(&ReasonLabels { reason: "aborted" })
-                .inc();
-            let rewind: Vec<(String, i32, i64)> = span.into_iter().map(|((t, p), (first, _))| (t, p, first)).collect();
-            let consumer = Arc::clone(consumer);
-            tokio::task::spawn_blocking(move || {
-                for (t, p, first) in rewind {
-                    // Fails for a partition revoked meanwhile, which its new owner reads anyway.
-                    if let Err(e) = consumer.seek(&t, p, Offset::Offset(first), Duration::from_secs(10)) {
-                        tracing::debug!(error = %e, partition = p, "not rewound");
-                    }
+        let group = self
+            .consumer
+            .group_metadata()
+            .context("the sensor consumer has no group metadata")?;
+        let keys: Vec<EventKey> = records.iter().map(key_of).collect();
+        let outcomes: Vec<&'static str> = records.iter().map(|r| r.outcome).collect();
+        let mut replaced = 0;
+        let records: Vec<Record> = records
+            .into_iter()
+            .map(|r| match refusals.culprits.get(&key_of(&r)) {
+                Some(why) => {
+                    replaced += 1;
+                    r.refused(why)
                 }
+                None => r,
             })
-            .await?;
-            Ok(())
+            .collect();
+        let alone: Vec<bool> = keys.iter().map(|k| refusals.suspects.contains(k)).collect();
+        let started = Instant::now();
+        let topic = self.topic.to_owned();
+        let count = records.len();
+        let sent = blocking(self.producer, move |p| {
+            Ok(send(p, &topic, &records, &alone, offsets, &group))
+        })
+        .await?;
+        let failure = match sent {
+            Sent::Committed => {
+                // Counted once committed: a batch scored again after an abort counts once.
+                self.metrics.count(outcomes);
+                if replaced > 0 {
+                    self.metrics.refused.inc_by(replaced);
+                    tracing::warn!(
+                        events = replaced,
+                        "the predictions topic refused predictions for good; their events were answered with errors"
+                    );
+                }
+                for key in &keys {
+                    refusals.culprits.remove(key);
+                    refusals.suspects.remove(key);
+                }
+                self.metrics
+                    .transactions
+                    .get_or_create(&ReasonLabels { reason: "committed" })
+                    .inc();
+                tracing::debug!(
+                    events = count,
+                    ms = started.elapsed().as_millis() as u64,
+                    "transaction committed"
+                );
+                return Ok(());
+            }
+            Sent::Failed(e, _) if is_fatal(&e) => {
+                return Err(anyhow::Error::new(e).context("the transactional producer failed fatally"));
+            }
+            Sent::Refused { index, error } => {
+                tracing::warn!(%error, events = count, "a prediction sent alone was refused for good; aborting and answering its event with an error");
+                refusals.suspects.remove(&keys[index]);
+                refusals.culprits.insert(keys[index].clone(), error.to_string());
+                abort(self.producer, self.shutdown).await?;
+                None
+            }
+            Sent::Failed(e, deliveries) => {
+                tracing::warn!(error = %e, events = count, "the transaction failed; aborting it and scoring the batch again");
+                abort(self.producer, self.shutdown).await?;
+                Some(deliveries)
+            }
+        };
+        // The deliveries of an aborted transaction have all resolved (delivered or purged).
+        for (index, delivery) in failure.into_iter().flatten() {
+            if let Ok(Ok(Err((error, _)))) = tokio::time::timeout(CALL_TIMEOUT, delivery).await
+                && kappa_kafka::refused_for_good(&error)
+            {
+                refusals.suspects.insert(keys[index].clone());
+            }
         }
+        if refusals.culprits.len() + refusals.suspects.len() > MAX_REFUSALS {
+            tracing::warn!("forgetting {MAX_REFUSALS} refused predictions of events not scored again");
+            *refusals = Refusals::default();
+        }
+        self.metrics
+            .transactions
+            .get_or_create(&ReasonLabels { reason: "aborted" })
+            .inc();
+        let rewind: Vec<(String, i32, i64)> = span.into_iter().map(|((t, p), (first, _))| (t, p, first)).collect();
+        let consumer = Arc::clone(self.consumer);
+        tokio::task::spawn_blocking(move || {
+            for (t, p, first) in rewind {
+                // Fails for a partition revoked meanwhile, which its new owner reads anyway.
+                if let Err(e) = consumer.seek(&t, p, Offset::Offset(first), Duration::from_secs(10)) {
+                    tracing::debug!(error = %e, partition = p, "not rewound");
+                }
+            }
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+/// The transaction itself, on a blocking thread: every record (a suspect alone, flushed and its
+/// delivery checked before the next), the offsets, the commit.
+fn send(
+    p: &FutureProducer,
+    topic: &str,
+    records: &[Record],
+    alone: &[bool],
+    offsets: TopicPartitionList,
+    group: &rdkafka::consumer::ConsumerGroupMetadata,
+) -> Sent {
+    if let Err(e) = p.begin_transaction() {
+        return Sent::Failed(e, Vec::new());
+    }
+    let mut deliveries = Vec::with_capacity(records.len());
+    for (index, r) in records.iter().enumerate() {
+        let mut out = FutureRecord::to(topic).key(&r.key).payload(&r.value);
+        if let Some(headers) = &r.headers {
+            out = out.headers(headers.clone());
+        }
+        // A full local queue drains as the broker acknowledges; wait, do not drop.
+        let delivery = loop {
+            match p.send_result(out) {
+                Ok(delivery) => break delivery,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    std::thread::sleep(Duration::from_millis(5));
+                    out = back;
+                }
+                Err((error, _)) if kappa_kafka::refused_for_good(&error) => return Sent::Refused { index, error },
+                Err((e, _)) => return Sent::Failed(e, deliveries),
+            }
+        };
+        if alone[index] {
+            if let Err(e) = p.flush(CALL_TIMEOUT) {
+                return Sent::Failed(e, deliveries);
+            }
+            match futures::executor::block_on(delivery) {
+                Ok(Err((error, _))) if kappa_kafka::refused_for_good(&error) => return Sent::Refused { index, error },
+                Ok(Err((e, _))) => return Sent::Failed(e, deliveries),
+                Ok(Ok(_)) | Err(_) => {}
+            }
+        } else {
+            deliveries.push((index, delivery));
+        }
+    }
+    let committed = p
+        .send_offsets_to_transaction(&offsets, group, CALL_TIMEOUT)
+        .and_then(|()| p.commit_transaction(CALL_TIMEOUT));
+    match committed {
+        Ok(()) => Sent::Committed,
+        Err(e) => Sent::Failed(e, deliveries),
     }
 }
 

@@ -74,6 +74,13 @@ pub struct StreamMetrics {
 }
 
 impl StreamMetrics {
+    /// Counts events by outcome (each a record's `outcome`), once their predictions are out.
+    pub fn count(&self, outcomes: impl IntoIterator<Item = &'static str>) {
+        for reason in outcomes {
+            self.events.get_or_create(&ReasonLabels { reason }).inc();
+        }
+    }
+
     pub fn register(&self, registry: &mut Registry) {
         for reason in OUTCOMES {
             let _ = self.events.get_or_create(&ReasonLabels { reason });
