@@ -97,6 +97,14 @@ pub struct PredictorConfig {
           value_parser = kappa_runtime::args::non_empty)]
     pub stream_transactional_id: Option<String>,
 
+    /// Seconds stream scoring may deliver nothing while events wait before the predictor
+    /// reports NOT_SERVING (component `stream_progress`, with the count waiting): a stream that
+    /// stopped progressing (a broker refusing every write, a producer stuck) must not look
+    /// healthy. Cleared as soon as events flow again.
+    #[arg(long = "stream-stall-seconds", env = "KAPPA_STREAM_STALL_SECONDS", default_value = "120",
+          value_name = "SECONDS", value_parser = kappa_runtime::args::seconds, requires = "stream")]
+    pub stream_stall: Duration,
+
     /// Largest model this predictor loads, in bytes; a larger version is refused (reason
     /// `too_large`) before its weights are fetched, and the previous one keeps serving.
     #[arg(long, env = "KAPPA_MAX_MODEL_BYTES", default_value_t = 256 * 1024 * 1024)]

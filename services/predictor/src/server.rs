@@ -123,6 +123,7 @@ impl kappa_runtime::Service for Predictor {
                 predictions_topic: config.predictions_topic.clone(),
                 group: config.consumer_group.clone(),
                 max_in_flight: config.stream_max_in_flight as usize,
+                stall_after: config.stream_stall,
                 transactional_id: config.stream_exactly_once.then(|| {
                     config.stream_transactional_id.clone().unwrap_or_else(|| {
                         format!(

@@ -121,3 +121,61 @@ async fn poison_ends_as_an_error(delivery: Delivery) {
         Some(1.0)
     );
 }
+
+/// A stream that stops delivering while events wait is not ready (component `stream_progress`),
+/// and ready again once predictions flow (issue 30, item 4). The predictions topic takes no
+/// record older than the broker's clock (`message.timestamp.before.max.ms=0`): every write is
+/// refused, and retried, until the topic is fixed.
+#[tokio::test]
+async fn a_stream_that_stops_delivering_is_reported_not_ready_until_it_flows_again() {
+    use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
+    let (setup, _registry, _client, manifest) = registry_with_car_model("stalled").await;
+    let (sensors, predictions) = (unique("test.sensors"), unique("test.predictions"));
+    create_topic_with_partitions(&sensors, 1).await;
+    create_topic(&predictions, &[("message.timestamp.before.max.ms", "0")]).await;
+    let streaming = PredictorSetup::new(&setup.topic, &manifest.name, "latest")
+        .stream(&sensors, &predictions)
+        .arg("--stream-stall-seconds=3")
+        .start()
+        .await;
+    let name = "kappa.predictor.v1.Predictor";
+    assert_eq!(
+        health_status(&streaming.service, name).await,
+        Some(HealthStatus::Serving)
+    );
+    let events: Vec<(String, Vec<u8>)> = (0..20).map(|i| event(&format!("car{i}"), 1.0)).collect();
+    produce_keyed(&sensors, &events).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while health_status(&streaming.service, name).await != Some(HealthStatus::NotServing) {
+        assert!(
+            Instant::now() < deadline,
+            "{}\n{}",
+            streaming.service.log_text(),
+            scrape(&streaming.metrics_url).await
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        streaming
+            .service
+            .log_text()
+            .contains("stream scoring has delivered no prediction"),
+        "the log says why"
+    );
+
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = kafka_config_at(&bootstrap()).create().unwrap();
+    let fix = AlterConfig::new(ResourceSpecifier::Topic(&predictions))
+        .set("message.timestamp.before.max.ms", "9223372036854775807");
+    for result in admin.alter_configs(&[fix], &AdminOptions::new()).await.unwrap() {
+        result.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while health_status(&streaming.service, name).await != Some(HealthStatus::Serving) {
+        assert!(Instant::now() < deadline, "{}", streaming.service.log_text());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(
+        wait_for_records(&predictions, 20, Duration::from_secs(30)).await.len(),
+        20
+    );
+}

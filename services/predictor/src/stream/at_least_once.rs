@@ -55,6 +55,7 @@ pub async fn run(
             () = shutdown.cancelled() => break,
             Some((events, done)) = pending.next(), if !pending.is_empty() => {
                 in_flight -= events;
+                metrics.in_flight.set(in_flight as i64);
                 if let Err(e) = store(&consumer, done, &mut gap) {
                     failed = Some(e);
                     break;
@@ -77,6 +78,7 @@ pub async fn run(
                         }
                         let events = arrivals.len();
                         in_flight += events;
+                        metrics.in_flight.set(in_flight as i64);
                         let task = tokio::spawn(deliver(
                             arrivals,
                             Arc::clone(&serving),
@@ -155,8 +157,6 @@ async fn deliver(
     let Some(records) = evaluate_all(read, &serving).await else {
         return (0..events).map(|_| Ok(None)).collect();
     };
-    // Each event is delivered (or its producer fails for good and the process starts again).
-    metrics.count(records.iter().map(|r| r.outcome));
     // Every record goes to the producer's queue first, so the group is in flight at once; then
     // each delivery is awaited in order, with no task or allocation per record.
     let sent: Vec<(Record, Option<DeliveryFuture>)> = records
@@ -183,6 +183,9 @@ async fn deliver(
                     .await
             }
         };
+        if done.is_ok() {
+            metrics.count([record.outcome]);
+        }
         delivered.push(done.map(|()| Some(record.source)));
     }
     delivered

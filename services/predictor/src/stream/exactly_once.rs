@@ -204,6 +204,7 @@ impl Transaction<'_> {
             })
             .collect();
         let alone: Vec<bool> = keys.iter().map(|k| refusals.suspects.contains(k)).collect();
+        self.metrics.in_flight.set(keys.len() as i64);
         let started = Instant::now();
         let topic = self.topic.to_owned();
         let count = records.len();
@@ -215,6 +216,7 @@ impl Transaction<'_> {
             Sent::Committed => {
                 // Counted once committed: a batch scored again after an abort counts once.
                 self.metrics.count(outcomes);
+                self.metrics.in_flight.set(0);
                 if replaced > 0 {
                     self.metrics.refused.inc_by(replaced);
                     tracing::warn!(

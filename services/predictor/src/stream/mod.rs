@@ -32,12 +32,16 @@ use context::StreamContext;
 
 /// The readiness component of stream scoring.
 pub const STREAM: &str = "stream";
+/// The readiness component that says stream scoring has stopped making progress.
+pub const STREAM_PROGRESS: &str = "stream_progress";
 
 pub struct StreamSettings {
     pub sensor_topic: String,
     pub predictions_topic: String,
     pub group: String,
     pub max_in_flight: usize,
+    /// How long nothing may be delivered while events wait before readiness says so.
+    pub stall_after: Duration,
     /// Exactly-once delivery with this transactional id; at-least-once when `None`.
     pub transactional_id: Option<String>,
 }
@@ -65,6 +69,8 @@ pub struct StreamMetrics {
     /// Events by outcome: `scored`, or the reason an event could not be scored.
     pub events: Family<ReasonLabels, Counter>,
     pub lag: Gauge,
+    /// Events read and not yet delivered (at-least-once: acknowledged; exactly-once: committed).
+    pub in_flight: Gauge,
     pub produce_retries: Counter,
     /// Predictions the topic refused for good (too large, invalid), answered by an error
     /// prediction instead.
@@ -74,7 +80,8 @@ pub struct StreamMetrics {
 }
 
 impl StreamMetrics {
-    /// Counts events by outcome (each a record's `outcome`), once their predictions are out.
+    /// Counts events by outcome (each a record's `outcome`), once their predictions are out:
+    /// this count not moving while events wait is what a stalled stream looks like.
     pub fn count(&self, outcomes: impl IntoIterator<Item = &'static str>) {
         for reason in outcomes {
             self.events.get_or_create(&ReasonLabels { reason }).inc();
@@ -93,6 +100,11 @@ impl StreamMetrics {
             "events",
             "Sensor events handled in stream mode, by outcome (scored, or why not)",
             self.events.clone(),
+        );
+        r.register(
+            "in_flight",
+            "Sensor events read and not yet delivered (acknowledged, or committed with exactly-once)",
+            self.in_flight.clone(),
         );
         r.register(
             "lag",
@@ -176,7 +188,12 @@ pub async fn run(
     // The lag reporter lives as long as this consumer.
     let lag_stop = shutdown.child_token();
     let _lag_guard = lag_stop.clone().drop_guard();
-    tokio::spawn(report_lag(Arc::clone(&consumer), metrics.lag.clone(), lag_stop));
+    let watch = Progress {
+        metrics: Arc::clone(&metrics),
+        readiness: Arc::clone(&serving.readiness),
+        stall_after: settings.stall_after,
+    };
+    tokio::spawn(report_lag(Arc::clone(&consumer), watch, lag_stop));
     tracing::info!(
         topic = settings.sensor_topic,
         group = settings.group,
@@ -211,14 +228,54 @@ impl ErrorLog {
     }
 }
 
+/// What tells a stream that makes progress from one that stopped.
+struct Progress {
+    metrics: Arc<StreamMetrics>,
+    readiness: Arc<kappa_runtime::Readiness>,
+    stall_after: Duration,
+}
+
+impl Progress {
+    fn handled(&self) -> u64 {
+        OUTCOMES
+            .iter()
+            .map(|reason| self.metrics.events.get_or_create(&ReasonLabels { reason }).get())
+            .sum()
+    }
+}
+
 /// Publishes the consumer lag (high watermark minus position, summed over the assigned
-/// partitions) every few seconds. Watermark look-ups block, so they run on a blocking thread.
-async fn report_lag(consumer: Arc<StreamConsumer<StreamContext>>, lag: Gauge, stop: CancellationToken) {
+/// partitions) every few seconds, and reports the stream not ready while events wait and none
+/// has been handled for `stall_after`. Watermark look-ups block, so they run on a blocking
+/// thread.
+async fn report_lag(consumer: Arc<StreamConsumer<StreamContext>>, progress: Progress, stop: CancellationToken) {
+    let (mut handled, mut since, mut stalled) = (progress.handled(), Instant::now(), false);
     loop {
         tokio::select! {
-            () = stop.cancelled() => return,
+            () = stop.cancelled() => break,
             () = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
+        let now = progress.handled();
+        if now != handled {
+            (handled, since) = (now, Instant::now());
+            if std::mem::take(&mut stalled) {
+                progress.readiness.clear(STREAM_PROGRESS);
+                tracing::info!("stream scoring makes progress again");
+            }
+        }
+        let waiting = progress.metrics.lag.get() + progress.metrics.in_flight.get();
+        if waiting == 0 {
+            since = Instant::now();
+        } else if !stalled && since.elapsed() >= progress.stall_after {
+            stalled = true;
+            let problem = format!(
+                "stream scoring has delivered no prediction for {:?} while {waiting} events wait; see the log (a predictions topic refusing writes, a broker away)",
+                progress.stall_after
+            );
+            tracing::error!("{problem}");
+            progress.readiness.report(STREAM_PROGRESS, problem);
+        }
+        let lag = progress.metrics.lag.clone();
         let consumer = Arc::clone(&consumer);
         let total = tokio::task::spawn_blocking(move || -> Option<i64> {
             let positions = consumer.position().ok()?;
@@ -236,6 +293,10 @@ async fn report_lag(consumer: Arc<StreamConsumer<StreamContext>>, lag: Gauge, st
         if let Ok(Some(total)) = total {
             lag.set(total);
         }
+    }
+    // The consumer is gone; the next one (the supervisor's restart) watches afresh.
+    if stalled {
+        progress.readiness.clear(STREAM_PROGRESS);
     }
 }
 
