@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures::{StreamExt as _, stream::FuturesOrdered};
+use futures::{FutureExt as _, StreamExt as _, stream::FuturesOrdered};
 use opentelemetry::trace::TraceContextExt as _;
 use rdkafka::{
     error::{KafkaError, RDKafkaErrorCode},
@@ -63,6 +63,9 @@ impl Producers {
 }
 
 pub struct Settings {
+    /// Messages being delivered at once: QoS 1 the broker holds back at this many (receive
+    /// maximum); QoS 0 past it are let go and counted.
+    pub max_in_flight: usize,
     pub filter: String,
     pub share_group: String,
     pub sensor_topic: String,
@@ -95,7 +98,8 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     }
 }
 
-type Pending = Pin<Box<dyn Future<Output = Result<Publish, ProducerFailed>> + Send>>;
+/// A message being delivered, with the connection it came on.
+type Pending = Pin<Box<dyn Future<Output = (Result<Publish, ProducerFailed>, u64)> + Send>>;
 
 pub async fn run(
     options: MqttOptions,
@@ -123,6 +127,9 @@ pub async fn run(
     let mut refreshing = false;
     let mut resumed = false;
     let mut failed = None;
+    // Which connection this is: a packet id names a message only on the connection it came on.
+    let mut connection: u64 = 0;
+    let mut qos0_warned: Option<Instant> = None;
     loop {
         if subscribe && client.try_subscribe(subscription.clone(), QoS::AtLeastOnce).is_ok() {
             subscribe = false;
@@ -149,9 +156,14 @@ pub async fn run(
                 subscribe = true;
                 metrics.resubscribed.inc();
             }
-            Some(done) = pending.next(), if !pending.is_empty() => {
+            Some((done, came_on)) = pending.next(), if !pending.is_empty() => {
                 metrics.in_flight.dec();
                 match done {
+                    // Acknowledged on the connection it came on only: after a reconnect the
+                    // broker delivers it again, and its packet id may name another message now.
+                    Ok(_) if came_on != connection => {
+                        metrics.stale_acks.inc();
+                    }
                     Ok(done) => acks.push_back(done),
                     Err(e) => {
                         failed = Some(e);
@@ -167,6 +179,11 @@ pub async fn run(
                     }
                     tracing::info!(session_present = ack.session_present, "connected to the MQTT broker");
                     resumed = ack.session_present;
+                    connection += 1;
+                    // Acknowledgements of the last connection's messages would name packet ids
+                    // the broker may have given to others; it delivers those messages again.
+                    metrics.stale_acks.inc_by(acks.len() as u64);
+                    acks.clear();
                     // Subscribed again on a resumed session too: the flags may name another
                     // filter or group than the session has, and subscribing to the same one
                     // again keeps what the broker queued for it.
@@ -205,13 +222,22 @@ pub async fn run(
                     if publish.dup {
                         metrics.redelivered.inc();
                     }
+                    // QoS 1 is held back by the broker at the receive maximum; QoS 0 is not, so
+                    // past the bound it is let go, as its publisher allowed, and counted.
+                    if publish.qos == QoS::AtMostOnce && pending.len() >= settings.max_in_flight {
+                        metrics.qos0_dropped.inc();
+                        if qos0_warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                            tracing::warn!(in_flight = pending.len(), "letting QoS 0 messages go: --max-in-flight messages are being delivered");
+                            qos0_warned = Some(Instant::now());
+                        }
+                        continue;
+                    }
                     metrics.in_flight.inc();
-                    pending.push_back(Box::pin(deliver(
-                        publish,
-                        producers.clone(),
-                        Arc::clone(&settings),
-                        Arc::clone(&metrics),
-                    )));
+                    let came_on = connection;
+                    pending.push_back(Box::pin(
+                        deliver(publish, producers.clone(), Arc::clone(&settings), Arc::clone(&metrics))
+                            .map(move |done| (done, came_on)),
+                    ));
                 }
                 Ok(_) => {}
                 // Stopping: what could not be acknowledged is redelivered to the next bridge.
@@ -422,6 +448,7 @@ mod tests {
         );
         let producers = Producers::new(&KafkaClients::plain(cluster.bootstrap_servers())).unwrap();
         let settings = Arc::new(Settings {
+            max_in_flight: 10,
             filter: "cars/+/telemetry".into(),
             share_group: "bridges".into(),
             sensor_topic: "sensors".into(),

@@ -47,6 +47,15 @@ pub struct BridgeConfig {
           value_parser = clap::value_parser!(u16).range(1..))]
     pub max_in_flight: u16,
 
+    /// Largest MQTT message the bridge takes, in bytes (MQTT 5 maximum packet size). The broker
+    /// discards a larger one for this client (MQTT 5 says so; watch the broker's own count of
+    /// dropped messages). Set it above the sensor topic's max.message.bytes so messages Kafka
+    /// would refuse reach the bridge, which dead-letters them with their size. Memory held: up
+    /// to --max-in-flight times this.
+    #[arg(long, env = "KAPPA_MQTT_MAX_PACKET_BYTES", default_value_t = 1024 * 1024,
+          value_parser = clap::value_parser!(u32).range(1024..=256 * 1024 * 1024))]
+    pub mqtt_max_packet_bytes: u32,
+
     /// Topic the messages are produced to.
     #[arg(long, env = "KAPPA_SENSOR_TOPIC", default_value = "sensor-data", value_parser = kappa_runtime::args::non_empty)]
     pub sensor_topic: String,

@@ -34,7 +34,8 @@ fn mqtt_options(config: &BridgeConfig) -> anyhow::Result<MqttOptions> {
         .set_session_expiry_interval(Some(
             config.mqtt_session_expiry.as_secs().min(u64::from(u32::MAX)) as u32
         ))
-        .set_receive_maximum(Some(config.max_in_flight));
+        .set_receive_maximum(Some(config.max_in_flight))
+        .set_max_packet_size(Some(config.mqtt_max_packet_bytes));
     Ok(options)
 }
 
@@ -94,6 +95,7 @@ impl kappa_runtime::Service for Bridge {
         Ok(Self {
             options: mqtt_options(&config)?,
             settings: Arc::new(bridge::Settings {
+                max_in_flight: usize::from(config.max_in_flight),
                 filter: config.mqtt_topic.clone(),
                 share_group: config.mqtt_share_group.clone(),
                 sensor_topic: config.sensor_topic.clone(),

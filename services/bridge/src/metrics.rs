@@ -17,6 +17,11 @@ pub struct BridgeMetrics {
     pub dead_lettered: Counter,
     pub in_flight: Gauge,
     pub produce_latency: Histogram,
+    /// QoS 0 messages let go because --max-in-flight were being delivered already.
+    pub qos0_dropped: Counter,
+    /// Acknowledgements not sent: their message came on a connection since replaced, whose
+    /// packet ids may now name other messages (the broker delivers those messages again).
+    pub stale_acks: Counter,
 }
 
 impl Default for BridgeMetrics {
@@ -29,6 +34,8 @@ impl Default for BridgeMetrics {
             dead_lettered: Counter::default(),
             in_flight: Gauge::default(),
             produce_latency: Histogram::new(exponential_buckets(0.000_5, 2.0, 16)),
+            qos0_dropped: Counter::default(),
+            stale_acks: Counter::default(),
         }
     }
 }
@@ -61,6 +68,16 @@ impl BridgeMetrics {
             "in_flight",
             "Messages taken from MQTT and not yet acknowledged by Kafka",
             self.in_flight.clone(),
+        );
+        r.register(
+            "qos0_dropped",
+            "QoS 0 messages let go (at most once, as their publisher chose) while --max-in-flight messages were being delivered",
+            self.qos0_dropped.clone(),
+        );
+        r.register(
+            "stale_acks",
+            "Acknowledgements not sent because their message came on an earlier connection (the broker delivers it again)",
+            self.stale_acks.clone(),
         );
         r.register(
             "produce_latency_seconds",
