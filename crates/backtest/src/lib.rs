@@ -58,6 +58,9 @@ pub struct Window {
     pub to_ms: i64,
     /// Bounds each broker look-up, and how long the read may go without an event.
     pub timeout: Duration,
+    /// Most events the replay keeps scores for (each costs a few bytes a version); a window
+    /// holding more is refused, so a caller cannot make the replay hold without bound.
+    pub max_events: Option<usize>,
 }
 
 /// Why a backtest could not run.
@@ -71,6 +74,8 @@ pub enum BacktestError {
     Label(String),
     #[error("scoring with version {version} failed: {message}")]
     Scoring { version: u64, message: String },
+    #[error("the window holds more than {max} events, more than this replay keeps scores for; narrow the window")]
+    TooManyEvents { max: usize },
     #[error(transparent)]
     Scan(#[from] ScanError),
 }
@@ -153,6 +158,12 @@ pub fn run(
             return;
         }
         match read {
+            Ok(_) if window.max_events.is_some_and(|max| replay.labels.len() >= max) => {
+                failure = Some(BacktestError::TooManyEvents {
+                    max: window.max_events.unwrap_or_default(),
+                });
+                failed.set(true);
+            }
             Ok(decoded) => {
                 if let Err(e) = replay.take(&decoded) {
                     failure = Some(e);

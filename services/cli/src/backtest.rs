@@ -95,6 +95,8 @@ pub async fn run(args: BacktestArgs, security: &ClientSecurity) -> anyhow::Resul
         from_ms: args.from_ms,
         to_ms: args.to_ms,
         timeout: Duration::from_secs(args.timeout_seconds.max(1)),
+        // The user's own machine, the user's own window.
+        max_events: None,
     };
     let label = args
         .label

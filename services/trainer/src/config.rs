@@ -65,7 +65,8 @@ pub struct TrainerConfig {
 
     /// Most events a job holds in memory. A range holding more is not held: validation, hold-out
     /// and scaling come from a uniform sample of this size, and every training epoch re-reads the
-    /// range from Kafka in blocks of this size (Kafka as the data lake).
+    /// range from Kafka in blocks of this size (Kafka as the data lake). A backtest gate's window
+    /// holding more blocks the promotion, naming this bound.
     #[arg(long, env = "KAPPA_MAX_ROWS", default_value_t = 2_000_000,
           value_parser = kappa_runtime::args::at_least_one)]
     pub max_rows: usize,

@@ -275,3 +275,72 @@ async fn a_backtest_of_two_versions_matches_an_independent_computation_and_its_g
     );
     println!("as good a challenger: {}", done.promotion_reason);
 }
+
+/// A train caller's backtest window costs the trainer at most --max-rows events: a window
+/// holding more blocks the promotion with the reason instead of being held whole (issue 30,
+/// item 6).
+#[tokio::test]
+async fn a_backtest_gate_window_larger_than_max_rows_blocks_the_promotion_with_the_reason() {
+    let setup = RegistrySetup::new();
+    let registry = setup.start().await;
+    let trainer = TrainerSetup::new(&registry).args(["--max-rows=300"]).start().await;
+    let mut client = trainer_client(&trainer).await;
+    let history = unique("test.backtest-bounded");
+    create_topic_with_partitions(&history, 1).await;
+    run_fleet(
+        &history,
+        &[
+            "--cars",
+            "10",
+            "--events",
+            "2000",
+            "--rate",
+            "0",
+            "--failing-share",
+            "0.3",
+            "--seed",
+            "3",
+            "--backdate-seconds",
+            "3600",
+        ],
+    );
+    let records = read_positioned(&history, "read_committed").await;
+    let (first, last) = (
+        records.iter().map(|r| r.timestamp_ms).min().unwrap(),
+        records.iter().map(|r| r.timestamp_ms).max().unwrap(),
+    );
+    let split = first + (last - first) / 2;
+    let holder = TrainingSpec {
+        epochs: 2,
+        promote_alias: "production".into(),
+        ..spec("bounded-gate", &history, first, split)
+    };
+    let done = train(&mut client, holder.clone()).await;
+    assert!(done.promoted, "{}", done.promotion_reason);
+    let gated = TrainingSpec {
+        gate: Some(PromotionGate {
+            backtest: Some(BacktestGate {
+                topic: String::new(),
+                window: Some(TimeRange {
+                    from_ms: split,
+                    to_ms: last + 1,
+                }),
+                metric: "roc_auc".into(),
+            }),
+            ..Default::default()
+        }),
+        ..holder
+    };
+    let done = train(&mut client, gated).await;
+    assert_eq!(done.phase, JobPhase::Succeeded as i32, "{}", done.message);
+    assert!(
+        !done.promoted,
+        "promoted past an unbounded window: {}",
+        done.promotion_reason
+    );
+    assert!(
+        done.promotion_reason.contains("more than 300 events"),
+        "{}",
+        done.promotion_reason
+    );
+}

@@ -262,6 +262,8 @@ async fn backtest_gate(
         from_ms: range.from_ms,
         to_ms: range.to_ms,
         timeout: ctx.kafka_timeout,
+        // What a train caller's window may make the trainer hold: --max-rows events.
+        max_events: Some(ctx.max_rows),
     };
     let metric = if gate.metric.is_empty() {
         "roc_auc"
