@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use kappa_api::trainer::{Continuous, Job, JobPhase, JobProgress, TrainingSpec};
 use kappa_kafka::KafkaClients;
 use opentelemetry::trace::TraceContextExt as _;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
@@ -15,12 +15,42 @@ use crate::store::JobStore;
 /// A job as the service tracks it.
 pub struct JobHandle {
     pub job: Mutex<Job>,
+    /// The latest progress (GetJob, the snapshot a watch starts from).
     pub progress: watch::Sender<JobProgress>,
+    /// Every change, for watchers: a watch channel keeps only the latest, and a short job can
+    /// go from one epoch to the next phase before a watcher wakes.
+    changes: broadcast::Sender<JobProgress>,
     pub cancel: CancellationToken,
     pub store: Arc<JobStore>,
 }
 
+/// Changes a watcher may fall behind by before it skips to the latest.
+const CHANGES_KEPT: usize = 1024;
+
 impl JobHandle {
+    pub fn new(job: Job, progress: JobProgress, store: Arc<JobStore>) -> Self {
+        Self {
+            job: Mutex::new(job),
+            progress: watch::channel(progress).0,
+            changes: broadcast::channel(CHANGES_KEPT).0,
+            cancel: CancellationToken::new(),
+            store,
+        }
+    }
+
+    /// Changes the progress, and tells every watcher.
+    pub fn report(&self, change: impl FnOnce(&mut JobProgress)) {
+        self.progress.send_modify(change);
+        let _ = self.changes.send(self.progress.borrow().clone());
+    }
+
+    /// The progress now and every change after it (`Lagged` when a watcher fell behind).
+    pub fn watch(&self) -> (JobProgress, broadcast::Receiver<JobProgress>) {
+        // Subscribed first: a change between the two is seen (perhaps twice), never missed.
+        let changes = self.changes.subscribe();
+        (self.progress.borrow().clone(), changes)
+    }
+
     pub fn snapshot(&self) -> Job {
         let mut job = self.job.lock().expect("job lock poisoned").clone();
         job.progress = Some(self.progress.borrow().clone());
@@ -34,7 +64,7 @@ impl JobHandle {
             job.phase = phase as i32;
             job.message.clone_from(&message);
         }
-        self.progress.send_modify(|p| {
+        self.report(|p| {
             p.phase = phase as i32;
             p.message = message;
         });

@@ -3,7 +3,7 @@
 
 use std::{
     collections::BTreeMap,
-    sync::{Arc, Mutex, RwLock},
+    sync::{Arc, RwLock},
     time::Duration,
 };
 
@@ -13,8 +13,7 @@ use kappa_api::trainer::{
 };
 use kappa_runtime::auth::{Principal, Role};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::broadcast;
 use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 
@@ -33,16 +32,11 @@ pub fn restored(jobs: Vec<Job>, store: &Arc<JobStore>) -> BTreeMap<String, Arc<J
                 phase: job.phase,
                 ..JobProgress::default()
             });
-            let (progress, _) = watch::channel(JobProgress {
+            let progress = JobProgress {
                 phase: job.phase,
                 ..progress
-            });
-            let handle = JobHandle {
-                job: Mutex::new(job.clone()),
-                progress,
-                cancel: CancellationToken::new(),
-                store: Arc::clone(store),
             };
+            let handle = JobHandle::new(job.clone(), progress, Arc::clone(store));
             (job.job_id, Arc::new(handle))
         })
         .collect()
@@ -121,16 +115,11 @@ impl TrainerService {
             created_at_ms: kappa_runtime::now_ms(),
             ..Job::default()
         };
-        let (progress, _) = watch::channel(JobProgress {
+        let progress = JobProgress {
             phase: JobPhase::Queued as i32,
             ..JobProgress::default()
-        });
-        let handle = Arc::new(JobHandle {
-            job: Mutex::new(job),
-            progress,
-            cancel: CancellationToken::new(),
-            store: Arc::clone(&self.store),
-        });
+        };
+        let handle = Arc::new(JobHandle::new(job, progress, Arc::clone(&self.store)));
         self.store.save(&handle.snapshot());
         self.jobs
             .write()
@@ -197,17 +186,29 @@ impl Trainer for TrainerService {
     async fn watch_job(&self, request: Request<GetJobRequest>) -> Result<Response<Self::WatchJobStream>, Status> {
         let handle = self.handle(&request.into_inner().job_id)?;
         // Every change, the current state first, ending right after the first terminal phase.
-        let updates = handle.progress.subscribe();
-        let stream = futures::stream::unfold((updates, true, false), |(mut rx, first, done)| async move {
-            if done {
-                return None;
+        // A watcher that falls more than the kept changes behind skips to the latest.
+        let (now, changes) = handle.watch();
+        let latest = handle.progress.subscribe();
+        let state = (changes, latest, Some(now), None::<JobProgress>);
+        let stream = futures::stream::unfold(state, |(mut changes, latest, mut next, last)| async move {
+            loop {
+                if last.as_ref().is_some_and(|p| is_terminal(p.phase)) {
+                    return None;
+                }
+                let progress = match next.take() {
+                    Some(progress) => progress,
+                    None => match changes.recv().await {
+                        Ok(progress) => progress,
+                        Err(broadcast::error::RecvError::Lagged(_)) => latest.borrow().clone(),
+                        Err(broadcast::error::RecvError::Closed) => return None,
+                    },
+                };
+                // A change seen in the snapshot and again on the channel is sent once.
+                if last.as_ref() == Some(&progress) {
+                    continue;
+                }
+                return Some((Ok(progress.clone()), (changes, latest, None, Some(progress))));
             }
-            if !first && rx.changed().await.is_err() {
-                return None;
-            }
-            let progress = rx.borrow_and_update().clone();
-            let done = is_terminal(progress.phase);
-            Some((Ok(progress), (rx, false, done)))
         });
         Ok(Response::new(Box::pin(stream)))
     }

@@ -36,7 +36,7 @@ pub async fn read(handle: &Arc<JobHandle>, ctx: &JobContext, spec: &TrainingSpec
         tokio::task::spawn_blocking(move || {
             let _entered = span.enter();
             let data = read_range(&kafka, &query, &mut |read, skipped| {
-                handle.progress.send_modify(|p| {
+                handle.report(|p| {
                     p.samples_read = read;
                     p.samples_skipped = skipped;
                 });

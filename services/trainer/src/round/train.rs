@@ -67,7 +67,7 @@ pub async fn train(
         let span = tracing::info_span!("train", epochs = spec.epochs, rows = rows_per_epoch, streamed);
         tokio::task::spawn_blocking(move || {
             let _entered = span.enter();
-            let progress = handle.progress.clone();
+            let reporter = Arc::clone(&handle);
             let cancel = handle.cancel.clone();
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
             let mut stream_epoch = |sink: &mut dyn FnMut(&[f32]) -> bool| -> Result<(), String> {
@@ -122,7 +122,7 @@ pub async fn train(
                 features,
                 &settings,
                 &mut |epoch, loss, validation_loss| {
-                    progress.send_modify(|p| {
+                    reporter.report(|p| {
                         p.epoch = epoch;
                         p.loss = loss;
                         p.validation_loss = validation_loss;
