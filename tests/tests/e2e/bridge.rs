@@ -40,6 +40,26 @@ fn publish_over_mqtt(prefix: &str, messages: usize, cars: usize, malformed: usiz
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// Publishes `count` messages as car-1 with paho-mqtt at `qos`, in order: `message` is a Python
+/// expression of `i`, dumped as JSON.
+fn publish_car_1(prefix: &str, message: &str, count: usize, qos: u8) {
+    let python = std::env::var("KAPPA_TEST_PYTHON")
+        .unwrap_or_else(|_| format!("{}/.cache/kappa/py/bin/python", std::env::var("HOME").unwrap()));
+    let script = format!(
+        r#"
+import json, paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="{prefix}-pub", protocol=mqtt.MQTTv5)
+c.connect("127.0.0.1", {MQTT_PORT}); c.loop_start()
+sent = [c.publish("{prefix}/car-1/telemetry", json.dumps({message}), qos={qos}) for i in range({count})]
+for s in sent: s.wait_for_publish(30)
+c.loop_stop(); c.disconnect()
+"#
+    );
+    let out = Command::new(python).args(["-c", &script]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
 /// The records of `topic` once `wanted` are there (or `within` has passed), read again a second
 /// later so that anything arriving late, a duplicate, is counted too.
 async fn settled(topic: &str, wanted: usize, within: Duration) -> Vec<Positioned> {
@@ -627,21 +647,7 @@ async fn a_message_too_large_for_the_topic_is_dead_lettered_and_the_rest_flow_on
         .start("")
         .await;
     // One 5,000-byte reading between small ones, in one ordered stream from one car.
-    let python = std::env::var("KAPPA_TEST_PYTHON")
-        .unwrap_or_else(|_| format!("{}/.cache/kappa/py/bin/python", std::env::var("HOME").unwrap()));
-    let script = format!(
-        r#"
-import json, paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="{prefix}-pub", protocol=mqtt.MQTTv5)
-c.connect("127.0.0.1", {MQTT_PORT}); c.loop_start()
-sent = [c.publish("{prefix}/car-1/telemetry", json.dumps({{"seq": i, "pad": "x" * (5000 if i == 2 else 10)}}), qos=1) for i in range(5)]
-for s in sent: s.wait_for_publish(30)
-c.loop_stop(); c.disconnect()
-"#
-    );
-    let out = Command::new(python).args(["-c", &script]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    publish_car_1(&prefix, r#"{"seq": i, "pad": "x" * (5000 if i == 2 else 10)}"#, 5, 1);
 
     let records = count_reaches(&sensors, 4, Duration::from_secs(30)).await;
     assert_eq!(
@@ -711,7 +717,6 @@ async fn a_bridge_restarted_with_another_topic_on_its_session_subscribes_to_it()
 /// Kafka takes records again (issue 30, item 7: it buffered QoS 0 without bound).
 #[tokio::test]
 async fn a_qos0_flood_while_kafka_refuses_is_bounded_counted_and_the_held_messages_arrive_later() {
-    use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
     let prefix = unique("test-flood");
     let sensors = unique("test.sensors");
     // Every record refused (older than the broker's clock), and retried, until the topic is fixed.
@@ -720,21 +725,7 @@ async fn a_qos0_flood_while_kafka_refuses_is_bounded_counted_and_the_held_messag
         .args(["--max-in-flight=5"])
         .start("")
         .await;
-    let python = std::env::var("KAPPA_TEST_PYTHON")
-        .unwrap_or_else(|_| format!("{}/.cache/kappa/py/bin/python", std::env::var("HOME").unwrap()));
-    let script = format!(
-        r#"
-import json, paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="{prefix}-pub", protocol=mqtt.MQTTv5)
-c.connect("127.0.0.1", {MQTT_PORT}); c.loop_start()
-sent = [c.publish("{prefix}/car-1/telemetry", json.dumps({{"seq": i}}), qos=0) for i in range(500)]
-for s in sent: s.wait_for_publish(30)
-c.loop_stop(); c.disconnect()
-"#
-    );
-    let out = Command::new(python).args(["-c", &script]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    publish_car_1(&prefix, r#"{"seq": i}"#, 500, 0);
     let metric = |text: &str, series: &str| series_value(text, series).unwrap_or(0.0);
     // The broker may let QoS 0 messages go too; what reaches the bridge settles.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -761,12 +752,7 @@ c.loop_stop(); c.disconnect()
     );
     assert_eq!(health_status(&bridge, "").await, Some(HealthStatus::Serving));
 
-    let admin: AdminClient<rdkafka::client::DefaultClientContext> = kafka_config_at(&bootstrap()).create().unwrap();
-    let fix = AlterConfig::new(ResourceSpecifier::Topic(&sensors))
-        .set("message.timestamp.before.max.ms", "9223372036854775807");
-    for result in admin.alter_configs(&[fix], &AdminOptions::new()).await.unwrap() {
-        result.unwrap();
-    }
+    alter_topic(&sensors, &[("message.timestamp.before.max.ms", "9223372036854775807")]).await;
     let records = count_reaches(&sensors, 5, Duration::from_secs(30)).await;
     assert_eq!(records.len(), 5, "what the bridge held arrives, once");
 }

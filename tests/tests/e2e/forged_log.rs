@@ -151,14 +151,7 @@ async fn a_version_replayed_under_another_key_or_name_is_ignored_by_every_reader
         assert!(Instant::now() < deadline, "{}", scrape(&registry.metrics_url).await);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let versions = client
-        .list_versions(kappa_api::registry::ListVersionsRequest { name: model.clone() })
-        .await
-        .unwrap()
-        .into_inner()
-        .versions;
-    let listed: Vec<u64> = versions.iter().map(|v| v.version).collect();
-    assert_eq!(listed, [1, 2]);
+    assert_eq!(listed_versions(&mut client, &model).await, [1, 2]);
     for _ in 0..20 {
         assert_eq!(typed.predict(request()).await.unwrap().into_inner().model_version, 2);
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -290,16 +283,7 @@ async fn signed_records_written_again_never_move_a_verifying_predictor_and_the_a
         .await;
     p99_of(&mut PredictorClient::new(fresh.channel().await), 20, 2).await;
     // So does the registry: it lists what it wrote, nothing else.
-    let listed: Vec<u64> = client
-        .list_versions(kappa_api::registry::ListVersionsRequest { name: model.clone() })
-        .await
-        .unwrap()
-        .into_inner()
-        .versions
-        .iter()
-        .map(|v| v.version)
-        .collect();
-    assert_eq!(listed, [1, 2]);
+    assert_eq!(listed_versions(&mut client, &model).await, [1, 2]);
 
     // Through the API: version 1's signed manifest published again as itself is refused for its
     // number, and as the next number for its signature.

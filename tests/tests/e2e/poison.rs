@@ -128,7 +128,6 @@ async fn poison_ends_as_an_error(delivery: Delivery) {
 /// refused, and retried, until the topic is fixed.
 #[tokio::test]
 async fn a_stream_that_stops_delivering_is_reported_not_ready_until_it_flows_again() {
-    use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
     let (setup, _registry, _client, manifest) = registry_with_car_model("stalled").await;
     let (sensors, predictions) = (unique("test.sensors"), unique("test.predictions"));
     create_topic_with_partitions(&sensors, 1).await;
@@ -163,12 +162,11 @@ async fn a_stream_that_stops_delivering_is_reported_not_ready_until_it_flows_aga
         "the log says why"
     );
 
-    let admin: AdminClient<rdkafka::client::DefaultClientContext> = kafka_config_at(&bootstrap()).create().unwrap();
-    let fix = AlterConfig::new(ResourceSpecifier::Topic(&predictions))
-        .set("message.timestamp.before.max.ms", "9223372036854775807");
-    for result in admin.alter_configs(&[fix], &AdminOptions::new()).await.unwrap() {
-        result.unwrap();
-    }
+    alter_topic(
+        &predictions,
+        &[("message.timestamp.before.max.ms", "9223372036854775807")],
+    )
+    .await;
     let deadline = Instant::now() + Duration::from_secs(60);
     while health_status(&streaming.service, name).await != Some(HealthStatus::Serving) {
         assert!(Instant::now() < deadline, "{}", streaming.service.log_text());

@@ -1006,18 +1006,7 @@ async fn streamed_publishes_abandoned_or_stalled_leave_nothing_half_written_and_
     drop(registry);
     let restarted = setup.start().await;
     let mut client = registry_client(&restarted).await;
-    let versions: Vec<u64> = client
-        .list_versions(pb::ListVersionsRequest {
-            name: "streamed".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .versions
-        .into_iter()
-        .map(|v| v.version)
-        .collect();
-    assert_eq!(versions, [1, 2, 3]);
+    assert_eq!(listed_versions(&mut client, "streamed").await, [1, 2, 3]);
     let (_, bytes) = get_model(&mut client, "streamed", by_version(2)).await.unwrap();
     assert_eq!(bytes, stalled);
 }

@@ -525,16 +525,7 @@ async fn deleting_the_newest_version_takes_the_admin_role() {
     writer.delete_version(delete(1)).await.unwrap();
     let mut admin = registry_as("admin").await;
     admin.delete_version(delete(3)).await.unwrap();
-    let listed: Vec<u64> = admin
-        .list_versions(pb::ListVersionsRequest { name: name.clone() })
-        .await
-        .unwrap()
-        .into_inner()
-        .versions
-        .iter()
-        .map(|v| v.version)
-        .collect();
-    assert_eq!(listed, [2]);
+    assert_eq!(listed_versions(&mut admin, &name).await, [2]);
 }
 
 /// Whether the auth layer let the call through: any answer but its two refusals.

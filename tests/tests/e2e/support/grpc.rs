@@ -80,6 +80,19 @@ pub async fn publish(
         .await
 }
 
+/// The version numbers the registry lists for `name`.
+pub async fn listed_versions(client: &mut RegistryClient<TracedChannel>, name: &str) -> Vec<u64> {
+    client
+        .list_versions(pb::ListVersionsRequest { name: name.to_owned() })
+        .await
+        .unwrap()
+        .into_inner()
+        .versions
+        .iter()
+        .map(|v| v.version)
+        .collect()
+}
+
 /// Points `alias` of `name` at `version`.
 pub async fn set_alias(
     client: &mut RegistryClient<TracedChannel>,

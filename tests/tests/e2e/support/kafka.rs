@@ -190,6 +190,19 @@ pub async fn produce_raw(topic: &str, records: Vec<(String, Vec<u8>)>) {
     }
 }
 
+/// Changes settings of `topic` with the admin API, as an operator fixing it would.
+pub async fn alter_topic(topic: &str, configs: &[(&str, &str)]) {
+    use rdkafka::admin::{AlterConfig, ResourceSpecifier};
+    let admin: AdminClient<DefaultClientContext> = kafka_config().create().unwrap();
+    let mut change = AlterConfig::new(ResourceSpecifier::Topic(topic));
+    for (k, v) in configs {
+        change = change.set(k, v);
+    }
+    for result in admin.alter_configs(&[change], &AdminOptions::new()).await.unwrap() {
+        result.unwrap();
+    }
+}
+
 /// Writes a tombstone (a null value) for `key` straight into a topic, bypassing Kappa.
 pub async fn produce_tombstone(topic: &str, key: &str) {
     use rdkafka::producer::{FutureProducer, FutureRecord};
