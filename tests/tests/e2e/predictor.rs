@@ -944,7 +944,11 @@ async fn metrics_are_prometheus_text_and_move_with_traffic() {
         let (series, value) = line
             .rsplit_once(' ')
             .unwrap_or_else(|| panic!("malformed line {line:?}"));
-        assert!(series.starts_with("kappa_predictor_"), "{line}");
+        // The predictor's own series, and the connection series every Kappa server has.
+        assert!(
+            series.starts_with("kappa_predictor_") || series.starts_with("kappa_server_"),
+            "{line}"
+        );
         assert!(value.parse::<f64>().is_ok(), "value of {line:?} is not a number");
     }
     let after = predictor
