@@ -149,7 +149,6 @@ impl Connections {
             accepted: now,
             last_read: now,
             read: 0,
-            deadline: now + PREFACE_TIMEOUT,
             timer: Box::pin(tokio::time::sleep_until(now + PREFACE_TIMEOUT)),
         }
     }
@@ -163,8 +162,8 @@ pub struct Watched<IO> {
     last_read: Instant,
     /// Bytes read so far, counted up to the preface's length.
     read: u64,
-    /// The instant `timer` is set for.
-    deadline: Instant,
+    /// Set for the deadline as of the last time it fired, not moved on every read (that would
+    /// touch the timer wheel per request): when it fires early, it is set again for the real one.
     timer: Pin<Box<Sleep>>,
 }
 
@@ -199,24 +198,22 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Watched<IO> {
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => {
+            Poll::Pending => loop {
+                if self.timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
                 let (due, reason) = self.due();
-                if due != self.deadline {
-                    self.deadline = due;
-                    self.timer.as_mut().reset(due);
+                if Instant::now() >= due {
+                    self.connections.closed(reason);
+                    tracing::debug!(reason = reason.as_str(), "closing a silent connection");
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("the peer sent nothing in time ({})", reason.as_str()),
+                    )));
                 }
-                match self.timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => {
-                        self.connections.closed(reason);
-                        tracing::debug!(reason = reason.as_str(), "closing a silent connection");
-                        Poll::Ready(Err(io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            format!("the peer sent nothing in time ({})", reason.as_str()),
-                        )))
-                    }
-                    Poll::Pending => Poll::Pending,
-                }
-            }
+                // The peer spoke since the timer was set: wait for the deadline as it is now.
+                self.timer.as_mut().reset(due);
+            },
         }
     }
 }
