@@ -8,9 +8,10 @@ export CARGO_TERM_COLOR ?= never
 KAFKA := deploy/kafka/kafka.sh
 TOOLS_BIN := $(HOME)/.cache/kappa/bin
 PY := $(HOME)/.cache/kappa/py/bin/python
+VENV_BIN := $(HOME)/.cache/kappa/py/bin
 WITH_KAFKA := scripts/with-kafka.sh
 
-.PHONY: helm-test help prerequisites build test lint fmt demo bench kafka-up kafka-down kafka-secure-up kafka-secure-down kafka-cluster-up kafka-cluster-down mqtt-up mqtt-down soak kafka-logs kafka-reset jaeger-up jaeger-down clean
+.PHONY: python-test helm-test help prerequisites build test lint fmt demo bench kafka-up kafka-down kafka-secure-up kafka-secure-down kafka-cluster-up kafka-cluster-down mqtt-up mqtt-down soak kafka-logs kafka-reset jaeger-up jaeger-down clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -31,7 +32,14 @@ test: prerequisites ## Run all tests against a real Kafka broker (started and st
 	cargo build --workspace --bins --tests
 	deploy/jaeger/jaeger.sh build >/dev/null
 	$(WITH_KAFKA) --jaeger --secure --cluster --mqtt cargo test --workspace -- --test-threads 4
+	$(MAKE) --no-print-directory python-test
 	$(MAKE) --no-print-directory helm-test
+
+python-test: ## The Python package (python/): installed into the test venv from its pyproject, tested against real services
+	scripts/tools.sh >/dev/null
+	cargo build --workspace --bins
+	$(PY) -m pip install -q ./python
+	KAPPA_BIN_DIR=$(CARGO_TARGET_DIR)/debug $(WITH_KAFKA) $(PY) -m pytest -q python/tests
 
 helm-test: ## Helm chart: lint --strict, offline Kubernetes schema validation, --check-config of the rendered pods, promtool on its alerts
 	scripts/tools.sh >/dev/null
@@ -42,6 +50,7 @@ lint: ## cargo fmt --check, clippy with warnings as errors, cargo deny (licences
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	scripts/tools.sh --lint >/dev/null
+	cd python && $(VENV_BIN)/ruff check . && $(VENV_BIN)/ruff format --check .
 	$(TOOLS_BIN)/cargo-deny check licenses bans sources
 	scripts/advisories.sh $(TOOLS_BIN)/cargo-deny
 

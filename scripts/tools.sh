@@ -51,4 +51,8 @@ if ! "$venv/bin/python" -c "import tritonclient.grpc, numpy, prometheus_client, 
     "scikit-learn==1.9.1" "skl2onnx==1.20.0" "onnx==1.17.0" "onnxruntime==1.31.1" \
     "pandas==3.1.1" "confluent-kafka==2.16.1" >&2
 fi
+# Ruff lints and formats the Python package (python/).
+if ! "$venv/bin/ruff" --version 2>/dev/null | grep -q "0.14.0"; then
+  "$venv/bin/pip" install -q "ruff==0.14.0" >&2
+fi
 echo "$bin"

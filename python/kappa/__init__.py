@@ -1,0 +1,29 @@
+"""Kappa from Python: the model registry of a Kappa mesh (publish, sign, aliases, watch)."""
+
+from kappa.connection import Security
+from kappa.errors import ConfigurationError, KappaError, NotFound, PermissionDenied, Unauthenticated
+
+__all__ = [
+    "ConfigurationError",
+    "KappaError",
+    "NotFound",
+    "PermissionDenied",
+    "Registry",
+    "Security",
+    "SigningKey",
+    "Unauthenticated",
+    "load_manifest",
+]
+
+
+def __getattr__(name: str) -> object:
+    # The registry and signing modules import the generated stubs; loaded when first used.
+    if name in ("Registry", "load_manifest"):
+        from kappa import models
+
+        return getattr(models, name)
+    if name == "SigningKey":
+        from kappa.signing import SigningKey
+
+        return SigningKey
+    raise AttributeError(name)
