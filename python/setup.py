@@ -9,7 +9,12 @@ from setuptools.command.build_py import build_py
 HERE = pathlib.Path(__file__).resolve().parent
 PROTO = HERE.parent / "proto"
 # The services the package speaks; their imports come along.
-FILES = ["kappa/model/v1/model.proto", "kappa/registry/v1/registry.proto"]
+FILES = [
+    "kappa/model/v1/model.proto",
+    "kappa/registry/v1/registry.proto",
+    "kappa/fleet/v1/fleet.proto",
+    "kappa/predictor/v1/predictor.proto",
+]
 
 
 class GenerateStubs(build_py):

@@ -1,4 +1,5 @@
-"""Kappa from Python: the model registry of a Kappa mesh (publish, sign, aliases, watch)."""
+"""Kappa from Python: the model registry of a Kappa mesh (publish, sign, aliases, watch) and
+scoring through its predictors."""
 
 from kappa.connection import Security
 from kappa.errors import ConfigurationError, KappaError, NotFound, PermissionDenied, Unauthenticated
@@ -8,6 +9,8 @@ __all__ = [
     "KappaError",
     "NotFound",
     "PermissionDenied",
+    "Prediction",
+    "Predictor",
     "Registry",
     "Security",
     "SigningKey",
@@ -22,6 +25,10 @@ def __getattr__(name: str) -> object:
         from kappa import models
 
         return getattr(models, name)
+    if name in ("Predictor", "Prediction"):
+        from kappa import scoring
+
+        return getattr(scoring, name)
     if name == "SigningKey":
         from kappa.signing import SigningKey
 

@@ -84,6 +84,50 @@ def start_registry(tmp_path: pathlib.Path) -> Iterator:
 
 
 @pytest.fixture
+def start_predictor(tmp_path: pathlib.Path) -> Iterator:
+    """Starts kappa-predictor processes serving a model of a registry's topic; each is stopped
+    after the test. Returns once the model is loaded (health SERVING)."""
+    started: list[subprocess.Popen] = []
+
+    def start(topic: str, model: str, *flags: str) -> str:
+        port, metrics = free_port(), free_port()
+        log = tmp_path / f"predictor-{port}.log"
+        process = subprocess.Popen(
+            [
+                str(BIN / "kappa-predictor"),
+                f"--listen=127.0.0.1:{port}",
+                f"--metrics-listen=127.0.0.1:{metrics}",
+                f"--kafka-bootstrap={BOOTSTRAP}",
+                f"--models-topic={topic}",
+                f"--model={model}",
+                "--follow=latest",
+                *flags,
+            ],
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+        )
+        started.append(process)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            done = subprocess.run(
+                [str(BIN / "kappa"), "health", url, "--service=kappa.predictor.v1.Predictor"],
+                capture_output=True,
+                check=False,
+            )
+            if done.returncode == 0:
+                return url
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+
+    yield start
+    for process in started:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@pytest.fixture
 def example_model(tmp_path: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
     """An untrained example autoencoder from `kappa models example`: (manifest, weights)."""
     out = tmp_path / "example"
