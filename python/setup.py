@@ -14,6 +14,7 @@ FILES = [
     "kappa/registry/v1/registry.proto",
     "kappa/fleet/v1/fleet.proto",
     "kappa/predictor/v1/predictor.proto",
+    "kappa/trainer/v1/trainer.proto",
 ]
 
 

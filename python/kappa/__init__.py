@@ -11,11 +11,14 @@ __all__ = [
     "PermissionDenied",
     "Prediction",
     "Predictor",
+    "Range",
     "Registry",
     "Security",
     "SigningKey",
+    "Trainer",
     "Unauthenticated",
     "load_manifest",
+    "training_spec",
 ]
 
 
@@ -29,6 +32,10 @@ def __getattr__(name: str) -> object:
         from kappa import scoring
 
         return getattr(scoring, name)
+    if name in ("Trainer", "Range", "training_spec"):
+        from kappa import history
+
+        return getattr(history, name)
     if name == "SigningKey":
         from kappa.signing import SigningKey
 

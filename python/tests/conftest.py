@@ -128,6 +128,47 @@ def start_predictor(tmp_path: pathlib.Path) -> Iterator:
 
 
 @pytest.fixture
+def start_trainer(tmp_path: pathlib.Path) -> Iterator:
+    """Starts a kappa-trainer publishing to a registry; stopped after the test."""
+    started: list[subprocess.Popen] = []
+
+    def start(registry_url: str) -> str:
+        port, metrics = free_port(), free_port()
+        log = tmp_path / f"trainer-{port}.log"
+        process = subprocess.Popen(
+            [
+                str(BIN / "kappa-trainer"),
+                f"--listen=127.0.0.1:{port}",
+                f"--metrics-listen=127.0.0.1:{metrics}",
+                f"--kafka-bootstrap={BOOTSTRAP}",
+                f"--registry={registry_url}",
+                f"--jobs-topic=test.py-jobs-{uuid.uuid4().hex[:12]}",
+            ],
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+        )
+        started.append(process)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            done = subprocess.run(
+                [str(BIN / "kappa"), "health", url, "--service=kappa.trainer.v1.Trainer"],
+                capture_output=True,
+                check=False,
+            )
+            if done.returncode == 0:
+                return url
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+
+    yield start
+    for process in started:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@pytest.fixture
 def example_model(tmp_path: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
     """An untrained example autoencoder from `kappa models example`: (manifest, weights)."""
     out = tmp_path / "example"

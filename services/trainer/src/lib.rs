@@ -7,6 +7,7 @@ pub mod config;
 mod error;
 mod job;
 mod metrics;
+mod range;
 mod round;
 mod schema;
 mod server;

@@ -59,7 +59,7 @@ impl TrainerService {
             .ok_or_else(|| TrainerError::UnknownJob(job_id.to_owned()))
     }
 
-    async fn topic_exists(&self, topic: &str) -> Result<bool, TrainerError> {
+    pub(crate) async fn topic_exists(&self, topic: &str) -> Result<bool, TrainerError> {
         let (config, topic, timeout) = (self.context.kafka.clone(), topic.to_owned(), self.context.kafka_timeout);
         tokio::task::spawn_blocking(move || {
             let consumer: BaseConsumer = config
@@ -161,6 +161,15 @@ fn is_terminal(phase: i32) -> bool {
 
 #[tonic::async_trait]
 impl Trainer for TrainerService {
+    type ReadRangeStream = crate::range::RangeStream;
+
+    async fn read_range(
+        &self,
+        request: Request<kappa_api::trainer::ReadRangeRequest>,
+    ) -> Result<Response<Self::ReadRangeStream>, Status> {
+        Ok(Response::new(self.read_range_inner(request.into_inner()).await?))
+    }
+
     async fn start_training(&self, request: Request<StartTrainingRequest>) -> Result<Response<Job>, Status> {
         Ok(Response::new(self.start(request).await?))
     }

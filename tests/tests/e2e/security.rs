@@ -810,6 +810,17 @@ async fn every_rpc_of_every_service_checks_its_role_and_a_refused_write_changes_
         )
     })
     .await;
+    check_rpc("ReadRange", &["train"], &trainer, |c| {
+        let spec = spec("");
+        async move {
+            code_of(
+                TrainerClient::new(c)
+                    .read_range(kappa_api::trainer::ReadRangeRequest { spec: Some(spec) })
+                    .await,
+            )
+        }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,7 @@ mod lineage;
 mod prepare;
 mod promote;
 mod publish;
-mod read;
+pub mod read;
 mod train;
 
 use std::sync::Arc;

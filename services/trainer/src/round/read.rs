@@ -15,17 +15,23 @@ pub struct Read {
     pub data: RangeData,
 }
 
-pub async fn read(handle: &Arc<JobHandle>, ctx: &JobContext, spec: &TrainingSpec) -> Result<Read, Stop> {
+/// What a job with `spec` reads: its range of its source topic, through its schema.
+pub fn range_query(spec: &TrainingSpec, ctx: &JobContext) -> Result<RangeQuery, String> {
     let (from_ms, to_ms) = time_range(spec);
-    let query = RangeQuery {
+    Ok(RangeQuery {
         topic: spec.source_topic.clone(),
         from_ms,
         to_ms,
-        decoder: Arc::new(crate::schema::decoder(spec).map_err(fail)?),
+        decoder: Arc::new(crate::schema::decoder(spec)?),
         lateness_ms: crate::schema::lateness_ms(spec),
         max_rows: ctx.max_rows,
         timeout: ctx.kafka_timeout,
-    };
+    })
+}
+
+pub async fn read(handle: &Arc<JobHandle>, ctx: &JobContext, spec: &TrainingSpec) -> Result<Read, Stop> {
+    let query = range_query(spec, ctx).map_err(fail)?;
+    let (from_ms, to_ms) = (query.from_ms, query.to_ms);
     handle.set_phase(
         JobPhase::Reading,
         format!("reading {} over [{from_ms}, {to_ms})", spec.source_topic),

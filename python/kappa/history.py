@@ -1,0 +1,118 @@
+"""History into pandas through kappa-trainer: the rows a training job with the same spec would
+read (the range by event time, per partition from the broker's time index; the schema's field
+paths into nested JSON or protobuf; the same drop reasons), decoded by the trainer itself, so
+a notebook and a job never disagree about the data."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from kappa.connection import Security, channel
+from kappa.errors import KappaError
+from kappa.trainer.v1 import trainer_pb2, trainer_pb2_grpc
+
+
+@dataclass
+class Range:
+    """What a range read found: the rows and the report."""
+
+    #: One row per usable event: ``partition``, ``offset``, the features by path, and ``label``
+    #: (True, False, or None without a label).
+    frame: Any
+    read: int
+    usable: int
+    #: Records not used, by reason (``malformed``, ``missing:<path>``, …), as a job's lineage.
+    skipped: dict[str, int]
+    #: Per partition, the offsets read: ``{partition: (start, end)}``.
+    offsets: dict[int, tuple[int, int]] = field(default_factory=dict)
+    #: True when more events were usable than the trainer's --max-rows: a uniform sample.
+    sampled: bool = False
+
+
+def training_spec(
+    topic: str,
+    *,
+    from_ms: int | None = None,
+    to_ms: int | None = None,
+    last_minutes: int | None = None,
+    features: Sequence[str] = (),
+    label: str = "",
+    positive_labels: Sequence[str] = (),
+) -> trainer_pb2.TrainingSpec:
+    """A spec naming what to read (the rest of it only matters for training)."""
+    spec = trainer_pb2.TrainingSpec(
+        source_topic=topic,
+        features=[trainer_pb2.FeatureSpec(path=p) for p in features],
+        label_field=label,
+        positive_labels=list(positive_labels),
+    )
+    if last_minutes is not None:
+        spec.last_minutes = last_minutes
+    else:
+        spec.time_range.from_ms = from_ms if from_ms is not None else 0
+        spec.time_range.to_ms = to_ms if to_ms is not None else 2**62
+    return spec
+
+
+class Trainer:
+    """A client of kappa-trainer at ``url``; failures raise :class:`kappa.errors.KappaError`."""
+
+    def __init__(self, url: str, security: Security | None = None, timeout: float | None = None) -> None:
+        self._channel = channel(url, security)
+        self._stub = trainer_pb2_grpc.TrainerStub(self._channel)
+        self.timeout = timeout
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Trainer:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def read_range(self, spec: trainer_pb2.TrainingSpec | None = None, /, **what: Any) -> Range:
+        """The rows a job with ``spec`` (or :func:`training_spec` of ``what``) would read, as a
+        pandas DataFrame with the report beside it."""
+        import pandas as pd
+
+        spec = spec if spec is not None else training_spec(**what)
+        columns: list[str] = []
+        partitions: list[int] = []
+        offsets: list[int] = []
+        values: list[float] = []
+        labels: list[int] = []
+        report = None
+        try:
+            for part in self._stub.ReadRange(trainer_pb2.ReadRangeRequest(spec=spec), timeout=self.timeout):
+                kind = part.WhichOneof("part")
+                if kind == "columns":
+                    columns = list(part.columns.features)
+                elif kind == "rows":
+                    partitions.extend(part.rows.partitions)
+                    offsets.extend(part.rows.offsets)
+                    values.extend(part.rows.values)
+                    labels.extend(part.rows.labels)
+                elif kind == "report":
+                    report = part.report
+        except grpc.RpcError as error:
+            raise KappaError.from_rpc(error) from None
+        if report is None:
+            raise KappaError(grpc.StatusCode.DATA_LOSS, "the trainer's answer ended before its report")
+        width = len(columns)
+        frame = pd.DataFrame({"partition": partitions, "offset": offsets})
+        for i, name in enumerate(columns):
+            frame[name] = values[i::width] if width else []
+        frame["label"] = pd.array([None if x < 0 else bool(x) for x in labels], dtype="boolean")
+        return Range(
+            frame=frame,
+            read=report.read,
+            usable=report.usable,
+            skipped=dict(report.skipped),
+            offsets={p.partition: (p.start_offset, p.end_offset) for p in report.partitions},
+            sampled=report.sampled,
+        )

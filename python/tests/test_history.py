@@ -1,0 +1,79 @@
+"""History into pandas through a real kappa-trainer: the rows, offsets and drop counts a training
+job with the same spec reports in its lineage."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import grpc
+import pytest
+from confluent_kafka import Producer
+from conftest import BOOTSTRAP, kappa
+
+from kappa import KappaError, Trainer, training_spec
+from kappa.trainer.v1 import trainer_pb2, trainer_pb2_grpc
+
+
+def test_read_range_returns_what_a_training_job_reads(start_registry, start_trainer) -> None:
+    registry = start_registry()
+    trainer_url = start_trainer(registry.url)
+    topic = f"test.py-fleet-{uuid.uuid4().hex[:12]}"
+    kappa(
+        "fleet",
+        "--kafka-bootstrap",
+        BOOTSTRAP,
+        "--topic",
+        topic,
+        "--cars",
+        "5",
+        "--events",
+        "1500",
+        "--rate",
+        "0",
+        "--backdate-seconds",
+        "3000",
+    )
+    # Records no job can use, each for its reason.
+    producer = Producer({"bootstrap.servers": BOOTSTRAP})
+    for i in range(7):
+        producer.produce(topic, key=f"junk-{i}", value=b"{not json")
+    producer.produce(topic, key="empty", value=b"{}")
+    producer.flush(30)
+    spec = training_spec(topic, from_ms=0, to_ms=2**62)
+    with Trainer(trainer_url) as trainer:
+        read = trainer.read_range(spec)
+        with pytest.raises(KappaError) as refused:
+            trainer.read_range(training_spec(f"test.no-such-{uuid.uuid4().hex[:8]}", last_minutes=5))
+        assert refused.value.code == grpc.StatusCode.NOT_FOUND
+    frame = read.frame
+    assert read.read == 1508 and read.usable == len(frame) and not read.sampled
+    assert read.skipped.get("malformed") == 7, read.skipped
+    assert list(frame.columns[:2]) == ["partition", "offset"] and frame.columns[-1] == "label"
+    assert not frame.duplicated(["partition", "offset"]).any()
+    assert frame.drop(columns="label").notna().all().all()
+
+    # A job with the same spec reads the same partitions, offsets and drops.
+    stub = trainer_pb2_grpc.TrainerStub(grpc.insecure_channel(trainer_url.removeprefix("http://")))
+    job_spec = trainer_pb2.TrainingSpec()
+    job_spec.CopyFrom(spec)
+    job_spec.model_name = f"py-{uuid.uuid4().hex[:8]}"
+    job_spec.epochs = 1
+    job = stub.StartTraining(trainer_pb2.StartTrainingRequest(spec=job_spec))
+    deadline = time.monotonic() + 120
+    while (job := stub.GetJob(trainer_pb2.GetJobRequest(job_id=job.job_id))).phase not in (
+        trainer_pb2.JOB_PHASE_SUCCEEDED,
+        trainer_pb2.JOB_PHASE_FAILED,
+    ):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.5)
+    assert job.phase == trainer_pb2.JOB_PHASE_SUCCEEDED, job.message
+    lineage = job.lineage
+    assert {p.partition: (p.start_offset, p.end_offset) for p in lineage.partitions} == read.offsets
+    for reason, count in read.skipped.items():
+        assert lineage.samples.skipped[reason] == count, (reason, dict(lineage.samples.skipped))
+    # What the job adds on top is its own screening of the rows it was given.
+    extra = set(lineage.samples.skipped) - set(read.skipped)
+    assert all(r.startswith(("outlier:", "anomal")) for r in extra), extra
+    used = lineage.samples.train + lineage.samples.validation + lineage.samples.holdout
+    assert used + sum(lineage.samples.skipped[r] for r in extra) == read.usable
