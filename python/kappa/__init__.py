@@ -33,9 +33,9 @@ def __getattr__(name: str) -> object:
 
         return getattr(scoring, name)
     if name in ("Trainer", "Range", "training_spec"):
-        from kappa import history
+        from kappa import training
 
-        return getattr(history, name)
+        return getattr(training, name)
     if name == "SigningKey":
         from kappa.signing import SigningKey
 

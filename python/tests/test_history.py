@@ -3,16 +3,16 @@ job with the same spec reports in its lineage."""
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import grpc
 import pytest
 from confluent_kafka import Producer
-from conftest import BOOTSTRAP, kappa
 
 from kappa import KappaError, Trainer, training_spec
-from kappa.trainer.v1 import trainer_pb2, trainer_pb2_grpc
+from kappa.trainer.v1 import trainer_pb2
+
+from conftest import BOOTSTRAP, kappa
 
 
 def test_read_range_returns_what_a_training_job_reads(start_registry, start_trainer) -> None:
@@ -54,20 +54,14 @@ def test_read_range_returns_what_a_training_job_reads(start_registry, start_trai
     assert frame.drop(columns="label").notna().all().all()
 
     # A job with the same spec reads the same partitions, offsets and drops.
-    stub = trainer_pb2_grpc.TrainerStub(grpc.insecure_channel(trainer_url.removeprefix("http://")))
     job_spec = trainer_pb2.TrainingSpec()
     job_spec.CopyFrom(spec)
     job_spec.model_name = f"py-{uuid.uuid4().hex[:8]}"
     job_spec.epochs = 1
-    job = stub.StartTraining(trainer_pb2.StartTrainingRequest(spec=job_spec))
-    deadline = time.monotonic() + 120
-    while (job := stub.GetJob(trainer_pb2.GetJobRequest(job_id=job.job_id))).phase not in (
-        trainer_pb2.JOB_PHASE_SUCCEEDED,
-        trainer_pb2.JOB_PHASE_FAILED,
-    ):
-        assert time.monotonic() < deadline, job
-        time.sleep(0.5)
-    assert job.phase == trainer_pb2.JOB_PHASE_SUCCEEDED, job.message
+    with Trainer(trainer_url) as trainer:
+        job = trainer.train(job_spec)
+        assert job.phase == trainer_pb2.JOB_PHASE_SUCCEEDED, job.message
+        assert [j.job_id for j in trainer.jobs()] == [job.job_id]
     lineage = job.lineage
     assert {p.partition: (p.start_offset, p.end_offset) for p in lineage.partitions} == read.offsets
     for reason, count in read.skipped.items():

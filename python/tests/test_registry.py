@@ -9,7 +9,6 @@ import time
 
 import grpc
 import pytest
-from conftest import kappa
 
 from kappa import (
     ConfigurationError,
@@ -20,6 +19,8 @@ from kappa import (
     SigningKey,
     load_manifest,
 )
+
+from conftest import kappa
 
 
 def test_a_published_model_reads_back_identical_and_a_retry_returns_the_same_version(

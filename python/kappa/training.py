@@ -1,11 +1,12 @@
-"""History into pandas through kappa-trainer: the rows a training job with the same spec would
-read (the range by event time, per partition from the broker's time index; the schema's field
-paths into nested JSON or protobuf; the same drop reasons), decoded by the trainer itself, so
-a notebook and a job never disagree about the data."""
+"""kappa-trainer from Python: history into pandas (the rows a training job with the same spec
+would read: the range by event time, per partition from the broker's time index; the schema's
+field paths into nested JSON or protobuf; the same drop reasons, decoded by the trainer itself,
+so a notebook and a job never disagree about the data), and training jobs started, followed and
+cancelled, with their lineage as data."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,6 +75,44 @@ class Trainer:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+    def _call(self, method: Any, request: Any) -> Any:
+        try:
+            return method(request, timeout=self.timeout)
+        except grpc.RpcError as error:
+            raise KappaError.from_rpc(error) from None
+
+    def start(self, spec: trainer_pb2.TrainingSpec) -> trainer_pb2.Job:
+        """Starts a training job; a bad spec is refused here, before any job exists."""
+        return self._call(self._stub.StartTraining, trainer_pb2.StartTrainingRequest(spec=spec))
+
+    def job(self, job_id: str) -> trainer_pb2.Job:
+        """The job now: phase, progress, and once done its lineage and published version."""
+        return self._call(self._stub.GetJob, trainer_pb2.GetJobRequest(job_id=job_id))
+
+    def jobs(self) -> list[trainer_pb2.Job]:
+        return list(self._call(self._stub.ListJobs, trainer_pb2.ListJobsRequest()).jobs)
+
+    def cancel(self, job_id: str) -> trainer_pb2.Job:
+        return self._call(self._stub.CancelJob, trainer_pb2.GetJobRequest(job_id=job_id))
+
+    def follow(self, job_id: str) -> Iterator[trainer_pb2.JobProgress]:
+        """Every change of the job's progress (phase, epoch, losses), ending with its last."""
+        stream = self._stub.WatchJob(trainer_pb2.GetJobRequest(job_id=job_id))
+        try:
+            yield from stream
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.CANCELLED:
+                raise KappaError.from_rpc(error) from None
+        finally:
+            stream.cancel()
+
+    def train(self, spec: trainer_pb2.TrainingSpec) -> trainer_pb2.Job:
+        """Starts a job and waits for its end; returns the finished job (check its phase)."""
+        started = self.start(spec)
+        for _ in self.follow(started.job_id):
+            pass
+        return self.job(started.job_id)
 
     def read_range(self, spec: trainer_pb2.TrainingSpec | None = None, /, **what: Any) -> Range:
         """The rows a job with ``spec`` (or :func:`training_spec` of ``what``) would read, as a
