@@ -18,13 +18,14 @@ __all__ = [
     "Trainer",
     "Unauthenticated",
     "load_manifest",
+    "onnx_manifest",
     "training_spec",
 ]
 
 
 def __getattr__(name: str) -> object:
     # The registry and signing modules import the generated stubs; loaded when first used.
-    if name in ("Registry", "load_manifest"):
+    if name in ("Registry", "load_manifest", "onnx_manifest"):
         from kappa import models
 
         return getattr(models, name)

@@ -31,6 +31,36 @@ def load_manifest(source: str | pathlib.Path | dict) -> model_pb2.ModelManifest:
     return json_format.ParseDict(data, model_pb2.ModelManifest())
 
 
+def onnx_manifest(
+    name: str,
+    features: list[str],
+    *,
+    input_name: str = "X",
+    score_output: str,
+    score_column: int = 0,
+    lower_is_anomalous: bool = False,
+    threshold: float,
+) -> model_pb2.ModelManifest:
+    """A manifest for an ONNX graph (as skl2onnx or torch.onnx export it): rows of ``features``
+    (paths into the events, in the graph input's column order) go to ``input_name``; the score is
+    column ``score_column`` of ``score_output``; an event is anomalous above ``threshold`` (below,
+    with ``lower_is_anomalous``, as IsolationForest's scores are)."""
+    return model_pb2.ModelManifest(
+        name=name,
+        format=model_pb2.MODEL_FORMAT_ONNX,
+        features=[model_pb2.Feature(name=f, offset=0.0, scale=1.0) for f in features],
+        anomaly_threshold=threshold,
+        onnx=model_pb2.OnnxModel(
+            features_input=input_name,
+            scoring=model_pb2.OnnxScoring(
+                score_output=score_output,
+                score_column=score_column,
+                lower_is_anomalous=lower_is_anomalous,
+            ),
+        ),
+    )
+
+
 class Registry:
     """A client of kappa-registry at ``url``; every call fails with :class:`kappa.errors.KappaError`."""
 

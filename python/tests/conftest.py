@@ -89,7 +89,7 @@ def start_predictor(tmp_path: pathlib.Path) -> Iterator:
     after the test. Returns once the model is loaded (health SERVING)."""
     started: list[subprocess.Popen] = []
 
-    def start(topic: str, model: str, *flags: str) -> str:
+    def start(topic: str, model: str, *flags: str, follow: str = "latest") -> str:
         port, metrics = free_port(), free_port()
         log = tmp_path / f"predictor-{port}.log"
         process = subprocess.Popen(
@@ -100,7 +100,7 @@ def start_predictor(tmp_path: pathlib.Path) -> Iterator:
                 f"--kafka-bootstrap={BOOTSTRAP}",
                 f"--models-topic={topic}",
                 f"--model={model}",
-                "--follow=latest",
+                f"--follow={follow}",
                 *flags,
             ],
             stdout=log.open("w"),
