@@ -27,6 +27,21 @@ class KappaError(Exception):
         return cls(code, details or "", metadata)
 
 
+def explain(error: KappaError, security: object) -> KappaError:
+    """``error`` with what to do when the cause is a TLS one the caller can act on."""
+    text = error.message.lower()
+    if error.code == grpc.StatusCode.UNAVAILABLE and ("certificate" in text or "handshake" in text):
+        ca = getattr(security, "ca", None)
+        trusted = f"the CA in {ca}" if ca else "the system's CAs"
+        return type(error)(
+            error.code,
+            f"the TLS handshake failed: the server's certificate is not signed by {trusted}, or does "
+            f"not name the host; check the CA (and the URL's host). gRPC said: {error.message}",
+            error.metadata,
+        )
+    return error
+
+
 class PermissionDenied(KappaError):
     """The token is known but lacks the role the call needs."""
 

@@ -13,7 +13,7 @@ import grpc
 from google.protobuf import json_format
 
 from kappa.connection import Security, channel
-from kappa.errors import KappaError
+from kappa.errors import KappaError, explain
 from kappa.model.v1 import model_pb2
 from kappa.registry.v1 import registry_pb2, registry_pb2_grpc
 from kappa.signing import SigningKey
@@ -66,6 +66,7 @@ class Registry:
 
     def __init__(self, url: str, security: Security | None = None, timeout: float = 60.0) -> None:
         self._channel = channel(url, security)
+        self._security = security
         self._stub = registry_pb2_grpc.RegistryStub(self._channel)
         self.timeout = timeout
 
@@ -82,7 +83,7 @@ class Registry:
         try:
             return method(request, timeout=self.timeout)
         except grpc.RpcError as error:
-            raise KappaError.from_rpc(error) from None
+            raise explain(KappaError.from_rpc(error), self._security) from None
 
     def list_versions(self, name: str) -> list[registry_pb2.ModelVersion]:
         return list(self._call(self._stub.ListVersions, registry_pb2.ListVersionsRequest(name=name)).versions)

@@ -45,7 +45,7 @@ def start_registry(tmp_path: pathlib.Path) -> Iterator:
     """Starts kappa-registry processes with extra flags; each is stopped after the test."""
     started: list[subprocess.Popen] = []
 
-    def start(*flags: str) -> RunningRegistry:
+    def start(*flags: str, tls_ca: pathlib.Path | None = None) -> RunningRegistry:
         port, metrics = free_port(), free_port()
         topic = f"test.py-models-{uuid.uuid4().hex[:12]}"
         log = tmp_path / f"registry-{port}.log"
@@ -64,10 +64,12 @@ def start_registry(tmp_path: pathlib.Path) -> Iterator:
         )
         started.append(process)
         url = f"http://127.0.0.1:{port}"
+        # A TLS registry is asked over TLS, trusting its CA.
+        probe = [f"https://127.0.0.1:{port}", f"--tls-ca={tls_ca}"] if tls_ca else [url]
         deadline = time.monotonic() + 60
         while True:
             done = subprocess.run(
-                [str(BIN / "kappa"), "health", url, "--service=kappa.registry.v1.Registry"],
+                [str(BIN / "kappa"), "health", *probe, "--service=kappa.registry.v1.Registry"],
                 capture_output=True,
                 check=False,
             )
