@@ -7,13 +7,13 @@ from __future__ import annotations
 import ipaddress
 import pathlib
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
-from kappa.errors import ConfigurationError
+from kappa.errors import ConfigurationError, KappaError, explain
 
 #: Largest message accepted from a service (a chunk of a model, a page of versions).
 MAX_RECEIVE_BYTES = 64 * 1024 * 1024
@@ -109,3 +109,41 @@ def channel(url: str, security: Security | None = None) -> grpc.Channel:
     if token:
         made = grpc.intercept_channel(made, _Bearer(token))
     return made
+
+
+class Client:
+    """What every client of a Kappa service shares: its channel, its timeout, and failures as
+    :class:`kappa.errors.KappaError` (a TLS failure explained with what to check)."""
+
+    def __init__(self, url: str, security: Security | None = None, timeout: float | None = None) -> None:
+        self._channel = channel(url, security)
+        self._security = security
+        self.timeout = timeout
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def _failed(self, error: grpc.RpcError) -> KappaError:
+        return explain(KappaError.from_rpc(error), self._security)
+
+    def _call(self, method: Callable[..., Any], request: Any) -> Any:
+        try:
+            return method(request, timeout=self.timeout)
+        except grpc.RpcError as error:
+            raise self._failed(error) from None
+
+    def _follow(self, stream: Any) -> Iterator[Any]:
+        """The messages of a server stream until it ends or the caller stops iterating."""
+        try:
+            yield from stream
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.CANCELLED:
+                raise self._failed(error) from None
+        finally:
+            stream.cancel()

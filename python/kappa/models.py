@@ -6,14 +6,13 @@ from __future__ import annotations
 import hashlib
 import json
 import pathlib
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import grpc
 from google.protobuf import json_format
 
-from kappa.connection import Security, channel
-from kappa.errors import KappaError, explain
+from kappa.connection import Client, Security
+from kappa.errors import KappaError
 from kappa.model.v1 import model_pb2
 from kappa.registry.v1 import registry_pb2, registry_pb2_grpc
 from kappa.signing import SigningKey
@@ -61,29 +60,12 @@ def onnx_manifest(
     )
 
 
-class Registry:
+class Registry(Client):
     """A client of kappa-registry at ``url``; every call fails with :class:`kappa.errors.KappaError`."""
 
-    def __init__(self, url: str, security: Security | None = None, timeout: float = 60.0) -> None:
-        self._channel = channel(url, security)
-        self._security = security
+    def __init__(self, url: str, security: Security | None = None, timeout: float | None = 60.0) -> None:
+        super().__init__(url, security, timeout)
         self._stub = registry_pb2_grpc.RegistryStub(self._channel)
-        self.timeout = timeout
-
-    def close(self) -> None:
-        self._channel.close()
-
-    def __enter__(self) -> Registry:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.close()
-
-    def _call(self, method: Callable[..., Any], request: Any) -> Any:
-        try:
-            return method(request, timeout=self.timeout)
-        except grpc.RpcError as error:
-            raise explain(KappaError.from_rpc(error), self._security) from None
 
     def list_versions(self, name: str) -> list[registry_pb2.ModelVersion]:
         return list(self._call(self._stub.ListVersions, registry_pb2.ListVersionsRequest(name=name)).versions)
@@ -163,7 +145,7 @@ class Registry:
                 else:
                     chunks.append(part.chunk)
         except grpc.RpcError as error:
-            raise KappaError.from_rpc(error) from None
+            raise self._failed(error) from None
         if header is None:
             raise KappaError(grpc.StatusCode.DATA_LOSS, "the registry answered without a header")
         weights = b"".join(chunks)
@@ -188,10 +170,4 @@ class Registry:
         stream = self._stub.WatchModels(
             registry_pb2.WatchModelsRequest(from_position=from_position, name=name)
         )
-        try:
-            yield from stream
-        except grpc.RpcError as error:
-            if error.code() != grpc.StatusCode.CANCELLED:
-                raise KappaError.from_rpc(error) from None
-        finally:
-            stream.cancel()
+        return self._follow(stream)

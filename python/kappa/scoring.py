@@ -8,8 +8,7 @@ from typing import Any, NamedTuple
 
 import grpc
 
-from kappa.connection import Security, channel
-from kappa.errors import KappaError
+from kappa.connection import Client, Security
 from kappa.predictor.v1 import predictor_pb2, predictor_pb2_grpc
 
 
@@ -26,29 +25,16 @@ def _rows(rows: Iterable[Mapping[str, float]] | Any) -> Iterable[Mapping[str, fl
     return to_dict("records") if callable(to_dict) else rows
 
 
-class Predictor:
+class Predictor(Client):
     """A client of kappa-predictor at ``url``; failures raise :class:`kappa.errors.KappaError`."""
 
     def __init__(self, url: str, security: Security | None = None, timeout: float | None = None) -> None:
-        self._channel = channel(url, security)
+        super().__init__(url, security, timeout)
         self._stub = predictor_pb2_grpc.PredictorStub(self._channel)
-        self.timeout = timeout
-
-    def close(self) -> None:
-        self._channel.close()
-
-    def __enter__(self) -> Predictor:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.close()
 
     def predict_one(self, features: Mapping[str, float], model: str = "") -> Prediction:
         request = predictor_pb2.PredictRequest(model=model, features=dict(features))
-        try:
-            return _prediction(self._stub.Predict(request, timeout=self.timeout))
-        except grpc.RpcError as error:
-            raise KappaError.from_rpc(error) from None
+        return _prediction(self._call(self._stub.Predict, request))
 
     def predict(self, rows: Iterable[Mapping[str, float]] | Any, model: str = "") -> list[Prediction]:
         """Scores ``rows`` (mappings of feature path to value, or a DataFrame whose columns are
@@ -70,7 +56,7 @@ class Predictor:
                 answered += 1
                 yield _prediction(response)
         except grpc.RpcError as error:
-            failed = KappaError.from_rpc(error)
+            failed = self._failed(error)
             raise type(failed)(failed.code, f"row {answered}: {failed.message}", failed.metadata) from None
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import grpc
 
-from kappa.connection import Security, channel
+from kappa.connection import Client, Security
 from kappa.errors import KappaError
 from kappa.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 
@@ -59,28 +59,12 @@ def training_spec(
     return spec
 
 
-class Trainer:
+class Trainer(Client):
     """A client of kappa-trainer at ``url``; failures raise :class:`kappa.errors.KappaError`."""
 
     def __init__(self, url: str, security: Security | None = None, timeout: float | None = None) -> None:
-        self._channel = channel(url, security)
+        super().__init__(url, security, timeout)
         self._stub = trainer_pb2_grpc.TrainerStub(self._channel)
-        self.timeout = timeout
-
-    def close(self) -> None:
-        self._channel.close()
-
-    def __enter__(self) -> Trainer:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.close()
-
-    def _call(self, method: Any, request: Any) -> Any:
-        try:
-            return method(request, timeout=self.timeout)
-        except grpc.RpcError as error:
-            raise KappaError.from_rpc(error) from None
 
     def start(self, spec: trainer_pb2.TrainingSpec) -> trainer_pb2.Job:
         """Starts a training job; a bad spec is refused here, before any job exists."""
@@ -98,14 +82,7 @@ class Trainer:
 
     def follow(self, job_id: str) -> Iterator[trainer_pb2.JobProgress]:
         """Every change of the job's progress (phase, epoch, losses), ending with its last."""
-        stream = self._stub.WatchJob(trainer_pb2.GetJobRequest(job_id=job_id))
-        try:
-            yield from stream
-        except grpc.RpcError as error:
-            if error.code() != grpc.StatusCode.CANCELLED:
-                raise KappaError.from_rpc(error) from None
-        finally:
-            stream.cancel()
+        return self._follow(self._stub.WatchJob(trainer_pb2.GetJobRequest(job_id=job_id)))
 
     def train(self, spec: trainer_pb2.TrainingSpec) -> trainer_pb2.Job:
         """Starts a job and waits for its end; returns the finished job (check its phase)."""
@@ -139,7 +116,7 @@ class Trainer:
                 elif kind == "report":
                     report = part.report
         except grpc.RpcError as error:
-            raise KappaError.from_rpc(error) from None
+            raise self._failed(error) from None
         if report is None:
             raise KappaError(grpc.StatusCode.DATA_LOSS, "the trainer's answer ended before its report")
         width = len(columns)

@@ -9,7 +9,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -40,134 +40,96 @@ class RunningRegistry:
     process: subprocess.Popen = field(repr=False)
 
 
-@pytest.fixture
-def start_registry(tmp_path: pathlib.Path) -> Iterator:
-    """Starts kappa-registry processes with extra flags; each is stopped after the test."""
-    started: list[subprocess.Popen] = []
+class Services:
+    """Launches Kappa binaries on free loopback ports and stops them when the test ends."""
 
-    def start(*flags: str, tls_ca: pathlib.Path | None = None) -> RunningRegistry:
+    def __init__(self, logs: pathlib.Path) -> None:
+        self.logs = logs
+        self.started: list[subprocess.Popen] = []
+
+    def launch(self, binary: str, health: str, flags: list[str], tls_ca: pathlib.Path | None = None) -> tuple:
+        """Starts ``binary`` with ``flags`` and waits until grpc.health.v1 says ``health`` is
+        SERVING (over TLS, trusting ``tls_ca``, when given): (url, log, process)."""
         port, metrics = free_port(), free_port()
-        topic = f"test.py-models-{uuid.uuid4().hex[:12]}"
-        log = tmp_path / f"registry-{port}.log"
+        log = self.logs / f"{binary}-{port}.log"
         process = subprocess.Popen(
             [
-                str(BIN / "kappa-registry"),
+                str(BIN / binary),
                 f"--listen=127.0.0.1:{port}",
                 f"--metrics-listen=127.0.0.1:{metrics}",
                 f"--kafka-bootstrap={BOOTSTRAP}",
-                f"--models-topic={topic}",
-                f"--transactional-id=py-{topic}",
                 *flags,
             ],
             stdout=log.open("w"),
             stderr=subprocess.STDOUT,
         )
-        started.append(process)
+        self.started.append(process)
         url = f"http://127.0.0.1:{port}"
-        # A TLS registry is asked over TLS, trusting its CA.
         probe = [f"https://127.0.0.1:{port}", f"--tls-ca={tls_ca}"] if tls_ca else [url]
         deadline = time.monotonic() + 60
         while True:
             done = subprocess.run(
-                [str(BIN / "kappa"), "health", *probe, "--service=kappa.registry.v1.Registry"],
+                [str(BIN / "kappa"), "health", *probe, f"--service={health}"],
                 capture_output=True,
                 check=False,
             )
             if done.returncode == 0:
-                return RunningRegistry(url, topic, log, process)
+                return url, log, process
             assert process.poll() is None, log.read_text()
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.2)
 
-    yield start
-    for process in started:
-        process.terminate()
-        process.wait(timeout=30)
+    def stop(self) -> None:
+        for process in self.started:
+            process.terminate()
+            process.wait(timeout=30)
 
 
 @pytest.fixture
-def start_predictor(tmp_path: pathlib.Path) -> Iterator:
-    """Starts kappa-predictor processes serving a model of a registry's topic; each is stopped
-    after the test. Returns once the model is loaded (health SERVING)."""
-    started: list[subprocess.Popen] = []
+def services(tmp_path: pathlib.Path) -> Iterator[Services]:
+    running = Services(tmp_path)
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def start_registry(services: Services) -> Callable[..., RunningRegistry]:
+    """Starts kappa-registry processes with extra flags."""
+
+    def start(*flags: str, tls_ca: pathlib.Path | None = None) -> RunningRegistry:
+        topic = f"test.py-models-{uuid.uuid4().hex[:12]}"
+        url, log, process = services.launch(
+            "kappa-registry",
+            "kappa.registry.v1.Registry",
+            [f"--models-topic={topic}", f"--transactional-id=py-{topic}", *flags],
+            tls_ca,
+        )
+        return RunningRegistry(url, topic, log, process)
+
+    return start
+
+
+@pytest.fixture
+def start_predictor(services: Services) -> Callable[..., str]:
+    """Starts kappa-predictor processes serving a model of a registry's topic; returns once the
+    model is loaded (health SERVING)."""
 
     def start(topic: str, model: str, *flags: str, follow: str = "latest") -> str:
-        port, metrics = free_port(), free_port()
-        log = tmp_path / f"predictor-{port}.log"
-        process = subprocess.Popen(
-            [
-                str(BIN / "kappa-predictor"),
-                f"--listen=127.0.0.1:{port}",
-                f"--metrics-listen=127.0.0.1:{metrics}",
-                f"--kafka-bootstrap={BOOTSTRAP}",
-                f"--models-topic={topic}",
-                f"--model={model}",
-                f"--follow={follow}",
-                *flags,
-            ],
-            stdout=log.open("w"),
-            stderr=subprocess.STDOUT,
-        )
-        started.append(process)
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            done = subprocess.run(
-                [str(BIN / "kappa"), "health", url, "--service=kappa.predictor.v1.Predictor"],
-                capture_output=True,
-                check=False,
-            )
-            if done.returncode == 0:
-                return url
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
+        flags = (f"--models-topic={topic}", f"--model={model}", f"--follow={follow}", *flags)
+        return services.launch("kappa-predictor", "kappa.predictor.v1.Predictor", list(flags))[0]
 
-    yield start
-    for process in started:
-        process.terminate()
-        process.wait(timeout=30)
+    return start
 
 
 @pytest.fixture
-def start_trainer(tmp_path: pathlib.Path) -> Iterator:
-    """Starts a kappa-trainer publishing to a registry; stopped after the test."""
-    started: list[subprocess.Popen] = []
+def start_trainer(services: Services) -> Callable[[str], str]:
+    """Starts a kappa-trainer publishing to a registry."""
 
     def start(registry_url: str) -> str:
-        port, metrics = free_port(), free_port()
-        log = tmp_path / f"trainer-{port}.log"
-        process = subprocess.Popen(
-            [
-                str(BIN / "kappa-trainer"),
-                f"--listen=127.0.0.1:{port}",
-                f"--metrics-listen=127.0.0.1:{metrics}",
-                f"--kafka-bootstrap={BOOTSTRAP}",
-                f"--registry={registry_url}",
-                f"--jobs-topic=test.py-jobs-{uuid.uuid4().hex[:12]}",
-            ],
-            stdout=log.open("w"),
-            stderr=subprocess.STDOUT,
-        )
-        started.append(process)
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            done = subprocess.run(
-                [str(BIN / "kappa"), "health", url, "--service=kappa.trainer.v1.Trainer"],
-                capture_output=True,
-                check=False,
-            )
-            if done.returncode == 0:
-                return url
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
+        flags = [f"--registry={registry_url}", f"--jobs-topic=test.py-jobs-{uuid.uuid4().hex[:12]}"]
+        return services.launch("kappa-trainer", "kappa.trainer.v1.Trainer", flags)[0]
 
-    yield start
-    for process in started:
-        process.terminate()
-        process.wait(timeout=30)
+    return start
 
 
 @pytest.fixture
