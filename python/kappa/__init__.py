@@ -13,6 +13,7 @@ __all__ = [
     "Predictor",
     "Range",
     "Registry",
+    "Scores",
     "Security",
     "SigningKey",
     "Trainer",
@@ -29,7 +30,7 @@ def __getattr__(name: str) -> object:
         from kappa import models
 
         return getattr(models, name)
-    if name in ("Predictor", "Prediction"):
+    if name in ("Predictor", "Prediction", "Scores"):
         from kappa import scoring
 
         return getattr(scoring, name)

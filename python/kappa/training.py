@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 
 from kappa.connection import Client, Security
-from kappa.errors import KappaError
+from kappa.errors import ConfigurationError, KappaError
 from kappa.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 
 
@@ -21,9 +21,12 @@ from kappa.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 class Range:
     """What a range read found: the rows and the report."""
 
-    #: One row per usable event: ``partition``, ``offset``, the features by path, and ``label``
-    #: (True, False, or None without a label).
+    #: One row per usable event, in the order read (by partition, then offset): ``partition``,
+    #: ``offset``, ``event_time_ms``, the features by path (float32, as the trainer holds
+    #: them), and ``label`` (True, False, or missing without a label).
     frame: Any
+    #: The feature paths, in the spec's order: ``frame[features]`` is what a model reads.
+    features: list[str]
     read: int
     usable: int
     #: Records not used, by reason (``malformed``, ``missing:<path>``, …), as a job's lineage.
@@ -32,6 +35,14 @@ class Range:
     offsets: dict[int, tuple[int, int]] = field(default_factory=dict)
     #: True when more events were usable than the trainer's --max-rows: a uniform sample.
     sampled: bool = False
+
+    def arrow(self) -> Any:
+        """The rows as an Apache Arrow table (needs ``pyarrow``: ``pip install kappa-mesh[arrow]``)."""
+        try:
+            import pyarrow as pa
+        except ImportError:
+            raise ConfigurationError("Range.arrow() needs pyarrow: pip install 'kappa-mesh[arrow]'") from None
+        return pa.Table.from_pandas(self.frame, preserve_index=False)
 
 
 def training_spec(
@@ -94,14 +105,12 @@ class Trainer(Client):
     def read_range(self, spec: trainer_pb2.TrainingSpec | None = None, /, **what: Any) -> Range:
         """The rows a job with ``spec`` (or :func:`training_spec` of ``what``) would read, as a
         pandas DataFrame with the report beside it."""
+        import numpy as np
         import pandas as pd
 
         spec = spec if spec is not None else training_spec(**what)
         columns: list[str] = []
-        partitions: list[int] = []
-        offsets: list[int] = []
-        values: list[float] = []
-        labels: list[int] = []
+        batches: list[trainer_pb2.RowBatch] = []
         report = None
         try:
             for part in self._stub.ReadRange(trainer_pb2.ReadRangeRequest(spec=spec), timeout=self.timeout):
@@ -109,23 +118,32 @@ class Trainer(Client):
                 if kind == "columns":
                     columns = list(part.columns.features)
                 elif kind == "rows":
-                    partitions.extend(part.rows.partitions)
-                    offsets.extend(part.rows.offsets)
-                    values.extend(part.rows.values)
-                    labels.extend(part.rows.labels)
+                    batches.append(part.rows)
                 elif kind == "report":
                     report = part.report
         except grpc.RpcError as error:
             raise self._failed(error) from None
         if report is None:
             raise KappaError(grpc.StatusCode.DATA_LOSS, "the trainer's answer ended before its report")
-        width = len(columns)
-        frame = pd.DataFrame({"partition": partitions, "offset": offsets})
+
+        def joined(field: str, dtype: Any) -> Any:
+            # One copy per batch out of protobuf's containers, then one concatenation.
+            parts = [np.fromiter(getattr(b, field), dtype=dtype) for b in batches]
+            return np.concatenate(parts) if parts else np.empty(0, dtype=dtype)
+
+        values = joined("values", np.float32).reshape(-1, len(columns)) if columns else None
+        labels = joined("labels", np.int8)
+        data: dict[str, Any] = {
+            "partition": joined("partitions", np.int32),
+            "offset": joined("offsets", np.int64),
+            "event_time_ms": joined("event_times_ms", np.int64),
+        }
         for i, name in enumerate(columns):
-            frame[name] = values[i::width] if width else []
-        frame["label"] = pd.array([None if x < 0 else bool(x) for x in labels], dtype="boolean")
+            data[name] = values[:, i] if values is not None else []
+        data["label"] = pd.arrays.BooleanArray(labels == 1, labels < 0)
         return Range(
-            frame=frame,
+            frame=pd.DataFrame(data),
+            features=columns,
             read=report.read,
             usable=report.usable,
             skipped=dict(report.skipped),

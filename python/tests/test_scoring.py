@@ -1,14 +1,23 @@
 """Scoring through a real kappa-predictor: a stream of rows answers in order, each score as the
-unary call gives it, and a row the version cannot read fails with the reason and its index."""
+unary call gives it, and a row the version cannot read fails with the reason and its index; a
+range read into pandas and scored over either protocol gives the scores stream mode produced for
+the same events."""
 
 from __future__ import annotations
 
+import json
 import random
+import time
+import uuid
 
 import grpc
+import numpy as np
 import pytest
+from confluent_kafka import Consumer, Producer
 
-from kappa import KappaError, Predictor, Registry, load_manifest
+from kappa import KappaError, Predictor, Registry, Trainer, load_manifest, training_spec
+
+from conftest import BOOTSTRAP, kappa
 
 
 def test_a_stream_of_rows_scores_in_order_as_single_calls_do(
@@ -35,3 +44,97 @@ def test_a_stream_of_rows_scores_in_order_as_single_calls_do(
             predictor.predict(broken)
         assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
         assert "row 10" in refused.value.message and features[0] in refused.value.message
+
+        # Over OIP: batches, the version asked for, and a bad batch named by its rows.
+        matrix = np.array([[row[name] for name in features] for row in rows], dtype=np.float32)
+        oip = predictor.predict(matrix, protocol="oip", version=1, batch_size=300, max_in_flight=2)
+        np.testing.assert_allclose(oip.score, [a.score for a in answers], rtol=1e-6)
+        assert oip.frame().shape == (len(rows), 3)
+        matrix[1500, 2] = np.nan
+        with pytest.raises(KappaError) as refused:
+            predictor.predict(matrix, protocol="oip", batch_size=300)
+        assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "rows 1500..1800" in refused.value.message and "row 0" in refused.value.message
+        with pytest.raises(KappaError) as refused:
+            predictor.predict(matrix[:10], protocol="oip", version=7)
+        assert "7" in refused.value.message, refused.value
+
+
+def test_predict_scores_100k_rows_as_the_predictors_stream_mode_scored_the_same_events(
+    start_registry, start_predictor, start_trainer, example_model
+) -> None:
+    registry = start_registry()
+    manifest_path, weights_path = example_model
+    manifest = load_manifest(manifest_path)
+    with Registry(registry.url) as client:
+        client.publish(manifest, weights_path.read_bytes())
+    topic, predictions = f"test.py-events-{uuid.uuid4().hex[:12]}", f"test.py-scored-{uuid.uuid4().hex[:12]}"
+    events = 100_000
+    kappa(
+        "fleet",
+        "--kafka-bootstrap",
+        BOOTSTRAP,
+        "--topic",
+        topic,
+        "--cars=50",
+        f"--events={events}",
+        "--rate=0",
+    )
+    junk = Producer({"bootstrap.servers": BOOTSTRAP})
+    for i in range(25):
+        junk.produce(topic, key=f"junk-{i}", value=b"{not json" if i % 2 else b'{"speed": "fast"}')
+    assert junk.flush(30) == 0
+    url = start_predictor(
+        registry.topic,
+        manifest.name,
+        "--stream",
+        f"--sensor-topic={topic}",
+        f"--predictions-topic={predictions}",
+        f"--consumer-group=py-{uuid.uuid4().hex[:8]}",
+    )
+    features = [f.name for f in manifest.features]
+    with Trainer(start_trainer(registry.url)) as trainer:
+        history = trainer.read_range(training_spec(topic, features=features))
+    assert history.read == events + 25 and history.usable > events * 0.9, (history.read, history.usable)
+
+    streamed = scored_by_stream_mode(predictions, history.read)
+    errors = sum(1 for answer in streamed.values() if answer["error"])
+    assert errors == history.read - history.usable, (errors, history.skipped)
+    keys = list(zip(history.frame["partition"], history.frame["offset"], strict=True))
+    expected = np.array([streamed[key]["score"] for key in keys])
+    assert all(not streamed[key]["error"] for key in keys)
+
+    with Predictor(url) as predictor:
+        typed = predictor.predict(history.frame)
+        oip = predictor.predict(history.frame, protocol="oip", features=features, batch_size=2048)
+    for answers in (typed, oip):
+        assert len(answers) == len(keys) and set(answers.model_version) == {1}
+        np.testing.assert_allclose(answers.score, expected, rtol=1e-6)
+        assert (answers.is_anomaly == np.array([streamed[key]["isAnomaly"] for key in keys])).all()
+
+
+def scored_by_stream_mode(topic: str, expected: int) -> dict[tuple[int, int], dict]:
+    """The stream-mode predictions on ``topic``, by the (partition, offset) of the event answered."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": BOOTSTRAP,
+            "group.id": f"py-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+        }
+    )
+    consumer.subscribe([topic])
+    answers: dict[tuple[int, int], dict] = {}
+    deadline = time.monotonic() + 180
+    try:
+        while len(answers) < expected:
+            assert time.monotonic() < deadline, f"{len(answers)} of {expected} predictions after 180 s"
+            for message in consumer.consume(5000, timeout=1.0):
+                if message.error() is None:
+                    # Protobuf's JSON mapping: camelCase, and fields at their default left out.
+                    answer = {"error": "", "score": 0.0, "isAnomaly": False, **json.loads(message.value())}
+                    # (64-bit integers are JSON strings there.)
+                    key = (int(answer.get("sourcePartition", 0)), int(answer.get("sourceOffset", 0)))
+                    answers[key] = answer
+    finally:
+        consumer.close()
+    return answers

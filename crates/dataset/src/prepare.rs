@@ -179,6 +179,7 @@ mod tests {
                 values: vec![i as f32],
                 label: Some(i.is_multiple_of(10)),
                 id: (0, i64::from(i)),
+                time_ms: i64::from(i),
             })
             .collect();
         let s = split(rows, 0.2, 0.2, 7);

@@ -17,6 +17,8 @@ pub struct Row {
     pub label: Option<bool>,
     /// (partition, offset): identifies the event across re-reads of the range.
     pub id: (i32, i64),
+    /// Its event time (the schema's time field, else the record's timestamp), in ms.
+    pub time_ms: i64,
 }
 
 #[derive(Debug, Default)]
@@ -124,6 +126,7 @@ pub fn scan_range(
             values,
             label: event.label,
             id: (record.partition, record.offset),
+            time_ms: time,
         })
     };
     let scanned = scan_decoded(

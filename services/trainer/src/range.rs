@@ -63,12 +63,14 @@ impl TrainerService {
                 offsets: Vec::with_capacity(rows.len()),
                 values: Vec::with_capacity(rows.len() * width),
                 labels: Vec::with_capacity(rows.len()),
+                event_times_ms: Vec::with_capacity(rows.len()),
             };
             for row in rows {
                 batch.partitions.push(row.id.0);
                 batch.offsets.push(row.id.1);
                 batch.values.extend_from_slice(&row.values);
                 batch.labels.push(row.label.map_or(-1, i32::from));
+                batch.event_times_ms.push(row.time_ms);
             }
             Part::Rows(batch)
         });
