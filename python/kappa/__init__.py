@@ -6,6 +6,7 @@ from kappa.errors import ConfigurationError, KappaError, NotFound, PermissionDen
 
 __all__ = [
     "ConfigurationError",
+    "Inspection",
     "KappaError",
     "NotFound",
     "PermissionDenied",
@@ -34,7 +35,7 @@ def __getattr__(name: str) -> object:
         from kappa import scoring
 
         return getattr(scoring, name)
-    if name in ("Trainer", "Range", "training_spec"):
+    if name in ("Trainer", "Range", "Inspection", "training_spec"):
         from kappa import training
 
         return getattr(training, name)

@@ -45,6 +45,32 @@ class Range:
         return pa.Table.from_pandas(self.frame, preserve_index=False)
 
 
+@dataclass
+class Inspection:
+    """What a sample of a range holds, as ``kappa data inspect`` prints it."""
+
+    topic: str
+    from_ms: int
+    to_ms: int
+    #: Records in the range on every partition, and how many were sampled.
+    records_in_range: int
+    sampled: int
+    #: Sampled records that were not JSON objects or protobuf events.
+    malformed: int
+    #: One row per field path: ``path``, ``type``, ``present``, ``presence`` (share of the
+    #: sampled events), ``numeric``, ``min``, ``median``, ``max``, ``values`` (distinct values
+    #: with counts, for fields with few).
+    fields: Any
+    #: ``{"field", "positive", "normal", "missing"}`` when the spec names a label.
+    label: dict[str, Any] | None
+    #: Fields inference left out, and why.
+    notes: list[str]
+    #: Partitions whose retention removed the range's start: ``{partition: (log_start, oldest_ms)}``.
+    truncated: dict[int, tuple[int, int]]
+    #: The spec a job would use: its features named, or inferred from the sample.
+    spec: trainer_pb2.TrainingSpec
+
+
 def training_spec(
     topic: str,
     *,
@@ -54,14 +80,25 @@ def training_spec(
     features: Sequence[str] = (),
     label: str = "",
     positive_labels: Sequence[str] = (),
+    time_field: str = "",
+    lateness_ms: int = 0,
+    exclude: Sequence[str] = (),
 ) -> trainer_pb2.TrainingSpec:
-    """A spec naming what to read (the rest of it only matters for training)."""
+    """A spec naming what to read (the rest of it only matters for training): the topic, the
+    range by event time (``[from_ms, to_ms)`` or the last minutes; the whole topic without
+    either), the feature paths (empty: inferred, leaving out ``exclude``), the label's path and
+    the values meaning anomalous, and the event-time field (empty: the Kafka timestamp) with how
+    late an event may arrive."""
     spec = trainer_pb2.TrainingSpec(
         source_topic=topic,
         features=[trainer_pb2.FeatureSpec(path=p) for p in features],
+        exclude=list(exclude),
         label_field=label,
         positive_labels=list(positive_labels),
     )
+    if time_field or lateness_ms:
+        spec.time.field = time_field
+        spec.time.lateness_ms = lateness_ms
     if last_minutes is not None:
         spec.last_minutes = last_minutes
     else:
@@ -101,6 +138,60 @@ class Trainer(Client):
         for _ in self.follow(started.job_id):
             pass
         return self.job(started.job_id)
+
+    def inspect(
+        self, spec: trainer_pb2.TrainingSpec | None = None, /, sample: int = 0, **what: Any
+    ) -> Inspection:
+        """Profiles a sample (``sample`` events, 0 for the trainer's default of 2000) of the range
+        ``spec`` (or :func:`training_spec` of ``what``) names, with the features a job would infer
+        when it names none."""
+        import pandas as pd
+
+        spec = spec if spec is not None else training_spec(**what)
+        found = self._call(self._stub.Inspect, trainer_pb2.InspectRequest(spec=spec, sample=sample))
+        events = max(found.events, 1)
+
+        def optional(field: Any, name: str) -> float | None:
+            return getattr(field, name) if field.HasField(name) else None
+
+        fields = pd.DataFrame(
+            [
+                {
+                    "path": f.path,
+                    "type": f.type,
+                    "present": f.present,
+                    "presence": f.present / events,
+                    "numeric": f.numeric,
+                    "min": optional(f, "min"),
+                    "median": optional(f, "median"),
+                    "max": optional(f, "max"),
+                    "values": dict(f.values),
+                }
+                for f in found.fields
+            ],
+            columns=["path", "type", "present", "presence", "numeric", "min", "median", "max", "values"],
+        )
+        label = found.label if found.HasField("label") else None
+        return Inspection(
+            topic=found.topic,
+            from_ms=found.from_ms,
+            to_ms=found.to_ms,
+            records_in_range=found.records_in_range,
+            sampled=found.sampled,
+            malformed=found.malformed,
+            fields=fields,
+            label=None
+            if label is None
+            else {
+                "field": label.field,
+                "positive": label.positive,
+                "normal": label.normal,
+                "missing": label.missing,
+            },
+            notes=list(found.notes),
+            truncated={t.partition: (t.log_start, t.oldest_ms) for t in found.truncated},
+            spec=found.spec,
+        )
 
     def read_range(self, spec: trainer_pb2.TrainingSpec | None = None, /, **what: Any) -> Range:
         """The rows a job with ``spec`` (or :func:`training_spec` of ``what``) would read, as a

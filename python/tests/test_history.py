@@ -3,11 +3,12 @@ job with the same spec reports in its lineage."""
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import grpc
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer
 
 from kappa import KappaError, Trainer, training_spec
 from kappa.trainer.v1 import trainer_pb2
@@ -71,3 +72,70 @@ def test_read_range_returns_what_a_training_job_reads(start_registry, start_trai
     assert all(r.startswith(("outlier:", "anomal")) for r in extra), extra
     used = lineage.samples.train + lineage.samples.validation + lineage.samples.holdout
     assert used + sum(lineage.samples.skipped[r] for r in extra) == read.usable
+
+
+def test_inspect_returns_what_kappa_data_inspect_prints_as_data(start_registry, start_trainer) -> None:
+    trainer_url = start_trainer(start_registry().url)
+    topic = f"test.py-turbines-{uuid.uuid4().hex[:12]}"
+    fleet = ["--profile=turbine", "--cars=20", "--events=1000", "--rate=0", "--failing-share=0.5"]
+    kappa("fleet", "--kafka-bootstrap", BOOTSTRAP, "--topic", topic, *fleet)
+    schema = ["--label=status.state", "--positive=failed", "--time-field=ts", "--sample=5000"]
+    printed = json.loads(
+        kappa("data", "inspect", "--kafka-bootstrap", BOOTSTRAP, "--topic", topic, *schema, "--output=json")
+    )
+    with Trainer(trainer_url) as trainer:
+        found = trainer.inspect(
+            topic=topic, label="status.state", positive_labels=["failed"], time_field="ts", sample=5000
+        )
+        with pytest.raises(KappaError) as refused:
+            trainer.inspect(topic=topic, sample=10**9)
+        assert (
+            refused.value.code == grpc.StatusCode.INVALID_ARGUMENT and "--max-rows" in refused.value.message
+        )
+
+    # Counted independently from the raw events.
+    events = [json.loads(v) for v in raw_values(topic)]
+    failed = sum(1 for e in events if e["status"]["state"] == "failed")
+    assert (found.records_in_range, found.sampled, found.malformed) == (1000, 1000, 0)
+    assert found.label == {"field": "status.state", "positive": failed, "normal": 1000 - failed, "missing": 0}
+    rpm = found.fields.set_index("path").loc["rotor.rpm"]
+    assert rpm["type"] == "number" and rpm["present"] == 1000
+    assert rpm["min"] == min(e["rotor"]["rpm"] for e in events)
+    assert rpm["max"] == max(e["rotor"]["rpm"] for e in events)
+
+    # The same as the CLI prints, field by field, and the same spec.
+    assert found.fields["path"].tolist() == [f["path"] for f in printed["fields"]]
+
+    def stats(f: dict) -> tuple:
+        # pandas holds a missing statistic as NaN where the CLI's JSON has null.
+        return (
+            f["type"],
+            f["present"],
+            *(None if f[k] is None or f[k] != f[k] else f[k] for k in ("min", "median", "max")),
+        )
+
+    assert [stats(f) for f in found.fields.to_dict("records")] == [stats(f) for f in printed["fields"]]
+    assert [f.path for f in found.spec.features] == [f["path"] for f in printed["spec"]["features"]]
+    assert found.notes == printed["notes"]
+
+
+def raw_values(topic: str) -> list[bytes]:
+    """Every record value of ``topic``, read with a plain consumer."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": BOOTSTRAP,
+            "group.id": f"py-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+        }
+    )
+    consumer.subscribe([topic])
+    values: list[bytes] = []
+    idle = 0
+    try:
+        while idle < 5:
+            batch = consumer.consume(1000, timeout=1.0)
+            idle = 0 if batch else idle + 1
+            values.extend(m.value() for m in batch if m.error() is None)
+    finally:
+        consumer.close()
+    return values

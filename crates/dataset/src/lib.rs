@@ -17,6 +17,7 @@
 
 mod flags;
 pub mod infer;
+pub mod inspect;
 pub mod prepare;
 pub mod range;
 pub mod rows;

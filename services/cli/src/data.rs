@@ -7,9 +7,11 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use kappa_api::trainer::TrainingSpec;
-use kappa_dataset::{TimeRangeArgs, resolve_range};
+use kappa_dataset::{
+    TimeRangeArgs,
+    inspect::{Inspection, LabelBalance},
+};
 use kappa_kafka::KafkaArgs;
-use kappa_model::schema::Profile;
 use serde_json::json;
 
 use crate::train::SchemaArgs;
@@ -54,98 +56,26 @@ pub async fn run(args: DataArgs) -> anyhow::Result<()> {
 }
 
 fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
-    let found = sample(args)?;
+    let spec = TrainingSpec {
+        source_topic: args.topic.clone(),
+        range: args.range.range(),
+        ..args.schema.spec(args.schema.features()?)
+    };
+    let config = args.kafka.clients().map_err(anyhow::Error::msg)?;
+    let found = kappa_dataset::inspect::inspect(
+        &config,
+        "cli-inspect",
+        &spec,
+        args.sample,
+        Duration::from_secs(30),
+        kappa_runtime::now_ms(),
+    )
+    .with_context(|| format!("inspecting with Kafka at {} (--kafka-bootstrap)", args.kafka.bootstrap))?;
     if args.output == "json" {
         print_json(&found)
     } else {
         print_text(&found)
     }
-}
-
-/// What `kappa data inspect` found in a sample of the range.
-struct Inspection {
-    topic: String,
-    from_ms: i64,
-    to_ms: i64,
-    records_in_range: i64,
-    sampled: usize,
-    profile: Profile,
-    truncated: Vec<kappa_dataset::range::Truncated>,
-    label_field: String,
-    /// Sampled events whose label is positive, normal, and missing.
-    label: Option<(u64, u64, u64)>,
-    notes: Vec<String>,
-    spec: TrainingSpec,
-}
-
-fn sample(args: &InspectArgs) -> anyhow::Result<Inspection> {
-    let now = kappa_runtime::now_ms();
-    let range = args.range.range();
-    let (from_ms, to_ms) = resolve_range(range.as_ref(), now).unwrap_or((0, now + 3_600_000));
-    anyhow::ensure!(
-        from_ms < to_ms,
-        "the range [{from_ms}, {to_ms}) is empty; --from-ms must be before --to-ms"
-    );
-    let config = args.kafka.clients().map_err(anyhow::Error::msg)?;
-    let kappa_dataset::range::RangeSample {
-        ranges,
-        samples,
-        truncated,
-    } = kappa_dataset::range::sample_range(
-        &config,
-        "cli-inspect",
-        &args.topic,
-        from_ms,
-        to_ms,
-        kappa_dataset::range::SampleLimits {
-            max: args.sample,
-            budget: Duration::from_secs(30),
-            timeout: Duration::from_secs(30),
-        },
-    )
-    .with_context(|| {
-        format!(
-            "cannot read topic {} from Kafka at {} (--kafka-bootstrap)",
-            args.topic, args.kafka.bootstrap
-        )
-    })?;
-    anyhow::ensure!(
-        !ranges.is_empty(),
-        "topic {} does not exist or has no partitions",
-        args.topic
-    );
-    let in_range: i64 = ranges.iter().map(|r| r.end_offset - r.start_offset).sum();
-    let profile = Profile::of(&samples);
-    let time_field = args.schema.time_field.clone().unwrap_or_default();
-    let named = args.schema.features()?;
-    let (features, notes) = if named.is_empty() {
-        let inferred = kappa_dataset::infer::features(&profile, &args.schema.label, &time_field, &args.schema.exclude);
-        (inferred.features, inferred.notes)
-    } else {
-        (named, Vec::new())
-    };
-    let spec = TrainingSpec {
-        source_topic: args.topic.clone(),
-        range,
-        ..args.schema.spec(features)
-    };
-    let label = (!args.schema.label.is_empty()).then(|| {
-        let rule = kappa_model::schema::LabelRule::new(&args.schema.label, &args.schema.positive);
-        label_balance(&profile, &rule)
-    });
-    Ok(Inspection {
-        topic: args.topic.clone(),
-        from_ms,
-        to_ms,
-        records_in_range: in_range,
-        sampled: samples.len(),
-        profile,
-        truncated,
-        label_field: args.schema.label.clone(),
-        label,
-        notes,
-        spec,
-    })
 }
 
 fn print_json(found: &Inspection) -> anyhow::Result<()> {
@@ -176,8 +106,8 @@ fn print_json(found: &Inspection) -> anyhow::Result<()> {
         "events": profile.events,
         "malformed": profile.malformed,
         "fields": fields,
-        "label": found.label.as_ref().map(|(positive, normal, missing)| json!({
-            "field": found.label_field, "positive": positive, "normal": normal, "missing": missing,
+        "label": found.label.map(|l| json!({
+            "field": found.spec.label_field, "positive": l.positive, "normal": l.normal, "missing": l.missing,
         })),
         "notes": found.notes,
         "truncated": found.truncated.iter().map(|t| json!({
@@ -198,7 +128,6 @@ fn print_text(found: &Inspection) -> anyhow::Result<()> {
         sampled,
         profile,
         truncated,
-        label_field,
         label,
         notes,
         spec,
@@ -238,9 +167,13 @@ fn print_text(found: &Inspection) -> anyhow::Result<()> {
     }
     println!();
     match label {
-        Some((positive, normal, missing)) => println!(
+        Some(LabelBalance {
+            positive,
+            normal,
+            missing,
+        }) => println!(
             "label {}: {positive} anomalous, {normal} normal, {missing} without a label ({:.1}% anomalous)",
-            label_field,
+            spec.label_field,
             100.0 * *positive as f64 / (*positive + *normal).max(1) as f64
         ),
         None => {
@@ -267,19 +200,4 @@ fn print_text(found: &Inspection) -> anyhow::Result<()> {
     println!("the trainer would use this spec (proto3 JSON; add a model name, layers and epochs):");
     println!("{}", serde_json::to_string_pretty(spec)?);
     Ok(())
-}
-
-/// Sampled events whose label is positive, normal, and missing.
-fn label_balance(profile: &Profile, rule: &kappa_model::schema::LabelRule) -> (u64, u64, u64) {
-    let Some(field) = profile.fields.get(&rule.path) else {
-        return (0, 0, profile.events);
-    };
-    let positive: u64 = field
-        .distinct
-        .iter()
-        .filter(|(v, _)| rule.is_positive(v))
-        .map(|(_, n)| *n)
-        .sum();
-    let normal = field.present - positive;
-    (positive, normal, profile.events - field.present)
 }

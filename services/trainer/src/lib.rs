@@ -5,6 +5,7 @@
 mod access;
 pub mod config;
 mod error;
+mod inspect;
 mod job;
 mod metrics;
 mod range;

@@ -170,6 +170,13 @@ impl Trainer for TrainerService {
         Ok(Response::new(self.read_range_inner(request.into_inner()).await?))
     }
 
+    async fn inspect(
+        &self,
+        request: Request<kappa_api::trainer::InspectRequest>,
+    ) -> Result<Response<kappa_api::trainer::Inspection>, Status> {
+        Ok(Response::new(self.inspect_inner(request.into_inner()).await?))
+    }
+
     async fn start_training(&self, request: Request<StartTrainingRequest>) -> Result<Response<Job>, Status> {
         Ok(Response::new(self.start(request).await?))
     }

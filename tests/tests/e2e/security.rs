@@ -821,6 +821,20 @@ async fn every_rpc_of_every_service_checks_its_role_and_a_refused_write_changes_
         }
     })
     .await;
+    check_rpc("Inspect", &["train"], &trainer, |c| {
+        let spec = spec("");
+        async move {
+            code_of(
+                TrainerClient::new(c)
+                    .inspect(kappa_api::trainer::InspectRequest {
+                        spec: Some(spec),
+                        sample: 0,
+                    })
+                    .await,
+            )
+        }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
