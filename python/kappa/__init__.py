@@ -5,6 +5,7 @@ from kappa.connection import Security
 from kappa.errors import ConfigurationError, KappaError, NotFound, PermissionDenied, Unauthenticated
 
 __all__ = [
+    "Backtest",
     "ConfigurationError",
     "Inspection",
     "KappaError",
@@ -35,7 +36,7 @@ def __getattr__(name: str) -> object:
         from kappa import scoring
 
         return getattr(scoring, name)
-    if name in ("Trainer", "Range", "Inspection", "training_spec"):
+    if name in ("Trainer", "Range", "Inspection", "Backtest", "training_spec"):
         from kappa import training
 
         return getattr(training, name)

@@ -71,6 +71,30 @@ class Inspection:
     spec: trainer_pb2.TrainingSpec
 
 
+@dataclass
+class Backtest:
+    """A window replayed through versions, as ``kappa backtest`` reports it."""
+
+    topic: str
+    from_ms: int
+    to_ms: int
+    #: One row per version, the first the one under test: ``version``, ``threshold``,
+    #: ``anomalies``, ``anomaly_rate``, the score summary (``score_mean``, ``score_p50``,
+    #: ``score_p90``, ``score_p99``, ``score_max``), ``precision``, ``recall``, ``f1`` and
+    #: ``roc_auc`` (NaN unless both classes are labelled), and against the first version
+    #: ``agreement``, ``only_first``, ``only_this``, ``mean_score_delta``.
+    versions: Any
+    #: Records read, events every version scored, and of those the labelled and the anomalous.
+    read: int
+    events: int
+    labelled: int
+    positives: int
+    #: Records not scored, by reason.
+    skipped: dict[str, int]
+    #: Per partition, the offsets read: ``{partition: (start, end)}``.
+    offsets: dict[int, tuple[int, int]]
+
+
 def training_spec(
     topic: str,
     *,
@@ -191,6 +215,69 @@ class Trainer(Client):
             notes=list(found.notes),
             truncated={t.partition: (t.log_start, t.oldest_ms) for t in found.truncated},
             spec=found.spec,
+        )
+
+    def backtest(
+        self,
+        model: str,
+        versions: Sequence[int | str],
+        *,
+        from_ms: int,
+        to_ms: int,
+        topic: str = "",
+        label: str = "",
+        positive_labels: Sequence[str] = (),
+    ) -> Backtest:
+        """Replays ``[from_ms, to_ms)`` of ``topic`` (default: the topic the first version was
+        trained on) through ``versions`` of ``model`` (numbers or aliases, the first under test),
+        judged by the first version's label or ``label``."""
+        import pandas as pd
+
+        request = trainer_pb2.BacktestRequest(
+            model=model,
+            versions=[str(v) for v in versions],
+            topic=topic,
+            window=trainer_pb2.TimeRange(from_ms=from_ms, to_ms=to_ms),
+            label_field=label,
+            positive_labels=list(positive_labels),
+        )
+        report = self._call(self._stub.Backtest, request)
+
+        def metric(v: Any, name: str) -> float:
+            return getattr(v, name) if v.HasField(name) else float("nan")
+
+        rows = []
+        for v in report.versions:
+            agreement = v.agreement if v.HasField("agreement") else None
+            rows.append(
+                {
+                    "version": v.version,
+                    "threshold": v.threshold,
+                    "anomalies": v.anomalies,
+                    "anomaly_rate": v.anomaly_rate,
+                    "score_mean": v.scores.mean,
+                    "score_p50": v.scores.p50,
+                    "score_p90": v.scores.p90,
+                    "score_p99": v.scores.p99,
+                    "score_max": v.scores.max,
+                    **{name: metric(v, name) for name in ("precision", "recall", "f1", "roc_auc")},
+                    "agreement": agreement.rate if agreement else float("nan"),
+                    "only_first": agreement.only_first if agreement else 0,
+                    "only_this": agreement.only_this if agreement else 0,
+                    "mean_score_delta": agreement.mean_score_delta if agreement else float("nan"),
+                }
+            )
+        return Backtest(
+            topic=report.topic,
+            from_ms=report.from_ms,
+            to_ms=report.to_ms,
+            versions=pd.DataFrame(rows),
+            read=report.read,
+            events=report.events,
+            labelled=report.labelled,
+            positives=report.positives,
+            skipped=dict(report.skipped),
+            offsets={p.partition: (p.start_offset, p.end_offset) for p in report.partitions},
         )
 
     def read_range(self, spec: trainer_pb2.TrainingSpec | None = None, /, **what: Any) -> Range:

@@ -139,3 +139,59 @@ def raw_values(topic: str) -> list[bytes]:
     finally:
         consumer.close()
     return values
+
+
+def test_backtest_reports_what_kappa_backtest_prints_as_data(start_registry, start_trainer) -> None:
+    registry = start_registry()
+    trainer_url = start_trainer(registry.url)
+    topic = f"test.py-backtest-{uuid.uuid4().hex[:12]}"
+    fleet = [
+        "--cars=24",
+        "--events=6000",
+        "--rate=0",
+        "--failing-share=0.3",
+        "--seed=8",
+        "--backdate-seconds=7200",
+    ]
+    kappa("fleet", "--kafka-bootstrap", BOOTSTRAP, "--topic", topic, *fleet)
+    model = f"py-{uuid.uuid4().hex[:8]}"
+    with Trainer(trainer_url) as trainer:
+        times = trainer.read_range(topic=topic).frame["event_time_ms"]
+        first, end = int(times.min()), int(times.max()) + 1
+        split = first + (end - first) // 2
+        for epochs, features in ((6, ()), (1, ("speed", "throttle_pos"))):
+            spec = training_spec(
+                topic, from_ms=first, to_ms=split, features=features, label="failure_occurred"
+            )
+            spec.model_name, spec.epochs = model, epochs
+            job = trainer.train(spec)
+            assert job.phase == trainer_pb2.JOB_PHASE_SUCCEEDED, job.message
+        found = trainer.backtest(model, [1, 2], from_ms=split, to_ms=end)
+        with pytest.raises(KappaError) as refused:
+            trainer.backtest(model, [9], from_ms=split, to_ms=end)
+        assert refused.value.code == grpc.StatusCode.NOT_FOUND, refused.value
+        with pytest.raises(KappaError) as refused:
+            trainer.backtest(model, [1], from_ms=end, to_ms=split)
+        assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT, refused.value
+
+    window = ["--model", model, "--version=1", "--against=2", f"--from-ms={split}", f"--to-ms={end}"]
+    printed = json.loads(
+        kappa(
+            "backtest", "--registry", registry.url, "--kafka-bootstrap", BOOTSTRAP, *window, "--output=json"
+        )
+    )
+    assert (found.topic, found.read, found.events, found.labelled, found.positives) == (
+        topic,
+        printed["read"],
+        printed["events"],
+        printed["labelled"],
+        printed["positives"],
+    )
+    assert 0 < found.positives < found.labelled
+    assert found.offsets == {o["partition"]: (o["start_offset"], o["end_offset"]) for o in printed["offsets"]}
+    versions = found.versions.to_dict("records")
+    assert [v["version"] for v in versions] == [1, 2]
+    for mine, theirs in zip(versions, printed["versions"], strict=True):
+        for name in ("anomalies", "precision", "recall", "f1", "roc_auc"):
+            assert mine[name] == pytest.approx(theirs[name]), name
+    assert versions[1]["agreement"] == pytest.approx(printed["versions"][1]["agreement"]["rate"])

@@ -309,26 +309,45 @@ impl<'a> Replay<'a> {
     }
 }
 
+/// Why a version could not take part.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("fetching {what} from the registry failed: {source}")]
+    Registry {
+        what: String,
+        source: kappa_client::GetError,
+    },
+    #[error("{what} (v{version}) has no manifest")]
+    NoManifest { what: String, version: u64 },
+    #[error("{what} (v{version}) does not load: {reason}")]
+    Unloadable { what: String, version: u64, reason: String },
+}
+
 /// A version from the registry, ready to take part: admitted as a predictor would (digest,
 /// structure, probe), of either format.
 pub async fn fetch(
     registry: &mut kappa_client::Registry,
     name: &str,
     selector: kappa_client::Selector,
-) -> Result<Contender, String> {
+) -> Result<Contender, FetchError> {
     let what = match &selector {
         kappa_client::Selector::Version(v) => format!("{name} version {v}"),
         kappa_client::Selector::Alias(a) => format!("{name}@{a}"),
         kappa_client::Selector::Latest => format!("{name}'s latest version"),
     };
-    let (header, weights) = registry
-        .get(name, selector)
-        .await
-        .map_err(|e| format!("fetching {what} from the registry failed: {e}"))?;
-    let manifest = header
-        .manifest
-        .ok_or_else(|| format!("{what} (v{}) has no manifest", header.version))?;
-    let admitted = kappa_model::admission::load(&manifest, &weights)
-        .map_err(|e| format!("{what} (v{}) does not load: {e}", header.version))?;
+    let (header, weights) = match registry.get(name, selector).await {
+        Ok(found) => found,
+        Err(source) => return Err(FetchError::Registry { what, source }),
+    };
+    let version = header.version;
+    let manifest = header.manifest.ok_or_else(|| FetchError::NoManifest {
+        what: what.clone(),
+        version,
+    })?;
+    let admitted = kappa_model::admission::load(&manifest, &weights).map_err(|e| FetchError::Unloadable {
+        what,
+        version,
+        reason: e.to_string(),
+    })?;
     Ok(Contender::admitted(admitted))
 }

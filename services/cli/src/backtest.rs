@@ -71,19 +71,14 @@ pub async fn run(args: BacktestArgs, security: &ClientSecurity) -> anyhow::Resul
     let mut registry = Registry::connect_with(&args.registry, security)
         .await
         .with_context(|| format!("connecting to kappa-registry at {}", args.registry))?;
-    let mut contenders = vec![
-        kappa_backtest::fetch(&mut registry, &args.model, Selector::Version(args.version))
-            .await
-            .map_err(anyhow::Error::msg)?,
-    ];
+    let mut contenders =
+        vec![kappa_backtest::fetch(&mut registry, &args.model, Selector::Version(args.version)).await?];
     for other in &args.against {
         let selector = match other.parse::<u64>() {
             Ok(v) => Selector::Version(v),
             Err(_) => Selector::Alias(other.clone()),
         };
-        let contender = kappa_backtest::fetch(&mut registry, &args.model, selector)
-            .await
-            .map_err(anyhow::Error::msg)?;
+        let contender = kappa_backtest::fetch(&mut registry, &args.model, selector).await?;
         contenders.push(contender);
     }
     let topic = match &args.topic {

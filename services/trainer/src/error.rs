@@ -18,6 +18,9 @@ pub enum TrainerError {
     Forbidden(String),
     #[error("{0}")]
     TruncatedRange(String),
+    /// The registry refused or failed a call made for the request: its code is passed on.
+    #[error("{context}: {}", status.message())]
+    Registry { context: String, status: Status },
 }
 
 impl From<TrainerError> for Status {
@@ -30,6 +33,7 @@ impl From<TrainerError> for Status {
             TrainerError::Kafka(_) => Status::unavailable(message),
             TrainerError::Forbidden(_) => Status::permission_denied(message),
             TrainerError::TruncatedRange(_) => Status::failed_precondition(message),
+            TrainerError::Registry { status, .. } => Status::new(status.code(), message),
         }
     }
 }
@@ -50,6 +54,13 @@ mod tests {
             (TrainerError::Kafka("down".into()), Code::Unavailable),
             (TrainerError::Forbidden("no".into()), Code::PermissionDenied),
             (TrainerError::TruncatedRange("gone".into()), Code::FailedPrecondition),
+            (
+                TrainerError::Registry {
+                    context: "fetching m version 9".into(),
+                    status: Status::not_found("no version 9"),
+                },
+                Code::NotFound,
+            ),
         ];
         for (error, code) in cases {
             let message = error.to_string();

@@ -3,6 +3,7 @@
 //! with full lineage, and moves an alias only when the new model is not worse than the holder.
 
 mod access;
+mod backtest;
 pub mod config;
 mod error;
 mod inspect;

@@ -177,6 +177,13 @@ impl Trainer for TrainerService {
         Ok(Response::new(self.inspect_inner(request.into_inner()).await?))
     }
 
+    async fn backtest(
+        &self,
+        request: Request<kappa_api::trainer::BacktestRequest>,
+    ) -> Result<Response<kappa_api::trainer::BacktestReport>, Status> {
+        Ok(Response::new(self.backtest_inner(request.into_inner()).await?))
+    }
+
     async fn start_training(&self, request: Request<StartTrainingRequest>) -> Result<Response<Job>, Status> {
         Ok(Response::new(self.start(request).await?))
     }

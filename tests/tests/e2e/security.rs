@@ -835,6 +835,19 @@ async fn every_rpc_of_every_service_checks_its_role_and_a_refused_write_changes_
         }
     })
     .await;
+    check_rpc("Backtest", &["train"], &trainer, |c| async move {
+        code_of(
+            TrainerClient::new(c)
+                .backtest(kappa_api::trainer::BacktestRequest {
+                    model: "no-such-model".into(),
+                    versions: vec!["1".into()],
+                    window: Some(kappa_api::trainer::TimeRange { from_ms: 0, to_ms: 1 }),
+                    ..Default::default()
+                })
+                .await,
+        )
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
