@@ -16,6 +16,7 @@ FILES = [
     "kappa/fleet/v1/fleet.proto",
     "kappa/predictor/v1/predictor.proto",
     "kappa/trainer/v1/trainer.proto",
+    "kappa/events/v1/events.proto",
 ]
 # The Open Inference Protocol's messages, generated under the package's own proto package
 # (`kappa.oip.v2`, not `inference`) so they never collide in protobuf's descriptor pool with

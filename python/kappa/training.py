@@ -280,6 +280,14 @@ class Trainer(Client):
             offsets={p.partition: (p.start_offset, p.end_offset) for p in report.partitions},
         )
 
+    def monitor(self, model: str, *, topic: str = "", last_seconds: int = 300) -> Iterator[Any]:
+        """The predictors' monitoring windows of ``model`` (``kappa.events.v1.MonitoringWindow``:
+        rows scored, anomaly rate against the training reference's, PSI per feature and the
+        drifted ones) that closed in the last ``last_seconds``, then each as it closes, until
+        the caller stops iterating. ``topic`` is the predictors' --monitoring-topic."""
+        request = trainer_pb2.WatchMonitoringRequest(model=model, topic=topic, last_seconds=last_seconds)
+        return self._follow(self._stub.WatchMonitoring(request))
+
     def read_range(self, spec: trainer_pb2.TrainingSpec | None = None, /, **what: Any) -> Range:
         """The rows a job with ``spec`` (or :func:`training_spec` of ``what``) would read, as a
         pandas DataFrame with the report beside it."""

@@ -105,6 +105,15 @@ impl kappa_runtime::Service for Predictor {
                 .kafka
                 .config(&[("acks", "all"), ("enable.idempotence", "true"), ("linger.ms", "100")])
                 .create()?;
+            // Created now rather than by the first window's write, so a watch started before a
+            // window closes finds the topic, and brokers that do not create topics on write
+            // get it too. In the background: a broker away must not hold the start up.
+            let (clients, topic) = (host.kafka.clone(), config.monitoring_topic.clone());
+            tokio::spawn(async move {
+                if let Err(e) = kappa_kafka::ensure_topic(&clients, &topic, 1).await {
+                    tracing::warn!(%e, topic, "could not create the monitoring topic; the first window's write will try");
+                }
+            });
             Some((producer, config.monitoring_topic.clone()))
         };
         let monitor = Monitor {

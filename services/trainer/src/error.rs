@@ -8,10 +8,16 @@ pub enum TrainerError {
     InvalidSpec(String),
     #[error("topic {0:?} does not exist")]
     UnknownTopic(String),
+    #[error(
+        "topic {0:?} does not exist: no predictor with this --monitoring-topic has started, or they write to another"
+    )]
+    UnknownMonitoringTopic(String),
     #[error("job {0:?} does not exist")]
     UnknownJob(String),
     #[error("{0} jobs are running already; retry when one finishes")]
     Busy(usize),
+    #[error("{0} monitoring watches are open already; close one or retry later")]
+    TooManyWatches(usize),
     #[error("Kafka is unavailable: {0}; retry once the broker is reachable")]
     Kafka(String),
     #[error("{0}")]
@@ -28,8 +34,10 @@ impl From<TrainerError> for Status {
         let message = err.to_string();
         match err {
             TrainerError::InvalidSpec(_) => Status::invalid_argument(message),
-            TrainerError::UnknownTopic(_) | TrainerError::UnknownJob(_) => Status::not_found(message),
-            TrainerError::Busy(_) => Status::resource_exhausted(message),
+            TrainerError::UnknownTopic(_) | TrainerError::UnknownMonitoringTopic(_) | TrainerError::UnknownJob(_) => {
+                Status::not_found(message)
+            }
+            TrainerError::Busy(_) | TrainerError::TooManyWatches(_) => Status::resource_exhausted(message),
             TrainerError::Kafka(_) => Status::unavailable(message),
             TrainerError::Forbidden(_) => Status::permission_denied(message),
             TrainerError::TruncatedRange(_) => Status::failed_precondition(message),
@@ -50,7 +58,9 @@ mod tests {
             (TrainerError::InvalidSpec("x".into()), Code::InvalidArgument),
             (TrainerError::UnknownTopic("t".into()), Code::NotFound),
             (TrainerError::UnknownJob("j".into()), Code::NotFound),
+            (TrainerError::UnknownMonitoringTopic("m".into()), Code::NotFound),
             (TrainerError::Busy(2), Code::ResourceExhausted),
+            (TrainerError::TooManyWatches(16), Code::ResourceExhausted),
             (TrainerError::Kafka("down".into()), Code::Unavailable),
             (TrainerError::Forbidden("no".into()), Code::PermissionDenied),
             (TrainerError::TruncatedRange("gone".into()), Code::FailedPrecondition),

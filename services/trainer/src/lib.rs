@@ -9,6 +9,7 @@ mod error;
 mod inspect;
 mod job;
 mod metrics;
+mod monitor;
 mod range;
 mod round;
 mod schema;

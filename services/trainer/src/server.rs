@@ -67,6 +67,7 @@ impl kappa_runtime::Service for Trainer {
                 kafka_timeout: config.kafka_timeout,
             },
             max_running: config.max_concurrent_jobs as usize,
+            monitor_watches: crate::monitor::watches(),
         })))
     }
 

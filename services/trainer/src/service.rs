@@ -47,6 +47,8 @@ pub struct TrainerService {
     pub store: Arc<JobStore>,
     pub context: JobContext,
     pub max_running: usize,
+    /// Permits for WatchMonitoring streams.
+    pub monitor_watches: Arc<tokio::sync::Semaphore>,
 }
 
 impl TrainerService {
@@ -162,6 +164,14 @@ fn is_terminal(phase: i32) -> bool {
 #[tonic::async_trait]
 impl Trainer for TrainerService {
     type ReadRangeStream = crate::range::RangeStream;
+    type WatchMonitoringStream = crate::monitor::WindowStream;
+
+    async fn watch_monitoring(
+        &self,
+        request: Request<kappa_api::trainer::WatchMonitoringRequest>,
+    ) -> Result<Response<Self::WatchMonitoringStream>, Status> {
+        Ok(Response::new(self.watch_monitoring_inner(request.into_inner()).await?))
+    }
 
     async fn read_range(
         &self,

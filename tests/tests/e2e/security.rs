@@ -835,6 +835,18 @@ async fn every_rpc_of_every_service_checks_its_role_and_a_refused_write_changes_
         }
     })
     .await;
+    check_rpc("WatchMonitoring", &["read"], &trainer, |c| async move {
+        code_of(
+            TrainerClient::new(c)
+                .watch_monitoring(kappa_api::trainer::WatchMonitoringRequest {
+                    model: "m".into(),
+                    topic: "test.no-such-monitoring-topic".into(),
+                    last_seconds: 0,
+                })
+                .await,
+        )
+    })
+    .await;
     check_rpc("Backtest", &["train"], &trainer, |c| async move {
         code_of(
             TrainerClient::new(c)
