@@ -9,6 +9,8 @@ KAFKA := deploy/kafka/kafka.sh
 TOOLS_BIN := $(HOME)/.cache/kappa/bin
 PY := $(HOME)/.cache/kappa/py/bin/python
 VENV_BIN := $(HOME)/.cache/kappa/py/bin
+# The worked notebook's venv, with PyTorch (examples/notebook).
+NOTEBOOK_PY := $(HOME)/.cache/kappa/notebook-venv/bin/python
 WITH_KAFKA := scripts/with-kafka.sh
 
 .PHONY: python-test helm-test help prerequisites build test lint fmt demo bench kafka-up kafka-down kafka-secure-up kafka-secure-down kafka-cluster-up kafka-cluster-down mqtt-up mqtt-down soak kafka-logs kafka-reset jaeger-up jaeger-down clean
@@ -39,6 +41,7 @@ python-test: ## The Python package (python/): installed into the test venv from 
 	scripts/tools.sh >/dev/null
 	cargo build --workspace --bins
 	$(PY) -m pip install -q ./python
+	$(NOTEBOOK_PY) -m pip install -q ./python
 	KAPPA_BIN_DIR=$(CARGO_TARGET_DIR)/debug $(WITH_KAFKA) $(PY) -m pytest -q python/tests
 
 helm-test: ## Helm chart: lint --strict, offline Kubernetes schema validation, --check-config of the rendered pods, promtool on its alerts
@@ -51,6 +54,7 @@ lint: ## cargo fmt --check, clippy with warnings as errors, cargo deny (licences
 	cargo clippy --workspace --all-targets -- -D warnings
 	scripts/tools.sh --lint >/dev/null
 	cd python && $(VENV_BIN)/ruff check . && $(VENV_BIN)/ruff format --check .
+	$(VENV_BIN)/ruff check --config python/pyproject.toml examples/notebook && $(VENV_BIN)/ruff format --check --config python/pyproject.toml examples/notebook
 	$(TOOLS_BIN)/cargo-deny check licenses bans sources
 	scripts/advisories.sh $(TOOLS_BIN)/cargo-deny
 

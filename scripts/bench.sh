@@ -250,11 +250,8 @@ echo
 echo "## Trainer: training samples/s against PyTorch (same MLP, AdamW, batch 64, 1 thread)"
 rows=${BENCH_TRAIN_ROWS:-50000}; epochs=${BENCH_TRAIN_EPOCHS:-3}
 kappa_rate=$(RAYON_NUM_THREADS=1 "$bin/train-bench" train --rows "$rows" --epochs "$epochs")
-torch_python=${KAPPA_TORCH_PYTHON:-$HOME/.cache/kappa/torch-venv/bin/python}
-if ! "$torch_python" -c "import torch" 2>/dev/null; then
-  echo "(installing PyTorch from PyPI into $(dirname "$(dirname "$torch_python")") for the baseline)"
-  python3 -m venv "$(dirname "$(dirname "$torch_python")")" && "$torch_python" -m pip install -q torch numpy
-fi
+# The notebook's venv (scripts/tools.sh installs it) has PyTorch.
+torch_python=${KAPPA_TORCH_PYTHON:-$HOME/.cache/kappa/notebook-venv/bin/python}
 torch_rate=$("$torch_python" "$here/bench/torch_train.py" "$rows" "$epochs" 1)
 echo "| measurement | kappa-trainer (candle) | PyTorch | ratio | budget |"
 echo "|---|---|---|---|---|"

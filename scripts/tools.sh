@@ -52,6 +52,18 @@ if ! "$venv/bin/python" -c "import tritonclient.grpc, numpy, prometheus_client, 
     "scikit-learn==1.9.1" "skl2onnx==1.20.0" "onnx==1.17.0" "onnxruntime==1.31.1" \
     "pandas==3.1.1" "confluent-kafka==2.16.1" "pyarrow==26.0.1" >&2
 fi
+# The notebook's venv (examples/notebook, run by the Python package's tests): PyTorch for the
+# autoencoder, with the ONNX exporter's onnx and onnxscript, which need a newer onnx than
+# skl2onnx 1.20's default opsets allow (so the notebook names its opsets), hence a venv of its
+# own. PyTorch from PyPI brings its CUDA libraries: several GB, once. The bench's PyTorch
+# baseline uses it too.
+notebook=${KAPPA_NOTEBOOK_VENV:-$HOME/.cache/kappa/notebook-venv}
+if ! "$notebook/bin/python" -c "import torch, onnxscript, sklearn, skl2onnx, onnxruntime, pandas; assert torch.__version__.startswith('2.15.0')" 2>/dev/null; then
+  echo "Installing PyTorch 2.15, onnxscript, scikit-learn, skl2onnx, onnxruntime and pandas into $notebook (several GB, once)..." >&2
+  python3 -m venv "$notebook" >&2
+  "$notebook/bin/pip" install -q "torch==2.15.0" "onnx==1.23.2" "onnxscript==0.7.2" \
+    "scikit-learn==1.9.1" "skl2onnx==1.20.0" "onnxruntime==1.31.1" "pandas==3.1.1" "numpy==2.4.6" >&2
+fi
 # Ruff lints and formats the Python package (python/).
 if ! "$venv/bin/ruff" --version 2>/dev/null | grep -q "0.14.0"; then
   "$venv/bin/pip" install -q "ruff==0.14.0" >&2

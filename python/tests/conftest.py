@@ -47,9 +47,17 @@ class Services:
         self.logs = logs
         self.started: list[subprocess.Popen] = []
 
-    def launch(self, binary: str, health: str, flags: list[str], tls_ca: pathlib.Path | None = None) -> tuple:
+    def launch(
+        self,
+        binary: str,
+        health: str,
+        flags: list[str],
+        tls_ca: pathlib.Path | None = None,
+        serving: bool = True,
+    ) -> tuple:
         """Starts ``binary`` with ``flags`` and waits until grpc.health.v1 says ``health`` is
-        SERVING (over TLS, trusting ``tls_ca``, when given): (url, log, process)."""
+        SERVING (over TLS, trusting ``tls_ca``, when given), or with ``serving=False`` only until
+        it listens: (url, log, process)."""
         port, metrics = free_port(), free_port()
         log = self.logs / f"{binary}-{port}.log"
         process = subprocess.Popen(
@@ -67,6 +75,13 @@ class Services:
         url = f"http://127.0.0.1:{port}"
         probe = [f"https://127.0.0.1:{port}", f"--tls-ca={tls_ca}"] if tls_ca else [url]
         deadline = time.monotonic() + 60
+        while not serving:
+            with socket.socket() as probe_socket:
+                if probe_socket.connect_ex(("127.0.0.1", port)) == 0:
+                    return url, log, process
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
         while True:
             done = subprocess.run(
                 [str(BIN / "kappa"), "health", *probe, f"--service={health}"],
@@ -112,11 +127,14 @@ def start_registry(services: Services) -> Callable[..., RunningRegistry]:
 @pytest.fixture
 def start_predictor(services: Services) -> Callable[..., str]:
     """Starts kappa-predictor processes serving a model of a registry's topic; returns once the
-    model is loaded (health SERVING)."""
+    model is loaded (health SERVING), or with ``serving=False`` once it listens (the model may
+    not exist yet)."""
 
-    def start(topic: str, model: str, *flags: str, follow: str = "latest") -> str:
+    def start(topic: str, model: str, *flags: str, follow: str = "latest", serving: bool = True) -> str:
         flags = (f"--models-topic={topic}", f"--model={model}", f"--follow={follow}", *flags)
-        return services.launch("kappa-predictor", "kappa.predictor.v1.Predictor", list(flags))[0]
+        return services.launch(
+            "kappa-predictor", "kappa.predictor.v1.Predictor", list(flags), serving=serving
+        )[0]
 
     return start
 
