@@ -5,6 +5,7 @@ allowed, as Kappa's own clients do."""
 from __future__ import annotations
 
 import ipaddress
+import json
 import pathlib
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -14,6 +15,11 @@ from typing import Any
 import grpc
 
 from kappa.errors import ConfigurationError, KappaError, explain
+
+try:  # The caller's trace context goes along when OpenTelemetry is installed.
+    from opentelemetry import propagate as _propagate
+except ImportError:  # pragma: no cover - depends on the environment
+    _propagate = None
 
 #: Largest message accepted from a service (a chunk of a model, a page of versions).
 MAX_RECEIVE_BYTES = 64 * 1024 * 1024
@@ -53,42 +59,76 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-class _Bearer(
-    grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor, grpc.StreamUnaryClientInterceptor
+class _CallMetadata(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
 ):
-    """Adds ``authorization: Bearer …`` to every call."""
+    """Adds to every call, of every shape: ``authorization: Bearer …`` when there is a token,
+    and the caller's OpenTelemetry context (``traceparent``, ``tracestate``) when one is set, so
+    the services' spans join the caller's trace."""
 
-    def __init__(self, token: str) -> None:
-        self._header = ("authorization", f"Bearer {token}")
+    def __init__(self, token: str | None) -> None:
+        self._fixed = [("authorization", f"Bearer {token}")] if token else []
 
-    def _with_token(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
-        metadata = [*(details.metadata or ()), self._header]
+    def _details(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        metadata = [*(details.metadata or ()), *self._fixed]
+        if _propagate is not None:
+            carrier: dict[str, str] = {}
+            _propagate.inject(carrier)
+            metadata.extend((key.lower(), value) for key, value in carrier.items())
         return details._replace(metadata=metadata)  # type: ignore[attr-defined]
 
     def intercept_unary_unary(
         self, continuation: Callable[..., Any], details: grpc.ClientCallDetails, request: Any
     ) -> Any:
-        return continuation(self._with_token(details), request)
+        return continuation(self._details(details), request)
 
     def intercept_unary_stream(
         self, continuation: Callable[..., Any], details: grpc.ClientCallDetails, request: Any
     ) -> Any:
-        return continuation(self._with_token(details), request)
+        return continuation(self._details(details), request)
 
     def intercept_stream_unary(
         self, continuation: Callable[..., Any], details: grpc.ClientCallDetails, requests: Any
     ) -> Any:
-        return continuation(self._with_token(details), requests)
+        return continuation(self._details(details), requests)
+
+    def intercept_stream_stream(
+        self, continuation: Callable[..., Any], details: grpc.ClientCallDetails, requests: Any
+    ) -> Any:
+        return continuation(self._details(details), requests)
 
 
-def channel(url: str, security: Security | None = None) -> grpc.Channel:
-    """A channel to the service at ``url`` (``http://host:port`` or ``https://host:port``)."""
+def _service_config(attempts: int) -> str:
+    """gRPC's own retries: a call refused with UNAVAILABLE before the service answered (it is
+    starting, restarting or moving) is sent again, with backoff, up to ``attempts`` times."""
+    if attempts <= 1:
+        return json.dumps({"methodConfig": [{"name": [{}]}]})
+    policy = {
+        "maxAttempts": min(attempts, 5),
+        "initialBackoff": "0.2s",
+        "maxBackoff": "5s",
+        "backoffMultiplier": 2,
+        "retryableStatusCodes": ["UNAVAILABLE"],
+    }
+    return json.dumps({"methodConfig": [{"name": [{}], "retryPolicy": policy}]})
+
+
+def channel(url: str, security: Security | None = None, attempts: int = 3) -> grpc.Channel:
+    """A channel to the service at ``url`` (``http://host:port`` or ``https://host:port``); a
+    call refused with UNAVAILABLE is tried up to ``attempts`` times (gRPC allows at most 5)."""
     security = security or Security()
     parsed = urllib.parse.urlparse(url)
     if parsed.scheme not in ("http", "https") or not parsed.hostname or not parsed.port:
         raise ConfigurationError(f"{url!r} is not a service URL like http://127.0.0.1:50051")
     target = f"{parsed.hostname}:{parsed.port}"
-    options = [("grpc.max_receive_message_length", MAX_RECEIVE_BYTES)]
+    options = [
+        ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
+        ("grpc.service_config", _service_config(attempts)),
+        ("grpc.enable_retries", 1 if attempts > 1 else 0),
+    ]
     token = security.bearer()
     if parsed.scheme == "https":
         credentials = grpc.ssl_channel_credentials(
@@ -106,17 +146,19 @@ def channel(url: str, security: Security | None = None) -> grpc.Channel:
                 "allow_plaintext_token=True if every hop of the network is yours"
             )
         made = grpc.insecure_channel(target, options=options)
-    if token:
-        made = grpc.intercept_channel(made, _Bearer(token))
-    return made
+    return grpc.intercept_channel(made, _CallMetadata(token))
 
 
 class Client:
-    """What every client of a Kappa service shares: its channel, its timeout, and failures as
-    :class:`kappa.errors.KappaError` (a TLS failure explained with what to check)."""
+    """What every client of a Kappa service shares: its channel, its timeout (seconds for each
+    call; None waits as long as the call takes), ``attempts`` for a call refused as UNAVAILABLE,
+    and failures as :class:`kappa.errors.KappaError` (a TLS failure explained with what to
+    check)."""
 
-    def __init__(self, url: str, security: Security | None = None, timeout: float | None = None) -> None:
-        self._channel = channel(url, security)
+    def __init__(
+        self, url: str, security: Security | None = None, timeout: float | None = None, attempts: int = 3
+    ) -> None:
+        self._channel = channel(url, security, attempts)
         self._security = security
         self.timeout = timeout
 

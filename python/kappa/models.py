@@ -63,8 +63,10 @@ def onnx_manifest(
 class Registry(Client):
     """A client of kappa-registry at ``url``; every call fails with :class:`kappa.errors.KappaError`."""
 
-    def __init__(self, url: str, security: Security | None = None, timeout: float | None = 60.0) -> None:
-        super().__init__(url, security, timeout)
+    def __init__(
+        self, url: str, security: Security | None = None, timeout: float | None = 60.0, attempts: int = 3
+    ) -> None:
+        super().__init__(url, security, timeout, attempts)
         self._stub = registry_pb2_grpc.RegistryStub(self._channel)
 
     def list_versions(self, name: str) -> list[registry_pb2.ModelVersion]:

@@ -98,8 +98,10 @@ def _matrix(rows: Any, features: Sequence[str] | None) -> np.ndarray:
 class Predictor(Client):
     """A client of kappa-predictor at ``url``; failures raise :class:`kappa.errors.KappaError`."""
 
-    def __init__(self, url: str, security: Security | None = None, timeout: float | None = None) -> None:
-        super().__init__(url, security, timeout)
+    def __init__(
+        self, url: str, security: Security | None = None, timeout: float | None = None, attempts: int = 3
+    ) -> None:
+        super().__init__(url, security, timeout, attempts)
         self._stub = predictor_pb2_grpc.PredictorStub(self._channel)
         self._infer: Callable[..., Any] | None = None
 

@@ -134,8 +134,10 @@ def training_spec(
 class Trainer(Client):
     """A client of kappa-trainer at ``url``; failures raise :class:`kappa.errors.KappaError`."""
 
-    def __init__(self, url: str, security: Security | None = None, timeout: float | None = None) -> None:
-        super().__init__(url, security, timeout)
+    def __init__(
+        self, url: str, security: Security | None = None, timeout: float | None = None, attempts: int = 3
+    ) -> None:
+        super().__init__(url, security, timeout, attempts)
         self._stub = trainer_pb2_grpc.TrainerStub(self._channel)
 
     def start(self, spec: trainer_pb2.TrainingSpec) -> trainer_pb2.Job:

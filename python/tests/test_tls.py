@@ -9,7 +9,7 @@ import subprocess
 import grpc
 import pytest
 
-from kappa import KappaError, PermissionDenied, Registry, Security, load_manifest
+from kappa import KappaError, PermissionDenied, Predictor, Registry, Security, load_manifest
 
 from conftest import kappa
 
@@ -62,3 +62,28 @@ def test_over_tls_the_right_ca_and_token_work_and_a_wrong_ca_says_so(
             stranger.list_versions(manifest.name)
     assert refused.value.code == grpc.StatusCode.UNAVAILABLE
     assert "certificate" in refused.value.message.lower() and str(other / "ca.crt") in refused.value.message
+
+
+def test_tokens_go_with_every_kind_of_call_streams_included(
+    start_registry, start_predictor, example_model, tmp_path: pathlib.Path
+) -> None:
+    tokens = tmp_path / "tokens"
+    lines = [kappa("token", "new", r, "--roles", r, "--out", str(tmp_path / r)) for r in ("read", "infer")]
+    tokens.write_text("".join(lines))
+    registry = start_registry()
+    manifest_path, weights_path = example_model
+    manifest = load_manifest(manifest_path)
+    with Registry(registry.url) as client:
+        client.publish(manifest, weights_path.read_bytes())
+    url = start_predictor(registry.topic, manifest.name, f"--auth-tokens={tokens}")
+    rows = [{f.name: 0.5 for f in manifest.features}] * 3
+    with Predictor(url, Security(token_file=tmp_path / "infer")) as predictor:
+        assert predictor.predict_one(rows[0]).model_version == 1  # unary
+        assert len(predictor.predict(rows)) == 3  # bidirectional stream
+        assert len(predictor.predict(rows, protocol="oip", features=[f.name for f in manifest.features])) == 3
+    with Predictor(url, Security(token_file=tmp_path / "read")) as reader:
+        with pytest.raises(PermissionDenied):
+            reader.predict(rows)
+    with Predictor(url) as anonymous, pytest.raises(KappaError) as refused:
+        anonymous.predict(rows)
+    assert refused.value.code == grpc.StatusCode.UNAUTHENTICATED
