@@ -13,7 +13,7 @@ VENV_BIN := $(HOME)/.cache/kappa/py/bin
 NOTEBOOK_PY := $(HOME)/.cache/kappa/notebook-venv/bin/python
 WITH_KAFKA := scripts/with-kafka.sh
 
-.PHONY: python-test helm-test help prerequisites build test lint fmt demo bench kafka-up kafka-down kafka-secure-up kafka-secure-down kafka-cluster-up kafka-cluster-down mqtt-up mqtt-down soak kafka-logs kafka-reset jaeger-up jaeger-down clean
+.PHONY: python-test python-docs helm-test help prerequisites build test lint fmt demo bench kafka-up kafka-down kafka-secure-up kafka-secure-down kafka-cluster-up kafka-cluster-down mqtt-up mqtt-down soak kafka-logs kafka-reset jaeger-up jaeger-down clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -43,6 +43,12 @@ python-test: ## The Python package (python/): installed into the test venv from 
 	$(PY) -m pip install -q ./python
 	$(NOTEBOOK_PY) -m pip install -q ./python
 	KAPPA_BIN_DIR=$(CARGO_TARGET_DIR)/debug $(WITH_KAFKA) $(PY) -m pytest -q python/tests
+
+python-docs: ## The Python package's API reference from its docstrings (pdoc) into python/build/api/
+	scripts/tools.sh >/dev/null
+	$(PY) -m pip install -q ./python
+	$(PY) -m pdoc --docformat restructuredtext -o python/build/api kappa
+	@echo "open python/build/api/index.html"
 
 helm-test: ## Helm chart: lint --strict, offline Kubernetes schema validation, --check-config of the rendered pods, promtool on its alerts
 	scripts/tools.sh >/dev/null

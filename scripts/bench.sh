@@ -264,6 +264,10 @@ ft="bench.fleet-$(date +%s)"
 "$bin/train-bench" read --topic "$ft"
 
 echo
+echo "## Python package: read_range against confluent-kafka, predict against tritonclient"
+"$here/scripts/bench-python.sh"
+
+echo
 echo "## Bridge: MQTT -> Kafka through kappa-bridge against a plain MQTT subscriber (HiveMQ CE, same broker)"
 "$bin/bridge-bench" --kafka-bootstrap "${KAPPA_KAFKA_BOOTSTRAP:-127.0.0.1:9092}" throughput \
   --messages "${BENCH_BRIDGE_MESSAGES:-20000}" --rounds "${BENCH_BRIDGE_ROUNDS:-3}"

@@ -38,6 +38,7 @@ class Security:
     allow_plaintext_token: bool = False
 
     def bearer(self) -> str | None:
+        """The token to send: ``token``, or the first non-empty line of ``token_file``."""
         if self.token_file is not None:
             for line in pathlib.Path(self.token_file).read_text().splitlines():
                 if line.strip():
@@ -163,6 +164,7 @@ class Client:
         self.timeout = timeout
 
     def close(self) -> None:
+        """Closes the channel (``with`` does it on leaving the block)."""
         self._channel.close()
 
     def __enter__(self) -> Any:

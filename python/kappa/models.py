@@ -70,6 +70,7 @@ class Registry(Client):
         self._stub = registry_pb2_grpc.RegistryStub(self._channel)
 
     def list_versions(self, name: str) -> list[registry_pb2.ModelVersion]:
+        """Every version of ``name`` with its manifest and aliases, oldest first."""
         return list(self._call(self._stub.ListVersions, registry_pb2.ListVersionsRequest(name=name)).versions)
 
     def next_version(self, name: str) -> int:
@@ -163,6 +164,9 @@ class Registry(Client):
         return self._call(self._stub.SetAlias, request).previous_version
 
     def delete_version(self, name: str, version: int, *, force: bool = False) -> list[str]:
+        """Deletes a version (``write`` role). One an alias points at only with ``force``, which
+        deletes those aliases too; the newest version, or with ``force``, needs ``admin``.
+        Returns the aliases the deletion removed."""
         request = registry_pb2.DeleteVersionRequest(name=name, version=version, force=force)
         return list(self._call(self._stub.DeleteVersion, request).removed_aliases)
 

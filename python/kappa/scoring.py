@@ -29,6 +29,8 @@ _MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 
 
 class Prediction(NamedTuple):
+    """One row's answer: its score (higher is more anomalous), the flag, and who scored it."""
+
     score: float
     is_anomaly: bool
     model_name: str
@@ -106,6 +108,7 @@ class Predictor(Client):
         self._infer: Callable[..., Any] | None = None
 
     def predict_one(self, features: Mapping[str, float], model: str = "") -> Prediction:
+        """Scores one row (feature path to value) with a unary call."""
         request = predictor_pb2.PredictRequest(model=model, features=dict(features))
         return _prediction(self._call(self._stub.Predict, request))
 

@@ -47,6 +47,7 @@ class SigningKey:
         return cls(Ed25519PrivateKey.generate())
 
     def public_pem(self) -> bytes:
+        """The public key as PEM, for the registry's and predictors' --trusted-keys."""
         return self._key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )

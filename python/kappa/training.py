@@ -149,9 +149,11 @@ class Trainer(Client):
         return self._call(self._stub.GetJob, trainer_pb2.GetJobRequest(job_id=job_id))
 
     def jobs(self) -> list[trainer_pb2.Job]:
+        """Every job the trainer knows, running and past (kept in its jobs topic)."""
         return list(self._call(self._stub.ListJobs, trainer_pb2.ListJobsRequest()).jobs)
 
     def cancel(self, job_id: str) -> trainer_pb2.Job:
+        """Cancels a running job (another principal's needs the ``admin`` role)."""
         return self._call(self._stub.CancelJob, trainer_pb2.GetJobRequest(job_id=job_id))
 
     def follow(self, job_id: str) -> Iterator[trainer_pb2.JobProgress]:
