@@ -1,8 +1,13 @@
-"""Kappa from Python: the model registry of a Kappa mesh (publish, sign, aliases, watch) and
-scoring through its predictors."""
+"""Kappa from Python: history into pandas as the trainer reads it, training jobs, the model
+registry (publish, sign, aliases, watch), scoring through the predictors, backtests and drift
+windows. See docs/python.md for the manual."""
 
 from kappa.connection import Security
 from kappa.errors import ConfigurationError, KappaError, NotFound, PermissionDenied, Unauthenticated
+from kappa.models import Registry, load_manifest, onnx_manifest
+from kappa.scoring import Prediction, Predictor, Scores
+from kappa.signing import SigningKey
+from kappa.training import Backtest, Inspection, Range, Trainer, training_spec
 
 __all__ = [
     "Backtest",
@@ -24,24 +29,3 @@ __all__ = [
     "onnx_manifest",
     "training_spec",
 ]
-
-
-def __getattr__(name: str) -> object:
-    # The registry and signing modules import the generated stubs; loaded when first used.
-    if name in ("Registry", "load_manifest", "onnx_manifest"):
-        from kappa import models
-
-        return getattr(models, name)
-    if name in ("Predictor", "Prediction", "Scores"):
-        from kappa import scoring
-
-        return getattr(scoring, name)
-    if name in ("Trainer", "Range", "Inspection", "Backtest", "training_spec"):
-        from kappa import training
-
-        return getattr(training, name)
-    if name == "SigningKey":
-        from kappa.signing import SigningKey
-
-        return SigningKey
-    raise AttributeError(name)
