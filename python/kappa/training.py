@@ -292,6 +292,34 @@ class Trainer(Client):
         request = trainer_pb2.WatchMonitoringRequest(model=model, topic=topic, last_seconds=last_seconds)
         return self._follow(self._stub.WatchMonitoring(request))
 
+    def compare(
+        self, model: str, *, topic: str = "", last_seconds: int = 300, window_seconds: int = 60
+    ) -> Any:
+        """How a shadow version's answers compared with the live version's over the last
+        ``last_seconds`` (``topic``: the predictors' --shadow-topic), as ``kappa compare`` prints
+        it: a DataFrame with a row per window and pair of versions: ``window_start_ms``,
+        ``live_version``, ``shadow_version``, ``answers``, ``agreement`` (share of flags that
+        agree), ``live_only`` and ``shadow_only`` (flagged by one only), ``mean_delta`` and
+        ``mean_abs_delta`` (shadow minus live score)."""
+        import pandas as pd
+
+        request = trainer_pb2.CompareShadowRequest(
+            model=model, topic=topic, last_seconds=last_seconds, window_seconds=window_seconds
+        )
+        found = self._call(self._stub.CompareShadow, request)
+        columns = [
+            "window_start_ms",
+            "live_version",
+            "shadow_version",
+            "answers",
+            "agreement",
+            "live_only",
+            "shadow_only",
+            "mean_delta",
+            "mean_abs_delta",
+        ]
+        return pd.DataFrame([{c: getattr(w, c) for c in columns} for w in found.windows], columns=columns)
+
     def read_range(self, spec: trainer_pb2.TrainingSpec | None = None, /, **what: Any) -> Range:
         """The rows a job with ``spec`` (or :func:`training_spec` of ``what``) would read, as a
         pandas DataFrame with the report beside it."""

@@ -6,6 +6,7 @@
 //! decides on it.
 
 mod report;
+pub mod shadow;
 
 use std::{collections::BTreeMap, time::Duration};
 

@@ -20,6 +20,7 @@ pub mod infer;
 pub mod inspect;
 pub mod prepare;
 pub mod range;
+pub mod recent;
 pub mod rows;
 pub mod scan;
 

@@ -1,5 +1,5 @@
 //! What `kappa predictions`, `kappa compare` and `kappa monitor` share: a throw-away reader of
-//! a topic's last N seconds, located on every partition by the broker's time index.
+//! a topic's last N seconds (`kappa_dataset::recent`), with the CLI's messages.
 
 use std::time::Duration;
 
@@ -17,9 +17,8 @@ pub fn recent(
     none_yet: &str,
 ) -> anyhow::Result<(BaseConsumer, Vec<PartitionSince>, i64)> {
     let kafka = kafka.clients().map_err(anyhow::Error::msg)?;
-    let consumer: BaseConsumer = kappa_dataset::range::range_consumer(&kafka, purpose)?;
     let since_ms = kappa_runtime::now_ms() - last_seconds as i64 * 1000;
-    let located = kappa_dataset::range::partitions_since(&consumer, topic, since_ms, Duration::from_secs(10))
+    let (consumer, located) = kappa_dataset::recent::locate(&kafka, topic, since_ms, purpose, Duration::from_secs(10))
         .with_context(|| format!("cannot reach Kafka at {} (--kafka-bootstrap)", kafka.bootstrap()))?;
     anyhow::ensure!(!located.is_empty(), "topic {topic} has no partitions: {none_yet}");
     Ok((consumer, located, since_ms))
@@ -36,27 +35,17 @@ pub fn read_recent(
     none_yet: &str,
     on_record: &mut dyn FnMut(Option<&[u8]>, i64),
 ) -> anyhow::Result<()> {
-    use rdkafka::{Message as _, Offset, TopicPartitionList, consumer::Consumer as _};
-    let (consumer, located, since_ms) = recent(kafka, topic, last_seconds, purpose, none_yet)?;
-    let mut ends = std::collections::BTreeMap::new();
-    let mut assignment = TopicPartitionList::new();
-    for p in located.iter().filter(|p| p.start < p.high) {
-        ends.insert(p.partition, p.high);
-        assignment.add_partition_offset(topic, p.partition, Offset::Offset(p.start))?;
-    }
-    consumer.assign(&assignment)?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !ends.is_empty() && std::time::Instant::now() < deadline {
-        let Some(message) = consumer.poll(Duration::from_millis(500)) else {
-            continue;
-        };
-        let message = message?;
-        if let Some(end) = ends.get(&message.partition())
-            && message.offset() + 1 >= *end
-        {
-            ends.remove(&message.partition());
-        }
-        on_record(message.payload(), since_ms);
-    }
+    let clients = kafka.clients().map_err(anyhow::Error::msg)?;
+    let since_ms = kappa_runtime::now_ms() - last_seconds as i64 * 1000;
+    let found = kappa_dataset::recent::read_since(
+        &clients,
+        topic,
+        since_ms,
+        purpose,
+        Duration::from_secs(60),
+        &mut |payload| on_record(payload, since_ms),
+    )
+    .with_context(|| format!("cannot reach Kafka at {} (--kafka-bootstrap)", clients.bootstrap()))?;
+    anyhow::ensure!(found, "topic {topic} has no partitions: {none_yet}");
     Ok(())
 }

@@ -9,8 +9,8 @@ pub fn access(path: &str) -> Access {
         return Access::Unlisted;
     };
     match method {
-        // Monitoring windows hold aggregates of what was scored, not events.
-        "GetJob" | "ListJobs" | "WatchJob" | "WatchMonitoring" => Access::Needs(Role::Read),
+        // Monitoring windows and shadow comparisons are aggregates of what was scored, not events.
+        "GetJob" | "ListJobs" | "WatchJob" | "WatchMonitoring" | "CompareShadow" => Access::Needs(Role::Read),
         // Reading a range is a job's first step, with the trainer's own Kafka credentials.
         "StartTraining" | "CancelJob" | "ReadRange" | "Inspect" | "Backtest" => Access::Needs(Role::Train),
         _ => Access::Unlisted,
@@ -22,7 +22,7 @@ mod tests {
     #[test]
     fn every_trainer_method_has_a_role() {
         let paths = kappa_api::method_paths("kappa.trainer.v1.Trainer");
-        assert_eq!(paths.len(), 9, "{paths:?}");
+        assert_eq!(paths.len(), 10, "{paths:?}");
         for path in paths {
             assert_ne!(super::access(&path), kappa_runtime::auth::Access::Unlisted, "{path}");
         }

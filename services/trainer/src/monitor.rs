@@ -1,11 +1,16 @@
-//! WatchMonitoring: the predictors' monitoring windows for one model, read from the monitoring
-//! topic they write to, for clients without a Kafka client of their own (the Python package).
+//! What the predictors report about live traffic, for clients without a Kafka client of their
+//! own (the Python package): WatchMonitoring follows one model's monitoring windows;
+//! CompareShadow sums up a shadow version's answers against the live one's.
 //! Each watch holds a consumer on a blocking thread: at most MAX_WATCHES at once, and a slow
 //! reader holds the consumer back rather than queueing windows (a bounded channel).
 
 use std::{pin::Pin, sync::Arc, time::Duration};
 
-use kappa_api::{events::MonitoringWindow, trainer::WatchMonitoringRequest};
+use kappa_api::{
+    events::MonitoringWindow,
+    trainer::{CompareShadowRequest, CompareShadowResponse, ShadowWindow, WatchMonitoringRequest},
+};
+use kappa_backtest::shadow::ShadowSummary;
 use rdkafka::{
     Message as _, Offset, TopicPartitionList,
     consumer::{BaseConsumer, Consumer as _},
@@ -21,7 +26,11 @@ pub type WindowStream = Pin<Box<dyn Stream<Item = Result<MonitoringWindow, Statu
 /// Watches held at once across callers; each is a consumer and a thread.
 pub const MAX_WATCHES: usize = 16;
 const DEFAULT_TOPIC: &str = "model-monitoring";
+const DEFAULT_SHADOW_TOPIC: &str = "shadow-predictions";
+/// How far back a watch or a comparison may start: a week.
 const MAX_LAST_SECONDS: u32 = 7 * 24 * 3600;
+/// How long a comparison may read.
+const COMPARE_BUDGET: Duration = Duration::from_secs(60);
 
 /// The permits for watches, shared by the service.
 pub fn watches() -> Arc<Semaphore> {
@@ -69,6 +78,72 @@ impl TrainerService {
             }
         });
         Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+}
+
+impl TrainerService {
+    pub(crate) async fn compare_shadow_inner(
+        &self,
+        request: CompareShadowRequest,
+    ) -> Result<CompareShadowResponse, TrainerError> {
+        if request.model.is_empty() {
+            return Err(TrainerError::InvalidSpec(
+                "name the model whose shadow answers to compare".into(),
+            ));
+        }
+        if request.last_seconds > MAX_LAST_SECONDS {
+            return Err(TrainerError::InvalidSpec(format!(
+                "last_seconds {} is more than a week ({MAX_LAST_SECONDS})",
+                request.last_seconds
+            )));
+        }
+        let topic = if request.topic.is_empty() {
+            DEFAULT_SHADOW_TOPIC.to_owned()
+        } else {
+            request.topic
+        };
+        if !self.topic_exists(&topic).await? {
+            return Err(TrainerError::UnknownTopic(topic));
+        }
+        let last_seconds = if request.last_seconds == 0 {
+            300
+        } else {
+            request.last_seconds
+        };
+        let window_seconds = if request.window_seconds == 0 {
+            60
+        } else {
+            request.window_seconds
+        };
+        let since_ms = kappa_runtime::now_ms() - i64::from(last_seconds) * 1000;
+        let kafka = self.context.kafka.clone();
+        let summary = tokio::task::spawn_blocking(move || {
+            let mut summary = ShadowSummary::new(&request.model, since_ms, i64::from(window_seconds) * 1000);
+            kappa_dataset::recent::read_since(&kafka, &topic, since_ms, "trainer-compare", COMPARE_BUDGET, &mut |p| {
+                summary.add(p)
+            })
+            .map(|_| summary)
+        })
+        .await
+        .map_err(|e| TrainerError::Kafka(e.to_string()))?
+        .map_err(|e| TrainerError::Kafka(format!("reading the shadow answers: {e}")))?;
+        let unreadable = summary.unreadable;
+        let windows = summary
+            .finish()
+            .into_iter()
+            .map(|w| ShadowWindow {
+                window_start_ms: w.window_start_ms,
+                live_version: w.live_version,
+                shadow_version: w.shadow_version,
+                answers: w.answers,
+                agreement: w.agreement,
+                live_only: w.live_only,
+                shadow_only: w.shadow_only,
+                mean_delta: w.mean_delta,
+                mean_abs_delta: w.mean_abs_delta,
+            })
+            .collect();
+        Ok(CompareShadowResponse { windows, unreadable })
     }
 }
 

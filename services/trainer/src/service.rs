@@ -166,6 +166,13 @@ impl Trainer for TrainerService {
     type ReadRangeStream = crate::range::RangeStream;
     type WatchMonitoringStream = crate::monitor::WindowStream;
 
+    async fn compare_shadow(
+        &self,
+        request: Request<kappa_api::trainer::CompareShadowRequest>,
+    ) -> Result<Response<kappa_api::trainer::CompareShadowResponse>, Status> {
+        Ok(Response::new(self.compare_shadow_inner(request.into_inner()).await?))
+    }
+
     async fn watch_monitoring(
         &self,
         request: Request<kappa_api::trainer::WatchMonitoringRequest>,

@@ -847,6 +847,18 @@ async fn every_rpc_of_every_service_checks_its_role_and_a_refused_write_changes_
         )
     })
     .await;
+    check_rpc("CompareShadow", &["read"], &trainer, |c| async move {
+        code_of(
+            TrainerClient::new(c)
+                .compare_shadow(kappa_api::trainer::CompareShadowRequest {
+                    model: "m".into(),
+                    topic: "test.no-such-shadow-topic".into(),
+                    ..Default::default()
+                })
+                .await,
+        )
+    })
+    .await;
     check_rpc("Backtest", &["train"], &trainer, |c| async move {
         code_of(
             TrainerClient::new(c)
