@@ -11,6 +11,7 @@ import pytest
 from confluent_kafka import Consumer, Producer
 
 from kappa import KappaError, Trainer, training_spec
+from kappa.fleet.v1 import fleet_pb2
 from kappa.trainer.v1 import trainer_pb2
 
 from conftest import BOOTSTRAP, kappa
@@ -195,3 +196,36 @@ def test_backtest_reports_what_kappa_backtest_prints_as_data(start_registry, sta
         for name in ("anomalies", "precision", "recall", "f1", "roc_auc"):
             assert mine[name] == pytest.approx(theirs[name]), name
     assert versions[1]["agreement"] == pytest.approx(printed["versions"][1]["agreement"]["rate"])
+
+
+def test_protobuf_events_read_as_their_json_twins(start_registry, start_trainer) -> None:
+    trainer_url = start_trainer(start_registry().url)
+    topic = f"test.py-protobuf-{uuid.uuid4().hex[:12]}"
+    producer = Producer({"bootstrap.servers": BOOTSTRAP})
+    readings = [
+        fleet_pb2.SensorReading(
+            car=f"car{i % 3}", time_ms=1_700_000_000_000 + i, coolant_temp=80 + i, speed=i / 2
+        )
+        for i in range(1, 41)
+    ]
+    for reading in readings:
+        producer.produce(
+            topic,
+            key=reading.car,
+            value=reading.SerializeToString(),
+            headers=[("content-type", b"application/x-protobuf")],
+            partition=0,
+        )
+        twin = {"car": reading.car, "time_ms": reading.time_ms, "coolant_temp": reading.coolant_temp}
+        producer.produce(
+            topic, key=reading.car, value=json.dumps({**twin, "speed": reading.speed}), partition=0
+        )
+    assert producer.flush(30) == 0
+    with Trainer(trainer_url) as trainer:
+        read = trainer.read_range(topic=topic, features=["coolant_temp", "speed"], time_field="time_ms")
+    assert (read.read, read.usable) == (80, 80), read.skipped
+    frame = read.frame.sort_values("offset")
+    protobuf, json_twins = frame.iloc[0::2], frame.iloc[1::2]
+    for column in ("coolant_temp", "speed", "event_time_ms"):
+        assert protobuf[column].tolist() == json_twins[column].tolist(), column
+    assert protobuf["event_time_ms"].tolist() == [r.time_ms for r in readings]
