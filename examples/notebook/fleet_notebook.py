@@ -166,11 +166,15 @@ assert lineage_rows == history.offsets, "the job read other offsets than the not
 
 # %%
 forest_v = registry.publish(
-    kappa.onnx_manifest(MODEL, features, score_output="scores", lower_is_anomalous=True, threshold=0.0),
+    kappa.onnx_manifest(
+        MODEL, features, score_output="scores", lower_is_anomalous=True, threshold=0.0, label=LABEL
+    ),
     forest_graph,
 ).version
 ae_v = registry.publish(
-    kappa.onnx_manifest(MODEL, features, input_name="sensors", score_output="score", threshold=ae_threshold),
+    kappa.onnx_manifest(
+        MODEL, features, input_name="sensors", score_output="score", threshold=ae_threshold, label=LABEL
+    ),
     ae_path.read_bytes(),
 ).version
 judged = trainer.backtest(

@@ -39,16 +39,25 @@ def onnx_manifest(
     score_column: int = 0,
     lower_is_anomalous: bool = False,
     threshold: float,
+    label: str = "",
+    positive_labels: list[str] | tuple[str, ...] = (),
+    time_field: str = "",
 ) -> model_pb2.ModelManifest:
     """A manifest for an ONNX graph (as skl2onnx or torch.onnx export it): rows of ``features``
     (paths into the events, in the graph input's column order) go to ``input_name``; the score is
     column ``score_column`` of ``score_output``; an event is anomalous above ``threshold`` (below,
-    with ``lower_is_anomalous``, as IsolationForest's scores are)."""
+    with ``lower_is_anomalous``, as IsolationForest's scores are). The event schema says where the
+    events' ``label`` is (and which values mean anomalous) and their event time (``time_field``;
+    the Kafka timestamp when empty), so backtests of the version judge and window by them."""
+    schema = model_pb2.EventSchema(label_field=label, positive_labels=list(positive_labels))
+    if time_field:
+        schema.time.field = time_field
     return model_pb2.ModelManifest(
         name=name,
         format=model_pb2.MODEL_FORMAT_ONNX,
         features=[model_pb2.Feature(name=f, offset=0.0, scale=1.0) for f in features],
         anomaly_threshold=threshold,
+        schema=schema,
         onnx=model_pb2.OnnxModel(
             features_input=input_name,
             scoring=model_pb2.OnnxScoring(
