@@ -43,7 +43,7 @@ cluster_id() {
 node() {
   local n=$1; shift
   case "$n" in 1|2|3) ;; *) echo "cluster.sh: node must be 1, 2 or 3, not $n" >&2; exit 2 ;; esac
-  KAFKA_MODE=node KAFKA_NODE_ID=$n KAFKA_STATE_DIR="$state/node-$n" \
+  KAFKA_MODE=node KAFKA_NODE_ID=$n KAFKA_STATE_DIR="$state/node-$n" KAFKA_REMOTE_TIER_DIR="$state/remote-tier" \
     KAFKA_PORT=$((base + n - 1)) KAFKA_CONTROLLER_PORT=$((controller_base + n - 1)) \
     KAFKA_VOTERS="$(voters)" KAFKA_CLUSTER_ID="$(cluster_id)" KAFKA_HEAP=${KAFKA_HEAP:-512m} \
     "$here/kafka.sh" "$@"

@@ -171,7 +171,7 @@ start() {
     fi
   fi
   sed -e "s#@DATA_DIR@#$state/data#" -e "s#@PORT@#$port#" -e "s#@CONTROLLER_PORT@#$controller_port#" \
-    -e "s#@STATE_DIR@#$state#" \
+    -e "s#@STATE_DIR@#$state#" -e "s#@REMOTE_TIER_DIR@#${KAFKA_REMOTE_TIER_DIR:-$state/remote-tier}#" \
     -e "s#@NODE_ID@#${KAFKA_NODE_ID:-1}#" -e "s#@VOTERS@#${KAFKA_VOTERS:-}#" \
     -e "s#@ADMIN_PASSWORD@#$(cat "$state/clients/admin.password" 2>/dev/null || true)#" \
     -e "s#@KEYSTORE_PASSWORD@#$(cat "$state/keystore.password" 2>/dev/null || true)#" \
@@ -191,9 +191,10 @@ start() {
     fi
   fi
   echo "Starting Kafka on 127.0.0.1:$port (log: $logfile)..."
-  daemon_start "$pidfile" "$logfile" java -Xms256m "-Xmx${KAFKA_HEAP:-1g}" -XX:+UseG1GC -Djava.awt.headless=true \
+  # From the state directory: the remote storage manager's test jar logs to a relative path.
+  (cd "$state" && daemon_start "$pidfile" "$logfile" java -Xms256m "-Xmx${KAFKA_HEAP:-1g}" -XX:+UseG1GC -Djava.awt.headless=true \
     -Dorg.slf4j.simpleLogger.defaultLogLevel=info -Dorg.slf4j.simpleLogger.showDateTime=true \
-    -cp "$lib/*" kafka.Kafka "$state/server.properties"
+    -cp "$lib/*" kafka.Kafka "$state/server.properties")
 }
 
 wait_ready() {
@@ -226,6 +227,6 @@ case "${1:-}" in
   down) down ;;
   logs) exec tail -n 100 -F "$logfile" ;;
   status) running && answering ;;
-  reset) down; rm -rf "$state/data" "$state/.acls" "$state/.material" "$state/tls" "$state/clients"; echo "Kafka data removed." ;;
+  reset) down; rm -rf "$state/data" "$state/remote-tier" "$state/.acls" "$state/.material" "$state/tls" "$state/clients"; echo "Kafka data removed." ;;
   *) echo "usage: $0 up|start|wait|kill|down|logs|status|reset" >&2; exit 2 ;;
 esac

@@ -48,8 +48,9 @@ pub struct RangeQuery {
     pub timeout: Duration,
 }
 
-/// Reads the range and holds its usable rows; past `max_rows`, a uniform sample of that many
-/// (reservoir sampling, seeded), so memory stays bounded whatever the range holds.
+/// Reads the range and holds its usable rows in (partition, offset) order; past `max_rows`, a
+/// uniform sample of that many (reservoir sampling, seeded), so memory stays bounded whatever
+/// the range holds.
 pub fn read_range(
     config: &KafkaClients,
     query: &RangeQuery,
@@ -70,6 +71,10 @@ pub fn read_range(
             }
         }
     })?;
+    // Partitions are read in parallel, so rows arrive interleaved in no fixed order. In
+    // (partition, offset) order the same range gives the same rows in the same order on every
+    // read, from either tier, and so the same seeded splits and the same model.
+    rows.sort_unstable_by_key(|row| row.id);
     data.rows = rows;
     data.usable = seen;
     Ok(data)

@@ -22,5 +22,6 @@ mod security;
 mod shadow;
 mod supervision;
 mod support;
+mod tiered;
 mod tracing;
 mod trainer;

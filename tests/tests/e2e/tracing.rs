@@ -110,16 +110,22 @@ pub(crate) async fn jaeger_trace(trace_id: &str, complete: impl Fn(&Trace) -> bo
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (status, body) = http_get(&jaeger_api(), &format!("/api/traces/{trace_id}")).await;
-        if status == 200
-            && let Some(trace) = Trace::parse(&body)
-            && complete(&trace)
-        {
-            return trace;
-        }
+        let trace = if status == 200 { Trace::parse(&body) } else { None };
+        // Name what did arrive (service/operation), so a failure says which span is missing.
+        let arrived: Vec<String> = match trace {
+            Some(trace) if complete(&trace) => return trace,
+            Some(trace) => trace
+                .0
+                .iter()
+                .map(|s| format!("{}/{}", s.service, s.operation))
+                .collect(),
+            None => Vec::new(),
+        };
         assert!(
             Instant::now() < deadline,
-            "trace {trace_id} incomplete in Jaeger after 30 s; last answer: HTTP {status}: {}",
-            body.chars().take(4000).collect::<String>()
+            "trace {trace_id} incomplete in Jaeger after 30 s; HTTP {status}; spans that arrived: \
+             {arrived:?}; answer: {}",
+            body.chars().take(2000).collect::<String>()
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }

@@ -1,6 +1,9 @@
 //! Kafka: the test broker, topics, raw produce and read (read_committed or not), offsets by time, records written behind Kappa's back, prediction feeds.
 
 use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    process::Command,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -235,6 +238,52 @@ pub async fn produce_keyed(topic: &str, records: &[(String, Vec<u8>)]) -> Vec<(i
 
 pub async fn create_topic_with_partitions(topic: &str, partitions: i32) {
     create_topic_with_partitions_at(&bootstrap(), topic, partitions).await;
+}
+
+/// Creates a topic of `partitions` partitions with topic-level `configs`.
+pub async fn create_topic_with_configs(topic: &str, partitions: i32, configs: &[(&str, &str)]) {
+    let admin: AdminClient<DefaultClientContext> = kafka_config().create().unwrap();
+    let mut new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    for (k, v) in configs {
+        new_topic = new_topic.set(k, v);
+    }
+    for r in admin.create_topics([&new_topic], &AdminOptions::new()).await.unwrap() {
+        r.unwrap();
+    }
+}
+
+/// Each partition's earliest offset still on the broker's local disk (ListOffsets with
+/// `earliest-local`, KIP-1005), asked with Kafka's own GetOffsetShell: librdkafka does not speak
+/// that ListOffsets version. Offsets below it are served from the remote tier.
+pub fn earliest_local_offsets(topic: &str) -> BTreeMap<i32, i64> {
+    let lib = std::env::var("KAFKA_LIB_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/kafka/.state/lib"));
+    let out = Command::new("java")
+        .arg("-cp")
+        .arg(format!("{}/*", lib.display()))
+        .arg("-Dorg.slf4j.simpleLogger.defaultLogLevel=error")
+        .arg("org.apache.kafka.tools.GetOffsetShell")
+        .args([
+            "--bootstrap-server",
+            &bootstrap(),
+            "--topic",
+            topic,
+            "--time",
+            "earliest-local",
+        ])
+        .output()
+        .expect("java runs Kafka's GetOffsetShell");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            let mut parts = line.rsplitn(3, ':');
+            let offset = parts.next()?.parse().ok()?;
+            let partition = parts.next()?.parse().ok()?;
+            Some((partition, offset))
+        })
+        .collect()
 }
 
 pub async fn create_topic_with_partitions_at(bootstrap: &str, topic: &str, partitions: i32) {
