@@ -3,6 +3,9 @@
 //!   README table next to `bench/torch_train.py` (PyTorch, same MLP, batch size and threads).
 //! - `read`: the trainer's range reader over a topic against a plain librdkafka consumer reading
 //!   the same records.
+//! - `tiered`: the trainer's range reader over a tiered topic while its segments are on the
+//!   broker's disk, then again once the broker has moved them to its remote tier and deleted
+//!   the local copies; with the bytes on the broker's disk before and after.
 
 use std::time::{Duration, Instant};
 
@@ -40,6 +43,68 @@ enum Mode {
         #[arg(long, default_value_t = 3)]
         rounds: u32,
     },
+    /// Read a tiered topic (remote.storage.enable=true, segments already rolled) with the
+    /// trainer's reader `rounds` times, move it to the remote tier (local.retention.ms=1000,
+    /// the rest of `--topic-config` kept), wait until the local copies are gone, read it
+    /// `rounds` times again; prints the rates and the local bytes before and after.
+    Tiered {
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        kafka_bootstrap: String,
+        #[arg(long)]
+        topic: String,
+        /// The topic's configs, KEY=VALUE, as created (AlterConfigs replaces the whole set).
+        #[arg(long = "topic-config", value_parser = parse_config)]
+        configs: Vec<(String, String)>,
+        /// The broker's log directory, to measure the topic's bytes on its disk.
+        #[arg(long)]
+        log_dir: std::path::PathBuf,
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+    },
+    /// Create a topic with topic-level configs (the tiered benchmark's, with small segments).
+    CreateTopic {
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        kafka_bootstrap: String,
+        #[arg(long)]
+        topic: String,
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
+        #[arg(long = "topic-config", value_parser = parse_config)]
+        configs: Vec<(String, String)>,
+    },
+}
+
+fn parse_config(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))
+}
+
+/// The car fleet's schema, as a training job on the fleet reads it.
+fn car_query(topic: &str) -> anyhow::Result<RangeQuery> {
+    Ok(RangeQuery {
+        topic: topic.to_owned(),
+        from_ms: 0,
+        to_ms: i64::MAX / 2,
+        decoder: std::sync::Arc::new(
+            kappa_model::schema::EventDecoder::new(
+                kappa_fleet::CAR_FIELDS
+                    .iter()
+                    .map(|f| kappa_model::schema::FeatureRule {
+                        path: (*f).to_owned(),
+                        min: None,
+                        max: None,
+                    })
+                    .collect(),
+                Some(kappa_model::schema::LabelRule::new("failure_occurred", &[])),
+                None,
+            )
+            .map_err(|e| anyhow::anyhow!("the car schema: {e}"))?,
+        ),
+        lateness_ms: 0,
+        max_rows: usize::MAX,
+        timeout: Duration::from_secs(30),
+    })
 }
 
 fn main() -> anyhow::Result<()> {
@@ -75,29 +140,7 @@ fn main() -> anyhow::Result<()> {
             topic,
             rounds,
         } => {
-            let query = RangeQuery {
-                topic: topic.clone(),
-                from_ms: 0,
-                to_ms: i64::MAX / 2,
-                decoder: std::sync::Arc::new(
-                    kappa_model::schema::EventDecoder::new(
-                        kappa_fleet::CAR_FIELDS
-                            .iter()
-                            .map(|f| kappa_model::schema::FeatureRule {
-                                path: (*f).to_owned(),
-                                min: None,
-                                max: None,
-                            })
-                            .collect(),
-                        Some(kappa_model::schema::LabelRule::new("failure_occurred", &[])),
-                        None,
-                    )
-                    .map_err(|e| anyhow::anyhow!("the car schema: {e}"))?,
-                ),
-                lateness_ms: 0,
-                max_rows: usize::MAX,
-                timeout: Duration::from_secs(30),
-            };
+            let query = car_query(&topic)?;
             let clients = kappa_kafka::KafkaClients::plain(kafka_bootstrap.clone());
             let (mut kappa_time, mut plain_time, mut events) = (Duration::ZERO, Duration::ZERO, 0_u64);
             for _ in 0..rounds.max(1) {
@@ -137,6 +180,135 @@ fn main() -> anyhow::Result<()> {
                 kappa_rate / serial_rate
             );
         }
+        Mode::Tiered {
+            kafka_bootstrap,
+            topic,
+            configs,
+            log_dir,
+            rounds,
+        } => tiered(&kafka_bootstrap, &topic, &configs, &log_dir, rounds.max(1))?,
+        Mode::CreateTopic {
+            kafka_bootstrap,
+            topic,
+            partitions,
+            configs,
+        } => {
+            let clients = kappa_kafka::KafkaClients::plain(kafka_bootstrap);
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(kappa_kafka::ensure_topic(&clients, &topic, partitions, &configs))?;
+        }
+    }
+    Ok(())
+}
+
+fn tiered(
+    bootstrap: &str,
+    topic: &str,
+    configs: &[(String, String)],
+    log_dir: &std::path::Path,
+    rounds: u32,
+) -> anyhow::Result<()> {
+    let clients = kappa_kafka::KafkaClients::plain(bootstrap.to_owned());
+    let query = car_query(topic)?;
+    let read = |label: &str| -> anyhow::Result<(f64, kappa_dataset::rows::RangeData)> {
+        let mut time = Duration::ZERO;
+        let mut last = None;
+        for _ in 0..rounds {
+            let data = read_range(&clients, &query, &mut |_, _| true)?;
+            time += data.read_duration;
+            last = Some(data);
+        }
+        let data = last.expect("at least one round");
+        anyhow::ensure!(data.read > 0, "{topic} holds no events ({label})");
+        Ok((data.read as f64 * f64::from(rounds) / time.as_secs_f64(), data))
+    };
+    let (local_rate, local) = read("local")?;
+    let bytes_before = topic_bytes(log_dir, topic)?;
+
+    let mut tiered: Vec<(&str, &str)> = configs
+        .iter()
+        .filter(|(k, _)| k != "local.retention.ms")
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    tiered.push(("local.retention.ms", "1000"));
+    alter_topic(bootstrap, topic, &tiered)?;
+    // Every closed segment uploaded and deleted locally: the earliest local offset stops moving
+    // and sits past the start on every partition.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let (mut previous, mut stable_since) = (None, Instant::now());
+    loop {
+        let now = kappa_kafka::earliest_local_offsets(&clients, topic, Duration::from_secs(10))?;
+        if previous.as_ref() != Some(&now) {
+            (previous, stable_since) = (Some(now.clone()), Instant::now());
+        }
+        if now.values().all(|o| *o > 0) && stable_since.elapsed() > Duration::from_secs(5) {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the broker kept local copies: {now:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let bytes_after = topic_bytes(log_dir, topic)?;
+    let (remote_rate, remote) = read("remote")?;
+    anyhow::ensure!(
+        remote.read == local.read && remote.rows.len() == local.rows.len(),
+        "the remote read differs: {} records, {} rows against {} and {}",
+        remote.read,
+        remote.rows.len(),
+        local.read,
+        local.rows.len()
+    );
+    let from_remote: i64 = remote
+        .partitions
+        .iter()
+        .filter_map(kappa_dataset::range::remote_records)
+        .sum();
+    println!("| measurement | from the remote tier | from the broker's disk | ratio | target |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| trainer read, {} events x {rounds} rounds ({from_remote} of them remote), decoded and checked | {remote_rate:.0} events/s | {local_rate:.0} events/s | {:.2}x | >= 0.7x |",
+        local.read,
+        remote_rate / local_rate
+    );
+    println!(
+        "| the topic's bytes on the broker's disk | {:.1} MiB after tiering | {:.1} MiB before | {:.3}x | |",
+        bytes_after as f64 / 1048576.0,
+        bytes_before as f64 / 1048576.0,
+        bytes_after as f64 / bytes_before as f64
+    );
+    Ok(())
+}
+
+/// Bytes of the topic's partition directories (segments and indexes) under `log_dir`.
+fn topic_bytes(log_dir: &std::path::Path, topic: &str) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(log_dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let is_partition = name
+            .strip_prefix(topic)
+            .and_then(|rest| rest.strip_prefix('-'))
+            .is_some_and(|p| p.parse::<u32>().is_ok());
+        if is_partition {
+            for file in std::fs::read_dir(entry.path())? {
+                total += file?.metadata()?.len();
+            }
+        }
+    }
+    Ok(total)
+}
+
+fn alter_topic(bootstrap: &str, topic: &str, configs: &[(&str, &str)]) -> anyhow::Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", bootstrap).create()?;
+    let mut change = AlterConfig::new(ResourceSpecifier::Topic(topic));
+    for (k, v) in configs {
+        change = change.set(k, v);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    for result in runtime.block_on(admin.alter_configs(&[change], &AdminOptions::new()))? {
+        result.map_err(|(_, code)| anyhow::anyhow!("altering {topic}: {code}"))?;
     }
     Ok(())
 }

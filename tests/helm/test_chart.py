@@ -52,7 +52,12 @@ def helm(*args, check=True):
 
 
 def render(values):
-    out = helm("template", "kappa", str(CHART), "-f", str(values), "--kube-version", KUBE_VERSION).stdout
+    return render_with(values)
+
+
+def render_with(*values):
+    files = [arg for v in values for arg in ("-f", str(v))]
+    out = helm("template", "kappa", str(CHART), *files, "--kube-version", KUBE_VERSION).stdout
     return [d for d in yaml.safe_load_all(out) if d]
 
 
@@ -283,6 +288,8 @@ def test_rendered_containers_match_the_binaries_ports_and_health_names(name, tmp
         ("logs.format=xml", "/logs/format"),
         ("predictor.shadow.follow=Candidate", "/predictor/shadow/follow"),
         ("tracing.requestRatio=1.5", "/tracing/requestRatio"),
+        ("kafka.topicTiering.localRetention=6 hours", "/kafka/topicTiering/localRetention"),
+        ("kafka.topicTiering.retention=-1", "/kafka/topicTiering/retention"),
     ],
 )
 def test_wrong_values_are_refused_by_the_schema(override, complaint):
@@ -292,6 +299,24 @@ def test_wrong_values_are_refused_by_the_schema(override, complaint):
     )
     assert result.returncode != 0, f"{override} was accepted"
     assert complaint in result.stderr, result.stderr
+
+
+def test_topics_the_services_create_take_the_tiering_values(tmp_path):
+    values = tmp_path / "tiering.yaml"
+    values.write_text(yaml.safe_dump({
+        "kafka": {"topicTiering": {"localRetention": "30m", "retention": "forever"}},
+        "bridge": {"sensorTopicPartitions": 6},
+    }))
+    docs = render_with(VALUES["production"], values)
+    for name in ["kappa-predictor", "kappa-bridge"]:
+        deployment = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == name)
+        args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert "--topic-remote-storage=true" in args, (name, args)
+        assert "--topic-local-retention=30m" in args and "--topic-retention=forever" in args, (name, args)
+    for name in ["kappa-registry", "kappa-trainer"]:
+        deployment = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == name)
+        args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert not any(a.startswith("--topic-remote-storage") for a in args), "compacted topics are never tiered"
 
 
 def test_a_missing_bootstrap_server_is_refused_with_what_to_set():

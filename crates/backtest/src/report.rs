@@ -34,6 +34,9 @@ pub struct Offsets {
     pub partition: i32,
     pub start_offset: i64,
     pub end_offset: i64,
+    /// Where the partition's remote tier ended when the range was read (tiered storage).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub earliest_local_offset: Option<i64>,
 }
 
 impl From<&PartitionRange> for Offsets {
@@ -42,6 +45,7 @@ impl From<&PartitionRange> for Offsets {
             partition: r.partition,
             start_offset: r.start_offset,
             end_offset: r.end_offset,
+            earliest_local_offset: r.earliest_local_offset,
         }
     }
 }
@@ -93,11 +97,12 @@ impl Agreement {
         let same = first.iter().zip(this).filter(|(a, b)| a == b).count();
         let only_first = first.iter().zip(this).filter(|(a, b)| **a && !**b).count();
         let only_this = first.iter().zip(this).filter(|(a, b)| !**a && **b).count();
-        let delta: f64 = first_scores
-            .iter()
-            .zip(scores)
-            .map(|(a, b)| f64::from(*b) - f64::from(*a))
-            .sum();
+        let delta = order_free_sum(
+            first_scores
+                .iter()
+                .zip(scores)
+                .map(|(a, b)| f64::from(*b) - f64::from(*a)),
+        );
         Self {
             rate: same as f64 / n,
             only_first: only_first as u64,
@@ -128,7 +133,7 @@ impl VersionReport {
                 mean: if n == 0 {
                     0.0
                 } else {
-                    scores.iter().map(|s| f64::from(*s)).sum::<f64>() / n as f64
+                    order_free_sum(scores.iter().map(|s| f64::from(*s))) / n as f64
                 },
                 p50: percentile(scores, 50.0),
                 p90: percentile(scores, 90.0),
@@ -232,6 +237,15 @@ impl fmt::Display for Report {
     }
 }
 
+/// A sum that does not depend on the order of its terms: partitions are read in parallel, so
+/// events arrive in a different order on every replay, and a floating-point sum in arrival
+/// order would differ in its last digits between two replays of the same window.
+fn order_free_sum(values: impl Iterator<Item = f64>) -> f64 {
+    let mut values: Vec<f64> = values.collect();
+    values.sort_unstable_by(f64::total_cmp);
+    values.iter().sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,5 +258,20 @@ mod tests {
         // Same flags on events 0 and 3; deltas +1, 0, 0, -2.
         assert_eq!((a.rate, a.only_first, a.only_this), (0.5, 1, 1));
         assert_eq!(a.mean_score_delta, -0.25);
+    }
+
+    #[test]
+    fn sums_do_not_depend_on_the_order_of_their_terms() {
+        // In this order a left-to-right sum loses the small terms to rounding; sorted, it does not.
+        let terms = [1e16, 1.0, -1e16, 1.0, 3.5, 1e-3];
+        let mut reversed = terms;
+        reversed.reverse();
+        let forward = order_free_sum(terms.into_iter());
+        assert_eq!(forward, order_free_sum(reversed.into_iter()));
+        assert_ne!(
+            terms.iter().sum::<f64>(),
+            reversed.iter().sum::<f64>(),
+            "the naive sums differ"
+        );
     }
 }

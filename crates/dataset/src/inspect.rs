@@ -22,6 +22,10 @@ pub struct Inspection {
     pub sampled: usize,
     pub profile: Profile,
     pub truncated: Vec<Truncated>,
+    /// The range's offsets per partition, with where each partition's remote tier ends.
+    pub partitions: Vec<kappa_api::model::PartitionRange>,
+    /// Wall-clock time the look-up and the sample took.
+    pub read_duration: Duration,
     /// Sampled events whose label is positive, normal, and missing (when a label is named).
     pub label: Option<LabelBalance>,
     /// Fields inference left out, and why.
@@ -67,6 +71,7 @@ pub fn inspect(
         budget: timeout,
         timeout,
     };
+    let started = std::time::Instant::now();
     let RangeSample {
         ranges,
         samples,
@@ -98,6 +103,8 @@ pub fn inspect(
         sampled: samples.len(),
         profile,
         truncated,
+        partitions: ranges,
+        read_duration: started.elapsed(),
         label,
         notes,
         spec,

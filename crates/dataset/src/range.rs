@@ -31,6 +31,7 @@ pub fn payload_format<H: Headers>(headers: Option<&H>) -> PayloadFormat {
 /// The `[start, end)` offsets of each partition for the time range, as the broker resolves them.
 /// Each broker look-up is bounded by `timeout`.
 pub fn resolve(
+    clients: &KafkaClients,
     consumer: &BaseConsumer,
     topic: &str,
     from_ms: i64,
@@ -52,6 +53,11 @@ pub fn resolve(
         Ok(found.elements().iter().map(|e| (e.partition(), e.offset())).collect())
     };
     let (starts, ends) = (at(from_ms)?, at(to_ms)?);
+    // Where each partition's remote tier ends, for the lineage: reading does not need it (the
+    // broker serves remote offsets like local ones), so a broker that cannot say only warns.
+    let local = kappa_kafka::earliest_local_offsets(clients, topic, timeout)
+        .inspect_err(|e| tracing::warn!(topic, %e, "cannot tell which offsets are on the remote tier"))
+        .unwrap_or_default();
     let mut ranges = Vec::with_capacity(partitions.len());
     for &p in &partitions {
         let (_, high) = consumer.fetch_watermarks(topic, p, timeout)?;
@@ -64,9 +70,45 @@ pub fn resolve(
             partition: p,
             start_offset: offset(starts.get(&p)),
             end_offset: offset(ends.get(&p)),
+            earliest_local_offset: local.get(&p).copied(),
         });
     }
     Ok(ranges)
+}
+
+/// How many of the range's records were on the remote tier when it was read: those below the
+/// partition's earliest local offset. `None` when the broker did not say.
+pub fn remote_records(range: &PartitionRange) -> Option<i64> {
+    let local = range.earliest_local_offset?;
+    Some((local.min(range.end_offset) - range.start_offset).max(0))
+}
+
+/// The ranges' tiers in words: how many records were remote, per partition, of how many.
+pub fn describe_tiers(ranges: &[PartitionRange]) -> String {
+    let total: i64 = ranges.iter().map(|r| (r.end_offset - r.start_offset).max(0)).sum();
+    let remote: Option<Vec<i64>> = ranges.iter().map(remote_records).collect();
+    let Some(remote) = remote else {
+        return format!("{total} records; which were on the remote tier is unknown (the broker did not say)");
+    };
+    let parts: Vec<String> = ranges
+        .iter()
+        .zip(&remote)
+        .filter(|(_, n)| **n > 0)
+        .map(|(r, n)| {
+            format!(
+                "partition {}: [{}, {})",
+                r.partition,
+                r.start_offset,
+                r.start_offset + n
+            )
+        })
+        .collect();
+    let sum: i64 = remote.iter().sum();
+    if parts.is_empty() {
+        format!("{total} records, all on the brokers' own disks")
+    } else {
+        format!("{sum} of {total} records from the remote tier ({})", parts.join(", "))
+    }
 }
 
 /// A consumer for reading ranges: its own throw-away group, no commits, committed data only.
@@ -140,7 +182,7 @@ pub fn sample_range(
 ) -> Result<RangeSample, KafkaError> {
     let SampleLimits { max, budget, timeout } = limits;
     let consumer = range_consumer(config, purpose)?;
-    let ranges = resolve(&consumer, topic, from_ms, to_ms, timeout)?;
+    let ranges = resolve(config, &consumer, topic, from_ms, to_ms, timeout)?;
     let truncated = truncated_starts(&consumer, topic, &ranges, from_ms, timeout)?;
     let samples = sample(&consumer, topic, &ranges, from_ms, to_ms, max, budget)?;
     Ok(RangeSample {

@@ -32,6 +32,8 @@ pub struct RangeData {
     /// Usable events in the range; more than `rows.len()` when the memory cap was reached and
     /// `rows` holds a uniform sample of them.
     pub usable: u64,
+    /// Wall-clock time the read took, from resolving the range to its last record.
+    pub read_duration: Duration,
 }
 
 /// What to read: a topic's events in `[from_ms, to_ms)` of event time, through a schema.
@@ -105,6 +107,7 @@ pub fn scan_range(
         timeout: *timeout,
         purpose: "trainer",
     };
+    let started = std::time::Instant::now();
     let mut data = RangeData::default();
     let labelled = decoder.label().is_some();
     // Read by `keep_going` while `on_decoded` counts: both closures live through the scan.
@@ -157,5 +160,6 @@ pub fn scan_range(
     )?;
     data.partitions = scanned.partitions;
     data.read = scanned.read;
+    data.read_duration = started.elapsed();
     Ok(data)
 }

@@ -41,14 +41,59 @@ pub enum ScanError {
     #[error(transparent)]
     Kafka(#[from] KafkaError),
     #[error(
-        "no event arrived for {seconds} s while partitions {partitions:?} still had events to read{last_error}; \
-         is the broker reachable? (the limit is the Kafka timeout, --kafka-timeout-seconds)"
+        "no event arrived for {seconds} s while partitions still had events to read: {}{last_error}; {}",
+        describe_stuck(.stuck),
+        advice(.stuck)
     )]
     Stalled {
         seconds: u64,
-        partitions: Vec<i32>,
+        stuck: Vec<Stuck>,
         last_error: String,
     },
+}
+
+/// A partition a scan could not finish, and where it stood.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stuck {
+    pub partition: i32,
+    /// The next offset the scan needed.
+    pub at: i64,
+    pub end: i64,
+    /// Where the partition's remote tier ended when the range was resolved, when known.
+    pub earliest_local: Option<i64>,
+}
+
+impl Stuck {
+    /// The offsets the scan still needed from the remote tier: the segments holding them are
+    /// the ones the broker could not serve.
+    pub fn remote_part(&self) -> Option<(i64, i64)> {
+        let local = self.earliest_local?;
+        (self.at < local).then(|| (self.at, local.min(self.end)))
+    }
+}
+
+fn describe_stuck(stuck: &[Stuck]) -> String {
+    let parts: Vec<String> = stuck
+        .iter()
+        .map(|s| match s.remote_part() {
+            Some((from, to)) => format!(
+                "partition {} at offset {} of its end {}, on the remote tier: the segments holding offsets [{from}, {to}) were not served",
+                s.partition, s.at, s.end
+            ),
+            None => format!("partition {} at offset {} of its end {}", s.partition, s.at, s.end),
+        })
+        .collect();
+    parts.join("; ")
+}
+
+fn advice(stuck: &[Stuck]) -> &'static str {
+    if stuck.iter().any(|s| s.remote_part().is_some()) {
+        "check the brokers' remote storage (the object store, its credentials, and the broker log's \
+         RemoteStorageException): segments there may be missing (the limit is the Kafka timeout, \
+         --kafka-timeout-seconds)"
+    } else {
+        "is the broker reachable? (the limit is the Kafka timeout, --kafka-timeout-seconds)"
+    }
 }
 
 /// What a scan read: the offsets of every partition, and how many records.
@@ -77,7 +122,7 @@ pub fn scan(
     } = *scan;
     let consumer: BaseConsumer = range_consumer(clients, purpose)?;
     let mut scanned = Scanned {
-        partitions: resolve(&consumer, topic, from_ms, to_ms, timeout)?,
+        partitions: resolve(clients, &consumer, topic, from_ms, to_ms, timeout)?,
         ..Scanned::default()
     };
     let mut assignment = TopicPartitionList::new();
@@ -118,11 +163,23 @@ pub fn scan(
                     open
                 });
                 if !remaining.is_empty() && last_record.elapsed() >= timeout {
-                    let mut partitions: Vec<i32> = remaining.keys().copied().collect();
-                    partitions.sort_unstable();
+                    let mut stuck: Vec<Stuck> = scanned
+                        .partitions
+                        .iter()
+                        .filter_map(|range| {
+                            let &end = remaining.get(&range.partition)?;
+                            Some(Stuck {
+                                partition: range.partition,
+                                at: position(&consumer, topic, range.partition).unwrap_or(range.start_offset),
+                                end,
+                                earliest_local: range.earliest_local_offset,
+                            })
+                        })
+                        .collect();
+                    stuck.sort_unstable_by_key(|s| s.partition);
                     return Err(ScanError::Stalled {
                         seconds: timeout.as_secs(),
-                        partitions,
+                        stuck,
                         last_error: last_error
                             .map(|e| format!(" (last consumer error: {e})"))
                             .unwrap_or_default(),

@@ -34,6 +34,17 @@ pub enum TopicError {
          every reader sees versions and aliases in one order. Use a new single-partition topic"
     )]
     WrongPartitionCount { topic: String, partitions: usize },
+    #[error(
+        "topic {topic:?} is compacted and cannot be tiered: Kafka's tiered storage copies only \
+         delete-policy topics to the remote tier. Remove remote.storage.enable from its configs"
+    )]
+    TieredCompacted { topic: String },
+    #[error(
+        "the broker refused to create {topic:?} with tiered storage ({code}). Check that every \
+         broker runs with remote.log.storage.system.enable=true and a remote storage manager, or \
+         create the topic untiered with --topic-remote-storage=false"
+    )]
+    TieringRefused { topic: String, code: RDKafkaErrorCode },
     #[error("Kafka admin request for topic {topic:?} failed: {source}")]
     Kafka { topic: String, source: KafkaError },
 }
@@ -59,6 +70,12 @@ pub async fn ensure_models_topic(clients: &KafkaClients, settings: &ModelsTopicS
         topic: topic.to_owned(),
         source,
     };
+    let extra = settings.extra_configs.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+    if crate::tiering::asks_for_tiering(extra) {
+        return Err(TopicError::TieredCompacted {
+            topic: topic.to_owned(),
+        });
+    }
     let admin: AdminClient<DefaultClientContext> = clients.config(&[]).create().map_err(kafka)?;
     let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(30)));
 
@@ -104,6 +121,12 @@ pub async fn ensure_models_topic(clients: &KafkaClients, settings: &ModelsTopicS
                 policy,
             });
         }
+        let tiered = resource.get("remote.storage.enable").and_then(|e| e.value.as_deref());
+        if crate::tiering::asks_for_tiering(tiered.map(|v| ("remote.storage.enable", v))) {
+            return Err(TopicError::TieredCompacted {
+                topic: topic.to_owned(),
+            });
+        }
     }
 
     // Metadata is a blocking call in librdkafka; keep it off the async workers.
@@ -126,27 +149,37 @@ pub async fn ensure_models_topic(clients: &KafkaClients, settings: &ModelsTopicS
     Ok(())
 }
 
-/// Creates `topic` with `partitions` partitions (the broker's default replication) unless it
-/// exists; an existing topic is used as it is. Returns whether it was created.
-pub async fn ensure_topic(clients: &KafkaClients, topic: &str, partitions: i32) -> Result<bool, TopicError> {
+/// Creates `topic` with `partitions` partitions (the broker's default replication) and `configs`
+/// unless it exists; an existing topic is used as it is. Returns whether it was created.
+pub async fn ensure_topic(
+    clients: &KafkaClients,
+    topic: &str,
+    partitions: i32,
+    configs: &[(String, String)],
+) -> Result<bool, TopicError> {
     let kafka = |source| TopicError::Kafka {
         topic: topic.to_owned(),
         source,
     };
     let admin: AdminClient<DefaultClientContext> = clients.config(&[]).create().map_err(kafka)?;
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let results = admin
-        .create_topics(
-            [&NewTopic::new(topic, partitions, TopicReplication::Fixed(-1))],
-            &options,
-        )
-        .await
-        .map_err(kafka)?;
+    let mut new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1));
+    for (k, v) in configs {
+        new_topic = new_topic.set(k, v);
+    }
+    let tiered = crate::tiering::asks_for_tiering(configs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let results = admin.create_topics([&new_topic], &options).await.map_err(kafka)?;
     let mut created = false;
     for result in results {
         match result {
             Ok(_) => created = true,
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((_, code @ RDKafkaErrorCode::InvalidConfig)) if tiered => {
+                return Err(TopicError::TieringRefused {
+                    topic: topic.to_owned(),
+                    code,
+                });
+            }
             Err((_, code)) => return Err(kafka(KafkaError::AdminOp(code))),
         }
     }

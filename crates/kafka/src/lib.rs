@@ -8,10 +8,14 @@ mod admin;
 mod config;
 mod consumer_errors;
 mod context;
+mod earliest_local;
 mod producer_errors;
+mod tiering;
 
 pub use admin::{ModelsTopicSettings, TopicError, ensure_models_topic, ensure_topic};
 pub use config::{FETCH_QUEUE_BACKOFF, KafkaArgs, KafkaClients};
 pub use consumer_errors::is_transient;
 pub use context::ReaderContext;
+pub use earliest_local::{EarliestLocalError, earliest_local_offsets};
 pub use producer_errors::{ProducerFailed, failed_for_good, refused_for_good};
+pub use tiering::{Retention, TieringArgs, retention};

@@ -415,3 +415,11 @@ first refuses. */}}
 {{- end }}
 {{- end }}
 {{- end }}
+
+{{/* The tiering flags of the services that create event and prediction topics. */}}
+{{- define "kappa.topicTieringArgs" -}}
+{{- $t := .Values.kafka.topicTiering }}
+- --topic-remote-storage={{ $t.remoteStorage }}
+- --topic-local-retention={{ $t.localRetention }}
+- --topic-retention={{ $t.retention }}
+{{- end }}

@@ -70,6 +70,10 @@ pub struct BridgeConfig {
           value_parser = kappa_runtime::args::non_empty)]
     pub dead_letter_topic: String,
 
+    /// How the sensor and dead-letter topics are created (with --sensor-topic-partitions).
+    #[command(flatten)]
+    pub tiering: kappa_kafka::TieringArgs,
+
     /// Listen addresses, Kafka, security, logging: what every Kappa server takes.
     #[command(flatten)]
     pub server: ServerArgs,
@@ -109,6 +113,7 @@ impl BridgeConfig {
 
     /// Relations between flags, and files that must be readable.
     pub fn validate(&self) -> Result<(), String> {
+        self.tiering.validate()?;
         self.mqtt_access
             .connection(&self.mqtt_url)
             .map(drop)

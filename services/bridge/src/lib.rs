@@ -84,8 +84,9 @@ impl kappa_runtime::Service for Bridge {
     /// bridge at start with its message.
     async fn build(config: BridgeConfig, host: &mut Host) -> anyhow::Result<Self> {
         if let Some(partitions) = config.sensor_topic_partitions {
+            let configs = config.tiering.topic_configs();
             for topic in [&config.sensor_topic, &config.dead_letter_topic] {
-                if kappa_kafka::ensure_topic(&host.kafka, topic, partitions).await? {
+                if kappa_kafka::ensure_topic(&host.kafka, topic, partitions, &configs).await? {
                     tracing::info!(topic, partitions, "created the topic");
                 }
             }

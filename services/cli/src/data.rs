@@ -110,6 +110,12 @@ fn print_json(found: &Inspection) -> anyhow::Result<()> {
             "field": found.spec.label_field, "positive": l.positive, "normal": l.normal, "missing": l.missing,
         })),
         "notes": found.notes,
+        "partitions": found.partitions.iter().map(|r| json!({
+            "partition": r.partition, "start_offset": r.start_offset, "end_offset": r.end_offset,
+            "earliest_local_offset": r.earliest_local_offset,
+            "remote_records": kappa_dataset::range::remote_records(r),
+        })).collect::<Vec<_>>(),
+        "read_duration_ms": found.read_duration.as_millis() as u64,
         "truncated": found.truncated.iter().map(|t| json!({
             "partition": t.partition, "log_start": t.log_start, "oldest_ms": t.oldest_ms,
         })).collect::<Vec<_>>(),
@@ -128,6 +134,8 @@ fn print_text(found: &Inspection) -> anyhow::Result<()> {
         sampled,
         profile,
         truncated,
+        partitions,
+        read_duration,
         label,
         notes,
         spec,
@@ -135,6 +143,11 @@ fn print_text(found: &Inspection) -> anyhow::Result<()> {
     println!(
         "{topic}: {records_in_range} records in [{from_ms}, {to_ms}); sampled {sampled} ({} JSON/protobuf events, {} malformed)",
         profile.events, profile.malformed
+    );
+    println!(
+        "tiers: {}; looked up and sampled in {:.1} s",
+        kappa_dataset::range::describe_tiers(partitions),
+        read_duration.as_secs_f64()
     );
     for t in truncated {
         println!("warning: the range's start is gone: {t}; the trainer refuses it without --allow-truncated-start");

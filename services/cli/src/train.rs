@@ -308,6 +308,11 @@ fn describe(job: &Job) -> String {
                 lineage.source_topic, p.partition, p.start_offset, p.end_offset
             ));
         }
+        text.push_str(&format!(
+            "\n  tiers: {}; read in {:.1} s",
+            kappa_dataset::range::describe_tiers(&lineage.partitions),
+            lineage.read_duration_ms as f64 / 1000.0
+        ));
     }
     text
 }

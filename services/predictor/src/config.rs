@@ -152,6 +152,10 @@ pub struct PredictorConfig {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub shadow_queue_capacity: u32,
 
+    /// How the predictions, monitoring and shadow topics are created when they do not exist.
+    #[command(flatten)]
+    pub tiering: kappa_kafka::TieringArgs,
+
     #[command(flatten)]
     pub faults: crate::faults::FaultArgs,
 

@@ -57,6 +57,10 @@ impl kappa_runtime::Service for Predictor {
         )
     }
 
+    fn validate(config: &PredictorConfig) -> Result<(), String> {
+        config.tiering.validate()
+    }
+
     fn waits_for(config: &PredictorConfig) -> Vec<(&'static str, String)> {
         let waiting = format!(
             "no model loaded yet: waiting for {} of {:?}",
@@ -91,6 +95,11 @@ impl kappa_runtime::Service for Predictor {
                     ("queue.buffering.max.messages", "100000"),
                 ]);
                 tracing::info!(shadow = %follow, topic = config.shadow_topic, "shadow scoring on");
+                tokio::spawn(create_topic(
+                    host.kafka.clone(),
+                    config.shadow_topic.clone(),
+                    config.tiering.topic_configs(),
+                ));
                 Some((Shadow::producer(&producer, &metrics)?, metrics))
             }
             None => None,
@@ -108,12 +117,11 @@ impl kappa_runtime::Service for Predictor {
             // Created now rather than by the first window's write, so a watch started before a
             // window closes finds the topic, and brokers that do not create topics on write
             // get it too. In the background: a broker away must not hold the start up.
-            let (clients, topic) = (host.kafka.clone(), config.monitoring_topic.clone());
-            tokio::spawn(async move {
-                if let Err(e) = kappa_kafka::ensure_topic(&clients, &topic, 1).await {
-                    tracing::warn!(%e, topic, "could not create the monitoring topic; the first window's write will try");
-                }
-            });
+            tokio::spawn(create_topic(
+                host.kafka.clone(),
+                config.monitoring_topic.clone(),
+                config.tiering.topic_configs(),
+            ));
             Some((producer, config.monitoring_topic.clone()))
         };
         let monitor = Monitor {
@@ -130,6 +138,7 @@ impl kappa_runtime::Service for Predictor {
             let settings = StreamSettings {
                 sensor_topic: config.sensor_topic.clone(),
                 predictions_topic: config.predictions_topic.clone(),
+                topic_configs: config.tiering.topic_configs(),
                 group: config.consumer_group.clone(),
                 max_in_flight: config.stream_max_in_flight as usize,
                 stall_after: config.stream_stall,
@@ -242,6 +251,14 @@ impl kappa_runtime::Service for Predictor {
                 let (kafka, settings, serving) = (kafka.clone(), Arc::clone(&settings), Arc::clone(&serving));
                 let (metrics, stop) = (Arc::clone(&metrics), stop.clone());
                 async move {
+                    // Before the first prediction, so the broker does not create it with its
+                    // own defaults (untiered).
+                    create_topic(
+                        kafka.clone(),
+                        settings.predictions_topic.clone(),
+                        settings.topic_configs.clone(),
+                    )
+                    .await;
                     // Consume only once a model serves, so no event is answered with "no model loaded".
                     while serving.slot.current().is_none() {
                         tokio::select! {
@@ -257,5 +274,16 @@ impl kappa_runtime::Service for Predictor {
             .serve(GrpcInferenceServiceServer::new(Oip(Arc::clone(&serving))))
             .serve(PredictorServer::new(Typed(serving)))
             .running()
+    }
+}
+
+/// Creates a topic this predictor writes (predictions, monitoring windows, shadow answers) with
+/// the tiering flags when it does not exist. A failure only warns: a broker away or an ACL
+/// without CreateTopics leaves the topic to whoever manages topics, or to the first write.
+async fn create_topic(kafka: kappa_kafka::KafkaClients, topic: String, configs: Vec<(String, String)>) {
+    match kappa_kafka::ensure_topic(&kafka, &topic, 1, &configs).await {
+        Ok(true) => tracing::info!(topic, "created the topic"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(%e, topic, "could not create the topic; its first write will try"),
     }
 }

@@ -139,6 +139,7 @@ fn to_proto(report: kappa_backtest::Report) -> BacktestReport {
                 partition: o.partition,
                 start_offset: o.start_offset,
                 end_offset: o.end_offset,
+                earliest_local_offset: o.earliest_local_offset,
             })
             .collect(),
         read: report.read,

@@ -98,5 +98,7 @@ fn to_proto(found: kappa_dataset::inspect::Inspection) -> Inspection {
             })
             .collect(),
         spec: Some(found.spec),
+        partitions: found.partitions,
+        read_duration_ms: found.read_duration.as_millis() as u64,
     }
 }

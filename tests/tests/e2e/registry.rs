@@ -27,6 +27,7 @@ fn manifest_with_lineage(name: &str, job: &str) -> ModelManifest {
             partition: 0,
             start_offset: 10,
             end_offset: 2010,
+            earliest_local_offset: Some(1500),
         }],
         time_from_ms: 1_700_000_000_000,
         time_to_ms: 1_700_000_600_000,
@@ -44,6 +45,7 @@ fn manifest_with_lineage(name: &str, job: &str) -> ModelManifest {
         }),
         parent_version: 0,
         trace_context: Default::default(),
+        read_duration_ms: 1234,
         reference: Some(kappa_api::model::ReferenceProfile {
             features: vec![kappa_api::model::Distribution {
                 name: "speed".to_owned(),
@@ -719,17 +721,12 @@ async fn the_registry_refuses_a_models_topic_with_delete_policy() {
     let setup = RegistrySetup::new();
     create_topic(&setup.topic, &[("cleanup.policy", "delete")]).await;
     let mut service = setup.spawn();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = service.try_wait() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the registry kept running on a delete-policy topic"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let status = service
+        .exit_status(
+            Duration::from_secs(60),
+            "the registry kept running on a delete-policy topic",
+        )
+        .await;
     assert!(!status.success());
     let log = service.log_text();
     assert!(

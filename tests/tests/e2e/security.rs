@@ -1185,6 +1185,12 @@ async fn against_the_secure_broker_each_service_works_with_its_own_principal_and
     let job = start_job(&mut jobs, spec("secured-fleet", &sensors, 0, i64::MAX / 2)).await;
     let done = wait_done(&mut jobs, &job.job_id, Duration::from_secs(180)).await;
     assert_eq!(done.phase, JobPhase::Succeeded as i32, "{}", done.message);
+    // The trainer asked each partition's leader, over SASL_SSL with SCRAM as its principal,
+    // where the remote tier ends (the fleet made the topic tiered; nothing has moved yet).
+    let lineage = done.lineage.unwrap();
+    for p in &lineage.partitions {
+        assert_eq!(p.earliest_local_offset, Some(0), "{p:?}");
+    }
 
     // The predictor reads the models topic as its own principal and serves.
     let predictor = Launch::new("kappa-predictor", &models)

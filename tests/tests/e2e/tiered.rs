@@ -4,7 +4,13 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use kappa_api::trainer::{JobPhase, ReadRangeRequest, read_range_response::Part};
+use kappa_api::{
+    model::PartitionRange,
+    trainer::{
+        BacktestReport, BacktestRequest, InspectRequest, Inspection, Job, JobPhase, ReadRangeRequest, TrainingSpec,
+        read_range_response::Part, training_spec::Range,
+    },
+};
 
 use crate::{
     support::*,
@@ -12,7 +18,7 @@ use crate::{
 };
 
 #[tokio::test]
-async fn a_training_range_reads_the_same_rows_and_offsets_after_its_segments_moved_to_the_remote_tier() {
+async fn a_range_reads_the_same_rows_offsets_scores_and_profile_after_its_segments_moved_to_the_remote_tier() {
     let topic = unique("test.tiered-fleet");
     // 1 MiB segments (the broker's least), nothing deleted locally yet.
     let tiered = [
@@ -44,10 +50,29 @@ async fn a_training_range_reads_the_same_rows_and_offsets_after_its_segments_mov
     let mut client = trainer_client(&trainer).await;
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64;
     let range = spec("tiered", &topic, 0, now);
-    let before = start_job(&mut client, range.clone()).await;
-    let before = wait_done(&mut client, &before.job_id, Duration::from_secs(300)).await;
-    assert_eq!(before.phase, JobPhase::Succeeded as i32, "{}", before.message);
+    let before = train(&mut client, range.clone()).await;
+    // A second version to backtest beside the first.
+    let other = train(
+        &mut client,
+        TrainingSpec {
+            seed: 12,
+            ..range.clone()
+        },
+    )
+    .await;
     let rows_before = read_rows(&mut client, &range).await;
+    let backtest_before = backtest(&mut client, &range, &[&before, &other]).await;
+    let inspect_before = inspect(&mut client, &range).await;
+    let lineage = before.lineage.clone().unwrap();
+    for p in &lineage.partitions {
+        assert_eq!(p.earliest_local_offset, Some(0), "nothing is remote yet: {p:?}");
+    }
+    assert!(
+        inspect_before
+            .partitions
+            .iter()
+            .all(|p| p.earliest_local_offset == Some(0))
+    );
 
     // Local copies go one second after their upload; the active segments stay local.
     // (AlterConfigs replaces a topic's whole set, so the rest is named again.)
@@ -61,7 +86,6 @@ async fn a_training_range_reads_the_same_rows_and_offsets_after_its_segments_mov
         assert!(Instant::now() < deadline, "the broker kept its local copies: {local:?}");
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    let lineage = before.lineage.clone().unwrap();
     for p in &lineage.partitions {
         // The range spans both tiers on every partition.
         assert!(
@@ -74,19 +98,60 @@ async fn a_training_range_reads_the_same_rows_and_offsets_after_its_segments_mov
         );
     }
 
-    let after = start_job(&mut client, range.clone()).await;
-    let after = wait_done(&mut client, &after.job_id, Duration::from_secs(300)).await;
-    assert_eq!(after.phase, JobPhase::Succeeded as i32, "{}", after.message);
+    let after = train(&mut client, range.clone()).await;
+    let rows_after = read_rows(&mut client, &range).await;
+    let backtest_after = backtest(&mut client, &range, &[&before, &other]).await;
+    let inspect_after = inspect(&mut client, &range).await;
+    // More local segments may have gone since: the job saw a boundary between the two looks.
+    let local_later = earliest_local_offsets(&topic);
+
     let again = after.lineage.clone().unwrap();
-    assert_eq!(again.partitions, lineage.partitions);
+    assert_eq!(offsets(&again.partitions), offsets(&lineage.partitions));
+    for p in &again.partitions {
+        let seen = p
+            .earliest_local_offset
+            .expect("the lineage says where the remote tier ends");
+        assert!(
+            local[&p.partition] <= seen && seen <= local_later[&p.partition],
+            "partition {}: the lineage says {seen}, Kafka's tools {} then {}",
+            p.partition,
+            local[&p.partition],
+            local_later[&p.partition]
+        );
+    }
+    assert!(again.read_duration_ms > 0, "the lineage says how long the read took");
     assert_eq!(again.samples, lineage.samples);
     assert_eq!(
         again.metrics.as_ref().map(|m| (m.roc_auc, m.f1)),
         lineage.metrics.as_ref().map(|m| (m.roc_auc, m.f1))
     );
 
+    // The backtest scores every event the same from either tier.
+    assert_eq!(
+        offsets(&backtest_after.partitions),
+        offsets(&backtest_before.partitions)
+    );
+    assert_eq!(backtest_after.versions, backtest_before.versions);
+    assert_eq!(
+        (backtest_after.read, backtest_after.events, backtest_after.positives),
+        (backtest_before.read, backtest_before.events, backtest_before.positives)
+    );
+    assert!(
+        backtest_after
+            .partitions
+            .iter()
+            .all(|p| p.earliest_local_offset > Some(0))
+    );
+
+    // Inspect profiles the same sample and names the remote part.
+    assert_eq!(inspect_after.fields, inspect_before.fields);
+    assert_eq!(inspect_after.label, inspect_before.label);
+    assert_eq!(offsets(&inspect_after.partitions), offsets(&inspect_before.partitions));
+    for p in &inspect_after.partitions {
+        assert!(p.earliest_local_offset >= Some(local[&p.partition]), "{p:?}");
+    }
+
     // Every row once, in offset order within its partition, and the same as before.
-    let rows_after = read_rows(&mut client, &range).await;
     assert_eq!(rows_after, rows_before);
     for partition in 0..3 {
         let offsets: Vec<i64> = rows_after.iter().filter(|r| r.0 == partition).map(|r| r.1).collect();
@@ -101,11 +166,52 @@ async fn a_training_range_reads_the_same_rows_and_offsets_after_its_segments_mov
     }
 }
 
+type Client = kappa_api::trainer::trainer_client::TrainerClient<kappa_client::TracedChannel>;
+
+async fn train(client: &mut Client, spec: TrainingSpec) -> Job {
+    let job = start_job(client, spec).await;
+    let done = wait_done(client, &job.job_id, Duration::from_secs(300)).await;
+    assert_eq!(done.phase, JobPhase::Succeeded as i32, "{}", done.message);
+    done
+}
+
+async fn backtest(client: &mut Client, range: &TrainingSpec, versions: &[&Job]) -> BacktestReport {
+    let Some(Range::TimeRange(window)) = range.range else {
+        unreachable!("the test's ranges are time ranges")
+    };
+    client
+        .backtest(BacktestRequest {
+            model: range.model_name.clone(),
+            versions: versions.iter().map(|j| j.published_version.to_string()).collect(),
+            window: Some(window),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn inspect(client: &mut Client, range: &TrainingSpec) -> Inspection {
+    client
+        .inspect(InspectRequest {
+            spec: Some(range.clone()),
+            sample: 500,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// The offsets alone, without where the remote tier ended.
+fn offsets(ranges: &[PartitionRange]) -> Vec<(i32, i64, i64)> {
+    ranges
+        .iter()
+        .map(|r| (r.partition, r.start_offset, r.end_offset))
+        .collect()
+}
+
 /// Every row ReadRange returns for `spec`: (partition, offset, values).
-async fn read_rows(
-    client: &mut kappa_api::trainer::trainer_client::TrainerClient<kappa_client::TracedChannel>,
-    spec: &kappa_api::trainer::TrainingSpec,
-) -> Vec<(i32, i64, Vec<u32>)> {
+async fn read_rows(client: &mut Client, spec: &TrainingSpec) -> Vec<(i32, i64, Vec<u32>)> {
     let mut stream = client
         .read_range(ReadRangeRequest {
             spec: Some(spec.clone()),
@@ -130,4 +236,87 @@ async fn read_rows(
         }
     }
     rows
+}
+
+/// A fleet run that only creates its topic and puts a few events in it.
+const FEW_EVENTS: [&str; 6] = ["--cars", "2", "--events", "10", "--rate", "0"];
+
+#[tokio::test]
+async fn topics_kappa_creates_for_events_and_predictions_are_tiered_and_compacted_ones_never() {
+    // The fleet's topic with the defaults: remote storage on, 6 h locally, 180 days in all.
+    let defaults = unique("test.tiered-defaults");
+    run_fleet(&defaults, &FEW_EVENTS);
+    let configs = topic_configs(&defaults).await;
+    assert_eq!(configs["remote.storage.enable"], "true");
+    assert_eq!(configs["local.retention.ms"], (6 * 3_600_000).to_string());
+    assert_eq!(configs["retention.ms"], (180 * 86_400_000_i64).to_string());
+
+    // The flags, as an operator sets them.
+    let chosen = unique("test.tiered-flags");
+    run_fleet(
+        &chosen,
+        &[
+            FEW_EVENTS.as_slice(),
+            &["--topic-local-retention", "30m", "--topic-retention", "forever"],
+        ]
+        .concat(),
+    );
+    let configs = topic_configs(&chosen).await;
+    assert_eq!(configs["local.retention.ms"], "1800000");
+    assert_eq!(configs["retention.ms"], "-1");
+    let untiered = unique("test.untiered");
+    run_fleet(
+        &untiered,
+        &[FEW_EVENTS.as_slice(), &["--topic-remote-storage=false"]].concat(),
+    );
+    assert_eq!(topic_configs(&untiered).await["remote.storage.enable"], "false");
+
+    // A local copy that outlives the log is refused before anything is created.
+    let inverted = std::process::Command::new(binary("kappa"))
+        .args([
+            "fleet",
+            "--kafka-bootstrap",
+            &bootstrap(),
+            "--topic",
+            &unique("test.never"),
+        ])
+        .args([
+            "--events",
+            "1",
+            "--topic-local-retention",
+            "200d",
+            "--topic-retention",
+            "90d",
+        ])
+        .output()
+        .unwrap();
+    assert!(!inverted.status.success());
+    let stderr = String::from_utf8_lossy(&inverted.stderr);
+    assert!(stderr.contains("--topic-local-retention"), "{stderr}");
+
+    // A predictor creates its monitoring topic tiered too.
+    let monitoring = unique("test.tiered-monitoring");
+    let _predictor = PredictorSetup::new(&unique("test.models"), "tiered", "latest")
+        .arg(format!("--monitoring-topic={monitoring}"))
+        .spawn();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while try_topic_configs(&monitoring).await.is_none() {
+        assert!(Instant::now() < deadline, "the predictor did not create {monitoring}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(topic_configs(&monitoring).await["remote.storage.enable"], "true");
+
+    // The registry refuses to tier its compacted topic, and says why.
+    let mut registry = RegistrySetup::new()
+        .arg("--topic-config=remote.storage.enable=true")
+        .spawn();
+    let status = registry
+        .exit_status(
+            Duration::from_secs(60),
+            "the registry kept running with a tiered models topic",
+        )
+        .await;
+    assert!(!status.success());
+    let log = registry.log_text();
+    assert!(log.contains("compacted and cannot be tiered"), "{log}");
 }

@@ -18,9 +18,15 @@ pub struct KafkaSink {
 }
 
 impl KafkaSink {
-    pub async fn open(kafka: &kappa_kafka::KafkaArgs, topic: &str, partitions: i32) -> anyhow::Result<Self> {
+    pub async fn open(
+        kafka: &kappa_kafka::KafkaArgs,
+        topic: &str,
+        partitions: i32,
+        tiering: &kappa_kafka::TieringArgs,
+    ) -> anyhow::Result<Self> {
+        tiering.validate().map_err(anyhow::Error::msg)?;
         let kafka = kafka.clients().map_err(anyhow::Error::msg)?;
-        kappa_kafka::ensure_topic(&kafka, topic, partitions)
+        kappa_kafka::ensure_topic(&kafka, topic, partitions, &tiering.topic_configs())
             .await
             .with_context(|| {
                 format!(

@@ -79,6 +79,8 @@ pub struct FleetArgs {
     /// used as it is.
     #[arg(long, default_value_t = 4)]
     partitions: i32,
+    #[command(flatten)]
+    tiering: kappa_kafka::TieringArgs,
 }
 
 /// Where the events go.
@@ -107,7 +109,7 @@ impl Sink {
                     MqttSink::open(&connection, &args.mqtt_topic, connections).await?,
                 ))
             }
-            None => Self::Kafka(KafkaSink::open(&args.kafka, &args.topic, args.partitions).await?),
+            None => Self::Kafka(KafkaSink::open(&args.kafka, &args.topic, args.partitions, &args.tiering).await?),
         })
     }
 

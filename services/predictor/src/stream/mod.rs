@@ -38,6 +38,8 @@ pub const STREAM_PROGRESS: &str = "stream_progress";
 pub struct StreamSettings {
     pub sensor_topic: String,
     pub predictions_topic: String,
+    /// The configs the predictions topic is created with when it does not exist (tiering).
+    pub topic_configs: Vec<(String, String)>,
     pub group: String,
     pub max_in_flight: usize,
     /// How long nothing may be delivered while events wait before readiness says so.

@@ -45,6 +45,7 @@ pub fn lineage(
         parent_version: origin.parent_version,
         trace_context: origin.trace_context,
         reference: Some(evaluated.reference.clone()),
+        read_duration_ms: prepared.read_duration.as_millis() as u64,
     }
 }
 

@@ -27,6 +27,7 @@ pub struct Scaled {
 pub struct Prepared {
     pub query: RangeQuery,
     pub partitions: Vec<PartitionRange>,
+    pub read_duration: std::time::Duration,
     /// Usable events in the range (more than the splits hold past `--max-rows`).
     pub usable: u64,
     pub splits: Splits,
@@ -84,6 +85,7 @@ pub fn prepare(spec: &TrainingSpec, Read { query, data }: Read) -> Result<(Prepa
         streamed,
         query,
         partitions: data.partitions,
+        read_duration: data.read_duration,
         usable: data.usable,
         splits,
         skipped,

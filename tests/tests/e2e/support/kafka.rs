@@ -252,6 +252,34 @@ pub async fn create_topic_with_configs(topic: &str, partitions: i32, configs: &[
     }
 }
 
+/// The topic-level configs `topic` has, as the broker describes them (defaults included).
+pub async fn topic_configs(topic: &str) -> BTreeMap<String, String> {
+    try_topic_configs(topic)
+        .await
+        .unwrap_or_else(|| panic!("topic {topic} does not exist"))
+}
+
+/// [`topic_configs`], or `None` while the topic does not exist.
+pub async fn try_topic_configs(topic: &str) -> Option<BTreeMap<String, String>> {
+    use rdkafka::admin::ResourceSpecifier;
+    let admin: AdminClient<DefaultClientContext> = kafka_config().create().unwrap();
+    let described = admin
+        .describe_configs([&ResourceSpecifier::Topic(topic)], &AdminOptions::new())
+        .await
+        .unwrap();
+    let mut configs = BTreeMap::new();
+    for resource in described {
+        configs.extend(
+            resource
+                .ok()?
+                .entries
+                .into_iter()
+                .filter_map(|e| Some((e.name, e.value?))),
+        );
+    }
+    Some(configs)
+}
+
 /// Each partition's earliest offset still on the broker's local disk (ListOffsets with
 /// `earliest-local`, KIP-1005), asked with Kafka's own GetOffsetShell: librdkafka does not speak
 /// that ListOffsets version. Offsets below it are served from the remote tier.
@@ -260,6 +288,8 @@ pub fn earliest_local_offsets(topic: &str) -> BTreeMap<i32, i64> {
         .map(PathBuf::from)
         .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/kafka/.state/lib"));
     let out = Command::new("java")
+        // Kafka's test jars log to a relative path: not into the repository.
+        .current_dir(std::env::temp_dir())
         .arg("-cp")
         .arg(format!("{}/*", lib.display()))
         .arg("-Dorg.slf4j.simpleLogger.defaultLogLevel=error")

@@ -189,6 +189,19 @@ impl Service {
         self.child.try_wait().unwrap()
     }
 
+    /// Waits (bounded by `limit`) for a process that must stop on its own, as a service refusing
+    /// its configuration does; panics with `what` if it keeps running.
+    pub async fn exit_status(&mut self, limit: Duration, what: &str) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.try_wait() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
