@@ -28,6 +28,45 @@ pub fn payload_format<H: Headers>(headers: Option<&H>) -> PayloadFormat {
     PayloadFormat::from_content_type(value)
 }
 
+/// Why a range could not be resolved or sampled.
+#[derive(Debug, thiserror::Error)]
+pub enum RangeError {
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    /// The broker failed a look-up that needed the remote tier: its time index or segments for
+    /// these offsets could not be read there.
+    #[error(
+        "the broker could not look up {topic}'s offsets by time ({source}), and part of its log is on \
+         the remote tier: {}. The segments holding those offsets may be missing or unreadable in \
+         the brokers' remote storage: check the object store, its credentials, and the broker \
+         log's RemoteStorageException",
+        describe_parts(.parts)
+    )]
+    RemoteTier {
+        topic: String,
+        parts: Vec<RemotePart>,
+        source: KafkaError,
+    },
+}
+
+/// Offsets `[from, to)` of a partition that only the remote tier holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RemotePart {
+    pub partition: i32,
+    pub from: i64,
+    pub to: i64,
+}
+
+impl std::fmt::Display for RemotePart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "partition {} offsets [{}, {})", self.partition, self.from, self.to)
+    }
+}
+
+fn describe_parts(parts: &[RemotePart]) -> String {
+    parts.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+}
+
 /// The `[start, end)` offsets of each partition for the time range, as the broker resolves them.
 /// Each broker look-up is bounded by `timeout`.
 pub fn resolve(
@@ -37,12 +76,17 @@ pub fn resolve(
     from_ms: i64,
     to_ms: i64,
     timeout: Duration,
-) -> Result<Vec<PartitionRange>, KafkaError> {
+) -> Result<Vec<PartitionRange>, RangeError> {
     let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
     let partitions: Vec<i32> = metadata
         .topics()
         .first()
         .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+        .unwrap_or_default();
+    // Where each partition's remote tier ends, for the lineage: reading does not need it (the
+    // broker serves remote offsets like local ones), so a broker that cannot say only warns.
+    let local = kappa_kafka::earliest_local_offsets(clients, topic, timeout)
+        .inspect_err(|e| tracing::warn!(topic, %e, "cannot tell which offsets are on the remote tier"))
         .unwrap_or_default();
     let at = |ms: i64| -> Result<HashMap<i32, Offset>, KafkaError> {
         let mut tpl = TopicPartitionList::new();
@@ -52,12 +96,29 @@ pub fn resolve(
         let found = consumer.offsets_for_times(tpl, timeout)?;
         Ok(found.elements().iter().map(|e| (e.partition(), e.offset())).collect())
     };
-    let (starts, ends) = (at(from_ms)?, at(to_ms)?);
-    // Where each partition's remote tier ends, for the lineage: reading does not need it (the
-    // broker serves remote offsets like local ones), so a broker that cannot say only warns.
-    let local = kappa_kafka::earliest_local_offsets(clients, topic, timeout)
-        .inspect_err(|e| tracing::warn!(topic, %e, "cannot tell which offsets are on the remote tier"))
-        .unwrap_or_default();
+    // A time look-up in a remote segment reads its time index from the remote tier: when that
+    // fails, say which offsets only the remote tier holds.
+    let remote_failure = |source: KafkaError| -> RangeError {
+        let parts: Vec<RemotePart> = partitions
+            .iter()
+            .filter_map(|&p| {
+                let &to = local.get(&p)?;
+                let (from, _) = consumer.fetch_watermarks(topic, p, timeout).ok()?;
+                (from < to).then_some(RemotePart { partition: p, from, to })
+            })
+            .collect();
+        if parts.is_empty() {
+            RangeError::Kafka(source)
+        } else {
+            RangeError::RemoteTier {
+                topic: topic.to_owned(),
+                parts,
+                source,
+            }
+        }
+    };
+    let starts = at(from_ms).map_err(remote_failure)?;
+    let ends = at(to_ms).map_err(remote_failure)?;
     let mut ranges = Vec::with_capacity(partitions.len());
     for &p in &partitions {
         let (_, high) = consumer.fetch_watermarks(topic, p, timeout)?;
@@ -179,7 +240,7 @@ pub fn sample_range(
     from_ms: i64,
     to_ms: i64,
     limits: SampleLimits,
-) -> Result<RangeSample, KafkaError> {
+) -> Result<RangeSample, RangeError> {
     let SampleLimits { max, budget, timeout } = limits;
     let consumer = range_consumer(config, purpose)?;
     let ranges = resolve(config, &consumer, topic, from_ms, to_ms, timeout)?;

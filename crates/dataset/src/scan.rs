@@ -40,6 +40,8 @@ pub struct Scan<'a> {
 pub enum ScanError {
     #[error(transparent)]
     Kafka(#[from] KafkaError),
+    #[error(transparent)]
+    Range(#[from] crate::range::RangeError),
     #[error(
         "no event arrived for {seconds} s while partitions still had events to read: {}{last_error}; {}",
         describe_stuck(.stuck),

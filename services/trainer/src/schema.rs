@@ -121,7 +121,6 @@ pub fn resolve(
     to_ms: i64,
     timeout: Duration,
 ) -> Result<Vec<String>, TrainerError> {
-    let kafka = |e: rdkafka::error::KafkaError| TrainerError::Kafka(e.to_string());
     let end = to_ms.saturating_add(lateness_ms(spec));
     let kappa_dataset::range::RangeSample { samples, truncated, .. } = kappa_dataset::range::sample_range(
         config,
@@ -135,7 +134,7 @@ pub fn resolve(
             timeout,
         },
     )
-    .map_err(kafka)?;
+    .map_err(|e| TrainerError::Kafka(e.to_string()))?;
     if !truncated.is_empty() && !spec.allow_truncated_start {
         let which: Vec<String> = truncated.iter().map(ToString::to_string).collect();
         return Err(TrainerError::TruncatedRange(format!(

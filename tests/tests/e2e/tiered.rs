@@ -7,8 +7,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use kappa_api::{
     model::PartitionRange,
     trainer::{
-        BacktestReport, BacktestRequest, InspectRequest, Inspection, Job, JobPhase, ReadRangeRequest, TrainingSpec,
-        read_range_response::Part, training_spec::Range,
+        BacktestReport, BacktestRequest, InspectRequest, Inspection, Job, JobPhase, ReadRangeRequest,
+        StartTrainingRequest, TrainingSpec, read_range_response::Part, training_spec::Range,
     },
 };
 
@@ -319,4 +319,108 @@ async fn topics_kappa_creates_for_events_and_predictions_are_tiered_and_compacte
     assert!(!status.success());
     let log = registry.log_text();
     assert!(log.contains("compacted and cannot be tiered"), "{log}");
+}
+
+#[tokio::test]
+async fn a_lost_remote_tier_fails_training_naming_the_missing_offsets_and_the_trainer_serves_on() {
+    let topic = unique("test.tiered-lost");
+    let tiered = [
+        ("remote.storage.enable", "true"),
+        ("segment.bytes", "1048576"),
+        ("retention.ms", "-1"),
+        ("local.retention.ms", "1000"),
+    ];
+    create_topic_with_configs(&topic, 2, &tiered).await;
+    run_fleet(
+        &topic,
+        &[
+            "--cars",
+            "8",
+            "--events",
+            "8000",
+            "--rate",
+            "0",
+            "--backdate-seconds",
+            "7200",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let local = loop {
+        let local = earliest_local_offsets(&topic);
+        if local.len() == 2 && local.values().all(|o| *o > 0) {
+            break local;
+        }
+        assert!(Instant::now() < deadline, "the broker kept its local copies: {local:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+
+    // The object store loses this topic's segments.
+    let store = remote_tier_dir().join("kafka-tiered-storage");
+    let mut removed = 0;
+    for entry in std::fs::read_dir(&store).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_name().to_string_lossy().starts_with(&format!("{topic}-")) {
+            std::fs::remove_dir_all(entry.path()).unwrap();
+            removed += 1;
+        }
+    }
+    assert_eq!(
+        removed,
+        2,
+        "one remote directory per partition of {topic} under {}",
+        store.display()
+    );
+
+    let setup = RegistrySetup::new();
+    let registry = setup.start().await;
+    let trainer = TrainerSetup::new(&registry)
+        .arg("--kafka-timeout-seconds=10")
+        .start()
+        .await;
+    let mut client = trainer_client(&trainer).await;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64;
+    // The trainer samples the range before a job exists, so the call itself fails, at once.
+    let started = Instant::now();
+    let refused = client
+        .start_training(StartTrainingRequest {
+            spec: Some(spec("lost", &topic, 0, now)),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the refusal took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    for (partition, offset) in &local {
+        let part = format!("partition {partition} offsets [0, ");
+        assert!(refused.message().contains(&part), "{partition} ({offset}): {refused:?}");
+    }
+    assert!(refused.message().contains("remote storage"), "{refused:?}");
+    let inspect = client
+        .inspect(InspectRequest {
+            spec: Some(spec("lost", &topic, 0, now)),
+            sample: 100,
+        })
+        .await
+        .unwrap_err();
+    assert!(inspect.message().contains("remote tier"), "{inspect:?}");
+
+    // The trainer goes on serving: a job on a topic that lost nothing succeeds.
+    let healthy = unique("test.tiered-healthy");
+    run_fleet(
+        &healthy,
+        &[
+            "--cars",
+            "8",
+            "--events",
+            "2000",
+            "--rate",
+            "0",
+            "--backdate-seconds",
+            "3600",
+        ],
+    );
+    train(&mut client, spec("healthy", &healthy, 0, now + 60_000)).await;
 }

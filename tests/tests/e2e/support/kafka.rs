@@ -280,6 +280,25 @@ pub async fn try_topic_configs(topic: &str) -> Option<BTreeMap<String, String>> 
     Some(configs)
 }
 
+/// The single broker's remote tier (deploy/kafka/kafka.sh puts it under the broker's state).
+pub fn remote_tier_dir() -> PathBuf {
+    let dir = std::env::var("KAFKA_REMOTE_TIER_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            std::env::var("KAFKA_STATE_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/kafka/.state"))
+                .join("remote-tier")
+        });
+    assert!(
+        dir.is_dir(),
+        "{} is not the broker's remote tier: start Kafka with deploy/kafka/kafka.sh (make kafka-up), \
+         or set KAFKA_REMOTE_TIER_DIR",
+        dir.display()
+    );
+    dir
+}
+
 /// Each partition's earliest offset still on the broker's local disk (ListOffsets with
 /// `earliest-local`, KIP-1005), asked with Kafka's own GetOffsetShell: librdkafka does not speak
 /// that ListOffsets version. Offsets below it are served from the remote tier.
