@@ -5,12 +5,15 @@
 #      scoring the sensor stream and following `production`, kappa-trainer; every service exports
 #      its spans to Jaeger;
 #   2. the cars publish their history over MQTT, one connection per car; the bridge carries it
-#      into Kafka; a continuous training job: round 1 trains, publishes and promotes, both
-#      predictors swap to it and score the live stream, which the cars keep publishing;
-#   3. round 2 retrains on the sliding window and publishes the next version; both predictors
+#      into Kafka;
+#   3. the broker moves that history to its remote tier (Kafka tiered storage) and deletes the
+#      local copies, as it would last quarter's; then a continuous training job: round 1 reads
+#      it back from the remote tier, trains, publishes and promotes, both predictors swap to it
+#      and score the live stream, which the cars keep publishing;
+#   4. round 2 retrains on the sliding window and publishes the next version; both predictors
 #      move to it while a gRPC client keeps calling them, and not one call fails;
-#   4. the cars' coolant sensors drift: the predictors' monitoring windows name the feature;
-#   5. a wind-turbine fleet the code has never seen: inspected, trained with inferred features,
+#   5. the cars' coolant sensors drift: the predictors' monitoring windows name the feature;
+#   6. a wind-turbine fleet the code has never seen: inspected, trained with inferred features,
 #      served, its events scored through their own schema.
 # Then the mesh keeps running for DEMO_SECONDS (default 30) to be explored, and everything this
 # script started is stopped, on Ctrl-C too. Any failed step makes it exit non-zero.
@@ -146,7 +149,26 @@ if ! wait_for "the bridge to carry the 20000 messages into Kafka" 120 bridged; t
 fi
 say "kappa-bridge: $(metric "$bridge_metrics" kappa_bridge_produced_total) messages produced to $sensors, $(metric "$bridge_metrics" kappa_bridge_dead_lettered_total) dead-lettered, each acknowledged to MQTT only once Kafka had it"
 
-step "3. Continuous training: the last 30 minutes, every ${retrain_seconds} s, two rounds; promote to production past the gate"
+step "3. Tiered storage: the broker moves the history to its remote tier, as it would last quarter's"
+# Kafka's own admin tool: on a real cluster the topic's local.retention.ms (6 h as the bridge
+# created it) does this by itself; here one second, so the history goes now.
+kafka_bootstrap=${KAPPA_KAFKA_BOOTSTRAP:-127.0.0.1:9092}
+kafka_configs() { java -cp "${KAFKA_LIB_DIR:-$here/deploy/kafka/.state/lib}/*" kafka.admin.ConfigCommand \
+  --bootstrap-server "$kafka_bootstrap" --alter --entity-type topics --entity-name "$sensors" "$@" >/dev/null 2>&1; }
+# remote.storage.enable too, for a topic an older demo created untiered (it can be turned on later).
+say "kafka-configs.sh --alter --entity-name $sensors --add-config remote.storage.enable=true,local.retention.ms=1000"
+kafka_configs --add-config remote.storage.enable=true,local.retention.ms=1000
+all_remote() { # every partition's local copy starts at its end: the whole history is remote
+  kappa data tiers --topic "$sensors" --output json | python3 -c 'import json, sys
+d = json.load(sys.stdin)
+sys.exit(0 if all(p["end"] == 0 or p["earliest_local"] == p["end"] for p in d["partitions"]) else 1)'
+}
+wait_for "the broker to upload the history and delete its local copies" 120 all_remote
+# Back to the 6 h the bridge created it with: the live stream stays on the broker's disk.
+kafka_configs --add-config local.retention.ms=21600000
+kappa data tiers --topic "$sensors" | indent
+
+step "4. Continuous training: the last 30 minutes, every ${retrain_seconds} s, two rounds; promote to production past the gate"
 job=$(kappa train start --model "$model" --topic "$sensors" --label failure_occurred --last-minutes 30 --every-seconds "$retrain_seconds" \
   --max-runs 2 --epochs 15 --hidden 12,6,12 --promote production --min-roc-auc 0.9 --max-regression 0.02 \
   | awk '/^started / {print $2; exit}')
@@ -167,8 +189,9 @@ done
 [ "$first" != "0" ] || { echo "round 1 published nothing within 4 minutes" >&2; exit 1; }
 wait_for "the promotion of v$first" 30 sh -c "'$bin/kappa' train status $job --json | grep -q promotionReason"
 kappa train status "$job" | indent
+say "round 1 read its history back from the remote tier: $(kappa train status "$job" | grep -o '[0-9]* of [0-9]* records from the remote tier')"
 
-step "4. Both predictors swap to v$first and score the live stream"
+step "5. Both predictors swap to v$first and score the live stream"
 wait_for "predictor A serving v$first" 60 serves "$predictor_a_metrics" "$first"
 wait_for "predictor B serving v$first" 60 serves "$predictor_b_metrics" "$first"
 for p in a b; do
@@ -182,7 +205,7 @@ say "live fleet: 50 cars at 250 events/s (another seed) over MQTT -> kappa-bridg
 sleep 8
 kappa predictions --topic "$predictions" --last-seconds 8 | indent
 
-step "5. Round 2 retrains on the sliding window; a client keeps calling both predictors until they serve it"
+step "6. Round 2 retrains on the sliding window; a client keeps calling both predictors until they serve it"
 next=$((first + 1))
 load_status=0
 kappa load --predictor "http://127.0.0.1:$predictor_a,http://127.0.0.1:$predictor_b" "$run/history.jsonl" \
@@ -199,7 +222,7 @@ say "the swap to version $next under load: $(grep -o '[0-9]* calls in [0-9.]* s'
 sleep 3
 kappa predictions --topic "$predictions" --last-seconds 10 | indent
 
-step "6. Drift: the cars' coolant sensors start reading 30 degrees hot; the predictors' monitoring windows say so"
+step "7. Drift: the cars' coolant sensors start reading 30 degrees hot; the predictors' monitoring windows say so"
 kill "$live_fleet" 2>/dev/null || true
 # Scored what was queued before the shift, so the windows after it hold shifted readings.
 caught_up() {
@@ -221,7 +244,7 @@ wait_for "a monitoring window that names coolant_temp" 90 drifted
 indent <"$run/drift.txt"
 say "(curl -s http://127.0.0.1:$predictor_a_metrics/metrics | grep feature_drift_psi; the chart's PrometheusRule alerts on it)"
 
-step "7. Backtest: v$next against v$first on the drifted minutes, replayed from Kafka (after both trained)"
+step "8. Backtest: v$next against v$first on the drifted minutes, replayed from Kafka (after both trained)"
 sleep 5
 shift_to=$(($(date +%s%N) / 1000000))
 say "kappa backtest --model $model --version $next --against $first --topic $sensors --from-ms $shift_from --to-ms $shift_to"
@@ -229,7 +252,7 @@ kappa backtest --model "$model" --version "$next" --against "$first" --topic "$s
   --from-ms "$shift_from" --to-ms "$shift_to" | indent
 say "(--output json for scripts; the trainer's --backtest-window gates a promotion on the same replay)"
 
-step "8. Any telemetry: a wind-turbine fleet with other sensors, nested JSON, RFC 3339 time and a text label"
+step "9. Any telemetry: a wind-turbine fleet with other sensors, nested JSON, RFC 3339 time and a text label"
 turbines=${DEMO_TURBINE_TOPIC:-$sensors-turbines}
 kappa fleet --profile turbine --topic "$turbines" --cars 20 --events 6000 --rate 0 --backdate-seconds 3600 \
   --failing-share 0.3 --failure-chance 0.005 --seed 3 --jsonl "$run/turbines.jsonl" | indent
@@ -262,7 +285,7 @@ cat <<TXT
    $bin/kappa predictions --topic $predictions --last-seconds 30
 TXT
 echo
-echo "Demo complete: cars over MQTT -> kappa-bridge -> Kafka -> trained -> published with lineage -> promoted -> both replicas swapped,"
+echo "Demo complete: cars over MQTT -> kappa-bridge -> Kafka -> its remote tier -> trained -> published with lineage -> promoted -> both replicas swapped,"
 echo "then retrained on the live window -> v$next -> swapped again under load with zero failed calls;"
 echo "drifting coolant sensors were caught by the monitoring windows, and v$next was backtested against v$first on them;"
 echo "and a turbine fleet with a schema of its own was inspected, trained on inferred features and served."

@@ -45,7 +45,7 @@ pub enum RangeError {
     RemoteTier {
         topic: String,
         parts: Vec<RemotePart>,
-        source: KafkaError,
+        source: Box<KafkaError>,
     },
 }
 
@@ -113,7 +113,7 @@ pub fn resolve(
             RangeError::RemoteTier {
                 topic: topic.to_owned(),
                 parts,
-                source,
+                source: Box::new(source),
             }
         }
     };
@@ -170,6 +170,46 @@ pub fn describe_tiers(ranges: &[PartitionRange]) -> String {
     } else {
         format!("{sum} of {total} records from the remote tier ({})", parts.join(", "))
     }
+}
+
+/// Where a partition's log is: `[log_start, earliest_local)` only on the remote tier,
+/// `[earliest_local, end)` on the brokers' disks too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionTiers {
+    pub partition: i32,
+    pub log_start: i64,
+    /// `None` when the broker could not say (see [`kappa_kafka::earliest_local_offsets`]).
+    pub earliest_local: Option<i64>,
+    pub end: i64,
+}
+
+impl PartitionTiers {
+    /// Records only the remote tier holds.
+    pub fn remote(&self) -> Option<i64> {
+        self.earliest_local
+            .map(|local| (local.min(self.end) - self.log_start).max(0))
+    }
+}
+
+/// Each partition of `topic`: its log start, where its remote tier ends, and its end.
+pub fn tiers(clients: &KafkaClients, topic: &str, timeout: Duration) -> Result<Vec<PartitionTiers>, RangeError> {
+    let consumer = range_consumer(clients, "tiers")?;
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    let local = kappa_kafka::earliest_local_offsets(clients, topic, timeout)
+        .inspect_err(|e| tracing::warn!(topic, %e, "cannot tell which offsets are on the remote tier"))
+        .unwrap_or_default();
+    let mut tiers = Vec::new();
+    for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+        let (log_start, end) = consumer.fetch_watermarks(topic, partition.id(), timeout)?;
+        tiers.push(PartitionTiers {
+            partition: partition.id(),
+            log_start,
+            earliest_local: local.get(&partition.id()).copied(),
+            end,
+        });
+    }
+    tiers.sort_unstable_by_key(|t| t.partition);
+    Ok(tiers)
 }
 
 /// A consumer for reading ranges: its own throw-away group, no commits, committed data only.

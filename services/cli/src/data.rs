@@ -1,6 +1,7 @@
 //! `kappa data inspect`: what a topic's events hold, field by field, and the training spec the
 //! trainer would use on them. It runs the trainer's own sampling and inference code, so what it
-//! prints is what a job started with the same flags would train on.
+//! prints is what a job started with the same flags would train on. `kappa data tiers`: which
+//! offsets of a topic only the brokers' remote tier holds.
 
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use kappa_api::trainer::TrainingSpec;
 use kappa_dataset::{
     TimeRangeArgs,
     inspect::{Inspection, LabelBalance},
+    range::PartitionTiers,
 };
 use kappa_kafka::KafkaArgs;
 use serde_json::json;
@@ -27,6 +29,21 @@ enum DataCommand {
     /// Sample a time range of a topic and print each field's path, type, presence and
     /// min/median/max, the label's balance, and the training spec the trainer would use.
     Inspect(Box<InspectArgs>),
+    /// Where each partition of a topic is stored: the offsets only the brokers' remote tier
+    /// holds (Kafka tiered storage), and those on their disks too.
+    Tiers(TiersArgs),
+}
+
+#[derive(Debug, Args)]
+struct TiersArgs {
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    /// The topic to look at.
+    #[arg(long)]
+    topic: String,
+    /// text, or json for scripts.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    output: String,
 }
 
 #[derive(Debug, Args)]
@@ -52,7 +69,69 @@ struct InspectArgs {
 pub async fn run(args: DataArgs) -> anyhow::Result<()> {
     match args.command {
         DataCommand::Inspect(args) => tokio::task::spawn_blocking(move || inspect(&args)).await?,
+        DataCommand::Tiers(args) => tokio::task::spawn_blocking(move || tiers(&args)).await?,
     }
+}
+
+fn tiers(args: &TiersArgs) -> anyhow::Result<()> {
+    let config = args.kafka.clients().map_err(anyhow::Error::msg)?;
+    let tiers = kappa_dataset::range::tiers(&config, &args.topic, Duration::from_secs(30)).with_context(|| {
+        format!(
+            "looking at {} on Kafka at {} (--kafka-bootstrap)",
+            args.topic, args.kafka.bootstrap
+        )
+    })?;
+    anyhow::ensure!(
+        !tiers.is_empty(),
+        "topic {} does not exist or has no partitions",
+        args.topic
+    );
+    if args.output == "json" {
+        let partitions: Vec<serde_json::Value> = tiers
+            .iter()
+            .map(|t| {
+                json!({
+                    "partition": t.partition, "log_start": t.log_start, "earliest_local": t.earliest_local,
+                    "end": t.end, "remote_records": t.remote(),
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "topic": args.topic, "partitions": partitions }))?
+        );
+        return Ok(());
+    }
+    println!(
+        "{:>9} {:>12} {:>14} {:>12} {:>14} {:>14}",
+        "partition", "log start", "local from", "end", "remote only", "on disk too"
+    );
+    for t in &tiers {
+        let local = t.earliest_local.map_or_else(|| "unknown".to_owned(), |o| o.to_string());
+        let remote = t.remote().map_or_else(|| "unknown".to_owned(), |n| n.to_string());
+        let on_disk = t.earliest_local.map_or_else(
+            || "unknown".to_owned(),
+            |o| (t.end - o.max(t.log_start)).max(0).to_string(),
+        );
+        println!(
+            "{:>9} {:>12} {:>14} {:>12} {:>14} {:>14}",
+            t.partition, t.log_start, local, t.end, remote, on_disk
+        );
+    }
+    let known: Option<Vec<i64>> = tiers.iter().map(PartitionTiers::remote).collect();
+    let total: i64 = tiers.iter().map(|t| t.end - t.log_start).sum();
+    match known {
+        Some(remote) => println!(
+            "{}: {} of {total} records only on the remote tier",
+            args.topic,
+            remote.iter().sum::<i64>()
+        ),
+        None => println!(
+            "{}: the broker did not say where its remote tier ends (see the warning)",
+            args.topic
+        ),
+    }
+    Ok(())
 }
 
 fn inspect(args: &InspectArgs) -> anyhow::Result<()> {

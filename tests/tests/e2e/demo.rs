@@ -98,6 +98,19 @@ fn the_demo_retrains_to_version_2_and_both_predictors_swap_without_a_failed_call
         text.contains("kappa-bridge: 20000 messages produced to"),
         "the history went cars -> MQTT -> bridge -> Kafka:\n{text}"
     );
+    // The history went to the remote tier before round 1, which read it back from there: every
+    // record it read that was in the topic then (the live fleet had not started).
+    let remote = text
+        .lines()
+        .find_map(|l| l.split("round 1 read its history back from the remote tier: ").nth(1))
+        .and_then(|rest| {
+            let mut words = rest.split(' ');
+            Some((words.next()?.parse::<u64>().ok()?, words.nth(1)?.parse::<u64>().ok()?))
+        });
+    assert!(
+        remote.is_some_and(|(remote, read)| remote > 0 && remote == read),
+        "round 1 read from the remote tier: {remote:?}\n{text}"
+    );
     // The shifted coolant sensors are named by the predictors' monitoring windows.
     assert!(
         text.contains("DRIFT: ") && text.contains("    coolant_temp  "),

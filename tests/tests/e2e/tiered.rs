@@ -354,6 +354,37 @@ async fn a_lost_remote_tier_fails_training_naming_the_missing_offsets_and_the_tr
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
 
+    // `kappa data tiers` tells the same as Kafka's own tool.
+    let tiers: serde_json::Value = serde_json::from_str(&run_ok(
+        std::process::Command::new(binary("kappa")).args([
+            "data",
+            "tiers",
+            "--kafka-bootstrap",
+            &bootstrap(),
+            "--topic",
+            &topic,
+            "--output",
+            "json",
+        ]),
+        "kappa data tiers",
+    ))
+    .unwrap();
+    let later = earliest_local_offsets(&topic);
+    for p in tiers["partitions"].as_array().unwrap() {
+        let partition = p["partition"].as_i64().unwrap() as i32;
+        let said = p["earliest_local"].as_i64().unwrap();
+        assert!(
+            local[&partition] <= said && said <= later[&partition],
+            "{p} against {local:?}, {later:?}"
+        );
+        assert_eq!(p["log_start"], 0, "{p}");
+        assert_eq!(
+            p["remote_records"].as_i64(),
+            Some(said.min(p["end"].as_i64().unwrap())),
+            "{p}"
+        );
+    }
+
     // The object store loses this topic's segments.
     let store = remote_tier_dir().join("kafka-tiered-storage");
     let mut removed = 0;
