@@ -265,14 +265,18 @@ ft="bench.fleet-$(date +%s)"
 
 echo
 echo "## Trainer: a range read from the remote tier against the same range on the broker's disk"
-# 1,000,000 fleet events in 16 MiB segments; the broker uploads each segment as it rolls, and
-# deletes the local copies once local.retention.ms is cut to a second.
+# 1,000,000 fleet events in 16 MiB segments, twice (the same seed): the broker uploads each
+# segment as it rolls; one topic's local copies go once its local.retention.ms is cut to a second,
+# the other's stay, and the two are read in turn.
 tt="bench.tiered-$(date +%s)"
 tiered_configs=(--topic-config remote.storage.enable=true --topic-config segment.bytes=16777216
   --topic-config retention.ms=-1 --topic-config local.retention.ms=-2)
-"$bin/train-bench" create-topic --topic "$tt" --partitions 4 "${tiered_configs[@]}"
-"$bin/kappa" fleet --topic "$tt" --cars 100 --events 1000000 --rate 0 --backdate-seconds 36000 >/dev/null
-"$bin/train-bench" tiered --topic "$tt" "${tiered_configs[@]}" --log-dir "$here/deploy/kafka/.state/data/logs"
+for t in "$tt" "$tt-local"; do
+  "$bin/train-bench" create-topic --topic "$t" --partitions 4 "${tiered_configs[@]}"
+  "$bin/kappa" fleet --topic "$t" --cars 100 --events 1000000 --rate 0 --backdate-seconds 36000 --seed 7 >/dev/null
+done
+"$bin/train-bench" tiered --topic "$tt" --local-topic "$tt-local" "${tiered_configs[@]}" \
+  --log-dir "$here/deploy/kafka/.state/data/logs"
 
 echo
 echo "## Python package: read_range against confluent-kafka, predict against tritonclient"

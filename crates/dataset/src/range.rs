@@ -217,7 +217,14 @@ pub fn range_consumer(clients: &KafkaClients, purpose: &str) -> Result<BaseConsu
     let group = format!("kappa-{purpose}-{}", uuid::Uuid::new_v4().simple());
     clients
         .config_with(
-            &[kappa_kafka::FETCH_QUEUE_BACKOFF],
+            &[
+                kappa_kafka::FETCH_QUEUE_BACKOFF,
+                // Brokers before Kafka 4.2 serve remote-tier data for one partition per fetch
+                // (KIP-405), so such a fetch should carry more than librdkafka's 1 MiB. From 4.2
+                // on, brokers read every partition of a fetch from the remote tier at once and
+                // 1 MiB measured faster there: docs/tiered-storage.md says how to set it back.
+                ("max.partition.fetch.bytes", "8388608"),
+            ],
             &[
                 ("group.id", &group),
                 ("enable.auto.commit", "false"),
