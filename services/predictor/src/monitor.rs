@@ -1,7 +1,9 @@
 //! Drift monitoring: how the inputs and scores a version sees compare with its training run.
-//! Each loaded version that carries a reference profile (the trainer writes one into its
-//! lineage) counts every scored row into the reference's quantile bins, on the inference
-//! thread, with relaxed atomic adds and no allocation. Once per window a task turns the counts
+//! Every loaded version counts its scored rows and anomalies; one that carries a reference
+//! profile (the trainer writes one into its lineage) also counts every row into the
+//! reference's quantile bins, on the inference thread, with relaxed atomic adds and no
+//! allocation. A version without one (an exported graph) gets windows of counts and anomaly
+//! rate, with no drift. Once per window a task turns the counts
 //! into a population stability index per feature and for the scores, sets the Prometheus
 //! series and writes one record to the monitoring topic, where any Kafka consumer can alert.
 
@@ -67,37 +69,42 @@ pub struct DriftCounts {
     /// `None` for a feature whose reference could not be read (its drift is not reported).
     features: Vec<Option<Binned>>,
     scores: Option<Binned>,
-    reference_anomaly_rate: f64,
+    /// `None` without a reference profile.
+    reference_anomaly_rate: Option<f64>,
     rows: AtomicU64,
     anomalies: AtomicU64,
 }
 
 impl DriftCounts {
-    /// Counters for a version whose lineage carries a reference profile; `None` without one.
-    pub fn for_manifest(manifest: &ModelManifest) -> Option<Self> {
-        let reference = manifest.lineage.as_ref()?.reference.as_ref()?;
-        if reference.features.len() != manifest.features.len() {
-            return None;
-        }
-        Some(Self {
-            features: reference.features.iter().map(Binned::new).collect(),
-            scores: reference.validation_scores.as_ref().and_then(Binned::new),
-            reference_anomaly_rate: reference.validation_anomaly_rate,
+    /// Counters for a version: rows and anomalies always, and each feature's and the score's
+    /// bins when its lineage carries a reference profile of its features.
+    pub fn for_manifest(manifest: &ModelManifest) -> Self {
+        let reference = manifest
+            .lineage
+            .as_ref()
+            .and_then(|l| l.reference.as_ref())
+            .filter(|r| r.features.len() == manifest.features.len());
+        Self {
+            features: reference.map_or_else(Vec::new, |r| r.features.iter().map(Binned::new).collect()),
+            scores: reference
+                .and_then(|r| r.validation_scores.as_ref())
+                .and_then(Binned::new),
+            reference_anomaly_rate: reference.map(|r| r.validation_anomaly_rate),
             rows: AtomicU64::new(0),
             anomalies: AtomicU64::new(0),
-        })
+        }
     }
 
     /// Counts a scored batch: `inputs` holds one row of features per score.
     pub fn observe(&self, inputs: &[f32], scores: &[f32], threshold: f32) {
         let width = self.features.len();
-        if width == 0 || inputs.len() != scores.len() * width {
-            return;
-        }
-        for (row, score) in inputs.chunks_exact(width).zip(scores) {
-            for (binned, value) in self.features.iter().zip(row) {
-                if let Some(binned) = binned {
-                    binned.add(f64::from(*value));
+        let binned = width > 0 && inputs.len() == scores.len() * width;
+        for (i, score) in scores.iter().enumerate() {
+            if binned {
+                for (binned, value) in self.features.iter().zip(&inputs[i * width..(i + 1) * width]) {
+                    if let Some(binned) = binned {
+                        binned.add(f64::from(*value));
+                    }
                 }
             }
             if let Some(binned) = &self.scores {
@@ -252,10 +259,12 @@ impl Monitor {
         let score_psi = counts.scores.as_ref().and_then(Binned::take_psi).filter(|_| measured);
         let anomaly_rate = if rows == 0 { 0.0 } else { anomalies as f64 / rows as f64 };
         self.metrics.window_rows.get_or_create(&version_labels).set(rows as i64);
-        self.metrics
-            .reference_anomaly_rate
-            .get_or_create(&version_labels)
-            .set(counts.reference_anomaly_rate);
+        if let Some(rate) = counts.reference_anomaly_rate {
+            self.metrics
+                .reference_anomaly_rate
+                .get_or_create(&version_labels)
+                .set(rate);
+        }
         if measured {
             self.metrics
                 .anomaly_rate
@@ -277,7 +286,8 @@ impl Monitor {
             window_end_ms: ended,
             events: rows,
             anomaly_rate,
-            reference_anomaly_rate: counts.reference_anomaly_rate,
+            // 0 without a reference profile, which the empty `features` tell.
+            reference_anomaly_rate: counts.reference_anomaly_rate.unwrap_or_default(),
             score_psi: score_psi.unwrap_or_default(),
             features,
             drifted,
@@ -349,7 +359,7 @@ mod tests {
 
     #[test]
     fn rows_like_the_reference_score_low_and_a_shifted_feature_alone_scores_high() {
-        let counts = DriftCounts::for_manifest(&manifest()).unwrap();
+        let counts = DriftCounts::for_manifest(&manifest());
         let inputs: Vec<f32> = (0..2000).flat_map(|i| [(i % 1000) as f32, (i % 10) as f32]).collect();
         let scores: Vec<f32> = (0..2000).map(|i| (i % 100) as f32 / 100.0).collect();
         counts.observe(&inputs, &scores, 0.95);
@@ -366,10 +376,16 @@ mod tests {
     }
 
     #[test]
-    fn a_version_without_a_reference_or_with_a_mismatched_one_is_not_monitored() {
-        assert!(DriftCounts::for_manifest(&kappa_model::example::autoencoder_over("m", &["a"], &[1])).is_none());
-        let mut manifest = manifest();
-        manifest.features.pop();
-        assert!(DriftCounts::for_manifest(&manifest).is_none());
+    fn a_version_without_a_reference_or_with_a_mismatched_one_counts_rows_and_anomalies_only() {
+        let mut mismatched = manifest();
+        mismatched.features.pop();
+        for manifest in [kappa_model::example::autoencoder_over("m", &["a"], &[1]), mismatched] {
+            let counts = DriftCounts::for_manifest(&manifest);
+            assert!(counts.features.is_empty() && counts.scores.is_none());
+            assert_eq!(counts.reference_anomaly_rate, None);
+            counts.observe(&[1.0, 2.0, 3.0], &[0.1, 0.9, 0.99], 0.5);
+            assert_eq!(counts.rows.load(Ordering::Relaxed), 3);
+            assert_eq!(counts.anomalies.load(Ordering::Relaxed), 2);
+        }
     }
 }

@@ -48,7 +48,7 @@ impl LoadedModel {
             .map(|f| f.name.as_str())
             .collect::<Vec<_>>()
             .join(",");
-        let drift = DriftCounts::for_manifest(&manifest);
+        let drift = Some(DriftCounts::for_manifest(&manifest));
         Self {
             name: manifest.name.clone(),
             version: manifest.version,
