@@ -33,7 +33,7 @@ async fn a_range_reads_the_same_rows_offsets_scores_and_profile_after_its_segmen
             "--cars",
             "24",
             "--events",
-            "24000",
+            "12000",
             "--rate",
             "0",
             "--failing-share",

@@ -105,9 +105,10 @@ impl Trace {
     }
 }
 
-/// Polls Jaeger until the trace holds what `complete` wants (bounded: 30 s).
+/// Polls Jaeger until the trace holds what `complete` wants (bounded: 60 s, past the exporters'
+/// 30 s timeout).
 pub(crate) async fn jaeger_trace(trace_id: &str, complete: impl Fn(&Trace) -> bool) -> Trace {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (status, body) = http_get(&jaeger_api(), &format!("/api/traces/{trace_id}")).await;
         let trace = if status == 200 { Trace::parse(&body) } else { None };
@@ -123,7 +124,7 @@ pub(crate) async fn jaeger_trace(trace_id: &str, complete: impl Fn(&Trace) -> bo
         };
         assert!(
             Instant::now() < deadline,
-            "trace {trace_id} incomplete in Jaeger after 30 s; HTTP {status}; spans that arrived: \
+            "trace {trace_id} incomplete in Jaeger after 60 s; HTTP {status}; spans that arrived: \
              {arrived:?}; answer: {}",
             body.chars().take(2000).collect::<String>()
         );

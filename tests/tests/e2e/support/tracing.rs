@@ -11,6 +11,9 @@ pub fn tracing_env() -> Vec<(String, String)> {
     vec![
         ("OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(), otlp),
         ("OTEL_BSP_SCHEDULE_DELAY".to_owned(), "100".to_owned()),
+        // A batch whose export times out is dropped: under the whole suite's load the local
+        // Jaeger can take longer than the default 10 s to take one.
+        ("OTEL_EXPORTER_OTLP_TIMEOUT".to_owned(), "30000".to_owned()),
     ]
 }
 
