@@ -3,7 +3,7 @@
 //! of every partition, so it covers the whole range and not just its first minutes.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     time::{Duration, Instant},
 };
 
@@ -67,6 +67,19 @@ fn describe_parts(parts: &[RemotePart]) -> String {
     parts.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
 }
 
+/// Where each partition's remote tier ends. Reading does not need it (the broker serves remote
+/// offsets like local ones), so a broker that cannot say only warns, and the map is empty.
+fn earliest_local_or_warn(clients: &KafkaClients, topic: &str, timeout: Duration) -> BTreeMap<i32, i64> {
+    kappa_kafka::earliest_local_offsets(clients, topic, timeout)
+        .inspect_err(|e| tracing::warn!(topic, %e, "cannot tell which offsets are on the remote tier"))
+        .unwrap_or_default()
+}
+
+/// Records of `[from, end)` that only the remote tier held, its local copy starting at `local`.
+fn remote_count(from: i64, local: i64, end: i64) -> i64 {
+    (local.min(end) - from).max(0)
+}
+
 /// The `[start, end)` offsets of each partition for the time range, as the broker resolves them.
 /// Each broker look-up is bounded by `timeout`.
 pub fn resolve(
@@ -83,11 +96,7 @@ pub fn resolve(
         .first()
         .map(|t| t.partitions().iter().map(|p| p.id()).collect())
         .unwrap_or_default();
-    // Where each partition's remote tier ends, for the lineage: reading does not need it (the
-    // broker serves remote offsets like local ones), so a broker that cannot say only warns.
-    let local = kappa_kafka::earliest_local_offsets(clients, topic, timeout)
-        .inspect_err(|e| tracing::warn!(topic, %e, "cannot tell which offsets are on the remote tier"))
-        .unwrap_or_default();
+    let local = earliest_local_or_warn(clients, topic, timeout);
     let at = |ms: i64| -> Result<HashMap<i32, Offset>, KafkaError> {
         let mut tpl = TopicPartitionList::new();
         for &p in &partitions {
@@ -140,8 +149,11 @@ pub fn resolve(
 /// How many of the range's records were on the remote tier when it was read: those below the
 /// partition's earliest local offset. `None` when the broker did not say.
 pub fn remote_records(range: &PartitionRange) -> Option<i64> {
-    let local = range.earliest_local_offset?;
-    Some((local.min(range.end_offset) - range.start_offset).max(0))
+    Some(remote_count(
+        range.start_offset,
+        range.earliest_local_offset?,
+        range.end_offset,
+    ))
 }
 
 /// The ranges' tiers in words: how many records were remote, per partition, of how many.
@@ -187,7 +199,7 @@ impl PartitionTiers {
     /// Records only the remote tier holds.
     pub fn remote(&self) -> Option<i64> {
         self.earliest_local
-            .map(|local| (local.min(self.end) - self.log_start).max(0))
+            .map(|local| remote_count(self.log_start, local, self.end))
     }
 }
 
@@ -195,9 +207,7 @@ impl PartitionTiers {
 pub fn tiers(clients: &KafkaClients, topic: &str, timeout: Duration) -> Result<Vec<PartitionTiers>, RangeError> {
     let consumer = range_consumer(clients, "tiers")?;
     let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
-    let local = kappa_kafka::earliest_local_offsets(clients, topic, timeout)
-        .inspect_err(|e| tracing::warn!(topic, %e, "cannot tell which offsets are on the remote tier"))
-        .unwrap_or_default();
+    let local = earliest_local_or_warn(clients, topic, timeout);
     let mut tiers = Vec::new();
     for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
         let (log_start, end) = consumer.fetch_watermarks(topic, partition.id(), timeout)?;

@@ -77,15 +77,7 @@ async fn a_range_reads_the_same_rows_offsets_scores_and_profile_after_its_segmen
     // Local copies go one second after their upload; the active segments stay local.
     // (AlterConfigs replaces a topic's whole set, so the rest is named again.)
     alter_topic(&topic, &[tiered.as_slice(), &[("local.retention.ms", "1000")]].concat()).await;
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let local = loop {
-        let local = earliest_local_offsets(&topic);
-        if local.len() == 3 && local.values().all(|o| *o > 0) {
-            break local;
-        }
-        assert!(Instant::now() < deadline, "the broker kept its local copies: {local:?}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let local = wait_local_copies_deleted(&topic, 3).await;
     for p in &lineage.partitions {
         // The range spans both tiers on every partition.
         assert!(
@@ -163,6 +155,20 @@ async fn a_range_reads_the_same_rows_offsets_scores_and_profile_after_its_segmen
             offsets.first().is_some_and(|o| *o < local[&partition]),
             "no remote rows in {partition}"
         );
+    }
+}
+
+/// Waits (bounded: 90 s) until every one of the topic's `partitions` has had local copies
+/// deleted after their upload, as Kafka's own tool reports it; returns each earliest local offset.
+async fn wait_local_copies_deleted(topic: &str, partitions: usize) -> std::collections::BTreeMap<i32, i64> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let local = earliest_local_offsets(topic);
+        if local.len() == partitions && local.values().all(|o| *o > 0) {
+            return local;
+        }
+        assert!(Instant::now() < deadline, "the broker kept its local copies: {local:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
@@ -344,15 +350,7 @@ async fn a_lost_remote_tier_fails_training_naming_the_missing_offsets_and_the_tr
             "7200",
         ],
     );
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let local = loop {
-        let local = earliest_local_offsets(&topic);
-        if local.len() == 2 && local.values().all(|o| *o > 0) {
-            break local;
-        }
-        assert!(Instant::now() < deadline, "the broker kept its local copies: {local:?}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let local = wait_local_copies_deleted(&topic, 2).await;
 
     // `kappa data tiers` tells the same as Kafka's own tool.
     let tiers: serde_json::Value = serde_json::from_str(&run_ok(
