@@ -230,8 +230,23 @@ impl Drop for Service {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failing test's services say what they did: CI keeps only what the run printed.
+        if std::thread::panicking() {
+            let text = self.log_text();
+            let all: Vec<&str> = text.lines().collect();
+            let tail = all[all.len().saturating_sub(LOG_TAIL_ON_FAILURE)..].join("\n");
+            eprintln!(
+                "--- {} (last {LOG_TAIL_ON_FAILURE} of {} lines) ---\n{tail}\n--- end of {} ---",
+                self.log.display(),
+                all.len(),
+                self.log.display()
+            );
+        }
     }
 }
+
+/// How much of each service's log a failing test prints.
+const LOG_TAIL_ON_FAILURE: usize = 40;
 
 /// Runs `command` to its end and returns its standard output; panics with `what` and its
 /// standard error when it fails.
