@@ -27,7 +27,7 @@ def main():
     meta = client.get_model_metadata("autoencoder")
     assert list(meta.versions) == ["1"], meta.versions
     assert meta.inputs[0].datatype == "FP32" and list(meta.inputs[0].shape) == [-1, 18], meta.inputs
-    assert {o.name for o in meta.outputs} == {"score", "is_anomaly"}, meta.outputs
+    assert {o.name for o in meta.outputs} == {"score", "is_anomaly", "explanation"}, meta.outputs
 
     tensor = grpcclient.InferInput("input", list(inputs.shape), "FP32")
     tensor.set_data_from_numpy(inputs)
@@ -40,7 +40,13 @@ def main():
     assert diff <= 1e-5, f"max |delta| {diff}"
     assert flags.dtype == np.bool_ and flags.shape == (64,), (flags.dtype, flags.shape)
     assert result.get_response().model_version == "1"
-    print(f"64 scores match PyTorch (max |delta| {diff:.2e}); metadata ok")
+    assert result.as_numpy("explanation") is None, "explanation sent unasked"
+
+    asked = [grpcclient.InferRequestedOutput("explanation")]
+    shares = client.infer("autoencoder", [tensor], outputs=asked).as_numpy("explanation")
+    assert shares.dtype == np.float32 and shares.shape == (64, 18), (shares.dtype, shares.shape)
+    assert float(np.max(np.abs(shares.sum(axis=1) - 1.0))) <= 1e-5, shares.sum(axis=1)
+    print(f"64 scores match PyTorch (max |delta| {diff:.2e}); explanations sum to 1; metadata ok")
 
 
 if __name__ == "__main__":

@@ -82,6 +82,10 @@ enum Mode {
         topics: Vec<String>,
         #[arg(long, default_value_t = 100_000)]
         events: usize,
+        /// One event in this many has the spread-out readings the example model flags; the
+        /// others read near zero, which it scores as normal (1: every event as spread out).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        unusual_every: u32,
     },
     /// Baseline: a plain consume -> produce pipe with no model; prints events/s.
     StreamPipe {
@@ -98,6 +102,16 @@ enum Mode {
         /// for JSON in and out on this machine).
         #[arg(long)]
         decode: bool,
+    },
+    /// Wait until a predictor in stream mode has produced `events` predictions; print its
+    /// events/s and the share of them flagged anomalous (the ones whose records are explained).
+    StreamRate {
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        kafka_bootstrap: String,
+        #[arg(long)]
+        topic: String,
+        #[arg(long, default_value_t = 100_000)]
+        events: usize,
     },
     /// Wait until a predictor in stream mode has produced `events` predictions; compare rates.
     StreamWait {
@@ -238,7 +252,8 @@ async fn main() -> anyhow::Result<()> {
             kafka_bootstrap,
             topics,
             events,
-        } => stream_fill(&kafka_bootstrap, &topics, events).await?,
+            unusual_every,
+        } => stream_fill(&kafka_bootstrap, &topics, events, unusual_every as usize).await?,
         Mode::StreamPipe {
             kafka_bootstrap,
             from,
@@ -248,6 +263,18 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let rate = stream_pipe(&kafka_bootstrap, &from, &to, events, decode).await?;
             println!("{rate:.0}");
+        }
+        Mode::StreamRate {
+            kafka_bootstrap,
+            topic,
+            events,
+        } => {
+            let (rate, flagged) = tokio::task::spawn_blocking(move || {
+                let rate = wait_for_records(&kafka_bootstrap, &topic, events)?;
+                anyhow::Ok((rate, anomaly_share(&kafka_bootstrap, &topic, events)?))
+            })
+            .await??;
+            println!("{rate:.0} {flagged:.3}");
         }
         Mode::StreamWait {
             kafka_bootstrap,

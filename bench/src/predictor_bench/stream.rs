@@ -8,8 +8,14 @@ pub(super) fn kafka(bootstrap: &str) -> rdkafka::ClientConfig {
     config
 }
 
-/// Writes `events` sensor events (JSON, keyed by car) to each topic.
-pub(super) async fn stream_fill(bootstrap: &str, topics: &[String], events: usize) -> anyhow::Result<()> {
+/// Writes `events` sensor events (JSON, keyed by car) to each topic: every `unusual_every`-th
+/// with readings spread over 0 to 12, the others near zero.
+pub(super) async fn stream_fill(
+    bootstrap: &str,
+    topics: &[String],
+    events: usize,
+    unusual_every: usize,
+) -> anyhow::Result<()> {
     use rdkafka::producer::{FutureProducer, FutureRecord};
     let producer: FutureProducer = kafka(bootstrap).set("linger.ms", "5").create()?;
     for topic in topics {
@@ -17,7 +23,14 @@ pub(super) async fn stream_fill(bootstrap: &str, topics: &[String], events: usiz
             let batch = (start..(start + 10_000).min(events)).map(|i| {
                 let mut fields: serde_json::Map<String, serde_json::Value> = CAR_FIELDS
                     .iter()
-                    .map(|f| ((*f).to_owned(), serde_json::json!((i % 13) as f64)))
+                    .map(|f| {
+                        let value = if i % unusual_every == 0 {
+                            (i % 13) as f64
+                        } else {
+                            (i % 3) as f64 / 10.0
+                        };
+                        ((*f).to_owned(), serde_json::json!(value))
+                    })
                     .collect();
                 fields.insert("car".into(), serde_json::json!(format!("car{}", i % 100)));
                 let (key, value) = (format!("car{}", i % 100), serde_json::to_vec(&fields).expect("json"));
@@ -146,4 +159,30 @@ pub(super) fn decode_and_serialise(
 /// Waits until `topic` holds `events` records; the clock starts at the first one.
 pub(super) fn wait_for_records(bootstrap: &str, topic: &str, events: usize) -> anyhow::Result<f64> {
     kappa_bench::RecordCounter::new(bootstrap)?.rate_until(topic, events)
+}
+
+/// The share of the first `events` predictions on `topic` that flag an anomaly.
+pub(super) fn anomaly_share(bootstrap: &str, topic: &str, events: usize) -> anyhow::Result<f64> {
+    use rdkafka::{
+        Message as _, Offset, TopicPartitionList,
+        consumer::{BaseConsumer, Consumer as _},
+    };
+    let consumer: BaseConsumer = kafka(bootstrap).set("group.id", "bench-anomaly-share").create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut assignment = TopicPartitionList::new();
+    for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+        assignment.add_partition_offset(topic, partition.id(), Offset::Beginning)?;
+    }
+    consumer.assign(&assignment)?;
+    let (mut read, mut flagged) = (0_usize, 0_usize);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while read < events {
+        anyhow::ensure!(Instant::now() < deadline, "read {read} of {events} predictions");
+        if let Some(message) = consumer.poll(Duration::from_millis(200)) {
+            let payload = message?.payload().unwrap_or_default().to_vec();
+            read += 1;
+            flagged += usize::from(payload.windows(16).any(|w| w == b"\"isAnomaly\":true"));
+        }
+    }
+    Ok(flagged as f64 / read as f64)
 }

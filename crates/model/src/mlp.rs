@@ -122,6 +122,40 @@ impl Mlp {
 
     /// Scores `inputs`, `rows × n_features` row-major raw (unscaled) values, into `scores`.
     pub fn score_into(&self, inputs: &[f32], scores: &mut Vec<f32>) -> Result<(), ModelError> {
+        self.score_with(inputs, scores, None)
+    }
+
+    /// Whether [`Mlp::score_explained_into`] can say what made a score: an autoencoder's score
+    /// is a sum over its features, so each feature's part of it is known.
+    pub fn explains(&self) -> bool {
+        self.output == OutputKind::ReconstructionError
+    }
+
+    /// Like [`Mlp::score_into`], and for an autoencoder also each feature's share of its row's
+    /// reconstruction error, from the same forward pass: `shares` gets `rows × n_features`
+    /// values, each row summing to 1 (equal shares for a row reconstructed exactly). Returns
+    /// whether it did; for a raw output `shares` is left empty.
+    pub fn score_explained_into(
+        &self,
+        inputs: &[f32],
+        scores: &mut Vec<f32>,
+        shares: &mut Vec<f32>,
+    ) -> Result<bool, ModelError> {
+        shares.clear();
+        if !self.explains() {
+            self.score_with(inputs, scores, None)?;
+            return Ok(false);
+        }
+        self.score_with(inputs, scores, Some(shares))?;
+        Ok(true)
+    }
+
+    fn score_with(
+        &self,
+        inputs: &[f32],
+        scores: &mut Vec<f32>,
+        shares: Option<&mut Vec<f32>>,
+    ) -> Result<(), ModelError> {
         let f = self.n_features();
         if inputs.is_empty() || !inputs.len().is_multiple_of(f) {
             return Err(ModelError::InvalidInput(format!(
@@ -131,13 +165,10 @@ impl Mlp {
         }
         match self.backend {
             Backend::Native => {
-                self.score_native(inputs, scores);
+                self.score_native(inputs, scores, shares);
                 Ok(())
             }
-            Backend::Candle => {
-                *scores = self.score_candle(inputs)?;
-                Ok(())
-            }
+            Backend::Candle => self.score_candle(inputs, scores, shares),
         }
     }
 
@@ -147,10 +178,16 @@ impl Mlp {
         Ok(scores)
     }
 
-    fn score_candle(&self, inputs: &[f32]) -> Result<Vec<f32>, ModelError> {
+    fn score_candle(
+        &self,
+        inputs: &[f32],
+        scores: &mut Vec<f32>,
+        shares: Option<&mut Vec<f32>>,
+    ) -> Result<(), ModelError> {
         let rows = inputs.len() / self.n_features();
         let x = Tensor::from_slice(inputs, (rows, self.n_features()), &Device::Cpu).map_err(candle_err)?;
-        let forward = || -> candle_core::Result<Vec<f32>> {
+        let shares_wanted = shares.is_some();
+        let forward = || -> candle_core::Result<(Vec<f32>, Option<Vec<f32>>)> {
             let scaled = x.broadcast_sub(&self.offsets_t)?.broadcast_div(&self.scales_t)?;
             let mut h = scaled.clone();
             for layer in &self.layers {
@@ -162,16 +199,30 @@ impl Mlp {
                     Activation::Linear | Activation::Unspecified => h,
                 };
             }
-            let scores = match self.output {
-                OutputKind::ReconstructionError => (h - scaled)?.sqr()?.mean(1)?,
-                OutputKind::Raw | OutputKind::Unspecified => h.squeeze(1)?,
-            };
-            scores.to_dtype(DType::F32)?.to_vec1()
+            match self.output {
+                OutputKind::ReconstructionError => {
+                    let errors = (h - scaled)?.sqr()?;
+                    let scores = errors.mean(1)?.to_dtype(DType::F32)?.to_vec1()?;
+                    let explained = if shares_wanted {
+                        Some(errors.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?)
+                    } else {
+                        None
+                    };
+                    Ok((scores, explained))
+                }
+                OutputKind::Raw | OutputKind::Unspecified => Ok((h.squeeze(1)?.to_dtype(DType::F32)?.to_vec1()?, None)),
+            }
         };
-        forward().map_err(candle_err)
+        let (scored, errors) = forward().map_err(candle_err)?;
+        *scores = scored;
+        if let (Some(shares), Some(errors)) = (shares, errors) {
+            *shares = errors;
+            shares.chunks_exact_mut(self.n_features()).for_each(into_shares);
+        }
+        Ok(())
     }
 
-    fn score_native(&self, inputs: &[f32], scores: &mut Vec<f32>) {
+    fn score_native(&self, inputs: &[f32], scores: &mut Vec<f32>, mut shares: Option<&mut Vec<f32>>) {
         let f = self.n_features();
         let rows = inputs.len() / f;
         scores.clear();
@@ -201,14 +252,34 @@ impl Mlp {
                 std::mem::swap(&mut cur, &mut next);
             }
             match self.output {
-                OutputKind::ReconstructionError => scores.extend(
-                    cur.chunks_exact(f)
-                        .zip(scaled.chunks_exact(f))
-                        .map(|(out, x)| out.iter().zip(x).map(|(o, x)| (o - x) * (o - x)).sum::<f32>() / f as f32),
-                ),
+                OutputKind::ReconstructionError => {
+                    for (out, x) in cur.chunks_exact(f).zip(scaled.chunks_exact(f)) {
+                        let errors = out.iter().zip(x).map(|(o, x)| (o - x) * (o - x));
+                        scores.push(errors.clone().sum::<f32>() / f as f32);
+                        if let Some(shares) = shares.as_deref_mut() {
+                            let start = shares.len();
+                            shares.extend(errors);
+                            into_shares(&mut shares[start..]);
+                        }
+                    }
+                }
                 OutputKind::Raw | OutputKind::Unspecified => scores.extend_from_slice(&cur[..rows]),
             }
         });
+    }
+}
+
+/// Turns a row's squared errors into each one's share of their sum, in place; a row
+/// reconstructed exactly (or whose errors are not finite) gets equal shares: every row sums to 1.
+fn into_shares(row: &mut [f32]) {
+    let total: f32 = row.iter().sum();
+    let even = 1.0 / row.len() as f32;
+    for e in row.iter_mut() {
+        *e = if total.is_finite() && total > 0.0 {
+            *e / total
+        } else {
+            even
+        };
     }
 }
 
@@ -218,5 +289,88 @@ fn activate(activation: Activation, x: f32) -> f32 {
         Activation::Tanh => x.tanh(),
         Activation::Sigmoid => 1.0 / (1.0 + (-x).exp()),
         Activation::Linear | Activation::Unspecified => x,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::example::{numbered_autoencoder, random_weights, serialize_tensors};
+
+    /// An autoencoder that reconstructs every row as zeros: each feature's error is its scaled
+    /// value squared, so its share is known without running the model.
+    fn zero_autoencoder(backend: Backend) -> Mlp {
+        let mut manifest = numbered_autoencoder("zeros", 3, 2);
+        manifest.features[0].offset = 10.0;
+        manifest.features[0].scale = 2.0;
+        let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = manifest
+            .layers
+            .iter()
+            .enumerate()
+            .flat_map(|(i, l)| {
+                let (out, inp) = (l.out_features as usize, l.in_features as usize);
+                [
+                    (weight_tensor_name(i), vec![out, inp], vec![0.0; out * inp]),
+                    (bias_tensor_name(i), vec![out], vec![0.0; out]),
+                ]
+            })
+            .collect();
+        Mlp::load(&manifest, &serialize_tensors(&tensors), backend).unwrap()
+    }
+
+    #[test]
+    fn an_autoencoders_score_comes_with_each_features_share_of_it() {
+        for backend in [Backend::Native, Backend::Candle] {
+            let model = zero_autoencoder(backend);
+            assert!(model.explains());
+            // Scaled: [1, 0, 3] -> errors [1, 0, 9]; then a row at the offsets, reconstructed exactly.
+            let inputs = [12.0, 0.0, 3.0, 10.0, 0.0, 0.0];
+            let (mut scores, mut shares) = (Vec::new(), vec![7.0]);
+            assert!(model.score_explained_into(&inputs, &mut scores, &mut shares).unwrap());
+            let expected_scores = [10.0 / 3.0, 0.0];
+            let expected_shares = [0.1, 0.0, 0.9, 1.0 / 3.0, 1.0 / 3.0, 1.0 / 3.0];
+            for (got, want) in scores
+                .iter()
+                .zip(expected_scores)
+                .chain(shares.iter().zip(expected_shares))
+            {
+                assert!((got - want).abs() < 1e-6, "{backend:?}: {scores:?} {shares:?}");
+            }
+            assert_eq!((scores.len(), shares.len()), (2, 6), "{backend:?}");
+        }
+    }
+
+    #[test]
+    fn explaining_changes_no_score_and_every_row_sums_to_one() {
+        let manifest = numbered_autoencoder("random", 6, 3);
+        let weights = random_weights(&manifest, 11);
+        let inputs: Vec<f32> = (0..600).map(|i| ((i * 37) % 101) as f32 / 7.0 - 5.0).collect();
+        for backend in [Backend::Native, Backend::Candle] {
+            let model = Mlp::load(&manifest, &weights, backend).unwrap();
+            let plain = model.score(&inputs).unwrap();
+            let (mut scores, mut shares) = (Vec::new(), Vec::new());
+            assert!(model.score_explained_into(&inputs, &mut scores, &mut shares).unwrap());
+            assert_eq!(scores, plain, "{backend:?}: the same pass, the same scores");
+            for row in shares.chunks_exact(6) {
+                assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5, "{backend:?}: {row:?}");
+                assert!(row.iter().all(|s| (0.0..=1.0).contains(s)), "{backend:?}: {row:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_raw_output_is_scored_without_shares() {
+        let mut manifest = numbered_autoencoder("raw", 3, 2);
+        manifest.layers.last_mut().unwrap().out_features = 1;
+        manifest.output = OutputKind::Raw as i32;
+        let model = Mlp::load(&manifest, &random_weights(&manifest, 3), Backend::Native).unwrap();
+        let (mut scores, mut shares) = (Vec::new(), vec![1.0]);
+        assert!(!model.explains());
+        assert!(
+            !model
+                .score_explained_into(&[1.0, 2.0, 3.0], &mut scores, &mut shares)
+                .unwrap()
+        );
+        assert_eq!((scores.len(), shares.len()), (1, 0));
     }
 }

@@ -33,6 +33,33 @@ impl Model {
         Ok(scores)
     }
 
+    /// Whether scoring can also say each feature's part in a score, in the same pass (an
+    /// autoencoder's reconstruction error); see [`Model::score_explained_into`].
+    pub fn explains(&self) -> bool {
+        match self {
+            Self::Mlp(m) => m.explains(),
+            Self::Onnx(_) => false,
+        }
+    }
+
+    /// [`Model::score_into`], plus each feature's share of each row's score (`rows ×
+    /// n_features`, rows summing to 1) when the model [`explains`](Model::explains) itself;
+    /// returns whether it did (`shares` is empty otherwise).
+    pub fn score_explained_into(
+        &self,
+        inputs: &[f32],
+        scores: &mut Vec<f32>,
+        shares: &mut Vec<f32>,
+    ) -> Result<bool, ModelError> {
+        match self {
+            Self::Mlp(m) => m.score_explained_into(inputs, scores, shares),
+            Self::Onnx(m) => {
+                shares.clear();
+                m.score_into(inputs, scores).map(|()| false)
+            }
+        }
+    }
+
     pub fn format(&self) -> ModelFormat {
         match self {
             Self::Mlp(_) => ModelFormat::Mlp,

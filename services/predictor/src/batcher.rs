@@ -36,6 +36,9 @@ pub struct Job {
 pub struct Scored {
     pub model: Arc<LoadedModel>,
     pub scores: Vec<f32>,
+    /// Each feature's share of each row's score (`rows × features`), from the same forward
+    /// pass, when explanations are on and the version explains its scores; else empty.
+    pub shares: Vec<f32>,
     pub inputs: Vec<f32>,
     /// Every output of the graph, for a job that asked for them.
     pub outputs: Vec<OutputTensor>,
@@ -50,11 +53,14 @@ pub struct Batcher {
 }
 
 impl Batcher {
+    /// `explain`: batches of versions that explain their scores also compute each feature's
+    /// share (see [`Scored::shares`]).
     pub fn start(
         threads: usize,
         capacity: usize,
         max_batch_rows: usize,
         max_queue_delay: Duration,
+        explain: bool,
         metrics: Arc<PredictorMetrics>,
         faults: Arc<Faults>,
     ) -> Self {
@@ -66,6 +72,7 @@ impl Batcher {
                 depth: Arc::clone(&depth),
                 max_batch_rows,
                 max_queue_delay,
+                explain,
                 metrics: Arc::clone(&metrics),
                 faults: Arc::clone(&faults),
             };
@@ -165,6 +172,7 @@ struct Worker {
     depth: Arc<AtomicUsize>,
     max_batch_rows: usize,
     max_queue_delay: Duration,
+    explain: bool,
     metrics: Arc<PredictorMetrics>,
     faults: Arc<Faults>,
 }
@@ -187,6 +195,7 @@ impl Worker {
     fn run(&self) {
         let mut inputs: Vec<f32> = Vec::new();
         let mut scores: Vec<f32> = Vec::new();
+        let mut shares: Vec<f32> = Vec::new();
         let mut batch: Vec<Job> = Vec::new();
         // A job that belongs to another model than the batch being built waits for the next one.
         let mut carry: Option<Job> = None;
@@ -230,7 +239,7 @@ impl Worker {
                 batch.push(next);
             }
             last_batch_jobs = batch.len();
-            self.run_batch(&mut batch, rows, &mut inputs, &mut scores);
+            self.run_batch(&mut batch, rows, &mut inputs, (&mut scores, &mut shares));
         }
     }
 
@@ -240,7 +249,13 @@ impl Worker {
         job
     }
 
-    fn run_batch(&self, batch: &mut Vec<Job>, rows: usize, inputs: &mut Vec<f32>, scores: &mut Vec<f32>) {
+    fn run_batch(
+        &self,
+        batch: &mut Vec<Job>,
+        rows: usize,
+        inputs: &mut Vec<f32>,
+        (scores, shares): (&mut Vec<f32>, &mut Vec<f32>),
+    ) {
         if batch[0].graph.is_some() {
             return self.run_graph(batch, rows);
         }
@@ -253,7 +268,13 @@ impl Worker {
         // A panic here (a bug, or a model that trips one) fails this batch's requests alone.
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
             self.faults.before_inference(inputs);
-            model.model.score_into(inputs, scores).map_err(|e| e.to_string())
+            if self.explain {
+                model.model.score_explained_into(inputs, scores, shares).map(|_| ())
+            } else {
+                shares.clear();
+                model.model.score_into(inputs, scores)
+            }
+            .map_err(|e| e.to_string())
         }))
         .unwrap_or_else(|panic| {
             self.metrics.inference_panics.inc();
@@ -266,12 +287,15 @@ impl Worker {
         if let (Ok(()), Some(drift)) = (&result, &model.drift) {
             drift.observe(inputs, scores, model.threshold);
         }
-        let mut start = 0;
+        let (mut start, features) = (0, model.n_features());
         for job in batch.drain(..) {
             let answer = match &result {
                 Ok(()) => Ok(Scored {
                     model: Arc::clone(&model),
                     scores: scores[start..start + job.rows].to_vec(),
+                    shares: shares
+                        .get(start * features..(start + job.rows) * features)
+                        .map_or_else(Vec::new, <[f32]>::to_vec),
                     inputs: job.inputs,
                     outputs: Vec::new(),
                 }),
@@ -317,6 +341,7 @@ impl Worker {
                 Ok(answer) => Ok(Scored {
                     model: Arc::clone(&model),
                     scores: answer.scores[start..end].to_vec(),
+                    shares: Vec::new(),
                     inputs: job.inputs,
                     outputs: if alone {
                         answer.outputs.clone()
@@ -350,7 +375,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_requests_batch_together_and_each_gets_its_own_models_scores() {
         let metrics = Arc::new(PredictorMetrics::default());
-        let batcher = Batcher::start(1, 1024, 8, Duration::ZERO, Arc::clone(&metrics), Arc::default());
+        let batcher = Batcher::start(1, 1024, 8, Duration::ZERO, true, Arc::clone(&metrics), Arc::default());
         let (v1, v2) = (model(1, 1), model(2, 2));
         let requests: Vec<(Arc<LoadedModel>, Vec<f32>)> = (0..200)
             .map(|i| {
@@ -382,7 +407,7 @@ mod tests {
     async fn a_lone_request_never_waits_out_the_queue_delay() {
         // A delay no test could sit through: a lone request that waited it would time out here.
         let delay = Duration::from_secs(600);
-        let batcher = Batcher::start(1, 16, 8, delay, Arc::default(), Arc::default());
+        let batcher = Batcher::start(1, 16, 8, delay, true, Arc::default(), Arc::default());
         let v1 = model(1, 1);
         for i in 0..3 {
             let row = vec![i as f32, 1.0, 2.0];
@@ -397,7 +422,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn graph_calls_share_runs_and_each_gets_every_output_of_its_own_rows() {
         let metrics = Arc::new(PredictorMetrics::default());
-        let batcher = Batcher::start(1, 1024, 64, Duration::ZERO, Arc::clone(&metrics), Arc::default());
+        let batcher = Batcher::start(1, 1024, 64, Duration::ZERO, true, Arc::clone(&metrics), Arc::default());
         let (mut manifest, graph) = kappa_model::example::onnx_autoencoder("g", &["a", "b", "c"], &[4], 3);
         manifest.version = 1;
         let onnx = Arc::new(LoadedModel::new(

@@ -49,6 +49,13 @@ pub struct PredictorConfig {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub queue_capacity: u32,
 
+    /// Features named in each anomaly's prediction record (`top_features`), largest share of the
+    /// score first, for versions that explain their scores (Kappa's autoencoders, in the scoring
+    /// pass itself); typed `Predict` answers name every feature. 0 turns explanations off.
+    #[arg(long, env = "KAPPA_EXPLAIN_TOP", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(0..=1024))]
+    pub explain_top: u32,
+
     /// Dedicated inference threads (never the async workers).
     #[arg(long, env = "KAPPA_INFERENCE_THREADS", default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..=64))]

@@ -10,6 +10,7 @@ mod access;
 mod batcher;
 pub mod config;
 mod error;
+mod explain;
 mod faults;
 mod follower;
 mod loader;

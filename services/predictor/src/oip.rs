@@ -1,7 +1,9 @@
 //! `inference.GRPCInferenceService`: the Open Inference Protocol, so KServe and Triton clients
 //! work unchanged. One input `[N, F]` (FP32, FP64, INT64 or INT32): `input` for Kappa's MLP, the
 //! graph's own input for an ONNX version. Outputs: every output of an ONNX graph, then `score`
-//! FP32 `[N]` and `is_anomaly` BOOL `[N]` (unless the graph has outputs of those names).
+//! FP32 `[N]` and `is_anomaly` BOOL `[N]` (unless the graph has outputs of those names); for a
+//! version that explains its scores, `explanation` FP32 `[N, F]` (each feature's share of each
+//! row's score, in input column order) when a request names it.
 
 use std::{sync::Arc, time::Instant};
 
@@ -17,6 +19,8 @@ use crate::{error::PredictError, serving::Serving, slot::LoadedModel};
 const INPUT: &str = "input";
 const SCORE: &str = "score";
 const IS_ANOMALY: &str = "is_anomaly";
+/// Sent only to a request that names it: `[N, F]` is F times the size of the scores.
+const EXPLANATION: &str = "explanation";
 
 pub struct Oip(pub Arc<Serving>);
 
@@ -62,10 +66,12 @@ impl Oip {
             .map(|onnx| onnx.info().outputs.iter().map(|o| o.name.clone()).collect())
             .unwrap_or_default();
         let extra = |name: &&str| !graph_outputs.iter().any(|o| o == name);
+        let explains = self.explains(&model);
         let known: Vec<&str> = graph_outputs
             .iter()
             .map(String::as_str)
             .chain([SCORE, IS_ANOMALY].iter().copied().filter(extra))
+            .chain(explains.then_some(EXPLANATION))
             .collect();
         let wanted: Vec<&str> = request.outputs.iter().map(|o| o.name.as_str()).collect();
         if let Some(unknown) = wanted.iter().find(|n| !known.contains(n)) {
@@ -105,6 +111,13 @@ impl Oip {
         if want(IS_ANOMALY) && extra(&IS_ANOMALY) {
             response.push(IS_ANOMALY, vec![rows as i64], &TensorData::Bool(flags));
         }
+        if wanted.contains(&EXPLANATION) {
+            response.push(
+                EXPLANATION,
+                vec![rows as i64, f as i64],
+                &TensorData::F32(scored.shares.clone()),
+            );
+        }
         let response = pb::ModelInferResponse {
             model_name: model.name.clone(),
             model_version: model.version_string.clone(),
@@ -115,6 +128,11 @@ impl Oip {
         };
         self.0.shadow(scored, crate::shadow::Origin::ModelInfer, &response.id);
         Ok(response)
+    }
+
+    /// Whether `model`'s answers can carry the `explanation` output.
+    fn explains(&self, model: &LoadedModel) -> bool {
+        self.0.explain_top > 0 && model.model.explains()
     }
 
     fn metadata(&self, model: &LoadedModel) -> pb::ModelMetadataResponse {
@@ -178,10 +196,14 @@ impl Oip {
             }
             None => {
                 parameters.insert("format".to_owned(), string_param("mlp".into()));
+                let mut outputs = kappa_outputs(&[]);
+                if self.explains(model) {
+                    outputs.push(tensor(EXPLANATION, "FP32", vec![-1, model.n_features() as i64]));
+                }
                 (
                     "kappa_mlp",
                     vec![tensor(INPUT, "FP32", vec![-1, model.n_features() as i64])],
-                    kappa_outputs(&[]),
+                    outputs,
                 )
             }
         };

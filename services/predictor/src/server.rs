@@ -233,6 +233,7 @@ impl kappa_runtime::Service for Predictor {
             config.queue_capacity as usize,
             config.max_batch_size as usize,
             config.max_queue_delay,
+            config.explain_top > 0,
             Arc::clone(&metrics),
             faults,
         );
@@ -241,6 +242,7 @@ impl kappa_runtime::Service for Predictor {
             slot,
             batcher,
             max_request_rows: config.max_request_rows as usize,
+            explain_top: config.explain_top as usize,
             metrics,
             readiness: Arc::clone(readiness),
             shadow,

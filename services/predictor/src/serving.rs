@@ -18,6 +18,8 @@ pub struct Serving {
     pub batcher: Batcher,
     /// Most rows one request may carry (`--max-request-rows`); more than the batch size is fine.
     pub max_request_rows: usize,
+    /// Features an anomaly's prediction record names (`--explain-top`); 0: no explanations.
+    pub explain_top: usize,
     pub metrics: Arc<PredictorMetrics>,
     /// What stands between this replica and SERVING (OIP ServerReady and ModelMetadata say it).
     pub readiness: Arc<kappa_runtime::Readiness>,

@@ -26,6 +26,9 @@ pub struct LoadedModel {
     pub decoder: EventDecoder,
     /// Live counts against the training reference, for versions whose lineage has one.
     pub drift: Option<DriftCounts>,
+    /// Each feature's usual range in training (10th and 90th percentiles of the reference
+    /// profile), for explanations; `None` for a feature without a reference.
+    pub typical: Vec<Option<(f64, f64)>>,
 }
 
 impl LoadedModel {
@@ -49,6 +52,7 @@ impl LoadedModel {
             .collect::<Vec<_>>()
             .join(",");
         let drift = Some(DriftCounts::for_manifest(&manifest));
+        let typical = crate::explain::typical_ranges(&manifest);
         Self {
             name: manifest.name.clone(),
             version: manifest.version,
@@ -60,6 +64,7 @@ impl LoadedModel {
             feature_names,
             decoder,
             drift,
+            typical,
         }
     }
 

@@ -101,6 +101,7 @@ async fn predict_one(serving: &Serving, request: PredictRequest) -> Result<Predi
         model_name: scored.model.name.clone(),
         model_version: scored.model.version,
         request_id: ask.request_id,
+        explanation: crate::explain::contributions(&scored.model, &scored.inputs, &scored.shares, usize::MAX),
     };
     serving.shadow(scored, crate::shadow::Origin::Predict, &response.request_id);
     Ok(response)

@@ -7,6 +7,7 @@ mod bridge;
 mod cluster;
 mod cutover;
 mod demo;
+mod explain;
 mod fleet;
 mod forged_log;
 mod metrics;

@@ -262,6 +262,14 @@ impl Event {
                 prediction.is_anomaly = kappa_model::is_anomalous(score, scored.model.threshold);
                 prediction.model_name = scored.model.name.clone();
                 prediction.model_version = scored.model.version;
+                if prediction.is_anomaly {
+                    prediction.top_features = crate::explain::contributions(
+                        &scored.model,
+                        &scored.inputs,
+                        &scored.shares,
+                        serving.explain_top,
+                    );
+                }
                 span.record("model_version", scored.model.version);
                 if let Some(shadow) = &serving.shadow {
                     let origin = crate::shadow::Origin::Stream {
@@ -370,12 +378,21 @@ impl Run {
             match serving.score_waiting(Arc::clone(&self.model), inputs, rows).await {
                 Ok(scored) => {
                     for (i, &at) in self.events.iter().enumerate() {
+                        let row = i * f..(i + 1) * f;
+                        // Only an anomaly's record is explained, from its values and shares.
+                        let explained = !scored.shares.is_empty()
+                            && kappa_model::is_anomalous(scored.scores[i], scored.model.threshold);
                         let own = Scored {
                             model: Arc::clone(&scored.model),
                             scores: vec![scored.scores[i]],
-                            // Only a shadow reads the inputs back.
-                            inputs: if serving.shadow.is_some() {
-                                scored.inputs[i * f..(i + 1) * f].to_vec()
+                            shares: if explained {
+                                scored.shares[row.clone()].to_vec()
+                            } else {
+                                Vec::new()
+                            },
+                            // Only a shadow and an explanation read the inputs back.
+                            inputs: if serving.shadow.is_some() || explained {
+                                scored.inputs[row].to_vec()
                             } else {
                                 Vec::new()
                             },
