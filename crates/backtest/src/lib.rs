@@ -6,6 +6,8 @@
 //! decides on it.
 
 mod report;
+
+use report::Blame;
 pub mod shadow;
 
 use std::{collections::BTreeMap, time::Duration};
@@ -18,7 +20,7 @@ use kappa_model::{
     schema::{DecodedEvent, EventDecoder, LabelRule, label_rule, time_rule},
 };
 
-pub use report::{Agreement, METRICS, Offsets, Report, Scores, VersionReport};
+pub use report::{Agreement, METRICS, Offsets, Report, Scores, TopFeature, VersionReport};
 
 /// Rows scored per call into a model: large enough that a call's overhead vanishes.
 const BATCH: usize = 1024;
@@ -31,6 +33,11 @@ pub struct Contender {
 }
 
 impl Contender {
+    /// The version's feature paths, in its input order.
+    pub(crate) fn feature_names(&self) -> Vec<String> {
+        self.manifest.features.iter().map(|f| f.name.clone()).collect()
+    }
+
     /// Fails when the manifest's schema cannot be compiled.
     pub fn new(manifest: ModelManifest, model: Model) -> Result<Self, String> {
         let decoder = EventDecoder::for_manifest(&manifest)?;
@@ -204,6 +211,9 @@ struct Replay<'a> {
     queued: usize,
     scores: Vec<Vec<f32>>,
     out: Vec<f32>,
+    /// Each feature's share of each score of a batch, for versions that explain their scores.
+    shares: Vec<f32>,
+    blame: Vec<Blame>,
     labels: Vec<Option<bool>>,
     skipped: BTreeMap<String, u64>,
 }
@@ -219,6 +229,8 @@ impl<'a> Replay<'a> {
             queued: 0,
             scores: vec![Vec::new(); contenders.len()],
             out: Vec::with_capacity(BATCH),
+            shares: Vec::new(),
+            blame: vec![Blame::default(); contenders.len()],
             labels: Vec::new(),
             skipped: BTreeMap::new(),
         }
@@ -246,13 +258,22 @@ impl<'a> Replay<'a> {
             if self.pending[i].is_empty() {
                 continue;
             }
-            contender
+            let explained = contender
                 .model
-                .score_into(&self.pending[i], &mut self.out)
+                .score_explained_into(&self.pending[i], &mut self.out, &mut self.shares)
                 .map_err(|e| BacktestError::Scoring {
                     version: contender.manifest.version,
                     message: e.to_string(),
                 })?;
+            if explained {
+                let threshold = contender.manifest.anomaly_threshold as f32;
+                let rows = self.shares.chunks_exact(contender.model.n_features());
+                for (score, shares) in self.out.iter().zip(rows) {
+                    if kappa_model::is_anomalous(*score, threshold) {
+                        self.blame[i].flagged(shares);
+                    }
+                }
+            }
             self.scores[i].extend_from_slice(&self.out);
             self.pending[i].clear();
         }
@@ -291,6 +312,7 @@ impl<'a> Replay<'a> {
                     &flags[v],
                     quality,
                     (v > 0).then(|| Agreement::between(&flags[0], &flags[v], &self.scores[0], scores)),
+                    &self.blame[v],
                 )
             })
             .collect();

@@ -66,6 +66,61 @@ pub struct VersionReport {
     pub roc_auc: Option<f64>,
     /// Against the first version (absent for the first).
     pub agreement: Option<Agreement>,
+    /// For a version that explains its scores: the features that had the largest share of a
+    /// flagged event's score, the most frequent first.
+    pub top_features: Vec<TopFeature>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TopFeature {
+    pub feature: String,
+    /// Flagged events in which it had the largest share.
+    pub flagged_events: u64,
+    /// Its mean share over all the version's flagged events.
+    pub mean_share: f64,
+}
+
+/// What made a version's flagged events anomalous, gathered batch by batch: per feature, the
+/// flagged events it topped and its shares summed in millionths (integers, so the total does
+/// not depend on the order events arrive in, which differs between replays).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Blame {
+    topped: Vec<u64>,
+    share_millionths: Vec<u64>,
+    flagged: u64,
+}
+
+impl Blame {
+    /// Adds one flagged event's shares (one per feature).
+    pub(crate) fn flagged(&mut self, shares: &[f32]) {
+        if self.topped.len() != shares.len() {
+            self.topped.resize(shares.len(), 0);
+            self.share_millionths.resize(shares.len(), 0);
+        }
+        let top = (0..shares.len()).fold(0, |best, i| if shares[i] > shares[best] { i } else { best });
+        self.topped[top] += 1;
+        for (sum, share) in self.share_millionths.iter_mut().zip(shares) {
+            *sum += (f64::from(*share) * 1e6).round() as u64;
+        }
+        self.flagged += 1;
+    }
+
+    /// The features that topped at least one flagged event, the most frequent first (ties by
+    /// feature order).
+    pub(crate) fn top_features(&self, features: &[String]) -> Vec<TopFeature> {
+        let mut top: Vec<TopFeature> = features
+            .iter()
+            .zip(self.topped.iter().zip(&self.share_millionths))
+            .filter(|(_, (topped, _))| **topped > 0)
+            .map(|(feature, (topped, millionths))| TopFeature {
+                feature: feature.clone(),
+                flagged_events: *topped,
+                mean_share: *millionths as f64 / 1e6 / self.flagged as f64,
+            })
+            .collect();
+        top.sort_by_key(|t| std::cmp::Reverse(t.flagged_events));
+        top
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -119,6 +174,7 @@ impl VersionReport {
         flags: &[bool],
         quality: Option<Quality>,
         agreement: Option<Agreement>,
+        blame: &Blame,
     ) -> Self {
         let anomalies = flags.iter().filter(|f| **f).count() as u64;
         let n = scores.len();
@@ -145,6 +201,7 @@ impl VersionReport {
             f1: quality.map(|q| q.f1),
             roc_auc: quality.and_then(|q| finite(q.roc_auc)),
             agreement,
+            top_features: blame.top_features(&contender.feature_names()),
         }
     }
 
@@ -222,6 +279,20 @@ impl fmt::Display for Report {
                     .map_or_else(|| "-".to_owned(), |a| format!("{:.2}%", a.rate * 100.0)),
             )?;
         }
+        for v in self.versions.iter().filter(|v| !v.top_features.is_empty()) {
+            let named: Vec<String> = v
+                .top_features
+                .iter()
+                .take(3)
+                .map(|t| format!("{} in {} (mean share {:.2})", t.feature, t.flagged_events, t.mean_share))
+                .collect();
+            writeln!(
+                f,
+                "  v{} flagged events, by the feature with the largest share: {}",
+                v.version,
+                named.join(", ")
+            )?;
+        }
         if let Some(first) = self.versions.first() {
             for v in self.versions.iter().skip(1) {
                 if let Some(a) = v.agreement {
@@ -258,6 +329,31 @@ mod tests {
         // Same flags on events 0 and 3; deltas +1, 0, 0, -2.
         assert_eq!((a.rate, a.only_first, a.only_this), (0.5, 1, 1));
         assert_eq!(a.mean_score_delta, -0.25);
+    }
+
+    #[test]
+    fn blame_counts_each_flagged_events_top_feature_and_averages_the_shares() {
+        let mut blame = Blame::default();
+        blame.flagged(&[0.7, 0.2, 0.1]);
+        blame.flagged(&[0.1, 0.6, 0.3]);
+        blame.flagged(&[0.5, 0.25, 0.25]);
+        let names = ["coolant".to_owned(), "vibration".to_owned(), "speed".to_owned()];
+        assert_eq!(
+            blame.top_features(&names),
+            [
+                TopFeature {
+                    feature: "coolant".into(),
+                    flagged_events: 2,
+                    mean_share: 1.3 / 3.0,
+                },
+                TopFeature {
+                    feature: "vibration".into(),
+                    flagged_events: 1,
+                    mean_share: 1.05 / 3.0,
+                },
+            ]
+        );
+        assert!(Blame::default().top_features(&names).is_empty());
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use kappa_api::{
     model::PartitionRange,
-    trainer::{Agreement, BacktestReport, BacktestRequest, ScoreSummary, VersionBacktest},
+    trainer::{Agreement, BacktestReport, BacktestRequest, ScoreSummary, TopFeature, VersionBacktest},
 };
 use kappa_backtest::{FetchError, Window};
 use kappa_client::{GetError, Registry, Selector};
@@ -168,6 +168,15 @@ fn to_proto(report: kappa_backtest::Report) -> BacktestReport {
                 recall: v.recall,
                 f1: v.f1,
                 roc_auc: v.roc_auc,
+                top_features: v
+                    .top_features
+                    .into_iter()
+                    .map(|t| TopFeature {
+                        feature: t.feature,
+                        flagged_events: t.flagged_events,
+                        mean_share: t.mean_share,
+                    })
+                    .collect(),
                 agreement: v.agreement.map(|a| Agreement {
                     rate: a.rate,
                     only_first: a.only_first,

@@ -171,7 +171,57 @@ async fn a_flagged_events_top_feature_is_the_sensor_its_failure_mode_drives() {
         );
     }
     oip_names_the_shares_on_request(&predictor, &healthy).await;
-    stream_records_name_the_top_features(&setup, &healthy).await;
+    let sensors = stream_records_name_the_top_features(&setup, &healthy).await;
+    backtest_names_what_made_the_flagged_events(&registry, &sensors);
+}
+
+/// `kappa backtest` over the stream's events (every other one overheating): the version's
+/// flagged events are blamed on the coolant.
+fn backtest_names_what_made_the_flagged_events(registry: &Service, sensors: &str) {
+    let to_ms = (std::time::SystemTime::now() + Duration::from_secs(60))
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        .to_string();
+    let args = [
+        "backtest",
+        "--registry",
+        &registry.address,
+        "--kafka-bootstrap",
+        &bootstrap(),
+        "--model",
+        "explained",
+        "--version",
+        "1",
+        "--topic",
+        sensors,
+        "--from-ms",
+        "0",
+        "--to-ms",
+        &to_ms,
+    ];
+    let json = run_ok(
+        std::process::Command::new(binary("kappa"))
+            .args(args)
+            .args(["--output", "json"]),
+        "kappa backtest",
+    );
+    let report: Value = serde_json::from_str(&json).unwrap();
+    let version = &report["versions"][0];
+    let anomalies = version["anomalies"].as_u64().unwrap();
+    let top = &version["top_features"][0];
+    assert_eq!(top["feature"], "coolant_temp", "{version}");
+    assert!(
+        top["flagged_events"].as_u64().unwrap() * 10 >= anomalies * 9,
+        "coolant_temp topped {} of {anomalies} flagged events: {version}",
+        top["flagged_events"]
+    );
+    let text = run_ok(std::process::Command::new(binary("kappa")).args(args), "kappa backtest");
+    println!("{text}");
+    assert!(
+        text.contains("v1 flagged events, by the feature with the largest share: coolant_temp in"),
+        "{text}"
+    );
 }
 
 /// Open Inference Protocol: `explanation` `[N, F]` when asked for by name, the same shares the
@@ -245,7 +295,7 @@ async fn oip_names_the_shares_on_request(predictor: &Predictor, healthy: &[Map<S
 
 /// Stream mode: the record of each anomaly names its top features (`--explain-top`, 3 by
 /// default); a normal event's record names none.
-async fn stream_records_name_the_top_features(setup: &RegistrySetup, healthy: &[Map<String, Value>]) {
+async fn stream_records_name_the_top_features(setup: &RegistrySetup, healthy: &[Map<String, Value>]) -> String {
     let (sensors, predictions) = (unique("test.explained-sensors"), unique("test.explained-predictions"));
     create_topic_with_partitions(&sensors, 1).await;
     let _streaming = PredictorSetup::new(&setup.topic, "explained", "latest")
@@ -305,6 +355,7 @@ async fn stream_records_name_the_top_features(setup: &RegistrySetup, healthy: &[
         named * 10 >= anomalies * 9,
         "coolant_temp first in {named} of {anomalies} anomalies"
     );
+    sensors
 }
 
 /// Every feature once, largest share first, the shares summing to 1.
