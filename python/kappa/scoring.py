@@ -37,6 +37,18 @@ class Prediction(NamedTuple):
     model_version: int
 
 
+class Contribution(NamedTuple):
+    """One feature's part in a score: its share (0 to 1; every feature's shares sum to 1), the
+    row's value, and the feature's usual range in training (its 10th and 90th percentiles; None
+    when the version carries no reference profile)."""
+
+    feature: str
+    share: float
+    value: float
+    typical_low: float | None
+    typical_high: float | None
+
+
 @dataclass(frozen=True)
 class Scores:
     """The answers to :meth:`Predictor.predict`, one per row in the rows' order, as arrays."""
@@ -111,6 +123,23 @@ class Predictor(Client):
         """Scores one row (feature path to value) with a unary call."""
         request = predictor_pb2.PredictRequest(model=model, features=dict(features))
         return _prediction(self._call(self._stub.Predict, request))
+
+    def explain(self, features: Mapping[str, float], model: str = "") -> list[Contribution]:
+        """What made one row's score: every feature, largest share first, for versions that
+        explain their scores (Kappa's autoencoders, computed in the scoring pass); an empty list
+        for the others, or when the predictor runs with ``--explain-top 0``."""
+        request = predictor_pb2.PredictRequest(model=model, features=dict(features))
+        response = self._call(self._stub.Predict, request)
+        return [
+            Contribution(
+                c.feature,
+                c.share,
+                c.value,
+                c.typical_low if c.HasField("typical_low") else None,
+                c.typical_high if c.HasField("typical_high") else None,
+            )
+            for c in response.explanation
+        ]
 
     def predict(
         self,

@@ -138,3 +138,59 @@ def scored_by_stream_mode(topic: str, expected: int) -> dict[tuple[int, int], di
     finally:
         consumer.close()
     return answers
+
+
+def _safetensors(path) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
+    """The FP32 tensors of a safetensors file, read by its published layout (header length, JSON
+    header, data), so the check below does not use Kappa's own reader."""
+    data = path.read_bytes()
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + length])
+    body = data[8 + length :]
+    return {
+        name: np.frombuffer(body[spec["data_offsets"][0] : spec["data_offsets"][1]], dtype="<f4").reshape(
+            spec["shape"]
+        )
+        for name, spec in header.items()
+        if name != "__metadata__"
+    }
+
+
+def test_explain_gives_each_features_share_of_the_reconstruction_error(
+    start_registry, start_predictor, example_model
+) -> None:
+    registry = start_registry()
+    manifest_path, weights_path = example_model
+    manifest = load_manifest(manifest_path)
+    with Registry(registry.url) as client:
+        client.publish(manifest, weights_path.read_bytes())
+    url = start_predictor(registry.topic, manifest.name)
+    names = [f.name for f in manifest.features]
+    rng = random.Random(11)
+    row = {name: rng.uniform(-3.0, 3.0) for name in names}
+
+    # The autoencoder's forward pass in numpy: scaled input through the layers, then each
+    # feature's squared error as its share of their sum.
+    tensors = _safetensors(weights_path)
+    x = np.array([row[n] for n in names], dtype=np.float64)
+    offsets = np.array([f.offset for f in manifest.features])
+    scaled = (x - offsets) / np.array([f.scale for f in manifest.features])
+    h = scaled
+    for i, layer in enumerate(manifest.layers):
+        h = tensors[f"layers.{i}.weight"].astype(np.float64) @ h + tensors[f"layers.{i}.bias"]
+        if layer.activation == 2:  # ACTIVATION_RELU
+            h = np.maximum(h, 0.0)
+    errors = (h - scaled) ** 2
+    expected = dict(zip(names, errors / errors.sum(), strict=True))
+
+    with Predictor(url) as predictor:
+        explanation = predictor.explain(row)
+        assert sorted(c.feature for c in explanation) == sorted(names)
+        shares = [c.share for c in explanation]
+        assert shares == sorted(shares, reverse=True), "largest share first"
+        for c in explanation:
+            assert c.share == pytest.approx(expected[c.feature], abs=1e-5), c
+            assert c.value == pytest.approx(row[c.feature], rel=1e-6), c
+            # The example model was not trained: it has no reference profile.
+            assert c.typical_low is None and c.typical_high is None
+        assert sum(c.share for c in explanation) == pytest.approx(1.0, abs=1e-5)
