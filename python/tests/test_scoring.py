@@ -9,6 +9,9 @@ import json
 import random
 import time
 import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -20,15 +23,22 @@ from kappa import KappaError, Predictor, Registry, Trainer, load_manifest, train
 from conftest import BOOTSTRAP, kappa
 
 
-def test_a_stream_of_rows_scores_in_order_as_single_calls_do(
-    start_registry, start_predictor, example_model
-) -> None:
+def _serve_example(
+    start_registry: Callable[..., Any], start_predictor: Callable[..., str], example_model: tuple[Path, Path]
+) -> tuple[Any, str]:
+    """The example autoencoder published to a new registry and served: (manifest, predictor url)."""
     registry = start_registry()
     manifest_path, weights_path = example_model
     manifest = load_manifest(manifest_path)
     with Registry(registry.url) as client:
         client.publish(manifest, weights_path.read_bytes())
-    url = start_predictor(registry.topic, manifest.name)
+    return manifest, start_predictor(registry.topic, manifest.name)
+
+
+def test_a_stream_of_rows_scores_in_order_as_single_calls_do(
+    start_registry, start_predictor, example_model
+) -> None:
+    manifest, url = _serve_example(start_registry, start_predictor, example_model)
     features = [f.name for f in manifest.features]
     rng = random.Random(7)
     rows = [{name: rng.uniform(-3.0, 3.0) for name in features} for _ in range(2000)]
@@ -159,12 +169,8 @@ def _safetensors(path) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
 def test_explain_gives_each_features_share_of_the_reconstruction_error(
     start_registry, start_predictor, example_model
 ) -> None:
-    registry = start_registry()
-    manifest_path, weights_path = example_model
-    manifest = load_manifest(manifest_path)
-    with Registry(registry.url) as client:
-        client.publish(manifest, weights_path.read_bytes())
-    url = start_predictor(registry.topic, manifest.name)
+    manifest, url = _serve_example(start_registry, start_predictor, example_model)
+    weights_path = example_model[1]
     names = [f.name for f in manifest.features]
     rng = random.Random(11)
     row = {name: rng.uniform(-3.0, 3.0) for name in names}

@@ -3,7 +3,17 @@
 //! the reference ([`Distribution::of`]); predictors count live values into the same bins
 //! ([`Distribution::bin`]) and compare ([`Distribution::psi`]).
 
-use kappa_api::model::Distribution;
+use kappa_api::model::{Distribution, ModelManifest, ReferenceProfile};
+
+/// The reference profile a version's lineage carries, when it has one per input feature (what
+/// drift and explanations compare live values with); `None` otherwise.
+pub fn reference_of(manifest: &ModelManifest) -> Option<&ReferenceProfile> {
+    manifest
+        .lineage
+        .as_ref()
+        .and_then(|l| l.reference.as_ref())
+        .filter(|r| r.features.len() == manifest.features.len())
+}
 
 /// Quantile bins of a reference (deciles).
 pub const BINS: usize = 10;

@@ -217,7 +217,10 @@ impl Mlp {
         *scores = scored;
         if let (Some(shares), Some(errors)) = (shares, errors) {
             *shares = errors;
-            shares.chunks_exact_mut(self.n_features()).for_each(into_shares);
+            for row in shares.chunks_exact_mut(self.n_features()) {
+                let total = row.iter().sum();
+                into_shares(row, total);
+            }
         }
         Ok(())
     }
@@ -255,12 +258,19 @@ impl Mlp {
                 OutputKind::ReconstructionError => {
                     for (out, x) in cur.chunks_exact(f).zip(scaled.chunks_exact(f)) {
                         let errors = out.iter().zip(x).map(|(o, x)| (o - x) * (o - x));
-                        scores.push(errors.clone().sum::<f32>() / f as f32);
-                        if let Some(shares) = shares.as_deref_mut() {
-                            let start = shares.len();
-                            shares.extend(errors);
-                            into_shares(&mut shares[start..]);
-                        }
+                        // Each squared error once: summed for the score, kept for the shares.
+                        let total = match shares.as_deref_mut() {
+                            Some(shares) => {
+                                let start = shares.len();
+                                shares.extend(errors);
+                                let row = &mut shares[start..];
+                                let total = row.iter().sum::<f32>();
+                                into_shares(row, total);
+                                total
+                            }
+                            None => errors.sum::<f32>(),
+                        };
+                        scores.push(total / f as f32);
                     }
                 }
                 OutputKind::Raw | OutputKind::Unspecified => scores.extend_from_slice(&cur[..rows]),
@@ -269,10 +279,10 @@ impl Mlp {
     }
 }
 
-/// Turns a row's squared errors into each one's share of their sum, in place; a row
-/// reconstructed exactly (or whose errors are not finite) gets equal shares: every row sums to 1.
-fn into_shares(row: &mut [f32]) {
-    let total: f32 = row.iter().sum();
+/// Turns a row's squared errors (summing to `total`) into each one's share of it, in place; a
+/// row reconstructed exactly (or whose errors are not finite) gets equal shares: every row sums
+/// to 1.
+fn into_shares(row: &mut [f32], total: f32) {
     let even = 1.0 / row.len() as f32;
     for e in row.iter_mut() {
         *e = if total.is_finite() && total > 0.0 {

@@ -9,11 +9,7 @@ use crate::slot::LoadedModel;
 /// Each feature's 10th and 90th percentiles in the version's training data, from the reference
 /// profile its lineage carries (deciles: the first and last edges); `None` where there is none.
 pub fn typical_ranges(manifest: &ModelManifest) -> Vec<Option<(f64, f64)>> {
-    let reference = manifest
-        .lineage
-        .as_ref()
-        .and_then(|l| l.reference.as_ref())
-        .filter(|r| r.features.len() == manifest.features.len());
+    let reference = kappa_model::drift::reference_of(manifest);
     (0..manifest.features.len())
         .map(|i| {
             let edges = &reference?.features[i].edges;

@@ -79,11 +79,7 @@ impl DriftCounts {
     /// Counters for a version: rows and anomalies always, and each feature's and the score's
     /// bins when its lineage carries a reference profile of its features.
     pub fn for_manifest(manifest: &ModelManifest) -> Self {
-        let reference = manifest
-            .lineage
-            .as_ref()
-            .and_then(|l| l.reference.as_ref())
-            .filter(|r| r.features.len() == manifest.features.len());
+        let reference = drift::reference_of(manifest);
         Self {
             features: reference.map_or_else(Vec::new, |r| r.features.iter().map(Binned::new).collect()),
             scores: reference
