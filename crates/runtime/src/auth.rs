@@ -262,6 +262,24 @@ impl AuthLayer {
         })
     }
 
+    /// Whether calls need a token (`--auth-tokens` is set).
+    pub fn authenticates(&self) -> bool {
+        self.tokens.is_some()
+    }
+
+    /// The principal a bearer token stands for, as this server's token file says now: `None`
+    /// without `--auth-tokens` (everyone may do everything), an error for an unknown token.
+    /// For servers that take tokens other than in gRPC metadata (the console's sign-in).
+    pub fn principal(&self, token: &str) -> Result<Option<Principal>, &'static str> {
+        let Some(tokens) = &self.tokens else { return Ok(None) };
+        tokens
+            .current()
+            .principal(token.trim())
+            .cloned()
+            .map(Some)
+            .ok_or("the token is not known to this server (revoked, or for another one)")
+    }
+
     /// Decides a call: the principal to pass on, or the status to answer with.
     fn decide(&self, path: &str, headers: &http::HeaderMap) -> Result<Option<Principal>, Status> {
         let Some(tokens) = &self.tokens else { return Ok(None) };

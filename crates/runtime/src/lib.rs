@@ -24,6 +24,7 @@ mod sampling;
 mod security;
 mod shutdown;
 pub mod tls;
+pub mod web;
 
 pub use background::run_in_background;
 use graceful::{KappaRouter, kappa_server, serve_gracefully};

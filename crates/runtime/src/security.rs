@@ -140,7 +140,8 @@ impl ServerSecurityArgs {
             .tls_files()
             .map(|files| ServerTls::load(files, Protocol::Grpc, self.reload_every, stop.clone()))
             .transpose()?;
-        let metrics_tls = match self.tls_files().filter(|_| self.metrics_tls) {
+        // Browsers and Prometheus speak HTTP/1.1 and present no client certificate.
+        let http_tls = match self.tls_files() {
             Some(files) => Some(ServerTls::load(
                 TlsFiles {
                     client_ca: None,
@@ -152,12 +153,14 @@ impl ServerSecurityArgs {
             )?),
             None => None,
         };
+        let metrics_tls = http_tls.clone().filter(|_| self.metrics_tls);
         let auth = match &self.auth_tokens {
             None => AuthLayer::disabled(policy),
             Some(path) => AuthLayer::from_file(path.clone(), policy, self.reload_every, stop)?,
         };
         Ok(ServerSecurity {
             tls,
+            http_tls,
             metrics_tls,
             auth,
             deadline: DeadlineLayer::new(self.request_timeout, streaming),
@@ -193,9 +196,12 @@ impl Default for ConnectionLimits {
 #[derive(Clone)]
 pub struct ServerSecurity {
     pub(crate) tls: Option<ServerTls>,
+    /// TLS for a service's own HTTP/1.1 port (the console's web pages), with --tls-cert.
+    pub http_tls: Option<ServerTls>,
     /// TLS for /metrics, when --metrics-tls.
     pub metrics_tls: Option<ServerTls>,
-    pub(crate) auth: AuthLayer,
+    /// Who may call: the gRPC layer, and the principal of a token for other ports.
+    pub auth: AuthLayer,
     pub(crate) deadline: DeadlineLayer,
     pub limits: ConnectionLimits,
     /// The gRPC port's connections: how long they may stay silent, and their metrics.
@@ -207,6 +213,7 @@ impl ServerSecurity {
     pub fn none(policy: Policy) -> Self {
         Self {
             tls: None,
+            http_tls: None,
             metrics_tls: None,
             auth: AuthLayer::disabled(policy),
             deadline: DeadlineLayer::new(Duration::from_secs(60), Vec::new()),

@@ -8,7 +8,8 @@ pub fn access(path: &str) -> Access {
         "/inference.GRPCInferenceService/ServerLive" | "/inference.GRPCInferenceService/ServerReady" => Access::Open,
         "/inference.GRPCInferenceService/ModelReady"
         | "/inference.GRPCInferenceService/ServerMetadata"
-        | "/inference.GRPCInferenceService/ModelMetadata" => Access::Needs(Role::Read),
+        | "/inference.GRPCInferenceService/ModelMetadata"
+        | "/kappa.predictor.v1.Predictor/GetStatus" => Access::Needs(Role::Read),
         "/inference.GRPCInferenceService/ModelInfer"
         | "/kappa.predictor.v1.Predictor/Predict"
         | "/kappa.predictor.v1.Predictor/PredictStream" => Access::Needs(Role::Infer),
@@ -22,7 +23,7 @@ mod tests {
     fn every_predictor_method_has_a_rule() {
         let mut paths = kappa_api::method_paths("inference.GRPCInferenceService");
         paths.extend(kappa_api::method_paths("kappa.predictor.v1.Predictor"));
-        assert_eq!(paths.len(), 8, "{paths:?}");
+        assert_eq!(paths.len(), 9, "{paths:?}");
         for path in paths {
             assert_ne!(super::access(&path), kappa_runtime::auth::Access::Unlisted, "{path}");
         }

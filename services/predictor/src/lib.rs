@@ -21,6 +21,7 @@ mod server;
 mod serving;
 mod shadow;
 mod slot;
+mod status;
 mod stream;
 mod typed;
 

@@ -20,7 +20,7 @@ use crate::{
     faults::Faults,
     follower::Target,
     metrics::{PredictorMetrics, ReasonLabels},
-    slot::{Cutover, LoadedModel, ModelSlot},
+    slot::{Cutover, LoadedModel, ModelSlot, SwapRecord},
 };
 
 /// The loader's chunk consumers (loads of one slot run one at a time, so one is kept).
@@ -185,14 +185,15 @@ impl Loader {
             span.record("outcome", "already_serving");
             return Ok(());
         }
-        let model = match self.slot.warm(version) {
+        let from_version = self.slot.current().map_or(0, |m| m.version);
+        let (model, warm) = match self.slot.warm(version) {
             Some(warm) => {
                 tracing::info!(version, "swapping back to the warm previous version");
                 span.record("outcome", "warm_swap_back");
-                warm
+                (warm, true)
             }
             None => match self.load(target).await {
-                Ok(model) => model,
+                Ok(model) => (model, false),
                 Err(failure) => {
                     span.record("outcome", failure.reason);
                     span.record("otel.status_code", "ERROR");
@@ -215,6 +216,14 @@ impl Loader {
         self.note_cutover();
         span.record("outcome", "swapped");
         self.slot.set_error(None);
+        let now_ms = kappa_runtime::now_ms();
+        self.slot.record_swap(SwapRecord {
+            from_version,
+            to_version: version,
+            at_ms: now_ms,
+            warm,
+            publish_to_serving_ms: (published_ms > 0 && !warm).then(|| (now_ms - published_ms).max(0)),
+        });
         if self.role == Role::Shadow {
             self.metrics.shadow_version.set(version as i64);
             tracing::info!(version, "the shadow now scores with this version");
@@ -223,7 +232,6 @@ impl Loader {
         self.metrics.swaps.inc();
         self.metrics.loaded_version.set(version as i64);
         self.metrics.model_ready.set(1.0);
-        let now_ms = kappa_runtime::now_ms();
         if published_ms > 0 {
             self.metrics
                 .swap_latency

@@ -239,6 +239,8 @@ impl kappa_runtime::Service for Predictor {
         );
         let serving = Arc::new(Serving {
             model_name: config.model.clone(),
+            follows: config.follow.to_string(),
+            instance: host.instance.clone(),
             slot,
             batcher,
             max_request_rows: config.max_request_rows as usize,

@@ -14,6 +14,10 @@ use crate::{
 
 pub struct Serving {
     pub model_name: String,
+    /// What `--follow` says: `latest` or an alias.
+    pub follows: String,
+    /// This replica (`host:port`), as its records and status name it.
+    pub instance: String,
     pub slot: Arc<ModelSlot>,
     pub batcher: Batcher,
     /// Most rows one request may carry (`--max-request-rows`); more than the batch size is fine.

@@ -2,7 +2,7 @@
 //! admission and keep it for the life of their request, so a swap never changes a request's model.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     sync::{Arc, Mutex},
 };
 
@@ -81,6 +81,23 @@ pub struct Cutover {
     pub version: u64,
 }
 
+/// Swaps a slot remembers for its status (GetStatus): enough for a page's history, bounded.
+const SWAPS_KEPT: usize = 32;
+
+/// One swap of a slot's current model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SwapRecord {
+    /// 0 when nothing was served before.
+    pub from_version: u64,
+    pub to_version: u64,
+    pub at_ms: i64,
+    /// Back to the warm previous version, not loaded from the log.
+    pub warm: bool,
+    /// From the version's publish to serving it; `None` for a warm swap back (published long
+    /// before) or a publish time unknown.
+    pub publish_to_serving_ms: Option<i64>,
+}
+
 /// Current model, plus the one before it kept warm so an alias moved back swaps back at once
 /// (and so events before a cutover are scored by the version before it).
 #[derive(Debug, Default)]
@@ -89,6 +106,7 @@ pub struct ModelSlot {
     previous: Mutex<Option<Arc<LoadedModel>>>,
     cutover: ArcSwapOption<Cutover>,
     last_error: Mutex<Option<String>>,
+    swaps: Mutex<VecDeque<SwapRecord>>,
 }
 
 impl ModelSlot {
@@ -153,5 +171,19 @@ impl ModelSlot {
 
     pub fn last_error(&self) -> Option<String> {
         self.last_error.lock().expect("slot lock poisoned").clone()
+    }
+
+    /// Remembers a swap (the oldest is forgotten past [`SWAPS_KEPT`]).
+    pub fn record_swap(&self, swap: SwapRecord) {
+        let mut swaps = self.swaps.lock().expect("slot lock poisoned");
+        if swaps.len() == SWAPS_KEPT {
+            swaps.pop_front();
+        }
+        swaps.push_back(swap);
+    }
+
+    /// The latest swaps, oldest first.
+    pub fn swaps(&self) -> Vec<SwapRecord> {
+        self.swaps.lock().expect("slot lock poisoned").iter().cloned().collect()
     }
 }

@@ -4,7 +4,9 @@
 use std::{pin::Pin, sync::Arc, time::Instant};
 
 use futures::{Stream, StreamExt as _};
-use kappa_api::predictor::{PredictRequest, PredictResponse, predictor_server::Predictor};
+use kappa_api::predictor::{
+    GetStatusRequest, PredictRequest, PredictResponse, PredictorStatus, predictor_server::Predictor,
+};
 use kappa_model::schema::{DecodedEvent, FieldValue, PayloadFormat};
 use prost::Message as _;
 use tonic::{Request, Response, Status, Streaming};
@@ -116,6 +118,10 @@ impl Predictor for Typed {
         let result = predict_one(&self.0, request.into_inner()).await.map_err(Status::from);
         self.0.observe("Predict", &result, Some(started));
         result.map(Response::new)
+    }
+
+    async fn get_status(&self, _request: Request<GetStatusRequest>) -> Result<Response<PredictorStatus>, Status> {
+        Ok(Response::new(crate::status::status(&self.0)))
     }
 
     type PredictStreamStream = ResponseStream;

@@ -78,6 +78,9 @@ pub struct Host {
     pub address: SocketAddr,
     /// This replica, as its records name it (load spans, monitoring windows): `host:port`.
     pub instance: String,
+    /// TLS and tokens for a port of the service's own beside gRPC (the console's web pages):
+    /// serve it with [`crate::web::serve_http`].
+    pub web: crate::web::WebSecurity,
 }
 
 type Hook = Box<dyn FnOnce() + Send>;
@@ -222,6 +225,10 @@ pub async fn serve<S: Service>(
         stop: stop.clone(),
         address,
         instance: format!("{}:{}", crate::hostname(), address.port()),
+        web: crate::web::WebSecurity {
+            tls: security.http_tls.clone(),
+            auth: security.auth.clone(),
+        },
     };
     let service = S::build(config, &mut host).await?;
 
@@ -232,7 +239,7 @@ pub async fn serve<S: Service>(
         tokio::spawn(crate::serve_metrics(
             listener,
             Arc::new(metrics),
-            stop.clone().cancelled_owned(),
+            stop.clone(),
             security.metrics_tls.clone(),
         ));
     }
