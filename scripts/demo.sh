@@ -20,7 +20,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 bin=${CARGO_TARGET_DIR:-$HOME/.cache/kappa/target}/debug
-for b in kappa kappa-registry kappa-predictor kappa-trainer kappa-bridge; do
+for b in kappa kappa-registry kappa-predictor kappa-trainer kappa-bridge kappa-console; do
   [ -x "$bin/$b" ] || { echo "$bin/$b is missing: run \`make demo\`, which builds first" >&2; exit 1; }
 done
 run=${KAPPA_DEMO_RUN_DIR:-$here/.run/demo}
@@ -33,6 +33,8 @@ predictor_b=${DEMO_PREDICTOR_B_PORT:-50054} trainer_port=${DEMO_TRAINER_PORT:-50
 registry_metrics=${DEMO_REGISTRY_METRICS_PORT:-9101} predictor_a_metrics=${DEMO_PREDICTOR_METRICS_PORT:-9102}
 predictor_b_metrics=${DEMO_PREDICTOR_B_METRICS_PORT:-9104} trainer_metrics=${DEMO_TRAINER_METRICS_PORT:-9103}
 bridge_port=${DEMO_BRIDGE_PORT:-50055} bridge_metrics=${DEMO_BRIDGE_METRICS_PORT:-9105}
+console_port=${DEMO_CONSOLE_PORT:-50056} console_metrics=${DEMO_CONSOLE_METRICS_PORT:-9106}
+console_http=${DEMO_CONSOLE_HTTP_PORT:-8080}
 mqtt_url=mqtt://127.0.0.1:${MQTT_PORT:-1883}
 # The topic each car publishes to: <prefix>/<car>/telemetry.
 mqtt_prefix=${DEMO_MQTT_PREFIX:-cars}
@@ -90,7 +92,7 @@ check_services() {
 }
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 for port in $registry_port $predictor_a $predictor_b $trainer_port $registry_metrics $predictor_a_metrics \
-  $predictor_b_metrics $trainer_metrics $bridge_port $bridge_metrics; do
+  $predictor_b_metrics $trainer_metrics $bridge_port $bridge_metrics $console_port $console_metrics $console_http; do
   port_free "$port" || { echo "port $port is in use: stop what listens there (a previous demo?) and retry" >&2; exit 1; }
 done
 
@@ -125,6 +127,9 @@ for p in a b; do
 done
 start_service trainer "$bin/kappa-trainer" --listen "127.0.0.1:$trainer_port" \
   --metrics-listen "127.0.0.1:$trainer_metrics"
+start_service console "$bin/kappa-console" --listen "127.0.0.1:$console_port" --metrics-listen "127.0.0.1:$console_metrics" \
+  --http-listen "127.0.0.1:$console_http" --predictor "http://127.0.0.1:$predictor_a" --predictor "http://127.0.0.1:$predictor_b" \
+  --predictions-topic "$predictions" --monitoring-topic "$monitoring" --jaeger-ui "$jaeger_ui"
 wait_for "the registry's replay of $models_topic" 60 kappa models list
 wait_for "the trainer" 60 kappa train list
 wait_for "the predictors' metrics endpoints" 60 sh -c \
@@ -133,6 +138,7 @@ say "kappa-bridge     grpc 127.0.0.1:$bridge_port   metrics :$bridge_metrics   $
 say "kappa-registry   grpc 127.0.0.1:$registry_port   metrics :$registry_metrics   models topic $models_topic"
 say "kappa-predictor  grpc 127.0.0.1:$predictor_a   metrics :$predictor_a_metrics   follows $model@production, scores $sensors -> $predictions"
 say "kappa-predictor  grpc 127.0.0.1:$predictor_b   metrics :$predictor_b_metrics   (second replica, same consumer group)"
+say "kappa-console    http://127.0.0.1:$console_http   grpc 127.0.0.1:$console_port   metrics :$console_metrics   (open it in a browser)"
 say "kappa-trainer    grpc 127.0.0.1:$trainer_port   metrics :$trainer_metrics"
 say "Jaeger UI/API    $jaeger_ui"
 
@@ -271,9 +277,17 @@ say "the last 200 turbine events, each sent whole as JSON and read through the v
 tail -n 200 "$run/turbines.jsonl" | kappa predict --predictor "http://$turbine_addr" --id-field turbine --anomalies-only - 2>&1 \
   | tail -n 4 | indent
 
+step "10. The console: the same mesh as pages (http://127.0.0.1:$console_http)"
+console_api() { curl -sf "http://127.0.0.1:$console_http/api/$1"; }
+wait_for "the console's fleet summary" 30 sh -c "curl -sf http://127.0.0.1:$console_http/api/fleet | grep -q topUnits"
+console_api fleet | json_field '"fleet page: %d units, %d predictions, %d anomalies; most anomalous lately: %s" % (d["units"], d["events"], d["anomalies"], ", ".join("%s (%s)" % (u["key"], "/".join(f["feature"] for f in u["topFeatures"]) or "-") for u in d["topUnits"][:3]) or "none")' | indent
+console_api serving | json_field '"serving page: " + "; ".join("%s v%s %s, %d swaps" % (r["status"]["instance"], r["status"].get("servingVersion", 0), "ready" if r["status"].get("ready") else "NOT ready", len(r["status"].get("swaps", []))) if r["status"] else r["url"] + ": " + r["problem"] for r in d["replicas"])' | indent
+console_api "models/$model" | json_field '"models page: " + ", ".join("%s -> v%s" % kv for kv in d["aliases"].items()) + "; history: " + "; ".join("%s v%s%s" % (c["kind"], c["version"], (" " + c["alias"]) if c["alias"] else "") for c in d["history"][:4])' | indent
+
 step "Where to look"
 trace=$(status | json_field '(d.get("lineage",{}).get("traceContext",{}).get("traceparent","--").split("-")[1])')
 cat <<TXT
+   the console:          http://127.0.0.1:$console_http   (fleet, models, monitoring, serving)
    Jaeger UI:            $jaeger_ui/trace/$trace   (v$next's journey: training round -> publish -> registry transaction -> both predictors' load and swap)
    Jaeger API:           curl -s '$jaeger_ui/api/traces?service=kappa-predictor&operation=model.load&limit=5'
    metrics:              curl -s http://127.0.0.1:$predictor_a_metrics/metrics   (registry :$registry_metrics, trainer :$trainer_metrics, predictor B :$predictor_b_metrics, bridge :$bridge_metrics)

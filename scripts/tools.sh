@@ -41,18 +41,19 @@ fi
 # client) for the bridge's; scikit-learn, skl2onnx and ONNX Runtime make the ONNX fixtures and
 # their reference outputs at test time (tests/onnx/sklearn_fixtures.py), and with pandas and
 # confluent-kafka run the bring-your-own-model example (examples/); pyarrow for the Python
-# package's Arrow tables, OpenTelemetry's SDK for its trace-context test and pdoc for its API
-# reference. skl2onnx 1.20 converts with the onnx it finds, and refuses newer opsets than it
+# package's Arrow tables, OpenTelemetry's SDK for its trace-context test, pdoc for its API
+# reference, and Playwright to drive the distribution's Chromium through the console's pages (its
+# own browser downloads are never used). skl2onnx 1.20 converts with the onnx it finds, and refuses newer opsets than it
 # knows: onnx stays at 1.17.
 venv=${KAPPA_PY_VENV:-$HOME/.cache/kappa/py}
-if ! "$venv/bin/python" -c "import tritonclient.grpc, numpy, prometheus_client, kubernetes_validate, pytest, yaml, paho.mqtt, sklearn, skl2onnx, onnxruntime, onnx, pandas, confluent_kafka, pyarrow, opentelemetry.sdk, pdoc; assert onnx.__version__ == '1.17.0' and skl2onnx.__version__ == '1.20.0'" 2>/dev/null; then
-  echo "Installing tritonclient[grpc], prometheus-client, kubernetes-validate, pytest, paho-mqtt, scikit-learn, skl2onnx, onnxruntime, pandas, confluent-kafka, pyarrow, opentelemetry-sdk and pdoc into $venv..." >&2
+if ! "$venv/bin/python" -c "import tritonclient.grpc, numpy, prometheus_client, kubernetes_validate, pytest, yaml, paho.mqtt, sklearn, skl2onnx, onnxruntime, onnx, pandas, confluent_kafka, pyarrow, opentelemetry.sdk, pdoc, playwright.sync_api; assert onnx.__version__ == '1.17.0' and skl2onnx.__version__ == '1.20.0'" 2>/dev/null; then
+  echo "Installing tritonclient[grpc], prometheus-client, kubernetes-validate, pytest, paho-mqtt, scikit-learn, skl2onnx, onnxruntime, pandas, confluent-kafka, pyarrow, opentelemetry-sdk, pdoc and playwright into $venv..." >&2
   python3 -m venv "$venv" >&2
   "$venv/bin/pip" install -q "tritonclient[grpc]==2.73.0" "prometheus-client==0.26.0" \
     "kubernetes-validate==1.37.0" "pytest==8.4.2" "paho-mqtt==2.2.0" \
     "scikit-learn==1.9.1" "skl2onnx==1.20.0" "onnx==1.17.0" "onnxruntime==1.31.1" \
     "pandas==3.1.1" "confluent-kafka==2.16.1" "pyarrow==26.0.1" \
-    "opentelemetry-api==1.45.2" "opentelemetry-sdk==1.45.2" "pdoc==16.0.0" >&2
+    "opentelemetry-api==1.45.2" "opentelemetry-sdk==1.45.2" "pdoc==16.0.0" "playwright==1.65.3" >&2
 fi
 # The notebook's venv (examples/notebook, run by the Python package's tests): PyTorch for the
 # autoencoder, with the ONNX exporter's onnx and onnxscript, which need a newer onnx than

@@ -140,12 +140,30 @@ def start_predictor(services: Services) -> Callable[..., str]:
 
 
 @pytest.fixture
-def start_trainer(services: Services) -> Callable[[str], str]:
-    """Starts a kappa-trainer publishing to a registry."""
+def start_trainer(services: Services) -> Callable[..., str]:
+    """Starts a kappa-trainer publishing to a registry, with extra flags."""
 
-    def start(registry_url: str) -> str:
-        flags = [f"--registry={registry_url}", f"--jobs-topic=test.py-jobs-{uuid.uuid4().hex[:12]}"]
-        return services.launch("kappa-trainer", "kappa.trainer.v1.Trainer", flags)[0]
+    def start(registry_url: str, *flags: str) -> str:
+        own = [f"--registry={registry_url}", f"--jobs-topic=test.py-jobs-{uuid.uuid4().hex[:12]}", *flags]
+        return services.launch("kappa-trainer", "kappa.trainer.v1.Trainer", own)[0]
+
+    return start
+
+
+@pytest.fixture
+def start_console(services: Services) -> Callable[..., str]:
+    """Starts a kappa-console reading a registry and predictors; returns its pages' URL."""
+
+    def start(registry_url: str, predictors: list[str], *flags: str) -> str:
+        http = free_port()
+        own = [
+            f"--http-listen=127.0.0.1:{http}",
+            f"--registry={registry_url}",
+            *(f"--predictor={url}" for url in predictors),
+            *flags,
+        ]
+        services.launch("kappa-console", "", own)
+        return f"http://127.0.0.1:{http}"
 
     return start
 

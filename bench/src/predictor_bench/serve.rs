@@ -57,6 +57,13 @@ impl Predictor for Echo {
     ) -> Result<Response<Self::PredictStreamStream>, Status> {
         Err(Status::unimplemented("the echo baseline serves unary Predict only"))
     }
+
+    async fn get_status(
+        &self,
+        _request: Request<kappa_api::predictor::GetStatusRequest>,
+    ) -> Result<Response<kappa_api::predictor::PredictorStatus>, Status> {
+        Err(Status::unimplemented("the echo baseline serves unary Predict only"))
+    }
 }
 
 pub(super) fn request() -> PredictRequest {

@@ -119,6 +119,8 @@ fn to_event(record: LogRecord, offset: i64, name_filter: &str) -> Option<pb::wat
             alias,
             version: record.version,
             cutover: record.cutover,
+            updated_at_ms: record.updated_at_ms,
+            updated_by: record.updated_by,
         }),
         LogRecord::AliasTombstone { name, alias } => Event::AliasDeleted(pb::AliasDeleted { name, alias }),
         LogRecord::Chunk { .. } | LogRecord::ChunkTombstone { .. } => return None,

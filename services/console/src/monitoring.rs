@@ -1,0 +1,199 @@
+//! The Monitoring page's state: each version's monitoring windows (drift per feature, score
+//! drift, anomaly rate against validation) and the agreement of each shadow with the version it
+//! shadows, over time. Bounded: windows per version, versions, and shadow buckets.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use kappa_api::events::{MonitoringWindow, ShadowPrediction};
+use serde::Serialize;
+
+/// Windows kept per (model, version): a day of one-minute windows... at most.
+const WINDOWS_KEPT: usize = 1440;
+/// (model, version) series and shadow pairs kept; past it, the one updated least lately goes.
+const SERIES_KEPT: usize = 64;
+/// Shadow answers are summed per this many milliseconds.
+const SHADOW_BUCKET_MS: i64 = 10_000;
+const SHADOW_BUCKETS_KEPT: usize = 8640;
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Window {
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub predictor: String,
+    pub events: u64,
+    pub anomaly_rate: f64,
+    pub reference_anomaly_rate: f64,
+    pub score_psi: f64,
+    pub psi_threshold: f64,
+    /// PSI per feature, in the version's feature order.
+    pub psi: Vec<f64>,
+    pub drifted: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionSeries {
+    pub model: String,
+    pub version: u64,
+    pub features: Vec<String>,
+    pub windows: VecDeque<Window>,
+    #[serde(skip)]
+    touched: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ShadowBucket {
+    pub start_ms: i64,
+    pub answers: u64,
+    /// Both versions gave the same verdict.
+    pub agreed: u64,
+    /// Normal for the live version, anomalous for the shadow; and the other way.
+    pub shadow_only: u64,
+    pub live_only: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ShadowSeries {
+    pub model: String,
+    pub live_version: u64,
+    pub shadow_version: u64,
+    pub buckets: VecDeque<ShadowBucket>,
+    #[serde(skip)]
+    touched: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct Monitoring {
+    windows: BTreeMap<(String, u64), VersionSeries>,
+    shadows: BTreeMap<(String, u64, u64), ShadowSeries>,
+    clock: u64,
+    pub undecodable: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MonitoringView {
+    pub versions: Vec<VersionSeries>,
+    pub shadows: Vec<ShadowSeries>,
+    pub undecodable: u64,
+}
+
+impl Monitoring {
+    pub fn add_window(&mut self, window: MonitoringWindow) {
+        self.clock += 1;
+        let key = (window.model_name.clone(), window.model_version);
+        if !self.windows.contains_key(&key) && self.windows.len() >= SERIES_KEPT {
+            let stalest = self
+                .windows
+                .iter()
+                .min_by_key(|(_, s)| s.touched)
+                .map(|(k, _)| k.clone());
+            if let Some(stalest) = stalest {
+                self.windows.remove(&stalest);
+            }
+        }
+        let series = self.windows.entry(key).or_insert_with(|| VersionSeries {
+            model: window.model_name.clone(),
+            version: window.model_version,
+            ..VersionSeries::default()
+        });
+        series.touched = self.clock;
+        // A version's features are fixed: the first window names them, later ones follow.
+        if series.features.is_empty() {
+            series.features = window.features.iter().map(|f| f.feature.clone()).collect();
+        }
+        let psi = series
+            .features
+            .iter()
+            .map(|name| {
+                window
+                    .features
+                    .iter()
+                    .find(|f| &f.feature == name)
+                    .map_or(f64::NAN, |f| f.psi)
+            })
+            .collect();
+        if series.windows.len() == WINDOWS_KEPT {
+            series.windows.pop_front();
+        }
+        series.windows.push_back(Window {
+            start_ms: window.window_start_ms,
+            end_ms: window.window_end_ms,
+            predictor: window.predictor,
+            events: window.events,
+            anomaly_rate: window.anomaly_rate,
+            reference_anomaly_rate: window.reference_anomaly_rate,
+            score_psi: window.score_psi,
+            psi_threshold: window.psi_threshold,
+            psi,
+            drifted: window.drifted,
+        });
+    }
+
+    pub fn add_shadow(&mut self, answer: &ShadowPrediction, now_ms: i64) {
+        self.clock += 1;
+        let key = (answer.model_name.clone(), answer.live_version, answer.shadow_version);
+        if !self.shadows.contains_key(&key) && self.shadows.len() >= SERIES_KEPT {
+            let stalest = self
+                .shadows
+                .iter()
+                .min_by_key(|(_, s)| s.touched)
+                .map(|(k, _)| k.clone());
+            if let Some(stalest) = stalest {
+                self.shadows.remove(&stalest);
+            }
+        }
+        let series = self.shadows.entry(key).or_insert_with(|| ShadowSeries {
+            model: answer.model_name.clone(),
+            live_version: answer.live_version,
+            shadow_version: answer.shadow_version,
+            ..ShadowSeries::default()
+        });
+        series.touched = self.clock;
+        let at = if answer.scored_at_ms > 0 {
+            answer.scored_at_ms
+        } else {
+            now_ms
+        };
+        let start_ms = at - at.rem_euclid(SHADOW_BUCKET_MS);
+        if series.buckets.back().is_none_or(|b| b.start_ms < start_ms) {
+            if series.buckets.len() == SHADOW_BUCKETS_KEPT {
+                series.buckets.pop_front();
+            }
+            series.buckets.push_back(ShadowBucket {
+                start_ms,
+                ..ShadowBucket::default()
+            });
+        }
+        // An answer late for its bucket counts in the latest one: buckets never reopen.
+        let bucket = series.buckets.back_mut().expect("pushed above");
+        bucket.answers += 1;
+        match (answer.live_is_anomaly, answer.shadow_is_anomaly) {
+            (a, b) if a == b => bucket.agreed += 1,
+            (false, true) => bucket.shadow_only += 1,
+            _ => bucket.live_only += 1,
+        }
+    }
+
+    /// The series of `model` (all models when empty).
+    pub fn view(&self, model: &str) -> MonitoringView {
+        MonitoringView {
+            versions: self
+                .windows
+                .values()
+                .filter(|s| model.is_empty() || s.model == model)
+                .cloned()
+                .collect(),
+            shadows: self
+                .shadows
+                .values()
+                .filter(|s| model.is_empty() || s.model == model)
+                .cloned()
+                .collect(),
+            undecodable: self.undecodable,
+        }
+    }
+}

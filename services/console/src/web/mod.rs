@@ -1,0 +1,342 @@
+//! The console's HTTP routes: the page and its assets, a JSON API the page reads, one event
+//! stream per open page, and the one action (moving an alias). Every response carries a strict
+//! Content-Security-Policy: scripts, styles and connections only from the console itself.
+
+mod assets;
+mod live;
+pub mod session;
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    Json, Router,
+    body::Body,
+    extract::{DefaultBodyLimit, Path, Query, Request, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use kappa_api::registry::SetAliasRequest;
+use kappa_runtime::{auth::Role, web::WebSecurity};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::App;
+use session::{COOKIE, CSRF_HEADER, Caller, same_secret};
+
+/// Largest request body the console reads (a sign-in, an alias move).
+const MAX_BODY_BYTES: usize = 16 * 1024;
+
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+                   connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/", get(assets::index))
+        .route("/assets/{name}", get(assets::asset))
+        .route("/api/session", get(session_info))
+        .route("/api/session/sign-in", post(sign_in))
+        .route("/api/session/sign-out", post(sign_out))
+        .route("/api/fleet", get(fleet))
+        .route("/api/units", get(find_units))
+        .route("/api/units/{key}", get(unit))
+        .route("/api/models", get(models))
+        .route("/api/models/{name}", get(model))
+        .route("/api/models/{name}/aliases/{alias}", post(move_alias))
+        .route("/api/serving", get(serving))
+        .route("/api/monitoring", get(monitoring))
+        .route("/api/status", get(status))
+        .route("/api/live", get(live::stream))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(security_headers))
+        .with_state(app)
+}
+
+async fn security_headers(request: Request, next: Next) -> Response {
+    let api = request.uri().path().starts_with("/api/");
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    if api {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    response
+}
+
+/// An API error: its status and a sentence saying what to do.
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| v)
+}
+
+impl App {
+    /// The caller of a request, and the cookie to set when its session is new.
+    fn caller(&self, headers: &HeaderMap) -> (Caller, Option<HeaderValue>) {
+        let (caller, new) = self.sessions.caller(cookie_value(headers, COOKIE), &self.web.auth);
+        let cookie = new.then(|| session_cookie(&self.web, &caller.id));
+        (caller, cookie)
+    }
+
+    /// The caller, who must hold `role`.
+    fn needs(&self, headers: &HeaderMap, role: Role) -> Result<Caller, ApiError> {
+        let (caller, _) = self.caller(headers);
+        if caller.may(role) {
+            return Ok(caller);
+        }
+        Err(match &caller.principal {
+            None => ApiError(
+                StatusCode::UNAUTHORIZED,
+                "sign in with a token that holds the read role".into(),
+            ),
+            Some(p) => ApiError(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "{} holds roles [{}]; this needs the {} role",
+                    p.name,
+                    p.roles,
+                    role.name()
+                ),
+            ),
+        })
+    }
+}
+
+fn session_cookie(web: &WebSecurity, id: &str) -> HeaderValue {
+    let secure = if web.tls.is_some() { "; Secure" } else { "" };
+    HeaderValue::from_str(&format!("{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict{secure}"))
+        .expect("hex ids make a valid header")
+}
+
+/// A state-changing request must come from the console's own page: the session's CSRF secret
+/// in a header, and no foreign Origin.
+fn check_same_origin(headers: &HeaderMap, caller: &Caller) -> Result<(), ApiError> {
+    let sent = headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !same_secret(sent, &caller.csrf) {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            format!("missing or wrong {CSRF_HEADER} header: actions are taken from the console's own page"),
+        ));
+    }
+    if let (Some(origin), Some(host)) = (headers.get(header::ORIGIN), headers.get(header::HOST)) {
+        let origin = origin.to_str().unwrap_or("");
+        let host = host.to_str().unwrap_or("");
+        let origin_host = origin.split_once("://").map_or("", |(_, rest)| rest);
+        if origin_host != host {
+            return Err(ApiError(
+                StatusCode::FORBIDDEN,
+                format!("requests from {origin} are refused"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+async fn session_info(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    let (caller, cookie) = app.caller(&headers);
+    let body = Json(json!({
+        "authRequired": app.web.auth.authenticates(),
+        "signedIn": caller.principal.is_some(),
+        "name": caller.principal.as_ref().map(|p| p.name.clone()).unwrap_or_default(),
+        "roles": caller.principal.as_ref().map(|p| p.roles.to_string()).unwrap_or_default(),
+        "canWrite": caller.may(Role::Write),
+        "csrf": caller.csrf,
+        "jaegerUi": app.jaeger_ui,
+    }));
+    let mut response = body.into_response();
+    if let Some(cookie) = cookie {
+        response.headers_mut().insert(header::SET_COOKIE, cookie);
+    }
+    response
+}
+
+#[derive(Deserialize)]
+struct SignIn {
+    token: String,
+}
+
+async fn sign_in(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Json(body): Json<SignIn>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let (caller, _) = app.caller(&headers);
+    check_same_origin(&headers, &caller)?;
+    let principal = app
+        .sessions
+        .sign_in(&caller.id, &body.token, &app.web.auth)
+        .map_err(|e| ApiError(StatusCode::UNAUTHORIZED, e.into()))?;
+    tracing::info!(principal = principal.name, "signed in to the console");
+    Ok(Json(
+        json!({ "name": principal.name, "roles": principal.roles.to_string() }),
+    ))
+}
+
+async fn sign_out(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<StatusCode, ApiError> {
+    let (caller, _) = app.caller(&headers);
+    check_same_origin(&headers, &caller)?;
+    app.sessions.sign_out(&caller.id);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn json_bytes(bytes: bytes::Bytes) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], Body::from(bytes)).into_response()
+}
+
+async fn fleet(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    app.needs(&headers, Role::Read)?;
+    Ok(json_bytes(app.fleet_summary.borrow().clone()))
+}
+
+#[derive(Deserialize)]
+struct Find {
+    #[serde(default)]
+    prefix: String,
+}
+
+async fn find_units(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Query(find): Query<Find>,
+) -> Result<Json<Vec<String>>, ApiError> {
+    app.needs(&headers, Role::Read)?;
+    Ok(Json(app.fleet.lock().expect("fleet lock").find(&find.prefix, 20)))
+}
+
+async fn unit(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    app.needs(&headers, Role::Read)?;
+    let detail = app.fleet.lock().expect("fleet lock").unit(&key);
+    let detail = detail.ok_or_else(|| {
+        ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no predictions for unit {key:?} in the console's window (--lookback-seconds, --max-units)"),
+        )
+    })?;
+    let threshold = app.models.threshold(&detail.model, detail.version);
+    let mut value = serde_json::to_value(detail).expect("a unit serialises");
+    value["threshold"] = json!(threshold);
+    Ok(Json(value))
+}
+
+async fn models(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Json<serde_json::Value>, ApiError> {
+    app.needs(&headers, Role::Read)?;
+    Ok(Json(
+        json!({ "models": app.models.list(), "problem": app.models.problem() }),
+    ))
+}
+
+async fn model(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<crate::models::ModelDetail>, ApiError> {
+    app.needs(&headers, Role::Read)?;
+    app.models
+        .detail(&name)
+        .map(Json)
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("the registry has no model {name:?}")))
+}
+
+#[derive(Deserialize)]
+struct MoveAlias {
+    version: u64,
+}
+
+/// Moves an alias with the signed-in user's token, so the registry checks their role and
+/// records them as the mover (the console's own token without tokens configured).
+async fn move_alias(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path((name, alias)): Path<(String, String)>,
+    Json(body): Json<MoveAlias>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let caller = app.needs(&headers, Role::Write)?;
+    check_same_origin(&headers, &caller)?;
+    let mut security = app.mesh.clone();
+    if let Some(token) = caller.token.clone() {
+        security.token = Some(token);
+    }
+    let unavailable = |e: String| ApiError(StatusCode::BAD_GATEWAY, e);
+    let mut registry = kappa_client::Registry::connect_with(&app.registry, &security)
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+    let request = SetAliasRequest {
+        name: name.clone(),
+        alias: alias.clone(),
+        version: body.version,
+        effective_from_ms: 0,
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(10), registry.rpc().set_alias(request))
+        .await
+        .map_err(|_| unavailable("the registry did not answer within 10 s".into()))?
+        .map_err(|s| {
+            let status = match s.code() {
+                tonic::Code::NotFound => StatusCode::NOT_FOUND,
+                tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition => StatusCode::BAD_REQUEST,
+                tonic::Code::PermissionDenied => StatusCode::FORBIDDEN,
+                tonic::Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+                _ => StatusCode::BAD_GATEWAY,
+            };
+            ApiError(status, format!("the registry refused: {}", s.message()))
+        })?
+        .into_inner();
+    let by = caller.principal.map(|p| p.name).unwrap_or_default();
+    tracing::info!(
+        model = name,
+        alias,
+        version = body.version,
+        by,
+        "alias moved from the console"
+    );
+    Ok(Json(json!({
+        "previousVersion": answer.previous_version,
+        "position": answer.position,
+    })))
+}
+
+async fn serving(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Json<serde_json::Value>, ApiError> {
+    app.needs(&headers, Role::Read)?;
+    Ok(Json(json!({ "replicas": app.serving.replicas() })))
+}
+
+#[derive(Deserialize)]
+struct OfModel {
+    #[serde(default)]
+    model: String,
+}
+
+async fn monitoring(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Query(of): Query<OfModel>,
+) -> Result<Json<crate::monitoring::MonitoringView>, ApiError> {
+    app.needs(&headers, Role::Read)?;
+    Ok(Json(app.monitoring.lock().expect("monitoring lock").view(&of.model)))
+}
+
+async fn status(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Json<serde_json::Value>, ApiError> {
+    app.needs(&headers, Role::Read)?;
+    let topics: Vec<_> = app.topics.iter().map(|t| t.get()).collect();
+    Ok(Json(json!({ "topics": topics, "registry": app.models.problem() })))
+}
