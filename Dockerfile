@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
-# One image with the four Kappa services and the CLI. Build: docker build -t kappa:0.1.0 .
-# The Helm chart runs /usr/local/bin/kappa-{registry,predictor,trainer,bridge} from it.
+# One image with the five Kappa services and the CLI. Build: docker build -t kappa:0.1.0 .
+# The Helm chart runs /usr/local/bin/kappa-{registry,predictor,trainer,bridge,console} from it.
 
 # --- build: the pinned toolchain, librdkafka compiled from source (rdkafka's cmake build) -----
 FROM rust:1.95-bookworm AS build
@@ -11,9 +11,9 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin kappa-registry --bin kappa-predictor --bin kappa-trainer --bin kappa-bridge --bin kappa \
+    cargo build --release --locked --bin kappa-registry --bin kappa-predictor --bin kappa-trainer --bin kappa-bridge --bin kappa-console --bin kappa \
  && mkdir -p /out \
- && cp target/release/kappa-registry target/release/kappa-predictor target/release/kappa-trainer target/release/kappa-bridge target/release/kappa /out/
+ && cp target/release/kappa-registry target/release/kappa-predictor target/release/kappa-trainer target/release/kappa-bridge target/release/kappa-console target/release/kappa /out/
 
 # --- run: a small Debian with only the shared libraries the binaries link (OpenSSL, zlib) -----
 FROM debian:bookworm-slim
@@ -22,9 +22,10 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --gid 10001 kappa \
  && useradd --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin kappa
-COPY --from=build /out/kappa-registry /out/kappa-predictor /out/kappa-trainer /out/kappa-bridge /out/kappa /usr/local/bin/
+COPY --from=build /out/kappa-registry /out/kappa-predictor /out/kappa-trainer /out/kappa-bridge /out/kappa-console /out/kappa /usr/local/bin/
 USER 10001:10001
-# gRPC: registry 50051, predictor 50052, trainer 50053, bridge 50054; Prometheus /metrics: 9101-9104.
-EXPOSE 50051 50052 50053 50054 9101 9102 9103 9104
+# gRPC: registry 50051, predictor 50052, trainer 50053, bridge 50054, console 50055; Prometheus
+# /metrics: 9101-9105; the console's pages: 8080.
+EXPOSE 50051 50052 50053 50054 50055 9101 9102 9103 9104 9105 8080
 # No default command: the chart (or you) picks the service, e.g. `kappa-registry --help`.
 CMD ["kappa", "--help"]

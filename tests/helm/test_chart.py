@@ -32,6 +32,7 @@ BINARIES = {
     "predictor": "kappa-predictor",
     "trainer": "kappa-trainer",
     "bridge": "kappa-bridge",
+    "console": "kappa-console",
 }
 HEALTH_NAMES = {
     "registry": "kappa.registry.v1.Registry",
@@ -39,6 +40,8 @@ HEALTH_NAMES = {
     "trainer": "kappa.trainer.v1.Trainer",
     # The bridge serves no RPC of its own: ready (the whole server) once subscribed.
     "bridge": "",
+    # Nor does the console: its pages are on their own port.
+    "console": "",
 }
 # What each values file deploys: the bridge only where an MQTT broker is configured.
 DEPLOYED = {"default": set(BINARIES) - {"bridge"}, "production": set(BINARIES), "secure": set(BINARIES)}
@@ -107,7 +110,8 @@ def test_production_values_render_what_operators_expect():
     assert "replicas" not in predictor["spec"], "the autoscaler owns the predictor's replica count"
     assert by_kind["HorizontalPodAutoscaler"]["kappa-predictor"]["spec"]["minReplicas"] == 3
     assert by_kind["PodDisruptionBudget"]["kappa-predictor"]["spec"]["minAvailable"] == 2
-    assert set(by_kind["ServiceMonitor"]) == {"kappa-registry", "kappa-predictor", "kappa-trainer", "kappa-bridge"}
+    assert set(by_kind["ServiceMonitor"]) == {
+        "kappa-registry", "kappa-predictor", "kappa-trainer", "kappa-bridge", "kappa-console"}
     for name, deployment in by_kind["Deployment"].items():
         pod = deployment["spec"]["template"]["spec"]
         container = pod["containers"][0]
@@ -182,6 +186,9 @@ def fill_mount(name, directory):
         line = subprocess.run([kappa, "token", "new", "ops", "--roles", "admin", "--out", str(directory / "t")],
                               check=True, capture_output=True, text=True).stdout
         (directory / "tokens").write_text(line)
+    elif name == "mesh-token":
+        subprocess.run([kappa, "token", "new", "console", "--roles", "read", "--out", str(directory / "token")],
+                       check=True, capture_output=True)
     elif name == "registry-token":
         subprocess.run([kappa, "token", "new", "trainer", "--roles", "read,write", "--out", str(directory / "token")],
                        check=True, capture_output=True)
@@ -261,7 +268,8 @@ def test_rendered_containers_match_the_binaries_ports_and_health_names(name, tmp
         assert container["command"] == [f"/usr/local/bin/{BINARIES[component]}"]
         listen, metrics, summary, mounts = check_config(container, tmp_path / component)
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-        assert ports == {"grpc": listen, "metrics": metrics}, summary
+        own = {"http": int(re.search(r"http=[^ ]*:(\d+)", summary).group(1))} if component == "console" else {}
+        assert ports == {"grpc": listen, "metrics": metrics, **own}, summary
         for probe in ["livenessProbe", "readinessProbe", "startupProbe"]:
             if probe in container:
                 assert probe_target(container, probe, mounts)[0] == listen, probe
@@ -270,7 +278,7 @@ def test_rendered_containers_match_the_binaries_ports_and_health_names(name, tmp
         service = services[deployment["metadata"]["name"]]
         assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
         targets = {p["name"]: p["targetPort"] for p in service["spec"]["ports"]}
-        assert targets == {"grpc": "grpc", "metrics": "metrics"}, "Service ports name the container's ports"
+        assert targets == {name: name for name in ports}, "Service ports name the container's ports"
         for monitor in monitors:
             if monitor["metadata"]["name"] == deployment["metadata"]["name"]:
                 assert monitor["spec"]["endpoints"][0]["port"] in targets
@@ -426,11 +434,17 @@ def test_secure_values_turn_on_tls_tokens_signatures_and_a_network_policy_per_co
     trainer_args = by_kind["Deployment"]["kappa-trainer"]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--registry=https://kappa-registry:50051" in trainer_args
     policies = by_kind["NetworkPolicy"]
-    assert set(policies) == {"kappa-registry", "kappa-predictor", "kappa-trainer", "kappa-bridge"}
+    assert set(policies) == {"kappa-registry", "kappa-predictor", "kappa-trainer", "kappa-bridge", "kappa-console"}
+    # The console reads the registry and the predictors: their policies let it in.
+    console_pod = by_kind["Deployment"]["kappa-console"]["spec"]["template"]["metadata"]["labels"]
+    for policy in ("kappa-registry", "kappa-predictor"):
+        allowed = [p["podSelector"]["matchLabels"] for p in policies[policy]["spec"]["ingress"][0]["from"]]
+        assert any(a.items() <= console_pod.items() for a in allowed), policy
+    assert [p["port"] for p in policies["kappa-console"]["spec"]["ingress"][0]["ports"]] == ["grpc", "http"]
     registry_from = policies["kappa-registry"]["spec"]["ingress"][0]["from"]
     assert {"app.kubernetes.io/component": "trainer"}.items() <= registry_from[1]["podSelector"]["matchLabels"].items()
-    assert policies["kappa-predictor"]["spec"]["ingress"][0]["from"] == [
-        {"podSelector": {"matchLabels": {"kappa.example.com/client": "predictor"}}}]
+    assert policies["kappa-predictor"]["spec"]["ingress"][0]["from"][0] == {
+        "podSelector": {"matchLabels": {"kappa.example.com/client": "predictor"}}}
     for policy in policies.values():
         assert [r["ports"][0]["port"] for r in policy["spec"]["ingress"]] == ["grpc", "metrics"]
     test_pod = next(iter(by_kind["Pod"].values()))["spec"]["containers"][0]

@@ -219,6 +219,31 @@ app.kubernetes.io/component: {{ .component }}
   value: /etc/kappa/signing/signing.key
 {{- end }}
 {{- end }}
+{{- if eq .component "console" }}
+{{- if include "kappa.tlsSecret" (dict "root" .root "component" "registry") }}
+{{- if not (include "kappa.tlsSecret" .) }}
+{{- fail "security.tls.secrets.console is required when the registry serves TLS: the console's client reads ca.crt from it" }}
+{{- end }}
+- name: KAPPA_MESH_TLS_CA
+  value: /etc/kappa/tls/ca.crt
+{{- if $v.tls.clientAuth }}
+- name: KAPPA_MESH_TLS_CERT
+  value: /etc/kappa/tls/tls.crt
+- name: KAPPA_MESH_TLS_KEY
+  value: /etc/kappa/tls/tls.key
+{{- end }}
+{{- end }}
+{{- if $v.auth.consoleTokenSecret }}
+- name: KAPPA_MESH_TOKEN_FILE
+  value: /etc/kappa/mesh-token/token
+{{- if and .root.Values.insecure (not (include "kappa.tlsSecret" (dict "root" .root "component" "registry"))) }}
+- name: KAPPA_MESH_ALLOW_PLAINTEXT_TOKEN
+  value: "true"
+{{- end }}
+{{- else if $v.auth.tokensSecret }}
+{{- fail "security.auth.consoleTokenSecret is required with security.auth.tokensSecret: the console reads the registry and predictors with its own token (the read role; `kappa token new console --roles read`)" }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{- define "kappa.securityMounts" -}}
@@ -241,6 +266,11 @@ app.kubernetes.io/component: {{ .component }}
 {{- if and (eq .component "trainer") $v.auth.trainerTokenSecret }}
 - name: registry-token
   mountPath: /etc/kappa/registry-token
+  readOnly: true
+{{- end }}
+{{- if and (eq .component "console") $v.auth.consoleTokenSecret }}
+- name: mesh-token
+  mountPath: /etc/kappa/mesh-token
   readOnly: true
 {{- end }}
 {{- if or (and (eq .component "trainer") $v.signing.trainerKeySecret) (and (eq .component "registry") $v.signing.trustedKeysConfigMap) }}
@@ -277,6 +307,13 @@ app.kubernetes.io/component: {{ .component }}
 - name: registry-token
   secret:
     secretName: {{ $v.auth.trainerTokenSecret }}
+    items:
+      - {key: token, path: token}
+{{- end }}
+{{- if and (eq .component "console") $v.auth.consoleTokenSecret }}
+- name: mesh-token
+  secret:
+    secretName: {{ $v.auth.consoleTokenSecret }}
     items:
       - {key: token, path: token}
 {{- end }}
@@ -351,8 +388,8 @@ from bridge.mqtt.credentials.username/password, or "" (anonymous). */}}
 {{- end -}}
 {{- end }}
 
-{{/* "true" when a component is deployed: the registry and predictors always, the trainer and
-the bridge when enabled. (dict "root" $ "component" "bridge") */}}
+{{/* "true" when a component is deployed: the registry and predictors always, the trainer, the
+bridge and the console when enabled. (dict "root" $ "component" "bridge") */}}
 {{- define "kappa.enabled" -}}
 {{- if or (has .component (list "registry" "predictor")) (index .root.Values .component).enabled }}true{{ end }}
 {{- end }}
