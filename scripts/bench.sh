@@ -281,6 +281,33 @@ PY
 done
 
 echo
+echo "## Console: pages and events at 50,000 predictions/s for 100,000 units, against the same console idle"
+cport=$((port + 40)) cmetrics=$((metrics + 40)) chttp=${BENCH_CONSOLE_HTTP_PORT:-8190}
+console_round() { # rate: prints the console-bench report
+  local predictions="bench.console-$(date +%s%N)"
+  "$bin/kappa-console" --listen "127.0.0.1:$cport" --metrics-listen "127.0.0.1:$cmetrics" --http-listen "127.0.0.1:$chttp" \
+    --registry "http://127.0.0.1:$port" --predictions-topic "$predictions" --max-units 100000 --log warn >>"$run/console.log" 2>&1 &
+  local cpid=$!
+  for _ in $(seq 1 60); do curl -sf "http://127.0.0.1:$chttp/api/status" >/dev/null && break; sleep 0.5; done
+  "$bin/console-bench" --topic "$predictions" --console "127.0.0.1:$chttp" --console-pid "$cpid" \
+    --units 100000 --rate "$1" --seconds 30
+  kill "$cpid"; wait "$cpid" 2>/dev/null || true
+}
+idle=$(console_round 0)
+loaded=$(console_round 50000)
+python3 - "$idle" "$loaded" <<'PY'
+import json, sys
+idle, loaded = (json.loads(a) for a in sys.argv[1:])
+print("| measurement | at 50,000 predictions/s | idle (same console, same readers) | ratio | target |")
+print("|---|---|---|---|---|")
+print(f"| predictions produced per second | {loaded['predictions_per_second']:.0f} | 0 | | 50,000 |")
+print(f"| page p99 (4 readers: fleet, a unit, models, monitoring, serving) | {loaded['page_p99_ms']:.1f} ms | {idle['page_p99_ms']:.1f} ms | {loaded['page_p99_ms'] / idle['page_p99_ms']:.1f}x | < 200 ms |")
+print(f"| page p50 | {loaded['page_p50_ms']:.1f} ms | {idle['page_p50_ms']:.1f} ms | | |")
+print(f"| anomaly produced -> on an open page, p50 / p99 | {loaded['event_p50_ms']:.0f} / {loaded['event_p99_ms']:.0f} ms | | | ~1 s (summaries once a second) |")
+print(f"| units held; resident memory, first / second half of the run | {loaded['units_on_page']}; {loaded['rss_mib_first_half_max']:.0f} / {loaded['rss_mib_second_half_max']:.0f} MiB | {idle['rss_mib_second_half_max']:.0f} MiB | | bounded |")
+PY
+
+echo
 echo "## Trainer: training samples/s against PyTorch (same MLP, AdamW, batch 64, 1 thread)"
 rows=${BENCH_TRAIN_ROWS:-50000}; epochs=${BENCH_TRAIN_EPOCHS:-3}
 kappa_rate=$(RAYON_NUM_THREADS=1 "$bin/train-bench" train --rows "$rows" --epochs "$epochs")

@@ -407,7 +407,11 @@ mod tests {
         assert_eq!(ranked, vec![("always", 1.0), ("half", 0.5)]);
         assert_eq!(summary.latest.len(), 6);
         let latest: Vec<&str> = summary.latest.iter().map(|a| a.key.as_str()).collect();
-        assert_eq!(latest, ["always", "half", "always", "always", "half", "always"], "newest first");
+        assert_eq!(
+            latest,
+            ["always", "half", "always", "always", "half", "always"],
+            "newest first"
+        );
         assert_eq!(summary.events_per_second.last(), Some(&12));
         assert_eq!(summary.anomalies_per_second.last(), Some(&6));
     }

@@ -5,6 +5,7 @@
 mod backtest;
 mod bridge;
 mod cluster;
+mod console;
 mod cutover;
 mod demo;
 mod explain;
