@@ -50,6 +50,24 @@ pub fn of(name: &str, values: impl Iterator<Item = f64>) -> Option<Distribution>
     })
 }
 
+/// Each feature's training median, read from a version's reference profile: the lower edge of
+/// the bin where the cumulative share passes one half (the 5th decile, when the feature has ten
+/// distinct deciles). `None` for a version without a usable reference.
+pub fn reference_medians(manifest: &ModelManifest) -> Option<Vec<f32>> {
+    reference_of(manifest)?.features.iter().map(median).collect()
+}
+
+fn median(distribution: &Distribution) -> Option<f32> {
+    let mut cumulative = 0.0;
+    let bin = distribution.shares.iter().position(|share| {
+        cumulative += share;
+        // Shares are sums of tenths: past one half by more than their rounding.
+        cumulative > 0.5 + 1e-9
+    })?;
+    let edges = &distribution.edges;
+    edges.get(bin.saturating_sub(1)).map(|&e| e as f32)
+}
+
 /// The bin of `value`: how many edges are at or below it.
 pub fn bin(edges: &[f64], value: f64) -> usize {
     edges.partition_point(|e| *e <= value)
@@ -76,6 +94,18 @@ pub fn psi(shares: &[f64], counts: &[u64]) -> Option<f64> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_median_is_read_from_the_deciles() {
+        let spread = of("x", (0..1000).map(f64::from)).unwrap();
+        assert_eq!(median(&spread), Some(500.0));
+        let constant = of("c", std::iter::repeat_n(7.0, 50)).unwrap();
+        assert_eq!(median(&constant), Some(7.0));
+        // Mostly zeros, a few large values: the median is zero.
+        let skewed = of("s", (0..100).map(|i| if i < 80 { 0.0 } else { f64::from(i) })).unwrap();
+        assert_eq!(median(&skewed), Some(0.0));
+    }
+
     use rand::{Rng, SeedableRng, rngs::StdRng};
 
     use super::*;

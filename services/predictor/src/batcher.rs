@@ -36,12 +36,22 @@ pub struct Job {
 pub struct Scored {
     pub model: Arc<LoadedModel>,
     pub scores: Vec<f32>,
-    /// Each feature's share of each row's score (`rows × features`), from the same forward
-    /// pass, when explanations are on and the version explains its scores; else empty.
+    /// Each feature's share of each row's score (`rows × features`): from the same forward pass
+    /// for versions that explain their scores, by median replacement for the flagged rows of
+    /// the others (NaN for the rows not explained); empty when nothing was explained.
     pub shares: Vec<f32>,
     pub inputs: Vec<f32>,
     /// Every output of the graph, for a job that asked for them.
     pub outputs: Vec<OutputTensor>,
+}
+
+/// What the inference threads explain: versions that explain their scores do in the scoring
+/// pass (`in_pass`); the others' flagged rows by median replacement within a budget
+/// (`occlusion`, see [`crate::occlusion`]).
+#[derive(Debug, Clone, Default)]
+pub struct Explaining {
+    pub in_pass: bool,
+    pub occlusion: Option<Arc<crate::occlusion::Budget>>,
 }
 
 #[derive(Clone)]
@@ -53,14 +63,13 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    /// `explain`: batches of versions that explain their scores also compute each feature's
-    /// share (see [`Scored::shares`]).
+    /// `explain`: what batches also compute each feature's share of (see [`Scored::shares`]).
     pub fn start(
         threads: usize,
         capacity: usize,
         max_batch_rows: usize,
         max_queue_delay: Duration,
-        explain: bool,
+        explain: Explaining,
         metrics: Arc<PredictorMetrics>,
         faults: Arc<Faults>,
     ) -> Self {
@@ -72,7 +81,7 @@ impl Batcher {
                 depth: Arc::clone(&depth),
                 max_batch_rows,
                 max_queue_delay,
-                explain,
+                explain: explain.clone(),
                 metrics: Arc::clone(&metrics),
                 faults: Arc::clone(&faults),
             };
@@ -172,7 +181,7 @@ struct Worker {
     depth: Arc<AtomicUsize>,
     max_batch_rows: usize,
     max_queue_delay: Duration,
-    explain: bool,
+    explain: Explaining,
     metrics: Arc<PredictorMetrics>,
     faults: Arc<Faults>,
 }
@@ -196,6 +205,7 @@ impl Worker {
         let mut inputs: Vec<f32> = Vec::new();
         let mut scores: Vec<f32> = Vec::new();
         let mut shares: Vec<f32> = Vec::new();
+        let mut scratch: (Vec<f32>, Vec<f32>) = (Vec::new(), Vec::new());
         let mut batch: Vec<Job> = Vec::new();
         // A job that belongs to another model than the batch being built waits for the next one.
         let mut carry: Option<Job> = None;
@@ -239,7 +249,7 @@ impl Worker {
                 batch.push(next);
             }
             last_batch_jobs = batch.len();
-            self.run_batch(&mut batch, rows, &mut inputs, (&mut scores, &mut shares));
+            self.run_batch(&mut batch, rows, &mut inputs, (&mut scores, &mut shares), &mut scratch);
         }
     }
 
@@ -255,6 +265,7 @@ impl Worker {
         rows: usize,
         inputs: &mut Vec<f32>,
         (scores, shares): (&mut Vec<f32>, &mut Vec<f32>),
+        scratch: &mut (Vec<f32>, Vec<f32>),
     ) {
         if batch[0].graph.is_some() {
             return self.run_graph(batch, rows);
@@ -268,14 +279,30 @@ impl Worker {
         // A panic here (a bug, or a model that trips one) fails this batch's requests alone.
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
             self.faults.before_inference(inputs);
-            if self.explain {
-                model.model.score_explained_into(inputs, scores, shares).map(|_| ())
+            let explained = if self.explain.in_pass {
+                model.model.score_explained_into(inputs, scores, shares)?
             } else {
                 shares.clear();
-                model.model.score_into(inputs, scores)
+                model.model.score_into(inputs, scores)?;
+                false
+            };
+            if let (false, Some(budget), Some(medians)) = (explained, &self.explain.occlusion, &model.medians) {
+                let (perturbed, perturbed_scores) = (&mut scratch.0, &mut scratch.1);
+                let outcome = crate::occlusion::attribute(
+                    &model.model,
+                    medians,
+                    model.threshold,
+                    inputs,
+                    scores,
+                    budget,
+                    shares,
+                    (perturbed, perturbed_scores),
+                )?;
+                self.metrics.count_occlusion(&outcome);
             }
-            .map_err(|e| e.to_string())
+            Ok::<(), kappa_model::ModelError>(())
         }))
+        .map(|result| result.map_err(|e| e.to_string()))
         .unwrap_or_else(|panic| {
             self.metrics.inference_panics.inc();
             let message = kappa_runtime::panic_message(panic);
@@ -361,6 +388,13 @@ impl Worker {
 mod tests {
     use kappa_model::example::{autoencoder_over, random_weights};
 
+    fn in_pass() -> Explaining {
+        Explaining {
+            in_pass: true,
+            occlusion: None,
+        }
+    }
+
     use super::*;
 
     fn model(version: u64, seed: u64) -> Arc<LoadedModel> {
@@ -375,7 +409,15 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_requests_batch_together_and_each_gets_its_own_models_scores() {
         let metrics = Arc::new(PredictorMetrics::default());
-        let batcher = Batcher::start(1, 1024, 8, Duration::ZERO, true, Arc::clone(&metrics), Arc::default());
+        let batcher = Batcher::start(
+            1,
+            1024,
+            8,
+            Duration::ZERO,
+            in_pass(),
+            Arc::clone(&metrics),
+            Arc::default(),
+        );
         let (v1, v2) = (model(1, 1), model(2, 2));
         let requests: Vec<(Arc<LoadedModel>, Vec<f32>)> = (0..200)
             .map(|i| {
@@ -407,7 +449,7 @@ mod tests {
     async fn a_lone_request_never_waits_out_the_queue_delay() {
         // A delay no test could sit through: a lone request that waited it would time out here.
         let delay = Duration::from_secs(600);
-        let batcher = Batcher::start(1, 16, 8, delay, true, Arc::default(), Arc::default());
+        let batcher = Batcher::start(1, 16, 8, delay, in_pass(), Arc::default(), Arc::default());
         let v1 = model(1, 1);
         for i in 0..3 {
             let row = vec![i as f32, 1.0, 2.0];
@@ -422,7 +464,15 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn graph_calls_share_runs_and_each_gets_every_output_of_its_own_rows() {
         let metrics = Arc::new(PredictorMetrics::default());
-        let batcher = Batcher::start(1, 1024, 64, Duration::ZERO, true, Arc::clone(&metrics), Arc::default());
+        let batcher = Batcher::start(
+            1,
+            1024,
+            64,
+            Duration::ZERO,
+            in_pass(),
+            Arc::clone(&metrics),
+            Arc::default(),
+        );
         let (mut manifest, graph) = kappa_model::example::onnx_autoencoder("g", &["a", "b", "c"], &[4], 3);
         manifest.version = 1;
         let onnx = Arc::new(LoadedModel::new(

@@ -50,11 +50,21 @@ pub struct PredictorConfig {
     pub queue_capacity: u32,
 
     /// Features named in each anomaly's prediction record (`top_features`), largest share of the
-    /// score first, for versions that explain their scores (Kappa's autoencoders, in the scoring
-    /// pass itself); typed `Predict` answers name every feature. 0 turns explanations off.
+    /// score first: Kappa's autoencoders say them in the scoring pass itself, other versions with
+    /// a reference profile by median replacement (--explain-budget-rows); typed `Predict` answers
+    /// name every feature. 0 turns explanations off.
     #[arg(long, env = "KAPPA_EXPLAIN_TOP", default_value_t = 3,
           value_parser = clap::value_parser!(u32).range(0..=1024))]
     pub explain_top: u32,
+
+    /// Rows a second the predictor may score to explain the anomalies of versions that cannot
+    /// explain themselves (ONNX graphs, raw-output MLPs): each flagged event costs one row per
+    /// feature, that feature set to its training median (from the version's reference profile).
+    /// Flagged events past it go unexplained, counted in
+    /// kappa_predictor_explanations_skipped_total{reason="budget"}. 0 turns this off.
+    #[arg(long, env = "KAPPA_EXPLAIN_BUDGET_ROWS", default_value_t = 20_000,
+          value_parser = clap::value_parser!(u32).range(0..=100_000_000))]
+    pub explain_budget_rows: u32,
 
     /// Dedicated inference threads (never the async workers).
     #[arg(long, env = "KAPPA_INFERENCE_THREADS", default_value_t = 1,

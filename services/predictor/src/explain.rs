@@ -31,8 +31,13 @@ fn decimal(x: f32, digits: i32) -> f64 {
 }
 
 /// The `top` features with the largest shares of one row's score, largest first (ties in
-/// feature order), with the row's values. `row` and `shares` are the row's inputs and shares.
+/// feature order), with the row's values. `row` and `shares` are the row's inputs and shares;
+/// none for a row that was not explained.
 pub fn contributions(model: &LoadedModel, row: &[f32], shares: &[f32], top: usize) -> Vec<FeatureContribution> {
+    // A row the median replacement did not explain (over its budget, or normal) has NaN shares.
+    if shares.iter().any(|s| s.is_nan()) {
+        return Vec::new();
+    }
     let mut order: Vec<usize> = (0..shares.len().min(row.len())).collect();
     order.sort_by(|&a, &b| shares[b].total_cmp(&shares[a]).then(a.cmp(&b)));
     order

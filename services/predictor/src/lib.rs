@@ -16,6 +16,7 @@ mod follower;
 mod loader;
 mod metrics;
 mod monitor;
+mod occlusion;
 mod oip;
 mod server;
 mod serving;

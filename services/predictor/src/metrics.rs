@@ -48,6 +48,10 @@ pub struct PredictorMetrics {
     pub shadow_version: Gauge,
     /// Models-topic records of this model the follower refused, by reason.
     pub refused_records: Family<ReasonLabels, Counter>,
+    /// Flagged rows explained by median replacement (versions that do not explain themselves).
+    pub median_replacement_rows: Counter,
+    /// Flagged rows left unexplained, by reason (`budget`, `no_single_feature`).
+    pub explanations_skipped: Family<ReasonLabels, Counter>,
 }
 
 /// Why a version can be refused (the `reason` label of `load_failures`).
@@ -81,15 +85,35 @@ impl Default for PredictorMetrics {
             cutover_fallbacks: Counter::default(),
             shadow_version: Gauge::default(),
             refused_records: Family::default(),
+            median_replacement_rows: Counter::default(),
+            explanations_skipped: Family::default(),
         }
     }
 }
 
 impl PredictorMetrics {
+    /// Counts what one batch's median replacement did.
+    pub fn count_occlusion(&self, outcome: &crate::occlusion::Outcome) {
+        self.median_replacement_rows.inc_by(outcome.explained as u64);
+        for (reason, rows) in [
+            ("budget", outcome.over_budget),
+            ("no_single_feature", outcome.no_single_feature),
+        ] {
+            if rows > 0 {
+                self.explanations_skipped
+                    .get_or_create(&ReasonLabels { reason })
+                    .inc_by(rows as u64);
+            }
+        }
+    }
+
     pub fn register(&self, registry: &mut Registry) {
         // Every reason exists from the start at 0, so an alert on its rate works from the start.
         for reason in LOAD_FAILURE_REASONS {
             let _ = self.load_failures.get_or_create(&ReasonLabels { reason });
+        }
+        for reason in ["budget", "no_single_feature"] {
+            let _ = self.explanations_skipped.get_or_create(&ReasonLabels { reason });
         }
         for refusal in kappa_modellog::records::Refusal::ALL {
             let _ = self.refused_records.get_or_create(&ReasonLabels {
@@ -162,6 +186,16 @@ impl PredictorMetrics {
             "shadow_version",
             "Version the shadow scores a copy of the traffic with (--shadow); 0 without one or before it loads",
             self.shadow_version.clone(),
+        );
+        r.register(
+            "median_replacement_rows",
+            "Flagged rows of versions that do not explain their scores (ONNX graphs, raw-output MLPs), explained by setting each feature to its training median",
+            self.median_replacement_rows.clone(),
+        );
+        r.register(
+            "explanations_skipped",
+            "Flagged rows left without an explanation, by reason: budget (past --explain-budget-rows), no_single_feature (no one feature at its median lowers the score)",
+            self.explanations_skipped.clone(),
         );
         r.register(
             "model_ready",

@@ -233,7 +233,11 @@ impl kappa_runtime::Service for Predictor {
             config.queue_capacity as usize,
             config.max_batch_size as usize,
             config.max_queue_delay,
-            config.explain_top > 0,
+            crate::batcher::Explaining {
+                in_pass: config.explain_top > 0,
+                occlusion: (config.explain_top > 0 && config.explain_budget_rows > 0)
+                    .then(|| Arc::new(crate::occlusion::Budget::per_second(config.explain_budget_rows))),
+            },
             Arc::clone(&metrics),
             faults,
         );

@@ -29,6 +29,9 @@ pub struct LoadedModel {
     /// Each feature's usual range in training (10th and 90th percentiles of the reference
     /// profile), for explanations; `None` for a feature without a reference.
     pub typical: Vec<Option<(f64, f64)>>,
+    /// Each feature's training median, for explaining the flagged rows of a version that does
+    /// not explain its scores itself; `None` without a reference profile.
+    pub medians: Option<Vec<f32>>,
 }
 
 impl LoadedModel {
@@ -53,6 +56,7 @@ impl LoadedModel {
             .join(",");
         let drift = Some(DriftCounts::for_manifest(&manifest));
         let typical = crate::explain::typical_ranges(&manifest);
+        let medians = kappa_model::drift::reference_medians(&manifest);
         Self {
             name: manifest.name.clone(),
             version: manifest.version,
@@ -65,6 +69,7 @@ impl LoadedModel {
             decoder,
             drift,
             typical,
+            medians,
         }
     }
 
