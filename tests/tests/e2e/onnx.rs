@@ -1042,3 +1042,137 @@ async fn an_onnx_shadow_scores_a_copy_of_an_mlps_live_answers() {
         );
     }
 }
+
+/// An ONNX version cannot say in its scoring pass which features made a row anomalous; with a
+/// reference profile, the predictor explains its flagged events by setting each feature in turn
+/// to its training median. The shares it answers are the score's falls computed here from the
+/// graph and the reference data, the pushed sensor comes first, and past `--explain-budget-rows`
+/// flagged events go unexplained and are counted.
+#[tokio::test]
+async fn an_onnx_versions_flagged_events_are_explained_by_median_replacement_within_its_budget() {
+    use kappa_api::{
+        model::{Lineage, ReferenceProfile},
+        predictor::{PredictRequest, predictor_client::PredictorClient},
+    };
+    use kappa_fleet::CAR_FIELDS;
+    use kappa_model::example::onnx_autoencoder;
+
+    let setup = RegistrySetup::new();
+    let registry = setup.start().await;
+    let mut client = registry_client(&registry).await;
+    let name = unique("onnx-explained");
+    let (mut manifest, graph) = onnx_autoencoder(&name, &CAR_FIELDS, &[6], 11);
+    let features = CAR_FIELDS.len();
+    // The training data: every feature a little above 1.
+    let normal = |i: usize, f: usize| 1.0 + ((i * 7 + f * 3) % 11) as f64 * 0.02;
+    let reference: Vec<Vec<f64>> = (0..features)
+        .map(|f| (0..501).map(|i| normal(i, f)).collect())
+        .collect();
+    manifest.lineage = Some(Lineage {
+        reference: Some(ReferenceProfile {
+            features: CAR_FIELDS
+                .iter()
+                .zip(&reference)
+                .map(|(path, values)| kappa_model::drift::of(path, values.iter().copied()).unwrap())
+                .collect(),
+            ..ReferenceProfile::default()
+        }),
+        ..Lineage::default()
+    });
+    let medians: Vec<f32> = reference
+        .iter()
+        .map(|values| {
+            let mut sorted = values.clone();
+            sorted.sort_by(f64::total_cmp);
+            sorted[sorted.len() / 2] as f32
+        })
+        .collect();
+    let graph_model = kappa_model::admission::load(&manifest, &graph).unwrap().model;
+    let normal_rows: Vec<f32> = (0..200)
+        .flat_map(|i| (0..features).map(move |f| normal(i, f) as f32))
+        .collect();
+    let highest_normal = graph_model
+        .score(&normal_rows)
+        .unwrap()
+        .into_iter()
+        .fold(0.0_f32, f32::max);
+    manifest.anomaly_threshold = f64::from(highest_normal) * 2.0;
+    publish(&mut client, &manifest, &graph, "").await.unwrap();
+
+    // Ten flagged events' worth of rows a second.
+    let predictor = PredictorSetup::new(&setup.topic, &name, "latest")
+        .arg(format!("--explain-budget-rows={}", features * 10))
+        .start()
+        .await;
+    let mut typed = PredictorClient::new(predictor.channel().await);
+    let started = Instant::now();
+    let (mut explained, mut unexplained) = (0, 0);
+    for i in 0..40 {
+        // One sensor far off its usual value: anomalous for the graph.
+        let pushed = i % features;
+        let mut row: Vec<f32> = (0..features).map(|f| normal(i, f) as f32).collect();
+        row[pushed] = 6.0;
+        let answer = typed
+            .predict(PredictRequest {
+                features: CAR_FIELDS
+                    .iter()
+                    .map(|p| (*p).to_owned())
+                    .zip(row.iter().map(|v| f64::from(*v)))
+                    .collect(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            answer.is_anomaly,
+            "row {i} (feature {pushed} pushed) scored {}",
+            answer.score
+        );
+        if answer.explanation.is_empty() {
+            unexplained += 1;
+            continue;
+        }
+        explained += 1;
+        // The falls of the score, one feature at its median at a time, over their sum.
+        let score = graph_model.score(&row).unwrap()[0];
+        let falls: Vec<f32> = (0..features)
+            .map(|j| {
+                let mut at_median = row.clone();
+                at_median[j] = medians[j];
+                (score - graph_model.score(&at_median).unwrap()[0]).max(0.0)
+            })
+            .collect();
+        let total: f32 = falls.iter().sum();
+        assert_eq!(
+            answer.explanation[0].feature, CAR_FIELDS[pushed],
+            "row {i}: {:?}",
+            answer.explanation
+        );
+        for contribution in &answer.explanation {
+            let j = CAR_FIELDS.iter().position(|p| *p == contribution.feature).unwrap();
+            assert!(
+                (contribution.share - f64::from(falls[j] / total)).abs() < 1e-4,
+                "row {i}, {}: answered {}, falls give {}",
+                contribution.feature,
+                contribution.share,
+                falls[j] / total
+            );
+        }
+    }
+    // The budget: ten at once, then ten a second.
+    let allowed = 10 + (started.elapsed().as_secs_f64() * 10.0).ceil() as usize;
+    assert!(
+        explained >= 10 && explained <= allowed,
+        "{explained} explained of 40 ({allowed} allowed)"
+    );
+    assert_eq!(explained + unexplained, 40);
+    let skipped = predictor
+        .metric("kappa_predictor_explanations_skipped_total{reason=\"budget\"}")
+        .await
+        .unwrap_or(0.0);
+    assert_eq!(
+        skipped as usize, unexplained,
+        "every flagged event over the budget is counted"
+    );
+}
