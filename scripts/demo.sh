@@ -129,6 +129,7 @@ start_service trainer "$bin/kappa-trainer" --listen "127.0.0.1:$trainer_port" \
   --metrics-listen "127.0.0.1:$trainer_metrics"
 start_service console "$bin/kappa-console" --listen "127.0.0.1:$console_port" --metrics-listen "127.0.0.1:$console_metrics" \
   --http-listen "127.0.0.1:$console_http" --predictor "http://127.0.0.1:$predictor_a" --predictor "http://127.0.0.1:$predictor_b" \
+  --trainer "http://127.0.0.1:$trainer_port" \
   --predictions-topic "$predictions" --monitoring-topic "$monitoring" --jaeger-ui "$jaeger_ui"
 wait_for "the registry's replay of $models_topic" 60 kappa models list
 wait_for "the trainer" 60 kappa train list

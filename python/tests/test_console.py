@@ -73,7 +73,7 @@ def test_the_console_shows_the_mesh_and_only_a_writer_moves_an_alias(
     tmp_path, browser, start_registry, start_trainer, start_predictor, start_console
 ) -> None:
     tokens = tmp_path / "tokens"
-    roles = {"reader": "read", "operator": "read,write", "trainer": "read,write"}
+    roles = {"reader": "read", "operator": "read,write,train", "trainer": "read,write"}
     tokens.write_text(
         "".join(kappa("token", "new", n, "--roles", r, "--out", str(tmp_path / n)) for n, r in roles.items())
     )
@@ -114,8 +114,10 @@ def test_the_console_shows_the_mesh_and_only_a_writer_moves_an_alias(
         f"--monitoring-topic={windows}",
         f"--auth-tokens={tokens}",
         f"--mesh-token-file={tmp_path / 'reader'}",
+        f"--trainer={trainer_url}",
     )
-    # The history's first 2000 events again (the same seed), but every coolant reads 40 degrees hotter.
+    # The history's first 2000 events again (the same seed), but every coolant reads 40 degrees
+    # hotter; stamped in the last hour, so a backtest of the last minutes finds them all.
     kappa(
         "fleet",
         "--kafka-bootstrap",
@@ -123,6 +125,7 @@ def test_the_console_shows_the_mesh_and_only_a_writer_moves_an_alias(
         "--topic",
         live,
         "--events=2000",
+        "--backdate-seconds=3600",
         *healthy,
         "--shift",
         "coolant_temp=40",
@@ -149,6 +152,7 @@ def test_the_console_shows_the_mesh_and_only_a_writer_moves_an_alias(
     # Fleet: every car, the ones with anomalies ranked, each naming the sensor the shift drove.
     expect(page.locator("#fleet-summary")).to_have_attribute("data-events", "2000", timeout=60_000)
     expect(page.locator("#fleet-units-count")).to_have_text(str(CARS))
+    streamed_anomalies = page.locator("#fleet-summary").get_attribute("data-anomalies")
     units = page.locator("#fleet-units .unit")
     expect(units.first).to_be_visible()
     ranked = units.evaluate_all(
@@ -209,6 +213,9 @@ def test_the_console_shows_the_mesh_and_only_a_writer_moves_an_alias(
         assert trainer.train(spec).phase == trainer_pb2.JOB_PHASE_SUCCEEDED
     page.goto(f"{console}/#/model/{model}")
     expect(page.locator('.version[data-version="2"] .promote')).to_be_disabled()
+    page.goto(f"{console}/#/monitoring")
+    expect(page.locator("#backtest-run")).to_be_disabled()
+    page.goto(f"{console}/#/model/{model}")
     assert alias_move(page, model, 2) == 403
     # The operator: without the page's CSRF secret the move is refused too; with it, it happens.
     page.click("#sign-out")  # the page reloads, signed out
@@ -232,4 +239,21 @@ def test_the_console_shows_the_mesh_and_only_a_writer_moves_an_alias(
             "v2", timeout=30_000
         )
     screenshot(page, "serving-after-move")
+
+    # A backtest from the Monitoring page: the live window replayed through v1 and v2 on the
+    # trainer flags, for v1, exactly the events the stream predictor flagged with v1.
+    page.goto(f"{console}/#/monitoring")
+    page.select_option("#backtest-model", model)
+    page.fill("#backtest-versions", "1,2")
+    page.fill("#backtest-topic", live)
+    page.fill("#backtest-minutes", "10080")
+    page.click("#backtest-run")
+    expect(page.locator("#backtest-report .backtest")).to_have_attribute(
+        "data-events", "2000", timeout=60_000
+    )
+    expect(page.locator('.backtest-version[data-version="1"]')).to_have_attribute(
+        "data-anomalies", streamed_anomalies
+    )
+    expect(page.locator(".backtest-version")).to_have_count(2)
+    screenshot(page, "backtest")
     assert not errors, errors

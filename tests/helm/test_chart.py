@@ -435,9 +435,9 @@ def test_secure_values_turn_on_tls_tokens_signatures_and_a_network_policy_per_co
     assert "--registry=https://kappa-registry:50051" in trainer_args
     policies = by_kind["NetworkPolicy"]
     assert set(policies) == {"kappa-registry", "kappa-predictor", "kappa-trainer", "kappa-bridge", "kappa-console"}
-    # The console reads the registry and the predictors: their policies let it in.
+    # The console reads the registry and the predictors and runs backtests: their policies let it in.
     console_pod = by_kind["Deployment"]["kappa-console"]["spec"]["template"]["metadata"]["labels"]
-    for policy in ("kappa-registry", "kappa-predictor"):
+    for policy in ("kappa-registry", "kappa-predictor", "kappa-trainer"):
         allowed = [p["podSelector"]["matchLabels"] for p in policies[policy]["spec"]["ingress"][0]["from"]]
         assert any(a.items() <= console_pod.items() for a in allowed), policy
     assert [p["port"] for p in policies["kappa-console"]["spec"]["ingress"][0]["ports"]] == ["grpc", "http"]

@@ -287,8 +287,45 @@ async function renderMonitoring() {
       { name: "agreement", points: s.buckets.map(b => [b.startMs, b.agreed / Math.max(b.answers, 1)]), colour: COLOURS[2] }] }),
     columnPlot({ width: WIDE, height: 110, bars: s.buckets.slice(-60).map(b => ({ label: formatTime(b.startMs), value: b.shadowOnly + b.liveOnly, bad: true })) }),
     h("p", { class: "muted" }, "green: share of answers where both versions agree; red: flips per 10 s")));
-  document.getElementById("page").replaceChildren(...(cards.length || shadows.length ? [...cards, ...shadows]
-    : [wide("Monitoring", h("p", { class: "muted" }, "no monitoring windows yet: predictors write one a minute (--monitor-window-seconds)"))]));
+  const none = wide("Monitoring", h("p", { class: "muted" }, "no monitoring windows yet: predictors write one a minute (--monitor-window-seconds)"));
+  document.getElementById("page").replaceChildren(...(cards.length || shadows.length ? [...cards, ...shadows] : [none]), await backtestCard());
+}
+
+// A backtest from the page: the trainer replays a recent window through versions of a model.
+async function backtestCard() {
+  const { models } = await api("/api/models");
+  const model = h("select", { id: "backtest-model" }, models.map(m => h("option", { value: m.name }, m.name)));
+  const versions = h("input", { id: "backtest-versions", value: "production,latest", size: 18, title: "numbers or aliases, comma-separated; the first is under test" });
+  const minutes = h("input", { id: "backtest-minutes", type: "number", value: 30, min: 1, max: 10080, size: 6 });
+  const topic = h("input", { id: "backtest-topic", placeholder: "the first version's training topic", size: 30 });
+  const report = h("div", { id: "backtest-report" });
+  const allowed = state.session.canBacktest;
+  const run = h("button", { id: "backtest-run", class: "primary", disabled: !allowed || models.length === 0,
+    title: allowed ? "" : "needs the train role and a console started with --trainer",
+    onclick: async () => {
+      run.disabled = true;
+      report.replaceChildren(h("p", { class: "muted" }, "replaying the window from Kafka…"));
+      try {
+        const body = JSON.stringify({ versions: versions.value.split(",").map(v => v.trim()).filter(Boolean), lastMinutes: Number(minutes.value), topic: topic.value.trim() });
+        report.replaceChildren(backtestReport(await api(`/api/models/${encodeURIComponent(model.value)}/backtest`, { method: "POST", body })));
+      } catch (e) { report.replaceChildren(h("p", { class: "error" }, e.message)); }
+      run.disabled = false;
+    } }, "Run backtest");
+  return wide("Backtest: versions on a recent window, replayed from Kafka",
+    h("p", {}, "model ", model, " versions ", versions, " topic ", topic, " last ", minutes, " minutes ", run), report);
+}
+
+function backtestReport(r) {
+  const metric = v => v === undefined ? "—" : Number(v).toFixed(3);
+  const rows = (r.versions || []).map(v => h("tr", { class: "backtest-version", "data-version": v.version, "data-anomalies": v.anomalies || 0 },
+    h("td", {}, `v${v.version}`), h("td", {}, formatNumber(Number(v.threshold || 0))), h("td", {}, `${v.anomalies || 0} (${pct(v.anomalyRate || 0)})`),
+    h("td", {}, metric(v.precision)), h("td", {}, metric(v.recall)), h("td", {}, metric(v.rocAuc)),
+    h("td", {}, v.agreement ? pct(v.agreement.rate || 0) : "—"),
+    h("td", {}, (v.topFeatures || []).slice(0, 3).map(f => f.feature).join(", ") || "—")));
+  return h("div", { class: "backtest", "data-events": r.events || 0 },
+    h("p", {}, `${r.events || 0} events of ${r.topic} scored by every version (${r.labelled || 0} labelled, ${r.positives || 0} anomalous by the label)`),
+    columnPlot({ width: WIDE, height: 110, className: "backtest-rates", bars: (r.versions || []).map(v => ({ label: `v${v.version}`, value: v.anomalyRate || 0, bad: true })) }),
+    h("table", {}, h("tr", {}, ["version", "threshold", "flagged", "precision", "recall", "ROC AUC", "agrees with the first", "top features"].map(t => h("th", {}, t))), rows));
 }
 
 // --- Serving ---

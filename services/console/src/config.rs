@@ -22,6 +22,11 @@ pub struct ConsoleConfig {
     #[arg(long, env = "KAPPA_REGISTRY", default_value = "http://127.0.0.1:50051")]
     pub registry: ServiceUrl,
 
+    /// Where kappa-trainer listens: backtests started from the Monitoring page (the signed-in
+    /// user needs the train role). Without it, no backtests.
+    #[arg(long, env = "KAPPA_TRAINER")]
+    pub trainer: Option<ServiceUrl>,
+
     /// A kappa-predictor replica to show on the Serving page (repeat the flag, or separate with
     /// commas in KAPPA_PREDICTORS).
     #[arg(long = "predictor", env = "KAPPA_PREDICTORS", value_delimiter = ',')]
@@ -126,7 +131,10 @@ impl MeshClientArgs {
 impl ConsoleConfig {
     pub fn validate(&self) -> Result<(), String> {
         let security = self.mesh.security()?;
-        for url in std::iter::once(&self.registry).chain(&self.predictors) {
+        for url in std::iter::once(&self.registry)
+            .chain(&self.predictors)
+            .chain(&self.trainer)
+        {
             url.check_token_transport(&security)?;
         }
         if let Some(jaeger) = &self.jaeger_ui

@@ -51,6 +51,8 @@ impl From<FeatureContribution> for Feature {
 #[derive(Debug)]
 struct Unit {
     points: VecDeque<Point>,
+    /// How many of `points` are anomalies, kept as points come and go so ranking is O(1) a unit.
+    flagged_points: usize,
     events: u64,
     anomalies: u64,
     last_seen_ms: i64,
@@ -62,8 +64,7 @@ struct Unit {
 
 impl Unit {
     fn recent_rate(&self) -> f64 {
-        let flagged = self.points.iter().filter(|p| p.anomaly).count();
-        flagged as f64 / self.points.len().max(1) as f64
+        self.flagged_points as f64 / self.points.len().max(1) as f64
     }
 }
 
@@ -237,6 +238,7 @@ impl Fleet {
                 }
                 self.units.entry(prediction.key).or_insert_with(|| Unit {
                     points: VecDeque::with_capacity(points),
+                    flagged_points: 0,
                     events: 0,
                     anomalies: 0,
                     last_seen_ms: 0,
@@ -246,10 +248,13 @@ impl Fleet {
                 })
             }
         };
-        if unit.points.len() == points {
-            unit.points.pop_front();
+        if unit.points.len() == points
+            && let Some(oldest) = unit.points.pop_front()
+        {
+            unit.flagged_points -= usize::from(oldest.anomaly);
         }
         unit.points.push_back(point);
+        unit.flagged_points += usize::from(anomaly);
         unit.events += 1;
         unit.anomalies += u64::from(anomaly);
         unit.last_seen_ms = unit.last_seen_ms.max(at_ms);

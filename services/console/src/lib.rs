@@ -52,8 +52,9 @@ pub struct App {
     topics: Vec<Arc<status::TopicStatus>>,
     sessions: web::session::Sessions,
     web: WebSecurity,
-    /// The registry's URL and how the console calls the mesh.
+    /// The registry's and trainer's URLs and how the console calls the mesh.
     registry: String,
+    trainer: Option<String>,
     mesh: ClientSecurity,
     jaeger_ui: Option<String>,
     live_streams: Arc<tokio::sync::Semaphore>,
@@ -159,6 +160,7 @@ impl kappa_runtime::Service for Console {
             ),
             web: host.web.clone(),
             registry: config.registry.to_string(),
+            trainer: config.trainer.as_ref().map(ToString::to_string),
             mesh,
             jaeger_ui: config.jaeger_ui.clone(),
             live_streams: Arc::new(tokio::sync::Semaphore::new(MAX_LIVE_STREAMS)),

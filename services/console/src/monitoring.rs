@@ -81,20 +81,22 @@ pub struct MonitoringView {
     pub undecodable: u64,
 }
 
+/// Before `key` is added to a full `series`, forgets the one updated least lately.
+fn make_room<K: Ord + Clone, V>(series: &mut BTreeMap<K, V>, key: &K, touched: impl Fn(&V) -> u64) {
+    if series.contains_key(key) || series.len() < SERIES_KEPT {
+        return;
+    }
+    let stalest = series.iter().min_by_key(|(_, s)| touched(s)).map(|(k, _)| k.clone());
+    if let Some(stalest) = stalest {
+        series.remove(&stalest);
+    }
+}
+
 impl Monitoring {
     pub fn add_window(&mut self, window: MonitoringWindow) {
         self.clock += 1;
         let key = (window.model_name.clone(), window.model_version);
-        if !self.windows.contains_key(&key) && self.windows.len() >= SERIES_KEPT {
-            let stalest = self
-                .windows
-                .iter()
-                .min_by_key(|(_, s)| s.touched)
-                .map(|(k, _)| k.clone());
-            if let Some(stalest) = stalest {
-                self.windows.remove(&stalest);
-            }
-        }
+        make_room(&mut self.windows, &key, |s| s.touched);
         let series = self.windows.entry(key).or_insert_with(|| VersionSeries {
             model: window.model_name.clone(),
             version: window.model_version,
@@ -136,16 +138,7 @@ impl Monitoring {
     pub fn add_shadow(&mut self, answer: &ShadowPrediction, now_ms: i64) {
         self.clock += 1;
         let key = (answer.model_name.clone(), answer.live_version, answer.shadow_version);
-        if !self.shadows.contains_key(&key) && self.shadows.len() >= SERIES_KEPT {
-            let stalest = self
-                .shadows
-                .iter()
-                .min_by_key(|(_, s)| s.touched)
-                .map(|(k, _)| k.clone());
-            if let Some(stalest) = stalest {
-                self.shadows.remove(&stalest);
-            }
-        }
+        make_room(&mut self.shadows, &key, |s| s.touched);
         let series = self.shadows.entry(key).or_insert_with(|| ShadowSeries {
             model: answer.model_name.clone(),
             live_version: answer.live_version,

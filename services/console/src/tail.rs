@@ -57,8 +57,19 @@ fn assigned(
     lookback: Duration,
 ) -> Result<Option<BaseConsumer>, rdkafka::error::KafkaError> {
     let since_ms = kappa_runtime::now_ms() - lookback.as_millis() as i64;
-    let (consumer, located) =
-        kappa_dataset::recent::locate(kafka, topic, since_ms, "console", Duration::from_secs(10))?;
+    let group = format!("kappa-console-{}", kappa_runtime::now_ms());
+    let consumer: BaseConsumer = kafka
+        .config_with(
+            &[
+                kappa_kafka::FETCH_QUEUE_BACKOFF,
+                // What waits in librdkafka's queue while the folding falls behind is memory too:
+                // a few fetches' worth, not its default 64 MiB a partition.
+                ("queued.max.messages.kbytes", "8192"),
+            ],
+            &[("group.id", &group), ("enable.auto.commit", "false")],
+        )
+        .create()?;
+    let located = kappa_dataset::range::partitions_since(&consumer, topic, since_ms, Duration::from_secs(10))?;
     if located.is_empty() {
         return Ok(None);
     }

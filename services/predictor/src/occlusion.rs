@@ -134,24 +134,29 @@ mod tests {
         Model::Mlp(Mlp::load(&manifest, &serialize_tensors(&zeros), Backend::Native).unwrap())
     }
 
-    #[test]
-    fn each_feature_at_its_median_says_its_share_of_a_flagged_score() {
-        let model = squares();
-        let inputs = [3.0, 1.0, 0.0, 2.0, 3.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0];
-        let scores = model.score(&inputs).unwrap();
+    /// Attributes `inputs` as one batch, every median 1 and the threshold 0.5.
+    fn explain(model: &Model, inputs: &[f32], budget: &Budget) -> (Vec<f32>, Outcome) {
+        let scores = model.score(inputs).unwrap();
         let (mut shares, mut scratch) = (Vec::new(), (Vec::new(), Vec::new()));
-        let budget = Budget::per_second(1000);
         let outcome = attribute(
-            &model,
+            model,
             &[1.0; 3],
             0.5,
-            &inputs,
+            inputs,
             &scores,
-            &budget,
+            budget,
             &mut shares,
             (&mut scratch.0, &mut scratch.1),
         )
         .unwrap();
+        (shares, outcome)
+    }
+
+    #[test]
+    fn each_feature_at_its_median_says_its_share_of_a_flagged_score() {
+        let model = squares();
+        let inputs = [3.0, 1.0, 0.0, 2.0, 3.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0];
+        let (shares, outcome) = explain(&model, &inputs, &Budget::per_second(1000));
         // [3, 1, 0]: only a's square is above its median's; [2, 3, 1]: 3 and 8 of 11.
         let close = |got: &[f32], want: &[f32]| got.iter().zip(want).all(|(g, w)| (g - w).abs() < 1e-6);
         assert!(close(&shares[0..3], &[1.0, 0.0, 0.0]), "{shares:?}");
@@ -172,34 +177,12 @@ mod tests {
     fn flagged_rows_past_the_budget_go_unexplained_and_are_counted() {
         let model = squares();
         let inputs = [3.0, 1.0, 0.0, 2.0, 3.0, 1.0, 4.0, 0.0, 0.0];
-        let scores = model.score(&inputs).unwrap();
-        let (mut shares, mut scratch) = (Vec::new(), (Vec::new(), Vec::new()));
         // Two rows' worth (3 features each) a second.
         let budget = Budget::per_second(6);
-        let outcome = attribute(
-            &model,
-            &[1.0; 3],
-            0.5,
-            &inputs,
-            &scores,
-            &budget,
-            &mut shares,
-            (&mut scratch.0, &mut scratch.1),
-        )
-        .unwrap();
+        let (shares, outcome) = explain(&model, &inputs, &budget);
         assert_eq!((outcome.explained, outcome.over_budget), (2, 1));
         assert!(shares[6..9].iter().all(|s| s.is_nan()));
-        let again = attribute(
-            &model,
-            &[1.0; 3],
-            0.5,
-            &inputs,
-            &scores,
-            &budget,
-            &mut shares,
-            (&mut scratch.0, &mut scratch.1),
-        )
-        .unwrap();
+        let (_, again) = explain(&model, &inputs, &budget);
         assert_eq!(
             (again.explained, again.over_budget),
             (0, 3),

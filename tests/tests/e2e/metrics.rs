@@ -116,7 +116,13 @@ async fn every_services_metrics_are_valid_documented_and_move_with_traffic() {
     let documented = documented();
     assert_eq!(
         documented.keys().map(String::as_str).collect::<Vec<_>>(),
-        ["kappa_predictor", "kappa_registry", "kappa_server", "kappa_trainer"]
+        [
+            "kappa_console",
+            "kappa_predictor",
+            "kappa_registry",
+            "kappa_server",
+            "kappa_trainer"
+        ]
     );
     let setup = RegistrySetup::new();
     let registry = setup.start().await;
@@ -232,4 +238,18 @@ async fn every_services_metrics_are_valid_documented_and_move_with_traffic() {
     assert!(value(&after, "kappa_trainer_loss") > 0.0);
     assert!(value(&after, "kappa_trainer_training_samples_per_second") > 0.0);
     assert_eq!(value(&after, "kappa_trainer_jobs_running"), 0.0);
+
+    // The console: its series documented, its gauges set once a second.
+    let console = Launch::new("kappa-console", "metrics")
+        .args([
+            format!("--http-listen=127.0.0.1:{}", free_port()),
+            format!("--registry={}", registry.address),
+            format!("--predictions-topic={}", unique("test.metrics-predictions")),
+        ])
+        .start("")
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let text = checked_scrape(&console.metrics_url, "kappa_console", &documented, true).await;
+    assert_eq!(value(&text, "kappa_console_units"), 0.0, "{text}");
+    assert_eq!(value(&text, "kappa_console_live_streams"), 0.0, "{text}");
 }

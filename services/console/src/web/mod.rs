@@ -17,7 +17,10 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use kappa_api::registry::SetAliasRequest;
+use kappa_api::{
+    registry::SetAliasRequest,
+    trainer::{BacktestRequest, TimeRange, trainer_client::TrainerClient},
+};
 use kappa_runtime::{auth::Role, web::WebSecurity};
 use serde::Deserialize;
 use serde_json::json;
@@ -44,6 +47,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/models", get(models))
         .route("/api/models/{name}", get(model))
         .route("/api/models/{name}/aliases/{alias}", post(move_alias))
+        .route("/api/models/{name}/backtest", post(backtest))
         .route("/api/serving", get(serving))
         .route("/api/monitoring", get(monitoring))
         .route("/api/status", get(status))
@@ -157,6 +161,7 @@ async fn session_info(State(app): State<Arc<App>>, headers: HeaderMap) -> Respon
         "name": caller.principal.as_ref().map(|p| p.name.clone()).unwrap_or_default(),
         "roles": caller.principal.as_ref().map(|p| p.roles.to_string()).unwrap_or_default(),
         "canWrite": caller.may(Role::Write),
+        "canBacktest": caller.may(Role::Train) && app.trainer.is_some(),
         "csrf": caller.csrf,
         "jaegerUi": app.jaeger_ui,
     }));
@@ -273,12 +278,8 @@ async fn move_alias(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let caller = app.needs(&headers, Role::Write)?;
     check_same_origin(&headers, &caller)?;
-    let mut security = app.mesh.clone();
-    if let Some(token) = caller.token.clone() {
-        security.token = Some(token);
-    }
     let unavailable = |e: String| ApiError(StatusCode::BAD_GATEWAY, e);
-    let mut registry = kappa_client::Registry::connect_with(&app.registry, &security)
+    let mut registry = kappa_client::Registry::connect_with(&app.registry, &as_caller(&app, &caller))
         .await
         .map_err(|e| unavailable(e.to_string()))?;
     let request = SetAliasRequest {
@@ -290,16 +291,7 @@ async fn move_alias(
     let answer = tokio::time::timeout(Duration::from_secs(10), registry.rpc().set_alias(request))
         .await
         .map_err(|_| unavailable("the registry did not answer within 10 s".into()))?
-        .map_err(|s| {
-            let status = match s.code() {
-                tonic::Code::NotFound => StatusCode::NOT_FOUND,
-                tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition => StatusCode::BAD_REQUEST,
-                tonic::Code::PermissionDenied => StatusCode::FORBIDDEN,
-                tonic::Code::Unauthenticated => StatusCode::UNAUTHORIZED,
-                _ => StatusCode::BAD_GATEWAY,
-            };
-            ApiError(status, format!("the registry refused: {}", s.message()))
-        })?
+        .map_err(|s| refused("registry", &s))?
         .into_inner();
     let by = caller.principal.map(|p| p.name).unwrap_or_default();
     tracing::info!(
@@ -313,6 +305,89 @@ async fn move_alias(
         "previousVersion": answer.previous_version,
         "position": answer.position,
     })))
+}
+
+/// The mesh's security with the signed-in user's token, so the service called checks their role
+/// and records them (the console's own token without tokens configured).
+fn as_caller(app: &App, caller: &Caller) -> kappa_client::ClientSecurity {
+    let mut security = app.mesh.clone();
+    if let Some(token) = caller.token.clone() {
+        security.token = Some(token);
+    }
+    security
+}
+
+/// A refusal from a service the console called, as the HTTP status that says the same.
+fn refused(service: &str, status: &tonic::Status) -> ApiError {
+    let code = match status.code() {
+        tonic::Code::NotFound => StatusCode::NOT_FOUND,
+        tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition | tonic::Code::OutOfRange => {
+            StatusCode::BAD_REQUEST
+        }
+        tonic::Code::PermissionDenied => StatusCode::FORBIDDEN,
+        tonic::Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        tonic::Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        _ => StatusCode::BAD_GATEWAY,
+    };
+    ApiError(code, format!("the {service} refused: {}", status.message()))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Backtest {
+    /// Numbers or aliases, the first under test.
+    versions: Vec<String>,
+    /// The window: the last this many minutes.
+    last_minutes: u32,
+    #[serde(default)]
+    topic: String,
+}
+
+/// Longest a backtest from a page may run.
+const BACKTEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Replays a recent window through versions of a model on the trainer, as the signed-in user
+/// (the train role), and answers its report.
+async fn backtest(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Json(body): Json<Backtest>,
+) -> Result<Json<kappa_api::trainer::BacktestReport>, ApiError> {
+    let caller = app.needs(&headers, Role::Train)?;
+    check_same_origin(&headers, &caller)?;
+    let trainer = app.trainer.as_deref().ok_or_else(|| {
+        ApiError(
+            StatusCode::NOT_FOUND,
+            "this console has no trainer to run backtests on (--trainer)".into(),
+        )
+    })?;
+    if body.versions.is_empty() || body.versions.len() > 8 || !(1..=10_080).contains(&body.last_minutes) {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "name 1 to 8 versions and a window of 1 to 10,080 minutes".into(),
+        ));
+    }
+    let channel = kappa_client::connect_with("kappa-trainer", trainer, &as_caller(&app, &caller))
+        .await
+        .map_err(|e| ApiError(StatusCode::BAD_GATEWAY, e.to_string()))?;
+    let to_ms = kappa_runtime::now_ms();
+    let request = BacktestRequest {
+        model: name.clone(),
+        versions: body.versions,
+        topic: body.topic,
+        window: Some(TimeRange {
+            from_ms: to_ms - i64::from(body.last_minutes) * 60_000,
+            to_ms,
+        }),
+        ..BacktestRequest::default()
+    };
+    let report = tokio::time::timeout(BACKTEST_TIMEOUT, TrainerClient::new(channel).backtest(request))
+        .await
+        .map_err(|_| ApiError(StatusCode::GATEWAY_TIMEOUT, "the backtest took over 2 minutes".into()))?
+        .map_err(|s| refused("trainer", &s))?
+        .into_inner();
+    Ok(Json(report))
 }
 
 async fn serving(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Json<serde_json::Value>, ApiError> {
