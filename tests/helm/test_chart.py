@@ -438,7 +438,7 @@ def test_secure_values_turn_on_tls_tokens_signatures_and_a_network_policy_per_co
     # The console reads the registry and the predictors and runs backtests: their policies let it in.
     console_pod = by_kind["Deployment"]["kappa-console"]["spec"]["template"]["metadata"]["labels"]
     for policy in ("kappa-registry", "kappa-predictor", "kappa-trainer"):
-        allowed = [p["podSelector"]["matchLabels"] for p in policies[policy]["spec"]["ingress"][0]["from"]]
+        allowed = [p["podSelector"].get("matchLabels", {}) for p in policies[policy]["spec"]["ingress"][0]["from"]]
         assert any(a.items() <= console_pod.items() for a in allowed), policy
     assert [p["port"] for p in policies["kappa-console"]["spec"]["ingress"][0]["ports"]] == ["grpc", "http"]
     registry_from = policies["kappa-registry"]["spec"]["ingress"][0]["from"]
