@@ -38,6 +38,7 @@ test: prerequisites ## Run all tests against a real Kafka broker (started and st
 	$(MAKE) --no-print-directory helm-test
 
 python-test: ## The Python package (python/): installed into the test venv from its pyproject, tested against real services
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || [ -n "$$KAPPA_CHROMIUM" ] || { echo "Chromium is required for the console's page tests: apt install chromium (or set KAPPA_CHROMIUM) and retry." >&2; exit 1; }
 	scripts/tools.sh >/dev/null
 	cargo build --workspace --bins
 	$(PY) -m pip install -q ./python
