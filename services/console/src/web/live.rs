@@ -16,12 +16,13 @@ use bytes::Bytes;
 use kappa_runtime::auth::Role;
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::{ApiError, cookie_value, session::COOKIE};
+use super::ApiError;
 use crate::App;
 
 struct Live {
     app: Arc<App>,
-    session: Option<String>,
+    /// The session the stream was opened in (its cookie's, or the one made for a caller without).
+    session: String,
     fleet: tokio::sync::watch::Receiver<Bytes>,
     models: tokio::sync::watch::Receiver<u64>,
     serving: tokio::sync::watch::Receiver<u64>,
@@ -46,9 +47,9 @@ impl Live {
             () = app.stop.cancelled() => None,
             changed = self.fleet.changed() => {
                 changed.ok()?;
-                // The token may have been revoked since the stream opened.
-                let (caller, _) = app.sessions.caller(self.session.as_deref(), &app.web.auth);
-                if !caller.may(Role::Read) {
+                // The token may have been revoked, or the session ended, since the stream opened.
+                let principal = app.sessions.principal_of(&self.session, &app.web.auth)?;
+                if !principal.roles.grants(Role::Read) {
                     return None;
                 }
                 let summary = self.fleet.borrow_and_update().clone();
@@ -69,7 +70,7 @@ impl Live {
 }
 
 pub async fn stream(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
-    app.needs(&headers, Role::Read)?;
+    let caller = app.needs(&headers, Role::Read)?;
     let permit = Arc::clone(&app.live_streams).try_acquire_owned().map_err(|_| {
         ApiError(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -77,7 +78,7 @@ pub async fn stream(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<R
         )
     })?;
     let mut live = Live {
-        session: cookie_value(&headers, COOKIE).map(str::to_owned),
+        session: caller.id,
         fleet: app.fleet_summary.clone(),
         models: app.models.changes(),
         serving: app.serving.changes(),

@@ -96,15 +96,7 @@ impl Sessions {
                 (id, session, true)
             }
         };
-        let principal = match (auth.authenticates(), &session.token) {
-            // Without a token file, everyone may do everything, as on every Kappa port.
-            (false, _) => Some(Principal {
-                name: String::new(),
-                roles: Roles::of(&[Role::Admin]),
-            }),
-            (true, Some(token)) => auth.principal(token).ok().flatten(),
-            (true, None) => None,
-        };
+        let principal = principal(auth, session.token.as_deref());
         let caller = Caller {
             id,
             csrf: session.csrf.clone(),
@@ -112,6 +104,20 @@ impl Sessions {
             token: session.token.clone(),
         };
         (caller, new)
+    }
+
+    /// The principal of the session `id` now, without making one when it is gone (an open
+    /// page's event stream checks this each second; a lost session ends it).
+    pub fn principal_of(&self, id: &str, auth: &AuthLayer) -> Option<Principal> {
+        let token = {
+            let sessions = self.by_id.lock().expect("sessions lock");
+            let session = sessions.get(&key(id))?;
+            if session.last_used.elapsed() >= self.idle {
+                return None;
+            }
+            session.token.clone()
+        };
+        principal(auth, token.as_deref())
     }
 
     /// Signs the session in with `token`, checked against the token file: the principal, or why not.
@@ -138,6 +144,19 @@ impl Sessions {
     }
 }
 
+/// Who a session with `token` is now: without a token file everyone may do everything, as on
+/// every Kappa port; with one, the token's principal if the file still lists it.
+fn principal(auth: &AuthLayer, token: Option<&str>) -> Option<Principal> {
+    match (auth.authenticates(), token) {
+        (false, _) => Some(Principal {
+            name: String::new(),
+            roles: Roles::of(&[Role::Admin]),
+        }),
+        (true, Some(token)) => auth.principal(token).ok().flatten(),
+        (true, None) => None,
+    }
+}
+
 /// Whether two secrets are equal, in time independent of where they differ.
 pub fn same_secret(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0_u8, |diff, (x, y)| diff | (x ^ y)) == 0
@@ -158,6 +177,17 @@ mod tests {
         assert!(!new);
         assert_eq!(again.csrf, first.csrf);
         assert!(again.may(Role::Write), "without tokens everyone may write");
+    }
+
+    #[test]
+    fn a_stream_of_a_lost_session_learns_it_without_a_new_session_being_made() {
+        let sessions = Sessions::new(10, Duration::from_secs(60));
+        let auth = AuthLayer::disabled(|_| kappa_runtime::auth::Access::Unlisted);
+        let (caller, _) = sessions.caller(None, &auth);
+        assert!(sessions.principal_of(&caller.id, &auth).is_some());
+        sessions.sign_out(&caller.id);
+        assert!(sessions.principal_of(&caller.id, &auth).is_none());
+        assert_eq!(sessions.len(), 0);
     }
 
     #[test]
