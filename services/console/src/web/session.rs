@@ -45,9 +45,14 @@ impl Caller {
 #[derive(Debug)]
 pub struct Sessions {
     by_id: Mutex<HashMap<[u8; 32], Session>>,
+    /// When idle sessions were last swept out: at most once a minute, not on every request.
+    swept: Mutex<Instant>,
     max: usize,
     idle: Duration,
 }
+
+/// How often idle sessions are swept out (a lookup checks idleness itself meanwhile).
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 fn random_hex() -> String {
     let mut bytes = [0_u8; 32];
@@ -64,6 +69,7 @@ impl Sessions {
     pub fn new(max: usize, idle: Duration) -> Self {
         Self {
             by_id: Mutex::new(HashMap::new()),
+            swept: Mutex::new(Instant::now()),
             max,
             idle,
         }
@@ -74,8 +80,16 @@ impl Sessions {
     pub fn caller(&self, id: Option<&str>, auth: &AuthLayer) -> (Caller, bool) {
         let now = Instant::now();
         let mut sessions = self.by_id.lock().expect("sessions lock");
-        sessions.retain(|_, s| now.duration_since(s.last_used) < self.idle);
-        let existing = id.and_then(|id| sessions.get_mut(&key(id)).map(|s| (id.to_owned(), s)));
+        {
+            let mut swept = self.swept.lock().expect("sweep lock");
+            if now.duration_since(*swept) >= SWEEP_EVERY {
+                sessions.retain(|_, s| now.duration_since(s.last_used) < self.idle);
+                *swept = now;
+            }
+        }
+        let existing = id
+            .and_then(|id| sessions.get_mut(&key(id)).map(|s| (id.to_owned(), s)))
+            .filter(|(_, s)| now.duration_since(s.last_used) < self.idle);
         let (id, session, new) = match existing {
             Some((id, session)) => {
                 session.last_used = now;
