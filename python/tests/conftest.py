@@ -3,6 +3,7 @@ local Kafka (KAPPA_KAFKA_BOOTSTRAP, default 127.0.0.1:9092), which `make test` s
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import socket
@@ -13,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pytest
+from confluent_kafka import Consumer
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BIN = pathlib.Path(os.environ.get("KAPPA_BIN_DIR", pathlib.Path.home() / ".cache/kappa/target/debug"))
@@ -30,6 +32,33 @@ def kappa(*args: str) -> str:
     done = subprocess.run([str(BIN / "kappa"), *args], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     return done.stdout
+
+
+def stream_predictions(topic: str, expected: int) -> dict[tuple[int, int], dict]:
+    """The stream-mode predictions on ``topic``, by the (partition, offset) of the event answered."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": BOOTSTRAP,
+            "group.id": f"py-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+        }
+    )
+    consumer.subscribe([topic])
+    answers: dict[tuple[int, int], dict] = {}
+    deadline = time.monotonic() + 180
+    try:
+        while len(answers) < expected:
+            assert time.monotonic() < deadline, f"{len(answers)} of {expected} predictions after 180 s"
+            for message in consumer.consume(5000, timeout=1.0):
+                if message.error() is None:
+                    # Protobuf's JSON mapping: camelCase, and fields at their default left out.
+                    answer = {"error": "", "score": 0.0, "isAnomaly": False, **json.loads(message.value())}
+                    # (64-bit integers are JSON strings there.)
+                    key = (int(answer.get("sourcePartition", 0)), int(answer.get("sourceOffset", 0)))
+                    answers[key] = answer
+    finally:
+        consumer.close()
+    return answers
 
 
 @dataclass

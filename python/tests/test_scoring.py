@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import random
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -16,11 +15,11 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Producer
 
 from kappa import KappaError, Predictor, Registry, Trainer, load_manifest, training_spec
 
-from conftest import BOOTSTRAP, kappa
+from conftest import BOOTSTRAP, kappa, stream_predictions
 
 
 def _serve_example(
@@ -107,7 +106,7 @@ def test_predict_scores_100k_rows_as_the_predictors_stream_mode_scored_the_same_
         history = trainer.read_range(training_spec(topic, features=features))
     assert history.read == events + 25 and history.usable > events * 0.9, (history.read, history.usable)
 
-    streamed = scored_by_stream_mode(predictions, history.read)
+    streamed = stream_predictions(predictions, history.read)
     errors = sum(1 for answer in streamed.values() if answer["error"])
     assert errors == history.read - history.usable, (errors, history.skipped)
     keys = list(zip(history.frame["partition"], history.frame["offset"], strict=True))
@@ -121,33 +120,6 @@ def test_predict_scores_100k_rows_as_the_predictors_stream_mode_scored_the_same_
         assert len(answers) == len(keys) and set(answers.model_version) == {1}
         np.testing.assert_allclose(answers.score, expected, rtol=1e-6)
         assert (answers.is_anomaly == np.array([streamed[key]["isAnomaly"] for key in keys])).all()
-
-
-def scored_by_stream_mode(topic: str, expected: int) -> dict[tuple[int, int], dict]:
-    """The stream-mode predictions on ``topic``, by the (partition, offset) of the event answered."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": BOOTSTRAP,
-            "group.id": f"py-{uuid.uuid4().hex}",
-            "auto.offset.reset": "earliest",
-        }
-    )
-    consumer.subscribe([topic])
-    answers: dict[tuple[int, int], dict] = {}
-    deadline = time.monotonic() + 180
-    try:
-        while len(answers) < expected:
-            assert time.monotonic() < deadline, f"{len(answers)} of {expected} predictions after 180 s"
-            for message in consumer.consume(5000, timeout=1.0):
-                if message.error() is None:
-                    # Protobuf's JSON mapping: camelCase, and fields at their default left out.
-                    answer = {"error": "", "score": 0.0, "isAnomaly": False, **json.loads(message.value())}
-                    # (64-bit integers are JSON strings there.)
-                    key = (int(answer.get("sourcePartition", 0)), int(answer.get("sourceOffset", 0)))
-                    answers[key] = answer
-    finally:
-        consumer.close()
-    return answers
 
 
 def _safetensors(path) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]

@@ -731,6 +731,52 @@ async fn stream_mode_answers_every_event_and_loses_none_across_a_kill_9() {
     );
 }
 
+#[tokio::test]
+async fn stream_mode_lands_each_keys_predictions_in_the_order_of_its_events() {
+    let setup = RegistrySetup::new();
+    let registry = setup.start().await;
+    let mut client = registry_client(&registry).await;
+    let m = car_autoencoder("ordered", &[8]);
+    publish(&mut client, &m, &random_weights(&m, 1), "").await.unwrap();
+    let (sensors, predictions) = (unique("test.sensors"), unique("test.predictions"));
+    create_topic_with_partitions(&sensors, 3).await;
+    create_topic_with_partitions(&predictions, 2).await;
+    // A backlog, so that many groups of events are scored at once when the predictor starts.
+    let sent = produce_keyed(&sensors, &sensor_events(0..6000)).await;
+    let streaming = PredictorSetup::new(&setup.topic, "ordered", "latest")
+        .stream(&sensors, &predictions)
+        .start()
+        .await;
+    let wanted: std::collections::BTreeSet<(i32, i64)> = sent.iter().copied().collect();
+    let answered = wait_all_answered(&bootstrap(), &predictions, &wanted, Duration::from_secs(90), &|| {
+        streaming.service.log_text()
+    })
+    .await;
+    assert_eq!(answered, wanted.len(), "one prediction per event");
+
+    // Each key's predictions, as any reader of the predictions topic sees them: in the order of
+    // the key's events (a key's events share a partition, its predictions share one too).
+    let mut by_key: std::collections::HashMap<String, Vec<(i32, i64)>> = std::collections::HashMap::new();
+    for record in read_positioned(&predictions, "read_committed").await {
+        let a: serde_json::Value = serde_json::from_slice(record.value.as_deref().unwrap()).unwrap();
+        let source = (
+            a["sourcePartition"].as_i64().unwrap_or(0) as i32,
+            a["sourceOffset"].as_str().map_or(0, |s| s.parse().unwrap()),
+        );
+        by_key.entry(record.key).or_default().push(source);
+    }
+    assert_eq!(by_key.len(), 25, "every car answered");
+    for (key, sources) in &by_key {
+        let out_of_order = sources.windows(2).filter(|w| w[0] >= w[1]).count();
+        assert_eq!(
+            out_of_order,
+            0,
+            "{key}: {out_of_order} of {} predictions land before an earlier event's",
+            sources.len()
+        );
+    }
+}
+
 /// (partition, offset) of every prediction's source event, in the order read.
 fn answered_sources(records: &[RawRecord]) -> Vec<(i32, i64)> {
     records

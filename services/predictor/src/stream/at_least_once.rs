@@ -2,13 +2,22 @@
 //! been acknowledged (acks=all), offsets are stored in consumption order, and stored offsets
 //! are committed on a timer, before a rebalance and at shutdown. A crash replays at most the
 //! events whose predictions were not yet acknowledged.
+//!
+//! Groups of events are scored concurrently, but their predictions enter the producer in
+//! consumption order, so a key's predictions land in the order of its events, as a reader of
+//! the predictions topic (a unit's latest scores, a downstream join) expects. The idempotent
+//! producer keeps that order through its own retries; only a record whose delivery failed
+//! outright and is sent again, or one answered with an error after the topic refused it, can
+//! land after later ones.
 
 use std::{sync::Arc, time::Duration};
+
+use tokio::sync::oneshot;
 
 use futures::{FutureExt as _, StreamExt as _, stream::FuturesOrdered};
 use rdkafka::{
     consumer::{CommitMode, Consumer, StreamConsumer},
-    error::KafkaError,
+    error::{KafkaError, RDKafkaErrorCode},
     producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _},
 };
 use tokio_util::sync::CancellationToken;
@@ -50,6 +59,9 @@ pub async fn run(
     // Once an event ends without a record (shutdown), no later offset may be stored.
     let mut gap = false;
     let mut failed = None;
+    // Closed once the latest group's records are all in the producer's queue; the next group
+    // waits for it before queuing its own.
+    let mut queued: Option<oneshot::Receiver<()>> = None;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
@@ -79,8 +91,11 @@ pub async fn run(
                         let events = arrivals.len();
                         in_flight += events;
                         metrics.in_flight.set(in_flight as i64);
+                        let (turn, next) = oneshot::channel();
                         let task = tokio::spawn(deliver(
                             arrivals,
+                            queued.replace(next),
+                            turn,
                             Arc::clone(&serving),
                             producer.clone(),
                             Arc::clone(&topic),
@@ -144,9 +159,13 @@ fn store(
 
 /// Scores the events and produces their predictions, each retried until the broker
 /// acknowledges it (or the producer has failed for good): no offset may be stored for an event
-/// without a record. One answer per event, in their order.
+/// without a record. One answer per event, in their order. The records are queued only once
+/// the group before has queued its own (`after` closes), and `done_queuing` is dropped, letting
+/// the next group go, once they are: scoring overlaps, producing keeps consumption order.
 async fn deliver(
     arrivals: Vec<Arrival>,
+    after: Option<oneshot::Receiver<()>>,
+    done_queuing: oneshot::Sender<()>,
     serving: Arc<Serving>,
     producer: FutureProducer,
     topic: Arc<str>,
@@ -154,20 +173,22 @@ async fn deliver(
 ) -> Vec<Delivered> {
     let events = arrivals.len();
     let read = arrivals.into_iter().map(|arrival| arrival.read(&serving)).collect();
-    let Some(records) = evaluate_all(read, &serving).await else {
+    let scored = evaluate_all(read, &serving).await;
+    if let Some(after) = after {
+        // Closed or dropped alike: the group before has queued all it will.
+        let _ = after.await;
+    }
+    let Some(records) = scored else {
         return (0..events).map(|_| Ok(None)).collect();
     };
     // Every record goes to the producer's queue first, so the group is in flight at once; then
     // each delivery is awaited in order, with no task or allocation per record.
-    let sent: Vec<(Record, Option<DeliveryFuture>)> = records
-        .into_iter()
-        .map(|record| {
-            let queued = record
-                .span
-                .in_scope(|| producer.send_result(future_record(&topic, &record)).ok());
-            (record, queued)
-        })
-        .collect();
+    let mut sent: Vec<(Record, Option<DeliveryFuture>)> = Vec::with_capacity(records.len());
+    for record in records {
+        let queued = enqueue(&producer, &topic, &record).await;
+        sent.push((record, queued));
+    }
+    drop(done_queuing);
     let mut delivered = Vec::with_capacity(events);
     for (record, queued) in sent {
         let span = record.span.clone();
@@ -189,6 +210,27 @@ async fn deliver(
         delivered.push(done.map(|()| Some(record.source)));
     }
     delivered
+}
+
+/// Puts `record` in the producer's queue, waiting while the queue is full (the broker is slow
+/// or away) so that it keeps its place; `None` when the producer will not take it at all
+/// (too large, failed for good), which [`produce`] then reports.
+async fn enqueue(producer: &FutureProducer, topic: &str, record: &Record) -> Option<DeliveryFuture> {
+    loop {
+        let sent = record
+            .span
+            .in_scope(|| producer.send_result(future_record(topic, record)).map_err(|(e, _)| e));
+        match sent {
+            Ok(delivery) => return Some(delivery),
+            Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull))
+                if kappa_kafka::failed_for_good(producer.client()).is_none() =>
+            {
+                // The producer's own thread drains the queue as the broker acknowledges.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(_) => return None,
+        }
+    }
 }
 
 /// A poison record must not stall its partition: an event whose prediction the topic refused
@@ -239,8 +281,9 @@ fn future_record<'a>(topic: &'a str, record: &'a Record) -> FutureRecord<'a, Str
 }
 
 /// Produces `record` to `topic`, retrying (counted in `retries`) until the broker acknowledges
-/// it, refuses it for good (too large, invalid), or the producer has failed for good. `queued` is its first send, when the producer's
-/// queue took it; without it (the queue was full) the first send waits for room.
+/// it, refuses it for good (too large, invalid), or the producer has failed for good. `queued`
+/// is its first send, when the producer's queue took it; without it, sending again here tells
+/// why it was not taken.
 async fn produce(
     producer: &FutureProducer,
     topic: &str,
