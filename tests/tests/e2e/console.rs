@@ -74,4 +74,12 @@ async fn the_console_stays_within_its_memory_and_answers_quickly_under_a_sustain
         second <= first + 48.0,
         "resident memory kept growing ({first:.0} MiB, then {second:.0} MiB): {report}"
     );
+    // The readers sent no cookie: they were answered, and no session was kept for any of them
+    // (only the page's own /api/session opens one), so scripts cannot crowd out browsers.
+    let metrics = scrape(&console.metrics_url).await;
+    assert!(
+        metrics.lines().any(|line| line == "kappa_console_sessions 0"),
+        "{} requests without a cookie left sessions behind:\n{metrics}",
+        number("page_requests")
+    );
 }

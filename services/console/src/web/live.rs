@@ -21,8 +21,9 @@ use crate::App;
 
 struct Live {
     app: Arc<App>,
-    /// The session the stream was opened in (its cookie's, or the one made for a caller without).
-    session: String,
+    /// The session the stream was opened in; `None` for a caller without one (possible only
+    /// on a console without tokens, where everyone reads).
+    session: Option<String>,
     fleet: tokio::sync::watch::Receiver<Bytes>,
     models: tokio::sync::watch::Receiver<u64>,
     serving: tokio::sync::watch::Receiver<u64>,
@@ -48,7 +49,10 @@ impl Live {
             changed = self.fleet.changed() => {
                 changed.ok()?;
                 // The token may have been revoked, or the session ended, since the stream opened.
-                let principal = app.sessions.principal_of(&self.session, &app.web.auth)?;
+                let principal = match &self.session {
+                    Some(id) => app.sessions.principal_of(id, &app.web.auth)?,
+                    None => app.sessions.caller(None, &app.web.auth).principal?,
+                };
                 if !principal.roles.grants(Role::Read) {
                     return None;
                 }

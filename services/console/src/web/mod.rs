@@ -92,16 +92,14 @@ fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 impl App {
-    /// The caller of a request, and the cookie to set when its session is new.
-    fn caller(&self, headers: &HeaderMap) -> (Caller, Option<HeaderValue>) {
-        let (caller, new) = self.sessions.caller(cookie_value(headers, COOKIE), &self.web.auth);
-        let cookie = new.then(|| session_cookie(&self.web, &caller.id));
-        (caller, cookie)
+    /// The caller of a request (its session's, if its cookie names a live one).
+    fn caller(&self, headers: &HeaderMap) -> Caller {
+        self.sessions.caller(cookie_value(headers, COOKIE), &self.web.auth)
     }
 
     /// The caller, who must hold `role`.
     fn needs(&self, headers: &HeaderMap, role: Role) -> Result<Caller, ApiError> {
-        let (caller, _) = self.caller(headers);
+        let caller = self.caller(headers);
         if caller.may(role) {
             return Ok(caller);
         }
@@ -132,8 +130,14 @@ fn session_cookie(web: &WebSecurity, id: &str) -> HeaderValue {
 /// A state-changing request must come from the console's own page: the session's CSRF secret
 /// in a header, and no foreign Origin.
 fn check_same_origin(headers: &HeaderMap, caller: &Caller) -> Result<(), ApiError> {
+    let Some(csrf) = &caller.csrf else {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "no console session: actions are taken from the console's own page (reload it)".into(),
+        ));
+    };
     let sent = headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if !same_secret(sent, &caller.csrf) {
+    if !same_secret(sent, csrf) {
         return Err(ApiError(
             StatusCode::FORBIDDEN,
             format!("missing or wrong {CSRF_HEADER} header: actions are taken from the console's own page"),
@@ -153,8 +157,22 @@ fn check_same_origin(headers: &HeaderMap, caller: &Caller) -> Result<(), ApiErro
     Ok(())
 }
 
-async fn session_info(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    let (caller, cookie) = app.caller(&headers);
+/// The page's first call: the only one that makes a session (and sets its cookie).
+async fn session_info(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let (caller, new) = app
+        .sessions
+        .open(cookie_value(&headers, COOKIE), &app.web.auth)
+        .map_err(|full| {
+            ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the console holds {} signed-in sessions (--max-sessions); sign out of one, wait for one \
+                     to idle out (--session-idle-hours) or raise --max-sessions",
+                    full.max
+                ),
+            )
+        })?;
+    let cookie = new.then(|| session_cookie(&app.web, caller.id.as_deref().unwrap_or_default()));
     let body = Json(json!({
         "authRequired": app.web.auth.authenticates(),
         "signedIn": caller.principal.is_some(),
@@ -169,7 +187,7 @@ async fn session_info(State(app): State<Arc<App>>, headers: HeaderMap) -> Respon
     if let Some(cookie) = cookie {
         response.headers_mut().insert(header::SET_COOKIE, cookie);
     }
-    response
+    Ok(response)
 }
 
 #[derive(Deserialize)]
@@ -182,11 +200,12 @@ async fn sign_in(
     headers: HeaderMap,
     Json(body): Json<SignIn>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let (caller, _) = app.caller(&headers);
+    let caller = app.caller(&headers);
     check_same_origin(&headers, &caller)?;
+    let id = caller.id.as_deref().unwrap_or_default();
     let principal = app
         .sessions
-        .sign_in(&caller.id, &body.token, &app.web.auth)
+        .sign_in(id, &body.token, &app.web.auth)
         .map_err(|e| ApiError(StatusCode::UNAUTHORIZED, e.into()))?;
     tracing::info!(principal = principal.name, "signed in to the console");
     Ok(Json(
@@ -195,9 +214,11 @@ async fn sign_in(
 }
 
 async fn sign_out(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<StatusCode, ApiError> {
-    let (caller, _) = app.caller(&headers);
+    let caller = app.caller(&headers);
     check_same_origin(&headers, &caller)?;
-    app.sessions.sign_out(&caller.id);
+    if let Some(id) = &caller.id {
+        app.sessions.sign_out(id);
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

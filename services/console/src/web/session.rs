@@ -5,7 +5,7 @@
 //! state-changing request must send back in a header (a form on another site cannot).
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     sync::Mutex,
     time::{Duration, Instant},
 };
@@ -28,9 +28,11 @@ struct Session {
 /// Who is calling, as a handler sees it.
 #[derive(Debug, Clone)]
 pub struct Caller {
-    /// The session's id as its cookie carries it.
-    pub id: String,
-    pub csrf: String,
+    /// The session's id as its cookie carries it; `None` for a request without a live session
+    /// (a script, or a page whose session ended), which is answered without one being made.
+    pub id: Option<String>,
+    /// The session's CSRF secret; `None` without a session, and then no action is taken.
+    pub csrf: Option<String>,
     /// `None` while not signed in (or signed out by a revoked token).
     pub principal: Option<Principal>,
     pub token: Option<String>,
@@ -42,9 +44,25 @@ impl Caller {
     }
 }
 
+/// Why no session could be opened.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Full {
+    pub max: usize,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    by_id: HashMap<[u8; 32], Session>,
+    /// Sessions not signed in, oldest first: the ones given up to make room. Signed-in
+    /// sessions are never evicted (only token holders make them, and they idle out), so a
+    /// client opening sessions in a loop cannot sign anyone out. Entries of sessions that have
+    /// signed in or gone since are skipped when met.
+    anonymous: VecDeque<[u8; 32]>,
+}
+
 #[derive(Debug)]
 pub struct Sessions {
-    by_id: Mutex<HashMap<[u8; 32], Session>>,
+    table: Mutex<Table>,
     /// When idle sessions were last swept out: at most once a minute, not on every request.
     swept: Mutex<Instant>,
     max: usize,
@@ -65,67 +83,110 @@ fn key(id: &str) -> [u8; 32] {
     Sha256::digest(id.as_bytes()).into()
 }
 
+impl Table {
+    /// Gives up the oldest session not signed in; false when every session is signed in.
+    fn evict_an_anonymous_one(&mut self) -> bool {
+        while let Some(oldest) = self.anonymous.pop_front() {
+            if self.by_id.get(&oldest).is_some_and(|s| s.token.is_none()) {
+                self.by_id.remove(&oldest);
+                return true;
+            }
+        }
+        false
+    }
+}
+
 impl Sessions {
     pub fn new(max: usize, idle: Duration) -> Self {
         Self {
-            by_id: Mutex::new(HashMap::new()),
+            table: Mutex::new(Table::default()),
             swept: Mutex::new(Instant::now()),
             max,
             idle,
         }
     }
 
-    /// The caller behind `id` (a cookie's value), or a new anonymous session when it names none
-    /// (the second value is then true: set its cookie).
-    pub fn caller(&self, id: Option<&str>, auth: &AuthLayer) -> (Caller, bool) {
-        let now = Instant::now();
-        let mut sessions = self.by_id.lock().expect("sessions lock");
+    /// The live session `id` (a cookie's value) names, marked as used.
+    fn live<'a>(&self, table: &'a mut Table, id: Option<&str>, now: Instant) -> Option<&'a mut Session> {
         {
             let mut swept = self.swept.lock().expect("sweep lock");
             if now.duration_since(*swept) >= SWEEP_EVERY {
-                sessions.retain(|_, s| now.duration_since(s.last_used) < self.idle);
+                table.by_id.retain(|_, s| now.duration_since(s.last_used) < self.idle);
+                let by_id = &table.by_id;
+                table
+                    .anonymous
+                    .retain(|k| by_id.get(k).is_some_and(|s| s.token.is_none()));
                 *swept = now;
             }
         }
-        let existing = id
-            .and_then(|id| sessions.get_mut(&key(id)).map(|s| (id.to_owned(), s)))
-            .filter(|(_, s)| now.duration_since(s.last_used) < self.idle);
-        let (id, session, new) = match existing {
-            Some((id, session)) => {
-                session.last_used = now;
-                (id, session, false)
-            }
-            None => {
-                if sessions.len() >= self.max
-                    && let Some(oldest) = sessions.iter().min_by_key(|(_, s)| s.last_used).map(|(k, _)| *k)
-                {
-                    sessions.remove(&oldest);
-                }
-                let id = random_hex();
-                let session = sessions.entry(key(&id)).or_insert(Session {
-                    token: None,
-                    csrf: random_hex(),
-                    last_used: now,
-                });
-                (id, session, true)
-            }
-        };
-        let principal = principal(auth, session.token.as_deref());
+        let session = table
+            .by_id
+            .get_mut(&key(id?))
+            .filter(|s| now.duration_since(s.last_used) < self.idle)?;
+        session.last_used = now;
+        Some(session)
+    }
+
+    /// The caller behind `id` (a cookie's value). Nothing is stored for a request without a
+    /// live session: only the page's own [`Sessions::open`] makes sessions.
+    pub fn caller(&self, id: Option<&str>, auth: &AuthLayer) -> Caller {
+        let mut table = self.table.lock().expect("sessions lock");
+        match self.live(&mut table, id, Instant::now()) {
+            Some(session) => Caller {
+                id: id.map(str::to_owned),
+                csrf: Some(session.csrf.clone()),
+                principal: principal(auth, session.token.as_deref()),
+                token: session.token.clone(),
+            },
+            None => Caller {
+                id: None,
+                csrf: None,
+                principal: principal(auth, None),
+                token: None,
+            },
+        }
+    }
+
+    /// The caller behind `id`, or a new anonymous session when it names none (the second value
+    /// is then true: set its cookie). At `max` sessions the oldest one not signed in gives way;
+    /// when all are signed in, none is made.
+    pub fn open(&self, id: Option<&str>, auth: &AuthLayer) -> Result<(Caller, bool), Full> {
+        let now = Instant::now();
+        let mut table = self.table.lock().expect("sessions lock");
+        if self.live(&mut table, id, now).is_some() {
+            drop(table);
+            return Ok((self.caller(id, auth), false));
+        }
+        if table.by_id.len() >= self.max && !table.evict_an_anonymous_one() {
+            return Err(Full { max: self.max });
+        }
+        let id = random_hex();
+        let csrf = random_hex();
+        let k = key(&id);
+        table.by_id.insert(
+            k,
+            Session {
+                token: None,
+                csrf: csrf.clone(),
+                last_used: now,
+            },
+        );
+        table.anonymous.push_back(k);
         let caller = Caller {
-            id,
-            csrf: session.csrf.clone(),
-            principal,
-            token: session.token.clone(),
+            id: Some(id),
+            csrf: Some(csrf),
+            principal: principal(auth, None),
+            token: None,
         };
-        (caller, new)
+        Ok((caller, true))
     }
 
     /// The principal of the session `id` now, without making one when it is gone (an open
     /// page's event stream checks this each second; a lost session ends it).
     pub fn principal_of(&self, id: &str, auth: &AuthLayer) -> Option<Principal> {
         let token = {
-            let sessions = self.by_id.lock().expect("sessions lock");
-            let session = sessions.get(&key(id))?;
+            let table = self.table.lock().expect("sessions lock");
+            let session = table.by_id.get(&key(id))?;
             if session.last_used.elapsed() >= self.idle {
                 return None;
             }
@@ -139,8 +200,9 @@ impl Sessions {
         let principal = auth
             .principal(token)?
             .ok_or("this console does not use tokens (no --auth-tokens): there is nothing to sign in to")?;
-        let mut sessions = self.by_id.lock().expect("sessions lock");
-        let session = sessions
+        let mut table = self.table.lock().expect("sessions lock");
+        let session = table
+            .by_id
             .get_mut(&key(id))
             .ok_or("the session expired; reload the page")?;
         session.token = Some(token.trim().to_owned());
@@ -150,11 +212,11 @@ impl Sessions {
     }
 
     pub fn sign_out(&self, id: &str) {
-        self.by_id.lock().expect("sessions lock").remove(&key(id));
+        self.table.lock().expect("sessions lock").by_id.remove(&key(id));
     }
 
     pub fn len(&self) -> usize {
-        self.by_id.lock().expect("sessions lock").len()
+        self.table.lock().expect("sessions lock").by_id.len()
     }
 }
 
@@ -180,38 +242,91 @@ pub fn same_secret(a: &str, b: &str) -> bool {
 mod tests {
     use super::*;
 
-    #[test]
-    fn an_unknown_cookie_gets_a_fresh_session_and_a_known_one_keeps_it() {
-        let sessions = Sessions::new(10, Duration::from_secs(60));
-        let auth = AuthLayer::disabled(|_| kappa_runtime::auth::Access::Unlisted);
-        let (first, new) = sessions.caller(Some("forged"), &auth);
-        assert!(new);
-        assert_ne!(first.id, "forged", "a session id is never the client's choice");
-        let (again, new) = sessions.caller(Some(&first.id), &auth);
-        assert!(!new);
-        assert_eq!(again.csrf, first.csrf);
-        assert!(again.may(Role::Write), "without tokens everyone may write");
+    fn no_tokens() -> AuthLayer {
+        AuthLayer::disabled(|_| kappa_runtime::auth::Access::Unlisted)
     }
 
     #[test]
-    fn a_stream_of_a_lost_session_learns_it_without_a_new_session_being_made() {
-        let sessions = Sessions::new(10, Duration::from_secs(60));
-        let auth = AuthLayer::disabled(|_| kappa_runtime::auth::Access::Unlisted);
-        let (caller, _) = sessions.caller(None, &auth);
-        assert!(sessions.principal_of(&caller.id, &auth).is_some());
-        sessions.sign_out(&caller.id);
-        assert!(sessions.principal_of(&caller.id, &auth).is_none());
+    fn an_unknown_cookie_opens_a_fresh_session_and_a_known_one_keeps_it() {
+        let (sessions, auth) = (Sessions::new(10, Duration::from_secs(60)), no_tokens());
+        let (first, new) = sessions.open(Some("forged"), &auth).unwrap();
+        assert!(new);
+        let id = first.id.clone().unwrap();
+        assert_ne!(id, "forged", "a session id is never the client's choice");
+        let (again, new) = sessions.open(Some(&id), &auth).unwrap();
+        assert!(!new);
+        assert_eq!(again.csrf, first.csrf);
+        assert!(again.may(Role::Write), "without tokens everyone may write");
+        assert_eq!(sessions.caller(Some(&id), &auth).csrf, first.csrf);
+    }
+
+    #[test]
+    fn requests_without_a_session_are_answered_without_one_being_made() {
+        let (sessions, auth) = (Sessions::new(10, Duration::from_secs(60)), no_tokens());
+        for cookie in [None, Some("forged")] {
+            let caller = sessions.caller(cookie, &auth);
+            assert_eq!((&caller.id, &caller.csrf), (&None, &None), "no session, so no action");
+            assert!(caller.may(Role::Read), "without tokens everyone reads");
+        }
         assert_eq!(sessions.len(), 0);
     }
 
     #[test]
-    fn sessions_are_bounded() {
-        let sessions = Sessions::new(3, Duration::from_secs(60));
-        let auth = AuthLayer::disabled(|_| kappa_runtime::auth::Access::Unlisted);
+    fn a_stream_of_a_lost_session_learns_it_without_a_new_session_being_made() {
+        let (sessions, auth) = (Sessions::new(10, Duration::from_secs(60)), no_tokens());
+        let (caller, _) = sessions.open(None, &auth).unwrap();
+        let id = caller.id.unwrap();
+        assert!(sessions.principal_of(&id, &auth).is_some());
+        sessions.sign_out(&id);
+        assert!(sessions.principal_of(&id, &auth).is_none());
+        assert_eq!(sessions.len(), 0);
+    }
+
+    #[test]
+    fn sessions_are_bounded_by_giving_up_the_oldest_not_signed_in() {
+        let (sessions, auth) = (Sessions::new(3, Duration::from_secs(60)), no_tokens());
+        let (oldest, _) = sessions.open(None, &auth).unwrap();
         for _ in 0..10 {
-            sessions.caller(None, &auth);
+            sessions.open(None, &auth).unwrap();
         }
         assert_eq!(sessions.len(), 3);
+        assert_eq!(
+            sessions.caller(oldest.id.as_deref(), &auth).id,
+            None,
+            "the oldest gave way"
+        );
+    }
+
+    #[tokio::test]
+    async fn signed_in_sessions_are_never_given_up_to_make_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tokens, token) = (dir.path().join("tokens"), "a-reader's-token");
+        let digest = kappa_runtime::auth::token_digest(token);
+        std::fs::write(&tokens, format!("reader read {digest}\n")).unwrap();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let auth = AuthLayer::from_file(
+            tokens,
+            |_| kappa_runtime::auth::Access::Unlisted,
+            Duration::from_secs(3600),
+            stop.clone(),
+        )
+        .unwrap();
+        let sessions = Sessions::new(2, Duration::from_secs(60));
+        let signed_in: Vec<String> = (0..2)
+            .map(|_| {
+                let id = sessions.open(None, &auth).unwrap().0.id.unwrap();
+                sessions.sign_in(&id, &token, &auth).unwrap();
+                id
+            })
+            .collect();
+        // A client opening sessions in a loop is refused; no one is signed out.
+        for _ in 0..5 {
+            assert_eq!(sessions.open(None, &auth).unwrap_err(), Full { max: 2 });
+        }
+        for id in &signed_in {
+            assert!(sessions.caller(Some(id), &auth).may(Role::Read));
+        }
+        stop.cancel();
     }
 
     #[test]
