@@ -315,7 +315,7 @@ mod tests {
         let signed_in: Vec<String> = (0..2)
             .map(|_| {
                 let id = sessions.open(None, &auth).unwrap().0.id.unwrap();
-                sessions.sign_in(&id, &token, &auth).unwrap();
+                sessions.sign_in(&id, token, &auth).unwrap();
                 id
             })
             .collect();
