@@ -59,6 +59,7 @@ pub struct Batcher {
     tx: Sender<Job>,
     depth: Arc<AtomicUsize>,
     capacity: usize,
+    explain: Explaining,
     metrics: Arc<PredictorMetrics>,
 }
 
@@ -94,8 +95,16 @@ impl Batcher {
             tx,
             depth,
             capacity,
+            explain,
             metrics,
         }
+    }
+
+    /// Whether `model`'s answers can carry shares ([`Scored::shares`]): in the scoring pass, or
+    /// by median replacement for a version with a reference profile.
+    pub fn explains(&self, model: &LoadedModel) -> bool {
+        (self.explain.in_pass && model.model.explains())
+            || (self.explain.occlusion.is_some() && model.medians.is_some())
     }
 
     /// Queues a job and waits for its scores. Refuses at once when the queue is full.
@@ -360,6 +369,43 @@ impl Worker {
         if let (Ok(answer), Some(drift)) = (&result, &model.drift) {
             drift.observe(&inputs, &answer.scores, model.threshold);
         }
+        // A graph cannot say why it flagged a row; its flagged rows are explained by median
+        // replacement as the other batches' are (the replaced rows through the graph's f32
+        // scoring path).
+        let mut shares = Vec::new();
+        if let (Ok(answer), Some(budget), Some(medians)) = (&result, &self.explain.occlusion, &model.medians) {
+            let mut scratch = (Vec::new(), Vec::new());
+            let attributed = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                crate::occlusion::attribute(
+                    &model.model,
+                    medians,
+                    model.threshold,
+                    &inputs,
+                    &answer.scores,
+                    budget,
+                    &mut shares,
+                    (&mut scratch.0, &mut scratch.1),
+                )
+            }));
+            match attributed {
+                Ok(Ok(outcome)) => self.metrics.count_occlusion(&outcome),
+                // The answer stands without explanations; the scores were not in question.
+                Ok(Err(e)) => {
+                    shares.clear();
+                    tracing::warn!(version = model.version, error = %e, "explaining a graph's flagged rows failed");
+                }
+                Err(panic) => {
+                    shares.clear();
+                    self.metrics.inference_panics.inc();
+                    tracing::error!(
+                        version = model.version,
+                        "explaining a graph's flagged rows panicked: {}",
+                        kappa_runtime::panic_message(panic)
+                    );
+                }
+            }
+        }
+        let features = model.n_features();
         let alone = batch.len() == 1;
         let mut start = 0;
         for job in batch.drain(..) {
@@ -368,7 +414,9 @@ impl Worker {
                 Ok(answer) => Ok(Scored {
                     model: Arc::clone(&model),
                     scores: answer.scores[start..end].to_vec(),
-                    shares: Vec::new(),
+                    shares: shares
+                        .get(start * features..end * features)
+                        .map_or_else(Vec::new, <[f32]>::to_vec),
                     inputs: job.inputs,
                     outputs: if alone {
                         answer.outputs.clone()

@@ -3,7 +3,9 @@
 //! graph's own input for an ONNX version. Outputs: every output of an ONNX graph, then `score`
 //! FP32 `[N]` and `is_anomaly` BOOL `[N]` (unless the graph has outputs of those names); for a
 //! version that explains its scores, `explanation` FP32 `[N, F]` (each feature's share of each
-//! row's score, in input column order) when a request names it.
+//! row's score, in input column order) when a request names it: every row for an autoencoder;
+//! for an ONNX graph or a raw-output MLP with a reference profile, the flagged rows by median
+//! replacement (see `occlusion`), NaN for the rows not explained.
 
 use std::{sync::Arc, time::Instant};
 
@@ -112,11 +114,14 @@ impl Oip {
             response.push(IS_ANOMALY, vec![rows as i64], &TensorData::Bool(flags));
         }
         if wanted.contains(&EXPLANATION) {
-            response.push(
-                EXPLANATION,
-                vec![rows as i64, f as i64],
-                &TensorData::F32(scored.shares.clone()),
-            );
+            // Rows not explained (normal ones, for median replacement, and those over its
+            // budget) are NaN; a batch with none explained has no shares at all.
+            let shares = if scored.shares.is_empty() {
+                vec![f32::NAN; rows * f]
+            } else {
+                scored.shares.clone()
+            };
+            response.push(EXPLANATION, vec![rows as i64, f as i64], &TensorData::F32(shares));
         }
         let response = pb::ModelInferResponse {
             model_name: model.name.clone(),
@@ -132,7 +137,7 @@ impl Oip {
 
     /// Whether `model`'s answers can carry the `explanation` output.
     fn explains(&self, model: &LoadedModel) -> bool {
-        self.0.explain_top > 0 && model.model.explains()
+        self.0.explain_top > 0 && self.0.batcher.explains(model)
     }
 
     fn metadata(&self, model: &LoadedModel) -> pb::ModelMetadataResponse {
@@ -187,6 +192,9 @@ impl Oip {
                     .map(|o| tensor(&o.name, &o.datatype, o.shape.clone()))
                     .collect();
                 outputs.extend(kappa_outputs(&taken));
+                if self.explains(model) {
+                    outputs.push(tensor(EXPLANATION, "FP32", vec![-1, model.n_features() as i64]));
+                }
                 let inputs = info
                     .inputs
                     .iter()

@@ -1104,6 +1104,19 @@ async fn an_onnx_versions_flagged_events_are_explained_by_median_replacement_wit
         .arg(format!("--explain-budget-rows={}", features * 10))
         .start()
         .await;
+    // The falls of the score, one feature at its median at a time, over their sum.
+    let shares_by_median_replacement = |row: &[f32]| -> Vec<f32> {
+        let score = graph_model.score(row).unwrap()[0];
+        let falls: Vec<f32> = (0..features)
+            .map(|j| {
+                let mut at_median = row.to_vec();
+                at_median[j] = medians[j];
+                (score - graph_model.score(&at_median).unwrap()[0]).max(0.0)
+            })
+            .collect();
+        let total: f32 = falls.iter().sum();
+        falls.iter().map(|fall| fall / total).collect()
+    };
     let mut typed = PredictorClient::new(predictor.channel().await);
     let started = Instant::now();
     let (mut explained, mut unexplained) = (0, 0);
@@ -1134,16 +1147,7 @@ async fn an_onnx_versions_flagged_events_are_explained_by_median_replacement_wit
             continue;
         }
         explained += 1;
-        // The falls of the score, one feature at its median at a time, over their sum.
-        let score = graph_model.score(&row).unwrap()[0];
-        let falls: Vec<f32> = (0..features)
-            .map(|j| {
-                let mut at_median = row.clone();
-                at_median[j] = medians[j];
-                (score - graph_model.score(&at_median).unwrap()[0]).max(0.0)
-            })
-            .collect();
-        let total: f32 = falls.iter().sum();
+        let shares = shares_by_median_replacement(&row);
         assert_eq!(
             answer.explanation[0].feature, CAR_FIELDS[pushed],
             "row {i}: {:?}",
@@ -1152,11 +1156,11 @@ async fn an_onnx_versions_flagged_events_are_explained_by_median_replacement_wit
         for contribution in &answer.explanation {
             let j = CAR_FIELDS.iter().position(|p| *p == contribution.feature).unwrap();
             assert!(
-                (contribution.share - f64::from(falls[j] / total)).abs() < 1e-4,
+                (contribution.share - f64::from(shares[j])).abs() < 1e-4,
                 "row {i}, {}: answered {}, falls give {}",
                 contribution.feature,
                 contribution.share,
-                falls[j] / total
+                shares[j]
             );
         }
     }
@@ -1175,4 +1179,49 @@ async fn an_onnx_versions_flagged_events_are_explained_by_median_replacement_wit
         skipped as usize, unexplained,
         "every flagged event over the budget is counted"
     );
+
+    // OIP: the graph's request names the `explanation` output (listed in its metadata); the
+    // flagged rows carry the same shares, the normal row NaN. A second refills the budget.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut oip_client = GrpcInferenceServiceClient::new(predictor.channel().await);
+    let metadata = wait_for_metadata(&mut oip_client, &name, 1).await;
+    let listed = metadata.outputs.iter().find(|o| o.name == "explanation");
+    assert_eq!(
+        listed.map(|o| (o.datatype.as_str(), o.shape.clone())),
+        Some(("FP32", vec![-1, features as i64])),
+        "{metadata:?}"
+    );
+    let mut rows: Vec<Vec<f32>> = (0..3)
+        .map(|i| (0..features).map(|f| normal(i, f) as f32).collect())
+        .collect();
+    rows[1][2] = 6.0;
+    rows[2][5] = 6.0;
+    let mut request = kappa_client::oip::infer_request(&name, rows.concat(), features);
+    request.outputs = ["score", "explanation"]
+        .map(|n| oip::model_infer_request::InferRequestedOutputTensor {
+            name: n.into(),
+            ..Default::default()
+        })
+        .into();
+    let answer = oip_client.model_infer(request).await.unwrap().into_inner();
+    let explanation = answer
+        .outputs
+        .iter()
+        .find(|o| o.name == "explanation")
+        .expect("explanation output");
+    assert_eq!(explanation.shape, vec![3, features as i64]);
+    let got = output_values(explanation);
+    assert!(
+        got[..features].iter().all(|s| s.is_nan()),
+        "a normal row is not explained: {got:?}"
+    );
+    for r in 1..3 {
+        let want = shares_by_median_replacement(&rows[r]);
+        for (j, (g, w)) in got[r * features..(r + 1) * features].iter().zip(&want).enumerate() {
+            assert!(
+                (g - f64::from(*w)).abs() < 1e-4,
+                "row {r}, feature {j}: answered {g}, falls give {w}"
+            );
+        }
+    }
 }
