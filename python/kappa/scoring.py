@@ -126,8 +126,10 @@ class Predictor(Client):
 
     def explain(self, features: Mapping[str, float], model: str = "") -> list[Contribution]:
         """What made one row's score: every feature, largest share first, for versions that
-        explain their scores (Kappa's autoencoders, computed in the scoring pass); an empty list
-        for the others, or when the predictor runs with ``--explain-top 0``."""
+        explain their scores (Kappa's autoencoders, computed in the scoring pass) and for a
+        flagged row of a version with a reference profile (an ONNX graph: by median replacement,
+        within the predictor's budget); an empty list otherwise, or when the predictor runs with
+        ``--explain-top 0``."""
         request = predictor_pb2.PredictRequest(model=model, features=dict(features))
         response = self._call(self._stub.Predict, request)
         return [

@@ -30,6 +30,9 @@ pub struct Contender {
     pub manifest: ModelManifest,
     pub model: Model,
     decoder: EventDecoder,
+    /// Each feature's training median, for explaining a version that cannot explain its own
+    /// scores ([`kappa_model::median_replacement`]); `None` without a reference profile.
+    medians: Option<Vec<f32>>,
 }
 
 impl Contender {
@@ -42,6 +45,7 @@ impl Contender {
     pub fn new(manifest: ModelManifest, model: Model) -> Result<Self, String> {
         let decoder = EventDecoder::for_manifest(&manifest)?;
         Ok(Self {
+            medians: kappa_model::drift::reference_medians(&manifest),
             manifest,
             model,
             decoder,
@@ -51,6 +55,7 @@ impl Contender {
     /// An admitted version, with the schema its admission compiled.
     pub fn admitted(admitted: kappa_model::admission::Admitted) -> Self {
         Self {
+            medians: kappa_model::drift::reference_medians(&admitted.manifest),
             manifest: admitted.manifest,
             model: admitted.model,
             decoder: admitted.decoder,
@@ -211,8 +216,11 @@ struct Replay<'a> {
     queued: usize,
     scores: Vec<Vec<f32>>,
     out: Vec<f32>,
-    /// Each feature's share of each score of a batch, for versions that explain their scores.
+    /// Each feature's share of each score of a batch: for versions that explain their scores,
+    /// and by median replacement for the flagged rows of the others (NaN for the rest).
     shares: Vec<f32>,
+    /// Scratch rows and scores for median replacement, kept between batches.
+    replaced: (Vec<f32>, Vec<f32>),
     blame: Vec<Blame>,
     labels: Vec<Option<bool>>,
     skipped: BTreeMap<String, u64>,
@@ -230,6 +238,7 @@ impl<'a> Replay<'a> {
             scores: vec![Vec::new(); contenders.len()],
             out: Vec::with_capacity(BATCH),
             shares: Vec::new(),
+            replaced: (Vec::new(), Vec::new()),
             blame: vec![Blame::default(); contenders.len()],
             labels: Vec::new(),
             skipped: BTreeMap::new(),
@@ -258,20 +267,35 @@ impl<'a> Replay<'a> {
             if self.pending[i].is_empty() {
                 continue;
             }
+            let failed = |e: kappa_model::ModelError| BacktestError::Scoring {
+                version: contender.manifest.version,
+                message: e.to_string(),
+            };
             let explained = contender
                 .model
                 .score_explained_into(&self.pending[i], &mut self.out, &mut self.shares)
-                .map_err(|e| BacktestError::Scoring {
-                    version: contender.manifest.version,
-                    message: e.to_string(),
-                })?;
-            if explained {
-                let threshold = contender.manifest.anomaly_threshold as f32;
-                let rows = self.shares.chunks_exact(contender.model.n_features());
-                for (score, shares) in self.out.iter().zip(rows) {
-                    if kappa_model::is_anomalous(*score, threshold) {
-                        self.blame[i].flagged(shares);
-                    }
+                .map_err(failed)?;
+            let threshold = contender.manifest.anomaly_threshold as f32;
+            if let (false, Some(medians)) = (explained, &contender.medians) {
+                // Offline, every flagged event is explained: the replay costs one more scored
+                // row per feature of each.
+                kappa_model::median_replacement::attribute(
+                    &contender.model,
+                    medians,
+                    threshold,
+                    &self.pending[i],
+                    &self.out,
+                    |flagged| flagged,
+                    &mut self.shares,
+                    (&mut self.replaced.0, &mut self.replaced.1),
+                )
+                .map_err(failed)?;
+            }
+            let rows = self.shares.chunks_exact(contender.model.n_features());
+            for (score, shares) in self.out.iter().zip(rows) {
+                // NaN: a flagged row no single feature at its median lowers the score of.
+                if kappa_model::is_anomalous(*score, threshold) && !shares.iter().any(|s| s.is_nan()) {
+                    self.blame[i].flagged(shares);
                 }
             }
             self.scores[i].extend_from_slice(&self.out);

@@ -66,7 +66,8 @@ pub struct VersionReport {
     pub roc_auc: Option<f64>,
     /// Against the first version (absent for the first).
     pub agreement: Option<Agreement>,
-    /// For a version that explains its scores: the features that had the largest share of a
+    /// For a version that explains its scores, or has a reference profile to explain its flagged
+    /// events by median replacement: the features that had the largest share of a
     /// flagged event's score, the most frequent first.
     pub top_features: Vec<TopFeature>,
 }

@@ -73,6 +73,19 @@ pub(crate) fn numbered_autoencoder(name: &str, features: usize, hidden: u32) -> 
     autoencoder_over(name, &paths, &[hidden])
 }
 
+/// An autoencoder over `paths` that reconstructs every row as zeros, so a row's score is the
+/// mean of its squared values: explanations of its scores are known by hand.
+pub fn zero_autoencoder(paths: &[&str]) -> crate::Model {
+    let manifest = autoencoder_over("zeros", paths, &[2]);
+    let zeros: Vec<_> = random_tensors(&manifest, 1)
+        .into_iter()
+        .map(|(name, shape, values)| (name, shape, vec![0.0; values.len()]))
+        .collect();
+    crate::Model::Mlp(
+        crate::Mlp::load(&manifest, &serialize_tensors(&zeros), crate::Backend::Native).expect("zero weights load"),
+    )
+}
+
 /// The example autoencoder as an ONNX graph: `x` [N, features] through `Gemm` and `Relu` layers
 /// to `reconstruction` [N, features], scored by its reconstruction error. With the same `seed`
 /// it holds [`random_tensors`]'s weights, so it computes what the MLP of

@@ -9,6 +9,7 @@ mod error;
 pub mod evaluate;
 pub mod example;
 mod manifest;
+pub mod median_replacement;
 mod mlp;
 mod model;
 pub mod onnx;

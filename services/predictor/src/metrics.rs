@@ -93,7 +93,7 @@ impl Default for PredictorMetrics {
 
 impl PredictorMetrics {
     /// Counts what one batch's median replacement did.
-    pub fn count_occlusion(&self, outcome: &crate::occlusion::Outcome) {
+    pub fn count_occlusion(&self, outcome: &kappa_model::median_replacement::Outcome) {
         self.median_replacement_rows.inc_by(outcome.explained as u64);
         for (reason, rows) in [
             ("budget", outcome.over_budget),

@@ -1,17 +1,14 @@
-//! Explanations for versions that cannot give them in the scoring pass (ONNX graphs, MLPs with a
-//! raw output): each feature of a flagged row is set, one at a time, to its training median (from
-//! the version's reference profile), and how far the score falls says how much that feature made
-//! the row anomalous. Shares are those falls over their sum. A flagged row costs one scored row
-//! per feature; a batch's flagged rows are scored together in one pass, after the batch's own,
-//! within a budget of rows a second shared by the inference threads (`--explain-budget-rows`).
-//! Flagged rows past the budget go unexplained, and are counted.
+//! The predictor's budget for explanations by median replacement
+//! ([`kappa_model::median_replacement`]): a batch's flagged rows are explained after it is
+//! scored, within a budget of rows a second shared by the inference threads
+//! (`--explain-budget-rows`). Flagged rows past the budget go unexplained, and are counted.
 
 use std::{
     sync::Mutex,
     time::{Duration, Instant},
 };
 
-use kappa_model::{Model, ModelError};
+use kappa_model::{Model, ModelError, median_replacement::Outcome};
 
 /// Rows a second the attribution may score, refilled continuously; at most a second's worth
 /// is saved up.
@@ -47,19 +44,8 @@ impl Budget {
     }
 }
 
-/// What one batch's attribution did.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Outcome {
-    /// Flagged rows explained.
-    pub explained: usize,
-    /// Flagged rows left unexplained: over the budget, or no single feature moves the score.
-    pub over_budget: usize,
-    pub no_single_feature: usize,
-}
-
-/// Fills `shares` (`rows × features`) for the flagged rows of a scored batch, NaN for the rows
-/// it does not explain (normal ones, and flagged ones over the budget); empty when no row is
-/// flagged. `perturbed` and `perturbed_scores` are scratch space kept between batches.
+/// Fills `shares` (`rows × features`) for the flagged rows of a scored batch that `budget`
+/// affords; see [`kappa_model::median_replacement::attribute`].
 #[allow(clippy::too_many_arguments)]
 pub fn attribute(
     model: &Model,
@@ -69,69 +55,23 @@ pub fn attribute(
     scores: &[f32],
     budget: &Budget,
     shares: &mut Vec<f32>,
-    (perturbed, perturbed_scores): (&mut Vec<f32>, &mut Vec<f32>),
+    scratch: (&mut Vec<f32>, &mut Vec<f32>),
 ) -> Result<Outcome, ModelError> {
-    shares.clear();
     let features = medians.len();
-    let flagged: Vec<usize> = (0..scores.len())
-        .filter(|&r| kappa_model::is_anomalous(scores[r], threshold))
-        .collect();
-    if flagged.is_empty() || features == 0 {
-        return Ok(Outcome::default());
-    }
-    let afforded = budget.take(flagged.len() * features, features) / features;
-    let mut outcome = Outcome {
-        over_budget: flagged.len() - afforded,
-        ..Outcome::default()
-    };
-    shares.resize(scores.len() * features, f32::NAN);
-    if afforded == 0 {
-        return Ok(outcome);
-    }
-    perturbed.clear();
-    for &r in &flagged[..afforded] {
-        let row = &inputs[r * features..(r + 1) * features];
-        for (j, median) in medians.iter().enumerate() {
-            perturbed.extend_from_slice(row);
-            let at = perturbed.len() - features + j;
-            perturbed[at] = *median;
-        }
-    }
-    model.score_into(perturbed, perturbed_scores)?;
-    for (k, &r) in flagged[..afforded].iter().enumerate() {
-        let falls = &perturbed_scores[k * features..(k + 1) * features];
-        let fall = |s: f32| if s.is_finite() { (scores[r] - s).max(0.0) } else { 0.0 };
-        let total: f32 = falls.iter().copied().map(fall).sum();
-        if total > 0.0 && total.is_finite() {
-            for (j, &s) in falls.iter().enumerate() {
-                shares[r * features + j] = fall(s) / total;
-            }
-            outcome.explained += 1;
-        } else {
-            outcome.no_single_feature += 1;
-        }
-    }
-    Ok(outcome)
+    let afford = |flagged: usize| budget.take(flagged * features, features) / features.max(1);
+    kappa_model::median_replacement::attribute(model, medians, threshold, inputs, scores, afford, shares, scratch)
 }
 
 #[cfg(test)]
 mod tests {
-    use kappa_model::{
-        Backend, Mlp,
-        example::{autoencoder_over, random_tensors, serialize_tensors},
-    };
+    use kappa_model::example::zero_autoencoder;
 
     use super::*;
 
-    /// An autoencoder that reconstructs every row as zeros: a row's score is the mean of its
-    /// squared values, so setting feature j to its median m_j lowers it by (x_j² − m_j²)/3.
+    /// A row's score is the mean of its squared values, so setting feature j to its median m_j
+    /// lowers it by (x_j² − m_j²)/3.
     fn squares() -> Model {
-        let manifest = autoencoder_over("squares", &["a", "b", "c"], &[2]);
-        let zeros: Vec<_> = random_tensors(&manifest, 1)
-            .into_iter()
-            .map(|(name, shape, values)| (name, shape, vec![0.0; values.len()]))
-            .collect();
-        Model::Mlp(Mlp::load(&manifest, &serialize_tensors(&zeros), Backend::Native).unwrap())
+        zero_autoencoder(&["a", "b", "c"])
     }
 
     /// Attributes `inputs` as one batch, every median 1 and the threshold 0.5.
@@ -150,27 +90,6 @@ mod tests {
         )
         .unwrap();
         (shares, outcome)
-    }
-
-    #[test]
-    fn each_feature_at_its_median_says_its_share_of_a_flagged_score() {
-        let model = squares();
-        let inputs = [3.0, 1.0, 0.0, 2.0, 3.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0];
-        let (shares, outcome) = explain(&model, &inputs, &Budget::per_second(1000));
-        // [3, 1, 0]: only a's square is above its median's; [2, 3, 1]: 3 and 8 of 11.
-        let close = |got: &[f32], want: &[f32]| got.iter().zip(want).all(|(g, w)| (g - w).abs() < 1e-6);
-        assert!(close(&shares[0..3], &[1.0, 0.0, 0.0]), "{shares:?}");
-        assert!(close(&shares[3..6], &[3.0 / 11.0, 8.0 / 11.0, 0.0]), "{shares:?}");
-        // [1, 1, 1] is flagged but sits at the medians: no one feature lowers it. [0, 0, 0] is normal.
-        assert!(shares[6..12].iter().all(|s| s.is_nan()), "{shares:?}");
-        assert_eq!(
-            outcome,
-            Outcome {
-                explained: 2,
-                over_budget: 0,
-                no_single_feature: 1
-            }
-        );
     }
 
     #[test]

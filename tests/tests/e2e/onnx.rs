@@ -1120,11 +1120,18 @@ async fn an_onnx_versions_flagged_events_are_explained_by_median_replacement_wit
     let mut typed = PredictorClient::new(predictor.channel().await);
     let started = Instant::now();
     let (mut explained, mut unexplained) = (0, 0);
+    let mut events = Vec::new();
     for i in 0..40 {
         // One sensor far off its usual value: anomalous for the graph.
         let pushed = i % features;
         let mut row: Vec<f32> = (0..features).map(|f| normal(i, f) as f32).collect();
         row[pushed] = 6.0;
+        let event: serde_json::Map<String, serde_json::Value> = CAR_FIELDS
+            .iter()
+            .zip(&row)
+            .map(|(p, v)| ((*p).to_owned(), serde_json::json!(f64::from(*v))))
+            .collect();
+        events.push((format!("unit{i}"), serde_json::to_vec(&event).unwrap()));
         let answer = typed
             .predict(PredictRequest {
                 features: CAR_FIELDS
@@ -1224,4 +1231,59 @@ async fn an_onnx_versions_flagged_events_are_explained_by_median_replacement_wit
             );
         }
     }
+
+    // A backtest of the same 40 events names, for each pushed sensor, the events it was pushed
+    // in: every flagged event explained offline, with no budget.
+    let topic = unique("test.onnx-explained-events");
+    create_topic_with_partitions(&topic, 1).await;
+    produce_keyed(&topic, &events).await;
+    let to_ms = (std::time::SystemTime::now() + Duration::from_secs(60))
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        .to_string();
+    let json = run_ok(
+        std::process::Command::new(binary("kappa")).args([
+            "backtest",
+            "--registry",
+            &registry.address,
+            "--kafka-bootstrap",
+            &bootstrap(),
+            "--model",
+            &name,
+            "--version",
+            "1",
+            "--topic",
+            &topic,
+            "--from-ms",
+            "0",
+            "--to-ms",
+            &to_ms,
+            "--output",
+            "json",
+        ]),
+        "kappa backtest",
+    );
+    let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let version = &report["versions"][0];
+    assert_eq!(version["anomalies"], 40, "{version}");
+    let mut blamed: Vec<(String, u64)> = version["top_features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["feature"].as_str().unwrap().to_owned(),
+                t["flagged_events"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    blamed.sort();
+    let mut pushed: Vec<(String, u64)> = CAR_FIELDS
+        .iter()
+        .enumerate()
+        .map(|(j, p)| ((*p).to_owned(), (0..40).filter(|i| i % features == j).count() as u64))
+        .collect();
+    pushed.sort();
+    assert_eq!(blamed, pushed, "{version}");
 }
