@@ -1126,7 +1126,7 @@ async fn an_onnx_versions_flagged_events_are_explained_by_median_replacement_wit
         let pushed = i % features;
         let mut row: Vec<f32> = (0..features).map(|f| normal(i, f) as f32).collect();
         row[pushed] = 6.0;
-        let event: serde_json::Map<String, serde_json::Value> = CAR_FIELDS
+        let event: serde_json::Map<String, Value> = CAR_FIELDS
             .iter()
             .zip(&row)
             .map(|(p, v)| ((*p).to_owned(), serde_json::json!(f64::from(*v))))
@@ -1243,7 +1243,7 @@ async fn an_onnx_versions_flagged_events_are_explained_by_median_replacement_wit
         .as_millis()
         .to_string();
     let json = run_ok(
-        std::process::Command::new(binary("kappa")).args([
+        Command::new(binary("kappa")).args([
             "backtest",
             "--registry",
             &registry.address,
@@ -1264,7 +1264,7 @@ async fn an_onnx_versions_flagged_events_are_explained_by_median_replacement_wit
         ]),
         "kappa backtest",
     );
-    let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let report: Value = serde_json::from_str(&json).unwrap();
     let version = &report["versions"][0];
     assert_eq!(version["anomalies"], 40, "{version}");
     let mut blamed: Vec<(String, u64)> = version["top_features"]
