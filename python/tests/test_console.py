@@ -7,6 +7,7 @@ alias, is a writer's only. A screenshot of every page goes to ``KAPPA_SCREENSHOT
 
 from __future__ import annotations
 
+import itertools
 import os
 import pathlib
 import shutil
@@ -217,6 +218,30 @@ def test_the_console_shows_the_mesh_and_only_a_writer_moves_an_alias(
             break
         assert time.monotonic() < deadline, page.locator("main").inner_text()
         time.sleep(1)
+    # The score distribution now vs training: the training bars are the version's validation
+    # scores, the others the latest measured window's, as the predictor wrote it to the topic.
+    scores = page.locator(f'.drift[data-model="{model}"][data-version="1"] .score-distribution')
+    end_ms = int(scores.get_attribute("data-end-ms"))
+    bars = {
+        series: [
+            float(v)
+            for v in scores.locator(f'rect[data-series="{series}"]').evaluate_all(
+                "rs => rs.map(r => r.dataset.value)"
+            )
+        ]
+        for series in ("training", "now")
+    }
+    reference = v1.manifest.lineage.reference.validation_scores
+    assert bars["training"] == pytest.approx(list(reference.shares), abs=1e-12), bars
+    with Trainer(trainer_url) as trainer:
+        written = next(
+            w
+            for w in itertools.islice(trainer.monitor(model, topic=windows, last_seconds=600), 400)
+            if w.window_end_ms == end_ms and w.HasField("score_distribution")
+        )
+    assert list(written.score_distribution.edges) == pytest.approx(list(reference.edges), abs=1e-12)
+    assert bars["now"] == pytest.approx(list(written.score_distribution.shares), abs=1e-12), bars
+    assert sum(bars["now"]) == pytest.approx(1.0)
     screenshot(page, "monitoring")
 
     # v2: the reader sees the button disabled, and the API refuses the move.

@@ -155,6 +155,7 @@ mod tests {
             drifted: vec!["coolant_temp".into()],
             psi_threshold: 0.2,
             predictor: "p:1".into(),
+            score_distribution: None,
         };
         let text = describe(&w, false);
         assert!(

@@ -1,6 +1,6 @@
 // The console's page: a hash router over four pages, reading the console's JSON API and one
 // event stream. Text from the mesh goes into the DOM as text (textContent), never as markup.
-import { linePlot, columnPlot, formatNumber, formatTime, COLOURS } from "/assets/plot.js";
+import { linePlot, columnPlot, groupedColumnPlot, formatNumber, formatTime, COLOURS } from "/assets/plot.js";
 
 const state = { session: null, live: null, summary: null, page: null };
 
@@ -273,13 +273,16 @@ async function renderMonitoring() {
       { name: "anomaly rate", points: scored.map(w => [w.endMs, w.anomalyRate]), colour: COLOURS[1], dots: true },
       { name: "validation", points: scored.map(w => [w.endMs, w.referenceAnomalyRate]), colour: COLOURS[7] }] });
     const scorePsi = linePlot({ width: WIDE, height: 140, yMin: 0, className: "score-psi", series: [{ name: "score PSI", points: scored.map(w => [w.endMs, w.scorePsi]), dots: true }] });
+    const scores = scoreDistribution(s.scoreDistribution);
     const legend = h("div", { class: "legend" }, s.features.map((f, i) => { const sw = h("i"); sw.style.background = COLOURS[i % COLOURS.length]; return h("span", {}, sw, f); }));
     return h("section", { class: "card wide drift", "data-model": s.model, "data-version": s.version },
       h("h2", {}, `${s.model} v${s.version}`),
       h("p", {}, "Drifting now: ", h("span", { class: "drifted" }, last && last.drifted.length ? last.drifted.join(", ") : "none"),
         last ? ` · ${last.events} events in the window ending ${formatTime(last.endMs)}` : " · no window has scored events yet"),
       h("h3", {}, "Drift per feature (PSI against training)"), psi, legend,
-      h("h3", {}, "Anomaly rate vs validation"), rate, h("h3", {}, "Score distribution drift (PSI)"), scorePsi);
+      h("h3", {}, "Anomaly rate vs validation"), rate,
+      h("h3", {}, "Score distribution now vs training"), scores,
+      h("h3", {}, "Score distribution drift (PSI)"), scorePsi);
   });
   const shadows = m.shadows.map(s => h("section", { class: "card wide shadow", "data-model": s.model },
     h("h2", {}, `${s.model}: v${s.liveVersion} served, v${s.shadowVersion} in shadow`),
@@ -289,6 +292,18 @@ async function renderMonitoring() {
     h("p", { class: "muted" }, "green: share of answers where both versions agree; red: flips per 10 s")));
   const none = wide("Monitoring", h("p", { class: "muted" }, "no monitoring windows yet: predictors write one a minute (--monitor-window-seconds)"));
   document.getElementById("page").replaceChildren(...(cards.length || shadows.length ? [...cards, ...shadows] : [none]), await backtestCard());
+}
+
+// The latest window's scores and the validation scores, in the validation scores' decile bins.
+function scoreDistribution(d) {
+  if (!d) return h("p", { class: "muted score-distribution" }, "no window has measured scores against a reference yet");
+  const bin = i => i === 0 ? `< ${formatNumber(d.edges[0])}` : i === d.edges.length ? `≥ ${formatNumber(d.edges[i - 1])}` : `${formatNumber(d.edges[i - 1])}–${formatNumber(d.edges[i])}`;
+  const series = [{ name: "training", colour: COLOURS[7] }, { name: "now", colour: COLOURS[0] }];
+  const legend = h("div", { class: "legend" }, series.map(s => { const sw = h("i"); sw.style.background = s.colour; return h("span", {}, sw, s.name); }),
+    h("span", { class: "muted" }, ` window ending ${formatTime(d.endMs)}; bins: the validation scores' tenths, lowest score first`));
+  return h("div", { class: "score-distribution", "data-end-ms": d.endMs },
+    groupedColumnPlot({ width: WIDE, height: 160, className: "score-shares", series,
+      groups: d.shares.map((share, i) => ({ label: bin(i), values: [d.referenceShares[i], share] })) }), legend);
 }
 
 // A backtest from the page: the trainer replays a recent window through versions of a model.

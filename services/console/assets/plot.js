@@ -36,7 +36,9 @@ export function linePlot({ series, lines = [], width = 560, height = 200, time =
   const pad = { l: 44, r: 10, t: 8, b: 22 };
   const xs = series.flatMap(s => s.points.map(p => p[0]));
   const ys = series.flatMap(s => s.points.map(p => p[1])).concat(lines.map(l => l.y));
-  const [x0, x1] = extent(xs);
+  let [x0, x1] = extent(xs);
+  // One instant (a single window): a minute around it, not a tenth of the epoch either side.
+  if (time && xs.length > 0 && x0 < x1 && xs.every(x => x === xs[0])) [x0, x1] = [xs[0] - 30_000, xs[0] + 30_000];
   let [y0, y1] = extent(ys);
   if (yMin !== undefined) y0 = yMin;
   if (yMax !== undefined) y1 = Math.max(yMax, y1);
@@ -90,6 +92,32 @@ export function columnPlot({ bars, width = 560, height = 120, className = "" }) 
   if (bars.length > 0) {
     svg.append(el("text", { x: pad.l, y: height - 6 }, bars[0].label));
     svg.append(el("text", { x: width - pad.r, y: height - 6, "text-anchor": "end" }, bars[bars.length - 1].label));
+  }
+  return svg;
+}
+
+// groups: [{label, values: [v per series]}], series: [{name, colour?}]: each group's values drawn
+// side by side, so distributions in the same bins compare at a glance.
+export function groupedColumnPlot({ groups, series, width = 560, height = 160, className = "" }) {
+  const pad = { l: 44, r: 10, t: 8, b: 22 };
+  const [, hi] = extent(groups.flatMap(g => g.values).concat([0]), [0, 1]);
+  const svg = el("svg", { viewBox: `0 0 ${width} ${height}`, class: `plot ${className}`, role: "img" });
+  const w = (width - pad.l - pad.r) / Math.max(groups.length, 1);
+  const bar = (w - 4) / Math.max(series.length, 1);
+  svg.append(el("line", { class: "axis", x1: pad.l, x2: width - pad.r, y1: height - pad.b, y2: height - pad.b }));
+  svg.append(el("text", { x: pad.l - 4, y: pad.t + 6, "text-anchor": "end" }, formatNumber(hi)));
+  groups.forEach((g, i) => {
+    g.values.forEach((v, j) => {
+      const h = Number.isFinite(v) ? (v / hi) * (height - pad.t - pad.b) : 0;
+      const rect = el("rect", { class: "barv", x: pad.l + i * w + 2 + j * bar, y: height - pad.b - h, width: Math.max(bar - 1, 1), height: Math.max(h, 0),
+        "data-series": series[j].name, "data-label": g.label, "data-value": v });
+      rect.style.fill = series[j].colour || COLOURS[j % COLOURS.length];
+      svg.append(rect);
+    });
+  });
+  if (groups.length > 0) {
+    svg.append(el("text", { x: pad.l, y: height - 6 }, groups[0].label));
+    svg.append(el("text", { x: width - pad.r, y: height - 6, "text-anchor": "end" }, groups[groups.length - 1].label));
   }
   return svg;
 }

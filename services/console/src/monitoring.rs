@@ -11,6 +11,8 @@ use serde::Serialize;
 const WINDOWS_KEPT: usize = 1440;
 /// (model, version) series and shadow pairs kept; past it, the one updated least lately goes.
 const SERIES_KEPT: usize = 64;
+/// Most bins of a score distribution kept (predictors write deciles: 10).
+const SCORE_BINS_KEPT: usize = 64;
 /// Shadow answers are summed per this many milliseconds.
 const SHADOW_BUCKET_MS: i64 = 10_000;
 const SHADOW_BUCKETS_KEPT: usize = 8640;
@@ -38,8 +40,34 @@ pub struct VersionSeries {
     pub version: u64,
     pub features: Vec<String>,
     pub windows: VecDeque<Window>,
+    /// The scores of the latest window that measured them, against the validation scores.
+    pub score_distribution: Option<ScoreView>,
     #[serde(skip)]
     touched: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScoreView {
+    /// End of the window it is from.
+    pub end_ms: i64,
+    pub edges: Vec<f64>,
+    pub reference_shares: Vec<f64>,
+    pub shares: Vec<f64>,
+}
+
+impl ScoreView {
+    /// `None` for a distribution whose parts do not fit together, or with more bins than kept.
+    fn of(window: &MonitoringWindow) -> Option<Self> {
+        let d = window.score_distribution.as_ref()?;
+        let bins = d.edges.len() + 1;
+        (bins <= SCORE_BINS_KEPT && d.shares.len() == bins && d.reference_shares.len() == bins).then(|| Self {
+            end_ms: window.window_end_ms,
+            edges: d.edges.clone(),
+            reference_shares: d.reference_shares.clone(),
+            shares: d.shares.clone(),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -118,6 +146,14 @@ impl Monitoring {
                     .map_or(f64::NAN, |f| f.psi)
             })
             .collect();
+        if let Some(scores) = ScoreView::of(&window)
+            && series
+                .score_distribution
+                .as_ref()
+                .is_none_or(|s| s.end_ms <= scores.end_ms)
+        {
+            series.score_distribution = Some(scores);
+        }
         if series.windows.len() == WINDOWS_KEPT {
             series.windows.pop_front();
         }
@@ -188,5 +224,46 @@ impl Monitoring {
                 .collect(),
             undecodable: self.undecodable,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kappa_api::events::ScoreDistribution;
+
+    use super::*;
+
+    fn window(end_ms: i64, distribution: Option<ScoreDistribution>) -> MonitoringWindow {
+        MonitoringWindow {
+            model_name: "m".into(),
+            model_version: 1,
+            window_end_ms: end_ms,
+            score_distribution: distribution,
+            ..MonitoringWindow::default()
+        }
+    }
+
+    fn deciles(shares: f64) -> ScoreDistribution {
+        ScoreDistribution {
+            edges: (1..10).map(f64::from).collect(),
+            reference_shares: vec![0.1; 10],
+            shares: vec![shares; 10],
+        }
+    }
+
+    #[test]
+    fn the_latest_score_distribution_is_kept_and_a_malformed_one_is_ignored() {
+        let mut monitoring = Monitoring::default();
+        monitoring.add_window(window(1_000, Some(deciles(0.1))));
+        monitoring.add_window(window(2_000, None));
+        let mut too_many = deciles(0.2);
+        too_many.shares.push(0.0);
+        monitoring.add_window(window(3_000, Some(too_many)));
+        // Windows of several predictors arrive in any order: an older one does not replace it.
+        monitoring.add_window(window(500, Some(deciles(0.3))));
+        let view = monitoring.view("m");
+        let kept = view.versions[0].score_distribution.as_ref().unwrap();
+        assert_eq!((kept.end_ms, kept.shares[0]), (1_000, 0.1));
+        assert_eq!(view.versions[0].windows.len(), 4);
     }
 }

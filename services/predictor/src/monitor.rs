@@ -16,7 +16,7 @@ use std::{
 };
 
 use kappa_api::{
-    events::{FeatureDrift, MonitoringWindow},
+    events::{FeatureDrift, MonitoringWindow, ScoreDistribution},
     model::{Distribution, ModelManifest},
 };
 use kappa_model::drift;
@@ -56,10 +56,28 @@ impl Binned {
         self.counts[drift::bin(&self.edges, value)].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The window's counts, reset for the next window.
+    fn take(&self) -> Vec<u64> {
+        self.counts.iter().map(|c| c.swap(0, Ordering::Relaxed)).collect()
+    }
+
     /// The window's PSI, and counts reset for the next window.
     fn take_psi(&self) -> Option<f64> {
-        let counts: Vec<u64> = self.counts.iter().map(|c| c.swap(0, Ordering::Relaxed)).collect();
-        drift::psi(&self.shares, &counts)
+        drift::psi(&self.shares, &self.take())
+    }
+
+    /// The window's PSI and its distribution beside the reference's, and counts reset for the
+    /// next window; `None` for a window without values.
+    fn take_distribution(&self) -> Option<(f64, ScoreDistribution)> {
+        let counts = self.take();
+        let psi = drift::psi(&self.shares, &counts)?;
+        let total: u64 = counts.iter().sum();
+        let distribution = ScoreDistribution {
+            edges: self.edges.clone(),
+            reference_shares: self.shares.clone(),
+            shares: counts.iter().map(|c| *c as f64 / total as f64).collect(),
+        };
+        Some((psi, distribution))
     }
 }
 
@@ -252,7 +270,12 @@ impl Monitor {
                 });
             }
         }
-        let score_psi = counts.scores.as_ref().and_then(Binned::take_psi).filter(|_| measured);
+        let scores = counts
+            .scores
+            .as_ref()
+            .and_then(Binned::take_distribution)
+            .filter(|_| measured);
+        let score_psi = scores.as_ref().map(|(psi, _)| *psi);
         let anomaly_rate = if rows == 0 { 0.0 } else { anomalies as f64 / rows as f64 };
         self.metrics.window_rows.get_or_create(&version_labels).set(rows as i64);
         if let Some(rate) = counts.reference_anomaly_rate {
@@ -289,6 +312,7 @@ impl Monitor {
             drifted,
             psi_threshold: drift::PSI_THRESHOLD,
             predictor: self.instance.clone(),
+            score_distribution: scores.map(|(_, distribution)| distribution),
         }
     }
 
@@ -369,6 +393,28 @@ mod tests {
         counts.observe(&shifted, &scores, 0.95);
         let psi = take_psis(&counts);
         assert!(psi[0] > drift::PSI_THRESHOLD && psi[1] < 0.01, "{psi:?}");
+    }
+
+    #[test]
+    fn a_windows_score_distribution_is_shared_out_over_the_reference_bins() {
+        let counts = DriftCounts::for_manifest(&manifest());
+        let binned = counts.scores.as_ref().unwrap();
+        // Every score at 0.5 or above: all in the bins from the one holding 0.5 up.
+        let scores: Vec<f32> = (0..400).map(|i| 0.5 + (i % 50) as f32 / 100.0).collect();
+        counts.observe(&[], &scores, 0.95);
+        let (psi, distribution) = binned.take_distribution().unwrap();
+        assert!(psi > drift::PSI_THRESHOLD, "{psi}");
+        assert_eq!(distribution.edges, binned.edges);
+        assert_eq!(distribution.reference_shares, binned.shares);
+        assert_eq!(distribution.shares.len(), distribution.edges.len() + 1);
+        assert!((distribution.shares.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+        let below_half = drift::bin(&distribution.edges, 0.5);
+        assert!(
+            distribution.shares[..below_half].iter().all(|s| *s == 0.0),
+            "{distribution:?}"
+        );
+        // Counts start again: an empty window has no distribution.
+        assert!(binned.take_distribution().is_none());
     }
 
     #[test]
