@@ -2,7 +2,7 @@
 //! summary of the whole fleet made once a second. Memory is bounded by `--max-units` ×
 //! `--unit-points`, whatever the predictions' rate; browsers get the summary, never the stream.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 use kappa_api::{events::Prediction, model::FeatureContribution};
 use serde::Serialize;
@@ -164,7 +164,8 @@ impl Rates {
 
 #[derive(Debug)]
 pub struct Fleet {
-    units: HashMap<String, Unit>,
+    /// Ordered by key, so the unit search reads the matches of a prefix straight off the tree.
+    units: BTreeMap<String, Unit>,
     max_units: usize,
     points: usize,
     latest: VecDeque<Anomaly>,
@@ -178,7 +179,7 @@ pub struct Fleet {
 impl Fleet {
     pub fn new(max_units: usize, points: usize) -> Self {
         Self {
-            units: HashMap::new(),
+            units: BTreeMap::new(),
             max_units,
             points,
             latest: VecDeque::with_capacity(LATEST_ANOMALIES),
@@ -344,11 +345,15 @@ impl Fleet {
     }
 
     /// Keys starting with `prefix`, sorted, at most `limit` (the unit search box).
+    /// The first `limit` keys starting with `prefix`, in order: O(log units + limit).
     pub fn find(&self, prefix: &str, limit: usize) -> Vec<String> {
-        let mut keys: Vec<String> = self.units.keys().filter(|k| k.starts_with(prefix)).cloned().collect();
-        keys.sort_unstable();
-        keys.truncate(limit);
-        keys
+        self.units
+            .range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+            .map(|(key, _)| key)
+            .take_while(|key| key.starts_with(prefix))
+            .take(limit)
+            .cloned()
+            .collect()
     }
 }
 
@@ -382,6 +387,18 @@ mod tests {
         let kept = fleet.unit("u999").expect("seen last of all");
         let times: Vec<i64> = kept.points.iter().map(|p| p.at_ms).collect();
         assert_eq!(times, vec![4999], "a forgotten unit starts over when it comes back");
+    }
+
+    #[test]
+    fn the_unit_search_gives_the_first_keys_of_a_prefix_in_order() {
+        let mut fleet = Fleet::new(100, 4);
+        for key in ["car2", "car10", "bus1", "car1", "carz"] {
+            fleet.add(prediction(key, 1_000, 0.1, false), 1_000);
+        }
+        assert_eq!(fleet.find("car1", 10), ["car1", "car10"]);
+        assert_eq!(fleet.find("", 2), ["bus1", "car1"]);
+        assert_eq!(fleet.find("car", 3), ["car1", "car10", "car2"]);
+        assert!(fleet.find("z", 5).is_empty());
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::{
     time::Duration,
 };
 
+use bytes::Bytes;
 use kappa_api::registry::{ModelVersion, WatchModelsRequest, WatchModelsResponse, watch_models_response::Event};
 use kappa_client::{ClientSecurity, Registry};
 use serde::Serialize;
@@ -40,6 +41,9 @@ struct Model {
     versions: BTreeMap<u64, ModelVersion>,
     aliases: BTreeMap<String, u64>,
     history: VecDeque<Change>,
+    /// The model's page as JSON, made on the first request after a change: versions carry
+    /// their manifests and reference profiles, too much to serialise on every page load.
+    page: Option<Bytes>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -52,13 +56,13 @@ pub struct ModelListing {
 }
 
 /// A model's page: its versions newest first (as the registry's JSON), aliases and history.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ModelDetail {
-    pub name: String,
-    pub aliases: BTreeMap<String, u64>,
-    pub versions: Vec<serde_json::Value>,
-    pub history: Vec<Change>,
+struct ModelPage<'a> {
+    name: &'a str,
+    aliases: &'a BTreeMap<String, u64>,
+    versions: Vec<&'a ModelVersion>,
+    history: Vec<&'a Change>,
 }
 
 #[derive(Debug)]
@@ -99,20 +103,20 @@ impl Models {
             .collect()
     }
 
-    pub fn detail(&self, name: &str) -> Option<ModelDetail> {
-        let models = self.models.lock().expect("models lock");
-        let model = models.get(name)?;
-        Some(ModelDetail {
-            name: name.to_owned(),
-            aliases: model.aliases.clone(),
-            versions: model
-                .versions
-                .values()
-                .rev()
-                .filter_map(|v| serde_json::to_value(v).ok())
-                .collect(),
-            history: model.history.iter().rev().cloned().collect(),
-        })
+    /// The model's page as JSON (see [`ModelPage`]), serialised once per change of the model.
+    pub fn page(&self, name: &str) -> Option<Bytes> {
+        let mut models = self.models.lock().expect("models lock");
+        let model = models.get_mut(name)?;
+        if model.page.is_none() {
+            let page = ModelPage {
+                name,
+                aliases: &model.aliases,
+                versions: model.versions.values().rev().collect(),
+                history: model.history.iter().rev().collect(),
+            };
+            model.page = Some(Bytes::from(serde_json::to_vec(&page).expect("a model page serialises")));
+        }
+        model.page.clone()
     }
 
     /// The anomaly threshold of a version the console knows.
@@ -196,6 +200,7 @@ impl Models {
                 }
             }
         };
+        model.page = None;
         if model.history.len() == HISTORY_KEPT {
             model.history.pop_front();
         }
@@ -248,5 +253,61 @@ impl Models {
             self.apply(response);
         }
         Err("the registry closed the watch".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kappa_api::registry::{AliasSet, ModelVersion, VersionPublished};
+
+    use super::*;
+
+    fn event(position: i64, event: Event) -> WatchModelsResponse {
+        WatchModelsResponse {
+            position,
+            event: Some(event),
+        }
+    }
+
+    fn page(models: &Models, name: &str) -> serde_json::Value {
+        serde_json::from_slice(&models.page(name).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_models_page_is_made_once_per_change_and_follows_every_change() {
+        let models = Models::new();
+        for version in 1..=2 {
+            models.apply(event(
+                version as i64,
+                Event::Published(VersionPublished {
+                    version: Some(ModelVersion {
+                        name: "m".into(),
+                        version,
+                        ..ModelVersion::default()
+                    }),
+                }),
+            ));
+        }
+        let first = models.page("m").unwrap();
+        assert!(
+            std::ptr::eq(first.as_ptr(), models.page("m").unwrap().as_ptr()),
+            "the same bytes until the model changes"
+        );
+        let before = page(&models, "m");
+        assert_eq!(before["versions"][0]["version"], "2", "newest first: {before}");
+        assert_eq!(before["versions"].as_array().unwrap().len(), 2);
+        models.apply(event(
+            3,
+            Event::AliasSet(AliasSet {
+                name: "m".into(),
+                alias: "production".into(),
+                version: 1,
+                ..AliasSet::default()
+            }),
+        ));
+        let after = page(&models, "m");
+        assert_eq!(after["aliases"]["production"], 1, "{after}");
+        assert_eq!(after["history"][0]["kind"], "alias_set");
+        assert!(models.page("other").is_none());
     }
 }

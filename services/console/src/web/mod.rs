@@ -276,11 +276,11 @@ async fn model(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     Path(name): Path<String>,
-) -> Result<Json<crate::models::ModelDetail>, ApiError> {
+) -> Result<Response, ApiError> {
     app.needs(&headers, Role::Read)?;
     app.models
-        .detail(&name)
-        .map(Json)
+        .page(&name)
+        .map(json_bytes)
         .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("the registry has no model {name:?}")))
 }
 
