@@ -110,9 +110,11 @@ def test_the_console_shows_the_mesh_and_only_a_writer_moves_an_alias(
         follow="production",
     )
     answering = start_predictor(registry.topic, model, *monitoring, follow="production")
+    # The streaming replica is found through a name, as a headless Service's pods are.
     console = start_console(
         registry.url,
-        [streaming, answering],
+        [answering],
+        f"--predictor-replicas={streaming.replace('127.0.0.1', 'localhost')}",
         f"--predictions-topic={predictions}",
         f"--monitoring-topic={windows}",
         f"--auth-tokens={tokens}",
@@ -189,12 +191,14 @@ def test_the_console_shows_the_mesh_and_only_a_writer_moves_an_alias(
     )
     screenshot(page, "unit")
 
-    # Serving: both replicas, the version each serves, ready.
+    # Serving: both replicas, the version each serves, ready; the one found through its name says so.
     page.goto(f"{console}/#/serving")
     for url in (streaming, answering):
         replica = page.locator(f'.replica[data-url="{url}"]')
         expect(replica.locator(".serving-version")).to_have_text("v1", timeout=30_000)
         expect(replica.locator(".ready")).to_have_text("ready")
+    expect(page.locator(".replica")).to_have_count(2)
+    expect(page.locator(f'.replica[data-url="{streaming}"] .discovered')).to_contain_text("localhost")
     screenshot(page, "serving")
 
     # Models: the alias, the lineage's offsets as the registry has them, the loss curve.

@@ -509,3 +509,26 @@ def test_the_dashboard_is_valid_json_on_documented_series():
         base = re.sub(r"_(bucket|count|sum)$", "", name)
         assert f"`{base}" in readme, f"the dashboard uses {name}, which docs/observability.md does not document"
     assert any("kappa_predictor_feature_drift_psi" in e for e in exprs)
+
+
+@pytest.mark.parametrize("name", ["default", "secure"])
+def test_the_console_shows_every_predictor_pod_through_a_headless_service(name):
+    docs = render(VALUES[name])
+    services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+    deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    args = deployments["kappa-console"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    (replicas,) = [a.split("=", 1)[1] for a in args if a.startswith("--predictor-replicas=")]
+    assert not any(a.startswith("--predictor=") for a in args), args
+    scheme, rest = replicas.split("://")
+    host, port = rest.split(":")
+    headless = services[host]
+    assert headless["spec"]["clusterIP"] == "None" and headless["spec"]["publishNotReadyAddresses"] is True
+    pods = deployments["kappa-predictor"]["spec"]["template"]["metadata"]["labels"]
+    assert headless["spec"]["selector"].items() <= pods.items()
+    # Only gRPC: the ServiceMonitor scrapes `metrics`, so no pod is scraped twice.
+    assert [(p["name"], p["port"]) for p in headless["spec"]["ports"]] == [("grpc", int(port))]
+    tls_names = [a.split("=", 1)[1] for a in args if a.startswith("--predictor-replicas-tls-name=")]
+    if name == "secure":
+        assert scheme == "https" and tls_names == ["kappa-predictor"] and "kappa-predictor" in services
+    else:
+        assert scheme == "http" and tls_names == []

@@ -38,6 +38,26 @@ impl ServiceUrl {
         &self.text
     }
 
+    /// `https` or `http`.
+    pub fn scheme(&self) -> &str {
+        if self.text.starts_with("https://") {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// The host, without an IPv6 address's brackets.
+    pub fn host(&self) -> &str {
+        self.endpoint.uri().host().unwrap_or_default().trim_matches(['[', ']'])
+    }
+
+    /// The port, or the scheme's own when the URL names none.
+    pub fn port(&self) -> u16 {
+        let default = if self.scheme() == "https" { 443 } else { 80 };
+        self.endpoint.uri().port_u16().unwrap_or(default)
+    }
+
     /// Refuses a token sent in plaintext (`http://`) to another machine, unless `security`
     /// allows it: anyone on the path could read the token and call as its principal.
     pub fn check_token_transport(&self, security: &ClientSecurity) -> Result<(), String> {

@@ -348,10 +348,11 @@ async function renderServing() {
   const { replicas } = await api("/api/serving");
   const cards = replicas.map(r => {
     const s = r.status;
-    if (!s) return h("section", { class: "card replica", "data-url": r.url }, h("h2", {}, r.url), h("p", { class: "error" }, r.problem));
+    const found = r.discoveredFrom ? h("p", { class: "muted discovered" }, `${r.url}, found through ${r.discoveredFrom}`) : null;
+    if (!s) return h("section", { class: "card replica", "data-url": r.url }, h("h2", {}, r.url), found, h("p", { class: "error" }, r.problem));
     const swaps = s.swaps || [];
     return h("section", { class: "card replica", "data-url": r.url, "data-ready": String(!!s.ready) },
-      h("h2", {}, `${s.instance || r.url}`),
+      h("h2", {}, `${s.instance || r.url}`), found,
       h("p", {}, `${s.modelName} following ${s.follows}: serving `, h("b", { class: "serving-version" }, `v${s.servingVersion || 0}`), " ",
         h("span", { class: s.ready ? "pill ok ready" : "pill bad ready" }, s.ready ? "ready" : "not ready"),
         s.shadowVersion ? ` · shadow v${s.shadowVersion}` : ""),

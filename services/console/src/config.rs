@@ -32,6 +32,22 @@ pub struct ConsoleConfig {
     #[arg(long = "predictor", env = "KAPPA_PREDICTORS", value_delimiter = ',')]
     pub predictors: Vec<ServiceUrl>,
 
+    /// A URL whose host name resolves to every predictor replica (on Kubernetes, a headless
+    /// Service): each address is shown as a replica of its own, the name resolved again every
+    /// 10 s so replicas that come and go appear and leave. Repeat for more.
+    #[arg(long = "predictor-replicas", env = "KAPPA_PREDICTOR_REPLICAS", value_delimiter = ',')]
+    pub predictor_replicas: Vec<ServiceUrl>,
+
+    /// The name the replicas' certificates carry, checked instead of the --predictor-replicas
+    /// host over https:// (a headless Service's name is seldom in them; the predictors' own
+    /// Service's is).
+    #[arg(
+        long = "predictor-replicas-tls-name",
+        env = "KAPPA_PREDICTOR_REPLICAS_TLS_NAME",
+        value_name = "NAME"
+    )]
+    pub predictor_replicas_tls_name: Option<String>,
+
     /// Topic of the predictions stream scoring writes (the Fleet pages).
     #[arg(long, env = "KAPPA_PREDICTIONS_TOPIC", default_value = "predictions",
           value_parser = kappa_runtime::args::non_empty)]
@@ -133,6 +149,7 @@ impl ConsoleConfig {
         let security = self.mesh.security()?;
         for url in std::iter::once(&self.registry)
             .chain(&self.predictors)
+            .chain(&self.predictor_replicas)
             .chain(&self.trainer)
         {
             url.check_token_transport(&security)?;
@@ -147,10 +164,11 @@ impl ConsoleConfig {
 
     pub fn summary(&self) -> String {
         format!(
-            "http={} registry={} predictors={} predictions={} monitoring={} shadow={} max_units={} unit_points={}",
+            "http={} registry={} predictors={} predictor_replicas={} predictions={} monitoring={} shadow={} max_units={} unit_points={}",
             self.http_listen,
             self.registry,
             self.predictors.len(),
+            self.predictor_replicas.len(),
             self.predictions_topic,
             self.monitoring_topic,
             self.shadow_topic,

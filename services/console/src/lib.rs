@@ -141,10 +141,17 @@ impl kappa_runtime::Service for Console {
         let topics = follow_topics(&config, host, &fleet, &monitoring);
         let models = models::Models::new();
         tokio::spawn(Arc::clone(&models).follow(config.registry.to_string(), mesh.clone(), stop.clone()));
-        let urls: Vec<String> = config.predictors.iter().map(ToString::to_string).collect();
-        let serving = serving::Serving::new(&urls);
-        for (index, url) in urls.into_iter().enumerate() {
-            tokio::spawn(Arc::clone(&serving).poll(index, url, mesh.clone(), stop.clone()));
+        let serving = serving::Serving::new();
+        for url in &config.predictors {
+            serving.watch(url.to_string(), None, mesh.clone(), stop.clone());
+        }
+        for name in &config.predictor_replicas {
+            tokio::spawn(Arc::clone(&serving).discover(
+                name.clone(),
+                config.predictor_replicas_tls_name.clone(),
+                mesh.clone(),
+                stop.clone(),
+            ));
         }
         let (summary_tx, fleet_summary) = watch::channel(Bytes::from_static(b"{}"));
         let app = Arc::new(App {
