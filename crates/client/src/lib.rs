@@ -6,10 +6,12 @@
 
 mod channel;
 pub mod oip;
+mod peer_flags;
 mod registry;
 mod security;
 
 pub use channel::{ClientError, ServiceUrl, connect, connect_with};
 pub use kappa_runtime::TracedChannel;
+pub use peer_flags::{Peer, PeerSecurityArgs};
 pub use registry::{GetError, Registry, Selector, UPLOAD_CHUNK_BYTES};
 pub use security::{ClientSecurity, ClientSecurityArgs, read_token};

@@ -1,7 +1,7 @@
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use clap::Parser;
-use kappa_client::{ClientSecurity, ServiceUrl};
+use kappa_client::ServiceUrl;
 use kappa_runtime::ServerArgs;
 
 /// kappa-console serves the mesh's web pages: live anomalies per unit, models with their
@@ -96,52 +96,22 @@ pub struct ConsoleConfig {
     pub session_idle_hours: u32,
 
     #[command(flatten)]
-    pub mesh: MeshClientArgs,
+    pub mesh: kappa_client::PeerSecurityArgs<TheMesh>,
 
     #[command(flatten)]
     pub server: ServerArgs,
 }
 
-/// How the console calls the registry and predictors.
-#[derive(Debug, Clone, clap::Args)]
-#[command(next_help_heading = "Calling the mesh")]
-pub struct MeshClientArgs {
-    /// PEM bundle of the CA that signed the registry's and predictors' certificates (https://
-    /// URLs); the system's roots when unset.
-    #[arg(long, env = "KAPPA_MESH_TLS_CA", value_name = "PEM")]
-    pub mesh_tls_ca: Option<PathBuf>,
+/// The mesh (registry, predictors and trainer), as the console calls it: --mesh-tls-ca,
+/// --mesh-tls-cert, --mesh-tls-key, --mesh-token-file, --mesh-allow-plaintext-token.
+#[derive(Debug, Clone)]
+pub struct TheMesh;
 
-    /// The console's own PEM certificate, for services that require mutual TLS.
-    #[arg(long, env = "KAPPA_MESH_TLS_CERT", value_name = "PEM", requires = "mesh_tls_key")]
-    pub mesh_tls_cert: Option<PathBuf>,
-
-    /// The PEM private key of --mesh-tls-cert.
-    #[arg(long, env = "KAPPA_MESH_TLS_KEY", value_name = "PEM", requires = "mesh_tls_cert")]
-    pub mesh_tls_key: Option<PathBuf>,
-
-    /// File with the console's own bearer token (the read role): the pages' reads. An alias
-    /// move is made with the signed-in user's token, so the registry checks and records them.
-    #[arg(long, env = "KAPPA_MESH_TOKEN_FILE", value_name = "FILE")]
-    pub mesh_token_file: Option<PathBuf>,
-
-    /// Send tokens over http:// URLs to other machines (a network every hop of which is yours).
-    #[arg(long, env = "KAPPA_MESH_ALLOW_PLAINTEXT_TOKEN")]
-    pub mesh_allow_plaintext_token: bool,
-}
-
-impl MeshClientArgs {
-    /// The console's security towards the mesh, files read now.
-    pub fn security(&self) -> Result<ClientSecurity, String> {
-        let mut security = ClientSecurity::from_files(
-            self.mesh_tls_ca.as_deref(),
-            self.mesh_tls_cert.as_deref(),
-            self.mesh_tls_key.as_deref(),
-            self.mesh_token_file.as_deref(),
-            None,
-        )?;
-        security.plaintext_token = self.mesh_allow_plaintext_token;
-        Ok(security)
-    }
+impl kappa_client::Peer for TheMesh {
+    const FLAG: &'static str = "mesh";
+    const ENV: &'static str = "MESH";
+    const CALLED: &'static str = "the mesh (registry, predictors, trainer)";
+    const TOKEN_HELP: &'static str = "File with the console's own bearer token (the read role): the pages' reads. An alias move is made with the signed-in user's token, so the registry checks and records them";
 }
 
 impl ConsoleConfig {

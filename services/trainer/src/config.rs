@@ -1,4 +1,4 @@
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use clap::Parser;
 use kappa_client::ServiceUrl;
@@ -15,38 +15,10 @@ pub struct TrainerConfig {
     #[arg(long, env = "KAPPA_REGISTRY", default_value = "http://127.0.0.1:50051")]
     pub registry: ServiceUrl,
 
-    /// PEM bundle of the CA that signed the registry's certificate (an https:// --registry);
-    /// the system's roots when unset.
-    #[arg(long, env = "KAPPA_REGISTRY_TLS_CA", value_name = "PEM")]
-    pub registry_tls_ca: Option<PathBuf>,
-
-    /// The trainer's own PEM certificate towards the registry, when it requires mutual TLS.
-    #[arg(
-        long,
-        env = "KAPPA_REGISTRY_TLS_CERT",
-        value_name = "PEM",
-        requires = "registry_tls_key"
-    )]
-    pub registry_tls_cert: Option<PathBuf>,
-
-    /// The PEM private key of --registry-tls-cert.
-    #[arg(
-        long,
-        env = "KAPPA_REGISTRY_TLS_KEY",
-        value_name = "PEM",
-        requires = "registry_tls_cert"
-    )]
-    pub registry_tls_key: Option<PathBuf>,
-
-    /// File holding the trainer's bearer token for the registry (it needs the write role to
-    /// publish and move aliases, and read to compare with the holder).
-    #[arg(long, env = "KAPPA_REGISTRY_TOKEN_FILE", value_name = "FILE")]
-    pub registry_token_file: Option<PathBuf>,
-
-    /// Send the registry token over an http:// --registry URL to another machine. Without it
-    /// the trainer refuses to start that way (exit 64): anyone on the path could read the token.
-    #[arg(long, env = "KAPPA_REGISTRY_ALLOW_PLAINTEXT_TOKEN")]
-    pub registry_allow_plaintext_token: bool,
+    /// TLS and token towards the registry: --registry-tls-ca, --registry-tls-cert,
+    /// --registry-tls-key, --registry-token-file, --registry-allow-plaintext-token.
+    #[command(flatten)]
+    pub registry_client: kappa_client::PeerSecurityArgs<TheRegistry>,
 
     /// Compacted topic where job states are kept, so past jobs survive a restart.
     #[arg(long, env = "KAPPA_JOBS_TOPIC", default_value = "kappa.training-jobs",
@@ -93,17 +65,17 @@ pub struct TrainerConfig {
 impl TrainerConfig {
     /// How the trainer reaches the registry: its TLS settings and token, read now.
     pub fn registry_security(&self) -> Result<kappa_client::ClientSecurity, String> {
-        kappa_client::ClientSecurity::from_files(
-            self.registry_tls_ca.as_deref(),
-            self.registry_tls_cert.as_deref(),
-            self.registry_tls_key.as_deref(),
-            self.registry_token_file.as_deref(),
-            None,
-        )
-        .map(|security| kappa_client::ClientSecurity {
-            plaintext_token: self.registry_allow_plaintext_token,
-            ..security
-        })
-        .map_err(|e| format!("--registry-tls-*/--registry-token-file: {e}"))
+        self.registry_client.security()
     }
+}
+
+/// The registry, as the trainer calls it.
+#[derive(Debug, Clone)]
+pub struct TheRegistry;
+
+impl kappa_client::Peer for TheRegistry {
+    const FLAG: &'static str = "registry";
+    const ENV: &'static str = "REGISTRY";
+    const CALLED: &'static str = "the registry";
+    const TOKEN_HELP: &'static str = "File holding the trainer's bearer token for the registry (it needs the write role to publish and move aliases, and read to compare with the holder)";
 }
