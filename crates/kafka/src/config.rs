@@ -140,6 +140,13 @@ pub struct KafkaClients {
 /// after 10 ms; an operator's property still overrides it.
 pub const FETCH_QUEUE_BACKOFF: (&str, &str) = ("fetch.queue.backoff.ms", "10");
 
+/// The producers of events and predictions compress their batches with lz4: the car fleet's
+/// JSON events take 275 bytes each on the broker's disk instead of 686, on the local and the
+/// remote tier alike, and a training read from the remote tier, where the broker copies every
+/// byte through its heap, ran 1.3x faster (and a local one 1.03x to 1.1x) than uncompressed. An
+/// operator's `compression.type` still wins.
+pub const COMPRESSION: (&str, &str) = ("compression.type", "lz4");
+
 impl KafkaClients {
     /// Settings for a plain client at `bootstrap` with no operator properties (tests, tools).
     pub fn plain(bootstrap: impl Into<String>) -> Self {

@@ -13,7 +13,7 @@ mod producer_errors;
 mod tiering;
 
 pub use admin::{ModelsTopicSettings, TopicError, ensure_models_topic, ensure_topic};
-pub use config::{FETCH_QUEUE_BACKOFF, KafkaArgs, KafkaClients};
+pub use config::{COMPRESSION, FETCH_QUEUE_BACKOFF, KafkaArgs, KafkaClients};
 pub use consumer_errors::is_transient;
 pub use context::ReaderContext;
 pub use earliest_local::{EarliestLocalError, earliest_local_offsets};

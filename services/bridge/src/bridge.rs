@@ -51,7 +51,11 @@ pub struct Producers {
 impl Producers {
     pub fn new(kafka: &KafkaClients) -> anyhow::Result<Self> {
         let producer = |extra: &[(&str, &str)]| -> anyhow::Result<FutureProducer> {
-            let mut settings = vec![("acks", "all"), ("enable.idempotence", "true")];
+            let mut settings = vec![
+                ("acks", "all"),
+                ("enable.idempotence", "true"),
+                kappa_kafka::COMPRESSION,
+            ];
             settings.extend_from_slice(extra);
             Ok(kafka.config(&settings).create()?)
         };

@@ -93,6 +93,7 @@ impl kappa_runtime::Service for Predictor {
                     ("acks", "1"),
                     ("linger.ms", "20"),
                     ("queue.buffering.max.messages", "100000"),
+                    kappa_kafka::COMPRESSION,
                 ]);
                 tracing::info!(shadow = %follow, topic = config.shadow_topic, "shadow scoring on");
                 tokio::spawn(create_topic(

@@ -47,7 +47,7 @@ fn publish_car_1(prefix: &str, message: &str, count: usize, qos: u8) {
         .unwrap_or_else(|_| format!("{}/.cache/kappa/py/bin/python", std::env::var("HOME").unwrap()));
     let script = format!(
         r#"
-import json, paho.mqtt.client as mqtt
+import json, os, paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="{prefix}-pub", protocol=mqtt.MQTTv5)
 c.connect("127.0.0.1", {MQTT_PORT}); c.loop_start()
@@ -646,8 +646,14 @@ async fn a_message_too_large_for_the_topic_is_dead_lettered_and_the_rest_flow_on
     let _bridge = bridge(&prefix, &unique("bridges"), &unique("bridge"), &sensors)
         .start("")
         .await;
-    // One 5,000-byte reading between small ones, in one ordered stream from one car.
-    publish_car_1(&prefix, r#"{"seq": i, "pad": "x" * (5000 if i == 2 else 10)}"#, 5, 1);
+    // One 5,000-byte reading between small ones, in one ordered stream from one car; random
+    // bytes, which the producer's compression cannot shrink under the topic's limit.
+    publish_car_1(
+        &prefix,
+        r#"{"seq": i, "pad": os.urandom(2500 if i == 2 else 5).hex()}"#,
+        5,
+        1,
+    );
 
     let records = count_reaches(&sensors, 4, Duration::from_secs(30)).await;
     assert_eq!(

@@ -42,6 +42,9 @@ async fn a_range_reads_the_same_rows_offsets_scores_and_profile_after_its_segmen
             "5",
             "--backdate-seconds",
             "7200",
+            // Uncompressed, so the events fill several 1 MiB segments on every partition.
+            "--kafka-property",
+            "compression.type=none",
         ],
     );
     let setup = RegistrySetup::new();
@@ -348,6 +351,9 @@ async fn a_lost_remote_tier_fails_training_naming_the_missing_offsets_and_the_tr
             "0",
             "--backdate-seconds",
             "7200",
+            // Uncompressed, so the events fill several 1 MiB segments on every partition.
+            "--kafka-property",
+            "compression.type=none",
         ],
     );
     let local = wait_local_copies_deleted(&topic, 2).await;

@@ -40,6 +40,7 @@ impl KafkaSink {
                 ("enable.idempotence", "true"),
                 ("linger.ms", "5"),
                 ("message.timeout.ms", "60000"),
+                kappa_kafka::COMPRESSION,
             ])
             .create()
             .context("cannot create the Kafka producer (check --kafka-property)")?;

@@ -159,13 +159,19 @@ fn consumer_config(kafka: &KafkaClients, group: &str, exactly_once: bool) -> Cli
 /// exactly-once the transactional id (a transaction left open by a killed replica blocks
 /// read_committed readers until the broker times it out, hence the short timeout).
 fn producer_config(kafka: &KafkaClients, transactional_id: Option<&str>) -> ClientConfig {
-    const DEFAULTS: [(&str, &str); 3] = [("acks", "all"), ("enable.idempotence", "true"), ("linger.ms", "2")];
+    const DEFAULTS: [(&str, &str); 4] = [
+        ("acks", "all"),
+        ("enable.idempotence", "true"),
+        ("linger.ms", "2"),
+        kappa_kafka::COMPRESSION,
+    ];
     match transactional_id {
         Some(id) => {
             let defaults = [
                 DEFAULTS[0],
                 DEFAULTS[1],
                 DEFAULTS[2],
+                DEFAULTS[3],
                 ("transaction.timeout.ms", "10000"),
             ];
             kafka.config_with(&defaults, &[("transactional.id", id)])
