@@ -17,7 +17,11 @@ pub(super) async fn stream_fill(
     unusual_every: usize,
 ) -> anyhow::Result<()> {
     use rdkafka::producer::{FutureProducer, FutureRecord};
-    let producer: FutureProducer = kafka(bootstrap).set("linger.ms", "5").create()?;
+    // Compressed as Kappa's bridge and fleet produce events.
+    let producer: FutureProducer = kafka(bootstrap)
+        .set("linger.ms", "5")
+        .set(kappa_kafka::COMPRESSION.0, kappa_kafka::COMPRESSION.1)
+        .create()?;
     for topic in topics {
         for start in (0..events).step_by(10_000) {
             let batch = (start..(start + 10_000).min(events)).map(|i| {
@@ -52,7 +56,7 @@ pub(super) async fn stream_fill(
     Ok(())
 }
 
-/// The baseline: consume -> produce with the predictor's settings (acks=all, idempotent, the
+/// The baseline: consume -> produce with the predictor's settings (acks=all, idempotent, lz4, the
 /// same fetch back-off, offsets stored after the ack, 1024 in flight) but no decoding and no
 /// model. Returns events/s as the predictor's are measured: records landing in the output topic,
 /// counted from outside, the clock starting at the first.
@@ -81,6 +85,7 @@ pub(super) async fn stream_pipe(
         .set("acks", "all")
         .set("enable.idempotence", "true")
         .set("linger.ms", "2")
+        .set(kappa_kafka::COMPRESSION.0, kappa_kafka::COMPRESSION.1)
         .create()?;
     let (from, to_topic) = (from.to_owned(), to.to_owned());
     let decoder = decode
