@@ -178,32 +178,8 @@ async fn a_flagged_events_top_feature_is_the_sensor_its_failure_mode_drives() {
 /// `kappa backtest` over the stream's events (every other one overheating): the version's
 /// flagged events are blamed on the coolant.
 fn backtest_names_what_made_the_flagged_events(registry: &Service, sensors: &str) {
-    let to_ms = (std::time::SystemTime::now() + Duration::from_secs(60))
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis()
-        .to_string();
-    let args = [
-        "backtest",
-        "--registry",
-        &registry.address,
-        "--kafka-bootstrap",
-        &bootstrap(),
-        "--model",
-        "explained",
-        "--version",
-        "1",
-        "--topic",
-        sensors,
-        "--from-ms",
-        "0",
-        "--to-ms",
-        &to_ms,
-    ];
     let json = run_ok(
-        std::process::Command::new(binary("kappa"))
-            .args(args)
-            .args(["--output", "json"]),
+        kappa_backtest(&registry.address, "explained", "1", sensors).args(["--output", "json"]),
         "kappa backtest",
     );
     let report: Value = serde_json::from_str(&json).unwrap();
@@ -216,7 +192,10 @@ fn backtest_names_what_made_the_flagged_events(registry: &Service, sensors: &str
         "coolant_temp topped {} of {anomalies} flagged events: {version}",
         top["flagged_events"]
     );
-    let text = run_ok(std::process::Command::new(binary("kappa")).args(args), "kappa backtest");
+    let text = run_ok(
+        &mut kappa_backtest(&registry.address, "explained", "1", sensors),
+        "kappa backtest",
+    );
     println!("{text}");
     assert!(
         text.contains("v1 flagged events, by the feature with the largest share: coolant_temp in"),

@@ -1237,31 +1237,8 @@ async fn an_onnx_versions_flagged_events_are_explained_by_median_replacement_wit
     let topic = unique("test.onnx-explained-events");
     create_topic_with_partitions(&topic, 1).await;
     produce_keyed(&topic, &events).await;
-    let to_ms = (std::time::SystemTime::now() + Duration::from_secs(60))
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis()
-        .to_string();
     let json = run_ok(
-        Command::new(binary("kappa")).args([
-            "backtest",
-            "--registry",
-            &registry.address,
-            "--kafka-bootstrap",
-            &bootstrap(),
-            "--model",
-            &name,
-            "--version",
-            "1",
-            "--topic",
-            &topic,
-            "--from-ms",
-            "0",
-            "--to-ms",
-            &to_ms,
-            "--output",
-            "json",
-        ]),
+        kappa_backtest(&registry.address, &name, "1", &topic).args(["--output", "json"]),
         "kappa backtest",
     );
     let report: Value = serde_json::from_str(&json).unwrap();

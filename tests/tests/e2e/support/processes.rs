@@ -274,3 +274,32 @@ pub fn run_fleet(topic: &str, args: &[&str]) {
         "kappa fleet",
     );
 }
+
+/// `kappa backtest` of `model`'s `version` over everything `topic` holds (event times up to a
+/// minute from now), on the registry at `registry`: the command, to which a test adds flags.
+pub fn kappa_backtest(registry: &str, model: &str, version: &str, topic: &str) -> Command {
+    let to_ms = (std::time::SystemTime::now() + Duration::from_secs(60))
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        .to_string();
+    let mut command = Command::new(binary("kappa"));
+    command.args([
+        "backtest",
+        "--registry",
+        registry,
+        "--kafka-bootstrap",
+        &bootstrap(),
+        "--model",
+        model,
+        "--version",
+        version,
+        "--topic",
+        topic,
+        "--from-ms",
+        "0",
+        "--to-ms",
+        &to_ms,
+    ]);
+    command
+}
