@@ -17,7 +17,7 @@ const SCORE_BINS_KEPT: usize = 64;
 const SHADOW_BUCKET_MS: i64 = 10_000;
 const SHADOW_BUCKETS_KEPT: usize = 8640;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Window {
     pub start_ms: i64,
@@ -33,7 +33,7 @@ pub struct Window {
     pub drifted: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct VersionSeries {
     pub model: String,
@@ -46,7 +46,7 @@ pub struct VersionSeries {
     touched: u64,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ScoreView {
     /// End of the window it is from.
@@ -82,7 +82,7 @@ pub struct ShadowBucket {
     pub live_only: u64,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ShadowSeries {
     pub model: String,
@@ -101,12 +101,14 @@ pub struct Monitoring {
     pub undecodable: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// The Monitoring page's JSON, borrowed from the series: serialised as it stands, not copied
+/// first (a day of windows for 64 versions is megabytes).
+#[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct MonitoringView {
-    pub versions: Vec<VersionSeries>,
-    pub shadows: Vec<ShadowSeries>,
-    pub undecodable: u64,
+struct MonitoringView<'a> {
+    versions: Vec<&'a VersionSeries>,
+    shadows: Vec<&'a ShadowSeries>,
+    undecodable: u64,
 }
 
 /// Before `key` is added to a full `series`, forgets the one updated least lately.
@@ -207,23 +209,22 @@ impl Monitoring {
         }
     }
 
-    /// The series of `model` (all models when empty).
-    pub fn view(&self, model: &str) -> MonitoringView {
-        MonitoringView {
+    /// The series of `model` (all models when empty), as the page's JSON.
+    pub fn view_json(&self, model: &str) -> Vec<u8> {
+        let view = MonitoringView {
             versions: self
                 .windows
                 .values()
                 .filter(|s| model.is_empty() || s.model == model)
-                .cloned()
                 .collect(),
             shadows: self
                 .shadows
                 .values()
                 .filter(|s| model.is_empty() || s.model == model)
-                .cloned()
                 .collect(),
             undecodable: self.undecodable,
-        }
+        };
+        serde_json::to_vec(&view).expect("monitoring series serialise")
     }
 }
 
@@ -261,9 +262,9 @@ mod tests {
         monitoring.add_window(window(3_000, Some(too_many)));
         // Windows of several predictors arrive in any order: an older one does not replace it.
         monitoring.add_window(window(500, Some(deciles(0.3))));
-        let view = monitoring.view("m");
-        let kept = view.versions[0].score_distribution.as_ref().unwrap();
-        assert_eq!((kept.end_ms, kept.shares[0]), (1_000, 0.1));
-        assert_eq!(view.versions[0].windows.len(), 4);
+        let view: serde_json::Value = serde_json::from_slice(&monitoring.view_json("m")).unwrap();
+        let kept = &view["versions"][0]["scoreDistribution"];
+        assert_eq!((&kept["endMs"], &kept["shares"][0]), (&1_000.into(), &0.1.into()));
+        assert_eq!(view["versions"][0]["windows"].as_array().unwrap().len(), 4);
     }
 }

@@ -426,9 +426,19 @@ async fn monitoring(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     Query(of): Query<OfModel>,
-) -> Result<Json<crate::monitoring::MonitoringView>, ApiError> {
+) -> Result<Response, ApiError> {
     app.needs(&headers, Role::Read)?;
-    Ok(Json(app.monitoring.lock().expect("monitoring lock").view(&of.model)))
+    // Megabytes of windows at most, but not on an async worker.
+    let monitoring = Arc::clone(&app.monitoring);
+    let json = tokio::task::spawn_blocking(move || monitoring.lock().expect("monitoring lock").view_json(&of.model))
+        .await
+        .map_err(|e| {
+            ApiError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the monitoring view failed: {e}"),
+            )
+        })?;
+    Ok(json_bytes(json.into()))
 }
 
 async fn status(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Json<serde_json::Value>, ApiError> {
