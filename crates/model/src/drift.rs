@@ -110,6 +110,17 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn the_median_is_read_from_the_deciles() {
+        let spread = of("x", (0..1000).map(f64::from)).unwrap();
+        assert_eq!(median(&spread), Some(500.0));
+        let constant = of("c", std::iter::repeat_n(7.0, 50)).unwrap();
+        assert_eq!(median(&constant), Some(7.0));
+        // Mostly zeros, a few large values: the median is zero.
+        let skewed = of("s", (0..100).map(|i| if i < 80 { 0.0 } else { f64::from(i) })).unwrap();
+        assert_eq!(median(&skewed), Some(0.0));
+    }
+
     fn counts(reference: &Distribution, values: impl Iterator<Item = f64>) -> Vec<u64> {
         let mut counts = vec![0; reference.shares.len()];
         for v in values {

@@ -91,13 +91,17 @@ impl Default for PredictorMetrics {
     }
 }
 
+/// Why a flagged row goes unexplained (the `reason` label of `explanations_skipped`).
+const EXPLANATION_SKIP_REASONS: [&str; 2] = ["budget", "no_single_feature"];
+
 impl PredictorMetrics {
     /// Counts what one batch's median replacement did.
     pub fn count_occlusion(&self, outcome: &kappa_model::median_replacement::Outcome) {
         self.median_replacement_rows.inc_by(outcome.explained as u64);
+        let [budget, no_single_feature] = EXPLANATION_SKIP_REASONS;
         for (reason, rows) in [
-            ("budget", outcome.over_budget),
-            ("no_single_feature", outcome.no_single_feature),
+            (budget, outcome.over_budget),
+            (no_single_feature, outcome.no_single_feature),
         ] {
             if rows > 0 {
                 self.explanations_skipped
@@ -112,7 +116,7 @@ impl PredictorMetrics {
         for reason in LOAD_FAILURE_REASONS {
             let _ = self.load_failures.get_or_create(&ReasonLabels { reason });
         }
-        for reason in ["budget", "no_single_feature"] {
+        for reason in EXPLANATION_SKIP_REASONS {
             let _ = self.explanations_skipped.get_or_create(&ReasonLabels { reason });
         }
         for refusal in kappa_modellog::records::Refusal::ALL {
