@@ -94,18 +94,6 @@ pub fn psi(shares: &[f64], counts: &[u64]) -> Option<f64> {
 
 #[cfg(test)]
 mod tests {
-
-    #[test]
-    fn the_median_is_read_from_the_deciles() {
-        let spread = of("x", (0..1000).map(f64::from)).unwrap();
-        assert_eq!(median(&spread), Some(500.0));
-        let constant = of("c", std::iter::repeat_n(7.0, 50)).unwrap();
-        assert_eq!(median(&constant), Some(7.0));
-        // Mostly zeros, a few large values: the median is zero.
-        let skewed = of("s", (0..100).map(|i| if i < 80 { 0.0 } else { f64::from(i) })).unwrap();
-        assert_eq!(median(&skewed), Some(0.0));
-    }
-
     use rand::{Rng, SeedableRng, rngs::StdRng};
 
     use super::*;
