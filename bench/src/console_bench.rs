@@ -68,7 +68,7 @@ fn produce(args: &Args, stop: &AtomicBool) -> anyhow::Result<u64> {
     let producer: BaseProducer = kappa_kafka::KafkaClients::plain(&args.kafka_bootstrap)
         .config(&[
             ("linger.ms", "5"),
-            ("compression.type", "lz4"),
+            kappa_kafka::COMPRESSION,
             ("queue.buffering.max.messages", "1000000"),
         ])
         .create()?;

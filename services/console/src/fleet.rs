@@ -344,8 +344,8 @@ impl Fleet {
         })
     }
 
-    /// Keys starting with `prefix`, sorted, at most `limit` (the unit search box).
-    /// The first `limit` keys starting with `prefix`, in order: O(log units + limit).
+    /// The first `limit` keys starting with `prefix`, in order (the unit search box): O(log units
+    /// + limit).
     pub fn find(&self, prefix: &str, limit: usize) -> Vec<String> {
         self.units
             .range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))

@@ -277,7 +277,7 @@ impl Worker {
         scratch: &mut (Vec<f32>, Vec<f32>),
     ) {
         if batch[0].graph.is_some() {
-            return self.run_graph(batch, rows);
+            return self.run_graph(batch, rows, scratch);
         }
         let model = Arc::clone(&batch[0].model);
         inputs.clear();
@@ -295,19 +295,8 @@ impl Worker {
                 model.model.score_into(inputs, scores)?;
                 false
             };
-            if let (false, Some(budget), Some(medians)) = (explained, &self.explain.occlusion, &model.medians) {
-                let (perturbed, perturbed_scores) = (&mut scratch.0, &mut scratch.1);
-                let outcome = crate::occlusion::attribute(
-                    &model.model,
-                    medians,
-                    model.threshold,
-                    inputs,
-                    scores,
-                    budget,
-                    shares,
-                    (perturbed, perturbed_scores),
-                )?;
-                self.metrics.count_occlusion(&outcome);
+            if !explained {
+                self.explain_flagged(&model, inputs, scores, shares, scratch)?;
             }
             Ok::<(), kappa_model::ModelError>(())
         }))
@@ -345,9 +334,37 @@ impl Worker {
 }
 
 impl Worker {
+    /// Explains the flagged rows of a scored batch by median replacement, within the budget,
+    /// for a version with a reference profile (see [`crate::occlusion`]), and counts what it did;
+    /// `shares` stays as it is otherwise. `scratch` is kept between batches.
+    fn explain_flagged(
+        &self,
+        model: &LoadedModel,
+        inputs: &[f32],
+        scores: &[f32],
+        shares: &mut Vec<f32>,
+        (perturbed, perturbed_scores): &mut (Vec<f32>, Vec<f32>),
+    ) -> Result<(), kappa_model::ModelError> {
+        let (Some(budget), Some(medians)) = (&self.explain.occlusion, &model.medians) else {
+            return Ok(());
+        };
+        let outcome = crate::occlusion::attribute(
+            &model.model,
+            medians,
+            model.threshold,
+            inputs,
+            scores,
+            budget,
+            shares,
+            (perturbed, perturbed_scores),
+        )?;
+        self.metrics.count_occlusion(&outcome);
+        Ok(())
+    }
+
     /// Graph jobs, one run for all their rows: every output sliced back to each job by its rows,
     /// the scores too, and drift like any batch.
-    fn run_graph(&self, batch: &mut Vec<Job>, rows: usize) {
+    fn run_graph(&self, batch: &mut Vec<Job>, rows: usize, scratch: &mut (Vec<f32>, Vec<f32>)) {
         let model = Arc::clone(&batch[0].model);
         self.metrics.batch_size.observe(rows as f64);
         let graph: Vec<f64> = match batch.as_slice() {
@@ -373,22 +390,12 @@ impl Worker {
         // replacement as the other batches' are (the replaced rows through the graph's f32
         // scoring path).
         let mut shares = Vec::new();
-        if let (Ok(answer), Some(budget), Some(medians)) = (&result, &self.explain.occlusion, &model.medians) {
-            let mut scratch = (Vec::new(), Vec::new());
+        if let Ok(answer) = &result {
             let attributed = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                crate::occlusion::attribute(
-                    &model.model,
-                    medians,
-                    model.threshold,
-                    &inputs,
-                    &answer.scores,
-                    budget,
-                    &mut shares,
-                    (&mut scratch.0, &mut scratch.1),
-                )
+                self.explain_flagged(&model, &inputs, &answer.scores, &mut shares, scratch)
             }));
             match attributed {
-                Ok(Ok(outcome)) => self.metrics.count_occlusion(&outcome),
+                Ok(Ok(())) => {}
                 // The answer stands without explanations; the scores were not in question.
                 Ok(Err(e)) => {
                     shares.clear();
