@@ -348,13 +348,13 @@ impl Worker {
         let (Some(budget), Some(medians)) = (&self.explain.occlusion, &model.medians) else {
             return Ok(());
         };
-        let outcome = crate::occlusion::attribute(
+        let outcome = kappa_model::median_replacement::attribute(
             &model.model,
             medians,
             model.threshold,
             inputs,
             scores,
-            budget,
+            |flagged| budget.afford(flagged, medians.len()),
             shares,
             (perturbed, perturbed_scores),
         )?;

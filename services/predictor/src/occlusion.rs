@@ -8,8 +8,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use kappa_model::{Model, ModelError, median_replacement::Outcome};
-
 /// Rows a second the attribution may score, refilled continuously; at most a second's worth
 /// is saved up.
 #[derive(Debug)]
@@ -26,9 +24,10 @@ impl Budget {
         }
     }
 
-    /// Takes up to `want` rows, in whole multiples of `unit`; the rows granted.
-    fn take(&self, want: usize, unit: usize) -> usize {
-        self.take_at(want, unit, Instant::now())
+    /// How many of `flagged` rows, each costing one scored row per feature of `features`, may
+    /// be explained now (taken from the budget).
+    pub fn afford(&self, flagged: usize, features: usize) -> usize {
+        self.take_at(flagged * features, features, Instant::now()) / features.max(1)
     }
 
     fn take_at(&self, want: usize, unit: usize, now: Instant) -> usize {
@@ -44,27 +43,13 @@ impl Budget {
     }
 }
 
-/// Fills `shares` (`rows × features`) for the flagged rows of a scored batch that `budget`
-/// affords; see [`kappa_model::median_replacement::attribute`].
-#[allow(clippy::too_many_arguments)]
-pub fn attribute(
-    model: &Model,
-    medians: &[f32],
-    threshold: f32,
-    inputs: &[f32],
-    scores: &[f32],
-    budget: &Budget,
-    shares: &mut Vec<f32>,
-    scratch: (&mut Vec<f32>, &mut Vec<f32>),
-) -> Result<Outcome, ModelError> {
-    let features = medians.len();
-    let afford = |flagged: usize| budget.take(flagged * features, features) / features.max(1);
-    kappa_model::median_replacement::attribute(model, medians, threshold, inputs, scores, afford, shares, scratch)
-}
-
 #[cfg(test)]
 mod tests {
-    use kappa_model::example::zero_autoencoder;
+    use kappa_model::{
+        Model,
+        example::zero_autoencoder,
+        median_replacement::{Outcome, attribute},
+    };
 
     use super::*;
 
@@ -84,7 +69,7 @@ mod tests {
             0.5,
             inputs,
             &scores,
-            budget,
+            |flagged| budget.afford(flagged, 3),
             &mut shares,
             (&mut scratch.0, &mut scratch.1),
         )
