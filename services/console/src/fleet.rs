@@ -2,7 +2,7 @@
 //! summary of the whole fleet made once a second. Memory is bounded by `--max-units` ×
 //! `--unit-points`, whatever the predictions' rate; browsers get the summary, never the stream.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 
 use kappa_api::{events::Prediction, model::FeatureContribution};
 use serde::Serialize;
@@ -166,6 +166,8 @@ impl Rates {
 pub struct Fleet {
     /// Ordered by key, so the unit search reads the matches of a prefix straight off the tree.
     units: BTreeMap<String, Unit>,
+    /// The units with an anomaly among their points: the ones the summary ranks.
+    flagged: HashSet<String>,
     max_units: usize,
     points: usize,
     latest: VecDeque<Anomaly>,
@@ -180,6 +182,7 @@ impl Fleet {
     pub fn new(max_units: usize, points: usize) -> Self {
         Self {
             units: BTreeMap::new(),
+            flagged: HashSet::new(),
             max_units,
             points,
             latest: VecDeque::with_capacity(LATEST_ANOMALIES),
@@ -230,25 +233,25 @@ impl Fleet {
                 top_features: features.clone(),
             });
         }
-        let points = self.points;
-        let unit = match self.units.get_mut(&prediction.key) {
-            Some(unit) => unit,
-            None => {
-                if self.units.len() >= self.max_units {
-                    self.forget_the_oldest();
-                }
-                self.units.entry(prediction.key).or_insert_with(|| Unit {
-                    points: VecDeque::with_capacity(points),
-                    flagged_points: 0,
-                    events: 0,
-                    anomalies: 0,
-                    last_seen_ms: 0,
-                    model: String::new(),
-                    version: 0,
-                    last_features: Vec::new(),
-                })
+        let (points, key) = (self.points, prediction.key);
+        if !self.units.contains_key(&key) {
+            if self.units.len() >= self.max_units {
+                self.forget_the_oldest();
             }
-        };
+            let unit = Unit {
+                points: VecDeque::with_capacity(points),
+                flagged_points: 0,
+                events: 0,
+                anomalies: 0,
+                last_seen_ms: 0,
+                model: String::new(),
+                version: 0,
+                last_features: Vec::new(),
+            };
+            self.units.insert(key.clone(), unit);
+        }
+        let unit = self.units.get_mut(&key).expect("inserted above");
+        let was_flagged = unit.flagged_points > 0;
         if unit.points.len() == points
             && let Some(oldest) = unit.points.pop_front()
         {
@@ -266,6 +269,15 @@ impl Fleet {
         if anomaly {
             unit.last_features = features;
         }
+        match (was_flagged, unit.flagged_points > 0) {
+            (false, true) => {
+                self.flagged.insert(key);
+            }
+            (true, false) => {
+                self.flagged.remove(&key);
+            }
+            _ => {}
+        }
     }
 
     /// Forgets the units silent the longest: one in a hundred of them at once, so the scan it
@@ -275,10 +287,13 @@ impl Fleet {
         let count = (seen.len() / 100).max(1);
         let (_, cutoff, _) = seen.select_nth_unstable(count - 1);
         let cutoff = *cutoff;
-        let mut left = count;
-        self.units.retain(|_, unit| {
+        let (mut left, flagged) = (count, &mut self.flagged);
+        self.units.retain(|key, unit| {
             if left > 0 && unit.last_seen_ms <= cutoff {
                 left -= 1;
+                if unit.flagged_points > 0 {
+                    flagged.remove(key);
+                }
                 false
             } else {
                 true
@@ -289,11 +304,13 @@ impl Fleet {
 
     pub fn summary(&mut self, now_ms: i64) -> FleetSummary {
         self.rates.advance(now_ms);
+        // Only the units with an anomaly among their points can rank: a few per cent of them,
+        // so the fleet's lock is held for those, not for every unit.
         let mut ranked: Vec<(&String, &Unit, f64)> = self
-            .units
+            .flagged
             .iter()
+            .filter_map(|key| self.units.get_key_value(key))
             .map(|(key, unit)| (key, unit, unit.recent_rate()))
-            .filter(|(_, _, rate)| *rate > 0.0)
             .collect();
         let top = TOP_UNITS.min(ranked.len());
         let order = |a: &(&String, &Unit, f64), b: &(&String, &Unit, f64)| {
@@ -387,6 +404,28 @@ mod tests {
         let kept = fleet.unit("u999").expect("seen last of all");
         let times: Vec<i64> = kept.points.iter().map(|p| p.at_ms).collect();
         assert_eq!(times, vec![4999], "a forgotten unit starts over when it comes back");
+    }
+
+    #[test]
+    fn a_unit_leaves_the_ranking_when_its_anomaly_ages_out_or_it_is_forgotten() {
+        let mut fleet = Fleet::new(2, 4);
+        fleet.add(prediction("once", 0, 9.0, true), 1_000);
+        fleet.add(prediction("other", 1, 9.0, true), 1_000);
+        let ranked = |fleet: &mut Fleet| -> Vec<String> {
+            let mut keys: Vec<String> = fleet.summary(1_000).top_units.into_iter().map(|u| u.key).collect();
+            keys.sort();
+            keys
+        };
+        assert_eq!(ranked(&mut fleet), ["once", "other"]);
+        // Four normal points push the anomaly out of "once"'s latest four.
+        for i in 2..6 {
+            fleet.add(prediction("once", i, 1.0, false), 1_000);
+        }
+        assert_eq!(ranked(&mut fleet), ["other"]);
+        // A third unit makes room: "other", silent the longest, is forgotten and ranks no more.
+        fleet.add(prediction("third", 7, 1.0, false), 1_000);
+        assert!(fleet.unit("other").is_none());
+        assert!(ranked(&mut fleet).is_empty());
     }
 
     #[test]
